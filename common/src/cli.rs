@@ -1,0 +1,103 @@
+//! The command line every daemon takes.
+
+use std::path::PathBuf;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Args {
+    pub config: PathBuf,
+    /// The config was named on the command line (a missing default file is not an error).
+    pub config_given: bool,
+    pub check_config: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Run(Args),
+    /// `--help` or `--version`: print this and exit 0.
+    Exit(String),
+    /// A usage error: print this and exit 2.
+    Usage(String),
+}
+
+pub fn parse(
+    program: &str,
+    default_config: &str,
+    args: impl IntoIterator<Item = String>,
+) -> Parsed {
+    let mut parsed = Args {
+        config: PathBuf::from(default_config),
+        config_given: false,
+        check_config: false,
+    };
+    let usage = format!(
+        "usage: {program} [--config FILE] [--check-config]\n\
+         \n\
+         Serves the sockets systemd passes (LISTEN_FDS), or binds those in the config's\n\
+         [listen] section when started by hand.\n\
+         \n\
+         \x20 -c, --config FILE   config file (default {default_config})\n\
+         \x20     --check-config  check the config, print what is wrong, and exit\n\
+         \x20 -h, --help          this text\n\
+         \x20 -V, --version       the version"
+    );
+    let mut args = args.into_iter();
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "-c" | "--config" => match args.next() {
+                Some(file) => {
+                    parsed.config = PathBuf::from(file);
+                    parsed.config_given = true;
+                }
+                None => return Parsed::Usage(format!("{arg} needs a file\n{usage}")),
+            },
+            _ if arg.starts_with("--config=") => {
+                parsed.config = PathBuf::from(&arg["--config=".len()..]);
+                parsed.config_given = true;
+            }
+            "--check-config" => parsed.check_config = true,
+            "-h" | "--help" => return Parsed::Exit(usage),
+            "-V" | "--version" => {
+                return Parsed::Exit(format!("{program} {}", env!("CARGO_PKG_VERSION")))
+            }
+            _ => return Parsed::Usage(format!("unknown argument {arg:?}\n{usage}")),
+        }
+    }
+    Parsed::Run(parsed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(args: &[&str]) -> Parsed {
+        parse(
+            "inetkit-x",
+            "/etc/inetkit/x.toml",
+            args.iter().map(|s| s.to_string()),
+        )
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let Parsed::Run(a) = run(&[]) else { panic!() };
+        assert_eq!(a.config, PathBuf::from("/etc/inetkit/x.toml"));
+        assert!(!a.config_given && !a.check_config);
+        let Parsed::Run(a) = run(&["--config", "/tmp/a.toml", "--check-config"]) else {
+            panic!()
+        };
+        assert_eq!(a.config, PathBuf::from("/tmp/a.toml"));
+        assert!(a.config_given && a.check_config);
+        let Parsed::Run(a) = run(&["--config=/b.toml"]) else {
+            panic!()
+        };
+        assert_eq!(a.config, PathBuf::from("/b.toml"));
+    }
+
+    #[test]
+    fn errors_and_exits() {
+        assert!(matches!(run(&["--bogus"]), Parsed::Usage(_)));
+        assert!(matches!(run(&["--config"]), Parsed::Usage(_)));
+        assert!(matches!(run(&["--help"]), Parsed::Exit(t) if t.contains("--check-config")));
+        assert!(matches!(run(&["-V"]), Parsed::Exit(t) if t.starts_with("inetkit-x ")));
+    }
+}

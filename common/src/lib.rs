@@ -1,0 +1,14 @@
+//! What every inetkit daemon shares: socket activation, the server loop with its limits and
+//! lifecycle, configuration, TLS, logging and the bounded line reader.
+//!
+//! A daemon's `main` is `daemon::run`: it parses the command line, loads the config, sets up
+//! logging and hands the daemon its listeners and a [`server::Server`] to serve them on.
+
+pub mod activation;
+pub mod cli;
+pub mod config;
+pub mod daemon;
+pub mod lines;
+pub mod log;
+pub mod server;
+pub mod tls;

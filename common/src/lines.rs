@@ -1,0 +1,143 @@
+//! Reading protocol command lines with a hard length limit.
+//!
+//! Line-based protocols (POP3, SMTP, FTP, IMAP commands) read one line at a time. A client that
+//! sends a megabyte without a newline must not make us buffer a megabyte: past the limit the
+//! rest of the line is read and thrown away, and the caller answers with a protocol error.
+
+use tokio::io::{AsyncBufRead, AsyncBufReadExt};
+
+/// What one call to [`read_line`] found.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A line, without its CRLF or LF, in the caller's buffer.
+    Complete,
+    /// The line was longer than the limit; it was read to its end and discarded.
+    TooLong,
+    /// The peer closed the connection (a partial last line is dropped).
+    Eof,
+}
+
+/// Reads one line into `buf` (cleared first), holding at most `max` bytes of it.
+///
+/// Lines end at LF; a CR before it is removed. Bytes are returned as sent: protocols decide
+/// what to do with non-UTF-8 and NUL.
+pub async fn read_line<R>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line>
+where
+    R: AsyncBufRead + Unpin,
+{
+    buf.clear();
+    let mut too_long = false;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(Line::Eof);
+        }
+        let (chunk, found_end) = match memchr(b'\n', available) {
+            Some(i) => (&available[..i], i + 1),
+            None => (available, 0),
+        };
+        if !too_long {
+            if buf.len() + chunk.len() > max + 1 {
+                // One byte of slack so a CR right at the limit still fits.
+                too_long = true;
+                buf.clear();
+            } else {
+                buf.extend_from_slice(chunk);
+            }
+        }
+        let consumed = if found_end > 0 {
+            found_end
+        } else {
+            chunk.len()
+        };
+        reader.consume(consumed);
+        if found_end > 0 {
+            if too_long {
+                return Ok(Line::TooLong);
+            }
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            if buf.len() > max {
+                buf.clear();
+                return Ok(Line::TooLong);
+            }
+            return Ok(Line::Complete);
+        }
+    }
+}
+
+fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
+    haystack.iter().position(|&b| b == needle)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::BufReader;
+
+    async fn lines(input: &[u8], max: usize, buf_size: usize) -> Vec<(Line, Vec<u8>)> {
+        let mut reader = BufReader::with_capacity(buf_size, input);
+        let mut out = Vec::new();
+        let mut buf = Vec::new();
+        loop {
+            let line = read_line(&mut reader, &mut buf, max).await.unwrap();
+            if line == Line::Eof {
+                return out;
+            }
+            out.push((line, buf.clone()));
+        }
+    }
+
+    #[tokio::test]
+    async fn crlf_and_lf_lines() {
+        let got = lines(b"USER a\r\nPASS b\nQUIT\r\n", 100, 4).await;
+        assert_eq!(
+            got,
+            vec![
+                (Line::Complete, b"USER a".to_vec()),
+                (Line::Complete, b"PASS b".to_vec()),
+                (Line::Complete, b"QUIT".to_vec()),
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn partial_last_line_is_eof() {
+        assert_eq!(lines(b"NOOP\r\nQU", 100, 8).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn overlong_line_is_discarded_and_reading_goes_on() {
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\r\nNOOP\r\n");
+        let got = lines(&input, 512, 8192).await;
+        assert_eq!(got[0], (Line::TooLong, vec![]));
+        assert_eq!(got[1], (Line::Complete, b"NOOP".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn limit_is_exact() {
+        let got = lines(b"abcd\r\nabcde\r\nabcd\n", 4, 3).await;
+        assert_eq!(got[0], (Line::Complete, b"abcd".to_vec()));
+        assert_eq!(got[1].0, Line::TooLong);
+        assert_eq!(got[2], (Line::Complete, b"abcd".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn memory_stays_bounded_on_endless_input() {
+        // 10 MiB with no newline: the buffer never grows past the limit.
+        let input = vec![b'y'; 10 << 20];
+        let mut reader = BufReader::new(&input[..]);
+        let mut buf = Vec::new();
+        let line = read_line(&mut reader, &mut buf, 1000).await.unwrap();
+        assert_eq!(line, Line::Eof);
+        assert!(buf.capacity() <= 2048, "buffer grew to {}", buf.capacity());
+    }
+
+    #[tokio::test]
+    async fn binary_bytes_pass_through() {
+        let got = lines(b"\x00\xff\x01\r\n", 10, 2).await;
+        assert_eq!(got[0], (Line::Complete, vec![0, 0xff, 1]));
+    }
+}

@@ -1,0 +1,52 @@
+//! Logging through `tracing`: to the journal when systemd connected stderr to it
+//! (`JOURNAL_STREAM`), otherwise formatted lines on stderr.
+//!
+//! Sessions run inside a span carrying the peer address (and the user once known), so every
+//! line a session logs says whose it is.
+
+use tracing::level_filters::LevelFilter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::Layer;
+
+use crate::config::{LogConfig, LogLevel};
+
+/// `INETKIT_LOG=debug` overrides the configured level (handy under `systemd-run` or in tests).
+const LEVEL_OVERRIDE: &str = "INETKIT_LOG";
+
+pub fn init(config: &LogConfig) {
+    let level = std::env::var(LEVEL_OVERRIDE)
+        .ok()
+        .and_then(|v| v.parse::<LevelFilter>().ok())
+        .unwrap_or_else(|| level_filter(config.level));
+    let journald = std::env::var_os("JOURNAL_STREAM")
+        .is_some()
+        .then(tracing_journald::layer)
+        .and_then(Result::ok);
+    let result = match journald {
+        Some(journald) => tracing_subscriber::registry()
+            .with(journald.with_filter(level))
+            .try_init(),
+        None => tracing_subscriber::registry()
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_writer(std::io::stderr)
+                    .with_ansi(false)
+                    .with_target(false)
+                    .with_filter(level),
+            )
+            .try_init(),
+    };
+    // A second init (tests) keeps the first subscriber.
+    drop(result);
+}
+
+fn level_filter(level: LogLevel) -> LevelFilter {
+    match level {
+        LogLevel::Error => LevelFilter::ERROR,
+        LogLevel::Warn => LevelFilter::WARN,
+        LogLevel::Info => LevelFilter::INFO,
+        LogLevel::Debug => LevelFilter::DEBUG,
+        LogLevel::Trace => LevelFilter::TRACE,
+    }
+}

@@ -1,0 +1,466 @@
+//! The server loop every daemon runs: accept with global and per-address limits, sessions
+//! tracked until they end, and the lifecycle systemd sees (READY, STATUS, WATCHDOG, reload on
+//! SIGHUP, a bounded drain on SIGTERM, exit when idle).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use sd_notify::NotifyState;
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::LimitsConfig;
+
+/// A session's view of its connection and the limits it must keep.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub addr: SocketAddr,
+    pub local: SocketAddr,
+    /// The name of the socket it came in on (`LISTEN_FDNAMES` / `[listen]` key).
+    pub listener: Arc<str>,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    /// Cancelled when the daemon begins to shut down: a session at a clean point between
+    /// commands may say goodbye and end; one mid-transfer may finish within the deadline.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct Server {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    limits: LimitsConfig,
+    shutdown: CancellationToken,
+    /// Cancelled when the only session of an Accept=yes process is over.
+    done: CancellationToken,
+    sessions: TaskTracker,
+    tasks: TaskTracker,
+    active: AtomicUsize,
+    served: AtomicU64,
+    refused: AtomicU64,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    last_activity: Mutex<Instant>,
+    reloaders: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    socket_activated: bool,
+}
+
+/// Holds one admitted session's place in the limits; released when dropped.
+struct Slot {
+    inner: Arc<Inner>,
+    ip: IpAddr,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let mut per_ip = self.inner.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                per_ip.remove(&self.ip);
+            }
+        }
+        drop(per_ip);
+        self.inner.active.fetch_sub(1, Ordering::AcqRel);
+        self.inner.touch();
+    }
+}
+
+impl Inner {
+    fn touch(&self) {
+        *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
+    }
+
+    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if self.active.load(Ordering::Acquire) >= self.limits.max_connections {
+            return None;
+        }
+        let count = per_ip.entry(ip).or_insert(0);
+        if *count >= self.limits.max_connections_per_ip {
+            return None;
+        }
+        *count += 1;
+        self.active.fetch_add(1, Ordering::AcqRel);
+        drop(per_ip);
+        self.touch();
+        Some(Slot {
+            inner: self.clone(),
+            ip,
+        })
+    }
+
+    fn status(&self) -> String {
+        format!(
+            "{} active sessions, {} served, {} refused",
+            self.active.load(Ordering::Acquire),
+            self.served.load(Ordering::Relaxed),
+            self.refused.load(Ordering::Relaxed)
+        )
+    }
+}
+
+impl Server {
+    /// `socket_activated` says whether the listeners came from systemd; `idle_exit` only makes
+    /// sense then, because only then is someone holding the socket while we are gone.
+    pub fn new(limits: LimitsConfig, socket_activated: bool) -> Self {
+        raise_fd_limit();
+        Server {
+            inner: Arc::new(Inner {
+                limits,
+                shutdown: CancellationToken::new(),
+                done: CancellationToken::new(),
+                sessions: TaskTracker::new(),
+                tasks: TaskTracker::new(),
+                active: AtomicUsize::new(0),
+                served: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+                per_ip: Mutex::new(HashMap::new()),
+                last_activity: Mutex::new(Instant::now()),
+                reloaders: Mutex::new(Vec::new()),
+                socket_activated,
+            }),
+        }
+    }
+
+    pub fn limits(&self) -> &LimitsConfig {
+        &self.inner.limits
+    }
+
+    /// Cancelled when the daemon begins to shut down.
+    pub fn shutdown_token(&self) -> CancellationToken {
+        self.inner.shutdown.clone()
+    }
+
+    /// Number of sessions running now.
+    pub fn active(&self) -> usize {
+        self.inner.active.load(Ordering::Acquire)
+    }
+
+    /// Marks activity that is not a session (a UDP packet), so `idle_exit` waits.
+    pub fn touch(&self) {
+        self.inner.touch();
+    }
+
+    /// Runs `reload` on SIGHUP (certificates, config parts that are safe to change).
+    pub fn on_reload(&self, reload: impl Fn() + Send + Sync + 'static) {
+        self.inner
+            .reloaders
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Box::new(reload));
+    }
+
+    /// Accepts connections on `listener` until shutdown; each admitted one runs `session`.
+    /// A connection over the limits is sent `busy_reply` (if any, best effort) and closed.
+    pub fn serve_tcp<H, F>(
+        &self,
+        name: &str,
+        listener: std::net::TcpListener,
+        busy_reply: Option<&'static [u8]>,
+        session: H,
+    ) -> std::io::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(listener)?;
+        let local = listener.local_addr()?;
+        let name: Arc<str> = Arc::from(name);
+        let server = self.clone();
+        tracing::info!(socket = %name, address = %local, "listening (tcp)");
+        self.inner.tasks.spawn(async move {
+            let shutdown = server.inner.shutdown.clone();
+            loop {
+                let accepted = tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    accepted = listener.accept() => accepted,
+                };
+                match accepted {
+                    Ok((stream, addr)) => {
+                        server.start_session(stream, addr, &name, busy_reply, &session)
+                    }
+                    Err(err) => {
+                        // EMFILE, ENOBUFS and friends: wait a little rather than spin.
+                        tracing::warn!(socket = %name, error = %err, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn start_session<H, F>(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        name: &Arc<str>,
+        busy_reply: Option<&'static [u8]>,
+        session: &H,
+    ) where
+        H: Fn(TcpStream, Peer) -> F,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let Some(slot) = self.inner.admit(addr.ip()) else {
+            let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if refused.is_power_of_two() {
+                tracing::warn!(peer = %addr, refused, "connection limit reached, refusing");
+            }
+            if let Some(reply) = busy_reply {
+                // Best effort and bounded: a refused client gets no more than one write.
+                self.inner.tasks.spawn(async move {
+                    let mut stream = stream;
+                    let _ =
+                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply)).await;
+                });
+            }
+            return;
+        };
+        self.inner.served.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let peer = Peer {
+            addr,
+            local: stream.local_addr().unwrap_or(addr),
+            listener: name.clone(),
+            idle_timeout: self.inner.limits.idle_timeout(),
+            write_timeout: self.inner.limits.write_timeout(),
+            shutdown: self.inner.shutdown.clone(),
+        };
+        let span = tracing::info_span!("session", peer = %addr, socket = %name);
+        let fut = session(stream, peer);
+        self.inner.sessions.spawn(tracing::Instrument::instrument(
+            async move {
+                let _slot = slot;
+                fut.await;
+            },
+            span,
+        ));
+    }
+
+    /// Serves the one connection of an Accept=yes (inetd-style) activation; the daemon exits
+    /// when it ends.
+    pub fn serve_connected<H, F>(
+        &self,
+        name: &str,
+        stream: std::net::TcpStream,
+        session: H,
+    ) -> std::io::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        stream.set_nonblocking(true)?;
+        let stream = TcpStream::from_std(stream)?;
+        let addr = stream.peer_addr()?;
+        let done = self.inner.done.clone();
+        let session = move |stream, peer| {
+            let fut = session(stream, peer);
+            let done = done.clone();
+            async move {
+                fut.await;
+                done.cancel();
+            }
+        };
+        self.start_session(stream, addr, &Arc::from(name), None, &session);
+        Ok(())
+    }
+
+    /// Serves a stream socket of either kind: a listener (each connection runs `session`) or
+    /// the single connection of an Accept=yes activation.
+    pub fn serve_stream<H, F>(
+        &self,
+        listener: crate::activation::Listener,
+        busy_reply: Option<&'static [u8]>,
+        session: H,
+    ) -> anyhow::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        use crate::activation::Socket;
+        let name = listener.name;
+        match listener.socket {
+            Socket::Tcp(l) => self.serve_tcp(&name, l, busy_reply, session)?,
+            Socket::Connected(s) => self.serve_connected(&name, s, session)?,
+            Socket::Udp(_) => anyhow::bail!("socket {name:?} is UDP; this service is TCP only"),
+        }
+        Ok(())
+    }
+
+    /// Runs a background task (a UDP loop, a cache sweeper) that ends at shutdown.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.inner.tasks.spawn(task);
+    }
+
+    /// Tells systemd we are ready, then runs until SIGTERM/SIGINT, idle exit, or the end of an
+    /// Accept=yes session; then drains sessions up to the shutdown deadline.
+    pub async fn run(self) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let mut sigterm = signal(SignalKind::terminate())?;
+        let mut sigint = signal(SignalKind::interrupt())?;
+        let mut sighup = signal(SignalKind::hangup())?;
+        notify(&[NotifyState::Ready, NotifyState::Status(&inner.status())]);
+
+        let mut watchdog_usec = 0;
+        let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
+            .then(|| Duration::from_micros(watchdog_usec / 2));
+        let tick_every = watchdog
+            .unwrap_or(Duration::from_secs(1))
+            .min(Duration::from_secs(1));
+        let mut tick = tokio::time::interval(tick_every);
+        let idle_exit = inner.limits.idle_exit().filter(|_| {
+            if !inner.socket_activated {
+                tracing::info!("idle_exit is ignored: the sockets are not socket-activated");
+            }
+            inner.socket_activated
+        });
+        let mut last_status = String::new();
+
+        let reason = loop {
+            tokio::select! {
+                _ = sigterm.recv() => break "SIGTERM",
+                _ = sigint.recv() => break "SIGINT",
+                _ = inner.done.cancelled() => break "connection closed",
+                _ = sighup.recv() => {
+                    tracing::info!("SIGHUP: reloading");
+                    notify(&[NotifyState::Reloading]);
+                    for reload in inner.reloaders.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                        reload();
+                    }
+                    notify(&[NotifyState::Ready]);
+                }
+                _ = tick.tick() => {
+                    if watchdog.is_some() {
+                        notify(&[NotifyState::Watchdog]);
+                    }
+                    let status = inner.status();
+                    if status != last_status {
+                        notify(&[NotifyState::Status(&status)]);
+                        last_status = status;
+                    }
+                    if let Some(idle) = idle_exit {
+                        let quiet = inner.last_activity.lock().unwrap_or_else(|e| e.into_inner()).elapsed();
+                        if inner.active.load(Ordering::Acquire) == 0 && quiet >= idle {
+                            break "idle";
+                        }
+                    }
+                }
+            }
+        };
+
+        tracing::info!(reason, active = self.active(), "shutting down");
+        notify(&[
+            NotifyState::Stopping,
+            NotifyState::Status(&format!("stopping ({reason}): {}", inner.status())),
+        ]);
+        inner.shutdown.cancel();
+        inner.tasks.close();
+        inner.sessions.close();
+        let deadline = inner.limits.shutdown_timeout();
+        if tokio::time::timeout(deadline, inner.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                cut = self.active(),
+                "sessions still running at the shutdown deadline are cut"
+            );
+        }
+        // Background tasks (accept loops, UDP loops) watch the same token.
+        let _ = tokio::time::timeout(Duration::from_secs(1), inner.tasks.wait()).await;
+        Ok(())
+    }
+}
+
+fn notify(states: &[NotifyState<'_>]) {
+    // Outside systemd there is no NOTIFY_SOCKET and this does nothing.
+    if let Err(err) = sd_notify::notify(false, states) {
+        tracing::debug!(error = %err, "sd_notify failed");
+    }
+}
+
+/// Lifts the soft open-files limit to the hard one: systemd's default soft limit (1024) is far
+/// below the connections a daemon is meant to hold.
+fn raise_fd_limit() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    fn limits(max: usize, per_ip: usize) -> LimitsConfig {
+        LimitsConfig {
+            max_connections: max,
+            max_connections_per_ip: per_ip,
+            ..LimitsConfig::default()
+        }
+    }
+
+    #[test]
+    fn admission_counts_and_releases() {
+        let server = Server::new(limits(3, 2), false);
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let s1 = server.inner.admit(a).unwrap();
+        let _s2 = server.inner.admit(a).unwrap();
+        assert!(server.inner.admit(a).is_none(), "per-address limit");
+        let _s3 = server.inner.admit(b).unwrap();
+        assert!(server.inner.admit(b).is_none(), "global limit");
+        assert_eq!(server.active(), 3);
+        drop(s1);
+        assert_eq!(server.active(), 2);
+        assert!(server.inner.admit(a).is_some());
+    }
+
+    #[tokio::test]
+    async fn refused_connection_gets_busy_reply_and_close() {
+        let server = Server::new(limits(1, 1), false);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (release_tx, release_rx) = tokio::sync::watch::channel(false);
+        server
+            .serve_tcp(
+                "test",
+                listener,
+                Some(b"busy\r\n"),
+                move |mut stream, _peer| {
+                    let mut release = release_rx.clone();
+                    async move {
+                        let _ = stream.write_all(b"hello\r\n").await;
+                        let _ = release.wait_for(|r| *r).await;
+                    }
+                },
+            )
+            .unwrap();
+        let mut first = TcpStream::connect(addr).await.unwrap();
+        let mut line = [0u8; 7];
+        first.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"hello\r\n");
+
+        let mut second = TcpStream::connect(addr).await.unwrap();
+        let mut reply = Vec::new();
+        second.read_to_end(&mut reply).await.unwrap();
+        assert_eq!(reply, b"busy\r\n");
+        release_tx.send(true).unwrap();
+    }
+}

@@ -1,0 +1,206 @@
+//! TLS for every daemon: rustls with TLS 1.2 and 1.3 only, a certificate that can be reloaded
+//! (SIGHUP) without touching running sessions, and the handshake used both by implicit-TLS
+//! ports and by STARTTLS-style upgrades.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::ServerConfig;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio_rustls::server::TlsStream;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+/// How long a client may take to complete a handshake.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Credential names the units pass with `LoadCredential=`.
+pub const CREDENTIAL_CERT: &str = "tls-cert";
+pub const CREDENTIAL_KEY: &str = "tls-key";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("reading certificates from {path}: {source}")]
+    Certificates {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("{path} holds no certificate")]
+    NoCertificate { path: PathBuf },
+    #[error("reading private key from {path}: {source}")]
+    Key {
+        path: PathBuf,
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error("private key in {path}: {source}")]
+    BadKey {
+        path: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("the key in {key} does not belong to the certificate in {cert}")]
+    Mismatch { cert: PathBuf, key: PathBuf },
+    #[error("TLS setup: {0}")]
+    Rustls(#[from] rustls::Error),
+    #[error("tls.cert and tls.key must be set together")]
+    HalfConfigured,
+}
+
+/// Where the certificate and key come from: the config, else systemd's credentials.
+pub fn cert_paths(config: &TlsConfig) -> Result<Option<(PathBuf, PathBuf)>, TlsError> {
+    match (&config.cert, &config.key) {
+        (Some(cert), Some(key)) => Ok(Some((cert.clone(), key.clone()))),
+        (None, None) => Ok(std::env::var_os("CREDENTIALS_DIRECTORY").and_then(|dir| {
+            let dir = PathBuf::from(dir);
+            let (cert, key) = (dir.join(CREDENTIAL_CERT), dir.join(CREDENTIAL_KEY));
+            (cert.exists() && key.exists()).then_some((cert, key))
+        })),
+        _ => Err(TlsError::HalfConfigured),
+    }
+}
+
+/// A server TLS setup whose certificate can be swapped while it serves.
+#[derive(Clone)]
+pub struct TlsContext {
+    acceptor: TlsAcceptor,
+    config: Arc<ServerConfig>,
+    resolver: Arc<ReloadableCert>,
+}
+
+impl std::fmt::Debug for TlsContext {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TlsContext")
+            .field("cert", &self.resolver.cert_path)
+            .finish()
+    }
+}
+
+impl TlsContext {
+    /// Loads the configured pair; `None` when no certificate is configured or handed over.
+    pub fn from_config(config: &TlsConfig) -> Result<Option<Self>, TlsError> {
+        match cert_paths(config)? {
+            Some((cert, key)) => Self::load(&cert, &key).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let resolver = Arc::new(ReloadableCert {
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+            current: RwLock::new(load_certified_key(&provider, cert, key)?),
+            provider: provider.clone(),
+        });
+        let config = ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        let config = Arc::new(config);
+        Ok(TlsContext {
+            acceptor: TlsAcceptor::from(config.clone()),
+            config,
+            resolver,
+        })
+    }
+
+    /// Re-reads the certificate and key. New handshakes use them; running sessions keep theirs.
+    /// On error the old pair stays in use.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        self.resolver.reload()
+    }
+
+    pub fn acceptor(&self) -> &TlsAcceptor {
+        &self.acceptor
+    }
+
+    pub fn server_config(&self) -> &Arc<ServerConfig> {
+        &self.config
+    }
+
+    /// Runs the server side of a handshake on `stream` (an implicit-TLS connection, or one that
+    /// just asked for STARTTLS), bounded by [`HANDSHAKE_TIMEOUT`].
+    pub async fn accept<S>(&self, stream: S) -> std::io::Result<TlsStream<S>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, self.acceptor.accept(stream)).await {
+            Ok(result) => result,
+            Err(_) => Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "TLS handshake timed out",
+            )),
+        }
+    }
+}
+
+#[derive(Debug)]
+struct ReloadableCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ReloadableCert {
+    fn reload(&self) -> Result<(), TlsError> {
+        let fresh = load_certified_key(&self.provider, &self.cert_path, &self.key_path)?;
+        // A poisoned lock only means a panic elsewhere mid-swap; the Arc inside is still whole.
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
+
+impl ResolvesServerCert for ReloadableCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
+        )
+    }
+}
+
+fn load_certified_key(
+    provider: &CryptoProvider,
+    cert: &Path,
+    key: &Path,
+) -> Result<Arc<CertifiedKey>, TlsError> {
+    let chain = CertificateDer::pem_file_iter(cert)
+        .and_then(|iter| iter.collect::<Result<Vec<_>, _>>())
+        .map_err(|source| TlsError::Certificates {
+            path: cert.to_owned(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoCertificate {
+            path: cert.to_owned(),
+        });
+    }
+    let private = PrivateKeyDer::from_pem_file(key).map_err(|source| TlsError::Key {
+        path: key.to_owned(),
+        source,
+    })?;
+    let signing = provider
+        .key_provider
+        .load_private_key(private)
+        .map_err(|source| TlsError::BadKey {
+            path: key.to_owned(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    if certified.keys_match().is_err() {
+        return Err(TlsError::Mismatch {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+        });
+    }
+    Ok(Arc::new(certified))
+}
