@@ -5,10 +5,13 @@
 //! logging and hands the daemon its listeners and a [`server::Server`] to serve them on.
 
 pub mod activation;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod lines;
 pub mod log;
+#[cfg(feature = "mail")]
+pub mod mail;
 pub mod server;
 pub mod tls;

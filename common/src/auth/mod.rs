@@ -1,0 +1,2 @@
+//! The shared users file (Dovecot passwd-file format), password verification, SASL decoding
+//! and the brute-force guard.

@@ -1,0 +1,1 @@
+//! The Maildir++ mail store shared by smtp-submit, pop3d and imapd.
