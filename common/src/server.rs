@@ -312,7 +312,8 @@ impl Server {
         let mut sigterm = signal(SignalKind::terminate())?;
         let mut sigint = signal(SignalKind::interrupt())?;
         let mut sighup = signal(SignalKind::hangup())?;
-        notify(&[NotifyState::Ready, NotifyState::Status(&inner.status())]);
+        let mut last_status = inner.status();
+        notify(&[NotifyState::Ready, NotifyState::Status(&last_status)]);
 
         let mut watchdog_usec = 0;
         let watchdog = sd_notify::watchdog_enabled(false, &mut watchdog_usec)
@@ -327,7 +328,6 @@ impl Server {
             }
             inner.socket_activated
         });
-        let mut last_status = String::new();
 
         let reason = loop {
             tokio::select! {
