@@ -83,8 +83,9 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Sessions at once from one client address.
     pub max_connections_per_ip: usize,
-    /// A session that sends nothing for this long is closed.
-    pub idle_timeout: u64,
+    /// A session that sends nothing for this long is closed. Each protocol has its own
+    /// default (the least its RFC allows: POP3 10 minutes, IMAP 30).
+    pub idle_timeout: Option<u64>,
     /// A session whose client does not take our output for this long is closed.
     pub write_timeout: u64,
     /// On SIGTERM, how long running sessions may go on before the daemon exits anyway.
@@ -99,7 +100,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 1000,
             max_connections_per_ip: 64,
-            idle_timeout: 300,
+            idle_timeout: None,
             write_timeout: 60,
             shutdown_timeout: 30,
             idle_exit: 0,
@@ -109,7 +110,7 @@ impl Default for LimitsConfig {
 
 impl LimitsConfig {
     pub fn idle_timeout(&self) -> Duration {
-        Duration::from_secs(self.idle_timeout)
+        Duration::from_secs(self.idle_timeout.unwrap_or(300))
     }
     pub fn write_timeout(&self) -> Duration {
         Duration::from_secs(self.write_timeout)
@@ -150,6 +151,9 @@ pub enum LogLevel {
 
 /// What every daemon's config has; implemented with [`crate::shared_sections!`].
 pub trait DaemonConfig: DeserializeOwned + Default {
+    /// The idle timeout when `[limits] idle_timeout` is not set, in seconds.
+    const IDLE_TIMEOUT: u64 = 300;
+
     fn listen(&self) -> &ListenConfig;
     fn tls(&self) -> &TlsConfig;
     fn limits(&self) -> &LimitsConfig;
@@ -160,7 +164,12 @@ pub trait DaemonConfig: DeserializeOwned + Default {
 #[macro_export]
 macro_rules! shared_sections {
     ($config:ty) => {
+        $crate::shared_sections!($config, idle_timeout = 300);
+    };
+    ($config:ty, idle_timeout = $idle:expr) => {
         impl $crate::config::DaemonConfig for $config {
+            const IDLE_TIMEOUT: u64 = $idle;
+
             fn listen(&self) -> &$crate::config::ListenConfig {
                 &self.listen
             }

@@ -98,7 +98,9 @@ where
         if listeners.is_empty() {
             return Err(activation::ActivationError::NoSockets.into());
         }
-        let server = Server::new(config.limits().clone(), socket_activated);
+        let mut limits = config.limits().clone();
+        limits.idle_timeout.get_or_insert(C::IDLE_TIMEOUT);
+        let server = Server::new(limits, socket_activated);
         if let Some(tls) = tls.clone() {
             server.on_reload(move || match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),

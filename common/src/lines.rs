@@ -67,6 +67,66 @@ where
     }
 }
 
+/// Turns message bytes into the body of a dot-terminated multi-line response (POP3 RETR/TOP,
+/// SMTP DATA when relaying): line ends become CRLF, a `.` starting a line is doubled, and
+/// [`DotStuffer::finish`] ends the last line and adds the terminating `.` line.
+///
+/// It works chunk by chunk, so a message of any size streams through a fixed buffer.
+#[derive(Debug, Clone)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    after_cr: bool,
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        DotStuffer {
+            at_line_start: true,
+            after_cr: false,
+        }
+    }
+}
+
+impl DotStuffer {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Appends the stuffed form of `input` to `out`.
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 32 + 2);
+        for &byte in input {
+            match byte {
+                b'\n' => {
+                    if !self.after_cr {
+                        out.push(b'\r');
+                    }
+                    out.push(b'\n');
+                    self.at_line_start = true;
+                    self.after_cr = false;
+                    continue;
+                }
+                b'.' if self.at_line_start => out.extend_from_slice(b".."),
+                _ => out.push(byte),
+            }
+            self.after_cr = byte == b'\r';
+            self.at_line_start = false;
+        }
+    }
+
+    /// Ends the response: CRLF if the data did not end with one, then `.` CRLF.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if !self.at_line_start {
+            if !self.after_cr {
+                out.push(b'\r');
+            }
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".\r\n");
+        *self = Self::default();
+    }
+}
+
 fn memchr(needle: u8, haystack: &[u8]) -> Option<usize> {
     haystack.iter().position(|&b| b == needle)
 }
@@ -133,6 +193,33 @@ mod tests {
         let line = read_line(&mut reader, &mut buf, 1000).await.unwrap();
         assert_eq!(line, Line::Eof);
         assert!(buf.capacity() <= 2048, "buffer grew to {}", buf.capacity());
+    }
+
+    fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut stuffer = DotStuffer::new();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            stuffer.push(chunk, &mut out);
+        }
+        stuffer.finish(&mut out);
+        out
+    }
+
+    #[test]
+    fn dot_stuffing_and_line_ends() {
+        assert_eq!(stuff(&[b"a\r\n.b\r\n"]), b"a\r\n..b\r\n.\r\n");
+        assert_eq!(stuff(&[b"a\n.\n"]), b"a\r\n..\r\n.\r\n");
+        assert_eq!(stuff(&[b".start"]), b"..start\r\n.\r\n");
+        assert_eq!(stuff(&[b""]), b".\r\n");
+        assert_eq!(stuff(&[b"mid.dot\r\n"]), b"mid.dot\r\n.\r\n");
+    }
+
+    #[test]
+    fn dot_stuffing_across_chunk_boundaries() {
+        let whole = stuff(&[b"x\r\n.y\n..z\r\nend"]);
+        let split = stuff(&[b"x\r", b"\n", b".y", b"\n", b".", b".z\r", b"\nend"]);
+        assert_eq!(whole, split);
+        assert_eq!(whole, b"x\r\n..y\r\n...z\r\nend\r\n.\r\n");
     }
 
     #[tokio::test]

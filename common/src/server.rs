@@ -236,7 +236,12 @@ impl Server {
             write_timeout: self.inner.limits.write_timeout(),
             shutdown: self.inner.shutdown.clone(),
         };
-        let span = tracing::info_span!("session", peer = %addr, socket = %name);
+        let span = tracing::info_span!(
+            "session",
+            peer = %addr,
+            socket = %name,
+            user = tracing::field::Empty
+        );
         let fut = session(stream, peer);
         self.inner.sessions.spawn(tracing::Instrument::instrument(
             async move {
