@@ -77,7 +77,7 @@ fn main() -> ExitCode {
 
 fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     let pop3 = Arc::new(Pop3 {
-        auth: Authenticator::from_config(&ctx.config.auth),
+        auth: ctx.config.auth.authenticator(),
         auth_config: ctx.config.auth.clone(),
         store: Store::new(ctx.config.mail.root.clone()),
         tls: ctx.tls.clone(),

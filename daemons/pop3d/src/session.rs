@@ -321,17 +321,17 @@ impl Session {
                     conn.reply("-ERR Authentication cancelled.");
                     return Next::Continue;
                 }
-                sasl::decode_plain(&response).map(|c| (c.username, c.password))
+                sasl::decode_plain(response.as_bytes()).map(|c| (c.name, c.password))
             }
             "LOGIN" => {
                 let user = match initial {
                     Some(user) => user,
-                    None => match self.challenge(sasl::LOGIN_USERNAME, conn).await {
+                    None => match self.challenge(sasl::LOGIN_USERNAME_CHALLENGE, conn).await {
                         Some(user) => user,
                         None => return Next::Close,
                     },
                 };
-                let password = match self.challenge(sasl::LOGIN_PASSWORD, conn).await {
+                let password = match self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE, conn).await {
                     Some(password) => password,
                     None => return Next::Close,
                 };
@@ -339,7 +339,9 @@ impl Session {
                     conn.reply("-ERR Authentication cancelled.");
                     return Next::Continue;
                 }
-                sasl::decode_login(&user, &password)
+                sasl::decode_login_name(user.as_bytes()).and_then(|name| {
+                    sasl::decode_response(password.as_bytes()).map(|password| (name, password))
+                })
             }
             _ => {
                 conn.reply("-ERR Unsupported authentication mechanism.");
