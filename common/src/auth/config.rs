@@ -1,0 +1,182 @@
+//! The `[auth]` section every login-taking daemon embeds in its config.
+//!
+//! ```toml
+//! [auth]
+//! users_file = "/etc/inetkit/users"
+//! plaintext = "loopback-only"   # or "always", "never": logins without TLS
+//! failure_delay = 1             # seconds after the 1st failure; doubles per failure
+//! max_failure_delay = 8
+//! max_failures = 10             # within failure_window: then refused for `lockout`
+//! failure_window = 600
+//! lockout = 900
+//! max_tracked_addresses = 10000
+//! ```
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+use super::{Authenticator, GuardPolicy};
+
+pub const DEFAULT_USERS_FILE: &str = "/etc/inetkit/users";
+
+/// When a password may cross the network unencrypted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Plaintext {
+    /// Only from 127.0.0.0/8 and ::1 (the default).
+    #[default]
+    #[serde(alias = "loopback")]
+    LoopbackOnly,
+    Always,
+    /// Only after STARTTLS or on an implicit-TLS port.
+    Never,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub users_file: PathBuf,
+    pub plaintext: Plaintext,
+    #[serde(deserialize_with = "seconds")]
+    pub failure_delay: Duration,
+    #[serde(deserialize_with = "seconds")]
+    pub max_failure_delay: Duration,
+    pub max_failures: u32,
+    #[serde(deserialize_with = "seconds")]
+    pub failure_window: Duration,
+    #[serde(deserialize_with = "seconds")]
+    pub lockout: Duration,
+    pub max_tracked_addresses: usize,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        let guard = GuardPolicy::default();
+        AuthConfig {
+            users_file: PathBuf::from(DEFAULT_USERS_FILE),
+            plaintext: Plaintext::default(),
+            failure_delay: guard.base_delay,
+            max_failure_delay: guard.max_delay,
+            max_failures: guard.max_failures,
+            failure_window: guard.window,
+            lockout: guard.lockout,
+            max_tracked_addresses: guard.max_tracked,
+        }
+    }
+}
+
+impl AuthConfig {
+    pub fn guard_policy(&self) -> GuardPolicy {
+        GuardPolicy {
+            base_delay: self.failure_delay,
+            max_delay: self.max_failure_delay,
+            max_failures: self.max_failures,
+            window: self.failure_window,
+            lockout: self.lockout,
+            max_tracked: self.max_tracked_addresses,
+        }
+    }
+
+    /// The authenticator for this section; make one at start and clone it into sessions.
+    pub fn authenticator(&self) -> Authenticator {
+        Authenticator::new(self.users_file.clone(), self.guard_policy())
+    }
+
+    /// May a client at `peer` send a password now? Always under TLS; without it, as
+    /// `plaintext` says. Protocols use this both to refuse the command and to decide
+    /// whether to advertise USER/AUTH/LOGIN before STARTTLS.
+    pub fn plaintext_allowed(&self, peer: IpAddr, tls: bool) -> bool {
+        tls || match self.plaintext {
+            Plaintext::Always => true,
+            Plaintext::Never => false,
+            Plaintext::LoopbackOnly => peer.to_canonical().is_loopback(),
+        }
+    }
+}
+
+/// A number of seconds (integer or fractional, not negative).
+fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let value = f64::deserialize(deserializer)?;
+    Duration::try_from_secs_f64(value)
+        .map_err(|_| serde::de::Error::custom("expected a number of seconds, 0 or more"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Daemon {
+        #[serde(default)]
+        auth: AuthConfig,
+    }
+
+    fn parse(text: &str) -> Result<AuthConfig, String> {
+        crate::config::parse::<Daemon>(text, Path::new("test.toml"))
+            .map(|d| d.auth)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn defaults_and_overrides() {
+        assert_eq!(parse(""), Ok(AuthConfig::default()));
+        assert_eq!(AuthConfig::default().guard_policy(), GuardPolicy::default());
+        let Ok(auth) = parse(
+            "[auth]\nusers_file = \"/tmp/u\"\nplaintext = \"always\"\nfailure_delay = 0.25\nlockout = 60\n",
+        ) else {
+            panic!("did not parse")
+        };
+        assert_eq!(auth.users_file, PathBuf::from("/tmp/u"));
+        assert_eq!(auth.plaintext, Plaintext::Always);
+        assert_eq!(auth.guard_policy().base_delay, Duration::from_millis(250));
+        assert_eq!(auth.guard_policy().lockout, Duration::from_secs(60));
+        assert_eq!(auth.max_failures, 10);
+    }
+
+    #[test]
+    fn bad_values_name_their_line() {
+        assert_eq!(
+            parse("[auth]\nfailure_delay = -1\n"),
+            Err("test.toml:2:17: expected a number of seconds, 0 or more".into())
+        );
+        let unknown = parse("[auth]\nuser_file = \"x\"\n");
+        assert!(
+            unknown
+                .as_ref()
+                .is_err_and(|e| e.starts_with("test.toml:2:1: unknown field `user_file`")),
+            "{unknown:?}"
+        );
+        assert!(parse("[auth]\nplaintext = \"sometimes\"\n").is_err());
+    }
+
+    #[test]
+    fn plaintext_decisions() {
+        let ip = |s: &str| -> IpAddr { s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])) };
+        let mut auth = AuthConfig::default();
+        for (peer, expected) in [
+            ("127.0.0.1", true),
+            ("127.8.9.10", true),
+            ("::1", true),
+            ("::ffff:127.0.0.1", true),
+            ("192.0.2.1", false),
+            ("2001:db8::1", false),
+        ] {
+            assert_eq!(auth.plaintext_allowed(ip(peer), false), expected, "{peer}");
+            assert!(auth.plaintext_allowed(ip(peer), true), "{peer} under TLS");
+        }
+        auth.plaintext = Plaintext::Never;
+        assert!(!auth.plaintext_allowed(ip("127.0.0.1"), false));
+        assert!(auth.plaintext_allowed(ip("127.0.0.1"), true));
+        auth.plaintext = Plaintext::Always;
+        assert!(auth.plaintext_allowed(ip("192.0.2.1"), false));
+        assert_eq!(
+            parse("[auth]\nplaintext = \"loopback\"\n").map(|a| a.plaintext),
+            Ok(Plaintext::LoopbackOnly)
+        );
+    }
+}
