@@ -128,6 +128,16 @@ impl From<IpAddr> for PeerKey {
     }
 }
 
+/// What a failed login costs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Penalty {
+    /// How long to make the client wait before answering.
+    pub delay: Duration,
+    /// This failure locked the address out (worth one log line; the refusals that follow
+    /// are not).
+    pub locked_out: bool,
+}
+
 /// Too many failures from this address: refuse without checking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Throttled;
@@ -186,37 +196,40 @@ impl Guard {
         self.table().len()
     }
 
-    fn end(&self, key: PeerKey, now: Instant, outcome: Option<bool>) -> Duration {
+    fn end(&self, key: PeerKey, now: Instant, outcome: Option<bool>) -> Penalty {
         let mut table = self.table();
+        let mut penalty = Penalty {
+            delay: Duration::ZERO,
+            locked_out: false,
+        };
         let Some(record) = table.get_mut(&key) else {
             // Evicted meanwhile (the table was full): nothing to add to.
-            return match outcome {
-                Some(false) => self.policy.delay_after(1),
-                _ => Duration::ZERO,
-            };
+            if outcome == Some(false) {
+                penalty.delay = self.policy.delay_after(1);
+            }
+            return penalty;
         };
         record.in_flight = record.in_flight.saturating_sub(1);
         record.expire(&self.policy, now);
         record.last_active = now;
-        let delay = match outcome {
-            Some(true) => {
-                record.streak = 0;
-                Duration::ZERO
-            }
+        match outcome {
+            Some(true) => record.streak = 0,
             Some(false) => {
                 record.failures = record.failures.saturating_add(1);
                 record.streak = record.streak.saturating_add(1);
-                if self.policy.max_failures > 0 && record.failures >= self.policy.max_failures {
+                let limit = self.policy.max_failures;
+                if limit > 0 && record.failures >= limit && record.locked_until.is_none() {
                     record.locked_until = Some(now + self.policy.lockout);
+                    penalty.locked_out = true;
                 }
-                self.policy.delay_after(record.streak)
+                penalty.delay = self.policy.delay_after(record.streak);
             }
-            None => Duration::ZERO,
-        };
+            None => {}
+        }
         if record.idle() {
             table.remove(&key);
         }
-        delay
+        penalty
     }
 }
 
@@ -252,8 +265,8 @@ impl Attempt<'_> {
         self.guard.end(self.key, now, Some(true));
     }
 
-    /// The password was wrong (or the user unknown): returns how long to make the client wait.
-    pub fn failed(mut self, now: Instant) -> Duration {
+    /// The password was wrong (or the user unknown): returns what that costs the client.
+    pub fn failed(mut self, now: Instant) -> Penalty {
         self.open = false;
         self.guard.end(self.key, now, Some(false))
     }
@@ -290,6 +303,10 @@ mod tests {
     const B: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 2));
 
     fn fail(guard: &Guard, peer: IpAddr, now: Instant) -> Duration {
+        fail_penalty(guard, peer, now).delay
+    }
+
+    fn fail_penalty(guard: &Guard, peer: IpAddr, now: Instant) -> Penalty {
         match guard.begin(peer, now) {
             Ok(attempt) => attempt.failed(now),
             Err(Throttled) => panic!("throttled too early"),
@@ -313,10 +330,14 @@ mod tests {
     fn failures_lock_out_then_expire() {
         let guard = Guard::new(policy());
         let t0 = Instant::now();
-        let delays: Vec<u64> = (0..5)
-            .map(|i| fail(&guard, A, t0 + secs(i)).as_secs())
+        let penalties: Vec<(u64, bool)> = (0..5)
+            .map(|i| fail_penalty(&guard, A, t0 + secs(i)))
+            .map(|p| (p.delay.as_secs(), p.locked_out))
             .collect();
-        assert_eq!(delays, [1, 2, 4, 4, 4]);
+        assert_eq!(
+            penalties,
+            [(1, false), (2, false), (4, false), (4, false), (4, true)]
+        );
         // Locked: refused without being counted, another address is unaffected.
         assert_eq!(guard.begin(A, t0 + secs(10)).err(), Some(Throttled));
         assert_eq!(guard.begin(A, t0 + secs(4 + 299)).err(), Some(Throttled));
@@ -395,9 +416,12 @@ mod tests {
         let running: Vec<_> = (0..5).filter_map(|_| guard.begin(A, now).ok()).collect();
         assert_eq!(running.len(), 5);
         assert_eq!(guard.begin(A, now).err(), Some(Throttled));
-        for attempt in running {
-            attempt.failed(now);
-        }
+        let locked: Vec<bool> = running
+            .into_iter()
+            .map(|a| a.failed(now).locked_out)
+            .collect();
+        // The lockout is reported once, by the failure that caused it.
+        assert_eq!(locked, [false, false, false, false, true]);
         assert_eq!(guard.begin(A, now + secs(1)).err(), Some(Throttled));
     }
 

@@ -42,7 +42,7 @@ use std::time::Instant;
 use tokio::sync::Semaphore;
 
 pub use config::{AuthConfig, Plaintext, DEFAULT_USERS_FILE};
-pub use guard::{Attempt, Guard, GuardPolicy, PeerKey, Throttled};
+pub use guard::{Attempt, Guard, GuardPolicy, PeerKey, Penalty, Throttled};
 pub use users::{check_name, User, UsersFile};
 
 /// Why a login did not succeed.
@@ -124,7 +124,8 @@ impl Authenticator {
         let attempt = match self.inner.guard.begin(peer, Instant::now()) {
             Ok(attempt) => attempt,
             Err(Throttled) => {
-                tracing::warn!(%peer, user = %shown, "login refused: too many failures from this address");
+                // The lockout itself was logged; its refusals would only flood the log.
+                tracing::debug!(%peer, user = %shown, "login refused: address locked out");
                 return Err(AuthError::Throttled);
             }
         };
@@ -137,16 +138,22 @@ impl Authenticator {
             }
             Err(err) => {
                 // Not the client's doing: not a failure for the guard (the attempt is dropped).
-                tracing::error!(%peer, user = %shown, "login impossible: {err}");
+                // The unreadable file is logged where it is read, once.
+                tracing::debug!(%peer, user = %shown, "login impossible: {err}");
                 return Err(err);
             }
             Ok(Outcome::UnknownUser) => "unknown user",
             Ok(Outcome::NoPassword) => "user has no usable password",
             Ok(Outcome::WrongPassword) => "wrong password",
         };
-        let delay = attempt.failed(Instant::now());
-        tracing::warn!(%peer, user = %shown, delay_ms = delay.as_millis() as u64, "login failed: {reason}");
-        tokio::time::sleep(delay).await;
+        let penalty = attempt.failed(Instant::now());
+        let delay_ms = u64::try_from(penalty.delay.as_millis()).unwrap_or(u64::MAX);
+        tracing::warn!(%peer, user = %shown, delay_ms, "login failed: {reason}");
+        if penalty.locked_out {
+            let lockout = self.inner.guard.policy().lockout.as_secs();
+            tracing::warn!(%peer, "too many failed logins: address locked out for {lockout} s");
+        }
+        tokio::time::sleep(penalty.delay).await;
         Err(AuthError::Failed)
     }
 
