@@ -6,7 +6,7 @@ use std::io::Read;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use inetkit_common::mail::{Flags, Folder, MessageInfo, Store, StoreError};
+use inetkit_common::mail::{FlagChange, Flags, Folder, MessageInfo, Store, StoreError};
 
 /// Name of the per-mailbox lock file that makes `[IN-USE]` work across processes.
 const LOCK_FILE: &str = "inetkit-pop3.lock";
@@ -51,7 +51,7 @@ impl Maildrop {
             Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(OpenError::InUse),
             Err((_, errno)) => return Err(OpenError::Lock(errno.into())),
         };
-        let folder = mailbox.inbox()?;
+        let folder = mailbox.inbox();
         let snapshot = folder.snapshot()?;
         let messages = snapshot
             .messages
@@ -127,24 +127,21 @@ impl Maildrop {
     /// The UPDATE state: removes the messages marked deleted and marks retrieved ones \Seen
     /// (so IMAP clients see them as read). Returns how many were removed.
     pub fn commit(self) -> Result<usize, StoreError> {
-        let deleted: Vec<u32> = self
-            .messages
-            .iter()
-            .filter(|e| e.deleted)
-            .map(|e| e.info.uid)
-            .collect();
-        for entry in self.messages.iter().filter(|e| e.retrieved && !e.deleted) {
-            if !entry.info.flags.contains(Flags::SEEN) {
-                let flags = entry.info.flags | Flags::SEEN;
+        let mut deleted = Vec::new();
+        for mut entry in self.messages {
+            if entry.deleted {
+                deleted.push(entry.info);
+            } else if entry.retrieved && !entry.info.flags.contains(Flags::SEEN) {
                 // A message removed meanwhile by IMAP is no reason to fail the QUIT.
-                if let Err(err) = self.folder.set_flags(entry.info.uid, flags) {
+                if let Err(err) = self
+                    .folder
+                    .update_flags(&mut entry.info, FlagChange::Add(Flags::SEEN))
+                {
                     tracing::debug!(uid = entry.info.uid, error = %err, "could not mark seen");
                 }
             }
         }
-        if !deleted.is_empty() {
-            self.folder.delete(&deleted)?;
-        }
+        self.folder.delete(&deleted)?;
         Ok(deleted.len())
     }
 }
