@@ -1,1 +1,108 @@
 //! The Maildir++ mail store shared by smtp-submit, pop3d and imapd.
+//!
+//! ```text
+//! /var/lib/inetkit/mail/<user>/         INBOX: tmp/ new/ cur/, inetkit-uidlist(.lock)
+//!                              .Sent/   a folder: the same, plus an empty `maildirfolder`
+//!                              .a.b/    folder "a/b"
+//!                              inetkit-uidvalidity   last UIDVALIDITY handed out
+//! ```
+//!
+//! - [`Store::mailbox`] opens (and on first use creates) a user's mailbox; [`Store::deliver`]
+//!   drops a message into INBOX the Maildir way (tmp/, fsync, rename into new/, fsync).
+//! - [`Folder::snapshot`] gives the messages in UID order with sizes, flags and dates, reading
+//!   only the directories and the uid list when nothing is new. UIDs live in the folder's
+//!   uid list ([`uidlist`](self::uidlist) describes the format); losing it costs a new
+//!   UIDVALIDITY, never a lost message.
+//! - Flags are the letters after `:2,` in `cur/` file names; [`Folder::update_flags`] renames.
+//!
+//! Several processes use one folder at once; `folder.rs` states the locking rules. Every call
+//! blocks on file I/O: async code runs it with `tokio::task::spawn_blocking`.
+//!
+//! ```no_run
+//! use inetkit_common::mail::{FlagChange, Flags, Store};
+//! # fn main() -> Result<(), inetkit_common::mail::StoreError> {
+//! let store = Store::new("/var/lib/inetkit/mail");
+//! store.deliver("alice", &mut &b"Subject: hi\n\nhello\n"[..])?;
+//! let inbox = store.mailbox("alice")?.inbox();
+//! let mut snapshot = inbox.snapshot()?;
+//! for msg in &mut snapshot.messages {
+//!     let _file = inbox.open(msg)?; // RETR / FETCH
+//!     inbox.update_flags(msg, FlagChange::Add(Flags::SEEN))?;
+//! }
+//! inbox.delete(&snapshot.messages)?;
+//! # Ok(()) }
+//! ```
+
+mod folder;
+mod fsutil;
+mod maildir;
+mod store;
+pub mod uidlist;
+
+use std::io;
+use std::path::{Path, PathBuf};
+
+#[doc(hidden)]
+pub use folder::message_files_read;
+pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot};
+pub use fsutil::Owner;
+pub use maildir::Flags;
+pub use store::{Mailbox, Store, DEFAULT_FOLDERS};
+
+/// What went wrong in the store, with the path it went wrong on.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{op} {path}: {err}")]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        err: io::Error,
+    },
+    /// The message being delivered could not be read (the client or pipe went away).
+    #[error("reading the message: {0}")]
+    Input(io::Error),
+    #[error("invalid user name {0:?}")]
+    InvalidUser(String),
+    #[error("invalid folder name {0:?}")]
+    InvalidFolder(String),
+    #[error("no folder {0:?}")]
+    NoSuchFolder(String),
+    #[error("folder {0:?} already exists")]
+    FolderExists(String),
+    #[error("INBOX cannot be {0}")]
+    Inbox(&'static str),
+    /// The message was deleted (by another session) since the caller's snapshot.
+    #[error("message {base} is gone")]
+    MessageGone { base: String },
+}
+
+impl StoreError {
+    pub(crate) fn io(op: &'static str, path: &Path, err: io::Error) -> StoreError {
+        StoreError::Io {
+            op,
+            path: path.to_owned(),
+            err,
+        }
+    }
+
+    /// The underlying I/O error, if any.
+    pub fn io_error(&self) -> Option<&io::Error> {
+        match self {
+            StoreError::Io { err, .. } | StoreError::Input(err) => Some(err),
+            _ => None,
+        }
+    }
+
+    /// The disk (or the quota, or the file size limit) is full: a temporary failure for
+    /// SMTP (452) and IMAP (`[OVERQUOTA]`/`NO`).
+    pub fn is_no_space(&self) -> bool {
+        matches!(
+            self,
+            StoreError::Io { err, .. }
+                if matches!(err.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG))
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests;

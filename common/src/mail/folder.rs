@@ -1,0 +1,737 @@
+//! One Maildir folder (`tmp/ new/ cur/` and its uid list): snapshot, read, flag, delete, add.
+//!
+//! Concurrency rules, which every operation here keeps:
+//! - Writing a message needs no lock: it goes to `tmp/` under a unique name, is fsynced, and is
+//!   renamed (never over an existing file) into `new/` or `cur/`; then the directory is fsynced.
+//! - The folder lock (`inetkit-uidlist.lock`, an exclusive flock) is held to read or change the
+//!   uid list, to rename a message (flags, or `new/` to `cur/`) and to unlink one. While it is
+//!   held, no inetkit process renames files in the folder, so a directory scan under the lock
+//!   sees every message (a rename in a directory being read can hide the file from readdir).
+//!   Programs outside inetkit do not take the lock: a known message missing from a scan is
+//!   looked for once more before it counts as expunged.
+//! - A message keeps its base name for life; the uid list maps base names to UIDs, so flags
+//!   can change and files can move from `new/` to `cur/` without UIDs changing. A caller
+//!   holding an old file name (another process renamed the file since) is followed to the
+//!   current name by base.
+
+use std::cell::Cell;
+use std::collections::{HashMap, HashSet};
+use std::fs::{File, OpenOptions};
+use std::io::{ErrorKind, Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::fsutil::{self, Lock, Owner};
+use super::maildir::{cur_name, name_time, size_field, split_name, unique_name, SizeCounter};
+use super::uidlist::{Entry, Loaded, UidList};
+use super::{Flags, StoreError};
+
+const LOCK_FILE: &str = "inetkit-uidlist.lock";
+/// Maildir convention: a file left in `tmp/` this long is from a writer that died.
+const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
+/// Attempts at a fresh unique name when one is taken (practically never).
+const NAME_ATTEMPTS: usize = 10;
+
+thread_local! {
+    static FILES_READ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many message files this thread has opened to learn a size or date while indexing.
+/// Lets tests check that an indexed folder is opened from its uid list alone.
+#[doc(hidden)]
+pub fn message_files_read() -> u64 {
+    FILES_READ.with(Cell::get)
+}
+
+/// A folder of a mailbox. Cheap to create; holds no open files or locks between calls.
+///
+/// All methods block on the file system (and briefly on the folder lock): async daemons call
+/// them through `tokio::task::spawn_blocking`.
+#[derive(Debug, Clone)]
+pub struct Folder {
+    name: String,
+    path: PathBuf,
+    mailbox: PathBuf,
+    owner: Option<Owner>,
+}
+
+/// The folder's messages at one moment, in UID order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    pub messages: Vec<MessageInfo>,
+}
+
+/// One message as a snapshot saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageInfo {
+    pub uid: u32,
+    /// The unique file name without flags: stable for the message's life. Other programs may
+    /// write bases of any length or character set, so a POP3 UIDL derives from `uid` and
+    /// `uid_validity` (as Dovecot's default does) or checks the base fits before using it.
+    pub base: String,
+    /// Bytes in the file.
+    pub size: u64,
+    /// Bytes with every bare LF sent as CRLF: POP3 LIST and IMAP RFC822.SIZE.
+    pub vsize: u64,
+    pub flags: Flags,
+    /// When the message arrived (IMAP INTERNALDATE), to the second.
+    pub internal_date: SystemTime,
+    /// It was in `new/`: no client has seen it yet (IMAP \Recent).
+    pub recent: bool,
+    /// `new/<name>` or `cur/<name>`, relative to the folder.
+    file: String,
+}
+
+impl MessageInfo {
+    /// The file's path relative to the folder, as last seen (`cur/<base>:2,<flags>`).
+    pub fn file(&self) -> &str {
+        &self.file
+    }
+}
+
+/// A change to a message's flags, made atomically against other processes' changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FlagChange {
+    Set(Flags),
+    Add(Flags),
+    Remove(Flags),
+}
+
+impl FlagChange {
+    fn apply(self, mut flags: Flags) -> Flags {
+        match self {
+            FlagChange::Set(f) => return f,
+            FlagChange::Add(f) => flags.insert(f),
+            FlagChange::Remove(f) => flags.remove(f),
+        }
+        flags
+    }
+}
+
+/// A message delivered into `new/`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivered {
+    pub path: PathBuf,
+    pub base: String,
+    pub size: u64,
+    pub vsize: u64,
+}
+
+/// A message added with [`Folder::append`] (IMAP APPENDUID needs both numbers).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Appended {
+    pub uid_validity: u32,
+    pub message: MessageInfo,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// Where a scan found a message.
+#[derive(Debug, Clone)]
+struct Found {
+    sub: Sub,
+    name: String,
+}
+
+impl Found {
+    fn rel(&self) -> String {
+        format!("{}/{}", self.sub.dir(), self.name)
+    }
+}
+
+impl Folder {
+    pub(crate) fn new(name: String, path: PathBuf, mailbox: PathBuf, owner: Option<Owner>) -> Self {
+        Folder {
+            name,
+            path,
+            mailbox,
+            owner,
+        }
+    }
+
+    /// The folder's name: `INBOX`, `Sent`, `a/b`.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The folder's directory (the mailbox directory for INBOX).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Indexes new messages (found in `new/` or `cur/` and not in the uid list yet) and returns
+    /// every message, in UID order. Leaves files where they are.
+    ///
+    /// With a current uid list this reads two directories and the list; message files are only
+    /// opened for messages never seen before whose names lack `,S=`/`,W=`.
+    pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        let _lock = self.lock()?;
+        self.sync_locked(false)
+    }
+
+    /// Like [`snapshot`](Self::snapshot), and moves messages from `new/` to `cur/`: the caller
+    /// (an IMAP session that selected the folder) is the one that reports them as `recent`.
+    pub fn claim_new(&self) -> Result<Snapshot, StoreError> {
+        let _lock = self.lock()?;
+        self.sync_locked(true)
+    }
+
+    /// Opens a message for reading. If another process renamed it since the snapshot (a flag
+    /// change, a move to `cur/`), the file is found again by its base name.
+    pub fn open(&self, msg: &MessageInfo) -> Result<File, StoreError> {
+        let path = self.path.join(&msg.file);
+        match File::open(&path) {
+            Ok(file) => return Ok(file),
+            Err(err) if err.kind() == ErrorKind::NotFound => {}
+            Err(err) => return Err(StoreError::io("opening", &path, err)),
+        }
+        let _lock = self.lock()?;
+        let found = self.find(&msg.base)?;
+        let path = self.path.join(found.rel());
+        File::open(&path).map_err(|err| StoreError::io("opening", &path, err))
+    }
+
+    /// Changes a message's flags (renames it to `cur/<base>:2,<FLAGS>`) and updates `msg`.
+    /// The change applies to the flags the file has now, so concurrent `Add`s of different
+    /// flags by two sessions both survive.
+    pub fn update_flags(
+        &self,
+        msg: &mut MessageInfo,
+        change: FlagChange,
+    ) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut from = msg.file.clone();
+        let mut current = msg.flags;
+        for attempt in 0..2 {
+            let flags = change.apply(current);
+            let to = format!("cur/{}", cur_name(&msg.base, flags));
+            if to == from {
+                msg.flags = flags;
+                return Ok(());
+            }
+            match std::fs::rename(self.path.join(&from), self.path.join(&to)) {
+                Ok(()) => {
+                    msg.flags = flags;
+                    msg.file = to;
+                    return Ok(());
+                }
+                Err(err) if err.kind() == ErrorKind::NotFound && attempt == 0 => {
+                    let found = self.find(&msg.base)?;
+                    current = split_name(&found.name).1;
+                    from = found.rel();
+                }
+                Err(err) => return Err(StoreError::io("renaming", &self.path.join(&from), err)),
+            }
+        }
+        Err(StoreError::MessageGone {
+            base: msg.base.clone(),
+        })
+    }
+
+    /// Deletes messages (POP3 UPDATE, IMAP EXPUNGE). One already gone is not an error.
+    pub fn delete(&self, msgs: &[MessageInfo]) -> Result<(), StoreError> {
+        if msgs.is_empty() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let mut stale = Vec::new();
+        for msg in msgs {
+            let path = self.path.join(&msg.file);
+            match std::fs::remove_file(&path) {
+                Ok(()) => {}
+                Err(err) if err.kind() == ErrorKind::NotFound => stale.push(msg),
+                Err(err) => return Err(StoreError::io("deleting", &path, err)),
+            }
+        }
+        if !stale.is_empty() {
+            // Renamed since the caller's snapshot, or already deleted.
+            let found = self.scan()?;
+            for msg in stale {
+                if let Some(f) = found.get(&msg.base) {
+                    let path = self.path.join(f.rel());
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => {}
+                        Err(err) if err.kind() == ErrorKind::NotFound => {}
+                        Err(err) => return Err(StoreError::io("deleting", &path, err)),
+                    }
+                }
+            }
+        }
+        for sub in [Sub::New, Sub::Cur] {
+            fsutil::sync_dir(&self.path.join(sub.dir()))?;
+        }
+        // Drop them from the uid list now, so the next snapshot need not look twice.
+        if let Loaded::Ok(mut list) = UidList::load(&self.path)? {
+            let gone: HashSet<&str> = msgs.iter().map(|m| m.base.as_str()).collect();
+            let before = list.entries.len();
+            list.entries.retain(|e| !gone.contains(e.base.as_str()));
+            if list.entries.len() != before || list.needs_rewrite {
+                list.save(&self.path, self.owner)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Delivers a message into `new/` (SMTP, `inetkit deliver`). Takes no lock: the message
+    /// gets its UID from the next snapshot. On any error (a full disk) nothing is left behind.
+    pub fn deliver(&self, message: &mut dyn Read) -> Result<Delivered, StoreError> {
+        let (path, base, sizes, _file) =
+            self.write_message(message, SystemTime::now(), Sub::New, Flags::EMPTY)?;
+        Ok(Delivered {
+            path,
+            base,
+            size: sizes.size,
+            vsize: sizes.vsize,
+        })
+    }
+
+    /// Adds a message with flags and an internal date (IMAP APPEND and COPY, the Sent copy of
+    /// submitted mail) and gives it the next UID at once. Without flags it goes to `new/`.
+    pub fn append(
+        &self,
+        message: &mut dyn Read,
+        flags: Flags,
+        internal_date: Option<SystemTime>,
+    ) -> Result<Appended, StoreError> {
+        let date = internal_date.unwrap_or_else(SystemTime::now);
+        let sub = if flags.is_empty() { Sub::New } else { Sub::Cur };
+        let (path, base, sizes, file) = self.write_message(message, date, sub, flags)?;
+        if internal_date.is_some() {
+            // After the rename: the tmp/ cleaner must never see an old date on a live file.
+            if let Err(err) = file.set_modified(date) {
+                tracing::debug!(path = %path.display(), error = %err, "cannot set mtime");
+            }
+        }
+        drop(file);
+        let secs = name_time(&base).unwrap_or(0);
+        let mut message = MessageInfo {
+            uid: 0,
+            file: match sub {
+                Sub::New => format!("new/{base}"),
+                Sub::Cur => format!("cur/{}", cur_name(&base, flags)),
+            },
+            base,
+            size: sizes.size,
+            vsize: sizes.vsize,
+            flags,
+            internal_date: UNIX_EPOCH + Duration::from_secs(secs),
+            recent: sub == Sub::New,
+        };
+
+        let _lock = self.lock()?;
+        // The quick way: add one line to a sound uid list, without reading the directories.
+        if let Loaded::Ok(list) = UidList::load(&self.path)? {
+            if let Some(e) = list.entries.iter().find(|e| e.base == message.base) {
+                message.uid = e.uid; // a concurrent snapshot indexed it already
+                return Ok(Appended {
+                    uid_validity: list.validity,
+                    message,
+                });
+            }
+            if !list.needs_rewrite && list.next_uid < u32::MAX - 1 {
+                let entry = Entry {
+                    uid: list.next_uid,
+                    base: message.base.clone(),
+                    size: None,
+                    vsize: None,
+                    time: None,
+                };
+                list.append(&self.path, std::slice::from_ref(&entry))?;
+                message.uid = entry.uid;
+                return Ok(Appended {
+                    uid_validity: list.validity,
+                    message,
+                });
+            }
+        }
+        let snapshot = self.sync_locked(false)?;
+        let found = snapshot
+            .messages
+            .into_iter()
+            .find(|m| m.base == message.base)
+            .ok_or(StoreError::MessageGone { base: message.base })?;
+        Ok(Appended {
+            uid_validity: snapshot.uid_validity,
+            message: found,
+        })
+    }
+
+    fn lock(&self) -> Result<Lock, StoreError> {
+        Lock::acquire(&self.path.join(LOCK_FILE), self.owner)
+    }
+
+    /// Writes the message to `tmp/`, fsyncs it, and renames it into `new/` or `cur/` under a
+    /// name that no existing file has. Returns the final path, the base, the sizes and the
+    /// still open file.
+    fn write_message(
+        &self,
+        message: &mut dyn Read,
+        date: SystemTime,
+        sub: Sub,
+        flags: Flags,
+    ) -> Result<(PathBuf, String, SizeCounter, File), StoreError> {
+        let (tmp, file, sizes) = self.write_tmp(message, date)?;
+        let dir = self.path.join(sub.dir());
+        for _ in 0..NAME_ATTEMPTS {
+            let base = format!("{},S={},W={}", unique_name(date), sizes.size, sizes.vsize);
+            let name = match sub {
+                Sub::New => base.clone(),
+                Sub::Cur => cur_name(&base, flags),
+            };
+            let path = dir.join(&name);
+            match fsutil::rename_noreplace(&tmp, &path) {
+                Ok(()) => {
+                    if let Err(err) = fsutil::sync_dir(&dir) {
+                        // Not known to be durable: report failure, and leave nothing behind
+                        // that a retry would duplicate.
+                        let _ = std::fs::remove_file(&path);
+                        return Err(err);
+                    }
+                    return Ok((path, base, sizes, file));
+                }
+                Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
+                Err(err) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(StoreError::io("renaming", &tmp, err));
+                }
+            }
+        }
+        let _ = std::fs::remove_file(&tmp);
+        Err(StoreError::io(
+            "naming",
+            &tmp,
+            std::io::Error::new(ErrorKind::AlreadyExists, "no unique name found"),
+        ))
+    }
+
+    fn write_tmp(
+        &self,
+        message: &mut dyn Read,
+        date: SystemTime,
+    ) -> Result<(PathBuf, File, SizeCounter), StoreError> {
+        let tmp_dir = self.path.join("tmp");
+        let mut attempt = 0;
+        let (path, mut file) = loop {
+            let path = tmp_dir.join(unique_name(date));
+            match OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+            {
+                Ok(file) => break (path, file),
+                Err(err) if err.kind() == ErrorKind::AlreadyExists && attempt < NAME_ATTEMPTS => {
+                    attempt += 1;
+                }
+                Err(err) => return Err(StoreError::io("creating", &path, err)),
+            }
+        };
+        let result = (|| {
+            fsutil::chown_file(&file, &path, self.owner)?;
+            let mut sizes = SizeCounter::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                let n = match message.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(err) if err.kind() == ErrorKind::Interrupted => continue,
+                    Err(err) => return Err(StoreError::Input(err)),
+                };
+                sizes.update(&buf[..n]);
+                file.write_all(&buf[..n])
+                    .map_err(|err| StoreError::io("writing", &path, err))?;
+            }
+            file.sync_all()
+                .map_err(|err| StoreError::io("syncing", &path, err))?;
+            Ok(sizes)
+        })();
+        match result {
+            Ok(sizes) => Ok((path, file, sizes)),
+            Err(err) => {
+                drop(file);
+                let _ = std::fs::remove_file(&path);
+                Err(err)
+            }
+        }
+    }
+
+    /// Reads `new/` and `cur/`: base name -> where the file is now.
+    fn scan(&self) -> Result<HashMap<String, Found>, StoreError> {
+        let mut found = HashMap::new();
+        // `cur/` last, so that a file another program copied into both counts once, from cur/.
+        for sub in [Sub::New, Sub::Cur] {
+            let dir = self.path.join(sub.dir());
+            let entries =
+                std::fs::read_dir(&dir).map_err(|err| StoreError::io("reading", &dir, err))?;
+            for entry in entries {
+                let entry = entry.map_err(|err| StoreError::io("reading", &dir, err))?;
+                let name = entry.file_name();
+                let Some(name) = name.to_str() else {
+                    tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file whose name is not UTF-8");
+                    continue;
+                };
+                if name.starts_with('.') || name.contains('\n') {
+                    continue;
+                }
+                let (base, _) = split_name(name);
+                if base.is_empty() {
+                    continue;
+                }
+                found.insert(
+                    base.to_owned(),
+                    Found {
+                        sub,
+                        name: name.to_owned(),
+                    },
+                );
+            }
+        }
+        Ok(found)
+    }
+
+    /// Where the message with this base is now. Call with the lock held.
+    fn find(&self, base: &str) -> Result<Found, StoreError> {
+        self.scan()?
+            .remove(base)
+            .ok_or_else(|| StoreError::MessageGone {
+                base: base.to_owned(),
+            })
+    }
+
+    /// A new list for this folder, under a UIDVALIDITY never used in this mailbox before.
+    fn fresh_list(&self) -> Result<UidList, StoreError> {
+        Ok(UidList::new(fsutil::next_uid_validity(
+            &self.mailbox,
+            self.owner,
+        )?))
+    }
+
+    /// The heart of `snapshot`: brings the uid list up to date with the directories.
+    fn sync_locked(&self, claim: bool) -> Result<Snapshot, StoreError> {
+        self.clean_tmp();
+        let mut found = self.scan()?;
+        let (mut list, mut rewrite) = match UidList::load(&self.path)? {
+            Loaded::Ok(list) => {
+                let rewrite = list.needs_rewrite;
+                (list, rewrite)
+            }
+            Loaded::Missing => {
+                if !found.is_empty() {
+                    tracing::warn!(folder = %self.path.display(), messages = found.len(),
+                        "uid list missing: numbering every message afresh under a new UIDVALIDITY");
+                }
+                (self.fresh_list()?, true)
+            }
+            Loaded::Corrupt { reason, validity } => {
+                tracing::warn!(folder = %self.path.display(), reason, old_uidvalidity = ?validity,
+                    "uid list corrupt: numbering every message afresh under a new UIDVALIDITY");
+                (self.fresh_list()?, true)
+            }
+        };
+
+        // Known messages missing from the scan were expunged, or renamed by a program that
+        // does not take our lock while we read. Look once more before forgetting them.
+        if list.entries.iter().any(|e| !found.contains_key(&e.base)) {
+            found.extend(self.scan()?);
+            let before = list.entries.len();
+            list.entries.retain(|e| found.contains_key(&e.base));
+            rewrite |= list.entries.len() != before;
+        }
+
+        let mut fresh: Vec<&String> = {
+            let known: HashSet<&str> = list.entries.iter().map(|e| e.base.as_str()).collect();
+            found
+                .keys()
+                .filter(|base| !known.contains(base.as_str()))
+                .collect()
+        };
+        if u64::from(list.next_uid) + fresh.len() as u64 >= u64::from(u32::MAX) {
+            tracing::warn!(folder = %self.path.display(),
+                "UIDs exhausted: numbering every message afresh under a new UIDVALIDITY");
+            list = self.fresh_list()?;
+            rewrite = true;
+            fresh = found.keys().collect();
+        }
+        // Oldest first, so UIDs follow arrival where the names tell it.
+        fresh.sort_by(|a, b| (name_time(a), a).cmp(&(name_time(b), b)));
+
+        let mut added = Vec::new();
+        let mut vanished = Vec::new();
+        for base in fresh {
+            match self.index_entry(list.next_uid, base, &found[base])? {
+                Some(entry) => {
+                    list.next_uid += 1;
+                    added.push(entry);
+                }
+                None => vanished.push(base.clone()),
+            }
+        }
+        for base in vanished {
+            found.remove(&base);
+        }
+        // Lines that lack a cached value their name does not carry (a hand-edited list).
+        for entry in &mut list.entries {
+            if needs_cache(entry) {
+                if let Some(f) = found.get(&entry.base) {
+                    if let Some(filled) = self.index_entry(entry.uid, &entry.base, f)? {
+                        *entry = filled;
+                        rewrite = true;
+                    }
+                }
+            }
+        }
+        list.entries.extend(added.iter().cloned());
+        list.entries.retain(|e| found.contains_key(&e.base));
+
+        if rewrite {
+            list.save(&self.path, self.owner)?;
+        } else if !added.is_empty() {
+            list.append(&self.path, &added)?;
+        }
+
+        let mut messages: Vec<MessageInfo> = list
+            .entries
+            .iter()
+            .map(|e| message_info(e, &found[&e.base]))
+            .collect();
+        if claim {
+            self.move_to_cur(&mut messages)?;
+        }
+        Ok(Snapshot {
+            uid_validity: list.validity,
+            uid_next: list.next_uid,
+            messages,
+        })
+    }
+
+    /// A uid list line for a message seen for the first time: sizes and date come from the
+    /// name, or else from the file, once. `None` if the file vanished meanwhile.
+    fn index_entry(
+        &self,
+        uid: u32,
+        base: &str,
+        found: &Found,
+    ) -> Result<Option<Entry>, StoreError> {
+        let mut entry = Entry {
+            uid,
+            base: base.to_owned(),
+            size: None,
+            vsize: None,
+            time: None,
+        };
+        if !needs_cache(&entry) {
+            return Ok(Some(entry));
+        }
+        let path = self.path.join(found.rel());
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(StoreError::io("opening", &path, err)),
+        };
+        FILES_READ.with(|n| n.set(n.get() + 1));
+        let meta = file
+            .metadata()
+            .map_err(|err| StoreError::io("reading", &path, err))?;
+        if size_field(base, 'S').is_none() {
+            entry.size = Some(meta.len());
+        }
+        if name_time(base).is_none() {
+            let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+            entry.time = Some(mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        }
+        if size_field(base, 'W').is_none() {
+            let mut sizes = SizeCounter::default();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match file.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => sizes.update(&buf[..n]),
+                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                    Err(err) => return Err(StoreError::io("reading", &path, err)),
+                }
+            }
+            entry.vsize = Some(sizes.vsize);
+        }
+        Ok(Some(entry))
+    }
+
+    fn move_to_cur(&self, messages: &mut [MessageInfo]) -> Result<(), StoreError> {
+        for msg in messages.iter_mut().filter(|m| m.file.starts_with("new/")) {
+            let to = format!("cur/{}", cur_name(&msg.base, msg.flags));
+            match std::fs::rename(self.path.join(&msg.file), self.path.join(&to)) {
+                Ok(()) => msg.file = to,
+                // Moved by a program that ignores our lock; `open` will find it.
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(StoreError::io("renaming", &self.path.join(&msg.file), err))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes files a dead writer left in `tmp/`. Failures only cost disk space: logged.
+    fn clean_tmp(&self) {
+        let dir = self.path.join("tmp");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > TMP_MAX_AGE);
+            if meta.is_file() && old {
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed a stale file from tmp/")
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), error = %err, "cannot remove a stale file")
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The base name lacks a value the uid list line does not hold either.
+fn needs_cache(e: &Entry) -> bool {
+    (e.size.is_none() && size_field(&e.base, 'S').is_none())
+        || (e.vsize.is_none() && size_field(&e.base, 'W').is_none())
+        || (e.time.is_none() && name_time(&e.base).is_none())
+}
+
+fn message_info(e: &Entry, found: &Found) -> MessageInfo {
+    let secs = name_time(&e.base).or(e.time).unwrap_or(0);
+    MessageInfo {
+        uid: e.uid,
+        base: e.base.clone(),
+        size: size_field(&e.base, 'S').or(e.size).unwrap_or(0),
+        vsize: size_field(&e.base, 'W').or(e.vsize).unwrap_or(0),
+        flags: split_name(&found.name).1,
+        internal_date: UNIX_EPOCH + Duration::from_secs(secs),
+        recent: found.sub == Sub::New,
+        file: found.rel(),
+    }
+}

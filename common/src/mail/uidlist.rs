@@ -1,0 +1,314 @@
+//! The per-folder UID list, `inetkit-uidlist`: which base name has which IMAP UID.
+//!
+//! ```text
+//! inetkit-uidlist 1 V1700000000 N43
+//! 41 :1700000000.M1P2Q0.host,S=1200,W=1230
+//! 42 S=880 W=902 T=1699999999 :msg-from-procmail
+//! ```
+//!
+//! The header holds the format version, UIDVALIDITY and the next UID; then one line per
+//! message in UID order. Sizes (`S=`, `W=`) and the internal date (`T=`, seconds) appear only
+//! when the base name does not carry them, so that they are computed from the file once.
+//!
+//! Every read and write happens under the folder's lock (`inetkit-uidlist.lock`, flock).
+//! New UIDs are appended (and fsynced before the lock is released); removing lines rewrites
+//! the file atomically (temp file, fsync, rename, fsync of the directory). A crash mid-append
+//! leaves a last line without its newline: it is ignored (its UID was never handed out, since
+//! the append had not returned) and the next write rewrites the file. Anything else that does
+//! not parse makes the list corrupt, and the folder is renumbered under a new UIDVALIDITY.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use super::fsutil::{self, Owner};
+use super::StoreError;
+
+pub(crate) const FILE: &str = "inetkit-uidlist";
+const TEMP: &str = "inetkit-uidlist.new";
+const MAGIC: &str = "inetkit-uidlist";
+const VERSION: &str = "1";
+
+/// One message's line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Entry {
+    pub uid: u32,
+    pub base: String,
+    /// Cached only when the base name has no `,S=`.
+    pub size: Option<u64>,
+    /// Cached only when the base name has no `,W=`.
+    pub vsize: Option<u64>,
+    /// Cached only when the base name does not start with a time.
+    pub time: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UidList {
+    pub validity: u32,
+    /// Never lower than the last UID handed out plus one.
+    pub next_uid: u32,
+    /// In UID order.
+    pub entries: Vec<Entry>,
+    /// The file ends in a partial line: rewrite before appending to it.
+    pub needs_rewrite: bool,
+}
+
+/// What reading a folder's list found.
+#[derive(Debug)]
+pub(crate) enum Loaded {
+    Missing,
+    /// Unusable; `validity` is the old UIDVALIDITY if the header could still be read.
+    Corrupt {
+        reason: String,
+        validity: Option<u32>,
+    },
+    Ok(UidList),
+}
+
+impl UidList {
+    pub fn new(validity: u32) -> UidList {
+        UidList {
+            validity,
+            next_uid: 1,
+            entries: Vec::new(),
+            needs_rewrite: false,
+        }
+    }
+
+    pub fn parse(text: &str) -> Result<UidList, (String, Option<u32>)> {
+        let mut lines = text.split_inclusive('\n');
+        let header = lines.next().unwrap_or("");
+        let (validity, header_next) =
+            parse_header(header).ok_or_else(|| (format!("bad header {header:?}"), None))?;
+        let mut list = UidList {
+            validity,
+            next_uid: header_next,
+            entries: Vec::new(),
+            needs_rewrite: !header.ends_with('\n'),
+        };
+        let corrupt = |why: String| (why, Some(validity));
+        for (n, line) in lines.enumerate() {
+            let Some(line) = line.strip_suffix('\n') else {
+                // A crash mid-append: nobody was told about this UID.
+                list.needs_rewrite = true;
+                break;
+            };
+            let entry = parse_entry(line)
+                .ok_or_else(|| corrupt(format!("line {}: cannot parse {line:?}", n + 2)))?;
+            if list
+                .entries
+                .last()
+                .is_some_and(|last| last.uid >= entry.uid)
+            {
+                return Err(corrupt(format!(
+                    "line {}: UID {} out of order",
+                    n + 2,
+                    entry.uid
+                )));
+            }
+            list.next_uid = list.next_uid.max(entry.uid.saturating_add(1));
+            list.entries.push(entry);
+        }
+        if list.next_uid == u32::MAX {
+            return Err(corrupt("UIDs exhausted".to_owned()));
+        }
+        Ok(list)
+    }
+
+    pub fn to_text(&self) -> String {
+        let mut text = format!("{MAGIC} {VERSION} V{} N{}\n", self.validity, self.next_uid);
+        for entry in &self.entries {
+            text.push_str(&entry_line(entry));
+        }
+        text
+    }
+
+    /// Reads `<dir>/inetkit-uidlist`. Call with the folder lock held.
+    pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
+        let path = dir.join(FILE);
+        let mut text = String::new();
+        match File::open(&path) {
+            Ok(mut file) => {
+                if let Err(err) = file.read_to_string(&mut text) {
+                    if err.kind() == std::io::ErrorKind::InvalidData {
+                        return Ok(Loaded::Corrupt {
+                            reason: "not UTF-8".to_owned(),
+                            validity: None,
+                        });
+                    }
+                    return Err(StoreError::io("reading", &path, err));
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(err) => return Err(StoreError::io("opening", &path, err)),
+        }
+        Ok(match UidList::parse(&text) {
+            Ok(list) => Loaded::Ok(list),
+            Err((reason, validity)) => Loaded::Corrupt { reason, validity },
+        })
+    }
+
+    /// Replaces the file atomically and durably. Call with the folder lock held.
+    pub fn save(&self, dir: &Path, owner: Option<Owner>) -> Result<(), StoreError> {
+        let temp = dir.join(TEMP);
+        let path = dir.join(FILE);
+        let result = (|| {
+            let mut file = create_truncated(&temp)?;
+            fsutil::chown_file(&file, &temp, owner)?;
+            file.write_all(self.to_text().as_bytes())
+                .and_then(|()| file.sync_all())
+                .map_err(|err| StoreError::io("writing", &temp, err))?;
+            std::fs::rename(&temp, &path).map_err(|err| StoreError::io("renaming", &temp, err))?;
+            fsutil::sync_dir(dir)
+        })();
+        if result.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        result
+    }
+
+    /// Appends entries (which the caller has also pushed onto `self.entries`) to the file and
+    /// fsyncs it. Call with the folder lock held, on a list loaded from `dir`.
+    pub fn append(&self, dir: &Path, new: &[Entry]) -> Result<(), StoreError> {
+        let path = dir.join(FILE);
+        let text: String = new.iter().map(entry_line).collect();
+        let mut file = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .map_err(|err| StoreError::io("opening", &path, err))?;
+        file.write_all(text.as_bytes())
+            .and_then(|()| file.sync_data())
+            .map_err(|err| StoreError::io("appending to", &path, err))
+    }
+}
+
+fn create_truncated(path: &PathBuf) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|err| StoreError::io("creating", path, err))
+}
+
+fn parse_header(line: &str) -> Option<(u32, u32)> {
+    let mut words = line.trim_end().split(' ');
+    if words.next()? != MAGIC || words.next()? != VERSION {
+        return None;
+    }
+    let validity: u32 = words.next()?.strip_prefix('V')?.parse().ok()?;
+    let next: u32 = words.next()?.strip_prefix('N')?.parse().ok()?;
+    (validity != 0 && next != 0 && words.next().is_none()).then_some((validity, next))
+}
+
+fn parse_entry(line: &str) -> Option<Entry> {
+    let (fields, base) = line.split_once(" :")?;
+    if base.is_empty() {
+        return None;
+    }
+    let mut words = fields.split(' ');
+    let uid: u32 = words.next()?.parse().ok()?;
+    if uid == 0 {
+        return None;
+    }
+    let mut entry = Entry {
+        uid,
+        base: base.to_owned(),
+        size: None,
+        vsize: None,
+        time: None,
+    };
+    for word in words {
+        let (key, value) = word.split_once('=')?;
+        let value: u64 = value.parse().ok()?;
+        match key {
+            "S" => entry.size = Some(value),
+            "W" => entry.vsize = Some(value),
+            "T" => entry.time = Some(value),
+            _ => return None,
+        }
+    }
+    Some(entry)
+}
+
+fn entry_line(entry: &Entry) -> String {
+    let mut line = entry.uid.to_string();
+    for (key, value) in [("S", entry.size), ("W", entry.vsize), ("T", entry.time)] {
+        if let Some(value) = value {
+            line.push_str(&format!(" {key}={value}"));
+        }
+    }
+    line.push_str(" :");
+    line.push_str(&entry.base);
+    line.push('\n');
+    line
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(uid: u32, base: &str) -> Entry {
+        Entry {
+            uid,
+            base: base.to_owned(),
+            size: None,
+            vsize: None,
+            time: None,
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        let mut list = UidList::new(1_700_000_000);
+        list.entries.push(entry(1, "1.M1P1Q1.h,S=10,W=11"));
+        list.entries.push(Entry {
+            size: Some(5),
+            vsize: Some(6),
+            time: Some(99),
+            ..entry(7, "a name with spaces")
+        });
+        list.next_uid = 9;
+        let text = list.to_text();
+        assert!(text.starts_with("inetkit-uidlist 1 V1700000000 N9\n1 :1.M1P1Q1.h,S=10,W=11\n"));
+        assert_eq!(UidList::parse(&text).unwrap(), list);
+    }
+
+    #[test]
+    fn appended_lines_raise_next_uid() {
+        let text = "inetkit-uidlist 1 V5 N3\n1 :a\n3 :b\n4 :c\n";
+        let list = UidList::parse(text).unwrap();
+        assert_eq!(list.next_uid, 5);
+        assert_eq!(list.entries.len(), 3);
+        assert!(!list.needs_rewrite);
+    }
+
+    #[test]
+    fn partial_last_line_is_dropped() {
+        let list = UidList::parse("inetkit-uidlist 1 V5 N1\n1 :a\n2 :b").unwrap();
+        assert_eq!(list.entries.len(), 1);
+        assert_eq!(list.next_uid, 2);
+        assert!(list.needs_rewrite);
+    }
+
+    #[test]
+    fn corruption_is_detected() {
+        for (text, validity) in [
+            ("", None),
+            ("garbage\n", None),
+            ("inetkit-uidlist 1 V0 N1\n", None),
+            ("inetkit-uidlist 2 V5 N1\n", None),
+            ("inetkit-uidlist 1 V5 N1\n1 :a\nx :b\n", Some(5)),
+            ("inetkit-uidlist 1 V5 N1\n2 :a\n2 :b\n", Some(5)),
+            ("inetkit-uidlist 1 V5 N1\n0 :a\n", Some(5)),
+            ("inetkit-uidlist 1 V5 N1\n1 Q=1 :a\n", Some(5)),
+            ("inetkit-uidlist 1 V5 N1\n1 :\n", Some(5)),
+            ("inetkit-uidlist 1 V5 N1\n4294967294 :a\n", Some(5)),
+        ] {
+            let err = UidList::parse(text).unwrap_err();
+            assert_eq!(err.1, validity, "{text:?}: {}", err.0);
+        }
+    }
+}
