@@ -172,7 +172,27 @@ def test_tls_echo_with_the_snakeoil_credential(echo):
             "cat", "/etc/ssl/private/ssl-cert-snakeoil.key", check=False,
         )
         assert denied.returncode != 0 and "Permission denied" in denied.stderr
+
+        # Another pair is one drop-in away, as inetkit-echo.toml(5) documents.
+        c.run(
+            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            "-subj", "/CN=other.example", "-keyout", "/etc/ssl/private/other.key",
+            "-out", "/etc/ssl/certs/other.pem",
+        )
+        c.run("chmod", "600", "/etc/ssl/private/other.key")
+        c.write(
+            f"/etc/systemd/system/{SERVICE}.d/tls.conf",
+            "[Service]\nLoadCredential=\n"
+            "LoadCredential=tls-cert:/etc/ssl/certs/other.pem\n"
+            "LoadCredential=tls-key:/etc/ssl/private/other.key\n",
+        )
+        c.systemctl("daemon-reload")
+        c.systemctl("restart", SERVICE)
+        served = ssl.PEM_cert_to_DER_cert(ssl.get_server_certificate(("127.0.0.1", TLS_PORT)))
+        other = (c.root / "etc/ssl/certs/other.pem").read_text()
+        assert served == ssl.PEM_cert_to_DER_cert(other)
     finally:
+        c.run("rm", "-rf", f"/etc/systemd/system/{SERVICE}.d")
         c.systemctl("stop", SERVICE)
         c.systemctl("disable", "--now", "inetkit-echo-tls.socket")
         c.run("rm", "/etc/systemd/system/inetkit-echo-tls.socket")
