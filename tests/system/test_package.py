@@ -43,7 +43,7 @@ def test_units_verify_clean(inetkit):
 
 def test_system_user_and_files(inetkit):
     c = inetkit
-    name, _, uid, gid, _, home, shell = c.run("getent", "passwd", "inetkit").stdout.strip().split(":")
+    _, _, uid, gid, _, home, shell = c.run("getent", "passwd", "inetkit").stdout.strip().split(":")
     assert int(uid) < 1000 and home == "/var/lib/inetkit" and shell == "/usr/sbin/nologin"
     assert c.run("getent", "group", "inetkit").stdout.split(":")[2] == gid
     stat = c.run("stat", "-c", "%a %U %G %s", "/var/lib/inetkit", "/etc/inetkit/users").stdout
