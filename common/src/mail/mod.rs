@@ -33,6 +33,7 @@
 //! # Ok(()) }
 //! ```
 
+mod config;
 mod folder;
 mod fsutil;
 mod maildir;
@@ -44,6 +45,7 @@ use std::path::{Path, PathBuf};
 
 #[doc(hidden)]
 pub use folder::message_files_read;
+pub use config::{MailConfig, DEFAULT_MAIL_ROOT};
 pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot};
 pub use fsutil::Owner;
 pub use maildir::Flags;

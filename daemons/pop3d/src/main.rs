@@ -5,7 +5,6 @@ mod command;
 mod maildrop;
 mod session;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -15,7 +14,7 @@ use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
 use inetkit_common::daemon::{self, Context};
-use inetkit_common::mail::Store;
+use inetkit_common::mail::{MailConfig, Store};
 use inetkit_common::server::Server;
 use inetkit_common::tls::TlsContext;
 
@@ -31,21 +30,6 @@ struct Config {
 }
 // RFC 1939 §3: an autologout timer of at least 10 minutes.
 inetkit_common::shared_sections!(Config, idle_timeout = 600);
-
-/// `[mail]`: where the mail store lives.
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct MailConfig {
-    root: PathBuf,
-}
-
-impl Default for MailConfig {
-    fn default() -> Self {
-        MailConfig {
-            root: PathBuf::from("/var/lib/inetkit/mail"),
-        }
-    }
-}
 
 impl Default for Config {
     fn default() -> Self {
