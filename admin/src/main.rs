@@ -1,6 +1,7 @@
 //! `inetkit`: the admin command for the suite's users file and mail store.
 
 mod deliver;
+mod mail;
 mod user;
 
 use std::process::ExitCode;
@@ -12,6 +13,7 @@ const USAGE: &str = "usage: inetkit COMMAND ...
   user del NAME                  remove a user
   user list                      list the users
   deliver USER [FILE]            deliver a message (FILE or stdin) into USER's INBOX
+  mail list|flag|delete|folders  look into and change a user's mail (`inetkit mail --help`)
 
 Options: --users FILE (default /etc/inetkit/users), --mail-root DIR (default /var/lib/inetkit/mail)";
 
@@ -20,6 +22,7 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("user") => user::run(&args[1..]),
         Some("deliver") => deliver::run(&args[1..]),
+        Some("mail") => mail::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
