@@ -2,6 +2,7 @@
 //! the daemons would (same locks, same uid lists). Also what the store's tests drive.
 
 use anyhow::{bail, Context};
+use inetkit_common::config::{LogConfig, LogLevel};
 use inetkit_common::mail::{FlagChange, Flags, Folder, MessageInfo, Owner, Store};
 use nix::unistd::{geteuid, User};
 
@@ -67,6 +68,10 @@ pub fn parse_options(args: &[String]) -> anyhow::Result<Options> {
 
 /// The store, set to give what it creates to the daemons' user when we run as root.
 pub fn open_store(options: &Options) -> anyhow::Result<Store> {
+    // The store logs what it repairs (a lost uid list, stale tmp/ files): show the warnings.
+    inetkit_common::log::init(&LogConfig {
+        level: LogLevel::Warn,
+    });
     let owner = match &options.owner {
         Some(name) => Some(lookup_owner(name)?.with_context(|| format!("no user {name:?}"))?),
         None if geteuid().is_root() => {

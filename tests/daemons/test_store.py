@@ -194,14 +194,22 @@ def test_lost_uid_list_is_survivable(tmp_path):
     root = tmp_path / "mail"
     for i in range(3):
         deliver(root, f"Subject: {i}\n\n".encode())
+    first = inetkit(root, "mail", "list", USER)
+    assert "uid list" not in first.stderr.decode(), "indexing a new folder is no loss"
     validity, _, before = listing(root)
     (root / USER / "inetkit-uidlist").unlink()
+    warning = inetkit(root, "mail", "folders", USER).stderr.decode()
+    assert "uid list missing" not in warning  # only a snapshot looks at the uid list
     new_validity, uidnext, after = listing(root)
     assert new_validity > validity
     assert sorted(m[4] for m in after) == sorted(m[4] for m in before)
     assert [m[0] for m in after] == [1, 2, 3] and uidnext == 4
     (root / USER / "inetkit-uidlist").write_text("not a uid list\n")
-    assert listing(root)[0] > new_validity
+    proc = inetkit(root, "mail", "list", USER)
+    assert "uid list corrupt" in proc.stderr.decode(), proc.stderr
+    assert int(proc.stdout.split()[1]) > new_validity
+    (root / USER / "inetkit-uidlist").unlink()
+    assert "uid list missing" in inetkit(root, "mail", "list", USER).stderr.decode()
 
 
 def test_outside_delivery_is_picked_up(tmp_path):

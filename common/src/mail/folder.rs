@@ -181,15 +181,15 @@ impl Folder {
     /// With a current uid list this reads two directories and the list; message files are only
     /// opened for messages never seen before whose names lack `,S=`/`,W=`.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
-        let _lock = self.lock()?;
-        self.sync_locked(false)
+        let lock = self.lock()?;
+        self.sync_locked(&lock, false)
     }
 
     /// Like [`snapshot`](Self::snapshot), and moves messages from `new/` to `cur/`: the caller
     /// (an IMAP session that selected the folder) is the one that reports them as `recent`.
     pub fn claim_new(&self) -> Result<Snapshot, StoreError> {
-        let _lock = self.lock()?;
-        self.sync_locked(true)
+        let lock = self.lock()?;
+        self.sync_locked(&lock, true)
     }
 
     /// Opens a message for reading. If another process renamed it since the snapshot (a flag
@@ -334,7 +334,7 @@ impl Folder {
             recent: sub == Sub::New,
         };
 
-        let _lock = self.lock()?;
+        let lock = self.lock()?;
         // The quick way: add one line to a sound uid list, without reading the directories.
         if let Loaded::Ok(list) = UidList::load(&self.path)? {
             if let Some(e) = list.entries.iter().find(|e| e.base == message.base) {
@@ -360,7 +360,7 @@ impl Folder {
                 });
             }
         }
-        let snapshot = self.sync_locked(false)?;
+        let snapshot = self.sync_locked(&lock, false)?;
         let found = snapshot
             .messages
             .into_iter()
@@ -523,7 +523,7 @@ impl Folder {
     }
 
     /// The heart of `snapshot`: brings the uid list up to date with the directories.
-    fn sync_locked(&self, claim: bool) -> Result<Snapshot, StoreError> {
+    fn sync_locked(&self, lock: &Lock, claim: bool) -> Result<Snapshot, StoreError> {
         self.clean_tmp();
         let mut found = self.scan()?;
         let (mut list, mut rewrite) = match UidList::load(&self.path)? {
@@ -532,7 +532,9 @@ impl Folder {
                 (list, rewrite)
             }
             Loaded::Missing => {
-                if !found.is_empty() {
+                // The lock file outlives the list: without it, this folder was never indexed
+                // (a new folder, or one another program filled), and nothing was lost.
+                if lock.existed && !found.is_empty() {
                     tracing::warn!(folder = %self.path.display(), messages = found.len(),
                         "uid list missing: numbering every message afresh under a new UIDVALIDITY");
                 }

@@ -81,11 +81,19 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
 }
 
 /// An exclusive flock on a folder's lock file, released when dropped.
-pub(crate) struct Lock(#[allow(dead_code)] Flock<File>);
+pub(crate) struct Lock {
+    _flock: Flock<File>,
+    /// The lock file was there before (the folder has been locked, so indexed, before).
+    pub existed: bool,
+}
 
 impl Lock {
     pub fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
-        flock(open_lock_file(path, owner)?, path).map(Lock)
+        let (file, existed) = open_lock_file(path, owner)?;
+        Ok(Lock {
+            _flock: flock(file, path)?,
+            existed,
+        })
     }
 }
 
@@ -100,22 +108,21 @@ fn flock(mut file: File, path: &Path) -> Result<Flock<File>, StoreError> {
     }
 }
 
-fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<File, StoreError> {
-    let open = || {
-        OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
+/// Opens (creating if need be) a file to lock; says whether it existed.
+fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<(File, bool), StoreError> {
+    let mut options = OpenOptions::new();
+    options.read(true).write(true).mode(0o600);
+    match options.clone().create_new(true).open(path) {
+        Ok(file) => {
+            chown_file(&file, path, owner)?;
+            Ok((file, false))
+        }
+        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => options
             .open(path)
-    };
-    let existed = path.exists();
-    let file = open().map_err(|err| StoreError::io("opening", path, err))?;
-    if !existed {
-        chown_file(&file, path, owner)?;
+            .map(|file| (file, true))
+            .map_err(|err| StoreError::io("opening", path, err)),
+        Err(err) => Err(StoreError::io("creating", path, err)),
     }
-    Ok(file)
 }
 
 /// Hands out a new UIDVALIDITY for a folder of this mailbox: the current time, or one more than
@@ -124,7 +131,7 @@ fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<File, StoreError>
 /// lost) within the same second still gets a different UIDVALIDITY.
 pub(crate) fn next_uid_validity(mailbox: &Path, owner: Option<Owner>) -> Result<u32, StoreError> {
     let path = mailbox.join("inetkit-uidvalidity");
-    let mut file = flock(open_lock_file(&path, owner)?, &path)?;
+    let mut file = flock(open_lock_file(&path, owner)?.0, &path)?;
     let mut text = String::new();
     // An unreadable counter is no worse than a missing one: the clock still moves on.
     let _ = file.read_to_string(&mut text);

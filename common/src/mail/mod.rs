@@ -43,9 +43,9 @@ pub mod uidlist;
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use config::{MailConfig, DEFAULT_MAIL_ROOT};
 #[doc(hidden)]
 pub use folder::message_files_read;
-pub use config::{MailConfig, DEFAULT_MAIL_ROOT};
 pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot};
 pub use fsutil::Owner;
 pub use maildir::Flags;

@@ -121,6 +121,8 @@ impl Mailbox {
         if !path.join("cur").is_dir() {
             return Err(StoreError::NoSuchFolder(name.to_owned()));
         }
+        // A folder another program made may lack tmp/ (or new/).
+        make_maildir(&path, self.owner)?;
         Ok(self.folder_at(&dir, path))
     }
 
