@@ -3,10 +3,10 @@
 
 use anyhow::{bail, Context};
 use inetkit_common::config::{LogConfig, LogLevel};
-use inetkit_common::mail::{FlagChange, Flags, Folder, MessageInfo, Owner, Store};
+use inetkit_common::mail::{
+    FlagChange, Flags, Folder, MessageInfo, Owner, Store, DEFAULT_MAIL_ROOT,
+};
 use nix::unistd::{geteuid, User};
-
-pub const DEFAULT_MAIL_ROOT: &str = "/var/lib/inetkit/mail";
 
 const HELP: &str = "usage: inetkit mail COMMAND [--mail-root DIR] [--folder NAME]
 
