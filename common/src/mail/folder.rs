@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::fsutil::{self, Lock, Owner};
-use super::maildir::{cur_name, name_time, size_field, split_name, unique_name, SizeCounter};
+use super::maildir::{
+    arrival_key, cur_name, name_time, size_field, split_name, unique_name, SizeCounter,
+};
 use super::uidlist::{Entry, Loaded, UidList};
 use super::{Flags, StoreError};
 
@@ -571,7 +573,7 @@ impl Folder {
             fresh = found.keys().collect();
         }
         // Oldest first, so UIDs follow arrival where the names tell it.
-        fresh.sort_by(|a, b| (name_time(a), a).cmp(&(name_time(b), b)));
+        fresh.sort_by_key(|base| arrival_key(base));
 
         let mut added = Vec::new();
         let mut vanished = Vec::new();

@@ -124,6 +124,19 @@ pub(crate) fn name_time(base: &str) -> Option<u64> {
     secs.parse().ok()
 }
 
+/// Where a base sorts among messages to be numbered: by its time to the microsecond when the
+/// name tells it (`<secs>.M<micros>…`, ours and Dovecot's), else by the name.
+pub(crate) fn arrival_key(base: &str) -> (Option<u64>, Option<u32>, &str) {
+    let micros = base.split('.').nth(1).and_then(|field| {
+        let digits = field.strip_prefix('M')?;
+        let end = digits
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(digits.len());
+        digits[..end].parse().ok()
+    });
+    (name_time(base), micros, base)
+}
+
 /// A new unique base (without the size fields): `<secs>.M<micros>P<pid>Q<n>.<host>`.
 ///
 /// `secs` is the message's internal date (normally now); the microseconds, pid and a
@@ -229,6 +242,12 @@ mod tests {
         assert_eq!(size_field("1.2.host,S=", 'S'), None);
         assert_eq!(size_field("1.2.host,S=12x", 'S'), None);
         assert_eq!(name_time("msg-one"), None);
+        // Arrival order: microseconds are not zero-padded in names.
+        let early = "1700000000.M99P1Q0.h,S=1,W=1";
+        let late = "1700000000.M100P1Q0.h,S=1,W=1";
+        assert!(arrival_key(early) < arrival_key(late));
+        assert!(arrival_key("1699999999.M999999P1.h") < arrival_key(early));
+        assert_eq!(arrival_key("1.2.h"), (Some(1), None, "1.2.h"));
     }
 
     #[test]
