@@ -553,7 +553,9 @@ where
     }
     let mut filter = ExtentFilter::new(extent);
     let mut stuffer = DotStuffer::new();
-    let mut buf = vec![0u8; FLUSH_AT];
+    // Sized to the message, up to FLUSH_AT: most messages are far smaller, and a fresh
+    // 64 KiB buffer per RETR costs a 64 KiB memset each time.
+    let mut buf = vec![0u8; usize::try_from(size).map_or(FLUSH_AT, |s| s.clamp(512, FLUSH_AT))];
     loop {
         // Local message files: a short blocking read, as the page cache usually answers it.
         let read = match read_chunk(&mut file, &mut buf) {
