@@ -1,0 +1,171 @@
+//! What submission does to a message on its way into the spool (RFC 6409 §8): a `Received:`
+//! line first, `Bcc:` removed, `Message-ID:` and `Date:` added when the client left them out.
+//! It works line by line, so a message streams through without being held in memory.
+
+use time::format_description::well_known::Rfc2822;
+use time::OffsetDateTime;
+
+pub fn rfc2822_now() -> String {
+    OffsetDateTime::now_utc()
+        .format(&Rfc2822)
+        .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_owned())
+}
+
+/// The first line of what we write: duplicate detection after a crash looks for ` id <id>;`
+/// in a delivered file's first header (see `queue::already_delivered`).
+pub fn received_header(
+    helo: &str,
+    peer: std::net::IpAddr,
+    hostname: &str,
+    protocol: &str,
+    id: &str,
+    recipient: Option<&str>,
+) -> String {
+    let peer = peer.to_canonical();
+    let helo: String = helo.chars().filter(|c| c.is_ascii_graphic()).collect();
+    let mut header = format!(
+        "Received: from {helo} ([{peer}]) by {hostname} (inetkit-smtp-submit) with {protocol} id {id};\r\n"
+    );
+    if let Some(recipient) = recipient {
+        header.push_str(&format!("\tfor <{recipient}>;\r\n"));
+    }
+    header.push_str(&format!("\t{}\r\n", rfc2822_now()));
+    header
+}
+
+/// Rewrites the header section of a message given one line (without its line end) at a time.
+pub struct HeaderFilter {
+    in_headers: bool,
+    skipping: bool,
+    has_message_id: bool,
+    has_date: bool,
+    hostname: String,
+}
+
+impl HeaderFilter {
+    pub fn new(hostname: &str) -> Self {
+        HeaderFilter {
+            in_headers: true,
+            skipping: false,
+            has_message_id: false,
+            has_date: false,
+            hostname: hostname.to_owned(),
+        }
+    }
+
+    /// Appends what `line` becomes (CRLF-terminated) to `out`.
+    pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+        if self.in_headers {
+            if line.is_empty() {
+                self.end_headers(out);
+                out.extend_from_slice(b"\r\n");
+                return;
+            }
+            if line[0] == b' ' || line[0] == b'\t' {
+                if !self.skipping {
+                    push_line(line, out);
+                }
+                return;
+            }
+            match header_name(line) {
+                Some(name) => {
+                    self.skipping = name.eq_ignore_ascii_case(b"bcc");
+                    if name.eq_ignore_ascii_case(b"message-id") {
+                        self.has_message_id = true;
+                    } else if name.eq_ignore_ascii_case(b"date") {
+                        self.has_date = true;
+                    }
+                    if self.skipping {
+                        return;
+                    }
+                }
+                None => {
+                    // Not a header: the body began without an empty line; add it.
+                    self.end_headers(out);
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+        }
+        push_line(line, out);
+    }
+
+    /// Called after the last line: a message that is all headers still gets ours.
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if self.in_headers {
+            self.end_headers(out);
+        }
+    }
+
+    fn end_headers(&mut self, out: &mut Vec<u8>) {
+        self.in_headers = false;
+        self.skipping = false;
+        if !self.has_message_id {
+            let id = format!(
+                "Message-ID: <{:016x}.{:08x}@{}>\r\n",
+                rand::random::<u64>(),
+                rand::random::<u32>(),
+                self.hostname
+            );
+            out.extend_from_slice(id.as_bytes());
+        }
+        if !self.has_date {
+            out.extend_from_slice(format!("Date: {}\r\n", rfc2822_now()).as_bytes());
+        }
+    }
+}
+
+fn push_line(line: &[u8], out: &mut Vec<u8>) {
+    out.extend_from_slice(line);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// `Name` of a `Name: value` line (RFC 5322 §2.2: printable ASCII but colon, no spaces).
+fn header_name(line: &[u8]) -> Option<&[u8]> {
+    let colon = line.iter().position(|&b| b == b':')?;
+    let name = &line[..colon];
+    (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn filter(lines: &[&[u8]]) -> String {
+        let mut filter = HeaderFilter::new("mx.example");
+        let mut out = Vec::new();
+        for line in lines {
+            filter.line(line, &mut out);
+        }
+        filter.finish(&mut out);
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    #[test]
+    fn strips_bcc_with_continuations_and_keeps_ids() {
+        let out = filter(&[
+            b"From: a@x",
+            b"Bcc: secret@x,",
+            b"  other@x",
+            b"Message-ID: <1@x>",
+            b"Date: Mon, 1 Jan 2024 00:00:00 +0000",
+            b"",
+            b"Bcc: in the body stays",
+        ]);
+        assert_eq!(
+            out,
+            "From: a@x\r\nMessage-ID: <1@x>\r\nDate: Mon, 1 Jan 2024 00:00:00 +0000\r\n\r\nBcc: in the body stays\r\n"
+        );
+    }
+
+    #[test]
+    fn adds_missing_message_id_and_date() {
+        let out = filter(&[b"Subject: hi", b"", b"body"]);
+        assert!(out.starts_with("Subject: hi\r\nMessage-ID: <"));
+        assert!(out.contains("@mx.example>\r\nDate: "));
+        assert!(out.ends_with("\r\n\r\nbody\r\n"));
+        // Headers only, and a body without the empty line.
+        assert!(filter(&[b"Subject: hi"]).contains("Date: "));
+        let out = filter(&[b"just text"]);
+        assert!(out.ends_with("\r\n\r\njust text\r\n"), "{out}");
+    }
+}

@@ -1,0 +1,659 @@
+//! One SMTP submission session (RFC 5321, RFC 6409): greeting → EHLO → (STARTTLS) → AUTH →
+//! MAIL → RCPT… → DATA, with PIPELINING (RFC 2920) and enhanced status codes (RFC 3463) on
+//! every reply.
+//!
+//! The session is generic over its stream, so STARTTLS swaps a TCP stream for a TLS one and
+//! the same loop runs again, with everything learnt before it forgotten (RFC 3207 §4.2).
+
+use std::sync::Arc;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+use inetkit_common::auth::{sasl, AuthError};
+use inetkit_common::lines::{read_line, Line};
+use inetkit_common::server::Peer;
+
+use crate::command::{parse, split_address, Command, MailFrom, ParseError};
+use crate::message::{received_header, HeaderFilter};
+use crate::spool::{now, Envelope, Recipient};
+use crate::Submit;
+
+/// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH responses need more).
+const MAX_LINE: usize = 4096;
+/// Longest line inside DATA (RFC 5322 says 998; we are lenient, within a bound).
+const MAX_DATA_LINE: usize = 1024 * 1024;
+/// Bad commands before the connection is closed.
+const MAX_ERRORS: u32 = 20;
+/// Authentication failures before the connection is closed.
+const MAX_AUTH_FAILURES: u32 = 3;
+
+/// A mail transaction in progress.
+enum Transaction {
+    Idle,
+    Mail {
+        from: String,
+        recipients: Vec<Recipient>,
+    },
+}
+
+enum Ending<S> {
+    Closed,
+    StartTls(S),
+}
+
+enum Next {
+    Continue,
+    Close,
+    StartTls,
+}
+
+pub struct Session {
+    submit: Arc<Submit>,
+    peer: Peer,
+    tls: bool,
+    helo: Option<String>,
+    esmtp: bool,
+    user: Option<String>,
+    transaction: Transaction,
+    errors: u32,
+    auth_failures: u32,
+}
+
+/// Serves one connection; `implicit_tls` for the submissions port (465).
+pub async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+    let mut session = Session {
+        submit,
+        peer,
+        tls: false,
+        helo: None,
+        esmtp: false,
+        user: None,
+        transaction: Transaction::Idle,
+        errors: 0,
+        auth_failures: 0,
+    };
+    if implicit_tls {
+        session.serve_tls(stream, true).await;
+    } else if let Ending::StartTls(stream) = session.run(stream, true).await {
+        session.serve_tls(stream, false).await;
+    }
+}
+
+struct Conn<S> {
+    reader: BufReader<S>,
+    out: Vec<u8>,
+    peer: Peer,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
+    fn reply(&mut self, text: &str) {
+        self.out.extend_from_slice(text.as_bytes());
+        self.out.extend_from_slice(b"\r\n");
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if self.out.is_empty() {
+            return Ok(());
+        }
+        let stream = self.reader.get_mut();
+        let write = async {
+            stream.write_all(&self.out).await?;
+            stream.flush().await
+        };
+        match tokio::time::timeout(self.peer.write_timeout, write).await {
+            Ok(result) => result?,
+            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+        }
+        self.out.clear();
+        Ok(())
+    }
+
+    /// The next command line; `None` when the client is gone, idle too long, or we stop.
+    async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
+        // Replies to pipelined commands go out together, in order (RFC 2920 §3.2).
+        if self.reader.buffer().is_empty() && self.flush().await.is_err() {
+            return None;
+        }
+        let shutdown = self.peer.shutdown.clone();
+        tokio::select! {
+            read = tokio::time::timeout(self.peer.idle_timeout, read_line(&mut self.reader, buf, MAX_LINE)) => match read {
+                Ok(Ok(Line::Eof)) | Ok(Err(_)) => None,
+                Ok(Ok(line)) => Some(line),
+                Err(_) => {
+                    self.reply("421 4.4.2 Idle too long; closing the connection.");
+                    let _ = self.flush().await;
+                    None
+                }
+            },
+            _ = shutdown.cancelled() => {
+                self.reply("421 4.3.2 Server shutting down; try again later.");
+                let _ = self.flush().await;
+                None
+            }
+        }
+    }
+
+    /// A line of message data: no shutdown check (a message in transfer may finish).
+    async fn data_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
+        match tokio::time::timeout(
+            self.peer.idle_timeout,
+            read_line(&mut self.reader, buf, MAX_DATA_LINE),
+        )
+        .await
+        {
+            Ok(Ok(Line::Eof)) | Ok(Err(_)) | Err(_) => None,
+            Ok(Ok(line)) => Some(line),
+        }
+    }
+}
+
+impl Session {
+    async fn serve_tls(&mut self, stream: TcpStream, greet: bool) {
+        let Some(tls) = self.submit.tls.clone() else {
+            return;
+        };
+        match tls.accept(stream).await {
+            Ok(stream) => {
+                self.tls = true;
+                self.run(stream, greet).await;
+            }
+            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+        }
+    }
+
+    async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut conn = Conn {
+            reader: BufReader::new(stream),
+            out: Vec::with_capacity(1024),
+            peer: self.peer.clone(),
+        };
+        if greet {
+            conn.reply(&format!(
+                "220 {} ESMTP inetkit submission ready",
+                self.submit.hostname
+            ));
+        }
+        let mut line = Vec::with_capacity(256);
+        loop {
+            let next = match conn.next_line(&mut line).await {
+                None => Next::Close,
+                Some(Line::TooLong) => self.error(&mut conn, "500 5.5.6 Line too long."),
+                Some(_) => match parse(&line) {
+                    Ok(command) => self.handle(command, &mut conn).await,
+                    Err(ParseError::Unknown) => {
+                        self.error(&mut conn, "500 5.5.2 Command not recognized.")
+                    }
+                    Err(ParseError::Syntax(hint)) => {
+                        self.error(&mut conn, &format!("501 5.5.4 Syntax error: {hint}."))
+                    }
+                    Err(ParseError::Parameter(param)) => {
+                        let param: String = param
+                            .chars()
+                            .filter(|c| c.is_ascii_graphic())
+                            .take(64)
+                            .collect();
+                        self.error(
+                            &mut conn,
+                            &format!("555 5.5.4 Unsupported parameter {param}."),
+                        )
+                    }
+                },
+            };
+            match next {
+                Next::Continue => {}
+                Next::Close => {
+                    let _ = conn.flush().await;
+                    let _ = conn.reader.get_mut().shutdown().await;
+                    return Ending::Closed;
+                }
+                Next::StartTls => {
+                    if conn.flush().await.is_err() {
+                        return Ending::Closed;
+                    }
+                    // What was pipelined after STARTTLS came in the clear: dropped (RFC 3207 §5).
+                    return Ending::StartTls(conn.reader.into_inner());
+                }
+            }
+        }
+    }
+
+    fn error<S>(&mut self, conn: &mut Conn<S>, reply: &str) -> Next
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.errors += 1;
+        if self.errors >= MAX_ERRORS {
+            conn.reply("421 4.7.0 Too many errors; closing the connection.");
+            return Next::Close;
+        }
+        conn.reply(reply);
+        Next::Continue
+    }
+
+    fn plaintext_allowed(&self) -> bool {
+        self.submit
+            .auth_config
+            .plaintext_allowed(self.peer.addr.ip(), self.tls)
+    }
+
+    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match command {
+            Command::Ehlo(domain) => {
+                self.transaction = Transaction::Idle;
+                self.esmtp = true;
+                conn.reply(&format!(
+                    "250-{} greets {}",
+                    self.submit.hostname,
+                    printable(&domain)
+                ));
+                self.helo = Some(domain);
+                let mut extensions = vec![
+                    "PIPELINING".to_owned(),
+                    format!("SIZE {}", self.submit.max_size),
+                    "8BITMIME".to_owned(),
+                    "ENHANCEDSTATUSCODES".to_owned(),
+                    "SMTPUTF8".to_owned(),
+                ];
+                if self.user.is_none() && self.plaintext_allowed() {
+                    extensions.push("AUTH PLAIN LOGIN".to_owned());
+                }
+                if !self.tls && self.submit.tls.is_some() {
+                    extensions.push("STARTTLS".to_owned());
+                }
+                extensions.push("HELP".to_owned());
+                let last = extensions.len() - 1;
+                for (i, extension) in extensions.iter().enumerate() {
+                    let sep = if i == last { ' ' } else { '-' };
+                    conn.reply(&format!("250{sep}{extension}"));
+                }
+            }
+            Command::Helo(domain) => {
+                self.transaction = Transaction::Idle;
+                self.esmtp = false;
+                conn.reply(&format!("250 {}", self.submit.hostname));
+                self.helo = Some(domain);
+            }
+            Command::StartTls => {
+                if self.tls {
+                    conn.reply("503 5.5.1 TLS is already active.");
+                } else if self.submit.tls.is_none() {
+                    conn.reply("454 4.7.0 TLS is not available.");
+                } else {
+                    conn.reply("220 2.0.0 Ready to start TLS.");
+                    // RFC 3207 §4.2: the client starts over with EHLO.
+                    self.helo = None;
+                    self.transaction = Transaction::Idle;
+                    return Next::StartTls;
+                }
+            }
+            Command::Auth { mechanism, initial } => {
+                return self.auth(&mechanism, initial, conn).await
+            }
+            Command::Mail(mail) => self.mail(mail, conn),
+            Command::Rcpt(address) => self.rcpt(&address, conn),
+            Command::Data => return self.data(conn).await,
+            Command::Rset => {
+                self.transaction = Transaction::Idle;
+                conn.reply("250 2.0.0 Reset.");
+            }
+            Command::Noop => conn.reply("250 2.0.0 OK."),
+            Command::Vrfy => conn
+                .reply("252 2.5.0 Cannot verify the user; send mail and delivery will be tried."),
+            Command::Help => conn.reply("214 2.0.0 See RFC 5321 and RFC 6409."),
+            Command::Quit => {
+                conn.reply("221 2.0.0 Bye.");
+                return Next::Close;
+            }
+        }
+        Next::Continue
+    }
+
+    async fn auth<S>(
+        &mut self,
+        mechanism: &str,
+        initial: Option<String>,
+        conn: &mut Conn<S>,
+    ) -> Next
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.helo.is_none() || !self.esmtp {
+            conn.reply("503 5.5.1 Send EHLO first.");
+            return Next::Continue;
+        }
+        if self.user.is_some() {
+            conn.reply("503 5.5.1 Already authenticated.");
+            return Next::Continue;
+        }
+        if !matches!(self.transaction, Transaction::Idle) {
+            conn.reply("503 5.5.1 AUTH is not allowed during a mail transaction.");
+            return Next::Continue;
+        }
+        if !self.plaintext_allowed() {
+            conn.reply("538 5.7.11 Encryption required: use STARTTLS first.");
+            return Next::Continue;
+        }
+        // "=" is an empty initial response (RFC 4954 §4).
+        let initial = initial.map(|i| if i == "=" { String::new() } else { i });
+        let credentials = match mechanism {
+            "PLAIN" => {
+                let response = match initial {
+                    Some(response) => response,
+                    None => match self.challenge("", conn).await {
+                        Some(response) => response,
+                        None => return Next::Close,
+                    },
+                };
+                if response == "*" {
+                    conn.reply("501 5.0.0 Authentication cancelled.");
+                    return Next::Continue;
+                }
+                sasl::decode_plain(response.as_bytes()).map(|c| (c.name, c.password))
+            }
+            "LOGIN" => {
+                let user = match initial {
+                    Some(user) => user,
+                    None => match self.challenge(sasl::LOGIN_USERNAME_CHALLENGE, conn).await {
+                        Some(user) => user,
+                        None => return Next::Close,
+                    },
+                };
+                if user == "*" {
+                    conn.reply("501 5.0.0 Authentication cancelled.");
+                    return Next::Continue;
+                }
+                let password = match self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE, conn).await {
+                    Some(password) => password,
+                    None => return Next::Close,
+                };
+                if password == "*" {
+                    conn.reply("501 5.0.0 Authentication cancelled.");
+                    return Next::Continue;
+                }
+                sasl::decode_login_name(user.as_bytes()).and_then(|name| {
+                    sasl::decode_response(password.as_bytes()).map(|password| (name, password))
+                })
+            }
+            _ => {
+                conn.reply("504 5.5.4 Unsupported authentication mechanism.");
+                return Next::Continue;
+            }
+        };
+        let (name, password) = match credentials {
+            Ok(credentials) => credentials,
+            Err(_) => {
+                conn.reply("501 5.5.2 Invalid base64 data.");
+                return Next::Continue;
+            }
+        };
+        match self
+            .submit
+            .auth
+            .login(self.peer.addr.ip(), &name, &password)
+            .await
+        {
+            Ok(user) => {
+                tracing::Span::current().record("user", user.name.as_str());
+                tracing::info!("authenticated");
+                self.user = Some(user.name);
+                conn.reply("235 2.7.0 Authentication successful.");
+                Next::Continue
+            }
+            Err(AuthError::Failed) => {
+                conn.reply("535 5.7.8 Authentication credentials invalid.");
+                self.auth_failures += 1;
+                if self.auth_failures >= MAX_AUTH_FAILURES {
+                    conn.reply("421 4.7.0 Too many failed logins; closing the connection.");
+                    return Next::Close;
+                }
+                Next::Continue
+            }
+            Err(AuthError::Throttled) => {
+                conn.reply("421 4.7.0 Too many failed logins from your address; try later.");
+                Next::Close
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "authentication unavailable");
+                conn.reply("454 4.7.0 Temporary authentication failure.");
+                Next::Continue
+            }
+        }
+    }
+
+    /// Sends a SASL challenge (`334 base64`) and returns the client's response line.
+    async fn challenge<S>(&mut self, challenge: &str, conn: &mut Conn<S>) -> Option<String>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        conn.reply(&format!("334 {challenge}"));
+        let mut line = Vec::new();
+        match conn.next_line(&mut line).await? {
+            Line::Complete => Some(String::from_utf8_lossy(&line).into_owned()),
+            _ => Some("*".to_owned()),
+        }
+    }
+
+    fn mail<S>(&mut self, mail: MailFrom, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.helo.is_none() {
+            return conn.reply("503 5.5.1 Send EHLO first.");
+        }
+        let Some(user) = &self.user else {
+            return conn.reply("530 5.7.0 Authentication required.");
+        };
+        if !matches!(self.transaction, Transaction::Idle) {
+            return conn.reply("503 5.5.1 Nested MAIL command.");
+        }
+        if mail.size.is_some_and(|size| size > self.submit.max_size) {
+            return conn.reply(&format!(
+                "552 5.3.4 Message size exceeds the limit of {} bytes.",
+                self.submit.max_size
+            ));
+        }
+        if !self.submit.may_send_as(user, &mail.address) {
+            return conn.reply(&format!(
+                "553 5.7.1 Sender address <{}> does not belong to user {user}.",
+                printable(&mail.address)
+            ));
+        }
+        self.transaction = Transaction::Mail {
+            from: mail.address,
+            recipients: Vec::new(),
+        };
+        conn.reply("250 2.1.0 Sender OK.");
+    }
+
+    fn rcpt<S>(&mut self, address: &str, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Transaction::Mail { recipients, .. } = &mut self.transaction else {
+            return conn.reply("503 5.5.1 Send MAIL first.");
+        };
+        if recipients.len() >= self.submit.max_recipients {
+            return conn.reply("452 4.5.3 Too many recipients.");
+        }
+        let Some((local, domain)) = split_address(address) else {
+            return conn.reply("501 5.1.3 Bad recipient address syntax.");
+        };
+        if self.submit.is_local_domain(domain) {
+            // user+detail@domain goes to user.
+            let name = local.split_once('+').map_or(local, |(name, _)| name);
+            match self.submit.auth.try_lookup(name) {
+                Ok(Some(user)) => {
+                    recipients.push(Recipient::Local {
+                        address: address.to_owned(),
+                        user: user.name,
+                    });
+                    conn.reply("250 2.1.5 Recipient OK.");
+                }
+                Ok(None) => conn.reply("550 5.1.1 No such user here."),
+                Err(err) => {
+                    tracing::error!(error = %err, "users file unavailable");
+                    conn.reply("451 4.3.0 Cannot check recipients now; try again later.");
+                }
+            }
+        } else if self.submit.relay_enabled {
+            recipients.push(Recipient::Remote {
+                address: address.to_owned(),
+            });
+            conn.reply("250 2.1.5 Recipient OK.");
+        } else {
+            conn.reply(
+                "550 5.7.1 Relaying denied: no smarthost is configured for non-local recipients.",
+            );
+        }
+    }
+
+    async fn data<S>(&mut self, conn: &mut Conn<S>) -> Next
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let (from, recipients) = match &self.transaction {
+            Transaction::Idle => {
+                conn.reply("503 5.5.1 Send MAIL first.");
+                return Next::Continue;
+            }
+            Transaction::Mail { recipients, .. } if recipients.is_empty() => {
+                conn.reply("554 5.5.1 No valid recipients.");
+                return Next::Continue;
+            }
+            Transaction::Mail { from, recipients } => (from.clone(), recipients.clone()),
+        };
+        let user = self.user.clone().unwrap_or_default();
+        let submit = self.submit.clone();
+        let spool = submit.spool.clone();
+        let mut incoming = match tokio::task::spawn_blocking(move || spool.create()).await {
+            Ok(Ok(incoming)) => Some(incoming),
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "cannot create a spool file");
+                None
+            }
+            Err(_) => None,
+        };
+        conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
+        if conn.flush().await.is_err() {
+            return Next::Close;
+        }
+        // Any failure below is remembered and reported after the final dot: the client is
+        // sending the data regardless, and it is read and thrown away, never kept.
+        let mut failure: Option<&'static str> = incoming
+            .is_none()
+            .then_some("452 4.3.1 Insufficient system storage; try again later.");
+        let mut out = Vec::with_capacity(64 * 1024);
+        if let Some(incoming) = &mut incoming {
+            let single = match recipients.as_slice() {
+                [one] => Some(match one {
+                    Recipient::Local { address, .. } | Recipient::Remote { address } => {
+                        address.as_str()
+                    }
+                }),
+                _ => None,
+            };
+            let protocol = if self.tls { "ESMTPSA" } else { "ESMTPA" };
+            let helo = self.helo.clone().unwrap_or_default();
+            out.extend_from_slice(
+                received_header(
+                    &helo,
+                    self.peer.addr.ip(),
+                    &submit.hostname,
+                    protocol,
+                    &incoming.id,
+                    single,
+                )
+                .as_bytes(),
+            );
+        }
+        let mut filter = HeaderFilter::new(&submit.hostname);
+        let mut line = Vec::with_capacity(1024);
+        let mut size: u64 = 0;
+        loop {
+            match conn.data_line(&mut line).await {
+                // Disconnect mid-DATA: `incoming` is dropped and its file removed.
+                None => return Next::Close,
+                Some(Line::TooLong) => {
+                    failure.get_or_insert("552 5.3.4 Message line too long.");
+                    continue;
+                }
+                Some(_) => {}
+            }
+            if line == b"." {
+                break;
+            }
+            if failure.is_some() {
+                continue;
+            }
+            let data = line.strip_prefix(b".").unwrap_or(&line);
+            size += data.len() as u64 + 2;
+            if size > submit.max_size {
+                failure = Some("552 5.3.4 Message size exceeds the fixed limit.");
+                continue;
+            }
+            if data.contains(&0) {
+                failure = Some("554 5.6.0 The message contains NUL characters.");
+                continue;
+            }
+            filter.line(data, &mut out);
+            if out.len() >= 64 * 1024 {
+                if let Some(incoming) = &mut incoming {
+                    if let Err(err) = incoming.write(&out) {
+                        tracing::error!(error = %err, "writing to the spool failed");
+                        failure = Some("452 4.3.1 Insufficient system storage; try again later.");
+                    }
+                }
+                out.clear();
+            }
+        }
+        self.transaction = Transaction::Idle;
+        if let Some(reply) = failure {
+            conn.reply(reply);
+            return Next::Continue;
+        }
+        let Some(mut incoming) = incoming else {
+            conn.reply("452 4.3.1 Insufficient system storage; try again later.");
+            return Next::Continue;
+        };
+        filter.finish(&mut out);
+        let envelope = Envelope {
+            from,
+            user,
+            received: now(),
+            recipients,
+        };
+        let committed = tokio::task::spawn_blocking(move || {
+            incoming.write(&out)?;
+            incoming.commit(&envelope)
+        })
+        .await;
+        match committed {
+            Ok(Ok(id)) => {
+                tracing::info!(id, size, "message accepted");
+                conn.reply(&format!("250 2.0.0 Ok: queued as {id}"));
+                submit.queue.accepted(id);
+            }
+            Ok(Err(err)) => {
+                tracing::error!(error = %err, "committing to the spool failed");
+                conn.reply("452 4.3.1 Insufficient system storage; try again later.");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "spool task failed");
+                conn.reply("452 4.3.1 Insufficient system storage; try again later.");
+            }
+        }
+        Next::Continue
+    }
+}
+
+/// A client-supplied string made safe to echo back in one reply line.
+fn printable(text: &str) -> String {
+    text.chars().filter(|c| !c.is_control()).take(255).collect()
+}
