@@ -1,0 +1,398 @@
+//! The HTTP/1.1 side (hyper, keep-alive): POST on `/RPC2` (XML-RPC) and `/jsonrpc`
+//! (JSON-RPC 2.0), HTTP Basic logins, and the error statuses for everything else.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_common::auth::{sasl, AuthError, User};
+use inetkit_common::server::Peer;
+
+use crate::jsonrpc;
+use crate::methods::{Caller, Params};
+use crate::value::Fault;
+use crate::xmlrpc;
+use crate::Rpcd;
+
+/// `[http]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body in bytes; a larger one is answered 413.
+    pub max_body: usize,
+    /// Deepest nesting of arrays and structs in an XML-RPC request.
+    pub max_depth: usize,
+    /// Most requests in one JSON-RPC batch.
+    pub max_batch: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body: 1 << 20,
+            max_depth: 32,
+            max_batch: 100,
+        }
+    }
+}
+
+type Reply = Response<Full<Bytes>>;
+
+const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
+
+/// Serves one connection (already TLS-wrapped on `rpcs`) until the client closes it, it
+/// stays idle past the idle timeout, or the daemon shuts down.
+pub async fn serve<S>(rpcd: Arc<Rpcd>, io: S, peer: Peer, tls: bool)
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let shutdown = peer.shutdown.clone();
+    let idle = peer.idle_timeout;
+    let peer = Arc::new(peer);
+    let service = service_fn(move |req| {
+        let rpcd = rpcd.clone();
+        let peer = peer.clone();
+        async move { Ok::<_, Infallible>(handle(&rpcd, req, &peer, tls).await) }
+    });
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(idle)
+        .keep_alive(true)
+        .serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        result = conn.as_mut() => result,
+        _ = shutdown.cancelled() => {
+            // Finish the request in flight, then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(err) = result {
+        tracing::debug!("connection ended: {err}");
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
+    *reply.status_mut() = status;
+    reply.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    reply
+}
+
+fn unauthorized(text: &str) -> Reply {
+    let mut reply = plain(StatusCode::UNAUTHORIZED, text);
+    reply
+        .headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(REALM));
+    reply
+}
+
+fn body(content_type: &'static str, text: String) -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::from(text)));
+    reply
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    reply
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Xml,
+    Json,
+}
+
+/// The media type of a request, without parameters, lower-case.
+fn media_type(req: &Request<Incoming>) -> String {
+    req.headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| {
+            v.split(';')
+                .next()
+                .unwrap_or("")
+                .trim()
+                .to_ascii_lowercase()
+        })
+        .unwrap_or_default()
+}
+
+async fn handle(rpcd: &Rpcd, req: Request<Incoming>, peer: &Peer, tls: bool) -> Reply {
+    match route(rpcd, req, peer, tls).await {
+        Ok(reply) => reply,
+        Err(refused) => match *refused {
+            (reply, Some(body)) => {
+                // Read (within the limit) what the client sent, so the connection stays
+                // usable for its next request.
+                let _ = Limited::new(body, rpcd.http.max_body).collect().await;
+                reply
+            }
+            (reply, None) => reply,
+        },
+    }
+}
+
+/// The reply, or an early refusal with the body still to be drained (if it may be).
+async fn route(
+    rpcd: &Rpcd,
+    req: Request<Incoming>,
+    peer: &Peer,
+    tls: bool,
+) -> Result<Reply, Box<(Reply, Option<Incoming>)>> {
+    let refuse =
+        |reply: Reply, req: Request<Incoming>| Err(Box::new((reply, Some(req.into_body()))));
+    let protocol = match req.uri().path() {
+        "/RPC2" => Protocol::Xml,
+        "/jsonrpc" => Protocol::Json,
+        _ => {
+            let reply = plain(
+                StatusCode::NOT_FOUND,
+                "not found: XML-RPC is at /RPC2, JSON-RPC at /jsonrpc",
+            );
+            return refuse(reply, req);
+        }
+    };
+    if req.method() != Method::POST {
+        let mut reply = plain(StatusCode::METHOD_NOT_ALLOWED, "only POST is allowed here");
+        reply
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return refuse(reply, req);
+    }
+    let media = media_type(&req);
+    let media_ok = match protocol {
+        Protocol::Xml => matches!(media.as_str(), "text/xml" | "application/xml"),
+        Protocol::Json => matches!(
+            media.as_str(),
+            "application/json" | "application/json-rpc" | "application/jsonrequest"
+        ),
+    };
+    if !media_ok {
+        let expected = match protocol {
+            Protocol::Xml => "text/xml",
+            Protocol::Json => "application/json",
+        };
+        let reply = plain(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            &format!("unsupported content type {media:?}: send {expected}"),
+        );
+        return refuse(reply, req);
+    }
+    let max = rpcd.http.max_body;
+    let too_large = || {
+        plain(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!("the request body is larger than {max} bytes"),
+        )
+    };
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > max as u64) {
+        // Not drained: the connection closes after this reply.
+        return Err(Box::new((too_large(), None)));
+    }
+
+    let user = match req.headers().get(header::AUTHORIZATION) {
+        None => None,
+        Some(value) => match login(rpcd, value, peer, tls).await {
+            Ok(user) => Some(user),
+            Err(reply) => return refuse(reply, req),
+        },
+    };
+    let caller = Caller {
+        peer: peer.addr.ip(),
+        user,
+    };
+
+    let bytes = match Limited::new(req.into_body(), max).collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(err) if err.is::<http_body_util::LengthLimitError>() => {
+            return Err(Box::new((too_large(), None)))
+        }
+        Err(err) => {
+            tracing::debug!("reading the request body: {err}");
+            let reply = plain(
+                StatusCode::BAD_REQUEST,
+                "the request body could not be read",
+            );
+            return Err(Box::new((reply, None)));
+        }
+    };
+    Ok(match protocol {
+        Protocol::Xml => xml(rpcd, &caller, &bytes).await,
+        Protocol::Json => json(rpcd, &caller, &bytes).await,
+    })
+}
+
+/// Checks HTTP Basic credentials; the error is the reply to send.
+async fn login(rpcd: &Rpcd, value: &HeaderValue, peer: &Peer, tls: bool) -> Result<User, Reply> {
+    let ip = peer.addr.ip();
+    if !rpcd.auth_config.plaintext_allowed(ip, tls) {
+        tracing::warn!(%ip, "credentials sent without TLS: refused");
+        return Err(plain(
+            StatusCode::FORBIDDEN,
+            "credentials are not accepted without TLS here: use https",
+        ));
+    }
+    let Some(creds) = value
+        .to_str()
+        .ok()
+        .and_then(|v| sasl::decode_http_basic(v).ok())
+    else {
+        return Err(unauthorized("malformed Authorization header: use Basic"));
+    };
+    match rpcd.auth.login(ip, &creds.name, &creds.password).await {
+        Ok(user) => Ok(user),
+        Err(AuthError::Failed) => Err(unauthorized("authentication failed")),
+        Err(AuthError::Throttled) => {
+            let mut reply = plain(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many failed logins from this address; try again later",
+            );
+            let retry = rpcd.auth_config.lockout.as_secs().to_string();
+            if let Ok(v) = HeaderValue::from_str(&retry) {
+                reply.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+            Err(reply)
+        }
+        Err(AuthError::Unavailable { .. }) => Err(plain(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "logins are unavailable right now",
+        )),
+    }
+}
+
+/// Anonymous requests for anything not public are answered 401, so HTTP clients know to
+/// send credentials (and anonymous callers learn nothing about which methods exist).
+fn needs_login(rpcd: &Rpcd, caller: &Caller, method: &str, params: &Params) -> bool {
+    caller.user.is_none()
+        && rpcd
+            .registry
+            .names_in(method, params)
+            .iter()
+            .any(|n| !rpcd.registry.is_public(n))
+}
+
+fn log_refused(caller: &Caller, fault: &Fault) {
+    tracing::info!(
+        peer = %caller.peer,
+        user = caller.user.as_ref().map_or("-", |u| u.name.as_str()),
+        code = fault.code,
+        "request refused: {}: {}",
+        fault.outcome(),
+        fault.message
+    );
+}
+
+async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: &[u8]) -> Reply {
+    let call = match xmlrpc::parse_call(bytes, rpcd.http.max_depth) {
+        Ok(call) => call,
+        Err(fault) => {
+            log_refused(caller, &fault);
+            return body("text/xml", xmlrpc::fault(&fault));
+        }
+    };
+    let params = Params::Positional(call.params);
+    if needs_login(rpcd, caller, &call.method, &params) {
+        return unauthorized("authentication required");
+    }
+    let text = match rpcd.registry.call(caller, &call.method, params).await {
+        Ok(value) => xmlrpc::response(&value),
+        Err(fault) => xmlrpc::fault(&fault),
+    };
+    body("text/xml", text)
+}
+
+async fn json(rpcd: &Rpcd, caller: &Caller, bytes: &[u8]) -> Reply {
+    let requests = match jsonrpc::parse(bytes, rpcd.http.max_batch) {
+        jsonrpc::Body::Error(fault) => {
+            log_refused(caller, &fault);
+            return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
+        }
+        jsonrpc::Body::Single(request) => vec![request],
+        jsonrpc::Body::Batch(requests) => {
+            let answers = match run_json(rpcd, caller, requests).await {
+                Ok(answers) => answers,
+                Err(reply) => return reply,
+            };
+            return if answers.is_empty() {
+                no_content()
+            } else {
+                json_reply(&serde_json::Value::Array(answers))
+            };
+        }
+    };
+    match run_json(rpcd, caller, requests).await {
+        Ok(mut answers) => match answers.pop() {
+            Some(answer) => json_reply(&answer),
+            None => no_content(),
+        },
+        Err(reply) => reply,
+    }
+}
+
+/// Runs JSON-RPC requests in order; answers all but the notifications.
+async fn run_json(
+    rpcd: &Rpcd,
+    caller: &Caller,
+    requests: Vec<Result<jsonrpc::Request, Fault>>,
+) -> Result<Vec<serde_json::Value>, Reply> {
+    let anonymous_needs_login = requests.iter().any(|r| match r {
+        Ok(r) => needs_login(rpcd, caller, &r.method, &r.params),
+        Err(_) => false,
+    });
+    if anonymous_needs_login {
+        return Err(unauthorized("authentication required"));
+    }
+    let mut answers = Vec::new();
+    for request in requests {
+        match request {
+            Err(fault) => {
+                log_refused(caller, &fault);
+                answers.push(jsonrpc::error(serde_json::Value::Null, &fault));
+            }
+            Ok(request) => {
+                let result = rpcd
+                    .registry
+                    .call(caller, &request.method, request.params)
+                    .await;
+                if let Some(id) = request.id {
+                    answers.push(match result {
+                        Ok(value) => jsonrpc::success(id, &value),
+                        Err(fault) => jsonrpc::error(id, &fault),
+                    });
+                }
+            }
+        }
+    }
+    Ok(answers)
+}
+
+fn json_reply(value: &serde_json::Value) -> Reply {
+    let mut text = value.to_string();
+    text.push('\n');
+    body("application/json", text)
+}
+
+/// What a notification (or a batch of them) gets: nothing.
+fn no_content() -> Reply {
+    let mut reply = Response::new(Full::new(Bytes::new()));
+    *reply.status_mut() = StatusCode::NO_CONTENT;
+    reply
+}

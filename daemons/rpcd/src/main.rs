@@ -1,0 +1,115 @@
+//! inetkit-rpcd: XML-RPC at `/RPC2` and JSON-RPC 2.0 at `/jsonrpc` over HTTP/1.1, on the
+//! `rpc` socket (8000, plain HTTP) and `rpcs` (8443, HTTPS). The methods are built-in host
+//! facts and the commands the sysadmin declares in `/etc/inetkit/rpcd.toml`.
+
+mod exec;
+mod http;
+mod jsonrpc;
+mod methods;
+mod value;
+mod xmlrpc;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use inetkit_common::activation::Socket;
+use inetkit_common::auth::{AuthConfig, Authenticator};
+use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_common::daemon::{self, Context};
+use inetkit_common::server::Server;
+use inetkit_common::tls::TlsContext;
+
+use http::HttpConfig;
+use methods::{BuiltinsConfig, MethodConfig, Registry};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    listen: ListenConfig,
+    tls: TlsConfig,
+    limits: LimitsConfig,
+    log: LogConfig,
+    auth: AuthConfig,
+    http: HttpConfig,
+    builtins: BuiltinsConfig,
+    #[serde(rename = "method")]
+    methods: Vec<MethodConfig>,
+}
+// An idle keep-alive connection is closed after a minute, as web servers do.
+inetkit_common::shared_sections!(Config, idle_timeout = 60);
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut listen = ListenConfig::new();
+        listen.insert("rpc".into(), vec!["[::]:8000".into()]);
+        listen.insert("rpcs".into(), vec!["[::]:8443".into()]);
+        Config {
+            listen,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            http: HttpConfig::default(),
+            builtins: BuiltinsConfig::default(),
+            methods: Vec::new(),
+        }
+    }
+}
+
+/// What every connection shares.
+pub struct Rpcd {
+    pub registry: Registry,
+    pub auth: Authenticator,
+    pub auth_config: AuthConfig,
+    pub http: HttpConfig,
+}
+
+fn main() -> ExitCode {
+    daemon::run("rpcd", setup)
+}
+
+fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
+    let registry = Registry::new(&ctx.config.builtins, &ctx.config.methods)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.config_path.display()))?;
+    tracing::info!(methods = registry.len(), "methods loaded");
+    let rpcd = Arc::new(Rpcd {
+        registry,
+        auth: ctx.config.auth.authenticator(),
+        auth_config: ctx.config.auth.clone(),
+        http: ctx.config.http.clone(),
+    });
+    let server = ctx.server.clone();
+    for listener in std::mem::take(&mut ctx.listeners) {
+        let tls: Option<TlsContext> = match listener.name.as_str() {
+            "rpc" | "connection" => None,
+            "rpcs" => Some(ctx.require_tls(&listener.name)?),
+            other => anyhow::bail!("socket {other:?}: rpcd serves sockets named rpc and rpcs"),
+        };
+        anyhow::ensure!(
+            !matches!(listener.socket, Socket::Udp(_)),
+            "socket {:?}: HTTP is TCP only",
+            listener.name
+        );
+        let rpcd = rpcd.clone();
+        let busy: Option<&'static [u8]> = tls.is_none().then_some(
+            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                .as_slice(),
+        );
+        server.serve_stream(listener, busy, move |stream, peer| {
+            let rpcd = rpcd.clone();
+            let tls = tls.clone();
+            async move {
+                match tls {
+                    None => http::serve(rpcd, stream, peer, false).await,
+                    Some(tls) => match tls.accept(stream).await {
+                        Ok(stream) => http::serve(rpcd, stream, peer, true).await,
+                        Err(err) => tracing::debug!("TLS handshake failed: {err}"),
+                    },
+                }
+            }
+        })?;
+    }
+    Ok(server)
+}

@@ -1,0 +1,501 @@
+//! XML-RPC (<http://xmlrpc.com/spec.md>, the `nil` and `i8` extensions): parsing a
+//! `methodCall` and writing a `methodResponse`.
+//!
+//! The XML is read with quick-xml into a small tree first, bounded in depth (so hostile
+//! nesting costs neither stack nor time) and in size by the HTTP body limit. A DTD is refused
+//! outright, so no entity can be declared; only the five predefined entities and character
+//! references are expanded. External entities are never fetched.
+
+use quick_xml::events::Event;
+use quick_xml::Reader;
+
+use crate::value::{decode_base64, is_iso8601, Fault, Value};
+
+/// A parsed `methodCall`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    pub method: String,
+    pub params: Vec<Value>,
+}
+
+#[derive(Debug)]
+struct Element {
+    name: String,
+    children: Vec<Node>,
+}
+
+#[derive(Debug)]
+enum Node {
+    Element(Element),
+    Text(String),
+}
+
+impl Element {
+    fn elements(&self) -> impl Iterator<Item = &Element> {
+        self.children.iter().filter_map(|n| match n {
+            Node::Element(e) => Some(e),
+            Node::Text(_) => None,
+        })
+    }
+
+    fn text(&self) -> String {
+        let mut out = String::new();
+        for n in &self.children {
+            if let Node::Text(t) = n {
+                out.push_str(t);
+            }
+        }
+        out
+    }
+
+    /// Text between child elements that is not whitespace: a structural element must have none.
+    fn has_stray_text(&self) -> bool {
+        self.children
+            .iter()
+            .any(|n| matches!(n, Node::Text(t) if !t.trim().is_empty()))
+    }
+
+    fn only_child(&self) -> Result<&Element, Fault> {
+        let mut elements = self.elements();
+        match (elements.next(), elements.next()) {
+            (Some(e), None) if !self.has_stray_text() => Ok(e),
+            _ => Err(invalid(format!(
+                "<{}> must hold exactly one element",
+                self.name
+            ))),
+        }
+    }
+}
+
+fn parse_error(message: impl std::fmt::Display) -> Fault {
+    Fault::new(Fault::PARSE_ERROR, format!("parse error: {message}"))
+}
+
+fn invalid(message: impl Into<String>) -> Fault {
+    Fault::new(Fault::INVALID_REQUEST, message)
+}
+
+/// Reads a whole document into a tree; `max_depth` bounds element nesting.
+fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, Fault> {
+    let text = std::str::from_utf8(body).map_err(|e| parse_error(format!("not UTF-8: {e}")))?;
+    let mut reader = Reader::from_str(text);
+    reader.config_mut().check_end_names = true;
+    let mut stack: Vec<Element> = Vec::new();
+    let mut root: Option<Element> = None;
+    loop {
+        let event = reader
+            .read_event()
+            .map_err(|e| parse_error(format!("at byte {}: {e}", reader.buffer_position())))?;
+        match event {
+            Event::Decl(decl) => {
+                if let Some(encoding) = decl.encoding() {
+                    let encoding = encoding.map_err(parse_error)?;
+                    let name = String::from_utf8_lossy(&encoding).to_ascii_lowercase();
+                    if name != "utf-8" && name != "us-ascii" && name != "ascii" {
+                        return Err(parse_error(format!("unsupported encoding {name:?}")));
+                    }
+                }
+            }
+            Event::DocType(_) => return Err(parse_error("DTDs are not allowed")),
+            Event::PI(_) | Event::Comment(_) => {}
+            Event::Start(start) => {
+                if stack.len() >= max_depth {
+                    return Err(parse_error(format!(
+                        "nested deeper than {max_depth} elements"
+                    )));
+                }
+                if root.is_some() {
+                    return Err(parse_error("content after the document element"));
+                }
+                let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
+                stack.push(Element {
+                    name,
+                    children: Vec::new(),
+                });
+            }
+            Event::Empty(start) => {
+                let element = Element {
+                    name: String::from_utf8_lossy(start.name().as_ref()).into_owned(),
+                    children: Vec::new(),
+                };
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Element(element)),
+                    None if root.is_none() => root = Some(element),
+                    None => return Err(parse_error("content after the document element")),
+                }
+            }
+            Event::End(_) => {
+                let element = stack
+                    .pop()
+                    .ok_or_else(|| parse_error("unbalanced end tag"))?;
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Element(element)),
+                    None => root = Some(element),
+                }
+            }
+            Event::Text(text) => {
+                let text = text.unescape().map_err(parse_error)?.into_owned();
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Text(text)),
+                    None if text.trim().is_empty() => {}
+                    None => return Err(parse_error("text outside the document element")),
+                }
+            }
+            Event::CData(data) => {
+                let text = std::str::from_utf8(&data).map_err(parse_error)?.to_owned();
+                match stack.last_mut() {
+                    Some(parent) => parent.children.push(Node::Text(text)),
+                    None => return Err(parse_error("CDATA outside the document element")),
+                }
+            }
+            Event::Eof => break,
+        }
+    }
+    if !stack.is_empty() {
+        return Err(parse_error("unexpected end of document"));
+    }
+    root.ok_or_else(|| parse_error("empty document"))
+}
+
+/// Parses a `methodCall`. `max_depth` bounds the nesting of values (arrays and structs).
+pub fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
+    // methodCall/params/param/value, then three elements per level of nesting.
+    let root = parse_tree(body, 4 + 3 * max_depth + 2)?;
+    if root.name != "methodCall" || root.has_stray_text() {
+        return Err(invalid("the document is not a methodCall"));
+    }
+    let mut method = None;
+    let mut params = Vec::new();
+    for child in root.elements() {
+        match child.name.as_str() {
+            "methodName" if method.is_none() => {
+                let name = child.text().trim().to_owned();
+                if name.is_empty() || child.elements().next().is_some() {
+                    return Err(invalid("methodName must be a non-empty name"));
+                }
+                method = Some(name);
+            }
+            "params" => {
+                if child.has_stray_text() {
+                    return Err(invalid("text in <params>"));
+                }
+                for param in child.elements() {
+                    if param.name != "param" {
+                        return Err(invalid(format!("<{}> in <params>", param.name)));
+                    }
+                    let value = param.only_child()?;
+                    params.push(parse_value(value)?);
+                }
+            }
+            other => return Err(invalid(format!("<{other}> in <methodCall>"))),
+        }
+    }
+    let method = method.ok_or_else(|| invalid("no methodName"))?;
+    Ok(Call { method, params })
+}
+
+fn parse_value(value: &Element) -> Result<Value, Fault> {
+    if value.name != "value" {
+        return Err(invalid(format!("<{}> where a <value> belongs", value.name)));
+    }
+    // No type element: the text is a string (whitespace and all).
+    if value.elements().next().is_none() {
+        return Ok(Value::String(value.text()));
+    }
+    let typed = value.only_child()?;
+    let text = || typed.text();
+    let bad = |what: &str| invalid(format!("<{}>: {what}", typed.name));
+    let scalar = || {
+        if typed.elements().next().is_some() {
+            Err(bad("expected text, not elements"))
+        } else {
+            Ok(())
+        }
+    };
+    // Apache's extensions come namespaced (`ex:nil`, `ex:i8`).
+    let name = typed.name.strip_prefix("ex:").unwrap_or(&typed.name);
+    Ok(match name {
+        "int" | "i4" => {
+            scalar()?;
+            let n: i32 = text()
+                .trim()
+                .parse()
+                .map_err(|_| bad("not a 32-bit integer"))?;
+            Value::Int(n.into())
+        }
+        "i8" => {
+            scalar()?;
+            Value::Int(
+                text()
+                    .trim()
+                    .parse()
+                    .map_err(|_| bad("not a 64-bit integer"))?,
+            )
+        }
+        "boolean" => {
+            scalar()?;
+            match text().trim() {
+                "1" | "true" => Value::Bool(true),
+                "0" | "false" => Value::Bool(false),
+                _ => return Err(bad("must be 0 or 1")),
+            }
+        }
+        "string" => {
+            scalar()?;
+            Value::String(text())
+        }
+        "double" => {
+            scalar()?;
+            Value::Double(text().trim().parse().map_err(|_| bad("not a number"))?)
+        }
+        "dateTime.iso8601" => {
+            scalar()?;
+            let t = text().trim().to_owned();
+            if !is_iso8601(&t) {
+                return Err(bad("not an ISO 8601 date and time"));
+            }
+            Value::DateTime(t)
+        }
+        "base64" => {
+            scalar()?;
+            Value::Base64(decode_base64(&text()).ok_or_else(|| bad("not base64"))?)
+        }
+        "nil" => {
+            if !typed.children.is_empty() {
+                return Err(bad("must be empty"));
+            }
+            Value::Nil
+        }
+        "array" => {
+            let data = typed.only_child()?;
+            if data.name != "data" || data.has_stray_text() {
+                return Err(bad("must hold one <data>"));
+            }
+            Value::Array(data.elements().map(parse_value).collect::<Result<_, _>>()?)
+        }
+        "struct" => {
+            if typed.has_stray_text() {
+                return Err(bad("text between members"));
+            }
+            let mut members: Vec<(String, Value)> = Vec::new();
+            for member in typed.elements() {
+                if member.name != "member" || member.has_stray_text() {
+                    return Err(bad("holds something other than <member>"));
+                }
+                let mut parts = member.elements();
+                let (Some(name), Some(value), None) = (parts.next(), parts.next(), parts.next())
+                else {
+                    return Err(bad("a <member> needs a <name> and a <value>"));
+                };
+                if name.name != "name" || name.elements().next().is_some() {
+                    return Err(bad("a <member> needs a <name> first"));
+                }
+                let key = name.text();
+                let value = parse_value(value)?;
+                members.retain(|(k, _)| *k != key);
+                members.push((key, value));
+            }
+            Value::Struct(members)
+        }
+        other => return Err(invalid(format!("unknown type <{other}>"))),
+    })
+}
+
+/// Text as XML character data. Characters XML 1.0 cannot carry at all (most C0 controls)
+/// become U+FFFD; CR is written as a reference so it survives line-end normalisation.
+fn escape_into(out: &mut String, text: &str) {
+    for c in text.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '\r' => out.push_str("&#13;"),
+            '\t' | '\n' => out.push(c),
+            c if (c as u32) < 0x20 || c == '\u{FFFE}' || c == '\u{FFFF}' => out.push('\u{FFFD}'),
+            c => out.push(c),
+        }
+    }
+}
+
+fn write_value(out: &mut String, value: &Value) {
+    use std::fmt::Write;
+    out.push_str("<value>");
+    match value {
+        Value::Int(n) if i32::try_from(*n).is_ok() => {
+            let _ = write!(out, "<int>{n}</int>");
+        }
+        Value::Int(n) => {
+            let _ = write!(out, "<i8>{n}</i8>");
+        }
+        Value::Bool(b) => {
+            let _ = write!(out, "<boolean>{}</boolean>", u8::from(*b));
+        }
+        Value::String(s) => {
+            out.push_str("<string>");
+            escape_into(out, s);
+            out.push_str("</string>");
+        }
+        Value::Double(d) => {
+            let _ = write!(out, "<double>{d}</double>");
+        }
+        Value::DateTime(t) => {
+            out.push_str("<dateTime.iso8601>");
+            escape_into(out, t);
+            out.push_str("</dateTime.iso8601>");
+        }
+        Value::Base64(bytes) => {
+            use base64::Engine;
+            out.push_str("<base64>");
+            out.push_str(&base64::engine::general_purpose::STANDARD.encode(bytes));
+            out.push_str("</base64>");
+        }
+        Value::Struct(members) => {
+            out.push_str("<struct>");
+            for (name, v) in members {
+                out.push_str("<member><name>");
+                escape_into(out, name);
+                out.push_str("</name>");
+                write_value(out, v);
+                out.push_str("</member>");
+            }
+            out.push_str("</struct>");
+        }
+        Value::Array(items) => {
+            out.push_str("<array><data>");
+            for v in items {
+                write_value(out, v);
+            }
+            out.push_str("</data></array>");
+        }
+        Value::Nil => out.push_str("<nil/>"),
+    }
+    out.push_str("</value>");
+}
+
+const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
+
+/// A `methodResponse` carrying `value`.
+pub fn response(value: &Value) -> String {
+    let mut out = String::from(HEADER);
+    out.push_str("<methodResponse><params><param>");
+    write_value(&mut out, value);
+    out.push_str("</param></params></methodResponse>\n");
+    out
+}
+
+/// A `methodResponse` carrying a fault.
+pub fn fault(fault: &Fault) -> String {
+    let mut out = String::from(HEADER);
+    out.push_str("<methodResponse><fault>");
+    write_value(&mut out, &fault_struct(fault));
+    out.push_str("</fault></methodResponse>\n");
+    out
+}
+
+/// The fault struct, also what `system.multicall` puts in place of a failed call's result.
+pub fn fault_struct(fault: &Fault) -> Value {
+    Value::object([
+        ("faultCode", Value::Int(fault.code)),
+        ("faultString", Value::String(fault.message.clone())),
+    ])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(xml: &str) -> Result<Call, Fault> {
+        parse_call(xml.as_bytes(), 32)
+    }
+
+    #[test]
+    fn every_type() {
+        let xml = r#"<?xml version="1.0"?>
+<methodCall><methodName>t.x</methodName><params>
+<param><value><int>-5</int></value></param>
+<param><value><i4>7</i4></value></param>
+<param><value><i8>9000000000</i8></value></param>
+<param><value><boolean>1</boolean></value></param>
+<param><value><string>a &lt;b&gt; &amp; &#233;</string></value></param>
+<param><value>  untyped </value></param>
+<param><value><double>2.5</double></value></param>
+<param><value><dateTime.iso8601>20261125T17:02:11</dateTime.iso8601></value></param>
+<param><value><base64>aGVs
+bG8=</base64></value></param>
+<param><value><struct><member><name>k</name><value><nil/></value></member></struct></value></param>
+<param><value><array><data><value><int>1</int></value><value/></data></array></value></param>
+</params></methodCall>"#;
+        let c = call(xml).unwrap_or_else(|f| panic!("{f}"));
+        assert_eq!(c.method, "t.x");
+        assert_eq!(
+            c.params,
+            vec![
+                Value::Int(-5),
+                Value::Int(7),
+                Value::Int(9_000_000_000),
+                Value::Bool(true),
+                Value::string("a <b> & é"),
+                Value::string("  untyped "),
+                Value::Double(2.5),
+                Value::DateTime("20261125T17:02:11".into()),
+                Value::Base64(b"hello".to_vec()),
+                Value::object([("k", Value::Nil)]),
+                Value::Array(vec![Value::Int(1), Value::string("")]),
+            ]
+        );
+    }
+
+    #[test]
+    fn refuses_dtds_entities_depth_and_garbage() {
+        let laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>
+<methodCall><methodName>&lol;</methodName></methodCall>"#;
+        assert_eq!(call(laughs).map_err(|f| f.code), Err(Fault::PARSE_ERROR));
+        let undeclared = "<methodCall><methodName>&lol;</methodName></methodCall>";
+        assert_eq!(
+            call(undeclared).map_err(|f| f.code),
+            Err(Fault::PARSE_ERROR)
+        );
+        let deep = format!(
+            "<methodCall><methodName>x</methodName><params><param>{}{}</param></params></methodCall>",
+            "<value><array><data>".repeat(10_000),
+            "</data></array></value>".repeat(10_000)
+        );
+        assert_eq!(call(&deep).map_err(|f| f.code), Err(Fault::PARSE_ERROR));
+        assert_eq!(
+            call("<methodCall>").map_err(|f| f.code),
+            Err(Fault::PARSE_ERROR)
+        );
+        assert_eq!(
+            parse_call(
+                b"<methodCall><methodName>\xff</methodName></methodCall>",
+                32
+            )
+            .map_err(|f| f.code),
+            Err(Fault::PARSE_ERROR)
+        );
+        assert_eq!(
+            call("<methodCall><methodName>x</methodName><params><param><value><int>x</int></value></param></params></methodCall>")
+                .map_err(|f| f.code),
+            Err(Fault::INVALID_REQUEST)
+        );
+        assert_eq!(
+            call("<foo/>").map_err(|f| f.code),
+            Err(Fault::INVALID_REQUEST)
+        );
+    }
+
+    #[test]
+    fn writes_responses_that_parse_back() {
+        let v = Value::Array(vec![
+            Value::Int(1 << 40),
+            Value::string("a<&>\r\u{1}"),
+            Value::Nil,
+            Value::Base64(vec![0, 255]),
+        ]);
+        let xml = response(&v);
+        assert!(xml.contains("<i8>1099511627776</i8>"), "{xml}");
+        assert!(xml.contains("a&lt;&amp;&gt;&#13;\u{FFFD}"), "{xml}");
+        let f = fault(&Fault::new(-32601, "no <such> method"));
+        assert!(f.contains("<int>-32601</int>") && f.contains("no &lt;such&gt; method"));
+    }
+}

@@ -1,0 +1,560 @@
+"""inetkit-rpcd with real clients: Python's xmlrpc.client.ServerProxy for XML-RPC, curl for
+JSON-RPC, http.client and raw sockets for the HTTP edge cases and hostile input."""
+
+import base64
+import http.client
+import json
+import os
+import socket
+import ssl
+import subprocess
+import time
+import xmlrpc.client
+from pathlib import Path
+
+import pytest
+
+PASSWORD = "correct horse"
+
+# Prints its arguments as a JSON array: what the program really got in argv.
+ARGV_JSON = "import json, sys; print(json.dumps(sys.argv[1:]))"
+
+
+def users_file(tmp_path: Path) -> Path:
+    users = tmp_path / "users"
+    crypt = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
+                           text=True, check=True).stdout.strip()
+    users.write_text(f"alice:{{SHA512-CRYPT}}{crypt}:::::: groups=ops,web\n"
+                     f"bob:{{PLAIN}}{PASSWORD}::::::\n")
+    return users
+
+
+def config(tmp_path, cert, auth_extra="", extra=""):
+    python = subprocess.run(["sh", "-c", "command -v python3"], capture_output=True,
+                            text=True, check=True).stdout.strip()
+    return f"""
+[listen]
+rpc = ["127.0.0.1:0"]
+rpcs = ["127.0.0.1:0"]
+[tls]
+cert = "{cert[0]}"
+key = "{cert[1]}"
+[auth]
+users_file = "{users_file(tmp_path)}"
+{auth_extra}
+[http]
+max_body = 1048576
+[builtins]
+public = ["host.uptime", "host.time"]
+
+[[method]]
+name = "echo"
+help = "Runs /bin/echo with the text."
+params = [{{ name = "text", type = "string" }}]
+argv = ["/bin/echo"]
+
+[[method]]
+name = "argv"
+help = "Shows the argv the program got."
+params = [{{ name = "a", type = "string" }}, {{ name = "n", type = "int" }}]
+argv = ["{python}", "-c", "{ARGV_JSON}"]
+allow_options = true
+result = "json"
+returns = "array"
+
+[[method]]
+name = "disk"
+help = "Returns JSON."
+argv = ["/bin/sh", "-c", "printf '{{\\"free\\": 42, \\"mounts\\": [\\"/\\"], \\"ok\\": true}}'"]
+result = "json"
+
+[[method]]
+name = "stdin"
+help = "Echoes the JSON it reads."
+params = [{{ name = "name", type = "string" }}, {{ name = "items", type = "array" }}]
+args = "stdin-json"
+argv = ["/bin/cat"]
+result = "json"
+
+[[method]]
+name = "hang"
+help = "Leaves a child behind and never ends."
+params = [{{ name = "pidfile", type = "string" }}]
+argv = ["/bin/sh", "-c", "sleep 300 & echo $! > \\"$1\\"; echo $$ >> \\"$1\\"; wait", "sh"]
+timeout = 1
+
+[[method]]
+name = "flood"
+help = "Writes without end."
+argv = ["/usr/bin/yes"]
+max_stdout = 1000
+
+[[method]]
+name = "fail"
+help = "Exits 3 with a message on stderr."
+argv = ["/bin/sh", "-c", "echo 'it broke' >&2; exit 3"]
+
+[[method]]
+name = "env"
+help = "Shows its environment."
+argv = ["/usr/bin/env"]
+env = ["INETKIT_TEST_PASSED"]
+
+[[method]]
+name = "ops.only"
+help = "For the ops group."
+argv = ["/bin/echo", "ops"]
+groups = ["ops"]
+
+[[method]]
+name = "bob.only"
+help = "For bob."
+argv = ["/bin/echo", "bob"]
+users = ["bob"]
+
+[[method]]
+name = "open"
+help = "Anyone."
+argv = ["/bin/echo", "open"]
+public = true
+{extra}
+"""
+
+
+@pytest.fixture
+def rpcd(daemons, tmp_path, cert):
+    return daemons.start("rpcd", config(tmp_path, cert),
+                         env={"INETKIT_TEST_PASSED": "yes", "INETKIT_TEST_HIDDEN": "no"})
+
+
+def url(d, user="alice", password=PASSWORD, path="/RPC2", scheme="http"):
+    host, port = d.addr("rpcs" if scheme == "https" else "rpc")
+    auth = f"{user}:{password}@" if user else ""
+    return f"{scheme}://{auth}{host}:{port}{path}"
+
+
+def proxy(d, **kw):
+    return xmlrpc.client.ServerProxy(url(d, **kw), allow_none=True)
+
+
+def curl(d, body, user="alice", content_type="application/json", path="/jsonrpc"):
+    """POSTs with curl; returns (status, body)."""
+    host, port = d.addr("rpc")
+    args = ["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H",
+            f"Content-Type: {content_type}", "--data-binary", "@-",
+            f"http://{host}:{port}{path}"]
+    if user:
+        args[1:1] = ["-u", f"{user}:{PASSWORD}"]
+    out = subprocess.run(args, input=body if isinstance(body, bytes) else body.encode(),
+                         capture_output=True, check=True, timeout=60).stdout.decode()
+    text, _, status = out.rpartition("\n")
+    return int(status), text
+
+
+def post(d, path, body: bytes, content_type="text/xml", headers=None, user="alice"):
+    host, port = d.addr("rpc")
+    c = http.client.HTTPConnection(host, port, timeout=60)
+    h = {"Content-Type": content_type}
+    if user:
+        h["Authorization"] = "Basic " + base64.b64encode(f"{user}:{PASSWORD}".encode()).decode()
+    h.update(headers or {})
+    c.request("POST", path, body=body, headers=h)
+    r = c.getresponse()
+    return r.status, r.read()
+
+
+# -- XML-RPC with ServerProxy --------------------------------------------------------------------
+
+def test_introspection(rpcd):
+    p = proxy(rpcd)
+    methods = p.system.listMethods()
+    for name in ["system.listMethods", "system.methodHelp", "system.methodSignature",
+                 "system.multicall", "host.uptime", "host.loadavg", "host.hostname",
+                 "host.time", "echo", "disk", "ops.only", "open"]:
+        assert name in methods
+    assert "bob.only" not in methods  # alice may not call it, so she does not see it
+    assert p.system.methodHelp("echo") == "Runs /bin/echo with the text."
+    assert p.system.methodSignature("echo") == [["string", "string"]]
+    assert p.system.methodSignature("argv") == [["array", "string", "int"]]
+    assert p.system.methodSignature("host.uptime") == [["double"]]
+    # Anonymous callers see the public methods and introspection only.
+    anon = proxy(rpcd, user=None).system.listMethods()
+    assert sorted(anon) == ["host.time", "host.uptime", "open", "system.listMethods",
+                            "system.methodHelp", "system.methodSignature", "system.multicall"]
+
+
+def test_every_type_round_trips(rpcd):
+    p = proxy(rpcd)
+    when = xmlrpc.client.DateTime("20261125T17:02:11")
+    blob = xmlrpc.client.Binary(bytes(range(256)))
+    values = [0, -2**31, 2**31 - 1, True, False, "", "plain <&> ünïcödé \t\n", 2.5, -1e300,
+              when, blob, {"a": 1, "nested": {"b": [1, "x"]}}, [], [1, [2, [3]]], None]
+    got = p.rpc.echo(*values)
+    assert got == values
+    # i8 (the common extension): Python cannot send one, so the XML is written by hand.
+    body = (b"<?xml version='1.0'?><methodCall><methodName>rpc.echo</methodName><params>"
+            b"<param><value><i8>9000000000</i8></value></param>"
+            b"<param><value>untyped string</value></param>"
+            b"<param><value><ex:nil/></value></param></params></methodCall>")
+    status, reply = post(rpcd, "/RPC2", body)
+    assert status == 200
+    (result,), _ = xmlrpc.client.loads(reply, use_builtin_types=True)
+    assert result == [9000000000, "untyped string", None]
+    assert b"<i8>9000000000</i8>" in reply
+
+
+def test_host_facts(rpcd):
+    p = proxy(rpcd)
+    assert p.host.uptime() > 0
+    loads = p.host.loadavg()
+    assert len(loads) == 3 and all(isinstance(x, float) for x in loads)
+    assert p.host.hostname() == socket.gethostname()
+    assert isinstance(p.host.time(), xmlrpc.client.DateTime)
+    # Public built-ins need no login.
+    assert proxy(rpcd, user=None).host.uptime() > 0
+
+
+def test_multicall(rpcd):
+    p = proxy(rpcd)
+    m = xmlrpc.client.MultiCall(p)
+    m.echo("one")
+    m.no.such.method()
+    m.echo(2)
+    m.system.methodHelp("open")
+    results = m()
+    assert results[0] == "one\n"
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        results[1]
+    assert e.value.faultCode == -32601
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        results[2]
+    assert e.value.faultCode == -32602
+    assert results[3] == "Anyone."
+    # An anonymous multicall that reaches a protected method needs a login.
+    anon = xmlrpc.client.MultiCall(proxy(rpcd, user=None))
+    anon.open()
+    anon.echo("x")
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        anon()
+    assert e.value.errcode == 401
+
+
+def test_faults(rpcd):
+    p = proxy(rpcd)
+    for call, code in [(lambda: p.nothing.here(), -32601),
+                       (lambda: p.echo(), -32602),
+                       (lambda: p.echo("a", "b"), -32602),
+                       (lambda: p.echo(5), -32602),
+                       (lambda: p.argv("x", 2**31 - 1 + 0.5), -32602),
+                       (lambda: p.system.methodHelp("bob.only"), -32601),
+                       (lambda: p.bob.only(), -32004),
+                       (lambda: p.fail(), -32000)]:
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            call()
+        assert e.value.faultCode == code, e.value
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        p.fail()
+    assert e.value.faultString == "exit status 3: it broke"
+
+
+# -- JSON-RPC with curl ----------------------------------------------------------------------------
+
+def test_jsonrpc_single_named_and_positional(rpcd):
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["hi"],"id":1}')
+    assert status == 200
+    assert json.loads(text) == {"jsonrpc": "2.0", "result": "hi\n", "id": 1}
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"argv","params":{"n":7,"a":"x"},'
+                              '"id":"s"}')
+    assert json.loads(text) == {"jsonrpc": "2.0", "result": ["x", "7"], "id": "s"}
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"system.listMethods","id":null}')
+    reply = json.loads(text)
+    assert reply["id"] is None and "echo" in reply["result"]
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"system.multicall","params":'
+                              '[[{"methodName":"echo","params":["a"]},'
+                              '{"methodName":"nope","params":[]}]],"id":3}')
+    assert json.loads(text)["result"] == [
+        ["a\n"], {"faultCode": -32601, "faultString": "method not found: nope"}]
+
+
+def test_jsonrpc_batch_and_notifications(rpcd):
+    batch = [
+        {"jsonrpc": "2.0", "method": "echo", "params": ["1"], "id": 1},
+        {"jsonrpc": "2.0", "method": "echo", "params": ["notified"]},
+        {"jsonrpc": "2.0", "method": "nope", "id": 2},
+        {"foo": "bar"},
+        {"jsonrpc": "2.0", "method": "host.uptime", "id": 3},
+    ]
+    status, text = curl(rpcd, json.dumps(batch))
+    assert status == 200
+    replies = json.loads(text)
+    assert len(replies) == 4
+    assert replies[0] == {"jsonrpc": "2.0", "result": "1\n", "id": 1}
+    assert replies[1]["id"] == 2 and replies[1]["error"]["code"] == -32601
+    assert replies[2]["id"] is None and replies[2]["error"]["code"] == -32600
+    assert replies[3]["id"] == 3 and replies[3]["result"] > 0
+    rpcd.wait_log(r'call ok .*user="alice" method="echo"')
+    # Notifications alone: no content at all.
+    assert curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["n"]}') == (204, "")
+    assert curl(rpcd, '[{"jsonrpc":"2.0","method":"echo","params":["n"]},'
+                      '{"jsonrpc":"2.0","method":"open"}]') == (204, "")
+
+
+def test_jsonrpc_errors(rpcd):
+    def error(body):
+        status, text = curl(rpcd, body)
+        assert status == 200, text
+        reply = json.loads(text)
+        assert reply["jsonrpc"] == "2.0" and "result" not in reply
+        return reply["error"]["code"], reply["id"]
+
+    assert error('{"jsonrpc":"2.0","method":') == (-32700, None)
+    assert error(b'{"jsonrpc":"2.0","method":"echo","params":["\xff"],"id":1}') == (-32700, None)
+    assert error("[]") == (-32600, None)
+    assert error('{"jsonrpc":"1.0","method":"echo","id":1}') == (-32600, None)
+    assert error('{"jsonrpc":"2.0","method":5,"id":1}') == (-32600, None)
+    assert error('{"jsonrpc":"2.0","method":"echo","params":"x","id":1}') == (-32600, None)
+    assert error('{"jsonrpc":"2.0","method":"nope","id":7}') == (-32601, 7)
+    assert error('{"jsonrpc":"2.0","method":"echo","params":[1],"id":8}') == (-32602, 8)
+    assert error('{"jsonrpc":"2.0","method":"echo","params":{"txt":"a"},"id":9}') == (-32602, 9)
+    assert error('{"jsonrpc":"2.0","method":"fail","id":10}') == (-32000, 10)
+    assert error("[" * 10_000 + "]" * 10_000) == (-32700, None)
+
+
+# -- configured commands ------------------------------------------------------------------------
+
+def test_json_result_and_stdin_json(rpcd):
+    p = proxy(rpcd)
+    assert p.disk() == {"free": 42, "mounts": ["/"], "ok": True}
+    assert p.stdin("n", [1, "two", None, {"x": 2.5}]) == {
+        "name": "n", "items": [1, "two", None, {"x": 2.5}]}
+
+
+def test_environment_is_an_allow_list(rpcd):
+    env = dict(line.split("=", 1) for line in proxy(rpcd).env().splitlines())
+    assert env["INETKIT_TEST_PASSED"] == "yes"
+    assert env["INETKIT_RPC_USER"] == "alice" and env["INETKIT_RPC_METHOD"] == "env"
+    assert "INETKIT_TEST_HIDDEN" not in env and "PATH" not in env
+
+
+def test_argument_injection_is_inert(rpcd, tmp_path):
+    marker = tmp_path / "pwned"
+    p = proxy(rpcd)
+    for hostile in ["; rm -rf /", f"$(touch {marker})", f"`touch {marker}`", "a\nb\r\nc",
+                    "--help", "' \" \\ | & > < *", f"x; touch {marker}"]:
+        assert p.argv(hostile, -1) == [hostile, "-1"]
+        if not hostile.startswith("-"):
+            assert p.echo(hostile) == hostile + "\n"
+    assert not marker.exists()
+    # A leading dash would be an option to /bin/echo: refused unless the method allows it.
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        p.echo("--help")
+    assert e.value.faultCode == -32602 and "option" in e.value.faultString
+    # NUL cannot be in an argv entry: refused before anything runs.
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["a\\u0000b"],"id":1}')
+    assert json.loads(text)["error"]["code"] == -32602
+    # An XML character reference to NUL is not even XML.
+    body = (b"<methodCall><methodName>echo</methodName><params><param><value>a&#0;b"
+            b"</value></param></params></methodCall>")
+    (_, reply) = post(rpcd, "/RPC2", body)
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        xmlrpc.client.loads(reply)
+    assert e.value.faultCode in (-32700, -32602)
+
+
+def alive(pid: int) -> bool:
+    """A process that still runs (a zombie waiting for its parent is dead)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
+
+
+def test_hanging_command_is_killed_with_its_children(rpcd, tmp_path):
+    pidfile = tmp_path / "pids"
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy(rpcd).hang(str(pidfile))
+    assert e.value.faultCode == -32001
+    assert "timed out after 1 s" in e.value.faultString
+    pids = [int(x) for x in pidfile.read_text().split()]
+    assert len(pids) == 2
+    # SIGKILL to the group was sent before the fault; the kernel needs a moment to finish it.
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(pid) for pid in pids)
+    rpcd.wait_log(r'call failed: timeout .*user="alice" method="hang"')
+
+
+def test_output_past_the_cap_is_cut_and_reported(rpcd):
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy(rpcd).flood()
+    assert e.value.faultCode == -32002
+    assert "more than 1000 bytes" in e.value.faultString
+
+
+# -- HTTP ---------------------------------------------------------------------------------------
+
+def test_http_errors_and_keep_alive(rpcd):
+    host, port = rpcd.addr("rpc")
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    c.request("GET", "/RPC2")
+    r = c.getresponse()
+    r.read()
+    assert r.status == 405 and r.getheader("Allow") == "POST"
+    sock = c.sock
+    c.request("POST", "/elsewhere", body=b"x", headers={"Content-Type": "text/xml"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 404
+    c.request("POST", "/RPC2", body=b"x", headers={"Content-Type": "text/plain"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 415
+    c.request("POST", "/jsonrpc", body=b"{}", headers={"Content-Type": "text/xml"})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 415
+    body = xmlrpc.client.dumps((), "host.uptime").encode()
+    for _ in range(3):
+        c.request("POST", "/RPC2", body=body, headers={"Content-Type": "text/xml"})
+        r = c.getresponse()
+        assert r.status == 200 and xmlrpc.client.loads(r.read())[0][0] > 0
+    assert c.sock is sock  # all on one connection
+    c.close()
+
+
+def test_huge_bodies_are_refused(rpcd):
+    host, port = rpcd.addr("rpc")
+    # 100 MiB announced: refused from the headers, long before it could arrive.
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                  b"Content-Length: 104857600\r\n\r\n")
+        chunk = b"<" * 65536
+        reply = b""
+        try:
+            for _ in range(1600):
+                s.sendall(chunk)
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        try:
+            while True:
+                data = s.recv(65536)
+                if not data:
+                    break
+                reply += data
+        except ConnectionResetError:
+            pass
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
+    # The same without a length (chunked): cut at the limit while reading.
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /jsonrpc HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n")
+        try:
+            for _ in range(100):
+                s.sendall(b"4000\r\n" + b" " * 0x4000 + b"\r\n")
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 413 "), reply[:100]
+    assert proxy(rpcd).host.uptime() > 0
+
+
+def test_hostile_xml(rpcd):
+    def fault(body: bytes) -> int:
+        status, reply = post(rpcd, "/RPC2", body)
+        assert status == 200
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            xmlrpc.client.loads(reply)
+        return e.value.faultCode
+
+    assert fault(b"<methodCall><methodName>echo</methodName><params>") == -32700
+    assert fault(b"not xml at all") == -32700
+    laughs = (b'<?xml version="1.0"?>\n<!DOCTYPE lolz [\n <!ENTITY lol "lol">\n'
+              + b"".join(b' <!ENTITY lol%d "%s">\n' % (i, (b"&lol%d;" % (i - 1) if i > 1
+                                                          else b"&lol;") * 10)
+                         for i in range(1, 10))
+              + b"]>\n<methodCall><methodName>echo</methodName><params><param><value>"
+                b"&lol9;</value></param></params></methodCall>")
+    assert fault(laughs) == -32700
+    external = (b'<?xml version="1.0"?><!DOCTYPE x [<!ENTITY e SYSTEM "file:///etc/passwd">]>'
+                b"<methodCall><methodName>echo</methodName><params><param><value>&e;"
+                b"</value></param></params></methodCall>")
+    assert fault(external) == -32700
+    deep = (b"<methodCall><methodName>rpc.echo</methodName><params><param>"
+            + b"<value><array><data>" * 10_000 + b"</data></array></value>" * 10_000
+            + b"</param></params></methodCall>")
+    assert len(deep) < 1048576
+    assert fault(deep) == -32700
+    assert fault(b"<methodCall><methodName>echo\xff\xfe</methodName></methodCall>") == -32700
+    assert fault(b"<?xml version='1.0' encoding='ISO-8859-1'?><methodCall><methodName>e"
+                 b"</methodName></methodCall>") == -32700
+    # Still serving.
+    assert proxy(rpcd).echo("alive") == "alive\n"
+
+
+# -- security -----------------------------------------------------------------------------------
+
+def test_authentication_and_authorization(rpcd):
+    # Anonymous: public methods only; anything else asks for credentials.
+    assert proxy(rpcd, user=None).open() == "open\n"
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        proxy(rpcd, user=None).echo("x")
+    assert e.value.errcode == 401
+    assert "Basic" in e.value.headers["www-authenticate"]
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        proxy(rpcd, user=None).does.not_exist()
+    assert e.value.errcode == 401
+    assert curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["x"],"id":1}',
+                user=None)[0] == 401
+    # Users and groups.
+    assert proxy(rpcd).ops.only() == "ops\n"
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy(rpcd, user="bob").ops.only()
+    assert e.value.faultCode == -32004
+    assert proxy(rpcd, user="bob").bob.only() == "bob\n"
+    rpcd.wait_log(r'call failed: forbidden .*user="bob" method="ops.only"')
+    # A wrong password is 401.
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        proxy(rpcd, password="wrong").echo("x")
+    assert e.value.errcode == 401
+
+
+def test_wrong_passwords_are_throttled(daemons, tmp_path, cert):
+    d = daemons.start("rpcd", config(tmp_path, cert, auth_extra=(
+        "failure_delay = 0.01\nmax_failure_delay = 0.02\nmax_failures = 3\nlockout = 600")))
+    codes = []
+    for _ in range(5):
+        with pytest.raises(xmlrpc.client.ProtocolError) as e:
+            proxy(d, password="guess").echo("x")
+        codes.append(e.value.errcode)
+    assert codes[:3] == [401, 401, 401]
+    assert codes[3:] == [429, 429]
+    # Locked out: even the right password is refused now.
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        proxy(d).echo("x")
+    assert e.value.errcode == 429
+    d.wait_log("too many failed logins")
+
+
+def test_credentials_need_tls_unless_allowed(daemons, tmp_path, cert):
+    d = daemons.start("rpcd", config(tmp_path, cert, auth_extra='plaintext = "never"'))
+    with pytest.raises(xmlrpc.client.ProtocolError) as e:
+        proxy(d).echo("x")
+    assert e.value.errcode == 403
+    # Public methods still work without credentials on plain HTTP.
+    assert proxy(d, user=None).open() == "open\n"
+    ctx = ssl.create_default_context(cafile=str(cert[0]))
+    p = xmlrpc.client.ServerProxy(url(d, scheme="https").replace("127.0.0.1", "localhost"),
+                                  context=ctx, allow_none=True)
+    assert p.echo("over tls") == "over tls\n"
+    assert "echo" in p.system.listMethods()
+
+
+def test_bad_config_is_refused(tmp_path, cert):
+    from support.inetkit import binary
+    conf = tmp_path / "bad.toml"
+    conf.write_text('[[method]]\nname = "x"\nargv = ["/bin/echo"]\nfrobnicate = 1\n')
+    r = subprocess.run([str(binary("inetkit-rpcd")), "-c", str(conf), "--check-config"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "frobnicate" in r.stderr
