@@ -45,7 +45,9 @@ pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
         };
     }
     let rest = rest.map(|r| String::from_utf8_lossy(r).into_owned());
-    let args: Vec<&str> = rest.as_deref().map_or(Vec::new(), |r| r.split(' ').collect());
+    let args: Vec<&str> = rest
+        .as_deref()
+        .map_or(Vec::new(), |r| r.split(' ').collect());
     let none = |command: Command| {
         if args.is_empty() {
             Ok(command)
@@ -171,7 +173,10 @@ mod tests {
     #[test]
     fn unknown_and_garbage() {
         assert_eq!(parse(b"APOP a b"), Err(ParseError::Unknown("APOP".into())));
-        assert!(matches!(parse(b"\xff\x00\x01"), Err(ParseError::Unknown(_))));
+        assert!(matches!(
+            parse(b"\xff\x00\x01"),
+            Err(ParseError::Unknown(_))
+        ));
         assert!(matches!(parse(b""), Err(ParseError::Unknown(_))));
     }
 }

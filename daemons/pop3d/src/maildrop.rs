@@ -243,7 +243,10 @@ mod tests {
     fn top_sends_header_and_n_lines() {
         for chunk in [1, 3, 7, 100] {
             assert_eq!(top(MSG, 0, chunk), b"Subject: a\r\nFrom: b\r\n\r\n");
-            assert_eq!(top(MSG, 2, chunk), b"Subject: a\r\nFrom: b\r\n\r\nline1\r\nline2\r\n");
+            assert_eq!(
+                top(MSG, 2, chunk),
+                b"Subject: a\r\nFrom: b\r\n\r\nline1\r\nline2\r\n"
+            );
             assert_eq!(top(MSG, 10, chunk), MSG);
         }
     }

@@ -83,8 +83,8 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         );
         let pop3 = pop3.clone();
         // A refused connection on the plain port is told why; on pop3s it could not read it.
-        let busy: Option<&'static [u8]> =
-            (!implicit_tls).then_some(b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n");
+        let busy: Option<&'static [u8]> = (!implicit_tls)
+            .then_some(b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n");
         server.serve_stream(listener, busy, move |stream, peer| {
             session::serve(pop3.clone(), stream, peer, implicit_tls)
         })?;

@@ -399,7 +399,8 @@ impl Session {
         };
         let pop3 = self.pop3.clone();
         let user_name = user.name.clone();
-        let opened = tokio::task::spawn_blocking(move || Maildrop::open(&pop3.store, &user_name)).await;
+        let opened =
+            tokio::task::spawn_blocking(move || Maildrop::open(&pop3.store, &user_name)).await;
         match opened {
             Ok(Ok(maildrop)) => {
                 tracing::Span::current().record("user", user.name.as_str());
@@ -466,7 +467,9 @@ impl Session {
                 None => conn.reply(NO_SUCH_MESSAGE),
             },
             Command::Retr(n) => return send_message(maildrop, n, Extent::Whole, conn).await,
-            Command::Top(n, lines) => return send_message(maildrop, n, Extent::Top(lines), conn).await,
+            Command::Top(n, lines) => {
+                return send_message(maildrop, n, Extent::Top(lines), conn).await
+            }
             Command::Dele(n) => {
                 if maildrop.delete(n) {
                     conn.reply("+OK Marked to be deleted.");
@@ -531,7 +534,12 @@ const PLAINTEXT_REFUSED: &str =
 
 /// RETR and TOP: a status line, then the message streamed with CRLF line ends and
 /// byte-stuffing, never held whole in memory.
-async fn send_message<S>(maildrop: &mut Maildrop, n: u32, extent: Extent, conn: &mut Conn<S>) -> Next
+async fn send_message<S>(
+    maildrop: &mut Maildrop,
+    n: u32,
+    extent: Extent,
+    conn: &mut Conn<S>,
+) -> Next
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
