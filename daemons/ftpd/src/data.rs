@@ -1,0 +1,353 @@
+//! The data connection: opening it (passive listener or active connect), the stream type that
+//! is plain or TLS, and the transfer loops (sendfile for plain downloads, large buffers
+//! otherwise, TYPE A line-end conversion).
+
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Transfer buffer: big enough that per-call costs vanish next to the copy itself.
+const BUF_SIZE: usize = 1 << 20;
+/// How much one sendfile call may move.
+const SENDFILE_CHUNK: usize = 1 << 24;
+/// How long a finished data connection is kept open to read the client's last bytes (its
+/// TLS close_notify), so that closing it does not reset what the client has yet to read.
+const LINGER: Duration = Duration::from_secs(10);
+
+/// How the next data connection will be made.
+#[derive(Debug, Default)]
+pub enum Pending {
+    #[default]
+    None,
+    Passive(TcpListener),
+    Active(SocketAddr),
+}
+
+/// A passive listener on `ip`, on a free port of `ports` (`[0, 0]`: any port).
+pub fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
+    let [low, high] = ports;
+    let bind = |port| {
+        let socket = match ip {
+            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(ip, port))?;
+        socket.listen(1)
+    };
+    if low == 0 && high == 0 {
+        return bind(0);
+    }
+    // Start at a random port of the range so sessions do not race for the same one.
+    let span = u32::from(high - low) + 1;
+    let start = rand::random::<u32>() % span;
+    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free passive port");
+    for i in 0..span.min(4096) {
+        let port = low + ((start + i) % span) as u16;
+        match bind(port) {
+            Ok(listener) => return Ok(listener),
+            Err(err) => last = err,
+        }
+    }
+    Err(last)
+}
+
+/// Waits for the client's data connection. With `expect`, connections from other addresses
+/// are closed and logged, and the wait goes on.
+pub async fn accept(
+    listener: TcpListener,
+    expect: Option<IpAddr>,
+    timeout: Duration,
+) -> io::Result<TcpStream> {
+    let wait = async {
+        loop {
+            let (stream, addr) = listener.accept().await?;
+            match expect {
+                Some(ip) if addr.ip().to_canonical() != ip.to_canonical() => {
+                    tracing::warn!(from = %addr, "data connection from another address refused");
+                }
+                _ => return Ok(stream),
+            }
+        }
+    };
+    tokio::time::timeout(timeout, wait)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+    tokio::time::timeout(timeout, TcpStream::connect(addr))
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// A data connection, plain or TLS.
+pub enum DataStream {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for DataStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for DataStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            DataStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            DataStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            DataStream::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Bytes moved so far, for STAT during a transfer.
+pub type Progress = Arc<AtomicU64>;
+
+/// Bounds one step of a transfer: a client that stops moving data is given up on.
+async fn step<T>(
+    timeout: Duration,
+    io: impl std::future::Future<Output = io::Result<T>>,
+) -> io::Result<T> {
+    tokio::time::timeout(timeout, io)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
+}
+
+/// Sends `file` from its current position: sendfile(2) for a plain binary transfer, else a
+/// read/write loop with a large buffer (and LF → CRLF for TYPE A). Ends the connection
+/// cleanly (TLS close_notify, FIN).
+pub async fn send_file(
+    mut stream: DataStream,
+    mut file: std::fs::File,
+    ascii: bool,
+    timeout: Duration,
+    progress: Progress,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    match &stream {
+        DataStream::Plain(tcp) if !ascii => {
+            let mut offset = {
+                use std::io::Seek;
+                file.stream_position()? as i64
+            };
+            loop {
+                step(timeout, tcp.writable()).await?;
+                let result = tcp.try_io(Interest::WRITABLE, || {
+                    nix::sys::sendfile::sendfile64(tcp, &file, Some(&mut offset), SENDFILE_CHUNK)
+                        .map_err(io::Error::from)
+                });
+                match result {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        sent += n as u64;
+                        progress.store(sent, Ordering::Relaxed);
+                    }
+                    Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(err) => return Err(err),
+                }
+            }
+        }
+        _ => {
+            let mut buf = vec![0u8; BUF_SIZE];
+            let mut converted = Vec::new();
+            let mut crlf = ToCrlf::default();
+            loop {
+                // A local file: reads are answered from the page cache or disk quickly.
+                let n = file.read(&mut buf)?;
+                if n == 0 {
+                    break;
+                }
+                let chunk = if ascii {
+                    converted.clear();
+                    crlf.push(&buf[..n], &mut converted);
+                    &converted[..]
+                } else {
+                    &buf[..n]
+                };
+                step(timeout, stream.write_all(chunk)).await?;
+                sent += n as u64;
+                progress.store(sent, Ordering::Relaxed);
+            }
+        }
+    }
+    finish(stream, timeout).await?;
+    Ok(sent)
+}
+
+/// Sends a listing (already formatted) and ends the connection.
+pub async fn send_bytes(
+    mut stream: DataStream,
+    bytes: Vec<u8>,
+    timeout: Duration,
+) -> io::Result<u64> {
+    step(timeout, stream.write_all(&bytes)).await?;
+    finish(stream, timeout).await?;
+    Ok(bytes.len() as u64)
+}
+
+/// Writes everything the client sends into `file` (CRLF → LF for TYPE A) until it closes
+/// the connection. Returns the bytes received; on error, what was written stays written.
+pub async fn receive_file(
+    mut stream: DataStream,
+    file: &mut std::fs::File,
+    ascii: bool,
+    timeout: Duration,
+    progress: Progress,
+) -> io::Result<u64> {
+    let mut buf = vec![0u8; BUF_SIZE];
+    let mut converted = Vec::new();
+    let mut lf = ToLf::default();
+    let mut received = 0u64;
+    loop {
+        let n = step(timeout, stream.read(&mut buf)).await?;
+        if n == 0 {
+            break;
+        }
+        received += n as u64;
+        progress.store(received, Ordering::Relaxed);
+        if ascii {
+            converted.clear();
+            lf.push(&buf[..n], &mut converted);
+            file.write_all(&converted)?;
+        } else {
+            file.write_all(&buf[..n])?;
+        }
+    }
+    if ascii {
+        converted.clear();
+        lf.finish(&mut converted);
+        file.write_all(&converted)?;
+    }
+    // Our close_notify answers the client's; a client that just closed is no error.
+    let _ = step(timeout, stream.shutdown()).await;
+    Ok(received)
+}
+
+/// Ends a sending connection: close_notify and FIN now, then (in the background) reads until
+/// the client closes, so an early close of ours cannot reset data it has not read yet.
+async fn finish(mut stream: DataStream, timeout: Duration) -> io::Result<()> {
+    step(timeout, stream.shutdown()).await?;
+    tokio::spawn(async move {
+        let mut sink = [0u8; 4096];
+        let drain = async {
+            while let Ok(n) = stream.read(&mut sink).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(LINGER, drain).await;
+    });
+    Ok(())
+}
+
+/// TYPE A sending: a bare LF becomes CRLF; existing CRLFs stay as they are.
+#[derive(Debug, Default)]
+pub struct ToCrlf {
+    after_cr: bool,
+}
+
+impl ToCrlf {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len() + input.len() / 16);
+        for &b in input {
+            if b == b'\n' && !self.after_cr {
+                out.push(b'\r');
+            }
+            out.push(b);
+            self.after_cr = b == b'\r';
+        }
+    }
+}
+
+/// TYPE A receiving: CRLF becomes LF; a CR not followed by LF is kept.
+#[derive(Debug, Default)]
+pub struct ToLf {
+    pending_cr: bool,
+}
+
+impl ToLf {
+    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        out.reserve(input.len());
+        for &b in input {
+            if self.pending_cr {
+                self.pending_cr = false;
+                if b != b'\n' {
+                    out.push(b'\r');
+                }
+            }
+            if b == b'\r' {
+                self.pending_cr = true;
+            } else {
+                out.push(b);
+            }
+        }
+    }
+
+    pub fn finish(&mut self, out: &mut Vec<u8>) {
+        if std::mem::take(&mut self.pending_cr) {
+            out.push(b'\r');
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crlf_both_ways_across_chunks() {
+        let mut to = ToCrlf::default();
+        let mut out = Vec::new();
+        to.push(b"a\nb\r", &mut out);
+        to.push(b"\nc\n", &mut out);
+        assert_eq!(out, b"a\r\nb\r\nc\r\n");
+
+        let mut from = ToLf::default();
+        let mut out = Vec::new();
+        from.push(b"a\r\nb\r", &mut out);
+        from.push(b"\nc\rd\r", &mut out);
+        from.finish(&mut out);
+        assert_eq!(out, b"a\nb\nc\rd\r");
+    }
+
+    #[tokio::test]
+    async fn passive_range_is_kept() {
+        let listener = listen("127.0.0.1".parse().unwrap(), [40100, 40110]).expect("listen");
+        let port = listener.local_addr().expect("addr").port();
+        assert!((40100..=40110).contains(&port));
+    }
+}
