@@ -1,0 +1,139 @@
+//! IMAP keywords of a folder. Maildir keeps them as the letters `a`-`z` in file names; this
+//! file (`inetkit-keywords`, the format of Dovecot's `dovecot-keywords`: `<n> <name>` lines)
+//! says which keyword each letter stands for. Adding a name takes a lock on the file, so two
+//! sessions adding keywords at once never give one letter two names.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use nix::fcntl::{Flock, FlockArg};
+
+const FILE: &str = "inetkit-keywords";
+/// Maildir has 26 keyword letters.
+const MAX: u8 = 26;
+
+#[derive(Debug, Clone, Default)]
+pub struct Keywords {
+    names: Vec<Option<String>>,
+}
+
+impl Keywords {
+    /// The folder's keywords; a missing or unreadable file means none.
+    pub fn load(folder: &Path) -> Keywords {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(folder.join(FILE)) {
+            let _ = file.read_to_string(&mut text);
+        }
+        Keywords::parse(&text)
+    }
+
+    fn parse(text: &str) -> Keywords {
+        let mut names = vec![None; usize::from(MAX)];
+        for line in text.lines() {
+            let Some((n, name)) = line.split_once(' ') else {
+                continue;
+            };
+            if let Ok(n) = n.parse::<u8>() {
+                if n < MAX && valid(name) {
+                    names[usize::from(n)] = Some(name.to_owned());
+                }
+            }
+        }
+        Keywords { names }
+    }
+
+    pub fn name(&self, n: u8) -> Option<&str> {
+        self.names.get(usize::from(n))?.as_deref()
+    }
+
+    /// Keyword names compare without regard to case (RFC 3501 §2.3.2).
+    pub fn find(&self, name: &str) -> Option<u8> {
+        self.names
+            .iter()
+            .position(|k| k.as_deref().is_some_and(|k| k.eq_ignore_ascii_case(name)))
+            .and_then(|n| u8::try_from(n).ok())
+    }
+
+    pub fn all(&self) -> impl Iterator<Item = &str> {
+        self.names.iter().flatten().map(String::as_str)
+    }
+
+    /// The letter for `name`, adding it to the folder's file if new. `None` when all 26 are
+    /// taken (or the file cannot be written).
+    pub fn find_or_add(&mut self, folder: &Path, name: &str) -> Option<u8> {
+        if let Some(n) = self.find(name) {
+            return Some(n);
+        }
+        if !valid(name) {
+            return None;
+        }
+        match add(&folder.join(FILE), name) {
+            Ok((keywords, n)) => {
+                *self = keywords;
+                n
+            }
+            Err(err) => {
+                tracing::warn!(folder = %folder.display(), error = %err, "cannot add a keyword");
+                None
+            }
+        }
+    }
+}
+
+fn valid(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(&b))
+}
+
+fn add(path: &PathBuf, name: &str) -> std::io::Result<(Keywords, Option<u8>)> {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    let mut file =
+        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+    let mut text = String::new();
+    file.read_to_string(&mut text)?;
+    let mut keywords = Keywords::parse(&text);
+    if let Some(n) = keywords.find(name) {
+        return Ok((keywords, Some(n)));
+    }
+    let Some(free) = keywords.names.iter().position(Option::is_none) else {
+        return Ok((keywords, None));
+    };
+    file.seek(SeekFrom::End(0))?;
+    if !text.is_empty() && !text.ends_with('\n') {
+        file.write_all(b"\n")?;
+    }
+    file.write_all(format!("{free} {name}\n").as_bytes())?;
+    file.sync_data()?;
+    keywords.names[free] = Some(name.to_owned());
+    Ok((keywords, u8::try_from(free).ok()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_and_add() {
+        let k = Keywords::parse("0 $Forwarded\n3 Junk\nx y\n30 Bad\n");
+        assert_eq!(k.find("$forwarded"), Some(0));
+        assert_eq!(k.name(3), Some("Junk"));
+        assert_eq!(k.name(1), None);
+        let dir = std::env::temp_dir().join(format!("imapd-kw-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut k = Keywords::load(&dir);
+        assert_eq!(k.find_or_add(&dir, "$MDNSent"), Some(0));
+        assert_eq!(k.find_or_add(&dir, "NonJunk"), Some(1));
+        assert_eq!(Keywords::load(&dir).find("nonjunk"), Some(1));
+        assert_eq!(k.find_or_add(&dir, "bad\"name"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

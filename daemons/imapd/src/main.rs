@@ -1,0 +1,96 @@
+//! inetkit-imapd: IMAP4rev1 (RFC 3501) over the inetkit Maildir store, with STARTTLS on the
+//! `imap` socket (143) and implicit TLS on `imaps` (993).
+
+mod fetch;
+mod keywords;
+mod names;
+mod search;
+mod selected;
+mod session;
+mod wire;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use inetkit_common::activation::Socket;
+use inetkit_common::auth::{AuthConfig, Authenticator};
+use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_common::daemon::{self, Context};
+use inetkit_common::mail::{MailConfig, Store};
+use inetkit_common::server::Server;
+use inetkit_common::tls::TlsContext;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct Config {
+    listen: ListenConfig,
+    tls: TlsConfig,
+    limits: LimitsConfig,
+    log: LogConfig,
+    auth: AuthConfig,
+    mail: MailConfig,
+}
+// RFC 3501 §5.4: an autologout timer of at least 30 minutes.
+inetkit_common::shared_sections!(Config, idle_timeout = 1800);
+
+impl Default for Config {
+    fn default() -> Self {
+        let mut listen = ListenConfig::new();
+        listen.insert("imap".into(), vec!["[::]:143".into()]);
+        listen.insert("imaps".into(), vec!["[::]:993".into()]);
+        Config {
+            listen,
+            tls: TlsConfig::default(),
+            limits: LimitsConfig::default(),
+            log: LogConfig::default(),
+            auth: AuthConfig::default(),
+            mail: MailConfig::default(),
+        }
+    }
+}
+
+/// What every session shares.
+pub struct Imap {
+    pub auth: Authenticator,
+    pub auth_config: AuthConfig,
+    pub store: Store,
+    pub tls: Option<TlsContext>,
+}
+
+fn main() -> ExitCode {
+    daemon::run("imapd", setup)
+}
+
+fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
+    let imap = Arc::new(Imap {
+        auth: ctx.config.auth.authenticator(),
+        auth_config: ctx.config.auth.clone(),
+        store: Store::new(ctx.config.mail.root.clone()),
+        tls: ctx.tls.clone(),
+    });
+    let server = ctx.server.clone();
+    for listener in std::mem::take(&mut ctx.listeners) {
+        let implicit_tls = match listener.name.as_str() {
+            "imap" | "connection" => false,
+            "imaps" => {
+                ctx.require_tls(&listener.name)?;
+                true
+            }
+            other => anyhow::bail!("socket {other:?}: imapd serves sockets named imap and imaps"),
+        };
+        anyhow::ensure!(
+            !matches!(listener.socket, Socket::Udp(_)),
+            "socket {:?}: IMAP is TCP only",
+            listener.name
+        );
+        let imap = imap.clone();
+        let busy: Option<&'static [u8]> =
+            (!implicit_tls).then_some(b"* BYE Too many connections; try again later.\r\n");
+        server.serve_stream(listener, busy, move |stream, peer| {
+            session::serve(imap.clone(), stream, peer, implicit_tls)
+        })?;
+    }
+    Ok(server)
+}

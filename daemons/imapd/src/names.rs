@@ -1,0 +1,175 @@
+//! Mailbox names: IMAP's modified UTF-7 (RFC 3501 §5.1.3) to and from the store's UTF-8,
+//! LIST patterns with `*` and `%`, and the subscriptions file.
+
+use std::path::Path;
+
+use base64::engine::general_purpose::STANDARD_NO_PAD;
+use base64::Engine;
+
+/// The hierarchy separator we show.
+pub const DELIMITER: char = '/';
+const SUBSCRIPTIONS: &str = "inetkit-subscriptions";
+
+/// Modified UTF-7 to UTF-8; `None` if malformed.
+pub fn decode_utf7(name: &[u8]) -> Option<String> {
+    let mut out = String::new();
+    let mut i = 0;
+    while i < name.len() {
+        let b = name[i];
+        if !(0x20..0x7f).contains(&b) {
+            return None;
+        }
+        if b != b'&' {
+            out.push(char::from(b));
+            i += 1;
+            continue;
+        }
+        let end = i + 1 + name[i + 1..].iter().position(|&c| c == b'-')?;
+        let chunk = &name[i + 1..end];
+        if chunk.is_empty() {
+            out.push('&');
+        } else {
+            let b64: Vec<u8> = chunk
+                .iter()
+                .map(|&c| if c == b',' { b'/' } else { c })
+                .collect();
+            let bytes = STANDARD_NO_PAD.decode(&b64).ok()?;
+            if bytes.len() % 2 != 0 {
+                return None;
+            }
+            let units: Vec<u16> = bytes
+                .chunks(2)
+                .map(|p| u16::from_be_bytes([p[0], p[1]]))
+                .collect();
+            out.push_str(&String::from_utf16(&units).ok()?);
+        }
+        i = end + 1;
+    }
+    Some(out)
+}
+
+/// UTF-8 to modified UTF-7.
+pub fn encode_utf7(name: &str) -> String {
+    let mut out = String::new();
+    let mut pending: Vec<u16> = Vec::new();
+    let flush = |pending: &mut Vec<u16>, out: &mut String| {
+        if pending.is_empty() {
+            return;
+        }
+        let bytes: Vec<u8> = pending.iter().flat_map(|u| u.to_be_bytes()).collect();
+        out.push('&');
+        out.push_str(&STANDARD_NO_PAD.encode(bytes).replace('/', ","));
+        out.push('-');
+        pending.clear();
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut pending, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut buf = [0u16; 2];
+            pending.extend_from_slice(c.encode_utf16(&mut buf));
+        }
+    }
+    flush(&mut pending, &mut out);
+    out
+}
+
+/// Does `name` match the LIST pattern? `*` matches anything, `%` anything but the delimiter.
+/// INBOX matches case-insensitively.
+pub fn matches(pattern: &str, name: &str) -> bool {
+    let name_cmp: String = if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX".into()
+    } else {
+        name.into()
+    };
+    let pattern_cmp: String = if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") {
+        format!("INBOX{}", &pattern[5..])
+    } else {
+        pattern.into()
+    };
+    glob(pattern_cmp.as_bytes(), name_cmp.as_bytes())
+}
+
+/// `pattern` against `name` by dynamic programming: O(len(pattern) * len(name)), whatever
+/// the number of wildcards.
+fn glob(p: &[u8], n: &[u8]) -> bool {
+    if p.len() > 1024 {
+        return false;
+    }
+    // row[j]: p[i..] matches n[j..], for the current i, built from the end of the pattern.
+    let mut next = vec![false; n.len() + 1];
+    next[n.len()] = true;
+    for i in (0..p.len()).rev() {
+        let mut row = vec![false; n.len() + 1];
+        for j in (0..=n.len()).rev() {
+            row[j] = match p[i] {
+                b'*' => next[j] || (j < n.len() && row[j + 1]),
+                b'%' => next[j] || (j < n.len() && n[j] != DELIMITER as u8 && row[j + 1]),
+                c => j < n.len() && n[j] == c && next[j + 1],
+            };
+        }
+        next = row;
+    }
+    next[0]
+}
+
+/// The subscribed names (UTF-8), one per line in the mailbox directory.
+pub fn subscriptions(mailbox: &Path) -> Vec<String> {
+    std::fs::read_to_string(mailbox.join(SUBSCRIPTIONS))
+        .map(|text| {
+            text.lines()
+                .filter(|l| !l.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Adds or removes a subscription; written to a new file and renamed into place.
+pub fn set_subscribed(mailbox: &Path, name: &str, on: bool) -> std::io::Result<()> {
+    let mut names = subscriptions(mailbox);
+    names.retain(|n| n != name);
+    if on {
+        names.push(name.to_owned());
+    }
+    names.sort();
+    let tmp = mailbox.join(format!("{SUBSCRIPTIONS}.{}.tmp", std::process::id()));
+    let mut text = names.join("\n");
+    text.push('\n');
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, mailbox.join(SUBSCRIPTIONS))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn utf7() {
+        assert_eq!(encode_utf7("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(decode_utf7(b"Entw&APw-rfe").as_deref(), Some("Entwürfe"));
+        assert_eq!(encode_utf7("A&B"), "A&-B");
+        assert_eq!(decode_utf7(b"A&-B").as_deref(), Some("A&B"));
+        let s = "日本語/😀";
+        assert_eq!(decode_utf7(encode_utf7(s).as_bytes()).as_deref(), Some(s));
+        assert_eq!(decode_utf7(b"&Jjo"), None);
+        assert_eq!(decode_utf7("ü".as_bytes()), None);
+    }
+
+    #[test]
+    fn patterns() {
+        assert!(matches("*", "a/b"));
+        assert!(matches("%", "Sent"));
+        assert!(!matches("%", "a/b"));
+        assert!(matches("a/%", "a/b"));
+        assert!(matches("inbox", "INBOX"));
+        assert!(matches("I*", "INBOX"));
+        assert!(!matches("S%x", "Sent"));
+        assert!(matches("%/%", "a/b"));
+    }
+}

@@ -1,0 +1,237 @@
+//! The selected folder: this session's view of it (messages by sequence number), and how that
+//! view catches up with changes made by other sessions and processes.
+
+use std::collections::{HashMap, HashSet};
+use std::time::SystemTime;
+
+use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
+use inetkit_common::mail::{Folder, MessageInfo, StoreError};
+
+use crate::keywords::Keywords;
+use crate::wire::flag_list;
+
+pub struct Selected {
+    pub folder: Folder,
+    pub read_only: bool,
+    pub uid_validity: u32,
+    pub uid_next: u32,
+    /// Sequence number n is `messages[n - 1]`.
+    pub messages: Vec<MessageInfo>,
+    /// UIDs that are \Recent in this session.
+    pub recent: HashSet<u32>,
+    pub keywords: Keywords,
+    /// Modification times of `new/` and `cur/` when last looked at.
+    stamp: Option<(SystemTime, SystemTime)>,
+}
+
+impl Selected {
+    /// SELECT (`read_only` false: takes new messages as \Recent) or EXAMINE.
+    pub fn open(folder: Folder, read_only: bool) -> Result<Selected, StoreError> {
+        let stamp = stamp(&folder);
+        let snapshot = if read_only {
+            folder.snapshot()?
+        } else {
+            folder.claim_new()?
+        };
+        let recent = snapshot
+            .messages
+            .iter()
+            .filter(|m| m.recent)
+            .map(|m| m.uid)
+            .collect();
+        let keywords = Keywords::load(folder.path());
+        Ok(Selected {
+            folder,
+            read_only,
+            uid_validity: snapshot.uid_validity,
+            uid_next: snapshot.uid_next,
+            messages: snapshot.messages,
+            recent,
+            keywords,
+            stamp,
+        })
+    }
+
+    pub fn changed_on_disk(&self) -> bool {
+        stamp(&self.folder) != self.stamp
+    }
+
+    /// Catches up with the folder. Untagged responses go to `out`: EXPUNGE (only when
+    /// `expunge_allowed`; otherwise expunged messages stay in the view until a later command
+    /// may announce them), FETCH for flags others changed, EXISTS and RECENT for new mail.
+    pub fn refresh(&mut self, out: &mut Vec<u8>, expunge_allowed: bool) -> Result<(), StoreError> {
+        if !self.changed_on_disk() {
+            return Ok(());
+        }
+        let stamp = stamp(&self.folder);
+        let snapshot = if self.read_only {
+            self.folder.snapshot()?
+        } else {
+            self.folder.claim_new()?
+        };
+        if snapshot.uid_validity != self.uid_validity {
+            // The uid list was lost and rebuilt: nothing we told the client holds.
+            out.extend_from_slice(b"* BYE The folder was renumbered; please reconnect.\r\n");
+            return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
+        }
+        self.keywords = Keywords::load(self.folder.path());
+        let mut now: HashMap<u32, MessageInfo> =
+            snapshot.messages.into_iter().map(|m| (m.uid, m)).collect();
+        // Expunges, from the highest sequence number down so that each number is right as
+        // the client applies them in order.
+        let mut kept_gone = false;
+        if expunge_allowed {
+            for seq in (1..=self.messages.len()).rev() {
+                if !now.contains_key(&self.messages[seq - 1].uid) {
+                    out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                    let gone = self.messages.remove(seq - 1);
+                    self.recent.remove(&gone.uid);
+                }
+            }
+        } else {
+            kept_gone = self.messages.iter().any(|m| !now.contains_key(&m.uid));
+        }
+        // Flag changes.
+        for (i, msg) in self.messages.iter_mut().enumerate() {
+            if let Some(new) = now.remove(&msg.uid) {
+                if new.flags != msg.flags {
+                    let line = format!(
+                        "* {} FETCH (UID {} FLAGS {})\r\n",
+                        i + 1,
+                        msg.uid,
+                        flag_list(new.flags, self.recent.contains(&msg.uid), &self.keywords)
+                    );
+                    out.extend_from_slice(line.as_bytes());
+                }
+                *msg = new;
+            }
+        }
+        // New messages: whatever is left, in UID order, above the UIDs we know.
+        let last = self.messages.last().map_or(0, |m| m.uid);
+        let mut fresh: Vec<MessageInfo> = now.into_values().filter(|m| m.uid > last).collect();
+        fresh.sort_by_key(|m| m.uid);
+        if !fresh.is_empty() {
+            for m in &fresh {
+                if m.recent {
+                    self.recent.insert(m.uid);
+                }
+            }
+            self.messages.extend(fresh);
+            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
+            out.extend_from_slice(format!("* {} RECENT\r\n", self.recent.len()).as_bytes());
+        }
+        self.uid_next = self.uid_next.max(snapshot.uid_next);
+        // Keep looking until the expunges could be told.
+        self.stamp = if kept_gone { None } else { stamp };
+        Ok(())
+    }
+
+    /// Indexes (0-based) of the messages a sequence set names, in ascending order. With `uid`,
+    /// the numbers are UIDs and ones that do not exist are ignored; otherwise a number past
+    /// the end is an error (`None`).
+    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Option<Vec<usize>> {
+        let len = self.messages.len();
+        let mut hit = vec![false; len];
+        let largest = if uid {
+            self.messages.last().map_or(0, |m| m.uid)
+        } else {
+            len as u32
+        };
+        let value = |v: &SeqOrUid| match v {
+            SeqOrUid::Value(n) => n.get(),
+            SeqOrUid::Asterisk => largest,
+        };
+        for seq in set.0.as_ref() {
+            let (a, b) = match seq {
+                Sequence::Single(v) => (value(v), value(v)),
+                Sequence::Range(x, y) => (value(x), value(y)),
+            };
+            let (lo, hi) = (a.min(b), a.max(b));
+            if uid {
+                // Binary search: messages are in UID order.
+                let start = self.messages.partition_point(|m| m.uid < lo);
+                let end = self.messages.partition_point(|m| m.uid <= hi);
+                hit[start..end].iter_mut().for_each(|h| *h = true);
+            } else {
+                if lo == 0 || hi as usize > len {
+                    return None;
+                }
+                hit[lo as usize - 1..hi as usize]
+                    .iter_mut()
+                    .for_each(|h| *h = true);
+            }
+        }
+        Some(
+            hit.iter()
+                .enumerate()
+                .filter(|(_, h)| **h)
+                .map(|(i, _)| i)
+                .collect(),
+        )
+    }
+
+    pub fn unseen_first(&self) -> Option<usize> {
+        self.messages
+            .iter()
+            .position(|m| !m.flags.contains(inetkit_common::mail::Flags::SEEN))
+            .map(|i| i + 1)
+    }
+
+    /// Removes the messages at these indexes from the folder and the view, telling the client
+    /// with EXPUNGE responses (when `out` is given). Returns the UIDs removed.
+    pub fn expunge(
+        &mut self,
+        indexes: &[usize],
+        out: Option<&mut Vec<u8>>,
+    ) -> Result<Vec<u32>, StoreError> {
+        let doomed: Vec<MessageInfo> = indexes.iter().map(|&i| self.messages[i].clone()).collect();
+        self.folder.delete(&doomed)?;
+        let mut lines = Vec::new();
+        for &i in indexes.iter().rev() {
+            lines.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            let gone = self.messages.remove(i);
+            self.recent.remove(&gone.uid);
+        }
+        if let Some(out) = out {
+            out.extend_from_slice(&lines);
+        }
+        // Our own deletions are in the view already; changes by others since are picked up
+        // by the next refresh all the same, as it compares against the folder itself.
+        Ok(doomed.iter().map(|m| m.uid).collect())
+    }
+}
+
+fn stamp(folder: &Folder) -> Option<(SystemTime, SystemTime)> {
+    let m = |sub: &str| std::fs::metadata(folder.path().join(sub)).and_then(|m| m.modified());
+    Some((m("new").ok()?, m("cur").ok()?))
+}
+
+/// A UID set for COPYUID/APPENDUID: `1:3,7`.
+pub fn uid_set(uids: &[u32]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < uids.len() {
+        let mut j = i;
+        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
+            j += 1;
+        }
+        parts.push(if i == j {
+            uids[i].to_string()
+        } else {
+            format!("{}:{}", uids[i], uids[j])
+        });
+        i = j + 1;
+    }
+    parts.join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn uid_sets() {
+        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
+        assert_eq!(uid_set(&[5]), "5");
+    }
+}
