@@ -101,11 +101,14 @@ pub fn log_end(result: std::io::Result<()>) {
 async fn echo_tcp(mut stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
     loop {
         timed(peer.idle_timeout, stream.readable()).await?;
-        let mut buf = vec![0u8; BUFFER];
+        // Uninitialised capacity: zeroing 64 KiB per wake-up showed up in profiles of small
+        // round trips.
+        let mut buf = Vec::with_capacity(BUFFER);
         loop {
-            match stream.try_read(&mut buf) {
+            buf.clear();
+            match stream.try_read_buf(&mut buf) {
                 Ok(0) => return stream.shutdown().await,
-                Ok(n) => timed(peer.write_timeout, stream.write_all(&buf[..n])).await?,
+                Ok(_) => timed(peer.write_timeout, stream.write_all(&buf)).await?,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(e) => return Err(e),
             }
