@@ -2,9 +2,11 @@
 
 import os
 import poplib
+import shutil
 import socket
 import ssl
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -462,3 +464,42 @@ def test_missing_user_and_bad_mail_root_fail_cleanly(daemons, mailhome, cert, tm
     with pytest.raises(poplib.error_proto, match=r"SYS/TEMP"):
         p.pass_(PASSWORD)
     p.quit()
+
+
+REMOTE_CLIENT = r"""
+import poplib, ssl, sys
+host, port, cafile, password = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+p = poplib.POP3(host, port, timeout=30)
+caps = p.capa()
+print("capa", "USER" in caps, "SASL" in caps, "STLS" in caps)
+try:
+    p.user("alice")
+    print("user accepted")
+except poplib.error_proto as err:
+    print("user refused", err.args[0].decode())
+ctx = ssl.create_default_context(cafile=cafile)
+ctx.check_hostname = False
+p.stls(context=ctx)
+p.user("alice")
+print("after stls", p.pass_(password).decode())
+p.quit()
+"""
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("ip"), reason="needs root and iproute2")
+def test_plaintext_is_refused_from_a_non_loopback_client_by_default(daemons, mailhome, cert):
+    """The default policy: passwords in the clear only from loopback. A client on another
+    host (a network namespace) must use STLS first."""
+    from support.inetkit import RemoteHost
+    users, mail = mailhome
+    with RemoteHost() as remote:
+        d = daemons.start("pop3d", config(users, mail, cert).replace(
+            'pop3 = ["127.0.0.1:0"]', f'pop3 = ["{remote.local}:0"]'))
+        host, port = d.addr("pop3")
+        out = remote.run([sys.executable, "-c", REMOTE_CLIENT, host, str(port), str(cert[0]),
+                          PASSWORD], capture_output=True, text=True, timeout=60)
+        assert out.returncode == 0, out.stderr
+        lines = out.stdout.splitlines()
+        assert lines[0] == "capa False False True", lines
+        assert lines[1].startswith("user refused -ERR [AUTH]"), lines
+        assert lines[2].startswith("after stls +OK"), lines

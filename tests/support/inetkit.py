@@ -253,3 +253,40 @@ def make_cert(directory: Path, cn: str = "localhost") -> tuple[Path, Path]:
          "-keyout", str(key), "-out", str(cert)],
         check=True, capture_output=True)
     return cert, key
+
+
+class RemoteHost:
+    """A second host on a private link, in a network namespace this test run makes: a client
+    whose address is not loopback, for the policies that treat loopback differently.
+
+    The host side is 10.199.<n>.1, the remote side 10.199.<n>.2; `run()` executes a command on
+    the remote side."""
+
+    def __init__(self, index: int = 0):
+        self.name = f"inetkit-remote-{os.getpid()}-{index}"
+        self.host_if = f"ikh{os.getpid() % 100000}{index}"
+        self.local = f"10.199.{index}.1"
+        self.remote = f"10.199.{index}.2"
+
+    def __enter__(self) -> "RemoteHost":
+        ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)
+        ip("netns", "add", self.name)
+        try:
+            ip("link", "add", self.host_if, "type", "veth", "peer", "name", "remote0",
+               "netns", self.name)
+            ip("addr", "add", f"{self.local}/30", "dev", self.host_if)
+            ip("link", "set", self.host_if, "up")
+            ip("-n", self.name, "addr", "add", f"{self.remote}/30", "dev", "remote0")
+            ip("-n", self.name, "link", "set", "remote0", "up")
+            ip("-n", self.name, "link", "set", "lo", "up")
+        except Exception:
+            self.__exit__()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        # Deleting the namespace deletes the veth pair with it.
+        subprocess.run(["ip", "netns", "del", self.name], capture_output=True)
+
+    def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
+        return subprocess.run(["ip", "netns", "exec", self.name, *argv], **kw)
