@@ -6,6 +6,8 @@ The verification in `inetkit user check` is the same code the daemons use
 
 import os
 import pty
+import termios
+import time
 import shutil
 import subprocess
 import threading
@@ -191,10 +193,19 @@ def test_password_from_the_terminal_without_echo(tmp_path):
                 break
             output += chunk
 
+    def type_when_echo_is_off(text):
+        # The prompt is printed before echo is switched off: typing in between would be echoed
+        # by the terminal itself, whatever the program does.
+        deadline = time.monotonic() + 10
+        while termios.tcgetattr(fd)[3] & termios.ECHO:
+            assert time.monotonic() < deadline, "echo never switched off"
+            time.sleep(0.01)
+        os.write(fd, text)
+
     read_until(b"Password: ")
-    os.write(fd, b"tty secret\n")
+    type_when_echo_is_off(b"tty secret\n")
     read_until(b"Again: ")
-    os.write(fd, b"tty secret\n")
+    type_when_echo_is_off(b"tty secret\n")
     read_until(b"added user tina")
     _, status = os.waitpid(pid, 0)
     os.close(fd)
