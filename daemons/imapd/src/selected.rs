@@ -53,7 +53,7 @@ impl Selected {
     }
 
     pub fn changed_on_disk(&self) -> bool {
-        stamp(&self.folder) != self.stamp
+        self.stamp.is_none() || stamp(&self.folder) != self.stamp
     }
 
     /// Catches up with the folder. Untagged responses go to `out`: EXPUNGE (only when
@@ -201,9 +201,19 @@ impl Selected {
     }
 }
 
+/// The directories' modification times, read before a snapshot: a later change moves them
+/// on. File systems keep mtimes in coarse ticks, though, so a change within the same tick as
+/// our look would leave them as they were: a stamp younger than a second is not trusted (the
+/// next check takes a fresh snapshot).
 fn stamp(folder: &Folder) -> Option<(SystemTime, SystemTime)> {
     let m = |sub: &str| std::fs::metadata(folder.path().join(sub)).and_then(|m| m.modified());
-    Some((m("new").ok()?, m("cur").ok()?))
+    let (new, cur) = (m("new").ok()?, m("cur").ok()?);
+    let settled = |t: SystemTime| {
+        SystemTime::now()
+            .duration_since(t)
+            .is_ok_and(|age| age >= std::time::Duration::from_secs(1))
+    };
+    (settled(new) && settled(cur)).then_some((new, cur))
 }
 
 /// A UID set for COPYUID/APPENDUID: `1:3,7`.

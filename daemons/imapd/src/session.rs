@@ -361,6 +361,11 @@ impl Session {
             match done {
                 Done::Tagged(status, text) => {
                     conn.line(&format!("{tag} {status} {text}"));
+                    if self.failures >= MAX_FAILURES {
+                        conn.line("* BYE Too many failed logins.");
+                        let _ = conn.flush().await;
+                        return Ending::Closed;
+                    }
                 }
                 Done::Close => {
                     let _ = conn.flush().await;
@@ -459,6 +464,8 @@ impl Session {
                         "[PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS.",
                     );
                 }
+                // SASL-IR: "=" is an empty initial response, which PLAIN cannot use.
+                let initial_response = initial_response.filter(|ir| !ir.declassify().is_empty());
                 let response = match initial_response {
                     Some(ir) => base64::engine::general_purpose::STANDARD
                         .encode(ir.declassify().as_ref())
@@ -638,9 +645,6 @@ impl Session {
             }
             Err(AuthError::Failed) => {
                 self.failures += 1;
-                if self.failures >= MAX_FAILURES {
-                    return Done::Close;
-                }
                 return no("[AUTHENTICATIONFAILED] Authentication failed.");
             }
             Err(err) => {
