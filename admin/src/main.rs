@@ -2,6 +2,7 @@
 
 mod deliver;
 mod mail;
+mod queue;
 mod user;
 
 use std::process::ExitCode;
@@ -14,6 +15,7 @@ const USAGE: &str = "usage: inetkit COMMAND ...
   user list                      list the users
   deliver USER [FILE]            deliver a message (FILE or stdin) into USER's INBOX
   mail list|flag|delete|folders  look into and change a user's mail (`inetkit mail --help`)
+  queue list|flush|delete        the smtp-submit spool (`inetkit queue --help`)
 
 Options: --users FILE (default /etc/inetkit/users), --mail-root DIR (default /var/lib/inetkit/mail)";
 
@@ -23,6 +25,7 @@ fn main() -> ExitCode {
         Some("user") => user::run(&args[1..]),
         Some("deliver") => deliver::run(&args[1..]),
         Some("mail") => mail::run(&args[1..]),
+        Some("queue") => queue::run(&args[1..]),
         Some("-h" | "--help" | "help") => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;

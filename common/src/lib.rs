@@ -14,4 +14,7 @@ pub mod log;
 #[cfg(feature = "mail")]
 pub mod mail;
 pub mod server;
+/// The smtp-submit spool, shared with `inetkit queue`.
+#[cfg(feature = "mail")]
+pub mod spool;
 pub mod tls;

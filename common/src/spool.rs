@@ -1,4 +1,5 @@
-//! The durable spool: every accepted message lives here until each recipient has it.
+//! The durable spool of inetkit-smtp-submit: every accepted message lives here until each
+//! recipient has it. `inetkit queue` lists, flushes and deletes its entries.
 //!
 //! ```text
 //! <spool>/tmp/<id>.msg   a message being received (removed on any failure, and at start)
@@ -20,6 +21,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Where the spool lives, with the operations on it. Every call blocks on file I/O.
@@ -88,15 +90,18 @@ pub fn valid_id(id: &str) -> bool {
     !id.is_empty() && id.len() < 64 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'.')
 }
 
+/// Sortable by arrival, unique across processes (the pid) and within one (a counter).
 fn new_id() -> String {
+    static COUNTER: AtomicU32 = AtomicU32::new(0);
     let since = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();
     format!(
-        "{:x}.{:05x}.{:08x}",
+        "{:x}.{:05x}.{:x}{:04x}",
         since.as_secs(),
         since.subsec_micros(),
-        rand::random::<u32>()
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff
     )
 }
 

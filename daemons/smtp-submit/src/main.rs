@@ -7,7 +7,6 @@ mod message;
 mod queue;
 mod relay;
 mod session;
-mod spool;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,7 +27,7 @@ use inetkit_common::tls::TlsContext;
 use crate::command::split_address;
 use crate::queue::{Deliverer, Queue};
 use crate::relay::{Relay, RelayConfig};
-use crate::spool::Spool;
+use inetkit_common::spool::Spool;
 
 pub const DEFAULT_SPOOL: &str = "/var/lib/inetkit/spool";
 

@@ -21,7 +21,7 @@ use inetkit_common::mail::Store;
 
 use crate::message::rfc2822_now;
 use crate::relay::Relay;
-use crate::spool::{now, Entry, Recipient, Spool};
+use inetkit_common::spool::{now, Entry, Recipient, Spool};
 
 /// How often the spool is re-read for due retries and `inetkit queue flush` requests.
 const SCAN_INTERVAL: Duration = Duration::from_secs(5);
@@ -146,6 +146,15 @@ fn spawn_delivery(deliverer: &Arc<Deliverer>, id: String, recovering: bool) {
     });
 }
 
+/// Crash tests: `INETKIT_TEST_CRASH=before-delivery` or `after-delivery` makes the daemon die
+/// at that point, as a kill -9 or power cut would, so tests can check recovery exactly there.
+fn test_crash(point: &str) {
+    if std::env::var("INETKIT_TEST_CRASH").is_ok_and(|p| p == point) {
+        tracing::warn!(point, "INETKIT_TEST_CRASH: aborting");
+        std::process::abort();
+    }
+}
+
 async fn blocking<T, F>(f: F) -> std::io::Result<T>
 where
     F: FnOnce() -> std::io::Result<T> + Send + 'static,
@@ -197,10 +206,12 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
             if recovering && already_delivered(&store, &u, &marker)? {
                 tracing::info!(id = owned, user = u, "found delivered before a restart");
             } else {
+                test_crash("before-delivery");
                 let mut file = std::fs::File::open(spool.message_path(&owned))?;
                 store
                     .deliver(&u, &mut file)
                     .map_err(std::io::Error::other)?;
+                test_crash("after-delivery");
             }
             spool.record(&owned, &format!("delivered {u}"))
         })
@@ -281,7 +292,7 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
 }
 
 /// Recipients neither delivered, relayed nor failed.
-fn pending(entry: &Entry, state: &crate::spool::State) -> Vec<String> {
+fn pending(entry: &Entry, state: &inetkit_common::spool::State) -> Vec<String> {
     entry
         .envelope
         .recipients

@@ -16,8 +16,8 @@ use inetkit_common::server::Peer;
 
 use crate::command::{parse, split_address, Command, MailFrom, ParseError};
 use crate::message::{received_header, HeaderFilter};
-use crate::spool::{now, Envelope, Recipient};
 use crate::Submit;
+use inetkit_common::spool::{now, Envelope, Recipient};
 
 /// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH responses need more).
 const MAX_LINE: usize = 4096;
@@ -578,8 +578,12 @@ impl Session {
         let mut size: u64 = 0;
         loop {
             match conn.data_line(&mut line).await {
-                // Disconnect mid-DATA: `incoming` is dropped and its file removed.
-                None => return Next::Close,
+                None => {
+                    // Disconnect mid-DATA: nothing was accepted, so nothing is kept.
+                    drop(incoming);
+                    tracing::info!("client gone during DATA; message discarded");
+                    return Next::Close;
+                }
                 Some(Line::TooLong) => {
                     failure.get_or_insert("552 5.3.4 Message line too long.");
                     continue;
@@ -638,7 +642,12 @@ impl Session {
             Ok(Ok(id)) => {
                 tracing::info!(id, size, "message accepted");
                 conn.reply(&format!("250 2.0.0 Ok: queued as {id}"));
+                // The client hears of the acceptance before delivery starts.
+                let flushed = conn.flush().await;
                 submit.queue.accepted(id);
+                if flushed.is_err() {
+                    return Next::Close;
+                }
             }
             Ok(Err(err)) => {
                 tracing::error!(error = %err, "committing to the spool failed");
