@@ -503,3 +503,71 @@ def test_malformed_mime_and_8bit_headers(imap, cert):
     data = ok(c.fetch("4:5", "(ENVELOPE BODYSTRUCTURE BODY[1] BODY.PEEK[HEADER])"))
     assert len([d for d in data if d != b")"]) >= 2
     ok(c.noop())
+
+
+# -- mbsync -------------------------------------------------------------------------------------
+
+def test_mbsync_both_ways(imap, cert, tmp_path):
+    host, port = imap.addr("imap")
+    local = tmp_path / "local"
+    local.mkdir()
+    rc = tmp_path / "mbsyncrc"
+    rc.write_text(f"""
+IMAPAccount test
+Host localhost
+Port {port}
+User alice
+Pass "{PASSWORD}"
+SSLType STARTTLS
+CertificateFile {cert[0]}
+AuthMechs LOGIN
+
+IMAPStore remote
+Account test
+
+MaildirStore local
+Path {local}/
+Inbox {local}/INBOX
+SubFolders Verbatim
+
+Channel test
+Far :remote:
+Near :local:
+Patterns *
+Create Both
+Expunge Both
+SyncState *
+""")
+    def sync():
+        r = subprocess.run(["mbsync", "-c", str(rc), "-a"], capture_output=True, text=True,
+                           timeout=120)
+        assert r.returncode == 0, r.stdout + r.stderr
+    sync()
+    inbox = local / "INBOX"
+    files = sorted((inbox / "cur").iterdir()) + sorted((inbox / "new").iterdir())
+    assert len(files) == 3
+    # mbsync keeps LF line ends locally and adds an X-TUID header.
+    subjects = sorted(re.search(rb"Subject: (.*)", f.read_bytes())[1] for f in files)
+    assert subjects == [b"message 1", b"message 2", b"message 3"]
+    assert (local / "Sent" / "cur").is_dir() and (local / "Trash" / "cur").is_dir()
+    # Local changes go up: a new message in Drafts, a message marked seen, one deleted.
+    drafts = local / "Drafts" / "new"
+    (drafts / "1700000000.local.test").write_bytes(b"Subject: from mbsync\r\n\r\ndraft\r\n")
+    first = files[0]
+    seen = first.with_name(first.name.split(":2,")[0] + ":2,S")
+    first.rename(seen.parent.parent / "cur" / seen.name)
+    files[1].rename(files[1].parent.parent / "cur" / (files[1].name.split(":2,")[0] + ":2,T"))
+    sync()
+    c = client(imap, cert)
+    ok(c.select("Drafts"))
+    draft = ok(c.fetch("1", "(BODY.PEEK[])"))[0][1]
+    assert draft.startswith(b"Subject: from mbsync\r\n") and draft.endswith(b"\r\n\r\ndraft\r\n")
+    ok(c.select("INBOX"))
+    flags = ok(c.fetch("1:*", "(FLAGS)"))
+    assert len(flags) == 2 and b"\\Seen" in flags[0], flags
+    # And server changes come down: a new delivery.
+    c.logout()
+    seed(imap.mail, "alice", message(7))
+    sync()
+    bodies = [f.read_bytes() for d in ("cur", "new") for f in (inbox / d).iterdir()]
+    assert len(bodies) == 3 and any(b"Subject: message 7" in b for b in bodies)
