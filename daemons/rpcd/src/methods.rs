@@ -479,26 +479,22 @@ impl Registry {
                 Value::Array(results)
             }
             Builtin::Echo => Value::Array(params.into_iter().map(|(_, v)| v).collect()),
-            Builtin::Uptime => {
-                let text = read_proc("/proc/uptime")?;
-                let first = text.split_whitespace().next().and_then(|s| s.parse().ok());
-                Value::Double(first.ok_or_else(|| internal("/proc/uptime: unexpected format"))?)
-            }
+            // From system calls, not /proc: the unit's ProcSubset=pid hides /proc/uptime.
+            Builtin::Uptime => Value::Double(sysinfo()?.uptime().as_secs_f64()),
             Builtin::LoadAvg => {
-                let text = read_proc("/proc/loadavg")?;
-                let loads: Vec<Value> = text
-                    .split_whitespace()
-                    .take(3)
-                    .filter_map(|s| s.parse().ok())
-                    .map(Value::Double)
-                    .collect();
-                if loads.len() != 3 {
-                    return Err(internal("/proc/loadavg: unexpected format"));
-                }
-                Value::Array(loads)
+                let (one, five, fifteen) = sysinfo()?.load_average();
+                Value::Array(vec![
+                    Value::Double(one),
+                    Value::Double(five),
+                    Value::Double(fifteen),
+                ])
             }
             Builtin::Hostname => {
-                Value::String(read_proc("/proc/sys/kernel/hostname")?.trim().to_owned())
+                let uts = nix::sys::utsname::uname().map_err(|e| {
+                    tracing::error!("uname: {e}");
+                    internal("host facts unavailable")
+                })?;
+                Value::String(uts.nodename().to_string_lossy().into_owned())
             }
             Builtin::Time => {
                 let t = time::OffsetDateTime::now_utc();
@@ -544,9 +540,9 @@ fn internal(message: &str) -> Fault {
     Fault::new(Fault::INTERNAL_ERROR, message)
 }
 
-fn read_proc(path: &str) -> Result<String, Fault> {
-    std::fs::read_to_string(path).map_err(|e| {
-        tracing::error!("{path}: {e}");
+fn sysinfo() -> Result<nix::sys::sysinfo::SysInfo, Fault> {
+    nix::sys::sysinfo::sysinfo().map_err(|e| {
+        tracing::error!("sysinfo: {e}");
         internal("host facts unavailable")
     })
 }
