@@ -3,6 +3,7 @@ the relay path against Postfix's smtp-sink; bad input; crash recovery."""
 
 import base64
 import email
+import imaplib
 import os
 import poplib
 import re
@@ -198,7 +199,7 @@ def test_thunderbird_probe(smtpd):
     assert r.sock.recv(10) == b""
 
 
-def test_starttls_submit_local_then_read_with_pop3(daemons, smtpd, home, cert):
+def test_starttls_submit_local_then_read_with_pop3_and_imap(daemons, smtpd, home, cert):
     s = client(smtpd, cert)
     queue_id = send(s, rcpts=["bob@example.org", "bob+lists@localhost"])
     s.quit()
@@ -226,6 +227,21 @@ root = "{home / 'mail'}"
     assert msg["Message-ID"].endswith("@mx.test>"), "Message-ID added"
     assert msg["Date"], "Date added"
     assert b"\r\n.leading dot\r\n" in text, "dot-unstuffed"
+    # The same message through IMAP.
+    imap = daemons.start("imapd", f"""
+[listen]
+imap = ["127.0.0.1:0"]
+[auth]
+users_file = "{home / 'users'}"
+[mail]
+root = "{home / 'mail'}"
+""")
+    i = imaplib.IMAP4(*imap.addr("imap"), timeout=30)
+    i.login("bob", PASSWORD)
+    assert i.select("INBOX")[1] == [b"1"]
+    typ, data = i.fetch("1", "(BODY.PEEK[])")
+    assert typ == "OK" and data[0][1] == text
+    i.logout()
 
 
 def test_smtp_ssl_implicit_tls(smtpd, home, cert):
@@ -616,3 +632,60 @@ def test_queue_list_flush_delete(daemons, home, cert, tmp_path):
         sink.stop()
     assert queue_cmd(home, "list").stdout.strip() == "The queue is empty."
     assert len(inbox(home, "bob")) == 1
+
+
+def ca_and_leaf(directory):
+    """A CA and a server certificate for localhost it signed (webpki refuses a self-signed CA
+    certificate as a server's)."""
+    def openssl(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True)
+    ca_key, ca = directory / "ca.key", directory / "ca.pem"
+    key, csr, leaf = directory / "leaf.key", directory / "leaf.csr", directory / "leaf.pem"
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-days", "30", "-subj", "/CN=inetkit test CA", "-keyout", str(ca_key), "-out", str(ca))
+    openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+            "-subj", "/CN=localhost", "-keyout", str(key), "-out", str(csr))
+    ext = directory / "leaf.ext"
+    ext.write_text("basicConstraints=critical,CA:FALSE\nsubjectAltName=DNS:localhost\n"
+                   "extendedKeyUsage=serverAuth\n")
+    openssl("x509", "-req", "-in", str(csr), "-CA", str(ca), "-CAkey", str(ca_key),
+            "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-out", str(leaf))
+    return ca, (leaf, key)
+
+
+def test_relay_over_starttls_with_auth_to_another_inetkit(daemons, home, cert, tmp_path):
+    """The smarthost is a second inetkit-smtp-submit that owns far.example: lettre must do
+    STARTTLS (verifying the certificate against ca_file) and AUTH before it may send."""
+    far = tmp_path / "far"
+    far.mkdir()
+    ca, leaf = ca_and_leaf(tmp_path)
+    (far / "mail").mkdir()
+    (far / "users").write_text(f"relay:{{PLAIN}}{PASSWORD}::::::\ncarol:{{PLAIN}}x::::::\n")
+    smarthost = daemons.start("smtp-submit", config(far, leaf, auth='plaintext = "never"')
+                              .replace('local_domains = ["localhost", "example.org"]',
+                                       'local_domains = ["far.example"]')
+                              + '[smtp.senders]\nrelay = ["alice@example.org"]\n')
+    host, port = smarthost.addr("submission")
+    relay = f"""host = "localhost"
+port = {port}
+tls = "starttls"
+ca_file = "{ca}"
+username = "relay"
+password = "{PASSWORD}"
+retry_initial = 1
+retry_max = 1
+"""
+    d = daemons.start("smtp-submit", config(home, cert, relay=relay))
+    s = client(d, cert)
+    queue_id = send(s, rcpts=["carol@far.example"])
+    s.quit()
+    wait_delivered(d, queue_id, timeout=60)
+    smarthost.wait_log('user="relay".*message accepted', timeout=30)
+    deadline = time.monotonic() + 30
+    while not inbox(far, "carol") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    [msg] = inbox(far, "carol")
+    # Our Received line, then the smarthost's on top of it.
+    assert msg.startswith(b"Received: from mx.test ([127.0.0.1]) by mx.test")
+    assert b"with ESMTPSA id " + queue_id.encode() in msg
+    assert b"Subject: hello" in msg and b"Bcc:" not in msg

@@ -115,5 +115,4 @@ def test_hardening_exposure(smtp):
     out = smtp.run("systemd-analyze", "security", "--no-pager", SERVICE).stdout
     exposure = float(re.search(rf"Overall exposure level for {SERVICE}: ([0-9.]+)", out)[1])
     print(f"{SERVICE} exposure {exposure}")
-    # It keeps the network for the smarthost, which costs a little against pop3d.
-    assert exposure <= 2.0, out
+    assert exposure <= 1.5, out
