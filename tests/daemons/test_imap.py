@@ -571,3 +571,21 @@ SyncState *
     sync()
     bodies = [f.read_bytes() for d in ("cur", "new") for f in (inbox / d).iterdir()]
     assert len(bodies) == 3 and any(b"Subject: message 7" in b for b in bodies)
+
+
+def test_large_and_lf_only_messages_stream_as_crlf(imap, cert):
+    big_lf = b"Subject: big\n\n" + b"".join(b"line %07d of a large message, LF only\n" % i
+                                            for i in range(80_000))
+    seed(imap.mail, "alice", big_lf)
+    seed(imap.mail, "alice", b"Subject: small\n\nbare LF\n")
+    wire = big_lf.replace(b"\n", b"\r\n")
+    c = client(imap, cert)
+    ok(c.select("INBOX"))
+    data = ok(c.fetch("4", "(RFC822.SIZE BODY.PEEK[])"))
+    assert b"RFC822.SIZE %d " % len(wire) in data[0][0] and data[0][1] == wire
+    data = ok(c.fetch("4", "(BODY.PEEK[]<1000000.5000>)"))
+    assert data[0][1] == wire[1000000:1005000]
+    data = ok(c.fetch("4", "(BODY.PEEK[]<3500000.100000>)"))
+    assert data[0][1] == wire[3500000:3600000]
+    data = ok(c.fetch("5", "(BODY.PEEK[] BODY.PEEK[TEXT] RFC822.SIZE)"))
+    assert data[0][1] == b"Subject: small\r\n\r\nbare LF\r\n" and data[1][1] == b"bare LF\r\n"

@@ -25,12 +25,25 @@ pub struct Crlf {
 impl Crlf {
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32);
-        for &b in input {
-            if b == b'\n' && !self.after_cr {
+        let mut rest = input;
+        // Whole lines at a time: the common case is long runs without a line end.
+        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
+            let line = &rest[..i];
+            out.extend_from_slice(line);
+            let cr_before = match line.last() {
+                Some(&b) => b == b'\r',
+                None => self.after_cr,
+            };
+            if !cr_before {
                 out.push(b'\r');
             }
-            out.push(b);
-            self.after_cr = b == b'\r';
+            out.push(b'\n');
+            self.after_cr = false;
+            rest = &rest[i + 1..];
+        }
+        out.extend_from_slice(rest);
+        if let Some(&last) = rest.last() {
+            self.after_cr = last == b'\r';
         }
     }
 }
@@ -548,5 +561,11 @@ mod tests {
         c.push(b"a\nb\r", &mut out);
         c.push(b"\nc\n", &mut out);
         assert_eq!(out, b"a\r\nb\r\nc\r\n");
+        let mut out = Vec::new();
+        let mut c = Crlf::default();
+        for chunk in [&b"x\r"[..], b"", b"\n\n", b"y\r\n", b"\r", b"z"] {
+            c.push(chunk, &mut out);
+        }
+        assert_eq!(out, b"x\r\n\r\ny\r\n\rz");
     }
 }

@@ -22,12 +22,15 @@ pub struct Selected {
     pub keywords: Keywords,
     /// Modification times of `new/` and `cur/` when last looked at.
     stamp: Option<(SystemTime, SystemTime)>,
+    /// The stamp was taken within a second of a change: look once more after that second.
+    recheck: bool,
 }
 
 impl Selected {
     /// SELECT (`read_only` false: takes new messages as \Recent) or EXAMINE.
     pub fn open(folder: Folder, read_only: bool) -> Result<Selected, StoreError> {
         let stamp = stamp(&folder);
+        let recheck = !settled(stamp);
         let snapshot = if read_only {
             folder.snapshot()?
         } else {
@@ -49,11 +52,14 @@ impl Selected {
             recent,
             keywords,
             stamp,
+            recheck,
         })
     }
 
     pub fn changed_on_disk(&self) -> bool {
-        self.stamp.is_none() || stamp(&self.folder) != self.stamp
+        self.stamp.is_none()
+            || stamp(&self.folder) != self.stamp
+            || (self.recheck && settled(self.stamp))
     }
 
     /// Catches up with the folder. Untagged responses go to `out`: EXPUNGE (only when
@@ -64,6 +70,7 @@ impl Selected {
             return Ok(());
         }
         let stamp = stamp(&self.folder);
+        self.recheck = !settled(stamp);
         let snapshot = if self.read_only {
             self.folder.snapshot()?
         } else {
@@ -202,18 +209,22 @@ impl Selected {
 }
 
 /// The directories' modification times, read before a snapshot: a later change moves them
-/// on. File systems keep mtimes in coarse ticks, though, so a change within the same tick as
-/// our look would leave them as they were: a stamp younger than a second is not trusted (the
-/// next check takes a fresh snapshot).
+/// on.
 fn stamp(folder: &Folder) -> Option<(SystemTime, SystemTime)> {
     let m = |sub: &str| std::fs::metadata(folder.path().join(sub)).and_then(|m| m.modified());
-    let (new, cur) = (m("new").ok()?, m("cur").ok()?);
-    let settled = |t: SystemTime| {
+    Some((m("new").ok()?, m("cur").ok()?))
+}
+
+/// File systems keep mtimes in coarse ticks, so a change in the same tick as our look leaves
+/// them as they were: a stamp is only trusted once it is a second old (until then the folder
+/// is looked at once more, a second later).
+fn settled(stamp: Option<(SystemTime, SystemTime)>) -> bool {
+    let old = |t: SystemTime| {
         SystemTime::now()
             .duration_since(t)
             .is_ok_and(|age| age >= std::time::Duration::from_secs(1))
     };
-    (settled(new) && settled(cur)).then_some((new, cur))
+    stamp.is_some_and(|(new, cur)| old(new) && old(cur))
 }
 
 /// A UID set for COPYUID/APPENDUID: `1:3,7`.

@@ -43,6 +43,8 @@ const MAX_COMMAND: u64 = 64 * 1024 * 1024;
 /// Output is sent once this much is queued.
 const FLUSH_AT: usize = 64 * 1024;
 const MAX_FAILURES: u32 = 3;
+/// Messages up to this size are read whole for FETCH; larger ones are streamed in chunks.
+const SMALL_MESSAGE: u64 = 1024 * 1024;
 /// How often IDLE looks at the folder.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
@@ -1595,6 +1597,24 @@ where
     let want = end - start;
     conn.out
         .extend_from_slice(format!("{{{want}}}\r\n").as_bytes());
+    if msg.size <= SMALL_MESSAGE {
+        // Most messages: one blocking call reads the file whole.
+        let data = blocking(|| -> Result<Vec<u8>, StoreError> {
+            let mut file = sel.folder.open(msg)?;
+            fetch::read_all(&mut file).map_err(StoreError::Input)
+        });
+        let data = data.unwrap_or_else(|err| {
+            tracing::warn!(uid = msg.uid, error = %err, "cannot read a message");
+            Vec::new()
+        });
+        let from = (start as usize).min(data.len());
+        let to = (from + want as usize).min(data.len());
+        conn.out.extend_from_slice(&data[from..to]);
+        // A file that shrank under us is padded to the promised length.
+        conn.out
+            .resize(conn.out.len() + want as usize - (to - from), b' ');
+        return conn.flush_if_full().await;
+    }
     let mut file = match blocking(|| sel.folder.open(msg)) {
         Ok(f) => Some(f),
         Err(err) => {
