@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::io;
 use std::net::IpAddr;
-use std::sync::atomic::Ordering;
 use std::pin::Pin;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{ready, Context as TaskContext, Poll};
 use std::time::SystemTime;
@@ -63,6 +63,10 @@ pub struct Session {
     /// This session's TLS setup: the daemon's certificate with a ticket key and session cache
     /// of its own, so a data connection can resume only this control connection's session.
     tls_config: Option<Arc<ServerConfig>>,
+    /// The same for data connections, which issue no TLS 1.3 tickets of their own: a client
+    /// that only uploads never reads them, and closing a socket with unread data resets it,
+    /// losing the end of the upload.
+    data_tls_config: Option<Arc<ServerConfig>>,
     tls: bool,
     state: State,
     ascii: bool,
@@ -78,14 +82,18 @@ pub async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit_tls: b
     // ftplib and others send ABOR's last byte as urgent data: keep it in the stream.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     let stream = ControlStream(stream);
-    let tls_config = ftp
-        .tls
-        .as_ref()
-        .map(|tls| session_tls_config(tls.server_config()));
+    let (tls_config, data_tls_config) = match ftp.tls.as_ref() {
+        Some(tls) => {
+            let (control, data) = session_tls_config(tls.server_config());
+            (Some(control), Some(data))
+        }
+        None => (None, None),
+    };
     let mut session = Session {
         ftp,
         peer,
         tls_config,
+        data_tls_config,
         tls: false,
         state: State::Login {
             user: None,
@@ -149,7 +157,9 @@ impl AsyncWrite for ControlStream {
     }
 }
 
-fn session_tls_config(base: &Arc<ServerConfig>) -> Arc<ServerConfig> {
+/// The control and the data connections' TLS setups of one session, sharing a ticket key and
+/// session cache of their own.
+fn session_tls_config(base: &Arc<ServerConfig>) -> (Arc<ServerConfig>, Arc<ServerConfig>) {
     let mut config = (**base).clone();
     config.session_storage = ServerSessionMemoryCache::new(32);
     match rustls::crypto::ring::Ticketer::new() {
@@ -157,7 +167,9 @@ fn session_tls_config(base: &Arc<ServerConfig>) -> Arc<ServerConfig> {
         // Without tickets, TLS 1.2 session ids in the session's own cache still resume.
         Err(err) => tracing::warn!(error = %err, "no TLS ticket key"),
     }
-    Arc::new(config)
+    let mut data = config.clone();
+    data.send_tls13_tickets = 0;
+    (Arc::new(config), Arc::new(data))
 }
 
 /// What the control connection gave us.
@@ -1057,7 +1069,7 @@ impl Session {
 
     /// TLS on the data connection; it must resume this session's TLS session.
     async fn data_tls(&self, tcp: TcpStream) -> Result<DataStream, &'static str> {
-        let Some(config) = self.tls_config.clone() else {
+        let Some(config) = self.data_tls_config.clone() else {
             return Err("425 TLS is not configured.");
         };
         let acceptor = TlsAcceptor::from(config);
