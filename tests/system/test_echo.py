@@ -272,6 +272,30 @@ def test_stop_lets_an_open_session_finish(echo):
     assert c.systemctl("is-active", SERVICE) == "active"
 
 
+def test_idle_exit_under_systemd(echo):
+    """With idle_exit set, the daemon leaves when idle and systemd, still holding the socket,
+    starts it again on the next connection: nothing is refused meanwhile."""
+    c = echo
+    config = "/etc/inetkit/echo.toml"
+    original = c.run("cat", config).stdout
+    assert "idle_exit = 0" in original
+    c.systemctl("stop", SERVICE)
+    c.write(config, original.replace("idle_exit = 0", "idle_exit = 1"))
+    try:
+        assert tcp_echo() == b"hello inetkit\n"
+        first = c.show(SERVICE, "MainPID")["MainPID"]
+        wait_for(lambda: c.systemctl("is-active", SERVICE, check=False) == "inactive",
+                 "the idle daemon to exit", timeout=30)
+        props = c.show(SERVICE, "Result", "ExecMainStatus")
+        assert props == {"Result": "success", "ExecMainStatus": "0"}, props
+        assert c.systemctl("is-active", "inetkit-echo.socket") == "active"
+        assert tcp_echo(data=b"after idle exit\n") == b"after idle exit\n"
+        assert c.show(SERVICE, "MainPID")["MainPID"] not in ("0", first)
+    finally:
+        c.write(config, original)
+        c.systemctl("stop", SERVICE)
+
+
 def test_inetd_pair_serves_one_process_per_connection(echo):
     c = echo
     # The resident daemon holds port 7 too; take it and its socket away first.
