@@ -146,13 +146,14 @@ def test_list_lsub_namespace_status(imap, cert):
     ok(c.create("Projekte/Entwürfe".encode("utf-7").replace(b"+", b"&").decode()))
     ok(c.create("a/b"))
     lines = [l.decode() for l in ok(c.list('""', "%"))]
-    assert '(\\HasChildren) "/" "a"' not in lines  # a itself does not exist
+    # "a" itself does not exist: shown as a \\Noselect parent.
+    assert '(\\Noselect \\HasChildren) "/" "a"' in lines
     assert not any('"a/b"' in l for l in lines)
     lines = [l.decode() for l in ok(c.list('""', "*"))]
     assert '(\\HasNoChildren) "/" "a/b"' in lines
     assert any("Projekte/Entw&APw-rfe" in l for l in lines), lines
     assert ok(c.list('""', '""')) == [b'(\\Noselect) "/" ""']
-    assert len(ok(c.lsub('""', "*"))) == len(lines)
+    assert len(ok(c.lsub('""', "*"))) == len(lines) - 2  # not the \\Noselect parents
     ok(c.unsubscribe("Junk"))
     assert not any(b"Junk" in l for l in ok(c.lsub('""', "*")))
     ok(c.subscribe("Junk"))
@@ -466,6 +467,9 @@ def test_bad_input(imap, cert):
     # A 2 GiB literal is refused before the client sends it.
     r.send(b"a4 LOGIN {2147483648}\r\n")
     assert r.line() == b"a4 NO [TOOBIG] Literal too large.\r\n"
+    # Before login no literal of 16 KiB or more is taken.
+    r.send(b"a4b LOGIN {20000}\r\n")
+    assert r.line() == b"a4b NO [TOOBIG] Literal too large.\r\n"
     # An overlong line.
     r.send(b"a5 NOOP " + b"x" * 70000 + b"\r\n")
     # Its tag was discarded with it: an untagged BAD, and the session goes on.

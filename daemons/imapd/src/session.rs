@@ -40,6 +40,8 @@ use crate::Imap;
 const MAX_LINE: usize = 64 * 1024;
 /// Largest command with its literals (an APPENDed message).
 const MAX_COMMAND: u64 = 64 * 1024 * 1024;
+/// Largest command before login.
+const MAX_COMMAND_UNAUTHENTICATED: u64 = 16 * 1024;
 /// Output is sent once this much is queued.
 const FLUSH_AT: usize = 64 * 1024;
 const MAX_FAILURES: u32 = 3;
@@ -171,8 +173,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
         }
     }
 
-    /// A command line with its literals.
-    async fn read_command(&mut self) -> Input {
+    /// A command line with its literals, at most `max` bytes in all.
+    async fn read_command(&mut self, max: u64) -> Input {
         let mut command = Vec::new();
         let mut line = Vec::with_capacity(256);
         loop {
@@ -190,7 +192,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
             let Some((length, sync)) = literal_announced(&line) else {
                 return Input::Command(command);
             };
-            if command.len() as u64 + length > MAX_COMMAND {
+            if command.len() as u64 + length > max {
                 let tag = wire::tag_of(&command);
                 if sync {
                     // Refused before the client sends it: nothing to read or allocate.
@@ -342,7 +344,13 @@ impl Session {
             conn.line(&format!("* OK [CAPABILITY {caps}] inetkit IMAP ready."));
         }
         loop {
-            let bytes = match conn.read_command().await {
+            // Before login nothing needs more than a user name and password.
+            let max = if self.login.is_some() {
+                MAX_COMMAND
+            } else {
+                MAX_COMMAND_UNAUTHENTICATED
+            };
+            let bytes = match conn.read_command(max).await {
                 Input::Command(bytes) => bytes,
                 Input::Refused => continue,
                 Input::Gone => {
@@ -564,8 +572,8 @@ impl Session {
                 uid,
             } => {
                 if let Some(cs) = charset {
-                    let cs = format!("{cs:?}").to_ascii_uppercase();
-                    if !(cs.contains("UTF-8") || cs.contains("US-ASCII")) {
+                    let cs: &str = cs.as_ref();
+                    if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
                         return no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset.");
                     }
                 }
@@ -863,6 +871,27 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         let subscribed = subscribed_set(&mbox, &folders);
+        // A folder whose parent does not exist (Maildir++ allows `a/b` without `a`): the
+        // parent is shown as \Noselect when the pattern stops at its level (RFC 3501 §6.3.8).
+        if !lsub {
+            let mut implied: Vec<String> = folders
+                .iter()
+                .flat_map(|f| {
+                    f.match_indices('/')
+                        .map(|(i, _)| f[..i].to_owned())
+                        .collect::<Vec<_>>()
+                })
+                .filter(|p| !folders.contains(p))
+                .collect();
+            implied.sort();
+            implied.dedup();
+            for parent in implied.iter().filter(|p| names::matches(&full, p)) {
+                conn.out
+                    .extend_from_slice(b"* LIST (\\Noselect \\HasChildren) \"/\" ");
+                conn.out.extend_from_slice(&quoted_name(parent));
+                conn.out.extend_from_slice(b"\r\n");
+            }
+        }
         for name in &folders {
             if !names::matches(&full, name) {
                 continue;
