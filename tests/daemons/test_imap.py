@@ -593,3 +593,18 @@ def test_large_and_lf_only_messages_stream_as_crlf(imap, cert):
     assert data[0][1] == wire[3500000:3600000]
     data = ok(c.fetch("5", "(BODY.PEEK[] BODY.PEEK[TEXT] RFC822.SIZE)"))
     assert data[0][1] == b"Subject: small\r\n\r\nbare LF\r\n" and data[1][1] == b"bare LF\r\n"
+
+
+def test_rename_inbox_moves_its_messages(imap, cert):
+    c = client(imap, cert)
+    ok(c.select("INBOX"))
+    ok(c.store("1", "+FLAGS", "(\\Flagged $Label1)"))
+    ok(c.close())
+    ok(c.rename("INBOX", "Old"))
+    assert ok(c.status("INBOX", "(MESSAGES)"))[0] == b'"INBOX" (MESSAGES 0)'
+    assert ok(c.status("Old", "(MESSAGES)"))[0] == b'"Old" (MESSAGES 3)'
+    ok(c.select("Old"))
+    flags = ok(c.fetch("1:*", "(FLAGS BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert b"\\Flagged" in flags[0][0] and b"$Label1" in flags[0][0]
+    assert [f[1] for f in flags if isinstance(f, tuple)] == [
+        f"Subject: message {n}\r\n\r\n".encode() for n in (1, 2, 3)]

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-const FILE: &str = "inetkit-keywords";
+pub const FILE: &str = "inetkit-keywords";
 /// Maildir has 26 keyword letters.
 const MAX: u8 = 26;
 

@@ -793,6 +793,17 @@ impl Session {
             let result = blocking(|| -> Result<(), StoreError> {
                 let target = mbox.create(&to)?;
                 let inbox = mbox.inbox();
+                // The new folder takes INBOX's keyword letters as they are.
+                let keywords = inbox.path().join(crate::keywords::FILE);
+                if keywords.exists() {
+                    std::fs::copy(&keywords, target.path().join(crate::keywords::FILE)).map_err(
+                        |err| StoreError::Io {
+                            op: "copying",
+                            path: keywords.clone(),
+                            err,
+                        },
+                    )?;
+                }
                 let snapshot = inbox.snapshot()?;
                 for msg in &snapshot.messages {
                     let mut file = inbox.open(msg)?;
