@@ -218,6 +218,37 @@ impl Folder {
         change: FlagChange,
     ) -> Result<(), StoreError> {
         let _lock = self.lock()?;
+        self.update_flags_locked(msg, change)
+    }
+
+    /// [`update_flags`](Self::update_flags) for many messages under one lock (POP3 marking
+    /// every retrieved message seen, IMAP STORE on a range). A message found gone is skipped
+    /// and keeps its old flags in `msgs`; the number changed is returned.
+    pub fn update_flags_many(
+        &self,
+        msgs: &mut [MessageInfo],
+        change: FlagChange,
+    ) -> Result<usize, StoreError> {
+        if msgs.is_empty() {
+            return Ok(0);
+        }
+        let _lock = self.lock()?;
+        let mut changed = 0;
+        for msg in msgs {
+            match self.update_flags_locked(msg, change) {
+                Ok(()) => changed += 1,
+                Err(StoreError::MessageGone { .. }) => {}
+                Err(err) => return Err(err),
+            }
+        }
+        Ok(changed)
+    }
+
+    fn update_flags_locked(
+        &self,
+        msg: &mut MessageInfo,
+        change: FlagChange,
+    ) -> Result<(), StoreError> {
         let mut from = msg.file.clone();
         let mut current = msg.flags;
         for attempt in 0..2 {

@@ -619,3 +619,24 @@ fn a_large_indexed_folder_is_not_reread() {
     );
     assert_eq!(second, first);
 }
+
+#[test]
+fn flags_of_many_messages_change_under_one_lock_and_gone_ones_are_skipped() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for n in 0..3 {
+        deliver(&store, "alice", &format!("Subject: {n}\n\nbody\n"));
+    }
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let mut messages = inbox.snapshot().unwrap().messages;
+    // Another session expunges the middle one meanwhile.
+    inbox.delete(&messages[1..2]).unwrap();
+    let changed = inbox
+        .update_flags_many(&mut messages, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    assert_eq!(changed, 2);
+    let after = inbox.snapshot().unwrap().messages;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|m| m.flags.contains(Flags::SEEN)));
+    assert!(!messages[1].flags.contains(Flags::SEEN));
+}

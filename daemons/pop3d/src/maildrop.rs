@@ -128,18 +128,20 @@ impl Maildrop {
     /// (so IMAP clients see them as read). Returns how many were removed.
     pub fn commit(self) -> Result<usize, StoreError> {
         let mut deleted = Vec::new();
-        for mut entry in self.messages {
+        let mut seen = Vec::new();
+        for entry in self.messages {
             if entry.deleted {
                 deleted.push(entry.info);
             } else if entry.retrieved && !entry.info.flags.contains(Flags::SEEN) {
-                // A message removed meanwhile by IMAP is no reason to fail the QUIT.
-                if let Err(err) = self
-                    .folder
-                    .update_flags(&mut entry.info, FlagChange::Add(Flags::SEEN))
-                {
-                    tracing::debug!(uid = entry.info.uid, error = %err, "could not mark seen");
-                }
+                seen.push(entry.info);
             }
+        }
+        // Messages removed meanwhile by IMAP are skipped: no reason to fail the QUIT.
+        if let Err(err) = self
+            .folder
+            .update_flags_many(&mut seen, FlagChange::Add(Flags::SEEN))
+        {
+            tracing::warn!(error = %err, "could not mark retrieved messages seen");
         }
         self.folder.delete(&deleted)?;
         Ok(deleted.len())
