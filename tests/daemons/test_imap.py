@@ -304,7 +304,10 @@ def test_idle_sees_delivery_and_other_session(imap, cert):
     a.readline()  # the flag change
     ok(b.expunge())
     assert a.readline() == b"* 1 EXPUNGE\r\n"
-    a.send(b"DONE\r\n")
+    # DONE split over two packets with a poll of the folder between them.
+    a.send(b"DO")
+    time.sleep(1.5)
+    a.send(b"NE\r\n")
     assert a.readline() == f"{tag} OK IDLE terminated.\r\n".encode()
     # b learned of the new message at its next command (after SELECT's 3).
     ok(b.noop())

@@ -20,7 +20,7 @@ use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::CommandCodec;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
@@ -1170,16 +1170,38 @@ impl Session {
         }
         let started = tokio::time::Instant::now();
         let mut tick = tokio::time::interval(IDLE_POLL);
-        let mut line = Vec::new();
+        // The client's DONE line, gathered with `fill_buf` (which loses nothing when the
+        // poll timer interrupts it) rather than a line reader that would drop a partial line.
+        let mut line: Vec<u8> = Vec::new();
         let shutdown = self.peer.shutdown.clone();
         loop {
             tokio::select! {
-                read = read_line(&mut conn.reader, &mut line, MAX_LINE) => {
-                    return match read {
-                        Ok(Line::Complete) if line.eq_ignore_ascii_case(b"DONE") => ok("IDLE terminated."),
-                        Ok(Line::Complete) | Ok(Line::TooLong) => bad("Expected DONE."),
-                        _ => Done::Close,
+                read = conn.reader.fill_buf() => {
+                    let (used, complete) = match read {
+                        Ok([]) | Err(_) => return Done::Close,
+                        Ok(bytes) => match bytes.iter().position(|&b| b == b'\n') {
+                            Some(i) => {
+                                line.extend_from_slice(&bytes[..i]);
+                                (i + 1, true)
+                            }
+                            None => {
+                                line.extend_from_slice(bytes);
+                                (bytes.len(), false)
+                            }
+                        },
                     };
+                    conn.reader.consume(used);
+                    if complete {
+                        let text = line.strip_suffix(b"\r").unwrap_or(&line);
+                        return if text.eq_ignore_ascii_case(b"DONE") {
+                            ok("IDLE terminated.")
+                        } else {
+                            bad("Expected DONE.")
+                        };
+                    }
+                    if line.len() > MAX_LINE {
+                        return Done::Close;
+                    }
                 }
                 _ = tick.tick() => {
                     if started.elapsed() > self.peer.idle_timeout {
