@@ -1,0 +1,697 @@
+//! One query in, one answer out: checks, local data, the cache, then upstreams with failover,
+//! identical questions in flight sharing one upstream query.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
+use hickory_proto::rr::rdata::HINFO;
+use hickory_proto::rr::{Name, RData, Record, RecordType};
+use tokio::sync::oneshot;
+
+use crate::cache::{Answer, Cache, Hit, Key};
+use crate::config::{Acl, CacheConfig, Config, ForwardConfig};
+use crate::local::{LocalAnswer, LocalData};
+use crate::upstream::{Ask, Upstream};
+
+/// How the query came, which bounds the answer's size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Udp,
+    Tcp,
+}
+
+/// What can change on SIGHUP (the cache stays).
+#[derive(Clone)]
+pub struct Settings {
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub acl: Acl,
+    pub local: LocalData,
+    pub forward: ForwardConfig,
+    pub cache: CacheConfig,
+}
+
+impl Settings {
+    /// Builds everything from a config; `own` are the addresses we listen on, never upstreams.
+    pub fn from_config(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Self> {
+        let mut upstreams = Vec::new();
+        for u in &config.upstream {
+            let upstream = Upstream::new(u)?;
+            anyhow::ensure!(
+                !own.contains(&upstream.addr),
+                "upstream {} is this forwarder itself",
+                upstream.addr
+            );
+            upstreams.push(Arc::new(upstream));
+        }
+        if upstreams.is_empty() {
+            upstreams = resolv_conf_upstreams(&config.forward.resolv_conf, own);
+            if upstreams.is_empty() {
+                tracing::warn!(
+                    path = %config.forward.resolv_conf.display(),
+                    "no upstream configured and none usable in resolv.conf: only local data is answered"
+                );
+            }
+        }
+        Ok(Settings {
+            upstreams,
+            acl: Acl::parse(&config.acl).map_err(anyhow::Error::msg)?,
+            local: LocalData::load(config)?,
+            forward: config.forward.clone(),
+            cache: config.cache.clone(),
+        })
+    }
+}
+
+/// The nameservers of a resolv.conf, minus our own listening addresses (dnsmasq does the same,
+/// so a forwarder that is also the system resolver does not ask itself).
+pub fn resolv_conf_upstreams(path: &std::path::Path, own: &[SocketAddr]) -> Vec<Arc<Upstream>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for line in text.lines() {
+        let mut words = line.split_whitespace();
+        if words.next() != Some("nameserver") {
+            continue;
+        }
+        // Zone indexes (fe80::1%eth0) are not kept.
+        let Some(Ok(ip)) = words
+            .next()
+            .map(|w| w.split('%').next().unwrap_or(w).parse::<IpAddr>())
+        else {
+            continue;
+        };
+        let addr = SocketAddr::new(ip, 53);
+        let ours = own.iter().any(|o| {
+            o.port() == 53 && (o.ip() == ip || (o.ip().is_unspecified() && ip.is_loopback()))
+        });
+        if ours {
+            tracing::info!(%addr, "resolv.conf names this forwarder; skipped");
+            continue;
+        }
+        found.push(Arc::new(Upstream::udp(addr)));
+    }
+    found
+}
+
+#[derive(Default)]
+pub struct Stats {
+    pub queries: AtomicU64,
+    pub cache_hits: AtomicU64,
+    pub local: AtomicU64,
+    pub forwarded: AtomicU64,
+    pub servfail: AtomicU64,
+    pub refused: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub malformed: AtomicU64,
+    pub stale: AtomicU64,
+    pub coalesced: AtomicU64,
+}
+
+type Outcome = Option<Arc<Answer>>;
+
+pub struct Forwarder {
+    settings: RwLock<Arc<Settings>>,
+    pub cache: Cache,
+    inflight: Mutex<HashMap<Key, Vec<oneshot::Sender<Outcome>>>>,
+    pub stats: Stats,
+}
+
+/// The fast part of handling a query is done; either it is answered or it needs an upstream.
+pub enum Step {
+    Done(Option<Vec<u8>>),
+    Forward(Box<Pending>),
+}
+
+/// A query waiting for an upstream.
+pub struct Pending {
+    query: Message,
+    key: Key,
+    max: usize,
+}
+
+impl Forwarder {
+    pub fn new(settings: Settings, cache: CacheConfig) -> Self {
+        Forwarder {
+            settings: RwLock::new(Arc::new(settings)),
+            cache: Cache::new(cache),
+            inflight: Mutex::new(HashMap::new()),
+            stats: Stats::default(),
+        }
+    }
+
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
+    }
+
+    /// New upstreams (resolv.conf changed), everything else as it is.
+    pub fn replace_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+        let mut settings = (*self.settings()).clone();
+        settings.upstreams = upstreams;
+        self.replace_settings(settings);
+    }
+
+    pub fn replace_settings(&self, settings: Settings) {
+        *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
+    }
+
+    /// Everything that needs no upstream: checks, errors, local data, cache hits.
+    pub fn start(&self, wire: &[u8], client: IpAddr, via: Transport) -> Step {
+        let stats = &self.stats;
+        stats.queries.fetch_add(1, Ordering::Relaxed);
+        // Shorter than a header, or a response (QR set): never answered, so two servers
+        // cannot be made to bounce errors at each other.
+        if wire.len() < 12 || wire[2] & 0x80 != 0 {
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            return Step::Done(None);
+        }
+        let settings = self.settings();
+        let allowed = settings.acl.allows(client);
+        let query = match Message::from_vec(wire) {
+            Ok(query) => query,
+            Err(_) => {
+                stats.malformed.fetch_add(1, Ordering::Relaxed);
+                if !allowed {
+                    return Step::Done(None);
+                }
+                // RFC 1035 §4.1.1: FORMERR, with the ID and opcode we could read.
+                let id = u16::from_be_bytes([wire[0], wire[1]]);
+                let opcode = OpCode::from_u8((wire[2] >> 3) & 0x0f);
+                let mut reply = Message::error_msg(id, opcode, ResponseCode::FormErr);
+                reply.set_recursion_desired(wire[2] & 1 != 0);
+                return Step::Done(reply.to_vec().ok());
+            }
+        };
+        let max = max_size(&query, via, settings.forward.edns_buffer);
+        if !allowed {
+            // Never an open resolver: REFUSED (RFC 1035 §4.1.1, policy).
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            return Step::Done(error_reply(&query, ResponseCode::Refused, &settings, max));
+        }
+        if query.op_code() != OpCode::Query {
+            return Step::Done(error_reply(&query, ResponseCode::NotImp, &settings, max));
+        }
+        if query.queries().len() != 1 {
+            return Step::Done(error_reply(&query, ResponseCode::FormErr, &settings, max));
+        }
+        if query.extensions().as_ref().is_some_and(|e| e.version() > 0) {
+            // RFC 6891 §6.1.3.
+            return Step::Done(error_reply(&query, ResponseCode::BADVERS, &settings, max));
+        }
+        let question = &query.queries()[0];
+        match question.query_type() {
+            RecordType::AXFR | RecordType::IXFR => {
+                return Step::Done(error_reply(&query, ResponseCode::NotImp, &settings, max));
+            }
+            RecordType::ANY => {
+                // RFC 8482 §4.2: one synthesised HINFO instead of everything.
+                stats.local.fetch_add(1, Ordering::Relaxed);
+                let hinfo = Record::from_rdata(
+                    question.name().clone(),
+                    3600,
+                    RData::HINFO(HINFO::new("RFC8482".into(), String::new())),
+                );
+                let answer = Answer {
+                    rcode: ResponseCode::NoError,
+                    authentic_data: false,
+                    answers: vec![hinfo],
+                    authority: vec![],
+                    additional: vec![],
+                    size: 0,
+                };
+                return Step::Done(Some(render(&query, &answer, 0, &settings, max)));
+            }
+            _ => {}
+        }
+        if let Some(LocalAnswer::Records(rcode, records)) = settings
+            .local
+            .lookup(question.name(), question.query_type())
+        {
+            stats.local.fetch_add(1, Ordering::Relaxed);
+            let answer = Answer {
+                rcode,
+                authentic_data: false,
+                answers: records,
+                authority: vec![],
+                additional: vec![],
+                size: 0,
+            };
+            let mut reply = render_message(&query, &answer, 0, &settings);
+            reply.set_authoritative(true);
+            return Step::Done(Some(finish_wire(&query, reply, &settings, max)));
+        }
+        let edns = query.extensions().as_ref();
+        let key = Key {
+            name: question.name().to_lowercase(),
+            qtype: question.query_type(),
+            qclass: question.query_class(),
+            dnssec_ok: edns.is_some_and(|e| e.flags().dnssec_ok),
+            checking_disabled: query.checking_disabled(),
+        };
+        if let Some(Hit { answer, age, .. }) = self.cache.get(&key, Instant::now(), false) {
+            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Step::Done(Some(render(&query, &answer, age, &settings, max)));
+        }
+        Step::Forward(Box::new(Pending { query, key, max }))
+    }
+
+    /// Answers a query that needed an upstream.
+    pub async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
+        let Pending { query, key, max } = *pending;
+        let settings = self.settings();
+        let question = query.queries()[0].clone();
+        if let Some(answer) = self.resolve(key.clone(), question).await {
+            return render(&query, &answer, 0, &settings, max);
+        }
+        if let Some(hit) = self.cache.get(&key, Instant::now(), true) {
+            if !hit.stale {
+                return render(&query, &hit.answer, hit.age, &settings, max);
+            }
+            // RFC 8767 §4: stale answers go out with a TTL of 30 seconds.
+            self.stats.stale.fetch_add(1, Ordering::Relaxed);
+            let mut reply = render_message(&query, &hit.answer, 0, &settings);
+            for r in reply.answers_mut().iter_mut() {
+                r.set_ttl(30);
+            }
+            for r in reply.name_servers_mut().iter_mut() {
+                r.set_ttl(30);
+            }
+            return finish_wire(&query, reply, &settings, max);
+        }
+        self.stats.servfail.fetch_add(1, Ordering::Relaxed);
+        error_reply(&query, ResponseCode::ServFail, &settings, max).unwrap_or_default()
+    }
+
+    /// The upstream answer for `key`, shared by every query for it that arrives meanwhile.
+    async fn resolve(self: &Arc<Self>, key: Key, question: Query) -> Outcome {
+        let (tx, rx) = oneshot::channel();
+        let leader = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|e| e.into_inner());
+            match inflight.get_mut(&key) {
+                Some(waiters) => {
+                    waiters.push(tx);
+                    false
+                }
+                None => {
+                    inflight.insert(key.clone(), vec![tx]);
+                    true
+                }
+            }
+        };
+        if leader {
+            // Its own task: a client that goes away must not cancel the others' answer.
+            let this = self.clone();
+            tokio::spawn(async move {
+                let outcome = this.fetch(&key, question).await;
+                let waiters = this
+                    .inflight
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&key)
+                    .unwrap_or_default();
+                for waiter in waiters {
+                    let _ = waiter.send(outcome.clone());
+                }
+            });
+        } else {
+            self.stats.coalesced.fetch_add(1, Ordering::Relaxed);
+        }
+        rx.await.ok().flatten()
+    }
+
+    /// Asks the upstreams, fastest (by smoothed RTT) first, moving on after a timeout or a
+    /// SERVFAIL/REFUSED; caches what comes back.
+    async fn fetch(&self, key: &Key, question: Query) -> Outcome {
+        let settings = self.settings();
+        let mut order: Vec<&Arc<Upstream>> = settings.upstreams.iter().collect();
+        order.sort_by_key(|u| u.srtt());
+        for later in order.iter().skip(1) {
+            later.decay();
+        }
+        let mut query = question;
+        if settings.forward.randomize_case {
+            query.set_name(randomize_case(query.name()));
+        }
+        let ask = Ask {
+            query,
+            dnssec_ok: key.dnssec_ok,
+            checking_disabled: key.checking_disabled,
+            edns_buffer: settings.forward.edns_buffer,
+            exact_case: settings.forward.randomize_case,
+        };
+        let timeout = Duration::from_millis(settings.forward.timeout_ms.max(1));
+        for upstream in order {
+            self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
+            match upstream.exchange(&ask, timeout).await {
+                Ok(message) => {
+                    let rcode = message.response_code();
+                    if matches!(
+                        rcode,
+                        ResponseCode::ServFail | ResponseCode::Refused | ResponseCode::NotImp
+                    ) {
+                        tracing::debug!(upstream = %upstream.addr, %rcode, "trying the next upstream");
+                        upstream.failures.fetch_add(1, Ordering::Relaxed);
+                        continue;
+                    }
+                    let mut answer = answer_of(message);
+                    let ttl = answer.prepare_for_cache(&settings.cache);
+                    let answer = Arc::new(answer);
+                    if let Some(ttl) = ttl {
+                        self.cache
+                            .insert(key.clone(), answer.clone(), ttl, Instant::now());
+                    }
+                    return Some(answer);
+                }
+                Err(err) => {
+                    tracing::debug!(upstream = %upstream.addr, error = %err, "upstream failed");
+                }
+            }
+        }
+        // Every upstream failed or said SERVFAIL: the caller answers stale or SERVFAIL, and
+        // nothing is cached.
+        None
+    }
+
+    /// One line of statistics, for STATUS= and the SIGUSR1 log.
+    pub fn status(&self) -> String {
+        let s = &self.stats;
+        let (entries, bytes) = self.cache.size();
+        let settings = self.settings();
+        let rtts: Vec<String> = settings
+            .upstreams
+            .iter()
+            .map(|u| format!("{} {:.1}ms", u.addr, u.srtt().as_secs_f64() * 1000.0))
+            .collect();
+        format!(
+            "{} queries, {} cache hits, {} local, {} upstream queries, {} coalesced, {} SERVFAIL, {} stale, {} refused, {} rate-limited, {} malformed; cache {} entries {} bytes; upstream RTT: {}",
+            s.queries.load(Ordering::Relaxed),
+            s.cache_hits.load(Ordering::Relaxed),
+            s.local.load(Ordering::Relaxed),
+            s.forwarded.load(Ordering::Relaxed),
+            s.coalesced.load(Ordering::Relaxed),
+            s.servfail.load(Ordering::Relaxed),
+            s.stale.load(Ordering::Relaxed),
+            s.refused.load(Ordering::Relaxed),
+            s.rate_limited.load(Ordering::Relaxed),
+            s.malformed.load(Ordering::Relaxed),
+            entries,
+            bytes,
+            if rtts.is_empty() { "none".into() } else { rtts.join(", ") },
+        )
+    }
+}
+
+/// Keeps the sections of an upstream answer (its OPT record is ours to write).
+fn answer_of(mut message: Message) -> Answer {
+    let size = message.to_vec().map_or(512, |w| w.len());
+    Answer {
+        rcode: message.response_code(),
+        authentic_data: message.authentic_data(),
+        answers: message.take_answers(),
+        authority: message.take_name_servers(),
+        additional: message.take_additionals(),
+        size,
+    }
+}
+
+/// Each letter of the name in random case (draft-vixie-dnsext-dns0x20).
+fn randomize_case(name: &Name) -> Name {
+    let text: String = name
+        .to_ascii()
+        .chars()
+        .map(|c| {
+            if rand::random::<bool>() {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            }
+        })
+        .collect();
+    Name::from_ascii(&text).unwrap_or_else(|_| name.clone())
+}
+
+/// The largest answer the client takes: 512 over UDP without EDNS, else its buffer size (RFC
+/// 6891 §6.2.5: never below 512), capped by ours; 65535 over TCP.
+fn max_size(query: &Message, via: Transport, ours: u16) -> usize {
+    match via {
+        Transport::Tcp => 65535,
+        Transport::Udp => match query.extensions().as_ref() {
+            Some(e) => usize::from(e.max_payload().min(ours.max(512)).max(512)),
+            None => 512,
+        },
+    }
+}
+
+/// The reply's header, question and OPT, before any records.
+fn reply_to(query: &Message, rcode: ResponseCode, settings: &Settings) -> Message {
+    let mut reply = Message::new();
+    reply
+        .set_id(query.id())
+        .set_message_type(MessageType::Response)
+        .set_op_code(query.op_code())
+        .set_recursion_desired(query.recursion_desired())
+        .set_recursion_available(true)
+        .set_checking_disabled(query.checking_disabled())
+        .set_response_code(rcode);
+    reply.add_queries(query.queries().iter().cloned());
+    if let Some(client) = query.extensions().as_ref() {
+        let mut edns = Edns::new();
+        edns.set_max_payload(settings.forward.edns_buffer.max(512));
+        edns.set_dnssec_ok(client.flags().dnssec_ok);
+        reply.set_edns(edns);
+    }
+    reply
+}
+
+fn error_reply(
+    query: &Message,
+    rcode: ResponseCode,
+    settings: &Settings,
+    max: usize,
+) -> Option<Vec<u8>> {
+    let reply = reply_to(query, rcode, settings);
+    Some(finish_wire(query, reply, settings, max))
+}
+
+/// The answer as a reply to `query`, TTLs lowered by `age` seconds.
+fn render_message(query: &Message, answer: &Answer, age: u32, settings: &Settings) -> Message {
+    let mut reply = reply_to(query, answer.rcode, settings);
+    // RFC 6840 §5.8: AD only to clients that showed they understand it.
+    let wants_ad = query.authentic_data()
+        || query
+            .extensions()
+            .as_ref()
+            .is_some_and(|e| e.flags().dnssec_ok);
+    reply.set_authentic_data(answer.authentic_data && wants_ad);
+    let aged = |r: &Record| {
+        let mut r = r.clone();
+        r.set_ttl(r.ttl().saturating_sub(age));
+        r
+    };
+    // The name as the client wrote it, in the answer's owner names where they match.
+    let asked = query.queries()[0].name();
+    let answers = answer.answers.iter().map(|r| {
+        let mut r = aged(r);
+        if r.name() == asked {
+            r.set_name(asked.clone());
+        }
+        r
+    });
+    reply.insert_answers(answers.collect());
+    reply.insert_name_servers(answer.authority.iter().map(aged).collect());
+    reply.insert_additionals(answer.additional.iter().map(aged).collect());
+    reply
+}
+
+fn render(query: &Message, answer: &Answer, age: u32, settings: &Settings, max: usize) -> Vec<u8> {
+    let reply = render_message(query, answer, age, settings);
+    finish_wire(query, reply, settings, max)
+}
+
+/// Serialises a reply; one that does not fit `max` goes out empty with TC set (RFC 2181 §9:
+/// the client retries over TCP).
+fn finish_wire(query: &Message, reply: Message, settings: &Settings, max: usize) -> Vec<u8> {
+    match reply.to_vec() {
+        Ok(wire) if wire.len() <= max => wire,
+        result => {
+            let mut short = reply_to(query, reply.response_code(), settings);
+            if result.is_ok() {
+                short.set_truncated(true);
+            } else {
+                short.set_response_code(ResponseCode::ServFail);
+            }
+            short.set_authentic_data(reply.authentic_data());
+            short.to_vec().unwrap_or_default()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hickory_proto::rr::rdata::TXT;
+
+    fn settings() -> Settings {
+        let mut config = Config::default();
+        config.forward.resolv_conf = "/nonexistent".into();
+        Settings::from_config(&config, &[]).unwrap()
+    }
+
+    fn query(name: &str, qtype: RecordType, edns: Option<u16>) -> Message {
+        let mut m = Message::new();
+        m.set_id(4242)
+            .set_recursion_desired(true)
+            .add_query(Query::query(Name::from_ascii(name).unwrap(), qtype));
+        if let Some(size) = edns {
+            let mut e = Edns::new();
+            e.set_max_payload(size);
+            m.set_edns(e);
+        }
+        m
+    }
+
+    fn forwarder() -> Arc<Forwarder> {
+        Arc::new(Forwarder::new(settings(), CacheConfig::default()))
+    }
+
+    fn reply(f: &Forwarder, wire: &[u8], client: &str, via: Transport) -> Option<Message> {
+        match f.start(wire, client.parse().unwrap(), via) {
+            Step::Done(reply) => reply.map(|r| Message::from_vec(&r).unwrap()),
+            Step::Forward(_) => panic!("wanted an answer without upstream"),
+        }
+    }
+
+    #[test]
+    fn refuses_other_networks() {
+        let f = forwarder();
+        let q = query("example.", RecordType::A, None).to_vec().unwrap();
+        let r = reply(&f, &q, "192.0.2.1", Transport::Udp).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::Refused);
+        assert_eq!(r.id(), 4242);
+        assert_eq!(r.queries().len(), 1);
+    }
+
+    #[test]
+    fn errors_follow_the_rfcs() {
+        let f = forwarder();
+        // Garbage after a header: FORMERR with the ID.
+        let r = reply(
+            &f,
+            &[0x12, 0x34, 0x01, 0, 0, 1, 0, 0, 0, 0, 0, 0, 7],
+            "127.0.0.1",
+            Transport::Udp,
+        )
+        .unwrap();
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        assert_eq!(r.id(), 0x1234);
+        // Compression pointer pointing at itself.
+        let looped = [0, 1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xc0, 12, 0, 1, 0, 1];
+        let r = reply(&f, &looped, "127.0.0.1", Transport::Udp).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        // No question.
+        let mut none = query("example.", RecordType::A, None);
+        none.take_queries();
+        let r = reply(&f, &none.to_vec().unwrap(), "127.0.0.1", Transport::Udp).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::FormErr);
+        // A response is never answered; nor is a short packet.
+        let mut resp = query("example.", RecordType::A, None);
+        resp.set_message_type(MessageType::Response);
+        assert!(reply(&f, &resp.to_vec().unwrap(), "127.0.0.1", Transport::Udp).is_none());
+        assert!(reply(&f, &[1, 2, 3], "127.0.0.1", Transport::Udp).is_none());
+        // NOTIFY, UPDATE: not implemented.
+        let mut notify = query("example.", RecordType::SOA, None);
+        notify.set_op_code(OpCode::Update);
+        let r = reply(&f, &notify.to_vec().unwrap(), "127.0.0.1", Transport::Udp).unwrap();
+        assert_eq!(r.response_code(), ResponseCode::NotImp);
+    }
+
+    #[test]
+    fn any_gets_a_minimal_answer() {
+        let f = forwarder();
+        let q = query("example.", RecordType::ANY, Some(1232))
+            .to_vec()
+            .unwrap();
+        let r = reply(&f, &q, "::1", Transport::Udp).unwrap();
+        assert_eq!(r.answers().len(), 1);
+        assert_eq!(r.answers()[0].record_type(), RecordType::HINFO);
+    }
+
+    #[test]
+    fn big_answers_are_truncated_to_the_client_buffer() {
+        let s = settings();
+        let records: Vec<Record> = (0..40)
+            .map(|i| {
+                Record::from_rdata(
+                    Name::from_ascii("big.example.").unwrap(),
+                    60,
+                    RData::TXT(TXT::new(vec![format!("{i:02}{}", "x".repeat(40))])),
+                )
+            })
+            .collect();
+        let answer = Answer {
+            rcode: ResponseCode::NoError,
+            authentic_data: false,
+            answers: records,
+            authority: vec![],
+            additional: vec![],
+            size: 0,
+        };
+        let q = query("big.example.", RecordType::TXT, None);
+        let udp = Message::from_vec(&render(
+            &q,
+            &answer,
+            0,
+            &s,
+            max_size(&q, Transport::Udp, 1232),
+        ))
+        .unwrap();
+        assert!(udp.truncated());
+        assert!(udp.answers().is_empty());
+        let tcp = Message::from_vec(&render(
+            &q,
+            &answer,
+            0,
+            &s,
+            max_size(&q, Transport::Tcp, 1232),
+        ))
+        .unwrap();
+        assert!(!tcp.truncated());
+        assert_eq!(tcp.answers().len(), 40);
+        let q = query("big.example.", RecordType::TXT, Some(4096));
+        let wire = render(&q, &answer, 0, &s, max_size(&q, Transport::Udp, 4096));
+        assert!(!Message::from_vec(&wire).unwrap().truncated());
+        assert!(wire.len() > 1232);
+    }
+
+    #[test]
+    fn resolv_conf_skips_ourselves() {
+        let dir = std::env::temp_dir().join(format!("dnsfwd-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("resolv.conf");
+        std::fs::write(
+            &path,
+            "search lan\nnameserver 127.0.0.1\nnameserver 192.0.2.53\nnameserver fe80::1%eth0\n",
+        )
+        .unwrap();
+        let own: Vec<SocketAddr> = vec!["127.0.0.1:53".parse().unwrap()];
+        let found: Vec<SocketAddr> = resolv_conf_upstreams(&path, &own)
+            .iter()
+            .map(|u| u.addr)
+            .collect();
+        assert_eq!(
+            found,
+            vec![
+                "192.0.2.53:53".parse::<SocketAddr>().unwrap(),
+                "[fe80::1]:53".parse().unwrap()
+            ]
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,297 @@
+//! Asking upstreams: UDP from a fresh socket with a fresh ID per query (TCP when truncated),
+//! DNS-over-TLS on a reused connection; answers accepted only when they match.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::Mutex;
+use tokio_rustls::client::TlsStream;
+use tokio_rustls::TlsConnector;
+
+use crate::config::{Protocol, UpstreamConfig};
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("timed out")]
+    Timeout,
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("bad answer: {0}")]
+    Bad(String),
+}
+
+/// What is asked: the question as sent (case possibly randomised) and the flags to pass on.
+pub struct Ask {
+    pub query: Query,
+    pub dnssec_ok: bool,
+    pub checking_disabled: bool,
+    pub edns_buffer: u16,
+    /// Compare the question's name case-sensitively (0x20 in use).
+    pub exact_case: bool,
+}
+
+pub struct Upstream {
+    pub addr: SocketAddr,
+    pub protocol: Protocol,
+    tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
+    /// The reused DoT connection (RFC 7858 §3.4); one query on it at a time.
+    conn: Mutex<Option<TlsStream<TcpStream>>>,
+    /// Smoothed round-trip time in microseconds, as BIND and Unbound keep it.
+    srtt_us: AtomicU64,
+    pub queries: AtomicU64,
+    pub failures: AtomicU64,
+}
+
+impl Upstream {
+    pub fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
+        let addr = config.socket_addr().map_err(anyhow::Error::msg)?;
+        let tls = match config.protocol {
+            Protocol::Udp => None,
+            Protocol::Tls => {
+                let name = config.tls_name.clone().ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "upstream {}: tls needs tls_name (checked on the certificate)",
+                        config.address
+                    )
+                })?;
+                let server_name = rustls_pki_types::ServerName::try_from(name.clone())
+                    .map_err(|e| anyhow::anyhow!("upstream tls_name {name:?}: {e}"))?;
+                Some((connector(config)?, server_name))
+            }
+        };
+        Ok(Upstream {
+            addr,
+            protocol: config.protocol,
+            tls,
+            conn: Mutex::new(None),
+            // A little randomness so equal upstreams share the load at first.
+            srtt_us: AtomicU64::new(rand::random::<u64>() % 1000),
+            queries: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        })
+    }
+
+    /// A plain UDP upstream (from resolv.conf).
+    pub fn udp(addr: SocketAddr) -> Self {
+        Upstream {
+            addr,
+            protocol: Protocol::Udp,
+            tls: None,
+            conn: Mutex::new(None),
+            srtt_us: AtomicU64::new(rand::random::<u64>() % 1000),
+            queries: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+        }
+    }
+
+    pub fn srtt(&self) -> Duration {
+        Duration::from_micros(self.srtt_us.load(Ordering::Relaxed))
+    }
+
+    fn record_rtt(&self, rtt: Duration) {
+        let sample = rtt.as_micros().min(u128::from(u64::MAX)) as u64;
+        let old = self.srtt_us.load(Ordering::Relaxed);
+        self.srtt_us
+            .store((old * 7 + sample) / 8, Ordering::Relaxed);
+    }
+
+    /// A timeout or failure: the upstream looks as slow as the timeout, and more so each time.
+    fn record_failure(&self, timeout: Duration) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+        let t = timeout.as_micros() as u64;
+        let old = self.srtt_us.load(Ordering::Relaxed);
+        self.srtt_us.store(
+            old.max(t).saturating_mul(2).min(60_000_000),
+            Ordering::Relaxed,
+        );
+    }
+
+    /// Not chosen this time: let its estimate drift down so it is tried again one day.
+    pub fn decay(&self) {
+        let old = self.srtt_us.load(Ordering::Relaxed);
+        self.srtt_us.store(old - old / 64, Ordering::Relaxed);
+    }
+
+    /// Asks this upstream, within `timeout`; records the RTT or the failure.
+    pub async fn exchange(&self, ask: &Ask, timeout: Duration) -> Result<Message, UpstreamError> {
+        self.queries.fetch_add(1, Ordering::Relaxed);
+        let start = Instant::now();
+        let result = match tokio::time::timeout(timeout, self.exchange_inner(ask)).await {
+            Ok(result) => result,
+            Err(_) => Err(UpstreamError::Timeout),
+        };
+        match &result {
+            Ok(_) => self.record_rtt(start.elapsed()),
+            Err(_) => self.record_failure(timeout),
+        }
+        result
+    }
+
+    async fn exchange_inner(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+        match self.protocol {
+            Protocol::Udp => {
+                let answer = self.exchange_udp(ask).await?;
+                if answer.truncated() {
+                    // RFC 1035 §4.2.1 / RFC 7766 §5: retry the whole question over TCP.
+                    let mut stream = TcpStream::connect(self.addr).await?;
+                    return exchange_stream(&mut stream, ask).await;
+                }
+                Ok(answer)
+            }
+            Protocol::Tls => self.exchange_tls(ask).await,
+        }
+    }
+
+    async fn exchange_udp(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+        // A new socket per query: the kernel picks a random ephemeral source port, and
+        // connect() makes it drop datagrams from any other address or port.
+        let bind: SocketAddr = if self.addr.is_ipv4() {
+            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        } else {
+            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+        };
+        let socket = UdpSocket::bind(bind).await?;
+        socket.connect(self.addr).await?;
+        let (id, wire) = build_query(ask)?;
+        socket.send(&wire).await?;
+        let mut buf = vec![0u8; 65535];
+        loop {
+            let n = socket.recv(&mut buf).await?;
+            match check_answer(&buf[..n], id, ask) {
+                Ok(message) => return Ok(message),
+                // A forgery or a stray: keep waiting for the real answer until the timeout.
+                Err(why) => tracing::debug!(upstream = %self.addr, why, "ignored a datagram"),
+            }
+        }
+    }
+
+    async fn exchange_tls(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+        let Some((connector, name)) = &self.tls else {
+            return Err(UpstreamError::Bad("no TLS context".into()));
+        };
+        let mut conn = self.conn.lock().await;
+        // A kept connection the server has since closed fails at once; then one fresh try.
+        for attempt in 0..2 {
+            let stream = match conn.as_mut() {
+                Some(stream) => stream,
+                None => {
+                    let tcp = TcpStream::connect(self.addr).await?;
+                    let _ = tcp.set_nodelay(true);
+                    let tls = connector.connect(name.clone(), tcp).await?;
+                    conn.insert(tls)
+                }
+            };
+            match exchange_stream(stream, ask).await {
+                Ok(message) => return Ok(message),
+                Err(err) => {
+                    *conn = None;
+                    if attempt == 1 || !matches!(err, UpstreamError::Io(_)) {
+                        return Err(err);
+                    }
+                }
+            }
+        }
+        Err(UpstreamError::Bad("unreachable".into()))
+    }
+}
+
+fn connector(config: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match &config.tls_ca {
+        Some(path) => {
+            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            {
+                let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+                roots.add(cert)?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            for cert in found.certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(TlsConnector::from(Arc::new(config)))
+}
+
+/// The query message with a fresh random ID.
+fn build_query(ask: &Ask) -> Result<(u16, Vec<u8>), UpstreamError> {
+    let id: u16 = rand::random();
+    let mut message = Message::new();
+    message
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .set_checking_disabled(ask.checking_disabled)
+        .add_query(ask.query.clone());
+    let mut edns = Edns::new();
+    edns.set_max_payload(ask.edns_buffer.max(512));
+    edns.set_dnssec_ok(ask.dnssec_ok);
+    message.set_edns(edns);
+    let wire = message
+        .to_vec()
+        .map_err(|e| UpstreamError::Bad(e.to_string()))?;
+    Ok((id, wire))
+}
+
+/// Parses an upstream answer and checks it answers our query: a response, our ID, our question.
+fn check_answer(wire: &[u8], id: u16, ask: &Ask) -> Result<Message, &'static str> {
+    let message = Message::from_vec(wire).map_err(|_| "unparseable")?;
+    if message.message_type() != MessageType::Response {
+        return Err("not a response");
+    }
+    if message.id() != id {
+        return Err("wrong ID");
+    }
+    let [q] = message.queries() else {
+        return Err("wrong question count");
+    };
+    let same_name = if ask.exact_case {
+        q.name().eq_case(ask.query.name())
+    } else {
+        q.name() == ask.query.name()
+    };
+    if !same_name
+        || q.query_type() != ask.query.query_type()
+        || q.query_class() != ask.query.query_class()
+    {
+        return Err("wrong question");
+    }
+    Ok(message)
+}
+
+/// One query on a stream (TCP or TLS): two-byte length, then the message.
+async fn exchange_stream<S>(stream: &mut S, ask: &Ask) -> Result<Message, UpstreamError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let (id, wire) = build_query(ask)?;
+    let mut framed = Vec::with_capacity(wire.len() + 2);
+    framed.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+    framed.extend_from_slice(&wire);
+    stream.write_all(&framed).await?;
+    stream.flush().await?;
+    loop {
+        let len = stream.read_u16().await?;
+        let mut buf = vec![0u8; usize::from(len)];
+        stream.read_exact(&mut buf).await?;
+        match check_answer(&buf, id, ask) {
+            Ok(message) => return Ok(message),
+            Err(why) => tracing::debug!(why, "ignored a stream answer"),
+        }
+    }
+}
