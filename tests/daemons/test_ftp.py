@@ -485,6 +485,26 @@ def test_abor_stops_a_running_transfer(ftpd, home):
     f.quit()
 
 
+def test_dropped_upload_leaves_the_partial_file_and_rest_resumes_it(ftpd, home):
+    data = os.urandom(4 * 1024 * 1024)
+    f = plain(ftpd)
+    conn = f.transfercmd("STOR partial.bin")
+    conn.sendall(data[:300_000])
+    # The client vanishes mid-upload: its control connection drops while data still flows.
+    f.close()
+    ftpd.wait_log("partial file kept")
+    conn.close()
+    kept = (home["alice"] / "partial.bin").read_bytes()
+    assert len(kept) <= 300_000 and kept == data[:len(kept)]
+    # REST + STOR picks up where it stopped.
+    f = plain(ftpd)
+    offset = f.size("partial.bin")
+    assert offset == len(kept)
+    f.storbinary("STOR partial.bin", io.BytesIO(data[offset:]), rest=offset)
+    f.quit()
+    assert (home["alice"] / "partial.bin").read_bytes() == data
+
+
 def test_socket_activation(daemons, home, cert):
     from support.inetkit import listening_socket
     ftp, ftps = listening_socket(), listening_socket()

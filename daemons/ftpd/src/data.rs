@@ -15,6 +15,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// Transfer buffer: big enough that per-call costs vanish next to the copy itself.
 const BUF_SIZE: usize = 1 << 20;
+/// The smallest transfer buffer.
+const MIN_BUF: usize = 16 << 10;
 /// How much one sendfile call may move.
 const SENDFILE_CHUNK: usize = 1 << 24;
 /// How long a finished data connection is kept open to read the client's last bytes (its
@@ -30,7 +32,7 @@ pub enum Pending {
     Active(SocketAddr),
 }
 
-/// A passive listener on `ip`, on a free port of `ports` (`[0, 0]`: any port).
+/// A passive listener on `ip`, on a free port of `ports` (`[0, 0]`: 49152–65535).
 pub fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
     let [low, high] = ports;
     let bind = |port| {
@@ -38,12 +40,21 @@ pub fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
             IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
             IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
         };
+        // The data connections we closed first linger in TIME_WAIT on their passive port; without
+        // SO_REUSEADDR those ports could not be listened on again for a minute, and a busy
+        // server would run out of ports (as vsftpd does, for the same reason).
+        socket.set_reuseaddr(true)?;
         socket.bind(SocketAddr::new(ip, port))?;
         socket.listen(1)
     };
-    if low == 0 && high == 0 {
-        return bind(0);
-    }
+    // "Any port" is the IANA dynamic range, tried from a random start like a configured range:
+    // bind(0) would do, but the kernel's search for a free port grows with the ports held in
+    // TIME_WAIT, and costs more than the transfer at a few thousand files a second.
+    let (low, high) = if low == 0 && high == 0 {
+        (49152, 65535)
+    } else {
+        (low, high)
+    };
     // Start at a random port of the range so sessions do not race for the same one.
     let span = u32::from(high - low) + 1;
     let start = rand::random::<u32>() % span;
@@ -181,7 +192,16 @@ pub async fn send_file(
             }
         }
         _ => {
-            let mut buf = vec![0u8; BUF_SIZE];
+            // No bigger than the file: a megabyte zeroed for every small file costs more than
+            // sending it.
+            let left = match (file.metadata(), {
+                use std::io::Seek;
+                file.stream_position()
+            }) {
+                (Ok(meta), Ok(pos)) => meta.len().saturating_sub(pos),
+                _ => BUF_SIZE as u64,
+            };
+            let mut buf = vec![0u8; (left as usize).clamp(MIN_BUF, BUF_SIZE)];
             let mut converted = Vec::new();
             let mut crlf = ToCrlf::default();
             loop {
@@ -227,7 +247,8 @@ pub async fn receive_file(
     timeout: Duration,
     progress: Progress,
 ) -> io::Result<u64> {
-    let mut buf = vec![0u8; BUF_SIZE];
+    // Starts small (most uploads are) and grows while reads fill it.
+    let mut buf = vec![0u8; MIN_BUF];
     let mut converted = Vec::new();
     let mut lf = ToLf::default();
     let mut received = 0u64;
@@ -235,6 +256,9 @@ pub async fn receive_file(
         let n = step(timeout, stream.read(&mut buf)).await?;
         if n == 0 {
             break;
+        }
+        if n == buf.len() && buf.len() < BUF_SIZE {
+            buf.resize(buf.len() * 2, 0);
         }
         received += n as u64;
         progress.store(received, Ordering::Relaxed);

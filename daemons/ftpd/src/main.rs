@@ -57,8 +57,8 @@ impl Default for Config {
 pub struct FtpConfig {
     /// Users whose home field is empty get `<root>/<user>`, created on first login.
     pub root: PathBuf,
-    /// Ports for passive data connections, first and last (inclusive); `[0, 0]` lets the
-    /// system pick any free port.
+    /// Ports for passive data connections, first and last (inclusive); `[0, 0]` is any free
+    /// port of the dynamic range, 49152–65535.
     pub passive_ports: [u16; 2],
     /// The IPv4 address PASV tells clients to connect to (behind NAT); by default the address
     /// the client reached us on.
