@@ -58,7 +58,7 @@ pub fn run(args: &[String]) -> anyhow::Result<()> {
                     bail!("message {id}: not in the spool");
                 }
                 spool
-                    .remove(&id)
+                    .remove(&id, true)
                     .with_context(|| format!("removing {id}"))?;
                 println!("{id}: deleted");
             }

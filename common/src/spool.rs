@@ -202,7 +202,15 @@ impl Spool {
 
     /// Appends one line to the message's delivery log and fsyncs it.
     pub fn record(&self, id: &str, line: &str) -> io::Result<()> {
-        debug_assert!(!line.contains('\n'));
+        self.record_lines(id, &[line])
+    }
+
+    /// Appends lines to the message's delivery log with one write and one fsync.
+    pub fn record_lines(&self, id: &str, lines: &[&str]) -> io::Result<()> {
+        debug_assert!(lines.iter().all(|line| !line.contains('\n')));
+        if lines.is_empty() {
+            return Ok(());
+        }
         if !self.path(id, "env").exists() {
             return Err(io::Error::new(io::ErrorKind::NotFound, "no such message"));
         }
@@ -211,12 +219,17 @@ impl Spool {
             .create(true)
             .mode(0o600)
             .open(self.path(id, "state"))?;
-        file.write_all(format!("{line}\n").as_bytes())?;
+        let mut text = lines.join("\n");
+        text.push('\n');
+        file.write_all(text.as_bytes())?;
         file.sync_data()
     }
 
     /// Removes a message: the envelope first, so what is left is an orphan, never a message.
-    pub fn remove(&self, id: &str) -> io::Result<()> {
+    /// `durable`: fsync the directory, so the removal survives a crash. Not needed once every
+    /// recipient is in a local mailbox: a message that comes back is recognised there and not
+    /// delivered again.
+    pub fn remove(&self, id: &str, durable: bool) -> io::Result<()> {
         match fs::remove_file(self.path(id, "env")) {
             Ok(()) => {}
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(()),
@@ -224,7 +237,10 @@ impl Spool {
         }
         let _ = fs::remove_file(self.path(id, "state"));
         let _ = fs::remove_file(self.path(id, "msg"));
-        sync_dir(&self.dir)
+        if durable {
+            sync_dir(&self.dir)?;
+        }
+        Ok(())
     }
 
     /// The message's header section (up to the empty line), at most `max` bytes.

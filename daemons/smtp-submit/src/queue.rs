@@ -180,6 +180,10 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
     }
     let mut state = entry.state.clone();
     let mut temporary: Option<String> = None;
+    // What this attempt did, logged with one fsync when it ends. A local delivery not yet
+    // logged is safe: after a crash the message is looked for in the mailbox (`recovering`).
+    let mut log: Vec<String> = Vec::new();
+    let mut relayed_now = false;
 
     // Local recipients, once per user.
     let users: BTreeSet<String> = entry
@@ -213,12 +217,13 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
                     .map_err(std::io::Error::other)?;
                 test_crash("after-delivery");
             }
-            spool.record(&owned, &format!("delivered {u}"))
+            Ok(())
         })
         .await;
         match result {
             Ok(()) => {
                 tracing::info!(id, user, "delivered");
+                log.push(format!("delivered {user}"));
                 state.delivered.insert(user);
             }
             Err(err) => {
@@ -243,15 +248,16 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
         match relay(d, &entry, &remote).await {
             Ok(()) => {
                 for address in &remote {
-                    record(d, id, format!("relayed {address}")).await?;
+                    log.push(format!("relayed {address}"));
                     state.relayed.insert(address.clone());
                 }
+                relayed_now = true;
                 tracing::info!(id, recipients = remote.len(), "relayed");
             }
             Err(RelayError::Permanent(reason)) => {
                 tracing::warn!(id, reason, "relay refused the message");
                 for address in &remote {
-                    record(d, id, format!("failed {address} {reason}")).await?;
+                    log.push(format!("failed {address} {reason}"));
                     state.failed.push((address.clone(), reason.clone()));
                 }
             }
@@ -268,7 +274,7 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
         if age >= d.retry.lifetime.as_secs() {
             let reason = format!("4.4.7 delivery time expired; last error: {reason}");
             for address in pending(&entry, &state) {
-                record(d, id, format!("failed {address} {reason}")).await?;
+                log.push(format!("failed {address} {reason}"));
                 state.failed.push((address, reason.clone()));
             }
             temporary = None;
@@ -277,16 +283,21 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
     if let Some(reason) = temporary {
         let next = now() + d.retry.delay(state.deferrals + 1).as_secs();
         let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
-        return record(d, id, format!("deferred {next} {reason}")).await;
+        log.push(format!("deferred {next} {reason}"));
+        return record(d, id, log).await;
     }
 
     if !state.failed.is_empty() && !state.bounced {
+        // The failures are logged before the bounce goes out, the bounce before removal.
+        record(d, id, std::mem::take(&mut log)).await?;
         bounce(d, &entry, &state.failed, recovering).await?;
-        record(d, id, "bounced".to_owned()).await?;
+        record(d, id, vec!["bounced".to_owned()]).await?;
     }
+    // Relayed mail cannot be recognised at the smarthost: its removal must survive a crash,
+    // or the message would be sent twice.
     let spool = d.spool.clone();
     let owned = id.to_owned();
-    blocking(move || spool.remove(&owned)).await?;
+    blocking(move || spool.remove(&owned, relayed_now)).await?;
     tracing::info!(id, "done");
     Ok(())
 }
@@ -315,10 +326,17 @@ fn pending(entry: &Entry, state: &inetkit_common::spool::State) -> Vec<String> {
         .collect()
 }
 
-async fn record(d: &Arc<Deliverer>, id: &str, line: String) -> std::io::Result<()> {
+async fn record(d: &Arc<Deliverer>, id: &str, lines: Vec<String>) -> std::io::Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
     let spool = d.spool.clone();
     let id = id.to_owned();
-    blocking(move || spool.record(&id, &line)).await
+    blocking(move || {
+        let lines: Vec<&str> = lines.iter().map(String::as_str).collect();
+        spool.record_lines(&id, &lines)
+    })
+    .await
 }
 
 enum RelayError {
