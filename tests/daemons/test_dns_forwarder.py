@@ -342,6 +342,12 @@ def test_cache_counts_down_and_expires(daemons, nsd):
     time.sleep(1.1)
     again = answers(dig(udp, "www.example.test", "A"))
     assert again[0][3] == "192.0.2.10" and again[0][1] < 300
+    # Later hits are copies of a rendered reply with TTLs and the question's case patched.
+    time.sleep(1.1)
+    out = dig(udp, "WWW.Example.TEST", "A")
+    later = [line for line in out.splitlines() if line.startswith("WWW.Example.TEST.")]
+    assert later and "192.0.2.10" in later[0] and int(later[0].split()[1]) < again[0][1]
+    assert "id: " in out and status_of(dig(tcp, "+tcp", "www.example.test", "A")) == "NOERROR"
     # Once its 2 seconds are up, `short` is gone: nobody is left to ask.
     time.sleep(1.5)
     out = dig(udp, "short.example.test", "A")

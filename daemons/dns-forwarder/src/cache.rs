@@ -2,13 +2,14 @@
 //! RFC 2308, expired entries optionally served stale (RFC 8767).
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 use crate::config::CacheConfig;
+use crate::fast::Template;
 
 /// What a cached answer is stored under: the question, and the bits that change the answer.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -32,6 +33,8 @@ pub struct Answer {
     pub additional: Vec<Record>,
     /// Wire size, for the byte bound.
     pub size: usize,
+    /// Rendered replies for the fast path: to queries without and with EDNS.
+    pub templates: [OnceLock<Option<Template>>; 2],
 }
 
 impl Answer {
@@ -239,6 +242,7 @@ mod tests {
             authority: vec![],
             additional: vec![],
             size,
+            templates: Default::default(),
         }
     }
 
@@ -314,6 +318,7 @@ mod tests {
             )],
             additional: vec![],
             size: 50,
+            templates: Default::default(),
         };
         assert_eq!(a.prepare_for_cache(&CacheConfig::default()), Some(30));
         assert_eq!(a.authority[0].ttl(), 30);

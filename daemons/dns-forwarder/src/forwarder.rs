@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 
 use crate::cache::{Answer, Cache, Hit, Key};
 use crate::config::{Acl, CacheConfig, Config, ForwardConfig};
+use crate::fast::{self, Plain, Template};
 use crate::local::{LocalAnswer, LocalData};
 use crate::upstream::{Ask, Upstream};
 
@@ -174,6 +175,13 @@ impl Forwarder {
         }
         let settings = self.settings();
         let allowed = settings.acl.allows(client);
+        let plain = if allowed { fast::parse(wire) } else { None };
+        if let Some(plain) = &plain {
+            if let Some(reply) = self.fast_hit(wire, plain, &settings, via) {
+                stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return Step::Done(Some(reply));
+            }
+        }
         let query = match Message::from_vec(wire) {
             Ok(query) => query,
             Err(_) => {
@@ -225,6 +233,7 @@ impl Forwarder {
                     authority: vec![],
                     additional: vec![],
                     size: 0,
+                    templates: Default::default(),
                 };
                 return Step::Done(Some(render(&query, &answer, 0, &settings, max)));
             }
@@ -242,6 +251,7 @@ impl Forwarder {
                 authority: vec![],
                 additional: vec![],
                 size: 0,
+                templates: Default::default(),
             };
             let mut reply = render_message(&query, &answer, 0, &settings);
             reply.set_authoritative(true);
@@ -257,9 +267,57 @@ impl Forwarder {
         };
         if let Some(Hit { answer, age, .. }) = self.cache.get(&key, Instant::now(), false) {
             stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            if let Some(plain) = &plain {
+                // Render the reply once in full for the fast path's later hits.
+                let slot = &answer.templates[usize::from(plain.edns.is_some())];
+                slot.get_or_init(|| {
+                    Template::new(render(&query, &answer, age, &settings, 65535), age)
+                });
+            }
             return Step::Done(Some(render(&query, &answer, age, &settings, max)));
         }
         Step::Forward(Box::new(Pending { query, key, max }))
+    }
+
+    /// A cache hit for a plain query whose reply was rendered before: patched, not rebuilt.
+    fn fast_hit(
+        &self,
+        wire: &[u8],
+        plain: &Plain,
+        settings: &Settings,
+        via: Transport,
+    ) -> Option<Vec<u8>> {
+        if matches!(
+            plain.qtype,
+            RecordType::ANY | RecordType::AXFR | RecordType::IXFR
+        ) || settings.local.lookup(&plain.name, plain.qtype).is_some()
+        {
+            return None;
+        }
+        let dnssec_ok = plain.edns.is_some_and(|(_, d)| d);
+        let key = Key {
+            name: plain.name.clone(),
+            qtype: plain.qtype,
+            qclass: plain.qclass,
+            dnssec_ok,
+            checking_disabled: plain.checking_disabled,
+        };
+        let hit = self.cache.get(&key, Instant::now(), false)?;
+        let template = hit.answer.templates[usize::from(plain.edns.is_some())]
+            .get()?
+            .as_ref()?;
+        let max = match (via, plain.edns) {
+            (Transport::Tcp, _) => 65535,
+            (Transport::Udp, None) => 512,
+            (Transport::Udp, Some((size, _))) => {
+                usize::from(size.min(settings.forward.edns_buffer.max(512)).max(512))
+            }
+        };
+        if template.len() > max {
+            return None;
+        }
+        let ad = hit.answer.authentic_data && (plain.authentic_data || dnssec_ok);
+        Some(template.reply(wire, plain, hit.age, ad))
     }
 
     /// Answers a query that needed an upstream.
@@ -350,7 +408,7 @@ impl Forwarder {
         for upstream in order {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             match upstream.exchange(&ask, timeout).await {
-                Ok(message) => {
+                Ok((message, size)) => {
                     let rcode = message.response_code();
                     if matches!(
                         rcode,
@@ -360,7 +418,7 @@ impl Forwarder {
                         upstream.failures.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let mut answer = answer_of(message);
+                    let mut answer = answer_of(message, size);
                     let ttl = answer.prepare_for_cache(&settings.cache);
                     let answer = Arc::new(answer);
                     if let Some(ttl) = ttl {
@@ -409,8 +467,7 @@ impl Forwarder {
 }
 
 /// Keeps the sections of an upstream answer (its OPT record is ours to write).
-fn answer_of(mut message: Message) -> Answer {
-    let size = message.to_vec().map_or(512, |w| w.len());
+fn answer_of(mut message: Message, size: usize) -> Answer {
     Answer {
         rcode: message.response_code(),
         authentic_data: message.authentic_data(),
@@ -418,6 +475,7 @@ fn answer_of(mut message: Message) -> Answer {
         authority: message.take_name_servers(),
         additional: message.take_additionals(),
         size,
+        templates: Default::default(),
     }
 }
 
@@ -642,6 +700,7 @@ mod tests {
             authority: vec![],
             additional: vec![],
             size: 0,
+            templates: Default::default(),
         };
         let q = query("big.example.", RecordType::TXT, None);
         let udp = Message::from_vec(&render(

@@ -128,6 +128,9 @@ impl LocalData {
 
     /// The local answer for `name`/`qtype`, if local data covers the name.
     pub fn lookup(&self, name: &Name, qtype: RecordType) -> Option<LocalAnswer> {
+        if self.records.is_empty() && self.blocked.is_empty() {
+            return None;
+        }
         let lower = name.to_lowercase();
         if let Some(records) = self.records.get(&lower) {
             let answer: Vec<Record> = records

@@ -3,6 +3,7 @@
 
 mod cache;
 mod config;
+mod fast;
 mod forwarder;
 mod local;
 mod serve;

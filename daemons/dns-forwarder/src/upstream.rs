@@ -118,7 +118,11 @@ impl Upstream {
     }
 
     /// Asks this upstream, within `timeout`; records the RTT or the failure.
-    pub async fn exchange(&self, ask: &Ask, timeout: Duration) -> Result<Message, UpstreamError> {
+    pub async fn exchange(
+        &self,
+        ask: &Ask,
+        timeout: Duration,
+    ) -> Result<(Message, usize), UpstreamError> {
         self.queries.fetch_add(1, Ordering::Relaxed);
         let start = Instant::now();
         let result = match tokio::time::timeout(timeout, self.exchange_inner(ask)).await {
@@ -132,11 +136,11 @@ impl Upstream {
         result
     }
 
-    async fn exchange_inner(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+    async fn exchange_inner(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
         match self.protocol {
             Protocol::Udp => {
                 let answer = self.exchange_udp(ask).await?;
-                if answer.truncated() {
+                if answer.0.truncated() {
                     // RFC 1035 §4.2.1 / RFC 7766 §5: retry the whole question over TCP.
                     let mut stream = TcpStream::connect(self.addr).await?;
                     return exchange_stream(&mut stream, ask).await;
@@ -147,7 +151,7 @@ impl Upstream {
         }
     }
 
-    async fn exchange_udp(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+    async fn exchange_udp(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
         // A new socket per query: the kernel picks a random ephemeral source port, and
         // connect() makes it drop datagrams from any other address or port.
         let bind: SocketAddr = if self.addr.is_ipv4() {
@@ -159,18 +163,20 @@ impl Upstream {
         socket.connect(self.addr).await?;
         let (id, wire) = build_query(ask)?;
         socket.send(&wire).await?;
-        let mut buf = vec![0u8; 65535];
+        // Answers are at most the buffer size we offered (a larger one is truncated by recv,
+        // fails to parse and is ignored: the upstream broke the rules).
+        let mut buf = vec![0u8; usize::from(ask.edns_buffer.max(512)) + 512];
         loop {
             let n = socket.recv(&mut buf).await?;
             match check_answer(&buf[..n], id, ask) {
-                Ok(message) => return Ok(message),
+                Ok(message) => return Ok((message, n)),
                 // A forgery or a stray: keep waiting for the real answer until the timeout.
                 Err(why) => tracing::debug!(upstream = %self.addr, why, "ignored a datagram"),
             }
         }
     }
 
-    async fn exchange_tls(&self, ask: &Ask) -> Result<Message, UpstreamError> {
+    async fn exchange_tls(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
         let Some((connector, name)) = &self.tls else {
             return Err(UpstreamError::Bad("no TLS context".into()));
         };
@@ -275,7 +281,7 @@ fn check_answer(wire: &[u8], id: u16, ask: &Ask) -> Result<Message, &'static str
 }
 
 /// One query on a stream (TCP or TLS): two-byte length, then the message.
-async fn exchange_stream<S>(stream: &mut S, ask: &Ask) -> Result<Message, UpstreamError>
+async fn exchange_stream<S>(stream: &mut S, ask: &Ask) -> Result<(Message, usize), UpstreamError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -290,7 +296,7 @@ where
         let mut buf = vec![0u8; usize::from(len)];
         stream.read_exact(&mut buf).await?;
         match check_answer(&buf, id, ask) {
-            Ok(message) => return Ok(message),
+            Ok(message) => return Ok((message, buf.len())),
             Err(why) => tracing::debug!(why, "ignored a stream answer"),
         }
     }
