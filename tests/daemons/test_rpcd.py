@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import threading
 import time
 import xmlrpc.client
 from pathlib import Path
@@ -82,6 +83,15 @@ help = "Leaves a child behind and never ends."
 params = [{{ name = "pidfile", type = "string" }}]
 argv = ["/bin/sh", "-c", "sleep 300 & echo $! > \\"$1\\"; echo $$ >> \\"$1\\"; wait", "sh"]
 timeout = 1
+
+[[method]]
+name = "slow"
+help = "Waits for a line on a FIFO."
+params = [{{ name = "fifo", type = "string" }}]
+argv = ["/bin/sh", "-c", "read line < \\"$1\\"; echo \\"$line\\"", "sh"]
+concurrency = 1
+queue_timeout = 0.2
+timeout = 60
 
 [[method]]
 name = "flood"
@@ -391,6 +401,30 @@ def test_output_past_the_cap_is_cut_and_reported(rpcd):
         proxy(rpcd).flood()
     assert e.value.faultCode == -32002
     assert "more than 1000 bytes" in e.value.faultString
+
+
+def test_concurrency_limit(rpcd, tmp_path):
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    result = {}
+    first = threading.Thread(target=lambda: result.update(first=proxy(rpcd).slow(str(fifo))))
+    first.start()
+    # The first call holds the only slot once its command has the FIFO open for reading.
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            writer = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+            break
+        except OSError:
+            assert time.monotonic() < deadline, "the first call never started"
+            time.sleep(0.01)
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        proxy(rpcd).slow(str(fifo))
+    assert e.value.faultCode == -32005
+    os.write(writer, b"released\n")
+    os.close(writer)
+    first.join(60)
+    assert result == {"first": "released\n"}
 
 
 # -- HTTP ---------------------------------------------------------------------------------------

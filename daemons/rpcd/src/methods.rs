@@ -51,6 +51,9 @@ pub struct MethodConfig {
     pub public: bool,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
+    /// Seconds a call waits for a free slot when `concurrency` calls are running; by default
+    /// the method's timeout.
+    pub queue_timeout: Option<f64>,
     /// Let string parameters start with `-` (see `exec::Command::allow_options`).
     #[serde(default)]
     pub allow_options: bool,
@@ -135,6 +138,7 @@ enum Kind {
     Command {
         command: exec::Command,
         slots: Arc<Semaphore>,
+        queue_timeout: Duration,
     },
 }
 
@@ -284,6 +288,11 @@ impl Registry {
                 c.concurrency > 0,
                 "method {name:?}: concurrency must be 1 or more"
             );
+            let queue_timeout = c.queue_timeout.unwrap_or(c.timeout);
+            anyhow::ensure!(
+                queue_timeout >= 0.0 && queue_timeout.is_finite(),
+                "method {name:?}: queue_timeout must be a number of seconds, 0 or more"
+            );
             if c.args == ArgsMode::Argv {
                 for p in &c.params {
                     anyhow::ensure!(
@@ -329,6 +338,7 @@ impl Registry {
                             allow_options: c.allow_options,
                         },
                         slots: Arc::new(Semaphore::new(c.concurrency)),
+                        queue_timeout: Duration::from_secs_f64(queue_timeout),
                     },
                 },
             );
@@ -405,10 +415,13 @@ impl Registry {
         let params = check_params(method, params)?;
         match &method.kind {
             Kind::Builtin(b) => self.builtin(*b, caller, params).await,
-            Kind::Command { command, slots } => {
-                // Waiting for a slot counts against nothing but itself; give up after the
-                // method's own timeout.
-                let Ok(Ok(_slot)) = tokio::time::timeout(command.timeout, slots.acquire()).await
+            Kind::Command {
+                command,
+                slots,
+                queue_timeout,
+            } => {
+                // The command's timeout starts once it has a slot.
+                let Ok(Ok(_slot)) = tokio::time::timeout(*queue_timeout, slots.acquire()).await
                 else {
                     return Err(Fault::new(
                         Fault::BUSY,
