@@ -14,7 +14,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use lettre::address::{Address, Envelope as LettreEnvelope};
-use lettre::AsyncTransport;
 use tokio::sync::mpsc;
 
 use inetkit_common::mail::Store;
@@ -370,7 +369,7 @@ async fn relay(d: &Arc<Deliverer>, entry: &Entry, recipients: &[String]) -> Resu
     let message = tokio::fs::read(&path)
         .await
         .map_err(|e| RelayError::Temporary(format!("4.3.0 reading the spool: {e}")))?;
-    match relay.transport.send_raw(&envelope, &message).await {
+    match relay.send(&envelope, &message).await {
         Ok(_) => Ok(()),
         Err(err) if err.is_permanent() => Err(RelayError::Permanent(format!(
             "5.0.0 smarthost {} said: {}",

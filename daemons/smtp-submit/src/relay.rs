@@ -3,13 +3,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use std::sync::Mutex;
+
 use anyhow::Context as _;
-use lettre::transport::smtp::authentication::Credentials;
-use lettre::transport::smtp::client::{Certificate, Tls, TlsParameters};
+use lettre::address::Envelope;
+use lettre::transport::smtp::authentication::{Credentials, Mechanism};
+use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
 use lettre::transport::smtp::extension::ClientId;
-use lettre::transport::smtp::PoolConfig;
-use lettre::{AsyncSmtpTransport, Tokio1Executor};
+use lettre::transport::smtp::Error;
 use serde::Deserialize;
+use tokio::net::TcpStream;
 
 use crate::queue::RetryPolicy;
 
@@ -77,10 +80,24 @@ impl RelayConfig {
     }
 }
 
+/// Connections kept open to the smarthost between messages.
+const POOL_SIZE: usize = 10;
+
+/// The smarthost. Connections are lettre's `AsyncSmtpConnection`s over sockets made here, so
+/// that they can have TCP_NODELAY: lettre writes a message's final `.` line separately, which
+/// Nagle's algorithm would hold back for a delayed ACK (some 40 ms a message). Idle ones are
+/// pooled; implicit TLS goes through lettre's own connect (without TCP_NODELAY).
 pub struct Relay {
     /// `host:port`, for logs and bounces.
     pub name: String,
-    pub transport: AsyncSmtpTransport<Tokio1Executor>,
+    host: String,
+    port: u16,
+    tls: TlsMode,
+    parameters: Option<TlsParameters>,
+    credentials: Option<Credentials>,
+    hello: ClientId,
+    timeout: Duration,
+    idle: Mutex<Vec<AsyncSmtpConnection>>,
 }
 
 impl Relay {
@@ -89,17 +106,7 @@ impl Relay {
         if config.host.is_empty() {
             return Ok(None);
         }
-        let mut builder =
-            AsyncSmtpTransport::<Tokio1Executor>::builder_dangerous(config.host.clone())
-                .port(config.port)
-                .hello_name(ClientId::Domain(hello.to_owned()))
-                .timeout(Some(Duration::from_secs(config.timeout.max(1))))
-                .pool_config(
-                    PoolConfig::new()
-                        .max_size(10)
-                        .idle_timeout(Duration::from_secs(60)),
-                );
-        if config.tls != TlsMode::None {
+        let parameters = if config.tls != TlsMode::None {
             let mut parameters = TlsParameters::builder(config.host.clone());
             if let Some(ca_file) = &config.ca_file {
                 let pem = std::fs::read(ca_file)
@@ -108,30 +115,161 @@ impl Relay {
                     .with_context(|| format!("[relay] ca_file {}", ca_file.display()))?;
                 parameters = parameters.add_root_certificate(cert);
             }
-            let parameters = parameters.build_rustls().context("[relay] TLS settings")?;
-            builder = builder.tls(match config.tls {
-                TlsMode::Implicit => Tls::Wrapper(parameters),
-                _ => Tls::Required(parameters),
-            });
+            Some(parameters.build_rustls().context("[relay] TLS settings")?)
         } else {
-            builder = builder.tls(Tls::None);
-        }
-        if let Some(username) = &config.username {
-            let password = match (&config.password, &config.password_file) {
-                (Some(password), _) => password.clone(),
-                (None, Some(file)) => std::fs::read_to_string(file)
-                    .with_context(|| format!("[relay] password_file {}", file.display()))?
-                    .lines()
-                    .next()
-                    .unwrap_or_default()
-                    .to_owned(),
-                (None, None) => anyhow::bail!("[relay] username needs password or password_file"),
-            };
-            builder = builder.credentials(Credentials::new(username.clone(), password));
-        }
+            None
+        };
+        let credentials = match &config.username {
+            None => None,
+            Some(username) => {
+                let password = match (&config.password, &config.password_file) {
+                    (Some(password), _) => password.clone(),
+                    (None, Some(file)) => std::fs::read_to_string(file)
+                        .with_context(|| format!("[relay] password_file {}", file.display()))?
+                        .lines()
+                        .next()
+                        .unwrap_or_default()
+                        .to_owned(),
+                    (None, None) => {
+                        anyhow::bail!("[relay] username needs password or password_file")
+                    }
+                };
+                Some(Credentials::new(username.clone(), password))
+            }
+        };
         Ok(Some(Relay {
             name: format!("{}:{}", config.host, config.port),
-            transport: builder.build(),
+            host: config.host.clone(),
+            port: config.port,
+            tls: config.tls,
+            parameters,
+            credentials,
+            hello: ClientId::Domain(hello.to_owned()),
+            timeout: Duration::from_secs(config.timeout.max(1)),
+            idle: Mutex::new(Vec::new()),
         }))
     }
+
+    /// Sends one message; a pooled connection that turns out dead is replaced once.
+    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SendError> {
+        let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
+        let mut conn = match pooled {
+            Some(mut conn) => match self.within(conn.send(envelope, message)).await {
+                Ok(_) => return self.put_back(conn),
+                // The server answered: its verdict stands.
+                Err(err) if err.is_reply() => {
+                    conn.abort().await;
+                    return Err(err);
+                }
+                // Closed while idle, most likely: try a fresh connection.
+                Err(_) => {
+                    conn.abort().await;
+                    self.connect().await?
+                }
+            },
+            None => self.connect().await?,
+        };
+        match self.within(conn.send(envelope, message)).await {
+            Ok(_) => self.put_back(conn),
+            Err(err) => {
+                conn.abort().await;
+                Err(err)
+            }
+        }
+    }
+
+    fn put_back(&self, conn: AsyncSmtpConnection) -> Result<(), SendError> {
+        if let Ok(mut idle) = self.idle.lock() {
+            if idle.len() < POOL_SIZE && !conn.has_broken() {
+                idle.push(conn);
+            }
+        }
+        Ok(())
+    }
+
+    /// A bound on a whole exchange (lettre bounds each read and write only when it connects).
+    async fn within<T>(
+        &self,
+        future: impl std::future::Future<Output = Result<T, Error>>,
+    ) -> Result<T, SendError> {
+        match tokio::time::timeout(self.timeout * 10, future).await {
+            Ok(result) => Ok(result?),
+            Err(_) => Err(io_error(std::io::ErrorKind::TimedOut.into())),
+        }
+    }
+
+    async fn connect(&self) -> Result<AsyncSmtpConnection, SendError> {
+        let mut conn = if self.tls == TlsMode::Implicit {
+            AsyncSmtpConnection::connect_tokio1(
+                (self.host.as_str(), self.port),
+                Some(self.timeout),
+                &self.hello,
+                self.parameters.clone(),
+                None,
+            )
+            .await?
+        } else {
+            let tcp = tokio::time::timeout(
+                self.timeout,
+                TcpStream::connect((self.host.as_str(), self.port)),
+            )
+            .await
+            .map_err(|_| io_error(std::io::ErrorKind::TimedOut.into()))?
+            .map_err(io_error)?;
+            tcp.set_nodelay(true).map_err(io_error)?;
+            let mut conn = self
+                .within(AsyncSmtpConnection::connect_with_transport(
+                    Box::new(tcp),
+                    &self.hello,
+                ))
+                .await?;
+            if let Some(parameters) = &self.parameters {
+                if !conn.can_starttls() {
+                    conn.abort().await;
+                    return Err(io_error(std::io::Error::other(
+                        "the smarthost does not offer STARTTLS, which [relay] tls requires",
+                    )));
+                }
+                self.within(conn.starttls(parameters.clone(), &self.hello))
+                    .await?;
+            }
+            conn
+        };
+        if let Some(credentials) = &self.credentials {
+            if let Err(err) = self
+                .within(conn.auth(&[Mechanism::Plain, Mechanism::Login], credentials))
+                .await
+            {
+                conn.abort().await;
+                return Err(err);
+            }
+        }
+        Ok(conn)
+    }
+}
+
+/// Why a message did not get to the smarthost.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    #[error("{0}")]
+    Smtp(#[from] Error),
+    /// Connecting or a timeout on our side: always temporary.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl SendError {
+    /// The smarthost refused for good (a 5xx reply).
+    pub fn is_permanent(&self) -> bool {
+        matches!(self, SendError::Smtp(err) if err.is_permanent())
+    }
+
+    /// The smarthost answered (4xx or 5xx), as opposed to a broken connection.
+    fn is_reply(&self) -> bool {
+        matches!(self, SendError::Smtp(err) if err.is_permanent() || err.is_transient())
+    }
+}
+
+fn io_error(err: std::io::Error) -> SendError {
+    SendError::Io(err)
 }
