@@ -629,3 +629,59 @@ def test_sighup_reloads_and_keeps_the_cache(daemons, nsd):
     d.signal(signal.SIGUSR1)
     line = d.wait_log("statistics")
     assert re.search(r"[1-9]\d* cache hits", line)
+
+
+def test_randomized_case_must_come_back(daemons, nsd):
+    """0x20: the question goes upstream in random case; an answer that does not echo it
+    exactly is not accepted."""
+    # NSD echoes the question as sent: answers flow.
+    conf = config([f"127.0.0.1:{nsd.port}"]).replace("timeout_ms = 700",
+                                                    "timeout_ms = 700\nrandomize_case = true")
+    d = daemons.start("dns-forwarder", conf)
+    port = d.addr("dns", "udp")[1]
+    assert [a[3] for a in answers(dig(port, "www.example.test", "A"))] == ["192.0.2.10"]
+
+    def lowercasing(sock, addr, q):
+        qid, flags, name, qtype, do, question = q
+        sock.sendto(a_answer(qid, question.lower(), "192.0.2.66"), addr)
+
+    up = ScriptedUpstream(lowercasing)
+    try:
+        conf = config([f"127.0.0.1:{up.port}"]).replace(
+            "timeout_ms = 700", "timeout_ms = 700\nrandomize_case = true")
+        d = daemons.start("dns-forwarder", conf)
+        port = d.addr("dns", "udp")[1]
+        name = "abcdefghijklmnopqrstuvwxyz.example"
+        out = dig(port, name, "A")
+        sent = up.queries[0][1][2]
+        assert sent.lower() == name + "." and sent != name + "."
+        assert status_of(out) == "SERVFAIL"
+    finally:
+        up.close()
+
+
+def test_follows_resolv_conf_when_no_upstream_is_configured(daemons, tmp_path):
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("search example\nnameserver 192.0.2.1\n")
+    d = daemons.start("dns-forwarder", config([]).replace(
+        "timeout_ms = 700", f'timeout_ms = 700\nresolv_conf = "{resolv}"'))
+    d.wait_log(r"upstream upstream=192\.0\.2\.1:53")
+    resolv.write_text("nameserver 192.0.2.2\nnameserver 192.0.2.3\n")
+    later = time.time() + 5
+    os.utime(resolv, (later, later))
+    d.wait_log("resolv.conf changed upstreams=2")
+    d.signal(signal.SIGUSR1)
+    line = d.wait_log("statistics")
+    assert "192.0.2.2:53" in line and "192.0.2.3:53" in line and "192.0.2.1:53" not in line
+
+
+def test_idle_tcp_connections_are_closed(daemons, nsd):
+    d, udp, tcp = start(daemons, [f"127.0.0.1:{nsd.port}"], "[limits]\nidle_timeout = 1\n")
+    with socket.create_connection(("127.0.0.1", tcp)) as s:
+        s.settimeout(30)
+        packet = query_packet("www.example.test")
+        s.sendall(struct.pack(">H", len(packet)) + packet)
+        n = struct.unpack(">H", s.recv(2))[0]
+        assert len(s.recv(n, socket.MSG_WAITALL)) == n
+        # Then nothing: the forwarder closes the connection (RFC 7766 §6.2.3).
+        assert s.recv(1) == b""

@@ -88,19 +88,31 @@ pub async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer: Peer)
     });
     let slots = Arc::new(Semaphore::new(TCP_PIPELINE));
     loop {
-        // The idle timeout runs only while nothing is outstanding (RFC 7766 §6.2.3).
-        let busy = slots.available_permits() < TCP_PIPELINE;
-        let len = tokio::select! {
+        // Wait for the next query without reading (readable() can be abandoned safely, a
+        // half-read length could not). The idle timeout closes the connection only while no
+        // query is outstanding (RFC 7766 §6.2.3).
+        tokio::select! {
             _ = peer.shutdown.cancelled() => break,
-            read = reader.read_u16() => read,
-            _ = tokio::time::sleep(peer.idle_timeout), if !busy => break,
-        };
-        let Ok(len) = len else { break };
-        let mut buf = vec![0u8; usize::from(len)];
-        let read = tokio::time::timeout(peer.idle_timeout, reader.read_exact(&mut buf)).await;
-        if !matches!(read, Ok(Ok(_))) {
-            break;
+            ready = reader.readable() => {
+                if ready.is_err() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep(peer.idle_timeout) => {
+                if slots.available_permits() < TCP_PIPELINE {
+                    continue;
+                }
+                break;
+            }
         }
+        let read = tokio::time::timeout(peer.idle_timeout, async {
+            let len = reader.read_u16().await?;
+            let mut buf = vec![0u8; usize::from(len)];
+            reader.read_exact(&mut buf).await?;
+            Ok::<_, std::io::Error>(buf)
+        })
+        .await;
+        let Ok(Ok(buf)) = read else { break };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
