@@ -689,3 +689,30 @@ retry_max = 1
     assert msg.startswith(b"Received: from mx.test ([127.0.0.1]) by mx.test")
     assert b"with ESMTPSA id " + queue_id.encode() in msg
     assert b"Subject: hello" in msg and b"Bcc:" not in msg
+
+
+def test_recipient_limit(daemons, home, cert):
+    d = daemons.start("smtp-submit", config(home, cert, smtp="max_recipients = 2"))
+    r = raw(d)
+    assert r.cmd(b"MAIL FROM:<alice@example.org>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<bob@example.org>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<alice@example.org>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<bob+x@example.org>").startswith(b"452 4.5.3")
+    assert r.cmd(b"DATA").startswith(b"354")
+    queue_id = queued_id(r.cmd(b"Subject: two\r\n\r\nx\r\n."))
+    wait_delivered(d, queue_id)
+    assert len(inbox(home, "bob")) == 1 and len(inbox(home, "alice")) == 1
+
+
+def test_expired_message_bounces(daemons, home, cert):
+    """A smarthost that stays down past max_lifetime: the sender gets a DSN saying so."""
+    relay = relay_config(free_port()) + "max_lifetime = 0\n"
+    d = daemons.start("smtp-submit", config(home, cert, relay=relay))
+    s = client(d, cert)
+    queue_id = send(s, rcpts=["carol@far.example"])
+    s.quit()
+    wait_delivered(d, queue_id)
+    [bounce] = inbox(home, "alice")
+    assert b"Final-Recipient: rfc822; carol@far.example" in bounce
+    assert b"Status: 5.4.7" in bounce and b"delivery time expired" in bounce
+    assert spool_files(home) == []
