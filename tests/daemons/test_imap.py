@@ -58,6 +58,8 @@ failure_delay = 0
 {extra}
 [mail]
 root = "{mail}"
+[log]
+level = "debug"
 """
 
 

@@ -7,6 +7,7 @@ mod names;
 mod search;
 mod selected;
 mod session;
+mod watch;
 mod wire;
 
 use std::process::ExitCode;
@@ -57,6 +58,7 @@ pub struct Imap {
     pub auth_config: AuthConfig,
     pub store: Store,
     pub tls: Option<TlsContext>,
+    pub watches: Arc<watch::Watches>,
 }
 
 fn main() -> ExitCode {
@@ -69,6 +71,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         auth_config: ctx.config.auth.clone(),
         store: Store::new(ctx.config.mail.root.clone()),
         tls: ctx.tls.clone(),
+        watches: watch::Watches::new(),
     });
     let server = ctx.server.clone();
     for listener in std::mem::take(&mut ctx.listeners) {

@@ -2,12 +2,14 @@
 //! view catches up with changes made by other sessions and processes.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use inetkit_common::mail::{Folder, MessageInfo, StoreError};
+use inetkit_common::mail::{Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
+use crate::watch::{Watch, Watches};
 use crate::wire::flag_list;
 
 pub struct Selected {
@@ -22,20 +24,30 @@ pub struct Selected {
     pub keywords: Keywords,
     /// Modification times of `new/` and `cur/` when last looked at.
     stamp: Option<(SystemTime, SystemTime)>,
-    /// The stamp was taken within a second of a change: look once more after that second.
+    /// The stamp was taken within a second of a change: look once more after that second
+    /// (only without a watch: inotify has no such blind spot).
     recheck: bool,
+    /// The folder's watch, and its generation our view is from.
+    watch: Option<Watch>,
+    generation: u64,
+    /// This session changed the folder since its last refresh: a snapshot another session
+    /// keeps may predate that change (its events may not have arrived yet), so the next
+    /// refresh reads the folder itself.
+    pub own_change: bool,
 }
 
 impl Selected {
     /// SELECT (`read_only` false: takes new messages as \Recent) or EXAMINE.
-    pub fn open(folder: Folder, read_only: bool) -> Result<Selected, StoreError> {
+    pub fn open(
+        folder: Folder,
+        read_only: bool,
+        watches: &Arc<Watches>,
+    ) -> Result<Selected, StoreError> {
+        let watch = watches.watch(folder.path());
+        let generation = watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&folder);
-        let recheck = !settled(stamp);
-        let snapshot = if read_only {
-            folder.snapshot()?
-        } else {
-            folder.claim_new()?
-        };
+        let recheck = watch.is_none() && !settled(stamp);
+        let snapshot = take_snapshot(&folder, read_only, watch.as_ref(), generation, true)?;
         let recent = snapshot
             .messages
             .iter()
@@ -53,11 +65,26 @@ impl Selected {
             keywords,
             stamp,
             recheck,
+            watch,
+            generation,
+            own_change: false,
         })
     }
 
+    /// Woken when the folder changes (IDLE), if it is watched.
+    pub fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
+        self.watch.as_ref().map(Watch::notifier)
+    }
+
+    fn generation_changed(&self) -> bool {
+        self.watch
+            .as_ref()
+            .is_some_and(|w| w.generation() != self.generation)
+    }
+
     pub fn changed_on_disk(&self) -> bool {
-        self.stamp.is_none()
+        self.generation_changed()
+            || self.stamp.is_none()
             || stamp(&self.folder) != self.stamp
             || (self.recheck && settled(self.stamp))
     }
@@ -69,13 +96,27 @@ impl Selected {
         if !self.changed_on_disk() {
             return Ok(());
         }
+        // The cached snapshot is only as new as the generation: when the directories changed
+        // and the generation has not (yet), look for ourselves.
+        let use_cache = self.generation_changed() && !self.own_change;
+        self.own_change = false;
+        let generation = self.watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&self.folder);
-        self.recheck = !settled(stamp);
-        let snapshot = if self.read_only {
-            self.folder.snapshot()?
-        } else {
-            self.folder.claim_new()?
-        };
+        self.recheck = self.watch.is_none() && !settled(stamp);
+        let snapshot = take_snapshot(
+            &self.folder,
+            self.read_only,
+            self.watch.as_ref(),
+            generation,
+            use_cache,
+        )?;
+        tracing::debug!(
+            generation,
+            use_cache,
+            messages = snapshot.messages.len(),
+            "refreshed the selected folder"
+        );
+        self.generation = generation;
         if snapshot.uid_validity != self.uid_validity {
             // The uid list was lost and rebuilt: nothing we told the client holds.
             out.extend_from_slice(b"* BYE The folder was renumbered; please reconnect.\r\n");
@@ -192,6 +233,7 @@ impl Selected {
         out: Option<&mut Vec<u8>>,
     ) -> Result<Vec<u32>, StoreError> {
         let doomed: Vec<MessageInfo> = indexes.iter().map(|&i| self.messages[i].clone()).collect();
+        self.own_change = true;
         self.folder.delete(&doomed)?;
         let mut lines = Vec::new();
         for &i in indexes.iter().rev() {
@@ -206,6 +248,36 @@ impl Selected {
         // by the next refresh all the same, as it compares against the folder itself.
         Ok(doomed.iter().map(|m| m.uid).collect())
     }
+}
+
+/// The folder's messages: the snapshot another session took at this generation when there is
+/// one (and it can serve: a SELECT must take new messages from `new/` itself), else a fresh
+/// one, kept for the others when it moved nothing.
+fn take_snapshot(
+    folder: &Folder,
+    read_only: bool,
+    watch: Option<&Watch>,
+    generation: u64,
+    use_cache: bool,
+) -> Result<Snapshot, StoreError> {
+    if let (Some(w), true) = (watch, use_cache) {
+        if let Some(cached) = w.cached(generation) {
+            if read_only || !cached.messages.iter().any(|m| m.recent) {
+                return Ok((*cached).clone());
+            }
+        }
+    }
+    let snapshot = if read_only {
+        folder.snapshot()?
+    } else {
+        folder.claim_new()?
+    };
+    if let Some(w) = watch {
+        if read_only || !snapshot.messages.iter().any(|m| m.recent) {
+            w.store(generation, Arc::new(snapshot.clone()));
+        }
+    }
+    Ok(snapshot)
 }
 
 /// The directories' modification times, read before a snapshot: a later change moves them

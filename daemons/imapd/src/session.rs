@@ -709,7 +709,8 @@ impl Session {
             Err(Done::Tagged(_, _)) => return no("[NONEXISTENT] No such mailbox."),
             Err(d) => return d,
         };
-        let sel = match blocking(|| Selected::open(folder, read_only)) {
+        let watches = self.imap.watches.clone();
+        let sel = match blocking(|| Selected::open(folder, read_only, &watches)) {
             Ok(sel) => sel,
             Err(err) => return store_error(&err),
         };
@@ -985,6 +986,11 @@ impl Session {
             Ok(f) => f,
             Err(d) => return d,
         };
+        if let Some(sel) = self.selected.as_mut() {
+            if sel.folder.path() == folder.path() {
+                sel.own_change = true;
+            }
+        }
         let mut keywords = Keywords::load(folder.path());
         let flags = to_flags(flags, &mut keywords, folder.path());
         match blocking(|| folder.append(&mut &data[..], flags, date)) {
@@ -1046,6 +1052,7 @@ impl Session {
             StoreType::Replace => FlagChange::Set(wanted),
         };
         let mut failed = false;
+        sel.own_change = true;
         for i in indexes {
             let folder = sel.folder.clone();
             let msg = &mut sel.messages[i];
@@ -1100,6 +1107,9 @@ impl Session {
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
         };
+        if target.path() == sel.folder.path() {
+            sel.own_change = true;
+        }
         let mut target_keywords = Keywords::load(target.path());
         let mut from = Vec::new();
         let mut to = Vec::new();
@@ -1174,8 +1184,20 @@ impl Session {
         // poll timer interrupts it) rather than a line reader that would drop a partial line.
         let mut line: Vec<u8> = Vec::new();
         let shutdown = self.peer.shutdown.clone();
+        let changed = self.selected.as_ref().and_then(Selected::notifier);
         loop {
+            let woken = async {
+                match &changed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = woken => {
+                    if !self.idle_update(conn).await {
+                        return Done::Close;
+                    }
+                }
                 read = conn.reader.fill_buf() => {
                     let (used, complete) = match read {
                         Ok([]) | Err(_) => return Done::Close,
@@ -1209,17 +1231,8 @@ impl Session {
                         let _ = conn.flush().await;
                         return Done::Close;
                     }
-                    if let Some(sel) = self.selected.as_mut() {
-                        let mut updates = Vec::new();
-                        if blocking(|| sel.refresh(&mut updates, true)).is_err() {
-                            conn.out.extend_from_slice(&updates);
-                            let _ = conn.flush().await;
-                            return Done::Close;
-                        }
-                        conn.out.extend_from_slice(&updates);
-                        if conn.flush().await.is_err() {
-                            return Done::Close;
-                        }
+                    if !self.idle_update(conn).await {
+                        return Done::Close;
                     }
                 }
                 _ = shutdown.cancelled() => {
@@ -1229,6 +1242,20 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Sends what changed in the selected folder during IDLE; false when the session must end.
+    async fn idle_update<S>(&mut self, conn: &mut Conn<S>) -> bool
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(sel) = self.selected.as_mut() else {
+            return true;
+        };
+        let mut updates = Vec::new();
+        let refreshed = blocking(|| sel.refresh(&mut updates, true));
+        conn.out.extend_from_slice(&updates);
+        refreshed.is_ok() && conn.flush().await.is_ok()
     }
 
     async fn fetch<S>(
@@ -1263,6 +1290,7 @@ impl Session {
             if sets_seen && !sel.messages[i].flags.contains(Flags::SEEN) {
                 let folder = sel.folder.clone();
                 let msg = &mut sel.messages[i];
+                sel.own_change = true;
                 if blocking(|| folder.update_flags(msg, FlagChange::Add(Flags::SEEN))).is_ok() {
                     seen_changed = true;
                 }

@@ -1,0 +1,192 @@
+//! Which folders changed: inotify (through `notify`) on the `new/` and `cur/` directories of
+//! every folder some session has selected. A change bumps the folder's generation and wakes
+//! sessions in IDLE; sessions compare generations instead of rescanning directories.
+//!
+//! The folder's last snapshot is kept with the generation it was taken at, so that the sessions
+//! of one folder scan it once per change rather than once each. The generation is read before
+//! the snapshot: a change the snapshot missed has bumped it since, so nothing is served stale.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use inetkit_common::mail::Snapshot;
+use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use tokio::sync::Notify;
+
+struct Entry {
+    generation: Arc<AtomicU64>,
+    changed: Arc<Notify>,
+    sessions: usize,
+    cache: Option<(u64, Arc<Snapshot>)>,
+}
+
+type Map = Arc<Mutex<HashMap<PathBuf, Entry>>>;
+
+pub struct Watches {
+    folders: Map,
+    watcher: Mutex<Option<RecommendedWatcher>>,
+}
+
+impl Watches {
+    /// Without inotify (a limit reached, an odd file system) sessions fall back to comparing
+    /// directory modification times.
+    pub fn new() -> Arc<Watches> {
+        let folders: Map = Arc::default();
+        let map = folders.clone();
+        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
+            let Ok(event) = event else {
+                // An error (queue overflow): treat every folder as changed.
+                bump_all(&map);
+                return;
+            };
+            if event.need_rescan() {
+                bump_all(&map);
+                return;
+            }
+            // Reading a message is no change.
+            if matches!(event.kind, EventKind::Access(_)) {
+                return;
+            }
+            let Ok(folders) = map.lock() else { return };
+            for path in &event.paths {
+                // <folder>/new/<file> or <folder>/cur/<file> (or the directory itself).
+                for folder in path.ancestors().skip(1).take(2) {
+                    if let Some(entry) = folders.get(folder) {
+                        entry.generation.fetch_add(1, Ordering::SeqCst);
+                        entry.changed.notify_waiters();
+                    }
+                }
+            }
+        });
+        let watcher = match watcher {
+            Ok(w) => Some(w),
+            Err(err) => {
+                tracing::warn!(error = %err, "no inotify: folders are checked by modification time");
+                None
+            }
+        };
+        Arc::new(Watches {
+            folders,
+            watcher: Mutex::new(watcher),
+        })
+    }
+
+    /// Starts (or joins) watching a folder; `None` if it cannot be watched.
+    ///
+    /// `notify` adds a watch by asking its event thread and waiting for the answer, and that
+    /// thread runs our handler, which takes the folder map's lock: so the map is never locked
+    /// while the watcher is called.
+    pub fn watch(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
+        if let Some(watch) = self.join(folder) {
+            return Some(watch);
+        }
+        {
+            let mut watcher = self.watcher.lock().ok()?;
+            let watcher = watcher.as_mut()?;
+            for sub in ["new", "cur"] {
+                if let Err(err) = watcher.watch(&folder.join(sub), RecursiveMode::NonRecursive) {
+                    tracing::warn!(folder = %folder.display(), error = %err, "cannot watch a folder");
+                    let _ = watcher.unwatch(&folder.join("new"));
+                    return None;
+                }
+            }
+        }
+        let mut folders = self.folders.lock().ok()?;
+        folders.entry(folder.to_owned()).or_insert_with(|| Entry {
+            generation: Arc::new(AtomicU64::new(0)),
+            changed: Arc::new(Notify::new()),
+            sessions: 0,
+            cache: None,
+        });
+        drop(folders);
+        self.join(folder)
+    }
+
+    fn join(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
+        let mut folders = self.folders.lock().ok()?;
+        let entry = folders.get_mut(folder)?;
+        entry.sessions += 1;
+        Some(Watch {
+            folder: folder.to_owned(),
+            generation: entry.generation.clone(),
+            changed: entry.changed.clone(),
+            watches: self.clone(),
+        })
+    }
+}
+
+fn bump_all(map: &Map) {
+    if let Ok(folders) = map.lock() {
+        for entry in folders.values() {
+            entry.generation.fetch_add(1, Ordering::SeqCst);
+            entry.changed.notify_waiters();
+        }
+    }
+}
+
+/// One session's interest in a folder; dropping it stops the watch when no session is left.
+pub struct Watch {
+    folder: PathBuf,
+    generation: Arc<AtomicU64>,
+    changed: Arc<Notify>,
+    watches: Arc<Watches>,
+}
+
+impl Watch {
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Woken on every change (IDLE).
+    pub fn notifier(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    /// The folder's snapshot taken at `generation`, if one is kept.
+    pub fn cached(&self, generation: u64) -> Option<Arc<Snapshot>> {
+        let folders = self.watches.folders.lock().ok()?;
+        match &folders.get(&self.folder)?.cache {
+            Some((g, snapshot)) if *g == generation => Some(snapshot.clone()),
+            _ => None,
+        }
+    }
+
+    /// Keeps a snapshot taken after reading `generation`.
+    pub fn store(&self, generation: u64, snapshot: Arc<Snapshot>) {
+        if let Ok(mut folders) = self.watches.folders.lock() {
+            if let Some(entry) = folders.get_mut(&self.folder) {
+                // A slow snapshot finishing late does not replace a newer one.
+                if entry.cache.as_ref().is_none_or(|(g, _)| *g <= generation) {
+                    entry.cache = Some((generation, snapshot));
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let Ok(mut folders) = self.watches.folders.lock() else {
+            return;
+        };
+        let last = match folders.get_mut(&self.folder) {
+            Some(entry) => {
+                entry.sessions = entry.sessions.saturating_sub(1);
+                entry.sessions == 0
+            }
+            None => false,
+        };
+        if last {
+            folders.remove(&self.folder);
+            drop(folders);
+            if let Ok(mut watcher) = self.watches.watcher.lock() {
+                if let Some(w) = watcher.as_mut() {
+                    let _ = w.unwatch(&self.folder.join("new"));
+                    let _ = w.unwatch(&self.folder.join("cur"));
+                }
+            }
+        }
+    }
+}
