@@ -554,6 +554,28 @@ def test_authentication_and_authorization(rpcd):
     assert e.value.errcode == 401
 
 
+def test_one_password_check_per_connection(rpcd, tmp_path):
+    host, port = rpcd.addr("rpc")
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    auth = "Basic " + base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    body = xmlrpc.client.dumps(("x",), "echo").encode()
+    for _ in range(3):
+        c.request("POST", "/RPC2", body=body,
+                  headers={"Content-Type": "text/xml", "Authorization": auth})
+        assert xmlrpc.client.loads(c.getresponse().read())[0] == ("x\n",)
+    rpcd.wait_log(r'call ok .*user="alice" method="echo"')
+    assert rpcd.log().count("login ok") == 1
+    # alice removed from the users file: refused at once, on the same connection.
+    users = tmp_path / "users"
+    users.write_text("".join(l for l in users.read_text().splitlines(keepends=True)
+                             if not l.startswith("alice:")))
+    c.request("POST", "/RPC2", body=body,
+              headers={"Content-Type": "text/xml", "Authorization": auth})
+    r = c.getresponse()
+    r.read()
+    assert r.status == 401
+
+
 def test_wrong_passwords_are_throttled(daemons, tmp_path, cert):
     d = daemons.start("rpcd", config(tmp_path, cert, auth_extra=(
         "failure_delay = 0.01\nmax_failure_delay = 0.02\nmax_failures = 3\nlockout = 600")))

@@ -2,7 +2,7 @@
 //! (JSON-RPC 2.0), HTTP Basic logins, and the error statuses for everything else.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -48,6 +48,18 @@ impl Default for HttpConfig {
 
 type Reply = Response<Full<Bytes>>;
 
+/// One client connection.
+struct Conn {
+    peer: Peer,
+    tls: bool,
+    /// The last `Authorization` value that logged in on this connection, and as whom: a
+    /// client sends the same one with every request, and checking an ARGON2ID hash each time
+    /// would cost far more than the call. The user is still looked up (one `stat` of the
+    /// users file) on every request, so a deleted user is refused at once; a changed
+    /// password applies from the next connection.
+    verified: Mutex<Option<(HeaderValue, String)>>,
+}
+
 const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
 
 /// Serves one connection (already TLS-wrapped on `rpcs`) until the client closes it, it
@@ -58,11 +70,15 @@ where
 {
     let shutdown = peer.shutdown.clone();
     let idle = peer.idle_timeout;
-    let peer = Arc::new(peer);
+    let conn = Arc::new(Conn {
+        peer,
+        tls,
+        verified: Mutex::new(None),
+    });
     let service = service_fn(move |req| {
         let rpcd = rpcd.clone();
-        let peer = peer.clone();
-        async move { Ok::<_, Infallible>(handle(&rpcd, req, &peer, tls).await) }
+        let conn = conn.clone();
+        async move { Ok::<_, Infallible>(handle(&rpcd, req, &conn).await) }
     });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
@@ -130,8 +146,8 @@ fn media_type(req: &Request<Incoming>) -> String {
         .unwrap_or_default()
 }
 
-async fn handle(rpcd: &Rpcd, req: Request<Incoming>, peer: &Peer, tls: bool) -> Reply {
-    match route(rpcd, req, peer, tls).await {
+async fn handle(rpcd: &Rpcd, req: Request<Incoming>, conn: &Conn) -> Reply {
+    match route(rpcd, req, conn).await {
         Ok(reply) => reply,
         Err(refused) => match *refused {
             (reply, Some(body)) => {
@@ -149,8 +165,7 @@ async fn handle(rpcd: &Rpcd, req: Request<Incoming>, peer: &Peer, tls: bool) -> 
 async fn route(
     rpcd: &Rpcd,
     req: Request<Incoming>,
-    peer: &Peer,
-    tls: bool,
+    conn: &Conn,
 ) -> Result<Reply, Box<(Reply, Option<Incoming>)>> {
     let refuse =
         |reply: Reply, req: Request<Incoming>| Err(Box::new((reply, Some(req.into_body()))));
@@ -210,13 +225,13 @@ async fn route(
 
     let user = match req.headers().get(header::AUTHORIZATION) {
         None => None,
-        Some(value) => match login(rpcd, value, peer, tls).await {
+        Some(value) => match login(rpcd, value, conn).await {
             Ok(user) => Some(user),
             Err(reply) => return refuse(reply, req),
         },
     };
     let caller = Caller {
-        peer: peer.addr.ip(),
+        peer: conn.peer.addr.ip(),
         user,
     };
 
@@ -241,9 +256,9 @@ async fn route(
 }
 
 /// Checks HTTP Basic credentials; the error is the reply to send.
-async fn login(rpcd: &Rpcd, value: &HeaderValue, peer: &Peer, tls: bool) -> Result<User, Reply> {
-    let ip = peer.addr.ip();
-    if !rpcd.auth_config.plaintext_allowed(ip, tls) {
+async fn login(rpcd: &Rpcd, value: &HeaderValue, conn: &Conn) -> Result<User, Reply> {
+    let ip = conn.peer.addr.ip();
+    if !rpcd.auth_config.plaintext_allowed(ip, conn.tls) {
         tracing::warn!(%ip, "credentials sent without TLS: refused");
         return Err(plain(
             StatusCode::FORBIDDEN,
@@ -257,8 +272,24 @@ async fn login(rpcd: &Rpcd, value: &HeaderValue, peer: &Peer, tls: bool) -> Resu
     else {
         return Err(unauthorized("malformed Authorization header: use Basic"));
     };
+    let known = {
+        let verified = conn.verified.lock().unwrap_or_else(|e| e.into_inner());
+        verified
+            .as_ref()
+            .filter(|(v, _)| v == value)
+            .map(|(_, name)| name.clone())
+    };
+    if let Some(name) = known {
+        if let Ok(Some(user)) = rpcd.auth.try_lookup(&name) {
+            return Ok(user);
+        }
+    }
     match rpcd.auth.login(ip, &creds.name, &creds.password).await {
-        Ok(user) => Ok(user),
+        Ok(user) => {
+            *conn.verified.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some((value.clone(), user.name.clone()));
+            Ok(user)
+        }
         Err(AuthError::Failed) => Err(unauthorized("authentication failed")),
         Err(AuthError::Throttled) => {
             let mut reply = plain(
