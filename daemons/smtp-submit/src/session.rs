@@ -287,8 +287,10 @@ impl Session {
                     conn.reply("454 4.7.0 TLS is not available.");
                 } else {
                     conn.reply("220 2.0.0 Ready to start TLS.");
-                    // RFC 3207 §4.2: the client starts over with EHLO.
+                    // RFC 3207 §4.2: the client starts over with EHLO, and a login made in
+                    // the clear (loopback) does not carry over into the TLS session.
                     self.helo = None;
+                    self.user = None;
                     self.transaction = Transaction::Idle;
                     return Next::StartTls;
                 }
