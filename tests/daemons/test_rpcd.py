@@ -346,6 +346,24 @@ def test_environment_is_an_allow_list(rpcd):
     assert "INETKIT_TEST_HIDDEN" not in env and "PATH" not in env
 
 
+def test_commands_inherit_no_sockets(daemons, tmp_path, cert):
+    from support.inetkit import listening_socket
+    rpc = listening_socket()
+    conf = config(tmp_path, cert, extra='''
+[[method]]
+name = "fds"
+help = "Lists its open files."
+argv = ["/bin/ls", "-l", "/proc/self/fd/"]
+public = true
+''').replace('rpcs = ["127.0.0.1:0"]\n', "")
+    d = daemons.activate("rpcd", [("rpc", rpc)], config=conf)
+    port = rpc.getsockname()[1]
+    fds = xmlrpc.client.ServerProxy(f"http://127.0.0.1:{port}/RPC2").fds()
+    # stdin (/dev/null), the stdout and stderr pipes, and the directory ls is reading.
+    assert "socket:" not in fds, fds
+    assert d.proc.poll() is None
+
+
 def test_argument_injection_is_inert(rpcd, tmp_path):
     marker = tmp_path / "pwned"
     p = proxy(rpcd)

@@ -37,6 +37,11 @@ tmp = [os.dup(f) for f in fds]
 for i, f in enumerate(tmp):
     os.dup2(f, 3 + i)
     os.set_inheritable(3 + i, True)
+# The originals (kept open and inheritable by pass_fds) would leak into the daemon as extra
+# copies of its sockets, which systemd never gives it.
+for f in fds:
+    if not 3 <= f < 3 + len(fds):
+        os.close(f)
 os.environ["LISTEN_PID"] = str(os.getpid())
 if "WATCHDOG_USEC" in os.environ:
     os.environ["WATCHDOG_PID"] = str(os.getpid())

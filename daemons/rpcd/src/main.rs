@@ -66,6 +66,20 @@ pub struct Rpcd {
     pub http: HttpConfig,
 }
 
+/// Marks a socket close-on-exec. systemd passes its sockets without the flag, and the methods'
+/// commands must not inherit the listening socket (they could accept rpcd's connections).
+fn keep_from_commands(socket: &Socket) -> anyhow::Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    use std::os::fd::AsRawFd;
+    let fd = match socket {
+        Socket::Tcp(s) => s.as_raw_fd(),
+        Socket::Udp(s) => s.as_raw_fd(),
+        Socket::Connected(s) => s.as_raw_fd(),
+    };
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
+    Ok(())
+}
+
 fn main() -> ExitCode {
     daemon::run("rpcd", setup)
 }
@@ -82,6 +96,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     });
     let server = ctx.server.clone();
     for listener in std::mem::take(&mut ctx.listeners) {
+        keep_from_commands(&listener.socket)?;
         let tls: Option<TlsContext> = match listener.name.as_str() {
             "rpc" | "connection" => None,
             "rpcs" => Some(ctx.require_tls(&listener.name)?),
