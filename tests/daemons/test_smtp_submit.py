@@ -716,3 +716,35 @@ def test_expired_message_bounces(daemons, home, cert):
     assert b"Final-Recipient: rfc822; carol@far.example" in bounce
     assert b"Status: 5.4.7" in bounce and b"delivery time expired" in bounce
     assert spool_files(home) == []
+
+
+@pytest.fixture
+def small_spool(home):
+    """The spool on a 256 KiB tmpfs, so that it fills up."""
+    spool = home / "spool"
+    spool.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(spool)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    yield spool
+    subprocess.run(["umount", "-l", str(spool)], check=True)
+
+
+def test_full_spool_gives_452_never_250(daemons, home, cert, small_spool):
+    d = daemons.start("smtp-submit", config(home, cert))
+    r = raw(d)
+    assert r.cmd(b"MAIL FROM:<alice@example.org>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<bob@example.org>").startswith(b"250")
+    assert r.cmd(b"DATA").startswith(b"354")
+    line = b"y" * 998 + b"\r\n"
+    r.send(b"Subject: too big for the disk\r\n\r\n" + line * 600 + b".\r\n")
+    assert r.reply().startswith(b"452 4.3.1")
+    assert spool_files(home) == [], "nothing of it is left"
+    # With the space back, the next message is accepted and delivered.
+    assert r.cmd(b"MAIL FROM:<alice@example.org>").startswith(b"250")
+    assert r.cmd(b"RCPT TO:<bob@example.org>").startswith(b"250")
+    assert r.cmd(b"DATA").startswith(b"354")
+    queue_id = queued_id(r.cmd(b"Subject: small\r\n\r\nfits\r\n."))
+    wait_delivered(d, queue_id)
+    [msg] = inbox(home, "bob")
+    assert b"Subject: small" in msg
