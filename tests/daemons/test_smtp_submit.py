@@ -748,3 +748,18 @@ def test_full_spool_gives_452_never_250(daemons, home, cert, small_spool):
     wait_delivered(d, queue_id)
     [msg] = inbox(home, "bob")
     assert b"Subject: small" in msg
+
+
+def test_socket_activation_with_named_sockets(daemons, home, cert):
+    """The sockets come from "systemd" (LISTEN_FDS, LISTEN_FDNAMES), as the units pass them."""
+    from support.inetkit import listening_socket
+    plain, tls = listening_socket(), listening_socket()
+    cfg = config(home, cert).replace('submission = ["127.0.0.1:0"]\nsubmissions = ["127.0.0.1:0"]\n', "")
+    daemons.activate("smtp-submit", [("submission", plain), ("submissions", tls)], config=cfg)
+    s = smtplib.SMTP(*plain.getsockname(), timeout=30)
+    s.starttls(context=tls_context(cert))
+    s.login("alice", PASSWORD)
+    s.quit()
+    s = smtplib.SMTP_SSL(*tls.getsockname(), context=tls_context(cert), timeout=30)
+    s.login("bob", PASSWORD)
+    s.quit()
