@@ -18,6 +18,7 @@ from .container import busy_ports
 SERVICE = "inetkit-ftpd.service"
 SOCKETS = ("inetkit-ftpd.socket", "inetkit-ftps.socket")
 PASSWORD = "ftp system test"
+USER = "ftpsys"
 
 
 def unverified_tls() -> ssl.SSLContext:
@@ -59,10 +60,12 @@ def ftp(inetkit):
     busy = busy_ports([21, 990])
     assert not busy, f"something on the host holds {busy} (vsftpd?); stop it"
     c = inetkit
-    c.run("inetkit", "user", "add", "dave", input=PASSWORD + "\n")
+    c.run("inetkit", "user", "add", USER, input=PASSWORD + "\n")
     c.systemctl("enable", "--now", *SOCKETS)
     yield c
     c.systemctl("disable", "--now", *SOCKETS, SERVICE)
+    # Leave the users file as the package made it, for the tests that check it.
+    c.run("inetkit", "user", "del", USER)
 
 
 def test_tls_upload_and_download_through_the_socket_unit(ftp):
@@ -71,7 +74,7 @@ def test_tls_upload_and_download_through_the_socket_unit(ftp):
     f.auth()
     snakeoil = ftp.run("cat", "/etc/ssl/certs/ssl-cert-snakeoil.pem").stdout
     assert f.sock.getpeercert(binary_form=True) == ssl.PEM_cert_to_DER_cert(snakeoil)
-    f.login("dave", PASSWORD)
+    f.login(USER, PASSWORD)
     f.prot_p()
     data = os.urandom(1024 * 1024 + 5)
     f.storbinary("STOR upload.bin", io.BytesIO(data))
@@ -80,24 +83,24 @@ def test_tls_upload_and_download_through_the_socket_unit(ftp):
     assert out.getvalue() == data
     f.quit()
     assert ftp.systemctl("is-active", SERVICE) == "active"
-    # The file sits in dave's root, made on first login, owned by inetkit.
-    size = ftp.run("stat", "-c", "%s %U", "/var/lib/inetkit/ftp/dave/upload.bin").stdout.split()
+    # The file sits in the user's root, made on first login, owned by inetkit.
+    size = ftp.run("stat", "-c", "%s %U", "/var/lib/inetkit/ftp/ftpsys/upload.bin").stdout.split()
     assert size == [str(len(data)), "inetkit"]
 
 
 def test_plain_download_from_loopback_and_implicit_tls(ftp):
-    ftp.write("/var/lib/inetkit/ftp/dave/hello.txt", "hello from the container\n")
-    ftp.run("chown", "inetkit:inetkit", "/var/lib/inetkit/ftp/dave/hello.txt")
+    ftp.write("/var/lib/inetkit/ftp/ftpsys/hello.txt", "hello from the container\n")
+    ftp.run("chown", "inetkit:inetkit", "/var/lib/inetkit/ftp/ftpsys/hello.txt")
     f = ftplib.FTP()
     f.connect("127.0.0.1", 21, timeout=30)
-    f.login("dave", PASSWORD)
+    f.login(USER, PASSWORD)
     out = io.BytesIO()
     f.retrbinary("RETR hello.txt", out.write)
     assert out.getvalue() == b"hello from the container\n"
     f.quit()
     f = ImplicitFTP_TLS(context=unverified_tls(), timeout=30)
     f.connect("127.0.0.1", 990)
-    f.login("dave", PASSWORD)
+    f.login(USER, PASSWORD)
     f.prot_p()
     assert "hello.txt" in f.nlst()
     f.quit()
@@ -106,7 +109,7 @@ def test_plain_download_from_loopback_and_implicit_tls(ftp):
 def test_confined_to_the_root(ftp):
     f = ftplib.FTP()
     f.connect("127.0.0.1", 21, timeout=30)
-    f.login("dave", PASSWORD)
+    f.login(USER, PASSWORD)
     with pytest.raises(ftplib.error_perm, match="^550"):
         f.retrbinary("RETR ../../../../etc/passwd", lambda b: None)
     f.quit()
