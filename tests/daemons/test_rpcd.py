@@ -512,6 +512,16 @@ def test_huge_bodies_are_refused(rpcd):
     assert proxy(rpcd).host.uptime() > 0
 
 
+def test_a_slow_body_times_out(daemons, tmp_path, cert):
+    d = daemons.start("rpcd", config(tmp_path, cert) + "\n[limits]\nidle_timeout = 1\n")
+    host, port = d.addr("rpc")
+    with socket.create_connection((host, port), timeout=30) as s:
+        s.sendall(b"POST /RPC2 HTTP/1.1\r\nHost: x\r\nContent-Type: text/xml\r\n"
+                  b"Content-Length: 100\r\n\r\n<methodCall>")
+        reply = s.recv(65536)
+    assert reply.startswith(b"HTTP/1.1 408 "), reply
+
+
 def test_hostile_xml(rpcd):
     def fault(body: bytes) -> int:
         status, reply = post(rpcd, "/RPC2", body)

@@ -235,7 +235,17 @@ async fn route(
         user,
     };
 
-    let bytes = match Limited::new(req.into_body(), max).collect().await {
+    // The whole body within the idle timeout: a client dribbling it byte by byte must not
+    // hold the connection (and its slot in the limits) for ever.
+    let reading = Limited::new(req.into_body(), max).collect();
+    let Ok(collected) = tokio::time::timeout(conn.peer.idle_timeout, reading).await else {
+        let reply = plain(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request body came too slowly",
+        );
+        return Err(Box::new((reply, None)));
+    };
+    let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
             return Err(Box::new((too_large(), None)))
