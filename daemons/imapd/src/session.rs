@@ -1745,3 +1745,37 @@ where
     }
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn literal_announcements() {
+        assert_eq!(literal_announced(b"a LOGIN {5}"), Some((5, true)));
+        assert_eq!(literal_announced(b"a APPEND x {12+}"), Some((12, false)));
+        assert_eq!(
+            literal_announced(b"a LOGIN {2147483648}"),
+            Some((2_147_483_648, true))
+        );
+        // Too many digits to be a length we would take: not a literal, so a syntax error.
+        assert_eq!(literal_announced(b"a LOGIN {99999999999999999999}"), None);
+        assert_eq!(literal_announced(b"a NOOP"), None);
+        assert_eq!(literal_announced(b"a LOGIN {}"), None);
+        assert_eq!(literal_announced(b"a LOGIN {+}"), None);
+        assert_eq!(literal_announced(b"a LOGIN {1a}"), None);
+    }
+
+    #[test]
+    fn whole_commands_decode() {
+        let (_, c) = CommandCodec::default()
+            .decode(b"a1 LOGIN {5}\r\nalice {3+}\r\npw!\r\n")
+            .expect("decodes");
+        assert!(matches!(c.body, CommandBody::Login { .. }));
+        let (_, c) = CommandCodec::default()
+            .decode(b"a2 UID FETCH 1:* (FLAGS BODY.PEEK[HEADER.FIELDS (From)]<0.100>)\r\n")
+            .expect("decodes");
+        assert!(matches!(c.body, CommandBody::Fetch { uid: true, .. }));
+        assert!(CommandCodec::default().decode(b"a3 FROB\r\n").is_err());
+    }
+}
