@@ -48,7 +48,7 @@ pub struct RelayConfig {
     pub retry_max: u64,
     /// Seconds after which an undeliverable message is bounced (default 5 days).
     pub max_lifetime: u64,
-    /// Seconds to wait for the smarthost per command.
+    /// Seconds to connect; one session setup or one message may take ten times as long.
     pub timeout: u64,
 }
 
