@@ -314,6 +314,26 @@ def test_port_and_eprt_to_own_address_work(ftpd, home):
     f.quit()
 
 
+def test_ipv6_epsv_and_eprt(daemons, home, cert):
+    conf = config(home, cert).replace('ftp = ["127.0.0.1:0"]', 'ftp = ["[::1]:0"]')
+    d = daemons.start("ftpd", conf)
+    host, port = d.addr("ftp")
+    assert host == "::1"
+    f = ftplib.FTP()
+    f.connect(host, port, timeout=30)
+    f.login("alice", PASSWORD)
+    with pytest.raises(ftplib.error_temp, match="^425"):
+        f.sendcmd("PASV")  # PASV cannot carry an IPv6 address
+    out = io.BytesIO()
+    f.retrbinary("RETR hello.txt", out.write)  # ftplib uses EPSV over IPv6
+    assert out.getvalue() == b"line one\nline two\n"
+    f.set_pasv(False)  # EPRT |2|::1|port|
+    assert f.nlst() == ["hello.txt"]
+    with pytest.raises(ftplib.error_perm, match="^500"):
+        f.sendcmd("EPRT |1|127.0.0.1|4000|")  # not the client's own address
+    f.quit()
+
+
 # -- other clients ------------------------------------------------------------------------------
 
 def test_curl_ssl_reqd_upload_download_resume_listing(ftpd, home, cert, tmp_path):
