@@ -642,3 +642,17 @@ def test_bad_config_is_refused(tmp_path, cert):
     r = subprocess.run([str(binary("inetkit-rpcd")), "-c", str(conf), "--check-config"],
                        capture_output=True, text=True)
     assert r.returncode != 0 and "frobnicate" in r.stderr
+    for bad, why in [('argv = ["echo"]', "absolute program path"),
+                     ('argv = ["/bin/echo"]\nparams = [{ name = "b", type = "base64" }]',
+                      "cannot be a command argument"),
+                     ('argv = ["/bin/echo"]\ntimeout = 0', "timeout"),
+                     ('argv = ["/bin/echo"]\n[[method]]\nname = "x"\nargv = ["/bin/echo"]',
+                      "defined twice")]:
+        conf.write_text(f'[[method]]\nname = "x"\n{bad}\n')
+        r = subprocess.run([str(binary("inetkit-rpcd")), "-c", str(conf), "--check-config"],
+                           capture_output=True, text=True)
+        assert r.returncode != 0 and why in r.stderr, (bad, r.stderr)
+    conf.write_text('[builtins]\npublic = ["host.nope"]\n')
+    r = subprocess.run([str(binary("inetkit-rpcd")), "-c", str(conf), "--check-config"],
+                       capture_output=True, text=True)
+    assert r.returncode != 0 and "host.nope" in r.stderr

@@ -34,7 +34,7 @@ struct Config {
     auth: AuthConfig,
     http: HttpConfig,
     builtins: BuiltinsConfig,
-    #[serde(rename = "method")]
+    #[serde(rename = "method", deserialize_with = "methods::checked_methods")]
     methods: Vec<MethodConfig>,
 }
 // An idle keep-alive connection is closed after a minute, as web servers do.

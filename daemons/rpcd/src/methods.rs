@@ -83,12 +83,33 @@ pub struct ParamConfig {
     pub ty: Type,
 }
 
+/// Reads the `[[method]]` list and checks it as the daemon will at start (names, argv,
+/// parameter types, limits), so `--check-config` reports a bad method too.
+pub fn checked_methods<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<Vec<MethodConfig>, D::Error> {
+    let methods = Vec::<MethodConfig>::deserialize(d)?;
+    Registry::new(&BuiltinsConfig::default(), &methods).map_err(serde::de::Error::custom)?;
+    Ok(methods)
+}
+
+/// Reads `[builtins] public`, refusing names that are not built-in methods.
+fn checked_public<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    let public = Vec::<String>::deserialize(d)?;
+    let builtins = BuiltinsConfig {
+        public: public.clone(),
+    };
+    Registry::new(&builtins, &[]).map_err(serde::de::Error::custom)?;
+    Ok(public)
+}
+
 /// `[builtins]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinsConfig {
     /// Built-in methods anyone may call without logging in (`host.uptime`, …). The
     /// introspection methods are always public and list only what the caller may call.
+    #[serde(deserialize_with = "checked_public")]
     pub public: Vec<String>,
 }
 
