@@ -200,6 +200,14 @@ impl Spool {
         })
     }
 
+    /// When the message's delivery log last changed (`None`: it has none yet). The delivery
+    /// loop uses it to notice `inetkit queue flush` without re-reading every waiting message.
+    pub fn state_modified(&self, id: &str) -> Option<SystemTime> {
+        fs::metadata(self.path(id, "state"))
+            .and_then(|m| m.modified())
+            .ok()
+    }
+
     /// Appends one line to the message's delivery log and fsyncs it.
     pub fn record(&self, id: &str, line: &str) -> io::Result<()> {
         self.record_lines(id, &[line])

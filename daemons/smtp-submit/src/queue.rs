@@ -7,11 +7,11 @@
 //! message found in the spool at start is first looked for in each pending user's INBOX (its
 //! first header carries ` id <spool id>;`) before being delivered again.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use lettre::address::{Address, Envelope as LettreEnvelope};
 use tokio::sync::mpsc;
@@ -63,6 +63,9 @@ pub struct Deliverer {
     pub hostname: String,
     pub retry: RetryPolicy,
     busy: Mutex<HashSet<String>>,
+    /// Deferred messages: their next attempt and their log's mtime then. The periodic scan
+    /// passes over them with one stat each until they are due or the log changes (a flush).
+    waiting: Mutex<HashMap<String, (u64, Option<SystemTime>)>>,
     limit: tokio::sync::Semaphore,
 }
 
@@ -81,7 +84,42 @@ impl Deliverer {
             hostname,
             retry,
             busy: Mutex::new(HashSet::new()),
+            waiting: Mutex::new(HashMap::new()),
             limit: tokio::sync::Semaphore::new(PARALLEL),
+        }
+    }
+}
+
+impl Deliverer {
+    /// The ids worth an attempt now: all but deferred ones not yet due and not flushed.
+    fn due(&self, ids: Vec<String>) -> Vec<String> {
+        let Ok(waiting) = self.waiting.lock().map(|mut w| {
+            // Deleted with `inetkit queue delete`: nothing to wait for.
+            let present: HashSet<&String> = ids.iter().collect();
+            w.retain(|id, _| present.contains(id));
+            w.clone()
+        }) else {
+            return ids;
+        };
+        let now = now();
+        ids.into_iter()
+            .filter(|id| match waiting.get(id) {
+                Some((next, mtime)) => *next <= now || self.spool.state_modified(id) != *mtime,
+                None => true,
+            })
+            .collect()
+    }
+
+    fn wait_until(&self, id: &str, next: u64) {
+        let mtime = self.spool.state_modified(id);
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.insert(id.to_owned(), (next, mtime));
+        }
+    }
+
+    fn forget(&self, id: &str) {
+        if let Ok(mut waiting) = self.waiting.lock() {
+            waiting.remove(id);
         }
     }
 }
@@ -94,8 +132,13 @@ pub fn start(deliverer: Arc<Deliverer>, shutdown: tokio_util::sync::Cancellation
         let mut first = true;
         loop {
             // Everything in the spool that is due (at start, everything: it may need recovery).
-            let spool = deliverer.spool.clone();
-            let ids = tokio::task::spawn_blocking(move || spool.ids()).await;
+            let d = deliverer.clone();
+            let scan_all = first;
+            let ids = tokio::task::spawn_blocking(move || {
+                let ids = d.spool.ids()?;
+                Ok::<_, std::io::Error>(if scan_all { ids } else { d.due(ids) })
+            })
+            .await;
             match ids {
                 Ok(Ok(ids)) => {
                     for id in ids {
@@ -171,10 +214,14 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
     let entry = match blocking(move || spool.load(&owned)).await {
         Ok(entry) => entry,
         // Removed meanwhile (`inetkit queue delete`, or done by an earlier attempt).
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+            d.forget(id);
+            return Ok(());
+        }
         Err(err) => return Err(err),
     };
     if entry.state.next_attempt > now() && !recovering {
+        d.wait_until(id, entry.state.next_attempt);
         return Ok(());
     }
     let mut state = entry.state.clone();
@@ -283,7 +330,9 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
         let next = now() + d.retry.delay(state.deferrals + 1).as_secs();
         let reason: String = reason.chars().filter(|c| !c.is_control()).collect();
         log.push(format!("deferred {next} {reason}"));
-        return record(d, id, log).await;
+        record(d, id, log).await?;
+        d.wait_until(id, next);
+        return Ok(());
     }
 
     if !state.failed.is_empty() && !state.bounced {
@@ -297,6 +346,7 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
     let spool = d.spool.clone();
     let owned = id.to_owned();
     blocking(move || spool.remove(&owned, relayed_now)).await?;
+    d.forget(id);
     tracing::info!(id, "done");
     Ok(())
 }
