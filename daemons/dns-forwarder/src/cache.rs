@@ -102,9 +102,10 @@ pub struct Cache {
 
 #[derive(Default)]
 struct Inner {
-    map: HashMap<Key, Entry>,
-    /// Insertion order, for eviction: (key, seq of the entry it was inserted with).
-    order: VecDeque<(Key, u64)>,
+    map: HashMap<Arc<Key>, Entry>,
+    /// Insertion order, for eviction: (key, seq of the entry it was inserted with). The key is
+    /// shared with the map's.
+    order: VecDeque<(Arc<Key>, u64)>,
     bytes: usize,
     seq: u64,
 }
@@ -163,6 +164,7 @@ impl Cache {
         inner.seq += 1;
         let seq = inner.seq;
         inner.bytes += answer.size;
+        let key = Arc::new(key);
         inner.order.push_back((key.clone(), seq));
         inner.map.insert(
             key,
@@ -177,14 +179,14 @@ impl Cache {
             let Some((old, old_seq)) = inner.order.pop_front() else {
                 break;
             };
-            if inner.map.get(&old).is_some_and(|e| e.seq == old_seq) {
+            if inner.map.get(&*old).is_some_and(|e| e.seq == old_seq) {
                 inner.remove(&old);
             }
         }
         // Keys replaced in place leave stale order entries behind; drop them now and then.
         if inner.order.len() > 2 * inner.map.len() + 64 {
             let Inner { map, order, .. } = &mut *inner;
-            order.retain(|(k, s)| map.get(k).is_some_and(|e| e.seq == *s));
+            order.retain(|(k, s)| map.get(&**k).is_some_and(|e| e.seq == *s));
         }
     }
 

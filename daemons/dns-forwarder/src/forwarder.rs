@@ -419,6 +419,16 @@ impl Forwarder {
                         continue;
                     }
                     let mut answer = answer_of(message, size);
+                    if !key.dnssec_ok
+                        && answer.rcode == ResponseCode::NoError
+                        && !answer.answers.is_empty()
+                    {
+                        // Minimal responses (as Unbound's default): a stub needs neither the
+                        // NS records nor their glue, and they cost cache memory and bytes on the
+                        // wire. With DO they stay: DNSSEC proofs may be among them.
+                        answer.authority = Vec::new();
+                        answer.additional = Vec::new();
+                    }
                     let ttl = answer.prepare_for_cache(&settings.cache);
                     let answer = Arc::new(answer);
                     if let Some(ttl) = ttl {
