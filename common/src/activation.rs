@@ -127,6 +127,13 @@ pub fn fd_names(names: &str, count: usize) -> Vec<String> {
 /// fd non-blocking as tokio needs.
 fn classify(fd: OwnedFd, raw: RawFd, name: String) -> Result<Listener, ActivationError> {
     let err = |source| ActivationError::Fd { fd: raw, source };
+    // systemd passes the fds inheritable; programs a daemon runs (rpcd's methods) must not
+    // get its listening sockets.
+    nix::fcntl::fcntl(
+        std::os::fd::AsRawFd::as_raw_fd(&fd),
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )
+    .map_err(err)?;
     let sock_type = getsockopt(&fd, sockopt::SockType).map_err(err)?;
     let socket = match sock_type {
         SockType::Stream => {
@@ -269,6 +276,18 @@ mod tests {
         assert!(matches!(c.socket, Socket::Connected(_)));
         let u = classify(OwnedFd::from(udp), 0, "c".into()).unwrap();
         assert!(matches!(u.socket, Socket::Udp(_)));
+        let Socket::Udp(udp) = &u.socket else {
+            unreachable!()
+        };
+        let flags = nix::fcntl::fcntl(
+            std::os::fd::AsRawFd::as_raw_fd(udp),
+            nix::fcntl::FcntlArg::F_GETFD,
+        )
+        .unwrap();
+        assert!(
+            flags & libc::FD_CLOEXEC != 0,
+            "passed sockets are close-on-exec"
+        );
         assert_eq!(u.name, "c");
 
         let (unix, _other) = std::os::unix::net::UnixStream::pair().unwrap();

@@ -148,6 +148,9 @@ pub struct Guard {
     table: Mutex<HashMap<PeerKey, Record>>,
 }
 
+/// An address with no failures may have this many times `max_failures` logins in progress.
+const CLEAN_PARALLEL_FACTOR: u32 = 4;
+
 impl Guard {
     pub fn new(policy: GuardPolicy) -> Guard {
         Guard {
@@ -178,8 +181,17 @@ impl Guard {
         let record = table.entry(key).or_insert_with(|| Record::new(now));
         record.expire(&self.policy, now);
         record.last_active = now;
-        let budget_spent = self.policy.max_failures > 0
-            && record.failures.saturating_add(record.in_flight) >= self.policy.max_failures;
+        // Logins in progress count against what is left of the failure budget, so a guesser
+        // cannot run many at once. An address with no failures gets a wider allowance: an
+        // office behind one NAT address, or a mail client opening several connections, logs in
+        // in parallel legitimately.
+        let max = self.policy.max_failures;
+        let in_flight_allowed = if record.failures == 0 {
+            max.saturating_mul(CLEAN_PARALLEL_FACTOR)
+        } else {
+            max.saturating_sub(record.failures)
+        };
+        let budget_spent = max > 0 && record.in_flight >= in_flight_allowed;
         if record.locked_until.is_some() || budget_spent {
             return Err(Throttled);
         }
@@ -413,16 +425,33 @@ mod tests {
     fn parallel_attempts_count_against_the_budget() {
         let guard = Guard::new(policy());
         let now = Instant::now();
+        // One failure first: from then on, attempts in progress spend what is left.
+        fail(&guard, A, now);
         let running: Vec<_> = (0..5).filter_map(|_| guard.begin(A, now).ok()).collect();
-        assert_eq!(running.len(), 5);
+        assert_eq!(running.len(), 4);
         assert_eq!(guard.begin(A, now).err(), Some(Throttled));
         let locked: Vec<bool> = running
             .into_iter()
             .map(|a| a.failed(now).locked_out)
             .collect();
         // The lockout is reported once, by the failure that caused it.
-        assert_eq!(locked, [false, false, false, false, true]);
+        assert_eq!(locked, [false, false, false, true]);
         assert_eq!(guard.begin(A, now + secs(1)).err(), Some(Throttled));
+    }
+
+    #[test]
+    fn an_address_without_failures_may_log_in_in_parallel() {
+        let guard = Guard::new(policy());
+        let now = Instant::now();
+        let allowed = policy().max_failures * CLEAN_PARALLEL_FACTOR;
+        let running: Vec<_> = (0..allowed + 5)
+            .filter_map(|_| guard.begin(A, now).ok())
+            .collect();
+        assert_eq!(running.len() as u32, allowed);
+        for attempt in running {
+            attempt.succeeded(now);
+        }
+        assert!(guard.begin(A, now).is_ok());
     }
 
     #[test]
