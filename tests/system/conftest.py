@@ -95,6 +95,10 @@ def inetkit(container, deb):
         for f in container.run("dpkg-query", "-L", "inetkit").stdout.split()
         if f.startswith("/usr/lib/systemd/system/")
     ]
+    # What the package created, before any test adds users or mail.
+    container.files_after_install = container.run(
+        "stat", "-c", "%a %U %G %s", "/var/lib/inetkit", "/etc/inetkit/users"
+    ).stdout.splitlines()
     container.after_install = {
         unit: (
             container.systemctl("is-enabled", unit, check=False),
