@@ -685,3 +685,37 @@ def test_idle_tcp_connections_are_closed(daemons, nsd):
         assert len(s.recv(n, socket.MSG_WAITALL)) == n
         # Then nothing: the forwarder closes the connection (RFC 7766 §6.2.3).
         assert s.recv(1) == b""
+
+
+def test_outstanding_upstream_questions_are_bounded(daemons):
+    release = threading.Event()
+
+    def slow(sock, addr, q):
+        qid, flags, name, qtype, do, question = q
+        release.wait(10)
+        sock.sendto(a_answer(qid, question, "192.0.2.88"), addr)
+
+    up = ScriptedUpstream(slow)
+    try:
+        conf = config([f"127.0.0.1:{up.port}"]).replace(
+            "timeout_ms = 700", "timeout_ms = 5000\nmax_outstanding = 1")
+        d = daemons.start("dns-forwarder", conf)
+        port = d.addr("dns", "udp")[1]
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:
+            first.settimeout(10)
+            first.sendto(query_packet("first.example", qid=1), ("127.0.0.1", port))
+            deadline = time.monotonic() + 10
+            while not up.queries:
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            # The one slot is taken: a second, different question is refused at once.
+            r = udp_exchange(port, query_packet("second.example", qid=2))
+            assert r is not None and rcode(r) == 2
+            release.set()
+            r = first.recv(4096)
+            assert rcode(r) == 0 and r.endswith(socket.inet_aton("192.0.2.88"))
+        d.signal(signal.SIGUSR1)
+        assert "1 over max_outstanding" in d.wait_log("statistics")
+    finally:
+        release.set()
+        up.close()

@@ -109,6 +109,9 @@ pub struct ForwardConfig {
     pub randomize_case: bool,
     /// EDNS buffer size we advertise, upstream and to clients (1232: DNS flag day 2020).
     pub edns_buffer: u16,
+    /// Upstream questions in flight at once; beyond that, new ones get SERVFAIL (a flood of
+    /// unique names cannot take every socket and task).
+    pub max_outstanding: usize,
 }
 
 impl Default for ForwardConfig {
@@ -118,6 +121,7 @@ impl Default for ForwardConfig {
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             randomize_case: false,
             edns_buffer: 1232,
+            max_outstanding: 4096,
         }
     }
 }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -111,6 +111,7 @@ pub struct Stats {
     pub malformed: AtomicU64,
     pub stale: AtomicU64,
     pub coalesced: AtomicU64,
+    pub overload: AtomicU64,
 }
 
 type Outcome = Option<Arc<Answer>>;
@@ -119,6 +120,8 @@ pub struct Forwarder {
     settings: RwLock<Arc<Settings>>,
     pub cache: Cache,
     inflight: Mutex<HashMap<Key, Vec<oneshot::Sender<Outcome>>>>,
+    /// Upstream questions in flight (bounded by `max_outstanding`).
+    outstanding: AtomicUsize,
     pub stats: Stats,
 }
 
@@ -141,6 +144,7 @@ impl Forwarder {
             settings: RwLock::new(Arc::new(settings)),
             cache: Cache::new(cache),
             inflight: Mutex::new(HashMap::new()),
+            outstanding: AtomicUsize::new(0),
             stats: Stats::default(),
         }
     }
@@ -366,8 +370,16 @@ impl Forwarder {
         if leader {
             // Its own task: a client that goes away must not cancel the others' answer.
             let this = self.clone();
+            let limit = self.settings().forward.max_outstanding;
             tokio::spawn(async move {
-                let outcome = this.fetch(&key, question).await;
+                let running = this.outstanding.fetch_add(1, Ordering::AcqRel);
+                let outcome = if running < limit {
+                    this.fetch(&key, question).await
+                } else {
+                    this.stats.overload.fetch_add(1, Ordering::Relaxed);
+                    None
+                };
+                this.outstanding.fetch_sub(1, Ordering::AcqRel);
                 let waiters = this
                     .inflight
                     .lock()
@@ -458,7 +470,7 @@ impl Forwarder {
             .map(|u| format!("{} {:.1}ms", u.addr, u.srtt().as_secs_f64() * 1000.0))
             .collect();
         format!(
-            "{} queries, {} cache hits, {} local, {} upstream queries, {} coalesced, {} SERVFAIL, {} stale, {} refused, {} rate-limited, {} malformed; cache {} entries {} bytes; upstream RTT: {}",
+            "{} queries, {} cache hits, {} local, {} upstream queries, {} coalesced, {} SERVFAIL, {} stale, {} refused, {} rate-limited, {} malformed, {} over max_outstanding; cache {} entries {} bytes; upstream RTT: {}",
             s.queries.load(Ordering::Relaxed),
             s.cache_hits.load(Ordering::Relaxed),
             s.local.load(Ordering::Relaxed),
@@ -469,6 +481,7 @@ impl Forwarder {
             s.refused.load(Ordering::Relaxed),
             s.rate_limited.load(Ordering::Relaxed),
             s.malformed.load(Ordering::Relaxed),
+            s.overload.load(Ordering::Relaxed),
             entries,
             bytes,
             if rtts.is_empty() { "none".into() } else { rtts.join(", ") },
