@@ -146,10 +146,11 @@ pub(crate) fn arrival_key(base: &str) -> (Option<u64>, Option<u32>, &str) {
 /// the writer asks for another name.
 pub(crate) fn unique_name(date: SystemTime) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let secs = date.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
-    let micros = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_micros());
+    // Seconds and microseconds from the same instant: UIDs follow arrival by this pair, and
+    // reading the clock again later (after a slow fsync) could sort a message before one
+    // that arrived earlier in the same second.
+    let since_epoch = date.duration_since(UNIX_EPOCH).unwrap_or_default();
+    let (secs, micros) = (since_epoch.as_secs(), since_epoch.subsec_micros());
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     format!("{secs}.M{micros}P{}Q{n}.{}", std::process::id(), hostname())
 }
@@ -248,6 +249,15 @@ mod tests {
         assert!(arrival_key(early) < arrival_key(late));
         assert!(arrival_key("1699999999.M999999P1.h") < arrival_key(early));
         assert_eq!(arrival_key("1.2.h"), (Some(1), None, "1.2.h"));
+    }
+
+    #[test]
+    fn unique_name_takes_seconds_and_microseconds_from_one_instant() {
+        let at = UNIX_EPOCH + std::time::Duration::new(1_795_630_056, 999_999_000);
+        let name = unique_name(at);
+        assert!(name.starts_with("1795630056.M999999P"), "{name}");
+        let later = unique_name(UNIX_EPOCH + std::time::Duration::new(1_795_630_057, 1_000));
+        assert!(arrival_key(&name) < arrival_key(&later));
     }
 
     #[test]
