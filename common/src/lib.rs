@@ -8,6 +8,7 @@ pub mod activation;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod conn;
 pub mod daemon;
 pub mod lines;
 pub mod log;

@@ -20,11 +20,12 @@ use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
 use imap_codec::imap_types::status::StatusDataItemName;
 use imap_codec::CommandCodec;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::lines::{read_line, Line};
+use inetkit_common::conn::{Farewell, LineConn};
+use inetkit_common::lines::Line;
 use inetkit_common::mail::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
 use inetkit_common::server::Peer;
 
@@ -108,11 +109,12 @@ pub async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls:
     }
 }
 
-struct Conn<S> {
-    reader: BufReader<S>,
-    out: Vec<u8>,
-    peer: Peer,
-}
+type Conn<S> = LineConn<S>;
+
+const FAREWELL: Farewell = Farewell {
+    idle: "* BYE Autologout: idle for too long.",
+    shutdown: "* BYE Server shutting down.",
+};
 
 /// What reading a command gave.
 enum Input {
@@ -122,55 +124,15 @@ enum Input {
     Gone,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn line(&mut self, text: &str) {
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
+/// IMAP's additions to the shared line connection: literals, and flushing mid-response.
+trait ImapConn {
+    async fn flush_if_full(&mut self) -> bool;
+    async fn read_command(&mut self, max: u64) -> Input;
+}
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let stream = self.reader.get_mut();
-        let write = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(self.peer.write_timeout, write).await {
-            Ok(result) => result?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
-        self.out.clear();
-        Ok(())
-    }
-
+impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
     async fn flush_if_full(&mut self) -> bool {
         self.out.len() < FLUSH_AT || self.flush().await.is_ok()
-    }
-
-    /// The next line, or `None` when the client is gone, idle too long or we are stopping.
-    async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
-        if self.reader.buffer().is_empty() && self.flush().await.is_err() {
-            return None;
-        }
-        let shutdown = self.peer.shutdown.clone();
-        tokio::select! {
-            read = tokio::time::timeout(self.peer.idle_timeout, read_line(&mut self.reader, buf, MAX_LINE)) => match read {
-                Ok(Ok(Line::Eof)) | Ok(Err(_)) => None,
-                Ok(Ok(line)) => Some(line),
-                Err(_) => {
-                    self.line("* BYE Autologout: idle for too long.");
-                    let _ = self.flush().await;
-                    None
-                }
-            },
-            _ = shutdown.cancelled() => {
-                self.line("* BYE Server shutting down.");
-                let _ = self.flush().await;
-                None
-            }
-        }
     }
 
     /// A command line with its literals, at most `max` bytes in all.
@@ -182,7 +144,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 None => return Input::Gone,
                 Some(Line::TooLong) => {
                     let tag = wire::tag_of(&command);
-                    self.line(&format!("{tag} BAD Command line too long."));
+                    self.reply(&format!("{tag} BAD Command line too long."));
                     return Input::Refused;
                 }
                 Some(_) => {}
@@ -196,15 +158,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let tag = wire::tag_of(&command);
                 if sync {
                     // Refused before the client sends it: nothing to read or allocate.
-                    self.line(&format!("{tag} NO [TOOBIG] Literal too large."));
+                    self.reply(&format!("{tag} NO [TOOBIG] Literal too large."));
                     return Input::Refused;
                 }
                 // A LITERAL+ client sends the data anyway: the connection cannot recover.
-                self.line("* BYE Literal too large.");
+                self.reply("* BYE Literal too large.");
                 return Input::Gone;
             }
             if sync {
-                self.line("+ Ready for literal data");
+                self.reply("+ Ready for literal data");
                 if self.flush().await.is_err() {
                     return Input::Gone;
                 }
@@ -334,14 +296,10 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut conn = Conn {
-            reader: BufReader::new(stream),
-            out: Vec::with_capacity(4096),
-            peer: self.peer.clone(),
-        };
+        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
         if greet {
             let caps = self.capabilities();
-            conn.line(&format!("* OK [CAPABILITY {caps}] inetkit IMAP ready."));
+            conn.reply(&format!("* OK [CAPABILITY {caps}] inetkit IMAP ready."));
         }
         loop {
             // Before login nothing needs more than a user name and password.
@@ -362,7 +320,7 @@ impl Session {
                 Ok((_, command)) => command,
                 Err(_) => {
                     let tag = wire::tag_of(&bytes);
-                    conn.line(&format!("{tag} BAD Syntax error."));
+                    conn.reply(&format!("{tag} BAD Syntax error."));
                     continue;
                 }
             };
@@ -370,9 +328,9 @@ impl Session {
             let done = self.handle(command, &tag, &mut conn).await;
             match done {
                 Done::Tagged(status, text) => {
-                    conn.line(&format!("{tag} {status} {text}"));
+                    conn.reply(&format!("{tag} {status} {text}"));
                     if self.failures >= MAX_FAILURES {
-                        conn.line("* BYE Too many failed logins.");
+                        conn.reply("* BYE Too many failed logins.");
                         let _ = conn.flush().await;
                         return Ending::Closed;
                     }
@@ -387,7 +345,7 @@ impl Session {
                         return Ending::Closed;
                     }
                     // Whatever was pipelined after STARTTLS came in the clear: dropped.
-                    return Ending::StartTls(conn.reader.into_inner());
+                    return Ending::StartTls(conn.into_inner());
                 }
             }
         }
@@ -429,17 +387,17 @@ impl Session {
         let selected = self.selected.is_some();
         match command.body {
             CommandBody::Capability => {
-                conn.line(&format!("* CAPABILITY {}", self.capabilities()));
+                conn.reply(&format!("* CAPABILITY {}", self.capabilities()));
                 ok("CAPABILITY completed.")
             }
             CommandBody::Noop => ok("NOOP completed."),
             CommandBody::Logout => {
-                conn.line("* BYE Logging out.");
-                conn.line(&format!("{tag} OK LOGOUT completed."));
+                conn.reply("* BYE Logging out.");
+                conn.reply(&format!("{tag} OK LOGOUT completed."));
                 Done::Close
             }
             CommandBody::Id { .. } => {
-                conn.line("* ID (\"name\" \"inetkit\")");
+                conn.reply("* ID (\"name\" \"inetkit\")");
                 ok("ID completed.")
             }
             CommandBody::StartTLS => {
@@ -450,7 +408,7 @@ impl Session {
                 } else if self.imap.tls.is_none() {
                     no("TLS is not configured.")
                 } else {
-                    conn.line(&format!("{tag} OK Begin TLS negotiation now."));
+                    conn.reply(&format!("{tag} OK Begin TLS negotiation now."));
                     Done::StartTls
                 }
             }
@@ -481,7 +439,7 @@ impl Session {
                         .encode(ir.declassify().as_ref())
                         .into_bytes(),
                     None => {
-                        conn.line("+ ");
+                        conn.reply("+ ");
                         let mut line = Vec::new();
                         match conn.next_line(&mut line).await {
                             Some(Line::Complete) => line,
@@ -504,11 +462,11 @@ impl Session {
             _ if !authenticated => bad("Not logged in."),
             CommandBody::Enable { .. } => {
                 // No extension that ENABLE can turn on is implemented.
-                conn.line("* ENABLED");
+                conn.reply("* ENABLED");
                 ok("ENABLE completed.")
             }
             CommandBody::Namespace => {
-                conn.line("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                conn.reply("* NAMESPACE ((\"\" \"/\")) NIL NIL");
                 ok("NAMESPACE completed.")
             }
             CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
@@ -590,7 +548,7 @@ impl Session {
                     };
                     line.push_str(&format!(" {n}"));
                 }
-                conn.line(&line);
+                conn.reply(&line);
                 ok("SEARCH completed.")
             }
             CommandBody::Fetch {
@@ -720,26 +678,26 @@ impl Session {
         } else {
             format!(" {}", keywords.join(" "))
         };
-        conn.line(&format!(
+        conn.reply(&format!(
             "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw})"
         ));
         if read_only {
-            conn.line("* OK [PERMANENTFLAGS ()] Read-only mailbox.");
+            conn.reply("* OK [PERMANENTFLAGS ()] Read-only mailbox.");
         } else {
-            conn.line(&format!(
+            conn.reply(&format!(
                 "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw} \\*)] Flags permitted."
             ));
         }
-        conn.line(&format!("* {} EXISTS", sel.messages.len()));
-        conn.line(&format!("* {} RECENT", sel.recent.len()));
+        conn.reply(&format!("* {} EXISTS", sel.messages.len()));
+        conn.reply(&format!("* {} RECENT", sel.recent.len()));
         if let Some(n) = sel.unseen_first() {
-            conn.line(&format!("* OK [UNSEEN {n}] First unseen."));
+            conn.reply(&format!("* OK [UNSEEN {n}] First unseen."));
         }
-        conn.line(&format!(
+        conn.reply(&format!(
             "* OK [UIDVALIDITY {}] UIDs valid.",
             sel.uid_validity
         ));
-        conn.line(&format!(
+        conn.reply(&format!(
             "* OK [UIDNEXT {}] Predicted next UID.",
             sel.uid_next
         ));
@@ -872,7 +830,7 @@ impl Session {
         };
         if pattern.is_empty() {
             if !lsub {
-                conn.line("* LIST (\\Noselect) \"/\" \"\"");
+                conn.reply("* LIST (\\Noselect) \"/\" \"\"");
             }
             return ok("LIST completed.");
         }
@@ -1068,7 +1026,7 @@ impl Session {
                 let recent = sel.recent.contains(&msg.uid);
                 let flags = flag_list(msg.flags, recent, &sel.keywords);
                 if matches!(response, StoreResponse::Answer) {
-                    conn.line(&format!(
+                    conn.reply(&format!(
                         "* {} FETCH (UID {} FLAGS {flags})",
                         i + 1,
                         msg.uid
@@ -1163,7 +1121,7 @@ impl Session {
         if !moving {
             return ok(format!("[{code}] COPY completed."));
         }
-        conn.line(&format!("* OK [{code}] Moved."));
+        conn.reply(&format!("* OK [{code}] Moved."));
         match blocking(|| sel.expunge(&copied, Some(&mut conn.out))) {
             Ok(_) => ok("MOVE completed."),
             Err(e) => store_error(&e),
@@ -1174,7 +1132,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        conn.line("+ idling");
+        conn.reply("+ idling");
         if conn.flush().await.is_err() {
             return Done::Close;
         }
@@ -1227,7 +1185,7 @@ impl Session {
                 }
                 _ = tick.tick() => {
                     if started.elapsed() > self.peer.idle_timeout {
-                        conn.line("* BYE Autologout: idle for too long.");
+                        conn.reply("* BYE Autologout: idle for too long.");
                         let _ = conn.flush().await;
                         return Done::Close;
                     }
@@ -1236,7 +1194,7 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled() => {
-                    conn.line("* BYE Server shutting down.");
+                    conn.reply("* BYE Server shutting down.");
                     let _ = conn.flush().await;
                     return Done::Close;
                 }

@@ -6,11 +6,12 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::lines::{read_line, DotStuffer, Line};
+use inetkit_common::conn::{Farewell, LineConn};
+use inetkit_common::lines::{DotStuffer, Line};
 use inetkit_common::server::Peer;
 
 use crate::command::{parse, Command, ParseError};
@@ -69,62 +70,12 @@ pub async fn serve(pop3: Arc<Pop3>, stream: TcpStream, peer: Peer, implicit_tls:
     }
 }
 
-/// The connection: buffered input, and output queued until it is worth a write.
-struct Conn<S> {
-    reader: BufReader<S>,
-    out: Vec<u8>,
-    peer: Peer,
-}
+type Conn<S> = LineConn<S>;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn reply(&mut self, text: &str) {
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
-
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let stream = self.reader.get_mut();
-        let write = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(self.peer.write_timeout, write).await {
-            Ok(result) => result?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
-        self.out.clear();
-        Ok(())
-    }
-
-    /// Reads the next line; `None` when the client is gone, idle too long, or we are stopping
-    /// (the last two are told so first).
-    async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
-        // Replies to pipelined commands go out together.
-        if self.reader.buffer().is_empty() && self.flush().await.is_err() {
-            return None;
-        }
-        let shutdown = self.peer.shutdown.clone();
-        tokio::select! {
-            read = tokio::time::timeout(self.peer.idle_timeout, read_line(&mut self.reader, buf, MAX_LINE)) => match read {
-                Ok(Ok(Line::Eof)) | Ok(Err(_)) => None,
-                Ok(Ok(line)) => Some(line),
-                Err(_) => {
-                    self.reply("-ERR Disconnected for inactivity.");
-                    let _ = self.flush().await;
-                    None
-                }
-            },
-            _ = shutdown.cancelled() => {
-                self.reply("-ERR [SYS/TEMP] Server shutting down.");
-                let _ = self.flush().await;
-                None
-            }
-        }
-    }
-}
+const FAREWELL: Farewell = Farewell {
+    idle: "-ERR Disconnected for inactivity.",
+    shutdown: "-ERR [SYS/TEMP] Server shutting down.",
+};
 
 impl Session {
     async fn serve_tls(&mut self, stream: TcpStream, greet: bool) {
@@ -144,11 +95,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut conn = Conn {
-            reader: BufReader::new(stream),
-            out: Vec::with_capacity(1024),
-            peer: self.peer.clone(),
-        };
+        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
         if greet {
             conn.reply("+OK inetkit POP3 ready.");
         }
@@ -185,7 +132,7 @@ impl Session {
                     }
                     // Anything the client pipelined after STLS is dropped with the buffer: it
                     // was sent in the clear and must not be taken as said under TLS.
-                    return Ending::StartTls(conn.reader.into_inner());
+                    return Ending::StartTls(conn.into_inner());
                 }
             }
         }

@@ -7,10 +7,11 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
+use inetkit_common::conn::{Farewell, LineConn};
 use inetkit_common::lines::{read_line, Line};
 use inetkit_common::server::Peer;
 
@@ -80,71 +81,27 @@ pub async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_
     }
 }
 
-struct Conn<S> {
-    reader: BufReader<S>,
-    out: Vec<u8>,
-    peer: Peer,
-}
+type Conn<S> = LineConn<S>;
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
-    fn reply(&mut self, text: &str) {
-        self.out.extend_from_slice(text.as_bytes());
-        self.out.extend_from_slice(b"\r\n");
-    }
+const FAREWELL: Farewell = Farewell {
+    idle: "421 4.4.2 Idle too long; closing the connection.",
+    shutdown: "421 4.3.2 Server shutting down; try again later.",
+};
 
-    async fn flush(&mut self) -> std::io::Result<()> {
-        if self.out.is_empty() {
-            return Ok(());
-        }
-        let stream = self.reader.get_mut();
-        let write = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(self.peer.write_timeout, write).await {
-            Ok(result) => result?,
-            Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
-        }
-        self.out.clear();
-        Ok(())
-    }
-
-    /// The next command line; `None` when the client is gone, idle too long, or we stop.
-    async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
-        // Replies to pipelined commands go out together, in order (RFC 2920 §3.2).
-        if self.reader.buffer().is_empty() && self.flush().await.is_err() {
-            return None;
-        }
-        let shutdown = self.peer.shutdown.clone();
-        tokio::select! {
-            read = tokio::time::timeout(self.peer.idle_timeout, read_line(&mut self.reader, buf, MAX_LINE)) => match read {
-                Ok(Ok(Line::Eof)) | Ok(Err(_)) => None,
-                Ok(Ok(line)) => Some(line),
-                Err(_) => {
-                    self.reply("421 4.4.2 Idle too long; closing the connection.");
-                    let _ = self.flush().await;
-                    None
-                }
-            },
-            _ = shutdown.cancelled() => {
-                self.reply("421 4.3.2 Server shutting down; try again later.");
-                let _ = self.flush().await;
-                None
-            }
-        }
-    }
-
-    /// A line of message data: no shutdown check (a message in transfer may finish).
-    async fn data_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
-        match tokio::time::timeout(
-            self.peer.idle_timeout,
-            read_line(&mut self.reader, buf, MAX_DATA_LINE),
-        )
-        .await
-        {
-            Ok(Ok(Line::Eof)) | Ok(Err(_)) | Err(_) => None,
-            Ok(Ok(line)) => Some(line),
-        }
+/// One line of message data: longer lines are allowed than for commands, and a shutdown does
+/// not cut a message short.
+async fn data_line<S>(conn: &mut Conn<S>, buf: &mut Vec<u8>) -> Option<Line>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    match tokio::time::timeout(
+        conn.peer.idle_timeout,
+        read_line(&mut conn.reader, buf, MAX_DATA_LINE),
+    )
+    .await
+    {
+        Ok(Ok(Line::Eof)) | Ok(Err(_)) | Err(_) => None,
+        Ok(Ok(line)) => Some(line),
     }
 }
 
@@ -166,11 +123,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut conn = Conn {
-            reader: BufReader::new(stream),
-            out: Vec::with_capacity(1024),
-            peer: self.peer.clone(),
-        };
+        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
         if greet {
             conn.reply(&format!(
                 "220 {} ESMTP inetkit submission ready",
@@ -215,7 +168,7 @@ impl Session {
                         return Ending::Closed;
                     }
                     // What was pipelined after STARTTLS came in the clear: dropped (RFC 3207 §5).
-                    return Ending::StartTls(conn.reader.into_inner());
+                    return Ending::StartTls(conn.into_inner());
                 }
             }
         }
@@ -579,7 +532,7 @@ impl Session {
         let mut line = Vec::with_capacity(1024);
         let mut size: u64 = 0;
         loop {
-            match conn.data_line(&mut line).await {
+            match data_line(conn, &mut line).await {
                 None => {
                     // Disconnect mid-DATA: nothing was accepted, so nothing is kept.
                     drop(incoming);
