@@ -1,13 +1,16 @@
 //! The start of every daemon: command line, config, logging, runtime, sockets, TLS, then the
 //! daemon's own setup and the server loop.
 
+use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use crate::activation::{self, Listener};
+use tokio::net::TcpStream;
+
+use crate::activation::{self, Listener, Socket};
 use crate::cli::{self, Parsed};
 use crate::config::{self, ConfigError, DaemonConfig};
-use crate::server::Server;
+use crate::server::{Peer, Server};
 use crate::tls::TlsContext;
 
 /// What a daemon's setup gets to wire its protocol to.
@@ -20,7 +23,64 @@ pub struct Context<C> {
     pub tls: Option<TlsContext>,
 }
 
+/// A TCP protocol served on two sockets: `plain` (which may offer STARTTLS) and `tls`
+/// (implicit TLS from the first byte), as POP3, IMAP, submission and FTP are.
+#[derive(Debug, Clone, Copy)]
+pub struct PlainAndTls {
+    /// What the protocol is called in error messages (POP3, IMAP, ...).
+    pub protocol: &'static str,
+    /// The socket names (`FileDescriptorName=` / `[listen]` key).
+    pub plain: &'static str,
+    pub tls: &'static str,
+    /// Sent on the plain socket to a connection refused by the limits; a TLS client could not
+    /// read it, so refused TLS connections are just closed.
+    pub busy: &'static [u8],
+}
+
 impl<C> Context<C> {
+    /// Serves every socket as `protocol.plain` or `protocol.tls`; `session` gets each
+    /// connection and whether it is implicit TLS. An Accept=yes connection ("connection")
+    /// counts as plain. Any other name, a UDP socket, or a TLS socket without a certificate
+    /// is refused at start.
+    pub fn serve_plain_and_tls<H, F>(
+        &mut self,
+        protocol: PlainAndTls,
+        session: H,
+    ) -> anyhow::Result<()>
+    where
+        H: Fn(TcpStream, Peer, bool) -> F + Clone + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
+        for listener in std::mem::take(&mut self.listeners) {
+            let name = listener.name.as_str();
+            let implicit_tls = if name == protocol.plain || name == "connection" {
+                false
+            } else if name == protocol.tls {
+                self.require_tls(name)?;
+                true
+            } else {
+                anyhow::bail!(
+                    "socket {name:?}: {} is served on sockets named {} and {}",
+                    protocol.protocol,
+                    protocol.plain,
+                    protocol.tls
+                );
+            };
+            anyhow::ensure!(
+                !matches!(listener.socket, Socket::Udp(_)),
+                "socket {name:?}: {} is TCP only",
+                protocol.protocol
+            );
+            let busy = (!implicit_tls).then_some(protocol.busy);
+            let session = session.clone();
+            self.server
+                .serve_stream(listener, busy, move |stream, peer| {
+                    session(stream, peer, implicit_tls)
+                })?;
+        }
+        Ok(())
+    }
+
     /// The TLS context, or an error naming the socket that needs it.
     pub fn require_tls(&self, socket: &str) -> anyhow::Result<TlsContext> {
         self.tls.clone().ok_or_else(|| {

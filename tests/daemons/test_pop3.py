@@ -503,3 +503,17 @@ def test_plaintext_is_refused_from_a_non_loopback_client_by_default(daemons, mai
         assert lines[0] == "capa False False True", lines
         assert lines[1].startswith("user refused -ERR [AUTH]"), lines
         assert lines[2].startswith("after stls +OK"), lines
+
+
+def test_unknown_socket_name_and_tls_without_certificate_are_refused_at_start(tmp_path, mailhome):
+    users, mail = mailhome
+    for listen, expected in [('bogus = ["127.0.0.1:0"]', "pop3 and pop3s"),
+                             ('pop3s = ["127.0.0.1:0"]', "needs TLS")]:
+        conf = tmp_path / "pop3d.toml"
+        conf.write_text(f'[listen]\n{listen}\n[auth]\nusers_file = "{users}"\n'
+                        f'[mail]\nroot = "{mail}"\n')
+        out = subprocess.run([str(binary("inetkit-pop3d")), "-c", str(conf)],
+                             capture_output=True, text=True, timeout=20,
+                             env={"PATH": os.environ["PATH"]})
+        assert out.returncode != 0
+        assert expected in out.stderr, out.stderr

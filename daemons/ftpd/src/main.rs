@@ -15,10 +15,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
+use inetkit_common::daemon::{self, Context, PlainAndTls};
 use inetkit_common::server::Server;
 use inetkit_common::tls::TlsContext;
 
@@ -124,27 +123,14 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         config: ctx.config.ftp.clone(),
         tls: ctx.tls.clone(),
     });
-    let server = ctx.server.clone();
-    for listener in std::mem::take(&mut ctx.listeners) {
-        let implicit_tls = match listener.name.as_str() {
-            "ftp" | "connection" => false,
-            "ftps" => {
-                ctx.require_tls(&listener.name)?;
-                true
-            }
-            other => anyhow::bail!("socket {other:?}: ftpd serves sockets named ftp and ftps"),
-        };
-        anyhow::ensure!(
-            !matches!(listener.socket, Socket::Udp(_)),
-            "socket {:?}: FTP is TCP only",
-            listener.name
-        );
-        let ftp = ftp.clone();
-        let busy: Option<&'static [u8]> =
-            (!implicit_tls).then_some(b"421 Too many connections; try again later.\r\n");
-        server.serve_stream(listener, busy, move |stream, peer| {
-            session::serve(ftp.clone(), stream, peer, implicit_tls)
-        })?;
-    }
-    Ok(server)
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            protocol: "FTP",
+            plain: "ftp",
+            tls: "ftps",
+            busy: b"421 Too many connections; try again later.\r\n",
+        },
+        move |stream, peer, implicit_tls| session::serve(ftp.clone(), stream, peer, implicit_tls),
+    )?;
+    Ok(ctx.server)
 }

@@ -15,10 +15,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
+use inetkit_common::daemon::{self, Context, PlainAndTls};
 use inetkit_common::mail::{MailConfig, Store};
 use inetkit_common::server::Server;
 use inetkit_common::tls::TlsContext;
@@ -73,27 +72,14 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),
     });
-    let server = ctx.server.clone();
-    for listener in std::mem::take(&mut ctx.listeners) {
-        let implicit_tls = match listener.name.as_str() {
-            "imap" | "connection" => false,
-            "imaps" => {
-                ctx.require_tls(&listener.name)?;
-                true
-            }
-            other => anyhow::bail!("socket {other:?}: imapd serves sockets named imap and imaps"),
-        };
-        anyhow::ensure!(
-            !matches!(listener.socket, Socket::Udp(_)),
-            "socket {:?}: IMAP is TCP only",
-            listener.name
-        );
-        let imap = imap.clone();
-        let busy: Option<&'static [u8]> =
-            (!implicit_tls).then_some(b"* BYE Too many connections; try again later.\r\n");
-        server.serve_stream(listener, busy, move |stream, peer| {
-            session::serve(imap.clone(), stream, peer, implicit_tls)
-        })?;
-    }
-    Ok(server)
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            protocol: "IMAP",
+            plain: "imap",
+            tls: "imaps",
+            busy: b"* BYE Too many connections; try again later.\r\n",
+        },
+        move |stream, peer, implicit_tls| session::serve(imap.clone(), stream, peer, implicit_tls),
+    )?;
+    Ok(ctx.server)
 }

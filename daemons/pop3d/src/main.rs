@@ -10,10 +10,9 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
+use inetkit_common::daemon::{self, Context, PlainAndTls};
 use inetkit_common::mail::{MailConfig, Store};
 use inetkit_common::server::Server;
 use inetkit_common::tls::TlsContext;
@@ -66,28 +65,14 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         store: Store::new(ctx.config.mail.root.clone()),
         tls: ctx.tls.clone(),
     });
-    let server = ctx.server.clone();
-    for listener in std::mem::take(&mut ctx.listeners) {
-        let implicit_tls = match listener.name.as_str() {
-            "pop3" | "connection" => false,
-            "pop3s" => {
-                ctx.require_tls(&listener.name)?;
-                true
-            }
-            other => anyhow::bail!("socket {other:?}: pop3d serves sockets named pop3 and pop3s"),
-        };
-        anyhow::ensure!(
-            !matches!(listener.socket, Socket::Udp(_)),
-            "socket {:?}: POP3 is TCP only",
-            listener.name
-        );
-        let pop3 = pop3.clone();
-        // A refused connection on the plain port is told why; on pop3s it could not read it.
-        let busy: Option<&'static [u8]> = (!implicit_tls)
-            .then_some(b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n");
-        server.serve_stream(listener, busy, move |stream, peer| {
-            session::serve(pop3.clone(), stream, peer, implicit_tls)
-        })?;
-    }
-    Ok(server)
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            protocol: "POP3",
+            plain: "pop3",
+            tls: "pop3s",
+            busy: b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n",
+        },
+        move |stream, peer, implicit_tls| session::serve(pop3.clone(), stream, peer, implicit_tls),
+    )?;
+    Ok(ctx.server)
 }

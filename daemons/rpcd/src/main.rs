@@ -14,12 +14,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
+use inetkit_common::daemon::{self, Context, PlainAndTls};
 use inetkit_common::server::Server;
-use inetkit_common::tls::TlsContext;
 
 use http::HttpConfig;
 use methods::{BuiltinsConfig, MethodConfig, Registry};
@@ -66,20 +64,6 @@ pub struct Rpcd {
     pub http: HttpConfig,
 }
 
-/// Marks a socket close-on-exec. systemd passes its sockets without the flag, and the methods'
-/// commands must not inherit the listening socket (they could accept rpcd's connections).
-fn keep_from_commands(socket: &Socket) -> anyhow::Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    use std::os::fd::AsRawFd;
-    let fd = match socket {
-        Socket::Tcp(s) => s.as_raw_fd(),
-        Socket::Udp(s) => s.as_raw_fd(),
-        Socket::Connected(s) => s.as_raw_fd(),
-    };
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))?;
-    Ok(())
-}
-
 fn main() -> ExitCode {
     daemon::run("rpcd", setup)
 }
@@ -94,27 +78,19 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         auth_config: ctx.config.auth.clone(),
         http: ctx.config.http.clone(),
     });
-    let server = ctx.server.clone();
-    for listener in std::mem::take(&mut ctx.listeners) {
-        keep_from_commands(&listener.socket)?;
-        let tls: Option<TlsContext> = match listener.name.as_str() {
-            "rpc" | "connection" => None,
-            "rpcs" => Some(ctx.require_tls(&listener.name)?),
-            other => anyhow::bail!("socket {other:?}: rpcd serves sockets named rpc and rpcs"),
-        };
-        anyhow::ensure!(
-            !matches!(listener.socket, Socket::Udp(_)),
-            "socket {:?}: HTTP is TCP only",
-            listener.name
-        );
-        let rpcd = rpcd.clone();
-        let busy: Option<&'static [u8]> = tls.is_none().then_some(
-            b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-                .as_slice(),
-        );
-        server.serve_stream(listener, busy, move |stream, peer| {
+    // Listening sockets are close-on-exec (common::activation), so methods' commands never
+    // inherit them.
+    let tls = ctx.tls.clone();
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            protocol: "HTTP",
+            plain: "rpc",
+            tls: "rpcs",
+            busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+        },
+        move |stream, peer, implicit_tls| {
             let rpcd = rpcd.clone();
-            let tls = tls.clone();
+            let tls = tls.clone().filter(|_| implicit_tls);
             async move {
                 match tls {
                     None => http::serve(rpcd, stream, peer, false).await,
@@ -124,7 +100,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
                     },
                 }
             }
-        })?;
-    }
-    Ok(server)
+        },
+    )?;
+    Ok(ctx.server)
 }

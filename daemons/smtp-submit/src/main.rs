@@ -16,10 +16,9 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
 use inetkit_common::auth::{AuthConfig, Authenticator};
 use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
+use inetkit_common::daemon::{self, Context, PlainAndTls};
 use inetkit_common::mail::{MailConfig, Store};
 use inetkit_common::server::Server;
 use inetkit_common::tls::TlsContext;
@@ -170,8 +169,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         hostname.clone(),
         ctx.config.relay.retry_policy(),
     ));
-    let server = ctx.server.clone();
-    let queue = queue::start(deliverer, server.shutdown_token());
+    let queue = queue::start(deliverer, ctx.server.shutdown_token());
     let submit = Arc::new(Submit {
         auth: ctx.config.auth.authenticator(),
         auth_config: ctx.config.auth.clone(),
@@ -185,28 +183,16 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         spool,
         queue,
     });
-    for listener in std::mem::take(&mut ctx.listeners) {
-        let implicit_tls = match listener.name.as_str() {
-            "submission" | "connection" => false,
-            "submissions" => {
-                ctx.require_tls(&listener.name)?;
-                true
-            }
-            other => anyhow::bail!(
-                "socket {other:?}: smtp-submit serves sockets named submission and submissions"
-            ),
-        };
-        anyhow::ensure!(
-            !matches!(listener.socket, Socket::Udp(_)),
-            "socket {:?}: SMTP is TCP only",
-            listener.name
-        );
-        let submit = submit.clone();
-        let busy: Option<&'static [u8]> =
-            (!implicit_tls).then_some(b"421 4.7.0 Too many connections; try again later.\r\n");
-        server.serve_stream(listener, busy, move |stream, peer| {
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            protocol: "SMTP submission",
+            plain: "submission",
+            tls: "submissions",
+            busy: b"421 4.7.0 Too many connections; try again later.\r\n",
+        },
+        move |stream, peer, implicit_tls| {
             session::serve(submit.clone(), stream, peer, implicit_tls)
-        })?;
-    }
-    Ok(server)
+        },
+    )?;
+    Ok(ctx.server)
 }
