@@ -50,6 +50,8 @@ struct Inner {
     per_ip: Mutex<HashMap<IpAddr, usize>>,
     last_activity: Mutex<Instant>,
     reloaders: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
+    /// The daemon's own figures for STATUS=, ahead of the session counts.
+    status_detail: Mutex<Option<Box<dyn Fn() -> String + Send + Sync>>>,
     socket_activated: bool,
 }
 
@@ -99,12 +101,16 @@ impl Inner {
     }
 
     fn status(&self) -> String {
-        format!(
+        let sessions = format!(
             "{} active sessions, {} served, {} refused",
             self.active.load(Ordering::Acquire),
             self.served.load(Ordering::Relaxed),
             self.refused.load(Ordering::Relaxed)
-        )
+        );
+        match &*self.status_detail.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some(detail) => format!("{}; {sessions}", detail()),
+            None => sessions,
+        }
     }
 }
 
@@ -126,6 +132,7 @@ impl Server {
                 per_ip: Mutex::new(HashMap::new()),
                 last_activity: Mutex::new(Instant::now()),
                 reloaders: Mutex::new(Vec::new()),
+                status_detail: Mutex::new(None),
                 socket_activated,
             }),
         }
@@ -148,6 +155,16 @@ impl Server {
     /// Marks activity that is not a session (a UDP packet), so `idle_exit` waits.
     pub fn touch(&self) {
         self.inner.touch();
+    }
+
+    /// Puts the daemon's own figures (cache hits, queue length) in STATUS=, before the
+    /// session counts; the server loop sends it when it changes.
+    pub fn set_status_detail(&self, detail: impl Fn() -> String + Send + Sync + 'static) {
+        *self
+            .inner
+            .status_detail
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = Some(Box::new(detail));
     }
 
     /// Runs `reload` on SIGHUP (certificates, config parts that are safe to change).

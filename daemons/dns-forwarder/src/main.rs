@@ -88,6 +88,8 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
             Err(err) => tracing::error!("reload failed, keeping the old configuration: {err:#}"),
         });
     }
+    let stats = forwarder.clone();
+    server.set_status_detail(move || stats.status());
     server.spawn(housekeeping(
         forwarder,
         server.clone(),
@@ -102,8 +104,8 @@ fn reload(path: &std::path::Path, own: &[SocketAddr]) -> anyhow::Result<Settings
     Settings::from_config(&config, own)
 }
 
-/// Once a second: STATUS= with the statistics, cache sweeping, resolv.conf changes; SIGUSR1
-/// logs the statistics.
+/// Once a second: cache sweeping, resolv.conf changes; SIGUSR1 logs the statistics (the
+/// server loop puts them in STATUS=).
 async fn housekeeping(
     forwarder: Arc<Forwarder>,
     server: Server,
@@ -115,7 +117,6 @@ async fn housekeeping(
     };
     let shutdown = server.shutdown_token();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let mut last = String::new();
     let resolv: Option<PathBuf> = config
         .upstream
         .is_empty()
@@ -129,11 +130,6 @@ async fn housekeeping(
             _ = usr1.recv() => tracing::info!(stats = %forwarder.status(), "statistics"),
             _ = tick.tick() => {
                 ticks += 1;
-                let status = forwarder.status();
-                if status != last {
-                    let _ = sd_notify::notify(false, &[sd_notify::NotifyState::Status(&status)]);
-                    last = status;
-                }
                 if ticks % 60 == 0 {
                     forwarder.cache.sweep(Instant::now());
                 }
