@@ -1,9 +1,9 @@
 //! The cache-hit fast path: a plain query (one question, at most an OPT record, no compression)
-//! is read by hand, and a cached answer goes out as a copy of a reply rendered before with the
-//! ID, flags, question case and TTLs patched in place. Anything else takes the full path.
+//! is read by hand, and a cached answer goes out as a copy of the stored reply with the ID,
+//! flags, question case and TTLs patched in place and an OPT record added for an EDNS query.
+//! Anything else takes the full path (hickory-proto).
 
-use hickory_proto::rr::{DNSClass, Name, RecordType};
-use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
+use crate::cache::{Entry, KeyBuf};
 
 /// What the fast path needs of a query.
 pub struct Plain {
@@ -13,11 +13,25 @@ pub struct Plain {
     pub authentic_data: bool,
     /// The question as sent (name, type, class).
     pub question: std::ops::Range<usize>,
-    pub name: Name,
-    pub qtype: RecordType,
-    pub qclass: DNSClass,
+    pub qtype: u16,
+    pub qclass: u16,
     /// EDNS: the client's buffer size and DO bit.
     pub edns: Option<(u16, bool)>,
+}
+
+impl Plain {
+    /// The cache key for this query.
+    pub fn key(&self, wire: &[u8]) -> Option<KeyBuf> {
+        let name = wire.get(self.question.start..self.question.end - 4)?;
+        let dnssec_ok = self.edns.is_some_and(|(_, d)| d);
+        KeyBuf::from_wire_name(
+            name,
+            self.qtype,
+            self.qclass,
+            dnssec_ok,
+            self.checking_disabled,
+        )
+    }
 }
 
 fn u16_at(wire: &[u8], at: usize) -> Option<u16> {
@@ -50,9 +64,8 @@ pub fn parse(wire: &[u8]) -> Option<Plain> {
             return None;
         }
     }
-    let name = Name::read(&mut BinDecoder::new(&wire[12..at])).ok()?;
-    let qtype = RecordType::from(u16_at(wire, at)?);
-    let qclass = DNSClass::from(u16_at(wire, at + 2)?);
+    let qtype = u16_at(wire, at)?;
+    let qclass = u16_at(wire, at + 2)?;
     let question = 12..at + 4;
     at += 4;
     let mut edns = None;
@@ -80,78 +93,76 @@ pub fn parse(wire: &[u8]) -> Option<Plain> {
         authentic_data: flags & 0x0020 != 0,
         checking_disabled: flags & 0x0010 != 0,
         question,
-        name,
         qtype,
         qclass,
         edns,
     })
 }
 
-/// A full reply rendered once, and where its TTLs are.
-#[derive(Debug)]
-pub struct Template {
-    wire: Vec<u8>,
-    ttls: Vec<usize>,
-    /// The age (seconds) the TTLs in `wire` were rendered at.
+/// Appends the reply to `query` from a cache entry `age` seconds old, with an OPT record
+/// offering `edns_buffer` if the query had one. False (and nothing appended) if the reply would
+/// be longer than `max` or the entry cannot be walked (it always can): the full path decides.
+pub fn reply(
+    entry: &Entry,
+    wire: &[u8],
+    query: &Plain,
     age: u32,
+    edns_buffer: u16,
+    max: usize,
+    out: &mut Vec<u8>,
+) -> bool {
+    let start = out.len();
+    let header = entry.header();
+    let opt = if query.edns.is_some() { 11 } else { 0 };
+    let len = header.len() + query.question.len() + entry.records().len() + opt;
+    if len > max || query.question.len() != entry.question_len() {
+        return false;
+    }
+    out.extend_from_slice(&query.id.to_be_bytes());
+    // RFC 6840 §5.8: AD only to clients that showed they understand it.
+    let wants_ad = query.authentic_data || query.edns.is_some_and(|(_, d)| d);
+    out.push((header[2] & !0x01) | u8::from(query.recursion_desired));
+    out.push(
+        (header[3] & !0x30)
+            | if wants_ad { header[3] & 0x20 } else { 0 }
+            | if query.checking_disabled { 0x10 } else { 0 },
+    );
+    out.extend_from_slice(&header[4..12]);
+    // Same name, maybe other case: the client's bytes, which answer names point at.
+    out.extend_from_slice(&wire[query.question.clone()]);
+    out.extend_from_slice(entry.records());
+    if let Some((_, dnssec_ok)) = query.edns {
+        // OPT last (RFC 6891 §6.1.1): root owner, type 41, our buffer size, extended rcode
+        // and version 0, the DO bit as the client sent it, no options.
+        let arcount = u16::from_be_bytes([out[start + 10], out[start + 11]]).wrapping_add(1);
+        out[start + 10..start + 12].copy_from_slice(&arcount.to_be_bytes());
+        out.extend_from_slice(&[0, 0, 41]);
+        out.extend_from_slice(&edns_buffer.max(512).to_be_bytes());
+        out.extend_from_slice(&[0, 0, if dnssec_ok { 0x80 } else { 0 }, 0, 0, 0]);
+    }
+    if age > 0 && count_down(&mut out[start..], 12 + query.question.len(), age).is_none() {
+        out.truncate(start);
+        return false;
+    }
+    true
 }
 
-impl Template {
-    /// From a reply we rendered; None if it cannot be walked (it always can).
-    pub fn new(wire: Vec<u8>, age: u32) -> Option<Self> {
-        let ttls = ttl_offsets(&wire)?;
-        Some(Template { wire, ttls, age })
-    }
-
-    pub fn len(&self) -> usize {
-        self.wire.len()
-    }
-
-    /// The reply for `query`, `age` seconds into the answer's life; `ad` is the AD bit.
-    pub fn reply(&self, wire: &[u8], query: &Plain, age: u32, ad: bool) -> Vec<u8> {
-        let mut out = self.wire.clone();
-        out[0..2].copy_from_slice(&query.id.to_be_bytes());
-        out[2] = (out[2] & !0x01) | u8::from(query.recursion_desired);
-        out[3] = (out[3] & !0x30)
-            | if ad { 0x20 } else { 0 }
-            | if query.checking_disabled { 0x10 } else { 0 };
-        // Same name, maybe other case: the client's bytes, which answer names point at.
-        out[query.question.clone()].copy_from_slice(&wire[query.question.clone()]);
-        let less = age.saturating_sub(self.age);
-        if less > 0 {
-            for &at in &self.ttls {
-                let ttl = u32::from_be_bytes([out[at], out[at + 1], out[at + 2], out[at + 3]]);
-                out[at..at + 4].copy_from_slice(&ttl.saturating_sub(less).to_be_bytes());
-            }
-        }
-        out
-    }
-}
-
-/// Offsets of the TTL fields of every record but OPT.
-fn ttl_offsets(wire: &[u8]) -> Option<Vec<usize>> {
-    let qd = u16_at(wire, 4)?;
-    let rrs = usize::from(u16_at(wire, 6)?)
-        + usize::from(u16_at(wire, 8)?)
-        + usize::from(u16_at(wire, 10)?);
-    let mut at = 12;
-    for _ in 0..qd {
-        at = skip_name(wire, at)? + 4;
-    }
-    let mut ttls = Vec::with_capacity(rrs);
+/// Lowers the TTL of every record but OPT by `age` seconds; `at` is where the records start.
+fn count_down(reply: &mut [u8], mut at: usize, age: u32) -> Option<()> {
+    let rrs = usize::from(u16_at(reply, 6)?)
+        + usize::from(u16_at(reply, 8)?)
+        + usize::from(u16_at(reply, 10)?);
     for _ in 0..rrs {
-        at = skip_name(wire, at)?;
-        let rtype = u16_at(wire, at)?;
+        at = skip_name(reply, at)?;
+        let rtype = u16_at(reply, at)?;
+        let ttl = reply.get_mut(at + 4..at + 8)?;
         if rtype != 41 {
-            ttls.push(at + 4);
+            let old = u32::from_be_bytes([ttl[0], ttl[1], ttl[2], ttl[3]]);
+            ttl.copy_from_slice(&old.saturating_sub(age).to_be_bytes());
         }
-        let rdlen = usize::from(u16_at(wire, at + 8)?);
-        at += 10 + rdlen;
-        if at > wire.len() {
-            return None;
-        }
+        at += 10 + usize::from(u16_at(reply, at + 8)?);
     }
-    Some(ttls)
+    (at == reply.len()).then_some(())
 }
 
 /// The offset after a (possibly compressed) name.
@@ -171,6 +182,7 @@ fn skip_name(wire: &[u8], mut at: usize) -> Option<usize> {
 mod tests {
     use super::*;
     use hickory_proto::op::{Edns, Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
 
     fn query(name: &str, edns: bool) -> Vec<u8> {
         let mut m = Message::new();
@@ -187,12 +199,13 @@ mod tests {
 
     #[test]
     fn plain_queries_parse() {
-        let q = parse(&query("WwW.Example.", true)).unwrap();
+        let wire = query("WwW.Example.", true);
+        let q = parse(&wire).unwrap();
         assert_eq!(q.id, 7);
         assert!(q.recursion_desired);
         assert_eq!(q.edns, Some((1232, true)));
-        assert_eq!(q.name, Name::from_ascii("www.example.").unwrap());
-        assert_eq!(q.qtype, RecordType::A);
+        assert_eq!(q.qtype, 1);
+        assert_eq!(q.key(&wire).unwrap().name(), b"\x03www\x07example\x00");
         let q = parse(&query("a.b.", false)).unwrap();
         assert_eq!(q.edns, None);
         // A pointer, trailing bytes, a response: not plain.
@@ -203,29 +216,5 @@ mod tests {
         let mut resp = query("a.b.", false);
         resp[2] |= 0x80;
         assert!(parse(&resp).is_none());
-    }
-
-    #[test]
-    fn templates_patch_id_case_and_ttls() {
-        use hickory_proto::rr::{rdata::A, RData, Record};
-        let mut reply = Message::from_vec(&query("www.example.", true)).unwrap();
-        reply.set_message_type(hickory_proto::op::MessageType::Response);
-        reply.add_answer(Record::from_rdata(
-            Name::from_ascii("www.example.").unwrap(),
-            300,
-            RData::A(A::new(192, 0, 2, 1)),
-        ));
-        let t = Template::new(reply.to_vec().unwrap(), 0).unwrap();
-        let mut q2 = query("WWW.example.", true);
-        q2[0] = 0x12;
-        q2[1] = 0x34;
-        let plain = parse(&q2).unwrap();
-        let out = Message::from_vec(&t.reply(&q2, &plain, 100, false)).unwrap();
-        assert_eq!(out.id(), 0x1234);
-        assert_eq!(out.answers()[0].ttl(), 200);
-        assert!(out.answers()[0]
-            .name()
-            .eq_case(&Name::from_ascii("WWW.example.").unwrap()));
-        assert_eq!(out.extensions().as_ref().unwrap().max_payload(), 1232);
     }
 }

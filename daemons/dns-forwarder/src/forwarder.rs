@@ -12,9 +12,9 @@ use hickory_proto::rr::rdata::HINFO;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::sync::oneshot;
 
-use crate::cache::{Answer, Cache, Hit, Key};
+use crate::cache::{Answer, Cache, Entry, Hit, Key, KeyBuf};
 use crate::config::{Acl, CacheConfig, Config, ForwardConfig};
-use crate::fast::{self, Plain, Template};
+use crate::fast;
 use crate::local::{LocalAnswer, LocalData};
 use crate::upstream::{Ask, Upstream};
 
@@ -125,9 +125,12 @@ pub struct Forwarder {
     pub stats: Stats,
 }
 
-/// The fast part of handling a query is done; either it is answered or it needs an upstream.
+/// The fast part of handling a query is done: answered, dropped, or it needs an upstream.
 pub enum Step {
-    Done(Option<Vec<u8>>),
+    /// The reply was appended to the caller's buffer.
+    Reply,
+    /// Nothing is sent back.
+    Drop,
     Forward(Box<Pending>),
 }
 
@@ -167,60 +170,121 @@ impl Forwarder {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
-    /// Everything that needs no upstream: checks, errors, local data, cache hits.
-    pub fn start(&self, wire: &[u8], client: IpAddr, via: Transport) -> Step {
+    /// Everything that needs no upstream: checks, errors, local data, cache hits. A reply is
+    /// appended to `out`.
+    pub fn start(&self, wire: &[u8], client: IpAddr, via: Transport, out: &mut Vec<u8>) -> Step {
+        let settings = self.settings();
+        self.stats.queries.fetch_add(1, Ordering::Relaxed);
+        if self.answer_cached(wire, client, via, &settings, Instant::now(), out) {
+            self.stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Step::Reply;
+        }
+        self.start_full(wire, client, via, &settings, out)
+    }
+
+    /// A plain query answered from the cache without parsing it in full, the reply appended to
+    /// `out`; false if it takes the full path. Counts nothing: the caller does.
+    pub fn answer_cached(
+        &self,
+        wire: &[u8],
+        client: IpAddr,
+        via: Transport,
+        settings: &Settings,
+        now: Instant,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        if !settings.acl.allows(client) {
+            return false;
+        }
+        let Some(plain) = fast::parse(wire) else {
+            return false;
+        };
+        // Never cached: the full path answers these.
+        if matches!(
+            RecordType::from(plain.qtype),
+            RecordType::ANY | RecordType::AXFR | RecordType::IXFR
+        ) {
+            return false;
+        }
+        let Some(key) = plain.key(wire) else {
+            return false;
+        };
+        if settings.local.covers(key.name()) {
+            return false;
+        }
+        let ours = settings.forward.edns_buffer;
+        let max = match (via, plain.edns) {
+            (Transport::Tcp, _) => 65535,
+            (Transport::Udp, None) => 512,
+            (Transport::Udp, Some((size, _))) => usize::from(size.min(ours.max(512)).max(512)),
+        };
+        self.cache
+            .with_fresh(key.as_bytes(), now, |entry, age| {
+                fast::reply(entry, wire, &plain, age, ours, max, out)
+            })
+            .unwrap_or(false)
+    }
+
+    /// The full path of [`Self::start`], after the fast one found nothing; counts all but the
+    /// query itself.
+    pub fn start_full(
+        &self,
+        wire: &[u8],
+        client: IpAddr,
+        via: Transport,
+        settings: &Settings,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let stats = &self.stats;
-        stats.queries.fetch_add(1, Ordering::Relaxed);
         // Shorter than a header, or a response (QR set): never answered, so two servers
         // cannot be made to bounce errors at each other.
         if wire.len() < 12 || wire[2] & 0x80 != 0 {
             stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return Step::Done(None);
+            return Step::Drop;
         }
-        let settings = self.settings();
         let allowed = settings.acl.allows(client);
-        let plain = if allowed { fast::parse(wire) } else { None };
-        if let Some(plain) = &plain {
-            if let Some(reply) = self.fast_hit(wire, plain, &settings, via) {
-                stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-                return Step::Done(Some(reply));
+        let mut reply = |bytes: Option<Vec<u8>>| match bytes {
+            Some(bytes) => {
+                out.extend_from_slice(&bytes);
+                Step::Reply
             }
-        }
+            None => Step::Drop,
+        };
         let query = match Message::from_vec(wire) {
             Ok(query) => query,
             Err(_) => {
                 stats.malformed.fetch_add(1, Ordering::Relaxed);
                 if !allowed {
-                    return Step::Done(None);
+                    return Step::Drop;
                 }
                 // RFC 1035 §4.1.1: FORMERR, with the ID and opcode we could read.
                 let id = u16::from_be_bytes([wire[0], wire[1]]);
                 let opcode = OpCode::from_u8((wire[2] >> 3) & 0x0f);
-                let mut reply = Message::error_msg(id, opcode, ResponseCode::FormErr);
-                reply.set_recursion_desired(wire[2] & 1 != 0);
-                return Step::Done(reply.to_vec().ok());
+                let mut error = Message::error_msg(id, opcode, ResponseCode::FormErr);
+                error.set_recursion_desired(wire[2] & 1 != 0);
+                return reply(error.to_vec().ok());
             }
         };
         let max = max_size(&query, via, settings.forward.edns_buffer);
         if !allowed {
             // Never an open resolver: REFUSED (RFC 1035 §4.1.1, policy).
             stats.refused.fetch_add(1, Ordering::Relaxed);
-            return Step::Done(error_reply(&query, ResponseCode::Refused, &settings, max));
+            return reply(error_reply(&query, ResponseCode::Refused, settings, max));
         }
         if query.op_code() != OpCode::Query {
-            return Step::Done(error_reply(&query, ResponseCode::NotImp, &settings, max));
+            return reply(error_reply(&query, ResponseCode::NotImp, settings, max));
         }
         if query.queries().len() != 1 {
-            return Step::Done(error_reply(&query, ResponseCode::FormErr, &settings, max));
+            return reply(error_reply(&query, ResponseCode::FormErr, settings, max));
         }
         if query.extensions().as_ref().is_some_and(|e| e.version() > 0) {
             // RFC 6891 §6.1.3.
-            return Step::Done(error_reply(&query, ResponseCode::BADVERS, &settings, max));
+            return reply(error_reply(&query, ResponseCode::BADVERS, settings, max));
         }
         let question = &query.queries()[0];
         match question.query_type() {
             RecordType::AXFR | RecordType::IXFR => {
-                return Step::Done(error_reply(&query, ResponseCode::NotImp, &settings, max));
+                return reply(error_reply(&query, ResponseCode::NotImp, settings, max));
             }
             RecordType::ANY => {
                 // RFC 8482 §4.2: one synthesised HINFO instead of everything.
@@ -236,10 +300,8 @@ impl Forwarder {
                     answers: vec![hinfo],
                     authority: vec![],
                     additional: vec![],
-                    size: 0,
-                    templates: Default::default(),
                 };
-                return Step::Done(Some(render(&query, &answer, 0, &settings, max)));
+                return reply(Some(render(&query, &answer, 0, settings, max)));
             }
             _ => {}
         }
@@ -254,74 +316,33 @@ impl Forwarder {
                 answers: records,
                 authority: vec![],
                 additional: vec![],
-                size: 0,
-                templates: Default::default(),
             };
-            let mut reply = render_message(&query, &answer, 0, &settings);
-            reply.set_authoritative(true);
-            return Step::Done(Some(finish_wire(&query, reply, &settings, max)));
+            let mut local = render_message(&query, &answer, 0, settings);
+            local.set_authoritative(true);
+            return reply(Some(finish_wire(&query, local, settings, max)));
         }
         let edns = query.extensions().as_ref();
-        let key = Key {
-            name: question.name().to_lowercase(),
-            qtype: question.query_type(),
-            qclass: question.query_class(),
-            dnssec_ok: edns.is_some_and(|e| e.flags().dnssec_ok),
-            checking_disabled: query.checking_disabled(),
+        let Some(key) = KeyBuf::from_name(
+            question.name(),
+            question.query_type(),
+            question.query_class(),
+            edns.is_some_and(|e| e.flags().dnssec_ok),
+            query.checking_disabled(),
+        ) else {
+            return reply(error_reply(&query, ResponseCode::FormErr, settings, max));
         };
-        if let Some(Hit { answer, age, .. }) = self.cache.get(&key, Instant::now(), false) {
-            stats.cache_hits.fetch_add(1, Ordering::Relaxed);
-            if let Some(plain) = &plain {
-                // Render the reply once in full for the fast path's later hits.
-                let slot = &answer.templates[usize::from(plain.edns.is_some())];
-                slot.get_or_init(|| {
-                    Template::new(render(&query, &answer, age, &settings, 65535), age)
-                });
-            }
-            return Step::Done(Some(render(&query, &answer, age, &settings, max)));
-        }
-        Step::Forward(Box::new(Pending { query, key, max }))
-    }
-
-    /// A cache hit for a plain query whose reply was rendered before: patched, not rebuilt.
-    fn fast_hit(
-        &self,
-        wire: &[u8],
-        plain: &Plain,
-        settings: &Settings,
-        via: Transport,
-    ) -> Option<Vec<u8>> {
-        if matches!(
-            plain.qtype,
-            RecordType::ANY | RecordType::AXFR | RecordType::IXFR
-        ) || settings.local.lookup(&plain.name, plain.qtype).is_some()
+        if let Some(Hit { entry, age, .. }) = self.cache.get(key.as_bytes(), Instant::now(), false)
         {
-            return None;
-        }
-        let dnssec_ok = plain.edns.is_some_and(|(_, d)| d);
-        let key = Key {
-            name: plain.name.clone(),
-            qtype: plain.qtype,
-            qclass: plain.qclass,
-            dnssec_ok,
-            checking_disabled: plain.checking_disabled,
-        };
-        let hit = self.cache.get(&key, Instant::now(), false)?;
-        let template = hit.answer.templates[usize::from(plain.edns.is_some())]
-            .get()?
-            .as_ref()?;
-        let max = match (via, plain.edns) {
-            (Transport::Tcp, _) => 65535,
-            (Transport::Udp, None) => 512,
-            (Transport::Udp, Some((size, _))) => {
-                usize::from(size.min(settings.forward.edns_buffer.max(512)).max(512))
+            if let Some(answer) = stored_answer(&entry) {
+                stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                return reply(Some(render(&query, &answer, age, settings, max)));
             }
-        };
-        if template.len() > max {
-            return None;
         }
-        let ad = hit.answer.authentic_data && (plain.authentic_data || dnssec_ok);
-        Some(template.reply(wire, plain, hit.age, ad))
+        Step::Forward(Box::new(Pending {
+            query,
+            key: key.to_key(),
+            max,
+        }))
     }
 
     /// Answers a query that needed an upstream.
@@ -332,13 +353,15 @@ impl Forwarder {
         if let Some(answer) = self.resolve(key.clone(), question).await {
             return render(&query, &answer, 0, &settings, max);
         }
-        if let Some(hit) = self.cache.get(&key, Instant::now(), true) {
+        let cached = self.cache.get(key.as_bytes(), Instant::now(), true);
+        let parsed = cached.and_then(|hit| Some((stored_answer(&hit.entry)?, hit)));
+        if let Some((answer, hit)) = parsed {
             if !hit.stale {
-                return render(&query, &hit.answer, hit.age, &settings, max);
+                return render(&query, &answer, hit.age, &settings, max);
             }
             // RFC 8767 §4: stale answers go out with a TTL of 30 seconds.
             self.stats.stale.fetch_add(1, Ordering::Relaxed);
-            let mut reply = render_message(&query, &hit.answer, 0, &settings);
+            let mut reply = render_message(&query, &answer, 0, &settings);
             for r in reply.answers_mut().iter_mut() {
                 r.set_ttl(30);
             }
@@ -400,6 +423,11 @@ impl Forwarder {
     /// SERVFAIL/REFUSED; caches what comes back.
     async fn fetch(&self, key: &Key, question: Query) -> Outcome {
         let settings = self.settings();
+        let stored_question = {
+            let mut q = Query::query(question.name().to_lowercase(), question.query_type());
+            q.set_query_class(question.query_class());
+            q
+        };
         let mut order: Vec<&Arc<Upstream>> = settings.upstreams.iter().collect();
         order.sort_by_key(|u| u.srtt());
         for later in order.iter().skip(1) {
@@ -411,8 +439,8 @@ impl Forwarder {
         }
         let ask = Ask {
             query,
-            dnssec_ok: key.dnssec_ok,
-            checking_disabled: key.checking_disabled,
+            dnssec_ok: key.dnssec_ok(),
+            checking_disabled: key.checking_disabled(),
             edns_buffer: settings.forward.edns_buffer,
             exact_case: settings.forward.randomize_case,
         };
@@ -420,7 +448,7 @@ impl Forwarder {
         for upstream in order {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             match upstream.exchange(&ask, timeout).await {
-                Ok((message, size)) => {
+                Ok((message, _)) => {
                     let rcode = message.response_code();
                     if matches!(
                         rcode,
@@ -430,8 +458,8 @@ impl Forwarder {
                         upstream.failures.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let mut answer = answer_of(message, size);
-                    if !key.dnssec_ok
+                    let mut answer = answer_of(message);
+                    if !key.dnssec_ok()
                         && answer.rcode == ResponseCode::NoError
                         && !answer.answers.is_empty()
                     {
@@ -443,9 +471,11 @@ impl Forwarder {
                     }
                     let ttl = answer.prepare_for_cache(&settings.cache);
                     let answer = Arc::new(answer);
-                    if let Some(ttl) = ttl {
-                        self.cache
-                            .insert(key.clone(), answer.clone(), ttl, Instant::now());
+                    let stored = ttl.and_then(|ttl| {
+                        Some((ttl, stored_form(key, &stored_question, &answer, &settings)?))
+                    });
+                    if let Some((ttl, wire)) = stored {
+                        self.cache.insert(key, &wire, ttl, Instant::now());
                     }
                     return Some(answer);
                 }
@@ -490,16 +520,35 @@ impl Forwarder {
 }
 
 /// Keeps the sections of an upstream answer (its OPT record is ours to write).
-fn answer_of(mut message: Message, size: usize) -> Answer {
+fn answer_of(mut message: Message) -> Answer {
     Answer {
         rcode: message.response_code(),
         authentic_data: message.authentic_data(),
         answers: message.take_answers(),
         authority: message.take_name_servers(),
         additional: message.take_additionals(),
-        size,
-        templates: Default::default(),
     }
+}
+
+/// The form an answer is cached in: the reply to its question (`question`, in lowercase)
+/// without EDNS, with AD as the upstream said and TTLs as they are now.
+fn stored_form(
+    key: &Key,
+    question: &Query,
+    answer: &Answer,
+    settings: &Settings,
+) -> Option<Vec<u8>> {
+    let mut query = Message::new();
+    query.set_checking_disabled(key.checking_disabled());
+    query.add_query(question.clone());
+    let mut reply = render_message(&query, answer, 0, settings);
+    reply.set_authentic_data(answer.authentic_data);
+    reply.to_vec().ok()
+}
+
+/// A cached answer parsed back, for the paths that render with hickory-proto.
+fn stored_answer(entry: &Entry) -> Option<Answer> {
+    Message::from_vec(&entry.wire()).ok().map(answer_of)
 }
 
 /// Each letter of the name in random case (draft-vixie-dnsext-dns0x20).
@@ -643,8 +692,10 @@ mod tests {
     }
 
     fn reply(f: &Forwarder, wire: &[u8], client: &str, via: Transport) -> Option<Message> {
-        match f.start(wire, client.parse().unwrap(), via) {
-            Step::Done(reply) => reply.map(|r| Message::from_vec(&r).unwrap()),
+        let mut out = Vec::new();
+        match f.start(wire, client.parse().unwrap(), via, &mut out) {
+            Step::Reply => Some(Message::from_vec(&out).unwrap()),
+            Step::Drop => None,
             Step::Forward(_) => panic!("wanted an answer without upstream"),
         }
     }
@@ -722,8 +773,6 @@ mod tests {
             answers: records,
             authority: vec![],
             additional: vec![],
-            size: 0,
-            templates: Default::default(),
         };
         let q = query("big.example.", RecordType::TXT, None);
         let udp = Message::from_vec(&render(
@@ -750,6 +799,114 @@ mod tests {
         let wire = render(&q, &answer, 0, &s, max_size(&q, Transport::Udp, 4096));
         assert!(!Message::from_vec(&wire).unwrap().truncated());
         assert!(wire.len() > 1232);
+    }
+
+    /// The fast path's patched copy is byte for byte what the full path renders.
+    #[test]
+    fn fast_replies_equal_full_renders() {
+        use hickory_proto::rr::rdata::{A, CNAME, SOA};
+        let s = settings();
+        let f = forwarder();
+        let name = |n: &str| Name::from_ascii(n).unwrap();
+        let positive = Answer {
+            rcode: ResponseCode::NoError,
+            authentic_data: true,
+            answers: vec![
+                Record::from_rdata(
+                    name("www.example."),
+                    300,
+                    RData::CNAME(CNAME(name("web.example."))),
+                ),
+                Record::from_rdata(name("web.example."), 200, RData::A(A::new(192, 0, 2, 1))),
+            ],
+            authority: vec![],
+            additional: vec![],
+        };
+        let soa = SOA::new(
+            name("example."),
+            name("host.example."),
+            1,
+            3600,
+            600,
+            86400,
+            30,
+        );
+        let negative = Answer {
+            rcode: ResponseCode::NXDomain,
+            authentic_data: false,
+            answers: vec![],
+            authority: vec![Record::from_rdata(name("example."), 30, RData::SOA(soa))],
+            additional: vec![],
+        };
+        let t0 = Instant::now().checked_sub(Duration::from_secs(20)).unwrap();
+        let now = t0 + Duration::from_secs(20);
+        for (qname, answer) in [("WwW.Example.", &positive), ("nx.EXAMPLE.", &negative)] {
+            for (edns, dnssec_ok, cd, ad) in [
+                (None, false, false, false),
+                (None, false, true, true),
+                (Some(1232), false, false, true),
+                (Some(4096), true, false, false),
+                (Some(600), true, true, false),
+            ] {
+                let mut q = query(qname, RecordType::A, edns);
+                q.set_checking_disabled(cd).set_authentic_data(ad);
+                if let Some(e) = q.extensions_mut().as_mut() {
+                    e.set_dnssec_ok(dnssec_ok);
+                }
+                let wire = q.to_vec().unwrap();
+                let q = Message::from_vec(&wire).unwrap();
+                let question = &q.queries()[0];
+                let key = KeyBuf::from_name(
+                    question.name(),
+                    RecordType::A,
+                    question.query_class(),
+                    dnssec_ok,
+                    cd,
+                )
+                .unwrap()
+                .to_key();
+                let mut lower = Query::query(question.name().to_lowercase(), RecordType::A);
+                lower.set_query_class(question.query_class());
+                let stored = stored_form(&key, &lower, answer, &s).unwrap();
+                f.cache.insert(&key, &stored, 30, t0);
+                let mut fast = Vec::new();
+                assert!(f.answer_cached(
+                    &wire,
+                    "127.0.0.1".parse().unwrap(),
+                    Transport::Udp,
+                    &s,
+                    now,
+                    &mut fast
+                ));
+                let hit = f.cache.get(key.as_bytes(), now, false).unwrap();
+                assert_eq!(hit.age, 20);
+                let parsed = stored_answer(&hit.entry).unwrap();
+                let full = render(&q, &parsed, 20, &s, max_size(&q, Transport::Udp, 1232));
+                let what = format!("{qname} {edns:?} do={dnssec_ok} cd={cd} ad={ad}");
+                let fast_message = Message::from_vec(&fast).unwrap();
+                assert_eq!(fast_message, Message::from_vec(&full).unwrap(), "{what}");
+                // The owner name as the client wrote it.
+                let owner = fast_message.answers().first().map(|r| r.name().clone());
+                assert!(owner.is_none_or(|o| o.eq_case(question.name())), "{what}");
+                // Names the full path compresses only when they match in case too (hickory
+                // compares case-sensitively): then the bytes are the same.
+                let mut lower = q.clone();
+                let lower_name = question.name().to_lowercase();
+                lower.queries_mut()[0].set_name(lower_name);
+                let wire = lower.to_vec().unwrap();
+                let mut fast = Vec::new();
+                assert!(f.answer_cached(
+                    &wire,
+                    "127.0.0.1".parse().unwrap(),
+                    Transport::Udp,
+                    &s,
+                    now,
+                    &mut fast
+                ));
+                let full = render(&lower, &parsed, 20, &s, max_size(&q, Transport::Udp, 1232));
+                assert_eq!(fast, full, "{what}");
+            }
+        }
     }
 
     #[test]

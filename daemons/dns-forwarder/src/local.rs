@@ -6,8 +6,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
+use crate::cache::KeyBuf;
 use crate::config::{BlockMode, Config};
 
 /// What local data says about a question.
@@ -21,6 +22,9 @@ pub enum LocalAnswer {
 pub struct LocalData {
     records: HashMap<Name, Vec<Record>>,
     blocked: HashSet<Name>,
+    /// The same names in lowercase wire form, for the fast path's check.
+    owners_wire: HashSet<Box<[u8]>>,
+    blocked_wire: HashSet<Box<[u8]>>,
     block_mode: Option<BlockMode>,
     ttl: u32,
 }
@@ -66,7 +70,7 @@ impl LocalData {
             data.add_hosts(&text);
         }
         for name in &config.local.blocklist {
-            data.blocked.insert(parse_name(name)?.to_lowercase());
+            data.block(parse_name(name)?);
         }
         if let Some(path) = &config.local.blocklist_file {
             let text = std::fs::read_to_string(path)
@@ -77,13 +81,19 @@ impl LocalData {
                 for word in line.split_whitespace() {
                     if word.parse::<IpAddr>().is_err() {
                         if let Ok(name) = parse_name(word) {
-                            data.blocked.insert(name.to_lowercase());
+                            data.block(name);
                         }
                     }
                 }
             }
         }
         Ok(data)
+    }
+
+    fn block(&mut self, name: Name) {
+        let name = name.to_lowercase();
+        self.blocked_wire.extend(lower_wire(&name));
+        self.blocked.insert(name);
     }
 
     /// Adds a record and, for an address, the PTR record pointing back at its name.
@@ -95,6 +105,7 @@ impl LocalData {
         };
         if let Some(reverse) = reverse {
             let ptr = Record::from_rdata(reverse.clone(), ttl, RData::PTR(PTR(name.clone())));
+            self.owners_wire.extend(lower_wire(&reverse));
             let list = self.records.entry(reverse.to_lowercase()).or_default();
             // One PTR per address: the first name given for it.
             if !list.iter().any(|r| r.record_type() == RecordType::PTR) {
@@ -102,6 +113,7 @@ impl LocalData {
             }
         }
         let record = Record::from_rdata(name.clone(), ttl, rdata);
+        self.owners_wire.extend(lower_wire(&name));
         let list = self.records.entry(name.to_lowercase()).or_default();
         if !list.contains(&record) {
             list.push(record);
@@ -164,6 +176,29 @@ impl LocalData {
         None
     }
 
+    /// Whether local data answers for a name (lowercase wire form, uncompressed): [`Self::lookup`]
+    /// is Some. For the fast path, without parsing the name.
+    pub fn covers(&self, lower: &[u8]) -> bool {
+        if self.owners_wire.contains(lower) {
+            return true;
+        }
+        if self.blocked_wire.is_empty() {
+            return false;
+        }
+        // The name, then each parent down to the root.
+        let mut at = 0;
+        while let Some(suffix) = lower.get(at..) {
+            if suffix.is_empty() {
+                break;
+            }
+            if self.blocked_wire.contains(suffix) {
+                return true;
+            }
+            at += 1 + usize::from(suffix[0]);
+        }
+        false
+    }
+
     /// Whether the name or one of its parents is on the blocklist.
     fn is_blocked(&self, lower: &Name) -> bool {
         if self.blocked.is_empty() {
@@ -180,6 +215,11 @@ impl LocalData {
             name = name.base_name();
         }
     }
+}
+
+fn lower_wire(name: &Name) -> Option<Box<[u8]>> {
+    let key = KeyBuf::from_name(name, RecordType::A, DNSClass::IN, false, false)?;
+    Some(key.name().into())
 }
 
 fn parse_name(text: &str) -> anyhow::Result<Name> {
@@ -247,6 +287,20 @@ mod tests {
         );
         assert!(d.lookup(&name("nas"), RecordType::AAAA).is_some());
         assert!(d.lookup(&name("other.lan"), RecordType::A).is_none());
+        // The fast path's check agrees, whatever the case.
+        for (n, local) in [
+            ("PRINTER.lan", true),
+            ("7.2.0.192.in-addr.arpa", true),
+            ("nas", true),
+            ("other.lan", false),
+            ("lan", false),
+        ] {
+            assert_eq!(covers(&d, n), local, "{n}");
+        }
+    }
+
+    fn covers(d: &LocalData, n: &str) -> bool {
+        d.covers(&lower_wire(&name(n)).unwrap())
     }
 
     #[test]
@@ -257,5 +311,9 @@ mod tests {
             Some(LocalAnswer::Records(ResponseCode::NXDomain, vec![]))
         );
         assert!(d.lookup(&name("example"), RecordType::A).is_none());
+        assert!(covers(&d, "x.ADS.example") && covers(&d, "ads.example"));
+        assert!(!covers(&d, "example") && !covers(&d, "bads.example"));
+        let everything = data(&[], "", &["."]);
+        assert!(covers(&everything, "www.example"));
     }
 }

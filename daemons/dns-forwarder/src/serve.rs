@@ -1,13 +1,20 @@
 //! The client side: UDP datagrams (rate-limited per source) and TCP connections with pipelined
 //! queries answered as they complete (RFC 7766 §6.2.1.1).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
+use std::io::{IoSlice, IoSliceMut};
 use std::net::{IpAddr, SocketAddr};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use nix::sys::socket::{
+    recvmmsg, sendmmsg, ControlMessage, MsgFlags, MultiHeaders, SockaddrStorage,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
@@ -18,8 +25,13 @@ use crate::forwarder::{Forwarder, Step, Transport};
 /// Queries one TCP connection may have in flight at once.
 const TCP_PIPELINE: usize = 64;
 
-/// Receives queries on one UDP socket until shutdown. Answers that need no upstream go out at
-/// once from this loop; the rest are finished in their own tasks.
+/// Datagrams taken from the socket in one recvmmsg(2), and replies sent in one sendmmsg(2).
+const BATCH: usize = 32;
+/// Room for one query. A larger datagram is no DNS query we could answer: it is dropped.
+const QUERY_MAX: usize = 4096;
+
+/// Receives queries on one UDP socket until shutdown. Each wakeup drains the socket in batches;
+/// the answers that need no upstream go out together, the rest are finished in their own tasks.
 pub async fn serve_udp(
     socket: Arc<UdpSocket>,
     forwarder: Arc<Forwarder>,
@@ -27,37 +39,185 @@ pub async fn serve_udp(
     server: Server,
 ) {
     let shutdown = server.shutdown_token();
-    let mut buf = vec![0u8; 65535];
+    let limiting = limiter.lock().unwrap_or_else(|e| e.into_inner()).enabled();
+    let mut batch = Batch::new();
     loop {
-        let (len, from) = tokio::select! {
+        tokio::select! {
             _ = shutdown.cancelled() => return,
-            received = socket.recv_from(&mut buf) => match received {
+            ready = socket.readable() => {
+                if let Err(err) = ready {
+                    tracing::warn!(error = %err, "udp socket");
+                    return;
+                }
+            }
+        }
+        loop {
+            let received = match socket.try_io(Interest::READABLE, || batch.receive(&socket)) {
                 Ok(received) => received,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
                 Err(err) => {
                     tracing::debug!(error = %err, "udp receive");
-                    continue;
+                    break;
                 }
-            },
-        };
-        server.touch();
-        let allowed = limiter
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .allow(from.ip(), Instant::now());
-        if !allowed {
-            forwarder.stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-            continue;
+            };
+            server.touch();
+            answer_batch(
+                &mut batch, received, &socket, &forwarder, &limiter, limiting,
+            );
+            batch.send(&socket).await;
+            // A busy socket never says WouldBlock: let the worker's other tasks run between
+            // batches.
+            tokio::task::coop::consume_budget().await;
         }
-        match forwarder.start(&buf[..len], from.ip(), Transport::Udp) {
-            Step::Done(Some(reply)) => send(&socket, &reply, from).await,
-            Step::Done(None) => {}
-            Step::Forward(pending) => {
-                let socket = socket.clone();
-                let forwarder = forwarder.clone();
-                tokio::spawn(async move {
-                    let reply = forwarder.finish(pending).await;
-                    send(&socket, &reply, from).await;
-                });
+    }
+}
+
+/// Answers the datagrams of a batch: replies that need no upstream go into `batch.out`, the
+/// others are finished in their own tasks.
+fn answer_batch(
+    batch: &mut Batch,
+    received: usize,
+    socket: &Arc<UdpSocket>,
+    forwarder: &Arc<Forwarder>,
+    limiter: &Mutex<RateLimiter>,
+    limiting: bool,
+) {
+    let settings = forwarder.settings();
+    let now = Instant::now();
+    let stats = &forwarder.stats;
+    let mut hits = 0;
+    batch.out.clear();
+    batch.replies.clear();
+    let mut limiter = limiting.then(|| limiter.lock().unwrap_or_else(|e| e.into_inner()));
+    for i in 0..received {
+        let (len, from) = batch.meta[i];
+        let Some(from) = from else {
+            // Truncated: larger than any query we answer.
+            stats.malformed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        };
+        if let Some(limiter) = limiter.as_mut() {
+            if !limiter.allow(from.ip(), now) {
+                stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        }
+        let wire = &batch.bufs[i][..len];
+        let out = &mut batch.out;
+        let start = out.len();
+        let client = from.ip();
+        let answered = if forwarder.answer_cached(wire, client, Transport::Udp, &settings, now, out)
+        {
+            hits += 1;
+            true
+        } else {
+            match forwarder.start_full(wire, client, Transport::Udp, &settings, out) {
+                Step::Reply => true,
+                Step::Drop => false,
+                Step::Forward(pending) => {
+                    let socket = socket.clone();
+                    let forwarder = forwarder.clone();
+                    tokio::spawn(async move {
+                        let reply = forwarder.finish(pending).await;
+                        send(&socket, &reply, from).await;
+                    });
+                    false
+                }
+            }
+        };
+        if answered {
+            batch.replies.push((start..batch.out.len(), from));
+        }
+    }
+    stats.queries.fetch_add(received as u64, Ordering::Relaxed);
+    stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
+}
+
+thread_local! {
+    /// The kernel's message headers for recvmmsg and sendmmsg, per worker thread: they hold raw
+    /// pointers, so they cannot live in a task that may move between threads.
+    static HEADERS: RefCell<(MultiHeaders<SockaddrStorage>, MultiHeaders<SockaddrStorage>)> =
+        RefCell::new((MultiHeaders::preallocate(BATCH, None), MultiHeaders::preallocate(BATCH, None)));
+}
+
+/// Buffers for a batch of datagrams in and replies out, kept from one batch to the next.
+struct Batch {
+    bufs: Box<[[u8; QUERY_MAX]; BATCH]>,
+    /// Per datagram received: its length and sender (None if it was truncated).
+    meta: [(usize, Option<SocketAddr>); BATCH],
+    /// The replies, one after another, and where each goes.
+    out: Vec<u8>,
+    replies: Vec<(Range<usize>, SocketAddr)>,
+}
+
+impl Batch {
+    fn new() -> Self {
+        Batch {
+            bufs: Box::new([[0; QUERY_MAX]; BATCH]),
+            meta: [(0, None); BATCH],
+            out: Vec::new(),
+            replies: Vec::with_capacity(BATCH),
+        }
+    }
+
+    /// One recvmmsg(2): how many datagrams arrived (WouldBlock if none).
+    fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
+        HEADERS.with_borrow_mut(|(headers, _)| {
+            let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
+            let results = recvmmsg(
+                socket.as_raw_fd(),
+                headers,
+                iovs.iter_mut(),
+                MsgFlags::empty(),
+                None,
+            )?;
+            let mut count = 0;
+            for (meta, msg) in self.meta.iter_mut().zip(results) {
+                let truncated = msg.flags.contains(MsgFlags::MSG_TRUNC);
+                let from = msg.address.as_ref().and_then(socket_addr);
+                *meta = (msg.bytes, if truncated { None } else { from });
+                count += 1;
+            }
+            Ok(count)
+        })
+    }
+
+    /// Sends the batch's replies, as many per sendmmsg(2) as the socket takes.
+    async fn send(&mut self, socket: &UdpSocket) {
+        let mut next = 0;
+        while next < self.replies.len() {
+            let pending = &self.replies[next..];
+            let iovs: Vec<[IoSlice<'_>; 1]> = pending
+                .iter()
+                .map(|(range, _)| [IoSlice::new(&self.out[range.clone()])])
+                .collect();
+            let addrs: Vec<Option<SockaddrStorage>> = pending
+                .iter()
+                .map(|(_, to)| Some(SockaddrStorage::from(*to)))
+                .collect();
+            let sent = socket
+                .async_io(Interest::WRITABLE, || {
+                    HEADERS.with_borrow_mut(|(_, headers)| {
+                        let results = sendmmsg(
+                            socket.as_raw_fd(),
+                            headers,
+                            iovs.iter(),
+                            &addrs,
+                            [] as [ControlMessage<'_>; 0],
+                            MsgFlags::empty(),
+                        )?;
+                        Ok(results.count())
+                    })
+                })
+                .await;
+            match sent {
+                Ok(sent) => next += sent.max(1),
+                Err(err) => {
+                    // This reply could not go (the peer's address is unusable): the next ones
+                    // still do.
+                    tracing::debug!(peer = %pending[0].1, error = %err, "udp send");
+                    next += 1;
+                }
             }
         }
     }
@@ -67,6 +227,14 @@ async fn send(socket: &UdpSocket, reply: &[u8], to: SocketAddr) {
     if let Err(err) = socket.send_to(reply, to).await {
         tracing::debug!(peer = %to, error = %err, "udp send");
     }
+}
+
+fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
+    if let Some(v4) = addr.as_sockaddr_in() {
+        return Some(SocketAddr::V4((*v4).into()));
+    }
+    addr.as_sockaddr_in6()
+        .map(|v6| SocketAddr::V6((*v6).into()))
 }
 
 /// One TCP connection: length-prefixed queries read as they come, each answered when ready.
@@ -116,13 +284,14 @@ pub async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer: Peer)
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        match forwarder.start(&buf, peer.addr.ip(), Transport::Tcp) {
-            Step::Done(Some(reply)) => {
+        let mut reply = Vec::new();
+        match forwarder.start(&buf, peer.addr.ip(), Transport::Tcp, &mut reply) {
+            Step::Reply => {
                 if tx.send(reply).await.is_err() {
                     break;
                 }
             }
-            Step::Done(None) => {}
+            Step::Drop => {}
             Step::Forward(pending) => {
                 let tx = tx.clone();
                 let forwarder = forwarder.clone();
@@ -158,6 +327,11 @@ impl RateLimiter {
             max_sources: 65536,
             dropped: 0,
         }
+    }
+
+    /// Whether limiting is on at all (a rate of 0 switches it off).
+    pub fn enabled(&self) -> bool {
+        self.per_second > 0.0
     }
 
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
