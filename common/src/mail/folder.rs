@@ -15,14 +15,20 @@
 //!   current name by base.
 
 use std::cell::Cell;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{File, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
 use super::fsutil::{self, Lock, Owner};
+use super::index::{self, Found, FxMap, Index, Sub};
 use super::maildir::{
     arrival_key, cur_name, name_time, size_field, split_name, unique_name, SizeCounter,
 };
@@ -56,6 +62,8 @@ pub struct Folder {
     path: PathBuf,
     mailbox: PathBuf,
     owner: Option<Owner>,
+    /// What this process last read of the folder (shared with its other `Folder`s).
+    index: Arc<Mutex<Index>>,
 }
 
 /// The folder's messages at one moment, in UID order.
@@ -73,7 +81,8 @@ pub struct MessageInfo {
     /// The unique file name without flags: stable for the message's life. Other programs may
     /// write bases of any length or character set, so a POP3 UIDL derives from `uid` and
     /// `uid_validity` (as Dovecot's default does) or checks the base fits before using it.
-    pub base: String,
+    /// Shared (not copied) by every snapshot that lists the message.
+    pub base: Arc<str>,
     /// Bytes in the file.
     pub size: u64,
     /// Bytes with every bare LF sent as CRLF: POP3 LIST and IMAP RFC822.SIZE.
@@ -84,7 +93,7 @@ pub struct MessageInfo {
     /// It was in `new/`: no client has seen it yet (IMAP \Recent).
     pub recent: bool,
     /// `new/<name>` or `cur/<name>`, relative to the folder.
-    file: String,
+    file: Arc<str>,
 }
 
 impl MessageInfo {
@@ -129,37 +138,10 @@ pub struct Appended {
     pub message: MessageInfo,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Sub {
-    New,
-    Cur,
-}
-
-impl Sub {
-    fn dir(self) -> &'static str {
-        match self {
-            Sub::New => "new",
-            Sub::Cur => "cur",
-        }
-    }
-}
-
-/// Where a scan found a message.
-#[derive(Debug, Clone)]
-struct Found {
-    sub: Sub,
-    name: String,
-}
-
-impl Found {
-    fn rel(&self) -> String {
-        format!("{}/{}", self.sub.dir(), self.name)
-    }
-}
-
 impl Folder {
     pub(crate) fn new(name: String, path: PathBuf, mailbox: PathBuf, owner: Option<Owner>) -> Self {
         Folder {
+            index: index::for_folder(&path),
             name,
             path,
             mailbox,
@@ -197,7 +179,7 @@ impl Folder {
     /// Opens a message for reading. If another process renamed it since the snapshot (a flag
     /// change, a move to `cur/`), the file is found again by its base name.
     pub fn open(&self, msg: &MessageInfo) -> Result<File, StoreError> {
-        let path = self.path.join(&msg.file);
+        let path = self.path.join(&*msg.file);
         match File::open(&path) {
             Ok(file) => return Ok(file),
             Err(err) if err.kind() == ErrorKind::NotFound => {}
@@ -205,7 +187,7 @@ impl Folder {
         }
         let _lock = self.lock()?;
         let found = self.find(&msg.base)?;
-        let path = self.path.join(found.rel());
+        let path = self.path.join(&*found.rel);
         File::open(&path).map_err(|err| StoreError::io("opening", &path, err))
     }
 
@@ -254,26 +236,26 @@ impl Folder {
         for attempt in 0..2 {
             let flags = change.apply(current);
             let to = format!("cur/{}", cur_name(&msg.base, flags));
-            if to == from {
+            if *to == *from {
                 msg.flags = flags;
                 return Ok(());
             }
-            match std::fs::rename(self.path.join(&from), self.path.join(&to)) {
+            match std::fs::rename(self.path.join(&*from), self.path.join(&to)) {
                 Ok(()) => {
                     msg.flags = flags;
-                    msg.file = to;
+                    msg.file = to.into();
                     return Ok(());
                 }
                 Err(err) if err.kind() == ErrorKind::NotFound && attempt == 0 => {
                     let found = self.find(&msg.base)?;
-                    current = split_name(&found.name).1;
-                    from = found.rel();
+                    current = split_name(found.name()).1;
+                    from = found.rel;
                 }
-                Err(err) => return Err(StoreError::io("renaming", &self.path.join(&from), err)),
+                Err(err) => return Err(StoreError::io("renaming", &self.path.join(&*from), err)),
             }
         }
         Err(StoreError::MessageGone {
-            base: msg.base.clone(),
+            base: msg.base.to_string(),
         })
     }
 
@@ -285,7 +267,7 @@ impl Folder {
         let _lock = self.lock()?;
         let mut stale = Vec::new();
         for msg in msgs {
-            let path = self.path.join(&msg.file);
+            let path = self.path.join(&*msg.file);
             match std::fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(err) if err.kind() == ErrorKind::NotFound => stale.push(msg),
@@ -297,7 +279,7 @@ impl Folder {
             let found = self.scan()?;
             for msg in stale {
                 if let Some(f) = found.get(&msg.base) {
-                    let path = self.path.join(f.rel());
+                    let path = self.path.join(&*f.rel);
                     match std::fs::remove_file(&path) {
                         Ok(()) => {}
                         Err(err) if err.kind() == ErrorKind::NotFound => {}
@@ -310,12 +292,14 @@ impl Folder {
             fsutil::sync_dir(&self.path.join(sub.dir()))?;
         }
         // Drop them from the uid list now, so the next snapshot need not look twice.
-        if let Loaded::Ok(mut list) = UidList::load(&self.path)? {
-            let gone: HashSet<&str> = msgs.iter().map(|m| m.base.as_str()).collect();
+        let mut index = self.index();
+        if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
+            let gone: HashSet<&str> = msgs.iter().map(|m| &*m.base).collect();
             let before = list.entries.len();
-            list.entries.retain(|e| !gone.contains(e.base.as_str()));
+            list.entries.retain(|e| !gone.contains(&*e.base));
             if list.entries.len() != before || list.needs_rewrite {
                 list.save(&self.path, self.owner)?;
+                list.remember(&self.path, &mut index.list);
             }
         }
         Ok(())
@@ -356,10 +340,10 @@ impl Folder {
         let mut message = MessageInfo {
             uid: 0,
             file: match sub {
-                Sub::New => format!("new/{base}"),
-                Sub::Cur => format!("cur/{}", cur_name(&base, flags)),
+                Sub::New => format!("new/{base}").into(),
+                Sub::Cur => format!("cur/{}", cur_name(&base, flags)).into(),
             },
-            base,
+            base: base.into(),
             size: sizes.size,
             vsize: sizes.vsize,
             flags,
@@ -368,9 +352,11 @@ impl Folder {
         };
 
         let lock = self.lock()?;
+        let mut index = self.index();
         // The quick way: add one line to a sound uid list, without reading the directories.
-        if let Loaded::Ok(list) = UidList::load(&self.path)? {
-            if let Some(e) = list.entries.iter().find(|e| e.base == message.base) {
+        if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
+            // A concurrent snapshot indexed it already (then its line is near the end).
+            if let Some(e) = list.entries.iter().rev().find(|e| e.base == message.base) {
                 message.uid = e.uid; // a concurrent snapshot indexed it already
                 return Ok(Appended {
                     uid_validity: list.validity,
@@ -378,27 +364,27 @@ impl Folder {
                 });
             }
             if !list.needs_rewrite && list.next_uid < u32::MAX - 1 {
-                let entry = Entry {
-                    uid: list.next_uid,
-                    base: message.base.clone(),
-                    size: None,
-                    vsize: None,
-                    time: None,
-                };
+                let entry = Entry::new(list.next_uid, message.base.clone(), None, None, None);
                 list.append(&self.path, std::slice::from_ref(&entry))?;
                 message.uid = entry.uid;
+                list.next_uid += 1;
+                list.entries.push(entry);
+                list.remember(&self.path, &mut index.list);
                 return Ok(Appended {
                     uid_validity: list.validity,
                     message,
                 });
             }
         }
+        drop(index);
         let snapshot = self.sync_locked(&lock, false)?;
         let found = snapshot
             .messages
             .into_iter()
             .find(|m| m.base == message.base)
-            .ok_or(StoreError::MessageGone { base: message.base })?;
+            .ok_or_else(|| StoreError::MessageGone {
+                base: message.base.to_string(),
+            })?;
         Ok(Appended {
             uid_validity: snapshot.uid_validity,
             message: found,
@@ -407,6 +393,12 @@ impl Folder {
 
     fn lock(&self) -> Result<Lock, StoreError> {
         Lock::acquire(&self.path.join(LOCK_FILE), self.owner)
+    }
+
+    /// The shared index; take it only while holding the folder lock (lock order: the flock,
+    /// then this).
+    fn index(&self) -> MutexGuard<'_, Index> {
+        self.index.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Writes the message to `tmp/`, fsyncs it, and renames it into `new/` or `cur/` under a
@@ -505,37 +497,46 @@ impl Folder {
     }
 
     /// Reads `new/` and `cur/`: base name -> where the file is now.
-    fn scan(&self) -> Result<HashMap<String, Found>, StoreError> {
-        let mut found = HashMap::new();
-        // `cur/` last, so that a file another program copied into both counts once, from cur/.
+    fn scan(&self) -> Result<FxMap<Arc<str>, Found>, StoreError> {
+        let mut found = FxMap::default();
+        self.scan_into(&mut found, 0)?;
+        Ok(found)
+    }
+
+    /// Reads `new/` and `cur/` into `found`, marking each file seen with `epoch`. A file seen
+    /// before under the same name costs a lookup, not new strings. `cur/` comes last, so that
+    /// a file another program copied into both counts once, from `cur/`.
+    fn scan_into(&self, found: &mut FxMap<Arc<str>, Found>, epoch: u64) -> Result<(), StoreError> {
         for sub in [Sub::New, Sub::Cur] {
-            let dir = self.path.join(sub.dir());
-            let entries =
-                std::fs::read_dir(&dir).map_err(|err| StoreError::io("reading", &dir, err))?;
-            for entry in entries {
-                let entry = entry.map_err(|err| StoreError::io("reading", &dir, err))?;
-                let name = entry.file_name();
-                let Some(name) = name.to_str() else {
-                    tracing::warn!(dir = %dir.display(), name = ?name, "skipping a file whose name is not UTF-8");
-                    continue;
-                };
-                if name.starts_with('.') || name.contains('\n') {
+            let path = self.path.join(sub.dir());
+            let fail = |errno: nix::errno::Errno| StoreError::io("reading", &path, errno.into());
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let mut dir = Dir::open(&path, flags, Mode::empty()).map_err(fail)?;
+            for entry in dir.iter() {
+                let entry = entry.map_err(fail)?;
+                let bytes = entry.file_name().to_bytes();
+                if bytes.first() == Some(&b'.') || bytes.contains(&b'\n') {
                     continue;
                 }
+                let Ok(name) = std::str::from_utf8(bytes) else {
+                    tracing::warn!(dir = %path.display(), name = ?String::from_utf8_lossy(bytes),
+                        "skipping a file whose name is not UTF-8");
+                    continue;
+                };
                 let (base, _) = split_name(name);
                 if base.is_empty() {
                     continue;
                 }
-                found.insert(
-                    base.to_owned(),
-                    Found {
-                        sub,
-                        name: name.to_owned(),
-                    },
-                );
+                match found.get_mut(base) {
+                    Some(f) if f.sub == sub && f.name() == name => f.epoch = epoch,
+                    Some(f) => *f = Found::new(sub, name, epoch),
+                    None => {
+                        found.insert(base.into(), Found::new(sub, name, epoch));
+                    }
+                }
             }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Where the message with this base is now. Call with the lock held.
@@ -558,8 +559,24 @@ impl Folder {
     /// The heart of `snapshot`: brings the uid list up to date with the directories.
     fn sync_locked(&self, lock: &Lock, claim: bool) -> Result<Snapshot, StoreError> {
         self.clean_tmp();
-        let mut found = self.scan()?;
-        let (mut list, mut rewrite) = match UidList::load(&self.path)? {
+        let mut index = self.index();
+        let result = self.sync_indexed(lock, claim, &mut index);
+        if result.is_err() {
+            index.forget();
+        }
+        result
+    }
+
+    fn sync_indexed(
+        &self,
+        lock: &Lock,
+        claim: bool,
+        index: &mut Index,
+    ) -> Result<Snapshot, StoreError> {
+        index.epoch += 1;
+        let epoch = index.epoch;
+        self.scan_into(&mut index.found, epoch)?;
+        let (mut list, mut rewrite) = match UidList::load_cached(&self.path, &mut index.list)? {
             Loaded::Ok(list) => {
                 let rewrite = list.needs_rewrite;
                 (list, rewrite)
@@ -567,8 +584,8 @@ impl Folder {
             Loaded::Missing => {
                 // The lock file outlives the list: without it, this folder was never indexed
                 // (a new folder, or one another program filled), and nothing was lost.
-                if lock.existed && !found.is_empty() {
-                    tracing::warn!(folder = %self.path.display(), messages = found.len(),
+                if lock.existed && !index.found.is_empty() {
+                    tracing::warn!(folder = %self.path.display(), messages = index.found.len(),
                         "uid list missing: numbering every message afresh under a new UIDVALIDITY");
                 }
                 (self.fresh_list()?, true)
@@ -582,18 +599,28 @@ impl Folder {
 
         // Known messages missing from the scan were expunged, or renamed by a program that
         // does not take our lock while we read. Look once more before forgetting them.
-        if list.entries.iter().any(|e| !found.contains_key(&e.base)) {
-            found.extend(self.scan()?);
+        let seen = |found: &FxMap<Arc<str>, Found>, base: &str| {
+            found.get(base).is_some_and(|f| f.epoch == epoch)
+        };
+        if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
+            self.scan_into(&mut index.found, epoch)?;
             let before = list.entries.len();
-            list.entries.retain(|e| found.contains_key(&e.base));
+            list.entries.retain(|e| seen(&index.found, &e.base));
             rewrite |= list.entries.len() != before;
         }
+        index.found.retain(|_, f| f.epoch == epoch);
+        let found = &mut index.found;
 
-        let mut fresh: Vec<&String> = {
-            let known: HashSet<&str> = list.entries.iter().map(|e| e.base.as_str()).collect();
+        // Every line of the list names a file found, and no two lines the same base (UIDs are
+        // only given to bases not in the list): equal counts mean nothing new.
+        let mut fresh: Vec<Arc<str>> = if found.len() == list.entries.len() {
+            Vec::new()
+        } else {
+            let known: HashSet<&str> = list.entries.iter().map(|e| &*e.base).collect();
             found
                 .keys()
-                .filter(|base| !known.contains(base.as_str()))
+                .filter(|base| !known.contains(&***base))
+                .cloned()
                 .collect()
         };
         if u64::from(list.next_uid) + fresh.len() as u64 >= u64::from(u32::MAX) {
@@ -601,28 +628,26 @@ impl Folder {
                 "UIDs exhausted: numbering every message afresh under a new UIDVALIDITY");
             list = self.fresh_list()?;
             rewrite = true;
-            fresh = found.keys().collect();
+            fresh = found.keys().cloned().collect();
         }
         // Oldest first, so UIDs follow arrival where the names tell it.
-        fresh.sort_by_key(|base| arrival_key(base));
+        fresh.sort_by(|a, b| arrival_key(a).cmp(&arrival_key(b)));
 
         let mut added = Vec::new();
-        let mut vanished = Vec::new();
         for base in fresh {
-            match self.index_entry(list.next_uid, base, &found[base])? {
+            match self.index_entry(list.next_uid, &base, &found[&base])? {
                 Some(entry) => {
                     list.next_uid += 1;
                     added.push(entry);
                 }
-                None => vanished.push(base.clone()),
+                None => {
+                    found.remove(&base);
+                }
             }
-        }
-        for base in vanished {
-            found.remove(&base);
         }
         // Lines that lack a cached value their name does not carry (a hand-edited list).
         for entry in &mut list.entries {
-            if needs_cache(entry) {
+            if entry.incomplete() {
                 if let Some(f) = found.get(&entry.base) {
                     if let Some(filled) = self.index_entry(entry.uid, &entry.base, f)? {
                         *entry = filled;
@@ -636,17 +661,20 @@ impl Folder {
 
         if rewrite {
             list.save(&self.path, self.owner)?;
+            list.remember(&self.path, &mut index.list);
         } else if !added.is_empty() {
             list.append(&self.path, &added)?;
+            list.remember(&self.path, &mut index.list);
         }
 
+        let found = &mut index.found;
         let mut messages: Vec<MessageInfo> = list
             .entries
             .iter()
             .map(|e| message_info(e, &found[&e.base]))
             .collect();
         if claim {
-            self.move_to_cur(&mut messages)?;
+            self.move_to_cur(&mut messages, found, epoch)?;
         }
         Ok(Snapshot {
             uid_validity: list.validity,
@@ -660,20 +688,15 @@ impl Folder {
     fn index_entry(
         &self,
         uid: u32,
-        base: &str,
+        base: &Arc<str>,
         found: &Found,
     ) -> Result<Option<Entry>, StoreError> {
-        let mut entry = Entry {
-            uid,
-            base: base.to_owned(),
-            size: None,
-            vsize: None,
-            time: None,
-        };
-        if !needs_cache(&entry) {
+        let entry = Entry::new(uid, base.clone(), None, None, None);
+        if !entry.incomplete() {
             return Ok(Some(entry));
         }
-        let path = self.path.join(found.rel());
+        let (mut size, mut vsize, mut time) = (None, None, None);
+        let path = self.path.join(&*found.rel);
         let mut file = match File::open(&path) {
             Ok(file) => file,
             Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
@@ -684,11 +707,11 @@ impl Folder {
             .metadata()
             .map_err(|err| StoreError::io("reading", &path, err))?;
         if size_field(base, 'S').is_none() {
-            entry.size = Some(meta.len());
+            size = Some(meta.len());
         }
         if name_time(base).is_none() {
             let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
-            entry.time = Some(mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+            time = Some(mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
         if size_field(base, 'W').is_none() {
             let mut sizes = SizeCounter::default();
@@ -701,20 +724,30 @@ impl Folder {
                     Err(err) => return Err(StoreError::io("reading", &path, err)),
                 }
             }
-            entry.vsize = Some(sizes.vsize);
+            vsize = Some(sizes.vsize);
         }
-        Ok(Some(entry))
+        Ok(Some(Entry::new(uid, base.clone(), size, vsize, time)))
     }
 
-    fn move_to_cur(&self, messages: &mut [MessageInfo]) -> Result<(), StoreError> {
+    /// Moves the messages in `new/` to `cur/`, and tells the index where they went.
+    fn move_to_cur(
+        &self,
+        messages: &mut [MessageInfo],
+        found: &mut FxMap<Arc<str>, Found>,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
         for msg in messages.iter_mut().filter(|m| m.file.starts_with("new/")) {
-            let to = format!("cur/{}", cur_name(&msg.base, msg.flags));
-            match std::fs::rename(self.path.join(&msg.file), self.path.join(&to)) {
-                Ok(()) => msg.file = to,
+            let name = cur_name(&msg.base, msg.flags);
+            let moved = Found::new(Sub::Cur, &name, epoch);
+            match std::fs::rename(self.path.join(&*msg.file), self.path.join(&*moved.rel)) {
+                Ok(()) => {
+                    msg.file = moved.rel.clone();
+                    found.insert(msg.base.clone(), moved);
+                }
                 // Moved by a program that ignores our lock; `open` will find it.
                 Err(err) if err.kind() == ErrorKind::NotFound => {}
                 Err(err) => {
-                    return Err(StoreError::io("renaming", &self.path.join(&msg.file), err))
+                    return Err(StoreError::io("renaming", &self.path.join(&*msg.file), err))
                 }
             }
         }
@@ -750,23 +783,16 @@ impl Folder {
     }
 }
 
-/// The base name lacks a value the uid list line does not hold either.
-fn needs_cache(e: &Entry) -> bool {
-    (e.size.is_none() && size_field(&e.base, 'S').is_none())
-        || (e.vsize.is_none() && size_field(&e.base, 'W').is_none())
-        || (e.time.is_none() && name_time(&e.base).is_none())
-}
-
 fn message_info(e: &Entry, found: &Found) -> MessageInfo {
-    let secs = name_time(&e.base).or(e.time).unwrap_or(0);
+    let (size, vsize, secs) = e.facts();
     MessageInfo {
         uid: e.uid,
         base: e.base.clone(),
-        size: size_field(&e.base, 'S').or(e.size).unwrap_or(0),
-        vsize: size_field(&e.base, 'W').or(e.vsize).unwrap_or(0),
-        flags: split_name(&found.name).1,
+        size,
+        vsize,
+        flags: split_name(found.name()).1,
         internal_date: UNIX_EPOCH + Duration::from_secs(secs),
         recent: found.sub == Sub::New,
-        file: found.rel(),
+        file: found.rel.clone(),
     }
 }

@@ -36,6 +36,7 @@
 mod config;
 mod folder;
 mod fsutil;
+mod index;
 mod maildir;
 mod store;
 pub mod uidlist;

@@ -142,7 +142,7 @@ fn outside_deliveries_are_measured_once() {
     let snap = inbox.snapshot().unwrap();
     assert_eq!(message_files_read() - before, 2);
     let by_base: HashMap<&str, &MessageInfo> =
-        snap.messages.iter().map(|m| (m.base.as_str(), m)).collect();
+        snap.messages.iter().map(|m| (&*m.base, m)).collect();
     let a = by_base["1700000000.12345_1.host"];
     assert_eq!((a.size, a.vsize, a.flags), (4, 6, Flags::EMPTY));
     assert_eq!(
@@ -544,7 +544,7 @@ fn concurrent_threads_lose_nothing_and_keep_uids() {
                 let snap = inbox.claim_new().unwrap();
                 assert_eq!(snap.uid_validity, validity);
                 for m in snap.messages {
-                    let uid = *seen.entry(m.base.clone()).or_insert(m.uid);
+                    let uid = *seen.entry(m.base.to_string()).or_insert(m.uid);
                     assert_eq!(uid, m.uid, "{} changed UID", m.base);
                 }
             }
@@ -569,7 +569,7 @@ fn concurrent_threads_lose_nothing_and_keep_uids() {
         let seen = watcher.join().unwrap();
         assert_eq!(delivered.len(), writers * per_writer);
         let snap = inbox.snapshot().unwrap();
-        let mut bases: Vec<&str> = snap.messages.iter().map(|m| m.base.as_str()).collect();
+        let mut bases: Vec<&str> = snap.messages.iter().map(|m| &*m.base).collect();
         bases.sort();
         let mut expected: Vec<&str> = delivered
             .iter()
@@ -579,7 +579,7 @@ fn concurrent_threads_lose_nothing_and_keep_uids() {
         expected.sort();
         assert_eq!(bases, expected, "every message exactly once");
         for m in &snap.messages {
-            if let Some(&uid) = seen.get(&m.base) {
+            if let Some(&uid) = seen.get(&*m.base) {
                 assert_eq!(uid, m.uid);
             }
         }
@@ -639,4 +639,63 @@ fn flags_of_many_messages_change_under_one_lock_and_gone_ones_are_skipped() {
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|m| m.flags.contains(Flags::SEEN)));
     assert!(!messages[1].flags.contains(Flags::SEEN));
+}
+
+/// The in-process index (cached uid list and directory listing) must follow what other
+/// processes do behind its back: lines appended to the list, a list rewritten, files renamed
+/// and removed.
+#[test]
+fn the_index_follows_changes_made_behind_its_back() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for i in 0..3 {
+        deliver(&store, "ida", &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
+    }
+    let inbox = store.mailbox("ida").unwrap().inbox();
+    let first = inbox.snapshot().unwrap();
+    assert_eq!(first.uid_next, 4);
+    let list_path = inbox.path().join("inetkit-uidlist");
+
+    // Another process files a message and appends its line (UID 9, not the next one we
+    // would have picked): the cached list is extended by the new line, not renumbered.
+    std::fs::write(inbox.path().join("cur/outside.1:2,F"), "x\n").unwrap();
+    let mut text = std::fs::read_to_string(&list_path).unwrap();
+    text.push_str("9 S=2 W=3 T=1600000000 :outside.1\n");
+    std::fs::write(&list_path, &text).unwrap();
+    // ... and renames one of ours (a flag change) and removes another.
+    let renamed = &first.messages[0];
+    std::fs::rename(
+        inbox.path().join(renamed.file()),
+        inbox.path().join(format!("cur/{}:2,S", renamed.base)),
+    )
+    .unwrap();
+    std::fs::remove_file(inbox.path().join(first.messages[1].file())).unwrap();
+
+    let second = inbox.snapshot().unwrap();
+    let uids: Vec<u32> = second.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 3, 9]);
+    assert_eq!(second.uid_next, 10);
+    assert_eq!(second.messages[0].flags, Flags::SEEN);
+    assert_eq!(second.messages[2].flags, Flags::FLAGGED);
+    assert_eq!((second.messages[2].size, second.messages[2].vsize), (2, 3));
+
+    // Another process rewrites the list (temp file and rename), under a new UIDVALIDITY and
+    // with other numbers: that is what counts, not the cached copy.
+    let rewritten = format!(
+        "inetkit-uidlist 1 V{} N30\n21 :{}\n23 :{}\n29 S=2 W=3 T=1600000000 :outside.1\n",
+        second.uid_validity + 1,
+        second.messages[0].base,
+        second.messages[1].base
+    );
+    std::fs::write(inbox.path().join("list.tmp"), rewritten).unwrap();
+    std::fs::rename(inbox.path().join("list.tmp"), &list_path).unwrap();
+    let third = inbox.snapshot().unwrap();
+    assert_eq!(third.uid_validity, second.uid_validity + 1);
+    let uids: Vec<u32> = third.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [21, 23, 29]);
+    assert_eq!(third.uid_next, 30);
+
+    // A second Folder of the same process shares the index and sees the same.
+    let again = store.mailbox("ida").unwrap().inbox();
+    assert_eq!(again.snapshot().unwrap(), third);
 }

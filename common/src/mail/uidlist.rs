@@ -18,11 +18,14 @@
 //! not parse makes the list corrupt, and the folder is renumbered under a new UIDVALIDITY.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use super::fsutil::{self, Owner};
+use super::index::FileState;
+use super::maildir::{name_time, size_field};
 use super::StoreError;
 
 pub(crate) const FILE: &str = "inetkit-uidlist";
@@ -34,13 +37,53 @@ const VERSION: &str = "1";
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub uid: u32,
-    pub base: String,
+    /// Shared with the snapshots that name this message.
+    pub base: Arc<str>,
     /// Cached only when the base name has no `,S=`.
     pub size: Option<u64>,
     /// Cached only when the base name has no `,W=`.
     pub vsize: Option<u64>,
     /// Cached only when the base name does not start with a time.
     pub time: Option<u64>,
+    /// Size, size with CRLF and arrival time, from the name or else the line: worked out
+    /// once, as every snapshot needs them.
+    known: [Option<u64>; 3],
+}
+
+impl Entry {
+    /// The line for `base`, with the values its name does not carry if they are known.
+    pub fn new(
+        uid: u32,
+        base: Arc<str>,
+        size: Option<u64>,
+        vsize: Option<u64>,
+        time: Option<u64>,
+    ) -> Entry {
+        let known = [
+            size_field(&base, 'S').or(size),
+            size_field(&base, 'W').or(vsize),
+            name_time(&base).or(time),
+        ];
+        Entry {
+            uid,
+            base,
+            size,
+            vsize,
+            time,
+            known,
+        }
+    }
+
+    /// Size, size with CRLF line ends, arrival (seconds); 0 where nothing tells.
+    pub fn facts(&self) -> (u64, u64, u64) {
+        let [size, vsize, time] = self.known.map(|v| v.unwrap_or(0));
+        (size, vsize, time)
+    }
+
+    /// Neither the name nor the line has every value: the file must be read once.
+    pub fn incomplete(&self) -> bool {
+        self.known.iter().any(Option::is_none)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,33 +130,41 @@ impl UidList {
             entries: Vec::new(),
             needs_rewrite: !header.ends_with('\n'),
         };
+        let rest = &text[header.len()..];
+        list.parse_lines(rest, 2)?;
+        Ok(list)
+    }
+
+    /// Adds the entries of `text`, whose first line is line `first` of the file.
+    fn parse_lines(&mut self, text: &str, first: usize) -> Result<(), (String, Option<u32>)> {
+        let validity = self.validity;
         let corrupt = |why: String| (why, Some(validity));
-        for (n, line) in lines.enumerate() {
+        for (n, line) in text.split_inclusive('\n').enumerate() {
             let Some(line) = line.strip_suffix('\n') else {
                 // A crash mid-append: nobody was told about this UID.
-                list.needs_rewrite = true;
+                self.needs_rewrite = true;
                 break;
             };
             let entry = parse_entry(line)
-                .ok_or_else(|| corrupt(format!("line {}: cannot parse {line:?}", n + 2)))?;
-            if list
+                .ok_or_else(|| corrupt(format!("line {}: cannot parse {line:?}", n + first)))?;
+            if self
                 .entries
                 .last()
                 .is_some_and(|last| last.uid >= entry.uid)
             {
                 return Err(corrupt(format!(
                     "line {}: UID {} out of order",
-                    n + 2,
+                    n + first,
                     entry.uid
                 )));
             }
-            list.next_uid = list.next_uid.max(entry.uid.saturating_add(1));
-            list.entries.push(entry);
+            self.next_uid = self.next_uid.max(entry.uid.saturating_add(1));
+            self.entries.push(entry);
         }
-        if list.next_uid == u32::MAX {
+        if self.next_uid == u32::MAX {
             return Err(corrupt("UIDs exhausted".to_owned()));
         }
-        Ok(list)
+        Ok(())
     }
 
     pub fn to_text(&self) -> String {
@@ -147,6 +198,51 @@ impl UidList {
             Ok(list) => Loaded::Ok(list),
             Err((reason, validity)) => Loaded::Corrupt { reason, validity },
         })
+    }
+
+    /// [`load`](Self::load) through this process's copy in `cache`: the file is read again
+    /// only when it changed, and only its new lines when it just grew (new UIDs are appended).
+    /// Call with the folder lock held.
+    pub fn load_cached(
+        dir: &Path,
+        cache: &mut Option<(FileState, UidList)>,
+    ) -> Result<Loaded, StoreError> {
+        let path = dir.join(FILE);
+        let state = match FileState::of(&path) {
+            Ok(state) => state,
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                *cache = None;
+                return Ok(Loaded::Missing);
+            }
+            Err(err) => return Err(StoreError::io("reading", &path, err)),
+        };
+        if let Some((before, list)) = cache.as_ref() {
+            if *before == state {
+                return Ok(Loaded::Ok(list.clone()));
+            }
+            if state.grew_from(before) && !list.needs_rewrite {
+                let mut list = list.clone();
+                if read_from(&path, before.len)
+                    .is_some_and(|tail| list.parse_lines(&tail, 0).is_ok())
+                {
+                    *cache = Some((state, list.clone()));
+                    return Ok(Loaded::Ok(list));
+                }
+            }
+        }
+        let loaded = UidList::load(dir)?;
+        *cache = match &loaded {
+            Loaded::Ok(list) => Some((state, list.clone())),
+            _ => None,
+        };
+        Ok(loaded)
+    }
+
+    /// Records in `cache` that the file now holds this list (after `save` or `append`).
+    pub fn remember(&self, dir: &Path, cache: &mut Option<(FileState, UidList)>) {
+        *cache = FileState::of(&dir.join(FILE))
+            .ok()
+            .map(|state| (state, self.clone()));
     }
 
     /// Replaces the file atomically and durably. Call with the folder lock held.
@@ -183,6 +279,15 @@ impl UidList {
     }
 }
 
+/// The file from `offset` on, if it reads as text.
+fn read_from(path: &Path, offset: u64) -> Option<String> {
+    let mut file = File::open(path).ok()?;
+    file.seek(SeekFrom::Start(offset)).ok()?;
+    let mut text = String::new();
+    file.read_to_string(&mut text).ok()?;
+    Some(text)
+}
+
 fn create_truncated(path: &PathBuf) -> Result<File, StoreError> {
     OpenOptions::new()
         .write(true)
@@ -213,24 +318,18 @@ fn parse_entry(line: &str) -> Option<Entry> {
     if uid == 0 {
         return None;
     }
-    let mut entry = Entry {
-        uid,
-        base: base.to_owned(),
-        size: None,
-        vsize: None,
-        time: None,
-    };
+    let (mut size, mut vsize, mut time) = (None, None, None);
     for word in words {
         let (key, value) = word.split_once('=')?;
         let value: u64 = value.parse().ok()?;
         match key {
-            "S" => entry.size = Some(value),
-            "W" => entry.vsize = Some(value),
-            "T" => entry.time = Some(value),
+            "S" => size = Some(value),
+            "W" => vsize = Some(value),
+            "T" => time = Some(value),
             _ => return None,
         }
     }
-    Some(entry)
+    Some(Entry::new(uid, base.into(), size, vsize, time))
 }
 
 fn entry_line(entry: &Entry) -> String {
@@ -251,25 +350,20 @@ mod tests {
     use super::*;
 
     fn entry(uid: u32, base: &str) -> Entry {
-        Entry {
-            uid,
-            base: base.to_owned(),
-            size: None,
-            vsize: None,
-            time: None,
-        }
+        Entry::new(uid, base.into(), None, None, None)
     }
 
     #[test]
     fn round_trip() {
         let mut list = UidList::new(1_700_000_000);
         list.entries.push(entry(1, "1.M1P1Q1.h,S=10,W=11"));
-        list.entries.push(Entry {
-            size: Some(5),
-            vsize: Some(6),
-            time: Some(99),
-            ..entry(7, "a name with spaces")
-        });
+        list.entries.push(Entry::new(
+            7,
+            "a name with spaces".into(),
+            Some(5),
+            Some(6),
+            Some(99),
+        ));
         list.next_uid = 9;
         let text = list.to_text();
         assert!(text.starts_with("inetkit-uidlist 1 V1700000000 N9\n1 :1.M1P1Q1.h,S=10,W=11\n"));

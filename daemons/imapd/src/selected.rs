@@ -1,7 +1,7 @@
 //! The selected folder: this session's view of it (messages by sequence number), and how that
 //! view catches up with changes made by other sessions and processes.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -123,48 +123,61 @@ impl Selected {
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
         self.keywords = Keywords::load(self.folder.path());
-        let mut now: HashMap<u32, MessageInfo> =
-            snapshot.messages.into_iter().map(|m| (m.uid, m)).collect();
+        // Both lists are in UID order: walk them side by side.
+        let now = snapshot.messages;
+        let mut kept = vec![false; self.messages.len()];
+        let mut changed: Vec<(usize, MessageInfo)> = Vec::new();
+        let mut j = 0;
+        for (i, msg) in self.messages.iter().enumerate() {
+            while j < now.len() && now[j].uid < msg.uid {
+                j += 1;
+            }
+            if j < now.len() && now[j].uid == msg.uid {
+                kept[i] = true;
+                if now[j] != *msg {
+                    changed.push((i, now[j].clone()));
+                }
+                j += 1;
+            }
+        }
+        // Flag changes (and new file names), before any expunge moves sequence numbers.
+        for (i, new) in changed {
+            let msg = &mut self.messages[i];
+            if new.flags != msg.flags {
+                let line = format!(
+                    "* {} FETCH (UID {} FLAGS {})\r\n",
+                    i + 1,
+                    msg.uid,
+                    flag_list(new.flags, self.recent.contains(&msg.uid), &self.keywords)
+                );
+                out.extend_from_slice(line.as_bytes());
+            }
+            *msg = new;
+        }
         // Expunges, from the highest sequence number down so that each number is right as
         // the client applies them in order.
-        let mut kept_gone = false;
-        if expunge_allowed {
+        let kept_gone = kept.iter().any(|k| !k);
+        if expunge_allowed && kept_gone {
             for seq in (1..=self.messages.len()).rev() {
-                if !now.contains_key(&self.messages[seq - 1].uid) {
+                if !kept[seq - 1] {
                     out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
                     let gone = self.messages.remove(seq - 1);
                     self.recent.remove(&gone.uid);
                 }
             }
-        } else {
-            kept_gone = self.messages.iter().any(|m| !now.contains_key(&m.uid));
         }
-        // Flag changes.
-        for (i, msg) in self.messages.iter_mut().enumerate() {
-            if let Some(new) = now.remove(&msg.uid) {
-                if new.flags != msg.flags {
-                    let line = format!(
-                        "* {} FETCH (UID {} FLAGS {})\r\n",
-                        i + 1,
-                        msg.uid,
-                        flag_list(new.flags, self.recent.contains(&msg.uid), &self.keywords)
-                    );
-                    out.extend_from_slice(line.as_bytes());
-                }
-                *msg = new;
-            }
-        }
-        // New messages: whatever is left, in UID order, above the UIDs we know.
+        let kept_gone = kept_gone && !expunge_allowed;
+        // New messages: those above the UIDs we know.
         let last = self.messages.last().map_or(0, |m| m.uid);
-        let mut fresh: Vec<MessageInfo> = now.into_values().filter(|m| m.uid > last).collect();
-        fresh.sort_by_key(|m| m.uid);
+        let first_fresh = now.partition_point(|m| m.uid <= last);
+        let fresh = &now[first_fresh..];
         if !fresh.is_empty() {
-            for m in &fresh {
+            for m in fresh {
                 if m.recent {
                     self.recent.insert(m.uid);
                 }
             }
-            self.messages.extend(fresh);
+            self.messages.extend_from_slice(fresh);
             out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
             out.extend_from_slice(format!("* {} RECENT\r\n", self.recent.len()).as_bytes());
         }

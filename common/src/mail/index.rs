@@ -1,0 +1,125 @@
+//! What this process last read of a folder: its uid list and its directory listing, so that the
+//! next snapshot reads only what changed (Dovecot keeps an index file for the same reason).
+//!
+//! Nothing here is trusted without a check against the file system, made under the folder
+//! lock: the uid list is reused when its file is the same (inode, size, times) and extended by
+//! the lines appended since when it only grew; the directories are always read again, but a
+//! file seen before costs a hash lookup instead of new strings. Sessions of one process that
+//! have the same folder open share one index.
+
+use std::collections::HashMap;
+use std::hash::BuildHasherDefault;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use rustc_hash::FxHasher;
+
+use super::uidlist::UidList;
+
+pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+
+/// Which of the two message directories a file is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Sub {
+    New,
+    Cur,
+}
+
+impl Sub {
+    pub fn dir(self) -> &'static str {
+        match self {
+            Sub::New => "new",
+            Sub::Cur => "cur",
+        }
+    }
+}
+
+/// Where a scan found a message.
+#[derive(Debug, Clone)]
+pub(crate) struct Found {
+    pub sub: Sub,
+    /// `new/<name>` or `cur/<name>`: shared with every snapshot that names this file.
+    pub rel: Arc<str>,
+    /// The scan that last saw it.
+    pub(crate) epoch: u64,
+}
+
+impl Found {
+    pub fn new(sub: Sub, name: &str, epoch: u64) -> Found {
+        Found {
+            sub,
+            rel: format!("{}/{name}", sub.dir()).into(),
+            epoch,
+        }
+    }
+
+    /// The file name without the directory (both are three letters and a slash).
+    pub fn name(&self) -> &str {
+        &self.rel[4..]
+    }
+}
+
+/// Identifies one state of a file: an append changes the size, a rewrite (temp file and
+/// rename) the inode, and either one the change time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct FileState {
+    dev: u64,
+    ino: u64,
+    pub len: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl FileState {
+    pub fn of(path: &Path) -> std::io::Result<FileState> {
+        let m = std::fs::metadata(path)?;
+        Ok(FileState {
+            dev: m.dev(),
+            ino: m.ino(),
+            len: m.len(),
+            mtime: (m.mtime(), m.mtime_nsec()),
+            ctime: (m.ctime(), m.ctime_nsec()),
+        })
+    }
+
+    /// The same file, only longer: lines were appended.
+    pub fn grew_from(&self, before: &FileState) -> bool {
+        self.dev == before.dev && self.ino == before.ino && self.len > before.len
+    }
+}
+
+/// One folder's cached state. Use only with the folder lock held.
+#[derive(Debug, Default)]
+pub(crate) struct Index {
+    /// The uid list as last read or written, and the file state it matches.
+    pub list: Option<(FileState, UidList)>,
+    /// The last directory scan: base name -> where the file was.
+    pub found: FxMap<Arc<str>, Found>,
+    /// Counts scans; entries of `found` not seen by the current one are dropped after it.
+    pub epoch: u64,
+}
+
+impl Index {
+    /// Forgets everything (after an error, when what is cached may not match the disk).
+    pub fn forget(&mut self) {
+        *self = Index::default();
+    }
+}
+
+/// The index of the folder at `path`, shared by every `Folder` of this process for it; it
+/// lives as long as one of them does.
+pub(crate) fn for_folder(path: &Path) -> Arc<Mutex<Index>> {
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Index>>>>> = OnceLock::new();
+    let mut open = OPEN
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    if let Some(index) = open.get(path).and_then(Weak::upgrade) {
+        return index;
+    }
+    open.retain(|_, weak| weak.strong_count() > 0);
+    let index = Arc::new(Mutex::new(Index::default()));
+    open.insert(path.to_owned(), Arc::downgrade(&index));
+    index
+}
