@@ -321,6 +321,28 @@ def test_idle_sees_delivery_and_other_session(imap, cert):
     assert view == [b"1 (UID 2 FLAGS (\\Answered))", b"2 (UID 3 FLAGS ())", b"3 (UID 4 FLAGS ())"]
 
 
+def test_folder_deleted_and_made_again_is_watched_afresh(imap, cert):
+    """A folder's watch outlives its last session for a while; a folder deleted and made
+    again under the same name must still be followed (new mail seen in IDLE)."""
+    a = client(imap, cert)
+    ok(a.create("Foo"))
+    ok(a.select("Foo"))
+    a.logout()
+    a = client(imap, cert)
+    ok(a.delete("Foo"))
+    ok(a.create("Foo"))
+    ok(a.select("Foo"))
+    tag = a._new_tag().decode()
+    a.send(f"{tag} IDLE\r\n".encode())
+    assert a.readline().startswith(b"+ ")
+    b = client(imap, cert)
+    ok(b.append("Foo", None, None, message(7)))
+    assert a.readline() == b"* 1 EXISTS\r\n"
+    a.send(b"DONE\r\n")
+    assert a.readline() == b"* 1 RECENT\r\n"
+    assert a.readline() == f"{tag} OK IDLE terminated.\r\n".encode()
+
+
 def test_pop3d_and_delivery_at_once(imap, daemons, mailhome, cert):
     users, mail = mailhome
     pop = daemons.start("pop3d", f"""

@@ -11,7 +11,8 @@ use std::collections::HashMap;
 use std::hash::BuildHasherDefault;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use rustc_hash::FxHasher;
 
@@ -107,19 +108,55 @@ impl Index {
     }
 }
 
-/// The index of the folder at `path`, shared by every `Folder` of this process for it; it
-/// lives as long as one of them does.
+/// Indexes no session uses are kept this long, so that the next session on the same folder
+/// (a mail client polling, the next POP3 check) starts from them.
+const KEEP_UNUSED: Duration = Duration::from_secs(120);
+/// And at most this many of them.
+const MAX_UNUSED: usize = 16;
+
+struct Open {
+    index: Arc<Mutex<Index>>,
+    used: Instant,
+}
+
+/// The index of the folder at `path`, shared by every `Folder` of this process for it.
 pub(crate) fn for_folder(path: &Path) -> Arc<Mutex<Index>> {
-    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Weak<Mutex<Index>>>>> = OnceLock::new();
+    static OPEN: OnceLock<Mutex<HashMap<PathBuf, Open>>> = OnceLock::new();
     let mut open = OPEN
         .get_or_init(Default::default)
         .lock()
         .unwrap_or_else(|e| e.into_inner());
-    if let Some(index) = open.get(path).and_then(Weak::upgrade) {
-        return index;
+    let now = Instant::now();
+    let index = match open.get_mut(path) {
+        Some(entry) => {
+            entry.used = now;
+            entry.index.clone()
+        }
+        None => {
+            let index = Arc::new(Mutex::new(Index::default()));
+            let used = now;
+            open.insert(
+                path.to_owned(),
+                Open {
+                    index: index.clone(),
+                    used,
+                },
+            );
+            index
+        }
+    };
+    // Let go of indexes nobody else holds: the old ones, and the oldest beyond the limit.
+    let unused = |o: &Open| Arc::strong_count(&o.index) == 1;
+    open.retain(|_, o| !unused(o) || now.duration_since(o.used) < KEEP_UNUSED);
+    let mut idle: Vec<Instant> = open
+        .values()
+        .filter(|o| unused(o))
+        .map(|o| o.used)
+        .collect();
+    if idle.len() > MAX_UNUSED {
+        idle.sort_unstable();
+        let cutoff = idle[idle.len() - MAX_UNUSED];
+        open.retain(|_, o| !unused(o) || o.used >= cutoff);
     }
-    open.retain(|_, weak| weak.strong_count() > 0);
-    let index = Arc::new(Mutex::new(Index::default()));
-    open.insert(path.to_owned(), Arc::downgrade(&index));
     index
 }

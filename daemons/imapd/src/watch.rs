@@ -7,9 +7,11 @@
 //! the snapshot: a change the snapshot missed has bumped it since, so nothing is served stale.
 
 use std::collections::HashMap;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use inetkit_common::mail::Snapshot;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -20,6 +22,25 @@ struct Entry {
     changed: Arc<Notify>,
     sessions: usize,
     cache: Option<(u64, Arc<Snapshot>)>,
+    /// The watched directories (`new/`, `cur/`): a folder deleted and made again has others,
+    /// which need watches of their own.
+    dirs: Option<[(u64, u64); 2]>,
+    /// Since when no session has the folder selected. The watch is kept a while: adding one
+    /// costs the kernel a walk over the directory's entries.
+    idle_since: Option<Instant>,
+}
+
+/// Watches of folders no session has selected are kept this long, and at most this many.
+const KEEP_IDLE: Duration = Duration::from_secs(120);
+const MAX_IDLE: usize = 16;
+
+fn dir_ids(folder: &Path) -> Option<[(u64, u64); 2]> {
+    let id = |sub: &str| {
+        std::fs::metadata(folder.join(sub))
+            .ok()
+            .map(|m| (m.dev(), m.ino()))
+    };
+    Some([id("new")?, id("cur")?])
 }
 
 type Map = Arc<Mutex<HashMap<PathBuf, Entry>>>;
@@ -79,6 +100,7 @@ impl Watches {
     /// thread runs our handler, which takes the folder map's lock: so the map is never locked
     /// while the watcher is called.
     pub fn watch(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
+        self.sweep();
         if let Some(watch) = self.join(folder) {
             return Some(watch);
         }
@@ -94,19 +116,29 @@ impl Watches {
             }
         }
         let mut folders = self.folders.lock().ok()?;
-        folders.entry(folder.to_owned()).or_insert_with(|| Entry {
+        let entry = folders.entry(folder.to_owned()).or_insert_with(|| Entry {
             generation: Arc::new(AtomicU64::new(0)),
             changed: Arc::new(Notify::new()),
             sessions: 0,
             cache: None,
+            dirs: None,
+            idle_since: None,
         });
+        entry.dirs = dir_ids(folder);
+        // Whatever happened while it was not watched.
+        entry.generation.fetch_add(1, Ordering::SeqCst);
         drop(folders);
         self.join(folder)
     }
 
+    /// Joins the folder's watch if it has one that still watches its directories.
     fn join(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
         let mut folders = self.folders.lock().ok()?;
         let entry = folders.get_mut(folder)?;
+        if entry.idle_since.is_some() && (entry.dirs.is_none() || entry.dirs != dir_ids(folder)) {
+            return None;
+        }
+        entry.idle_since = None;
         entry.sessions += 1;
         Some(Watch {
             folder: folder.to_owned(),
@@ -114,6 +146,39 @@ impl Watches {
             changed: entry.changed.clone(),
             watches: self.clone(),
         })
+    }
+}
+
+impl Watches {
+    /// Stops the watches of folders idle too long, or beyond the number kept.
+    fn sweep(&self) {
+        let now = Instant::now();
+        let mut stale = Vec::new();
+        if let Ok(mut folders) = self.folders.lock() {
+            let mut idle: Vec<(Instant, PathBuf)> = folders
+                .iter()
+                .filter_map(|(path, e)| e.idle_since.map(|t| (t, path.clone())))
+                .collect();
+            idle.sort();
+            let excess = idle.len().saturating_sub(MAX_IDLE);
+            for (i, (since, path)) in idle.into_iter().enumerate() {
+                if i < excess || now.duration_since(since) >= KEEP_IDLE {
+                    folders.remove(&path);
+                    stale.push(path);
+                }
+            }
+        }
+        if stale.is_empty() {
+            return;
+        }
+        if let Ok(mut watcher) = self.watcher.lock() {
+            if let Some(w) = watcher.as_mut() {
+                for folder in stale {
+                    let _ = w.unwatch(&folder.join("new"));
+                    let _ = w.unwatch(&folder.join("cur"));
+                }
+            }
+        }
     }
 }
 
@@ -171,21 +236,12 @@ impl Drop for Watch {
         let Ok(mut folders) = self.watches.folders.lock() else {
             return;
         };
-        let last = match folders.get_mut(&self.folder) {
-            Some(entry) => {
-                entry.sessions = entry.sessions.saturating_sub(1);
-                entry.sessions == 0
-            }
-            None => false,
-        };
-        if last {
-            folders.remove(&self.folder);
-            drop(folders);
-            if let Ok(mut watcher) = self.watches.watcher.lock() {
-                if let Some(w) = watcher.as_mut() {
-                    let _ = w.unwatch(&self.folder.join("new"));
-                    let _ = w.unwatch(&self.folder.join("cur"));
-                }
+        if let Some(entry) = folders.get_mut(&self.folder) {
+            entry.sessions = entry.sessions.saturating_sub(1);
+            if entry.sessions == 0 {
+                // Kept watching for the next session (Watches::sweep ends it).
+                entry.idle_since = Some(Instant::now());
+                entry.cache = None;
             }
         }
     }
