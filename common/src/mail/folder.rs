@@ -634,14 +634,16 @@ impl Folder {
         fresh.sort_by(|a, b| arrival_key(a).cmp(&arrival_key(b)));
 
         let mut added = Vec::new();
-        for base in fresh {
-            match self.index_entry(list.next_uid, &base, &found[&base])? {
-                Some(entry) => {
+        let measured = self.index_entries(&fresh, found)?;
+        for (base, entry) in fresh.iter().zip(measured) {
+            match entry {
+                Some(mut entry) => {
+                    entry.uid = list.next_uid;
                     list.next_uid += 1;
                     added.push(entry);
                 }
                 None => {
-                    found.remove(&base);
+                    found.remove(base);
                 }
             }
         }
@@ -649,7 +651,8 @@ impl Folder {
         for entry in &mut list.entries {
             if entry.incomplete() {
                 if let Some(f) = found.get(&entry.base) {
-                    if let Some(filled) = self.index_entry(entry.uid, &entry.base, f)? {
+                    let mut buf = Vec::new();
+                    if let Some(filled) = self.index_entry(entry.uid, &entry.base, f, &mut buf)? {
                         *entry = filled;
                         rewrite = true;
                     }
@@ -690,6 +693,7 @@ impl Folder {
         uid: u32,
         base: &Arc<str>,
         found: &Found,
+        buf: &mut Vec<u8>,
     ) -> Result<Option<Entry>, StoreError> {
         let entry = Entry::new(uid, base.clone(), None, None, None);
         if !entry.incomplete() {
@@ -715,9 +719,9 @@ impl Folder {
         }
         if size_field(base, 'W').is_none() {
             let mut sizes = SizeCounter::default();
-            let mut buf = vec![0u8; 64 * 1024];
+            buf.resize(64 * 1024, 0);
             loop {
-                match file.read(&mut buf) {
+                match file.read(buf) {
                     Ok(0) => break,
                     Ok(n) => sizes.update(&buf[..n]),
                     Err(err) if err.kind() == ErrorKind::Interrupted => {}
@@ -727,6 +731,49 @@ impl Folder {
             vsize = Some(sizes.vsize);
         }
         Ok(Some(Entry::new(uid, base.clone(), size, vsize, time)))
+    }
+
+    /// [`index_entry`](Self::index_entry) for many new messages (a folder seen for the first
+    /// time: each file read once), spread over the CPUs; UIDs are left 0 for the caller.
+    fn index_entries(
+        &self,
+        bases: &[Arc<str>],
+        found: &FxMap<Arc<str>, Found>,
+    ) -> Result<Vec<Option<Entry>>, StoreError> {
+        let work = |bases: &[Arc<str>]| {
+            let mut buf = Vec::new();
+            let entries: Result<Vec<_>, _> = bases
+                .iter()
+                .map(|base| self.index_entry(0, base, &found[base], &mut buf))
+                .collect();
+            (entries, message_files_read())
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if bases.len() < 256 || threads < 2 {
+            return work(bases).0;
+        }
+        let chunk = bases.len().div_ceil(threads);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bases
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || work(part)))
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut entries = Vec::with_capacity(bases.len());
+        for result in results {
+            // A panic in a worker is a bug; the caller sees an error, not a crash.
+            let (part, files_read) = result.map_err(|_| {
+                StoreError::io(
+                    "indexing",
+                    &self.path,
+                    std::io::Error::other("thread failed"),
+                )
+            })?;
+            FILES_READ.with(|n| n.set(n.get() + files_read));
+            entries.extend(part?);
+        }
+        Ok(entries)
     }
 
     /// Moves the messages in `new/` to `cur/`, and tells the index where they went.

@@ -190,17 +190,16 @@ pub(crate) struct SizeCounter {
 
 impl SizeCounter {
     pub fn update(&mut self, bytes: &[u8]) {
+        let Some(&last) = bytes.last() else { return };
         let mut bare_lf = 0u64;
-        let mut prev_cr = self.last_was_cr;
-        for &b in bytes {
-            if b == b'\n' && !prev_cr {
-                bare_lf += 1;
-            }
-            prev_cr = b == b'\r';
+        for at in memchr::memchr_iter(b'\n', bytes) {
+            let after_cr = match at {
+                0 => self.last_was_cr,
+                _ => bytes[at - 1] == b'\r',
+            };
+            bare_lf += u64::from(!after_cr);
         }
-        if let Some(&last) = bytes.last() {
-            self.last_was_cr = last == b'\r';
-        }
+        self.last_was_cr = last == b'\r';
         self.size += bytes.len() as u64;
         self.vsize += bytes.len() as u64 + bare_lf;
     }
