@@ -137,6 +137,10 @@ pub enum Step {
 /// A query waiting for an upstream.
 pub struct Pending {
     query: Message,
+    /// The query as received, for the fast path's reply once the answer is cached.
+    wire: Box<[u8]>,
+    client: IpAddr,
+    via: Transport,
     key: Key,
     max: usize,
 }
@@ -340,6 +344,9 @@ impl Forwarder {
         }
         Step::Forward(Box::new(Pending {
             query,
+            wire: wire.into(),
+            client,
+            via,
             key: key.to_key(),
             max,
         }))
@@ -347,10 +354,22 @@ impl Forwarder {
 
     /// Answers a query that needed an upstream.
     pub async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
-        let Pending { query, key, max } = *pending;
+        let Pending {
+            query,
+            wire,
+            client,
+            via,
+            key,
+            max,
+        } = *pending;
         let settings = self.settings();
         let question = query.queries()[0].clone();
         if let Some(answer) = self.resolve(key.clone(), question).await {
+            // Now cached (as a rule): a plain query's reply is a copy, not a new rendering.
+            let mut out = Vec::new();
+            if self.answer_cached(&wire, client, via, &settings, Instant::now(), &mut out) {
+                return out;
+            }
             return render(&query, &answer, 0, &settings, max);
         }
         let cached = self.cache.get(key.as_bytes(), Instant::now(), true);

@@ -1,12 +1,15 @@
 //! Asking upstreams: UDP from a fresh socket with a fresh ID per query (TCP when truncated),
 //! DNS-over-TLS on a reused connection; answers accepted only when they match.
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
+use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::Mutex;
@@ -14,6 +17,14 @@ use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
 use crate::config::{Protocol, UpstreamConfig};
+
+/// The largest UDP answer read.
+const RECV_MAX: usize = 65535;
+
+thread_local! {
+    /// Where UDP answers are read, one per thread (pages are touched only as answers need).
+    static RECV_BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; RECV_MAX]);
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
@@ -141,37 +152,57 @@ impl Upstream {
             Protocol::Udp => {
                 let answer = self.exchange_udp(ask).await?;
                 if answer.0.truncated() {
-                    // RFC 1035 §4.2.1 / RFC 7766 §5: retry the whole question over TCP.
-                    let mut stream = TcpStream::connect(self.addr).await?;
-                    return exchange_stream(&mut stream, ask).await;
+                    // RFC 1035 §4.2.1 / RFC 7766 §5: retry the whole question over TCP. (Boxed,
+                    // as the TLS path: the rare paths do not make every query's task larger.)
+                    return Box::pin(async {
+                        let mut stream = TcpStream::connect(self.addr).await?;
+                        exchange_stream(&mut stream, ask).await
+                    })
+                    .await;
                 }
                 Ok(answer)
             }
-            Protocol::Tls => self.exchange_tls(ask).await,
+            Protocol::Tls => Box::pin(self.exchange_tls(ask)).await,
         }
     }
 
     async fn exchange_udp(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
-        // A new socket per query: the kernel picks a random ephemeral source port, and
-        // connect() makes it drop datagrams from any other address or port.
-        let bind: SocketAddr = if self.addr.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        // A new socket per query. connect() binds it to a random ephemeral source port (as a
+        // bind to port 0 would, one system call fewer) and makes the kernel drop datagrams from
+        // any other address or port.
+        let family = if self.addr.is_ipv4() {
+            AddressFamily::Inet
         } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+            AddressFamily::Inet6
         };
-        let socket = UdpSocket::bind(bind).await?;
-        socket.connect(self.addr).await?;
+        let fd = socket(
+            family,
+            SockType::Datagram,
+            SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .map_err(std::io::Error::from)?;
+        connect(fd.as_raw_fd(), &SockaddrStorage::from(self.addr)).map_err(std::io::Error::from)?;
+        let socket = UdpSocket::from_std(std::net::UdpSocket::from(fd))?;
         let (id, wire) = build_query(ask)?;
         socket.send(&wire).await?;
         // Answers are at most the buffer size we offered (a larger one is truncated by recv,
         // fails to parse and is ignored: the upstream broke the rules).
-        let mut buf = vec![0u8; usize::from(ask.edns_buffer.max(512)) + 512];
+        let limit = (usize::from(ask.edns_buffer.max(512)) + 512).min(RECV_MAX);
         loop {
-            let n = socket.recv(&mut buf).await?;
-            match check_answer(&buf[..n], id, ask) {
-                Ok(message) => return Ok((message, n)),
+            socket.readable().await?;
+            // Received and parsed in the thread's buffer: no buffer per query in flight.
+            let received =
+                RECV_BUF.with_borrow_mut(|buf| match socket.try_recv(&mut buf[..limit]) {
+                    Ok(n) => Ok(Some(check_answer(&buf[..n], id, ask).map(|m| (m, n)))),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => Ok(None),
+                    Err(err) => Err(err),
+                })?;
+            match received {
+                Some(Ok(answer)) => return Ok(answer),
                 // A forgery or a stray: keep waiting for the real answer until the timeout.
-                Err(why) => tracing::debug!(upstream = %self.addr, why, "ignored a datagram"),
+                Some(Err(why)) => tracing::debug!(upstream = %self.addr, why, "ignored a datagram"),
+                None => {}
             }
         }
     }
