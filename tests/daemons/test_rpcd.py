@@ -522,6 +522,50 @@ def test_a_slow_body_times_out(daemons, tmp_path, cert):
     assert reply.startswith(b"HTTP/1.1 408 "), reply
 
 
+def test_a_client_that_stops_reading_is_let_go(daemons, tmp_path, cert):
+    """Replies that wait longer than [limits] write_timeout for the client to read them end
+    the connection; other clients are served all along."""
+    d = daemons.start("rpcd", config(tmp_path, cert) + "\n[limits]\nwrite_timeout = 1\n")
+    host, port = d.addr("rpc")
+    auth = base64.b64encode(f"alice:{PASSWORD}".encode()).decode()
+    text = "x" * 100_000  # one argument of /bin/echo: under the kernel's 128 KiB
+    body = xmlrpc.client.dumps((text,), "echo").encode()
+    request = (f"POST /RPC2 HTTP/1.1\r\nHost: x\r\nAuthorization: Basic {auth}\r\n"
+               f"Content-Type: text/xml\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.connect((host, port))
+    local_port = s.getsockname()[1]
+
+    def send():  # 100 pipelined calls, 10 MB of replies; never read
+        try:
+            for _ in range(100):
+                s.sendall(request)
+        except OSError:
+            pass
+    threading.Thread(target=send, daemon=True).start()
+
+    def server_side_established():
+        out = subprocess.run(["ss", "-Htn", "state", "established", f"( sport = :{port} and "
+                              f"dport = :{local_port} )"], capture_output=True, text=True).stdout
+        return bool(out.strip())
+    deadline = time.monotonic() + 60
+    while server_side_established() and time.monotonic() < deadline:
+        assert proxy(d).echo("still serving") == "still serving\n"
+        time.sleep(0.2)
+    assert not server_side_established(), "the stalled connection was kept"
+    # What the client gets is cut short: fewer than the 100 replies, then the end.
+    s.settimeout(30)
+    received = 0
+    try:
+        while chunk := s.recv(1 << 20):
+            received += len(chunk)
+    except ConnectionResetError:
+        pass
+    s.close()
+    assert received < 100 * len(text)
+
+
 def test_hostile_xml(rpcd):
     def fault(body: bytes) -> int:
         status, reply = post(rpcd, "/RPC2", body)

@@ -70,6 +70,7 @@ where
 {
     let shutdown = peer.shutdown.clone();
     let idle = peer.idle_timeout;
+    let write_timeout = peer.write_timeout;
     let conn = Arc::new(Conn {
         peer,
         tls,
@@ -80,11 +81,14 @@ where
         let conn = conn.clone();
         async move { Ok::<_, Infallible>(handle(&rpcd, req, &conn).await) }
     });
+    // A client that stops reading its replies is let go after the write timeout.
+    let mut io = tokio_io_timeout::TimeoutStream::new(io);
+    io.set_write_timeout(Some(write_timeout));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(idle)
         .keep_alive(true)
-        .serve_connection(TokioIo::new(io), service);
+        .serve_connection(TokioIo::new(Box::pin(io)), service);
     tokio::pin!(conn);
     let result = tokio::select! {
         result = conn.as_mut() => result,
