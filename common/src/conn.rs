@@ -2,10 +2,58 @@
 //! a time, replies queued and written when the client has nothing more pipelined, and the
 //! session's idle timeout and the daemon's shutdown turned into a last protocol line.
 
+use std::future::Future;
+
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
 
 use crate::lines::{read_line, Line};
 use crate::server::Peer;
+use crate::tls::TlsContext;
+
+/// How a session's command loop ended.
+pub enum Ending<S> {
+    Closed,
+    /// The client asked for STARTTLS: the bare stream to start TLS on.
+    StartTls(S),
+}
+
+/// A session of a protocol with STARTTLS on its plain port and an implicit-TLS port of its
+/// own (POP3, SMTP submission, IMAP). [`serve_session`] drives it either way.
+pub trait TlsSession: Send {
+    /// The TLS setup, if TLS is configured.
+    fn tls_context(&self) -> Option<TlsContext>;
+    /// Told once the TLS handshake succeeded.
+    fn tls_started(&mut self);
+    /// The command loop over `stream`; `greet` sends the greeting first (not after STARTTLS).
+    fn run<S>(&mut self, stream: S, greet: bool) -> impl Future<Output = Ending<S>> + Send
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send;
+}
+
+/// Serves one connection: over TLS from the start (`implicit_tls`), or in the clear until the
+/// client asks for STARTTLS and then over TLS.
+pub async fn serve_session(session: &mut impl TlsSession, stream: TcpStream, implicit_tls: bool) {
+    let stream = if implicit_tls {
+        stream
+    } else {
+        match session.run(stream, true).await {
+            Ending::StartTls(stream) => stream,
+            Ending::Closed => return,
+        }
+    };
+    let Some(tls) = session.tls_context() else {
+        return;
+    };
+    match tls.accept(stream).await {
+        Ok(stream) => {
+            session.tls_started();
+            // A second STARTTLS is refused by the protocol: nothing more to do either way.
+            let _ = session.run(stream, implicit_tls).await;
+        }
+        Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+    }
+}
 
 /// The protocol's last words when a session ends on our side.
 #[derive(Debug, Clone, Copy)]
@@ -92,6 +140,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     /// came in the clear and must not count as sent under TLS.
     pub fn into_inner(self) -> S {
         self.reader.into_inner()
+    }
+
+    /// Sends what is queued and closes the connection.
+    pub async fn close(mut self) -> Ending<S> {
+        let _ = self.flush().await;
+        let _ = self.reader.get_mut().shutdown().await;
+        Ending::Closed
+    }
+
+    /// Sends what is queued (the go-ahead) and gives up the bare stream for the TLS handshake.
+    /// Anything the client pipelined after its STARTTLS is dropped with the buffer: it was
+    /// sent in the clear and must not be taken as said under TLS.
+    pub async fn start_tls(mut self) -> Ending<S> {
+        if self.flush().await.is_err() {
+            return Ending::Closed;
+        }
+        Ending::StartTls(self.into_inner())
     }
 }
 

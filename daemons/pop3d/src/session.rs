@@ -6,13 +6,14 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{Farewell, LineConn};
+use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
 use inetkit_common::lines::{DotStuffer, Line};
 use inetkit_common::server::Peer;
+use inetkit_common::tls::TlsContext;
 
 use crate::command::{parse, Command, ParseError};
 use crate::maildrop::{read_chunk, Extent, ExtentFilter, Maildrop, OpenError};
@@ -29,13 +30,6 @@ const MAX_FAILURES: u32 = 3;
 enum State {
     Authorization { user: Option<String>, failures: u32 },
     Transaction { user: String, maildrop: Maildrop },
-}
-
-/// How a run of the command loop ended.
-enum Ending<S> {
-    Closed,
-    /// The client asked for STLS: here is the bare stream to start TLS on.
-    StartTls(S),
 }
 
 /// What a command asks of the loop.
@@ -63,11 +57,7 @@ pub async fn serve(pop3: Arc<Pop3>, stream: TcpStream, peer: Peer, implicit_tls:
         },
         tls: false,
     };
-    if implicit_tls {
-        session.serve_tls(stream, true).await;
-    } else if let Ending::StartTls(stream) = session.run(stream, true).await {
-        session.serve_tls(stream, false).await;
-    }
+    serve_session(&mut session, stream, implicit_tls).await;
 }
 
 type Conn<S> = LineConn<S>;
@@ -77,23 +67,18 @@ const FAREWELL: Farewell = Farewell {
     shutdown: "-ERR [SYS/TEMP] Server shutting down.",
 };
 
-impl Session {
-    async fn serve_tls(&mut self, stream: TcpStream, greet: bool) {
-        let Some(tls) = self.pop3.tls.clone() else {
-            return;
-        };
-        match tls.accept(stream).await {
-            Ok(stream) => {
-                self.tls = true;
-                self.run(stream, greet).await;
-            }
-            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-        }
+impl TlsSession for Session {
+    fn tls_context(&self) -> Option<TlsContext> {
+        self.pop3.tls.clone()
+    }
+
+    fn tls_started(&mut self) {
+        self.tls = true;
     }
 
     async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
         if greet {
@@ -121,23 +106,15 @@ impl Session {
             };
             match next {
                 Next::Continue => {}
-                Next::Close => {
-                    let _ = conn.flush().await;
-                    let _ = conn.reader.get_mut().shutdown().await;
-                    return Ending::Closed;
-                }
-                Next::StartTls => {
-                    if conn.flush().await.is_err() {
-                        return Ending::Closed;
-                    }
-                    // Anything the client pipelined after STLS is dropped with the buffer: it
-                    // was sent in the clear and must not be taken as said under TLS.
-                    return Ending::StartTls(conn.into_inner());
-                }
+                Next::Close => return conn.close().await,
+                // Anything pipelined after the command came in the clear: dropped.
+                Next::StartTls => return conn.start_tls().await,
             }
         }
     }
+}
 
+impl Session {
     async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
     where
         S: AsyncRead + AsyncWrite + Unpin,

@@ -7,13 +7,14 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{Farewell, LineConn};
+use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
 use inetkit_common::lines::{read_line, Line};
 use inetkit_common::server::Peer;
+use inetkit_common::tls::TlsContext;
 
 use crate::command::{parse, split_address, Command, MailFrom, ParseError};
 use crate::message::{received_header, HeaderFilter};
@@ -36,11 +37,6 @@ enum Transaction {
         from: String,
         recipients: Vec<Recipient>,
     },
-}
-
-enum Ending<S> {
-    Closed,
-    StartTls(S),
 }
 
 enum Next {
@@ -74,11 +70,7 @@ pub async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_
         errors: 0,
         auth_failures: 0,
     };
-    if implicit_tls {
-        session.serve_tls(stream, true).await;
-    } else if let Ending::StartTls(stream) = session.run(stream, true).await {
-        session.serve_tls(stream, false).await;
-    }
+    serve_session(&mut session, stream, implicit_tls).await;
 }
 
 type Conn<S> = LineConn<S>;
@@ -105,23 +97,18 @@ where
     }
 }
 
-impl Session {
-    async fn serve_tls(&mut self, stream: TcpStream, greet: bool) {
-        let Some(tls) = self.submit.tls.clone() else {
-            return;
-        };
-        match tls.accept(stream).await {
-            Ok(stream) => {
-                self.tls = true;
-                self.run(stream, greet).await;
-            }
-            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-        }
+impl TlsSession for Session {
+    fn tls_context(&self) -> Option<TlsContext> {
+        self.submit.tls.clone()
+    }
+
+    fn tls_started(&mut self) {
+        self.tls = true;
     }
 
     async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
         if greet {
@@ -158,22 +145,15 @@ impl Session {
             };
             match next {
                 Next::Continue => {}
-                Next::Close => {
-                    let _ = conn.flush().await;
-                    let _ = conn.reader.get_mut().shutdown().await;
-                    return Ending::Closed;
-                }
-                Next::StartTls => {
-                    if conn.flush().await.is_err() {
-                        return Ending::Closed;
-                    }
-                    // What was pipelined after STARTTLS came in the clear: dropped (RFC 3207 §5).
-                    return Ending::StartTls(conn.into_inner());
-                }
+                Next::Close => return conn.close().await,
+                // Anything pipelined after the command came in the clear: dropped.
+                Next::StartTls => return conn.start_tls().await,
             }
         }
     }
+}
 
+impl Session {
     fn error<S>(&mut self, conn: &mut Conn<S>, reply: &str) -> Next
     where
         S: AsyncRead + AsyncWrite + Unpin,
