@@ -487,6 +487,64 @@ def test_dns_over_tls_checks_the_server_name(daemons, dot, dot_cert):
     assert status_of(dig(udp, "www.example.test", "A")) == "SERVFAIL"
 
 
+def test_dns_over_tls_queries_are_pipelined(daemons, dot_cert):
+    """Questions in flight together share one DoT connection without waiting for each other's
+    answer (RFC 7858 §3.4): this upstream answers only once it holds two questions, and the
+    later one first, so answers must be matched by ID."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(dot_cert[1]), str(dot_cert[2]))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+    ips = {"one.example.test.": "192.0.2.101", "two.example.test.": "192.0.2.102",
+           "three.example.test.": "192.0.2.103", "four.example.test.": "192.0.2.104"}
+
+    def handle(raw):
+        try:
+            with ctx.wrap_socket(raw, server_side=True) as tls:
+                stream = tls.makefile("rb")
+                while True:
+                    held = []
+                    for _ in range(2):
+                        size = struct.unpack(">H", stream.read(2))[0]
+                        held.append(parse_query(stream.read(size)))
+                    for qid, _flags, name, _qtype, _do, question in reversed(held):
+                        answer = a_answer(qid, question, ips.get(name.lower(), "192.0.2.99"))
+                        tls.sendall(struct.pack(">H", len(answer)) + answer)
+        except (OSError, struct.error, ssl.SSLError):
+            pass
+
+    def serve():
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(raw)
+            threading.Thread(target=handle, args=(raw,), daemon=True).start()
+
+    threading.Thread(target=serve, daemon=True).start()
+    up = (f'\n[[upstream]]\naddress = "127.0.0.1:{listener.getsockname()[1]}"\n'
+          f'protocol = "tls"\ntls_name = "localhost"\ntls_ca = "{dot_cert[0]}"\n')
+    try:
+        d, udp, tcp = start(daemons, [up])
+        # Two questions at once, twice (the second pair on the kept connection).
+        for names in (["one.example.test", "two.example.test"],
+                      ["three.example.test", "four.example.test"]):
+            digs = [subprocess.Popen(["dig", "-p", str(udp), "@127.0.0.1", "+time=5",
+                                      "+tries=1", n, "A"], stdout=subprocess.PIPE, text=True)
+                    for n in names]
+            outs = [p.communicate(timeout=30)[0] for p in digs]
+            for name, out in zip(names, outs):
+                assert status_of(out) == "NOERROR", out
+                assert ips[name.lower() + "."] in out, out
+        assert len(accepted) == 1
+    finally:
+        listener.close()
+
+
 # -- bad input and abuse ------------------------------------------------------------------------
 
 def test_bad_input(daemons, nsd):

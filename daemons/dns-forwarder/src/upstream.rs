@@ -1,7 +1,9 @@
 //! Asking upstreams: UDP from a fresh socket with a fresh ID per query (TCP when truncated),
-//! DNS-over-TLS on a reused connection; answers accepted only when they match.
+//! DNS-over-TLS on a reused connection with queries pipelined on it (RFC 7858 §3.4); answers
+//! accepted only when they match.
 
 use std::cell::RefCell;
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -12,7 +14,7 @@ use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query};
 use nix::sys::socket::{connect, socket, AddressFamily, SockFlag, SockType, SockaddrStorage};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
-use tokio::sync::Mutex;
+use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
@@ -50,8 +52,8 @@ pub struct Upstream {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
-    /// The reused DoT connection (RFC 7858 §3.4); one query on it at a time.
-    conn: Mutex<Option<TlsStream<TcpStream>>>,
+    /// The reused DoT connection, shared by the queries in flight (RFC 7858 §3.4).
+    conn: Mutex<Option<Arc<DotConn>>>,
     /// Smoothed round-trip time in microseconds, as BIND and Unbound keep it.
     srtt_us: AtomicU64,
     pub queries: AtomicU64,
@@ -208,32 +210,170 @@ impl Upstream {
     }
 
     async fn exchange_tls(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
+        // A kept connection the server has since closed fails at once; then one fresh try.
+        for attempt in 0..2 {
+            let (conn, reused) = self.dot_conn().await?;
+            match conn.exchange(ask).await {
+                Err(UpstreamError::Io(err)) if reused && attempt == 0 => {
+                    tracing::debug!(upstream = %self.addr, error = %err, "kept DoT connection failed");
+                }
+                result => return result,
+            }
+        }
+        Err(UpstreamError::Bad("unreachable".into()))
+    }
+
+    /// The open DoT connection, or a new one; true if it was open already.
+    async fn dot_conn(&self) -> Result<(Arc<DotConn>, bool), UpstreamError> {
         let Some((connector, name)) = &self.tls else {
             return Err(UpstreamError::Bad("no TLS context".into()));
         };
         let mut conn = self.conn.lock().await;
-        // A kept connection the server has since closed fails at once; then one fresh try.
-        for attempt in 0..2 {
-            let stream = match conn.as_mut() {
-                Some(stream) => stream,
-                None => {
-                    let tcp = TcpStream::connect(self.addr).await?;
-                    let _ = tcp.set_nodelay(true);
-                    let tls = connector.connect(name.clone(), tcp).await?;
-                    conn.insert(tls)
-                }
-            };
-            match exchange_stream(stream, ask).await {
-                Ok(message) => return Ok(message),
-                Err(err) => {
-                    *conn = None;
-                    if attempt == 1 || !matches!(err, UpstreamError::Io(_)) {
-                        return Err(err);
-                    }
+        if let Some(open) = conn.as_ref().filter(|c| c.is_open()) {
+            return Ok((open.clone(), true));
+        }
+        let tcp = TcpStream::connect(self.addr).await?;
+        let _ = tcp.set_nodelay(true);
+        let tls = connector.connect(name.clone(), tcp).await?;
+        let open = DotConn::start(tls);
+        *conn = Some(open.clone());
+        Ok((open, false))
+    }
+}
+
+/// Queries in flight on one DoT connection, by ID; `closed` once the connection is gone.
+#[derive(Default)]
+struct Waiting {
+    closed: bool,
+    by_id: HashMap<u16, oneshot::Sender<Vec<u8>>>,
+}
+
+/// One DNS-over-TLS connection: a writer task sends whole frames as queries hand them over (a
+/// query given up halfway cannot leave half a frame behind), a reader task hands each answer
+/// to the query with its ID, in whatever order they come.
+struct DotConn {
+    frames: mpsc::Sender<Vec<u8>>,
+    waiting: std::sync::Mutex<Waiting>,
+    /// Tells the reader to stop when the writer failed.
+    stop: Notify,
+}
+
+/// Queries one DoT connection may have waiting to be written.
+const DOT_QUEUE: usize = 64;
+
+impl DotConn {
+    fn start(tls: TlsStream<TcpStream>) -> Arc<Self> {
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let (frames, mut queue) = mpsc::channel::<Vec<u8>>(DOT_QUEUE);
+        let conn = Arc::new(DotConn {
+            frames,
+            waiting: std::sync::Mutex::new(Waiting::default()),
+            stop: Notify::new(),
+        });
+        let this = conn.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = queue.recv().await {
+                if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
+                    break;
                 }
             }
+            this.close();
+        });
+        let this = conn.clone();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = this.read_answers(&mut reader) => {}
+                _ = this.stop.notified() => {}
+            }
+            this.close();
+        });
+        conn
+    }
+
+    /// Hands each answer read to the query waiting for its ID, until the connection fails.
+    async fn read_answers<R: AsyncRead + Unpin>(&self, reader: &mut R) -> std::io::Result<()> {
+        loop {
+            let len = reader.read_u16().await?;
+            let mut answer = vec![0u8; usize::from(len)];
+            reader.read_exact(&mut answer).await?;
+            let Some(id) = answer.get(..2).map(|b| u16::from_be_bytes([b[0], b[1]])) else {
+                continue;
+            };
+            let waiter = self.lock().by_id.remove(&id);
+            match waiter {
+                Some(waiter) => {
+                    let _ = waiter.send(answer);
+                }
+                None => tracing::debug!(id, "DoT answer nobody waits for"),
+            }
         }
-        Err(UpstreamError::Bad("unreachable".into()))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.waiting.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn is_open(&self) -> bool {
+        !self.lock().closed
+    }
+
+    /// The connection is gone: every query waiting on it fails (their senders are dropped).
+    fn close(&self) {
+        let mut waiting = self.lock();
+        waiting.closed = true;
+        waiting.by_id.clear();
+        drop(waiting);
+        self.stop.notify_one();
+    }
+
+    /// One query on this connection, alongside any others in flight.
+    async fn exchange(&self, ask: &Ask) -> Result<(Message, usize), UpstreamError> {
+        let (tx, rx) = oneshot::channel();
+        let mut tx = Some(tx);
+        let mut query = None;
+        // A fresh random ID, but not one in flight on this connection (its answer would be
+        // taken for ours).
+        for _ in 0..16 {
+            let (id, wire) = build_query(ask)?;
+            let mut waiting = self.lock();
+            if waiting.closed {
+                return Err(UpstreamError::Io(std::io::ErrorKind::NotConnected.into()));
+            }
+            if let std::collections::hash_map::Entry::Vacant(slot) = waiting.by_id.entry(id) {
+                slot.insert(
+                    tx.take()
+                        .ok_or_else(|| UpstreamError::Bad("no sender".into()))?,
+                );
+                query = Some((id, wire));
+                break;
+            }
+        }
+        let Some((id, wire)) = query else {
+            return Err(UpstreamError::Bad("no free ID on the connection".into()));
+        };
+        // Given up (timeout) or done: the ID is free again either way.
+        let _forget = Forget { conn: self, id };
+        let mut framed = Vec::with_capacity(wire.len() + 2);
+        framed.extend_from_slice(&(wire.len() as u16).to_be_bytes());
+        framed.extend_from_slice(&wire);
+        let closed = || UpstreamError::Io(std::io::ErrorKind::ConnectionReset.into());
+        self.frames.send(framed).await.map_err(|_| closed())?;
+        let answer = rx.await.map_err(|_| closed())?;
+        let message =
+            check_answer(&answer, id, ask).map_err(|why| UpstreamError::Bad(why.into()))?;
+        Ok((message, answer.len()))
+    }
+}
+
+/// Takes a query's ID off the connection when the query is over.
+struct Forget<'a> {
+    conn: &'a DotConn,
+    id: u16,
+}
+
+impl Drop for Forget<'_> {
+    fn drop(&mut self) {
+        self.conn.lock().by_id.remove(&self.id);
     }
 }
 
