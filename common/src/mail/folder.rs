@@ -631,7 +631,10 @@ impl Folder {
             fresh = found.keys().cloned().collect();
         }
         // Oldest first, so UIDs follow arrival where the names tell it.
-        fresh.sort_by(|a, b| arrival_key(a).cmp(&arrival_key(b)));
+        fresh.sort_by_cached_key(|base| {
+            let (secs, micros, _) = arrival_key(base);
+            (secs, micros, base.clone())
+        });
 
         let mut added = Vec::new();
         let measured = self.index_entries(&fresh, found)?;
