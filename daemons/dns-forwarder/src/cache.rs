@@ -107,9 +107,10 @@ impl KeyBuf {
     }
 }
 
-/// What a cached answer is stored under (a [`KeyBuf`] kept).
+/// What a cached answer is stored under (a [`KeyBuf`] kept; shared, as a query in flight
+/// holds it in several places).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key(Box<[u8]>);
+pub struct Key(Arc<[u8]>);
 
 impl Key {
     pub fn as_bytes(&self) -> &[u8] {
