@@ -239,9 +239,9 @@ impl Drop for Watch {
         if let Some(entry) = folders.get_mut(&self.folder) {
             entry.sessions = entry.sessions.saturating_sub(1);
             if entry.sessions == 0 {
-                // Kept watching for the next session (Watches::sweep ends it).
+                // Kept watching, with its snapshot, for the next session (Watches::sweep
+                // ends it).
                 entry.idle_since = Some(Instant::now());
-                entry.cache = None;
             }
         }
     }
