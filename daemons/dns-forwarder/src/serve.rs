@@ -51,7 +51,8 @@ pub async fn serve_udp(
                 }
             }
         }
-        loop {
+        // Until the socket is empty (or shutdown: a flood must not keep the loop going).
+        while !shutdown.is_cancelled() {
             let received = match socket.try_io(Interest::READABLE, || batch.receive(&socket)) {
                 Ok(received) => received,
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
