@@ -840,7 +840,7 @@ fn message_info(e: &Entry, found: &Found) -> MessageInfo {
         base: e.base.clone(),
         size,
         vsize,
-        flags: split_name(found.name()).1,
+        flags: found.flags,
         internal_date: UNIX_EPOCH + Duration::from_secs(secs),
         recent: found.sub == Sub::New,
         file: found.rel.clone(),

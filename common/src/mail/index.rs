@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHasher;
 
+use super::maildir::{split_name, Flags};
 use super::uidlist::UidList;
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
@@ -42,6 +43,8 @@ pub(crate) struct Found {
     pub sub: Sub,
     /// `new/<name>` or `cur/<name>`: shared with every snapshot that names this file.
     pub rel: Arc<str>,
+    /// The flags its name carries (read once, not at every snapshot).
+    pub flags: Flags,
     /// The scan that last saw it.
     pub(crate) epoch: u64,
 }
@@ -51,6 +54,7 @@ impl Found {
         Found {
             sub,
             rel: format!("{}/{name}", sub.dir()).into(),
+            flags: split_name(name).1,
             epoch,
         }
     }
