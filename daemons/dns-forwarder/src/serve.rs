@@ -89,19 +89,26 @@ fn answer_batch(
     let mut hits = 0;
     batch.out.clear();
     batch.replies.clear();
-    let mut limiter = limiting.then(|| limiter.lock().unwrap_or_else(|e| e.into_inner()));
-    for i in 0..received {
+    // The rate limit for the whole batch under one lock, taken only as long as that needs.
+    let mut allowed = [true; BATCH];
+    if limiting {
+        let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        for (allow, (_, from)) in allowed.iter_mut().zip(&batch.meta[..received]) {
+            if let Some(from) = from {
+                *allow = limiter.allow(from.ip(), now);
+            }
+        }
+    }
+    for (i, allow) in allowed.into_iter().enumerate().take(received) {
         let (len, from) = batch.meta[i];
         let Some(from) = from else {
             // Truncated: larger than any query we answer.
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
-        if let Some(limiter) = limiter.as_mut() {
-            if !limiter.allow(from.ip(), now) {
-                stats.rate_limited.fetch_add(1, Ordering::Relaxed);
-                continue;
-            }
+        if !allow {
+            stats.rate_limited.fetch_add(1, Ordering::Relaxed);
+            continue;
         }
         let wire = &batch.bufs[i][..len];
         let out = &mut batch.out;
