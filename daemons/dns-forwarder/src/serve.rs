@@ -86,7 +86,7 @@ fn answer_batch(
     let settings = forwarder.settings();
     let now = Instant::now();
     let stats = &forwarder.stats;
-    let mut hits = 0;
+    let (mut queries, mut hits) = (0, 0);
     batch.out.clear();
     batch.replies.clear();
     // The rate limit for the whole batch under one lock, taken only as long as that needs.
@@ -103,6 +103,7 @@ fn answer_batch(
         let (len, from) = batch.meta[i];
         let Some(from) = from else {
             // Truncated: larger than any query we answer.
+            queries += 1;
             stats.malformed.fetch_add(1, Ordering::Relaxed);
             continue;
         };
@@ -110,6 +111,7 @@ fn answer_batch(
             stats.rate_limited.fetch_add(1, Ordering::Relaxed);
             continue;
         }
+        queries += 1;
         let wire = &batch.bufs[i][..len];
         let out = &mut batch.out;
         let start = out.len();
@@ -137,7 +139,7 @@ fn answer_batch(
             batch.replies.push((start..batch.out.len(), from));
         }
     }
-    stats.queries.fetch_add(received as u64, Ordering::Relaxed);
+    stats.queries.fetch_add(queries, Ordering::Relaxed);
     stats.cache_hits.fetch_add(hits, Ordering::Relaxed);
 }
 
