@@ -6,11 +6,17 @@
 
 use std::io::Read;
 
+use imap_codec::imap_types::body::{
+    BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
+    SinglePartExtensionData, SpecificFields,
+};
+use imap_codec::imap_types::core::{IString, NString, Vec1};
+use imap_codec::imap_types::envelope::{Address as ImapAddress, Envelope};
 use mail_parser::{
     Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
 };
 
-use crate::wire::{nstring, string};
+use crate::wire::{istring, nstring};
 
 /// Deeper MIME nesting than this is shown as an opaque part: a client cannot need more, and
 /// the encoder's recursion stays bounded.
@@ -76,6 +82,71 @@ pub fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
         if out.starts_with(b"\r\n") {
             out.truncate(2);
             return Ok(out);
+        }
+    }
+}
+
+/// Reads bytes `start..start + want` of a message file in CRLF form, a chunk at a time. A
+/// file that ends early (or could not be opened or read) is padded with spaces to `want`:
+/// the literal's length was promised already.
+pub struct RangeReader {
+    file: Option<std::fs::File>,
+    conv: Crlf,
+    /// CRLF bytes converted so far.
+    pos: u64,
+    start: u64,
+    left: u64,
+    buf: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+const CHUNK: usize = 64 * 1024;
+
+impl RangeReader {
+    pub fn new(file: Option<std::fs::File>, start: u64, want: u64) -> RangeReader {
+        RangeReader {
+            file,
+            conv: Crlf::default(),
+            pos: 0,
+            start,
+            left: want,
+            buf: vec![0; CHUNK],
+            chunk: Vec::with_capacity(CHUNK + CHUNK / 16),
+        }
+    }
+
+    /// Appends the next piece to `out` (NULs as 0x80, as in any literal); false when all was
+    /// given.
+    pub fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
+        loop {
+            if self.left == 0 {
+                return false;
+            }
+            let n = match self.file.as_mut().map(|f| f.read(&mut self.buf)) {
+                Some(Ok(n)) => n,
+                _ => 0,
+            };
+            if n == 0 {
+                let pad = self.left.min(CHUNK as u64);
+                out.resize(out.len() + pad as usize, b' ');
+                self.left -= pad;
+                self.file = None;
+                return true;
+            }
+            self.chunk.clear();
+            self.conv.push(&self.buf[..n], &mut self.chunk);
+            let chunk_start = self.pos;
+            self.pos += self.chunk.len() as u64;
+            if self.pos <= self.start {
+                continue;
+            }
+            let from = self.start.saturating_sub(chunk_start) as usize;
+            let take = ((self.chunk.len() - from) as u64).min(self.left) as usize;
+            let at = out.len();
+            out.extend_from_slice(&self.chunk[from..from + take]);
+            crate::wire::replace_nuls(&mut out[at..]);
+            self.left -= take as u64;
+            return true;
         }
     }
 }
@@ -181,40 +252,47 @@ fn raw_header<'r>(raw: &'r [u8], part: &MessagePart<'_>, name: &str) -> Option<V
 }
 
 /// ENVELOPE of a message (RFC 3501 §7.4.2).
-pub fn envelope(out: &mut Vec<u8>, msg: &Message<'_>) {
+pub fn envelope(msg: &Message<'_>) -> Envelope<'static> {
     let raw = &msg.raw_message[..];
     let Some(top) = msg.parts.first() else {
-        out.extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)");
-        return;
+        return empty_envelope();
     };
-    out.push(b'(');
-    nstring(out, raw_header(raw, top, "Date").as_deref());
-    out.push(b' ');
-    nstring(out, raw_header(raw, top, "Subject").as_deref());
+    let header = |name| nstring(raw_header(raw, top, name));
     let from = msg.from();
-    for (i, list) in [
-        from,
-        msg.sender().or(from),
-        msg.reply_to().or(from),
-        msg.to(),
-        msg.cc(),
-        msg.bcc(),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let _ = i;
-        out.push(b' ');
-        addresses(out, list);
+    Envelope {
+        date: header("Date"),
+        subject: header("Subject"),
+        from: addresses(from),
+        sender: addresses(msg.sender().or(from)),
+        reply_to: addresses(msg.reply_to().or(from)),
+        to: addresses(msg.to()),
+        cc: addresses(msg.cc()),
+        bcc: addresses(msg.bcc()),
+        in_reply_to: header("In-Reply-To"),
+        message_id: header("Message-ID"),
     }
-    out.push(b' ');
-    nstring(out, raw_header(raw, top, "In-Reply-To").as_deref());
-    out.push(b' ');
-    nstring(out, raw_header(raw, top, "Message-ID").as_deref());
-    out.push(b')');
 }
 
-fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
+/// The ENVELOPE of a message that could not be parsed: all NIL.
+pub fn empty_envelope() -> Envelope<'static> {
+    let nil = || NString(None);
+    Envelope {
+        date: nil(),
+        subject: nil(),
+        from: Vec::new(),
+        sender: Vec::new(),
+        reply_to: Vec::new(),
+        to: Vec::new(),
+        cc: Vec::new(),
+        bcc: Vec::new(),
+        in_reply_to: nil(),
+        message_id: nil(),
+    }
+}
+
+/// An address list; a group is its start marker (the group's name as the mailbox, no host),
+/// its members and the end marker (all NIL), as RFC 3501 §7.4.2 says.
+fn addresses(list: Option<&Address<'_>>) -> Vec<ImapAddress<'static>> {
     let mut items = Vec::new();
     match list {
         Some(Address::List(addrs)) => {
@@ -224,45 +302,33 @@ fn addresses(out: &mut Vec<u8>, list: Option<&Address<'_>>) {
         }
         Some(Address::Group(groups)) => {
             for g in groups {
-                match &g.name {
-                    Some(name) => {
-                        let mut start = b"(NIL NIL ".to_vec();
-                        string(&mut start, encode_word(name).as_bytes());
-                        start.extend_from_slice(b" NIL)");
-                        items.push(start);
-                        for a in &g.addresses {
-                            items.push(address(a.name.as_deref(), a.address.as_deref()));
-                        }
-                        items.push(b"(NIL NIL NIL NIL)".to_vec());
-                    }
-                    None => {
-                        for a in &g.addresses {
-                            items.push(address(a.name.as_deref(), a.address.as_deref()));
-                        }
-                    }
+                if let Some(name) = &g.name {
+                    items.push(ImapAddress {
+                        name: NString(None),
+                        adl: NString(None),
+                        mailbox: nstring(Some(encode_word(name).into_bytes())),
+                        host: NString(None),
+                    });
+                }
+                for a in &g.addresses {
+                    items.push(address(a.name.as_deref(), a.address.as_deref()));
+                }
+                if g.name.is_some() {
+                    items.push(ImapAddress {
+                        name: NString(None),
+                        adl: NString(None),
+                        mailbox: NString(None),
+                        host: NString(None),
+                    });
                 }
             }
         }
         None => {}
     }
-    if items.is_empty() {
-        out.extend_from_slice(b"NIL");
-        return;
-    }
-    out.push(b'(');
-    for item in items {
-        out.extend_from_slice(&item);
-    }
-    out.push(b')');
+    items
 }
 
-fn address(name: Option<&str>, addr: Option<&str>) -> Vec<u8> {
-    let mut out = b"(".to_vec();
-    nstring(
-        &mut out,
-        name.map(encode_word).as_deref().map(str::as_bytes),
-    );
-    out.extend_from_slice(b" NIL ");
+fn address(name: Option<&str>, addr: Option<&str>) -> ImapAddress<'static> {
     let (mailbox, host) = match addr {
         Some(a) => match a.rsplit_once('@') {
             Some((m, h)) => (Some(m), Some(h)),
@@ -270,11 +336,13 @@ fn address(name: Option<&str>, addr: Option<&str>) -> Vec<u8> {
         },
         None => (None, None),
     };
-    nstring(&mut out, mailbox.map(str::as_bytes));
-    out.push(b' ');
-    nstring(&mut out, host.map(str::as_bytes));
-    out.push(b')');
-    out
+    let owned = |s: Option<&str>| nstring(s.map(|s| s.as_bytes().to_vec()));
+    ImapAddress {
+        name: nstring(name.map(|n| encode_word(n).into_bytes())),
+        adl: NString(None),
+        mailbox: owned(mailbox),
+        host: owned(host),
+    }
 }
 
 /// mail-parser decodes display names; IMAP wants them as in the header, so a non-ASCII one is
@@ -291,52 +359,96 @@ fn encode_word(s: &str) -> String {
 }
 
 /// BODYSTRUCTURE (`extended`) or BODY of a message.
-pub fn body_structure(out: &mut Vec<u8>, msg: &Message<'_>, extended: bool) {
+pub fn body_structure(msg: &Message<'_>, extended: bool) -> BodyStructure<'static> {
     match msg.parts.first() {
-        Some(part) => part_structure(out, msg, part, extended, 0),
-        None => out.extend_from_slice(
-            b"(\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 0 0)",
+        Some(part) => part_structure(msg, part, extended, 0),
+        None => single(
+            Vec::from([(istring(&b"CHARSET"[..]), istring(&b"US-ASCII"[..]))]),
+            text_plain(),
         ),
     }
 }
 
+/// The BODY of a message that could not be parsed: an empty text part.
+pub fn empty_body() -> BodyStructure<'static> {
+    single(Vec::new(), text_plain())
+}
+
+fn text_plain() -> SpecificFields<'static> {
+    SpecificFields::Text {
+        subtype: istring(&b"PLAIN"[..]),
+        number_of_lines: 0,
+    }
+}
+
+/// An empty 7-bit part without extension data.
+fn single(
+    parameter_list: Vec<(IString<'static>, IString<'static>)>,
+    specific: SpecificFields<'static>,
+) -> BodyStructure<'static> {
+    BodyStructure::Single {
+        body: Body {
+            basic: BasicFields {
+                parameter_list,
+                id: NString(None),
+                description: NString(None),
+                content_transfer_encoding: istring(&b"7BIT"[..]),
+                size: 0,
+            },
+            specific,
+        },
+        extension_data: None,
+    }
+}
+
+/// Disposition, language and location: the extension data after the MD5 (single part) or
+/// the parameters (multipart).
+fn extension_tail(
+    part: &MessagePart<'_>,
+    language: Vec<IString<'static>>,
+    location: NString<'static>,
+) -> Option<Disposition<'static>> {
+    Some(Disposition {
+        disposition: disposition(part),
+        tail: Some(Language {
+            language,
+            tail: Some(Location {
+                location,
+                extensions: Vec::new(),
+            }),
+        }),
+    })
+}
+
 fn part_structure(
-    out: &mut Vec<u8>,
     msg: &Message<'_>,
     part: &MessagePart<'_>,
     extended: bool,
     depth: usize,
-) {
+) -> BodyStructure<'static> {
     let raw = &msg.raw_message[..];
     let ct = part.content_type();
+    let attributes = ct.and_then(|c| c.attributes.as_deref());
     if let (PartType::Multipart(children), true) = (&part.body, depth < MAX_DEPTH) {
-        out.push(b'(');
-        let mut any = false;
-        for &id in children {
-            if let Some(child) = msg.parts.get(id as usize) {
-                part_structure(out, msg, child, extended, depth + 1);
-                any = true;
-            }
-        }
-        if !any {
-            // RFC 3501 needs at least one body in a multipart: an empty text part.
-            out.extend_from_slice(b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)");
-        }
-        out.push(b' ');
+        let bodies: Vec<BodyStructure<'static>> = children
+            .iter()
+            .filter_map(|&id| msg.parts.get(id as usize))
+            .map(|child| part_structure(msg, child, extended, depth + 1))
+            .collect();
+        // RFC 3501 needs at least one body in a multipart: an empty text part.
+        let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_body()));
         let subtype = ct
             .and_then(|c| c.c_subtype.as_deref())
             .unwrap_or("MIXED")
             .to_ascii_uppercase();
-        string(out, subtype.as_bytes());
-        if extended {
-            out.push(b' ');
-            params(out, ct.and_then(|c| c.attributes.as_deref()));
-            out.push(b' ');
-            disposition(out, part);
-            out.extend_from_slice(b" NIL NIL");
-        }
-        out.push(b')');
-        return;
+        return BodyStructure::Multi {
+            bodies,
+            subtype: istring(subtype.into_bytes()),
+            extension_data: extended.then(|| MultiPartExtensionData {
+                parameter_list: params(attributes),
+                tail: extension_tail(part, Vec::new(), NString(None)),
+            }),
+        };
     }
     let (ty, subtype) = match ct {
         Some(c) => (
@@ -349,59 +461,72 @@ fn part_structure(
         None => ("TEXT".to_owned(), "PLAIN".to_owned()),
     };
     let body = slice(raw, part.offset_body, part.offset_end);
-    out.push(b'(');
-    string(out, ty.as_bytes());
-    out.push(b' ');
-    string(out, subtype.as_bytes());
-    out.push(b' ');
-    match ct.and_then(|c| c.attributes.as_deref()) {
-        Some(a) if !a.is_empty() => params(out, Some(a)),
-        _ if ty == "TEXT" => out.extend_from_slice(b"(\"CHARSET\" \"US-ASCII\")"),
-        _ => out.extend_from_slice(b"NIL"),
-    }
-    out.push(b' ');
-    nstring(out, raw_header(raw, part, "Content-ID").as_deref());
-    out.push(b' ');
-    nstring(out, raw_header(raw, part, "Content-Description").as_deref());
-    out.push(b' ');
+    let parameter_list = match attributes {
+        Some(a) if !a.is_empty() => params(Some(a)),
+        _ if ty == "TEXT" => Vec::from([(istring(&b"CHARSET"[..]), istring(&b"US-ASCII"[..]))]),
+        _ => Vec::new(),
+    };
     let encoding = part
         .content_transfer_encoding()
         .map(str::to_ascii_uppercase)
         .unwrap_or_else(|| "7BIT".to_owned());
-    string(out, encoding.as_bytes());
-    out.extend_from_slice(format!(" {}", body.len()).as_bytes());
+    let basic = BasicFields {
+        parameter_list,
+        id: nstring(raw_header(raw, part, "Content-ID")),
+        description: nstring(raw_header(raw, part, "Content-Description")),
+        content_transfer_encoding: istring(encoding.into_bytes()),
+        size: u32::try_from(body.len()).unwrap_or(u32::MAX),
+    };
     // A last line without its CRLF (the one before a boundary belongs to the boundary)
     // still counts.
     let lines = body.iter().filter(|&&b| b == b'\n').count()
         + usize::from(!body.is_empty() && !body.ends_with(b"\n"));
-    match &part.body {
+    let lines = u32::try_from(lines).unwrap_or(u32::MAX);
+    let specific = match &part.body {
+        // imap-codec writes this as "MESSAGE" "RFC822" (message/global included).
         PartType::Message(inner) if same_raw(msg, inner) && depth < MAX_DEPTH => {
-            out.push(b' ');
-            envelope(out, inner);
-            out.push(b' ');
-            match inner.parts.first() {
-                Some(p) => part_structure(out, inner, p, extended, depth + 1),
-                None => body_structure(out, inner, extended),
+            SpecificFields::Message {
+                envelope: Box::new(envelope(inner)),
+                body_structure: Box::new(match inner.parts.first() {
+                    Some(p) => part_structure(inner, p, extended, depth + 1),
+                    None => body_structure(inner, extended),
+                }),
+                number_of_lines: lines,
             }
-            out.extend_from_slice(format!(" {lines}").as_bytes());
         }
-        _ if ty == "TEXT" => out.extend_from_slice(format!(" {lines}").as_bytes()),
-        _ => {}
-    }
-    if extended {
-        out.push(b' ');
-        nstring(out, raw_header(raw, part, "Content-MD5").as_deref());
-        out.push(b' ');
-        disposition(out, part);
-        out.push(b' ');
-        match raw_header(raw, part, "Content-Language") {
-            Some(l) => string(out, &l),
-            None => out.extend_from_slice(b"NIL"),
+        _ if ty == "TEXT" => SpecificFields::Text {
+            subtype: istring(subtype.into_bytes()),
+            number_of_lines: lines,
+        },
+        _ => SpecificFields::Basic {
+            r#type: istring(ty.into_bytes()),
+            subtype: istring(subtype.into_bytes()),
+        },
+    };
+    let extension_data = extended.then(|| {
+        // Content-Language is a list: `en, de` is sent as ("en" "de").
+        let language = raw_header(raw, part, "Content-Language")
+            .map(|l| {
+                l.split(|&b| b == b',')
+                    .map(<[u8]>::trim_ascii)
+                    .filter(|l| !l.is_empty())
+                    .map(|l| istring(l.to_vec()))
+                    .collect()
+            })
+            .unwrap_or_default();
+        SinglePartExtensionData {
+            md5: nstring(raw_header(raw, part, "Content-MD5")),
+            tail: extension_tail(
+                part,
+                language,
+                nstring(raw_header(raw, part, "Content-Location")),
+            ),
         }
-        out.push(b' ');
-        nstring(out, raw_header(raw, part, "Content-Location").as_deref());
+    });
+    BodyStructure::Single {
+        body: Body { basic, specific },
+        extension_data,
     }
-    out.push(b')');
 }
 
 fn default_subtype(ty: &str) -> String {
@@ -413,35 +538,31 @@ fn default_subtype(ty: &str) -> String {
     .to_owned()
 }
 
-fn params(out: &mut Vec<u8>, attrs: Option<&[mail_parser::Attribute<'_>]>) {
-    match attrs {
-        Some(a) if !a.is_empty() => {
-            out.push(b'(');
-            for (i, attr) in a.iter().enumerate() {
-                if i > 0 {
-                    out.push(b' ');
-                }
-                string(out, attr.name.to_ascii_uppercase().as_bytes());
-                out.push(b' ');
-                string(out, attr.value.as_bytes());
-            }
-            out.push(b')');
-        }
-        _ => out.extend_from_slice(b"NIL"),
-    }
+/// Content-Type or Content-Disposition parameters, names upper-cased.
+fn params(
+    attrs: Option<&[mail_parser::Attribute<'_>]>,
+) -> Vec<(IString<'static>, IString<'static>)> {
+    attrs
+        .unwrap_or_default()
+        .iter()
+        .map(|attr| {
+            (
+                istring(attr.name.to_ascii_uppercase().into_bytes()),
+                istring(attr.value.as_bytes().to_vec()),
+            )
+        })
+        .collect()
 }
 
-fn disposition(out: &mut Vec<u8>, part: &MessagePart<'_>) {
-    match part.content_disposition() {
-        Some(d) => {
-            out.push(b'(');
-            string(out, d.c_type.to_ascii_uppercase().as_bytes());
-            out.push(b' ');
-            params(out, d.attributes.as_deref());
-            out.push(b')');
-        }
-        None => out.extend_from_slice(b"NIL"),
-    }
+#[allow(clippy::type_complexity)]
+fn disposition(
+    part: &MessagePart<'_>,
+) -> Option<(IString<'static>, Vec<(IString<'static>, IString<'static>)>)> {
+    let d = part.content_disposition()?;
+    Some((
+        istring(d.c_type.to_ascii_uppercase().into_bytes()),
+        params(d.attributes.as_deref()),
+    ))
 }
 
 /// The values of header field `name` for SEARCH, raw and decoded.
@@ -471,12 +592,43 @@ mod tests {
 
     const MIXED: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.org, \"B, C\" <c@x.org>\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nMessage-ID: <1@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npre\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: x@y\r\n\r\ninner body\r\n--b--\r\n";
 
+    /// An item as the encoder writes it in a FETCH response.
+    fn encoded(item: imap_codec::imap_types::fetch::MessageDataItem<'_>) -> String {
+        let mut out = Vec::new();
+        crate::wire::data(
+            &mut out,
+            imap_codec::imap_types::response::Data::Fetch {
+                seq: crate::wire::nz(1),
+                items: Vec1::from(item),
+            },
+        );
+        let text = String::from_utf8(out).unwrap();
+        let text = text.strip_prefix("* 1 FETCH (").unwrap();
+        text.strip_suffix(")\r\n").unwrap().to_owned()
+    }
+
+    fn envelope_of(msg: &[u8]) -> String {
+        use imap_codec::imap_types::fetch::MessageDataItem;
+        let text = encoded(MessageDataItem::Envelope(envelope(&parse(msg).unwrap())));
+        text.strip_prefix("ENVELOPE ").unwrap().to_owned()
+    }
+
+    fn structure_of(msg: &[u8], extended: bool) -> String {
+        use imap_codec::imap_types::fetch::MessageDataItem;
+        let s = body_structure(&parse(msg).unwrap(), extended);
+        if extended {
+            let text = encoded(MessageDataItem::BodyStructure(s));
+            text.strip_prefix("BODYSTRUCTURE ").unwrap().to_owned()
+        } else {
+            let text = encoded(MessageDataItem::Body(s));
+            text.strip_prefix("BODY ").unwrap().to_owned()
+        }
+    }
+
     #[test]
     fn structure_and_envelope() {
         let msg = parse(MIXED).unwrap();
-        let mut out = Vec::new();
-        envelope(&mut out, &msg);
-        let text = String::from_utf8(out).unwrap();
+        let text = envelope_of(MIXED);
         assert!(
             text.starts_with(
                 "(NIL \"=?utf-8?q?h=C3=A9?=\" ((\"Alice\" NIL \"alice\" \"example.org\"))"
@@ -488,9 +640,7 @@ mod tests {
             "{text}"
         );
         assert!(text.ends_with("NIL \"<1@x>\")"), "{text}");
-        let mut out = Vec::new();
-        body_structure(&mut out, &msg, false);
-        let text = String::from_utf8(out).unwrap();
+        let text = structure_of(MIXED, false);
         assert!(text.starts_with("((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"utf-8\") NIL NIL \"7BIT\" 12 2)(\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" "), "{text}");
         assert!(text.ends_with(" \"MIXED\")"), "{text}");
 
@@ -548,10 +698,9 @@ mod tests {
             );
         }
         m.extend_from_slice(b"Content-Type: text/plain\r\n\r\nx\r\n");
-        let msg = parse(&m).unwrap();
-        let mut out = Vec::new();
-        body_structure(&mut out, &msg, true);
-        assert!(out.len() < 100_000);
+        let text = structure_of(&m, true);
+        assert!(text.len() < 100_000);
+        assert!(text.starts_with("(((((("), "{text}");
     }
 
     #[test]

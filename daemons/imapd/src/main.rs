@@ -11,7 +11,7 @@ mod watch;
 mod wire;
 
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 
 use serde::Deserialize;
 
@@ -60,6 +60,16 @@ pub struct Imap {
     pub watches: Arc<watch::Watches>,
 }
 
+/// Sent to a client turned away at the connection limit (encoded once).
+static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut out = Vec::new();
+    wire::status(
+        &mut out,
+        wire::bye("Too many connections; try again later."),
+    );
+    out
+});
+
 fn main() -> ExitCode {
     daemon::run("imapd", setup)
 }
@@ -77,7 +87,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
             protocol: "IMAP",
             plain: "imap",
             tls: "imaps",
-            busy: b"* BYE Too many connections; try again later.\r\n",
+            busy: BUSY.as_slice(),
         },
         move |stream, peer, implicit_tls| session::serve(imap.clone(), stream, peer, implicit_tls),
     )?;

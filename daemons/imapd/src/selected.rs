@@ -5,12 +5,13 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_common::mail::{Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
 use crate::watch::{Watch, Watches};
-use crate::wire::flag_list;
+use crate::wire::{self, nz};
 
 pub struct Selected {
     pub folder: Folder,
@@ -119,7 +120,10 @@ impl Selected {
         self.generation = generation;
         if snapshot.uid_validity != self.uid_validity {
             // The uid list was lost and rebuilt: nothing we told the client holds.
-            out.extend_from_slice(b"* BYE The folder was renumbered; please reconnect.\r\n");
+            wire::status(
+                out,
+                wire::bye("The folder was renumbered; please reconnect."),
+            );
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
         self.keywords = Keywords::load(self.folder.path());
@@ -144,13 +148,9 @@ impl Selected {
         for (i, new) in changed {
             let msg = &mut self.messages[i];
             if new.flags != msg.flags {
-                let line = format!(
-                    "* {} FETCH (UID {} FLAGS {})\r\n",
-                    i + 1,
-                    msg.uid,
-                    flag_list(new.flags, self.recent.contains(&msg.uid), &self.keywords)
-                );
-                out.extend_from_slice(line.as_bytes());
+                let recent = self.recent.contains(&msg.uid);
+                let flags = wire::flags(new.flags, recent, &self.keywords);
+                wire::flags_fetch(out, i + 1, msg.uid, flags);
             }
             *msg = new;
         }
@@ -160,7 +160,7 @@ impl Selected {
         if expunge_allowed && kept_gone {
             for seq in (1..=self.messages.len()).rev() {
                 if !kept[seq - 1] {
-                    out.extend_from_slice(format!("* {seq} EXPUNGE\r\n").as_bytes());
+                    wire::data(out, Data::Expunge(nz(seq as u32)));
                     let gone = self.messages.remove(seq - 1);
                     self.recent.remove(&gone.uid);
                 }
@@ -178,8 +178,8 @@ impl Selected {
                 }
             }
             self.messages.extend_from_slice(fresh);
-            out.extend_from_slice(format!("* {} EXISTS\r\n", self.messages.len()).as_bytes());
-            out.extend_from_slice(format!("* {} RECENT\r\n", self.recent.len()).as_bytes());
+            wire::data(out, Data::Exists(self.messages.len() as u32));
+            wire::data(out, Data::Recent(self.recent.len() as u32));
         }
         self.uid_next = self.uid_next.max(snapshot.uid_next);
         // Keep looking until the expunges could be told.
@@ -250,7 +250,7 @@ impl Selected {
         self.folder.delete(&doomed)?;
         let mut lines = Vec::new();
         for &i in indexes.iter().rev() {
-            lines.extend_from_slice(format!("* {} EXPUNGE\r\n", i + 1).as_bytes());
+            wire::data(&mut lines, Data::Expunge(nz(i as u32 + 1)));
             let gone = self.messages.remove(i);
             self.recent.remove(&gone.uid);
         }
@@ -310,34 +310,4 @@ fn settled(stamp: Option<(SystemTime, SystemTime)>) -> bool {
             .is_ok_and(|age| age >= std::time::Duration::from_secs(1))
     };
     stamp.is_some_and(|(new, cur)| old(new) && old(cur))
-}
-
-/// A UID set for COPYUID/APPENDUID: `1:3,7`.
-pub fn uid_set(uids: &[u32]) -> String {
-    let mut parts: Vec<String> = Vec::new();
-    let mut i = 0;
-    while i < uids.len() {
-        let mut j = i;
-        while j + 1 < uids.len() && uids[j + 1] == uids[j] + 1 {
-            j += 1;
-        }
-        parts.push(if i == j {
-            uids[i].to_string()
-        } else {
-            format!("{}:{}", uids[i], uids[j])
-        });
-        i = j + 1;
-    }
-    parts.join(",")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn uid_sets() {
-        assert_eq!(uid_set(&[1, 2, 3, 7, 9, 10]), "1:3,7,9:10");
-        assert_eq!(uid_set(&[5]), "5");
-    }
 }

@@ -4,21 +4,28 @@
 //! Commands are read as a line plus any literals it announces (`{n}` gets a `+` continuation;
 //! `{n+}`, LITERAL+, does not), bounded in size, then decoded whole by `imap-codec`.
 
-use std::io::Read;
-use std::sync::Arc;
+use std::borrow::Cow;
+use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use base64::Engine;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::{AString, Atom, Charset, IString, NString, QuotedChar, Tag};
+use imap_codec::imap_types::core::{Text, Vec1};
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::extensions::namespace::Namespace;
 use imap_codec::imap_types::fetch::{
-    Macro, MacroOrMessageDataItemNames, MessageDataItemName, Section,
+    Macro, MacroOrMessageDataItemNames, MessageDataItem, MessageDataItemName, Section,
 };
-use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
-use imap_codec::imap_types::status::StatusDataItemName;
+use imap_codec::imap_types::response::{
+    Capability, Code, CommandContinuationRequest, Data, Greeting, GreetingKind, Response,
+    StatusKind,
+};
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::CommandCodec;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -29,12 +36,12 @@ use inetkit_common::lines::Line;
 use inetkit_common::mail::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
 use inetkit_common::server::Peer;
 
-use crate::fetch::{self, Crlf};
+use crate::fetch::{self, RangeReader};
 use crate::keywords::Keywords;
 use crate::names::{self, decode_utf7, encode_utf7};
 use crate::search;
-use crate::selected::{uid_set, Selected};
-use crate::wire::{self, flag_list, string, SYSTEM_FLAGS};
+use crate::selected::Selected;
+use crate::wire::{self, nz, SYSTEM_FLAGS};
 use crate::Imap;
 
 /// Longest command line (without literals).
@@ -51,12 +58,8 @@ const SMALL_MESSAGE: u64 = 1024 * 1024;
 /// How often IDLE looks at the folder.
 const IDLE_POLL: Duration = Duration::from_secs(1);
 
-const SPECIAL_USE: [(&str, &str); 4] = [
-    ("Sent", "\\Sent"),
-    ("Drafts", "\\Drafts"),
-    ("Trash", "\\Trash"),
-    ("Junk", "\\Junk"),
-];
+/// SPECIAL-USE folders and their attribute (as an atom, without its backslash).
+const SPECIAL_USE: [&str; 4] = ["Sent", "Drafts", "Trash", "Junk"];
 
 struct Login {
     mailbox: Mailbox,
@@ -76,21 +79,27 @@ enum Ending<S> {
     StartTls(S),
 }
 
-/// How a command finished: the tagged status and text, or the end of the connection.
+/// How a command finished: the tagged status, code and text, or the end of the connection.
 enum Done {
-    Tagged(&'static str, String),
+    Tagged(StatusKind, Option<Code<'static>>, Text<'static>),
     Close,
     StartTls,
 }
 
-fn ok(text: impl Into<String>) -> Done {
-    Done::Tagged("OK", text.into())
+fn ok(text: impl Into<Cow<'static, str>>) -> Done {
+    Done::Tagged(StatusKind::Ok, None, wire::text(text))
 }
-fn no(text: impl Into<String>) -> Done {
-    Done::Tagged("NO", text.into())
+fn no(text: impl Into<Cow<'static, str>>) -> Done {
+    Done::Tagged(StatusKind::No, None, wire::text(text))
 }
-fn bad(text: impl Into<String>) -> Done {
-    Done::Tagged("BAD", text.into())
+fn bad(text: impl Into<Cow<'static, str>>) -> Done {
+    Done::Tagged(StatusKind::Bad, None, wire::text(text))
+}
+fn ok_code(code: Code<'static>, text: impl Into<Cow<'static, str>>) -> Done {
+    Done::Tagged(StatusKind::Ok, Some(code), wire::text(text))
+}
+fn no_code(code: Code<'static>, text: impl Into<Cow<'static, str>>) -> Done {
+    Done::Tagged(StatusKind::No, Some(code), wire::text(text))
 }
 
 pub async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
@@ -111,10 +120,18 @@ pub async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls:
 
 type Conn<S> = LineConn<S>;
 
-const FAREWELL: Farewell = Farewell {
-    idle: "* BYE Autologout: idle for too long.",
-    shutdown: "* BYE Server shutting down.",
-};
+const IDLE_TEXT: &str = "Autologout: idle for too long.";
+const SHUTDOWN_TEXT: &str = "Server shutting down.";
+// The connection's farewells are lines of text: encoded once.
+static IDLE_BYE: LazyLock<String> = LazyLock::new(|| wire::line(wire::bye(IDLE_TEXT)));
+static SHUTDOWN_BYE: LazyLock<String> = LazyLock::new(|| wire::line(wire::bye(SHUTDOWN_TEXT)));
+
+fn farewell() -> Farewell {
+    Farewell {
+        idle: IDLE_BYE.as_str(),
+        shutdown: SHUTDOWN_BYE.as_str(),
+    }
+}
 
 /// What reading a command gave.
 enum Input {
@@ -144,7 +161,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                 None => return Input::Gone,
                 Some(Line::TooLong) => {
                     let tag = wire::tag_of(&command);
-                    self.reply(&format!("{tag} BAD Command line too long."));
+                    reply(self, tag, StatusKind::Bad, None, "Command line too long.");
                     return Input::Refused;
                 }
                 Some(_) => {}
@@ -158,15 +175,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                 let tag = wire::tag_of(&command);
                 if sync {
                     // Refused before the client sends it: nothing to read or allocate.
-                    self.reply(&format!("{tag} NO [TOOBIG] Literal too large."));
+                    let code = Some(Code::TooBig);
+                    reply(self, tag, StatusKind::No, code, "Literal too large.");
                     return Input::Refused;
                 }
                 // A LITERAL+ client sends the data anyway: the connection cannot recover.
-                self.reply("* BYE Literal too large.");
+                wire::status(&mut self.out, wire::bye("Literal too large."));
                 return Input::Gone;
             }
             if sync {
-                self.reply("+ Ready for literal data");
+                wire::continuation(&mut self.out, "Ready for literal data");
                 if self.flush().await.is_err() {
                     return Input::Gone;
                 }
@@ -182,6 +200,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                 _ => return Input::Gone,
             }
         }
+    }
+}
+
+/// A status reply, tagged when the command's tag is known, untagged (`*`) otherwise.
+fn reply<S>(
+    conn: &mut Conn<S>,
+    tag: Option<Tag<'_>>,
+    kind: StatusKind,
+    code: Option<Code<'_>>,
+    text: &'static str,
+) {
+    let text = wire::text(text);
+    match tag {
+        Some(tag) => wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text)),
+        None => wire::status(&mut conn.out, wire::untagged(kind, code, text)),
     }
 }
 
@@ -220,24 +253,46 @@ fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
     }
 }
 
-fn quoted_name(name: &str) -> Vec<u8> {
-    let mut out = Vec::new();
-    string(&mut out, encode_utf7(name).as_bytes());
-    out
+/// A folder name as LIST, LSUB and STATUS send it.
+fn mailbox_of(name: &str) -> ImapMailbox<'static> {
+    wire::mailbox(encode_utf7(name))
 }
 
 fn store_error(err: &StoreError) -> Done {
     match err {
-        StoreError::NoSuchFolder(_) => no("[NONEXISTENT] No such mailbox."),
-        StoreError::FolderExists(_) => no("[ALREADYEXISTS] Mailbox already exists."),
-        StoreError::InvalidFolder(_) => no("[CANNOT] Invalid mailbox name."),
-        StoreError::Inbox(what) => no(format!("[CANNOT] INBOX cannot be {what}.")),
-        e if e.is_no_space() => no("[OVERQUOTA] Not enough disk space."),
+        StoreError::NoSuchFolder(_) => no_code(wire::code("NONEXISTENT"), "No such mailbox."),
+        StoreError::FolderExists(_) => {
+            no_code(wire::code("ALREADYEXISTS"), "Mailbox already exists.")
+        }
+        StoreError::InvalidFolder(_) => invalid_name(),
+        StoreError::Inbox(what) => {
+            no_code(wire::code("CANNOT"), format!("INBOX cannot be {what}."))
+        }
+        e if e.is_no_space() => no_code(Code::OverQuota, "Not enough disk space."),
         e => {
             tracing::error!(error = %e, "store error");
-            no("[SERVERBUG] Internal error; try again later.")
+            no_code(wire::code("SERVERBUG"), "Internal error; try again later.")
         }
     }
+}
+
+fn invalid_name() -> Done {
+    no_code(wire::code("CANNOT"), "Invalid mailbox name.")
+}
+
+fn no_such_mailbox() -> Done {
+    no_code(wire::code("NONEXISTENT"), "No such mailbox.")
+}
+
+fn read_only() -> Done {
+    no_code(Code::ReadOnly, "Mailbox is read-only.")
+}
+
+fn expunge_issued() -> Done {
+    no_code(
+        wire::code("EXPUNGEISSUED"),
+        "Some messages were expunged meanwhile.",
+    )
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
@@ -264,42 +319,48 @@ impl Session {
             .plaintext_allowed(self.peer.addr.ip(), self.tls)
     }
 
-    fn capabilities(&self) -> String {
+    fn capabilities(&self) -> Vec1<Capability<'static>> {
+        // CHILDREN and SPECIAL-USE have no variant in imap-types: atoms.
+        let other = |name: &'static str| Capability::from(Atom::unvalidated(name));
         let mut caps = vec![
-            "IMAP4rev1",
-            "LITERAL+",
-            "SASL-IR",
-            "ID",
-            "ENABLE",
-            "IDLE",
-            "NAMESPACE",
-            "UNSELECT",
-            "CHILDREN",
-            "SPECIAL-USE",
-            "UIDPLUS",
-            "MOVE",
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::SaslIr,
+            Capability::Id,
+            Capability::Enable,
+            Capability::Idle,
+            Capability::Namespace,
+            Capability::Unselect,
+            other("CHILDREN"),
+            other("SPECIAL-USE"),
+            Capability::UidPlus,
+            Capability::Move,
         ];
         if self.login.is_none() {
             if !self.tls && self.imap.tls.is_some() {
-                caps.push("STARTTLS");
+                caps.push(Capability::StartTls);
             }
             if self.plaintext_allowed() {
-                caps.push("AUTH=PLAIN");
+                caps.push(Capability::Auth(AuthMechanism::Plain));
             } else {
-                caps.push("LOGINDISABLED");
+                caps.push(Capability::LoginDisabled);
             }
         }
-        caps.join(" ")
+        Vec1::try_from(caps).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
     }
 
     async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
+        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, farewell());
         if greet {
-            let caps = self.capabilities();
-            conn.reply(&format!("* OK [CAPABILITY {caps}] inetkit IMAP ready."));
+            let greeting = Greeting {
+                kind: GreetingKind::Ok,
+                code: Some(Code::Capability(self.capabilities())),
+                text: wire::text("inetkit IMAP ready."),
+            };
+            conn.out.extend_from_slice(&wire::greeting(&greeting));
         }
         loop {
             // Before login nothing needs more than a user name and password.
@@ -320,17 +381,17 @@ impl Session {
                 Ok((_, command)) => command,
                 Err(_) => {
                     let tag = wire::tag_of(&bytes);
-                    conn.reply(&format!("{tag} BAD Syntax error."));
+                    reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
                     continue;
                 }
             };
-            let tag = command.tag.inner().to_owned();
+            let tag = command.tag.clone();
             let done = self.handle(command, &tag, &mut conn).await;
             match done {
-                Done::Tagged(status, text) => {
-                    conn.reply(&format!("{tag} {status} {text}"));
+                Done::Tagged(kind, code, text) => {
+                    wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text));
                     if self.failures >= MAX_FAILURES {
-                        conn.reply("* BYE Too many failed logins.");
+                        wire::status(&mut conn.out, wire::bye("Too many failed logins."));
                         let _ = conn.flush().await;
                         return Ending::Closed;
                     }
@@ -351,7 +412,7 @@ impl Session {
         }
     }
 
-    async fn handle<S>(&mut self, command: Command<'_>, tag: &str, conn: &mut Conn<S>) -> Done
+    async fn handle<S>(&mut self, command: Command<'_>, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -379,7 +440,7 @@ impl Session {
         done
     }
 
-    async fn dispatch<S>(&mut self, command: Command<'_>, tag: &str, conn: &mut Conn<S>) -> Done
+    async fn dispatch<S>(&mut self, command: Command<'_>, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -387,17 +448,26 @@ impl Session {
         let selected = self.selected.is_some();
         match command.body {
             CommandBody::Capability => {
-                conn.reply(&format!("* CAPABILITY {}", self.capabilities()));
+                wire::data(&mut conn.out, Data::Capability(self.capabilities()));
                 ok("CAPABILITY completed.")
             }
             CommandBody::Noop => ok("NOOP completed."),
             CommandBody::Logout => {
-                conn.reply("* BYE Logging out.");
-                conn.reply(&format!("{tag} OK LOGOUT completed."));
+                wire::status(&mut conn.out, wire::bye("Logging out."));
+                let text = wire::text("LOGOUT completed.");
+                let done = wire::tagged(tag.clone(), StatusKind::Ok, None, text);
+                wire::send(&mut conn.out, &done);
                 Done::Close
             }
             CommandBody::Id { .. } => {
-                conn.reply("* ID (\"name\" \"inetkit\")");
+                let parameters = vec![(
+                    wire::istring(&b"name"[..]),
+                    wire::nstring(Some(&b"inetkit"[..])),
+                )];
+                let id = Data::Id {
+                    parameters: Some(parameters),
+                };
+                wire::data(&mut conn.out, id);
                 ok("ID completed.")
             }
             CommandBody::StartTLS => {
@@ -408,13 +478,18 @@ impl Session {
                 } else if self.imap.tls.is_none() {
                     no("TLS is not configured.")
                 } else {
-                    conn.reply(&format!("{tag} OK Begin TLS negotiation now."));
+                    let text = wire::text("Begin TLS negotiation now.");
+                    let done = wire::tagged(tag.clone(), StatusKind::Ok, None, text);
+                    wire::send(&mut conn.out, &done);
                     Done::StartTls
                 }
             }
             CommandBody::Login { username, password } if !authenticated => {
                 if !self.plaintext_allowed() {
-                    return no("[PRIVACYREQUIRED] Plaintext login is not allowed without TLS: use STARTTLS first.");
+                    return no_code(
+                        wire::code("PRIVACYREQUIRED"),
+                        "Plaintext login is not allowed without TLS: use STARTTLS first.",
+                    );
                 }
                 let name = String::from_utf8_lossy(username.as_ref()).into_owned();
                 let password = password.declassify().as_ref().to_vec();
@@ -425,11 +500,15 @@ impl Session {
                 initial_response,
             } if !authenticated => {
                 if !matches!(mechanism, AuthMechanism::Plain) {
-                    return no("[CANNOT] Unsupported authentication mechanism.");
+                    return no_code(
+                        wire::code("CANNOT"),
+                        "Unsupported authentication mechanism.",
+                    );
                 }
                 if !self.plaintext_allowed() {
-                    return no(
-                        "[PRIVACYREQUIRED] Plaintext authentication is not allowed without TLS.",
+                    return no_code(
+                        wire::code("PRIVACYREQUIRED"),
+                        "Plaintext authentication is not allowed without TLS.",
                     );
                 }
                 // SASL-IR: "=" is an empty initial response, which PLAIN cannot use.
@@ -439,7 +518,10 @@ impl Session {
                         .encode(ir.declassify().as_ref())
                         .into_bytes(),
                     None => {
-                        conn.reply("+ ");
+                        // An empty challenge: `+ `.
+                        let challenge = CommandContinuationRequest::base64(&b""[..]);
+                        let challenge = Response::CommandContinuationRequest(challenge);
+                        wire::send(&mut conn.out, &challenge);
                         let mut line = Vec::new();
                         match conn.next_line(&mut line).await {
                             Some(Line::Complete) => line,
@@ -462,11 +544,24 @@ impl Session {
             _ if !authenticated => bad("Not logged in."),
             CommandBody::Enable { .. } => {
                 // No extension that ENABLE can turn on is implemented.
-                conn.reply("* ENABLED");
+                let enabled = Data::Enabled {
+                    capabilities: Vec::new(),
+                };
+                wire::data(&mut conn.out, enabled);
                 ok("ENABLE completed.")
             }
             CommandBody::Namespace => {
-                conn.reply("* NAMESPACE ((\"\" \"/\")) NIL NIL");
+                let personal = Namespace {
+                    prefix: wire::istring(&b""[..]),
+                    delimiter: Some(QuotedChar::unvalidated(names::DELIMITER)),
+                    extensions: Vec::new(),
+                };
+                let namespace = Data::Namespace {
+                    personal: vec![personal],
+                    other: Vec::new(),
+                    shared: Vec::new(),
+                };
+                wire::data(&mut conn.out, namespace);
                 ok("NAMESPACE completed.")
             }
             CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
@@ -532,23 +627,28 @@ impl Session {
                 if let Some(cs) = charset {
                     let cs: &str = cs.as_ref();
                     if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
-                        return no("[BADCHARSET (UTF-8 US-ASCII)] Unsupported charset.");
+                        let allowed = ["UTF-8", "US-ASCII"]
+                            .into_iter()
+                            .filter_map(|c| Charset::try_from(c).ok())
+                            .collect();
+                        return no_code(Code::BadCharset { allowed }, "Unsupported charset.");
                     }
                 }
                 let Some(sel) = self.selected.as_ref() else {
                     return bad("No mailbox selected.");
                 };
                 let hits = blocking(|| search::run(sel, criteria.as_ref()));
-                let mut line = String::from("* SEARCH");
-                for i in hits {
-                    let n = if uid {
-                        sel.messages[i].uid
-                    } else {
-                        i as u32 + 1
-                    };
-                    line.push_str(&format!(" {n}"));
-                }
-                conn.reply(&line);
+                let numbers = hits
+                    .into_iter()
+                    .map(|i| {
+                        nz(if uid {
+                            sel.messages[i].uid
+                        } else {
+                            i as u32 + 1
+                        })
+                    })
+                    .collect();
+                wire::data(&mut conn.out, Data::Search(numbers));
                 ok("SEARCH completed.")
             }
             CommandBody::Fetch {
@@ -609,15 +709,21 @@ impl Session {
         let user = match self.imap.auth.login(ip, name, password).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
-                return no("[UNAVAILABLE] Too many failed logins from your address; try later.")
+                return no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Too many failed logins from your address; try later.",
+                )
             }
             Err(AuthError::Failed) => {
                 self.failures += 1;
-                return no("[AUTHENTICATIONFAILED] Authentication failed.");
+                return no_code(wire::code("AUTHENTICATIONFAILED"), "Authentication failed.");
             }
             Err(err) => {
                 tracing::error!(error = %err, "authentication unavailable");
-                return no("[UNAVAILABLE] Authentication is temporarily unavailable.");
+                return no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Authentication is temporarily unavailable.",
+                );
             }
         };
         let store = self.imap.store.clone();
@@ -627,11 +733,14 @@ impl Session {
                 tracing::Span::current().record("user", user.name.as_str());
                 tracing::info!("logged in");
                 self.login = Some(Login { mailbox });
-                ok(format!("[CAPABILITY {}] Logged in.", self.capabilities()))
+                ok_code(Code::Capability(self.capabilities()), "Logged in.")
             }
             Err(err) => {
                 tracing::error!(user = %user.name, error = %err, "cannot open the mailbox");
-                no("[UNAVAILABLE] Cannot open the mailbox; try again later.")
+                no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Cannot open the mailbox; try again later.",
+                )
             }
         }
     }
@@ -646,12 +755,12 @@ impl Session {
 
     fn folder(&self, mailbox: &ImapMailbox<'_>) -> Result<Folder, Done> {
         let Some(name) = mailbox_name(mailbox) else {
-            return Err(no("[CANNOT] Invalid mailbox name."));
+            return Err(invalid_name());
         };
         let mbox = self.mailbox().clone();
         blocking(|| mbox.folder(&name)).map_err(|e| match e {
             StoreError::NoSuchFolder(_) | StoreError::InvalidFolder(_) => {
-                no("[TRYCREATE] No such mailbox.")
+                no_code(Code::TryCreate, "No such mailbox.")
             }
             e => store_error(&e),
         })
@@ -664,7 +773,7 @@ impl Session {
         self.selected = None;
         let folder = match self.folder(mailbox) {
             Ok(f) => f,
-            Err(Done::Tagged(_, _)) => return no("[NONEXISTENT] No such mailbox."),
+            Err(Done::Tagged(..)) => return no_such_mailbox(),
             Err(d) => return d,
         };
         let watches = self.imap.watches.clone();
@@ -672,46 +781,48 @@ impl Session {
             Ok(sel) => sel,
             Err(err) => return store_error(&err),
         };
-        let keywords: Vec<&str> = sel.keywords.all().collect();
-        let kw = if keywords.is_empty() {
-            String::new()
+        let mut flags = vec![
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
+        flags.extend(sel.keywords.all().filter_map(wire::keyword));
+        let out = &mut conn.out;
+        wire::data(out, Data::Flags(flags.clone()));
+        let (permanent, text) = if read_only {
+            (Vec::new(), "Read-only mailbox.")
         } else {
-            format!(" {}", keywords.join(" "))
+            let mut permanent: Vec<FlagPerm<'_>> = flags.into_iter().map(FlagPerm::Flag).collect();
+            permanent.push(FlagPerm::Asterisk);
+            (permanent, "Flags permitted.")
         };
-        conn.reply(&format!(
-            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw})"
-        ));
-        if read_only {
-            conn.reply("* OK [PERMANENTFLAGS ()] Read-only mailbox.");
-        } else {
-            conn.reply(&format!(
-                "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft{kw} \\*)] Flags permitted."
-            ));
-        }
-        conn.reply(&format!("* {} EXISTS", sel.messages.len()));
-        conn.reply(&format!("* {} RECENT", sel.recent.len()));
+        let ok_line = |out: &mut Vec<u8>, code, text| {
+            wire::status(
+                out,
+                wire::untagged(StatusKind::Ok, Some(code), wire::text(text)),
+            );
+        };
+        ok_line(out, Code::PermanentFlags(permanent), text);
+        wire::data(out, Data::Exists(sel.messages.len() as u32));
+        wire::data(out, Data::Recent(sel.recent.len() as u32));
         if let Some(n) = sel.unseen_first() {
-            conn.reply(&format!("* OK [UNSEEN {n}] First unseen."));
+            ok_line(out, Code::Unseen(nz(n as u32)), "First unseen.");
         }
-        conn.reply(&format!(
-            "* OK [UIDVALIDITY {}] UIDs valid.",
-            sel.uid_validity
-        ));
-        conn.reply(&format!(
-            "* OK [UIDNEXT {}] Predicted next UID.",
-            sel.uid_next
-        ));
+        ok_line(out, Code::UidValidity(nz(sel.uid_validity)), "UIDs valid.");
+        ok_line(out, Code::UidNext(nz(sel.uid_next)), "Predicted next UID.");
         self.selected = Some(sel);
         if read_only {
-            ok("[READ-ONLY] EXAMINE completed.")
+            ok_code(Code::ReadOnly, "EXAMINE completed.")
         } else {
-            ok("[READ-WRITE] SELECT completed.")
+            ok_code(Code::ReadWrite, "SELECT completed.")
         }
     }
 
     fn create(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
         let Some(name) = mailbox_name(mailbox) else {
-            return no("[CANNOT] Invalid mailbox name.");
+            return invalid_name();
         };
         let mbox = self.mailbox().clone();
         match blocking(|| mbox.create(&name)) {
@@ -722,7 +833,7 @@ impl Session {
 
     fn delete(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
         let Some(name) = mailbox_name(mailbox) else {
-            return no("[CANNOT] Invalid mailbox name.");
+            return invalid_name();
         };
         if self
             .selected
@@ -743,7 +854,7 @@ impl Session {
 
     fn rename(&mut self, from: &ImapMailbox<'_>, to: &ImapMailbox<'_>) -> Done {
         let (Some(from), Some(to)) = (mailbox_name(from), mailbox_name(to)) else {
-            return no("[CANNOT] Invalid mailbox name.");
+            return invalid_name();
         };
         let mbox = self.mailbox().clone();
         if from == "INBOX" {
@@ -789,7 +900,7 @@ impl Session {
 
     fn subscribe(&mut self, mailbox: &ImapMailbox<'_>, on: bool) -> Done {
         let Some(name) = mailbox_name(mailbox) else {
-            return no("[CANNOT] Invalid mailbox name.");
+            return invalid_name();
         };
         let mbox = self.mailbox().clone();
         seed_subscriptions(&mbox);
@@ -801,7 +912,7 @@ impl Session {
             }),
             Err(err) => {
                 tracing::error!(error = %err, "cannot write subscriptions");
-                no("[SERVERBUG] Cannot save the subscription.")
+                no_code(wire::code("SERVERBUG"), "Cannot save the subscription.")
             }
         }
     }
@@ -828,11 +939,30 @@ impl Session {
         let Some(pattern) = decode_utf7(pattern_bytes) else {
             return ok(format!("{verb} completed."));
         };
+        let delimiter = Some(QuotedChar::unvalidated(names::DELIMITER));
+        // One LIST or LSUB line.
+        let line = |out: &mut Vec<u8>, items: Vec<FlagNameAttribute<'static>>, name: &str| {
+            let mailbox = mailbox_of(name);
+            let data = if lsub {
+                Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            };
+            wire::data(out, data);
+        };
         if pattern.is_empty() {
             if !lsub {
-                conn.reply("* LIST (\\Noselect) \"/\" \"\"");
+                line(&mut conn.out, vec![FlagNameAttribute::Noselect], "");
             }
-            return ok("LIST completed.");
+            return ok(format!("{verb} completed."));
         }
         let full = format!("{reference}{pattern}");
         let mbox = self.mailbox().clone();
@@ -856,10 +986,8 @@ impl Session {
             implied.sort();
             implied.dedup();
             for parent in implied.iter().filter(|p| names::matches(&full, p)) {
-                conn.out
-                    .extend_from_slice(b"* LIST (\\Noselect \\HasChildren) \"/\" ");
-                conn.out.extend_from_slice(&quoted_name(parent));
-                conn.out.extend_from_slice(b"\r\n");
+                let items = vec![FlagNameAttribute::Noselect, attribute("HasChildren")];
+                line(&mut conn.out, items, parent);
             }
         }
         for name in &folders {
@@ -871,18 +999,15 @@ impl Session {
             }
             let prefix = format!("{name}/");
             let children = folders.iter().any(|f| f.starts_with(&prefix));
-            let mut attrs = vec![if children {
-                "\\HasChildren"
+            let mut items = vec![attribute(if children {
+                "HasChildren"
             } else {
-                "\\HasNoChildren"
-            }];
-            if let Some((_, flag)) = SPECIAL_USE.iter().find(|(n, _)| n == name) {
-                attrs.push(flag);
+                "HasNoChildren"
+            })];
+            if let Some(special) = SPECIAL_USE.iter().find(|n| *n == name) {
+                items.push(attribute(special));
             }
-            let mut line = format!("* {verb} ({}) \"/\" ", attrs.join(" ")).into_bytes();
-            line.extend_from_slice(&quoted_name(name));
-            conn.out.extend_from_slice(&line);
-            conn.out.extend_from_slice(b"\r\n");
+            line(&mut conn.out, items, name);
         }
         ok(format!("{verb} completed."))
     }
@@ -898,7 +1023,7 @@ impl Session {
     {
         let folder = match self.folder(mailbox) {
             Ok(f) => f,
-            Err(_) => return no("[NONEXISTENT] No such mailbox."),
+            Err(_) => return no_such_mailbox(),
         };
         let snapshot = match blocking(|| folder.snapshot()) {
             Ok(s) => s,
@@ -907,29 +1032,29 @@ impl Session {
         let mut parts = Vec::new();
         for item in items {
             let msgs = &snapshot.messages;
-            match item {
-                StatusDataItemName::Messages => parts.push(format!("MESSAGES {}", msgs.len())),
-                StatusDataItemName::Recent => parts.push(format!(
-                    "RECENT {}",
-                    msgs.iter().filter(|m| m.recent).count()
-                )),
-                StatusDataItemName::UidNext => parts.push(format!("UIDNEXT {}", snapshot.uid_next)),
-                StatusDataItemName::UidValidity => {
-                    parts.push(format!("UIDVALIDITY {}", snapshot.uid_validity))
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            parts.push(match item {
+                StatusDataItemName::Messages => StatusDataItem::Messages(count(msgs.len())),
+                StatusDataItemName::Recent => {
+                    StatusDataItem::Recent(count(msgs.iter().filter(|m| m.recent).count()))
                 }
-                StatusDataItemName::Unseen => parts.push(format!(
-                    "UNSEEN {}",
+                StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(snapshot.uid_next)),
+                StatusDataItemName::UidValidity => {
+                    StatusDataItem::UidValidity(nz(snapshot.uid_validity))
+                }
+                StatusDataItemName::Unseen => StatusDataItem::Unseen(count(
                     msgs.iter()
                         .filter(|m| !m.flags.contains(Flags::SEEN))
-                        .count()
+                        .count(),
                 )),
                 _ => return bad("Unsupported STATUS item."),
-            }
+            });
         }
-        let mut line = b"* STATUS ".to_vec();
-        line.extend_from_slice(&quoted_name(folder.name()));
-        line.extend_from_slice(format!(" ({})\r\n", parts.join(" ")).as_bytes());
-        conn.out.extend_from_slice(&line);
+        let status = Data::Status {
+            mailbox: mailbox_of(folder.name()),
+            items: parts.into(),
+        };
+        wire::data(&mut conn.out, status);
         ok("STATUS completed.")
     }
 
@@ -952,10 +1077,13 @@ impl Session {
         let mut keywords = Keywords::load(folder.path());
         let flags = to_flags(flags, &mut keywords, folder.path());
         match blocking(|| folder.append(&mut &data[..], flags, date)) {
-            Ok(a) => ok(format!(
-                "[APPENDUID {} {}] APPEND completed.",
-                a.uid_validity, a.message.uid
-            )),
+            Ok(a) => {
+                let code = Code::AppendUid {
+                    uid_validity: nz(a.uid_validity),
+                    uid: nz(a.message.uid),
+                };
+                ok_code(code, "APPEND completed.")
+            }
             Err(e) => store_error(&e),
         }
     }
@@ -972,7 +1100,7 @@ impl Session {
             return bad("No mailbox selected.");
         };
         if sel.read_only {
-            return no("[READ-ONLY] Mailbox is read-only.");
+            return read_only();
         }
         let doomed = deleted(sel, uids.as_ref());
         match blocking(|| sel.expunge(&doomed, Some(&mut conn.out))) {
@@ -997,7 +1125,7 @@ impl Session {
             return bad("No mailbox selected.");
         };
         if sel.read_only {
-            return no("[READ-ONLY] Mailbox is read-only.");
+            return read_only();
         }
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
@@ -1022,20 +1150,14 @@ impl Session {
                 }
                 Err(e) => return store_error(&e),
             }
-            if matches!(response, StoreResponse::Answer) || uid {
+            if matches!(response, StoreResponse::Answer) {
                 let recent = sel.recent.contains(&msg.uid);
-                let flags = flag_list(msg.flags, recent, &sel.keywords);
-                if matches!(response, StoreResponse::Answer) {
-                    conn.reply(&format!(
-                        "* {} FETCH (UID {} FLAGS {flags})",
-                        i + 1,
-                        msg.uid
-                    ));
-                }
+                let flags = wire::flags(msg.flags, recent, &sel.keywords);
+                wire::flags_fetch(&mut conn.out, i + 1, msg.uid, flags);
             }
         }
         if failed {
-            no("[EXPUNGEISSUED] Some messages were expunged meanwhile.")
+            expunge_issued()
         } else {
             ok("STORE completed.")
         }
@@ -1060,7 +1182,7 @@ impl Session {
             return bad("No mailbox selected.");
         };
         if moving && sel.read_only {
-            return no("[READ-ONLY] Mailbox is read-only.");
+            return read_only();
         }
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
@@ -1110,18 +1232,24 @@ impl Session {
                 Err(e) => return store_error(&e),
             }
         }
-        if from.is_empty() {
+        let (Some(source), Some(destination)) = (wire::uid_set(&from), wire::uid_set(&to)) else {
+            // Nothing was copied.
             return ok(if moving {
                 "MOVE completed."
             } else {
                 "COPY completed."
             });
-        }
-        let code = format!("COPYUID {} {} {}", validity, uid_set(&from), uid_set(&to));
+        };
+        let code = Code::CopyUid {
+            uid_validity: nz(validity),
+            source,
+            destination,
+        };
         if !moving {
-            return ok(format!("[{code}] COPY completed."));
+            return ok_code(code, "COPY completed.");
         }
-        conn.reply(&format!("* OK [{code}] Moved."));
+        let moved = wire::untagged(StatusKind::Ok, Some(code), wire::text("Moved."));
+        wire::status(&mut conn.out, moved);
         match blocking(|| sel.expunge(&copied, Some(&mut conn.out))) {
             Ok(_) => ok("MOVE completed."),
             Err(e) => store_error(&e),
@@ -1132,7 +1260,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        conn.reply("+ idling");
+        wire::continuation(&mut conn.out, "idling");
         if conn.flush().await.is_err() {
             return Done::Close;
         }
@@ -1185,7 +1313,7 @@ impl Session {
                 }
                 _ = tick.tick() => {
                     if started.elapsed() > self.peer.idle_timeout {
-                        conn.reply("* BYE Autologout: idle for too long.");
+                        wire::status(&mut conn.out, wire::bye(IDLE_TEXT));
                         let _ = conn.flush().await;
                         return Done::Close;
                     }
@@ -1194,7 +1322,7 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled() => {
-                    conn.reply("* BYE Server shutting down.");
+                    wire::status(&mut conn.out, wire::bye(SHUTDOWN_TEXT));
                     let _ = conn.flush().await;
                     return Done::Close;
                 }
@@ -1238,6 +1366,7 @@ impl Session {
                 MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
                 _ => false,
             });
+        let want_uid = uid || items.iter().any(|i| matches!(i, MessageDataItemName::Uid));
         let want_flags = items
             .iter()
             .any(|i| matches!(i, MessageDataItemName::Flags));
@@ -1253,7 +1382,8 @@ impl Session {
                     seen_changed = true;
                 }
             }
-            let msg = sel.messages[i].clone();
+            let sel = &*sel;
+            let msg = &sel.messages[i];
             // Content, read once per message as far as the items need it.
             let content = match need {
                 Need::Nothing | Need::Stream => None,
@@ -1261,7 +1391,7 @@ impl Session {
                     let read = blocking(|| -> std::io::Result<Vec<u8>> {
                         let mut file = sel
                             .folder
-                            .open(&msg)
+                            .open(msg)
                             .map_err(|e| std::io::Error::other(e.to_string()))?;
                         if need == Need::Whole {
                             fetch::read_all(&mut file)
@@ -1279,120 +1409,173 @@ impl Session {
                 }
             };
             let parsed = content.as_deref().and_then(fetch::parse);
-            conn.out
-                .extend_from_slice(format!("* {} FETCH (", i + 1).as_bytes());
-            let mut first = true;
-            let mut sep = |out: &mut Vec<u8>| {
-                if !first {
-                    out.push(b' ');
-                }
-                first = false;
-            };
-            if uid || items.iter().any(|i| matches!(i, MessageDataItemName::Uid)) {
-                sep(&mut conn.out);
-                conn.out
-                    .extend_from_slice(format!("UID {}", msg.uid).as_bytes());
+            // The whole message, when it was read whole.
+            let whole = content.as_deref().filter(|_| need == Need::Whole);
+            // UID first: Thunderbird relies on it.
+            let mut out = Vec::with_capacity(items.len() + 1);
+            if want_uid {
+                out.push(MessageDataItem::Uid(nz(msg.uid)));
             }
             if want_flags || seen_changed {
-                sep(&mut conn.out);
-                let f = flag_list(msg.flags, sel.recent.contains(&msg.uid), &sel.keywords);
-                conn.out.extend_from_slice(format!("FLAGS {f}").as_bytes());
+                let recent = sel.recent.contains(&msg.uid);
+                out.push(MessageDataItem::Flags(wire::flags(
+                    msg.flags,
+                    recent,
+                    &sel.keywords,
+                )));
             }
+            // Whole-message literals too large to hold in memory: streamed after the rest.
+            let mut streamed = Vec::new();
             for item in items {
                 match item {
                     MessageDataItemName::Uid | MessageDataItemName::Flags => {}
                     MessageDataItemName::InternalDate => {
-                        sep(&mut conn.out);
-                        conn.out.extend_from_slice(
-                            format!("INTERNALDATE {}", wire::internal_date(msg.internal_date))
-                                .as_bytes(),
-                        );
+                        let date = wire::internal_date(msg.internal_date);
+                        out.push(MessageDataItem::InternalDate(date));
                     }
                     MessageDataItemName::Rfc822Size => {
-                        sep(&mut conn.out);
-                        conn.out
-                            .extend_from_slice(format!("RFC822.SIZE {}", msg.vsize).as_bytes());
+                        let size = u32::try_from(msg.vsize).unwrap_or(u32::MAX);
+                        out.push(MessageDataItem::Rfc822Size(size));
                     }
                     MessageDataItemName::Envelope => {
-                        sep(&mut conn.out);
-                        conn.out.extend_from_slice(b"ENVELOPE ");
-                        match &parsed {
-                            Some(p) => fetch::envelope(&mut conn.out, p),
-                            None => conn
-                                .out
-                                .extend_from_slice(b"(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"),
-                        }
+                        let envelope = parsed
+                            .as_ref()
+                            .map_or_else(fetch::empty_envelope, fetch::envelope);
+                        out.push(MessageDataItem::Envelope(envelope));
                     }
                     MessageDataItemName::Body | MessageDataItemName::BodyStructure => {
                         let ext = matches!(item, MessageDataItemName::BodyStructure);
-                        sep(&mut conn.out);
-                        conn.out
-                            .extend_from_slice(if ext { b"BODYSTRUCTURE " } else { b"BODY " });
-                        match &parsed {
-                            Some(p) => fetch::body_structure(&mut conn.out, p, ext),
-                            None => conn.out.extend_from_slice(
-                                b"(\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0)",
-                            ),
-                        }
+                        let structure = parsed
+                            .as_ref()
+                            .map_or_else(fetch::empty_body, |p| fetch::body_structure(p, ext));
+                        out.push(if ext {
+                            MessageDataItem::BodyStructure(structure)
+                        } else {
+                            MessageDataItem::Body(structure)
+                        });
                     }
                     MessageDataItemName::Rfc822 => {
-                        sep(&mut conn.out);
-                        conn.out.extend_from_slice(b"RFC822 ");
-                        if !stream_body(sel, &msg, 0, None, conn).await {
-                            return Done::Close;
+                        let want = msg.vsize;
+                        if want > SMALL_MESSAGE {
+                            streamed.push(("RFC822".to_owned(), 0, want));
+                        } else {
+                            let data = read_range(sel, msg, whole, 0, want);
+                            out.push(MessageDataItem::Rfc822(literal(data)));
                         }
                     }
                     MessageDataItemName::Rfc822Header | MessageDataItemName::Rfc822Text => {
-                        let header = matches!(item, MessageDataItemName::Rfc822Header);
-                        sep(&mut conn.out);
                         let c = content.as_deref().unwrap_or_default();
                         let split = fetch::header_len(c);
-                        if header {
-                            conn.out.extend_from_slice(b"RFC822.HEADER ");
-                            string_or_literal(&mut conn.out, &c[..split]);
+                        out.push(if matches!(item, MessageDataItemName::Rfc822Header) {
+                            MessageDataItem::Rfc822Header(literal(c[..split].to_vec()))
                         } else {
-                            conn.out.extend_from_slice(b"RFC822.TEXT ");
-                            string_or_literal(&mut conn.out, &c[split..]);
-                        }
+                            MessageDataItem::Rfc822Text(literal(c[split..].to_vec()))
+                        });
                     }
                     MessageDataItemName::BodyExt {
                         section, partial, ..
                     } => {
-                        sep(&mut conn.out);
-                        let name = section_name(section.as_ref());
-                        let origin = partial.map(|(o, _)| format!("<{o}>")).unwrap_or_default();
-                        conn.out
-                            .extend_from_slice(format!("BODY[{name}]{origin} ").as_bytes());
+                        let origin = partial.map(|(o, _)| o);
                         let (offset, length) = partial
                             .map(|(o, l)| (u64::from(o), Some(u64::from(l.get()))))
                             .unwrap_or((0, None));
-                        if section.is_none() {
-                            if !stream_body(sel, &msg, offset, length, conn).await {
-                                return Done::Close;
+                        let data = if section.is_none() {
+                            let start = offset.min(msg.vsize);
+                            let want =
+                                length.map_or(msg.vsize, |l| (start + l).min(msg.vsize)) - start;
+                            if want > SMALL_MESSAGE {
+                                let origin = origin.map(|o| format!("<{o}>")).unwrap_or_default();
+                                streamed.push((format!("BODY[]{origin}"), start, want));
+                                continue;
                             }
-                            continue;
-                        }
-                        let c = content.as_deref().unwrap_or_default();
-                        let data = section_data(c, parsed.as_ref(), section.as_ref());
-                        let data = data.unwrap_or_default();
-                        let from = (offset as usize).min(data.len());
-                        let to = length.map_or(data.len(), |l| (from + l as usize).min(data.len()));
-                        wire::literal(&mut conn.out, &data[from..to]);
+                            read_range(sel, msg, whole, start, want)
+                        } else {
+                            let c = content.as_deref().unwrap_or_default();
+                            let data = section_data(c, parsed.as_ref(), section.as_ref());
+                            let data = data.unwrap_or_default();
+                            let from = (offset as usize).min(data.len());
+                            let to =
+                                length.map_or(data.len(), |l| (from + l as usize).min(data.len()));
+                            data[from..to].to_vec()
+                        };
+                        out.push(MessageDataItem::BodyExt {
+                            section: section.as_ref().map(response_section),
+                            origin,
+                            data: literal(data),
+                        });
                     }
                     _ => {}
                 }
             }
-            conn.out.extend_from_slice(b")\r\n");
+            // A FETCH response needs an item; for a fetch of only streamed bodies it is the UID.
+            if out.is_empty() {
+                out.push(MessageDataItem::Uid(nz(msg.uid)));
+            }
+            let Ok(out) = Vec1::try_from(out) else {
+                continue;
+            };
+            let seq = nz(i as u32 + 1);
+            wire::data(&mut conn.out, Data::Fetch { seq, items: out });
+            if !streamed.is_empty() {
+                // imap-codec needs a literal's bytes in memory, which a message of many
+                // megabytes should not be: its item name and literal are written here and the
+                // bytes streamed from the file, inside the encoded response (before its `)`).
+                if conn.out.ends_with(b")\r\n") {
+                    conn.out.truncate(conn.out.len() - 3);
+                }
+                for (name, start, want) in streamed {
+                    let head = format!(" {name} {{{want}}}\r\n");
+                    conn.out.extend_from_slice(head.as_bytes());
+                    if !stream_body(sel, msg, start, want, conn).await {
+                        return Done::Close;
+                    }
+                }
+                conn.out.extend_from_slice(b")\r\n");
+            }
             if !conn.flush_if_full().await {
                 return Done::Close;
             }
         }
         if missing {
-            no("[EXPUNGEISSUED] Some messages were expunged meanwhile.")
+            expunge_issued()
         } else {
             ok("FETCH completed.")
         }
     }
+}
+
+/// Message content as a FETCH literal.
+fn literal(data: Vec<u8>) -> NString<'static> {
+    NString(Some(IString::Literal(wire::literal(data))))
+}
+
+/// The section as the response names it: header field names upper-cased.
+fn response_section(section: &Section<'_>) -> Section<'static> {
+    use imap_codec::imap_types::ToStatic;
+    let upper = |names: &Vec1<AString<'_>>| -> Vec1<AString<'static>> {
+        let names: Vec<AString<'static>> = names
+            .as_ref()
+            .iter()
+            .map(|n| {
+                let name = n.as_ref().to_ascii_uppercase();
+                AString::try_from(name).unwrap_or_else(|_| n.to_static())
+            })
+            .collect();
+        // As many names as the request had: at least one.
+        Vec1::unvalidated(names)
+    };
+    match section {
+        Section::HeaderFields(part, names) => Section::HeaderFields(part.clone(), upper(names)),
+        Section::HeaderFieldsNot(part, names) => {
+            Section::HeaderFieldsNot(part.clone(), upper(names))
+        }
+        other => other.to_static(),
+    }
+}
+
+/// A LIST attribute such as `\\HasChildren` (given without its backslash).
+fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
+    FlagNameAttribute::from(Atom::unvalidated(name))
 }
 
 /// When the subscriptions file does not exist yet, every folder counts as subscribed (a
@@ -1478,57 +1661,6 @@ fn need_of(item: &MessageDataItemName<'_>) -> Need {
         | MessageDataItemName::BodyStructure
         | MessageDataItemName::Rfc822Text => Need::Whole,
         _ => Need::Nothing,
-    }
-}
-
-fn part_string(part: &imap_codec::imap_types::fetch::Part) -> String {
-    part.0
-        .as_ref()
-        .iter()
-        .map(|n| n.to_string())
-        .collect::<Vec<_>>()
-        .join(".")
-}
-
-fn section_name(section: Option<&Section<'_>>) -> String {
-    let prefix = |p: &Option<imap_codec::imap_types::fetch::Part>| match p {
-        Some(p) => format!("{}.", part_string(p)),
-        None => String::new(),
-    };
-    let fields =
-        |names: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
-            names
-                .as_ref()
-                .iter()
-                .map(|n| {
-                    let name = n.as_ref();
-                    let atom = !name.is_empty()
-                        && name
-                            .iter()
-                            .all(|b| b.is_ascii_graphic() && !b"(){%*\"\\]".contains(b));
-                    let mut out = Vec::new();
-                    if atom {
-                        out.extend_from_slice(name);
-                    } else {
-                        string(&mut out, name);
-                    }
-                    String::from_utf8_lossy(&out).to_ascii_uppercase()
-                })
-                .collect::<Vec<_>>()
-                .join(" ")
-        };
-    match section {
-        None => String::new(),
-        Some(Section::Part(p)) => part_string(p),
-        Some(Section::Header(p)) => format!("{}HEADER", prefix(p)),
-        Some(Section::HeaderFields(p, names)) => {
-            format!("{}HEADER.FIELDS ({})", prefix(p), fields(names))
-        }
-        Some(Section::HeaderFieldsNot(p, names)) => {
-            format!("{}HEADER.FIELDS.NOT ({})", prefix(p), fields(names))
-        }
-        Some(Section::Text(p)) => format!("{}TEXT", prefix(p)),
-        Some(Section::Mime(p)) => format!("{}.MIME", part_string(p)),
     }
 }
 
@@ -1622,81 +1754,73 @@ fn section_data(
     }
 }
 
-fn string_or_literal(out: &mut Vec<u8>, data: &[u8]) {
-    wire::literal(out, data);
-}
-
-/// Sends a whole message (or the `offset`/`length` part of it) as a literal, read from its
-/// file in chunks with bare LFs made CRLF: never held whole in memory. The literal's length
-/// comes from the message's CRLF size; a file that changed under us is cut or padded to it.
-async fn stream_body<S>(
+/// Bytes `start..start + want` of a message in CRLF form, read now; `whole` is the message
+/// when it was read already. A file that changed under us is cut or padded to the length
+/// promised by RFC822.SIZE.
+fn read_range(
     sel: &Selected,
     msg: &MessageInfo,
-    offset: u64,
-    length: Option<u64>,
-    conn: &mut Conn<S>,
-) -> bool
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
-    let total = msg.vsize;
-    let start = offset.min(total);
-    let end = length.map_or(total, |l| (start + l).min(total));
-    let want = end - start;
-    conn.out
-        .extend_from_slice(format!("{{{want}}}\r\n").as_bytes());
-    if msg.size <= SMALL_MESSAGE {
-        // Most messages: one blocking call reads the file whole.
-        let data = blocking(|| -> Result<Vec<u8>, StoreError> {
-            let mut file = sel.folder.open(msg)?;
-            fetch::read_all(&mut file).map_err(StoreError::Input)
-        });
-        let data = data.unwrap_or_else(|err| {
-            tracing::warn!(uid = msg.uid, error = %err, "cannot read a message");
-            Vec::new()
-        });
-        let from = (start as usize).min(data.len());
-        let to = (from + want as usize).min(data.len());
-        conn.out.extend_from_slice(&data[from..to]);
-        // A file that shrank under us is padded to the promised length.
-        conn.out
-            .resize(conn.out.len() + want as usize - (to - from), b' ');
-        return conn.flush_if_full().await;
-    }
-    let mut file = match blocking(|| sel.folder.open(msg)) {
+    whole: Option<&[u8]>,
+    start: u64,
+    want: u64,
+) -> Vec<u8> {
+    let mut data = if msg.size <= SMALL_MESSAGE || whole.is_some() {
+        let read;
+        let all = match whole {
+            Some(w) => w,
+            None => {
+                // Most messages: one blocking call reads the file whole.
+                read = blocking(|| -> Result<Vec<u8>, StoreError> {
+                    let mut file = sel.folder.open(msg)?;
+                    fetch::read_all(&mut file).map_err(StoreError::Input)
+                })
+                .unwrap_or_else(|err| {
+                    tracing::warn!(uid = msg.uid, error = %err, "cannot read a message");
+                    Vec::new()
+                });
+                &read
+            }
+        };
+        let from = (start as usize).min(all.len());
+        let to = (from + want as usize).min(all.len());
+        all[from..to].to_vec()
+    } else {
+        // A part of a large message: only as far into the file as needed.
+        let mut reader = RangeReader::new(open_message(sel, msg), start, want);
+        let mut data = Vec::with_capacity(want as usize);
+        blocking(|| while reader.next_into(&mut data) {});
+        data
+    };
+    // A file that shrank under us is padded to the promised length.
+    data.resize(want as usize, b' ');
+    data
+}
+
+fn open_message(sel: &Selected, msg: &MessageInfo) -> Option<std::fs::File> {
+    match blocking(|| sel.folder.open(msg)) {
         Ok(f) => Some(f),
         Err(err) => {
             tracing::warn!(uid = msg.uid, error = %err, "cannot open a message");
             None
         }
-    };
-    let mut pos: u64 = 0; // in CRLF bytes
-    let mut sent: u64 = 0;
-    let mut conv = Crlf::default();
-    let mut buf = vec![0u8; 64 * 1024];
-    let mut chunk = Vec::with_capacity(buf.len() + 4096);
-    while sent < want {
-        let n = match file.as_mut().map(|f| blocking(|| f.read(&mut buf))) {
-            Some(Ok(n)) if n > 0 => n,
-            _ => 0,
-        };
-        if n == 0 {
-            // The file ended early (or could not be read): pad to the promised length.
-            conn.out
-                .resize(conn.out.len() + (want - sent) as usize, b' ');
-            break;
-        }
-        chunk.clear();
-        conv.push(&buf[..n], &mut chunk);
-        let chunk_start = pos;
-        pos += chunk.len() as u64;
-        if pos <= start {
-            continue;
-        }
-        let from = start.saturating_sub(chunk_start) as usize;
-        let take = ((chunk.len() - from) as u64).min(want - sent) as usize;
-        conn.out.extend_from_slice(&chunk[from..from + take]);
-        sent += take as u64;
+    }
+}
+
+/// Streams bytes `start..start + want` of a large message into the connection, read from its
+/// file in chunks with bare LFs made CRLF: never held whole in memory. Its literal's `{n}`
+/// is written already.
+async fn stream_body<S>(
+    sel: &Selected,
+    msg: &MessageInfo,
+    start: u64,
+    want: u64,
+    conn: &mut Conn<S>,
+) -> bool
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut reader = RangeReader::new(open_message(sel, msg), start, want);
+    while blocking(|| reader.next_into(&mut conn.out)) {
         if !conn.flush_if_full().await {
             return false;
         }
