@@ -593,7 +593,7 @@ mod tests {
     const MIXED: &[u8] = b"From: Alice <alice@example.org>\r\nTo: bob@example.org, \"B, C\" <c@x.org>\r\nSubject: =?utf-8?q?h=C3=A9?=\r\nMessage-ID: <1@x>\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\npre\r\n--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nhello\r\nworld\r\n--b\r\nContent-Type: message/rfc822\r\n\r\nSubject: inner\r\nFrom: x@y\r\n\r\ninner body\r\n--b--\r\n";
 
     /// An item as the encoder writes it in a FETCH response.
-    fn encoded(item: imap_codec::imap_types::fetch::MessageDataItem<'_>) -> String {
+    fn encoded(item: imap_codec::imap_types::fetch::MessageDataItem<'_>) -> Vec<u8> {
         let mut out = Vec::new();
         crate::wire::data(
             &mut out,
@@ -602,27 +602,31 @@ mod tests {
                 items: Vec1::from(item),
             },
         );
-        let text = String::from_utf8(out).unwrap();
-        let text = text.strip_prefix("* 1 FETCH (").unwrap();
-        text.strip_suffix(")\r\n").unwrap().to_owned()
+        let out = out.strip_prefix(b"* 1 FETCH (").unwrap();
+        out.strip_suffix(b")\r\n").unwrap().to_vec()
+    }
+
+    fn envelope_bytes(msg: &[u8]) -> Vec<u8> {
+        use imap_codec::imap_types::fetch::MessageDataItem;
+        let out = encoded(MessageDataItem::Envelope(envelope(&parse(msg).unwrap())));
+        out.strip_prefix(b"ENVELOPE ").unwrap().to_vec()
     }
 
     fn envelope_of(msg: &[u8]) -> String {
-        use imap_codec::imap_types::fetch::MessageDataItem;
-        let text = encoded(MessageDataItem::Envelope(envelope(&parse(msg).unwrap())));
-        text.strip_prefix("ENVELOPE ").unwrap().to_owned()
+        String::from_utf8(envelope_bytes(msg)).unwrap()
     }
 
     fn structure_of(msg: &[u8], extended: bool) -> String {
         use imap_codec::imap_types::fetch::MessageDataItem;
         let s = body_structure(&parse(msg).unwrap(), extended);
-        if extended {
-            let text = encoded(MessageDataItem::BodyStructure(s));
-            text.strip_prefix("BODYSTRUCTURE ").unwrap().to_owned()
+        let text = if extended {
+            encoded(MessageDataItem::BodyStructure(s))
         } else {
-            let text = encoded(MessageDataItem::Body(s));
-            text.strip_prefix("BODY ").unwrap().to_owned()
-        }
+            encoded(MessageDataItem::Body(s))
+        };
+        let text = String::from_utf8(text).unwrap();
+        let prefix = if extended { "BODYSTRUCTURE " } else { "BODY " };
+        text.strip_prefix(prefix).unwrap().to_owned()
     }
 
     #[test]
@@ -686,6 +690,90 @@ mod tests {
             b"From: x\r\nTo: y\r\n\r\n"
         );
         assert_eq!(header_len(b"A: b\r\n\r\nbody"), 8);
+    }
+
+    #[test]
+    fn bodystructure_of_a_multipart() {
+        let m = b"From: a@b\r\nContent-Type: multipart/alternative; boundary=A\r\n\r\n\
+            --A\r\nContent-Type: text/plain\r\nContent-Language: en, de\r\n\
+            Content-Location: http://x/y\r\nContent-MD5: Q2hlY2sgSW50ZWdyaXR5IQ==\r\n\
+            Content-ID: <id@x>\r\nContent-Description: desc \"q\"\r\n\r\nplain\r\n\
+            --A\r\nContent-Type: message/rfc822\r\n\r\n\
+            From: inner@x\r\nSubject: inner\r\n\r\ninner body\r\nline2\r\n\
+            --A\r\nContent-Type: multipart/mixed; boundary=B\r\n\
+            Content-Disposition: inline; foo=bar\r\n\r\n\
+            --B\r\nContent-Type: image/png; name=a.png\r\nContent-Transfer-Encoding: base64\r\n\r\n\
+            AAAA\r\n--B--\r\n--A--\r\n";
+        let inner_envelope = "(NIL \"inner\" ((NIL NIL \"inner\" \"x\")) \
+            ((NIL NIL \"inner\" \"x\")) ((NIL NIL \"inner\" \"x\")) NIL NIL NIL NIL NIL)";
+        assert_eq!(
+            structure_of(m, true),
+            format!(
+                "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") \"<id@x>\" \"desc \\\"q\\\"\" \
+                 \"7BIT\" 5 1 \"Q2hlY2sgSW50ZWdyaXR5IQ==\" NIL (\"en\" \"de\") \"http://x/y\")\
+                 (\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 50 {inner_envelope} \
+                 (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 17 2 \
+                 NIL NIL NIL NIL) 5 NIL NIL NIL NIL)\
+                 ((\"IMAGE\" \"PNG\" (\"NAME\" \"a.png\") NIL NIL \"BASE64\" 4 NIL NIL NIL NIL) \
+                 \"MIXED\" (\"BOUNDARY\" \"B\") (\"INLINE\" (\"FOO\" \"bar\")) NIL NIL) \
+                 \"ALTERNATIVE\" (\"BOUNDARY\" \"A\") NIL NIL NIL)"
+            )
+        );
+        // BODY: the same without extension data.
+        assert_eq!(
+            structure_of(m, false),
+            format!(
+                "((\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") \"<id@x>\" \"desc \\\"q\\\"\" \
+                 \"7BIT\" 5 1)\
+                 (\"MESSAGE\" \"RFC822\" NIL NIL NIL \"7BIT\" 50 {inner_envelope} \
+                 (\"TEXT\" \"PLAIN\" (\"CHARSET\" \"US-ASCII\") NIL NIL \"7BIT\" 17 2) 5)\
+                 ((\"IMAGE\" \"PNG\" (\"NAME\" \"a.png\") NIL NIL \"BASE64\" 4) \"MIXED\") \
+                 \"ALTERNATIVE\")"
+            )
+        );
+        // A multipart without parts still has a body (RFC 3501 needs one).
+        assert_eq!(
+            structure_of(
+                b"Content-Type: multipart/mixed; boundary=E\r\n\r\n--E--\r\n",
+                false
+            ),
+            "((\"TEXT\" \"PLAIN\" NIL NIL NIL \"7BIT\" 0 0) \"MIXED\")"
+        );
+    }
+
+    #[test]
+    fn envelope_with_odd_headers() {
+        // Groups (an empty one, one between plain addresses), quotes and a backslash.
+        let m = b"From: undisclosed-recipients:;\r\n\
+            To: Team: a@x.org, \"B b\" <b@y.org>;, c@z.org\r\nCc: Grp:;\r\n\
+            Subject: groups \"quoted\" \\ back\r\n\r\nbody\r\n";
+        let undisclosed = "((NIL NIL \"undisclosed-recipients\" NIL)(NIL NIL NIL NIL))";
+        assert_eq!(
+            envelope_of(m),
+            format!(
+                "(NIL \"groups \\\"quoted\\\" \\\\ back\" {undisclosed} {undisclosed} \
+                 {undisclosed} ((NIL NIL \"Team\" NIL)(NIL NIL \"a\" \"x.org\")\
+                 (\"B b\" NIL \"b\" \"y.org\")(NIL NIL NIL NIL)(NIL NIL \"c\" \"z.org\")) \
+                 ((NIL NIL \"Grp\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL)"
+            )
+        );
+        // An 8-bit subject goes as a literal; a decoded non-ASCII name is encoded again.
+        let m = b"Subject: \xe4\xf6\xfc caf\xc3\xa9\r\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x.org>\r\n\
+            Sender: s@x\r\nReply-To: r@x\r\nIn-Reply-To: <a@b>\r\nBcc: hidden@x\r\n\
+            Date: whenever\r\n\r\nx\r\n";
+        let expected = [
+            &b"(\"whenever\" {9}\r\n"[..],
+            b"\xe4\xf6\xfc caf\xc3\xa9",
+            b" ((\"=?utf-8?b?SsO2cmc=?=\" NIL \"j\" \"x.org\")) ((NIL NIL \"s\" \"x\")) \
+              ((NIL NIL \"r\" \"x\")) NIL NIL ((NIL NIL \"hidden\" \"x\")) \"<a@b>\" NIL)",
+        ]
+        .concat();
+        assert_eq!(envelope_bytes(m), expected);
+        // No header at all: every field NIL.
+        assert_eq!(
+            envelope_of(b"\r\nbody\r\n"),
+            "(NIL NIL NIL NIL NIL NIL NIL NIL NIL NIL)"
+        );
     }
 
     #[test]

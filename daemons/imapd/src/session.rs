@@ -1764,26 +1764,27 @@ fn read_range(
     start: u64,
     want: u64,
 ) -> Vec<u8> {
-    let mut data = if msg.size <= SMALL_MESSAGE || whole.is_some() {
-        let read;
-        let all = match whole {
-            Some(w) => w,
-            None => {
-                // Most messages: one blocking call reads the file whole.
-                read = blocking(|| -> Result<Vec<u8>, StoreError> {
-                    let mut file = sel.folder.open(msg)?;
-                    fetch::read_all(&mut file).map_err(StoreError::Input)
-                })
-                .unwrap_or_else(|err| {
-                    tracing::warn!(uid = msg.uid, error = %err, "cannot read a message");
-                    Vec::new()
-                });
-                &read
-            }
-        };
-        let from = (start as usize).min(all.len());
-        let to = (from + want as usize).min(all.len());
+    let range = |len: usize| {
+        let from = (start as usize).min(len);
+        (from, (from + want as usize).min(len))
+    };
+    let mut data = if let Some(all) = whole {
+        let (from, to) = range(all.len());
         all[from..to].to_vec()
+    } else if msg.size <= SMALL_MESSAGE {
+        // Most messages: one blocking call reads the file whole.
+        let mut all = blocking(|| -> Result<Vec<u8>, StoreError> {
+            let mut file = sel.folder.open(msg)?;
+            fetch::read_all(&mut file).map_err(StoreError::Input)
+        })
+        .unwrap_or_else(|err| {
+            tracing::warn!(uid = msg.uid, error = %err, "cannot read a message");
+            Vec::new()
+        });
+        let (from, to) = range(all.len());
+        all.truncate(to);
+        all.drain(..from);
+        all
     } else {
         // A part of a large message: only as far into the file as needed.
         let mut reader = RangeReader::new(open_message(sel, msg), start, want);
