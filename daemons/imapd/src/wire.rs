@@ -8,6 +8,7 @@
 
 use std::borrow::Cow;
 use std::num::NonZeroU32;
+use std::sync::LazyLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use imap_codec::encode::{Encoder, Fragment};
@@ -176,6 +177,13 @@ pub const SYSTEM_FLAGS: [(Flags, Flag<'static>); 5] = [
     (Flags::TRASHED, Flag::Deleted),
 ];
 
+/// The keyword letters `a`-`z`.
+static ALL_KEYWORDS: LazyLock<Flags> = LazyLock::new(|| {
+    (0..26u8)
+        .filter_map(Flags::keyword)
+        .fold(Flags::EMPTY, |all, k| all | k)
+});
+
 /// A message's flags for FETCH: `(\Seen \Answered $Forwarded)`, with `\Recent` when asked.
 pub fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> Vec<FlagFetch<'k>> {
     let mut out = Vec::with_capacity(4);
@@ -186,6 +194,12 @@ pub fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> Vec<Flag
     }
     if recent {
         out.push(FlagFetch::Recent);
+    }
+    // Most messages have no keyword: the 26 letters are only looked at when there is one.
+    let mut system = flags;
+    system.remove(*ALL_KEYWORDS);
+    if system == flags {
+        return out;
     }
     for n in 0..26u8 {
         let Some(f) = Flags::keyword(n) else {
