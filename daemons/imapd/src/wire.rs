@@ -164,6 +164,7 @@ pub fn mailbox(name: String) -> Mailbox<'static> {
     }
     match MailboxOther::try_from(AString::String(istring(name.into_bytes()))) {
         Ok(other) => Mailbox::Other(other),
+        // Only a name that is INBOX is refused, and that was answered above.
         Err(_) => Mailbox::Inbox,
     }
 }
