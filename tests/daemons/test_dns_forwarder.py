@@ -10,6 +10,7 @@ import struct
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -541,6 +542,68 @@ def test_dns_over_tls_queries_are_pipelined(daemons, dot_cert):
                 assert status_of(out) == "NOERROR", out
                 assert ips[name.lower() + "."] in out, out
         assert len(accepted) == 1
+    finally:
+        listener.close()
+
+
+def test_dns_over_tls_connection_closed_by_the_upstream_is_replaced(daemons, dot_cert):
+    """An upstream that closes the connection after each answer: the next question goes out on
+    a new connection, and the closed ones are not kept open on the forwarder's side."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(dot_cert[1]), str(dot_cert[2]))
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)
+    accepted = []
+
+    def serve():
+        while True:
+            try:
+                raw, _ = listener.accept()
+            except OSError:
+                return
+            accepted.append(raw)
+            try:
+                # (The file is closed too: until it is, closing the socket does not.)
+                with ctx.wrap_socket(raw, server_side=True) as tls, tls.makefile("rb") as stream:
+                    size = struct.unpack(">H", stream.read(2))[0]
+                    qid, _flags, _name, _qtype, _do, question = parse_query(stream.read(size))
+                    answer = a_answer(qid, question, "192.0.2.110")
+                    tls.sendall(struct.pack(">H", len(answer)) + answer)
+            except (OSError, struct.error, ssl.SSLError):
+                pass
+
+    threading.Thread(target=serve, daemon=True).start()
+    up = (f'\n[[upstream]]\naddress = "127.0.0.1:{listener.getsockname()[1]}"\n'
+          f'protocol = "tls"\ntls_name = "localhost"\ntls_ca = "{dot_cert[0]}"\n')
+
+    def sockets(pid):
+        fds = Path(f"/proc/{pid}/fd")
+        return sum(1 for fd in fds.iterdir() if os.readlink(fd).startswith("socket:"))
+
+    def settled(pid):
+        # Closing the forwarder's side follows the upstream's close a moment later.
+        last, deadline = None, time.monotonic() + 5
+        while time.monotonic() < deadline:
+            now = sockets(pid)
+            if now == last:
+                return now
+            last = now
+            time.sleep(0.3)
+        return last
+
+    try:
+        d, udp, tcp = start(daemons, [up])
+        counts = []
+        for i in range(6):
+            out = dig(udp, f"n{i}.example.test", "A")
+            assert status_of(out) == "NOERROR", out
+            assert "192.0.2.110" in out
+            if i in (1, 5):
+                counts.append(settled(d.proc.pid))
+        assert len(accepted) == 6
+        assert counts[0] == counts[1]
     finally:
         listener.close()
 

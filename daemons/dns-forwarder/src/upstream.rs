@@ -254,8 +254,10 @@ struct Waiting {
 struct DotConn {
     frames: mpsc::Sender<Vec<u8>>,
     waiting: std::sync::Mutex<Waiting>,
-    /// Tells the reader to stop when the writer failed.
-    stop: Notify,
+    /// Tell the reader and the writer to stop when the other one failed (each task holds the
+    /// connection, so neither would see it dropped).
+    stop_reader: Notify,
+    stop_writer: Notify,
 }
 
 /// Queries one DoT connection may have waiting to be written.
@@ -268,14 +270,21 @@ impl DotConn {
         let conn = Arc::new(DotConn {
             frames,
             waiting: std::sync::Mutex::new(Waiting::default()),
-            stop: Notify::new(),
+            stop_reader: Notify::new(),
+            stop_writer: Notify::new(),
         });
         let this = conn.clone();
         tokio::spawn(async move {
-            while let Some(frame) = queue.recv().await {
-                if writer.write_all(&frame).await.is_err() || writer.flush().await.is_err() {
-                    break;
+            let write = async {
+                while let Some(frame) = queue.recv().await {
+                    writer.write_all(&frame).await?;
+                    writer.flush().await?;
                 }
+                Ok::<(), std::io::Error>(())
+            };
+            tokio::select! {
+                _ = write => {}
+                _ = this.stop_writer.notified() => {}
             }
             this.close();
         });
@@ -283,7 +292,7 @@ impl DotConn {
         tokio::spawn(async move {
             tokio::select! {
                 _ = this.read_answers(&mut reader) => {}
-                _ = this.stop.notified() => {}
+                _ = this.stop_reader.notified() => {}
             }
             this.close();
         });
@@ -323,7 +332,9 @@ impl DotConn {
         waiting.closed = true;
         waiting.by_id.clear();
         drop(waiting);
-        self.stop.notify_one();
+        // Permits are kept: a task not waiting yet stops when it next looks.
+        self.stop_reader.notify_one();
+        self.stop_writer.notify_one();
     }
 
     /// One query on this connection, alongside any others in flight.
