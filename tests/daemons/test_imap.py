@@ -344,6 +344,47 @@ def test_folder_deleted_and_made_again_is_watched_afresh(imap, cert):
     assert a.readline() == f"{tag} OK IDLE terminated.\r\n".encode()
 
 
+def test_folder_made_again_while_another_session_holds_the_old_one(imap, cert):
+    """A session still has Foo selected when Foo is deleted and made again: a new session on
+    the new Foo must not join the old directories' watch (found by review)."""
+    d = client(imap, cert)
+    ok(d.create("Foo"))
+    ok(d.append("Foo", None, None, message(1)))
+    ok(d.select("Foo"))
+    b = client(imap, cert)
+    ok(b.delete("Foo"))
+    ok(b.create("Foo"))
+    ok(b.select("Foo"))
+    ok(b.select("INBOX"))
+    ok(b.append("Foo", None, None, message(2)))
+    c = client(imap, cert)
+    ok(c.select("Foo"))
+    ok(c.noop())
+    assert len(ok(c.uid("SEARCH", "ALL"))[0].split()) == 1
+
+
+def test_a_renamed_folder_keeps_its_watch_when_old_ones_are_let_go(imap, cert):
+    """RENAME a -> c: c's watch is the same inotify watch as the idle one of a, which the
+    sweep of idle watches must not remove (found by review)."""
+    a = client(imap, cert)
+    ok(a.create("a"))
+    ok(a.append("a", None, None, message(1)))
+    ok(a.select("a"))
+    ok(a.close())
+    ok(a.rename("a", "c"))
+    s = client(imap, cert)
+    ok(s.select("c"))
+    for i in range(18):  # more idle folders than are kept: the oldest idle watch, a's, goes
+        ok(a.create(f"f{i}"))
+        ok(a.select(f"f{i}"))
+    ok(a.select("INBOX"))
+    ok(a.append("c", None, None, message(2)))
+    t = client(imap, cert)
+    ok(t.select("c"))
+    ok(t.noop())
+    assert len(ok(t.uid("SEARCH", "ALL"))[0].split()) == 2
+
+
 def test_pop3d_and_delivery_at_once(imap, daemons, mailhome, cert):
     users, mail = mailhome
     pop = daemons.start("pop3d", f"""

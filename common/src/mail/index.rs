@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use rustc_hash::FxHasher;
 
 use super::maildir::{split_name, Flags};
-use super::uidlist::UidList;
+use super::uidlist::CachedList;
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
 
@@ -66,11 +66,13 @@ impl Found {
 }
 
 /// Identifies one state of a file: an append changes the size, a rewrite (temp file and
-/// rename) the inode, and either one the change time.
+/// rename) the inode and its birth time (inode numbers are reused), and either one the change
+/// time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct FileState {
     dev: u64,
     ino: u64,
+    born: Option<std::time::SystemTime>,
     pub len: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
@@ -82,6 +84,7 @@ impl FileState {
         Ok(FileState {
             dev: m.dev(),
             ino: m.ino(),
+            born: m.created().ok(),
             len: m.len(),
             mtime: (m.mtime(), m.mtime_nsec()),
             ctime: (m.ctime(), m.ctime_nsec()),
@@ -90,15 +93,18 @@ impl FileState {
 
     /// The same file, only longer: lines were appended.
     pub fn grew_from(&self, before: &FileState) -> bool {
-        self.dev == before.dev && self.ino == before.ino && self.len > before.len
+        self.dev == before.dev
+            && self.ino == before.ino
+            && self.born == before.born
+            && self.len > before.len
     }
 }
 
 /// One folder's cached state. Use only with the folder lock held.
 #[derive(Debug, Default)]
 pub(crate) struct Index {
-    /// The uid list as last read or written, and the file state it matches.
-    pub list: Option<(FileState, UidList)>,
+    /// The uid list as last read or written, and the file it matches.
+    pub list: Option<CachedList>,
     /// The last directory scan: base name -> where the file was.
     pub found: FxMap<Arc<str>, Found>,
     /// Counts scans; entries of `found` not seen by the current one are dropped after it.

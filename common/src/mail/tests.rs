@@ -699,3 +699,44 @@ fn the_index_follows_changes_made_behind_its_back() {
     let again = store.mailbox("ida").unwrap().inbox();
     assert_eq!(again.snapshot().unwrap(), third);
 }
+
+/// A freed inode number is soon given to a new file: a uid list that is another file with the
+/// old list's inode (and longer) must be read afresh, not taken as the old one with lines
+/// appended. Simulated by writing new text into the list's own inode.
+#[test]
+fn a_new_list_in_a_reused_inode_is_read_afresh() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for i in 0..2 {
+        deliver(&store, "ina", &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
+    }
+    let inbox = store.mailbox("ina").unwrap().inbox();
+    let first = inbox.snapshot().unwrap();
+    let list = inbox.path().join("inetkit-uidlist");
+    let (a, b) = (&first.messages[0].base, &first.messages[1].base);
+    let v = first.uid_validity;
+    for (validity, text, expected) in [
+        // Same header, other lines: the old last line is not where it was.
+        (
+            v,
+            format!("inetkit-uidlist 1 V{v} N3\n7 :{b}\n8 :{a}\n9 :gone\n"),
+            [(7, b), (8, a)],
+        ),
+        // Another header (the folder made again).
+        (
+            v + 9,
+            format!("inetkit-uidlist 1 V{} N3\n1 :{a}\n2 :{b}\n3 :gone\n", v + 9),
+            [(1, a), (2, b)],
+        ),
+    ] {
+        let before = std::fs::metadata(&list).unwrap();
+        assert!(text.len() as u64 > before.len());
+        std::fs::write(&list, &text).unwrap(); // the same inode, longer, other text
+        assert_eq!(std::fs::metadata(&list).unwrap().ino(), before.ino());
+        let snap = inbox.snapshot().unwrap();
+        assert_eq!(snap.uid_validity, validity);
+        let got: Vec<(u32, &str)> = snap.messages.iter().map(|m| (m.uid, &*m.base)).collect();
+        let expected: Vec<(u32, &str)> = expected.iter().map(|(u, b)| (*u, &***b)).collect();
+        assert_eq!(got, expected);
+    }
+}

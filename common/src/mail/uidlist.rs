@@ -175,38 +175,40 @@ impl UidList {
         text
     }
 
-    /// Reads `<dir>/inetkit-uidlist`. Call with the folder lock held.
-    pub fn load(dir: &Path) -> Result<Loaded, StoreError> {
+    /// Reads `<dir>/inetkit-uidlist`, and returns the text it was parsed from too. Call with
+    /// the folder lock held.
+    fn load_text(dir: &Path) -> Result<(Loaded, String), StoreError> {
         let path = dir.join(FILE);
         let mut text = String::new();
         match File::open(&path) {
             Ok(mut file) => {
                 if let Err(err) = file.read_to_string(&mut text) {
                     if err.kind() == std::io::ErrorKind::InvalidData {
-                        return Ok(Loaded::Corrupt {
+                        let corrupt = Loaded::Corrupt {
                             reason: "not UTF-8".to_owned(),
                             validity: None,
-                        });
+                        };
+                        return Ok((corrupt, String::new()));
                     }
                     return Err(StoreError::io("reading", &path, err));
                 }
             }
-            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Ok(Loaded::Missing),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
+                return Ok((Loaded::Missing, text))
+            }
             Err(err) => return Err(StoreError::io("opening", &path, err)),
         }
-        Ok(match UidList::parse(&text) {
+        let loaded = match UidList::parse(&text) {
             Ok(list) => Loaded::Ok(list),
             Err((reason, validity)) => Loaded::Corrupt { reason, validity },
-        })
+        };
+        Ok((loaded, text))
     }
 
-    /// [`load`](Self::load) through this process's copy in `cache`: the file is read again
+    /// Reads `<dir>/inetkit-uidlist` through this process's copy in `cache`: the file is read again
     /// only when it changed, and only its new lines when it just grew (new UIDs are appended).
     /// Call with the folder lock held.
-    pub fn load_cached(
-        dir: &Path,
-        cache: &mut Option<(FileState, UidList)>,
-    ) -> Result<Loaded, StoreError> {
+    pub fn load_cached(dir: &Path, cache: &mut Option<CachedList>) -> Result<Loaded, StoreError> {
         let path = dir.join(FILE);
         let state = match FileState::of(&path) {
             Ok(state) => state,
@@ -216,33 +218,56 @@ impl UidList {
             }
             Err(err) => return Err(StoreError::io("reading", &path, err)),
         };
-        if let Some((before, list)) = cache.as_ref() {
-            if *before == state {
-                return Ok(Loaded::Ok(list.clone()));
+        if let Some(cached) = cache.as_ref() {
+            if cached.state == state {
+                return Ok(Loaded::Ok(cached.list.clone()));
             }
-            if state.grew_from(before) && !list.needs_rewrite {
-                let mut list = list.clone();
-                if read_from(&path, before.len)
-                    .is_some_and(|tail| list.parse_lines(&tail, 0).is_ok())
-                {
-                    *cache = Some((state, list.clone()));
-                    return Ok(Loaded::Ok(list));
+            if state.grew_from(&cached.state) && !cached.list.needs_rewrite {
+                if let Some(tail) = cached.appended(&path) {
+                    let mut list = cached.list.clone();
+                    if list.parse_lines(&tail, 0).is_ok() {
+                        let last = last_line(&tail).unwrap_or(&cached.last).to_owned();
+                        let header = cached.header.clone();
+                        *cache = Some(CachedList {
+                            state,
+                            header,
+                            last,
+                            list: list.clone(),
+                        });
+                        return Ok(Loaded::Ok(list));
+                    }
                 }
             }
         }
-        let loaded = UidList::load(dir)?;
+        let (loaded, text) = UidList::load_text(dir)?;
         *cache = match &loaded {
-            Loaded::Ok(list) => Some((state, list.clone())),
+            Loaded::Ok(list) => Some(CachedList {
+                state,
+                header: text.split_inclusive('\n').next().unwrap_or("").to_owned(),
+                last: last_line(&text).unwrap_or("").to_owned(),
+                list: list.clone(),
+            }),
             _ => None,
         };
         Ok(loaded)
     }
 
     /// Records in `cache` that the file now holds this list (after `save` or `append`).
-    pub fn remember(&self, dir: &Path, cache: &mut Option<(FileState, UidList)>) {
-        *cache = FileState::of(&dir.join(FILE))
-            .ok()
-            .map(|state| (state, self.clone()));
+    pub fn remember(&self, dir: &Path, cache: &mut Option<CachedList>) {
+        let path = dir.join(FILE);
+        let header = first_line(&path);
+        *cache = match (FileState::of(&path), header) {
+            (Ok(state), Some(header)) => Some(CachedList {
+                state,
+                last: match self.entries.last() {
+                    Some(entry) => entry_line(entry),
+                    None => header.clone(),
+                },
+                header,
+                list: self.clone(),
+            }),
+            _ => None,
+        };
     }
 
     /// Replaces the file atomically and durably. Call with the folder lock held.
@@ -279,13 +304,51 @@ impl UidList {
     }
 }
 
-/// The file from `offset` on, if it reads as text.
-fn read_from(path: &Path, offset: u64) -> Option<String> {
-    let mut file = File::open(path).ok()?;
-    file.seek(SeekFrom::Start(offset)).ok()?;
-    let mut text = String::new();
-    file.read_to_string(&mut text).ok()?;
-    Some(text)
+/// The cached copy of a folder's uid list, with what identifies the file it came from.
+#[derive(Debug)]
+pub(crate) struct CachedList {
+    pub state: FileState,
+    /// The file's first line and its last complete line: a file that only had lines appended
+    /// still has both where they were (checked before its new lines are used, as a freed
+    /// inode number is soon given to a new file).
+    header: String,
+    last: String,
+    pub list: UidList,
+}
+
+impl CachedList {
+    /// What was appended to the file since, if it still begins as the cached copy did.
+    fn appended(&self, path: &Path) -> Option<String> {
+        use std::os::unix::fs::FileExt;
+        let file = File::open(path).ok()?;
+        let mut header = vec![0u8; self.header.len()];
+        file.read_exact_at(&mut header, 0).ok()?;
+        if header != self.header.as_bytes() {
+            return None;
+        }
+        let from = self.state.len.checked_sub(self.last.len() as u64)?;
+        let mut file = file;
+        file.seek(SeekFrom::Start(from)).ok()?;
+        let mut text = String::new();
+        file.read_to_string(&mut text).ok()?;
+        let tail = text.strip_prefix(self.last.as_str())?;
+        Some(tail.to_owned())
+    }
+}
+
+/// The last line of `text` that ends in a newline.
+fn last_line(text: &str) -> Option<&str> {
+    text.split_inclusive('\n').rev().find(|l| l.ends_with('\n'))
+}
+
+/// The first line of a file (with its newline).
+fn first_line(path: &Path) -> Option<String> {
+    use std::os::unix::fs::FileExt;
+    let file = File::open(path).ok()?;
+    let mut buf = vec![0u8; 128];
+    let n = file.read_at(&mut buf, 0).ok()?;
+    let end = buf[..n].iter().position(|&b| b == b'\n')?;
+    String::from_utf8(buf[..=end].to_vec()).ok()
 }
 
 fn create_truncated(path: &PathBuf) -> Result<File, StoreError> {

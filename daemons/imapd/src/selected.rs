@@ -10,7 +10,7 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_common::mail::{Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
-use crate::watch::{Watch, Watches};
+use crate::watch::{Stamp, Watch, Watches};
 use crate::wire::{self, nz};
 
 pub struct Selected {
@@ -48,7 +48,7 @@ impl Selected {
         let generation = watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&folder);
         let recheck = watch.is_none() && !settled(stamp);
-        let snapshot = take_snapshot(&folder, read_only, watch.as_ref(), generation, true)?;
+        let snapshot = take_snapshot(&folder, read_only, watch.as_ref(), generation, stamp, true)?;
         let recent = snapshot
             .messages
             .iter()
@@ -109,6 +109,7 @@ impl Selected {
             self.read_only,
             self.watch.as_ref(),
             generation,
+            stamp,
             use_cache,
         )?;
         tracing::debug!(
@@ -266,15 +267,19 @@ impl Selected {
 /// The folder's messages: the snapshot another session took at this generation when there is
 /// one (and it can serve: a SELECT must take new messages from `new/` itself), else a fresh
 /// one, kept for the others when it moved nothing.
+///
+/// `stamp` (the directories' times, read before) must match the one read before the cached
+/// snapshot was taken: a change the inotify event has not told yet is not missed.
 fn take_snapshot(
     folder: &Folder,
     read_only: bool,
     watch: Option<&Watch>,
     generation: u64,
+    stamp: Stamp,
     use_cache: bool,
 ) -> Result<Snapshot, StoreError> {
     if let (Some(w), true) = (watch, use_cache) {
-        if let Some(cached) = w.cached(generation) {
+        if let Some(cached) = w.cached(generation, stamp) {
             if read_only || !cached.messages.iter().any(|m| m.recent) {
                 return Ok((*cached).clone());
             }
@@ -287,7 +292,7 @@ fn take_snapshot(
     };
     if let Some(w) = watch {
         if read_only || !snapshot.messages.iter().any(|m| m.recent) {
-            w.store(generation, Arc::new(snapshot.clone()));
+            w.store(generation, stamp, Arc::new(snapshot.clone()));
         }
     }
     Ok(snapshot)
@@ -295,7 +300,7 @@ fn take_snapshot(
 
 /// The directories' modification times, read before a snapshot: a later change moves them
 /// on.
-fn stamp(folder: &Folder) -> Option<(SystemTime, SystemTime)> {
+fn stamp(folder: &Folder) -> Stamp {
     let m = |sub: &str| std::fs::metadata(folder.path().join(sub)).and_then(|m| m.modified());
     Some((m("new").ok()?, m("cur").ok()?))
 }

@@ -11,7 +11,7 @@ use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use inetkit_common::mail::Snapshot;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
@@ -21,7 +21,7 @@ struct Entry {
     generation: Arc<AtomicU64>,
     changed: Arc<Notify>,
     sessions: usize,
-    cache: Option<(u64, Arc<Snapshot>)>,
+    cache: Option<(u64, Stamp, Arc<Snapshot>)>,
     /// The watched directories (`new/`, `cur/`): a folder deleted and made again has others,
     /// which need watches of their own.
     dirs: Option<[(u64, u64); 2]>,
@@ -29,6 +29,9 @@ struct Entry {
     /// costs the kernel a walk over the directory's entries.
     idle_since: Option<Instant>,
 }
+
+/// The modification times of a folder's `new/` and `cur/`.
+pub type Stamp = Option<(SystemTime, SystemTime)>;
 
 /// Watches of folders no session has selected are kept this long, and at most this many.
 const KEEP_IDLE: Duration = Duration::from_secs(120);
@@ -125,6 +128,7 @@ impl Watches {
             idle_since: None,
         });
         entry.dirs = dir_ids(folder);
+        entry.cache = None;
         // Whatever happened while it was not watched.
         entry.generation.fetch_add(1, Ordering::SeqCst);
         drop(folders);
@@ -135,7 +139,8 @@ impl Watches {
     fn join(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
         let mut folders = self.folders.lock().ok()?;
         let entry = folders.get_mut(folder)?;
-        if entry.idle_since.is_some() && (entry.dirs.is_none() || entry.dirs != dir_ids(folder)) {
+        // A folder deleted and made again has other directories, which need their own watch.
+        if entry.dirs.is_none() || entry.dirs != dir_ids(folder) {
             return None;
         }
         entry.idle_since = None;
@@ -151,7 +156,14 @@ impl Watches {
 
 impl Watches {
     /// Stops the watches of folders idle too long, or beyond the number kept.
+    ///
+    /// The watcher stays locked throughout, so that no session can start watching a folder
+    /// between its entry going and its watch being removed. A directory another entry still
+    /// watches (a folder renamed: inotify watches the directory, not its name) is left alone.
     fn sweep(&self) {
+        let Ok(mut watcher) = self.watcher.lock() else {
+            return;
+        };
         let now = Instant::now();
         let mut stale = Vec::new();
         if let Ok(mut folders) = self.folders.lock() {
@@ -163,20 +175,20 @@ impl Watches {
             let excess = idle.len().saturating_sub(MAX_IDLE);
             for (i, (since, path)) in idle.into_iter().enumerate() {
                 if i < excess || now.duration_since(since) >= KEEP_IDLE {
-                    folders.remove(&path);
-                    stale.push(path);
+                    if let Some(entry) = folders.remove(&path) {
+                        stale.push((path, entry.dirs));
+                    }
                 }
             }
+            let live: Vec<(u64, u64)> = folders.values().filter_map(|e| e.dirs).flatten().collect();
+            stale.retain(|(_, dirs)| {
+                dirs.is_some_and(|dirs| dirs.iter().all(|d| !live.contains(d)))
+            });
         }
-        if stale.is_empty() {
-            return;
-        }
-        if let Ok(mut watcher) = self.watcher.lock() {
-            if let Some(w) = watcher.as_mut() {
-                for folder in stale {
-                    let _ = w.unwatch(&folder.join("new"));
-                    let _ = w.unwatch(&folder.join("cur"));
-                }
+        if let Some(w) = watcher.as_mut() {
+            for (folder, _) in stale {
+                let _ = w.unwatch(&folder.join("new"));
+                let _ = w.unwatch(&folder.join("cur"));
             }
         }
     }
@@ -210,21 +222,27 @@ impl Watch {
     }
 
     /// The folder's snapshot taken at `generation`, if one is kept.
-    pub fn cached(&self, generation: u64) -> Option<Arc<Snapshot>> {
+    pub fn cached(&self, generation: u64, stamp: Stamp) -> Option<Arc<Snapshot>> {
         let folders = self.watches.folders.lock().ok()?;
         match &folders.get(&self.folder)?.cache {
-            Some((g, snapshot)) if *g == generation => Some(snapshot.clone()),
+            Some((g, s, snapshot)) if *g == generation && s.is_some() && *s == stamp => {
+                Some(snapshot.clone())
+            }
             _ => None,
         }
     }
 
-    /// Keeps a snapshot taken after reading `generation`.
-    pub fn store(&self, generation: u64, snapshot: Arc<Snapshot>) {
+    /// Keeps a snapshot taken after reading `generation` and `stamp`.
+    pub fn store(&self, generation: u64, stamp: Stamp, snapshot: Arc<Snapshot>) {
         if let Ok(mut folders) = self.watches.folders.lock() {
             if let Some(entry) = folders.get_mut(&self.folder) {
                 // A slow snapshot finishing late does not replace a newer one.
-                if entry.cache.as_ref().is_none_or(|(g, _)| *g <= generation) {
-                    entry.cache = Some((generation, snapshot));
+                if entry
+                    .cache
+                    .as_ref()
+                    .is_none_or(|(g, _, _)| *g <= generation)
+                {
+                    entry.cache = Some((generation, stamp, snapshot));
                 }
             }
         }
