@@ -27,14 +27,15 @@ use imap_codec::imap_types::response::{
 };
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
 use imap_codec::CommandCodec;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
 use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{Farewell, LineConn};
+use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
 use inetkit_common::lines::Line;
 use inetkit_common::mail::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
 use inetkit_common::server::Peer;
+use inetkit_common::tls::TlsContext;
 
 use crate::fetch::{self, RangeReader};
 use crate::keywords::Keywords;
@@ -74,11 +75,6 @@ pub struct Session {
     failures: u32,
 }
 
-enum Ending<S> {
-    Closed,
-    StartTls(S),
-}
-
 /// How a command finished: the tagged status, code and text, or the end of the connection.
 enum Done {
     Tagged(StatusKind, Option<Code<'static>>, Text<'static>),
@@ -111,11 +107,7 @@ pub async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls:
         selected: None,
         failures: 0,
     };
-    if implicit_tls {
-        session.serve_tls(stream, true).await;
-    } else if let Ending::StartTls(stream) = session.run(stream, true).await {
-        session.serve_tls(stream, false).await;
-    }
+    serve_session(&mut session, stream, implicit_tls).await;
 }
 
 type Conn<S> = LineConn<S>;
@@ -299,59 +291,18 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
 
-impl Session {
-    async fn serve_tls(&mut self, stream: TcpStream, greet: bool) {
-        let Some(tls) = self.imap.tls.clone() else {
-            return;
-        };
-        match tls.accept(stream).await {
-            Ok(stream) => {
-                self.tls = true;
-                self.run(stream, greet).await;
-            }
-            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-        }
+impl TlsSession for Session {
+    fn tls_context(&self) -> Option<TlsContext> {
+        self.imap.tls.clone()
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        self.imap
-            .auth_config
-            .plaintext_allowed(self.peer.addr.ip(), self.tls)
-    }
-
-    fn capabilities(&self) -> Vec1<Capability<'static>> {
-        // CHILDREN and SPECIAL-USE have no variant in imap-types: atoms.
-        let other = |name: &'static str| Capability::from(Atom::unvalidated(name));
-        let mut caps = vec![
-            Capability::Imap4Rev1,
-            Capability::LiteralPlus,
-            Capability::SaslIr,
-            Capability::Id,
-            Capability::Enable,
-            Capability::Idle,
-            Capability::Namespace,
-            Capability::Unselect,
-            other("CHILDREN"),
-            other("SPECIAL-USE"),
-            Capability::UidPlus,
-            Capability::Move,
-        ];
-        if self.login.is_none() {
-            if !self.tls && self.imap.tls.is_some() {
-                caps.push(Capability::StartTls);
-            }
-            if self.plaintext_allowed() {
-                caps.push(Capability::Auth(AuthMechanism::Plain));
-            } else {
-                caps.push(Capability::LoginDisabled);
-            }
-        }
-        Vec1::try_from(caps).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
+    fn tls_started(&mut self) {
+        self.tls = true;
     }
 
     async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: AsyncRead + AsyncWrite + Unpin + Send,
     {
         let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, farewell());
         if greet {
@@ -396,20 +347,49 @@ impl Session {
                         return Ending::Closed;
                     }
                 }
-                Done::Close => {
-                    let _ = conn.flush().await;
-                    let _ = conn.reader.get_mut().shutdown().await;
-                    return Ending::Closed;
-                }
-                Done::StartTls => {
-                    if conn.flush().await.is_err() {
-                        return Ending::Closed;
-                    }
-                    // Whatever was pipelined after STARTTLS came in the clear: dropped.
-                    return Ending::StartTls(conn.into_inner());
-                }
+                Done::Close => return conn.close().await,
+                // Whatever was pipelined after STARTTLS came in the clear: dropped.
+                Done::StartTls => return conn.start_tls().await,
             }
         }
+    }
+}
+
+impl Session {
+    fn plaintext_allowed(&self) -> bool {
+        self.imap
+            .auth_config
+            .plaintext_allowed(self.peer.addr.ip(), self.tls)
+    }
+
+    fn capabilities(&self) -> Vec1<Capability<'static>> {
+        // CHILDREN and SPECIAL-USE have no variant in imap-types: atoms.
+        let other = |name: &'static str| Capability::from(Atom::unvalidated(name));
+        let mut caps = vec![
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::SaslIr,
+            Capability::Id,
+            Capability::Enable,
+            Capability::Idle,
+            Capability::Namespace,
+            Capability::Unselect,
+            other("CHILDREN"),
+            other("SPECIAL-USE"),
+            Capability::UidPlus,
+            Capability::Move,
+        ];
+        if self.login.is_none() {
+            if !self.tls && self.imap.tls.is_some() {
+                caps.push(Capability::StartTls);
+            }
+            if self.plaintext_allowed() {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        Vec1::try_from(caps).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
     }
 
     async fn handle<S>(&mut self, command: Command<'_>, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done
