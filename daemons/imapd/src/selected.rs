@@ -104,14 +104,22 @@ impl Selected {
         let generation = self.watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&self.folder);
         self.recheck = self.watch.is_none() && !settled(stamp);
-        let snapshot = take_snapshot(
-            &self.folder,
-            self.read_only,
-            self.watch.as_ref(),
-            generation,
-            stamp,
-            use_cache,
-        )?;
+        let take = |use_cache| {
+            take_snapshot(
+                &self.folder,
+                self.read_only,
+                self.watch.as_ref(),
+                generation,
+                stamp,
+                use_cache,
+            )
+        };
+        let mut snapshot = take(use_cache)?;
+        if use_cache && snapshot.uid_next < self.uid_next {
+            // Kept by another session before this one's own look at the folder (the events
+            // since have not arrived): never step back from what the client was told.
+            snapshot = take(false)?;
+        }
         tracing::debug!(
             generation,
             use_cache,
