@@ -133,7 +133,8 @@ def a_answer(qid, question, ip, ttl=60, flags=0x8180):
 
 
 def udp_exchange(port, packet, timeout=3.0, host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as s:
         s.settimeout(timeout)
         s.sendto(packet, (host, port))
         try:
@@ -202,6 +203,21 @@ def test_udp_and_tcp_with_dig_and_kdig(daemons, nsd):
     out = dig(udp, "nothing.example.test", "A")
     assert status_of(out) == "NXDOMAIN"
     assert "SOA" in out
+
+
+def test_udp_over_ipv4_and_ipv6_alike(daemons, nsd):
+    """Sockets of both families served side by side (datagrams read in batches must keep each
+    sender's address whole, an IPv6 one after IPv4 ones included)."""
+    port = free_port()
+    listen = f'"udp://127.0.0.1:{port}", "udp://[::1]:{port}"'
+    daemons.start("dns-forwarder", config([f"127.0.0.1:{nsd.port}"], listen=listen))
+    for i in range(12):
+        for host in ("127.0.0.1", "::1"):
+            # Each name asked first from one family, then the other: misses and hits both.
+            name = f"{'www' if i % 2 else 'mixed'}.example.test"
+            reply = udp_exchange(port, query_packet(name, qid=i), host=host, timeout=3.0)
+            assert reply is not None, (i, host)
+            assert rcode(reply) == 0 and reply[:2] == struct.pack(">H", i)
 
 
 def test_truncation_and_tcp_retry(daemons, nsd):

@@ -40,7 +40,7 @@ pub async fn serve_udp(
 ) {
     let shutdown = server.shutdown_token();
     let limiting = limiter.lock().unwrap_or_else(|e| e.into_inner()).enabled();
-    let mut batch = Batch::new();
+    let mut batch = Batch::new(&socket);
     loop {
         tokio::select! {
             _ = shutdown.cancelled() => return,
@@ -144,10 +144,17 @@ fn answer_batch(
 }
 
 thread_local! {
-    /// The kernel's message headers for recvmmsg and sendmmsg, per worker thread: they hold raw
-    /// pointers, so they cannot live in a task that may move between threads.
-    static HEADERS: RefCell<(MultiHeaders<SockaddrStorage>, MultiHeaders<SockaddrStorage>)> =
-        RefCell::new((MultiHeaders::preallocate(BATCH, None), MultiHeaders::preallocate(BATCH, None)));
+    /// The kernel's message headers for recvmmsg, per worker thread (they hold raw pointers, so
+    /// they cannot live in a task that may move between threads) and per address family:
+    /// recvmmsg leaves each header's address length at the last sender's, which must not cut
+    /// short an IPv6 address after an IPv4 one (nix does not reset it).
+    static RECV_HEADERS: RefCell<[MultiHeaders<SockaddrStorage>; 2]> = RefCell::new([
+        MultiHeaders::preallocate(BATCH, None),
+        MultiHeaders::preallocate(BATCH, None),
+    ]);
+    /// For sendmmsg (which sets every address and its length).
+    static SEND_HEADERS: RefCell<MultiHeaders<SockaddrStorage>> =
+        RefCell::new(MultiHeaders::preallocate(BATCH, None));
 }
 
 /// Buffers for a batch of datagrams in and replies out, kept from one batch to the next.
@@ -158,11 +165,15 @@ struct Batch {
     /// The replies, one after another, and where each goes.
     out: Vec<u8>,
     replies: Vec<(Range<usize>, SocketAddr)>,
+    /// Which of [`RECV_HEADERS`] the socket uses: 0 for IPv4, 1 for IPv6.
+    family: usize,
 }
 
 impl Batch {
-    fn new() -> Self {
+    fn new(socket: &UdpSocket) -> Self {
+        let ipv6 = socket.local_addr().is_ok_and(|a| a.is_ipv6());
         Batch {
+            family: usize::from(ipv6),
             bufs: Box::new([[0; QUERY_MAX]; BATCH]),
             meta: [(0, None); BATCH],
             out: Vec::new(),
@@ -172,7 +183,8 @@ impl Batch {
 
     /// One recvmmsg(2): how many datagrams arrived (WouldBlock if none).
     fn receive(&mut self, socket: &UdpSocket) -> std::io::Result<usize> {
-        HEADERS.with_borrow_mut(|(headers, _)| {
+        RECV_HEADERS.with_borrow_mut(|headers| {
+            let headers = &mut headers[self.family];
             let mut iovs = self.bufs.each_mut().map(|b| [IoSliceMut::new(b)]);
             let results = recvmmsg(
                 socket.as_raw_fd(),
@@ -207,7 +219,7 @@ impl Batch {
                 .collect();
             let sent = socket
                 .async_io(Interest::WRITABLE, || {
-                    HEADERS.with_borrow_mut(|(_, headers)| {
+                    SEND_HEADERS.with_borrow_mut(|headers| {
                         let results = sendmmsg(
                             socket.as_raw_fd(),
                             headers,
