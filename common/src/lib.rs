@@ -14,6 +14,7 @@ pub mod lines;
 pub mod log;
 #[cfg(feature = "mail")]
 pub mod mail;
+pub mod ratelimit;
 pub mod server;
 /// The smtp-submit spool, shared with `inetkit queue`.
 #[cfg(feature = "mail")]

@@ -37,9 +37,10 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         .collect();
     let settings = Settings::from_config(&ctx.config, &own)?;
     let forwarder = Arc::new(Forwarder::new(settings, ctx.config.cache.clone()));
-    let limiter = Arc::new(Mutex::new(serve::RateLimiter::new(
+    let limiter = Arc::new(Mutex::new(inetkit_common::ratelimit::RateLimiter::new(
         ctx.config.rate_limit.rate,
         ctx.config.rate_limit.burst,
+        "query",
     )));
     for listener in listeners {
         anyhow::ensure!(

@@ -2,9 +2,8 @@
 //! queries answered as they complete (RFC 7766 §6.2.1.1).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -18,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
+use inetkit_common::ratelimit::RateLimiter;
 use inetkit_common::server::{Peer, Server};
 
 use crate::forwarder::{Forwarder, Step, Transport};
@@ -328,93 +328,4 @@ pub async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer: Peer)
     // Outstanding answers still go out; then the writer closes the connection.
     drop(tx);
     let _ = writer_task.await;
-}
-
-/// A token bucket per client address, in a table of bounded size.
-pub struct RateLimiter {
-    per_second: f64,
-    burst: f64,
-    buckets: HashMap<IpAddr, (f64, Instant)>,
-    max_sources: usize,
-    dropped: u64,
-}
-
-impl RateLimiter {
-    /// `per_second` 0 switches limiting off.
-    pub fn new(per_second: u32, burst: u32) -> Self {
-        RateLimiter {
-            per_second: f64::from(per_second),
-            burst: f64::from(burst.max(1)),
-            buckets: HashMap::new(),
-            max_sources: 65536,
-            dropped: 0,
-        }
-    }
-
-    /// Whether limiting is on at all (a rate of 0 switches it off).
-    pub fn enabled(&self) -> bool {
-        self.per_second > 0.0
-    }
-
-    pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
-        if self.per_second == 0.0 {
-            return true;
-        }
-        let (rate, burst) = (self.per_second, self.burst);
-        if self.buckets.len() >= self.max_sources && !self.buckets.contains_key(&source) {
-            // Buckets that have refilled carry no state worth keeping.
-            self.buckets.retain(|_, (tokens, updated)| {
-                *tokens + now.saturating_duration_since(*updated).as_secs_f64() * rate < burst
-            });
-            if self.buckets.len() >= self.max_sources {
-                return self.drop_one(source);
-            }
-        }
-        let (tokens, updated) = self.buckets.entry(source).or_insert((burst, now));
-        let elapsed = now.saturating_duration_since(*updated).as_secs_f64();
-        *tokens = (*tokens + elapsed * rate).min(burst);
-        *updated = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            true
-        } else {
-            self.drop_one(source)
-        }
-    }
-
-    fn drop_one(&mut self, source: IpAddr) -> bool {
-        self.dropped += 1;
-        if self.dropped.is_power_of_two() {
-            tracing::warn!(%source, dropped = self.dropped, "query rate limit");
-        }
-        false
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    #[test]
-    fn bucket_allows_burst_then_rate() {
-        let mut limiter = RateLimiter::new(10, 5);
-        let ip: IpAddr = "192.0.2.1".parse().unwrap();
-        let t0 = Instant::now();
-        assert_eq!((0..20).filter(|_| limiter.allow(ip, t0)).count(), 5);
-        let t1 = t0 + Duration::from_millis(200);
-        assert_eq!((0..20).filter(|_| limiter.allow(ip, t1)).count(), 2);
-        assert!(limiter.allow("192.0.2.2".parse().unwrap(), t1));
-    }
-
-    #[test]
-    fn table_stays_bounded() {
-        let mut limiter = RateLimiter::new(1, 1);
-        limiter.max_sources = 100;
-        let now = Instant::now();
-        for i in 0..1000u32 {
-            limiter.allow(IpAddr::from(i.to_be_bytes()), now);
-        }
-        assert!(limiter.buckets.len() <= 100);
-    }
 }

@@ -87,7 +87,11 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
                 let local = socket.local_addr()?;
                 let socket = tokio::net::UdpSocket::from_std(socket)?;
                 tracing::info!(socket = %listener.name, address = %local, "listening (udp)");
-                let limiter = udp::RateLimiter::new(ctx.config.udp.rate, ctx.config.udp.burst);
+                let limiter = inetkit_common::ratelimit::RateLimiter::new(
+                    ctx.config.udp.rate,
+                    ctx.config.udp.burst,
+                    "udp",
+                );
                 server.spawn(udp::serve(service, socket, server.clone(), limiter));
             }
             _ if tls => {
