@@ -61,7 +61,8 @@ impl Selected {
             read_only,
             uid_validity: snapshot.uid_validity,
             uid_next: snapshot.uid_next,
-            messages: snapshot.messages,
+            // The session's own copy (taken without copying when nobody else holds it).
+            messages: Arc::try_unwrap(snapshot).map_or_else(|s| s.messages.clone(), |s| s.messages),
             recent,
             keywords,
             stamp,
@@ -137,7 +138,7 @@ impl Selected {
         }
         self.keywords = Keywords::load(self.folder.path());
         // Both lists are in UID order: walk them side by side.
-        let now = snapshot.messages;
+        let now = &snapshot.messages;
         let mut kept = vec![false; self.messages.len()];
         let mut changed: Vec<(usize, MessageInfo)> = Vec::new();
         let mut j = 0;
@@ -285,22 +286,22 @@ fn take_snapshot(
     generation: u64,
     stamp: Stamp,
     use_cache: bool,
-) -> Result<Snapshot, StoreError> {
+) -> Result<Arc<Snapshot>, StoreError> {
     if let (Some(w), true) = (watch, use_cache) {
         if let Some(cached) = w.cached(generation, stamp) {
             if read_only || !cached.messages.iter().any(|m| m.recent) {
-                return Ok((*cached).clone());
+                return Ok(cached);
             }
         }
     }
-    let snapshot = if read_only {
+    let snapshot = Arc::new(if read_only {
         folder.snapshot()?
     } else {
         folder.claim_new()?
-    };
+    });
     if let Some(w) = watch {
         if read_only || !snapshot.messages.iter().any(|m| m.recent) {
-            w.store(generation, stamp, Arc::new(snapshot.clone()));
+            w.store(generation, stamp, snapshot.clone());
         }
     }
     Ok(snapshot)
