@@ -9,8 +9,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_common::auth::AuthError;
+use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, Sasl, TlsSession};
 use inetkit_common::lines::{DotStuffer, Line};
 use inetkit_common::server::Peer;
 use inetkit_common::tls::TlsContext;
@@ -231,66 +231,21 @@ impl Session {
             return Next::Continue;
         }
         // "=" is an empty initial response (RFC 5034 §4).
-        let initial = initial.map(|i| if i == "=" { String::new() } else { i });
-        let credentials = match mechanism.as_str() {
-            "PLAIN" => {
-                let response = match initial {
-                    Some(response) => response,
-                    None => match self.challenge("", conn).await {
-                        Some(response) => response,
-                        None => return Next::Close,
-                    },
-                };
-                if response == "*" {
-                    conn.reply("-ERR Authentication cancelled.");
-                    return Next::Continue;
-                }
-                sasl::decode_plain(response.as_bytes()).map(|c| (c.name, c.password))
+        match conn.sasl_exchange(&mechanism, initial, "+ ").await {
+            Sasl::Credentials(c) => self.login(&c.name, &c.password, conn).await,
+            Sasl::Cancelled => {
+                conn.reply("-ERR Authentication cancelled.");
+                Next::Continue
             }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(user) => user,
-                    None => match self.challenge(sasl::LOGIN_USERNAME_CHALLENGE, conn).await {
-                        Some(user) => user,
-                        None => return Next::Close,
-                    },
-                };
-                let password = match self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE, conn).await {
-                    Some(password) => password,
-                    None => return Next::Close,
-                };
-                if user == "*" || password == "*" {
-                    conn.reply("-ERR Authentication cancelled.");
-                    return Next::Continue;
-                }
-                sasl::decode_login_name(user.as_bytes()).and_then(|name| {
-                    sasl::decode_response(password.as_bytes()).map(|password| (name, password))
-                })
-            }
-            _ => {
-                conn.reply("-ERR Unsupported authentication mechanism.");
-                return Next::Continue;
-            }
-        };
-        match credentials {
-            Ok((user, password)) => self.login(&user, &password, conn).await,
-            Err(_) => {
+            Sasl::Malformed => {
                 conn.reply("-ERR [AUTH] Invalid base64 data in the response.");
                 Next::Continue
             }
-        }
-    }
-
-    /// Sends a SASL challenge (`+ base64`) and returns the client's response line.
-    async fn challenge<S>(&mut self, challenge: &str, conn: &mut Conn<S>) -> Option<String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        conn.reply(&format!("+ {challenge}"));
-        let mut line = Vec::new();
-        match conn.next_line(&mut line).await? {
-            Line::Complete => Some(String::from_utf8_lossy(&line).into_owned()),
-            _ => Some("*".to_owned()),
+            Sasl::Unsupported => {
+                conn.reply("-ERR Unsupported authentication mechanism.");
+                Next::Continue
+            }
+            Sasl::Gone => Next::Close,
         }
     }
 

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_common::auth::AuthError;
+use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, Sasl, TlsSession};
 use inetkit_common::lines::{read_line, Line};
 use inetkit_common::server::Peer;
 use inetkit_common::tls::TlsContext;
@@ -276,57 +276,21 @@ impl Session {
             return Next::Continue;
         }
         // "=" is an empty initial response (RFC 4954 §4).
-        let initial = initial.map(|i| if i == "=" { String::new() } else { i });
-        let credentials = match mechanism {
-            "PLAIN" => {
-                let response = match initial {
-                    Some(response) => response,
-                    None => match self.challenge("", conn).await {
-                        Some(response) => response,
-                        None => return Next::Close,
-                    },
-                };
-                if response == "*" {
-                    conn.reply("501 5.0.0 Authentication cancelled.");
-                    return Next::Continue;
-                }
-                sasl::decode_plain(response.as_bytes()).map(|c| (c.name, c.password))
-            }
-            "LOGIN" => {
-                let user = match initial {
-                    Some(user) => user,
-                    None => match self.challenge(sasl::LOGIN_USERNAME_CHALLENGE, conn).await {
-                        Some(user) => user,
-                        None => return Next::Close,
-                    },
-                };
-                if user == "*" {
-                    conn.reply("501 5.0.0 Authentication cancelled.");
-                    return Next::Continue;
-                }
-                let password = match self.challenge(sasl::LOGIN_PASSWORD_CHALLENGE, conn).await {
-                    Some(password) => password,
-                    None => return Next::Close,
-                };
-                if password == "*" {
-                    conn.reply("501 5.0.0 Authentication cancelled.");
-                    return Next::Continue;
-                }
-                sasl::decode_login_name(user.as_bytes()).and_then(|name| {
-                    sasl::decode_response(password.as_bytes()).map(|password| (name, password))
-                })
-            }
-            _ => {
-                conn.reply("504 5.5.4 Unsupported authentication mechanism.");
+        let (name, password) = match conn.sasl_exchange(mechanism, initial, "334 ").await {
+            Sasl::Credentials(c) => (c.name, c.password),
+            Sasl::Cancelled => {
+                conn.reply("501 5.0.0 Authentication cancelled.");
                 return Next::Continue;
             }
-        };
-        let (name, password) = match credentials {
-            Ok(credentials) => credentials,
-            Err(_) => {
+            Sasl::Malformed => {
                 conn.reply("501 5.5.2 Invalid base64 data.");
                 return Next::Continue;
             }
+            Sasl::Unsupported => {
+                conn.reply("504 5.5.4 Unsupported authentication mechanism.");
+                return Next::Continue;
+            }
+            Sasl::Gone => return Next::Close,
         };
         match self
             .submit
@@ -359,19 +323,6 @@ impl Session {
                 conn.reply("454 4.7.0 Temporary authentication failure.");
                 Next::Continue
             }
-        }
-    }
-
-    /// Sends a SASL challenge (`334 base64`) and returns the client's response line.
-    async fn challenge<S>(&mut self, challenge: &str, conn: &mut Conn<S>) -> Option<String>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        conn.reply(&format!("334 {challenge}"));
-        let mut line = Vec::new();
-        match conn.next_line(&mut line).await? {
-            Line::Complete => Some(String::from_utf8_lossy(&line).into_owned()),
-            _ => Some("*".to_owned()),
         }
     }
 
