@@ -2,10 +2,11 @@
 //! next snapshot reads only what changed (Dovecot keeps an index file for the same reason).
 //!
 //! Nothing here is trusted without a check against the file system, made under the folder
-//! lock: the uid list is reused when its file is the same (inode, size, times) and extended by
-//! the lines appended since when it only grew; the directories are always read again, but a
-//! file seen before costs a hash lookup instead of new strings. Sessions of one process that
-//! have the same folder open share one index.
+//! lock: the uid list is reused when its file is the same (inode, birth time, size, times),
+//! and extended by the lines appended since when it only grew and still holds the cached header
+//! and last line where they were; the directories are always read again, but a file seen
+//! before costs a hash lookup instead of new strings. Sessions of one process that have the
+//! same folder open share one index, and it is kept a while after the last one leaves.
 
 use std::collections::HashMap;
 use std::hash::BuildHasherDefault;

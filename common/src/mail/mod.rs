@@ -12,7 +12,9 @@
 //! - [`Folder::snapshot`] gives the messages in UID order with sizes, flags and dates, reading
 //!   only the directories and the uid list when nothing is new. UIDs live in the folder's
 //!   uid list ([`uidlist`](self::uidlist) describes the format); losing it costs a new
-//!   UIDVALIDITY, never a lost message.
+//!   UIDVALIDITY, never a lost message. Each process keeps what it last read of a folder
+//!   (`index.rs`), so a snapshot of a folder that changed a little costs a directory read and
+//!   a few lookups, not a re-read of everything.
 //! - Flags are the letters after `:2,` in `cur/` file names; [`Folder::update_flags`] renames.
 //!
 //! Several processes use one folder at once; `folder.rs` states the locking rules. Every call
