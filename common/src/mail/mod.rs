@@ -11,7 +11,7 @@
 //!   drops a message into INBOX the Maildir way (tmp/, fsync, rename into new/, fsync).
 //! - [`Folder::snapshot`] gives the messages in UID order with sizes, flags and dates, reading
 //!   only the directories and the uid list when nothing is new. UIDs live in the folder's
-//!   uid list ([`uidlist`](self::uidlist) describes the format); losing it costs a new
+//!   uid list ([`uidlist`] describes the format); losing it costs a new
 //!   UIDVALIDITY, never a lost message. Each process keeps what it last read of a folder
 //!   (`index.rs`), so a snapshot of a folder that changed a little costs a directory read and
 //!   a few lookups, not a re-read of everything.
