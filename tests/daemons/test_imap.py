@@ -385,6 +385,24 @@ def test_a_renamed_folder_keeps_its_watch_when_old_ones_are_let_go(imap, cert):
     assert len(ok(t.uid("SEARCH", "ALL"))[0].split()) == 2
 
 
+def test_store_over_a_message_another_session_expunged(imap, cert):
+    """The view still holds a message another session expunged (EXPUNGE may not be told
+    during STORE by sequence number): the others change, and the reply is NO [EXPUNGEISSUED]
+    (RFC 2180 section 4.2.1)."""
+    a = client(imap, cert)
+    ok(a.select("INBOX"))
+    b = client(imap, cert)
+    ok(b.select("INBOX"))
+    ok(b.store("1", "+FLAGS.SILENT", "(\\Deleted)"))
+    ok(b.expunge())
+    typ, data = a.store("1:3", "+FLAGS", "(\\Flagged)")
+    assert typ == "NO" and b"EXPUNGEISSUED" in data[0], (typ, data)
+    fetched = [r for r in a.untagged_responses.get("FETCH", []) if b"Flagged" in r]
+    assert [r.split()[0] for r in fetched] == [b"2", b"3"], fetched
+    ok(a.noop())
+    assert ok(a.uid("SEARCH", "FLAGGED"))[0] == b"2 3"
+
+
 def test_pop3d_and_delivery_at_once(imap, daemons, mailhome, cert):
     users, mail = mailhome
     pop = daemons.start("pop3d", f"""

@@ -204,26 +204,27 @@ impl Folder {
     }
 
     /// [`update_flags`](Self::update_flags) for many messages under one lock (POP3 marking
-    /// every retrieved message seen, IMAP STORE on a range). A message found gone is skipped
-    /// and keeps its old flags in `msgs`; the number changed is returned.
+    /// every retrieved message seen, IMAP STORE on a range, FETCH setting \Seen). A message
+    /// found gone is skipped and keeps its old flags in `msgs`; their positions in `msgs` are
+    /// returned.
     pub fn update_flags_many(
         &self,
         msgs: &mut [MessageInfo],
         change: FlagChange,
-    ) -> Result<usize, StoreError> {
+    ) -> Result<Vec<usize>, StoreError> {
         if msgs.is_empty() {
-            return Ok(0);
+            return Ok(Vec::new());
         }
         let _lock = self.lock()?;
-        let mut changed = 0;
-        for msg in msgs {
+        let mut gone = Vec::new();
+        for (at, msg) in msgs.iter_mut().enumerate() {
             match self.update_flags_locked(msg, change) {
-                Ok(()) => changed += 1,
-                Err(StoreError::MessageGone { .. }) => {}
+                Ok(()) => {}
+                Err(StoreError::MessageGone { .. }) => gone.push(at),
                 Err(err) => return Err(err),
             }
         }
-        Ok(changed)
+        Ok(gone)
     }
 
     fn update_flags_locked(

@@ -631,10 +631,10 @@ fn flags_of_many_messages_change_under_one_lock_and_gone_ones_are_skipped() {
     let mut messages = inbox.snapshot().unwrap().messages;
     // Another session expunges the middle one meanwhile.
     inbox.delete(&messages[1..2]).unwrap();
-    let changed = inbox
+    let gone = inbox
         .update_flags_many(&mut messages, FlagChange::Add(Flags::SEEN))
         .unwrap();
-    assert_eq!(changed, 2);
+    assert_eq!(gone, [1]);
     let after = inbox.snapshot().unwrap().messages;
     assert_eq!(after.len(), 2);
     assert!(after.iter().all(|m| m.flags.contains(Flags::SEEN)));

@@ -7,7 +7,7 @@ use std::time::SystemTime;
 
 use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use inetkit_common::mail::{Folder, MessageInfo, Snapshot, StoreError};
+use inetkit_common::mail::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
 use crate::watch::{Stamp, Watch, Watches};
@@ -239,6 +239,27 @@ impl Selected {
                 .map(|(i, _)| i)
                 .collect(),
         )
+    }
+
+    /// Changes the flags of the messages at these indexes, under one folder lock, and
+    /// returns the indexes of those found gone (expunged by another session meanwhile; their
+    /// view is left as it was).
+    pub fn change_flags(
+        &mut self,
+        indexes: &[usize],
+        change: FlagChange,
+    ) -> Result<HashSet<usize>, StoreError> {
+        if indexes.is_empty() {
+            return Ok(HashSet::new());
+        }
+        self.own_change = true;
+        let mut msgs: Vec<MessageInfo> =
+            indexes.iter().map(|&i| self.messages[i].clone()).collect();
+        let gone = self.folder.update_flags_many(&mut msgs, change)?;
+        for (&i, msg) in indexes.iter().zip(msgs) {
+            self.messages[i] = msg;
+        }
+        Ok(gone.into_iter().map(|at| indexes[at]).collect())
     }
 
     pub fn unseen_first(&self) -> Option<usize> {

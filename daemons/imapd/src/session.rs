@@ -1117,29 +1117,22 @@ impl Session {
             StoreType::Remove => FlagChange::Remove(wanted),
             StoreType::Replace => FlagChange::Set(wanted),
         };
-        let mut failed = false;
-        sel.own_change = true;
-        for i in indexes {
-            let folder = sel.folder.clone();
-            let msg = &mut sel.messages[i];
-            match blocking(|| folder.update_flags(msg, change)) {
-                Ok(()) => {}
-                Err(StoreError::MessageGone { .. }) => {
-                    failed = true;
-                    continue;
-                }
-                Err(e) => return store_error(&e),
-            }
-            if matches!(response, StoreResponse::Answer) {
+        let gone = match blocking(|| sel.change_flags(&indexes, change)) {
+            Ok(gone) => gone,
+            Err(e) => return store_error(&e),
+        };
+        if matches!(response, StoreResponse::Answer) {
+            for &i in indexes.iter().filter(|i| !gone.contains(i)) {
+                let msg = &sel.messages[i];
                 let recent = sel.recent.contains(&msg.uid);
                 let flags = wire::flags(msg.flags, recent, &sel.keywords);
                 wire::flags_fetch(&mut conn.out, i + 1, msg.uid, flags);
             }
         }
-        if failed {
-            expunge_issued()
-        } else {
+        if gone.is_empty() {
             ok("STORE completed.")
+        } else {
+            expunge_issued()
         }
     }
 
@@ -1351,18 +1344,22 @@ impl Session {
             .iter()
             .any(|i| matches!(i, MessageDataItemName::Flags));
         let need = items.iter().map(need_of).max().unwrap_or(Need::Nothing);
+        // \Seen set first, for all of them under one lock; their FLAGS go out with them.
+        let mut seen_now = std::collections::HashSet::new();
+        if sets_seen {
+            let unseen: Vec<usize> = indexes
+                .iter()
+                .copied()
+                .filter(|&i| !sel.messages[i].flags.contains(Flags::SEEN))
+                .collect();
+            if let Ok(gone) = blocking(|| sel.change_flags(&unseen, FlagChange::Add(Flags::SEEN))) {
+                seen_now = unseen.into_iter().filter(|i| !gone.contains(i)).collect();
+            }
+        }
+        let sel = &*sel;
         let mut missing = false;
         for i in indexes {
-            let mut seen_changed = false;
-            if sets_seen && !sel.messages[i].flags.contains(Flags::SEEN) {
-                let folder = sel.folder.clone();
-                let msg = &mut sel.messages[i];
-                sel.own_change = true;
-                if blocking(|| folder.update_flags(msg, FlagChange::Add(Flags::SEEN))).is_ok() {
-                    seen_changed = true;
-                }
-            }
-            let sel = &*sel;
+            let seen_changed = seen_now.contains(&i);
             let msg = &sel.messages[i];
             // Content, read once per message as far as the items need it.
             let content = match need {
