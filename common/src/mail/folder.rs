@@ -299,8 +299,7 @@ impl Folder {
             let before = list.entries.len();
             list.entries.retain(|e| !gone.contains(&*e.base));
             if list.entries.len() != before || list.needs_rewrite {
-                list.save(&self.path, self.owner)?;
-                list.remember(&self.path, &mut index.list);
+                list.save(&self.path, self.owner, &mut index.list)?;
             }
         }
         Ok(())
@@ -366,11 +365,10 @@ impl Folder {
             }
             if !list.needs_rewrite && list.next_uid < u32::MAX - 1 {
                 let entry = Entry::new(list.next_uid, message.base.clone(), None, None, None);
-                list.append(&self.path, std::slice::from_ref(&entry))?;
                 message.uid = entry.uid;
                 list.next_uid += 1;
-                list.entries.push(entry);
-                list.remember(&self.path, &mut index.list);
+                list.entries.push(entry.clone());
+                list.append(&self.path, &[entry], &mut index.list)?;
                 return Ok(Appended {
                     uid_validity: list.validity,
                     message,
@@ -667,11 +665,9 @@ impl Folder {
         list.entries.retain(|e| found.contains_key(&e.base));
 
         if rewrite {
-            list.save(&self.path, self.owner)?;
-            list.remember(&self.path, &mut index.list);
+            list.save(&self.path, self.owner, &mut index.list)?;
         } else if !added.is_empty() {
-            list.append(&self.path, &added)?;
-            list.remember(&self.path, &mut index.list);
+            list.append(&self.path, &added, &mut index.list)?;
         }
 
         let found = &mut index.found;

@@ -167,8 +167,12 @@ impl UidList {
         Ok(())
     }
 
+    fn header_line(&self) -> String {
+        format!("{MAGIC} {VERSION} V{} N{}\n", self.validity, self.next_uid)
+    }
+
     pub fn to_text(&self) -> String {
-        let mut text = format!("{MAGIC} {VERSION} V{} N{}\n", self.validity, self.next_uid);
+        let mut text = self.header_line();
         for entry in &self.entries {
             text.push_str(&entry_line(entry));
         }
@@ -252,26 +256,27 @@ impl UidList {
         Ok(loaded)
     }
 
-    /// Records in `cache` that the file now holds this list (after `save` or `append`).
-    pub fn remember(&self, dir: &Path, cache: &mut Option<CachedList>) {
-        let path = dir.join(FILE);
-        let header = first_line(&path);
-        *cache = match (FileState::of(&path), header) {
-            (Ok(state), Some(header)) => Some(CachedList {
-                state,
-                last: match self.entries.last() {
-                    Some(entry) => entry_line(entry),
-                    None => header.clone(),
-                },
-                header,
-                list: self.clone(),
-            }),
-            _ => None,
-        };
+    /// Records in `cache` that the file, beginning with `header`, now holds this list.
+    fn remember(&self, dir: &Path, cache: &mut Option<CachedList>, header: String) {
+        *cache = FileState::of(&dir.join(FILE)).ok().map(|state| CachedList {
+            state,
+            last: match self.entries.last() {
+                Some(entry) => entry_line(entry),
+                None => header.clone(),
+            },
+            header,
+            list: self.clone(),
+        });
     }
 
-    /// Replaces the file atomically and durably. Call with the folder lock held.
-    pub fn save(&self, dir: &Path, owner: Option<Owner>) -> Result<(), StoreError> {
+    /// Replaces the file atomically and durably, and records it in `cache`. Call with the
+    /// folder lock held.
+    pub fn save(
+        &self,
+        dir: &Path,
+        owner: Option<Owner>,
+        cache: &mut Option<CachedList>,
+    ) -> Result<(), StoreError> {
         let temp = dir.join(TEMP);
         let path = dir.join(FILE);
         let result = (|| {
@@ -283,16 +288,27 @@ impl UidList {
             std::fs::rename(&temp, &path).map_err(|err| StoreError::io("renaming", &temp, err))?;
             fsutil::sync_dir(dir)
         })();
-        if result.is_err() {
-            let _ = std::fs::remove_file(&temp);
+        match result {
+            Ok(()) => self.remember(dir, cache, self.header_line()),
+            Err(_) => {
+                let _ = std::fs::remove_file(&temp);
+                *cache = None;
+            }
         }
         result
     }
 
-    /// Appends entries (which the caller has also pushed onto `self.entries`) to the file and
-    /// fsyncs it. Call with the folder lock held, on a list loaded from `dir`.
-    pub fn append(&self, dir: &Path, new: &[Entry]) -> Result<(), StoreError> {
+    /// Appends entries (which the caller has also pushed onto `self.entries`) to the file,
+    /// fsyncs it, and records it in `cache`. Call with the folder lock held, on a list loaded
+    /// from `dir` (through `cache`, whose header the file keeps).
+    pub fn append(
+        &self,
+        dir: &Path,
+        new: &[Entry],
+        cache: &mut Option<CachedList>,
+    ) -> Result<(), StoreError> {
         let path = dir.join(FILE);
+        let header = cache.take().map(|c| c.header);
         let text: String = new.iter().map(entry_line).collect();
         let mut file = OpenOptions::new()
             .append(true)
@@ -300,7 +316,11 @@ impl UidList {
             .map_err(|err| StoreError::io("opening", &path, err))?;
         file.write_all(text.as_bytes())
             .and_then(|()| file.sync_data())
-            .map_err(|err| StoreError::io("appending to", &path, err))
+            .map_err(|err| StoreError::io("appending to", &path, err))?;
+        if let Some(header) = header.or_else(|| first_line(&path)) {
+            self.remember(dir, cache, header);
+        }
+        Ok(())
     }
 }
 
