@@ -297,8 +297,9 @@ impl Folder {
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
             let gone: HashSet<&str> = msgs.iter().map(|m| &*m.base).collect();
             let before = list.entries.len();
-            list.entries.retain(|e| !gone.contains(&*e.base));
-            if list.entries.len() != before || list.needs_rewrite {
+            let edited = Arc::make_mut(&mut list);
+            edited.entries.retain(|e| !gone.contains(&*e.base));
+            if edited.entries.len() != before || edited.needs_rewrite {
                 list.save(&self.path, self.owner, &mut index.list)?;
             }
         }
@@ -366,8 +367,9 @@ impl Folder {
             if !list.needs_rewrite && list.next_uid < u32::MAX - 1 {
                 let entry = Entry::new(list.next_uid, message.base.clone(), None, None, None);
                 message.uid = entry.uid;
-                list.next_uid += 1;
-                list.entries.push(entry.clone());
+                let edited = Arc::make_mut(&mut list);
+                edited.next_uid += 1;
+                edited.entries.push(entry.clone());
                 list.append(&self.path, &[entry], &mut index.list)?;
                 return Ok(Appended {
                     uid_validity: list.validity,
@@ -587,12 +589,12 @@ impl Folder {
                     tracing::warn!(folder = %self.path.display(), messages = index.found.len(),
                         "uid list missing: numbering every message afresh under a new UIDVALIDITY");
                 }
-                (self.fresh_list()?, true)
+                (Arc::new(self.fresh_list()?), true)
             }
             Loaded::Corrupt { reason, validity } => {
                 tracing::warn!(folder = %self.path.display(), reason, old_uidvalidity = ?validity,
                     "uid list corrupt: numbering every message afresh under a new UIDVALIDITY");
-                (self.fresh_list()?, true)
+                (Arc::new(self.fresh_list()?), true)
             }
         };
 
@@ -604,8 +606,9 @@ impl Folder {
         if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
             self.scan_into(&mut index.found, epoch)?;
             let before = list.entries.len();
-            list.entries.retain(|e| seen(&index.found, &e.base));
-            rewrite |= list.entries.len() != before;
+            let edited = Arc::make_mut(&mut list);
+            edited.entries.retain(|e| seen(&index.found, &e.base));
+            rewrite |= edited.entries.len() != before;
         }
         index.found.retain(|_, f| f.epoch == epoch);
         let found = &mut index.found;
@@ -625,7 +628,7 @@ impl Folder {
         if u64::from(list.next_uid) + fresh.len() as u64 >= u64::from(u32::MAX) {
             tracing::warn!(folder = %self.path.display(),
                 "UIDs exhausted: numbering every message afresh under a new UIDVALIDITY");
-            list = self.fresh_list()?;
+            list = Arc::new(self.fresh_list()?);
             rewrite = true;
             fresh = found.keys().cloned().collect();
         }
@@ -637,11 +640,12 @@ impl Folder {
 
         let mut added = Vec::new();
         let measured = self.index_entries(&fresh, found)?;
+        let mut next_uid = list.next_uid;
         for (base, entry) in fresh.iter().zip(measured) {
             match entry {
                 Some(mut entry) => {
-                    entry.uid = list.next_uid;
-                    list.next_uid += 1;
+                    entry.uid = next_uid;
+                    next_uid += 1;
                     added.push(entry);
                 }
                 None => {
@@ -650,19 +654,26 @@ impl Folder {
             }
         }
         // Lines that lack a cached value their name does not carry (a hand-edited list).
-        for entry in &mut list.entries {
-            if entry.incomplete() {
-                if let Some(f) = found.get(&entry.base) {
-                    let mut buf = Vec::new();
-                    if let Some(filled) = self.index_entry(entry.uid, &entry.base, f, &mut buf)? {
-                        *entry = filled;
-                        rewrite = true;
+        if list.entries.iter().any(Entry::incomplete) {
+            let mut buf = Vec::new();
+            for entry in &mut Arc::make_mut(&mut list).entries {
+                if entry.incomplete() {
+                    if let Some(f) = found.get(&entry.base) {
+                        if let Some(filled) =
+                            self.index_entry(entry.uid, &entry.base, f, &mut buf)?
+                        {
+                            *entry = filled;
+                            rewrite = true;
+                        }
                     }
                 }
             }
         }
-        list.entries.extend(added.iter().cloned());
-        list.entries.retain(|e| found.contains_key(&e.base));
+        if !added.is_empty() {
+            let edited = Arc::make_mut(&mut list);
+            edited.next_uid = next_uid;
+            edited.entries.extend(added.iter().cloned());
+        }
 
         if rewrite {
             list.save(&self.path, self.owner, &mut index.list)?;

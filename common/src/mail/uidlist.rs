@@ -106,7 +106,9 @@ pub(crate) enum Loaded {
         reason: String,
         validity: Option<u32>,
     },
-    Ok(UidList),
+    /// Shared with the cache: changed through `Arc::make_mut`, so a list nobody changes is
+    /// never copied.
+    Ok(Arc<UidList>),
 }
 
 impl UidList {
@@ -203,7 +205,7 @@ impl UidList {
             Err(err) => return Err(StoreError::io("opening", &path, err)),
         }
         let loaded = match UidList::parse(&text) {
-            Ok(list) => Loaded::Ok(list),
+            Ok(list) => Loaded::Ok(Arc::new(list)),
             Err((reason, validity)) => Loaded::Corrupt { reason, validity },
         };
         Ok((loaded, text))
@@ -226,18 +228,21 @@ impl UidList {
             if cached.state == state {
                 return Ok(Loaded::Ok(cached.list.clone()));
             }
+        }
+        if let Some(mut cached) = cache.take() {
             if state.grew_from(&cached.state) && !cached.list.needs_rewrite {
                 if let Some(tail) = cached.appended(&path) {
-                    let mut list = cached.list.clone();
-                    if list.parse_lines(&tail, 0).is_ok() {
-                        let last = last_line(&tail).unwrap_or(&cached.last).to_owned();
-                        let header = cached.header.clone();
-                        *cache = Some(CachedList {
-                            state,
-                            header,
-                            last,
-                            list: list.clone(),
-                        });
+                    // Extended in place: nothing else holds the cached list between syncs.
+                    if Arc::make_mut(&mut cached.list)
+                        .parse_lines(&tail, 0)
+                        .is_ok()
+                    {
+                        if let Some(last) = last_line(&tail) {
+                            cached.last = last.to_owned();
+                        }
+                        cached.state = state;
+                        let list = cached.list.clone();
+                        *cache = Some(cached);
                         return Ok(Loaded::Ok(list));
                     }
                 }
@@ -257,7 +262,7 @@ impl UidList {
     }
 
     /// Records in `cache` that the file, beginning with `header`, now holds this list.
-    fn remember(&self, dir: &Path, cache: &mut Option<CachedList>, header: String) {
+    fn remember(self: &Arc<Self>, dir: &Path, cache: &mut Option<CachedList>, header: String) {
         *cache = FileState::of(&dir.join(FILE)).ok().map(|state| CachedList {
             state,
             last: match self.entries.last() {
@@ -265,14 +270,14 @@ impl UidList {
                 None => header.clone(),
             },
             header,
-            list: self.clone(),
+            list: Arc::clone(self),
         });
     }
 
     /// Replaces the file atomically and durably, and records it in `cache`. Call with the
     /// folder lock held.
     pub fn save(
-        &self,
+        self: &Arc<Self>,
         dir: &Path,
         owner: Option<Owner>,
         cache: &mut Option<CachedList>,
@@ -302,7 +307,7 @@ impl UidList {
     /// fsyncs it, and records it in `cache`. Call with the folder lock held, on a list loaded
     /// from `dir` (through `cache`, whose header the file keeps).
     pub fn append(
-        &self,
+        self: &Arc<Self>,
         dir: &Path,
         new: &[Entry],
         cache: &mut Option<CachedList>,
@@ -333,7 +338,7 @@ pub(crate) struct CachedList {
     /// inode number is soon given to a new file).
     header: String,
     last: String,
-    pub list: UidList,
+    pub list: Arc<UidList>,
 }
 
 impl CachedList {
