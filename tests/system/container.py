@@ -23,6 +23,7 @@ import shlex
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -164,6 +165,16 @@ def _configure_root(root: Path, mirror: str, security: str) -> None:
 
 
 # --- ports -----------------------------------------------------------------------------------
+
+
+def unverified_tls() -> ssl.SSLContext:
+    """A client TLS context that accepts the container's snakeoil certificate: it is
+    self-signed for the container's host name, so the tests compare it with the one the
+    daemon serves instead of trusting it."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
 
 
 def busy_ports(ports) -> list[str]:

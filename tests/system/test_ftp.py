@@ -13,21 +13,13 @@ import ssl
 
 import pytest
 
-from .container import busy_ports
+from .container import busy_ports, unverified_tls
 
 SERVICE = "inetkit-ftpd.service"
 SOCKETS = ("inetkit-ftpd.socket", "inetkit-ftps.socket")
 PASSWORD = "ftp system test"
 USER = "ftpsys"
 
-
-def unverified_tls() -> ssl.SSLContext:
-    # The snakeoil certificate is self-signed for the container's host name; the test checks it
-    # is the one the daemon serves instead of trusting it.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 class ReuseFTP_TLS(ftplib.FTP_TLS):

@@ -10,21 +10,13 @@ import ssl
 
 import pytest
 
-from .container import busy_ports
+from .container import busy_ports, unverified_tls
 
 SERVICE = "inetkit-imapd.service"
 PASSWORD = "imap system test"
 MESSAGE = (b"From: root@localhost\r\nTo: dave@localhost\r\nSubject: imap system test\r\n"
            b"\r\nDelivered by inetkit deliver.\r\n")
 
-
-def unverified_tls() -> ssl.SSLContext:
-    # The snakeoil certificate is self-signed for the container's host name; the test compares
-    # it with the one the daemon serves instead of trusting it.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @pytest.fixture(scope="module")

@@ -11,21 +11,13 @@ import ssl
 
 import pytest
 
-from .container import busy_ports
+from .container import busy_ports, unverified_tls
 
 SERVICE = "inetkit-pop3d.service"
 PASSWORD = "pop3 system test"
 MESSAGE = (b"From: root@localhost\r\nTo: carol@localhost\r\nSubject: system test\r\n"
            b"\r\nDelivered by inetkit deliver.\r\n.dot-stuffed line\r\n")
 
-
-def unverified_tls() -> ssl.SSLContext:
-    # The snakeoil certificate is self-signed for the container's host name; the test checks it
-    # is the one the daemon serves instead of trusting it.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @pytest.fixture(scope="module")

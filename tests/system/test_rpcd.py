@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import ssl
 import subprocess
 import xmlrpc.client
 
 import pytest
 
-from .container import busy_ports
+from .container import busy_ports, unverified_tls
 
 SERVICE = "inetkit-rpcd.service"
 SOCKETS = ("inetkit-rpcd.socket", "inetkit-rpcs.socket")
@@ -30,12 +29,6 @@ params = [{ name = "text", type = "string" }]
 argv = ["/bin/echo"]
 """
 
-
-def unverified_tls() -> ssl.SSLContext:
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 def proxy(user: str | None = None, password: str = PASSWORD, https: bool = False):

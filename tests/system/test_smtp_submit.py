@@ -13,20 +13,13 @@ import ssl
 
 import pytest
 
-from .container import busy_ports
+from .container import busy_ports, unverified_tls
 
 SERVICE = "inetkit-smtp-submit.service"
 SOCKETS = ["inetkit-smtp-submit.socket", "inetkit-smtps-submit.socket"]
 POP3 = ["inetkit-pop3d.socket", "inetkit-pop3s.socket"]
 PASSWORD = "smtp system test"
 
-
-def unverified_tls() -> ssl.SSLContext:
-    # The snakeoil certificate is self-signed for the container's host name.
-    ctx = ssl.create_default_context()
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    return ctx
 
 
 @pytest.fixture(scope="module")
