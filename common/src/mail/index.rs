@@ -138,25 +138,12 @@ pub(crate) fn for_folder(path: &Path) -> Arc<Mutex<Index>> {
         .lock()
         .unwrap_or_else(|e| e.into_inner());
     let now = Instant::now();
-    let index = match open.get_mut(path) {
-        Some(entry) => {
-            entry.used = now;
-            entry.index.clone()
-        }
-        None => {
-            let index = Arc::new(Mutex::new(Index::default()));
-            let used = now;
-            open.insert(
-                path.to_owned(),
-                Open {
-                    index: index.clone(),
-                    used,
-                },
-            );
-            index
-        }
-    };
-    // Let go of indexes nobody else holds: the old ones, and the oldest beyond the limit.
+    if let Some(entry) = open.get_mut(path) {
+        entry.used = now;
+        return entry.index.clone();
+    }
+    // A folder not open yet: first let go of indexes nobody else holds, the old ones and the
+    // oldest beyond the limit (only here, so that a lookup stays a lookup).
     let unused = |o: &Open| Arc::strong_count(&o.index) == 1;
     open.retain(|_, o| !unused(o) || now.duration_since(o.used) < KEEP_UNUSED);
     let mut idle: Vec<Instant> = open
@@ -169,5 +156,14 @@ pub(crate) fn for_folder(path: &Path) -> Arc<Mutex<Index>> {
         let cutoff = idle[idle.len() - MAX_UNUSED];
         open.retain(|_, o| !unused(o) || o.used >= cutoff);
     }
+    let index = Arc::new(Mutex::new(Index::default()));
+    let used = now;
+    open.insert(
+        path.to_owned(),
+        Open {
+            index: index.clone(),
+            used,
+        },
+    );
     index
 }

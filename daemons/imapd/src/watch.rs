@@ -103,10 +103,11 @@ impl Watches {
     /// thread runs our handler, which takes the folder map's lock: so the map is never locked
     /// while the watcher is called.
     pub fn watch(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
-        self.sweep();
         if let Some(watch) = self.join(folder) {
             return Some(watch);
         }
+        // Only when a watch is added: joining one stays cheap.
+        self.sweep();
         {
             let mut watcher = self.watcher.lock().ok()?;
             let watcher = watcher.as_mut()?;
