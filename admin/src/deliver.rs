@@ -15,7 +15,7 @@ new message file's path. The message is stored as given (LF or CRLF line ends). 
 the files it creates are given to the `inetkit` user (or --owner USER), so the daemons can
 read them.";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{HELP}");
         return Ok(());

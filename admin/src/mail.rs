@@ -2,10 +2,8 @@
 //! the daemons would (same locks, same uid lists). Also what the store's tests drive.
 
 use anyhow::{bail, Context};
-use inetkit_common::config::{LogConfig, LogLevel};
-use inetkit_common::mail::{
-    FlagChange, Flags, Folder, MessageInfo, Owner, Store, DEFAULT_MAIL_ROOT,
-};
+use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo, Owner, Store, DEFAULT_MAIL_ROOT};
+use inetkit_runtime::config::{LogConfig, LogLevel};
 use nix::unistd::{geteuid, User};
 
 const HELP: &str = "usage: inetkit mail COMMAND [--mail-root DIR] [--folder NAME]
@@ -21,14 +19,14 @@ const HELP: &str = "usage: inetkit mail COMMAND [--mail-root DIR] [--folder NAME
 user (or --owner USER).";
 
 /// The options the mail commands share, and the rest of the arguments.
-pub struct Options {
+pub(crate) struct Options {
     pub mail_root: String,
     pub folder: String,
     pub owner: Option<String>,
     pub args: Vec<String>,
 }
 
-pub fn parse_options(args: &[String]) -> anyhow::Result<Options> {
+pub(crate) fn parse_options(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
         mail_root: DEFAULT_MAIL_ROOT.to_owned(),
         folder: "INBOX".to_owned(),
@@ -67,9 +65,9 @@ pub fn parse_options(args: &[String]) -> anyhow::Result<Options> {
 }
 
 /// The store, set to give what it creates to the daemons' user when we run as root.
-pub fn open_store(options: &Options) -> anyhow::Result<Store> {
+pub(crate) fn open_store(options: &Options) -> anyhow::Result<Store> {
     // The store logs what it repairs (a lost uid list, stale tmp/ files): show the warnings.
-    inetkit_common::log::init(&LogConfig {
+    inetkit_runtime::log::init(&LogConfig {
         level: LogLevel::Warn,
     });
     let owner = match &options.owner {
@@ -94,7 +92,7 @@ fn lookup_owner(name: &str) -> anyhow::Result<Option<Owner>> {
     }))
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if args.is_empty() || args.iter().any(|a| a == "-h" || a == "--help") {
         println!("{HELP}");
         return Ok(());

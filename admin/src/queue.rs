@@ -5,9 +5,9 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 
-use inetkit_common::spool::{now, valid_id, Entry, Recipient, Spool};
+use inetkit_spool::{now, valid_id, Entry, Recipient, Spool};
 
-pub const DEFAULT_SPOOL: &str = "/var/lib/inetkit/spool";
+pub(crate) const DEFAULT_SPOOL: &str = "/var/lib/inetkit/spool";
 
 const HELP: &str = "usage: inetkit queue [--spool DIR] COMMAND
 
@@ -18,7 +18,7 @@ const HELP: &str = "usage: inetkit queue [--spool DIR] COMMAND
 The spool is inetkit-smtp-submit's [smtp] spool (default /var/lib/inetkit/spool). A running
 daemon picks up a flush within a few seconds.";
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut spool_dir = PathBuf::from(DEFAULT_SPOOL);
     let mut rest = Vec::new();
     let mut args = args.iter();

@@ -1,5 +1,5 @@
 //! `inetkit user add|passwd|del|list|check`: manages the users file the daemons read
-//! (`/etc/inetkit/users`, Dovecot passwd-file format; see `inetkit_common::auth`).
+//! (`/etc/inetkit/users`, Dovecot passwd-file format; see `inetkit_auth`).
 //!
 //! Changes are written atomically: a new file beside the old one with the same mode and
 //! owner, fsynced, then renamed over it; comments and the lines not being changed are kept
@@ -12,9 +12,9 @@ use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context};
-use inetkit_common::auth::hash::{self, StoredPassword};
-use inetkit_common::auth::users::{self, UsersFile};
-use inetkit_common::auth::DEFAULT_USERS_FILE;
+use inetkit_auth::hash::{self, StoredPassword};
+use inetkit_auth::users::{self, UsersFile};
+use inetkit_auth::DEFAULT_USERS_FILE;
 use nix::fcntl::{Flock, FlockArg};
 
 const HELP: &str = "usage: inetkit user COMMAND [--users FILE]
@@ -69,7 +69,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
     Ok(Some(options))
 }
 
-pub fn run(args: &[String]) -> anyhow::Result<()> {
+pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let Some(options) = parse_args(args)? else {
         println!("{HELP}");
         return Ok(());

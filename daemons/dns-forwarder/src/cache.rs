@@ -17,14 +17,14 @@ use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 use crate::config::CacheConfig;
 
 /// Longest key: a name (255 bytes in wire form), type, class and the flag byte.
-pub const KEY_MAX: usize = 255 + 4 + 1;
+pub(crate) const KEY_MAX: usize = 255 + 4 + 1;
 const FLAG_DO: u8 = 1;
 const FLAG_CD: u8 = 2;
 
 /// A key being built, on the stack: the question name in lowercase wire form (uncompressed),
 /// type, class, then a byte of the flags that change the answer (DO: DNSSEC records; CD: the
 /// upstream did not validate).
-pub struct KeyBuf {
+pub(crate) struct KeyBuf {
     bytes: [u8; KEY_MAX],
     len: usize,
     name_len: usize,
@@ -32,7 +32,7 @@ pub struct KeyBuf {
 
 impl KeyBuf {
     /// From the labels of a name in wire form (ending with the root label, no pointers).
-    pub fn from_wire_name(
+    pub(crate) fn from_wire_name(
         name: &[u8],
         qtype: u16,
         qclass: u16,
@@ -55,7 +55,7 @@ impl KeyBuf {
     }
 
     /// From a parsed name.
-    pub fn from_name(
+    pub(crate) fn from_name(
         name: &Name,
         qtype: RecordType,
         qclass: DNSClass,
@@ -93,16 +93,16 @@ impl KeyBuf {
         self.len = at + 5;
     }
 
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.bytes[..self.len]
     }
 
     /// The name in lowercase wire form.
-    pub fn name(&self) -> &[u8] {
+    pub(crate) fn name(&self) -> &[u8] {
         &self.bytes[..self.name_len]
     }
 
-    pub fn to_key(&self) -> Key {
+    pub(crate) fn to_key(&self) -> Key {
         Key(self.as_bytes().into())
     }
 }
@@ -110,25 +110,25 @@ impl KeyBuf {
 /// What a cached answer is stored under (a [`KeyBuf`] kept; shared, as a query in flight
 /// holds it in several places).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Key(Arc<[u8]>);
+pub(crate) struct Key(Arc<[u8]>);
 
 impl Key {
-    pub fn as_bytes(&self) -> &[u8] {
+    pub(crate) fn as_bytes(&self) -> &[u8] {
         &self.0
     }
 
-    pub fn dnssec_ok(&self) -> bool {
+    pub(crate) fn dnssec_ok(&self) -> bool {
         self.0.last().is_some_and(|f| f & FLAG_DO != 0)
     }
 
-    pub fn checking_disabled(&self) -> bool {
+    pub(crate) fn checking_disabled(&self) -> bool {
         self.0.last().is_some_and(|f| f & FLAG_CD != 0)
     }
 }
 
 /// An upstream answer as parsed: sections without the OPT record.
 #[derive(Debug)]
-pub struct Answer {
+pub(crate) struct Answer {
     pub rcode: ResponseCode,
     pub authentic_data: bool,
     pub answers: Vec<Record>,
@@ -138,7 +138,7 @@ pub struct Answer {
 
 impl Answer {
     /// How long this answer may be cached, with TTLs clamped in place; None if it may not be.
-    pub fn prepare_for_cache(&mut self, config: &CacheConfig) -> Option<u32> {
+    pub(crate) fn prepare_for_cache(&mut self, config: &CacheConfig) -> Option<u32> {
         let clamp = |ttl: u32| ttl.clamp(config.min_ttl, config.max_ttl.max(config.min_ttl));
         match self.rcode {
             ResponseCode::NoError if !self.answers.is_empty() => {
@@ -181,7 +181,7 @@ impl Answer {
 }
 
 /// A cache hit: the entry and how many seconds of its TTLs have passed.
-pub struct Hit {
+pub(crate) struct Hit {
     pub entry: Arc<Entry>,
     pub age: u32,
     pub stale: bool,
@@ -190,7 +190,7 @@ pub struct Hit {
 /// One cached answer: the key, then the stored reply's 12-byte header, then the reply after its
 /// question (whose bytes are the key's, less the flag byte), in one allocation.
 #[derive(Debug)]
-pub struct Entry {
+pub(crate) struct Entry {
     data: Box<[u8]>,
     key_len: u16,
     stored: Instant,
@@ -216,28 +216,28 @@ impl Entry {
         })
     }
 
-    pub fn key(&self) -> &[u8] {
+    pub(crate) fn key(&self) -> &[u8] {
         &self.data[..usize::from(self.key_len)]
     }
 
     /// The reply's header (TTLs as stored, ID 0).
-    pub fn header(&self) -> &[u8] {
+    pub(crate) fn header(&self) -> &[u8] {
         let k = usize::from(self.key_len);
         &self.data[k..k + 12]
     }
 
     /// The question's length in the reply.
-    pub fn question_len(&self) -> usize {
+    pub(crate) fn question_len(&self) -> usize {
         usize::from(self.key_len) - 1
     }
 
     /// The reply after its question: the records.
-    pub fn records(&self) -> &[u8] {
+    pub(crate) fn records(&self) -> &[u8] {
         &self.data[usize::from(self.key_len) + 12..]
     }
 
     /// The stored reply as one message, for hickory-proto on the slow paths.
-    pub fn wire(&self) -> Vec<u8> {
+    pub(crate) fn wire(&self) -> Vec<u8> {
         let mut wire = Vec::with_capacity(self.data.len());
         wire.extend_from_slice(self.header());
         wire.extend_from_slice(&self.key()[..self.question_len()]);
@@ -275,7 +275,7 @@ impl PartialEq for Slot {
 
 impl Eq for Slot {}
 
-pub struct Cache {
+pub(crate) struct Cache {
     config: CacheConfig,
     inner: Mutex<Inner>,
 }
@@ -297,7 +297,7 @@ impl Inner {
 }
 
 impl Cache {
-    pub fn new(config: CacheConfig) -> Self {
+    pub(crate) fn new(config: CacheConfig) -> Self {
         Cache {
             config,
             inner: Mutex::new(Inner::default()),
@@ -309,7 +309,7 @@ impl Cache {
     }
 
     /// A fresh entry given to `f` with its age, under the lock (the fast path copies from it).
-    pub fn with_fresh<R>(
+    pub(crate) fn with_fresh<R>(
         &self,
         key: &[u8],
         now: Instant,
@@ -322,7 +322,7 @@ impl Cache {
     }
 
     /// A fresh answer, or (when `stale_ok`) an expired one still within `max_stale`.
-    pub fn get(&self, key: &[u8], now: Instant, stale_ok: bool) -> Option<Hit> {
+    pub(crate) fn get(&self, key: &[u8], now: Instant, stale_ok: bool) -> Option<Hit> {
         let mut inner = self.lock();
         let entry = &inner.map.get(key)?.0;
         let age = now.saturating_duration_since(entry.stored).as_secs();
@@ -347,7 +347,7 @@ impl Cache {
     }
 
     /// Keeps `reply` (rendered to the key's question, TTLs as they are now) for `ttl` seconds.
-    pub fn insert(&self, key: &Key, reply: &[u8], ttl: u32, now: Instant) {
+    pub(crate) fn insert(&self, key: &Key, reply: &[u8], ttl: u32, now: Instant) {
         if self.config.max_entries == 0 || ttl == 0 {
             return;
         }
@@ -383,13 +383,13 @@ impl Cache {
     }
 
     /// Entries and bytes held.
-    pub fn size(&self) -> (usize, usize) {
+    pub(crate) fn size(&self) -> (usize, usize) {
         let inner = self.lock();
         (inner.map.len(), inner.bytes)
     }
 
     /// Drops entries past all use (expired, and past the stale window).
-    pub fn sweep(&self, now: Instant) {
+    pub(crate) fn sweep(&self, now: Instant) {
         let keep = if self.config.serve_stale {
             self.config.max_stale
         } else {

@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct Config {
+pub(crate) struct Config {
     pub listen: ListenConfig,
     pub tls: TlsConfig,
     pub limits: LimitsConfig,
@@ -24,7 +24,7 @@ pub struct Config {
     pub rate_limit: RateLimitConfig,
 }
 // RFC 7766 §6.2.3: idle TCP connections are closed after a few seconds.
-inetkit_common::shared_sections!(Config, idle_timeout = 10);
+inetkit_runtime::shared_sections!(Config, idle_timeout = 10);
 
 impl Default for Config {
     fn default() -> Self {
@@ -56,7 +56,7 @@ impl Default for Config {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum Protocol {
+pub(crate) enum Protocol {
     /// UDP, retried over TCP when the answer is truncated.
     Udp,
     /// DNS-over-TLS (RFC 7858).
@@ -66,7 +66,7 @@ pub enum Protocol {
 /// `[[upstream]]`: one server to forward to.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpstreamConfig {
+pub(crate) struct UpstreamConfig {
     /// `IP` or `IP:PORT` (`[IPv6]:PORT`); the port defaults to 53, or 853 for TLS.
     pub address: String,
     #[serde(default = "udp")]
@@ -82,7 +82,7 @@ fn udp() -> Protocol {
 }
 
 impl UpstreamConfig {
-    pub fn socket_addr(&self) -> Result<SocketAddr, String> {
+    pub(crate) fn socket_addr(&self) -> Result<SocketAddr, String> {
         let port = match self.protocol {
             Protocol::Udp => 53,
             Protocol::Tls => 853,
@@ -100,7 +100,7 @@ impl UpstreamConfig {
 /// `[forward]`: how upstreams are asked.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct ForwardConfig {
+pub(crate) struct ForwardConfig {
     /// How long to wait for one upstream before trying the next, in milliseconds.
     pub timeout_ms: u64,
     /// Where upstreams come from when none is configured.
@@ -129,7 +129,7 @@ impl Default for ForwardConfig {
 /// `[cache]`.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct CacheConfig {
+pub(crate) struct CacheConfig {
     /// Most answers kept; 0 switches the cache off.
     pub max_entries: usize,
     /// Most bytes (answers' wire size) kept.
@@ -163,7 +163,7 @@ impl Default for CacheConfig {
 /// `[acl]`: who is answered at all.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct AclConfig {
+pub(crate) struct AclConfig {
     /// Networks (`ADDR/LEN` or `ADDR`) whose clients are answered; others get REFUSED.
     pub allow: Vec<String>,
 }
@@ -178,7 +178,7 @@ impl Default for AclConfig {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
-pub enum BlockMode {
+pub(crate) enum BlockMode {
     /// NXDOMAIN for the name and everything under it.
     Nxdomain,
     /// A 0.0.0.0 / :: answer (what ad-blocking hosts files do).
@@ -188,7 +188,7 @@ pub enum BlockMode {
 /// `[local]`: data answered without asking anyone.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct LocalConfig {
+pub(crate) struct LocalConfig {
     /// A hosts-style file (`ADDRESS NAME ALIASES...`), read at start and on SIGHUP.
     pub hosts_file: Option<PathBuf>,
     /// TTL of answers from the hosts file, `[[record]]`s without one, and blocks.
@@ -215,7 +215,7 @@ impl Default for LocalConfig {
 /// `[[record]]`: one local record.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RecordConfig {
+pub(crate) struct RecordConfig {
     pub name: String,
     /// A, AAAA, CNAME, PTR or TXT.
     #[serde(rename = "type")]
@@ -227,7 +227,7 @@ pub struct RecordConfig {
 /// `[rate_limit]`: queries over UDP answered per client address.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RateLimitConfig {
+pub(crate) struct RateLimitConfig {
     /// Queries per second per client address; 0 for no limit.
     pub rate: u32,
     /// How many may come at once before the rate applies.
@@ -245,12 +245,12 @@ impl Default for RateLimitConfig {
 
 /// A parsed `[acl]`.
 #[derive(Debug, Clone)]
-pub struct Acl {
+pub(crate) struct Acl {
     nets: Vec<(IpAddr, u8)>,
 }
 
 impl Acl {
-    pub fn parse(config: &AclConfig) -> Result<Self, String> {
+    pub(crate) fn parse(config: &AclConfig) -> Result<Self, String> {
         let mut nets = Vec::new();
         for text in &config.allow {
             let (addr, len) = match text.split_once('/') {
@@ -276,7 +276,7 @@ impl Acl {
         Ok(Acl { nets })
     }
 
-    pub fn allows(&self, client: IpAddr) -> bool {
+    pub(crate) fn allows(&self, client: IpAddr) -> bool {
         let client = client.to_canonical();
         self.nets.iter().any(|&(net, len)| in_net(client, net, len))
     }

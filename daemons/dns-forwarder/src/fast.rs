@@ -6,7 +6,7 @@
 use crate::cache::{Entry, KeyBuf};
 
 /// What the fast path needs of a query.
-pub struct Plain {
+pub(crate) struct Plain {
     pub id: u16,
     pub recursion_desired: bool,
     pub checking_disabled: bool,
@@ -21,7 +21,7 @@ pub struct Plain {
 
 impl Plain {
     /// The cache key for this query.
-    pub fn key(&self, wire: &[u8]) -> Option<KeyBuf> {
+    pub(crate) fn key(&self, wire: &[u8]) -> Option<KeyBuf> {
         let name = wire.get(self.question.start..self.question.end - 4)?;
         let dnssec_ok = self.edns.is_some_and(|(_, d)| d);
         KeyBuf::from_wire_name(
@@ -39,7 +39,7 @@ fn u16_at(wire: &[u8], at: usize) -> Option<u16> {
 }
 
 /// Reads a plain standard query; None for anything else (the full parser then decides).
-pub fn parse(wire: &[u8]) -> Option<Plain> {
+pub(crate) fn parse(wire: &[u8]) -> Option<Plain> {
     let flags = u16_at(wire, 2)?;
     // QR=0, opcode QUERY, one question, no answer or authority, at most one additional.
     if flags & 0xf800 != 0 || u16_at(wire, 4)? != 1 || u16_at(wire, 6)? != 0 {
@@ -102,7 +102,7 @@ pub fn parse(wire: &[u8]) -> Option<Plain> {
 /// Appends the reply to `query` from a cache entry `age` seconds old, with an OPT record
 /// offering `edns_buffer` if the query had one. False (and nothing appended) if the reply would
 /// be longer than `max` or the entry cannot be walked (it always can): the full path decides.
-pub fn reply(
+pub(crate) fn reply(
     entry: &Entry,
     wire: &[u8],
     query: &Plain,

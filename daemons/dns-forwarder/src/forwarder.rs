@@ -20,14 +20,14 @@ use crate::upstream::{Ask, Upstream};
 
 /// How the query came, which bounds the answer's size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
+pub(crate) enum Transport {
     Udp,
     Tcp,
 }
 
 /// What can change on SIGHUP (the cache stays).
 #[derive(Clone)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub upstreams: Vec<Arc<Upstream>>,
     pub acl: Acl,
     pub local: LocalData,
@@ -37,7 +37,7 @@ pub struct Settings {
 
 impl Settings {
     /// Builds everything from a config; `own` are the addresses we listen on, never upstreams.
-    pub fn from_config(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Self> {
+    pub(crate) fn from_config(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Self> {
         let mut upstreams = Vec::new();
         for u in &config.upstream {
             let upstream = Upstream::new(u)?;
@@ -69,7 +69,10 @@ impl Settings {
 
 /// The nameservers of a resolv.conf, minus our own listening addresses (dnsmasq does the same,
 /// so a forwarder that is also the system resolver does not ask itself).
-pub fn resolv_conf_upstreams(path: &std::path::Path, own: &[SocketAddr]) -> Vec<Arc<Upstream>> {
+pub(crate) fn resolv_conf_upstreams(
+    path: &std::path::Path,
+    own: &[SocketAddr],
+) -> Vec<Arc<Upstream>> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Vec::new();
     };
@@ -100,7 +103,7 @@ pub fn resolv_conf_upstreams(path: &std::path::Path, own: &[SocketAddr]) -> Vec<
 }
 
 #[derive(Default)]
-pub struct Stats {
+pub(crate) struct Stats {
     pub queries: AtomicU64,
     pub cache_hits: AtomicU64,
     pub local: AtomicU64,
@@ -116,7 +119,7 @@ pub struct Stats {
 
 type Outcome = Option<Arc<Answer>>;
 
-pub struct Forwarder {
+pub(crate) struct Forwarder {
     settings: RwLock<Arc<Settings>>,
     pub cache: Cache,
     inflight: Mutex<HashMap<Key, Vec<oneshot::Sender<Outcome>>>>,
@@ -126,7 +129,7 @@ pub struct Forwarder {
 }
 
 /// The fast part of handling a query is done: answered, dropped, or it needs an upstream.
-pub enum Step {
+pub(crate) enum Step {
     /// The reply was appended to the caller's buffer.
     Reply,
     /// Nothing is sent back.
@@ -135,7 +138,7 @@ pub enum Step {
 }
 
 /// A query waiting for an upstream.
-pub struct Pending {
+pub(crate) struct Pending {
     query: Message,
     /// The query as received, for the fast path's reply once the answer is cached.
     wire: Box<[u8]>,
@@ -146,7 +149,7 @@ pub struct Pending {
 }
 
 impl Forwarder {
-    pub fn new(settings: Settings, cache: CacheConfig) -> Self {
+    pub(crate) fn new(settings: Settings, cache: CacheConfig) -> Self {
         Forwarder {
             settings: RwLock::new(Arc::new(settings)),
             cache: Cache::new(cache),
@@ -156,7 +159,7 @@ impl Forwarder {
         }
     }
 
-    pub fn settings(&self) -> Arc<Settings> {
+    pub(crate) fn settings(&self) -> Arc<Settings> {
         self.settings
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -164,19 +167,25 @@ impl Forwarder {
     }
 
     /// New upstreams (resolv.conf changed), everything else as it is.
-    pub fn replace_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
+    pub(crate) fn replace_upstreams(&self, upstreams: Vec<Arc<Upstream>>) {
         let mut settings = (*self.settings()).clone();
         settings.upstreams = upstreams;
         self.replace_settings(settings);
     }
 
-    pub fn replace_settings(&self, settings: Settings) {
+    pub(crate) fn replace_settings(&self, settings: Settings) {
         *self.settings.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(settings);
     }
 
     /// Everything that needs no upstream: checks, errors, local data, cache hits. A reply is
     /// appended to `out`.
-    pub fn start(&self, wire: &[u8], client: IpAddr, via: Transport, out: &mut Vec<u8>) -> Step {
+    pub(crate) fn start(
+        &self,
+        wire: &[u8],
+        client: IpAddr,
+        via: Transport,
+        out: &mut Vec<u8>,
+    ) -> Step {
         let settings = self.settings();
         self.stats.queries.fetch_add(1, Ordering::Relaxed);
         if self.answer_cached(wire, client, via, &settings, Instant::now(), out) {
@@ -188,7 +197,7 @@ impl Forwarder {
 
     /// A plain query answered from the cache without parsing it in full, the reply appended to
     /// `out`; false if it takes the full path. Counts nothing: the caller does.
-    pub fn answer_cached(
+    pub(crate) fn answer_cached(
         &self,
         wire: &[u8],
         client: IpAddr,
@@ -231,7 +240,7 @@ impl Forwarder {
 
     /// The full path of [`Self::start`], after the fast one found nothing; counts all but the
     /// query itself.
-    pub fn start_full(
+    pub(crate) fn start_full(
         &self,
         wire: &[u8],
         client: IpAddr,
@@ -353,7 +362,7 @@ impl Forwarder {
     }
 
     /// Answers a query that needed an upstream.
-    pub async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
+    pub(crate) async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
         let Pending {
             query,
             wire,
@@ -509,7 +518,7 @@ impl Forwarder {
     }
 
     /// One line of statistics, for STATUS= and the SIGUSR1 log.
-    pub fn status(&self) -> String {
+    pub(crate) fn status(&self) -> String {
         let s = &self.stats;
         let (entries, bytes) = self.cache.size();
         let settings = self.settings();

@@ -13,13 +13,13 @@ use crate::config::{BlockMode, Config};
 
 /// What local data says about a question.
 #[derive(Debug, PartialEq)]
-pub enum LocalAnswer {
+pub(crate) enum LocalAnswer {
     /// Authoritative answer: rcode and records (empty for NODATA).
     Records(ResponseCode, Vec<Record>),
 }
 
 #[derive(Debug, Default, Clone)]
-pub struct LocalData {
+pub(crate) struct LocalData {
     records: HashMap<Name, Vec<Record>>,
     blocked: HashSet<Name>,
     /// The same names in lowercase wire form, for the fast path's check.
@@ -30,7 +30,7 @@ pub struct LocalData {
 }
 
 impl LocalData {
-    pub fn load(config: &Config) -> anyhow::Result<Self> {
+    pub(crate) fn load(config: &Config) -> anyhow::Result<Self> {
         let mut data = LocalData {
             ttl: config.local.ttl,
             block_mode: Some(config.local.block_mode),
@@ -139,7 +139,7 @@ impl LocalData {
     }
 
     /// The local answer for `name`/`qtype`, if local data covers the name.
-    pub fn lookup(&self, name: &Name, qtype: RecordType) -> Option<LocalAnswer> {
+    pub(crate) fn lookup(&self, name: &Name, qtype: RecordType) -> Option<LocalAnswer> {
         if self.records.is_empty() && self.blocked.is_empty() {
             return None;
         }
@@ -178,7 +178,7 @@ impl LocalData {
 
     /// Whether local data answers for a name (lowercase wire form, uncompressed): [`Self::lookup`]
     /// is Some. For the fast path, without parsing the name.
-    pub fn covers(&self, lower: &[u8]) -> bool {
+    pub(crate) fn covers(&self, lower: &[u8]) -> bool {
         if self.owners_wire.contains(lower) {
             return true;
         }

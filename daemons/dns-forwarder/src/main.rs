@@ -17,9 +17,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::signal::unix::{signal, SignalKind};
 
-use inetkit_common::activation::Socket;
-use inetkit_common::daemon::{self, Context};
-use inetkit_common::server::Server;
+use inetkit_runtime::activation::Socket;
+use inetkit_runtime::daemon::{self, Context};
+use inetkit_runtime::server::Server;
 
 use config::Config;
 use forwarder::{Forwarder, Settings};
@@ -37,7 +37,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         .collect();
     let settings = Settings::from_config(&ctx.config, &own)?;
     let forwarder = Arc::new(Forwarder::new(settings, ctx.config.cache.clone()));
-    let limiter = Arc::new(Mutex::new(inetkit_common::ratelimit::RateLimiter::new(
+    let limiter = Arc::new(Mutex::new(inetkit_runtime::ratelimit::RateLimiter::new(
         ctx.config.rate_limit.rate,
         ctx.config.rate_limit.burst,
         "query",
@@ -102,7 +102,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
 }
 
 fn reload(path: &std::path::Path, own: &[SocketAddr]) -> anyhow::Result<Settings> {
-    let config: Config = inetkit_common::config::load(path)?;
+    let config: Config = inetkit_runtime::config::load(path)?;
     Settings::from_config(&config, own)
 }
 

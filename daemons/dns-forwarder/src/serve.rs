@@ -17,8 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
-use inetkit_common::ratelimit::RateLimiter;
-use inetkit_common::server::{Peer, Server};
+use inetkit_runtime::ratelimit::RateLimiter;
+use inetkit_runtime::server::{Peer, Server};
 
 use crate::forwarder::{Forwarder, Step, Transport};
 
@@ -32,7 +32,7 @@ const QUERY_MAX: usize = 4096;
 
 /// Receives queries on one UDP socket until shutdown. Each wakeup drains the socket in batches;
 /// the answers that need no upstream go out together, the rest are finished in their own tasks.
-pub async fn serve_udp(
+pub(crate) async fn serve_udp(
     socket: Arc<UdpSocket>,
     forwarder: Arc<Forwarder>,
     limiter: Arc<Mutex<RateLimiter>>,
@@ -260,7 +260,7 @@ fn socket_addr(addr: &SockaddrStorage) -> Option<SocketAddr> {
 }
 
 /// One TCP connection: length-prefixed queries read as they come, each answered when ready.
-pub async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer: Peer) {
+pub(crate) async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer: Peer) {
     let (mut reader, mut writer) = stream.into_split();
     let (tx, mut rx) = mpsc::channel::<Vec<u8>>(TCP_PIPELINE);
     let write_timeout = peer.write_timeout;

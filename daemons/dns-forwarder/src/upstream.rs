@@ -29,7 +29,7 @@ thread_local! {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum UpstreamError {
+pub(crate) enum UpstreamError {
     #[error("timed out")]
     Timeout,
     #[error("{0}")]
@@ -39,7 +39,7 @@ pub enum UpstreamError {
 }
 
 /// What is asked: the question as sent (case possibly randomised) and the flags to pass on.
-pub struct Ask {
+pub(crate) struct Ask {
     pub query: Query,
     pub dnssec_ok: bool,
     pub checking_disabled: bool,
@@ -48,7 +48,7 @@ pub struct Ask {
     pub exact_case: bool,
 }
 
-pub struct Upstream {
+pub(crate) struct Upstream {
     pub addr: SocketAddr,
     pub protocol: Protocol,
     tls: Option<(TlsConnector, rustls_pki_types::ServerName<'static>)>,
@@ -61,7 +61,7 @@ pub struct Upstream {
 }
 
 impl Upstream {
-    pub fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
+    pub(crate) fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
         let addr = config.socket_addr().map_err(anyhow::Error::msg)?;
         let tls = match config.protocol {
             Protocol::Udp => None,
@@ -90,7 +90,7 @@ impl Upstream {
     }
 
     /// A plain UDP upstream (from resolv.conf).
-    pub fn udp(addr: SocketAddr) -> Self {
+    pub(crate) fn udp(addr: SocketAddr) -> Self {
         Upstream {
             addr,
             protocol: Protocol::Udp,
@@ -102,7 +102,7 @@ impl Upstream {
         }
     }
 
-    pub fn srtt(&self) -> Duration {
+    pub(crate) fn srtt(&self) -> Duration {
         Duration::from_micros(self.srtt_us.load(Ordering::Relaxed))
     }
 
@@ -125,13 +125,13 @@ impl Upstream {
     }
 
     /// Not chosen this time: let its estimate drift down so it is tried again one day.
-    pub fn decay(&self) {
+    pub(crate) fn decay(&self) {
         let old = self.srtt_us.load(Ordering::Relaxed);
         self.srtt_us.store(old - old / 64, Ordering::Relaxed);
     }
 
     /// Asks this upstream, within `timeout`; records the RTT or the failure.
-    pub async fn exchange(
+    pub(crate) async fn exchange(
         &self,
         ask: &Ask,
         timeout: Duration,

@@ -9,10 +9,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use inetkit_common::activation::Socket;
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context};
-use inetkit_common::server::Server;
+use inetkit_runtime::activation::Socket;
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::daemon::{self, Context};
+use inetkit_runtime::server::Server;
 
 use service::Service;
 
@@ -25,7 +25,7 @@ struct Config {
     log: LogConfig,
     udp: UdpConfig,
 }
-inetkit_common::shared_sections!(Config);
+inetkit_runtime::shared_sections!(Config);
 
 /// `[udp]`: the per-source limit on datagrams answered.
 #[derive(Debug, Deserialize)]
@@ -87,7 +87,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
                 let local = socket.local_addr()?;
                 let socket = tokio::net::UdpSocket::from_std(socket)?;
                 tracing::info!(socket = %listener.name, address = %local, "listening (udp)");
-                let limiter = inetkit_common::ratelimit::RateLimiter::new(
+                let limiter = inetkit_runtime::ratelimit::RateLimiter::new(
                     ctx.config.udp.rate,
                     ctx.config.udp.burst,
                     "udp",

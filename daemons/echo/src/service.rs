@@ -7,10 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use inetkit_common::server::Peer;
+use inetkit_runtime::server::Peer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Service {
+pub(crate) enum Service {
     Echo,
     Discard,
     Chargen,
@@ -21,7 +21,7 @@ pub enum Service {
 impl Service {
     /// The service for a socket name, and whether that socket speaks TLS.
     /// systemd names an Accept=yes connection "connection" unless told otherwise: that is echo.
-    pub fn from_socket_name(name: &str) -> Option<(Service, bool)> {
+    pub(crate) fn from_socket_name(name: &str) -> Option<(Service, bool)> {
         let (base, tls) = match name.strip_suffix("-tls") {
             Some(base) => (base, true),
             None => (name, false),
@@ -38,7 +38,7 @@ impl Service {
     }
 
     /// The answer to one UDP datagram, if the service sends one.
-    pub fn datagram_reply(self, request: &[u8], now: SystemTime) -> Option<Vec<u8>> {
+    pub(crate) fn datagram_reply(self, request: &[u8], now: SystemTime) -> Option<Vec<u8>> {
         match self {
             Service::Echo => Some(request.to_vec()),
             Service::Discard => None,
@@ -58,7 +58,7 @@ impl Service {
 const BUFFER: usize = 64 * 1024;
 
 /// Serves one plain TCP connection.
-pub async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
+pub(crate) async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
     let result = match service {
         Service::Echo => echo_tcp(stream, &peer).await,
         other => serve_stream(other, stream, &peer).await,
@@ -67,7 +67,11 @@ pub async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
 }
 
 /// Serves one stream that is not a bare socket (TLS).
-pub async fn serve_stream<S>(service: Service, mut stream: S, peer: &Peer) -> std::io::Result<()>
+pub(crate) async fn serve_stream<S>(
+    service: Service,
+    mut stream: S,
+    peer: &Peer,
+) -> std::io::Result<()>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -88,7 +92,7 @@ where
     }
 }
 
-pub fn log_end(result: std::io::Result<()>) {
+pub(crate) fn log_end(result: std::io::Result<()>) {
     match result {
         Ok(()) => tracing::debug!("session ended"),
         Err(err) => tracing::debug!(error = %err, "session ended"),
@@ -164,7 +168,7 @@ where
 }
 
 /// `future`, failing with TimedOut after `limit`.
-pub async fn timed<T>(
+pub(crate) async fn timed<T>(
     limit: Duration,
     future: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
@@ -176,7 +180,7 @@ pub async fn timed<T>(
 /// RFC 864's pattern: lines of 72 printable ASCII characters, each starting one character later
 /// in the 95-character cycle than the one before.
 #[derive(Debug, Default)]
-pub struct Chargen {
+pub(crate) struct Chargen {
     line: usize,
     column: usize,
 }
@@ -208,7 +212,7 @@ fn chargen_block() -> Vec<u8> {
 }
 
 /// RFC 867 leaves the format open; this is RFC 2822's, in UTC.
-pub fn daytime(now: SystemTime) -> String {
+pub(crate) fn daytime(now: SystemTime) -> String {
     let now = time::OffsetDateTime::from(now);
     let text = now
         .format(&time::format_description::well_known::Rfc2822)
@@ -218,7 +222,7 @@ pub fn daytime(now: SystemTime) -> String {
 
 /// RFC 868: seconds since 1900-01-01 00:00 UTC, as 32 bits (which wrap in 2036, as the RFC's
 /// clients expect).
-pub fn rfc868_time(now: SystemTime) -> u32 {
+pub(crate) fn rfc868_time(now: SystemTime) -> u32 {
     const SECONDS_1900_TO_1970: u64 = 2_208_988_800;
     let unix = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     (unix + SECONDS_1900_TO_1970) as u32

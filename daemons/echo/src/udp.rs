@@ -9,8 +9,8 @@ use std::time::{Instant, SystemTime};
 
 use tokio::net::UdpSocket;
 
-use inetkit_common::ratelimit::RateLimiter;
-use inetkit_common::server::Server;
+use inetkit_runtime::ratelimit::RateLimiter;
+use inetkit_runtime::server::Server;
 
 use crate::service::Service;
 
@@ -18,7 +18,12 @@ use crate::service::Service;
 /// echo and chargen, extended to every well-known service).
 const FIRST_UNPRIVILEGED_PORT: u16 = 1024;
 
-pub async fn serve(service: Service, socket: UdpSocket, server: Server, mut limiter: RateLimiter) {
+pub(crate) async fn serve(
+    service: Service,
+    socket: UdpSocket,
+    server: Server,
+    mut limiter: RateLimiter,
+) {
     let shutdown = server.shutdown_token();
     let mut buf = vec![0u8; 65536];
     loop {

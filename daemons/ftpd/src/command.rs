@@ -3,7 +3,7 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     User(String),
     Pass(String),
     Auth(String),
@@ -47,7 +47,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     #[error("unknown command")]
     Unknown,
     #[error("{0}")]
@@ -55,7 +55,7 @@ pub enum ParseError {
 }
 
 /// Parses one command line (without its CRLF).
-pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let line = strip_telnet(line);
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("not UTF-8"))?;
     let (verb, arg) = match line.split_once(' ') {

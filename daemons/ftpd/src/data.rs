@@ -25,7 +25,7 @@ const LINGER: Duration = Duration::from_secs(10);
 
 /// How the next data connection will be made.
 #[derive(Debug, Default)]
-pub enum Pending {
+pub(crate) enum Pending {
     #[default]
     None,
     Passive(TcpListener),
@@ -33,7 +33,7 @@ pub enum Pending {
 }
 
 /// A passive listener on `ip`, on a free port of `ports` (`[0, 0]`: 49152–65535).
-pub fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
+pub(crate) fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
     let [low, high] = ports;
     let bind = |port| {
         let socket = match ip {
@@ -71,7 +71,7 @@ pub fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
 
 /// Waits for the client's data connection. With `expect`, connections from other addresses
 /// are closed and logged, and the wait goes on.
-pub async fn accept(
+pub(crate) async fn accept(
     listener: TcpListener,
     expect: Option<IpAddr>,
     timeout: Duration,
@@ -92,14 +92,14 @@ pub async fn accept(
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-pub async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
+pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
     tokio::time::timeout(timeout, TcpStream::connect(addr))
         .await
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// A data connection, plain or TLS.
-pub enum DataStream {
+pub(crate) enum DataStream {
     Plain(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
 }
@@ -145,7 +145,7 @@ impl AsyncWrite for DataStream {
 }
 
 /// Bytes moved so far, for STAT during a transfer.
-pub type Progress = Arc<AtomicU64>;
+pub(crate) type Progress = Arc<AtomicU64>;
 
 /// Bounds one step of a transfer: a client that stops moving data is given up on.
 async fn step<T>(
@@ -160,7 +160,7 @@ async fn step<T>(
 /// Sends `file` from its current position: sendfile(2) for a plain binary transfer, else a
 /// read/write loop with a large buffer (and LF → CRLF for TYPE A). Ends the connection
 /// cleanly (TLS close_notify, FIN).
-pub async fn send_file(
+pub(crate) async fn send_file(
     mut stream: DataStream,
     mut file: std::fs::File,
     ascii: bool,
@@ -228,7 +228,7 @@ pub async fn send_file(
 }
 
 /// Sends a listing (already formatted) and ends the connection.
-pub async fn send_bytes(
+pub(crate) async fn send_bytes(
     mut stream: DataStream,
     bytes: Vec<u8>,
     timeout: Duration,
@@ -240,7 +240,7 @@ pub async fn send_bytes(
 
 /// Writes everything the client sends into `file` (CRLF → LF for TYPE A) until it closes
 /// the connection. Returns the bytes received; on error, what was written stays written.
-pub async fn receive_file(
+pub(crate) async fn receive_file(
     mut stream: DataStream,
     file: &mut std::fs::File,
     ascii: bool,
@@ -372,12 +372,12 @@ async fn finish(mut stream: DataStream, timeout: Duration) -> io::Result<()> {
 
 /// TYPE A sending: a bare LF becomes CRLF; existing CRLFs stay as they are.
 #[derive(Debug, Default)]
-pub struct ToCrlf {
+pub(crate) struct ToCrlf {
     after_cr: bool,
 }
 
 impl ToCrlf {
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 16);
         for &b in input {
             if b == b'\n' && !self.after_cr {
@@ -391,12 +391,12 @@ impl ToCrlf {
 
 /// TYPE A receiving: CRLF becomes LF; a CR not followed by LF is kept.
 #[derive(Debug, Default)]
-pub struct ToLf {
+pub(crate) struct ToLf {
     pending_cr: bool,
 }
 
 impl ToLf {
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len());
         for &b in input {
             if self.pending_cr {
@@ -413,7 +413,7 @@ impl ToLf {
         }
     }
 
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         if std::mem::take(&mut self.pending_cr) {
             out.push(b'\r');
         }

@@ -16,11 +16,11 @@ const MAX_DEPTH: usize = 256;
 
 /// A path inside the user's tree, as components below the root (never `.`, `..` or empty).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct VPath(Vec<String>);
+pub(crate) struct VPath(Vec<String>);
 
 impl VPath {
     /// The path relative to the root, as cap-std takes it.
-    pub fn rel(&self) -> PathBuf {
+    pub(crate) fn rel(&self) -> PathBuf {
         if self.0.is_empty() {
             PathBuf::from(".")
         } else {
@@ -29,20 +29,20 @@ impl VPath {
     }
 
     /// The path as the client sees it (`/a/b`).
-    pub fn display(&self) -> String {
+    pub(crate) fn display(&self) -> String {
         format!("/{}", self.0.join("/"))
     }
 
-    pub fn is_root(&self) -> bool {
+    pub(crate) fn is_root(&self) -> bool {
         self.0.is_empty()
     }
 
     /// The last component (the root is `/`).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.0.last().map_or("/", String::as_str)
     }
 
-    pub fn join(&self, name: &str) -> VPath {
+    pub(crate) fn join(&self, name: &str) -> VPath {
         let mut path = self.clone();
         path.0.push(name.to_owned());
         path
@@ -50,11 +50,11 @@ impl VPath {
 }
 
 /// The error for names a client may not use.
-pub fn bad_name() -> io::Error {
+pub(crate) fn bad_name() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "file name not allowed")
 }
 
-pub struct UserFs {
+pub(crate) struct UserFs {
     root: Dir,
     cwd: VPath,
     pub read_only: bool,
@@ -63,7 +63,7 @@ pub struct UserFs {
 impl UserFs {
     /// Opens `root`; with `create`, makes it first if it does not exist (a user without a
     /// home field, on first login).
-    pub fn open(root: &Path, create: bool, read_only: bool) -> io::Result<UserFs> {
+    pub(crate) fn open(root: &Path, create: bool, read_only: bool) -> io::Result<UserFs> {
         if create {
             std::fs::create_dir_all(root)?;
         }
@@ -75,13 +75,13 @@ impl UserFs {
         })
     }
 
-    pub fn cwd(&self) -> &VPath {
+    pub(crate) fn cwd(&self) -> &VPath {
         &self.cwd
     }
 
     /// Resolves a client path against the working directory, without touching the disk.
     /// NUL, CR and LF are refused: no file name of ours holds them.
-    pub fn resolve(&self, arg: &str) -> io::Result<VPath> {
+    pub(crate) fn resolve(&self, arg: &str) -> io::Result<VPath> {
         if arg.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
             return Err(bad_name());
         }
@@ -106,7 +106,7 @@ impl UserFs {
     }
 
     /// CWD: the target must be a directory reachable inside the root.
-    pub fn change_dir(&mut self, arg: &str) -> io::Result<()> {
+    pub(crate) fn change_dir(&mut self, arg: &str) -> io::Result<()> {
         let path = self.resolve(arg)?;
         if !self.root.metadata(path.rel())?.is_dir() {
             return Err(io::Error::new(
@@ -119,11 +119,11 @@ impl UserFs {
     }
 
     /// Metadata following symlinks (inside the root only).
-    pub fn metadata(&self, path: &VPath) -> io::Result<Metadata> {
+    pub(crate) fn metadata(&self, path: &VPath) -> io::Result<Metadata> {
         self.root.metadata(path.rel())
     }
 
-    pub fn open_read(&self, path: &VPath) -> io::Result<std::fs::File> {
+    pub(crate) fn open_read(&self, path: &VPath) -> io::Result<std::fs::File> {
         let file = self.root.open(path.rel())?.into_std();
         if !file.metadata()?.is_file() {
             return Err(io::Error::new(
@@ -135,7 +135,7 @@ impl UserFs {
     }
 
     /// Opens a file to upload into: truncated, appended to, or (REST) written from an offset.
-    pub fn open_write(&self, path: &VPath, mode: WriteMode) -> io::Result<std::fs::File> {
+    pub(crate) fn open_write(&self, path: &VPath, mode: WriteMode) -> io::Result<std::fs::File> {
         self.writable(path)?;
         let mut options = OpenOptions::new();
         options.write(true).create(true);
@@ -165,7 +165,7 @@ impl UserFs {
     }
 
     /// STOU: a new file named after `base` (or `file`) with a unique suffix.
-    pub fn create_unique(&self, base: Option<&str>) -> io::Result<(VPath, std::fs::File)> {
+    pub(crate) fn create_unique(&self, base: Option<&str>) -> io::Result<(VPath, std::fs::File)> {
         let base = match base {
             Some(base) => self.resolve(base)?,
             None => self.cwd.join("file"),
@@ -196,22 +196,22 @@ impl UserFs {
         ))
     }
 
-    pub fn remove_file(&self, path: &VPath) -> io::Result<()> {
+    pub(crate) fn remove_file(&self, path: &VPath) -> io::Result<()> {
         self.writable(path)?;
         self.root.remove_file(path.rel())
     }
 
-    pub fn remove_dir(&self, path: &VPath) -> io::Result<()> {
+    pub(crate) fn remove_dir(&self, path: &VPath) -> io::Result<()> {
         self.writable(path)?;
         self.root.remove_dir(path.rel())
     }
 
-    pub fn create_dir(&self, path: &VPath) -> io::Result<()> {
+    pub(crate) fn create_dir(&self, path: &VPath) -> io::Result<()> {
         self.writable(path)?;
         self.root.create_dir(path.rel())
     }
 
-    pub fn rename(&self, from: &VPath, to: &VPath) -> io::Result<()> {
+    pub(crate) fn rename(&self, from: &VPath, to: &VPath) -> io::Result<()> {
         self.writable(from)?;
         self.writable(to)?;
         self.root.rename(from.rel(), &self.root, to.rel())
@@ -219,7 +219,7 @@ impl UserFs {
 
     /// The entries of a directory, sorted by name, with their own metadata (a symlink is
     /// listed as a symlink: following it could read outside the root).
-    pub fn list(&self, path: &VPath) -> io::Result<Vec<(String, Metadata)>> {
+    pub(crate) fn list(&self, path: &VPath) -> io::Result<Vec<(String, Metadata)>> {
         let mut entries = Vec::new();
         for entry in self.root.read_dir(path.rel())? {
             let entry = entry?;
@@ -236,7 +236,7 @@ impl UserFs {
     }
 
     /// Metadata of `path` itself (not following a final symlink).
-    pub fn symlink_metadata(&self, path: &VPath) -> io::Result<Metadata> {
+    pub(crate) fn symlink_metadata(&self, path: &VPath) -> io::Result<Metadata> {
         self.root.symlink_metadata(path.rel())
     }
 
@@ -252,7 +252,7 @@ impl UserFs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WriteMode {
+pub(crate) enum WriteMode {
     Truncate,
     Append,
     At(u64),

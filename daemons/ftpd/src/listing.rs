@@ -7,14 +7,14 @@ use cap_std::fs::{Metadata, MetadataExt};
 use time::{OffsetDateTime, UtcOffset};
 
 /// The modification time, or the epoch if the file system has none.
-pub fn modified(meta: &Metadata) -> SystemTime {
+pub(crate) fn modified(meta: &Metadata) -> SystemTime {
     meta.modified()
         .map(|t| t.into_std())
         .unwrap_or(SystemTime::UNIX_EPOCH)
 }
 
 /// `YYYYMMDDHHMMSS` in UTC (RFC 3659 §2.3).
-pub fn timeval(t: SystemTime) -> String {
+pub(crate) fn timeval(t: SystemTime) -> String {
     let t = OffsetDateTime::from(t).to_offset(UtcOffset::UTC);
     format!(
         "{:04}{:02}{:02}{:02}{:02}{:02}",
@@ -33,7 +33,7 @@ const MONTHS: [&str; 12] = [
 
 /// One `ls -l` line (without CRLF), as clients parse it:
 /// `-rw-r--r-- 1 ftp ftp 1234 Nov 25 17:02 name`.
-pub fn ls_line(name: &str, meta: &Metadata, now: SystemTime) -> String {
+pub(crate) fn ls_line(name: &str, meta: &Metadata, now: SystemTime) -> String {
     let kind = if meta.is_dir() {
         'd'
     } else if meta.file_type().is_symlink() {
@@ -77,7 +77,12 @@ pub fn ls_line(name: &str, meta: &Metadata, now: SystemTime) -> String {
 }
 
 /// MLSD/MLST facts followed by a space and the name (RFC 3659 §7.2).
-pub fn facts(name: &str, meta: &Metadata, kind_override: Option<&str>, writable: bool) -> String {
+pub(crate) fn facts(
+    name: &str,
+    meta: &Metadata,
+    kind_override: Option<&str>,
+    writable: bool,
+) -> String {
     let kind = kind_override.unwrap_or(if meta.is_dir() { "dir" } else { "file" });
     let perm = match (meta.is_dir(), writable) {
         (true, true) => "elcmfp",

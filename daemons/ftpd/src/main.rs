@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use inetkit_common::auth::{AuthConfig, Authenticator};
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context, PlainAndTls};
-use inetkit_common::server::Server;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+use inetkit_runtime::tls::TlsContext;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -32,7 +32,7 @@ struct Config {
     ftp: FtpConfig,
 }
 // vsftpd's idle_session_timeout default.
-inetkit_common::shared_sections!(Config, idle_timeout = 300);
+inetkit_runtime::shared_sections!(Config, idle_timeout = 300);
 
 impl Default for Config {
     fn default() -> Self {

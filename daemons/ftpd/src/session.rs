@@ -19,9 +19,9 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::net::TcpStream;
 use tokio_rustls::TlsAcceptor;
 
-use inetkit_common::auth::AuthError;
-use inetkit_common::server::Peer;
-use inetkit_common::tls::HANDSHAKE_TIMEOUT;
+use inetkit_auth::AuthError;
+use inetkit_runtime::server::Peer;
+use inetkit_runtime::tls::HANDSHAKE_TIMEOUT;
 
 use crate::command::{parse, Command, ParseError};
 use crate::data::{self, DataStream, Pending, Progress};
@@ -57,7 +57,7 @@ enum Transfer {
     Receive { file: std::fs::File, path: VPath },
 }
 
-pub struct Session {
+pub(crate) struct Session {
     ftp: Arc<Ftp>,
     peer: Peer,
     /// This session's TLS setup: the daemon's certificate with a ticket key and session cache
@@ -78,7 +78,7 @@ pub struct Session {
 }
 
 /// Serves one connection; `implicit_tls` for the ftps port.
-pub async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+pub(crate) async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
     // ftplib and others send ABOR's last byte as urgent data: keep it in the stream.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     let stream = ControlStream(stream);
@@ -117,7 +117,7 @@ pub async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit_tls: b
 /// readiness after a short read: the kernel ends a read at the urgent mark of an ABOR sent
 /// with MSG_OOB, and tokio's own `poll_read` would take that short read to mean "drained"
 /// and wait for an edge that never comes for the byte behind the mark.
-pub struct ControlStream(TcpStream);
+pub(crate) struct ControlStream(TcpStream);
 
 impl AsyncRead for ControlStream {
     fn poll_read(

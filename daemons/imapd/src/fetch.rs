@@ -24,12 +24,12 @@ const MAX_DEPTH: usize = 40;
 
 /// Converts bare LF to CRLF across chunk boundaries.
 #[derive(Default)]
-pub struct Crlf {
+pub(crate) struct Crlf {
     after_cr: bool,
 }
 
 impl Crlf {
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 32);
         let mut rest = input;
         // Whole lines at a time: the common case is long runs without a line end.
@@ -55,7 +55,7 @@ impl Crlf {
 }
 
 /// Reads a whole message file in CRLF form.
-pub fn read_all(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_all(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     file.read_to_end(&mut raw)?;
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
@@ -64,7 +64,7 @@ pub fn read_all(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
 }
 
 /// Reads just the header of a message file (through the blank line), in CRLF form.
-pub fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+pub(crate) fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut conv = Crlf::default();
     let mut buf = vec![0u8; 16 * 1024];
@@ -89,7 +89,7 @@ pub fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
 /// Reads bytes `start..start + want` of a message file in CRLF form, a chunk at a time. A
 /// file that ends early (or could not be opened or read) is padded with spaces to `want`:
 /// the literal's length was promised already.
-pub struct RangeReader {
+pub(crate) struct RangeReader {
     file: Option<std::fs::File>,
     conv: Crlf,
     /// CRLF bytes converted so far.
@@ -103,7 +103,7 @@ pub struct RangeReader {
 const CHUNK: usize = 64 * 1024;
 
 impl RangeReader {
-    pub fn new(file: Option<std::fs::File>, start: u64, want: u64) -> RangeReader {
+    pub(crate) fn new(file: Option<std::fs::File>, start: u64, want: u64) -> RangeReader {
         RangeReader {
             file,
             conv: Crlf::default(),
@@ -117,7 +117,7 @@ impl RangeReader {
 
     /// Appends the next piece to `out` (NULs as 0x80, as in any literal); false when all was
     /// given.
-    pub fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
+    pub(crate) fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
         loop {
             if self.left == 0 {
                 return false;
@@ -156,26 +156,26 @@ fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
 }
 
 /// Where the header ends (just after the blank line), for a message without MIME parsing.
-pub fn header_len(msg: &[u8]) -> usize {
+pub(crate) fn header_len(msg: &[u8]) -> usize {
     if msg.starts_with(b"\r\n") {
         return 2;
     }
     find(msg, b"\r\n\r\n").map_or(msg.len(), |p| p + 4)
 }
 
-pub fn parse(bytes: &[u8]) -> Option<Message<'_>> {
+pub(crate) fn parse(bytes: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(bytes)
 }
 
 /// A part addressed by a section's part numbers: the message it belongs to, and its index
 /// in that message's parts.
-pub struct Located<'m, 'x> {
+pub(crate) struct Located<'m, 'x> {
     pub message: &'m Message<'x>,
     pub part: &'m MessagePart<'x>,
 }
 
 /// Finds part `path` (1-based numbers). `None` when there is no such part.
-pub fn locate<'m, 'x>(msg: &'m Message<'x>, path: &[u32]) -> Option<Located<'m, 'x>> {
+pub(crate) fn locate<'m, 'x>(msg: &'m Message<'x>, path: &[u32]) -> Option<Located<'m, 'x>> {
     let mut message = msg;
     let mut part = msg.parts.first()?;
     for (depth, &n) in path.iter().enumerate() {
@@ -209,14 +209,14 @@ fn same_raw(outer: &Message<'_>, inner: &Message<'_>) -> bool {
         && outer.raw_message.as_ptr() == inner.raw_message.as_ptr()
 }
 
-pub fn slice(raw: &[u8], from: u32, to: u32) -> &[u8] {
+pub(crate) fn slice(raw: &[u8], from: u32, to: u32) -> &[u8] {
     let (from, to) = (from as usize, (to as usize).min(raw.len()));
     raw.get(from..to.max(from)).unwrap_or_default()
 }
 
 /// The header fields of `header` whose names are (or, with `not`, are not) in `names`,
 /// followed by the blank line.
-pub fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
+pub(crate) fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
     let mut out = Vec::new();
     let mut keep = false;
     for line in header.split_inclusive(|&b| b == b'\n') {
@@ -252,7 +252,7 @@ fn raw_header<'r>(raw: &'r [u8], part: &MessagePart<'_>, name: &str) -> Option<V
 }
 
 /// ENVELOPE of a message (RFC 3501 §7.4.2).
-pub fn envelope(msg: &Message<'_>) -> Envelope<'static> {
+pub(crate) fn envelope(msg: &Message<'_>) -> Envelope<'static> {
     let raw = &msg.raw_message[..];
     let Some(top) = msg.parts.first() else {
         return empty_envelope();
@@ -274,7 +274,7 @@ pub fn envelope(msg: &Message<'_>) -> Envelope<'static> {
 }
 
 /// The ENVELOPE of a message that could not be parsed: all NIL.
-pub fn empty_envelope() -> Envelope<'static> {
+pub(crate) fn empty_envelope() -> Envelope<'static> {
     let nil = || NString(None);
     Envelope {
         date: nil(),
@@ -359,7 +359,7 @@ fn encode_word(s: &str) -> String {
 }
 
 /// BODYSTRUCTURE (`extended`) or BODY of a message.
-pub fn body_structure(msg: &Message<'_>, extended: bool) -> BodyStructure<'static> {
+pub(crate) fn body_structure(msg: &Message<'_>, extended: bool) -> BodyStructure<'static> {
     match msg.parts.first() {
         Some(part) => part_structure(msg, part, extended, 0),
         None => single(
@@ -370,7 +370,7 @@ pub fn body_structure(msg: &Message<'_>, extended: bool) -> BodyStructure<'stati
 }
 
 /// The BODY of a message that could not be parsed: an empty text part.
-pub fn empty_body() -> BodyStructure<'static> {
+pub(crate) fn empty_body() -> BodyStructure<'static> {
     single(Vec::new(), text_plain())
 }
 
@@ -566,7 +566,7 @@ fn disposition(
 }
 
 /// The values of header field `name` for SEARCH, raw and decoded.
-pub fn header_text(msg: &Message<'_>, name: &str) -> Vec<Vec<u8>> {
+pub(crate) fn header_text(msg: &Message<'_>, name: &str) -> Vec<Vec<u8>> {
     let raw = &msg.raw_message[..];
     let Some(top) = msg.parts.first() else {
         return Vec::new();

@@ -9,18 +9,18 @@ use std::path::{Path, PathBuf};
 
 use nix::fcntl::{Flock, FlockArg};
 
-pub const FILE: &str = "inetkit-keywords";
+pub(crate) const FILE: &str = "inetkit-keywords";
 /// Maildir has 26 keyword letters.
 const MAX: u8 = 26;
 
 #[derive(Debug, Clone, Default)]
-pub struct Keywords {
+pub(crate) struct Keywords {
     names: Vec<Option<String>>,
 }
 
 impl Keywords {
     /// The folder's keywords; a missing or unreadable file means none.
-    pub fn load(folder: &Path) -> Keywords {
+    pub(crate) fn load(folder: &Path) -> Keywords {
         let mut text = String::new();
         if let Ok(mut file) = File::open(folder.join(FILE)) {
             let _ = file.read_to_string(&mut text);
@@ -43,25 +43,25 @@ impl Keywords {
         Keywords { names }
     }
 
-    pub fn name(&self, n: u8) -> Option<&str> {
+    pub(crate) fn name(&self, n: u8) -> Option<&str> {
         self.names.get(usize::from(n))?.as_deref()
     }
 
     /// Keyword names compare without regard to case (RFC 3501 §2.3.2).
-    pub fn find(&self, name: &str) -> Option<u8> {
+    pub(crate) fn find(&self, name: &str) -> Option<u8> {
         self.names
             .iter()
             .position(|k| k.as_deref().is_some_and(|k| k.eq_ignore_ascii_case(name)))
             .and_then(|n| u8::try_from(n).ok())
     }
 
-    pub fn all(&self) -> impl Iterator<Item = &str> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &str> {
         self.names.iter().flatten().map(String::as_str)
     }
 
     /// The letter for `name`, adding it to the folder's file if new. `None` when all 26 are
     /// taken (or the file cannot be written).
-    pub fn find_or_add(&mut self, folder: &Path, name: &str) -> Option<u8> {
+    pub(crate) fn find_or_add(&mut self, folder: &Path, name: &str) -> Option<u8> {
         if let Some(n) = self.find(name) {
             return Some(n);
         }

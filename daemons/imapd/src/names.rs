@@ -7,11 +7,11 @@ use base64::engine::general_purpose::STANDARD_NO_PAD;
 use base64::Engine;
 
 /// The hierarchy separator we show.
-pub const DELIMITER: char = '/';
+pub(crate) const DELIMITER: char = '/';
 const SUBSCRIPTIONS: &str = "inetkit-subscriptions";
 
 /// Modified UTF-7 to UTF-8; `None` if malformed.
-pub fn decode_utf7(name: &[u8]) -> Option<String> {
+pub(crate) fn decode_utf7(name: &[u8]) -> Option<String> {
     let mut out = String::new();
     let mut i = 0;
     while i < name.len() {
@@ -49,7 +49,7 @@ pub fn decode_utf7(name: &[u8]) -> Option<String> {
 }
 
 /// UTF-8 to modified UTF-7.
-pub fn encode_utf7(name: &str) -> String {
+pub(crate) fn encode_utf7(name: &str) -> String {
     let mut out = String::new();
     let mut pending: Vec<u16> = Vec::new();
     let flush = |pending: &mut Vec<u16>, out: &mut String| {
@@ -81,7 +81,7 @@ pub fn encode_utf7(name: &str) -> String {
 
 /// Does `name` match the LIST pattern? `*` matches anything, `%` anything but the delimiter.
 /// INBOX matches case-insensitively.
-pub fn matches(pattern: &str, name: &str) -> bool {
+pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     let name_cmp: String = if name.eq_ignore_ascii_case("INBOX") {
         "INBOX".into()
     } else {
@@ -119,7 +119,7 @@ fn glob(p: &[u8], n: &[u8]) -> bool {
 }
 
 /// The subscribed names (UTF-8), one per line in the mailbox directory.
-pub fn subscriptions(mailbox: &Path) -> Vec<String> {
+pub(crate) fn subscriptions(mailbox: &Path) -> Vec<String> {
     std::fs::read_to_string(mailbox.join(SUBSCRIPTIONS))
         .map(|text| {
             text.lines()
@@ -131,7 +131,7 @@ pub fn subscriptions(mailbox: &Path) -> Vec<String> {
 }
 
 /// Adds or removes a subscription; written to a new file and renamed into place.
-pub fn set_subscribed(mailbox: &Path, name: &str, on: bool) -> std::io::Result<()> {
+pub(crate) fn set_subscribed(mailbox: &Path, name: &str, on: bool) -> std::io::Result<()> {
     let mut names = subscriptions(mailbox);
     names.retain(|n| n != name);
     if on {

@@ -3,7 +3,7 @@
 
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use inetkit_common::mail::{Flags, MessageInfo};
+use inetkit_maildir::{Flags, MessageInfo};
 use mail_parser::PartType;
 
 use crate::fetch;
@@ -54,7 +54,7 @@ struct Ctx<'s> {
 }
 
 /// Indexes of the matching messages.
-pub fn run(selected: &Selected, keys: &[SearchKey<'_>]) -> Vec<usize> {
+pub(crate) fn run(selected: &Selected, keys: &[SearchKey<'_>]) -> Vec<usize> {
     let needed = keys.iter().map(need).max().unwrap_or(Need::Nothing);
     let mut hits = Vec::new();
     for (i, msg) in selected.messages.iter().enumerate() {
@@ -86,7 +86,7 @@ pub fn run(selected: &Selected, keys: &[SearchKey<'_>]) -> Vec<usize> {
     hits
 }
 
-pub fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
+pub(crate) fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
     let value = |v: &SeqOrUid| match v {
         SeqOrUid::Value(x) => x.get(),
         SeqOrUid::Asterisk => largest,

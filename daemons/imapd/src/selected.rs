@@ -7,13 +7,13 @@ use std::time::SystemTime;
 
 use imap_codec::imap_types::response::Data;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use inetkit_common::mail::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
+use inetkit_maildir::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
 use crate::watch::{Stamp, Watch, Watches};
 use crate::wire::{self, nz};
 
-pub struct Selected {
+pub(crate) struct Selected {
     pub folder: Folder,
     pub read_only: bool,
     pub uid_validity: u32,
@@ -39,7 +39,7 @@ pub struct Selected {
 
 impl Selected {
     /// SELECT (`read_only` false: takes new messages as \Recent) or EXAMINE.
-    pub fn open(
+    pub(crate) fn open(
         folder: Folder,
         read_only: bool,
         watches: &Arc<Watches>,
@@ -74,7 +74,7 @@ impl Selected {
     }
 
     /// Woken when the folder changes (IDLE), if it is watched.
-    pub fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
+    pub(crate) fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.watch.as_ref().map(Watch::notifier)
     }
 
@@ -84,7 +84,7 @@ impl Selected {
             .is_some_and(|w| w.generation() != self.generation)
     }
 
-    pub fn changed_on_disk(&self) -> bool {
+    pub(crate) fn changed_on_disk(&self) -> bool {
         self.generation_changed()
             || self.stamp.is_none()
             || stamp(&self.folder) != self.stamp
@@ -94,7 +94,11 @@ impl Selected {
     /// Catches up with the folder. Untagged responses go to `out`: EXPUNGE (only when
     /// `expunge_allowed`; otherwise expunged messages stay in the view until a later command
     /// may announce them), FETCH for flags others changed, EXISTS and RECENT for new mail.
-    pub fn refresh(&mut self, out: &mut Vec<u8>, expunge_allowed: bool) -> Result<(), StoreError> {
+    pub(crate) fn refresh(
+        &mut self,
+        out: &mut Vec<u8>,
+        expunge_allowed: bool,
+    ) -> Result<(), StoreError> {
         if !self.changed_on_disk() {
             return Ok(());
         }
@@ -200,7 +204,7 @@ impl Selected {
     /// Indexes (0-based) of the messages a sequence set names, in ascending order. With `uid`,
     /// the numbers are UIDs and ones that do not exist are ignored; otherwise a number past
     /// the end is an error (`None`).
-    pub fn resolve(&self, set: &SequenceSet, uid: bool) -> Option<Vec<usize>> {
+    pub(crate) fn resolve(&self, set: &SequenceSet, uid: bool) -> Option<Vec<usize>> {
         let len = self.messages.len();
         let mut hit = vec![false; len];
         let largest = if uid {
@@ -244,7 +248,7 @@ impl Selected {
     /// Changes the flags of the messages at these indexes, under one folder lock, and
     /// returns the indexes of those found gone (expunged by another session meanwhile; their
     /// view is left as it was).
-    pub fn change_flags(
+    pub(crate) fn change_flags(
         &mut self,
         indexes: &[usize],
         change: FlagChange,
@@ -262,16 +266,16 @@ impl Selected {
         Ok(gone.into_iter().map(|at| indexes[at]).collect())
     }
 
-    pub fn unseen_first(&self) -> Option<usize> {
+    pub(crate) fn unseen_first(&self) -> Option<usize> {
         self.messages
             .iter()
-            .position(|m| !m.flags.contains(inetkit_common::mail::Flags::SEEN))
+            .position(|m| !m.flags.contains(inetkit_maildir::Flags::SEEN))
             .map(|i| i + 1)
     }
 
     /// Removes the messages at these indexes from the folder and the view, telling the client
     /// with EXPUNGE responses (when `out` is given). Returns the UIDs removed.
-    pub fn expunge(
+    pub(crate) fn expunge(
         &mut self,
         indexes: &[usize],
         out: Option<&mut Vec<u8>>,

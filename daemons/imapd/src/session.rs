@@ -30,12 +30,12 @@ use imap_codec::CommandCodec;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 
-use inetkit_common::auth::{sasl, AuthError};
-use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
-use inetkit_common::lines::Line;
-use inetkit_common::mail::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
-use inetkit_common::server::Peer;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::{sasl, AuthError};
+use inetkit_maildir::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
+use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_runtime::lines::Line;
+use inetkit_runtime::server::Peer;
+use inetkit_runtime::tls::TlsContext;
 
 use crate::fetch::{self, RangeReader};
 use crate::keywords::Keywords;
@@ -66,7 +66,7 @@ struct Login {
     mailbox: Mailbox,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     imap: Arc<Imap>,
     peer: Peer,
     tls: bool,
@@ -98,7 +98,7 @@ fn no_code(code: Code<'static>, text: impl Into<Cow<'static, str>>) -> Done {
     Done::Tagged(StatusKind::No, Some(code), wire::text(text))
 }
 
-pub async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+pub(crate) async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
     let mut session = Session {
         imap,
         peer,

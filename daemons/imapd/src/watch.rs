@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use inetkit_common::mail::Snapshot;
+use inetkit_maildir::Snapshot;
 use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use tokio::sync::Notify;
 
@@ -31,7 +31,7 @@ struct Entry {
 }
 
 /// The modification times of a folder's `new/` and `cur/`.
-pub type Stamp = Option<(SystemTime, SystemTime)>;
+pub(crate) type Stamp = Option<(SystemTime, SystemTime)>;
 
 /// Watches of folders no session has selected are kept this long, and at most this many.
 const KEEP_IDLE: Duration = Duration::from_secs(120);

@@ -23,7 +23,7 @@ use imap_codec::imap_types::response::{
     StatusKind, Tagged,
 };
 use imap_codec::{GreetingCodec, ResponseCodec};
-use inetkit_common::mail::Flags;
+use inetkit_maildir::Flags;
 
 use crate::keywords::Keywords;
 
@@ -31,7 +31,7 @@ use crate::keywords::Keywords;
 const MAX_QUOTED: usize = 1024;
 
 /// Appends the encoding of `response` to `out`.
-pub fn send(out: &mut Vec<u8>, response: &Response<'_>) {
+pub(crate) fn send(out: &mut Vec<u8>, response: &Response<'_>) {
     for fragment in ResponseCodec::default().encode(response) {
         match fragment {
             Fragment::Line { data } | Fragment::Literal { data, .. } => {
@@ -41,22 +41,22 @@ pub fn send(out: &mut Vec<u8>, response: &Response<'_>) {
     }
 }
 
-pub fn data(out: &mut Vec<u8>, data: Data<'_>) {
+pub(crate) fn data(out: &mut Vec<u8>, data: Data<'_>) {
     send(out, &Response::Data(data));
 }
 
-pub fn status(out: &mut Vec<u8>, status: Status<'_>) {
+pub(crate) fn status(out: &mut Vec<u8>, status: Status<'_>) {
     send(out, &Response::Status(status));
 }
 
 /// The greeting, with CRLF.
-pub fn greeting(greeting: &Greeting<'_>) -> Vec<u8> {
+pub(crate) fn greeting(greeting: &Greeting<'_>) -> Vec<u8> {
     GreetingCodec::default().encode(greeting).dump()
 }
 
 /// Response text: ours is always short 7-bit prose, so a text that would not validate is a
 /// bug; it is replaced rather than sent.
-pub fn text(s: impl Into<Cow<'static, str>>) -> Text<'static> {
+pub(crate) fn text(s: impl Into<Cow<'static, str>>) -> Text<'static> {
     let text = match s.into() {
         Cow::Borrowed(s) => Text::try_from(s),
         Cow::Owned(s) => Text::try_from(s),
@@ -65,7 +65,7 @@ pub fn text(s: impl Into<Cow<'static, str>>) -> Text<'static> {
 }
 
 /// A tagged status response: `a1 OK [code] text`.
-pub fn tagged<'a>(
+pub(crate) fn tagged<'a>(
     tag: Tag<'a>,
     kind: StatusKind,
     code: Option<Code<'a>>,
@@ -78,12 +78,12 @@ pub fn tagged<'a>(
 }
 
 /// `* OK [code] text` (or NO, BAD).
-pub fn untagged<'a>(kind: StatusKind, code: Option<Code<'a>>, text: Text<'a>) -> Status<'a> {
+pub(crate) fn untagged<'a>(kind: StatusKind, code: Option<Code<'a>>, text: Text<'a>) -> Status<'a> {
     Status::Untagged(StatusBody { kind, code, text })
 }
 
 /// `* BYE text`.
-pub fn bye(text: &'static str) -> Status<'static> {
+pub(crate) fn bye(text: &'static str) -> Status<'static> {
     Status::Bye(Bye {
         code: None,
         text: self::text(text),
@@ -91,14 +91,14 @@ pub fn bye(text: &'static str) -> Status<'static> {
 }
 
 /// `+ text`, a continuation request.
-pub fn continuation(out: &mut Vec<u8>, text: &'static str) {
+pub(crate) fn continuation(out: &mut Vec<u8>, text: &'static str) {
     let request = CommandContinuationRequest::basic(None, text)
         .unwrap_or_else(|_| CommandContinuationRequest::base64(&b""[..]));
     send(out, &Response::CommandContinuationRequest(request));
 }
 
 /// A response line as text without its CRLF, for the connection's farewells.
-pub fn line(status: Status<'_>) -> String {
+pub(crate) fn line(status: Status<'_>) -> String {
     let mut out = Vec::new();
     self::status(&mut out, status);
     let line = out.strip_suffix(b"\r\n").unwrap_or(&out);
@@ -107,12 +107,12 @@ pub fn line(status: Status<'_>) -> String {
 
 /// A response code `imap-codec` has no variant for (RFC 5530's NONEXISTENT, CANNOT, …), sent
 /// as the atom it is.
-pub fn code(name: &'static str) -> Code<'static> {
+pub(crate) fn code(name: &'static str) -> Code<'static> {
     Code::Other(CodeOther::unvalidated(name.as_bytes()))
 }
 
 /// An IMAP string: quoted when it is short text that may be quoted, a literal otherwise.
-pub fn istring<'a>(s: impl Into<Cow<'a, [u8]>>) -> IString<'a> {
+pub(crate) fn istring<'a>(s: impl Into<Cow<'a, [u8]>>) -> IString<'a> {
     let s = s.into();
     if s.len() > MAX_QUOTED || Quoted::validate(&s).is_err() {
         return IString::Literal(literal(s));
@@ -134,7 +134,7 @@ pub fn istring<'a>(s: impl Into<Cow<'a, [u8]>>) -> IString<'a> {
 
 /// A literal. A literal may not hold NUL (RFC 3501 CHAR8), so NULs are sent as 0x80, as
 /// Dovecot does.
-pub fn literal<'a>(data: impl Into<Cow<'a, [u8]>>) -> Literal<'a> {
+pub(crate) fn literal<'a>(data: impl Into<Cow<'a, [u8]>>) -> Literal<'a> {
     let mut data = data.into();
     // NUL is the one byte a literal may not hold: a memchr over message bodies rather than
     // `Literal::validate`'s byte loop.
@@ -145,20 +145,20 @@ pub fn literal<'a>(data: impl Into<Cow<'a, [u8]>>) -> Literal<'a> {
 }
 
 /// NUL to 0x80, for literal data.
-pub fn replace_nuls(data: &mut [u8]) {
+pub(crate) fn replace_nuls(data: &mut [u8]) {
     for b in data.iter_mut().filter(|b| **b == 0) {
         *b = 0x80;
     }
 }
 
 /// An nstring: NIL for `None`.
-pub fn nstring<'a>(s: Option<impl Into<Cow<'a, [u8]>>>) -> NString<'a> {
+pub(crate) fn nstring<'a>(s: Option<impl Into<Cow<'a, [u8]>>>) -> NString<'a> {
     NString(s.map(istring))
 }
 
 /// A mailbox name as sent in LIST, LSUB and STATUS (already in modified UTF-7): INBOX as the
 /// atom, any other name as a string.
-pub fn mailbox(name: String) -> Mailbox<'static> {
+pub(crate) fn mailbox(name: String) -> Mailbox<'static> {
     if name.eq_ignore_ascii_case("INBOX") {
         return Mailbox::Inbox;
     }
@@ -170,7 +170,7 @@ pub fn mailbox(name: String) -> Mailbox<'static> {
 }
 
 /// The system flags in Maildir letter order and their IMAP flags.
-pub const SYSTEM_FLAGS: [(Flags, Flag<'static>); 5] = [
+pub(crate) const SYSTEM_FLAGS: [(Flags, Flag<'static>); 5] = [
     (Flags::DRAFT, Flag::Draft),
     (Flags::FLAGGED, Flag::Flagged),
     (Flags::REPLIED, Flag::Answered),
@@ -186,7 +186,7 @@ static ALL_KEYWORDS: LazyLock<Flags> = LazyLock::new(|| {
 });
 
 /// A message's flags for FETCH: `(\Seen \Answered $Forwarded)`, with `\Recent` when asked.
-pub fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> Vec<FlagFetch<'k>> {
+pub(crate) fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> Vec<FlagFetch<'k>> {
     let mut out = Vec::with_capacity(4);
     for (f, flag) in &SYSTEM_FLAGS {
         if flags.contains(*f) {
@@ -217,7 +217,7 @@ pub fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> Vec<Flag
 
 /// `* 3 FETCH (UID 7 FLAGS (\\Seen))`: a message's flags, after a STORE or a change by another
 /// session.
-pub fn flags_fetch(out: &mut Vec<u8>, seq: usize, uid: u32, flags: Vec<FlagFetch<'_>>) {
+pub(crate) fn flags_fetch(out: &mut Vec<u8>, seq: usize, uid: u32, flags: Vec<FlagFetch<'_>>) {
     let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags)];
     let seq = nz(u32::try_from(seq).unwrap_or(u32::MAX));
     if let Ok(items) = Vec1::try_from(items) {
@@ -227,14 +227,14 @@ pub fn flags_fetch(out: &mut Vec<u8>, seq: usize, uid: u32, flags: Vec<FlagFetch
 
 /// A keyword as a flag; `None` for a name that is not an atom (the keywords file is checked
 /// when read, so only a bug gets here).
-pub fn keyword(name: &str) -> Option<Flag<'_>> {
+pub(crate) fn keyword(name: &str) -> Option<Flag<'_>> {
     imap_codec::imap_types::core::Atom::try_from(name)
         .ok()
         .map(Flag::Keyword)
 }
 
 /// INTERNALDATE: `"17-Jul-1996 02:44:25 +0000"` (we keep UTC).
-pub fn internal_date(t: SystemTime) -> DateTime {
+pub(crate) fn internal_date(t: SystemTime) -> DateTime {
     let secs = t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     let epoch = chrono::DateTime::<chrono::Utc>::default().fixed_offset();
     let utc = chrono::DateTime::from_timestamp(i64::try_from(secs).unwrap_or(0), 0)
@@ -244,12 +244,12 @@ pub fn internal_date(t: SystemTime) -> DateTime {
 }
 
 /// A sequence number or UID; 0 (which no message has) becomes 1 rather than a panic.
-pub fn nz(n: u32) -> NonZeroU32 {
+pub(crate) fn nz(n: u32) -> NonZeroU32 {
     NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN)
 }
 
 /// A UID set for COPYUID: `1:3,7`. `None` when empty.
-pub fn uid_set(uids: &[u32]) -> Option<UidSet> {
+pub(crate) fn uid_set(uids: &[u32]) -> Option<UidSet> {
     let mut parts = Vec::new();
     let mut i = 0;
     while i < uids.len() {
@@ -269,7 +269,7 @@ pub fn uid_set(uids: &[u32]) -> Option<UidSet> {
 
 /// The (ASCII) tag at the start of a command line, for replies to lines that did not parse;
 /// `None` when it has none we could send back.
-pub fn tag_of(line: &[u8]) -> Option<Tag<'static>> {
+pub(crate) fn tag_of(line: &[u8]) -> Option<Tag<'static>> {
     let tag: String = line
         .iter()
         .take_while(|&&b| b.is_ascii_graphic() && !b"(){%*\"\\+".contains(&b))

@@ -3,7 +3,7 @@
 
 /// One client command. Message numbers are 1-based, as on the wire.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     Capa,
     Stls,
     User(String),
@@ -25,13 +25,13 @@ pub enum Command {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     Unknown(String),
     /// Known command, bad arguments: the text says what was expected.
     Syntax(&'static str),
 }
 
-pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let (keyword, rest) = match line.iter().position(|&b| b == b' ') {
         Some(i) => (&line[..i], Some(&line[i + 1..])),
         None => (line, None),

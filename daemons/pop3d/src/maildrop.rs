@@ -6,13 +6,13 @@ use std::io::Read;
 
 use nix::fcntl::{Flock, FlockArg};
 
-use inetkit_common::mail::{FlagChange, Flags, Folder, MessageInfo, Store, StoreError};
+use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo, Store, StoreError};
 
 /// Name of the per-mailbox lock file that makes `[IN-USE]` work across processes.
 const LOCK_FILE: &str = "inetkit-pop3.lock";
 
 #[derive(Debug, thiserror::Error)]
-pub enum OpenError {
+pub(crate) enum OpenError {
     #[error("the maildrop is locked by another POP3 session")]
     InUse,
     #[error(transparent)]
@@ -21,7 +21,7 @@ pub enum OpenError {
     Lock(std::io::Error),
 }
 
-pub struct Maildrop {
+pub(crate) struct Maildrop {
     folder: Folder,
     uid_validity: u32,
     messages: Vec<Entry>,
@@ -37,7 +37,7 @@ struct Entry {
 
 impl Maildrop {
     /// Locks and lists `user`'s INBOX. Blocking file-system work: call it off the async threads.
-    pub fn open(store: &Store, user: &str) -> Result<Self, OpenError> {
+    pub(crate) fn open(store: &Store, user: &str) -> Result<Self, OpenError> {
         let mailbox = store.mailbox(user)?;
         let lock_path = mailbox.path().join(LOCK_FILE);
         let file = std::fs::OpenOptions::new()
@@ -71,13 +71,13 @@ impl Maildrop {
     }
 
     /// Number and total size of the messages not marked deleted.
-    pub fn stat(&self) -> (usize, u64) {
+    pub(crate) fn stat(&self) -> (usize, u64) {
         self.live()
             .fold((0, 0), |(n, size), (_, info)| (n + 1, size + info.vsize))
     }
 
     /// The messages not marked deleted, with their numbers.
-    pub fn live(&self) -> impl Iterator<Item = (u32, &MessageInfo)> {
+    pub(crate) fn live(&self) -> impl Iterator<Item = (u32, &MessageInfo)> {
         self.messages
             .iter()
             .enumerate()
@@ -86,18 +86,18 @@ impl Maildrop {
     }
 
     /// Message `number`, unless it does not exist or is marked deleted.
-    pub fn get(&self, number: u32) -> Option<&MessageInfo> {
+    pub(crate) fn get(&self, number: u32) -> Option<&MessageInfo> {
         let entry = self.messages.get((number as usize).checked_sub(1)?)?;
         (!entry.deleted).then_some(&entry.info)
     }
 
     /// The unique-id listing string: stable across sessions while UIDVALIDITY holds
     /// (Dovecot's default format, so clients migrating from it keep their state).
-    pub fn uidl(&self, info: &MessageInfo) -> String {
+    pub(crate) fn uidl(&self, info: &MessageInfo) -> String {
         format!("{:08X}{:08X}", info.uid, self.uid_validity)
     }
 
-    pub fn delete(&mut self, number: u32) -> bool {
+    pub(crate) fn delete(&mut self, number: u32) -> bool {
         match self.entry_mut(number) {
             Some(entry) if !entry.deleted => {
                 entry.deleted = true;
@@ -107,13 +107,13 @@ impl Maildrop {
         }
     }
 
-    pub fn reset(&mut self) {
+    pub(crate) fn reset(&mut self) {
         for entry in &mut self.messages {
             entry.deleted = false;
         }
     }
 
-    pub fn open_message(&mut self, number: u32) -> Result<File, StoreError> {
+    pub(crate) fn open_message(&mut self, number: u32) -> Result<File, StoreError> {
         let index = (number as usize).saturating_sub(1);
         let file = self.folder.open(&self.messages[index].info)?;
         self.messages[index].retrieved = true;
@@ -126,7 +126,7 @@ impl Maildrop {
 
     /// The UPDATE state: removes the messages marked deleted and marks retrieved ones \Seen
     /// (so IMAP clients see them as read). Returns how many were removed.
-    pub fn commit(self) -> Result<usize, StoreError> {
+    pub(crate) fn commit(self) -> Result<usize, StoreError> {
         let mut deleted = Vec::new();
         let mut seen = Vec::new();
         for entry in self.messages {
@@ -151,7 +151,7 @@ impl Maildrop {
 /// What RETR and TOP send of a message: all of it, or the header, the blank line and the first
 /// `n` body lines.
 #[derive(Debug, Clone, Copy)]
-pub enum Extent {
+pub(crate) enum Extent {
     Whole,
     Top(u32),
 }
@@ -159,7 +159,7 @@ pub enum Extent {
 /// Feeds a message through `Extent`, chunk by chunk: `take` says how much of each chunk to
 /// send, and `None` once the rest is to be skipped.
 #[derive(Debug)]
-pub struct ExtentFilter {
+pub(crate) struct ExtentFilter {
     limit: Option<u32>,
     in_header: bool,
     line_is_empty: bool,
@@ -168,7 +168,7 @@ pub struct ExtentFilter {
 }
 
 impl ExtentFilter {
-    pub fn new(extent: Extent) -> Self {
+    pub(crate) fn new(extent: Extent) -> Self {
         ExtentFilter {
             limit: match extent {
                 Extent::Whole => None,
@@ -182,7 +182,7 @@ impl ExtentFilter {
     }
 
     /// How many leading bytes of `chunk` belong to the response.
-    pub fn take(&mut self, chunk: &[u8]) -> usize {
+    pub(crate) fn take(&mut self, chunk: &[u8]) -> usize {
         let Some(limit) = self.limit else {
             return chunk.len();
         };
@@ -216,7 +216,7 @@ impl ExtentFilter {
 }
 
 /// Reads a message in chunks of `buf`'s size; used by the session to stream RETR and TOP.
-pub fn read_chunk(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+pub(crate) fn read_chunk(file: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
     loop {
         match file.read(buf) {
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,

@@ -10,12 +10,12 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use inetkit_common::auth::{AuthConfig, Authenticator};
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context, PlainAndTls};
-use inetkit_common::mail::{MailConfig, Store};
-use inetkit_common::server::Server;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_maildir::{MailConfig, Store};
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+use inetkit_runtime::tls::TlsContext;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -28,7 +28,7 @@ struct Config {
     mail: MailConfig,
 }
 // RFC 1939 §3: an autologout timer of at least 10 minutes.
-inetkit_common::shared_sections!(Config, idle_timeout = 600);
+inetkit_runtime::shared_sections!(Config, idle_timeout = 600);
 
 impl Default for Config {
     fn default() -> Self {

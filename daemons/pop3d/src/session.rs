@@ -9,11 +9,12 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use inetkit_common::auth::AuthError;
-use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, Sasl, TlsSession};
-use inetkit_common::lines::{DotStuffer, Line};
-use inetkit_common::server::Peer;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::AuthError;
+use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_runtime::lines::{DotStuffer, Line};
+use inetkit_runtime::server::Peer;
+use inetkit_runtime::tls::TlsContext;
 
 use crate::command::{parse, Command, ParseError};
 use crate::maildrop::{read_chunk, Extent, ExtentFilter, Maildrop, OpenError};
@@ -39,7 +40,7 @@ enum Next {
     StartTls,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     pop3: Arc<Pop3>,
     peer: Peer,
     state: State,
@@ -47,7 +48,7 @@ pub struct Session {
 }
 
 /// Serves one connection; `implicit_tls` for the pop3s port.
-pub async fn serve(pop3: Arc<Pop3>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+pub(crate) async fn serve(pop3: Arc<Pop3>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
     let mut session = Session {
         pop3,
         peer,
@@ -231,7 +232,13 @@ impl Session {
             return Next::Continue;
         }
         // "=" is an empty initial response (RFC 5034 §4).
-        match conn.sasl_exchange(&mechanism, initial, "+ ").await {
+        match sasl::exchange(
+            &mut LineChallenger { conn, prefix: "+ " },
+            &mechanism,
+            initial,
+        )
+        .await
+        {
             Sasl::Credentials(c) => self.login(&c.name, &c.password, conn).await,
             Sasl::Cancelled => {
                 conn.reply("-ERR Authentication cancelled.");

@@ -34,7 +34,7 @@ pub enum ResultKind {
 }
 
 #[derive(Debug, Clone)]
-pub struct Command {
+pub(crate) struct Command {
     pub argv: Vec<String>,
     pub args: ArgsMode,
     pub cwd: PathBuf,
@@ -131,7 +131,7 @@ fn describe(status: ExitStatus) -> String {
 }
 
 /// Runs `command` with `params` (checked against the signature already, named as given).
-pub async fn run(
+pub(crate) async fn run(
     command: &Command,
     method: &str,
     user: Option<&str>,

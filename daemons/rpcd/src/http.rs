@@ -15,8 +15,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_common::auth::{sasl, AuthError, User};
-use inetkit_common::server::Peer;
+use inetkit_auth::{sasl, AuthError, User};
+use inetkit_runtime::server::Peer;
 
 use crate::jsonrpc;
 use crate::methods::{Caller, Params};
@@ -64,7 +64,7 @@ const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
 
 /// Serves one connection (already TLS-wrapped on `rpcs`) until the client closes it, it
 /// stays idle past the idle timeout, or the daemon shuts down.
-pub async fn serve<S>(rpcd: Arc<Rpcd>, io: S, peer: Peer, tls: bool)
+pub(crate) async fn serve<S>(rpcd: Arc<Rpcd>, io: S, peer: Peer, tls: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {

@@ -7,14 +7,14 @@ use crate::value::{Fault, Value};
 
 /// One well-formed request; `id` is `None` for a notification (no answer).
 #[derive(Debug)]
-pub struct Request {
+pub(crate) struct Request {
     pub id: Option<J>,
     pub method: String,
     pub params: Params,
 }
 
 #[derive(Debug)]
-pub enum Body {
+pub(crate) enum Body {
     Single(Result<Request, Fault>),
     Batch(Vec<Result<Request, Fault>>),
     /// Not JSON, or an empty batch: one error response with a null id.
@@ -22,7 +22,7 @@ pub enum Body {
 }
 
 /// Parses a request body. serde_json refuses nesting deeper than 128 levels by itself.
-pub fn parse(body: &[u8], max_batch: usize) -> Body {
+pub(crate) fn parse(body: &[u8], max_batch: usize) -> Body {
     let json: J = match serde_json::from_slice(body) {
         Ok(json) => json,
         Err(e) => return Body::Error(Fault::new(Fault::PARSE_ERROR, format!("parse error: {e}"))),
@@ -69,11 +69,11 @@ fn request(json: J) -> Result<Request, Fault> {
     Ok(Request { id, method, params })
 }
 
-pub fn success(id: J, result: &Value) -> J {
+pub(crate) fn success(id: J, result: &Value) -> J {
     json!({"jsonrpc": "2.0", "result": result.to_json(), "id": id})
 }
 
-pub fn error(id: J, fault: &Fault) -> J {
+pub(crate) fn error(id: J, fault: &Fault) -> J {
     let mut err = Map::new();
     err.insert("code".into(), J::from(fault.code));
     err.insert("message".into(), J::String(fault.message.clone()));

@@ -14,10 +14,10 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 
-use inetkit_common::auth::{AuthConfig, Authenticator};
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context, PlainAndTls};
-use inetkit_common::server::Server;
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
 
 use http::HttpConfig;
 use methods::{BuiltinsConfig, MethodConfig, Registry};
@@ -36,7 +36,7 @@ struct Config {
     methods: Vec<MethodConfig>,
 }
 // An idle keep-alive connection is closed after a minute, as web servers do.
-inetkit_common::shared_sections!(Config, idle_timeout = 60);
+inetkit_runtime::shared_sections!(Config, idle_timeout = 60);
 
 impl Default for Config {
     fn default() -> Self {

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::Semaphore;
 
-use inetkit_common::auth::User;
+use inetkit_auth::User;
 
 use crate::exec::{self, ArgsMode, ResultKind};
 use crate::value::{Fault, Type, Value};
@@ -85,7 +85,7 @@ pub struct ParamConfig {
 
 /// Reads the `[[method]]` list and checks it as the daemon will at start (names, argv,
 /// parameter types, limits), so `--check-config` reports a bad method too.
-pub fn checked_methods<'de, D: serde::Deserializer<'de>>(
+pub(crate) fn checked_methods<'de, D: serde::Deserializer<'de>>(
     d: D,
 ) -> Result<Vec<MethodConfig>, D::Error> {
     let methods = Vec::<MethodConfig>::deserialize(d)?;

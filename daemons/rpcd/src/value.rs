@@ -165,7 +165,7 @@ impl Value {
 }
 
 /// Decodes base64 as clients send it: Python wraps lines every 76 characters.
-pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
+pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
     let compact: String = text.chars().filter(|c| !c.is_ascii_whitespace()).collect();
     base64::engine::general_purpose::STANDARD
         .decode(compact)
@@ -174,7 +174,7 @@ pub fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 /// XML-RPC's `dateTime.iso8601`: `YYYYMMDDTHH:MM:SS` (what the spec shows and Python sends),
 /// also with dashes in the date, fractional seconds or a zone, as other clients write it.
-pub fn is_iso8601(text: &str) -> bool {
+pub(crate) fn is_iso8601(text: &str) -> bool {
     let b = text.as_bytes();
     let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
     let Some(t) = b.iter().position(|&c| c == b'T') else {

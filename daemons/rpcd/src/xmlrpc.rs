@@ -13,7 +13,7 @@ use crate::value::{decode_base64, is_iso8601, Fault, Value};
 
 /// A parsed `methodCall`.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Call {
+pub(crate) struct Call {
     pub method: String,
     pub params: Vec<Value>,
 }
@@ -158,7 +158,7 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, Fault> {
 }
 
 /// Parses a `methodCall`. `max_depth` bounds the nesting of values (arrays and structs).
-pub fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
+pub(crate) fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
     // methodCall/params/param/value, then three elements per level of nesting.
     let root = parse_tree(body, 4 + 3 * max_depth + 2)?;
     if root.name != "methodCall" || root.has_stray_text() {
@@ -375,7 +375,7 @@ fn write_value(out: &mut String, value: &Value) {
 const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 
 /// A `methodResponse` carrying `value`.
-pub fn response(value: &Value) -> String {
+pub(crate) fn response(value: &Value) -> String {
     let mut out = String::from(HEADER);
     out.push_str("<methodResponse><params><param>");
     write_value(&mut out, value);
@@ -384,7 +384,7 @@ pub fn response(value: &Value) -> String {
 }
 
 /// A `methodResponse` carrying a fault.
-pub fn fault(fault: &Fault) -> String {
+pub(crate) fn fault(fault: &Fault) -> String {
     let mut out = String::from(HEADER);
     out.push_str("<methodResponse><fault>");
     write_value(&mut out, &fault_struct(fault));
@@ -393,7 +393,7 @@ pub fn fault(fault: &Fault) -> String {
 }
 
 /// The fault struct, also what `system.multicall` puts in place of a failed call's result.
-pub fn fault_struct(fault: &Fault) -> Value {
+pub(crate) fn fault_struct(fault: &Fault) -> Value {
     Value::object([
         ("faultCode", Value::Int(fault.code)),
         ("faultString", Value::String(fault.message.clone())),

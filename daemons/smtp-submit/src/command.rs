@@ -3,7 +3,7 @@
 
 /// One client command.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Command {
+pub(crate) enum Command {
     Ehlo(String),
     Helo(String),
     StartTls,
@@ -23,7 +23,7 @@ pub enum Command {
 
 /// `MAIL FROM:<address> [SIZE=n] [BODY=7BIT|8BITMIME] [SMTPUTF8] [AUTH=…]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MailFrom {
+pub(crate) struct MailFrom {
     /// The reverse path; empty for the null sender `<>`.
     pub address: String,
     /// The client's size declaration; `u64::MAX` when it does not fit (still "too big").
@@ -32,7 +32,7 @@ pub struct MailFrom {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ParseError {
+pub(crate) enum ParseError {
     Unknown,
     /// Known command, bad arguments: the enhanced code and text say what was expected.
     Syntax(&'static str),
@@ -40,7 +40,7 @@ pub enum ParseError {
     Parameter(String),
 }
 
-pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
+pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
     if line.contains(&0) {
         return Err(ParseError::Syntax("NUL characters are not allowed"));
     }
@@ -160,7 +160,7 @@ fn path_after<'a>(rest: &'a str, prefix: &str) -> Result<(String, &'a str), Pars
 }
 
 /// Splits `local@domain`; `None` when there is no `@` or one side is empty.
-pub fn split_address(address: &str) -> Option<(&str, &str)> {
+pub(crate) fn split_address(address: &str) -> Option<(&str, &str)> {
     let (local, domain) = address.rsplit_once('@')?;
     (!local.is_empty() && !domain.is_empty()).then_some((local, domain))
 }

@@ -16,17 +16,17 @@ use std::sync::Arc;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use inetkit_common::auth::{AuthConfig, Authenticator};
-use inetkit_common::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
-use inetkit_common::daemon::{self, Context, PlainAndTls};
-use inetkit_common::mail::{MailConfig, Store};
-use inetkit_common::server::Server;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_maildir::{MailConfig, Store};
+use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+use inetkit_runtime::tls::TlsContext;
 
 use crate::command::split_address;
 use crate::queue::{Deliverer, Queue};
 use crate::relay::{Relay, RelayConfig};
-use inetkit_common::spool::Spool;
+use inetkit_spool::Spool;
 
 pub const DEFAULT_SPOOL: &str = "/var/lib/inetkit/spool";
 
@@ -43,7 +43,7 @@ struct Config {
     relay: RelayConfig,
 }
 // RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command.
-inetkit_common::shared_sections!(Config, idle_timeout = 300);
+inetkit_runtime::shared_sections!(Config, idle_timeout = 300);
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]

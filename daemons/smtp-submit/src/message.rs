@@ -5,7 +5,7 @@
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
 
-pub fn rfc2822_now() -> String {
+pub(crate) fn rfc2822_now() -> String {
     OffsetDateTime::now_utc()
         .format(&Rfc2822)
         .unwrap_or_else(|_| "Thu, 01 Jan 1970 00:00:00 +0000".to_owned())
@@ -13,7 +13,7 @@ pub fn rfc2822_now() -> String {
 
 /// The first line of what we write: duplicate detection after a crash looks for ` id <id>;`
 /// in a delivered file's first header (see `queue::already_delivered`).
-pub fn received_header(
+pub(crate) fn received_header(
     helo: &str,
     peer: std::net::IpAddr,
     hostname: &str,
@@ -34,7 +34,7 @@ pub fn received_header(
 }
 
 /// Rewrites the header section of a message given one line (without its line end) at a time.
-pub struct HeaderFilter {
+pub(crate) struct HeaderFilter {
     in_headers: bool,
     skipping: bool,
     has_message_id: bool,
@@ -43,7 +43,7 @@ pub struct HeaderFilter {
 }
 
 impl HeaderFilter {
-    pub fn new(hostname: &str) -> Self {
+    pub(crate) fn new(hostname: &str) -> Self {
         HeaderFilter {
             in_headers: true,
             skipping: false,
@@ -54,7 +54,7 @@ impl HeaderFilter {
     }
 
     /// Appends what `line` becomes (CRLF-terminated) to `out`.
-    pub fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
+    pub(crate) fn line(&mut self, line: &[u8], out: &mut Vec<u8>) {
         if self.in_headers {
             if line.is_empty() {
                 self.end_headers(out);
@@ -90,7 +90,7 @@ impl HeaderFilter {
     }
 
     /// Called after the last line: a message that is all headers still gets ours.
-    pub fn finish(&mut self, out: &mut Vec<u8>) {
+    pub(crate) fn finish(&mut self, out: &mut Vec<u8>) {
         if self.in_headers {
             self.end_headers(out);
         }

@@ -16,11 +16,11 @@ use std::time::{Duration, SystemTime};
 use lettre::address::{Address, Envelope as LettreEnvelope};
 use tokio::sync::mpsc;
 
-use inetkit_common::mail::Store;
+use inetkit_maildir::Store;
 
 use crate::message::rfc2822_now;
 use crate::relay::Relay;
-use inetkit_common::spool::{now, Entry, Recipient, Spool};
+use inetkit_spool::{now, Entry, Recipient, Spool};
 
 /// How often the spool is re-read for due retries and `inetkit queue flush` requests.
 const SCAN_INTERVAL: Duration = Duration::from_secs(5);
@@ -28,7 +28,7 @@ const SCAN_INTERVAL: Duration = Duration::from_secs(5);
 const PARALLEL: usize = 16;
 
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     pub initial: Duration,
     pub max: Duration,
     pub lifetime: Duration,
@@ -36,7 +36,7 @@ pub struct RetryPolicy {
 
 impl RetryPolicy {
     /// The wait after the `n`th deferral (1-based): initial, 2×, 4×… up to `max`.
-    pub fn delay(&self, n: u32) -> Duration {
+    pub(crate) fn delay(&self, n: u32) -> Duration {
         let factor = 1u32
             .checked_shl(n.saturating_sub(1).min(30))
             .unwrap_or(u32::MAX);
@@ -56,7 +56,7 @@ impl Queue {
     }
 }
 
-pub struct Deliverer {
+pub(crate) struct Deliverer {
     pub spool: Spool,
     pub store: Store,
     pub relay: Option<Relay>,
@@ -70,7 +70,7 @@ pub struct Deliverer {
 }
 
 impl Deliverer {
-    pub fn new(
+    pub(crate) fn new(
         spool: Spool,
         store: Store,
         relay: Option<Relay>,
@@ -126,7 +126,10 @@ impl Deliverer {
 
 /// Starts the delivery loop: the spool as found at start (with crash recovery), then new
 /// messages as sessions accept them, and due retries.
-pub fn start(deliverer: Arc<Deliverer>, shutdown: tokio_util::sync::CancellationToken) -> Queue {
+pub(crate) fn start(
+    deliverer: Arc<Deliverer>,
+    shutdown: tokio_util::sync::CancellationToken,
+) -> Queue {
     let (tx, mut rx) = mpsc::unbounded_channel::<String>();
     tokio::spawn(async move {
         let mut first = true;
@@ -352,7 +355,7 @@ async fn deliver(d: &Arc<Deliverer>, id: &str, recovering: bool) -> std::io::Res
 }
 
 /// Recipients neither delivered, relayed nor failed.
-fn pending(entry: &Entry, state: &inetkit_common::spool::State) -> Vec<String> {
+fn pending(entry: &Entry, state: &inetkit_spool::State) -> Vec<String> {
     entry
         .envelope
         .recipients

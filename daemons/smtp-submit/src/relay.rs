@@ -19,7 +19,7 @@ use crate::queue::RetryPolicy;
 /// How the connection to the smarthost is secured.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "kebab-case")]
-pub enum TlsMode {
+pub(crate) enum TlsMode {
     /// STARTTLS, required (the default; port 587).
     #[default]
     Starttls,
@@ -31,7 +31,7 @@ pub enum TlsMode {
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct RelayConfig {
+pub(crate) struct RelayConfig {
     /// The smarthost's name; empty: no relaying (non-local recipients are refused).
     pub host: String,
     pub port: u16,
@@ -71,7 +71,7 @@ impl Default for RelayConfig {
 }
 
 impl RelayConfig {
-    pub fn retry_policy(&self) -> RetryPolicy {
+    pub(crate) fn retry_policy(&self) -> RetryPolicy {
         RetryPolicy {
             initial: Duration::from_secs(self.retry_initial.max(1)),
             max: Duration::from_secs(self.retry_max.max(self.retry_initial).max(1)),
@@ -87,7 +87,7 @@ const POOL_SIZE: usize = 10;
 /// that they can have TCP_NODELAY: lettre writes a message's final `.` line separately, which
 /// Nagle's algorithm would hold back for a delayed ACK (some 40 ms a message). Idle ones are
 /// pooled; implicit TLS goes through lettre's own connect (without TCP_NODELAY).
-pub struct Relay {
+pub(crate) struct Relay {
     /// `host:port`, for logs and bounces.
     pub name: String,
     host: String,
@@ -102,7 +102,7 @@ pub struct Relay {
 
 impl Relay {
     /// The smarthost connection, or `None` when no host is configured.
-    pub fn from_config(config: &RelayConfig, hello: &str) -> anyhow::Result<Option<Relay>> {
+    pub(crate) fn from_config(config: &RelayConfig, hello: &str) -> anyhow::Result<Option<Relay>> {
         if config.host.is_empty() {
             return Ok(None);
         }
@@ -151,7 +151,7 @@ impl Relay {
     }
 
     /// Sends one message; a pooled connection that turns out dead is replaced once.
-    pub async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SendError> {
+    pub(crate) async fn send(&self, envelope: &Envelope, message: &[u8]) -> Result<(), SendError> {
         let pooled = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         let mut conn = match pooled {
             Some(mut conn) => match self.within(conn.send(envelope, message)).await {
@@ -250,7 +250,7 @@ impl Relay {
 
 /// Why a message did not get to the smarthost.
 #[derive(Debug, thiserror::Error)]
-pub enum SendError {
+pub(crate) enum SendError {
     #[error("{0}")]
     Smtp(#[from] Error),
     /// Connecting or a timeout on our side: always temporary.
@@ -260,7 +260,7 @@ pub enum SendError {
 
 impl SendError {
     /// The smarthost refused for good (a 5xx reply).
-    pub fn is_permanent(&self) -> bool {
+    pub(crate) fn is_permanent(&self) -> bool {
         matches!(self, SendError::Smtp(err) if err.is_permanent())
     }
 

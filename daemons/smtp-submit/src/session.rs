@@ -10,16 +10,17 @@ use std::sync::Arc;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use inetkit_common::auth::AuthError;
-use inetkit_common::conn::{serve_session, Ending, Farewell, LineConn, Sasl, TlsSession};
-use inetkit_common::lines::{read_line, Line};
-use inetkit_common::server::Peer;
-use inetkit_common::tls::TlsContext;
+use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::AuthError;
+use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_runtime::lines::{read_line, Line};
+use inetkit_runtime::server::Peer;
+use inetkit_runtime::tls::TlsContext;
 
 use crate::command::{parse, split_address, Command, MailFrom, ParseError};
 use crate::message::{received_header, HeaderFilter};
 use crate::Submit;
-use inetkit_common::spool::{now, Envelope, Recipient};
+use inetkit_spool::{now, Envelope, Recipient};
 
 /// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH responses need more).
 const MAX_LINE: usize = 4096;
@@ -45,7 +46,7 @@ enum Next {
     StartTls,
 }
 
-pub struct Session {
+pub(crate) struct Session {
     submit: Arc<Submit>,
     peer: Peer,
     tls: bool,
@@ -58,7 +59,7 @@ pub struct Session {
 }
 
 /// Serves one connection; `implicit_tls` for the submissions port (465).
-pub async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+pub(crate) async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
     let mut session = Session {
         submit,
         peer,
@@ -276,7 +277,16 @@ impl Session {
             return Next::Continue;
         }
         // "=" is an empty initial response (RFC 4954 §4).
-        let (name, password) = match conn.sasl_exchange(mechanism, initial, "334 ").await {
+        let (name, password) = match sasl::exchange(
+            &mut LineChallenger {
+                conn,
+                prefix: "334 ",
+            },
+            mechanism,
+            initial,
+        )
+        .await
+        {
             Sasl::Credentials(c) => (c.name, c.password),
             Sasl::Cancelled => {
                 conn.reply("501 5.0.0 Authentication cancelled.");

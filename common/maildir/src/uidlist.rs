@@ -52,7 +52,7 @@ pub(crate) struct Entry {
 
 impl Entry {
     /// The line for `base`, with the values its name does not carry if they are known.
-    pub fn new(
+    pub(crate) fn new(
         uid: u32,
         base: Arc<str>,
         size: Option<u64>,
@@ -75,13 +75,13 @@ impl Entry {
     }
 
     /// Size, size with CRLF line ends, arrival (seconds); 0 where nothing tells.
-    pub fn facts(&self) -> (u64, u64, u64) {
+    pub(crate) fn facts(&self) -> (u64, u64, u64) {
         let [size, vsize, time] = self.known.map(|v| v.unwrap_or(0));
         (size, vsize, time)
     }
 
     /// Neither the name nor the line has every value: the file must be read once.
-    pub fn incomplete(&self) -> bool {
+    pub(crate) fn incomplete(&self) -> bool {
         self.known.iter().any(Option::is_none)
     }
 }
@@ -112,7 +112,7 @@ pub(crate) enum Loaded {
 }
 
 impl UidList {
-    pub fn new(validity: u32) -> UidList {
+    pub(crate) fn new(validity: u32) -> UidList {
         UidList {
             validity,
             next_uid: 1,
@@ -121,7 +121,7 @@ impl UidList {
         }
     }
 
-    pub fn parse(text: &str) -> Result<UidList, (String, Option<u32>)> {
+    pub(crate) fn parse(text: &str) -> Result<UidList, (String, Option<u32>)> {
         let mut lines = text.split_inclusive('\n');
         let header = lines.next().unwrap_or("");
         let (validity, header_next) =
@@ -173,7 +173,7 @@ impl UidList {
         format!("{MAGIC} {VERSION} V{} N{}\n", self.validity, self.next_uid)
     }
 
-    pub fn to_text(&self) -> String {
+    pub(crate) fn to_text(&self) -> String {
         let mut text = self.header_line();
         for entry in &self.entries {
             text.push_str(&entry_line(entry));
@@ -214,7 +214,10 @@ impl UidList {
     /// Reads `<dir>/inetkit-uidlist` through this process's copy in `cache`: the file is read again
     /// only when it changed, and only its new lines when it just grew (new UIDs are appended).
     /// Call with the folder lock held.
-    pub fn load_cached(dir: &Path, cache: &mut Option<CachedList>) -> Result<Loaded, StoreError> {
+    pub(crate) fn load_cached(
+        dir: &Path,
+        cache: &mut Option<CachedList>,
+    ) -> Result<Loaded, StoreError> {
         let path = dir.join(FILE);
         let state = match FileState::of(&path) {
             Ok(state) => state,
@@ -276,7 +279,7 @@ impl UidList {
 
     /// Replaces the file atomically and durably, and records it in `cache`. Call with the
     /// folder lock held.
-    pub fn save(
+    pub(crate) fn save(
         self: &Arc<Self>,
         dir: &Path,
         owner: Option<Owner>,
@@ -306,7 +309,7 @@ impl UidList {
     /// Appends entries (which the caller has also pushed onto `self.entries`) to the file,
     /// fsyncs it, and records it in `cache`. Call with the folder lock held, on a list loaded
     /// from `dir` (through `cache`, whose header the file keeps).
-    pub fn append(
+    pub(crate) fn append(
         self: &Arc<Self>,
         dir: &Path,
         new: &[Entry],

@@ -14,10 +14,16 @@
 //! A client line of `*` cancels the exchange ([`SaslError::Cancelled`]); `=` is an empty
 //! initial response (RFC 4954, 5034, SASL-IR).
 
+use std::future::Future;
+
 use base64::alphabet;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::lines::Line;
 
 /// Base64 text longer than this is refused before decoding (credentials are short; the limit
 /// is well above RFC 4616's 255 octets per field).
@@ -143,6 +149,92 @@ pub fn encode(data: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(data)
 }
 
+/// What a SASL PLAIN or LOGIN exchange came to.
+#[derive(Debug)]
+pub enum Sasl {
+    Credentials(Credentials),
+    /// The client answered `*` (or a line too long to be an answer).
+    Cancelled,
+    /// A response that is not base64, or not a PLAIN message.
+    Malformed,
+    /// Neither PLAIN nor LOGIN.
+    Unsupported,
+    /// The client went away (or idled out) in the middle.
+    Gone,
+}
+
+/// The one thing a protocol's connection does for a SASL exchange: send a challenge (base64
+/// text, already encoded) and read the client's answer line. `None` when the client is gone;
+/// an overlong answer comes back as `*`.
+pub trait Challenger {
+    fn challenge(&mut self, challenge: &str) -> impl Future<Output = Option<String>>;
+}
+
+/// A [`LineConn`] sending each challenge behind the protocol's prefix (`+ ` in POP3 and IMAP,
+/// `334 ` in SMTP).
+pub struct LineChallenger<'a, S> {
+    pub conn: &'a mut LineConn<S>,
+    pub prefix: &'static str,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Challenger for LineChallenger<'_, S> {
+    async fn challenge(&mut self, challenge: &str) -> Option<String> {
+        let mut line = Vec::new();
+        match self
+            .conn
+            .ask(&format!("{}{challenge}", self.prefix), &mut line)
+            .await?
+        {
+            Line::Complete => Some(String::from_utf8_lossy(&line).into_owned()),
+            _ => Some("*".to_owned()),
+        }
+    }
+}
+
+/// Runs a SASL PLAIN (RFC 4616) or LOGIN exchange for a protocol's AUTH/AUTHENTICATE command:
+/// `initial` is the initial response the command carried (`=` for an empty one).
+pub async fn exchange(
+    channel: &mut impl Challenger,
+    mechanism: &str,
+    initial: Option<String>,
+) -> Sasl {
+    let plain = mechanism.eq_ignore_ascii_case("PLAIN");
+    if !plain && !mechanism.eq_ignore_ascii_case("LOGIN") {
+        return Sasl::Unsupported;
+    }
+    let initial = initial.map(|i| if i == "=" { String::new() } else { i });
+    let first = if plain { "" } else { LOGIN_USERNAME_CHALLENGE };
+    let response = match initial {
+        Some(response) => response,
+        None => match channel.challenge(first).await {
+            Some(response) => response,
+            None => return Sasl::Gone,
+        },
+    };
+    if response == "*" {
+        return Sasl::Cancelled;
+    }
+    if plain {
+        return match decode_plain(response.as_bytes()) {
+            Ok(credentials) => Sasl::Credentials(credentials),
+            Err(_) => Sasl::Malformed,
+        };
+    }
+    let Some(password) = channel.challenge(LOGIN_PASSWORD_CHALLENGE).await else {
+        return Sasl::Gone;
+    };
+    if password == "*" {
+        return Sasl::Cancelled;
+    }
+    match (
+        decode_login_name(response.as_bytes()),
+        decode_response(password.as_bytes()),
+    ) {
+        (Ok(name), Ok(password)) => Sasl::Credentials(Credentials { name, password }),
+        _ => Sasl::Malformed,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -242,5 +334,80 @@ mod tests {
             shown.contains("tim") && !shown.contains("hunter2"),
             "{shown}"
         );
+    }
+
+    #[tokio::test]
+    async fn plain_and_login_exchanges_over_a_line_connection() {
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let b64 = |s: &[u8]| encode(s);
+        let (server, mut client) = tokio::io::duplex(4096);
+        let peer = inetkit_runtime::server::Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            listener: "test".into(),
+            idle_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(5),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let farewell = inetkit_runtime::conn::Farewell {
+            idle: "BYE idle",
+            shutdown: "BYE stopping",
+        };
+        let mut conn = LineConn::new(server, peer, 1000, farewell);
+        let mut smtp = LineChallenger {
+            conn: &mut conn,
+            prefix: "334 ",
+        };
+        // PLAIN with an initial response: no challenge.
+        let initial = Some(b64(b"\0ann\0secret"));
+        match exchange(&mut smtp, "plain", initial).await {
+            Sasl::Credentials(c) => {
+                assert_eq!((c.name.as_str(), &c.password[..]), ("ann", &b"secret"[..]))
+            }
+            other => panic!("PLAIN: {other:?}"),
+        }
+        // LOGIN: two challenges, two answers.
+        client
+            .write_all(format!("{}\r\n{}\r\n", b64(b"bob"), b64(b"pw")).as_bytes())
+            .await
+            .unwrap();
+        match exchange(&mut smtp, "LOGIN", None).await {
+            Sasl::Credentials(c) => {
+                assert_eq!((c.name.as_str(), &c.password[..]), ("bob", &b"pw"[..]))
+            }
+            other => panic!("LOGIN: {other:?}"),
+        }
+        // A LOGIN cancelled at the user name asks nothing more; garbage is malformed.
+        client.write_all(b"*\r\n").await.unwrap();
+        assert!(matches!(
+            exchange(&mut smtp, "LOGIN", None).await,
+            Sasl::Cancelled
+        ));
+        assert!(matches!(
+            exchange(&mut smtp, "PLAIN", Some("!!".into())).await,
+            Sasl::Malformed
+        ));
+        assert!(matches!(
+            exchange(&mut smtp, "CRAM-MD5", None).await,
+            Sasl::Unsupported
+        ));
+        // The client leaves in the middle of a LOGIN.
+        conn.flush().await.unwrap();
+        let mut sent = vec![0u8; 3 * 18];
+        client.read_exact(&mut sent).await.unwrap();
+        assert_eq!(
+            sent,
+            b"334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n334 VXNlcm5hbWU6\r\n"
+        );
+        drop(client);
+        let mut smtp = LineChallenger {
+            conn: &mut conn,
+            prefix: "334 ",
+        };
+        assert!(matches!(
+            exchange(&mut smtp, "LOGIN", None).await,
+            Sasl::Gone
+        ));
     }
 }

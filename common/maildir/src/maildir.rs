@@ -189,7 +189,7 @@ pub(crate) struct SizeCounter {
 }
 
 impl SizeCounter {
-    pub fn update(&mut self, bytes: &[u8]) {
+    pub(crate) fn update(&mut self, bytes: &[u8]) {
         let Some(&last) = bytes.last() else { return };
         let mut bare_lf = 0u64;
         for at in memchr::memchr_iter(b'\n', bytes) {

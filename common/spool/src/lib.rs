@@ -15,6 +15,7 @@
 //! scan removes the orphan and the client (which got no `250`) retries.
 //!
 //! Removal order is the reverse: `.env` first, so a half-removed entry is never delivered.
+#![warn(missing_docs)]
 
 use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};

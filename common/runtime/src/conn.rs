@@ -7,7 +7,6 @@ use std::future::Future;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
-use crate::auth::sasl::{self, Credentials};
 use crate::lines::{read_line, Line};
 use crate::server::Peer;
 use crate::tls::TlsContext;
@@ -17,19 +16,6 @@ pub enum Ending<S> {
     Closed,
     /// The client asked for STARTTLS: the bare stream to start TLS on.
     StartTls(S),
-}
-
-/// What a SASL PLAIN or LOGIN exchange came to.
-pub enum Sasl {
-    Credentials(Credentials),
-    /// The client answered `*` (or a line too long to be an answer).
-    Cancelled,
-    /// A response that is not base64, or not a PLAIN message.
-    Malformed,
-    /// Neither PLAIN nor LOGIN.
-    Unsupported,
-    /// The client went away (or idled out) in the middle.
-    Gone,
 }
 
 /// A session of a protocol with STARTTLS on its plain port and an implicit-TLS port of its
@@ -156,66 +142,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         self.reader.into_inner()
     }
 
-    /// Runs a SASL PLAIN (RFC 4616) or LOGIN exchange for a line protocol's AUTH command:
-    /// `initial` is the initial response the command carried (`=` for an empty one); each
-    /// challenge goes out as `prefix` and base64 text (`+ ` in POP3, `334 ` in SMTP).
-    pub async fn sasl_exchange(
-        &mut self,
-        mechanism: &str,
-        initial: Option<String>,
-        prefix: &str,
-    ) -> Sasl {
-        let mut initial = initial.map(|i| if i == "=" { String::new() } else { i });
-        let plain = mechanism.eq_ignore_ascii_case("PLAIN");
-        if !plain && !mechanism.eq_ignore_ascii_case("LOGIN") {
-            return Sasl::Unsupported;
+    /// Sends `line` and reads the client's answer: one step of an exchange such as SASL's
+    /// challenges. `None` when the client went away (or idled out); an overlong answer is
+    /// `Some(Line::TooLong)` with `buf` cleared.
+    pub async fn ask(&mut self, line: &str, buf: &mut Vec<u8>) -> Option<Line> {
+        self.reply(line);
+        let answer = self.next_line(buf).await?;
+        if answer != Line::Complete {
+            buf.clear();
         }
-        let first = if plain {
-            ""
-        } else {
-            sasl::LOGIN_USERNAME_CHALLENGE
-        };
-        let response = match initial.take() {
-            Some(response) => response,
-            None => match self.sasl_challenge(prefix, first).await {
-                Some(response) => response,
-                None => return Sasl::Gone,
-            },
-        };
-        if response == "*" {
-            return Sasl::Cancelled;
-        }
-        if plain {
-            return match sasl::decode_plain(response.as_bytes()) {
-                Ok(credentials) => Sasl::Credentials(credentials),
-                Err(_) => Sasl::Malformed,
-            };
-        }
-        let password = match self
-            .sasl_challenge(prefix, sasl::LOGIN_PASSWORD_CHALLENGE)
-            .await
-        {
-            Some(password) => password,
-            None => return Sasl::Gone,
-        };
-        if password == "*" {
-            return Sasl::Cancelled;
-        }
-        let name = sasl::decode_login_name(response.as_bytes());
-        match (name, sasl::decode_response(password.as_bytes())) {
-            (Ok(name), Ok(password)) => Sasl::Credentials(Credentials { name, password }),
-            _ => Sasl::Malformed,
-        }
-    }
-
-    /// Sends one challenge and reads the answer; an overlong answer counts as `*`.
-    async fn sasl_challenge(&mut self, prefix: &str, challenge: &str) -> Option<String> {
-        self.reply(&format!("{prefix}{challenge}"));
-        let mut line = Vec::new();
-        match self.next_line(&mut line).await? {
-            Line::Complete => Some(String::from_utf8_lossy(&line).into_owned()),
-            _ => Some("*".to_owned()),
-        }
+        Some(answer)
     }
 
     /// Sends what is queued and closes the connection.
@@ -308,54 +244,5 @@ mod tests {
         assert_eq!(conn.next_line(&mut line).await, Some(Line::TooLong));
         assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
         assert_eq!(line, b"ok");
-    }
-
-    #[tokio::test]
-    async fn sasl_plain_and_login_exchanges() {
-        use base64::Engine;
-        let b64 = |s: &[u8]| base64::engine::general_purpose::STANDARD.encode(s);
-        let (server, mut client) = tokio::io::duplex(4096);
-        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 1000, BYE);
-        // PLAIN with an initial response: no challenge.
-        let initial = Some(b64(b"\0ann\0secret"));
-        match conn.sasl_exchange("plain", initial, "+ ").await {
-            Sasl::Credentials(c) => {
-                assert_eq!((c.name.as_str(), &c.password[..]), ("ann", &b"secret"[..]))
-            }
-            _ => panic!("PLAIN failed"),
-        }
-        // LOGIN: two challenges, two answers.
-        client
-            .write_all(format!("{}\r\n{}\r\n", b64(b"bob"), b64(b"pw")).as_bytes())
-            .await
-            .unwrap();
-        match conn.sasl_exchange("LOGIN", None, "334 ").await {
-            Sasl::Credentials(c) => {
-                assert_eq!((c.name.as_str(), &c.password[..]), ("bob", &b"pw"[..]))
-            }
-            _ => panic!("LOGIN failed"),
-        }
-        // A cancelled LOGIN asks nothing more after the "*"; garbage is malformed.
-        client.write_all(b"*\r\n").await.unwrap();
-        assert!(matches!(
-            conn.sasl_exchange("LOGIN", None, "334 ").await,
-            Sasl::Cancelled
-        ));
-        assert!(matches!(
-            conn.sasl_exchange("PLAIN", Some("!!".into()), "+ ").await,
-            Sasl::Malformed
-        ));
-        assert!(matches!(
-            conn.sasl_exchange("CRAM-MD5", None, "+ ").await,
-            Sasl::Unsupported
-        ));
-        conn.flush().await.unwrap();
-        drop(conn);
-        let mut sent = String::new();
-        client.read_to_string(&mut sent).await.unwrap();
-        assert_eq!(
-            sent,
-            "334 VXNlcm5hbWU6\r\n334 UGFzc3dvcmQ6\r\n334 VXNlcm5hbWU6\r\n"
-        );
     }
 }

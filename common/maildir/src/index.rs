@@ -30,7 +30,7 @@ pub(crate) enum Sub {
 }
 
 impl Sub {
-    pub fn dir(self) -> &'static str {
+    pub(crate) fn dir(self) -> &'static str {
         match self {
             Sub::New => "new",
             Sub::Cur => "cur",
@@ -51,7 +51,7 @@ pub(crate) struct Found {
 }
 
 impl Found {
-    pub fn new(sub: Sub, name: &str, epoch: u64) -> Found {
+    pub(crate) fn new(sub: Sub, name: &str, epoch: u64) -> Found {
         Found {
             sub,
             rel: format!("{}/{name}", sub.dir()).into(),
@@ -61,7 +61,7 @@ impl Found {
     }
 
     /// The file name without the directory (both are three letters and a slash).
-    pub fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         &self.rel[4..]
     }
 }
@@ -80,7 +80,7 @@ pub(crate) struct FileState {
 }
 
 impl FileState {
-    pub fn of(path: &Path) -> std::io::Result<FileState> {
+    pub(crate) fn of(path: &Path) -> std::io::Result<FileState> {
         let m = std::fs::metadata(path)?;
         Ok(FileState {
             dev: m.dev(),
@@ -93,7 +93,7 @@ impl FileState {
     }
 
     /// The same file, only longer: lines were appended.
-    pub fn grew_from(&self, before: &FileState) -> bool {
+    pub(crate) fn grew_from(&self, before: &FileState) -> bool {
         self.dev == before.dev
             && self.ino == before.ino
             && self.born == before.born
@@ -114,7 +114,7 @@ pub(crate) struct Index {
 
 impl Index {
     /// Forgets everything (after an error, when what is cached may not match the disk).
-    pub fn forget(&mut self) {
+    pub(crate) fn forget(&mut self) {
         *self = Index::default();
     }
 }

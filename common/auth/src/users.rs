@@ -226,7 +226,7 @@ pub fn format_line(name: &str, password_field: &str, home: Option<&Path>) -> Str
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::hash::Scheme;
+    use crate::hash::Scheme;
 
     const SHA512: &str = "{SHA512-CRYPT}$6$ay2kaGB3g3VLUEIv$6z3UYmAzKE0YEOA7XzB/5RZR36V1k5WXD6KfEcGbhHULGf6KxrSH3ktAZTG9n82XNHXwwrg6.0zxgqNEbV5em.";
 

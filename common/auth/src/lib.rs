@@ -25,6 +25,7 @@
 //! The file is checked (one `stat`) on every lookup and re-read when its inode, size, mtime
 //! or ctime changed, so a line added by hand works at once. Failed logins are logged with the
 //! peer address and the name tried, never the password.
+#![warn(missing_docs)]
 
 mod config;
 mod guard;

@@ -117,7 +117,7 @@ mod tests {
     }
 
     fn parse(text: &str) -> Result<AuthConfig, String> {
-        crate::config::parse::<Daemon>(text, Path::new("test.toml"))
+        inetkit_runtime::config::parse::<Daemon>(text, Path::new("test.toml"))
             .map(|d| d.auth)
             .map_err(|e| e.to_string())
     }

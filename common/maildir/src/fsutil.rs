@@ -88,7 +88,7 @@ pub(crate) struct Lock {
 }
 
 impl Lock {
-    pub fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
+    pub(crate) fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
         let (file, existed) = open_lock_file(path, owner)?;
         Ok(Lock {
             _flock: flock(file, path)?,

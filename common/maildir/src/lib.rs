@@ -21,8 +21,8 @@
 //! blocks on file I/O: async code runs it with `tokio::task::spawn_blocking`.
 //!
 //! ```no_run
-//! use inetkit_common::mail::{FlagChange, Flags, Store};
-//! # fn main() -> Result<(), inetkit_common::mail::StoreError> {
+//! use inetkit_maildir::{FlagChange, Flags, Store};
+//! # fn main() -> Result<(), inetkit_maildir::StoreError> {
 //! let store = Store::new("/var/lib/inetkit/mail");
 //! store.deliver("alice", &mut &b"Subject: hi\n\nhello\n"[..])?;
 //! let inbox = store.mailbox("alice")?.inbox();
@@ -34,6 +34,7 @@
 //! inbox.delete(&snapshot.messages)?;
 //! # Ok(()) }
 //! ```
+#![warn(missing_docs)]
 
 mod config;
 mod folder;
