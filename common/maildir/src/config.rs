@@ -12,6 +12,8 @@ pub struct MailConfig {
     pub root: PathBuf,
 }
 
+/// The store root a fresh install uses (`StateDirectory=inetkit` in the units, owned by the
+/// `inetkit` user); `[mail] root` overrides it.
 pub const DEFAULT_MAIL_ROOT: &str = "/var/lib/inetkit/mail";
 
 impl Default for MailConfig {

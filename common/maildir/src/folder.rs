@@ -69,14 +69,20 @@ pub struct Folder {
 /// The folder's messages at one moment, in UID order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Snapshot {
+    /// IMAP UIDVALIDITY: UIDs are only comparable between snapshots with the same value. It
+    /// changes when the uid list was lost or corrupt and the folder was renumbered.
     pub uid_validity: u32,
+    /// IMAP UIDNEXT: the UID the next message added will get at the earliest; higher than
+    /// every UID ever handed out in this folder, including those of deleted messages.
     pub uid_next: u32,
+    /// Every message, in ascending UID order (sequence number = position + 1).
     pub messages: Vec<MessageInfo>,
 }
 
 /// One message as a snapshot saw it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MessageInfo {
+    /// Its IMAP UID: unique in the folder under the snapshot's `uid_validity`, never reused.
     pub uid: u32,
     /// The unique file name without flags: stable for the message's life. Other programs may
     /// write bases of any length or character set, so a POP3 UIDL derives from `uid` and
@@ -87,6 +93,7 @@ pub struct MessageInfo {
     pub size: u64,
     /// Bytes with every bare LF sent as CRLF: POP3 LIST and IMAP RFC822.SIZE.
     pub vsize: u64,
+    /// Its flags when the snapshot was taken (or after this session's last change to them).
     pub flags: Flags,
     /// When the message arrived (IMAP INTERNALDATE), to the second.
     pub internal_date: SystemTime,
@@ -106,8 +113,12 @@ impl MessageInfo {
 /// A change to a message's flags, made atomically against other processes' changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FlagChange {
+    /// Replace every flag, keywords and letters set by other programs included (IMAP
+    /// `STORE FLAGS`).
     Set(Flags),
+    /// Set these, keep the rest (`+FLAGS`).
     Add(Flags),
+    /// Clear these, keep the rest (`-FLAGS`).
     Remove(Flags),
 }
 
@@ -125,16 +136,23 @@ impl FlagChange {
 /// A message delivered into `new/`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivered {
+    /// Where it was put: `<folder>/new/<base>`. Another process may move it to `cur/` (and
+    /// rename it for flags) at any time after.
     pub path: PathBuf,
+    /// Its base name, which carries `,S=` and `,W=`: the message's identity from now on.
     pub base: String,
+    /// Bytes written.
     pub size: u64,
+    /// Bytes with every bare LF counted as CRLF (see [`MessageInfo::vsize`]).
     pub vsize: u64,
 }
 
 /// A message added with [`Folder::append`] (IMAP APPENDUID needs both numbers).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Appended {
+    /// The folder's UIDVALIDITY the UID belongs to.
     pub uid_validity: u32,
+    /// The new message, with its UID, as a snapshot would show it.
     pub message: MessageInfo,
 }
 

@@ -15,7 +15,9 @@ use super::StoreError;
 /// store, so that the daemons (running as `inetkit`) can still read and change it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Owner {
+    /// Numeric user id (the `inetkit` system user's, looked up by the caller).
     pub uid: u32,
+    /// Numeric group id.
     pub gid: u32,
 }
 

@@ -58,28 +58,42 @@ pub use store::{Mailbox, Store, DEFAULT_FOLDERS};
 /// What went wrong in the store, with the path it went wrong on.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
+    /// A file system call failed; [`StoreError::is_no_space`] tells a full disk apart.
     #[error("{op} {path}: {err}")]
     Io {
+        /// What was being done, as a verb for the message ("creating", "renaming", …).
         op: &'static str,
+        /// The file or directory it was done to.
         path: PathBuf,
+        /// The error the system call returned.
         err: io::Error,
     },
     /// The message being delivered could not be read (the client or pipe went away).
     #[error("reading the message: {0}")]
     Input(io::Error),
+    /// The user name cannot be one directory name: empty, over 255 bytes, starting with `.`,
+    /// or holding `/` or a control character.
     #[error("invalid user name {0:?}")]
     InvalidUser(String),
+    /// The folder name has an empty part (`a//b`, a leading or trailing `/` or `.`), a
+    /// control character, or makes a directory name over 255 bytes.
     #[error("invalid folder name {0:?}")]
     InvalidFolder(String),
+    /// The folder does not exist (IMAP `[NONEXISTENT]`).
     #[error("no folder {0:?}")]
     NoSuchFolder(String),
+    /// Creating or renaming onto a folder that exists (IMAP `[ALREADYEXISTS]`).
     #[error("folder {0:?} already exists")]
     FolderExists(String),
+    /// INBOX cannot be deleted or renamed; the text says which was tried.
     #[error("INBOX cannot be {0}")]
     Inbox(&'static str),
     /// The message was deleted (by another session) since the caller's snapshot.
     #[error("message {base} is gone")]
-    MessageGone { base: String },
+    MessageGone {
+        /// The message's base name (see [`MessageInfo::base`]).
+        base: String,
+    },
 }
 
 impl StoreError {

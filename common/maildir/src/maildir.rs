@@ -16,12 +16,21 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub struct Flags(u64);
 
 impl Flags {
+    /// No flag: a message just delivered.
     pub const EMPTY: Flags = Flags(0);
+    /// `D`: IMAP `\Draft`.
     pub const DRAFT: Flags = Flags::letter(b'D');
+    /// `F`: IMAP `\Flagged`.
     pub const FLAGGED: Flags = Flags::letter(b'F');
+    /// `P`: passed (resent or forwarded), as other Maildir programs set it; IMAP shows no
+    /// flag for it.
     pub const PASSED: Flags = Flags::letter(b'P');
+    /// `R`: IMAP `\Answered`.
     pub const REPLIED: Flags = Flags::letter(b'R');
+    /// `S`: IMAP `\Seen`; POP3 sets it at QUIT on the messages a client retrieved.
     pub const SEEN: Flags = Flags::letter(b'S');
+    /// `T`: IMAP `\Deleted`; the message is removed by the next EXPUNGE. (POP3's DELE does
+    /// not set it: the message is removed at QUIT.)
     pub const TRASHED: Flags = Flags::letter(b'T');
 
     /// Bits 0-25 are `A`-`Z`, bits 26-51 are `a`-`z`; anything else is no flag.
@@ -54,15 +63,19 @@ impl Flags {
             .collect()
     }
 
+    /// Whether every flag of `other` is set (true for an empty `other`).
     pub fn contains(self, other: Flags) -> bool {
         self.0 & other.0 == other.0
     }
+    /// No flag at all, keywords and unknown letters included.
     pub fn is_empty(self) -> bool {
         self.0 == 0
     }
+    /// Sets every flag of `other`.
     pub fn insert(&mut self, other: Flags) {
         self.0 |= other.0;
     }
+    /// Clears every flag of `other`; the others stay.
     pub fn remove(&mut self, other: Flags) {
         self.0 &= !other.0;
     }

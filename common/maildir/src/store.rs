@@ -22,6 +22,8 @@ pub struct Store {
 }
 
 impl Store {
+    /// A store under `root` (normally [`DEFAULT_MAIL_ROOT`](crate::DEFAULT_MAIL_ROOT)). Touches
+    /// nothing on disk: the root and each mailbox are created on first use.
     pub fn new(root: impl Into<PathBuf>) -> Store {
         Store {
             root: root.into(),
@@ -35,6 +37,7 @@ impl Store {
         self
     }
 
+    /// The directory holding one mailbox per user.
     pub fn root(&self) -> &Path {
         &self.root
     }
@@ -95,14 +98,17 @@ pub struct Mailbox {
 }
 
 impl Mailbox {
+    /// The user whose mailbox this is (also its directory name under the store root).
     pub fn user(&self) -> &str {
         &self.user
     }
 
+    /// The mailbox directory: INBOX's `tmp/ new/ cur/` and the `.folder` directories.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
+    /// INBOX, which always exists (the mailbox directory itself).
     pub fn inbox(&self) -> Folder {
         Folder::new(
             "INBOX".to_owned(),

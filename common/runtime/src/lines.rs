@@ -88,6 +88,7 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
+    /// A stuffer at the start of a message (a `.` in the first byte is doubled).
     pub fn new() -> Self {
         Self::default()
     }

@@ -14,6 +14,12 @@ use crate::config::{LogConfig, LogLevel};
 /// `INETKIT_LOG=debug` overrides the configured level (handy under `systemd-run` or in tests).
 const LEVEL_OVERRIDE: &str = "INETKIT_LOG";
 
+/// Installs the process-wide subscriber: journald when `JOURNAL_STREAM` is set (and the
+/// journal socket answers), else plain lines on stderr without colours or targets. The level is
+/// `INETKIT_LOG` when that parses (`error` … `trace`), else `[log] level`.
+///
+/// Call once, early in `main`; later calls (several tests in one process) leave the first
+/// subscriber in place and do nothing.
 pub fn init(config: &LogConfig) {
     let level = std::env::var(LEVEL_OVERRIDE)
         .ok()

@@ -40,6 +40,12 @@ impl RateLimiter {
         self.per_second > 0.0
     }
 
+    /// Takes one token from `source`'s bucket: `true` to answer, `false` to drop silently.
+    ///
+    /// A new source starts with a full bucket of `burst` tokens, refilled at `per_second`.
+    /// When the table is full of sources still being limited, a source not in it is refused
+    /// until some bucket has refilled, so memory stays bounded under a flood of forged
+    /// addresses. `now` is passed in so tests can drive the clock.
     pub fn allow(&mut self, source: IpAddr, now: Instant) -> bool {
         if self.per_second == 0.0 {
             return true;

@@ -21,17 +21,30 @@ use crate::config::LimitsConfig;
 /// A session's view of its connection and the limits it must keep.
 #[derive(Debug, Clone)]
 pub struct Peer {
+    /// The client's address and port (IPv4-mapped IPv6 as the socket reports it).
     pub addr: SocketAddr,
+    /// Our end of the connection: the address the client reached (FTP's PASV reply, logs).
+    /// Falls back to `addr` in the rare case the kernel cannot say.
     pub local: SocketAddr,
     /// The name of the socket it came in on (`LISTEN_FDNAMES` / `[listen]` key).
     pub listener: Arc<str>,
+    /// How long the session waits for the client's next bytes before closing:
+    /// `[limits] idle_timeout`, else the protocol's own default.
     pub idle_timeout: Duration,
+    /// How long one write may wait for the client to take our output (`[limits]
+    /// write_timeout`): a client that stops reading cannot hold a session forever.
     pub write_timeout: Duration,
     /// Cancelled when the daemon begins to shut down: a session at a clean point between
     /// commands may say goodbye and end; one mid-transfer may finish within the deadline.
     pub shutdown: CancellationToken,
 }
 
+/// One daemon process's accept loops, session bookkeeping and lifecycle.
+///
+/// Clones share one state (cheap: an `Arc`), so setup code can hand clones to reload hooks and
+/// background tasks. Sockets are registered with [`serve_tcp`](Self::serve_tcp) /
+/// [`serve_stream`](Self::serve_stream) and begin accepting at once; [`run`](Self::run) then
+/// tells systemd the daemon is ready and returns when it has shut down.
 #[derive(Clone)]
 pub struct Server {
     inner: Arc<Inner>,
@@ -138,6 +151,7 @@ impl Server {
         }
     }
 
+    /// The `[limits]` this server enforces (connection counts, timeouts, idle exit).
     pub fn limits(&self) -> &LimitsConfig {
         &self.inner.limits
     }

@@ -21,33 +21,59 @@ use crate::config::TlsConfig;
 /// How long a client may take to complete a handshake.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Credential names the units pass with `LoadCredential=`.
+/// Credential name of the certificate chain (PEM) the units pass with
+/// `LoadCredential=tls-cert:…`; found as `$CREDENTIALS_DIRECTORY/tls-cert`.
 pub const CREDENTIAL_CERT: &str = "tls-cert";
+/// Credential name of the private key (PEM) the units pass with `LoadCredential=tls-key:…`.
 pub const CREDENTIAL_KEY: &str = "tls-key";
 
+/// Why a certificate and key could not be loaded. At start this refuses the TLS sockets; on a
+/// reload the old pair stays in use and the error is logged.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// The certificate file could not be read or is not PEM.
     #[error("reading certificates from {path}: {source}")]
     Certificates {
+        /// The certificate file.
         path: PathBuf,
+        /// What the PEM reader found wrong (including the I/O error, such as a missing file).
         source: rustls_pki_types::pem::Error,
     },
+    /// The certificate file is PEM but has no `CERTIFICATE` block (a key file given twice?).
     #[error("{path} holds no certificate")]
-    NoCertificate { path: PathBuf },
+    NoCertificate {
+        /// The certificate file.
+        path: PathBuf,
+    },
+    /// The key file could not be read, is not PEM, or has no private key block.
     #[error("reading private key from {path}: {source}")]
     Key {
+        /// The key file.
         path: PathBuf,
+        /// What the PEM reader found wrong.
         source: rustls_pki_types::pem::Error,
     },
+    /// The key was read but the crypto provider cannot use it (an unsupported algorithm).
     #[error("private key in {path}: {source}")]
     BadKey {
+        /// The key file.
         path: PathBuf,
+        /// Why rustls refused it.
         source: rustls::Error,
     },
+    /// Both files load, but the key is not the certificate's (a renewed certificate with the
+    /// old key, or the other way round).
     #[error("the key in {key} does not belong to the certificate in {cert}")]
-    Mismatch { cert: PathBuf, key: PathBuf },
+    Mismatch {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The key file.
+        key: PathBuf,
+    },
+    /// rustls refused the server configuration itself (protocol versions).
     #[error("TLS setup: {0}")]
     Rustls(#[from] rustls::Error),
+    /// `[tls]` names a certificate without a key or a key without a certificate.
     #[error("tls.cert and tls.key must be set together")]
     HalfConfigured,
 }
@@ -90,6 +116,8 @@ impl TlsContext {
         }
     }
 
+    /// Loads a PEM certificate chain (leaf first) and its private key (PKCS#8, PKCS#1 or
+    /// SEC1) and checks that they belong together. The paths are kept for [`reload`](Self::reload).
     pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let resolver = Arc::new(ReloadableCert {
@@ -116,10 +144,15 @@ impl TlsContext {
         self.resolver.reload()
     }
 
+    /// The tokio-rustls acceptor, for callers that run the handshake themselves. Prefer
+    /// [`accept`](Self::accept), which bounds the handshake's time.
     pub fn acceptor(&self) -> &TlsAcceptor {
         &self.acceptor
     }
 
+    /// The rustls configuration behind the acceptor, for a daemon that derives its own from it
+    /// (ftpd's data connections). The certificate resolver is shared, so configurations made
+    /// from it serve reloaded certificates too.
     pub fn server_config(&self) -> &Arc<ServerConfig> {
         &self.config
     }

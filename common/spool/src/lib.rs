@@ -35,37 +35,58 @@ pub struct Spool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Recipient {
     /// A user of the users file: delivered into `user`'s INBOX.
-    Local { address: String, user: String },
+    Local {
+        /// The address as the client gave it in RCPT TO (`bob+lists@host`); shown in
+        /// `inetkit queue list` and in a bounce.
+        address: String,
+        /// The user it was resolved to: the mailbox, and the key in [`State::delivered`]
+        /// and [`State::failed`] (several addresses of one user get one copy).
+        user: String,
+    },
     /// Relayed to the smarthost.
-    Remote { address: String },
+    Remote {
+        /// The address as given in RCPT TO: the envelope recipient at the smarthost, and the
+        /// key in [`State::relayed`] and [`State::failed`].
+        address: String,
+    },
 }
 
 /// What the session decided about a message: written once, never changed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
+    /// The reverse path of MAIL FROM, without brackets; empty for the null sender `<>`.
     pub from: String,
     /// The authenticated user who submitted it (bounces go to their INBOX).
     pub user: String,
     /// Seconds since the epoch when it was accepted.
     pub received: u64,
+    /// In RCPT TO order; never empty in an accepted message.
     pub recipients: Vec<Recipient>,
 }
 
 /// What has happened to a spooled message so far (replayed from its `.state` file).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct State {
+    /// Local users whose INBOX has the message (user names, not addresses).
     pub delivered: BTreeSet<String>,
+    /// Remote addresses the smarthost accepted the message for.
     pub relayed: BTreeSet<String>,
     /// Remote or local recipients that failed for good, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Attempts that ended in a temporary failure; the next delay grows with it.
     pub deferrals: u32,
     /// Seconds since the epoch of the next attempt (0: now).
     pub next_attempt: u64,
+    /// The reason of the last deferral (an enhanced status code, then text); `None` before
+    /// the first one.
     pub last_error: Option<String>,
+    /// The bounce for the failed recipients is in the sender's INBOX: not to be sent again.
     pub bounced: bool,
 }
 
 impl State {
+    /// Whether `address` (a local user name or a remote address, as in [`State::failed`])
+    /// failed for good.
     pub fn is_failed(&self, address: &str) -> bool {
         self.failed.iter().any(|(a, _)| a == address)
     }
@@ -74,12 +95,18 @@ impl State {
 /// A spooled message as `inetkit queue list` and the delivery loop see it.
 #[derive(Debug, Clone)]
 pub struct Entry {
+    /// The spool id (see [`valid_id`]): sorts by arrival.
     pub id: String,
+    /// What was accepted.
     pub envelope: Envelope,
+    /// What has happened since (empty when nothing has been tried yet).
     pub state: State,
+    /// The message file's size in bytes, our added headers included.
     pub size: u64,
 }
 
+/// Seconds since the epoch, the unit of [`Envelope::received`] and [`State::next_attempt`];
+/// 0 if the clock is before 1970.
 pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -111,10 +138,12 @@ fn sync_dir(dir: &Path) -> io::Result<()> {
 }
 
 impl Spool {
+    /// The spool in `dir`. Touches nothing: [`Spool::prepare`] creates it.
     pub fn new(dir: impl Into<PathBuf>) -> Spool {
         Spool { dir: dir.into() }
     }
 
+    /// The spool directory.
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -147,6 +176,8 @@ impl Spool {
         self.dir.join(format!("{id}.{ext}"))
     }
 
+    /// Where an accepted message's text is (`<spool>/<id>.msg`), for delivery to read.
+    /// `id` must come from [`Spool::ids`] or pass [`valid_id`]: it becomes part of a path.
     pub fn message_path(&self, id: &str) -> PathBuf {
         self.path(id, "msg")
     }
@@ -184,6 +215,9 @@ impl Spool {
         Ok(ids)
     }
 
+    /// Reads an accepted message's envelope, delivery log and size. `NotFound` when it was
+    /// removed meanwhile; `InvalidData` when the envelope does not parse. `id` as for
+    /// [`Spool::message_path`].
     pub fn load(&self, id: &str) -> io::Result<Entry> {
         let envelope = parse_envelope(&fs::read_to_string(self.path(id, "env"))?)
             .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "malformed envelope"))?;
@@ -268,13 +302,18 @@ impl Spool {
 /// A message being received. Dropped without [`Incoming::commit`], it leaves nothing behind.
 pub struct Incoming {
     spool: Spool,
+    /// The id the message will have once committed.
     pub id: String,
     tmp: Option<PathBuf>,
     file: Option<BufWriter<File>>,
+    /// Bytes passed to [`Incoming::write`] so far.
     pub size: u64,
 }
 
 impl Incoming {
+    /// Appends bytes to the message file, exactly as they are to be delivered (the caller has
+    /// added its headers and undone the dot-stuffing). Buffered: nothing is durable until
+    /// [`Incoming::commit`].
     pub fn write(&mut self, data: &[u8]) -> io::Result<()> {
         self.size += data.len() as u64;
         match &mut self.file {
