@@ -60,9 +60,11 @@ impl Found {
         }
     }
 
-    /// The file name without the directory (both are three letters and a slash).
+    /// The file name without the directory.
     pub(crate) fn name(&self) -> &str {
-        &self.rel[4..]
+        self.rel
+            .split_once('/')
+            .map_or(&*self.rel, |(_, name)| name)
     }
 }
 
@@ -166,4 +168,18 @@ pub(crate) fn for_folder(path: &Path) -> Arc<Mutex<Index>> {
         },
     );
     index
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn found_name_drops_the_directory() {
+        let found = Found::new(Sub::Cur, "ü€:2,S", 0);
+        assert_eq!(&*found.rel, "cur/ü€:2,S");
+        assert_eq!(found.name(), "ü€:2,S");
+        assert_eq!(found.flags, Flags::SEEN);
+        assert_eq!(Found::new(Sub::New, "日", 0).name(), "日");
+    }
 }

@@ -142,10 +142,11 @@ pub(crate) fn name_time(base: &str) -> Option<u64> {
 pub(crate) fn arrival_key(base: &str) -> (Option<u64>, Option<u32>, &str) {
     let micros = base.split('.').nth(1).and_then(|field| {
         let digits = field.strip_prefix('M')?;
-        let end = digits
-            .find(|c: char| !c.is_ascii_digit())
-            .unwrap_or(digits.len());
-        digits[..end].parse().ok()
+        digits
+            .split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
     });
     (name_time(base), micros, base)
 }
@@ -261,6 +262,11 @@ mod tests {
         assert!(arrival_key(early) < arrival_key(late));
         assert!(arrival_key("1699999999.M999999P1.h") < arrival_key(early));
         assert_eq!(arrival_key("1.2.h"), (Some(1), None, "1.2.h"));
+        // Names from other programs: the microseconds end at the first non-digit, multi-byte
+        // characters included.
+        assert_eq!(arrival_key("7.M12ü3P1.h").1, Some(12));
+        assert_eq!(arrival_key("7.Mé.h").1, None);
+        assert_eq!(arrival_key("7.M€").1, None);
     }
 
     #[test]

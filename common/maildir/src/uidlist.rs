@@ -132,7 +132,7 @@ impl UidList {
             entries: Vec::new(),
             needs_rewrite: !header.ends_with('\n'),
         };
-        let rest = &text[header.len()..];
+        let rest = text.strip_prefix(header).unwrap_or_default();
         list.parse_lines(rest, 2)?;
         Ok(list)
     }
@@ -459,6 +459,18 @@ mod tests {
         let text = list.to_text();
         assert!(text.starts_with("inetkit-uidlist 1 V1700000000 N9\n1 :1.M1P1Q1.h,S=10,W=11\n"));
         assert_eq!(UidList::parse(&text).unwrap(), list);
+    }
+
+    /// Other programs' base names may be any UTF-8; the header's end is found by its newline.
+    #[test]
+    fn multi_byte_names_parse() {
+        let text = "inetkit-uidlist 1 V5 N1\n1 :Grüße.€\n2 S=3 W=3 T=1 :日本\n";
+        let list = UidList::parse(text).unwrap();
+        let bases: Vec<&str> = list.entries.iter().map(|e| &*e.base).collect();
+        assert_eq!(bases, ["Grüße.€", "日本"]);
+        assert_eq!(UidList::parse(&list.to_text()).unwrap(), list);
+        // A header of multi-byte garbage is corrupt, not a panic.
+        assert_eq!(UidList::parse("ü€\n1 :a\n").unwrap_err().1, None);
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub fn parse(
                 None => return Parsed::Usage(format!("{arg} needs a file\n{usage}")),
             },
             _ if arg.starts_with("--config=") => {
-                parsed.config = PathBuf::from(&arg["--config=".len()..]);
+                parsed.config = PathBuf::from(arg.strip_prefix("--config=").unwrap_or_default());
                 parsed.config_given = true;
             }
             "--check-config" => parsed.check_config = true,

@@ -414,10 +414,9 @@ fn parse_envelope(text: &str) -> Option<Envelope> {
 /// Replays the delivery log. A torn last line (a crash mid-append) is ignored.
 fn parse_state(text: &str) -> State {
     let mut state = State::default();
-    let complete = match text.rfind('\n') {
-        Some(end) => &text[..end],
-        None => "",
-    };
+    let complete = text
+        .rsplit_once('\n')
+        .map_or("", |(complete, _torn)| complete);
     for line in complete.lines() {
         let (key, value) = line.split_once(' ').unwrap_or((line, ""));
         match key {
@@ -484,6 +483,11 @@ mod tests {
         assert_eq!(state.deferrals, 1);
         assert_eq!(state.next_attempt, 123);
         assert!(state.is_failed("x@y"));
+        assert!(state.relayed.is_empty());
+        // Smarthost replies and addresses are UTF-8 (SMTPUTF8); a torn multi-byte line too.
+        let state = parse_state("failed jø@ex 5.1.1 ukjent mottaker ø\nrelayed 日本@€");
+        let failed = ("jø@ex".to_owned(), "5.1.1 ukjent mottaker ø".to_owned());
+        assert_eq!(state.failed, vec![failed]);
         assert!(state.relayed.is_empty());
     }
 
