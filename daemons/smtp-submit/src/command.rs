@@ -45,8 +45,8 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         return Err(ParseError::Syntax("NUL characters are not allowed"));
     }
     let line = std::str::from_utf8(line).map_err(|_| ParseError::Syntax("command is not UTF-8"))?;
-    let (keyword, rest) = match line.find(' ') {
-        Some(i) => (&line[..i], line[i + 1..].trim()),
+    let (keyword, rest) = match line.split_once(' ') {
+        Some((keyword, rest)) => (keyword, rest.trim()),
         None => (line, ""),
     };
     let keyword = keyword.to_ascii_uppercase();
@@ -135,20 +135,22 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
 /// `FROM:<path> params` or `TO:<path> params` (a space after the colon is tolerated, as many
 /// clients send one); returns the address without brackets and the parameter text.
 fn path_after<'a>(rest: &'a str, prefix: &str) -> Result<(String, &'a str), ParseError> {
-    let head = rest.get(..prefix.len()).unwrap_or_default();
-    if !head.eq_ignore_ascii_case(prefix) {
+    // `split_at_checked` is `None` when the prefix's length ends inside a multi-byte character.
+    let Some(rest) = rest
+        .split_at_checked(prefix.len())
+        .and_then(|(head, rest)| head.eq_ignore_ascii_case(prefix).then_some(rest))
+    else {
         return Err(ParseError::Syntax(
             "expected FROM:<address> or TO:<address>",
         ));
-    }
-    let rest = rest[prefix.len()..].trim_start();
-    let Some(rest) = rest.strip_prefix('<') else {
+    };
+    let Some((mut address, params)) = rest
+        .trim_start()
+        .strip_prefix('<')
+        .and_then(|rest| rest.split_once('>'))
+    else {
         return Err(ParseError::Syntax("the address must be in angle brackets"));
     };
-    let end = rest
-        .find('>')
-        .ok_or(ParseError::Syntax("the address must be in angle brackets"))?;
-    let mut address = &rest[..end];
     // A source route (`<@a,@b:user@c>`, RFC 5321 §4.1.2) is accepted and ignored.
     if address.starts_with('@') {
         address = address.split_once(':').map_or("", |(_, a)| a);
@@ -156,7 +158,7 @@ fn path_after<'a>(rest: &'a str, prefix: &str) -> Result<(String, &'a str), Pars
     if address.contains(|c: char| c.is_whitespace() || c == '<') {
         return Err(ParseError::Syntax("invalid address"));
     }
-    Ok((address.to_owned(), rest[end + 1..].trim()))
+    Ok((address.to_owned(), params.trim()))
 }
 
 /// Splits `local@domain`; `None` when there is no `@` or one side is empty.
@@ -251,6 +253,33 @@ mod tests {
         assert_eq!(parse(b"BDAT 10"), Err(ParseError::Unknown));
         assert!(matches!(parse(b"NOOP \0"), Err(ParseError::Syntax(_))));
         assert!(matches!(parse(b"\xff\xfe"), Err(ParseError::Syntax(_))));
+    }
+
+    /// Client text is UTF-8 of any shape: no byte offset may land inside a character.
+    #[test]
+    fn multi_byte_text_is_a_syntax_error_or_an_address() {
+        // "F€€:" puts byte 5 (after "FROM:") inside the second '€'.
+        for line in [
+            "MAIL F€€:<a@b>",
+            "MAIL FRO€<a@b>",
+            "RCPT T€<a@b>",
+            "MAIL FROM:<é",
+            "RCPT TO:€",
+        ] {
+            assert!(
+                matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))),
+                "{line}"
+            );
+        }
+        let Ok(Command::Mail(mail)) = parse("MAIL FROM:<jø@dømi.no> SMTPUTF8".as_bytes()) else {
+            panic!("not parsed");
+        };
+        assert_eq!(mail.address, "jø@dømi.no");
+        assert_eq!(
+            parse("RCPT TO:<日本@例え.jp>".as_bytes()),
+            Ok(Command::Rcpt("日本@例え.jp".into()))
+        );
+        assert_eq!(parse("NOÖP".as_bytes()), Err(ParseError::Unknown));
     }
 
     #[test]

@@ -555,11 +555,7 @@ fn dsn(hostname: &str, entry: &Entry, failed: &[(String, String)], headers: &[u8
         id = entry.id,
     ));
     for (address, reason) in failed {
-        let status = reason
-            .split_whitespace()
-            .next()
-            .filter(|s| s.len() >= 5 && s.as_bytes()[1] == b'.')
-            .map_or("5.0.0".to_owned(), |s| format!("5{}", &s[1..]));
+        let status = dsn_status(reason);
         let address = entry
             .envelope
             .recipients
@@ -585,9 +581,44 @@ fn dsn(hostname: &str, entry: &Entry, failed: &[(String, String)], headers: &[u8
     out
 }
 
+/// The DSN `Status:` of a recipient that failed for good (RFC 3464 §2.3.4): the enhanced
+/// code the reason starts with, in class 5 (`4.4.7 delivery time expired` becomes `5.4.7`),
+/// or `5.0.0` when the reason does not start with one (RFC 3463: `class.subject.detail`,
+/// one to three digits each after the class).
+fn dsn_status(reason: &str) -> String {
+    let code = reason.split_whitespace().next().unwrap_or_default();
+    let is_number =
+        |part: &str| (1..=3).contains(&part.len()) && part.bytes().all(|b| b.is_ascii_digit());
+    match code.split_once('.') {
+        Some((class, rest))
+            if class.len() == 1
+                && class.bytes().all(|b| b.is_ascii_digit())
+                && rest
+                    .split_once('.')
+                    .is_some_and(|(subject, detail)| is_number(subject) && is_number(detail)) =>
+        {
+            format!("5.{rest}")
+        }
+        _ => "5.0.0".to_owned(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dsn_status_keeps_the_detail_in_class_5() {
+        assert_eq!(dsn_status("4.4.7 delivery time expired"), "5.4.7");
+        assert_eq!(dsn_status("5.1.1 no such user"), "5.1.1");
+        assert_eq!(dsn_status("5.7.123 x"), "5.7.123");
+        // Reasons replayed from the spool's state file are not trusted to carry a code.
+        for reason in [
+            "", "refused", "é.1.1 x", "4.é.1", "4.1.é", "4.1", "44.1.1", "4.1.1234",
+        ] {
+            assert_eq!(dsn_status(reason), "5.0.0", "{reason:?}");
+        }
+    }
 
     #[test]
     fn backoff_doubles_up_to_the_maximum() {
