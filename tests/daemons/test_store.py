@@ -90,7 +90,7 @@ def test_concurrent_deliver_flag_delete_and_list(tmp_path):
     # A larger directory, as another program would leave it: a scan then takes several
     # getdents calls, and a rename between two of them could hide a file from it (the store
     # locks against that). Processes rename too slowly to hit that window often; the
-    # in-process test in common/src/mail/tests.rs is the one that provokes it reliably.
+    # in-process test in common/maildir/src/tests.rs is the one that provokes it reliably.
     preseeded = [f"{1600000000 + i}.P1Q{i}.otherhost" for i in range(2000)]
     for i, base in enumerate(preseeded):
         (root / USER / "cur" / f"{base}:2,S").write_text(f"Subject: old\nX-Token: old-{i}\n\n")

@@ -1,7 +1,7 @@
 """`inetkit user add|passwd|del|list|check` on a real users file, and hashes made by Dovecot.
 
 The verification in `inetkit user check` is the same code the daemons use
-(inetkit_common::auth), so a Dovecot hash that passes here logs in to pop3d/imapd too.
+(inetkit_auth), so a Dovecot hash that passes here logs in to pop3d/imapd too.
 """
 
 import os
