@@ -558,3 +558,44 @@ def test_udp_is_rate_limited_per_source(daemons):
     # Another source has its own bucket.
     assert udp_ask(addr, b"fresh", source=("127.0.0.3", 0)) == b"fresh"
     assert d.proc.poll() is None
+
+
+def _replies_from_sources(addr, sources):
+    """One datagram from each source address; how many were answered."""
+    socks = []
+    try:
+        for source in sources:
+            s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            socks.append(s)
+            s.bind((source, 0))
+            s.sendto(b"x", addr)
+        replies = 0
+        for s in socks:
+            s.settimeout(0.3)
+            try:
+                s.recvfrom(100)
+                replies += 1
+            except socket.timeout:
+                pass
+        return replies
+    finally:
+        for s in socks:
+            s.close()
+
+
+def test_udp_forged_sources_of_one_network_share_a_budget(daemons):
+    # rate 1/s, burst 2 per source: a /24 gets 4 sources' worth (8 at once), the socket 20
+    # (40). 60 addresses of 127.0.5.0/24, one datagram each: 8 answered, not 60.
+    d = daemons.start("echo", '[listen]\necho = ["udp://127.0.0.1:0"]\n[udp]\nrate = 1\nburst = 2\n')
+    addr = d.addr("echo", "udp")
+    assert _replies_from_sources(addr, [f"127.0.5.{i}" for i in range(1, 61)]) == 8
+    # Another /24 has its own budget.
+    assert udp_ask(addr, b"fresh", source=("127.0.6.1", 0)) == b"fresh"
+    # One source per /24 over 200 networks: the total budget (40 at once, less the 9 spent,
+    # refilled at 20 a second while the test runs) holds, where each network alone would allow.
+    started = time.monotonic()
+    answered = _replies_from_sources(addr, [f"127.{10 + i}.0.1" for i in range(200)])
+    refilled = 20 * (time.monotonic() - started)
+    assert answered <= 40 - 9 + refilled + 1, (answered, refilled)
+    assert answered < 200
+    assert d.proc.poll() is None

@@ -91,7 +91,10 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
                     ctx.config.udp.rate,
                     ctx.config.udp.burst,
                     "udp",
-                );
+                )
+                // A /24 or /64 may have 4 sources' worth, the socket 20 (50/s each by
+                // default: 200/s per network, 1,000/s in all).
+                .with_networks_and_total(4, 20);
                 server.spawn(udp::serve(service, socket, server.clone(), limiter));
             }
             _ if tls => {
