@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::fs::UserFs;
 
 use super::control::Conn;
-use super::{Next, Session, State};
+use super::{Flow, Session, State};
 
 /// Failed logins on one connection before it is closed.
 const MAX_FAILURES: u32 = 3;
@@ -37,7 +37,7 @@ impl Session {
         }
     }
 
-    pub(super) async fn pass<S>(&mut self, password: String, conn: &mut Conn<S>) -> Next
+    pub(super) async fn pass<S>(&mut self, password: String, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -45,12 +45,12 @@ impl Session {
             State::Login { user, .. } => user.take(),
             State::Ready { .. } => {
                 conn.reply("230 Already logged in.");
-                return Next::Continue;
+                return Flow::Continue;
             }
         };
         let Some(name) = name else {
             conn.reply("503 Login with USER first.");
-            return Next::Continue;
+            return Flow::Continue;
         };
         if is_anonymous(&name) {
             let root = self.ftp.config.anonymous_root.clone();
@@ -64,41 +64,41 @@ impl Session {
                         fs,
                     };
                     conn.reply("230 Login successful (read-only).");
-                    Next::Continue
+                    Flow::Continue
                 }
                 Ok(Err(err)) => {
                     tracing::error!(root = %self.ftp.config.anonymous_root.display(), error = %err, "cannot open the anonymous root");
                     conn.reply("421 Service not available.");
-                    Next::Close
+                    Flow::Close
                 }
-                Err(_) => Next::Close,
+                Err(_) => Flow::Close,
             };
         }
         if !self.plaintext_allowed() {
             conn.reply("530 Non-anonymous sessions must use encryption: AUTH TLS first.");
-            return Next::Continue;
+            return Flow::Continue;
         }
         let ip = self.peer.addr.ip();
         let user = match self.ftp.auth.login(ip, &name, password.as_bytes()).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
                 conn.reply("421 Too many failed logins from your address; try again later.");
-                return Next::Close;
+                return Flow::Close;
             }
             Err(AuthError::Failed) => {
                 conn.reply("530 Login incorrect.");
                 if let State::Login { failures, .. } = &mut self.state {
                     *failures += 1;
                     if *failures >= MAX_FAILURES {
-                        return Next::Close;
+                        return Flow::Close;
                     }
                 }
-                return Next::Continue;
+                return Flow::Continue;
             }
             Err(err) => {
                 tracing::error!(error = %err, "authentication unavailable");
                 conn.reply("421 Authentication is temporarily unavailable.");
-                return Next::Close;
+                return Flow::Close;
             }
         };
         // The home field is the user's root; without one, a directory of ours made now.
@@ -119,14 +119,14 @@ impl Session {
                     fs,
                 };
                 conn.reply("230 Login successful.");
-                Next::Continue
+                Flow::Continue
             }
             Ok(Err(err)) => {
                 tracing::error!(user = %user.name, root = %root.display(), error = %err, "cannot open the user's root");
                 conn.reply("421 Cannot open your directory; try again later.");
-                Next::Close
+                Flow::Close
             }
-            Err(_) => Next::Close,
+            Err(_) => Flow::Close,
         }
     }
 }

@@ -28,7 +28,6 @@ mod transfer;
 use std::io;
 use std::sync::Arc;
 
-use rustls::ServerConfig;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -40,6 +39,7 @@ use crate::fs::{UserFs, VPath};
 use crate::Ftp;
 
 use self::control::{Conn, ControlStream, Input};
+use self::tls::SessionTls;
 
 /// Longest command line accepted (paths up to PATH_MAX and then some).
 const MAX_LINE: usize = 8192;
@@ -49,14 +49,11 @@ enum State {
     Ready { user: String, fs: UserFs },
 }
 
-enum Ending<S> {
-    Closed,
-    StartTls(S),
-}
-
-enum Next {
+/// What the session does after a command.
+enum Flow {
     Continue,
     Close,
+    /// AUTH TLS was accepted: the handshake comes next, on the same connection.
     StartTls,
 }
 
@@ -70,14 +67,10 @@ enum Transfer {
 pub(crate) struct Session {
     ftp: Arc<Ftp>,
     peer: Peer,
-    /// This session's TLS setup: the daemon's certificate with a ticket key and session cache
-    /// of its own, so a data connection can resume only this control connection's session.
-    tls_config: Option<Arc<ServerConfig>>,
-    /// The same for data connections, which issue no TLS 1.3 tickets of their own: a client
-    /// that only uploads never reads them, and closing a socket with unread data resets it,
-    /// losing the end of the upload.
-    data_tls_config: Option<Arc<ServerConfig>>,
-    tls: bool,
+    /// This session's TLS setup, when the daemon has a certificate.
+    tls: Option<SessionTls>,
+    /// The control connection is TLS (implicit, or after AUTH TLS).
+    control_tls: bool,
     state: State,
     ascii: bool,
     protected: bool,
@@ -92,19 +85,11 @@ pub(crate) async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit
     // ftplib and others send ABOR's last byte as urgent data: keep it in the stream.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
     let stream = ControlStream(stream);
-    let (tls_config, data_tls_config) = match ftp.tls.as_ref() {
-        Some(tls) => {
-            let (control, data) = tls::session_tls_config(tls.server_config());
-            (Some(control), Some(data))
-        }
-        None => (None, None),
-    };
     let mut session = Session {
+        tls: ftp.tls.as_ref().map(SessionTls::new),
+        control_tls: false,
         ftp,
         peer,
-        tls_config,
-        data_tls_config,
-        tls: false,
         state: State::Login {
             user: None,
             failures: 0,
@@ -118,13 +103,15 @@ pub(crate) async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit
     };
     if implicit_tls {
         session.serve_tls(stream, true).await;
-    } else if let Ending::StartTls(stream) = session.run(stream, true).await {
+    } else if let Some(stream) = session.run(stream, true).await {
         session.serve_tls(stream, false).await;
     }
 }
 
 impl Session {
-    async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
+    /// Serves commands until the session ends (`None`) or AUTH TLS hands the stream back for
+    /// the handshake.
+    async fn run<S>(&mut self, stream: S, greet: bool) -> Option<S>
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -133,37 +120,37 @@ impl Session {
             conn.reply("220 inetkit FTP server ready.");
         }
         loop {
-            let next = match conn.next_input().await {
-                None | Some(Input::Eof) => Next::Close,
+            let flow = match conn.next_input().await {
+                None | Some(Input::Eof) => Flow::Close,
                 Some(Input::TooLong) => {
                     conn.reply("500 Command line too long.");
-                    Next::Continue
+                    Flow::Continue
                 }
                 Some(Input::Line(line)) => match parse(&line) {
                     Ok(command) => self.handle(command, &mut conn).await,
                     Err(ParseError::Unknown) => {
                         conn.reply("500 Unknown command.");
-                        Next::Continue
+                        Flow::Continue
                     }
                     Err(ParseError::Syntax(hint)) => {
                         conn.reply(&format!("501 Syntax error: {hint}."));
-                        Next::Continue
+                        Flow::Continue
                     }
                 },
             };
-            match next {
-                Next::Continue => {}
-                Next::Close => {
+            match flow {
+                Flow::Continue => {}
+                Flow::Close => {
                     let _ = conn.flush().await;
                     let _ = conn.reader.get_mut().shutdown().await;
-                    return Ending::Closed;
+                    return None;
                 }
-                Next::StartTls => {
+                Flow::StartTls => {
                     if conn.flush().await.is_err() {
-                        return Ending::Closed;
+                        return None;
                     }
                     // Whatever was pipelined in the clear after AUTH is dropped.
-                    return Ending::StartTls(conn.reader.into_inner());
+                    return Some(conn.reader.into_inner());
                 }
             }
         }
@@ -172,18 +159,18 @@ impl Session {
     fn plaintext_allowed(&self) -> bool {
         self.ftp
             .auth_config
-            .plaintext_allowed(self.peer.addr.ip(), self.tls)
+            .plaintext_allowed(self.peer.addr.ip(), self.control_tls)
     }
 
     /// The commands that work logged in or not.
-    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
+    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         match command {
             Command::Quit => {
                 conn.reply("221 Goodbye.");
-                return Next::Close;
+                return Flow::Close;
             }
             Command::Noop => conn.reply("200 NOOP ok."),
             Command::Syst => settings::syst(conn),
@@ -208,16 +195,16 @@ impl Session {
                 conn.reply("530 Please login with USER and PASS.");
             }
         }
-        Next::Continue
+        Flow::Continue
     }
 
     /// The commands that need a login.
-    async fn logged_in<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
+    async fn logged_in<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let State::Ready { fs, .. } = &mut self.state else {
-            return Next::Continue;
+            return Flow::Continue;
         };
         // RNTO must follow RNFR directly; REST the transfer it is for.
         let rename_from = self.rename_from.take();
@@ -289,7 +276,7 @@ impl Session {
             // Handled before logging in.
             _ => conn.reply("502 Command not implemented."),
         }
-        Next::Continue
+        Flow::Continue
     }
 }
 

@@ -64,7 +64,7 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         conn.reply("211-Features:");
-        if self.tls_config.is_some() {
+        if self.tls.is_some() {
             conn.reply(" AUTH TLS");
             conn.reply(" PBSZ");
             conn.reply(" PROT");
@@ -120,7 +120,7 @@ impl Session {
         ));
         conn.reply(&format!(
             "     Control connection: {}; data connections: {}",
-            if self.tls { "TLS" } else { "plain" },
+            if self.control_tls { "TLS" } else { "plain" },
             if self.protected { "TLS" } else { "plain" }
         ));
         conn.reply("211 End of status");

@@ -1,36 +1,44 @@
 //! TLS (RFC 4217): AUTH TLS, PBSZ, PROT and CCC; the handshakes of implicit TLS, of AUTH TLS
 //! and of PROT P data connections, which must resume this control connection's TLS session.
 
-use std::sync::Arc;
+use std::io;
 
 use rustls::server::ServerSessionMemoryCache;
-use rustls::{HandshakeKind, ServerConfig};
+use rustls::HandshakeKind;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use tokio_rustls::TlsAcceptor;
 
-use inetkit_runtime::tls::HANDSHAKE_TIMEOUT;
+use inetkit_runtime::tls::TlsContext;
 
 use crate::data::DataStream;
 
 use super::control::{Conn, ControlStream};
-use super::{Next, Session, State};
+use super::{Flow, Session, State};
 
-/// The control and the data connections' TLS setups of one session, sharing a ticket key and
-/// session cache of their own.
-pub(super) fn session_tls_config(
-    base: &Arc<ServerConfig>,
-) -> (Arc<ServerConfig>, Arc<ServerConfig>) {
-    let mut config = (**base).clone();
-    config.session_storage = ServerSessionMemoryCache::new(32);
-    match rustls::crypto::ring::Ticketer::new() {
-        Ok(ticketer) => config.ticketer = ticketer,
-        // Without tickets, TLS 1.2 session ids in the session's own cache still resume.
-        Err(err) => tracing::warn!(error = %err, "no TLS ticket key"),
+/// One session's TLS: the daemon's certificate with a ticket key and session cache of the
+/// session's own, so that a data connection can resume only this control connection's
+/// session.
+pub(super) struct SessionTls {
+    control: TlsContext,
+    /// The same for data connections, which issue no TLS 1.3 tickets of their own: a client
+    /// that only uploads never reads them, and closing a socket with unread data resets it,
+    /// losing the end of the upload.
+    data: TlsContext,
+}
+
+impl SessionTls {
+    pub(super) fn new(daemon: &TlsContext) -> SessionTls {
+        let control = daemon.derive(|config| {
+            config.session_storage = ServerSessionMemoryCache::new(32);
+            match rustls::crypto::ring::Ticketer::new() {
+                Ok(ticketer) => config.ticketer = ticketer,
+                // Without tickets, TLS 1.2 session ids in the session's own cache still resume.
+                Err(err) => tracing::warn!(error = %err, "no TLS ticket key"),
+            }
+        });
+        let data = control.derive(|config| config.send_tls13_tickets = 0);
+        SessionTls { control, data }
     }
-    let mut data = config.clone();
-    data.send_tls13_tickets = 0;
-    (Arc::new(config), Arc::new(data))
 }
 
 /// CCC: the control connection never goes back to plaintext.
@@ -44,21 +52,19 @@ where
 impl Session {
     /// The TLS handshake of the ftps port (`greet`) or of AUTH TLS, then the session over it.
     pub(super) async fn serve_tls(&mut self, stream: ControlStream, greet: bool) {
-        let Some(config) = self.tls_config.clone() else {
+        let Some(tls) = &self.tls else {
             return;
         };
-        let acceptor = TlsAcceptor::from(config);
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-            Ok(Ok(stream)) => {
-                self.tls = true;
+        match tls.control.accept(stream).await {
+            Ok(stream) => {
+                self.control_tls = true;
                 self.run(stream, greet).await;
             }
-            Ok(Err(err)) => tracing::debug!(error = %err, "TLS handshake failed"),
-            Err(_) => tracing::debug!("TLS handshake timed out"),
+            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
         }
     }
 
-    pub(super) fn auth_tls<S>(&mut self, mechanism: &str, conn: &mut Conn<S>) -> Next
+    pub(super) fn auth_tls<S>(&mut self, mechanism: &str, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -67,9 +73,9 @@ impl Session {
             "TLS" | "SSL" | "TLS-C" | "TLS-P"
         ) {
             conn.reply("504 Unknown security mechanism.");
-        } else if self.tls {
+        } else if self.control_tls {
             conn.reply("503 Already using TLS.");
-        } else if self.tls_config.is_none() {
+        } else if self.tls.is_none() {
             conn.reply("431 TLS is not configured.");
         } else if matches!(self.state, State::Ready { .. }) {
             conn.reply("503 AUTH must come before login.");
@@ -80,16 +86,16 @@ impl Session {
                 failures: 0,
             };
             conn.reply("234 Proceed with negotiation.");
-            return Next::StartTls;
+            return Flow::StartTls;
         }
-        Next::Continue
+        Flow::Continue
     }
 
     pub(super) fn pbsz<S>(&self, conn: &mut Conn<S>)
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if self.tls {
+        if self.control_tls {
             conn.reply("200 PBSZ=0");
         } else {
             conn.reply("503 PBSZ needs a TLS control connection (AUTH TLS first).");
@@ -100,7 +106,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if !self.tls {
+        if !self.control_tls {
             conn.reply("503 PROT needs a TLS control connection (AUTH TLS first).");
             return;
         }
@@ -120,17 +126,18 @@ impl Session {
 
     /// TLS on the data connection; it must resume this session's TLS session.
     pub(super) async fn data_tls(&self, tcp: TcpStream) -> Result<DataStream, &'static str> {
-        let Some(config) = self.data_tls_config.clone() else {
+        let Some(tls) = &self.tls else {
             return Err("425 TLS is not configured.");
         };
-        let acceptor = TlsAcceptor::from(config);
-        let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-            Ok(Ok(stream)) => stream,
-            Ok(Err(err)) => {
+        let stream = match tls.data.accept(tcp).await {
+            Ok(stream) => stream,
+            Err(err) if err.kind() == io::ErrorKind::TimedOut => {
+                return Err("425 TLS negotiation on the data connection timed out.")
+            }
+            Err(err) => {
                 tracing::info!(error = %err, "data connection TLS handshake failed");
                 return Err("522 TLS negotiation on the data connection failed.");
             }
-            Err(_) => return Err("425 TLS negotiation on the data connection timed out."),
         };
         let resumed = stream.get_ref().1.handshake_kind() == Some(HandshakeKind::Resumed);
         if self.ftp.config.require_tls_reuse && !resumed {

@@ -13,7 +13,7 @@ use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::VPath;
 
 use super::control::{Conn, Input};
-use super::{fs_error, Next, Session, Transfer, MAX_LINE};
+use super::{fs_error, Flow, Session, Transfer, MAX_LINE};
 
 /// How a transfer ended.
 enum Outcome {
@@ -128,7 +128,7 @@ impl Session {
         &mut self,
         prepared: io::Result<Transfer>,
         conn: &mut Conn<S>,
-    ) -> Next
+    ) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -137,7 +137,7 @@ impl Session {
             Err(err) => {
                 self.data = Pending::None;
                 conn.reply(&fs_error(&err));
-                Next::Continue
+                Flow::Continue
             }
         }
     }
@@ -145,7 +145,7 @@ impl Session {
     /// Opens the data connection, runs the transfer, and keeps reading the control
     /// connection meanwhile: ABOR stops the transfer, STAT and NOOP are answered, anything
     /// else waits until the transfer is over.
-    async fn transfer<S>(&mut self, transfer: Transfer, conn: &mut Conn<S>) -> Next
+    async fn transfer<S>(&mut self, transfer: Transfer, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -153,7 +153,7 @@ impl Session {
         let tcp = match std::mem::take(&mut self.data) {
             Pending::None => {
                 conn.reply("425 Use PORT or PASV first.");
-                return Next::Continue;
+                return Flow::Continue;
             }
             Pending::Passive(listener) => {
                 let expect = (!self.ftp.config.passive_any_address).then_some(self.peer.addr.ip());
@@ -166,7 +166,7 @@ impl Session {
             Err(err) => {
                 tracing::info!(error = %err, "no data connection");
                 conn.reply("425 Failed to establish the data connection.");
-                return Next::Continue;
+                return Flow::Continue;
             }
         };
         let _ = tcp.set_nodelay(true);
@@ -188,14 +188,14 @@ impl Session {
             )),
         }
         if conn.flush().await.is_err() {
-            return Next::Close;
+            return Flow::Close;
         }
         let stream = if self.protected {
             match self.data_tls(tcp).await {
                 Ok(stream) => stream,
                 Err(reply) => {
                     conn.reply(reply);
-                    return Next::Continue;
+                    return Flow::Continue;
                 }
             }
         } else {
@@ -244,7 +244,7 @@ impl Session {
                     tracing::info!(path = %shown, bytes, "{direction}");
                 }
                 conn.reply("226 Transfer complete.");
-                Next::Continue
+                Flow::Continue
             }
             Outcome::Done(Err(err)) => {
                 let bytes = progress.load(Ordering::Relaxed);
@@ -258,21 +258,21 @@ impl Session {
                 } else {
                     conn.reply("426 Connection closed; transfer aborted.");
                 }
-                Next::Continue
+                Flow::Continue
             }
             Outcome::Aborted => {
                 let bytes = progress.load(Ordering::Relaxed);
                 tracing::info!(path = %shown, bytes, "transfer aborted by the client");
                 conn.reply("426 Transfer aborted.");
                 conn.reply("226 ABOR successful.");
-                Next::Continue
+                Flow::Continue
             }
             Outcome::ControlGone => {
                 if direction == "received" {
                     let bytes = progress.load(Ordering::Relaxed);
                     tracing::warn!(path = %shown, bytes, "control connection lost mid-upload; partial file kept");
                 }
-                Next::Close
+                Flow::Close
             }
         }
     }
