@@ -157,12 +157,14 @@ async fn step<T>(
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Sends `file` from its current position: sendfile(2) for a plain binary transfer, else a
-/// read/write loop with a large buffer (and LF → CRLF for TYPE A). Ends the connection
-/// cleanly (TLS close_notify, FIN).
+/// Sends the `left` bytes of `file` from `offset`, its current position: sendfile(2) for a
+/// plain binary transfer, else a read/write loop with a large buffer (and LF → CRLF for TYPE
+/// A). Ends the connection cleanly (TLS close_notify, FIN).
 pub(crate) async fn send_file(
     mut stream: DataStream,
     mut file: std::fs::File,
+    offset: u64,
+    left: u64,
     ascii: bool,
     timeout: Duration,
     progress: Progress,
@@ -170,10 +172,7 @@ pub(crate) async fn send_file(
     let mut sent = 0u64;
     match &stream {
         DataStream::Plain(tcp) if !ascii => {
-            let mut offset = {
-                use std::io::Seek;
-                file.stream_position()? as i64
-            };
+            let mut offset = i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
             loop {
                 step(timeout, tcp.writable()).await?;
                 let result = tcp.try_io(Interest::WRITABLE, || {
@@ -194,18 +193,12 @@ pub(crate) async fn send_file(
         _ => {
             // No bigger than the file: a megabyte zeroed for every small file costs more than
             // sending it.
-            let left = match (file.metadata(), {
-                use std::io::Seek;
-                file.stream_position()
-            }) {
-                (Ok(meta), Ok(pos)) => meta.len().saturating_sub(pos),
-                _ => BUF_SIZE as u64,
-            };
-            let mut buf = vec![0u8; (left as usize).clamp(MIN_BUF, BUF_SIZE)];
+            let size = usize::try_from(left).unwrap_or(BUF_SIZE);
+            let mut buf = vec![0u8; size.clamp(MIN_BUF, BUF_SIZE)];
             let mut converted = Vec::new();
             let mut crlf = ToCrlf::default();
             loop {
-                // A local file: reads are answered from the page cache or disk quickly.
+                // A regular file's bytes, from the page cache (see `fs`, "Blocking I/O").
                 let n = file.read(&mut buf)?;
                 if n == 0 {
                     break;

@@ -1,15 +1,43 @@
-//! A user's confined file tree.
+//! A user's confined file tree, and where its disk work runs.
 //!
 //! Client paths are first resolved lexically against the virtual working directory (so `..`
 //! stops at the user's root and an absolute path starts there), then every operation goes
 //! through a `cap_std::fs::Dir` opened on the root, which refuses whatever would lead outside
 //! it: a symlink to `/`, a `..` hidden behind a symlink, an absolute symlink.
+//!
+//! # Blocking I/O
+//!
+//! Filesystem calls block the thread that makes them, for as long as the disk, an NFS server
+//! or a huge directory takes, and an async worker that blocks stalls every session it runs.
+//! So ftpd makes none on async workers: [`Tree`] holds the synchronous operations, and
+//! [`UserFs`], what sessions use, runs each of them on tokio's blocking pool through
+//! [`blocking`], the one place that does so. That covers opening files (with the user's root
+//! at login), metadata, listing directories, creating, renaming and removing, and the
+//! fstat/seek/truncate of files being transferred. The bytes of a transfer are the one
+//! exception, by design: `sendfile(2)` and `splice(2)` (plain binary transfers) and the
+//! buffered reads and writes (TLS, TYPE A) move them where the transfer runs, a bounded chunk
+//! at a time, between the page cache and a socket; a trip to the pool per chunk would cost
+//! more than the copy.
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, Metadata, OpenOptions};
+
+/// Runs a filesystem call on tokio's blocking pool and waits for it there, never on an async
+/// worker (see the module doc). A call that panics is an error, not a panic of the session.
+pub(crate) async fn blocking<T, F>(f: F) -> io::Result<T>
+where
+    F: FnOnce() -> io::Result<T> + Send + 'static,
+    T: Send + 'static,
+{
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(err) => Err(io::Error::other(format!("filesystem call failed: {err}"))),
+    }
+}
 
 /// The most path components a client path may have.
 const MAX_DEPTH: usize = 256;
@@ -54,68 +82,27 @@ pub(crate) fn bad_name() -> io::Error {
     io::Error::new(io::ErrorKind::InvalidInput, "file name not allowed")
 }
 
-pub(crate) struct UserFs {
+/// A user's tree: the root, opened once, and the synchronous operations inside it. Shared
+/// (`Arc`) so that [`UserFs`] can hand it to the blocking pool.
+pub(crate) struct Tree {
     root: Dir,
-    cwd: VPath,
-    pub read_only: bool,
+    pub(crate) read_only: bool,
 }
 
-impl UserFs {
+impl Tree {
     /// Opens `root`; with `create`, makes it first if it does not exist (a user without a
     /// home field, on first login).
-    pub(crate) fn open(root: &Path, create: bool, read_only: bool) -> io::Result<UserFs> {
+    pub(crate) fn open(root: &Path, create: bool, read_only: bool) -> io::Result<Tree> {
         if create {
             std::fs::create_dir_all(root)?;
         }
         let root = Dir::open_ambient_dir(root, ambient_authority())?;
-        Ok(UserFs {
-            root,
-            cwd: VPath::default(),
-            read_only,
-        })
+        Ok(Tree { root, read_only })
     }
 
-    pub(crate) fn cwd(&self) -> &VPath {
-        &self.cwd
-    }
-
-    /// Resolves a client path against the working directory, without touching the disk.
-    /// NUL, CR and LF are refused: no file name of ours holds them.
-    pub(crate) fn resolve(&self, arg: &str) -> io::Result<VPath> {
-        if arg.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
-            return Err(bad_name());
-        }
-        let mut parts = if arg.starts_with('/') {
-            Vec::new()
-        } else {
-            self.cwd.0.clone()
-        };
-        for part in arg.split('/') {
-            match part {
-                "" | "." => {}
-                ".." => {
-                    parts.pop();
-                }
-                name => parts.push(name.to_owned()),
-            }
-            if parts.len() > MAX_DEPTH {
-                return Err(bad_name());
-            }
-        }
-        Ok(VPath(parts))
-    }
-
-    /// CWD: the target must be a directory reachable inside the root.
-    pub(crate) fn change_dir(&mut self, arg: &str) -> io::Result<()> {
-        let path = self.resolve(arg)?;
-        if !self.root.metadata(path.rel())?.is_dir() {
-            return Err(io::Error::new(
-                io::ErrorKind::NotADirectory,
-                "not a directory",
-            ));
-        }
-        self.cwd = path;
-        Ok(())
+    /// Whether `path` is a directory reachable inside the root.
+    pub(crate) fn is_dir(&self, path: &VPath) -> io::Result<bool> {
+        Ok(self.root.metadata(path.rel())?.is_dir())
     }
 
     /// Metadata following symlinks (inside the root only).
@@ -164,13 +151,9 @@ impl UserFs {
         Ok(file)
     }
 
-    /// STOU: a new file named after `base` (or `file`) with a unique suffix.
-    pub(crate) fn create_unique(&self, base: Option<&str>) -> io::Result<(VPath, std::fs::File)> {
-        let base = match base {
-            Some(base) => self.resolve(base)?,
-            None => self.cwd.join("file"),
-        };
-        self.writable(&base)?;
+    /// STOU: a new file named after `base` with a unique suffix.
+    pub(crate) fn create_unique(&self, base: &VPath) -> io::Result<(VPath, std::fs::File)> {
+        self.writable(base)?;
         let mut options = OpenOptions::new();
         options.write(true).create_new(true);
         for _ in 0..100 {
@@ -251,6 +234,152 @@ impl UserFs {
     }
 }
 
+/// What sessions use: the user's [`Tree`] and working directory. Every method that touches
+/// the disk runs on the blocking pool (see the module doc); `resolve` does not touch it.
+pub(crate) struct UserFs {
+    tree: Arc<Tree>,
+    cwd: VPath,
+}
+
+impl UserFs {
+    /// Opens the user's root (see [`Tree::open`]).
+    pub(crate) async fn open(root: PathBuf, create: bool, read_only: bool) -> io::Result<UserFs> {
+        let tree = blocking(move || Tree::open(&root, create, read_only)).await?;
+        Ok(UserFs {
+            tree: Arc::new(tree),
+            cwd: VPath::default(),
+        })
+    }
+
+    pub(crate) fn read_only(&self) -> bool {
+        self.tree.read_only
+    }
+
+    pub(crate) fn cwd(&self) -> &VPath {
+        &self.cwd
+    }
+
+    /// Resolves a client path against the working directory, without touching the disk.
+    /// NUL, CR and LF are refused: no file name of ours holds them.
+    pub(crate) fn resolve(&self, arg: &str) -> io::Result<VPath> {
+        if arg.bytes().any(|b| matches!(b, 0 | b'\r' | b'\n')) {
+            return Err(bad_name());
+        }
+        let mut parts = if arg.starts_with('/') {
+            Vec::new()
+        } else {
+            self.cwd.0.clone()
+        };
+        for part in arg.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    parts.pop();
+                }
+                name => parts.push(name.to_owned()),
+            }
+            if parts.len() > MAX_DEPTH {
+                return Err(bad_name());
+            }
+        }
+        Ok(VPath(parts))
+    }
+
+    /// Runs `f` on the user's tree on the blocking pool: for work of several calls (a listing).
+    pub(crate) async fn run<T, F>(&self, f: F) -> io::Result<T>
+    where
+        F: FnOnce(&Tree) -> io::Result<T> + Send + 'static,
+        T: Send + 'static,
+    {
+        let tree = self.tree.clone();
+        blocking(move || f(&tree)).await
+    }
+
+    /// CWD: the target must be a directory reachable inside the root.
+    pub(crate) async fn change_dir(&mut self, arg: &str) -> io::Result<()> {
+        let path = self.resolve(arg)?;
+        let target = path.clone();
+        if !self.run(move |tree| tree.is_dir(&target)).await? {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            ));
+        }
+        self.cwd = path;
+        Ok(())
+    }
+
+    pub(crate) async fn metadata(&self, path: &VPath) -> io::Result<Metadata> {
+        let path = path.clone();
+        self.run(move |tree| tree.metadata(&path)).await
+    }
+
+    pub(crate) async fn symlink_metadata(&self, path: &VPath) -> io::Result<Metadata> {
+        let path = path.clone();
+        self.run(move |tree| tree.symlink_metadata(&path)).await
+    }
+
+    /// Opens a file to download, positioned at `offset` (REST); with the file's size.
+    pub(crate) async fn open_read(
+        &self,
+        path: &VPath,
+        offset: u64,
+    ) -> io::Result<(std::fs::File, u64)> {
+        let path = path.clone();
+        self.run(move |tree| {
+            let mut file = tree.open_read(&path)?;
+            let size = file.metadata()?.len();
+            if offset > 0 {
+                use std::io::Seek;
+                file.seek(io::SeekFrom::Start(offset))?;
+            }
+            Ok((file, size))
+        })
+        .await
+    }
+
+    pub(crate) async fn open_write(
+        &self,
+        path: &VPath,
+        mode: WriteMode,
+    ) -> io::Result<std::fs::File> {
+        let path = path.clone();
+        self.run(move |tree| tree.open_write(&path, mode)).await
+    }
+
+    /// STOU: a new file named after `base` (or `file`) with a unique suffix.
+    pub(crate) async fn create_unique(
+        &self,
+        base: Option<&str>,
+    ) -> io::Result<(VPath, std::fs::File)> {
+        let base = match base {
+            Some(base) => self.resolve(base)?,
+            None => self.cwd.join("file"),
+        };
+        self.run(move |tree| tree.create_unique(&base)).await
+    }
+
+    pub(crate) async fn remove_file(&self, path: &VPath) -> io::Result<()> {
+        let path = path.clone();
+        self.run(move |tree| tree.remove_file(&path)).await
+    }
+
+    pub(crate) async fn remove_dir(&self, path: &VPath) -> io::Result<()> {
+        let path = path.clone();
+        self.run(move |tree| tree.remove_dir(&path)).await
+    }
+
+    pub(crate) async fn create_dir(&self, path: &VPath) -> io::Result<()> {
+        let path = path.clone();
+        self.run(move |tree| tree.create_dir(&path)).await
+    }
+
+    pub(crate) async fn rename(&self, from: &VPath, to: &VPath) -> io::Result<()> {
+        let (from, to) = (from.clone(), to.clone());
+        self.run(move |tree| tree.rename(&from, &to)).await
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum WriteMode {
     Truncate,
@@ -275,14 +404,18 @@ mod tests {
         std::os::unix::fs::symlink("/", root.join("escape")).expect("symlink");
         std::os::unix::fs::symlink("../secret", root.join("up")).expect("symlink");
         std::os::unix::fs::symlink("sub/file", root.join("ok")).expect("symlink");
-        let fs = UserFs::open(&root, false, false).expect("open");
+        let tree = Tree::open(&root, false, false).expect("open");
+        let fs = UserFs {
+            tree: Arc::new(tree),
+            cwd: VPath::default(),
+        };
         (base, fs)
     }
 
-    #[test]
-    fn dot_dot_stops_at_the_root() {
+    #[tokio::test]
+    async fn dot_dot_stops_at_the_root() {
         let (base, mut fs) = tree();
-        fs.change_dir("sub").expect("cwd");
+        fs.change_dir("sub").await.expect("cwd");
         assert_eq!(
             fs.resolve("../../../etc/passwd")
                 .expect("resolve")
@@ -296,30 +429,29 @@ mod tests {
         assert_eq!(fs.resolve("file").expect("resolve").display(), "/sub/file");
         assert!(fs.resolve("a\0b").is_err());
         assert!(fs.resolve("a\rb").is_err());
-        assert!(fs
-            .open_read(&fs.resolve("../../../secret").expect("resolve"))
-            .is_err());
+        let outside = fs.resolve("../../../secret").expect("resolve");
+        assert!(fs.open_read(&outside, 0).await.is_err());
         std::fs::remove_dir_all(base).ok();
     }
 
-    #[test]
-    fn symlinks_cannot_leave_the_root() {
+    #[tokio::test]
+    async fn symlinks_cannot_leave_the_root() {
         let (base, mut fs) = tree();
         let root = VPath::default();
-        assert!(fs.open_read(&root.join("up")).is_err());
-        assert!(fs
-            .open_read(&root.join("escape").join("etc").join("passwd"))
-            .is_err());
-        assert!(fs.change_dir("escape").is_err());
+        assert!(fs.open_read(&root.join("up"), 0).await.is_err());
+        let passwd = root.join("escape").join("etc").join("passwd");
+        assert!(fs.open_read(&passwd, 0).await.is_err());
+        assert!(fs.change_dir("escape").await.is_err());
         assert!(fs
             .open_write(&root.join("up"), WriteMode::Truncate)
+            .await
             .is_err());
         assert_eq!(
             std::fs::read(base.join("secret")).expect("read"),
             b"outside"
         );
         // A symlink that stays inside is followed.
-        let mut file = fs.open_read(&root.join("ok")).expect("inside symlink");
+        let (mut file, _) = fs.open_read(&root.join("ok"), 0).await.expect("inside");
         let mut text = String::new();
         std::io::Read::read_to_string(&mut file, &mut text).expect("read");
         assert_eq!(text, "inside");
@@ -328,14 +460,16 @@ mod tests {
 
     #[test]
     fn read_only_refuses_changes() {
-        let (base, mut fs) = tree();
-        fs.read_only = true;
+        let (base, fs) = tree();
+        let mut tree = Tree::open(&base.join("root"), false, true).expect("open");
+        tree.read_only = true;
         let path = fs.resolve("new").expect("resolve");
-        assert!(fs.open_write(&path, WriteMode::Truncate).is_err());
-        assert!(fs.create_dir(&path).is_err());
-        assert!(fs
+        assert!(tree.open_write(&path, WriteMode::Truncate).is_err());
+        assert!(tree.create_dir(&path).is_err());
+        assert!(tree
             .remove_file(&fs.resolve("sub/file").expect("resolve"))
             .is_err());
+        assert!(base.join("root/sub/file").exists());
         std::fs::remove_dir_all(base).ok();
     }
 }

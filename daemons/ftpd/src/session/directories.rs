@@ -6,7 +6,7 @@ use std::time::SystemTime;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::fs::UserFs;
+use crate::fs::{Tree, UserFs, VPath};
 use crate::listing;
 
 use super::control::Conn;
@@ -23,43 +23,48 @@ where
 }
 
 /// CWD, and CDUP as `CWD ..`.
-pub(super) fn cwd<S>(fs: &mut UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn cwd<S>(fs: &mut UserFs, path: &str, conn: &mut Conn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match fs.change_dir(path) {
+    match fs.change_dir(path).await {
         Ok(()) => conn.reply("250 Directory successfully changed."),
         Err(err) => conn.reply(&fs_error(&err)),
     }
 }
 
-pub(super) fn mkd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn mkd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match fs.resolve(path).and_then(|p| fs.create_dir(&p).map(|_| p)) {
-        Ok(p) => conn.reply(&format!("257 {} created.", quote(&p.display()))),
+    let made = async {
+        let path = fs.resolve(path)?;
+        fs.create_dir(&path).await?;
+        Ok(path)
+    };
+    match made.await {
+        Ok(path) => conn.reply(&format!("257 {} created.", quote(&path.display()))),
         Err(err) => conn.reply(&fs_error(&err)),
     }
 }
 
-pub(super) fn rmd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn rmd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    match fs.resolve(path).and_then(|p| fs.remove_dir(&p)) {
+    let removed = async { fs.remove_dir(&fs.resolve(path)?).await };
+    match removed.await {
         Ok(()) => conn.reply("250 Remove directory operation successful."),
         Err(err) => conn.reply(&fs_error(&err)),
     }
 }
 
 /// STAT with a path: its long listing on the control connection.
-pub(super) fn stat<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn stat<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let path = strip_list_options(path);
-    match listing_of(fs, path, ListKind::Long) {
+    match listing_of(fs, strip_list_options(path), ListKind::Long).await {
         Ok(text) => {
             conn.reply("213-Status follows:");
             for line in String::from_utf8_lossy(&text).lines() {
@@ -72,26 +77,28 @@ where
 }
 
 /// LIST: `ls -l` lines.
-pub(super) fn list(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
-    listing_of(fs, strip_list_options(arg.unwrap_or("")), ListKind::Long)
+pub(super) async fn list(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
+    listing_of(fs, strip_list_options(arg.unwrap_or("")), ListKind::Long).await
 }
 
 /// NLST: names only.
-pub(super) fn nlst(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
-    listing_of(fs, strip_list_options(arg.unwrap_or("")), ListKind::Names)
+pub(super) async fn nlst(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
+    listing_of(fs, strip_list_options(arg.unwrap_or("")), ListKind::Names).await
 }
 
 /// MLSD: RFC 3659 facts of a directory's entries.
-pub(super) fn mlsd(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
+pub(super) async fn mlsd(fs: &UserFs, arg: Option<&str>) -> io::Result<Vec<u8>> {
     let path = fs.resolve(arg.unwrap_or("."))?;
-    if fs.metadata(&path)?.is_dir() {
-        listing_of(fs, &path.display(), ListKind::Facts)
-    } else {
-        Err(io::Error::new(
-            io::ErrorKind::NotADirectory,
-            "not a directory",
-        ))
-    }
+    fs.run(move |tree| {
+        if !tree.metadata(&path)?.is_dir() {
+            return Err(io::Error::new(
+                io::ErrorKind::NotADirectory,
+                "not a directory",
+            ));
+        }
+        listing(tree, &path, ListKind::Facts)
+    })
+    .await
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -111,11 +118,16 @@ fn strip_list_options(arg: &str) -> &str {
 }
 
 /// The text of a listing of `arg` (a directory's entries, or one file).
-fn listing_of(fs: &UserFs, arg: &str, kind: ListKind) -> io::Result<Vec<u8>> {
+async fn listing_of(fs: &UserFs, arg: &str, kind: ListKind) -> io::Result<Vec<u8>> {
     let path = fs.resolve(if arg.is_empty() { "." } else { arg })?;
-    let meta = fs.metadata(&path)?;
+    fs.run(move |tree| listing(tree, &path, kind)).await
+}
+
+/// The listing of `path`, on the blocking pool: one trip for the whole directory.
+fn listing(tree: &Tree, path: &VPath, kind: ListKind) -> io::Result<Vec<u8>> {
+    let meta = tree.metadata(path)?;
     let now = SystemTime::now();
-    let writable = !fs.read_only;
+    let writable = !tree.read_only;
     let mut out = Vec::new();
     let mut line = |name: &str, meta: &cap_std::fs::Metadata| {
         let text = match kind {
@@ -127,7 +139,7 @@ fn listing_of(fs: &UserFs, arg: &str, kind: ListKind) -> io::Result<Vec<u8>> {
         out.extend_from_slice(b"\r\n");
     };
     if meta.is_dir() {
-        for (name, meta) in fs.list(&path)? {
+        for (name, meta) in tree.list(path)? {
             line(&name, &meta);
         }
     } else {

@@ -54,9 +54,8 @@ impl Session {
         };
         if is_anonymous(&name) {
             let root = self.ftp.config.anonymous_root.clone();
-            return match tokio::task::spawn_blocking(move || UserFs::open(&root, false, true)).await
-            {
-                Ok(Ok(fs)) => {
+            return match UserFs::open(root, false, true).await {
+                Ok(fs) => {
                     tracing::Span::current().record("user", "anonymous");
                     tracing::info!("anonymous login");
                     self.state = State::Ready {
@@ -66,12 +65,11 @@ impl Session {
                     conn.reply("230 Login successful (read-only).");
                     Flow::Continue
                 }
-                Ok(Err(err)) => {
+                Err(err) => {
                     tracing::error!(root = %self.ftp.config.anonymous_root.display(), error = %err, "cannot open the anonymous root");
                     conn.reply("421 Service not available.");
                     Flow::Close
                 }
-                Err(_) => Flow::Close,
             };
         }
         if !self.plaintext_allowed() {
@@ -106,12 +104,8 @@ impl Session {
             Some(home) => (home.clone(), false),
             None => (self.ftp.config.root.join(&user.name), true),
         };
-        let opened = {
-            let root = root.clone();
-            tokio::task::spawn_blocking(move || UserFs::open(&root, create, false)).await
-        };
-        match opened {
-            Ok(Ok(fs)) => {
+        match UserFs::open(root.clone(), create, false).await {
+            Ok(fs) => {
                 tracing::Span::current().record("user", user.name.as_str());
                 tracing::info!(root = %root.display(), "logged in");
                 self.state = State::Ready {
@@ -121,12 +115,11 @@ impl Session {
                 conn.reply("230 Login successful.");
                 Flow::Continue
             }
-            Ok(Err(err)) => {
+            Err(err) => {
                 tracing::error!(user = %user.name, root = %root.display(), error = %err, "cannot open the user's root");
                 conn.reply("421 Cannot open your directory; try again later.");
                 Flow::Close
             }
-            Err(_) => Flow::Close,
         }
     }
 }

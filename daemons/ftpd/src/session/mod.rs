@@ -59,9 +59,18 @@ enum Flow {
 
 /// What a transfer command asks for once the data connection is up.
 enum Transfer {
-    Send { file: std::fs::File, path: VPath },
+    /// A download of `size` bytes from `offset` on (REST).
+    Send {
+        file: std::fs::File,
+        path: VPath,
+        size: u64,
+        offset: u64,
+    },
     Listing(Vec<u8>),
-    Receive { file: std::fs::File, path: VPath },
+    Receive {
+        file: std::fs::File,
+        path: VPath,
+    },
 }
 
 pub(crate) struct Session {
@@ -211,17 +220,17 @@ impl Session {
         let rest = std::mem::take(&mut self.rest);
         match command {
             Command::Pwd => directories::pwd(fs, conn),
-            Command::Cwd(path) => directories::cwd(fs, &path, conn),
-            Command::Cdup => directories::cwd(fs, "..", conn),
-            Command::Stat(Some(path)) => directories::stat(fs, &path, conn),
-            Command::Mkd(path) => directories::mkd(fs, &path, conn),
-            Command::Rmd(path) => directories::rmd(fs, &path, conn),
-            Command::Size(path) => files::size(fs, &path, conn),
-            Command::Mdtm(path) => files::mdtm(fs, &path, conn),
-            Command::Mlst(path) => files::mlst(fs, path.as_deref(), conn),
-            Command::Dele(path) => files::dele(fs, &path, conn),
-            Command::Rnfr(path) => self.rename_from = files::rnfr(fs, &path, conn),
-            Command::Rnto(path) => files::rnto(fs, rename_from, &path, conn),
+            Command::Cwd(path) => directories::cwd(fs, &path, conn).await,
+            Command::Cdup => directories::cwd(fs, "..", conn).await,
+            Command::Stat(Some(path)) => directories::stat(fs, &path, conn).await,
+            Command::Mkd(path) => directories::mkd(fs, &path, conn).await,
+            Command::Rmd(path) => directories::rmd(fs, &path, conn).await,
+            Command::Size(path) => files::size(fs, &path, conn).await,
+            Command::Mdtm(path) => files::mdtm(fs, &path, conn).await,
+            Command::Mlst(path) => files::mlst(fs, path.as_deref(), conn).await,
+            Command::Dele(path) => files::dele(fs, &path, conn).await,
+            Command::Rnfr(path) => self.rename_from = files::rnfr(fs, &path, conn).await,
+            Command::Rnto(path) => files::rnto(fs, rename_from, &path, conn).await,
             Command::Rest(offset) => self.rest(offset, conn),
             Command::Pasv => self.passive(false, conn),
             Command::Epsv(arg) => self.epsv(arg.as_deref(), conn),
@@ -240,37 +249,37 @@ impl Session {
                 conn.reply("425 Use PORT or PASV first.");
             }
             Command::List(arg) => {
-                let listing = directories::list(fs, arg.as_deref());
+                let listing = directories::list(fs, arg.as_deref()).await;
                 return self
                     .start_transfer(listing.map(Transfer::Listing), conn)
                     .await;
             }
             Command::Nlst(arg) => {
-                let listing = directories::nlst(fs, arg.as_deref());
+                let listing = directories::nlst(fs, arg.as_deref()).await;
                 return self
                     .start_transfer(listing.map(Transfer::Listing), conn)
                     .await;
             }
             Command::Mlsd(arg) => {
-                let listing = directories::mlsd(fs, arg.as_deref());
+                let listing = directories::mlsd(fs, arg.as_deref()).await;
                 return self
                     .start_transfer(listing.map(Transfer::Listing), conn)
                     .await;
             }
             Command::Retr(path) => {
-                let opened = files::retr(fs, &path, rest);
+                let opened = files::retr(fs, &path, rest).await;
                 return self.start_transfer(opened, conn).await;
             }
             Command::Stor(path) => {
-                let opened = files::stor(fs, &path, rest);
+                let opened = files::stor(fs, &path, rest).await;
                 return self.start_transfer(opened, conn).await;
             }
             Command::Appe(path) => {
-                let opened = files::appe(fs, &path);
+                let opened = files::appe(fs, &path).await;
                 return self.start_transfer(opened, conn).await;
             }
             Command::Stou(base) => {
-                let opened = files::stou(fs, base.as_deref());
+                let opened = files::stou(fs, base.as_deref()).await;
                 return self.start_transfer(opened, conn).await;
             }
             // Handled before logging in.

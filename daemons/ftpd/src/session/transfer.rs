@@ -10,10 +10,20 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
-use crate::fs::VPath;
+use crate::fs::{blocking, VPath};
 
 use super::control::{Conn, Input};
 use super::{fs_error, Flow, Session, Transfer, MAX_LINE};
+
+/// Truncates `file` at its position when it is longer.
+fn cut_after_position(file: &mut std::fs::File) -> io::Result<()> {
+    use std::io::Seek;
+    let end = file.stream_position()?;
+    if file.metadata()?.len() > end {
+        file.set_len(end)?;
+    }
+    Ok(())
+}
 
 /// How a transfer ended.
 enum Outcome {
@@ -171,10 +181,7 @@ impl Session {
         };
         let _ = tcp.set_nodelay(true);
         let what = match &transfer {
-            Transfer::Send { file, path } => {
-                let size = file.metadata().map(|m| m.len()).unwrap_or(0);
-                format!("{} ({size} bytes)", path.display())
-            }
+            Transfer::Send { path, size, .. } => format!("{} ({size} bytes)", path.display()),
             Transfer::Listing(_) => "the directory listing".to_owned(),
             Transfer::Receive { path, .. } => path.display(),
         };
@@ -207,8 +214,15 @@ impl Session {
         let (direction, path, outcome) = {
             let job_progress = progress.clone();
             match transfer {
-                Transfer::Send { file, path } => {
-                    let job = data::send_file(stream, file, ascii, timeout, job_progress);
+                Transfer::Send {
+                    file,
+                    path,
+                    size,
+                    offset,
+                } => {
+                    let left = size.saturating_sub(offset);
+                    let job =
+                        data::send_file(stream, file, offset, left, ascii, timeout, job_progress);
                     let outcome = self.while_transferring(job, &progress, conn).await;
                     ("sent", Some(path), outcome)
                 }
@@ -224,12 +238,7 @@ impl Session {
                                 .await;
                         // Whatever arrived stays (so REST can resume it); cut anything past it
                         // left by an earlier, longer upload resumed with REST.
-                        use std::io::Seek;
-                        if let Ok(end) = file.stream_position() {
-                            if file.metadata().map(|m| m.len() > end).unwrap_or(false) {
-                                let _ = file.set_len(end);
-                            }
-                        }
+                        let _ = blocking(move || cut_after_position(&mut file)).await;
                         result
                     };
                     let outcome = self.while_transferring(job, &progress, conn).await;
