@@ -35,7 +35,7 @@ use inetkit_runtime::server::Peer;
 
 use crate::command::{parse, Command, ParseError};
 use crate::data::Pending;
-use crate::fs::{UserFs, VPath};
+use crate::fs::{RestBeyondEnd, UserFs, VPath};
 use crate::Ftp;
 
 use self::control::{Conn, ControlStream, Input};
@@ -297,6 +297,16 @@ fn quote(path: &str) -> String {
 /// The reply for a failed file operation; the detail stays in our log.
 fn fs_error(err: &io::Error) -> String {
     tracing::debug!(error = %err, "file operation failed");
+    if let Some(rest) = err
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<RestBeyondEnd>())
+    {
+        // RFC 3659 §5.5: 554 for a REST the transfer cannot honour.
+        return format!(
+            "554 Restart position {} is beyond the end of the file ({} bytes); nothing was written.",
+            rest.offset, rest.size
+        );
+    }
     match err.kind() {
         io::ErrorKind::InvalidInput => "553 File name not allowed.".into(),
         io::ErrorKind::NotFound => "550 No such file or directory.".into(),
