@@ -8,6 +8,7 @@ use std::task::{ready, Context as TaskContext, Poll};
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
 use inetkit_runtime::server::Peer;
 
@@ -62,6 +63,8 @@ pub(super) enum Input {
     Line(Vec<u8>),
     TooLong,
     Eof,
+    /// Nothing yet, but the deadline given to [`Conn::next_input`] passed.
+    Deadline,
 }
 
 pub(super) struct Conn<S> {
@@ -145,8 +148,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
     }
 
     /// The next command line; `None` when the client is gone, idle too long, or we are
-    /// stopping (the last two are told so first).
-    pub(super) async fn next_input(&mut self) -> Option<Input> {
+    /// stopping (the last two are told so first); [`Input::Deadline`] when `deadline` (the
+    /// session's own, e.g. a passive port's) comes first. Replies are flushed before the wait,
+    /// and the wait itself can be cut short without losing a byte.
+    pub(super) async fn next_input(&mut self, deadline: Option<Instant>) -> Option<Input> {
         if let Some(line) = self.queued.pop_front() {
             return Some(Input::Line(line));
         }
@@ -170,6 +175,15 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Conn<S> {
                 let _ = self.flush().await;
                 None
             }
+            () = sleep_until(deadline), if deadline.is_some() => Some(Input::Deadline),
         }
+    }
+}
+
+/// Sleeps until `deadline`; for ever without one (the `select!` branch is then disabled).
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }

@@ -129,8 +129,12 @@ impl Session {
             conn.reply("220 inetkit FTP server ready.");
         }
         loop {
-            let flow = match conn.next_input().await {
+            let flow = match conn.next_input(self.data.expires()).await {
                 None | Some(Input::Eof) => Flow::Close,
+                Some(Input::Deadline) => {
+                    self.passive_expired();
+                    Flow::Continue
+                }
                 Some(Input::TooLong) => {
                     conn.reply("500 Command line too long.");
                     Flow::Continue

@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::{blocking, VPath};
+use crate::passive::{self, Passive, PassiveError};
 
 use super::control::{Conn, Input};
 use super::{fs_error, Flow, Session, Transfer, MAX_LINE};
@@ -83,34 +84,50 @@ impl Session {
                 return;
             }
         };
-        match data::listen(local, self.ftp.config.passive_ports) {
-            Ok(listener) => {
-                let port = match listener.local_addr() {
-                    Ok(addr) => addr.port(),
-                    Err(_) => {
-                        conn.reply("425 Cannot open a passive port.");
-                        return;
-                    }
-                };
-                self.data = Pending::Passive(listener);
-                match advertised {
-                    Some(ip) => {
-                        let [a, b, c, d] = ip.octets();
-                        conn.reply(&format!(
-                            "227 Entering Passive Mode ({a},{b},{c},{d},{},{}).",
-                            port >> 8,
-                            port & 0xff
-                        ));
-                    }
-                    None => {
-                        conn.reply(&format!("229 Entering Extended Passive Mode (|||{port}|)."))
-                    }
-                }
+        let opened = Passive::open(
+            &self.ftp.passive,
+            self.peer.addr.ip(),
+            local,
+            self.ftp.config.passive_ports,
+            self.ftp.config.data_timeout(),
+        );
+        let port = match opened {
+            Ok(passive) => {
+                let port = passive.port();
+                self.data = Pending::Passive(passive);
+                port
+            }
+            Err(PassiveError::TooMany(client)) => {
+                tracing::warn!(%client, "passive ports per address exhausted");
+                conn.reply("425 Too many passive ports open for your address; try again later.");
+                return;
             }
             Err(err) => {
                 tracing::error!(error = %err, "cannot open a passive port");
                 conn.reply("425 Cannot open a passive port.");
+                return;
             }
+        };
+        match advertised {
+            Some(ip) => {
+                let [a, b, c, d] = ip.octets();
+                conn.reply(&format!(
+                    "227 Entering Passive Mode ({a},{b},{c},{d},{},{}).",
+                    port >> 8,
+                    port & 0xff
+                ));
+            }
+            None => conn.reply(&format!("229 Entering Extended Passive Mode (|||{port}|).")),
+        }
+    }
+
+    /// A passive port nobody connected to in `data_timeout` is closed, its port free again.
+    pub(super) fn passive_expired(&mut self) {
+        if let Pending::Passive(passive) = std::mem::take(&mut self.data) {
+            tracing::info!(
+                port = passive.port(),
+                "passive port unused for data_timeout: closed"
+            );
         }
     }
 
@@ -165,9 +182,9 @@ impl Session {
                 conn.reply("425 Use PORT or PASV first.");
                 return Flow::Continue;
             }
-            Pending::Passive(listener) => {
+            Pending::Passive(passive) => {
                 let expect = (!self.ftp.config.passive_any_address).then_some(self.peer.addr.ip());
-                data::accept(listener, expect, timeout).await
+                passive::accept(passive, expect, timeout).await
             }
             Pending::Active(addr) => data::connect(addr, timeout).await,
         };
@@ -328,6 +345,8 @@ impl Session {
                     },
                     Ok(Input::TooLong) => conn.queued.push_back(vec![0xff; MAX_LINE + 2]),
                     Ok(Input::Eof) | Err(_) => return Outcome::ControlGone,
+                    // Only `next_input` waits for a deadline.
+                    Ok(Input::Deadline) => {}
                 },
             }
         }
