@@ -537,3 +537,96 @@ def test_socket_activation(daemons, home, cert):
     f.login("alice", PASSWORD)
     assert "hello.txt" in f.nlst()
     f.quit()
+
+
+# -- one user must not take the daemon down (issue 13, finding 7) --------------------------------
+
+def test_fifo_in_the_root_is_refused_and_the_daemon_keeps_serving(ftpd, home):
+    os.mkfifo(home["alice"] / "pipe")
+    f = plain(ftpd)
+    # Opening a FIFO for reading waits for a writer, for ever: RETR must answer instead.
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.retrbinary("RETR pipe", lambda b: None)
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.storbinary("STOR pipe", io.BytesIO(b"x"))
+    with pytest.raises(ftplib.error_perm, match="^550"):
+        f.storbinary("APPE pipe", io.BytesIO(b"x"))
+    # With a writer holding it open, the open itself succeeds: the type on the descriptor
+    # is what refuses it.
+    writer = os.open(home["alice"] / "pipe", os.O_RDWR | os.O_NONBLOCK)
+    try:
+        with pytest.raises(ftplib.error_perm, match="^550"):
+            f.retrbinary("RETR pipe", lambda b: None)
+    finally:
+        os.close(writer)
+    # Another session is served at once, and this one goes on.
+    g = plain(ftpd)
+    assert "pipe" in g.nlst()
+    out = io.BytesIO()
+    g.retrbinary("RETR hello.txt", out.write)
+    assert out.getvalue() == b"line one\nline two\n"
+    g.quit()
+    assert f.sendcmd("NOOP").startswith("200")
+    f.quit()
+
+
+def test_unused_passive_port_is_closed_after_data_timeout(daemons, home, cert):
+    d = daemons.start("ftpd", config(home, cert, ftp_extra="data_timeout = 1"))
+    f = plain(d)
+    port = int(f.sendcmd("EPSV").split("|||")[1].split("|")[0])
+    d.wait_log("passive port unused")
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", port), timeout=30).close()
+    # The session knows it is gone: a transfer now asks for a new one.
+    with pytest.raises(ftplib.error_temp, match="^425"):
+        f.sendcmd("RETR hello.txt")
+    out = io.BytesIO()
+    f.retrbinary("RETR hello.txt", out.write)  # a fresh EPSV works
+    assert out.getvalue() == b"line one\nline two\n"
+    f.quit()
+
+
+def test_passive_ports_are_capped_per_client_address(daemons, home, cert):
+    d = daemons.start("ftpd", config(home, cert, ftp_extra="max_passive_per_address = 2"))
+    a, b, c = plain(d), plain(d), plain(d)
+    assert a.sendcmd("PASV").startswith("227")
+    assert b.sendcmd("EPSV").startswith("229")
+    with pytest.raises(ftplib.error_temp, match="^425 Too many passive"):
+        c.sendcmd("PASV")
+    # A new PASV of the same session replaces its port rather than taking another.
+    assert a.sendcmd("PASV").startswith("227")
+    # Another address has its own count.
+    host, port = d.addr("ftp")
+    other = ftplib.FTP(source_address=("127.0.0.2", 0))
+    other.connect(host, port, timeout=30)
+    other.login("alice", PASSWORD)
+    assert other.sendcmd("PASV").startswith("227")
+    other.quit()
+    # A port that was used, or whose session ended, is free again.
+    out = io.BytesIO()
+    a.retrbinary("RETR hello.txt", out.write)
+    assert out.getvalue() == b"line one\nline two\n"
+    assert c.sendcmd("PASV").startswith("227")
+    b.quit()
+    assert a.sendcmd("PASV").startswith("227")
+    for f in (a, c):
+        f.quit()
+
+
+def test_rest_beyond_the_end_of_an_upload_is_refused(ftpd, home):
+    (home["alice"] / "small").write_bytes(b"12345")
+    f = plain(ftpd)
+    with pytest.raises(ftplib.error_perm, match="^554"):
+        f.storbinary("STOR small", io.BytesIO(b"x"), rest=4398046511104)
+    assert (home["alice"] / "small").read_bytes() == b"12345"
+    assert os.stat(home["alice"] / "small").st_blocks <= 8  # no hole, nothing past the end
+    with pytest.raises(ftplib.error_perm, match="^554"):
+        f.storbinary("STOR missing", io.BytesIO(b"x"), rest=10)
+    assert not (home["alice"] / "missing").exists()
+    # At the end exactly (or before it) is a resume, as before.
+    f.storbinary("STOR small", io.BytesIO(b"678"), rest=5)
+    assert (home["alice"] / "small").read_bytes() == b"12345678"
+    # REST is for the next transfer only: a plain STOR after a refused one starts afresh.
+    f.storbinary("STOR small", io.BytesIO(b"new"))
+    assert (home["alice"] / "small").read_bytes() == b"new"
+    f.quit()

@@ -157,6 +157,21 @@ impl TlsContext {
         &self.config
     }
 
+    /// A context with the same certificate (reloads included) and a copy of this one's
+    /// settings changed by `adjust`: e.g. a session cache and ticket key of its own, so that
+    /// connections accepted by it resume only each other's sessions (ftpd binds a session's
+    /// data connections to its control connection this way).
+    pub fn derive(&self, adjust: impl FnOnce(&mut ServerConfig)) -> TlsContext {
+        let mut config = (*self.config).clone();
+        adjust(&mut config);
+        let config = Arc::new(config);
+        TlsContext {
+            acceptor: TlsAcceptor::from(config.clone()),
+            config,
+            resolver: self.resolver.clone(),
+        }
+    }
+
     /// Runs the server side of a handshake on `stream` (an implicit-TLS connection, or one that
     /// just asked for STARTTLS), bounded by [`HANDSHAKE_TIMEOUT`].
     pub async fn accept<S>(&self, stream: S) -> std::io::Result<TlsStream<S>>

@@ -1,9 +1,9 @@
-//! The data connection: opening it (passive listener or active connect), the stream type that
-//! is plain or TLS, and the transfer loops (sendfile for plain downloads, large buffers
-//! otherwise, TYPE A line-end conversion).
+//! The data connection: how it will be made (passive listeners are in `passive`), the active
+//! connect, the stream type that is plain or TLS, and the transfer loops (sendfile for plain
+//! downloads, large buffers otherwise, TYPE A line-end conversion).
 
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -11,7 +11,9 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
+
+use crate::passive::Passive;
 
 /// Transfer buffer: big enough that per-call costs vanish next to the copy itself.
 const BUF_SIZE: usize = 1 << 20;
@@ -28,68 +30,18 @@ const LINGER: Duration = Duration::from_secs(10);
 pub(crate) enum Pending {
     #[default]
     None,
-    Passive(TcpListener),
+    Passive(Passive),
     Active(SocketAddr),
 }
 
-/// A passive listener on `ip`, on a free port of `ports` (`[0, 0]`: 49152–65535).
-pub(crate) fn listen(ip: IpAddr, ports: [u16; 2]) -> io::Result<TcpListener> {
-    let [low, high] = ports;
-    let bind = |port| {
-        let socket = match ip {
-            IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
-            IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
-        };
-        // The data connections we closed first linger in TIME_WAIT on their passive port; without
-        // SO_REUSEADDR those ports could not be listened on again for a minute, and a busy
-        // server would run out of ports (as vsftpd does, for the same reason).
-        socket.set_reuseaddr(true)?;
-        socket.bind(SocketAddr::new(ip, port))?;
-        socket.listen(1)
-    };
-    // "Any port" is the IANA dynamic range, tried from a random start like a configured range:
-    // bind(0) would do, but the kernel's search for a free port grows with the ports held in
-    // TIME_WAIT, and costs more than the transfer at a few thousand files a second.
-    let (low, high) = if low == 0 && high == 0 {
-        (49152, 65535)
-    } else {
-        (low, high)
-    };
-    // Start at a random port of the range so sessions do not race for the same one.
-    let span = u32::from(high - low) + 1;
-    let start = rand::random::<u32>() % span;
-    let mut last = io::Error::new(io::ErrorKind::AddrInUse, "no free passive port");
-    for i in 0..span.min(4096) {
-        let port = low + ((start + i) % span) as u16;
-        match bind(port) {
-            Ok(listener) => return Ok(listener),
-            Err(err) => last = err,
+impl Pending {
+    /// When a passive listener waiting here is closed unused.
+    pub(crate) fn expires(&self) -> Option<tokio::time::Instant> {
+        match self {
+            Pending::Passive(passive) => Some(passive.expires()),
+            _ => None,
         }
     }
-    Err(last)
-}
-
-/// Waits for the client's data connection. With `expect`, connections from other addresses
-/// are closed and logged, and the wait goes on.
-pub(crate) async fn accept(
-    listener: TcpListener,
-    expect: Option<IpAddr>,
-    timeout: Duration,
-) -> io::Result<TcpStream> {
-    let wait = async {
-        loop {
-            let (stream, addr) = listener.accept().await?;
-            match expect {
-                Some(ip) if addr.ip().to_canonical() != ip.to_canonical() => {
-                    tracing::warn!(from = %addr, "data connection from another address refused");
-                }
-                _ => return Ok(stream),
-            }
-        }
-    };
-    tokio::time::timeout(timeout, wait)
-        .await
-        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 pub(crate) async fn connect(addr: SocketAddr, timeout: Duration) -> io::Result<TcpStream> {
@@ -157,12 +109,14 @@ async fn step<T>(
         .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
-/// Sends `file` from its current position: sendfile(2) for a plain binary transfer, else a
-/// read/write loop with a large buffer (and LF → CRLF for TYPE A). Ends the connection
-/// cleanly (TLS close_notify, FIN).
+/// Sends the `left` bytes of `file` from `offset`, its current position: sendfile(2) for a
+/// plain binary transfer, else a read/write loop with a large buffer (and LF → CRLF for TYPE
+/// A). Ends the connection cleanly (TLS close_notify, FIN).
 pub(crate) async fn send_file(
     mut stream: DataStream,
     mut file: std::fs::File,
+    offset: u64,
+    left: u64,
     ascii: bool,
     timeout: Duration,
     progress: Progress,
@@ -170,10 +124,7 @@ pub(crate) async fn send_file(
     let mut sent = 0u64;
     match &stream {
         DataStream::Plain(tcp) if !ascii => {
-            let mut offset = {
-                use std::io::Seek;
-                file.stream_position()? as i64
-            };
+            let mut offset = i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
             loop {
                 step(timeout, tcp.writable()).await?;
                 let result = tcp.try_io(Interest::WRITABLE, || {
@@ -194,18 +145,12 @@ pub(crate) async fn send_file(
         _ => {
             // No bigger than the file: a megabyte zeroed for every small file costs more than
             // sending it.
-            let left = match (file.metadata(), {
-                use std::io::Seek;
-                file.stream_position()
-            }) {
-                (Ok(meta), Ok(pos)) => meta.len().saturating_sub(pos),
-                _ => BUF_SIZE as u64,
-            };
-            let mut buf = vec![0u8; (left as usize).clamp(MIN_BUF, BUF_SIZE)];
+            let size = usize::try_from(left).unwrap_or(BUF_SIZE);
+            let mut buf = vec![0u8; size.clamp(MIN_BUF, BUF_SIZE)];
             let mut converted = Vec::new();
             let mut crlf = ToCrlf::default();
             loop {
-                // A local file: reads are answered from the page cache or disk quickly.
+                // A regular file's bytes, from the page cache (see `fs`, "Blocking I/O").
                 let n = file.read(&mut buf)?;
                 if n == 0 {
                     break;
@@ -438,12 +383,5 @@ mod tests {
         from.push(b"\nc\rd\r", &mut out);
         from.finish(&mut out);
         assert_eq!(out, b"a\nb\nc\rd\r");
-    }
-
-    #[tokio::test]
-    async fn passive_range_is_kept() {
-        let listener = listen("127.0.0.1".parse().unwrap(), [40100, 40110]).expect("listen");
-        let port = listener.local_addr().expect("addr").port();
-        assert!((40100..=40110).contains(&port));
     }
 }

@@ -5,6 +5,7 @@ mod command;
 mod data;
 mod fs;
 mod listing;
+mod passive;
 mod session;
 
 use std::net::IpAddr;
@@ -20,6 +21,8 @@ use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
+
+use crate::passive::PassiveSlots;
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -68,8 +71,12 @@ pub struct FtpConfig {
     /// Allow `anonymous`/`ftp` logins, read-only, in `anonymous_root`.
     pub anonymous: bool,
     pub anonymous_root: PathBuf,
-    /// Seconds to wait for a data connection to open, and for a stalled one to move.
+    /// Seconds to wait for a data connection to open, and for a stalled one to move; a passive
+    /// port nobody connects to is closed after as long.
     pub data_timeout: u64,
+    /// Passive ports open at once for one client address, over all its sessions (0: none,
+    /// PORT/EPRT only).
+    pub max_passive_per_address: usize,
     /// Require that a PROT P data connection resumes the control connection's TLS session
     /// (vsftpd's `require_ssl_reuse`), so nobody else can connect to the passive port.
     pub require_tls_reuse: bool,
@@ -85,6 +92,7 @@ impl Default for FtpConfig {
             anonymous: false,
             anonymous_root: PathBuf::from("/srv/ftp"),
             data_timeout: 60,
+            max_passive_per_address: 16,
             require_tls_reuse: true,
         }
     }
@@ -102,6 +110,8 @@ pub struct Ftp {
     pub auth_config: AuthConfig,
     pub config: FtpConfig,
     pub tls: Option<TlsContext>,
+    /// Passive listeners open per client address.
+    pub(crate) passive: Arc<PassiveSlots>,
 }
 
 fn main() -> ExitCode {
@@ -122,6 +132,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         auth_config: ctx.config.auth.clone(),
         config: ctx.config.ftp.clone(),
         tls: ctx.tls.clone(),
+        passive: PassiveSlots::new(ctx.config.ftp.max_passive_per_address),
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {

@@ -1,0 +1,354 @@
+//! Transfers: setting up the data connection (PASV, EPSV, PORT, EPRT), REST, ABOR, and running
+//! a transfer while the control connection is still read (ABOR stops it, STAT and NOOP are
+//! answered, anything else waits).
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use crate::command::{parse, Command};
+use crate::data::{self, DataStream, Pending, Progress};
+use crate::fs::{blocking, VPath};
+use crate::passive::{self, Passive, PassiveError};
+
+use super::control::{Conn, Input};
+use super::{fs_error, Flow, Session, Transfer, MAX_LINE};
+
+/// Truncates `file` at its position when it is longer.
+fn cut_after_position(file: &mut std::fs::File) -> io::Result<()> {
+    use std::io::Seek;
+    let end = file.stream_position()?;
+    if file.metadata()?.len() > end {
+        file.set_len(end)?;
+    }
+    Ok(())
+}
+
+/// How a transfer ended.
+enum Outcome {
+    Done(io::Result<u64>),
+    Aborted,
+    ControlGone,
+}
+
+impl Session {
+    pub(super) fn rest<S>(&mut self, offset: u64, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.rest = offset;
+        conn.reply(&format!("350 Restart position accepted ({offset})."));
+    }
+
+    /// ABOR with no transfer running: forgets a prepared data connection.
+    pub(super) fn abor_idle<S>(&mut self, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.data = Pending::None;
+        conn.reply("225 No transfer to abort.");
+    }
+
+    pub(super) fn epsv<S>(&mut self, arg: Option<&str>, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match arg.map(str::to_ascii_uppercase).as_deref() {
+            Some("ALL") => {
+                self.epsv_all = true;
+                conn.reply("200 EPSV ALL ok.");
+            }
+            None | Some("1") | Some("2") => self.passive(true, conn),
+            Some(_) => conn.reply("522 Network protocol not supported, use (1,2)"),
+        }
+    }
+
+    /// PASV / EPSV: listen on the address the client reached us on.
+    pub(super) fn passive<S>(&mut self, extended: bool, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.data = Pending::None;
+        if !extended && self.epsv_all {
+            conn.reply("503 EPSV ALL was given: only EPSV is allowed.");
+            return;
+        }
+        let local = self.peer.local.ip().to_canonical();
+        let advertised = match (extended, self.ftp.config.passive_address, local) {
+            (true, _, _) => None,
+            (false, Some(IpAddr::V4(v4)), _) | (false, None, IpAddr::V4(v4)) => Some(v4),
+            _ => {
+                conn.reply("425 PASV is for IPv4: use EPSV.");
+                return;
+            }
+        };
+        let opened = Passive::open(
+            &self.ftp.passive,
+            self.peer.addr.ip(),
+            local,
+            self.ftp.config.passive_ports,
+            self.ftp.config.data_timeout(),
+        );
+        let port = match opened {
+            Ok(passive) => {
+                let port = passive.port();
+                self.data = Pending::Passive(passive);
+                port
+            }
+            Err(PassiveError::TooMany(client)) => {
+                tracing::warn!(%client, "passive ports per address exhausted");
+                conn.reply("425 Too many passive ports open for your address; try again later.");
+                return;
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "cannot open a passive port");
+                conn.reply("425 Cannot open a passive port.");
+                return;
+            }
+        };
+        match advertised {
+            Some(ip) => {
+                let [a, b, c, d] = ip.octets();
+                conn.reply(&format!(
+                    "227 Entering Passive Mode ({a},{b},{c},{d},{},{}).",
+                    port >> 8,
+                    port & 0xff
+                ));
+            }
+            None => conn.reply(&format!("229 Entering Extended Passive Mode (|||{port}|).")),
+        }
+    }
+
+    /// A passive port nobody connected to in `data_timeout` is closed, its port free again.
+    pub(super) fn passive_expired(&mut self) {
+        if let Pending::Passive(passive) = std::mem::take(&mut self.data) {
+            tracing::info!(
+                port = passive.port(),
+                "passive port unused for data_timeout: closed"
+            );
+        }
+    }
+
+    /// PORT / EPRT: the data connection will be made to `addr`, the client's own address.
+    pub(super) fn port<S>(&mut self, addr: SocketAddr, conn: &mut Conn<S>)
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.epsv_all {
+            conn.reply("503 EPSV ALL was given: only EPSV is allowed.");
+        } else if addr.ip().to_canonical() != self.peer.addr.ip().to_canonical()
+            || addr.port() < 1024
+        {
+            // FTP bounce (RFC 2577): only the client itself, never a privileged port.
+            tracing::warn!(to = %addr, "PORT to another address or a privileged port refused");
+            conn.reply("500 Illegal PORT command: only your own address and ports from 1024.");
+        } else {
+            self.data = Pending::Active(addr);
+            conn.reply("200 PORT command successful. Consider using PASV.");
+        }
+    }
+
+    /// Runs the transfer a command prepared, or answers why it could not be prepared.
+    pub(super) async fn start_transfer<S>(
+        &mut self,
+        prepared: io::Result<Transfer>,
+        conn: &mut Conn<S>,
+    ) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        match prepared {
+            Ok(transfer) => self.transfer(transfer, conn).await,
+            Err(err) => {
+                self.data = Pending::None;
+                conn.reply(&fs_error(&err));
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Opens the data connection, runs the transfer, and keeps reading the control
+    /// connection meanwhile: ABOR stops the transfer, STAT and NOOP are answered, anything
+    /// else waits until the transfer is over.
+    async fn transfer<S>(&mut self, transfer: Transfer, conn: &mut Conn<S>) -> Flow
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let timeout = self.ftp.config.data_timeout();
+        let tcp = match std::mem::take(&mut self.data) {
+            Pending::None => {
+                conn.reply("425 Use PORT or PASV first.");
+                return Flow::Continue;
+            }
+            Pending::Passive(passive) => {
+                let expect = (!self.ftp.config.passive_any_address).then_some(self.peer.addr.ip());
+                passive::accept(passive, expect, timeout).await
+            }
+            Pending::Active(addr) => data::connect(addr, timeout).await,
+        };
+        let tcp = match tcp {
+            Ok(tcp) => tcp,
+            Err(err) => {
+                tracing::info!(error = %err, "no data connection");
+                conn.reply("425 Failed to establish the data connection.");
+                return Flow::Continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let what = match &transfer {
+            Transfer::Send { path, size, .. } => format!("{} ({size} bytes)", path.display()),
+            Transfer::Listing(_) => "the directory listing".to_owned(),
+            Transfer::Receive { path, .. } => path.display(),
+        };
+        let mode = if self.ascii { "ASCII" } else { "BINARY" };
+        match &transfer {
+            Transfer::Receive { path, .. } => {
+                conn.reply(&format!("150 Ok to send data: FILE: {}", path.display()))
+            }
+            _ => conn.reply(&format!(
+                "150 Opening {mode} mode data connection for {what}."
+            )),
+        }
+        if conn.flush().await.is_err() {
+            return Flow::Close;
+        }
+        let stream = if self.protected {
+            match self.data_tls(tcp).await {
+                Ok(stream) => stream,
+                Err(reply) => {
+                    conn.reply(reply);
+                    return Flow::Continue;
+                }
+            }
+        } else {
+            DataStream::Plain(tcp)
+        };
+
+        let progress = Progress::default();
+        let ascii = self.ascii;
+        let (direction, path, outcome) = {
+            let job_progress = progress.clone();
+            match transfer {
+                Transfer::Send {
+                    file,
+                    path,
+                    size,
+                    offset,
+                } => {
+                    let left = size.saturating_sub(offset);
+                    let job =
+                        data::send_file(stream, file, offset, left, ascii, timeout, job_progress);
+                    let outcome = self.while_transferring(job, &progress, conn).await;
+                    ("sent", Some(path), outcome)
+                }
+                Transfer::Listing(bytes) => {
+                    let job = data::send_bytes(stream, bytes, timeout);
+                    let outcome = self.while_transferring(job, &progress, conn).await;
+                    ("listed", None, outcome)
+                }
+                Transfer::Receive { mut file, path } => {
+                    let job = async move {
+                        let result =
+                            data::receive_file(stream, &mut file, ascii, timeout, job_progress)
+                                .await;
+                        // Whatever arrived stays (so REST can resume it); cut anything past it
+                        // left by an earlier, longer upload resumed with REST.
+                        let _ = blocking(move || cut_after_position(&mut file)).await;
+                        result
+                    };
+                    let outcome = self.while_transferring(job, &progress, conn).await;
+                    ("received", Some(path), outcome)
+                }
+            }
+        };
+        let shown = path.as_ref().map(VPath::display).unwrap_or_default();
+        match outcome {
+            Outcome::Done(Ok(bytes)) => {
+                if path.is_some() {
+                    tracing::info!(path = %shown, bytes, "{direction}");
+                }
+                conn.reply("226 Transfer complete.");
+                Flow::Continue
+            }
+            Outcome::Done(Err(err)) => {
+                let bytes = progress.load(Ordering::Relaxed);
+                if direction == "received" {
+                    tracing::warn!(path = %shown, bytes, error = %err, "upload interrupted; partial file kept");
+                } else {
+                    tracing::info!(path = %shown, bytes, error = %err, "transfer failed");
+                }
+                if err.kind() == io::ErrorKind::TimedOut {
+                    conn.reply("426 Data connection timed out; transfer aborted.");
+                } else {
+                    conn.reply("426 Connection closed; transfer aborted.");
+                }
+                Flow::Continue
+            }
+            Outcome::Aborted => {
+                let bytes = progress.load(Ordering::Relaxed);
+                tracing::info!(path = %shown, bytes, "transfer aborted by the client");
+                conn.reply("426 Transfer aborted.");
+                conn.reply("226 ABOR successful.");
+                Flow::Continue
+            }
+            Outcome::ControlGone => {
+                if direction == "received" {
+                    let bytes = progress.load(Ordering::Relaxed);
+                    tracing::warn!(path = %shown, bytes, "control connection lost mid-upload; partial file kept");
+                }
+                Flow::Close
+            }
+        }
+    }
+
+    async fn while_transferring<S, F>(
+        &mut self,
+        job: F,
+        progress: &Progress,
+        conn: &mut Conn<S>,
+    ) -> Outcome
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+        F: std::future::Future<Output = io::Result<u64>>,
+    {
+        let mut job = std::pin::pin!(job);
+        loop {
+            tokio::select! {
+                result = &mut job => return Outcome::Done(result),
+                input = conn.read_input() => match input {
+                    Ok(Input::Line(line)) => match parse(&line) {
+                        Ok(Command::Abor) => return Outcome::Aborted,
+                        Ok(Command::Stat(None)) => {
+                            conn.reply(&format!(
+                                "213 Status: {} bytes transferred so far.",
+                                progress.load(Ordering::Relaxed)
+                            ));
+                            if conn.flush().await.is_err() {
+                                return Outcome::ControlGone;
+                            }
+                        }
+                        Ok(Command::Noop) => {
+                            conn.reply("200 NOOP ok.");
+                            if conn.flush().await.is_err() {
+                                return Outcome::ControlGone;
+                            }
+                        }
+                        _ => {
+                            // Bounded: a client that floods commands mid-transfer is cut off.
+                            if conn.queued.len() >= 64 {
+                                return Outcome::ControlGone;
+                            }
+                            conn.queued.push_back(line);
+                        }
+                    },
+                    Ok(Input::TooLong) => conn.queued.push_back(vec![0xff; MAX_LINE + 2]),
+                    Ok(Input::Eof) | Err(_) => return Outcome::ControlGone,
+                    // Only `next_input` waits for a deadline.
+                    Ok(Input::Deadline) => {}
+                },
+            }
+        }
+    }
+}
