@@ -27,6 +27,7 @@ use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
+use super::faults::{self, Step};
 use super::fsutil::{self, Lock, Owner};
 use super::index::{self, Found, FxMap, Index, Sub};
 use super::maildir::{
@@ -40,6 +41,10 @@ const LOCK_FILE: &str = "inetkit-uidlist.lock";
 const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 /// Attempts at a fresh unique name when one is taken (practically never).
 const NAME_ATTEMPTS: usize = 10;
+
+mod transfer;
+
+pub use transfer::Transferred;
 
 thread_local! {
     static FILES_READ: Cell<u64> = const { Cell::new(0) };
@@ -311,9 +316,14 @@ impl Folder {
             fsutil::sync_dir(&self.path.join(sub.dir()))?;
         }
         // Drop them from the uid list now, so the next snapshot need not look twice.
+        self.forget_locked(&msgs.iter().map(|m| &*m.base).collect())
+    }
+
+    /// Drops the lines of messages no longer in the folder from its uid list. Call with the
+    /// folder lock held.
+    fn forget_locked(&self, gone: &HashSet<&str>) -> Result<(), StoreError> {
         let mut index = self.index();
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
-            let gone: HashSet<&str> = msgs.iter().map(|m| &*m.base).collect();
             let before = list.entries.len();
             let edited = Arc::make_mut(&mut list);
             edited.entries.retain(|e| !gone.contains(&*e.base));
@@ -431,6 +441,33 @@ impl Folder {
         flags: Flags,
     ) -> Result<(PathBuf, String, SizeCounter, File), StoreError> {
         let (tmp, file, sizes) = self.write_tmp(message, date)?;
+        let (path, base) = match self.place(&tmp, date, sub, flags, &sizes) {
+            Ok(placed) => placed,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
+            }
+        };
+        if let Err(err) = fsutil::sync_dir(&self.path.join(sub.dir())) {
+            // Not known to be durable: report failure, and leave nothing behind that a retry
+            // would duplicate.
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok((path, base, sizes, file))
+    }
+
+    /// Renames a message written to `tmp/` into `new/` or `cur/` under a base no file has yet
+    /// (the caller syncs the directory). Returns the final path and the base; on error `tmp`
+    /// is left for the caller to remove.
+    fn place(
+        &self,
+        tmp: &Path,
+        date: SystemTime,
+        sub: Sub,
+        flags: Flags,
+        sizes: &SizeCounter,
+    ) -> Result<(PathBuf, String), StoreError> {
         let dir = self.path.join(sub.dir());
         for _ in 0..NAME_ATTEMPTS {
             let base = format!("{},S={},W={}", unique_name(date), sizes.size, sizes.vsize);
@@ -439,27 +476,15 @@ impl Folder {
                 Sub::Cur => cur_name(&base, flags),
             };
             let path = dir.join(&name);
-            match fsutil::rename_noreplace(&tmp, &path) {
-                Ok(()) => {
-                    if let Err(err) = fsutil::sync_dir(&dir) {
-                        // Not known to be durable: report failure, and leave nothing behind
-                        // that a retry would duplicate.
-                        let _ = std::fs::remove_file(&path);
-                        return Err(err);
-                    }
-                    return Ok((path, base, sizes, file));
-                }
+            match faults::check(Step::Place).and_then(|()| fsutil::rename_noreplace(tmp, &path)) {
+                Ok(()) => return Ok((path, base)),
                 Err(err) if err.kind() == ErrorKind::AlreadyExists => continue,
-                Err(err) => {
-                    let _ = std::fs::remove_file(&tmp);
-                    return Err(StoreError::io("renaming", &tmp, err));
-                }
+                Err(err) => return Err(StoreError::io("renaming", tmp, err)),
             }
         }
-        let _ = std::fs::remove_file(&tmp);
         Err(StoreError::io(
             "naming",
-            &tmp,
+            tmp,
             std::io::Error::new(ErrorKind::AlreadyExists, "no unique name found"),
         ))
     }
@@ -487,6 +512,7 @@ impl Folder {
             }
         };
         let result = (|| {
+            faults::check(Step::WriteTmp).map_err(|err| StoreError::io("writing", &path, err))?;
             fsutil::chown_file(&file, &path, self.owner)?;
             let mut sizes = SizeCounter::default();
             let mut buf = vec![0u8; 64 * 1024];

@@ -82,6 +82,27 @@ pub(crate) fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::remove_file(from)
 }
 
+/// Like [`rename_noreplace`], but never by a link and an unlink: at every instant the file has
+/// exactly one name, so a message moved between folders is never in both. Without
+/// `RENAME_NOREPLACE` (NFS) `to` is checked first; the caller holds the folder locks, so only a
+/// program outside inetkit could take that unique name in between.
+pub(crate) fn move_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    {
+        use nix::fcntl::{renameat2, RenameFlags};
+        match renameat2(None, from, None, to, RenameFlags::RENAME_NOREPLACE) {
+            Ok(()) => return Ok(()),
+            Err(Errno::EINVAL | Errno::ENOSYS) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+    }
+    match std::fs::symlink_metadata(to) {
+        Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => std::fs::rename(from, to),
+        Err(err) => Err(err),
+    }
+}
+
 /// An exclusive flock on a folder's lock file, released when dropped.
 pub(crate) struct Lock {
     _flock: Flock<File>,

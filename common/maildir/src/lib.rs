@@ -37,6 +37,7 @@
 #![warn(missing_docs)]
 
 mod config;
+mod faults;
 mod folder;
 mod fsutil;
 mod index;
@@ -50,7 +51,7 @@ use std::path::{Path, PathBuf};
 pub use config::{MailConfig, DEFAULT_MAIL_ROOT};
 #[doc(hidden)]
 pub use folder::message_files_read;
-pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot};
+pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot, Transferred};
 pub use fsutil::Owner;
 pub use maildir::Flags;
 pub use store::{Mailbox, Store, DEFAULT_FOLDERS};

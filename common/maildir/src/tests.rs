@@ -10,10 +10,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 
-struct TestDir(PathBuf);
+pub(crate) struct TestDir(pub(crate) PathBuf);
 
 impl TestDir {
-    fn new() -> TestDir {
+    pub(crate) fn new() -> TestDir {
         static N: AtomicUsize = AtomicUsize::new(0);
         let path = std::env::temp_dir().join(format!(
             "inetkit-mail-test-{}-{}",
@@ -24,7 +24,7 @@ impl TestDir {
         std::fs::create_dir_all(&path).unwrap();
         TestDir(path)
     }
-    fn store(&self) -> Store {
+    pub(crate) fn store(&self) -> Store {
         Store::new(self.0.join("mail"))
     }
 }

@@ -23,6 +23,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use super::faults::{self, Step};
 use super::fsutil::{self, Owner};
 use super::index::FileState;
 use super::maildir::{name_time, size_field};
@@ -322,9 +323,21 @@ impl UidList {
             .append(true)
             .open(&path)
             .map_err(|err| StoreError::io("opening", &path, err))?;
-        file.write_all(text.as_bytes())
-            .and_then(|()| file.sync_data())
-            .map_err(|err| StoreError::io("appending to", &path, err))?;
+        let old_len = file
+            .metadata()
+            .map_err(|err| StoreError::io("reading", &path, err))?
+            .len();
+        let written = faults::write_all(Step::UidListAppend, &mut file, text.as_bytes())
+            .and_then(|()| file.sync_data());
+        if let Err(err) = written {
+            // A full disk can take part of the text: cut it off again (which needs no space),
+            // so that the list is as it was and none of these UIDs is in it.
+            if let Err(cut) = file.set_len(old_len).and_then(|()| file.sync_data()) {
+                tracing::warn!(path = %path.display(), error = %cut,
+                    "cannot cut a failed append off the uid list");
+            }
+            return Err(StoreError::io("appending to", &path, err));
+        }
         if let Some(header) = header.or_else(|| first_line(&path)) {
             self.remember(dir, cache, header);
         }
