@@ -166,8 +166,6 @@ spool = "{spool}"
 
 # -- ftpd --------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="ftpd answers a full disk during STOR with 426 and keeps "
-                   "the partial file (daemons/ftpd, the ftpd helper's scope): reported")
 def test_stor_on_a_full_disk(daemons, users, cert, small):
     d = daemons.start("ftpd", f"""
 [listen]

@@ -278,6 +278,7 @@ impl Tree {
 
 /// What sessions use: the user's [`Tree`] and working directory. Every method that touches
 /// the disk runs on the blocking pool (see the module doc); `resolve` does not touch it.
+#[derive(Clone)]
 pub(crate) struct UserFs {
     tree: Arc<Tree>,
     cwd: VPath,

@@ -14,7 +14,7 @@ use crate::fs::{blocking, VPath};
 use crate::passive::{self, Passive, PassiveError};
 
 use super::control::{Conn, Input};
-use super::{fs_error, Flow, Session, Transfer, MAX_LINE};
+use super::{fs_error, Flow, Session, State, Transfer, MAX_LINE};
 
 /// Truncates `file` at its position when it is longer.
 fn cut_after_position(file: &mut std::fs::File) -> io::Result<()> {
@@ -24,6 +24,15 @@ fn cut_after_position(file: &mut std::fs::File) -> io::Result<()> {
         file.set_len(end)?;
     }
     Ok(())
+}
+
+/// The disk (or the user's quota) is full.
+fn storage_full(err: &io::Error) -> bool {
+    err.kind() == io::ErrorKind::StorageFull
+        || matches!(
+            err.raw_os_error(),
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG)
+        )
 }
 
 /// How a transfer ended.
@@ -249,13 +258,36 @@ impl Session {
                     ("listed", None, outcome)
                 }
                 Transfer::Receive { mut file, path } => {
+                    let fs = match &self.state {
+                        State::Ready { fs, .. } => Some(fs.clone()),
+                        State::Login { .. } => None,
+                    };
+                    let upload = path.clone();
                     let job = async move {
+                        // An lseek on an open descriptor: it never waits on the disk.
+                        let start = std::io::Seek::stream_position(&mut file);
                         let result =
                             data::receive_file(stream, &mut file, ascii, timeout, job_progress)
                                 .await;
-                        // Whatever arrived stays (so REST can resume it); cut anything past it
-                        // left by an earlier, longer upload resumed with REST.
-                        let _ = blocking(move || cut_after_position(&mut file)).await;
+                        match (&result, start) {
+                            // A full disk: the upload is undone (truncated back to where it
+                            // began, or removed if it began the file), so no client sees a
+                            // half-written file and the space goes back.
+                            (Err(err), Ok(start)) if storage_full(err) => {
+                                let _ = blocking(move || file.set_len(start)).await;
+                                if start == 0 {
+                                    if let Some(fs) = fs {
+                                        let _ = fs.remove_file(&upload).await;
+                                    }
+                                }
+                            }
+                            // Otherwise whatever arrived stays (so REST can resume it); cut
+                            // anything past it left by an earlier, longer upload resumed with
+                            // REST.
+                            _ => {
+                                let _ = blocking(move || cut_after_position(&mut file)).await;
+                            }
+                        }
                         result
                     };
                     let outcome = self.while_transferring(job, &progress, conn).await;
@@ -279,7 +311,9 @@ impl Session {
                 } else {
                     tracing::info!(path = %shown, bytes, error = %err, "transfer failed");
                 }
-                if err.kind() == io::ErrorKind::TimedOut {
+                if storage_full(&err) {
+                    conn.reply("452 Insufficient storage space; the upload was removed.");
+                } else if err.kind() == io::ErrorKind::TimedOut {
                     conn.reply("426 Data connection timed out; transfer aborted.");
                 } else {
                     conn.reply("426 Connection closed; transfer aborted.");
