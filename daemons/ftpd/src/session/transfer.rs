@@ -133,10 +133,10 @@ impl Session {
     /// A passive port nobody connected to in `data_timeout` is closed, its port free again.
     pub(super) fn passive_expired(&mut self) {
         if let Pending::Passive(passive) = std::mem::take(&mut self.data) {
-            tracing::info!(
-                port = passive.port(),
-                "passive port unused for data_timeout: closed"
-            );
+            let port = passive.port();
+            // Closed before it is logged: whoever reads the log finds the port free.
+            drop(passive);
+            tracing::info!(port, "passive port unused for data_timeout: closed");
         }
     }
 
