@@ -64,6 +64,15 @@ result = "json"
 returns = "array"
 
 [[method]]
+name = "typed"
+help = "Shows the argv the program got for an int, a double and a date."
+params = [{{ name = "n", type = "int" }}, {{ name = "x", type = "double" }},
+          {{ name = "when", type = "dateTime.iso8601" }}]
+argv = ["{python}", "-c", "{ARGV_JSON}"]
+result = "json"
+returns = "array"
+
+[[method]]
 name = "disk"
 help = "Returns JSON."
 argv = ["/bin/sh", "-c", "printf '{{\\"free\\": 42, \\"mounts\\": [\\"/\\"], \\"ok\\": true}}'"]
@@ -302,7 +311,10 @@ def test_jsonrpc_batch_and_notifications(rpcd):
     assert replies[1]["id"] == 2 and replies[1]["error"]["code"] == -32601
     assert replies[2]["id"] is None and replies[2]["error"]["code"] == -32600
     assert replies[3]["id"] == 3 and replies[3]["result"] > 0
-    rpcd.wait_log(r'call ok .*user="alice" method="echo"')
+    # One log line for the whole batch.
+    rpcd.wait_log(r'call failed: method not found .*user="alice" '
+                  r'method="echo,nope,host.uptime" calls=5 failed=2')
+    assert rpcd.log().count("call ") == 1
     # Notifications alone: no content at all.
     assert curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["n"]}') == (204, "")
     assert curl(rpcd, '[{"jsonrpc":"2.0","method":"echo","params":["n"]},'
@@ -328,6 +340,43 @@ def test_jsonrpc_errors(rpcd):
     assert error('{"jsonrpc":"2.0","method":"echo","params":{"txt":"a"},"id":9}') == (-32602, 9)
     assert error('{"jsonrpc":"2.0","method":"fail","id":10}') == (-32000, 10)
     assert error("[" * 10_000 + "]" * 10_000) == (-32700, None)
+    # The cause of an error is in its log line once.
+    rpcd.wait_log("request refused: parse error: invalid JSON: EOF while parsing")
+    rpcd.wait_log('request refused: invalid request: "jsonrpc" must be "2.0"')
+    assert "parse error: parse error" not in rpcd.log()
+    assert "invalid request: invalid request" not in rpcd.log()
+
+
+def test_multicall_and_batches_are_bounded_and_logged_once(rpcd):
+    """[http] max_batch (100) bounds the calls of one request, multicall entries included;
+    one request is one log line, however many calls it made."""
+    p = proxy(rpcd)
+    m = xmlrpc.client.MultiCall(p)
+    for _ in range(101):
+        m.host.uptime()
+    with pytest.raises(xmlrpc.client.Fault) as e:
+        m()
+    assert e.value.faultCode == -32600 and "at most 100 calls" in e.value.faultString
+    m = xmlrpc.client.MultiCall(p)
+    for i in range(100):
+        m.rpc.echo(i)
+    assert list(m()) == [[i] for i in range(100)]
+    rpcd.wait_log(r'call ok .*user="alice" method="system.multicall,rpc.echo" calls=100 ')
+    assert rpcd.log().count("rpc.echo") == 1
+    # JSON-RPC: a batch of multicalls counts every call inside them.
+    uptime = {"methodName": "host.uptime", "params": []}
+    batch = [{"jsonrpc": "2.0", "method": "system.multicall", "params": [[uptime] * 60],
+              "id": n} for n in range(2)]
+    status, text = curl(rpcd, json.dumps(batch))
+    reply = json.loads(text)
+    assert reply["id"] is None and reply["error"]["code"] == -32600, reply
+    assert "at most 100 calls" in reply["error"]["message"]
+    batch = [{"jsonrpc": "2.0", "method": "system.multicall", "params": [[uptime] * 50],
+              "id": n} for n in range(2)]
+    status, text = curl(rpcd, json.dumps(batch))
+    assert [len(r["result"]) for r in json.loads(text)] == [50, 50]
+    rpcd.wait_log(r'call ok .*method="system.multicall,host.uptime" calls=100 ')
+    assert rpcd.log().count("host.uptime") == 1
 
 
 # -- configured commands ------------------------------------------------------------------------
@@ -377,6 +426,23 @@ def test_argument_injection_is_inert(rpcd, tmp_path):
     with pytest.raises(xmlrpc.client.Fault) as e:
         p.echo("--help")
     assert e.value.faultCode == -32602 and "option" in e.value.faultString
+    # Nor may any other argument's text: a negative number, a date with dashes before it.
+    assert p.typed(9, 1.5, xmlrpc.client.DateTime("20261125T17:02:11")) == [
+        "9", "1.5", "20261125T17:02:11"]
+    for n, x in [(-9, 1.5), (9, -1.5), (9, -0.0)]:
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            p.typed(n, x, xmlrpc.client.DateTime("20261125T17:02:11"))
+        assert e.value.faultCode == -32602 and "'-'" in e.value.faultString, (n, x)
+    # Infinities, NaN and loosely written dates are not XML-RPC values at all.
+    for x, when in [(float("-inf"), "20261125T17:02:11"), (float("nan"), "20261125T17:02:11"),
+                    (1.5, "--20261125T17:02:11"), (1.5, "2026-11-25T17:02:11")]:
+        with pytest.raises(xmlrpc.client.Fault) as e:
+            p.typed(9, x, xmlrpc.client.DateTime(when))
+        assert e.value.faultCode == -32600, (x, when)
+    status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"typed","params":'
+                              '[1,2,"--20261125T17:02:11"],"id":1}')
+    assert json.loads(text)["error"]["code"] == -32602
+    assert not marker.exists()
     # NUL cannot be in an argv entry: refused before anything runs.
     status, text = curl(rpcd, '{"jsonrpc":"2.0","method":"echo","params":["a\\u0000b"],"id":1}')
     assert json.loads(text)["error"]["code"] == -32602
@@ -474,6 +540,48 @@ def test_http_errors_and_keep_alive(rpcd):
         assert r.status == 200 and xmlrpc.client.loads(r.read())[0][0] > 0
     assert c.sock is sock  # all on one connection
     c.close()
+
+
+def test_a_huge_struct_is_parsed_without_holding_up_others(rpcd):
+    """A 1 MiB struct of 24,500 members: parsed in linear time on the blocking pool; the
+    answer is right and other requests are served meanwhile."""
+    digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+    names = [a + b + c for a in digits for b in digits for c in digits][:24_500]
+    body = (b"<?xml version='1.0'?><methodCall><methodName>rpc.echo</methodName><params>"
+            b"<param><value><struct>"
+            + b"".join(b"<member><name>%s</name><value/></member>" % n.encode() for n in names)
+            + b"</struct></value></param></params></methodCall>")
+    assert 1_000_000 < len(body) <= 1048576
+    results = {}
+
+    def big(n):
+        results[n] = post(rpcd, "/RPC2", body)
+    threads = [threading.Thread(target=big, args=(n,)) for n in range(2)]
+    for t in threads:
+        t.start()
+    assert "host.uptime" in proxy(rpcd).system.listMethods()
+    for t in threads:
+        t.join(60)
+    for status, reply in results.values():
+        assert status == 200
+        ((echoed,),), _ = xmlrpc.client.loads(reply)
+        assert echoed == {n: "" for n in names}
+
+
+def test_requests_without_credentials_are_small(rpcd):
+    host, port = rpcd.addr("rpc")
+    body = xmlrpc.client.dumps(("x" * 9000,), "rpc.echo").encode()
+    status, reply = post(rpcd, "/RPC2", body, user=None)
+    assert status == 413 and b"without credentials may be at most 8192 bytes" in reply
+    # Chunked, so the size shows only while reading.
+    proc = subprocess.run(["curl", "-sS", "-o", "-", "-w", "\n%{http_code}", "-H",
+                           "Content-Type: text/xml", "-H", "Transfer-Encoding: chunked",
+                           "--data-binary", "@-", f"http://{host}:{port}/RPC2"],
+                          input=body, capture_output=True, timeout=60)
+    assert proc.stdout.decode().rsplit("\n", 1)[-1] == "413", proc
+    # Logged in, the same request is fine; small anonymous ones too.
+    assert proxy(rpcd).rpc.echo("x" * 9000) == ["x" * 9000]
+    assert proxy(rpcd, user=None).host.uptime() > 0
 
 
 def test_huge_bodies_are_refused(rpcd):
@@ -595,6 +703,10 @@ def test_hostile_xml(rpcd):
     assert fault(b"<methodCall><methodName>echo\xff\xfe</methodName></methodCall>") == -32700
     assert fault(b"<?xml version='1.0' encoding='ISO-8859-1'?><methodCall><methodName>e"
                  b"</methodName></methodCall>") == -32700
+    assert fault(b"<methodCall><methodName>echo</methodName></params>") == -32700
+    rpcd.wait_log(r"request refused: parse error: malformed XML at byte \d+: ill-formed "
+                  r"document: expected `</methodCall>`, but `</params>` was found peer=")
+    assert "parse error: parse error" not in rpcd.log()
     # Still serving.
     assert proxy(rpcd).echo("alive") == "alive\n"
 
@@ -646,6 +758,35 @@ def test_one_password_check_per_connection(rpcd, tmp_path):
     r = c.getresponse()
     r.read()
     assert r.status == 401
+
+
+def test_a_changed_users_file_is_checked_again_on_a_kept_connection(rpcd, tmp_path):
+    host, port = rpcd.addr("rpc")
+    users = tmp_path / "users"
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    body = xmlrpc.client.dumps(("x",), "echo").encode()
+
+    def call(user, password):
+        auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+        c.request("POST", "/RPC2", body=body,
+                  headers={"Content-Type": "text/xml", "Authorization": auth})
+        r = c.getresponse()
+        r.read()
+        return r.status
+
+    assert [call("bob", PASSWORD) for _ in range(2)] == [200, 200]
+    assert rpcd.log().count("login ok") == 1
+    sock = c.sock
+    # Another line added: the file changed, so the password is checked again (and passes).
+    users.write_text(users.read_text() + "carol:{PLAIN}other::::::\n")
+    assert call("bob", PASSWORD) == 200
+    assert rpcd.log().count("login ok") == 2
+    # bob's password changed: the old one is refused on the same connection.
+    users.write_text(users.read_text().replace(f"bob:{{PLAIN}}{PASSWORD}:",
+                                               "bob:{PLAIN}new password:"))
+    assert call("bob", PASSWORD) == 401
+    assert call("bob", "new password") == 200
+    assert c.sock is sock, "all on one connection"
 
 
 def test_wrong_passwords_are_throttled(daemons, tmp_path, cert):

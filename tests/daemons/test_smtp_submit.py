@@ -249,7 +249,8 @@ def test_smtp_ssl_implicit_tls(smtpd, home, cert):
     s.ehlo("client.test")
     assert not s.has_extn("starttls")
     s.login("bob", PASSWORD)
-    queue_id = send(s, rcpts=["alice@example.org"], sender="bob@example.org")
+    queue_id = send(s, rcpts=["alice@example.org"], sender="bob@example.org",
+                    message=MESSAGE.replace(b"From: Alice <alice@", b"From: Bob <bob@"))
     s.quit()
     wait_delivered(smtpd, queue_id)
     [msg] = inbox(home, "alice")
@@ -406,19 +407,120 @@ def test_size_limits(daemons, home, cert):
     assert inbox(home, "bob") == []
 
 
-def test_bare_lf_and_8bit(smtpd, home, cert):
+def test_bare_lf_commands_and_8bit_data(smtpd, home, cert):
     r = raw(smtpd)
     r.send(b"MAIL FROM:<alice@example.org> BODY=8BITMIME SMTPUTF8\n")
     assert r.reply().startswith(b"250")
     r.send(b"RCPT TO:<bob@example.org>\nDATA\n")
     assert r.reply().startswith(b"250")
     assert r.reply().startswith(b"354")
-    r.send("Subject: bare LF\n\nüñï\n..dots\n.\n".encode())
+    r.send("Subject: 8 bit\r\n\r\nüñï\r\n..dots\r\n.\r\n".encode())
     queue_id = queued_id(r.reply())
     wait_delivered(smtpd, queue_id)
     [msg] = inbox(home, "bob")
     assert msg.endswith("\r\n\r\nüñï\r\n.dots\r\n".encode())
-    assert b"\n" not in msg.replace(b"\r\n", b"")
+
+
+def assert_closed(r):
+    """The server ended the session: end of stream (or a reset) after its last reply."""
+    try:
+        assert r.sock.recv(65536) == b""
+    except ConnectionResetError:
+        pass
+
+
+# One DATA that a server ending lines at a lone LF or CR would read as two messages (the
+# 2023 SMTP smuggling attacks), and the same bytes relayed on would do it at the smarthost.
+SMUGGLED = b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n" \
+           b"Subject: smuggled\r\n\r\nsecond\r\n.\r\n"
+
+
+@pytest.mark.parametrize("end, what", [
+    (b"\n.\n", b"LF"), (b"\r\n.\n", b"LF"), (b"\n.\r\n", b"LF"),
+    (b"\r.\r", b"CR"), (b"\r.\r\n", b"CR"), (b"\r\n.\r", b"CR")])
+def test_smtp_smuggling_is_refused(smtpd, home, end, what):
+    r = raw(smtpd)
+    r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+    assert [r.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+    r.send(b"Subject: first\r\n\r\nhello" + end + SMUGGLED)
+    reply = r.reply()
+    assert reply.startswith(b"550 5.5.2 Bare <" + what + b"> received"), reply
+    assert_closed(r)
+    assert spool_files(home) == []
+    # A message sent afterwards is the only one bob ever gets.
+    s = client(smtpd, None, tls=False)
+    queue_id = send(s, message=b"From: alice@example.org\r\nSubject: after\r\n\r\nok\r\n")
+    s.quit()
+    wait_delivered(smtpd, queue_id)
+    assert [email.message_from_bytes(m)["Subject"] for m in inbox(home, "bob")] == ["after"]
+
+
+def test_lone_cr_anywhere_is_refused(smtpd, home):
+    """smtplib turns every lone CR or LF into CRLF, so the bytes go over a raw socket."""
+    for body in (b"Subject: cr\r\n\r\nhalf\rline\r\n.\r\n",
+                 b"Subject: cr\rBcc: x@example.org\r\n\r\nbody\r\n.\r\n",
+                 b"Subject: lf\r\n\r\nhalf\nline\r\n.\r\n"):
+        r = raw(smtpd)
+        r.send(b"MAIL FROM:<alice@example.org>\r\nRCPT TO:<bob@example.org>\r\nDATA\r\n")
+        assert [r.reply()[:3] for _ in range(3)] == [b"250", b"250", b"354"]
+        r.send(body)
+        assert r.reply().startswith(b"550 5.5.2 Bare <"), body
+        assert_closed(r)
+    smtpd.wait_log("bare CR in DATA; message refused, connection closed")
+    assert spool_files(home) == []
+    assert inbox(home, "bob") == []
+
+
+def swaks_from(d, cert, header_from, user="alice"):
+    host, port = d.addr("submission")
+    return subprocess.run(
+        ["swaks", "--server", f"{host}:{port}", "--tls", "--tls-ca-path", str(cert[0]),
+         "--auth", "PLAIN", "--auth-user", user, "--auth-password", PASSWORD,
+         "--from", f"{user}@example.org", "--to", "bob@example.org",
+         "--header", f"From: {header_from}", "--header", "Subject: from check"],
+        capture_output=True, text=True, timeout=60)
+
+
+def test_from_header_must_belong_to_the_user(daemons, home, cert):
+    d = daemons.start("smtp-submit", config(home, cert, smtp='[smtp.senders]\n'
+                                                              'alice = ["boss@example.org"]'))
+    out = swaks_from(d, cert, "Bob <bob@example.org>")
+    assert out.returncode != 0
+    assert "550 5.7.1 From: address <bob@example.org> does not belong to user alice." \
+        in out.stdout, out.stdout
+    s = client(d, cert)
+    for forged in (b"From: alice@example.org, bob@example.org",
+                   b"From: \"alice@example.org\" <bob@example.org>",
+                   b"From: Alice <alice@example.org>\r\nFrom: bob@example.org",
+                   b"From: team: bob@example.org;",
+                   b"From: Alice <alice@example.org",
+                   b"From: undisclosed:;"):
+        s.mail("alice@example.org")
+        s.rcpt("bob@example.org")
+        code, reply = s.data(forged + b"\r\nSubject: forged\r\n\r\nx\r\n")
+        assert (code, reply[:5]) == (550, b"5.7.1"), forged
+    # The addresses of the envelope rule pass: own, +detail, any local domain, listed ones;
+    # and a message without From: is not the check's business.
+    for own in (b"From: Alice <alice@example.org>", b"From: alice+news@LOCALHOST (me)",
+                b"From: =?utf-8?q?Bo=C3=9F?= <boss@example.org>",
+                b"From:\r\n\t\"Alice, A.\"\r\n <alice@example.org>",
+                b"X-No-From: 1"):
+        queue_id = send(s, message=own + b"\r\nSubject: fine\r\n\r\nx\r\n")
+        wait_delivered(d, queue_id)
+    s.quit()
+    assert len(inbox(home, "bob")) == 5
+    assert not any(b"Subject: forged" in m for m in inbox(home, "bob"))
+    d.wait_log("message refused: 550 5.7.1 From: address <bob@example.org>")
+
+
+def test_from_header_check_can_be_turned_off(daemons, home, cert):
+    d = daemons.start("smtp-submit", config(home, cert, smtp="check_from_header = false"))
+    out = swaks_from(d, cert, "Bob <bob@example.org>")
+    assert out.returncode == 0, out.stdout + out.stderr
+    queue_id = re.search(r"250 2\.0\.0 Ok: queued as (\S+)", out.stdout).group(1)
+    wait_delivered(d, queue_id)
+    [msg] = inbox(home, "bob")
+    assert email.message_from_bytes(msg)["From"] == "Bob <bob@example.org>"
 
 
 def test_nul_bytes(smtpd, home, cert):

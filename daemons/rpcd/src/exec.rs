@@ -50,17 +50,19 @@ pub(crate) struct Command {
     pub allow_options: bool,
 }
 
-/// One argv entry for a checked parameter. NUL cannot be in an argv entry at all: refused.
+/// One argv entry for a checked parameter. The rule against a leading `-` applies to the
+/// text the program gets, whatever the type it came as (`-9`, `-inf`, a date written
+/// `--…`). NUL cannot be in an argv entry at all: refused.
 fn to_arg(name: &str, value: &Value, allow_options: bool) -> Result<String, Fault> {
     let text = match value {
-        Value::String(s) if s.starts_with('-') && !allow_options => {
-            return Err(Fault::invalid_params(format!(
-                "parameter {name}: may not start with '-' (it would be read as an option)"
-            )))
-        }
         Value::String(s) | Value::DateTime(s) => s.clone(),
         Value::Int(n) => n.to_string(),
-        Value::Double(d) => d.to_string(),
+        Value::Double(d) if d.is_finite() => d.to_string(),
+        Value::Double(_) => {
+            return Err(Fault::invalid_params(format!(
+                "parameter {name}: not a finite number"
+            )))
+        }
         Value::Bool(b) => b.to_string(),
         other => {
             return Err(Fault::invalid_params(format!(
@@ -69,6 +71,11 @@ fn to_arg(name: &str, value: &Value, allow_options: bool) -> Result<String, Faul
             )))
         }
     };
+    if text.starts_with('-') && !allow_options {
+        return Err(Fault::invalid_params(format!(
+            "parameter {name}: may not start with '-' (it would be read as an option)"
+        )));
+    }
     if text.contains('\0') {
         return Err(Fault::invalid_params(format!(
             "parameter {name}: NUL cannot be passed in a command argument"
@@ -269,5 +276,57 @@ pub(crate) async fn run(
                     format!("the command's output is not JSON: {e}"),
                 )
             }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arg(value: Value, allow_options: bool) -> Result<String, i64> {
+        to_arg("p", &value, allow_options).map_err(|f| f.code)
+    }
+
+    #[test]
+    fn no_argument_of_any_type_starts_with_a_dash() {
+        for value in [
+            Value::string("--help"),
+            Value::Int(-9),
+            Value::Double(-1.5),
+            Value::Double(f64::NEG_INFINITY),
+            Value::Double(-0.0),
+            Value::DateTime("--20261125T17:02:11".into()),
+        ] {
+            assert_eq!(
+                arg(value.clone(), false),
+                Err(Fault::INVALID_PARAMS),
+                "{value:?}"
+            );
+        }
+        assert_eq!(arg(Value::Int(-9), true), Ok("-9".into()));
+        assert_eq!(arg(Value::Double(-1.5), true), Ok("-1.5".into()));
+        assert_eq!(arg(Value::Int(9), false), Ok("9".into()));
+        assert_eq!(arg(Value::Bool(true), false), Ok("true".into()));
+        assert_eq!(
+            arg(Value::DateTime("20261125T17:02:11".into()), false),
+            Ok("20261125T17:02:11".into())
+        );
+    }
+
+    #[test]
+    fn no_infinity_nan_or_nul() {
+        for value in [
+            Value::Double(f64::NAN),
+            Value::Double(f64::INFINITY),
+            Value::Double(f64::NEG_INFINITY),
+            Value::string("a\0b"),
+            Value::Nil,
+        ] {
+            assert_eq!(
+                arg(value.clone(), true),
+                Err(Fault::INVALID_PARAMS),
+                "{value:?}"
+            );
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! (JSON-RPC 2.0), HTTP Basic logins, and the error statuses for everything else.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -15,11 +15,12 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_auth::{sasl, AuthError, User};
 use inetkit_runtime::server::Peer;
 
 use crate::jsonrpc;
-use crate::methods::{Caller, Params};
+use crate::login::{login, Logins};
+use crate::methods::{calls_in, Caller, Params};
+use crate::tally::Tally;
 use crate::value::Fault;
 use crate::xmlrpc;
 use crate::Rpcd;
@@ -30,9 +31,12 @@ use crate::Rpcd;
 pub struct HttpConfig {
     /// Largest request body in bytes; a larger one is answered 413.
     pub max_body: usize,
+    /// Largest request body without credentials: anyone can send one, so it stays small.
+    pub max_anonymous_body: usize,
     /// Deepest nesting of arrays and structs in an XML-RPC request.
     pub max_depth: usize,
-    /// Most requests in one JSON-RPC batch.
+    /// Most calls one request may make: requests in a JSON-RPC batch, and the calls inside
+    /// each `system.multicall`, all counted together.
     pub max_batch: usize,
 }
 
@@ -40,24 +44,24 @@ impl Default for HttpConfig {
     fn default() -> Self {
         HttpConfig {
             max_body: 1 << 20,
+            max_anonymous_body: 8 << 10,
             max_depth: 32,
             max_batch: 100,
         }
     }
 }
 
-type Reply = Response<Full<Bytes>>;
+/// Bodies up to this size are parsed on the async worker that read them; larger ones on the
+/// blocking pool, so that parsing a megabyte does not hold up other connections.
+const INLINE_PARSE_MAX: usize = 16 << 10;
+
+pub(crate) type Reply = Response<Full<Bytes>>;
 
 /// One client connection.
 struct Conn {
     peer: Peer,
     tls: bool,
-    /// The last `Authorization` value that logged in on this connection, and as whom: a
-    /// client sends the same one with every request, and checking an ARGON2ID hash each time
-    /// would cost far more than the call. The user is still looked up (one `stat` of the
-    /// users file) on every request, so a deleted user is refused at once; a changed
-    /// password applies from the next connection.
-    verified: Mutex<Option<(HeaderValue, String)>>,
+    logins: Logins,
 }
 
 const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
@@ -74,7 +78,7 @@ where
     let conn = Arc::new(Conn {
         peer,
         tls,
-        verified: Mutex::new(None),
+        logins: Logins::default(),
     });
     let service = service_fn(move |req| {
         let rpcd = rpcd.clone();
@@ -103,7 +107,7 @@ where
     }
 }
 
-fn plain(status: StatusCode, text: &str) -> Reply {
+pub(crate) fn plain(status: StatusCode, text: &str) -> Reply {
     let mut reply = Response::new(Full::new(Bytes::from(format!("{text}\n"))));
     *reply.status_mut() = status;
     reply.headers_mut().insert(
@@ -113,7 +117,7 @@ fn plain(status: StatusCode, text: &str) -> Reply {
     reply
 }
 
-fn unauthorized(text: &str) -> Reply {
+pub(crate) fn unauthorized(text: &str) -> Reply {
     let mut reply = plain(StatusCode::UNAUTHORIZED, text);
     reply
         .headers_mut()
@@ -155,9 +159,11 @@ async fn handle(rpcd: &Rpcd, req: Request<Incoming>, conn: &Conn) -> Reply {
         Ok(reply) => reply,
         Err(refused) => match *refused {
             (reply, Some(body)) => {
-                // Read (within the limit) what the client sent, so the connection stays
-                // usable for its next request.
-                let _ = Limited::new(body, rpcd.http.max_body).collect().await;
+                // Read what the client sent, so the connection stays usable for its next
+                // request; only as much as anyone may send, and as fast as a request must
+                // come. Past either, the connection closes after the reply.
+                let drain = Limited::new(body, rpcd.http.max_anonymous_body).collect();
+                let _ = tokio::time::timeout(conn.peer.idle_timeout, drain).await;
                 reply
             }
             (reply, None) => reply,
@@ -210,30 +216,34 @@ async fn route(
         );
         return refuse(reply, req);
     }
-    let max = rpcd.http.max_body;
-    let too_large = || {
-        plain(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            &format!("the request body is larger than {max} bytes"),
-        )
-    };
+    // The limit for everyone first, before a password is checked.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if declared.is_some_and(|n| n > max as u64) {
+    if declared.is_some_and(|n| n > rpcd.http.max_body as u64) {
         // Not drained: the connection closes after this reply.
-        return Err(Box::new((too_large(), None)));
+        return Err(Box::new((too_large(rpcd.http.max_body, true), None)));
     }
 
     let user = match req.headers().get(header::AUTHORIZATION) {
         None => None,
-        Some(value) => match login(rpcd, value, conn).await {
-            Ok(user) => Some(user),
-            Err(reply) => return refuse(reply, req),
-        },
+        Some(value) => {
+            match login(rpcd, value, &conn.logins, conn.peer.addr.ip(), conn.tls).await {
+                Ok(user) => Some(user),
+                Err(reply) => return refuse(reply, req),
+            }
+        }
     };
+    let max = if user.is_some() {
+        rpcd.http.max_body
+    } else {
+        rpcd.http.max_anonymous_body.min(rpcd.http.max_body)
+    };
+    if declared.is_some_and(|n| n > max as u64) {
+        return Err(Box::new((too_large(max, user.is_some()), None)));
+    }
     let caller = Caller {
         peer: conn.peer.addr.ip(),
         user,
@@ -252,7 +262,7 @@ async fn route(
     let bytes = match collected {
         Ok(collected) => collected.to_bytes(),
         Err(err) if err.is::<http_body_util::LengthLimitError>() => {
-            return Err(Box::new((too_large(), None)))
+            return Err(Box::new((too_large(max, caller.user.is_some()), None)))
         }
         Err(err) => {
             tracing::debug!("reading the request body: {err}");
@@ -264,62 +274,39 @@ async fn route(
         }
     };
     Ok(match protocol {
-        Protocol::Xml => xml(rpcd, &caller, &bytes).await,
-        Protocol::Json => json(rpcd, &caller, &bytes).await,
+        Protocol::Xml => xml(rpcd, &caller, bytes).await,
+        Protocol::Json => json(rpcd, &caller, bytes).await,
     })
 }
 
-/// Checks HTTP Basic credentials; the error is the reply to send.
-async fn login(rpcd: &Rpcd, value: &HeaderValue, conn: &Conn) -> Result<User, Reply> {
-    let ip = conn.peer.addr.ip();
-    if !rpcd.auth_config.plaintext_allowed(ip, conn.tls) {
-        tracing::warn!(%ip, "credentials sent without TLS: refused");
-        return Err(plain(
-            StatusCode::FORBIDDEN,
-            "credentials are not accepted without TLS here: use https",
-        ));
-    }
-    let Some(creds) = value
-        .to_str()
-        .ok()
-        .and_then(|v| sasl::decode_http_basic(v).ok())
-    else {
-        return Err(unauthorized("malformed Authorization header: use Basic"));
+/// 413, saying which limit the body passed.
+fn too_large(max: usize, logged_in: bool) -> Reply {
+    let text = if logged_in {
+        format!("the request body is larger than {max} bytes")
+    } else {
+        format!(
+            "a request body without credentials may be at most {max} bytes: log in to send more"
+        )
     };
-    let known = {
-        let verified = conn.verified.lock().unwrap_or_else(|e| e.into_inner());
-        verified
-            .as_ref()
-            .filter(|(v, _)| v == value)
-            .map(|(_, name)| name.clone())
-    };
-    if let Some(name) = known {
-        if let Ok(Some(user)) = rpcd.auth.try_lookup(&name) {
-            return Ok(user);
-        }
+    plain(StatusCode::PAYLOAD_TOO_LARGE, &text)
+}
+
+/// Runs `parse` on `body`: inline when it is small, else on the blocking pool. `None` if the
+/// parser panicked (it is not meant to).
+async fn parse_body<T, F>(body: Bytes, parse: F) -> Option<T>
+where
+    T: Send + 'static,
+    F: FnOnce(&[u8]) -> T + Send + 'static,
+{
+    if body.len() <= INLINE_PARSE_MAX {
+        return Some(parse(&body));
     }
-    match rpcd.auth.login(ip, &creds.name, &creds.password).await {
-        Ok(user) => {
-            *conn.verified.lock().unwrap_or_else(|e| e.into_inner()) =
-                Some((value.clone(), user.name.clone()));
-            Ok(user)
+    match tokio::task::spawn_blocking(move || parse(&body)).await {
+        Ok(parsed) => Some(parsed),
+        Err(err) => {
+            tracing::error!("parsing a request failed: {err}");
+            None
         }
-        Err(AuthError::Failed) => Err(unauthorized("authentication failed")),
-        Err(AuthError::Throttled) => {
-            let mut reply = plain(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many failed logins from this address; try again later",
-            );
-            let retry = rpcd.auth_config.lockout.as_secs().to_string();
-            if let Ok(v) = HeaderValue::from_str(&retry) {
-                reply.headers_mut().insert(header::RETRY_AFTER, v);
-            }
-            Err(reply)
-        }
-        Err(AuthError::Unavailable { .. }) => Err(plain(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "logins are unavailable right now",
-        )),
     }
 }
 
@@ -345,8 +332,33 @@ fn log_refused(caller: &Caller, fault: &Fault) {
     );
 }
 
-async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: &[u8]) -> Reply {
-    let call = match xmlrpc::parse_call(bytes, rpcd.http.max_depth) {
+/// The fault for a request that would make more calls than allowed, if it would.
+fn too_many_calls(rpcd: &Rpcd, calls: usize) -> Option<Fault> {
+    let max = rpcd.http.max_batch;
+    (calls > max).then(|| {
+        Fault::new(
+            Fault::INVALID_REQUEST,
+            format!(
+                "a request may make at most {max} calls (batch members and multicall entries \
+                 together), not {calls}"
+            ),
+        )
+    })
+}
+
+fn internal_error() -> Reply {
+    plain(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "the request could not be handled",
+    )
+}
+
+async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+    let max_depth = rpcd.http.max_depth;
+    let Some(parsed) = parse_body(bytes, move |b| xmlrpc::parse_call(b, max_depth)).await else {
+        return internal_error();
+    };
+    let call = match parsed {
         Ok(call) => call,
         Err(fault) => {
             log_refused(caller, &fault);
@@ -354,41 +366,62 @@ async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: &[u8]) -> Reply {
         }
     };
     let params = Params::Positional(call.params);
+    if let Some(fault) = too_many_calls(rpcd, calls_in(&call.method, &params)) {
+        log_refused(caller, &fault);
+        return body("text/xml", xmlrpc::fault(&fault));
+    }
     if needs_login(rpcd, caller, &call.method, &params) {
         return unauthorized("authentication required");
     }
-    let text = match rpcd.registry.call(caller, &call.method, params).await {
+    let mut tally = Tally::new();
+    let result = rpcd
+        .registry
+        .call(caller, &call.method, params, &mut tally)
+        .await;
+    tally.log(caller);
+    let text = match result {
         Ok(value) => xmlrpc::response(&value),
         Err(fault) => xmlrpc::fault(&fault),
     };
     body("text/xml", text)
 }
 
-async fn json(rpcd: &Rpcd, caller: &Caller, bytes: &[u8]) -> Reply {
-    let requests = match jsonrpc::parse(bytes, rpcd.http.max_batch) {
-        jsonrpc::Body::Error(fault) => {
+async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+    let max_batch = rpcd.http.max_batch;
+    let Some(parsed) = parse_body(bytes, move |b| jsonrpc::parse(b, max_batch)).await else {
+        return internal_error();
+    };
+    let (requests, batch) = match parsed {
+        jsonrpc::Body::Error(fault) | jsonrpc::Body::Single(Err(fault)) => {
             log_refused(caller, &fault);
             return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
         }
-        jsonrpc::Body::Single(request) => vec![request],
-        jsonrpc::Body::Batch(requests) => {
-            let answers = match run_json(rpcd, caller, requests).await {
-                Ok(answers) => answers,
-                Err(reply) => return reply,
-            };
-            return if answers.is_empty() {
-                no_content()
-            } else {
-                json_reply(&serde_json::Value::Array(answers))
-            };
-        }
+        jsonrpc::Body::Single(request) => (vec![request], false),
+        jsonrpc::Body::Batch(requests) => (requests, true),
     };
-    match run_json(rpcd, caller, requests).await {
-        Ok(mut answers) => match answers.pop() {
+    let calls = requests
+        .iter()
+        .map(|r| r.as_ref().map_or(1, |r| calls_in(&r.method, &r.params)))
+        .sum();
+    if let Some(fault) = too_many_calls(rpcd, calls) {
+        log_refused(caller, &fault);
+        return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
+    }
+    let mut answers = match run_json(rpcd, caller, requests).await {
+        Ok(answers) => answers,
+        Err(reply) => return reply,
+    };
+    if batch {
+        if answers.is_empty() {
+            no_content()
+        } else {
+            json_reply(&serde_json::Value::Array(answers))
+        }
+    } else {
+        match answers.pop() {
             Some(answer) => json_reply(&answer),
             None => no_content(),
-        },
-        Err(reply) => reply,
+        }
     }
 }
 
@@ -405,17 +438,18 @@ async fn run_json(
     if anonymous_needs_login {
         return Err(unauthorized("authentication required"));
     }
+    let mut tally = Tally::new();
     let mut answers = Vec::new();
     for request in requests {
         match request {
             Err(fault) => {
-                log_refused(caller, &fault);
+                tally.add(None, Some(&fault));
                 answers.push(jsonrpc::error(serde_json::Value::Null, &fault));
             }
             Ok(request) => {
                 let result = rpcd
                     .registry
-                    .call(caller, &request.method, request.params)
+                    .call(caller, &request.method, request.params, &mut tally)
                     .await;
                 if let Some(id) = request.id {
                     answers.push(match result {
@@ -426,6 +460,7 @@ async fn run_json(
             }
         }
     }
+    tally.log(caller);
     Ok(answers)
 }
 

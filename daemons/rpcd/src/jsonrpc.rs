@@ -25,7 +25,7 @@ pub(crate) enum Body {
 pub(crate) fn parse(body: &[u8], max_batch: usize) -> Body {
     let json: J = match serde_json::from_slice(body) {
         Ok(json) => json,
-        Err(e) => return Body::Error(Fault::new(Fault::PARSE_ERROR, format!("parse error: {e}"))),
+        Err(e) => return Body::Error(Fault::new(Fault::PARSE_ERROR, format!("invalid JSON: {e}"))),
     };
     match json {
         J::Array(items) if items.is_empty() => {
@@ -41,9 +41,10 @@ pub(crate) fn parse(body: &[u8], max_batch: usize) -> Body {
 }
 
 fn request(json: J) -> Result<Request, Fault> {
-    let invalid = |m: &str| Fault::new(Fault::INVALID_REQUEST, format!("invalid request: {m}"));
+    // The log line and the code say "invalid request" already.
+    let invalid = |m: &str| Fault::new(Fault::INVALID_REQUEST, m);
     let J::Object(mut obj) = json else {
-        return Err(invalid("not an object"));
+        return Err(invalid("a request must be an object"));
     };
     if obj.get("jsonrpc") != Some(&J::String("2.0".into())) {
         return Err(invalid("\"jsonrpc\" must be \"2.0\""));

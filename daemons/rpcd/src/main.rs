@@ -5,7 +5,9 @@
 mod exec;
 mod http;
 mod jsonrpc;
+mod login;
 mod methods;
+mod tally;
 mod value;
 mod xmlrpc;
 

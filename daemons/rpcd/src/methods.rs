@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde::Deserialize;
 use tokio::sync::Semaphore;
@@ -13,6 +13,7 @@ use tokio::sync::Semaphore;
 use inetkit_auth::User;
 
 use crate::exec::{self, ArgsMode, ResultKind};
+use crate::tally::Tally;
 use crate::value::{Fault, Type, Value};
 
 /// A `[[method]]` of the config.
@@ -113,6 +114,8 @@ pub struct BuiltinsConfig {
     pub public: Vec<String>,
 }
 
+const MULTICALL: &str = "system.multicall";
+
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Caller {
@@ -121,7 +124,7 @@ pub struct Caller {
 }
 
 impl Caller {
-    fn name(&self) -> &str {
+    pub(crate) fn name(&self) -> &str {
         self.user.as_ref().map_or("-", |u| u.name.as_str())
     }
 
@@ -395,30 +398,32 @@ impl Registry {
         self.methods.get(name).filter(|m| Self::allowed(m, caller))
     }
 
-    /// Calls `name`, and logs the call with the user and the outcome.
-    pub async fn call(&self, caller: &Caller, name: &str, params: Params) -> Result<Value, Fault> {
-        let started = Instant::now();
-        let result = self.dispatch(caller, name, params).await;
-        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let method = name.escape_debug().to_string();
-        match &result {
-            Ok(_) => {
-                tracing::info!(peer = %caller.peer, user = caller.name(), method, ms, "call ok")
-            }
-            Err(fault) => tracing::info!(
-                peer = %caller.peer,
-                user = caller.name(),
-                method,
-                ms,
-                code = fault.code,
-                "call failed: {}",
-                fault.outcome()
-            ),
+    /// Calls `name`. What it came to is added to `tally`: the call, or for a multicall that
+    /// ran, each call inside it.
+    pub async fn call(
+        &self,
+        caller: &Caller,
+        name: &str,
+        params: Params,
+        tally: &mut Tally,
+    ) -> Result<Value, Fault> {
+        if name == MULTICALL {
+            tally.name(name);
+        }
+        let result = self.dispatch(caller, name, params, tally).await;
+        if name != MULTICALL || result.is_err() {
+            tally.add(Some(name), result.as_ref().err());
         }
         result
     }
 
-    async fn dispatch(&self, caller: &Caller, name: &str, params: Params) -> Result<Value, Fault> {
+    async fn dispatch(
+        &self,
+        caller: &Caller,
+        name: &str,
+        params: Params,
+        tally: &mut Tally,
+    ) -> Result<Value, Fault> {
         let Some(method) = self.methods.get(name) else {
             return Err(if caller.user.is_some() {
                 Fault::not_found(name)
@@ -435,7 +440,7 @@ impl Registry {
         }
         let params = check_params(method, params)?;
         match &method.kind {
-            Kind::Builtin(b) => self.builtin(*b, caller, params).await,
+            Kind::Builtin(b) => self.builtin(*b, caller, params, tally).await,
             Kind::Command {
                 command,
                 slots,
@@ -460,6 +465,7 @@ impl Registry {
         b: Builtin,
         caller: &Caller,
         params: Vec<(String, Value)>,
+        tally: &mut Tally,
     ) -> Result<Value, Fault> {
         let method_arg = || match params.first() {
             Some((_, Value::String(s))) => self
@@ -493,18 +499,27 @@ impl Registry {
                 let Some((_, Value::Array(calls))) = params.into_iter().next() else {
                     return Err(Fault::invalid_params("expected an array of calls"));
                 };
+                // How many calls one request may make is checked before anything runs
+                // (`calls_in`), for multicalls and batches alike.
                 let mut results = Vec::with_capacity(calls.len());
                 for call in calls {
-                    let result = match multicall_entry(call) {
-                        Ok((name, _)) if name == "system.multicall" => Err(Fault::new(
-                            Fault::INVALID_REQUEST,
-                            "system.multicall cannot be nested",
-                        )),
-                        Ok((name, inner)) => {
-                            Box::pin(self.call(caller, &name, Params::Positional(inner))).await
+                    let (name, result) = match multicall_entry(call) {
+                        Ok((name, _)) if name == MULTICALL => {
+                            let fault = Fault::new(
+                                Fault::INVALID_REQUEST,
+                                "system.multicall cannot be nested",
+                            );
+                            (Some(name), Err(fault))
                         }
-                        Err(fault) => Err(fault),
+                        Ok((name, inner)) => {
+                            let params = Params::Positional(inner);
+                            let result =
+                                Box::pin(self.dispatch(caller, &name, params, tally)).await;
+                            (Some(name), result)
+                        }
+                        Err(fault) => (None, Err(fault)),
                     };
+                    tally.add(name.as_deref(), result.as_ref().err());
                     results.push(match result {
                         Ok(value) => Value::Array(vec![value]),
                         Err(fault) => crate::xmlrpc::fault_struct(&fault),
@@ -549,24 +564,38 @@ impl Registry {
     /// decide before running anything whether it needs a login.
     pub fn names_in<'a>(&self, method: &'a str, params: &'a Params) -> Vec<&'a str> {
         let mut names = vec![method];
-        if method == "system.multicall" {
-            let first = match params {
-                Params::Positional(p) => p.first(),
-                Params::Named(p) => p.first().map(|(_, v)| v),
-            };
-            if let Some(Value::Array(calls)) = first {
-                for call in calls {
-                    if let Value::Struct(members) = call {
-                        for (k, v) in members {
-                            if let ("methodName", Value::String(n)) = (k.as_str(), v) {
-                                names.push(n);
-                            }
+        if let Some(calls) = multicall_calls(method, params) {
+            for call in calls {
+                if let Value::Struct(members) = call {
+                    for (k, v) in members {
+                        if let ("methodName", Value::String(n)) = (k.as_str(), v) {
+                            names.push(n);
                         }
                     }
                 }
             }
         }
         names
+    }
+}
+
+/// How many calls a request for `method` makes: one, or the calls inside a multicall.
+pub(crate) fn calls_in(method: &str, params: &Params) -> usize {
+    multicall_calls(method, params).map_or(1, <[Value]>::len)
+}
+
+/// The calls a `system.multicall` request asks for.
+fn multicall_calls<'a>(method: &str, params: &'a Params) -> Option<&'a [Value]> {
+    if method != MULTICALL {
+        return None;
+    }
+    let first = match params {
+        Params::Positional(p) => p.first(),
+        Params::Named(p) => p.first().map(|(_, v)| v),
+    };
+    match first {
+        Some(Value::Array(calls)) => Some(calls),
+        _ => None,
     }
 }
 

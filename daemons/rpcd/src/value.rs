@@ -1,6 +1,8 @@
 //! The values both protocols carry, with XML-RPC's types as the model (JSON maps onto them),
 //! and the errors (faults) every call can end in.
 
+use std::collections::hash_map::Entry;
+use std::collections::HashMap;
 use std::fmt;
 
 use base64::Engine;
@@ -17,7 +19,7 @@ pub enum Value {
     /// `dateTime.iso8601` as written, e.g. `20261125T17:02:11`.
     DateTime(String),
     Base64(Vec<u8>),
-    /// Members in the order they came; names are unique (the last one wins when parsing).
+    /// Members in the order they came; names are unique (see [`Members`]).
     Struct(Vec<(String, Value)>),
     Array(Vec<Value>),
     /// The `<nil/>` extension; JSON `null`.
@@ -172,29 +174,68 @@ pub(crate) fn decode_base64(text: &str) -> Option<Vec<u8>> {
         .ok()
 }
 
-/// XML-RPC's `dateTime.iso8601`: `YYYYMMDDTHH:MM:SS` (what the spec shows and Python sends),
-/// also with dashes in the date, fractional seconds or a zone, as other clients write it.
+/// XML-RPC's `dateTime.iso8601` exactly as the spec writes it and clients send it,
+/// `YYYYMMDDTHH:MM:SS`: a real calendar date and time of day, nothing before or after (so
+/// a value passed to a command can never look like an option).
 pub(crate) fn is_iso8601(text: &str) -> bool {
     let b = text.as_bytes();
-    let digits = |s: &[u8]| !s.is_empty() && s.iter().all(u8::is_ascii_digit);
-    let Some(t) = b.iter().position(|&c| c == b'T') else {
+    if b.len() != 17 || b.get(8) != Some(&b'T') || b.get(11) != Some(&b':') {
+        return false;
+    }
+    if b.get(14) != Some(&b':') {
+        return false;
+    }
+    let number = |from: usize, to: usize| -> Option<u16> {
+        let digits = b.get(from..to)?;
+        digits.iter().try_fold(0u16, |n, &d| {
+            d.is_ascii_digit().then(|| n * 10 + u16::from(d - b'0'))
+        })
+    };
+    let fields = (
+        number(0, 4),
+        number(4, 6).and_then(|m| u8::try_from(m).ok()),
+        number(6, 8).and_then(|d| u8::try_from(d).ok()),
+        number(9, 11),
+        number(12, 14),
+        number(15, 17),
+    );
+    let (Some(year), Some(month), Some(day), Some(hour), Some(minute), Some(second)) = fields
+    else {
         return false;
     };
-    let date: Vec<u8> = b[..t].iter().copied().filter(|&c| c != b'-').collect();
-    if date.len() != 8 || !digits(&date) {
-        return false;
+    let date = time::Month::try_from(month)
+        .and_then(|month| time::Date::from_calendar_date(i32::from(year), month, day));
+    // 60: a leap second.
+    date.is_ok() && hour < 24 && minute < 60 && second <= 60
+}
+
+/// A struct's members as they are read, in time linear in their number: a repeated name
+/// keeps the place of its first appearance and the value of its last, as a dictionary would.
+#[derive(Debug, Default)]
+pub(crate) struct Members {
+    members: Vec<(String, Value)>,
+    index: HashMap<String, usize>,
+}
+
+impl Members {
+    pub(crate) fn insert(&mut self, name: String, value: Value) {
+        match self.index.entry(name) {
+            Entry::Occupied(seen) => {
+                if let Some(member) = self.members.get_mut(*seen.get()) {
+                    member.1 = value;
+                }
+            }
+            Entry::Vacant(new) => {
+                let name = new.key().clone();
+                new.insert(self.members.len());
+                self.members.push((name, value));
+            }
+        }
     }
-    let time = &b[t + 1..];
-    if time.len() < 8 {
-        return false;
+
+    pub(crate) fn into_value(self) -> Value {
+        Value::Struct(self.members)
     }
-    let (hms, rest) = time.split_at(8);
-    let ok_hms = digits(&hms[0..2]) && hms[2] == b':' && digits(&hms[3..5]) && hms[5] == b':';
-    let ok_hms = ok_hms && digits(&hms[6..8]);
-    let rest_ok = rest
-        .iter()
-        .all(|c| c.is_ascii_digit() || b".Z+-:".contains(c));
-    ok_hms && rest_ok
 }
 
 /// Why a call failed: a code shared by both protocols (JSON-RPC 2.0's, which the XML-RPC
@@ -272,24 +313,52 @@ mod tests {
     use super::*;
 
     #[test]
-    fn iso8601_forms() {
+    fn iso8601_is_strict() {
         for ok in [
             "20261125T17:02:11",
-            "2026-11-25T17:02:11",
-            "20261125T17:02:11Z",
-            "20261125T17:02:11.5+01:00",
+            "20240229T00:00:00",
+            "19991231T23:59:60",
         ] {
             assert!(is_iso8601(ok), "{ok}");
         }
         for bad in [
             "",
             "2026",
+            "--20261125T17:02:11",
+            "-2026112T17:02:11",
+            "2026-11-25T17:02:11",
+            "20261125T17:02:11Z",
+            "20261125T17:02:11.5+01:00",
+            " 20261125T17:02:11",
             "20261125 17:02:11",
             "20261125T17:02",
             "2026112XT17:02:11",
+            "20261125T17:02:1-",
+            "20230229T00:00:00",
+            "20261325T00:00:00",
+            "20261100T00:00:00",
+            "20261125T24:00:00",
+            "20261125T23:60:00",
+            "２0261125T17:02:11",
         ] {
             assert!(!is_iso8601(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn members_keep_the_first_place_and_the_last_value() {
+        let mut members = Members::default();
+        for (name, n) in [("a", 1), ("b", 2), ("a", 3), ("c", 4), ("b", 5)] {
+            members.insert(name.to_owned(), Value::Int(n));
+        }
+        assert_eq!(
+            members.into_value(),
+            Value::object([
+                ("a", Value::Int(3)),
+                ("b", Value::Int(5)),
+                ("c", Value::Int(4))
+            ])
+        );
     }
 
     #[test]

@@ -3,6 +3,8 @@
 //! through a durable spool into local users' INBOXes or to a smarthost.
 
 mod command;
+mod data;
+mod from_header;
 mod message;
 mod queue;
 mod relay;
@@ -57,6 +59,8 @@ struct SmtpConfig {
     spool: PathBuf,
     /// Extra envelope senders per user, besides `<user>@<each local domain>`.
     senders: BTreeMap<String, Vec<String>>,
+    /// Refuse a message whose `From:` header names an address its user may not send as.
+    check_from_header: bool,
 }
 
 impl Default for SmtpConfig {
@@ -68,6 +72,7 @@ impl Default for SmtpConfig {
             max_recipients: 100,
             spool: PathBuf::from(DEFAULT_SPOOL),
             senders: BTreeMap::new(),
+            check_from_header: true,
         }
     }
 }
@@ -101,6 +106,8 @@ pub struct Submit {
     pub max_size: u64,
     pub max_recipients: usize,
     pub senders: BTreeMap<String, Vec<String>>,
+    /// `From:` addresses must pass [`Submit::may_send_as`] too.
+    pub check_from_header: bool,
     pub relay_enabled: bool,
     pub spool: Spool,
     pub queue: Queue,
@@ -112,8 +119,9 @@ impl Submit {
         self.local_domains.contains(&domain)
     }
 
-    /// May `user` use `address` as the envelope sender? Their own `user@local-domain` (with
-    /// an optional `+detail`), or an address the config lists for them.
+    /// May `user` use `address` as the envelope sender (or in `From:`)? Their own
+    /// `user@local-domain` (with an optional `+detail`), or an address the config lists for
+    /// them.
     pub fn may_send_as(&self, user: &str, address: &str) -> bool {
         if let Some(list) = self.senders.get(user) {
             if list.iter().any(|a| a.eq_ignore_ascii_case(address)) {
@@ -179,6 +187,7 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         max_size: smtp.max_message_size,
         max_recipients: smtp.max_recipients.max(1),
         senders: smtp.senders,
+        check_from_header: smtp.check_from_header,
         relay_enabled,
         spool,
         queue,

@@ -1,9 +1,12 @@
 //! What submission does to a message on its way into the spool (RFC 6409 §8): a `Received:`
-//! line first, `Bcc:` removed, `Message-ID:` and `Date:` added when the client left them out.
-//! It works line by line, so a message streams through without being held in memory.
+//! line first, `Bcc:` removed, `Message-ID:` and `Date:` added when the client left them out,
+//! and the `From:` fields kept aside for the sender check. It works line by line, so a message
+//! streams through without being held in memory.
 
 use time::format_description::well_known::Rfc2822;
 use time::OffsetDateTime;
+
+use crate::from_header::{FromError, MAX_FROM};
 
 pub(crate) fn rfc2822_now() -> String {
     OffsetDateTime::now_utc()
@@ -40,6 +43,14 @@ pub(crate) struct HeaderFilter {
     has_message_id: bool,
     has_date: bool,
     hostname: String,
+    /// The body of each `From:` field, unfolded, at most [`MAX_FROM`] bytes in all.
+    from: Vec<Vec<u8>>,
+    /// The line being read continues a `From:` field.
+    in_from: bool,
+    /// Bytes kept in `from`, plus one per field so that empty fields count too.
+    from_size: usize,
+    /// The `From:` fields passed [`MAX_FROM`] bytes.
+    from_too_long: bool,
 }
 
 impl HeaderFilter {
@@ -50,6 +61,42 @@ impl HeaderFilter {
             has_message_id: false,
             has_date: false,
             hostname: hostname.to_owned(),
+            from: Vec::new(),
+            in_from: false,
+            from_size: 0,
+            from_too_long: false,
+        }
+    }
+
+    /// The body of every `From:` field of the message, once its header section has ended.
+    pub(crate) fn author_fields(&self) -> Result<&[Vec<u8>], FromError> {
+        if self.from_too_long {
+            return Err(FromError::TooLong);
+        }
+        Ok(&self.from)
+    }
+
+    /// Starts keeping a new `From:` field whose first line holds `text`.
+    fn start_from(&mut self, text: &[u8]) {
+        self.in_from = true;
+        self.from_size += 1;
+        if self.from_size > MAX_FROM {
+            self.from_too_long = true;
+        }
+        if !self.from_too_long {
+            self.from.push(Vec::new());
+        }
+        self.keep_from(text);
+    }
+
+    /// Keeps `text` (part of a `From:` field body) for the check, within the bound.
+    fn keep_from(&mut self, text: &[u8]) {
+        self.from_size = self.from_size.saturating_add(text.len());
+        if self.from_size > MAX_FROM {
+            self.from_too_long = true;
+            self.from = Vec::new();
+        } else if let Some(field) = self.from.last_mut() {
+            field.extend_from_slice(text);
         }
     }
 
@@ -61,14 +108,21 @@ impl HeaderFilter {
                 out.extend_from_slice(b"\r\n");
                 return;
             }
-            if line[0] == b' ' || line[0] == b'\t' {
+            if matches!(line.first(), Some(b' ' | b'\t')) {
+                if self.in_from {
+                    self.keep_from(line);
+                }
                 if !self.skipping {
                     push_line(line, out);
                 }
                 return;
             }
+            self.in_from = false;
             match header_name(line) {
                 Some(name) => {
+                    if name.eq_ignore_ascii_case(b"from") {
+                        self.start_from(line.get(name.len() + 1..).unwrap_or_default());
+                    }
                     self.skipping = name.eq_ignore_ascii_case(b"bcc");
                     if name.eq_ignore_ascii_case(b"message-id") {
                         self.has_message_id = true;
@@ -99,6 +153,7 @@ impl HeaderFilter {
     fn end_headers(&mut self, out: &mut Vec<u8>) {
         self.in_headers = false;
         self.skipping = false;
+        self.in_from = false;
         if !self.has_message_id {
             let id = format!(
                 "Message-ID: <{:016x}.{:08x}@{}>\r\n",
@@ -122,7 +177,7 @@ fn push_line(line: &[u8], out: &mut Vec<u8>) {
 /// `Name` of a `Name: value` line (RFC 5322 §2.2: printable ASCII but colon, no spaces).
 fn header_name(line: &[u8]) -> Option<&[u8]> {
     let colon = line.iter().position(|&b| b == b':')?;
-    let name = &line[..colon];
+    let name = line.get(..colon)?;
     (!name.is_empty() && name.iter().all(|&b| (33..=126).contains(&b))).then_some(name)
 }
 
@@ -167,5 +222,48 @@ mod tests {
         assert!(filter(&[b"Subject: hi"]).contains("Date: "));
         let out = filter(&[b"just text"]);
         assert!(out.ends_with("\r\n\r\njust text\r\n"), "{out}");
+    }
+
+    fn author_fields(lines: &[&[u8]]) -> Result<Vec<Vec<u8>>, FromError> {
+        let mut filter = HeaderFilter::new("mx.example");
+        let mut out = Vec::new();
+        for line in lines {
+            filter.line(line, &mut out);
+        }
+        filter.finish(&mut out);
+        filter.author_fields().map(<[Vec<u8>]>::to_vec)
+    }
+
+    #[test]
+    fn keeps_every_from_field_unfolded_and_nothing_from_the_body() {
+        let fields = author_fields(&[
+            b"FROM: Alice",
+            b"\t<alice@example.org>",
+            b"Subject: hi",
+            b" from: continued subject",
+            b"From:bob@example.org",
+            b"",
+            b"From: in the body",
+        ]);
+        assert_eq!(
+            fields,
+            Ok(vec![
+                b" Alice\t<alice@example.org>".to_vec(),
+                b"bob@example.org".to_vec()
+            ])
+        );
+        assert_eq!(author_fields(&[b"Subject: none", b"", b"body"]), Ok(vec![]));
+    }
+
+    #[test]
+    fn from_fields_are_bounded() {
+        let long = vec![b'a'; MAX_FROM];
+        let mut first = b"From: ".to_vec();
+        first.extend_from_slice(&long);
+        let lines: Vec<&[u8]> = vec![&first, b"", b"body"];
+        assert_eq!(author_fields(&lines), Err(FromError::TooLong));
+        // Many small fields count together.
+        let many: Vec<&[u8]> = std::iter::repeat_n(&b"From: a@x"[..], MAX_FROM).collect();
+        assert_eq!(author_fields(&many), Err(FromError::TooLong));
     }
 }

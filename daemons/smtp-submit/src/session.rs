@@ -6,18 +6,21 @@
 //! the same loop runs again, with everything learnt before it forgotten (RFC 3207 §4.2).
 
 use std::sync::Arc;
+use std::time::Duration;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
-use inetkit_runtime::lines::{read_line, Line};
+use inetkit_runtime::lines::Line;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::tls::TlsContext;
 
 use crate::command::{parse, split_address, Command, MailFrom, ParseError};
+use crate::data::{discard_input, read_data_line, DataLine};
+use crate::from_header::{addresses, FromError};
 use crate::message::{received_header, HeaderFilter};
 use crate::Submit;
 use inetkit_spool::{now, Envelope, Recipient};
@@ -26,6 +29,8 @@ use inetkit_spool::{now, Envelope, Recipient};
 const MAX_LINE: usize = 4096;
 /// Longest line inside DATA (RFC 5322 says 998; we are lenient, within a bound).
 const MAX_DATA_LINE: usize = 1024 * 1024;
+/// How long input is still read (and thrown away) after a refusal that closes the session.
+const LINGER: Duration = Duration::from_secs(5);
 /// Bad commands before the connection is closed.
 const MAX_ERRORS: u32 = 20;
 /// Authentication failures before the connection is closed.
@@ -81,20 +86,39 @@ const FAREWELL: Farewell = Farewell {
     shutdown: "421 4.3.2 Server shutting down; try again later.",
 };
 
-/// One line of message data: longer lines are allowed than for commands, and a shutdown does
-/// not cut a message short.
-async fn data_line<S>(conn: &mut Conn<S>, buf: &mut Vec<u8>) -> Option<Line>
+/// One line of message data: longer lines are allowed than for commands, lines end only at
+/// CRLF, and a shutdown does not cut a message short. `None`: the client is gone or idled out.
+async fn data_line<S>(conn: &mut Conn<S>, buf: &mut Vec<u8>) -> Option<DataLine>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     match tokio::time::timeout(
         conn.peer.idle_timeout,
-        read_line(&mut conn.reader, buf, MAX_DATA_LINE),
+        read_data_line(&mut conn.reader, buf, MAX_DATA_LINE),
     )
     .await
     {
-        Ok(Ok(Line::Eof)) | Ok(Err(_)) | Err(_) => None,
+        Ok(Ok(DataLine::Eof)) | Ok(Err(_)) | Err(_) => None,
         Ok(Ok(line)) => Some(line),
+    }
+}
+
+/// Sends the reply that ends a session in the middle of DATA, then reads what the client
+/// was still sending so the reply is not lost to a reset (bounded in time and bytes).
+async fn refuse_and_close<S>(conn: &mut Conn<S>, reply: &str, max_bytes: u64)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    conn.reply(reply);
+    if conn.flush().await.is_err() {
+        return;
+    }
+    // Our end of the stream is closed first, so the client sees the end after the reply.
+    let _ = conn.reader.get_mut().shutdown().await;
+    let shutdown = conn.peer.shutdown.clone();
+    tokio::select! {
+        () = discard_input(&mut conn.reader, LINGER, max_bytes) => {}
+        () = shutdown.cancelled() => {}
     }
 }
 
@@ -474,17 +498,31 @@ impl Session {
         let mut size: u64 = 0;
         loop {
             match data_line(conn, &mut line).await {
-                None => {
+                None | Some(DataLine::Eof) => {
                     // Disconnect mid-DATA: nothing was accepted, so nothing is kept.
                     drop(incoming);
                     tracing::info!("client gone during DATA; message discarded");
                     return Next::Close;
                 }
-                Some(Line::TooLong) => {
+                Some(DataLine::TooLong) => {
                     failure.get_or_insert("552 5.3.4 Message line too long.");
                     continue;
                 }
-                Some(_) => {}
+                Some(bare @ (DataLine::BareLf | DataLine::BareCr)) => {
+                    // Where the client thinks its data ends is not where we do: nothing
+                    // after this point can be read as commands (RFC 5321 §4.1.1.4).
+                    drop(incoming);
+                    self.transaction = Transaction::Idle;
+                    let what = if bare == DataLine::BareLf { "LF" } else { "CR" };
+                    tracing::warn!("bare {what} in DATA; message refused, connection closed");
+                    let reply = format!(
+                        "550 5.5.2 Bare <{what}> received: lines must end with <CR><LF>; \
+                         closing the connection."
+                    );
+                    refuse_and_close(conn, &reply, submit.max_size.saturating_add(1 << 20)).await;
+                    return Next::Close;
+                }
+                Some(DataLine::Complete) => {}
             }
             if line == b"." {
                 break;
@@ -523,6 +561,13 @@ impl Session {
             return Next::Continue;
         };
         filter.finish(&mut out);
+        if submit.check_from_header {
+            if let Err(refusal) = check_from(&submit, &user, &filter) {
+                tracing::info!("message refused: {refusal}");
+                conn.reply(&refusal);
+                return Next::Continue;
+            }
+        }
         let envelope = Envelope {
             from,
             user,
@@ -556,6 +601,24 @@ impl Session {
         }
         Next::Continue
     }
+}
+
+/// May `user` put these `From:` fields in a message? Every address in them must be one they
+/// may use as the envelope sender; a message without `From:` passes. The error is the reply.
+fn check_from(submit: &Submit, user: &str, filter: &HeaderFilter) -> Result<(), String> {
+    let unreadable =
+        |err: FromError| format!("550 5.7.1 The From: header cannot be checked: {err}.");
+    for field in filter.author_fields().map_err(unreadable)? {
+        for address in addresses(field).map_err(unreadable)? {
+            if !submit.may_send_as(user, &address) {
+                return Err(format!(
+                    "550 5.7.1 From: address <{}> does not belong to user {user}.",
+                    printable(&address)
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A client-supplied string made safe to echo back in one reply line.
