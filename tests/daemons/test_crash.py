@@ -93,7 +93,8 @@ class Service:
     def start(self):
         fd = self.sock.fileno()
         to_fd3 = f"exec 3<&{fd} {fd}<&-; " if fd != 3 else ""
-        argv = ["sh", "-c", to_fd3 + 'LISTEN_PID=$$ exec "$@"', "sh",
+        # bash, not sh: dash takes only one-digit descriptors in redirections.
+        argv = ["bash", "-c", to_fd3 + 'LISTEN_PID=$$ exec "$@"', "bash",
                 str(binary(f"inetkit-{self.name}")), "-c", str(self.conf)]
         env = {"LISTEN_FDS": "1", "LISTEN_FDNAMES": self.socket_name}
         self.daemon = Daemon._spawn(argv, self.workdir, env, pass_fds=(fd,))
