@@ -14,12 +14,17 @@ use subtle::ConstantTimeEq;
 /// The schemes we verify. New passwords are always [`Scheme::Argon2id`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scheme {
+    /// `{ARGON2ID}$argon2id$...`: what new passwords get (Dovecot's parameters).
     Argon2id,
+    /// `{ARGON2I}$argon2i$...`, as older Dovecot versions wrote.
     Argon2i,
+    /// `{SHA512-CRYPT}$6$...`, as `openssl passwd -6` and glibc's crypt(3) write.
     Sha512Crypt,
+    /// `{SHA256-CRYPT}$5$...`.
     Sha256Crypt,
+    /// `{BLF-CRYPT}$2y$...` (bcrypt; `$2a$`, `$2b$` and `$2x$` too).
     BlfCrypt,
-    /// Clear text; for tests only.
+    /// Clear text; for tests only. Never empty: an empty value is refused at load.
     Plain,
 }
 
@@ -83,12 +88,19 @@ impl fmt::Display for Scheme {
 /// Why a stored password or a new hash is unusable. Never contains the hash itself.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum HashError {
+    /// A `{SCHEME}` we do not verify (e.g. `{MD5}`); the name as written.
     #[error("unknown password scheme {{{0}}}")]
     UnknownScheme(String),
+    /// Neither a `{SCHEME}` prefix nor a crypt prefix we know.
     #[error("no {{SCHEME}} prefix and not a recognised crypt hash ($6$, $5$, $2y$, $argon2id$)")]
     Unrecognised,
+    /// The scheme is known but the hash after it does not have its shape.
     #[error("malformed {0} hash")]
     Malformed(Scheme),
+    /// `{PLAIN}` with nothing after it: a password anyone could send.
+    #[error("empty {{PLAIN}} password")]
+    EmptyPassword,
+    /// Hashing a new password failed (the hash crate's message).
     #[error("cannot hash the password: {0}")]
     Hashing(String),
 }
@@ -121,6 +133,9 @@ impl StoredPassword {
             ),
             None => (Scheme::detect(field).ok_or(HashError::Unrecognised)?, field),
         };
+        if scheme == Scheme::Plain && hash.is_empty() {
+            return Err(HashError::EmptyPassword);
+        }
         if !well_formed(scheme, hash) {
             return Err(HashError::Malformed(scheme));
         }
@@ -130,6 +145,7 @@ impl StoredPassword {
         })
     }
 
+    /// How the password is stored.
     pub fn scheme(&self) -> Scheme {
         self.scheme
     }
@@ -140,8 +156,12 @@ impl StoredPassword {
     }
 
     /// Whether `password` matches. Slow by design for every scheme but PLAIN: call it from a
-    /// blocking thread, not from an async task.
+    /// blocking thread, not from an async task. An empty password never matches, whatever is
+    /// stored.
     pub fn verify(&self, password: &[u8]) -> bool {
+        if password.is_empty() {
+            return false;
+        }
         match self.scheme {
             Scheme::Argon2id | Scheme::Argon2i => Argon2::default()
                 .verify_password(password, self.hash.as_str())
@@ -184,23 +204,24 @@ fn well_formed(scheme: Scheme, hash: &str) -> bool {
                 return false;
             };
             let mut fields: Vec<&str> = rest.split('$').collect();
-            if fields.first().is_some_and(|f| f.starts_with("rounds=")) {
-                let rounds = fields.remove(0)["rounds=".len()..].parse::<u32>();
+            if let Some(rounds) = fields.first().and_then(|f| f.strip_prefix("rounds=")) {
+                let rounds = rounds.parse::<u32>();
                 if !rounds.is_ok_and(|r| sha_crypt::Params::new(r).is_ok()) {
                     return false;
                 }
+                fields.remove(0);
             }
             matches!(fields.as_slice(), [_salt, out] if out.len() == len && out.bytes().all(is_crypt64))
         }
         Scheme::BlfCrypt => {
             // $2y$NN$ + 22 salt + 31 hash characters.
+            // Bytes, not str slices: a non-ASCII character must not panic the check.
             let b = hash.as_bytes();
+            let cost = b.get(4..6).and_then(|c| std::str::from_utf8(c).ok());
             b.len() == 60
                 && b[3] == b'$'
                 && b[6] == b'$'
-                && hash[4..6]
-                    .parse::<u32>()
-                    .is_ok_and(|c| (4..=31).contains(&c))
+                && cost.is_some_and(|c| c.parse::<u32>().is_ok_and(|c| (4..=31).contains(&c)))
                 && b[7..].iter().all(|&c| is_crypt64(c))
         }
         Scheme::Plain => true,
@@ -333,6 +354,10 @@ mod tests {
         );
         assert_eq!(StoredPassword::parse("!"), Err(HashError::Unrecognised));
         assert_eq!(
+            StoredPassword::parse("{PLAIN}"),
+            Err(HashError::EmptyPassword)
+        );
+        assert_eq!(
             StoredPassword::parse("{CRYPT}ab01FAX.bQRSU"),
             Err(HashError::Unrecognised)
         );
@@ -344,6 +369,9 @@ mod tests {
             ("{BLF-CRYPT}$2y$99$70XJu/PLb7Gng3rR6nVpHe8QAFX4zwi4Wr05YCTLyfMMBzxIarlse", Scheme::BlfCrypt),
             ("{ARGON2ID}$argon2i$v=19$m=32768,t=4,p=1$kiIp9JWMmqsn/5/EmRwm7g$tlG6XO7/wI1pcr4tdnLmRIm3JC9IoqCyBmT+Vrw2VgA", Scheme::Argon2id),
             ("{ARGON2ID}$argon2id$v=19$m=65536,t=3,p=1$sT5nM/aLt5gEqy1zWIRpiQ", Scheme::Argon2id),
+            // A multi-byte character where the cost or the rounds are read: refused, no panic.
+            ("{BLF-CRYPT}$2y$\u{e9}$70XJu/PLb7Gng3rR6nVpHe8QAFX4zwi4Wr05YCTLyfMMBzxIarlse", Scheme::BlfCrypt),
+            ("{SHA512-CRYPT}$6$rounds=\u{e9}$s$6z3UYmAzKE0YEOA7XzB/5RZR36V1k5WXD6KfEcGbhHULGf6KxrSH3ktAZTG9n82XNHXwwrg6.0zxgqNEbV5em.", Scheme::Sha512Crypt),
         ] {
             assert_eq!(StoredPassword::parse(field), Err(HashError::Malformed(scheme)), "{field}");
         }
@@ -367,6 +395,17 @@ mod tests {
         // The dummy is a well-formed hash with the same parameters.
         assert_eq!(parse(DUMMY).scheme(), Scheme::Argon2id);
         assert!(DUMMY.starts_with("$argon2id$v=19$m=65536,t=3,p=1$"));
+    }
+
+    #[test]
+    fn an_empty_password_never_matches() {
+        // However it got in (a PLAIN value cannot be empty, but verify does not rely on it).
+        let stored = StoredPassword {
+            scheme: Scheme::Plain,
+            hash: String::new(),
+        };
+        assert!(!stored.verify(b""));
+        assert!(!parse(DUMMY).verify(b""));
     }
 
     #[test]

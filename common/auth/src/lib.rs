@@ -25,12 +25,32 @@
 //! The file is checked (one `stat`) on every lookup and re-read when its inode, size, mtime
 //! or ctime changed, so a line added by hand works at once. Failed logins are logged with the
 //! peer address and the name tried, never the password.
+//!
+//! What [`Authenticator::login`] promises, for every daemon alike:
+//! - **An empty password never logs in**, whatever the file says; a `{PLAIN}` field with
+//!   nothing after it is reported with its line number when the file is loaded.
+//! - **Guesses are counted before they are checked** ([`guard`]): at most `max_failures`
+//!   wrong passwords per address are ever checked before its lockout, however many
+//!   connections it opens, and a locked-out address is never told a password was right.
+//!   A login that finds all of its address's remaining guesses in flight waits (up to
+//!   [`BUSY_WAIT`]) for one to come back.
+//! - **The guard's memory is the host's**: the daemons share the state file
+//!   [`DEFAULT_GUARD_STATE`] (set another with the environment variable [`GUARD_STATE_ENV`];
+//!   empty for this process alone). The units can write it: `packaging/tmpfiles.d` makes
+//!   `/run/inetkit` (`inetkit:inetkit`, 2770) and the file (0660), and every unit that takes
+//!   logins has `ReadWritePaths=-/run/inetkit`; the static `inetkit` user owns it and the
+//!   DynamicUser units reach it through `SupplementaryGroups=inetkit`.
+//! - **Every failure takes the same time** ([`timing`](crate::timing)): an unknown user, a
+//!   user without a password, an empty password and a wrong password of any scheme are all
+//!   answered at the same floor (about 3/2 of a dummy ARGON2ID verification) after the check
+//!   started, then the guard's delay. Timing tells nobody which names exist.
 #![warn(missing_docs)]
 
 mod config;
-mod guard;
+pub mod guard;
 pub mod hash;
 pub mod sasl;
+mod timing;
 pub mod users;
 
 use std::fmt;
@@ -38,13 +58,29 @@ use std::net::IpAddr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
 pub use config::{AuthConfig, Plaintext, DEFAULT_USERS_FILE};
-pub use guard::{Attempt, Guard, GuardPolicy, PeerKey, Penalty, Throttled};
+pub use guard::{Attempt, Guard, GuardPolicy, Moment, PeerKey, Penalty, Refusal};
 pub use users::{check_name, User, UsersFile};
+
+use timing::FailureTiming;
+
+/// The login guard's state file, shared by every daemon on the host.
+pub const DEFAULT_GUARD_STATE: &str = "/run/inetkit/login-guard";
+
+/// The environment variable that names another guard state file; set but empty, each
+/// process keeps its own guard in memory.
+pub const GUARD_STATE_ENV: &str = "INETKIT_GUARD_STATE";
+
+/// How long a login waits for one of its address's guesses to come back (see [`Refusal::Busy`])
+/// before it is refused as throttled.
+pub const BUSY_WAIT: Duration = Duration::from_secs(10);
+
+/// How often a waiting login looks again.
+const BUSY_POLL: Duration = Duration::from_millis(50);
 
 /// Why a login did not succeed.
 #[derive(Debug, thiserror::Error)]
@@ -58,7 +94,9 @@ pub enum AuthError {
     /// The users file cannot be read: a temporary failure, not the client's fault.
     #[error("users file {path}: {source}")]
     Unavailable {
+        /// The users file.
         path: PathBuf,
+        /// Why it could not be read.
         #[source]
         source: std::io::Error,
     },
@@ -76,12 +114,14 @@ struct Inner {
     /// Bounds the hash verifications running at once: ARGON2ID needs 64 MiB and a core for
     /// a while, and a flood of logins must not take all memory.
     verifications: Arc<Semaphore>,
+    timing: FailureTiming,
 }
 
 impl fmt::Debug for Authenticator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Authenticator")
             .field("users_file", &self.inner.users.path)
+            .field("guard_state", &self.inner.guard.state_file())
             .finish_non_exhaustive()
     }
 }
@@ -91,30 +131,59 @@ enum Outcome {
     Ok(User),
     UnknownUser,
     NoPassword,
+    EmptyPassword,
     WrongPassword,
 }
 
+/// The guard state file this process uses: [`GUARD_STATE_ENV`] if set (empty: none), else
+/// [`DEFAULT_GUARD_STATE`].
+pub fn guard_state_file() -> Option<PathBuf> {
+    match std::env::var_os(GUARD_STATE_ENV) {
+        Some(path) if path.is_empty() => None,
+        Some(path) => Some(PathBuf::from(path)),
+        None => Some(PathBuf::from(DEFAULT_GUARD_STATE)),
+    }
+}
+
 impl Authenticator {
+    /// An authenticator for `users_file` whose guard applies `policy` and shares its memory
+    /// through [`guard_state_file`].
     pub fn new(users_file: impl Into<PathBuf>, policy: GuardPolicy) -> Self {
+        let guard = match guard_state_file() {
+            Some(path) => Guard::shared(policy, path),
+            None => Guard::new(policy),
+        };
+        Self::with_guard(users_file, guard)
+    }
+
+    /// An authenticator for `users_file` with the given guard.
+    pub fn with_guard(users_file: impl Into<PathBuf>, guard: Guard) -> Self {
+        Self::build(users_file.into(), guard, FailureTiming::measured())
+    }
+
+    fn build(users_file: PathBuf, guard: Guard, timing: FailureTiming) -> Self {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get().max(2));
         Authenticator {
             inner: Arc::new(Inner {
-                users: UsersSource::new(users_file.into()),
-                guard: Guard::new(policy),
+                users: UsersSource::new(users_file),
+                guard,
                 verifications: Arc::new(Semaphore::new(parallel)),
+                timing,
             }),
         }
     }
 
+    /// The users file this authenticator reads.
     pub fn users_file(&self) -> &Path {
         &self.inner.users.path
     }
 
     /// Checks `name` and `password` for a client at `peer`.
     ///
-    /// On failure it sleeps the peer's growing delay before returning, so the caller just
-    /// answers. An unknown user costs the same hash computation as a wrong password. The hash
-    /// is verified on tokio's blocking pool; the returned future may be dropped at any time.
+    /// On failure it waits the same time whatever failed, then the peer's growing delay,
+    /// before returning, so the caller just answers. The hash is verified on tokio's
+    /// blocking pool; the returned future may be dropped at any time (the guess is given
+    /// back unless it was already counted).
     pub async fn login(
         &self,
         peer: IpAddr,
@@ -122,40 +191,61 @@ impl Authenticator {
         password: &[u8],
     ) -> Result<User, AuthError> {
         let shown = Shown(name);
-        let attempt = match self.inner.guard.begin(peer, Instant::now()) {
-            Ok(attempt) => attempt,
-            Err(Throttled) => {
-                // The lockout itself was logged; its refusals would only flood the log.
-                tracing::debug!(%peer, user = %shown, "login refused: address locked out");
-                return Err(AuthError::Throttled);
-            }
-        };
+        let attempt = self.reserve(peer, &shown).await?;
+        let started = tokio::time::Instant::now();
         let outcome = self.check(name, password).await;
         let reason = match outcome {
             Ok(Outcome::Ok(user)) => {
-                attempt.succeeded(Instant::now());
+                if attempt.succeeded(Moment::now()).is_err() {
+                    // Locked out (by another daemon's count) while this was being checked.
+                    tracing::warn!(%peer, user = %shown, "right password refused: address locked out meanwhile");
+                    return Err(AuthError::Throttled);
+                }
                 tracing::debug!(%peer, user = %shown, "login ok");
                 return Ok(user);
             }
             Err(err) => {
-                // Not the client's doing: not a failure for the guard (the attempt is dropped).
+                // Not the client's doing: not a failure for the guard.
                 // The unreadable file is logged where it is read, once.
+                attempt.abandoned(Moment::now());
                 tracing::debug!(%peer, user = %shown, "login impossible: {err}");
                 return Err(err);
             }
             Ok(Outcome::UnknownUser) => "unknown user",
             Ok(Outcome::NoPassword) => "user has no usable password",
+            Ok(Outcome::EmptyPassword) => "empty password",
             Ok(Outcome::WrongPassword) => "wrong password",
         };
-        let penalty = attempt.failed(Instant::now());
+        let penalty = attempt.failed(Moment::now());
         let delay_ms = u64::try_from(penalty.delay.as_millis()).unwrap_or(u64::MAX);
         tracing::warn!(%peer, user = %shown, delay_ms, "login failed: {reason}");
         if penalty.locked_out {
             let lockout = self.inner.guard.policy().lockout.as_secs();
             tracing::warn!(%peer, "too many failed logins: address locked out for {lockout} s");
         }
+        tokio::time::sleep_until(started + self.inner.timing.floor()).await;
         tokio::time::sleep(penalty.delay).await;
         Err(AuthError::Failed)
+    }
+
+    /// Takes one of `peer`'s guesses, waiting while all it has left are being checked.
+    async fn reserve(&self, peer: IpAddr, shown: &Shown<'_>) -> Result<Attempt<'_>, AuthError> {
+        let deadline = tokio::time::Instant::now() + BUSY_WAIT;
+        loop {
+            match self.inner.guard.begin(peer, Moment::now()) {
+                Ok(attempt) => return Ok(attempt),
+                Err(Refusal::LockedOut) => {
+                    // The lockout itself was logged; its refusals would only flood the log.
+                    tracing::debug!(%peer, user = %shown, "login refused: address locked out");
+                    return Err(AuthError::Throttled);
+                }
+                Err(Refusal::Busy) if tokio::time::Instant::now() >= deadline => {
+                    tracing::debug!(%peer, user = %shown, "login refused: too many logins in progress from this address");
+                    return Err(AuthError::Throttled);
+                }
+                Err(Refusal::Busy) => tokio::time::sleep(BUSY_POLL).await,
+            }
+        }
     }
 
     /// Runs the file lookup and the hash check on the blocking pool.
@@ -169,17 +259,29 @@ impl Authenticator {
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let users = inner.users.current()?;
+            let timing = &inner.timing;
+            if password.is_empty() {
+                timing.dummy(&password);
+                return Ok(Outcome::EmptyPassword);
+            }
             Ok(match users.get(&name) {
                 Some(entry) => match &entry.password {
-                    Some(stored) if stored.verify(&password) => Outcome::Ok(entry.user.clone()),
-                    Some(_) => Outcome::WrongPassword,
+                    Some(stored) => {
+                        let started = std::time::Instant::now();
+                        if stored.verify(&password) {
+                            Outcome::Ok(entry.user.clone())
+                        } else {
+                            timing.after_failed_verification(&password, started.elapsed());
+                            Outcome::WrongPassword
+                        }
+                    }
                     None => {
-                        hash::verify_dummy(&password);
+                        timing.dummy(&password);
                         Outcome::NoPassword
                     }
                 },
                 None => {
-                    hash::verify_dummy(&password);
+                    timing.dummy(&password);
                     Outcome::UnknownUser
                 }
             })
@@ -323,163 +425,4 @@ impl UsersSource {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::time::Duration;
-
-    fn runtime() -> tokio::runtime::Runtime {
-        match tokio::runtime::Builder::new_current_thread()
-            .enable_time()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(err) => panic!("{err}"),
-        }
-    }
-
-    struct TempDir(PathBuf);
-    impl TempDir {
-        fn new(tag: &str) -> TempDir {
-            let dir =
-                std::env::temp_dir().join(format!("inetkit-auth-{tag}-{}", std::process::id()));
-            let _ = std::fs::remove_dir_all(&dir);
-            if let Err(err) = std::fs::create_dir_all(&dir) {
-                panic!("{}: {err}", dir.display());
-            }
-            TempDir(dir)
-        }
-    }
-    impl Drop for TempDir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-
-    fn write(path: &Path, text: &str) {
-        if let Err(err) = std::fs::write(path, text) {
-            panic!("{}: {err}", path.display());
-        }
-    }
-
-    fn quick() -> GuardPolicy {
-        GuardPolicy {
-            base_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(4),
-            max_failures: 3,
-            ..GuardPolicy::default()
-        }
-    }
-
-    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
-
-    #[test]
-    fn login_lookup_and_reload_on_change() {
-        let dir = TempDir::new("reload");
-        let path = dir.0.join("users");
-        write(&path, "alice:{PLAIN}wonderland::::/srv/alice::\n");
-        let auth = Authenticator::new(&path, quick());
-        let rt = runtime();
-
-        let user = rt.block_on(auth.login(LOCAL, "alice", b"wonderland"));
-        assert_eq!(
-            user.ok().and_then(|u| u.home),
-            Some(PathBuf::from("/srv/alice"))
-        );
-        assert!(matches!(
-            rt.block_on(auth.login(LOCAL, "alice", b"x")),
-            Err(AuthError::Failed)
-        ));
-        assert!(auth.lookup("bob").is_none());
-
-        // A line added in place (same inode) works at once.
-        let mut text = std::fs::read_to_string(&path).unwrap_or_default();
-        text.push_str("bob:{PLAIN}builder\n");
-        write(&path, &text);
-        assert_eq!(auth.lookup("bob").map(|u| u.name), Some("bob".to_string()));
-        assert!(rt.block_on(auth.login(LOCAL, "bob", b"builder")).is_ok());
-
-        // A replaced file (new inode, as the admin tool writes it) too; alice is gone.
-        let new = dir.0.join("users.new");
-        write(&new, "bob:{PLAIN}changed\n");
-        if let Err(err) = std::fs::rename(&new, &path) {
-            panic!("{err}");
-        }
-        assert!(auth.lookup("alice").is_none());
-        assert!(matches!(
-            rt.block_on(auth.login(LOCAL, "bob", b"builder")),
-            Err(AuthError::Failed)
-        ));
-        assert!(rt.block_on(auth.login(LOCAL, "bob", b"changed")).is_ok());
-    }
-
-    #[test]
-    fn unreadable_file_is_unavailable_not_failed() {
-        let dir = TempDir::new("missing");
-        let path = dir.0.join("users");
-        let auth = Authenticator::new(&path, quick());
-        let rt = runtime();
-        assert!(matches!(
-            auth.try_lookup("alice"),
-            Err(AuthError::Unavailable { .. })
-        ));
-        // Not counted against the client: more attempts than max_failures stay Unavailable.
-        for _ in 0..5 {
-            let result = rt.block_on(auth.login(LOCAL, "alice", b"pw"));
-            assert!(
-                matches!(result, Err(AuthError::Unavailable { .. })),
-                "{result:?}"
-            );
-        }
-        write(&path, "alice:{PLAIN}pw\n");
-        assert!(rt.block_on(auth.login(LOCAL, "alice", b"pw")).is_ok());
-        // Deleting the file stops logins rather than serving a stale copy.
-        let _ = std::fs::remove_file(&path);
-        assert!(matches!(
-            rt.block_on(auth.login(LOCAL, "alice", b"pw")),
-            Err(AuthError::Unavailable { .. })
-        ));
-    }
-
-    #[test]
-    fn failures_are_delayed_then_throttled() {
-        let dir = TempDir::new("guard");
-        let path = dir.0.join("users");
-        write(&path, "alice:{PLAIN}pw\ncarol:\n");
-        let policy = GuardPolicy {
-            base_delay: Duration::from_millis(50),
-            max_delay: Duration::from_millis(80),
-            ..quick()
-        };
-        let auth = Authenticator::new(&path, policy);
-        let rt = runtime();
-        let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
-
-        // Wrong password, unknown user, user without password: all plain failures, each
-        // returning only after the delay.
-        for name in ["alice", "nobody", "carol"] {
-            let started = Instant::now();
-            let result = rt.block_on(auth.login(LOCAL, name, b"guess"));
-            assert!(
-                matches!(result, Err(AuthError::Failed)),
-                "{name}: {result:?}"
-            );
-            assert!(started.elapsed() >= Duration::from_millis(50), "{name}");
-        }
-        // Three failures: even the right password is refused now, without a check.
-        let result = rt.block_on(auth.login(LOCAL, "alice", b"pw"));
-        assert!(matches!(result, Err(AuthError::Throttled)), "{result:?}");
-        // Another address is not affected.
-        assert!(rt.block_on(auth.login(other, "alice", b"pw")).is_ok());
-    }
-
-    #[test]
-    fn long_odd_names_are_logged_escaped_and_short() {
-        let name = format!("a\nb\u{1b}{}", "x".repeat(100));
-        let shown = Shown(&name).to_string();
-        assert!(shown.starts_with("a\\nb\\u{1b}xxx"), "{shown}");
-        assert!(
-            shown.ends_with('…') && shown.chars().count() < 80,
-            "{shown}"
-        );
-    }
-}
+mod tests;

@@ -40,16 +40,22 @@ const BASE64: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// Why a client's SASL response or HTTP Basic header gives no credentials.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum SaslError {
+    /// The client answered `*`.
     #[error("authentication cancelled")]
     Cancelled,
+    /// The response is not base64.
     #[error("invalid base64")]
     BadBase64,
+    /// The response is longer than [`MAX_ENCODED_LEN`].
     #[error("response too long")]
     TooLong,
+    /// Decoded, but not the shape the mechanism needs (fields missing or empty, not UTF-8).
     #[error("malformed credentials")]
     Malformed,
+    /// PLAIN with an authorization identity other than the login name.
     #[error("authorization identity differs from the authentication identity")]
     AuthzidMismatch,
 }
@@ -57,7 +63,9 @@ pub enum SaslError {
 /// Name and password from a client.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Credentials {
+    /// The login name as sent (not yet checked against the users file).
     pub name: String,
+    /// The password's bytes as sent; never logged.
     pub password: Vec<u8>,
 }
 
@@ -152,6 +160,7 @@ pub fn encode(data: &[u8]) -> String {
 /// What a SASL PLAIN or LOGIN exchange came to.
 #[derive(Debug)]
 pub enum Sasl {
+    /// The exchange gave a name and a password, to check with `Authenticator::login`.
     Credentials(Credentials),
     /// The client answered `*` (or a line too long to be an answer).
     Cancelled,
@@ -167,13 +176,16 @@ pub enum Sasl {
 /// text, already encoded) and read the client's answer line. `None` when the client is gone;
 /// an overlong answer comes back as `*`.
 pub trait Challenger {
+    /// Sends `challenge` and reads the answer line (without its line end).
     fn challenge(&mut self, challenge: &str) -> impl Future<Output = Option<String>>;
 }
 
 /// A [`LineConn`] sending each challenge behind the protocol's prefix (`+ ` in POP3 and IMAP,
 /// `334 ` in SMTP).
 pub struct LineChallenger<'a, S> {
+    /// The client's connection.
     pub conn: &'a mut LineConn<S>,
+    /// What goes before the challenge on its line (`"+ "` or `"334 "`).
     pub prefix: &'static str,
 }
 

@@ -20,8 +20,11 @@ use super::hash::StoredPassword;
 /// A user, as the daemons see it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct User {
+    /// The login name, as checked by [`check_name`].
     pub name: String,
+    /// The uid field, if set (Dovecot's; inetkit's files all belong to the `inetkit` user).
     pub uid: Option<u32>,
+    /// The gid field, if set.
     pub gid: Option<u32>,
     /// The home field; empty means "the daemon's default" (e.g. `/var/lib/inetkit/ftp/<name>`).
     pub home: Option<PathBuf>,
@@ -46,14 +49,18 @@ impl User {
 /// (then nobody can log in as them, but they still exist, e.g. as a mail recipient).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// Who the line describes.
     pub user: User,
+    /// The stored password; `None` when the field is empty or unusable (see [`Problem`]).
     pub password: Option<StoredPassword>,
 }
 
 /// A line that was skipped or only partly usable: 1-based line number and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
+    /// The line's number, from 1.
     pub line: usize,
+    /// What is wrong and what was done about it; never the line's content.
     pub message: String,
 }
 
@@ -110,6 +117,7 @@ impl UsersFile {
         (file, problems)
     }
 
+    /// The entry of user `name` (exact, case-sensitive match).
     pub fn get(&self, name: &str) -> Option<&Entry> {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
@@ -119,10 +127,12 @@ impl UsersFile {
         self.entries.iter()
     }
 
+    /// The number of users.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// No users at all.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }
@@ -188,18 +198,24 @@ pub fn parse_line(line: &str) -> Result<Option<(Entry, Option<String>)>, String>
 /// Why a user name is refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
+    /// No name at all.
     #[error("empty")]
     Empty,
+    /// Longer than [`MAX_NAME_LEN`].
     #[error("longer than {MAX_NAME_LEN} bytes")]
     TooLong,
+    /// A byte outside `[a-z0-9._@-]`.
     #[error("only lowercase letters, digits and . _ - @ are allowed")]
     BadCharacter,
+    /// Starts with `.`, `_`, `-` or `@`.
     #[error("must start with a letter or digit")]
     BadStart,
+    /// Contains `..`.
     #[error("must not contain '..'")]
     DotDot,
 }
 
+/// The longest user name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// User names end up as directory names (`/var/lib/inetkit/mail/<name>`) and in protocol
@@ -307,14 +323,15 @@ mod tests {
                     erin:{PLAIN}e::::relative/home\n\
                     frank:{MD5}0123456789abcdef\n\
                     alice:{PLAIN}again\n\
-                    grace:{PLAIN}g\n";
+                    grace:{PLAIN}g\n\
+                    heidi:{PLAIN}::::::\n";
         let mut bytes = text.as_bytes().to_vec();
         bytes.extend_from_slice(b"h\xffi:{PLAIN}h\n");
         let (file, problems) = UsersFile::parse(&bytes);
         let names: Vec<&str> = file.iter().map(|e| e.user.name.as_str()).collect();
-        assert_eq!(names, ["alice", "frank", "grace"]);
+        assert_eq!(names, ["alice", "frank", "grace", "heidi"]);
         let lines: Vec<usize> = problems.iter().map(|p| p.line).collect();
-        assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8, 10]);
+        assert_eq!(lines, [2, 3, 4, 5, 6, 7, 8, 10, 11]);
         let messages: Vec<&str> = problems.iter().map(|p| p.message.as_str()).collect();
         assert_eq!(
             messages,
@@ -326,6 +343,7 @@ mod tests {
                 "user erin: home is not an absolute path; line skipped",
                 "user frank: unknown password scheme {MD5}; this user cannot log in",
                 "user alice appears again; this line is ignored",
+                "user heidi: empty {PLAIN} password; this user cannot log in",
                 "not UTF-8; line skipped",
             ]
         );
@@ -335,6 +353,8 @@ mod tests {
             .and_then(|a| a.password.as_ref())
             .is_some_and(|p| p.verify(b"a")));
         assert!(file.get("frank").is_some_and(|f| f.password.is_none()));
+        // heidi's empty PLAIN password is no password: nothing logs in as her.
+        assert!(file.get("heidi").is_some_and(|h| h.password.is_none()));
         // No message repeats a secret.
         assert!(problems
             .iter()
