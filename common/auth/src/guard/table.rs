@@ -113,8 +113,10 @@ impl Table {
         if let Some(file) = &self.file {
             let mut file = lock(file);
             let (answer, error) = file.update(key, now, policy, create, &mut f);
+            // Only a file that could not be read sends the update to memory.
+            let unread = error.is_some() && f.is_some();
             file.note(error);
-            if f.is_none() {
+            if !unread {
                 return answer;
             }
         }
