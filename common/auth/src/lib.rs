@@ -193,6 +193,9 @@ impl Authenticator {
         let shown = Shown(name);
         let attempt = self.reserve(peer, &shown).await?;
         let started = tokio::time::Instant::now();
+        // Read before the check, so that this check's own cost cannot move its answer time;
+        // only the first failure of a process learns it during the check.
+        let floor = self.inner.timing.known_floor();
         let outcome = self.check(name, password).await;
         let reason = match outcome {
             Ok(Outcome::Ok(user)) => {
@@ -223,7 +226,8 @@ impl Authenticator {
             let lockout = self.inner.guard.policy().lockout.as_secs();
             tracing::warn!(%peer, "too many failed logins: address locked out for {lockout} s");
         }
-        tokio::time::sleep_until(started + self.inner.timing.floor()).await;
+        let floor = floor.unwrap_or_else(|| self.inner.timing.floor());
+        tokio::time::sleep_until(started + floor).await;
         tokio::time::sleep(penalty.delay).await;
         Err(AuthError::Failed)
     }

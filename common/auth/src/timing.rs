@@ -7,6 +7,9 @@
 //! [`MIN_FLOOR`, `MAX_FLOOR`]. The estimate rises at once when a dummy (or a failed real
 //! verification, e.g. a stronger ARGON2ID than the default) takes longer, and sinks slowly
 //! when dummies get cheaper again, so a moment of load does not slow failures for good.
+//! A failure gets the floor known when its check started: no check's own cost moves its own
+//! answer time, so a path whose check can raise the estimate (the dummy) is not told apart
+//! from one whose check cannot (a fast scheme) by the rare answer above the floor.
 //!
 //! The dummy runs for every unknown user, user without a usable password and empty password,
 //! and once more in a process whose floor is not known yet when its first failure is a real
@@ -84,6 +87,12 @@ impl FailureTiming {
         });
     }
 
+    /// The floor, if something was measured (or it is fixed).
+    pub(crate) fn known_floor(&self) -> Option<Duration> {
+        let known = self.fixed.is_some() || self.estimate().is_some();
+        known.then(|| self.floor())
+    }
+
     /// How long after its check started a failure is answered, at the earliest.
     pub(crate) fn floor(&self) -> Duration {
         if let Some(fixed) = self.fixed {
@@ -110,7 +119,9 @@ mod tests {
     fn the_floor_follows_the_dummy_up_at_once_and_down_slowly() {
         let timing = FailureTiming::measured();
         assert_eq!(timing.floor(), UNMEASURED_FLOOR);
+        assert_eq!(timing.known_floor(), None);
         timing.learn_dummy(ms(200));
+        assert_eq!(timing.known_floor(), Some(ms(300)));
         assert_eq!(timing.floor(), ms(300));
         timing.learn_dummy(ms(400));
         assert_eq!(timing.floor(), ms(600));
