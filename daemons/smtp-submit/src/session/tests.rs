@@ -86,6 +86,18 @@ impl Home {
     }
 }
 
+/// MAIL FROM alice, RCPT TO bob and DATA, each accepted: the client may send the message.
+async fn start_message(client: &mut Client) {
+    let replies = [
+        ("MAIL FROM:<alice@example.org>", "250 2.1.0 Sender OK."),
+        ("RCPT TO:<bob@localhost>", "250 2.1.5 Recipient OK."),
+        ("DATA", "354 Start mail input; end with <CRLF>.<CRLF>"),
+    ];
+    for (command, reply) in replies {
+        assert_eq!(client.ask(command).await, reply);
+    }
+}
+
 impl Drop for Home {
     fn drop(&mut self) {
         self.stop.cancel();
@@ -149,18 +161,7 @@ async fn ehlo_auth_mail_rcpt_data_quit() {
         "{reply}: a spool id"
     );
     // Someone else's From: is refused once the message is read.
-    assert_eq!(
-        client.ask("MAIL FROM:<alice@example.org>").await,
-        "250 2.1.0 Sender OK."
-    );
-    assert_eq!(
-        client.ask("RCPT TO:<bob@localhost>").await,
-        "250 2.1.5 Recipient OK."
-    );
-    assert_eq!(
-        client.ask("DATA").await,
-        "354 Start mail input; end with <CRLF>.<CRLF>"
-    );
+    start_message(&mut client).await;
     client
         .send("From: Bob <bob@example.org>\r\nSubject: not me\r\n\r\nx\r\n.\r\n")
         .await;
@@ -337,18 +338,7 @@ async fn pipelined_transaction_gets_replies_in_order() {
 async fn oversized_message_is_refused_after_the_dot() {
     let home = Home::new();
     let mut client = home.login().await;
-    assert_eq!(
-        client.ask("MAIL FROM:<alice@example.org>").await,
-        "250 2.1.0 Sender OK."
-    );
-    assert_eq!(
-        client.ask("RCPT TO:<bob@localhost>").await,
-        "250 2.1.5 Recipient OK."
-    );
-    assert_eq!(
-        client.ask("DATA").await,
-        "354 Start mail input; end with <CRLF>.<CRLF>"
-    );
+    start_message(&mut client).await;
     let line = "x".repeat(998);
     client
         .send(format!(
