@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
+from support.homes import PASSWORD, user_line, write_users
 from support.inetkit import Daemon, binary, listening_socket
 
-PASSWORD = "correct horse"
 ITERATIONS = 30
 FOLDERS = ("INBOX", "Archive")
 SEED = int(os.environ.get("INETKIT_CRASH_SEED") or random.randrange(1 << 32))
@@ -46,8 +46,7 @@ def rng():
 
 @pytest.fixture
 def home(tmp_path):
-    (tmp_path / "users").write_text(f"alice:{{PLAIN}}{PASSWORD}::::::\n"
-                                    f"bob:{{PLAIN}}{PASSWORD}::::::\n")
+    write_users(tmp_path / "users", user_line("alice"), user_line("bob"))
     (tmp_path / "mail").mkdir()
     return tmp_path
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-PASSWORD = "correct horse"
+from support.homes import PASSWORD, user_line, write_users
 
 
 @pytest.fixture
@@ -32,9 +32,7 @@ def small(tmp_path):
 
 @pytest.fixture
 def users(tmp_path):
-    path = tmp_path / "users"
-    path.write_text(f"alice:{{PLAIN}}{PASSWORD}::::::\nbob:{{PLAIN}}{PASSWORD}::::::\n")
-    return path
+    return write_users(tmp_path / "users", user_line("alice"), user_line("bob"))
 
 
 def message(name: str, size: int) -> bytes:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-PASSWORD = "correct horse"
+from support.homes import PASSWORD, daemon_config, tls_context, user_line, write_users
 
 
 class ReuseFTP_TLS(ftplib.FTP_TLS):
@@ -34,8 +34,7 @@ def home(tmp_path):
     alice = tmp_path / "alice"
     alice.mkdir()
     (alice / "hello.txt").write_bytes(b"line one\nline two\n")
-    users.write_text(f"alice:{{PLAIN}}{PASSWORD}::::{alice}::\n"
-                     f"bob:{{PLAIN}}{PASSWORD}::::::\n")
+    write_users(users, user_line("alice", home=alice), user_line("bob"))
     ftproot = tmp_path / "ftproot"
     anon = tmp_path / "anon"
     anon.mkdir()
@@ -44,32 +43,17 @@ def home(tmp_path):
 
 
 def config(home, cert, ftp_extra="", auth_extra=""):
-    return f"""
-[listen]
-ftp = ["127.0.0.1:0"]
-ftps = ["127.0.0.1:0"]
-[tls]
-cert = "{cert[0]}"
-key = "{cert[1]}"
-[auth]
-users_file = "{home['users']}"
-failure_delay = 0.05
-max_failure_delay = 0.1
-{auth_extra}
-[ftp]
+    auth = f"failure_delay = 0.05\nmax_failure_delay = 0.1\n{auth_extra}"
+    return daemon_config(("ftp", "ftps"), home["users"], cert, auth=auth, rest=f"""[ftp]
 root = "{home['ftproot']}"
 anonymous_root = "{home['anon']}"
 {ftp_extra}
-"""
+""")
 
 
 @pytest.fixture
 def ftpd(daemons, home, cert):
     return daemons.start("ftpd", config(home, cert))
-
-
-def tls_context(cert):
-    return ssl.create_default_context(cafile=str(cert[0]))
 
 
 def plain(d, user="alice"):

@@ -4,29 +4,13 @@ Thunderbird first session, several sessions and processes on one folder, and bad
 import imaplib
 import re
 import socket
-import ssl
 import subprocess
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from support.inetkit import binary
-
-PASSWORD = "correct horse"
-
-
-def seed(mail_root: Path, user: str, message: bytes) -> None:
-    subprocess.run([str(binary("inetkit")), "deliver", "--mail-root", str(mail_root), user],
-                   input=message, check=True, capture_output=True, timeout=30)
-
-
-def message(n: int, body: str = "") -> bytes:
-    return (f"From: Sender <sender@example.org>\r\nTo: alice@localhost\r\nSubject: message {n}\r\n"
-            f"Date: Mon, 2 Mar 2026 10:00:00 +0000\r\n"
-            f"Message-ID: <{n}@example.org>\r\n\r\nThis is message {n}.\r\n{body}").encode()
-
+from support.homes import PASSWORD, daemon_config, message, seed, tls_context
 
 MULTIPART = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: parts\r\n"
              b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=XX\r\n\r\n"
@@ -35,32 +19,10 @@ MULTIPART = (b"From: a@example.org\r\nTo: b@example.org\r\nSubject: parts\r\n"
              b"Content-Disposition: attachment; filename=a.bin\r\n\r\nAAEC\r\n--XX--\r\n")
 
 
-@pytest.fixture
-def mailhome(tmp_path):
-    users = tmp_path / "users"
-    users.write_text(f"alice:{{PLAIN}}{PASSWORD}::::::\nbob:{{PLAIN}}{PASSWORD}::::::\n")
-    mail = tmp_path / "mail"
-    mail.mkdir()
-    return users, mail
-
-
 def config(users, mail, cert, extra=""):
-    return f"""
-[listen]
-imap = ["127.0.0.1:0"]
-imaps = ["127.0.0.1:0"]
-[tls]
-cert = "{cert[0]}"
-key = "{cert[1]}"
-[auth]
-users_file = "{users}"
-failure_delay = 0
-{extra}
-[mail]
-root = "{mail}"
-[log]
-level = "debug"
-"""
+    """`extra`: lines for the [auth] section."""
+    return daemon_config(("imap", "imaps"), users, cert, auth="failure_delay = 0\n" + extra,
+                         rest=f'[mail]\nroot = "{mail}"\n[log]\nlevel = "debug"\n')
 
 
 @pytest.fixture
@@ -71,10 +33,6 @@ def imap(daemons, mailhome, cert):
     d = daemons.start("imapd", config(users, mail, cert))
     d.mail = mail
     return d
-
-
-def tls_context(cert):
-    return ssl.create_default_context(cafile=str(cert[0]))
 
 
 def client(d, cert, starttls=True, login=True) -> imaplib.IMAP4:
@@ -405,14 +363,7 @@ def test_store_over_a_message_another_session_expunged(imap, cert):
 
 def test_pop3d_and_delivery_at_once(imap, daemons, mailhome, cert):
     users, mail = mailhome
-    pop = daemons.start("pop3d", f"""
-[listen]
-pop3 = ["127.0.0.1:0"]
-[auth]
-users_file = "{users}"
-[mail]
-root = "{mail}"
-""")
+    pop = daemons.start("pop3d", daemon_config(("pop3",), users, rest=f'[mail]\nroot = "{mail}"\n'))
     import poplib
     c = client(imap, cert)
     ok(c.select("INBOX"))

@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from test_imap import PASSWORD, client, imap, mailhome, ok  # noqa: F401 (fixtures)
+from support.homes import PASSWORD
+from test_imap import client, imap, ok  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not shutil.which("neomutt"), reason="neomutt is not installed")
 

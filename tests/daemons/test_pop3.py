@@ -4,57 +4,21 @@ import os
 import poplib
 import shutil
 import socket
-import ssl
 import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
+from support.homes import PASSWORD, daemon_config, message, seed, tls_context
 from support.inetkit import binary
-
-PASSWORD = "correct horse"
-
-
-def seed(mail_root: Path, user: str, message: bytes) -> None:
-    """Delivers a message the way a sysadmin seeds one: `inetkit deliver`."""
-    subprocess.run([str(binary("inetkit")), "deliver", "--mail-root", str(mail_root), user],
-                   input=message, check=True, capture_output=True, timeout=30)
-
-
-def message(n: int, body: str = "") -> bytes:
-    return (f"From: sender@example.org\r\nTo: alice@localhost\r\nSubject: message {n}\r\n"
-            f"Message-ID: <{n}@example.org>\r\n\r\nThis is message {n}.\r\n{body}").encode()
-
-
-@pytest.fixture
-def mailhome(tmp_path):
-    users = tmp_path / "users"
-    crypt = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    users.write_text(f"alice:{{SHA512-CRYPT}}{crypt}::::::\n"
-                     f"bob:{{PLAIN}}{PASSWORD}::::::\n")
-    mail = tmp_path / "mail"
-    mail.mkdir()
-    return users, mail
 
 
 def config(users, mail, cert, extra=""):
-    return f"""
-[listen]
-pop3 = ["127.0.0.1:0"]
-pop3s = ["127.0.0.1:0"]
-[tls]
-cert = "{cert[0]}"
-key = "{cert[1]}"
-[auth]
-users_file = "{users}"
-{extra}
-[mail]
-root = "{mail}"
-"""
+    """`extra`: lines for the [auth] section."""
+    return daemon_config(("pop3", "pop3s"), users, cert, auth=extra,
+                         rest=f'[mail]\nroot = "{mail}"\n')
 
 
 @pytest.fixture
@@ -63,10 +27,6 @@ def pop3(daemons, mailhome, cert):
     for n in range(1, 4):
         seed(mail, "alice", message(n))
     return daemons.start("pop3d", config(users, mail, cert))
-
-
-def tls_context(cert):
-    return ssl.create_default_context(cafile=str(cert[0]))
 
 
 def client(d, cert, stls=True):

@@ -15,34 +15,21 @@ from pathlib import Path
 
 import pytest
 
-PASSWORD = "correct horse"
+from support.homes import PASSWORD, daemon_config, user_line, write_users
 
 # Prints its arguments as a JSON array: what the program really got in argv.
 ARGV_JSON = "import json, sys; print(json.dumps(sys.argv[1:]))"
 
 
 def users_file(tmp_path: Path) -> Path:
-    users = tmp_path / "users"
-    crypt = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    users.write_text(f"alice:{{SHA512-CRYPT}}{crypt}:::::: groups=ops,web\n"
-                     f"bob:{{PLAIN}}{PASSWORD}::::::\n")
-    return users
+    alice = user_line("alice", "SHA512-CRYPT", extra=" groups=ops,web")
+    return write_users(tmp_path / "users", alice, user_line("bob"))
 
 
 def config(tmp_path, cert, auth_extra="", extra=""):
     python = subprocess.run(["sh", "-c", "command -v python3"], capture_output=True,
                             text=True, check=True).stdout.strip()
-    return f"""
-[listen]
-rpc = ["127.0.0.1:0"]
-rpcs = ["127.0.0.1:0"]
-[tls]
-cert = "{cert[0]}"
-key = "{cert[1]}"
-[auth]
-users_file = "{users_file(tmp_path)}"
-{auth_extra}
+    return daemon_config(("rpc", "rpcs"), users_file(tmp_path), cert, auth=auth_extra, rest=f"""
 [http]
 max_body = 1048576
 [builtins]
@@ -137,7 +124,7 @@ help = "Anyone."
 argv = ["/bin/echo", "open"]
 public = true
 {extra}
-"""
+""")
 
 
 @pytest.fixture

@@ -11,7 +11,6 @@ import shutil
 import signal
 import smtplib
 import socket
-import ssl
 import tempfile
 import subprocess
 import time
@@ -19,36 +18,21 @@ from pathlib import Path
 
 import pytest
 
+from support.homes import PASSWORD, daemon_config, tls_context
 from support.inetkit import free_port
 
-PASSWORD = "correct horse"
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
 
 
 @pytest.fixture
-def home(tmp_path):
-    users = tmp_path / "users"
-    crypt = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    users.write_text(f"alice:{{SHA512-CRYPT}}{crypt}::::::\n"
-                     f"bob:{{PLAIN}}{PASSWORD}::::::\n")
-    (tmp_path / "mail").mkdir()
-    return tmp_path
+def home(mailhome):
+    """The folder of the users file and the mail root; the config puts the spool there too."""
+    return mailhome.users.parent
 
 
 def config(home, cert, smtp="", relay="", auth=""):
-    return f"""
-[listen]
-submission = ["127.0.0.1:0"]
-submissions = ["127.0.0.1:0"]
-[tls]
-cert = "{cert[0]}"
-key = "{cert[1]}"
-[auth]
-users_file = "{home / 'users'}"
-failure_delay = 0
-{auth}
-[mail]
+    return daemon_config(("submission", "submissions"), home / "users", cert,
+                         auth="failure_delay = 0\n" + auth, rest=f"""[mail]
 root = "{home / 'mail'}"
 [smtp]
 hostname = "mx.test"
@@ -57,16 +41,12 @@ spool = "{home / 'spool'}"
 {smtp}
 [relay]
 {relay}
-"""
+""")
 
 
 @pytest.fixture
 def smtpd(daemons, home, cert):
     return daemons.start("smtp-submit", config(home, cert))
-
-
-def tls_context(cert):
-    return ssl.create_default_context(cafile=str(cert[0]))
 
 
 def client(d, cert, tls=True, login="alice"):
@@ -205,14 +185,8 @@ def test_starttls_submit_local_then_read_with_pop3_and_imap(daemons, smtpd, home
     s.quit()
     wait_delivered(smtpd, queue_id)
     assert spool_files(home) == [], "the spool entry is removed once delivered"
-    pop3 = daemons.start("pop3d", f"""
-[listen]
-pop3 = ["127.0.0.1:0"]
-[auth]
-users_file = "{home / 'users'}"
-[mail]
-root = "{home / 'mail'}"
-""")
+    mail_root = f"[mail]\nroot = \"{home / 'mail'}\"\n"
+    pop3 = daemons.start("pop3d", daemon_config(("pop3",), home / "users", rest=mail_root))
     p = poplib.POP3(*pop3.addr("pop3"), timeout=30)
     p.user("bob")
     p.pass_(PASSWORD)
@@ -228,14 +202,7 @@ root = "{home / 'mail'}"
     assert msg["Date"], "Date added"
     assert b"\r\n.leading dot\r\n" in text, "dot-unstuffed"
     # The same message through IMAP.
-    imap = daemons.start("imapd", f"""
-[listen]
-imap = ["127.0.0.1:0"]
-[auth]
-users_file = "{home / 'users'}"
-[mail]
-root = "{home / 'mail'}"
-""")
+    imap = daemons.start("imapd", daemon_config(("imap",), home / "users", rest=mail_root))
     i = imaplib.IMAP4(*imap.addr("imap"), timeout=30)
     i.login("bob", PASSWORD)
     assert i.select("INBOX")[1] == [b"1"]

@@ -30,9 +30,23 @@ pub enum Plaintext {
     #[default]
     #[serde(alias = "loopback")]
     LoopbackOnly,
+    /// From anywhere (for networks where something else encrypts, or tests).
     Always,
     /// Only after STARTTLS or on an implicit-TLS port.
     Never,
+}
+
+impl Plaintext {
+    /// May a client at `peer` send a password now? Always under TLS (`tls`); without it, as
+    /// the policy says. The one place this is decided: [`Authenticator::plaintext_allowed`]
+    /// asks it.
+    pub fn allows(self, peer: IpAddr, tls: bool) -> bool {
+        tls || match self {
+            Plaintext::Always => true,
+            Plaintext::Never => false,
+            Plaintext::LoopbackOnly => peer.to_canonical().is_loopback(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -80,20 +94,18 @@ impl AuthConfig {
         }
     }
 
-    /// The authenticator for this section; make one at start and clone it into sessions.
+    /// The authenticator for this section, with its plaintext policy; make one at start and
+    /// clone it into sessions.
     pub fn authenticator(&self) -> Authenticator {
         Authenticator::new(self.users_file.clone(), self.guard_policy())
+            .with_plaintext(self.plaintext)
     }
 
-    /// May a client at `peer` send a password now? Always under TLS; without it, as
-    /// `plaintext` says. Protocols use this both to refuse the command and to decide
-    /// whether to advertise USER/AUTH/LOGIN before STARTTLS.
+    /// The section's plaintext policy for a client at `peer`. Sessions ask their
+    /// [`Authenticator::plaintext_allowed`] instead; this stays until imapd, ftpd and rpcd
+    /// do too, and then goes.
     pub fn plaintext_allowed(&self, peer: IpAddr, tls: bool) -> bool {
-        tls || match self.plaintext {
-            Plaintext::Always => true,
-            Plaintext::Never => false,
-            Plaintext::LoopbackOnly => peer.to_canonical().is_loopback(),
-        }
+        self.plaintext.allows(peer, tls)
     }
 }
 
@@ -169,11 +181,25 @@ mod tests {
             assert_eq!(auth.plaintext_allowed(ip(peer), false), expected, "{peer}");
             assert!(auth.plaintext_allowed(ip(peer), true), "{peer} under TLS");
         }
+        for (peer, expected) in [("127.0.0.1", true), ("192.0.2.1", false)] {
+            let authenticator = auth.authenticator();
+            assert_eq!(authenticator.plaintext_allowed(ip(peer), false), expected);
+            assert!(authenticator.plaintext_allowed(ip(peer), true));
+        }
         auth.plaintext = Plaintext::Never;
         assert!(!auth.plaintext_allowed(ip("127.0.0.1"), false));
         assert!(auth.plaintext_allowed(ip("127.0.0.1"), true));
+        assert!(!auth
+            .authenticator()
+            .plaintext_allowed(ip("127.0.0.1"), false));
+        assert!(auth
+            .authenticator()
+            .plaintext_allowed(ip("127.0.0.1"), true));
         auth.plaintext = Plaintext::Always;
         assert!(auth.plaintext_allowed(ip("192.0.2.1"), false));
+        assert!(auth
+            .authenticator()
+            .plaintext_allowed(ip("192.0.2.1"), false));
         assert_eq!(
             parse("[auth]\nplaintext = \"loopback\"\n").map(|a| a.plaintext),
             Ok(Plaintext::LoopbackOnly)

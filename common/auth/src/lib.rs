@@ -8,8 +8,8 @@
 //! // config: `#[serde(default)] auth: AuthConfig` gives an `[auth]` section (see AuthConfig).
 //! let auth = config.auth.authenticator();      // at start; Clone is cheap (an Arc)
 //!
-//! // in a session, before accepting USER/PASS, AUTH or LOGIN:
-//! if !config.auth.plaintext_allowed(peer.ip(), is_tls) { /* refuse, say "use STARTTLS" */ }
+//! // in a session, before offering or accepting USER/PASS, AUTH or LOGIN:
+//! if !auth.plaintext_allowed(peer.ip(), is_tls) { /* refuse, say "use STARTTLS" */ }
 //! let creds = sasl::decode_plain(line)?;       // or LOGIN / USER+PASS / HTTP Basic
 //! match auth.login(peer.ip(), &creds.name, &creds.password).await {
 //!     Ok(user) => { /* user.name, user.home, ... */ }
@@ -50,6 +50,8 @@ mod config;
 pub mod guard;
 pub mod hash;
 pub mod sasl;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 mod timing;
 pub mod users;
 
@@ -102,10 +104,12 @@ pub enum AuthError {
     },
 }
 
-/// Checks logins against the users file, with the brute-force guard. Clone it freely.
+/// Checks logins against the users file, with the brute-force guard, and says whether a
+/// password may be sent without TLS. Clone it freely.
 #[derive(Clone)]
 pub struct Authenticator {
     inner: Arc<Inner>,
+    plaintext: Plaintext,
 }
 
 struct Inner {
@@ -170,7 +174,21 @@ impl Authenticator {
                 verifications: Arc::new(Semaphore::new(parallel)),
                 timing,
             }),
+            plaintext: Plaintext::default(),
         }
+    }
+
+    /// The same, with `plaintext` as its policy for passwords sent without TLS.
+    pub fn with_plaintext(mut self, plaintext: Plaintext) -> Self {
+        self.plaintext = plaintext;
+        self
+    }
+
+    /// May a client at `peer` send a password now (`tls`: over an encrypted connection)?
+    /// Every protocol asks this both before accepting a login (USER/PASS, AUTH, LOGIN, HTTP
+    /// Basic) and before advertising one in the clear.
+    pub fn plaintext_allowed(&self, peer: IpAddr, tls: bool) -> bool {
+        self.plaintext.allows(peer, tls)
     }
 
     /// The users file this authenticator reads.

@@ -1,59 +1,22 @@
-//! The connection of a line-based protocol (POP3, SMTP, IMAP): input read one bounded line at
-//! a time, replies queued and written when the client has nothing more pipelined, and the
-//! session's idle timeout and the daemon's shutdown turned into a last protocol line.
+//! The connection of a line-based protocol (POP3, SMTP, FTP, IMAP): input read one bounded
+//! line at a time, replies queued and written when the client has nothing more pipelined, and
+//! the session's idle timeout and the daemon's shutdown turned into a last protocol line.
+//!
+//! Reading and writing are cancel-safe: a [`LineConn::read_line`] or [`LineConn::next_line`]
+//! raced against something else in a `select!` (a transfer, a timer, a mailbox change) keeps
+//! the part of a line it had read, and a cancelled [`LineConn::flush`] keeps what it had not
+//! yet written. The command loop that drives a connection is in [`crate::session`].
 
-use std::future::Future;
+use std::collections::VecDeque;
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
 
-use crate::lines::{read_line, Line};
+use crate::lines::{Line, LineReader};
 use crate::server::Peer;
-use crate::tls::TlsContext;
+use crate::session::Flow;
 
-/// How a session's command loop ended.
-pub enum Ending<S> {
-    Closed,
-    /// The client asked for STARTTLS: the bare stream to start TLS on.
-    StartTls(S),
-}
-
-/// A session of a protocol with STARTTLS on its plain port and an implicit-TLS port of its
-/// own (POP3, SMTP submission, IMAP). [`serve_session`] drives it either way.
-pub trait TlsSession: Send {
-    /// The TLS setup, if TLS is configured.
-    fn tls_context(&self) -> Option<TlsContext>;
-    /// Told once the TLS handshake succeeded.
-    fn tls_started(&mut self);
-    /// The command loop over `stream`; `greet` sends the greeting first (not after STARTTLS).
-    fn run<S>(&mut self, stream: S, greet: bool) -> impl Future<Output = Ending<S>> + Send
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send;
-}
-
-/// Serves one connection: over TLS from the start (`implicit_tls`), or in the clear until the
-/// client asks for STARTTLS and then over TLS.
-pub async fn serve_session(session: &mut impl TlsSession, stream: TcpStream, implicit_tls: bool) {
-    let stream = if implicit_tls {
-        stream
-    } else {
-        match session.run(stream, true).await {
-            Ending::StartTls(stream) => stream,
-            Ending::Closed => return,
-        }
-    };
-    let Some(tls) = session.tls_context() else {
-        return;
-    };
-    match tls.accept(stream).await {
-        Ok(stream) => {
-            session.tls_started();
-            // A second STARTTLS is refused by the protocol: nothing more to do either way.
-            let _ = session.run(stream, implicit_tls).await;
-        }
-        Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-    }
-}
+/// Lines read ahead with [`LineConn::defer`] that may wait for the command loop at once.
+pub const MAX_DEFERRED: usize = 64;
 
 /// The protocol's last words when a session ends on our side.
 #[derive(Debug, Clone, Copy)]
@@ -64,26 +27,52 @@ pub struct Farewell {
     pub shutdown: &'static str,
 }
 
+/// One client connection of a line-based protocol: bounded line input, queued output.
 pub struct LineConn<S> {
-    /// Buffered input. Protocols with literals (IMAP) read from it directly; STARTTLS takes
-    /// the stream out with [`LineConn::into_inner`], dropping what was buffered.
+    /// Buffered input. Protocols with literals (IMAP) read from it directly, between lines;
+    /// STARTTLS takes the stream out with [`LineConn::into_inner`], dropping what was buffered.
     pub reader: BufReader<S>,
     /// Output queued for the next [`flush`](LineConn::flush).
     pub out: Vec<u8>,
+    /// Who the client is, and the session's timeouts and shutdown signal.
     pub peer: Peer,
+    /// Whether the stream is TLS (implicit, or after STARTTLS).
+    tls: bool,
+    /// How much of `out` a flush cut short by cancellation had already written.
+    written: usize,
+    /// The line under way, kept when a read is cancelled.
+    lines: LineReader,
+    /// Lines read ahead (during a transfer) that the command loop gets before reading more.
+    deferred: VecDeque<(Line, Vec<u8>)>,
     max_line: usize,
     farewell: Farewell,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
+    /// A connection over `stream` whose command lines hold at most `max_line` bytes.
     pub fn new(stream: S, peer: Peer, max_line: usize, farewell: Farewell) -> Self {
         LineConn {
             reader: BufReader::new(stream),
             out: Vec::with_capacity(1024),
             peer,
+            tls: false,
+            written: 0,
+            lines: LineReader::new(),
+            deferred: VecDeque::new(),
             max_line,
             farewell,
         }
+    }
+
+    /// The same connection, marked as running over TLS (`tls`) or not.
+    pub fn with_tls(mut self, tls: bool) -> Self {
+        self.tls = tls;
+        self
+    }
+
+    /// Whether the stream is TLS: what a session asks before offering STARTTLS or a login.
+    pub fn is_tls(&self) -> bool {
+        self.tls
     }
 
     /// Queues one reply line; CRLF is added.
@@ -92,37 +81,51 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         self.out.extend_from_slice(b"\r\n");
     }
 
-    /// Writes what is queued, bounded by the session's write timeout.
+    /// Writes what is queued, bounded by the session's write timeout. Cancel-safe: a flush
+    /// dropped midway leaves the unwritten rest queued, and nothing is written twice.
     pub async fn flush(&mut self) -> std::io::Result<()> {
         if self.out.is_empty() {
             return Ok(());
         }
-        let stream = self.reader.get_mut();
-        let write = async {
-            stream.write_all(&self.out).await?;
-            stream.flush().await
-        };
-        match tokio::time::timeout(self.peer.write_timeout, write).await {
+        let timeout = self.peer.write_timeout;
+        match tokio::time::timeout(timeout, self.write_queued()).await {
             Ok(result) => result?,
             Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
         }
         self.out.clear();
+        self.written = 0;
         Ok(())
     }
 
+    async fn write_queued(&mut self) -> std::io::Result<()> {
+        let stream = self.reader.get_mut();
+        while let Some(rest) = self.out.get(self.written..).filter(|rest| !rest.is_empty()) {
+            match stream.write(rest).await? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => self.written += n,
+            }
+        }
+        stream.flush().await
+    }
+
     /// The next command line into `buf`; `None` when the client is gone, was idle too long,
-    /// or the daemon is stopping (the last two are told so first).
+    /// or the daemon is stopping (the last two are told so first). Lines put aside with
+    /// [`defer`](LineConn::defer) come first.
     ///
     /// Queued replies are written first unless more input is already buffered, so the
-    /// replies to pipelined commands go out together and in order.
+    /// replies to pipelined commands go out together and in order. Cancel-safe.
     pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
+        if let Some((line, bytes)) = self.deferred.pop_front() {
+            *buf = bytes;
+            return Some(line);
+        }
         if self.reader.buffer().is_empty() && self.flush().await.is_err() {
             return None;
         }
         let shutdown = self.peer.shutdown.clone();
         let idle = self.peer.idle_timeout;
         let farewell = tokio::select! {
-            read = tokio::time::timeout(idle, read_line(&mut self.reader, buf, self.max_line)) => {
+            read = tokio::time::timeout(idle, self.read_line(buf)) => {
                 match read {
                     Ok(Ok(Line::Eof)) | Ok(Err(_)) => return None,
                     Ok(Ok(line)) => return Some(line),
@@ -134,6 +137,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         self.reply(farewell);
         let _ = self.flush().await;
         None
+    }
+
+    /// The next line from the client into `buf`, as it comes: no flush first, no idle
+    /// timeout, no farewell, deferred lines left where they are. For reading the control
+    /// connection while something else runs (an FTP transfer, IMAP IDLE). Cancel-safe.
+    pub async fn read_line(&mut self, buf: &mut Vec<u8>) -> std::io::Result<Line> {
+        self.lines.read(&mut self.reader, buf, self.max_line).await
+    }
+
+    /// Puts a line read with [`read_line`](LineConn::read_line) aside for the command loop,
+    /// which gets it from [`next_line`](LineConn::next_line) before anything newer. `false`
+    /// when [`MAX_DEFERRED`] lines already wait: a client flooding commands.
+    pub fn defer(&mut self, line: Line, bytes: Vec<u8>) -> bool {
+        if self.deferred.len() >= MAX_DEFERRED {
+            return false;
+        }
+        self.deferred.push_back((line, bytes));
+        true
     }
 
     /// The bare stream, for a TLS handshake. Input buffered but not yet read is dropped: it
@@ -154,21 +175,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         Some(answer)
     }
 
-    /// Sends what is queued and closes the connection.
-    pub async fn close(mut self) -> Ending<S> {
-        let _ = self.flush().await;
-        let _ = self.reader.get_mut().shutdown().await;
-        Ending::Closed
-    }
-
-    /// Sends what is queued (the go-ahead) and gives up the bare stream for the TLS handshake.
-    /// Anything the client pipelined after its STARTTLS is dropped with the buffer: it was
-    /// sent in the clear and must not be taken as said under TLS.
-    pub async fn start_tls(mut self) -> Ending<S> {
-        if self.flush().await.is_err() {
-            return Ending::Closed;
+    /// Ends the command loop over this stream as `flow` says, after sending what is queued.
+    ///
+    /// [`Flow::StartTls`]: the bare stream for the TLS handshake (the go-ahead was the last
+    /// reply). Anything the client pipelined after its STARTTLS is dropped with the buffer:
+    /// it was sent in the clear and must not be taken as said under TLS. Otherwise the
+    /// connection is closed and there is nothing more to serve: `None`.
+    pub async fn end(mut self, flow: Flow) -> Option<S> {
+        match flow {
+            Flow::StartTls => {
+                self.flush().await.ok()?;
+                Some(self.into_inner())
+            }
+            Flow::Close | Flow::Continue => {
+                let _ = self.flush().await;
+                let _ = self.reader.get_mut().shutdown().await;
+                None
+            }
         }
-        Ending::StartTls(self.into_inner())
     }
 }
 
@@ -232,6 +256,108 @@ mod tests {
         let mut got = vec![0u8; 14];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"BYE stopping\r\n");
+    }
+
+    #[tokio::test]
+    async fn a_read_cancelled_mid_line_gets_the_whole_line_next_time() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        let mut line = Vec::new();
+        client.write_all(b"AB").await.unwrap();
+        // Polled until it has taken "AB" and waits for the rest, then dropped, as the losing
+        // branch of a `select!` is.
+        tokio::select! {
+            biased;
+            _ = conn.next_line(&mut line) => panic!("no line was complete"),
+            _ = std::future::ready(()) => {}
+        }
+        client.write_all(b"OR\r\n").await.unwrap();
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+        assert_eq!(line, b"ABOR");
+
+        // The same through the raw read a transfer races against.
+        client.write_all(b"ST").await.unwrap();
+        tokio::select! {
+            biased;
+            _ = conn.read_line(&mut line) => panic!("no line was complete"),
+            _ = std::future::ready(()) => {}
+        }
+        client.write_all(b"AT\r\n").await.unwrap();
+        assert_eq!(conn.read_line(&mut line).await.unwrap(), Line::Complete);
+        assert_eq!(line, b"STAT");
+    }
+
+    #[tokio::test]
+    async fn deferred_lines_come_first_and_are_bounded() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        client.write_all(b"LIST\r\n").await.unwrap();
+        let mut line = Vec::new();
+        assert_eq!(conn.read_line(&mut line).await.unwrap(), Line::Complete);
+        assert!(conn.defer(Line::Complete, line.clone()));
+        assert!(conn.defer(Line::TooLong, Vec::new()));
+        client.write_all(b"PWD\r\n").await.unwrap();
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+        assert_eq!(line, b"LIST");
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::TooLong));
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+        assert_eq!(line, b"PWD");
+        for _ in 0..MAX_DEFERRED {
+            assert!(conn.defer(Line::Complete, b"NOOP".to_vec()));
+        }
+        assert!(!conn.defer(Line::Complete, b"NOOP".to_vec()));
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_flush_writes_the_rest_once() {
+        // A pipe that takes 4 bytes before the client reads.
+        let (server, mut client) = tokio::io::duplex(4);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        conn.reply("0123456789");
+        tokio::select! {
+            biased;
+            _ = conn.flush() => panic!("the pipe cannot take it all"),
+            _ = std::future::ready(()) => {}
+        }
+        let mut first = [0u8; 4];
+        client.read_exact(&mut first).await.unwrap();
+        let mut rest = [0u8; 8];
+        tokio::join!(
+            async { client.read_exact(&mut rest).await.unwrap() },
+            async { conn.flush().await.unwrap() },
+        );
+        assert_eq!([&first[..], &rest[..]].concat(), b"0123456789\r\n");
+        assert!(conn.out.is_empty());
+    }
+
+    #[tokio::test]
+    async fn end_closes_or_hands_back_the_stream() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        client
+            .write_all(b"STARTTLS\r\nEHLO sneaked-in\r\n")
+            .await
+            .unwrap();
+        let mut line = Vec::new();
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+        conn.reply("220 go ahead");
+        let Some(mut bare) = conn.end(Flow::StartTls).await else {
+            panic!("no stream for the handshake");
+        };
+        let mut got = [0u8; 14];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(&got, b"220 go ahead\r\n");
+        // What was pipelined after STARTTLS stayed in the dropped buffer.
+        client.write_all(b"x").await.unwrap();
+        let mut next = [0u8; 1];
+        bare.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"x");
+
+        let conn = LineConn::new(bare, peer(Duration::from_secs(5)), 100, BYE);
+        assert!(conn.end(Flow::Close).await.is_none());
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty());
     }
 
     #[tokio::test]

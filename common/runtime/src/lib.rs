@@ -1,5 +1,6 @@
 //! What every inetkit daemon runs on: socket activation, the server loop with its limits and
-//! lifecycle, configuration, TLS, logging, and the bounded line reader and line connection.
+//! lifecycle, configuration, TLS, logging, the bounded line reader and line connection, and the
+//! session skeleton line protocols run on.
 //!
 //! A daemon's `main` is [`daemon::run`]: it parses the command line, loads the config, sets up
 //! logging and hands the daemon its listeners and a [`server::Server`] to serve them on. Users
@@ -16,4 +17,7 @@ pub mod lines;
 pub mod log;
 pub mod ratelimit;
 pub mod server;
+pub mod session;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod tls;

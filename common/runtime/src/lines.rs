@@ -20,50 +20,107 @@ pub enum Line {
 /// Reads one line into `buf` (cleared first), holding at most `max` bytes of it.
 ///
 /// Lines end at LF; a CR before it is removed. Bytes are returned as sent: protocols decide
-/// what to do with non-UTF-8 and NUL.
+/// what to do with non-UTF-8 and NUL. Not cancel-safe: a line cut short by a dropped future
+/// is lost. Where a read races something else, keep a [`LineReader`] instead.
 pub async fn read_line<R>(reader: &mut R, buf: &mut Vec<u8>, max: usize) -> std::io::Result<Line>
 where
     R: AsyncBufRead + Unpin,
 {
-    buf.clear();
-    let mut too_long = false;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(Line::Eof);
-        }
-        let (chunk, found_end) = match memchr::memchr(b'\n', available) {
-            Some(i) => (&available[..i], i + 1),
-            None => (available, 0),
-        };
-        if !too_long {
-            if buf.len() + chunk.len() > max + 1 {
-                // One byte of slack so a CR right at the limit still fits.
-                too_long = true;
+    // The caller's buffer serves as the line under way, so its allocation is reused.
+    let mut partial = std::mem::take(buf);
+    partial.clear();
+    let mut lines = LineReader {
+        partial,
+        too_long: false,
+    };
+    lines.read(reader, buf, max).await
+}
+
+/// Reads lines like [`read_line`], keeping the line under way between calls, so reading is
+/// cancel-safe: a read dropped in the middle of a line (a `select!` that took another branch,
+/// a timer) loses nothing, and the next call goes on where it stopped.
+#[derive(Debug, Default)]
+pub struct LineReader {
+    /// The bytes of the current line read so far (none once it is too long).
+    partial: Vec<u8>,
+    /// The current line passed the limit: the rest of it is read and thrown away.
+    too_long: bool,
+}
+
+impl LineReader {
+    /// A reader with no line under way.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Whether part of a line has been read and not yet returned.
+    pub fn has_partial(&self) -> bool {
+        !self.partial.is_empty() || self.too_long
+    }
+
+    /// Reads the rest of the current line into `buf` (cleared first), holding at most `max`
+    /// bytes of it. `Line::TooLong` leaves `buf` empty; at `Line::Eof` a partial last line is
+    /// dropped.
+    ///
+    /// Cancel-safe: its only await is `fill_buf`, which consumes nothing, and what it consumed
+    /// is in `self` before it awaits again.
+    pub async fn read<R>(
+        &mut self,
+        reader: &mut R,
+        buf: &mut Vec<u8>,
+        max: usize,
+    ) -> std::io::Result<Line>
+    where
+        R: AsyncBufRead + Unpin,
+    {
+        loop {
+            let available = reader.fill_buf().await?;
+            if available.is_empty() {
+                self.partial.clear();
+                self.too_long = false;
                 buf.clear();
+                return Ok(Line::Eof);
+            }
+            let (chunk, found_end) = match memchr::memchr(b'\n', available) {
+                Some(i) => (&available[..i], i + 1),
+                None => (available, 0),
+            };
+            if !self.too_long {
+                if self.partial.len() + chunk.len() > max + 1 {
+                    // One byte of slack so a CR right at the limit still fits.
+                    self.too_long = true;
+                    self.partial.clear();
+                } else {
+                    self.partial.extend_from_slice(chunk);
+                }
+            }
+            let consumed = if found_end > 0 {
+                found_end
             } else {
-                buf.extend_from_slice(chunk);
+                chunk.len()
+            };
+            reader.consume(consumed);
+            if found_end > 0 {
+                return Ok(self.finish(buf, max));
             }
         }
-        let consumed = if found_end > 0 {
-            found_end
-        } else {
-            chunk.len()
-        };
-        reader.consume(consumed);
-        if found_end > 0 {
-            if too_long {
-                return Ok(Line::TooLong);
-            }
-            if buf.last() == Some(&b'\r') {
-                buf.pop();
-            }
-            if buf.len() > max {
-                buf.clear();
-                return Ok(Line::TooLong);
-            }
-            return Ok(Line::Complete);
+    }
+
+    /// Hands the line just ended to `buf`, and `buf`'s old allocation to the next line.
+    fn finish(&mut self, buf: &mut Vec<u8>, max: usize) -> Line {
+        buf.clear();
+        if std::mem::take(&mut self.too_long) {
+            return Line::TooLong;
         }
+        std::mem::swap(buf, &mut self.partial);
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+        if buf.len() > max {
+            buf.clear();
+            return Line::TooLong;
+        }
+        Line::Complete
     }
 }
 
@@ -205,6 +262,74 @@ mod tests {
         let line = read_line(&mut reader, &mut buf, 1000).await.unwrap();
         assert_eq!(line, Line::Eof);
         assert!(buf.capacity() <= 2048, "buffer grew to {}", buf.capacity());
+    }
+
+    /// Polls `read` until it waits for more input, then drops it, as a `select!` whose
+    /// other branch won would.
+    async fn cancel_midway<F: std::future::Future>(read: F) {
+        tokio::select! {
+            biased;
+            _ = read => panic!("the read finished: nothing was cancelled"),
+            _ = std::future::ready(()) => {}
+        }
+    }
+
+    #[tokio::test]
+    async fn a_cancelled_read_keeps_the_partial_line() {
+        use tokio::io::AsyncWriteExt;
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut reader = BufReader::new(server);
+        let mut lines = LineReader::new();
+        let mut buf = Vec::new();
+        client.write_all(b"NO").await.unwrap();
+        cancel_midway(lines.read(&mut reader, &mut buf, 100)).await;
+        assert!(lines.has_partial());
+        client.write_all(b"OP\r\nQUIT\r\n").await.unwrap();
+        assert_eq!(
+            lines.read(&mut reader, &mut buf, 100).await.unwrap(),
+            Line::Complete
+        );
+        assert_eq!(buf, b"NOOP");
+        assert!(!lines.has_partial());
+        assert_eq!(
+            lines.read(&mut reader, &mut buf, 100).await.unwrap(),
+            Line::Complete
+        );
+        assert_eq!(buf, b"QUIT");
+
+        // An overlong line cut by a cancellation is still known to be too long.
+        client.write_all(&[b'x'; 150]).await.unwrap();
+        cancel_midway(lines.read(&mut reader, &mut buf, 100)).await;
+        client.write_all(b"yy\r\nok\r\n").await.unwrap();
+        assert_eq!(
+            lines.read(&mut reader, &mut buf, 100).await.unwrap(),
+            Line::TooLong
+        );
+        assert!(buf.is_empty());
+        assert_eq!(
+            lines.read(&mut reader, &mut buf, 100).await.unwrap(),
+            Line::Complete
+        );
+        assert_eq!(buf, b"ok");
+    }
+
+    #[tokio::test]
+    async fn line_reader_agrees_with_read_line() {
+        let input: &[u8] = b"a\r\nabcdef\r\n\r\nabcd\nxy";
+        for buf_size in 1..8 {
+            let mut reader = BufReader::with_capacity(buf_size, input);
+            let mut state = LineReader::new();
+            let mut buf = Vec::new();
+            let mut got = Vec::new();
+            loop {
+                let line = state.read(&mut reader, &mut buf, 4).await.unwrap();
+                if line == Line::Eof {
+                    break;
+                }
+                got.push((line, buf.clone()));
+            }
+            assert_eq!(got, lines(input, 4, buf_size).await, "buffer {buf_size}");
+        }
     }
 
     fn stuff(chunks: &[&[u8]]) -> Vec<u8> {

@@ -32,9 +32,10 @@ use tokio::net::TcpStream;
 
 use inetkit_auth::{sasl, AuthError};
 use inetkit_maildir::{FlagChange, Flags, Folder, Mailbox, MessageInfo, StoreError};
-use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
+use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::lines::Line;
 use inetkit_runtime::server::Peer;
+use inetkit_runtime::session::{serve_session, Flow, TlsSession};
 use inetkit_runtime::tls::TlsContext;
 
 use crate::fetch::{self, RangeReader};
@@ -300,7 +301,7 @@ impl TlsSession for Session {
         self.tls = true;
     }
 
-    async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
+    async fn run<S>(&mut self, stream: S, greet: bool) -> Option<S>
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
@@ -325,7 +326,7 @@ impl TlsSession for Session {
                 Input::Refused => continue,
                 Input::Gone => {
                     let _ = conn.flush().await;
-                    return Ending::Closed;
+                    return None;
                 }
             };
             let command = match CommandCodec::default().decode(&bytes) {
@@ -344,12 +345,12 @@ impl TlsSession for Session {
                     if self.failures >= MAX_FAILURES {
                         wire::status(&mut conn.out, wire::bye("Too many failed logins."));
                         let _ = conn.flush().await;
-                        return Ending::Closed;
+                        return None;
                     }
                 }
-                Done::Close => return conn.close().await,
+                Done::Close => return conn.end(Flow::Close).await,
                 // Whatever was pipelined after STARTTLS came in the clear: dropped.
-                Done::StartTls => return conn.start_tls().await,
+                Done::StartTls => return conn.end(Flow::StartTls).await,
             }
         }
     }

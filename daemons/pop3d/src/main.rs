@@ -49,7 +49,6 @@ impl Default for Config {
 /// What every session shares.
 pub struct Pop3 {
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub store: Store,
     pub tls: Option<TlsContext>,
 }
@@ -61,7 +60,6 @@ fn main() -> ExitCode {
 fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     let pop3 = Arc::new(Pop3 {
         auth: ctx.config.auth.authenticator(),
-        auth_config: ctx.config.auth.clone(),
         store: Store::new(ctx.config.mail.root.clone()),
         tls: ctx.tls.clone(),
     });

@@ -6,23 +6,19 @@
 
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
-use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
-use inetkit_runtime::lines::{DotStuffer, Line};
+use inetkit_runtime::conn::{Farewell, LineConn};
+use inetkit_runtime::lines::DotStuffer;
 use inetkit_runtime::server::Peer;
-use inetkit_runtime::tls::TlsContext;
+use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
 use crate::command::{parse, Command, ParseError};
 use crate::maildrop::{read_chunk, Extent, ExtentFilter, Maildrop, OpenError};
 use crate::Pop3;
 
-/// Longest command line accepted. RFC 2449 allows 255 octets; SASL responses with long
-/// passwords need more.
-const MAX_LINE: usize = 4096;
 /// Output is sent once this much is queued (or when the client has nothing more pipelined).
 const FLUSH_AT: usize = 64 * 1024;
 /// Authentication failures on one connection before it is closed.
@@ -33,97 +29,67 @@ enum State {
     Transaction { user: String, maildrop: Maildrop },
 }
 
-/// What a command asks of the loop.
-enum Next {
-    Continue,
-    Close,
-    StartTls,
-}
-
 pub(crate) struct Session {
     pop3: Arc<Pop3>,
-    peer: Peer,
     state: State,
-    tls: bool,
 }
 
 /// Serves one connection; `implicit_tls` for the pop3s port.
 pub(crate) async fn serve(pop3: Arc<Pop3>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
-    let mut session = Session {
-        pop3,
-        peer,
-        state: State::Authorization {
-            user: None,
-            failures: 0,
-        },
-        tls: false,
-    };
-    serve_session(&mut session, stream, implicit_tls).await;
+    let tls = pop3.tls.clone();
+    serve_lines(Session::new(pop3), stream, peer, tls, implicit_tls).await;
 }
 
 type Conn<S> = LineConn<S>;
 
-const FAREWELL: Farewell = Farewell {
-    idle: "-ERR Disconnected for inactivity.",
-    shutdown: "-ERR [SYS/TEMP] Server shutting down.",
-};
+impl LineProtocol for Session {
+    /// RFC 2449 allows 255 octets; SASL responses with long passwords need more.
+    const MAX_LINE: usize = 4096;
+    const FAREWELL: Farewell = Farewell {
+        idle: "-ERR Disconnected for inactivity.",
+        shutdown: "-ERR [SYS/TEMP] Server shutting down.",
+    };
 
-impl TlsSession for Session {
-    fn tls_context(&self) -> Option<TlsContext> {
-        self.pop3.tls.clone()
+    fn greeting(&self) -> String {
+        "+OK inetkit POP3 ready.".to_owned()
     }
 
-    fn tls_started(&mut self) {
-        self.tls = true;
-    }
-
-    async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
-        if greet {
-            conn.reply("+OK inetkit POP3 ready.");
-        }
-        let mut line = Vec::with_capacity(256);
-        loop {
-            let next = match conn.next_line(&mut line).await {
-                None => Next::Close,
-                Some(Line::TooLong) => {
-                    conn.reply("-ERR Command line too long.");
-                    Next::Continue
-                }
-                Some(_) => match parse(&line) {
-                    Ok(command) => self.handle(command, &mut conn).await,
-                    Err(ParseError::Unknown(_)) => {
-                        conn.reply("-ERR Unknown command.");
-                        Next::Continue
-                    }
-                    Err(ParseError::Syntax(hint)) => {
-                        conn.reply(&format!("-ERR Syntax error: {hint}."));
-                        Next::Continue
-                    }
-                },
-            };
-            match next {
-                Next::Continue => {}
-                Next::Close => return conn.close().await,
-                // Anything pipelined after the command came in the clear: dropped.
-                Next::StartTls => return conn.start_tls().await,
+    async fn handle_line<S: SessionStream>(&mut self, line: &[u8], conn: &mut Conn<S>) -> Flow {
+        match parse(line) {
+            Ok(command) => self.handle(command, conn).await,
+            Err(ParseError::Unknown(_)) => {
+                conn.reply("-ERR Unknown command.");
+                Flow::Continue
+            }
+            Err(ParseError::Syntax(hint)) => {
+                conn.reply(&format!("-ERR Syntax error: {hint}."));
+                Flow::Continue
             }
         }
+    }
+
+    fn line_too_long<S: SessionStream>(&mut self, conn: &mut Conn<S>) -> Flow {
+        conn.reply("-ERR Command line too long.");
+        Flow::Continue
     }
 }
 
 impl Session {
-    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    pub(crate) fn new(pop3: Arc<Pop3>) -> Session {
+        Session {
+            pop3,
+            state: State::Authorization {
+                user: None,
+                failures: 0,
+            },
+        }
+    }
+
+    async fn handle<S: SessionStream>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow {
         match command {
             Command::Capa => {
                 self.capabilities(conn);
-                Next::Continue
+                Flow::Continue
             }
             Command::Quit => self.quit(conn).await,
             _ => match &mut self.state {
@@ -133,26 +99,21 @@ impl Session {
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        self.pop3
-            .auth_config
-            .plaintext_allowed(self.peer.addr.ip(), self.tls)
-    }
-
-    fn capabilities<S>(&self, conn: &mut Conn<S>)
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    fn capabilities<S: SessionStream>(&self, conn: &mut Conn<S>) {
         conn.reply("+OK Capability list follows");
         for capability in ["TOP", "UIDL", "RESP-CODES", "AUTH-RESP-CODE", "PIPELINING"] {
             conn.reply(capability);
         }
         if matches!(self.state, State::Authorization { .. }) {
-            if self.plaintext_allowed() {
+            if self
+                .pop3
+                .auth
+                .plaintext_allowed(conn.peer.addr.ip(), conn.is_tls())
+            {
                 conn.reply("USER");
                 conn.reply("SASL PLAIN LOGIN");
             }
-            if !self.tls && self.pop3.tls.is_some() {
+            if !conn.is_tls() && self.pop3.tls.is_some() {
                 conn.reply("STLS");
             }
         }
@@ -160,30 +121,35 @@ impl Session {
         conn.reply(".");
     }
 
-    async fn authorization<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn authorization<S: SessionStream>(
+        &mut self,
+        command: Command,
+        conn: &mut Conn<S>,
+    ) -> Flow {
+        let plaintext_allowed = self
+            .pop3
+            .auth
+            .plaintext_allowed(conn.peer.addr.ip(), conn.is_tls());
         match command {
             Command::Stls => {
-                if self.tls {
+                if conn.is_tls() {
                     conn.reply("-ERR TLS is already active.");
                 } else if self.pop3.tls.is_none() {
                     conn.reply("-ERR TLS is not configured.");
                 } else {
                     conn.reply("+OK Begin TLS negotiation now.");
-                    return Next::StartTls;
+                    return Flow::StartTls;
                 }
-                Next::Continue
+                Flow::Continue
             }
             Command::User(name) => {
-                if !self.plaintext_allowed() {
+                if !plaintext_allowed {
                     conn.reply(PLAINTEXT_REFUSED);
                 } else if let State::Authorization { user, .. } = &mut self.state {
                     *user = Some(name);
                     conn.reply("+OK");
                 }
-                Next::Continue
+                Flow::Continue
             }
             Command::Pass(password) => {
                 let name = match &mut self.state {
@@ -193,48 +159,50 @@ impl Session {
                 match name {
                     None => {
                         conn.reply("-ERR No user name given: send USER first.");
-                        Next::Continue
+                        Flow::Continue
                     }
-                    Some(_) if !self.plaintext_allowed() => {
+                    Some(_) if !plaintext_allowed => {
                         conn.reply(PLAINTEXT_REFUSED);
-                        Next::Continue
+                        Flow::Continue
                     }
                     Some(name) => self.login(&name, &password, conn).await,
                 }
             }
-            Command::Auth { mechanism, initial } => self.auth(mechanism, initial, conn).await,
+            Command::Auth {
+                mechanism: None, ..
+            } => {
+                conn.reply("+OK Mechanisms follow");
+                conn.reply("PLAIN");
+                conn.reply("LOGIN");
+                conn.reply(".");
+                Flow::Continue
+            }
+            Command::Auth { .. } if !plaintext_allowed => {
+                conn.reply(PLAINTEXT_REFUSED);
+                Flow::Continue
+            }
+            Command::Auth {
+                mechanism: Some(mechanism),
+                initial,
+            } => self.auth(&mechanism, initial, conn).await,
             _ => {
                 conn.reply("-ERR Not logged in.");
-                Next::Continue
+                Flow::Continue
             }
         }
     }
 
     /// AUTH (RFC 5034) with PLAIN or LOGIN; credentials then go the same way as USER/PASS.
-    async fn auth<S>(
+    async fn auth<S: SessionStream>(
         &mut self,
-        mechanism: Option<String>,
+        mechanism: &str,
         initial: Option<String>,
         conn: &mut Conn<S>,
-    ) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let Some(mechanism) = mechanism else {
-            conn.reply("+OK Mechanisms follow");
-            conn.reply("PLAIN");
-            conn.reply("LOGIN");
-            conn.reply(".");
-            return Next::Continue;
-        };
-        if !self.plaintext_allowed() {
-            conn.reply(PLAINTEXT_REFUSED);
-            return Next::Continue;
-        }
+    ) -> Flow {
         // "=" is an empty initial response (RFC 5034 §4).
         match sasl::exchange(
             &mut LineChallenger { conn, prefix: "+ " },
-            &mechanism,
+            mechanism,
             initial,
         )
         .await
@@ -242,45 +210,47 @@ impl Session {
             Sasl::Credentials(c) => self.login(&c.name, &c.password, conn).await,
             Sasl::Cancelled => {
                 conn.reply("-ERR Authentication cancelled.");
-                Next::Continue
+                Flow::Continue
             }
             Sasl::Malformed => {
                 conn.reply("-ERR [AUTH] Invalid base64 data in the response.");
-                Next::Continue
+                Flow::Continue
             }
             Sasl::Unsupported => {
                 conn.reply("-ERR Unsupported authentication mechanism.");
-                Next::Continue
+                Flow::Continue
             }
-            Sasl::Gone => Next::Close,
+            Sasl::Gone => Flow::Close,
         }
     }
 
-    async fn login<S>(&mut self, name: &str, password: &[u8], conn: &mut Conn<S>) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let ip = self.peer.addr.ip();
+    async fn login<S: SessionStream>(
+        &mut self,
+        name: &str,
+        password: &[u8],
+        conn: &mut Conn<S>,
+    ) -> Flow {
+        let ip = conn.peer.addr.ip();
         let user = match self.pop3.auth.login(ip, name, password).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
                 conn.reply("-ERR [SYS/TEMP] Too many failed logins from your address; try later.");
-                return Next::Close;
+                return Flow::Close;
             }
             Err(AuthError::Failed) => {
                 conn.reply("-ERR [AUTH] Authentication failed.");
                 if let State::Authorization { failures, .. } = &mut self.state {
                     *failures += 1;
                     if *failures >= MAX_FAILURES {
-                        return Next::Close;
+                        return Flow::Close;
                     }
                 }
-                return Next::Continue;
+                return Flow::Continue;
             }
             Err(err) => {
                 tracing::error!(error = %err, "authentication unavailable");
                 conn.reply("-ERR [SYS/TEMP] Authentication is temporarily unavailable.");
-                return Next::Continue;
+                return Flow::Continue;
             }
         };
         let pop3 = self.pop3.clone();
@@ -310,15 +280,16 @@ impl Session {
                 conn.reply("-ERR [SYS/TEMP] Internal error.");
             }
         }
-        Next::Continue
+        Flow::Continue
     }
 
-    async fn transaction<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn transaction<S: SessionStream>(
+        &mut self,
+        command: Command,
+        conn: &mut Conn<S>,
+    ) -> Flow {
         let State::Transaction { maildrop, .. } = &mut self.state else {
-            return Next::Continue;
+            return Flow::Continue;
         };
         match command {
             Command::Stat => {
@@ -375,15 +346,12 @@ impl Session {
             }
             Command::Capa | Command::Quit => {}
         }
-        Next::Continue
+        Flow::Continue
     }
 
     /// QUIT: in TRANSACTION, the UPDATE state removes what was marked deleted. It runs to the
     /// end even if the client is gone by then.
-    async fn quit<S>(&mut self, conn: &mut Conn<S>) -> Next
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
+    async fn quit<S: SessionStream>(&mut self, conn: &mut Conn<S>) -> Flow {
         let state = std::mem::replace(
             &mut self.state,
             State::Authorization {
@@ -410,7 +378,7 @@ impl Session {
                 }
             }
         }
-        Next::Close
+        Flow::Close
     }
 }
 
@@ -420,25 +388,22 @@ const PLAINTEXT_REFUSED: &str =
 
 /// RETR and TOP: a status line, then the message streamed with CRLF line ends and
 /// byte-stuffing, never held whole in memory.
-async fn send_message<S>(
+async fn send_message<S: SessionStream>(
     maildrop: &mut Maildrop,
     n: u32,
     extent: Extent,
     conn: &mut Conn<S>,
-) -> Next
-where
-    S: AsyncRead + AsyncWrite + Unpin,
-{
+) -> Flow {
     let Some(size) = maildrop.get(n).map(|info| info.vsize) else {
         conn.reply(NO_SUCH_MESSAGE);
-        return Next::Continue;
+        return Flow::Continue;
     };
     let mut file = match maildrop.open_message(n) {
         Ok(file) => file,
         Err(err) => {
             tracing::warn!(message = n, error = %err, "cannot open message");
             conn.reply("-ERR [SYS/TEMP] The message cannot be read now.");
-            return Next::Continue;
+            return Flow::Continue;
         }
     };
     match extent {
@@ -457,18 +422,21 @@ where
             Err(err) => {
                 // The status line has gone out: the only honest signal left is to close.
                 tracing::error!(message = n, error = %err, "read failed mid-message");
-                return Next::Close;
+                return Flow::Close;
             }
         };
         let take = filter.take(&buf[..read]);
         stuffer.push(&buf[..take], &mut conn.out);
         if conn.out.len() >= FLUSH_AT && conn.flush().await.is_err() {
-            return Next::Close;
+            return Flow::Close;
         }
         if read == 0 || take < read {
             break;
         }
     }
     stuffer.finish(&mut conn.out);
-    Next::Continue
+    Flow::Continue
 }
+
+#[cfg(test)]
+mod tests;

@@ -98,7 +98,6 @@ impl Default for Config {
 /// What every session shares.
 pub struct Submit {
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub tls: Option<TlsContext>,
     pub hostname: String,
     /// Lower case.
@@ -180,7 +179,6 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     let queue = queue::start(deliverer, ctx.server.shutdown_token());
     let submit = Arc::new(Submit {
         auth: ctx.config.auth.authenticator(),
-        auth_config: ctx.config.auth.clone(),
         tls: ctx.tls.clone(),
         hostname,
         local_domains,

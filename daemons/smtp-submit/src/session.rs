@@ -13,10 +13,9 @@ use tokio::net::TcpStream;
 
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
-use inetkit_runtime::conn::{serve_session, Ending, Farewell, LineConn, TlsSession};
-use inetkit_runtime::lines::Line;
+use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::server::Peer;
-use inetkit_runtime::tls::TlsContext;
+use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
 use crate::command::{parse, split_address, Command, MailFrom, ParseError};
 use crate::data::{discard_input, read_data_line, DataLine};
@@ -25,8 +24,6 @@ use crate::message::{received_header, HeaderFilter};
 use crate::Submit;
 use inetkit_spool::{now, Envelope, Recipient};
 
-/// Longest command line (RFC 5321 §4.5.3.1.4 says 512; AUTH responses need more).
-const MAX_LINE: usize = 4096;
 /// Longest line inside DATA (RFC 5322 says 998; we are lenient, within a bound).
 const MAX_DATA_LINE: usize = 1024 * 1024;
 /// How long input is still read (and thrown away) after a refusal that closes the session.
@@ -45,16 +42,8 @@ enum Transaction {
     },
 }
 
-enum Next {
-    Continue,
-    Close,
-    StartTls,
-}
-
 pub(crate) struct Session {
     submit: Arc<Submit>,
-    peer: Peer,
-    tls: bool,
     helo: Option<String>,
     esmtp: bool,
     user: Option<String>,
@@ -65,26 +54,11 @@ pub(crate) struct Session {
 
 /// Serves one connection; `implicit_tls` for the submissions port (465).
 pub(crate) async fn serve(submit: Arc<Submit>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
-    let mut session = Session {
-        submit,
-        peer,
-        tls: false,
-        helo: None,
-        esmtp: false,
-        user: None,
-        transaction: Transaction::Idle,
-        errors: 0,
-        auth_failures: 0,
-    };
-    serve_session(&mut session, stream, implicit_tls).await;
+    let tls = submit.tls.clone();
+    serve_lines(Session::new(submit), stream, peer, tls, implicit_tls).await;
 }
 
 type Conn<S> = LineConn<S>;
-
-const FAREWELL: Farewell = Farewell {
-    idle: "421 4.4.2 Idle too long; closing the connection.",
-    shutdown: "421 4.3.2 Server shutting down; try again later.",
-};
 
 /// One line of message data: longer lines are allowed than for commands, lines end only at
 /// CRLF, and a shutdown does not cut a message short. `None`: the client is gone or idled out.
@@ -122,83 +96,71 @@ where
     }
 }
 
-impl TlsSession for Session {
-    fn tls_context(&self) -> Option<TlsContext> {
-        self.submit.tls.clone()
+impl LineProtocol for Session {
+    /// RFC 5321 §4.5.3.1.4 says 512; AUTH responses need more.
+    const MAX_LINE: usize = 4096;
+    const FAREWELL: Farewell = Farewell {
+        idle: "421 4.4.2 Idle too long; closing the connection.",
+        shutdown: "421 4.3.2 Server shutting down; try again later.",
+    };
+
+    fn greeting(&self) -> String {
+        format!(
+            "220 {} ESMTP inetkit submission ready",
+            self.submit.hostname
+        )
     }
 
-    fn tls_started(&mut self) {
-        self.tls = true;
-    }
-
-    async fn run<S>(&mut self, stream: S, greet: bool) -> Ending<S>
-    where
-        S: AsyncRead + AsyncWrite + Unpin + Send,
-    {
-        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, FAREWELL);
-        if greet {
-            conn.reply(&format!(
-                "220 {} ESMTP inetkit submission ready",
-                self.submit.hostname
-            ));
-        }
-        let mut line = Vec::with_capacity(256);
-        loop {
-            let next = match conn.next_line(&mut line).await {
-                None => Next::Close,
-                Some(Line::TooLong) => self.error(&mut conn, "500 5.5.6 Line too long."),
-                Some(_) => match parse(&line) {
-                    Ok(command) => self.handle(command, &mut conn).await,
-                    Err(ParseError::Unknown) => {
-                        self.error(&mut conn, "500 5.5.2 Command not recognized.")
-                    }
-                    Err(ParseError::Syntax(hint)) => {
-                        self.error(&mut conn, &format!("501 5.5.4 Syntax error: {hint}."))
-                    }
-                    Err(ParseError::Parameter(param)) => {
-                        let param: String = param
-                            .chars()
-                            .filter(|c| c.is_ascii_graphic())
-                            .take(64)
-                            .collect();
-                        self.error(
-                            &mut conn,
-                            &format!("555 5.5.4 Unsupported parameter {param}."),
-                        )
-                    }
-                },
-            };
-            match next {
-                Next::Continue => {}
-                Next::Close => return conn.close().await,
-                // Anything pipelined after the command came in the clear: dropped.
-                Next::StartTls => return conn.start_tls().await,
+    async fn handle_line<S: SessionStream>(&mut self, line: &[u8], conn: &mut Conn<S>) -> Flow {
+        match parse(line) {
+            Ok(command) => self.handle(command, conn).await,
+            Err(ParseError::Unknown) => self.error(conn, "500 5.5.2 Command not recognized."),
+            Err(ParseError::Syntax(hint)) => {
+                self.error(conn, &format!("501 5.5.4 Syntax error: {hint}."))
+            }
+            Err(ParseError::Parameter(param)) => {
+                let param: String = param
+                    .chars()
+                    .filter(|c| c.is_ascii_graphic())
+                    .take(64)
+                    .collect();
+                self.error(conn, &format!("555 5.5.4 Unsupported parameter {param}."))
             }
         }
+    }
+
+    fn line_too_long<S: SessionStream>(&mut self, conn: &mut Conn<S>) -> Flow {
+        self.error(conn, "500 5.5.6 Line too long.")
     }
 }
 
 impl Session {
-    fn error<S>(&mut self, conn: &mut Conn<S>, reply: &str) -> Next
+    pub(crate) fn new(submit: Arc<Submit>) -> Session {
+        Session {
+            submit,
+            helo: None,
+            esmtp: false,
+            user: None,
+            transaction: Transaction::Idle,
+            errors: 0,
+            auth_failures: 0,
+        }
+    }
+
+    fn error<S>(&mut self, conn: &mut Conn<S>, reply: &str) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
             conn.reply("421 4.7.0 Too many errors; closing the connection.");
-            return Next::Close;
+            return Flow::Close;
         }
         conn.reply(reply);
-        Next::Continue
+        Flow::Continue
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        self.submit
-            .auth_config
-            .plaintext_allowed(self.peer.addr.ip(), self.tls)
-    }
-
-    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Next
+    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
@@ -219,10 +181,11 @@ impl Session {
                     "ENHANCEDSTATUSCODES".to_owned(),
                     "SMTPUTF8".to_owned(),
                 ];
-                if self.user.is_none() && self.plaintext_allowed() {
+                let ip = conn.peer.addr.ip();
+                if self.user.is_none() && self.submit.auth.plaintext_allowed(ip, conn.is_tls()) {
                     extensions.push("AUTH PLAIN LOGIN".to_owned());
                 }
-                if !self.tls && self.submit.tls.is_some() {
+                if !conn.is_tls() && self.submit.tls.is_some() {
                     extensions.push("STARTTLS".to_owned());
                 }
                 extensions.push("HELP".to_owned());
@@ -239,7 +202,7 @@ impl Session {
                 self.helo = Some(domain);
             }
             Command::StartTls => {
-                if self.tls {
+                if conn.is_tls() {
                     conn.reply("503 5.5.1 TLS is already active.");
                 } else if self.submit.tls.is_none() {
                     conn.reply("454 4.7.0 TLS is not available.");
@@ -250,7 +213,7 @@ impl Session {
                     self.helo = None;
                     self.user = None;
                     self.transaction = Transaction::Idle;
-                    return Next::StartTls;
+                    return Flow::StartTls;
                 }
             }
             Command::Auth { mechanism, initial } => {
@@ -269,10 +232,10 @@ impl Session {
             Command::Help => conn.reply("214 2.0.0 See RFC 5321 and RFC 6409."),
             Command::Quit => {
                 conn.reply("221 2.0.0 Bye.");
-                return Next::Close;
+                return Flow::Close;
             }
         }
-        Next::Continue
+        Flow::Continue
     }
 
     async fn auth<S>(
@@ -280,25 +243,29 @@ impl Session {
         mechanism: &str,
         initial: Option<String>,
         conn: &mut Conn<S>,
-    ) -> Next
+    ) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         if self.helo.is_none() || !self.esmtp {
             conn.reply("503 5.5.1 Send EHLO first.");
-            return Next::Continue;
+            return Flow::Continue;
         }
         if self.user.is_some() {
             conn.reply("503 5.5.1 Already authenticated.");
-            return Next::Continue;
+            return Flow::Continue;
         }
         if !matches!(self.transaction, Transaction::Idle) {
             conn.reply("503 5.5.1 AUTH is not allowed during a mail transaction.");
-            return Next::Continue;
+            return Flow::Continue;
         }
-        if !self.plaintext_allowed() {
+        if !self
+            .submit
+            .auth
+            .plaintext_allowed(conn.peer.addr.ip(), conn.is_tls())
+        {
             conn.reply("538 5.7.11 Encryption required: use STARTTLS first.");
-            return Next::Continue;
+            return Flow::Continue;
         }
         // "=" is an empty initial response (RFC 4954 §4).
         let (name, password) = match sasl::exchange(
@@ -314,22 +281,22 @@ impl Session {
             Sasl::Credentials(c) => (c.name, c.password),
             Sasl::Cancelled => {
                 conn.reply("501 5.0.0 Authentication cancelled.");
-                return Next::Continue;
+                return Flow::Continue;
             }
             Sasl::Malformed => {
                 conn.reply("501 5.5.2 Invalid base64 data.");
-                return Next::Continue;
+                return Flow::Continue;
             }
             Sasl::Unsupported => {
                 conn.reply("504 5.5.4 Unsupported authentication mechanism.");
-                return Next::Continue;
+                return Flow::Continue;
             }
-            Sasl::Gone => return Next::Close,
+            Sasl::Gone => return Flow::Close,
         };
         match self
             .submit
             .auth
-            .login(self.peer.addr.ip(), &name, &password)
+            .login(conn.peer.addr.ip(), &name, &password)
             .await
         {
             Ok(user) => {
@@ -337,25 +304,25 @@ impl Session {
                 tracing::info!("authenticated");
                 self.user = Some(user.name);
                 conn.reply("235 2.7.0 Authentication successful.");
-                Next::Continue
+                Flow::Continue
             }
             Err(AuthError::Failed) => {
                 conn.reply("535 5.7.8 Authentication credentials invalid.");
                 self.auth_failures += 1;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
                     conn.reply("421 4.7.0 Too many failed logins; closing the connection.");
-                    return Next::Close;
+                    return Flow::Close;
                 }
-                Next::Continue
+                Flow::Continue
             }
             Err(AuthError::Throttled) => {
                 conn.reply("421 4.7.0 Too many failed logins from your address; try later.");
-                Next::Close
+                Flow::Close
             }
             Err(err) => {
                 tracing::error!(error = %err, "authentication unavailable");
                 conn.reply("454 4.7.0 Temporary authentication failure.");
-                Next::Continue
+                Flow::Continue
             }
         }
     }
@@ -434,18 +401,18 @@ impl Session {
         }
     }
 
-    async fn data<S>(&mut self, conn: &mut Conn<S>) -> Next
+    async fn data<S>(&mut self, conn: &mut Conn<S>) -> Flow
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let (from, recipients) = match &self.transaction {
             Transaction::Idle => {
                 conn.reply("503 5.5.1 Send MAIL first.");
-                return Next::Continue;
+                return Flow::Continue;
             }
             Transaction::Mail { recipients, .. } if recipients.is_empty() => {
                 conn.reply("554 5.5.1 No valid recipients.");
-                return Next::Continue;
+                return Flow::Continue;
             }
             Transaction::Mail { from, recipients } => (from.clone(), recipients.clone()),
         };
@@ -462,7 +429,7 @@ impl Session {
         };
         conn.reply("354 Start mail input; end with <CRLF>.<CRLF>");
         if conn.flush().await.is_err() {
-            return Next::Close;
+            return Flow::Close;
         }
         // Any failure below is remembered and reported after the final dot: the client is
         // sending the data regardless, and it is read and thrown away, never kept.
@@ -479,12 +446,12 @@ impl Session {
                 }),
                 _ => None,
             };
-            let protocol = if self.tls { "ESMTPSA" } else { "ESMTPA" };
+            let protocol = if conn.is_tls() { "ESMTPSA" } else { "ESMTPA" };
             let helo = self.helo.clone().unwrap_or_default();
             out.extend_from_slice(
                 received_header(
                     &helo,
-                    self.peer.addr.ip(),
+                    conn.peer.addr.ip(),
                     &submit.hostname,
                     protocol,
                     &incoming.id,
@@ -502,7 +469,7 @@ impl Session {
                     // Disconnect mid-DATA: nothing was accepted, so nothing is kept.
                     drop(incoming);
                     tracing::info!("client gone during DATA; message discarded");
-                    return Next::Close;
+                    return Flow::Close;
                 }
                 Some(DataLine::TooLong) => {
                     failure.get_or_insert("552 5.3.4 Message line too long.");
@@ -520,7 +487,7 @@ impl Session {
                          closing the connection."
                     );
                     refuse_and_close(conn, &reply, submit.max_size.saturating_add(1 << 20)).await;
-                    return Next::Close;
+                    return Flow::Close;
                 }
                 Some(DataLine::Complete) => {}
             }
@@ -554,18 +521,18 @@ impl Session {
         self.transaction = Transaction::Idle;
         if let Some(reply) = failure {
             conn.reply(reply);
-            return Next::Continue;
+            return Flow::Continue;
         }
         let Some(mut incoming) = incoming else {
             conn.reply("452 4.3.1 Insufficient system storage; try again later.");
-            return Next::Continue;
+            return Flow::Continue;
         };
         filter.finish(&mut out);
         if submit.check_from_header {
             if let Err(refusal) = check_from(&submit, &user, &filter) {
                 tracing::info!("message refused: {refusal}");
                 conn.reply(&refusal);
-                return Next::Continue;
+                return Flow::Continue;
             }
         }
         let envelope = Envelope {
@@ -587,7 +554,7 @@ impl Session {
                 let flushed = conn.flush().await;
                 submit.queue.accepted(id);
                 if flushed.is_err() {
-                    return Next::Close;
+                    return Flow::Close;
                 }
             }
             Ok(Err(err)) => {
@@ -599,7 +566,7 @@ impl Session {
                 conn.reply("452 4.3.1 Insufficient system storage; try again later.");
             }
         }
-        Next::Continue
+        Flow::Continue
     }
 }
 
@@ -625,3 +592,6 @@ fn check_from(submit: &Submit, user: &str, filter: &HeaderFilter) -> Result<(), 
 fn printable(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).take(255).collect()
 }
+
+#[cfg(test)]
+mod tests;
