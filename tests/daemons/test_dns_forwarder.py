@@ -31,7 +31,7 @@ def config(upstreams, extra="", listen=None):
 [listen]
 dns = [{listen}]
 [forward]
-timeout_ms = 700
+timeout = 0.7
 {ups}
 {extra}
 """
@@ -772,8 +772,8 @@ def test_randomized_case_must_come_back(daemons, nsd):
     """0x20: the question goes upstream in random case; an answer that does not echo it
     exactly is not accepted."""
     # NSD echoes the question as sent: answers flow.
-    conf = config([f"127.0.0.1:{nsd.port}"]).replace("timeout_ms = 700",
-                                                    "timeout_ms = 700\nrandomize_case = true")
+    conf = config([f"127.0.0.1:{nsd.port}"]).replace("timeout = 0.7",
+                                                    "timeout = 0.7\nrandomize_case = true")
     d = daemons.start("dns-forwarder", conf)
     port = d.addr("dns", "udp")[1]
     assert [a[3] for a in answers(dig(port, "www.example.test", "A"))] == ["192.0.2.10"]
@@ -785,7 +785,7 @@ def test_randomized_case_must_come_back(daemons, nsd):
     up = ScriptedUpstream(lowercasing)
     try:
         conf = config([f"127.0.0.1:{up.port}"]).replace(
-            "timeout_ms = 700", "timeout_ms = 700\nrandomize_case = true")
+            "timeout = 0.7", "timeout = 0.7\nrandomize_case = true")
         d = daemons.start("dns-forwarder", conf)
         port = d.addr("dns", "udp")[1]
         name = "abcdefghijklmnopqrstuvwxyz.example"
@@ -801,7 +801,7 @@ def test_follows_resolv_conf_when_no_upstream_is_configured(daemons, tmp_path):
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("search example\nnameserver 192.0.2.1\n")
     d = daemons.start("dns-forwarder", config([]).replace(
-        "timeout_ms = 700", f'timeout_ms = 700\nresolv_conf = "{resolv}"'))
+        "timeout = 0.7", f'timeout = 0.7\nresolv_conf = "{resolv}"'))
     d.wait_log(r"upstream upstream=192\.0\.2\.1:53")
     resolv.write_text("nameserver 192.0.2.2\nnameserver 192.0.2.3\n")
     later = time.time() + 5
@@ -835,7 +835,7 @@ def test_outstanding_upstream_questions_are_bounded(daemons):
     up = ScriptedUpstream(slow)
     try:
         conf = config([f"127.0.0.1:{up.port}"]).replace(
-            "timeout_ms = 700", "timeout_ms = 5000\nmax_outstanding = 1")
+            "timeout = 0.7", "timeout = 5\nmax_outstanding = 1")
         d = daemons.start("dns-forwarder", conf)
         port = d.addr("dns", "udp")[1]
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as first:

@@ -16,7 +16,8 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use inetkit_runtime::config::seconds;
+use serde::Deserialize;
 
 use super::{Authenticator, GuardPolicy};
 
@@ -107,13 +108,6 @@ impl AuthConfig {
     pub fn plaintext_allowed(&self, peer: IpAddr, tls: bool) -> bool {
         self.plaintext.allows(peer, tls)
     }
-}
-
-/// A number of seconds (integer or fractional, not negative).
-fn seconds<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
-    let value = f64::deserialize(deserializer)?;
-    Duration::try_from_secs_f64(value)
-        .map_err(|_| serde::de::Error::custom("expected a number of seconds, 0 or more"))
 }
 
 #[cfg(test)]

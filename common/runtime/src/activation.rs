@@ -2,12 +2,13 @@
 //! `[listen]` section of the config. Either way the daemon gets the same [`Listener`] list, so a
 //! protocol never binds a socket itself.
 
-use std::collections::BTreeMap;
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
 
 use nix::sys::socket::{getsockopt, sockopt, SockType};
 use socket2::{Domain, Protocol, Socket as RawSocket, Type};
+
+use crate::config::{ListenConfig, Transport};
 
 /// The first fd systemd passes (`SD_LISTEN_FDS_START`).
 const LISTEN_FDS_START: RawFd = 3;
@@ -15,10 +16,13 @@ const LISTEN_FDS_START: RawFd = 3;
 /// One socket the daemon serves, with the name that says which service runs on it.
 #[derive(Debug)]
 pub struct Listener {
+    /// `FileDescriptorName=` of the socket unit, or the `[listen]` key.
     pub name: String,
+    /// The socket.
     pub socket: Socket,
 }
 
+/// A socket as systemd passes it or the daemon binds it.
 #[derive(Debug)]
 pub enum Socket {
     /// A listening stream socket (Accept=no, or bound from the config).
@@ -30,6 +34,7 @@ pub enum Socket {
 }
 
 impl Socket {
+    /// `tcp`, `udp` or `connection`, for logs.
     pub fn kind(&self) -> &'static str {
         match self {
             Socket::Tcp(_) => "tcp",
@@ -38,6 +43,15 @@ impl Socket {
         }
     }
 
+    /// TCP or UDP.
+    pub fn transport(&self) -> Transport {
+        match self {
+            Socket::Udp(_) => Transport::Udp,
+            Socket::Tcp(_) | Socket::Connected(_) => Transport::Tcp,
+        }
+    }
+
+    /// The address the socket is bound to.
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         match self {
             Socket::Tcp(s) => s.local_addr(),
@@ -47,47 +61,97 @@ impl Socket {
     }
 }
 
+/// Sockets that could not be taken over or bound. The cause, when there is one, is the
+/// error's source, never repeated in its message.
 #[derive(Debug, thiserror::Error)]
 pub enum ActivationError {
+    /// `LISTEN_FDS` is not a number.
     #[error("LISTEN_FDS={0:?} is not a number of file descriptors")]
     BadFdCount(String),
-    #[error("fd {fd} passed by systemd: {source}")]
-    Fd { fd: RawFd, source: nix::Error },
+    /// An fd systemd passed could not be inspected or set up.
+    #[error("fd {fd} passed by systemd")]
+    Fd {
+        /// The fd.
+        fd: RawFd,
+        /// What failed.
+        #[source]
+        source: nix::Error,
+    },
+    /// An fd systemd passed is neither TCP nor UDP (a Unix socket, a FIFO...).
     #[error("fd {fd} ({name}) is neither a TCP nor a UDP socket")]
-    Unsupported { fd: RawFd, name: String },
+    Unsupported {
+        /// The fd.
+        fd: RawFd,
+        /// Its name.
+        name: String,
+    },
+    /// A `[listen]` address that does not parse.
     #[error("listen address {0:?} is not tcp://ADDR:PORT, udp://ADDR:PORT or ADDR:PORT")]
     BadAddress(String),
-    #[error("cannot listen on {addr} for {name}: {source}")]
+    /// A `[listen]` address that could not be bound.
+    #[error("cannot listen on {addr} for {name}")]
     Bind {
+        /// The socket name.
         name: String,
+        /// The address as the config spells it.
         addr: String,
+        /// Why binding failed.
+        #[source]
         source: std::io::Error,
     },
+    /// Nothing to serve.
     #[error("no sockets: not socket-activated and the config's [listen] section is empty")]
     NoSockets,
 }
 
-/// The sockets to serve: systemd's when it passed any, otherwise those the config names.
-pub fn listeners(config: &BTreeMap<String, Vec<String>>) -> Result<Vec<Listener>, ActivationError> {
-    let listeners = match from_systemd()? {
-        Some(listeners) => listeners,
-        None => bind_all(config)?,
+/// The sockets a daemon serves, and where they came from.
+#[derive(Debug)]
+pub struct Activation {
+    /// The sockets, never empty.
+    pub listeners: Vec<Listener>,
+    /// They came from systemd (and so stay with systemd while the daemon is gone).
+    pub socket_activated: bool,
+}
+
+/// The sockets to serve: systemd's when it passed any, otherwise those of `listen` (the
+/// config's `[listen]`), bound here.
+///
+/// Call it before any thread is started: it removes the `LISTEN_*` variables from the
+/// environment, which is only sound while no other thread may read it.
+pub fn listeners(listen: &ListenConfig) -> Result<Activation, ActivationError> {
+    let activation = match from_systemd()? {
+        Some(listeners) => Activation {
+            listeners,
+            socket_activated: true,
+        },
+        None => Activation {
+            listeners: bind_all(listen)?,
+            socket_activated: false,
+        },
     };
-    if listeners.is_empty() {
+    if activation.listeners.is_empty() {
         return Err(ActivationError::NoSockets);
     }
-    Ok(listeners)
+    Ok(activation)
 }
 
 /// The fds systemd passed, or `None` when the process was not socket-activated.
 ///
-/// The variables are removed afterwards so that programs the daemon runs do not take them too.
-pub fn from_systemd() -> Result<Option<Vec<Listener>>, ActivationError> {
-    let Ok(count) = std::env::var("LISTEN_FDS") else {
+/// The variables are removed, so that programs the daemon runs do not take them too.
+fn from_systemd() -> Result<Option<Vec<Listener>>, ActivationError> {
+    let count = std::env::var("LISTEN_FDS");
+    let pid = std::env::var("LISTEN_PID");
+    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+    // Gone whatever they say, as sd_listen_fds(1) does: inherited ones must not confuse the
+    // programs this daemon runs either.
+    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+        std::env::remove_var(var);
+    }
+    let Ok(count) = count else {
         return Ok(None);
     };
     // LISTEN_PID guards against variables inherited from a parent that was activated.
-    if let Ok(pid) = std::env::var("LISTEN_PID") {
+    if let Ok(pid) = pid {
         if pid.parse::<u32>().ok() != Some(std::process::id()) {
             return Ok(None);
         }
@@ -95,10 +159,6 @@ pub fn from_systemd() -> Result<Option<Vec<Listener>>, ActivationError> {
     let count: RawFd = count
         .parse()
         .map_err(|_| ActivationError::BadFdCount(count.clone()))?;
-    let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
-    for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
-        std::env::remove_var(var);
-    }
     let names = fd_names(&names, count as usize);
     let mut listeners = Vec::with_capacity(count as usize);
     for (i, name) in names.into_iter().enumerate() {
@@ -168,8 +228,20 @@ fn set_nonblocking(socket: &Socket) -> std::io::Result<()> {
 /// A `[listen]` address: `tcp://ADDR:PORT`, `udp://ADDR:PORT`, or `ADDR:PORT` for TCP.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ListenAddr {
+    /// A TCP listener.
     Tcp(SocketAddr),
+    /// A UDP socket.
     Udp(SocketAddr),
+}
+
+impl ListenAddr {
+    /// TCP or UDP.
+    pub fn transport(&self) -> Transport {
+        match self {
+            ListenAddr::Tcp(_) => Transport::Tcp,
+            ListenAddr::Udp(_) => Transport::Udp,
+        }
+    }
 }
 
 impl std::str::FromStr for ListenAddr {
@@ -192,7 +264,7 @@ impl std::str::FromStr for ListenAddr {
 }
 
 /// Binds every address of the `[listen]` section, in name order.
-pub fn bind_all(config: &BTreeMap<String, Vec<String>>) -> Result<Vec<Listener>, ActivationError> {
+pub fn bind_all(config: &ListenConfig) -> Result<Vec<Listener>, ActivationError> {
     let mut listeners = Vec::new();
     for (name, addrs) in config {
         for spec in addrs {
@@ -236,6 +308,8 @@ pub fn bind(addr: ListenAddr) -> std::io::Result<Socket> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     #[test]
@@ -331,8 +405,21 @@ mod tests {
             "echo".to_owned(),
             vec![taken.local_addr().unwrap().to_string()],
         );
-        let err = bind_all(&config).unwrap_err().to_string();
+        let err = crate::config::chain(&bind_all(&config).unwrap_err());
         assert!(err.contains("echo"), "{err}");
-        assert!(err.contains("in use"), "{err}");
+        assert_eq!(err.matches("in use").count(), 1, "the cause once: {err}");
+    }
+
+    /// Inherited variables (another process's LISTEN_PID) are dropped too, so the programs a
+    /// daemon runs never see them; no fd is taken.
+    #[test]
+    fn listen_variables_are_removed_even_when_not_ours() {
+        std::env::set_var("LISTEN_FDS", "1");
+        std::env::set_var("LISTEN_PID", "1");
+        std::env::set_var("LISTEN_FDNAMES", "echo");
+        assert!(matches!(from_systemd(), Ok(None)));
+        for var in ["LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES"] {
+            assert!(std::env::var_os(var).is_none(), "{var} is still set");
+        }
     }
 }

@@ -2,16 +2,22 @@
 
 use std::path::PathBuf;
 
+/// What the command line asks for when it asks the daemon to run (or check its config).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Args {
+    /// The config file.
     pub config: PathBuf,
-    /// The config was named on the command line (a missing default file is not an error).
+    /// The config was named on the command line (a missing default file is not an error,
+    /// except to `--check-config`).
     pub config_given: bool,
+    /// `--check-config`: check the config, say what is wrong, and exit.
     pub check_config: bool,
 }
 
+/// The command line, understood.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed {
+    /// Run the daemon, or check its config.
     Run(Args),
     /// `--help` or `--version`: print this and exit 0.
     Exit(String),
@@ -19,6 +25,8 @@ pub enum Parsed {
     Usage(String),
 }
 
+/// Parses the arguments (without the program name) of `program`, whose config is
+/// `default_config` unless `--config` names another.
 pub fn parse(
     program: &str,
     default_config: &str,

@@ -7,17 +7,21 @@ use std::process::ExitCode;
 
 use tokio::net::TcpStream;
 
-use crate::activation::{self, Listener, Socket};
+use crate::activation::{self, Activation, Listener};
 use crate::cli::{self, Parsed};
-use crate::config::{self, ConfigError, DaemonConfig};
+use crate::config::{self, Checked, Config, ConfigError, DaemonConfig, SocketRole, Transport};
 use crate::server::{Peer, Server};
 use crate::tls::TlsContext;
 
 /// What a daemon's setup gets to wire its protocol to.
-pub struct Context<C> {
-    pub config: C,
+pub struct Context<D> {
+    /// The checked config.
+    pub config: Config<D>,
+    /// Where it was read from (for a reload).
     pub config_path: PathBuf,
+    /// The sockets to serve, their names checked against [`DaemonConfig::socket`].
     pub listeners: Vec<Listener>,
+    /// The server loop to register sessions on.
     pub server: Server,
     /// The certificate, when one is configured or handed over by systemd.
     pub tls: Option<TlsContext>,
@@ -29,19 +33,40 @@ pub struct Context<C> {
 pub struct PlainAndTls {
     /// What the protocol is called in error messages (POP3, IMAP, ...).
     pub protocol: &'static str,
-    /// The socket names (`FileDescriptorName=` / `[listen]` key).
+    /// The name of the plain socket (`FileDescriptorName=` / `[listen]` key).
     pub plain: &'static str,
+    /// The name of the implicit-TLS socket.
     pub tls: &'static str,
     /// Sent on the plain socket to a connection refused by the limits; a TLS client could not
     /// read it, so refused TLS connections are just closed.
     pub busy: &'static [u8],
 }
 
-impl<C> Context<C> {
-    /// Serves every socket as `protocol.plain` or `protocol.tls`; `session` gets each
-    /// connection and whether it is implicit TLS. An Accept=yes connection ("connection")
-    /// counts as plain. Any other name, a UDP socket, or a TLS socket without a certificate
-    /// is refused at start.
+impl PlainAndTls {
+    /// [`DaemonConfig::socket`] for such a protocol: `plain` (and an Accept=yes
+    /// "connection"), `tls`, TCP only.
+    pub fn socket(&self, name: &str, transport: Transport) -> Result<SocketRole, String> {
+        let role = if name == self.plain || name == "connection" {
+            SocketRole::Plain
+        } else if name == self.tls {
+            SocketRole::Tls
+        } else {
+            return Err(format!(
+                "{} is served on sockets named {} and {}",
+                self.protocol, self.plain, self.tls
+            ));
+        };
+        match transport {
+            Transport::Tcp => Ok(role),
+            Transport::Udp => Err(format!("{} is TCP only", self.protocol)),
+        }
+    }
+}
+
+impl<D> Context<D> {
+    /// Serves every socket as `protocol.plain` or `protocol.tls` (the names were checked at
+    /// start); `session` gets each connection and whether it is implicit TLS. An Accept=yes
+    /// connection counts as plain.
     pub fn serve_plain_and_tls<H, F>(
         &mut self,
         protocol: PlainAndTls,
@@ -52,25 +77,7 @@ impl<C> Context<C> {
         F: Future<Output = ()> + Send + 'static,
     {
         for listener in std::mem::take(&mut self.listeners) {
-            let name = listener.name.as_str();
-            let implicit_tls = if name == protocol.plain || name == "connection" {
-                false
-            } else if name == protocol.tls {
-                self.require_tls(name)?;
-                true
-            } else {
-                anyhow::bail!(
-                    "socket {name:?}: {} is served on sockets named {} and {}",
-                    protocol.protocol,
-                    protocol.plain,
-                    protocol.tls
-                );
-            };
-            anyhow::ensure!(
-                !matches!(listener.socket, Socket::Udp(_)),
-                "socket {name:?}: {} is TCP only",
-                protocol.protocol
-            );
+            let implicit_tls = listener.name == protocol.tls;
             let busy = (!implicit_tls).then_some(protocol.busy);
             let session = session.clone();
             self.server
@@ -83,23 +90,29 @@ impl<C> Context<C> {
 
     /// The TLS context, or an error naming the socket that needs it.
     pub fn require_tls(&self, socket: &str) -> anyhow::Result<TlsContext> {
-        self.tls.clone().ok_or_else(|| {
-            anyhow::anyhow!(
-                "socket {socket:?} needs TLS but no certificate is configured: set [tls] cert and \
-                 key, or pass them with LoadCredential=tls-cert:… and tls-key:…"
-            )
-        })
+        self.tls
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!(needs_tls(socket)))
     }
+}
+
+fn needs_tls(socket: &str) -> String {
+    format!(
+        "socket {socket:?} needs TLS but no certificate is configured: set [tls] cert and key, \
+         or pass them with LoadCredential=tls-cert:… and tls-key:…"
+    )
 }
 
 /// Runs a daemon named `name` (binary `inetkit-<name>`, config `/etc/inetkit/<name>.toml`).
 ///
-/// `setup` registers the daemon's sessions on `ctx.server` and returns; the server loop then
-/// runs until shutdown. Any error before that is printed and the process exits non-zero.
-pub fn run<C, S>(name: &str, setup: S) -> ExitCode
+/// The config is read and checked (`--check-config` stops there), the sockets are taken from
+/// systemd or bound, and checked against the daemon's socket names; then `setup` registers
+/// the daemon's sessions on `ctx.server` and returns, and the server loop runs until
+/// shutdown. Any error before that is printed and the process exits non-zero.
+pub fn run<D, S>(name: &str, setup: S) -> ExitCode
 where
-    C: DaemonConfig,
-    S: FnOnce(Context<C>) -> anyhow::Result<Server>,
+    D: DaemonConfig,
+    S: FnOnce(Context<D>) -> anyhow::Result<Server>,
 {
     let program = format!("inetkit-{name}");
     let default_config = format!("/etc/inetkit/{name}.toml");
@@ -114,22 +127,32 @@ where
             return ExitCode::from(2);
         }
     };
-    let config: C = match config::load(&args.config) {
-        Ok(config) => config,
+    let checked = match config::load::<D>(&args.config) {
+        // Started with no config at all: the built-in one, as checked as any.
         Err(ConfigError::Read { source, .. })
-            if !args.config_given && source.kind() == std::io::ErrorKind::NotFound =>
+            if !args.config_given
+                && !args.check_config
+                && source.kind() == std::io::ErrorKind::NotFound =>
         {
-            C::default()
+            config::defaults::<D>(&args.config)
         }
-        Err(err) => {
-            eprintln!("{program}: {err}");
+        other => other,
+    };
+    let Checked { config, tls } = match checked {
+        Ok(checked) => checked,
+        Err(ConfigError::Invalid(mistakes)) => {
+            for mistake in mistakes {
+                eprintln!("{program}: {mistake}");
+            }
             return ExitCode::FAILURE;
         }
-    };
-    let tls = match TlsContext::from_config(config.tls()) {
-        Ok(tls) => tls,
         Err(err) => {
-            eprintln!("{program}: {}: [tls]: {err}", args.config.display());
+            let hint = if args.check_config && !args.config_given {
+                " (without it the daemon starts with its built-in defaults)"
+            } else {
+                ""
+            };
+            eprintln!("{program}: {}{hint}", config::chain(&err));
             return ExitCode::FAILURE;
         }
     };
@@ -137,7 +160,24 @@ where
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }
-    crate::log::init(config.log());
+    crate::log::init(&config.log);
+
+    // Before the runtime starts its threads: taking systemd's sockets edits the environment.
+    let (listen, left_out) = config.listen_to_bind(tls.is_some());
+    for name in left_out {
+        tracing::warn!(socket = %name, "no certificate: the built-in [listen] socket is not bound");
+    }
+    let activation = match activation::listeners(&listen).map_err(anyhow::Error::from) {
+        Ok(activation) => check_sockets::<D>(activation, tls.is_some()),
+        Err(err) => Err(err),
+    };
+    let activation = match activation {
+        Ok(activation) => activation,
+        Err(err) => {
+            tracing::error!("{err:#}");
+            return ExitCode::FAILURE;
+        }
+    };
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -146,33 +186,25 @@ where
     {
         Ok(runtime) => runtime,
         Err(err) => {
-            eprintln!("{program}: starting the runtime: {err}");
+            tracing::error!("starting the runtime: {err}");
             return ExitCode::FAILURE;
         }
     };
     let result = runtime.block_on(async {
-        let (listeners, socket_activated) = match activation::from_systemd()? {
-            Some(listeners) => (listeners, true),
-            None => (activation::bind_all(config.listen())?, false),
-        };
-        if listeners.is_empty() {
-            return Err(activation::ActivationError::NoSockets.into());
-        }
-        let mut limits = config.limits().clone();
-        limits.idle_timeout.get_or_insert(C::IDLE_TIMEOUT);
-        let server = Server::new(limits, socket_activated);
+        let server = Server::new(config.limits.clone(), activation.socket_activated);
         if let Some(tls) = tls.clone() {
             server.on_reload(move || match tls.reload() {
                 Ok(()) => tracing::info!("TLS certificate reloaded"),
-                Err(err) => {
-                    tracing::error!(error = %err, "TLS reload failed; keeping the old certificate")
-                }
+                Err(err) => tracing::error!(
+                    error = %config::chain(&err),
+                    "TLS reload failed; keeping the old certificate"
+                ),
             });
         }
         let server = setup(Context {
             config,
             config_path: args.config.clone(),
-            listeners,
+            listeners: activation.listeners,
             server,
             tls,
         })?;
@@ -187,4 +219,21 @@ where
             ExitCode::FAILURE
         }
     }
+}
+
+/// Checks the sockets systemd passed as `[listen]` was checked: names the daemon serves, a
+/// certificate for TLS ones. (Bound ones passed that check already.)
+fn check_sockets<D: DaemonConfig>(
+    activation: Activation,
+    tls_available: bool,
+) -> anyhow::Result<Activation> {
+    for listener in &activation.listeners {
+        let name = &listener.name;
+        match D::socket(name, listener.socket.transport()) {
+            Err(why) => anyhow::bail!("socket {name:?}: {why}"),
+            Ok(SocketRole::Tls) if !tls_available => anyhow::bail!(needs_tls(name)),
+            Ok(_) => {}
+        }
+    }
+    Ok(activation)
 }

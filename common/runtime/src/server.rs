@@ -264,7 +264,7 @@ impl Server {
             local: stream.local_addr().unwrap_or(addr),
             listener: name.clone(),
             idle_timeout: self.inner.limits.idle_timeout(),
-            write_timeout: self.inner.limits.write_timeout(),
+            write_timeout: self.inner.limits.write_timeout,
             shutdown: self.inner.shutdown.clone(),
         };
         let span = tracing::info_span!(
@@ -405,7 +405,7 @@ impl Server {
         inner.shutdown.cancel();
         inner.tasks.close();
         inner.sessions.close();
-        let deadline = inner.limits.shutdown_timeout();
+        let deadline = inner.limits.shutdown_timeout;
         if tokio::time::timeout(deadline, inner.sessions.wait())
             .await
             .is_err()

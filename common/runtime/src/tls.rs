@@ -32,7 +32,7 @@ pub const CREDENTIAL_KEY: &str = "tls-key";
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The certificate file could not be read or is not PEM.
-    #[error("reading certificates from {path}: {source}")]
+    #[error("reading certificates from {path}")]
     Certificates {
         /// The certificate file.
         path: PathBuf,
@@ -46,7 +46,7 @@ pub enum TlsError {
         path: PathBuf,
     },
     /// The key file could not be read, is not PEM, or has no private key block.
-    #[error("reading private key from {path}: {source}")]
+    #[error("reading private key from {path}")]
     Key {
         /// The key file.
         path: PathBuf,
@@ -54,7 +54,7 @@ pub enum TlsError {
         source: rustls_pki_types::pem::Error,
     },
     /// The key was read but the crypto provider cannot use it (an unsupported algorithm).
-    #[error("private key in {path}: {source}")]
+    #[error("private key in {path}")]
     BadKey {
         /// The key file.
         path: PathBuf,
@@ -71,7 +71,7 @@ pub enum TlsError {
         key: PathBuf,
     },
     /// rustls refused the server configuration itself (protocol versions).
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Rustls(#[from] rustls::Error),
     /// `[tls]` names a certificate without a key or a key without a certificate.
     #[error("tls.cert and tls.key must be set together")]

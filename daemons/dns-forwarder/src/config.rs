@@ -1,20 +1,21 @@
-//! `/etc/inetkit/dns-forwarder.toml`: the shared sections plus upstreams, cache, ACL, local
-//! data and the rate limit.
+//! `/etc/inetkit/dns-forwarder.toml`: besides the shared sections, upstreams, cache, ACL,
+//! local data and the rate limit.
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Deserialize;
 
-use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{DaemonConfig, KeyPath, Problem, SocketRole, Transport};
 
-#[derive(Debug, Clone, Deserialize)]
+use crate::local::LocalData;
+use crate::upstream::Upstream;
+
+/// The forwarder's own part of its config.
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub(crate) struct Config {
-    pub listen: ListenConfig,
-    pub tls: TlsConfig,
-    pub limits: LimitsConfig,
-    pub log: LogConfig,
+pub(crate) struct DnsConfig {
     pub upstream: Vec<UpstreamConfig>,
     pub forward: ForwardConfig,
     pub cache: CacheConfig,
@@ -23,34 +24,39 @@ pub(crate) struct Config {
     pub record: Vec<RecordConfig>,
     pub rate_limit: RateLimitConfig,
 }
-// RFC 7766 §6.2.3: idle TCP connections are closed after a few seconds.
-inetkit_runtime::shared_sections!(Config, idle_timeout = 10);
 
-impl Default for Config {
-    fn default() -> Self {
-        let mut listen = ListenConfig::new();
-        listen.insert(
-            "dns".into(),
-            vec![
-                "udp://127.0.0.1:53".into(),
-                "tcp://127.0.0.1:53".into(),
-                "udp://[::1]:53".into(),
-                "tcp://[::1]:53".into(),
-            ],
-        );
-        Config {
-            listen,
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            upstream: Vec::new(),
-            forward: ForwardConfig::default(),
-            cache: CacheConfig::default(),
-            acl: AclConfig::default(),
-            local: LocalConfig::default(),
-            record: Vec::new(),
-            rate_limit: RateLimitConfig::default(),
+impl DaemonConfig for DnsConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] = &[(
+        "dns",
+        &[
+            "udp://127.0.0.1:53",
+            "tcp://127.0.0.1:53",
+            "udp://[::1]:53",
+            "tcp://[::1]:53",
+        ],
+    )];
+    // RFC 7766 §6.2.3: idle TCP connections are closed after a few seconds.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+    fn socket(name: &str, _transport: Transport) -> Result<SocketRole, String> {
+        match name {
+            "dns" | "connection" => Ok(SocketRole::Plain),
+            _ => Err("the forwarder serves sockets named dns".into()),
         }
+    }
+
+    /// Builds what the start builds from the config (upstreams, ACL, local data), so that
+    /// whatever would stop the start is found here.
+    fn validate(&self) -> Vec<Problem> {
+        let mut problems: Vec<Problem> = self
+            .upstream
+            .iter()
+            .enumerate()
+            .filter_map(|(i, u)| Upstream::new(u, KeyPath::new("upstream").index(i)).err())
+            .collect();
+        problems.extend(Acl::parse(&self.acl).err());
+        problems.extend(LocalData::load(self).err());
+        problems
     }
 }
 
@@ -82,6 +88,7 @@ fn udp() -> Protocol {
 }
 
 impl UpstreamConfig {
+    /// The address to ask; `Err` says why `address` is not one.
     pub(crate) fn socket_addr(&self) -> Result<SocketAddr, String> {
         let port = match self.protocol {
             Protocol::Udp => 53,
@@ -93,7 +100,12 @@ impl UpstreamConfig {
         self.address
             .parse::<IpAddr>()
             .map(|ip| SocketAddr::new(ip, port))
-            .map_err(|_| format!("upstream address {:?} is not IP or IP:PORT", self.address))
+            .map_err(|_| {
+                format!(
+                    "{:?} is not IP or IP:PORT (names are not looked up)",
+                    self.address
+                )
+            })
     }
 }
 
@@ -101,8 +113,9 @@ impl UpstreamConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct ForwardConfig {
-    /// How long to wait for one upstream before trying the next, in milliseconds.
-    pub timeout_ms: u64,
+    /// How long to wait for one upstream before trying the next.
+    #[serde(deserialize_with = "inetkit_runtime::config::seconds")]
+    pub timeout: Duration,
     /// Where upstreams come from when none is configured.
     pub resolv_conf: PathBuf,
     /// Randomise the case of the question name (the "0x20" defence) and require it back.
@@ -117,7 +130,7 @@ pub(crate) struct ForwardConfig {
 impl Default for ForwardConfig {
     fn default() -> Self {
         ForwardConfig {
-            timeout_ms: 1500,
+            timeout: Duration::from_millis(1500),
             resolv_conf: PathBuf::from("/etc/resolv.conf"),
             randomize_case: false,
             edns_buffer: 1232,
@@ -250,9 +263,10 @@ pub(crate) struct Acl {
 }
 
 impl Acl {
-    pub(crate) fn parse(config: &AclConfig) -> Result<Self, String> {
+    pub(crate) fn parse(config: &AclConfig) -> Result<Self, Problem> {
         let mut nets = Vec::new();
-        for text in &config.allow {
+        for (i, text) in config.allow.iter().enumerate() {
+            let at = || KeyPath::new("acl").key("allow").index(i);
             let (addr, len) = match text.split_once('/') {
                 Some((a, l)) => (a, Some(l)),
                 None => (text.as_str(), None),
@@ -260,7 +274,7 @@ impl Acl {
             let ip: IpAddr = addr
                 .trim()
                 .parse()
-                .map_err(|_| format!("[acl] allow: {text:?} is not an address"))?;
+                .map_err(|_| at().problem(format!("{text:?} is not an address")))?;
             let max = if ip.is_ipv4() { 32 } else { 128 };
             let len = match len {
                 Some(l) => l
@@ -268,7 +282,7 @@ impl Acl {
                     .parse::<u8>()
                     .ok()
                     .filter(|l| *l <= max)
-                    .ok_or_else(|| format!("[acl] allow: {text:?} has a bad prefix length"))?,
+                    .ok_or_else(|| at().problem(format!("{text:?} has a bad prefix length")))?,
                 None => max,
             };
             nets.push((ip, len));
@@ -321,6 +335,94 @@ mod tests {
             allow: vec!["10.0.0.0/33".into()]
         })
         .is_err());
+    }
+
+    fn refused(text: &str) -> String {
+        let path = std::path::Path::new("dns.toml");
+        match inetkit_runtime::config::from_text::<DnsConfig>(text, path) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const RECORD: &str = "[[record]]\nname = \"ok.lan\"\ntype = \"A\"\nvalue = \"192.0.2.1\"\n\n";
+
+    #[test]
+    fn a_record_value_that_is_no_address_is_refused_at_the_value() {
+        let err = refused(&format!(
+            "{RECORD}[[record]]\nname = \"a.lan\"\ntype = \"a\"\nvalue = \"not-an-ip\"\n"
+        ));
+        assert_eq!(
+            err,
+            "dns.toml:9:1: record[1].value: \"not-an-ip\" is not an IPv4 address"
+        );
+    }
+
+    #[test]
+    fn a_record_type_not_served_is_refused_at_the_type() {
+        let err = refused("[[record]]\nname = \"a.lan\"\ntype = \"MX\"\nvalue = \"mx.lan\"\n");
+        assert!(err.starts_with("dns.toml:3:1: record[0].type: "), "{err}");
+        assert!(err.contains("\"MX\" is not served"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_acl_prefix_is_refused_at_the_network() {
+        let err = refused("[acl]\nallow = [\"127.0.0.0/8\", \"10.0.0.0/33\"]\n");
+        assert_eq!(
+            err,
+            "dns.toml:2:25: acl.allow[1]: \"10.0.0.0/33\" has a bad prefix length"
+        );
+    }
+
+    #[test]
+    fn an_upstream_name_is_refused_at_the_address() {
+        let err = refused("[[upstream]]\naddress = \"dns.google\"\n");
+        assert!(
+            err.starts_with("dns.toml:2:1: upstream[0].address: "),
+            "{err}"
+        );
+        assert!(err.contains("\"dns.google\" is not IP or IP:PORT"), "{err}");
+    }
+
+    #[test]
+    fn a_tls_upstream_without_tls_name_is_refused_at_the_protocol() {
+        let err = refused(
+            "[[upstream]]\naddress = \"192.0.2.1\"\n\n[[upstream]]\naddress = \"192.0.2.2\"\n\
+             protocol = \"tls\"\n",
+        );
+        assert!(
+            err.starts_with("dns.toml:6:1: upstream[1].protocol: "),
+            "{err}"
+        );
+        assert!(err.contains("tls_name"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_hosts_file_is_refused_at_the_key() {
+        let err = refused("[local]\nttl = 60\nhosts_file = \"/nonexistent/hosts\"\n");
+        assert!(
+            err.starts_with("dns.toml:3:1: local.hosts_file: cannot read /nonexistent/hosts: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn the_forward_timeout_is_seconds() {
+        let path = std::path::Path::new("dns.toml");
+        let checked =
+            inetkit_runtime::config::from_text::<DnsConfig>("[forward]\ntimeout = 0.25\n", path);
+        let Ok(checked) = checked else {
+            panic!("refused")
+        };
+        assert_eq!(
+            checked.config.daemon.forward.timeout,
+            Duration::from_millis(250)
+        );
+        let err = refused("[forward]\ntimeout_ms = 1500\n");
+        assert!(
+            err.starts_with("dns.toml:2:1: unknown field `timeout_ms`"),
+            "{err}"
+        );
     }
 
     #[test]

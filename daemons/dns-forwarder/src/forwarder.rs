@@ -12,8 +12,10 @@ use hickory_proto::rr::rdata::HINFO;
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::sync::oneshot;
 
+use inetkit_runtime::config::KeyPath;
+
 use crate::cache::{Answer, Cache, Entry, Hit, Key, KeyBuf};
-use crate::config::{Acl, CacheConfig, Config, ForwardConfig};
+use crate::config::{Acl, CacheConfig, DnsConfig, ForwardConfig};
 use crate::fast;
 use crate::local::{LocalAnswer, LocalData};
 use crate::upstream::{Ask, Upstream};
@@ -37,10 +39,12 @@ pub(crate) struct Settings {
 
 impl Settings {
     /// Builds everything from a config; `own` are the addresses we listen on, never upstreams.
-    pub(crate) fn from_config(config: &Config, own: &[SocketAddr]) -> anyhow::Result<Self> {
+    /// The config's problems were found when it was checked (`DnsConfig::validate` builds
+    /// the same); only a file changed since then, or an upstream that is us, fails here.
+    pub(crate) fn from_config(config: &DnsConfig, own: &[SocketAddr]) -> anyhow::Result<Self> {
         let mut upstreams = Vec::new();
-        for u in &config.upstream {
-            let upstream = Upstream::new(u)?;
+        for (i, u) in config.upstream.iter().enumerate() {
+            let upstream = Upstream::new(u, KeyPath::new("upstream").index(i))?;
             anyhow::ensure!(
                 !own.contains(&upstream.addr),
                 "upstream {} is this forwarder itself",
@@ -59,7 +63,7 @@ impl Settings {
         }
         Ok(Settings {
             upstreams,
-            acl: Acl::parse(&config.acl).map_err(anyhow::Error::msg)?,
+            acl: Acl::parse(&config.acl)?,
             local: LocalData::load(config)?,
             forward: config.forward.clone(),
             cache: config.cache.clone(),
@@ -472,7 +476,7 @@ impl Forwarder {
             edns_buffer: settings.forward.edns_buffer,
             exact_case: settings.forward.randomize_case,
         };
-        let timeout = Duration::from_millis(settings.forward.timeout_ms.max(1));
+        let timeout = settings.forward.timeout.max(Duration::from_millis(1));
         for upstream in order {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             match upstream.exchange(&ask, timeout).await {
@@ -697,7 +701,7 @@ mod tests {
     use hickory_proto::rr::rdata::TXT;
 
     fn settings() -> Settings {
-        let mut config = Config::default();
+        let mut config = DnsConfig::default();
         config.forward.resolv_conf = "/nonexistent".into();
         Settings::from_config(&config, &[]).unwrap()
     }

@@ -8,8 +8,10 @@ use hickory_proto::op::ResponseCode;
 use hickory_proto::rr::rdata::{A, AAAA, CNAME, PTR, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
+use inetkit_runtime::config::{KeyPath, Problem};
+
 use crate::cache::KeyBuf;
-use crate::config::{BlockMode, Config};
+use crate::config::{BlockMode, DnsConfig};
 
 /// What local data says about a question.
 #[derive(Debug, PartialEq)]
@@ -30,51 +32,54 @@ pub(crate) struct LocalData {
 }
 
 impl LocalData {
-    pub(crate) fn load(config: &Config) -> anyhow::Result<Self> {
+    /// The local data of a config; its problems are the checks of `[[record]]` and `[local]`.
+    pub(crate) fn load(config: &DnsConfig) -> Result<Self, Problem> {
         let mut data = LocalData {
             ttl: config.local.ttl,
             block_mode: Some(config.local.block_mode),
             ..LocalData::default()
         };
-        for r in &config.record {
-            let name = parse_name(&r.name)?;
+        for (i, r) in config.record.iter().enumerate() {
+            let at = |key: &str| KeyPath::new("record").index(i).key(key);
+            let name = parse_name(&r.name).map_err(|e| at("name").problem(e))?;
             let ttl = r.ttl.unwrap_or(config.local.ttl);
+            let value = |e: String| at("value").problem(e);
             let rdata = match r.kind.to_ascii_uppercase().as_str() {
-                "A" => RData::A(A(r.value.parse::<Ipv4Addr>().map_err(|_| {
-                    anyhow::anyhow!(
-                        "[[record]] {}: {:?} is not an IPv4 address",
-                        r.name,
-                        r.value
-                    )
-                })?)),
-                "AAAA" => RData::AAAA(AAAA(r.value.parse::<Ipv6Addr>().map_err(|_| {
-                    anyhow::anyhow!(
-                        "[[record]] {}: {:?} is not an IPv6 address",
-                        r.name,
-                        r.value
-                    )
-                })?)),
-                "CNAME" => RData::CNAME(CNAME(parse_name(&r.value)?)),
-                "PTR" => RData::PTR(PTR(parse_name(&r.value)?)),
+                "A" => RData::A(A(r
+                    .value
+                    .parse::<Ipv4Addr>()
+                    .map_err(|_| value(format!("{:?} is not an IPv4 address", r.value)))?)),
+                "AAAA" => {
+                    RData::AAAA(AAAA(r.value.parse::<Ipv6Addr>().map_err(|_| {
+                        value(format!("{:?} is not an IPv6 address", r.value))
+                    })?))
+                }
+                "CNAME" => RData::CNAME(CNAME(parse_name(&r.value).map_err(value)?)),
+                "PTR" => RData::PTR(PTR(parse_name(&r.value).map_err(value)?)),
                 "TXT" => RData::TXT(TXT::new(vec![r.value.clone()])),
-                other => anyhow::bail!(
-                    "[[record]] {}: type {other:?} is not served (A, AAAA, CNAME, PTR, TXT)",
-                    r.name
-                ),
+                other => {
+                    return Err(at("type").problem(format!(
+                        "type {other:?} is not served (A, AAAA, CNAME, PTR, TXT)"
+                    )))
+                }
             };
             data.add(name, ttl, rdata);
         }
+        let local = |key: &str| KeyPath::new("local").key(key);
         if let Some(path) = &config.local.hosts_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("hosts file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                local("hosts_file").problem(format!("cannot read {}: {e}", path.display()))
+            })?;
             data.add_hosts(&text);
         }
-        for name in &config.local.blocklist {
-            data.block(parse_name(name)?);
+        for (i, name) in config.local.blocklist.iter().enumerate() {
+            let name = parse_name(name).map_err(|e| local("blocklist").index(i).problem(e))?;
+            data.block(name);
         }
         if let Some(path) = &config.local.blocklist_file {
-            let text = std::fs::read_to_string(path)
-                .map_err(|e| anyhow::anyhow!("blocklist file {}: {e}", path.display()))?;
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                local("blocklist_file").problem(format!("cannot read {}: {e}", path.display()))
+            })?;
             for line in text.lines() {
                 let line = line.split('#').next().unwrap_or("");
                 // Plain names, or hosts-file lines ("0.0.0.0 ads.example").
@@ -222,9 +227,9 @@ fn lower_wire(name: &Name) -> Option<Box<[u8]>> {
     Some(key.name().into())
 }
 
-fn parse_name(text: &str) -> anyhow::Result<Name> {
+fn parse_name(text: &str) -> Result<Name, String> {
     let mut name =
-        Name::from_ascii(text).map_err(|e| anyhow::anyhow!("{text:?} is not a DNS name: {e}"))?;
+        Name::from_ascii(text).map_err(|e| format!("{text:?} is not a DNS name: {e}"))?;
     name.set_fqdn(true);
     Ok(name)
 }
@@ -235,7 +240,7 @@ mod tests {
     use crate::config::RecordConfig;
 
     fn data(records: &[(&str, &str, &str)], hosts: &str, blocked: &[&str]) -> LocalData {
-        let mut config = Config {
+        let mut config = DnsConfig {
             record: records
                 .iter()
                 .map(|(n, t, v)| RecordConfig {
@@ -245,7 +250,7 @@ mod tests {
                     ttl: None,
                 })
                 .collect(),
-            ..Config::default()
+            ..DnsConfig::default()
         };
         config.local.blocklist = blocked.iter().map(|s| s.to_string()).collect();
         let mut d = LocalData::load(&config).unwrap();

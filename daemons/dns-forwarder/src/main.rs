@@ -21,33 +21,30 @@ use inetkit_runtime::activation::Socket;
 use inetkit_runtime::daemon::{self, Context};
 use inetkit_runtime::server::Server;
 
-use config::Config;
+use config::DnsConfig;
 use forwarder::{Forwarder, Settings};
 
 fn main() -> ExitCode {
     daemon::run("dns-forwarder", setup)
 }
 
-fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
+fn setup(mut ctx: Context<DnsConfig>) -> anyhow::Result<Server> {
     let server = ctx.server.clone();
+    let config = &ctx.config.daemon;
     let listeners = std::mem::take(&mut ctx.listeners);
     let own: Vec<SocketAddr> = listeners
         .iter()
         .filter_map(|l| l.socket.local_addr().ok())
         .collect();
-    let settings = Settings::from_config(&ctx.config, &own)?;
-    let forwarder = Arc::new(Forwarder::new(settings, ctx.config.cache.clone()));
+    let settings = Settings::from_config(config, &own)?;
+    let forwarder = Arc::new(Forwarder::new(settings, config.cache.clone()));
     let limiter = Arc::new(Mutex::new(inetkit_runtime::ratelimit::RateLimiter::new(
-        ctx.config.rate_limit.rate,
-        ctx.config.rate_limit.burst,
+        config.rate_limit.rate,
+        config.rate_limit.burst,
         "query",
     )));
+    // The socket names were checked at start (DnsConfig::socket).
     for listener in listeners {
-        anyhow::ensure!(
-            listener.name == "dns" || listener.name == "connection",
-            "socket {:?}: the forwarder serves sockets named dns",
-            listener.name
-        );
         match listener.socket {
             Socket::Udp(socket) => {
                 let local = socket.local_addr()?;
@@ -92,18 +89,15 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     }
     let stats = forwarder.clone();
     server.set_status_detail(move || stats.status());
-    server.spawn(housekeeping(
-        forwarder,
-        server.clone(),
-        ctx.config.clone(),
-        own,
-    ));
+    server.spawn(housekeeping(forwarder, server.clone(), config.clone(), own));
     Ok(server)
 }
 
+/// The config read and checked again, as at start; its mistakes are logged with their
+/// positions.
 fn reload(path: &std::path::Path, own: &[SocketAddr]) -> anyhow::Result<Settings> {
-    let config: Config = inetkit_runtime::config::load(path)?;
-    Settings::from_config(&config, own)
+    let checked = inetkit_runtime::config::load::<DnsConfig>(path)?;
+    Settings::from_config(&checked.config.daemon, own)
 }
 
 /// Once a second: cache sweeping, resolv.conf changes; SIGUSR1 logs the statistics (the
@@ -111,7 +105,7 @@ fn reload(path: &std::path::Path, own: &[SocketAddr]) -> anyhow::Result<Settings
 async fn housekeeping(
     forwarder: Arc<Forwarder>,
     server: Server,
-    config: Config,
+    config: DnsConfig,
     own: Vec<SocketAddr>,
 ) {
     let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {

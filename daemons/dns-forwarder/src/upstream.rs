@@ -18,6 +18,8 @@ use tokio::sync::{mpsc, oneshot, Mutex, Notify};
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
 
+use inetkit_runtime::config::{KeyPath, Problem};
+
 use crate::config::{Protocol, UpstreamConfig};
 
 /// The largest UDP answer read.
@@ -32,7 +34,7 @@ thread_local! {
 pub(crate) enum UpstreamError {
     #[error("timed out")]
     Timeout,
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error("bad answer: {0}")]
     Bad(String),
@@ -61,20 +63,22 @@ pub(crate) struct Upstream {
 }
 
 impl Upstream {
-    pub(crate) fn new(config: &UpstreamConfig) -> anyhow::Result<Self> {
-        let addr = config.socket_addr().map_err(anyhow::Error::msg)?;
+    /// The upstream `config` describes; `at` is where it is in the config, for problems.
+    pub(crate) fn new(config: &UpstreamConfig, at: KeyPath) -> Result<Self, Problem> {
+        let addr = config
+            .socket_addr()
+            .map_err(|e| at.clone().key("address").problem(e))?;
         let tls = match config.protocol {
             Protocol::Udp => None,
             Protocol::Tls => {
                 let name = config.tls_name.clone().ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "upstream {}: tls needs tls_name (checked on the certificate)",
-                        config.address
-                    )
+                    at.clone()
+                        .key("protocol")
+                        .problem("tls needs tls_name (the name checked on the certificate)")
                 })?;
                 let server_name = rustls_pki_types::ServerName::try_from(name.clone())
-                    .map_err(|e| anyhow::anyhow!("upstream tls_name {name:?}: {e}"))?;
-                Some((connector(config)?, server_name))
+                    .map_err(|e| at.clone().key("tls_name").problem(format!("{name:?}: {e}")))?;
+                Some((connector(config, &at)?, server_name))
             }
         };
         Ok(Upstream {
@@ -388,16 +392,21 @@ impl Drop for Forget<'_> {
     }
 }
 
-fn connector(config: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
+fn connector(config: &UpstreamConfig, at: &KeyPath) -> Result<TlsConnector, Problem> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     match &config.tls_ca {
         Some(path) => {
-            for cert in rustls_pki_types::CertificateDer::pem_file_iter(path)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?
+            let bad = |e: &dyn std::fmt::Display| {
+                at.clone()
+                    .key("tls_ca")
+                    .problem(format!("{}: {e}", path.display()))
+            };
+            for cert in
+                rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?
             {
-                let cert = cert.map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
-                roots.add(cert)?;
+                let cert = cert.map_err(|e| bad(&e))?;
+                roots.add(cert).map_err(|e| bad(&e))?;
             }
         }
         None => {
@@ -409,7 +418,8 @@ fn connector(config: &UpstreamConfig) -> anyhow::Result<TlsConnector> {
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()?
+        .with_safe_default_protocol_versions()
+        .map_err(|e| at.clone().problem(format!("TLS setup: {e}")))?
         .with_root_certificates(roots)
         .with_no_client_auth();
     Ok(TlsConnector::from(Arc::new(config)))

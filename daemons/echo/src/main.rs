@@ -5,27 +5,45 @@ mod service;
 mod udp;
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
 use inetkit_runtime::activation::Socket;
-use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{DaemonConfig, SocketRole, Transport};
 use inetkit_runtime::daemon::{self, Context};
 use inetkit_runtime::server::Server;
 
 use service::Service;
 
-#[derive(Debug, Deserialize)]
+/// echo's own part of `/etc/inetkit/echo.toml`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
-    listen: ListenConfig,
-    tls: TlsConfig,
-    limits: LimitsConfig,
-    log: LogConfig,
+struct EchoConfig {
     udp: UdpConfig,
 }
-inetkit_runtime::shared_sections!(Config);
+
+impl DaemonConfig for EchoConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("echo", &["tcp://[::]:7", "udp://[::]:7"])];
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        match Service::from_socket_name(name) {
+            None => Err(
+                "not a service name (echo, discard, chargen, daytime, time, \
+                         optionally with -tls)"
+                    .into(),
+            ),
+            Some((_, true)) if transport == Transport::Udp => {
+                Err("TLS over UDP is not served".into())
+            }
+            Some((_, true)) => Ok(SocketRole::Tls),
+            Some((_, false)) => Ok(SocketRole::Plain),
+        }
+    }
+}
 
 /// `[udp]`: the per-source limit on datagrams answered.
 #[derive(Debug, Deserialize)]
@@ -46,55 +64,27 @@ impl Default for UdpConfig {
     }
 }
 
-impl Default for Config {
-    fn default() -> Self {
-        let mut listen = ListenConfig::new();
-        listen.insert(
-            "echo".into(),
-            vec!["tcp://[::]:7".into(), "udp://[::]:7".into()],
-        );
-        Config {
-            listen,
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            udp: UdpConfig::default(),
-        }
-    }
-}
-
 fn main() -> ExitCode {
     daemon::run("echo", setup)
 }
 
-fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
+fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
     let server = ctx.server.clone();
+    let udp = &ctx.config.daemon.udp;
     for listener in std::mem::take(&mut ctx.listeners) {
-        let (service, tls) = Service::from_socket_name(&listener.name).with_context(|| {
-            format!(
-                "socket {:?}: not a service name (echo, discard, chargen, daytime, time, \
-                 optionally with -tls)",
-                listener.name
-            )
-        })?;
+        // The names were checked at start (EchoConfig::socket).
+        let (service, tls) = Service::from_socket_name(&listener.name)
+            .with_context(|| format!("socket {:?}: not a service name", listener.name))?;
         match listener.socket {
             Socket::Udp(socket) => {
-                anyhow::ensure!(
-                    !tls,
-                    "socket {:?}: TLS over UDP is not served",
-                    listener.name
-                );
                 let local = socket.local_addr()?;
                 let socket = tokio::net::UdpSocket::from_std(socket)?;
                 tracing::info!(socket = %listener.name, address = %local, "listening (udp)");
-                let limiter = inetkit_runtime::ratelimit::RateLimiter::new(
-                    ctx.config.udp.rate,
-                    ctx.config.udp.burst,
-                    "udp",
-                )
-                // A /24 or /64 may have 4 sources' worth, the socket 20 (50/s each by
-                // default: 200/s per network, 1,000/s in all).
-                .with_networks_and_total(4, 20);
+                let limiter =
+                    inetkit_runtime::ratelimit::RateLimiter::new(udp.rate, udp.burst, "udp")
+                        // A /24 or /64 may have 4 sources' worth, the socket 20 (50/s each by
+                        // default: 200/s per network, 1,000/s in all).
+                        .with_networks_and_total(4, 20);
                 server.spawn(udp::serve(service, socket, server.clone(), limiter));
             }
             _ if tls => {
@@ -117,4 +107,37 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         }
     }
     Ok(server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<EchoConfig>(text, Path::new("echo.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_socket_that_names_no_service_is_refused_at_its_name() {
+        let err = refused("[udp]\nrate = 1\n[listen]\nqotd = [\"127.0.0.1:0\"]\n");
+        assert!(
+            err.starts_with("echo.toml:4:1: listen.qotd: socket \"qotd\": "),
+            "{err}"
+        );
+        assert!(err.contains("not a service name"), "{err}");
+    }
+
+    #[test]
+    fn tls_over_udp_is_refused() {
+        let err = refused("[listen]\necho-tls = [\"udp://127.0.0.1:0\"]\n");
+        assert!(
+            err.starts_with("echo.toml:2:1: ") && err.contains("UDP"),
+            "{err}"
+        );
+    }
 }

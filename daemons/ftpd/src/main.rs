@@ -17,39 +17,55 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{DaemonConfig, KeyPath, Problem, SocketRole, Transport};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
 use crate::passive::PassiveSlots;
 
-#[derive(Debug, Deserialize)]
+/// ftpd's own part of `/etc/inetkit/ftpd.toml`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
-    listen: ListenConfig,
-    tls: TlsConfig,
-    limits: LimitsConfig,
-    log: LogConfig,
+struct FtpdConfig {
     auth: AuthConfig,
     ftp: FtpConfig,
 }
-// vsftpd's idle_session_timeout default.
-inetkit_runtime::shared_sections!(Config, idle_timeout = 300);
 
-impl Default for Config {
-    fn default() -> Self {
-        let mut listen = ListenConfig::new();
-        listen.insert("ftp".into(), vec!["[::]:21".into()]);
-        listen.insert("ftps".into(), vec!["[::]:990".into()]);
-        Config {
-            listen,
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            auth: AuthConfig::default(),
-            ftp: FtpConfig::default(),
+const FTP: PlainAndTls = PlainAndTls {
+    protocol: "FTP",
+    plain: "ftp",
+    tls: "ftps",
+    busy: b"421 Too many connections; try again later.\r\n",
+};
+
+impl DaemonConfig for FtpdConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("ftp", &["[::]:21"]), ("ftps", &["[::]:990"])];
+    // vsftpd's idle_session_timeout default.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        FTP.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        let at = || KeyPath::new("ftp");
+        let mut problems = Vec::new();
+        let [low, high] = self.ftp.passive_ports;
+        if low > high {
+            problems.push(
+                at().key("passive_ports")
+                    .problem("the first port must not be above the last"),
+            );
         }
+        if let Some(IpAddr::V6(_)) = self.ftp.passive_address {
+            problems.push(
+                at().key("passive_address")
+                    .problem("must be an IPv4 address (PASV cannot carry IPv6)"),
+            );
+        }
+        problems
     }
 }
 
@@ -71,9 +87,10 @@ pub struct FtpConfig {
     /// Allow `anonymous`/`ftp` logins, read-only, in `anonymous_root`.
     pub anonymous: bool,
     pub anonymous_root: PathBuf,
-    /// Seconds to wait for a data connection to open, and for a stalled one to move; a passive
-    /// port nobody connects to is closed after as long.
-    pub data_timeout: u64,
+    /// How long to wait for a data connection to open, and for a stalled one to move; a
+    /// passive port nobody connects to is closed after as long.
+    #[serde(deserialize_with = "inetkit_runtime::config::seconds")]
+    pub data_timeout: Duration,
     /// Passive ports open at once for one client address, over all its sessions (0: none,
     /// PORT/EPRT only).
     pub max_passive_per_address: usize,
@@ -91,7 +108,7 @@ impl Default for FtpConfig {
             passive_any_address: false,
             anonymous: false,
             anonymous_root: PathBuf::from("/srv/ftp"),
-            data_timeout: 60,
+            data_timeout: Duration::from_secs(60),
             max_passive_per_address: 16,
             require_tls_reuse: true,
         }
@@ -100,7 +117,7 @@ impl Default for FtpConfig {
 
 impl FtpConfig {
     pub fn data_timeout(&self) -> Duration {
-        Duration::from_secs(self.data_timeout.max(1))
+        self.data_timeout.max(Duration::from_secs(1))
     }
 }
 
@@ -118,30 +135,63 @@ fn main() -> ExitCode {
     daemon::run("ftpd", setup)
 }
 
-fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
-    let [low, high] = ctx.config.ftp.passive_ports;
-    anyhow::ensure!(
-        low <= high,
-        "[ftp] passive_ports: the first port must not be above the last"
-    );
-    if let Some(IpAddr::V6(_)) = ctx.config.ftp.passive_address {
-        anyhow::bail!("[ftp] passive_address must be an IPv4 address (PASV cannot carry IPv6)");
-    }
+fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
     let ftp = Arc::new(Ftp {
-        auth: ctx.config.auth.authenticator(),
-        auth_config: ctx.config.auth.clone(),
-        config: ctx.config.ftp.clone(),
+        auth: config.auth.authenticator(),
+        auth_config: config.auth.clone(),
+        config: config.ftp.clone(),
         tls: ctx.tls.clone(),
-        passive: PassiveSlots::new(ctx.config.ftp.max_passive_per_address),
+        passive: PassiveSlots::new(config.ftp.max_passive_per_address),
     });
-    ctx.serve_plain_and_tls(
-        PlainAndTls {
-            protocol: "FTP",
-            plain: "ftp",
-            tls: "ftps",
-            busy: b"421 Too many connections; try again later.\r\n",
-        },
-        move |stream, peer, implicit_tls| session::serve(ftp.clone(), stream, peer, implicit_tls),
-    )?;
+    ctx.serve_plain_and_tls(FTP, move |stream, peer, implicit_tls| {
+        session::serve(ftp.clone(), stream, peer, implicit_tls)
+    })?;
     Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<FtpdConfig>(text, Path::new("ftpd.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn passive_ports_out_of_order_are_refused_at_the_key() {
+        assert_eq!(
+            refused("[ftp]\nanonymous = false\npassive_ports = [60000, 50000]\n"),
+            "ftpd.toml:3:1: ftp.passive_ports: the first port must not be above the last"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_passive_address_is_refused_at_the_key() {
+        let err = refused("[ftp]\npassive_address = \"::1\"\n");
+        assert!(
+            err.starts_with("ftpd.toml:2:1: ftp.passive_address: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn data_timeout_is_seconds() {
+        let checked = inetkit_runtime::config::from_text::<FtpdConfig>(
+            "[ftp]\ndata_timeout = 2.5\n",
+            Path::new("ftpd.toml"),
+        );
+        let Ok(checked) = checked else {
+            panic!("refused")
+        };
+        assert_eq!(
+            checked.config.daemon.ftp.data_timeout(),
+            Duration::from_millis(2500)
+        );
+    }
 }

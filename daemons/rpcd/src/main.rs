@@ -13,48 +13,51 @@ mod xmlrpc;
 
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{DaemonConfig, Problem, SocketRole, Transport};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls};
 use inetkit_runtime::server::Server;
 
 use http::HttpConfig;
 use methods::{BuiltinsConfig, MethodConfig, Registry};
 
-#[derive(Debug, Deserialize)]
+/// rpcd's own part of `/etc/inetkit/rpcd.toml`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
-    listen: ListenConfig,
-    tls: TlsConfig,
-    limits: LimitsConfig,
-    log: LogConfig,
+struct RpcdConfig {
     auth: AuthConfig,
     http: HttpConfig,
     builtins: BuiltinsConfig,
-    #[serde(rename = "method", deserialize_with = "methods::checked_methods")]
+    #[serde(rename = "method")]
     methods: Vec<MethodConfig>,
 }
-// An idle keep-alive connection is closed after a minute, as web servers do.
-inetkit_runtime::shared_sections!(Config, idle_timeout = 60);
 
-impl Default for Config {
-    fn default() -> Self {
-        let mut listen = ListenConfig::new();
-        listen.insert("rpc".into(), vec!["[::]:8000".into()]);
-        listen.insert("rpcs".into(), vec!["[::]:8443".into()]);
-        Config {
-            listen,
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            auth: AuthConfig::default(),
-            http: HttpConfig::default(),
-            builtins: BuiltinsConfig::default(),
-            methods: Vec::new(),
-        }
+const HTTP: PlainAndTls = PlainAndTls {
+    protocol: "HTTP",
+    plain: "rpc",
+    tls: "rpcs",
+    busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+};
+
+impl DaemonConfig for RpcdConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("rpc", &["[::]:8000"]), ("rpcs", &["[::]:8443"])];
+    // An idle keep-alive connection is closed after a minute, as web servers do.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        HTTP.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        Registry::new(&self.builtins, &self.methods)
+            .err()
+            .into_iter()
+            .collect()
     }
 }
 
@@ -70,39 +73,90 @@ fn main() -> ExitCode {
     daemon::run("rpcd", setup)
 }
 
-fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
-    let registry = Registry::new(&ctx.config.builtins, &ctx.config.methods)
-        .map_err(|e| anyhow::anyhow!("{}: {e}", ctx.config_path.display()))?;
+fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
+    let registry = Registry::new(&config.builtins, &config.methods)?;
     tracing::info!(methods = registry.len(), "methods loaded");
     let rpcd = Arc::new(Rpcd {
         registry,
-        auth: ctx.config.auth.authenticator(),
-        auth_config: ctx.config.auth.clone(),
-        http: ctx.config.http.clone(),
+        auth: config.auth.authenticator(),
+        auth_config: config.auth.clone(),
+        http: config.http.clone(),
     });
     // Listening sockets are close-on-exec (common::activation), so methods' commands never
     // inherit them.
     let tls = ctx.tls.clone();
-    ctx.serve_plain_and_tls(
-        PlainAndTls {
-            protocol: "HTTP",
-            plain: "rpc",
-            tls: "rpcs",
-            busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-        },
-        move |stream, peer, implicit_tls| {
-            let rpcd = rpcd.clone();
-            let tls = tls.clone().filter(|_| implicit_tls);
-            async move {
-                match tls {
-                    None => http::serve(rpcd, stream, peer, false).await,
-                    Some(tls) => match tls.accept(stream).await {
-                        Ok(stream) => http::serve(rpcd, stream, peer, true).await,
-                        Err(err) => tracing::debug!("TLS handshake failed: {err}"),
-                    },
-                }
+    ctx.serve_plain_and_tls(HTTP, move |stream, peer, implicit_tls| {
+        let rpcd = rpcd.clone();
+        let tls = tls.clone().filter(|_| implicit_tls);
+        async move {
+            match tls {
+                None => http::serve(rpcd, stream, peer, false).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => http::serve(rpcd, stream, peer, true).await,
+                    Err(err) => tracing::debug!("TLS handshake failed: {err}"),
+                },
             }
-        },
-    )?;
+        }
+    })?;
     Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<RpcdConfig>(text, Path::new("rpcd.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const GOOD: &str = "[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\n\n";
+
+    /// Method errors point at the method's key, not at 1:1.
+    #[test]
+    fn method_problems_name_the_key_of_the_method() {
+        assert_eq!(
+            refused(&format!(
+                "{GOOD}[[method]]\nname = \"b\"\nargv = [\"true\"]\n"
+            )),
+            "rpcd.toml:7:1: method[1].argv: method \"b\": argv must start with an absolute \
+             program path"
+        );
+        let err = refused(&format!(
+            "{GOOD}[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\n"
+        ));
+        assert!(err.starts_with("rpcd.toml:6:1: method[1].name: "), "{err}");
+        let err = refused(&format!(
+            "{GOOD}[[method]]\nname = \"b\"\nargv = [\"/bin/true\"]\n\
+             params = [{{ name = \"x\", type = \"string\" }}, {{ name = \"y\", type = \"array\" }}]\n"
+        ));
+        assert!(
+            err.starts_with("rpcd.toml:8:44: method[1].params[1]: "),
+            "{err}"
+        );
+        let err = refused(&format!("{GOOD}[builtins]\npublic = [\"host.nope\"]\n"));
+        assert!(
+            err.starts_with("rpcd.toml:6:11: builtins.public[0]: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn method_timeouts_are_seconds() {
+        let err = refused("[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\ntimeout = -1\n");
+        assert!(
+            err.starts_with("rpcd.toml:4:11: expected a number of seconds"),
+            "{err}"
+        );
+        let err = refused("[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\ntimeout = 0\n");
+        assert!(
+            err.starts_with("rpcd.toml:4:1: method[0].timeout: "),
+            "{err}"
+        );
+    }
 }

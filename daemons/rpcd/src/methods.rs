@@ -11,6 +11,7 @@ use serde::Deserialize;
 use tokio::sync::Semaphore;
 
 use inetkit_auth::User;
+use inetkit_runtime::config::{optional_seconds, seconds, KeyPath, Problem};
 
 use crate::exec::{self, ArgsMode, ResultKind};
 use crate::tally::Tally;
@@ -35,9 +36,8 @@ pub struct MethodConfig {
     pub cwd: PathBuf,
     #[serde(default)]
     pub env: Vec<String>,
-    /// Seconds.
-    #[serde(default = "default_timeout")]
-    pub timeout: f64,
+    #[serde(default = "default_timeout", deserialize_with = "seconds")]
+    pub timeout: Duration,
     #[serde(default = "default_max_stdout")]
     pub max_stdout: usize,
     #[serde(default = "default_max_stderr")]
@@ -52,9 +52,10 @@ pub struct MethodConfig {
     pub public: bool,
     #[serde(default = "default_concurrency")]
     pub concurrency: usize,
-    /// Seconds a call waits for a free slot when `concurrency` calls are running; by default
-    /// the method's timeout.
-    pub queue_timeout: Option<f64>,
+    /// How long a call waits for a free slot when `concurrency` calls are running; by
+    /// default the method's timeout.
+    #[serde(default, deserialize_with = "optional_seconds")]
+    pub queue_timeout: Option<Duration>,
     /// Let string parameters start with `-` (see `exec::Command::allow_options`).
     #[serde(default)]
     pub allow_options: bool,
@@ -63,8 +64,8 @@ pub struct MethodConfig {
 fn root() -> PathBuf {
     PathBuf::from("/")
 }
-fn default_timeout() -> f64 {
-    10.0
+fn default_timeout() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_stdout() -> usize {
     1 << 20
@@ -84,33 +85,12 @@ pub struct ParamConfig {
     pub ty: Type,
 }
 
-/// Reads the `[[method]]` list and checks it as the daemon will at start (names, argv,
-/// parameter types, limits), so `--check-config` reports a bad method too.
-pub(crate) fn checked_methods<'de, D: serde::Deserializer<'de>>(
-    d: D,
-) -> Result<Vec<MethodConfig>, D::Error> {
-    let methods = Vec::<MethodConfig>::deserialize(d)?;
-    Registry::new(&BuiltinsConfig::default(), &methods).map_err(serde::de::Error::custom)?;
-    Ok(methods)
-}
-
-/// Reads `[builtins] public`, refusing names that are not built-in methods.
-fn checked_public<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
-    let public = Vec::<String>::deserialize(d)?;
-    let builtins = BuiltinsConfig {
-        public: public.clone(),
-    };
-    Registry::new(&builtins, &[]).map_err(serde::de::Error::custom)?;
-    Ok(public)
-}
-
 /// `[builtins]`.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinsConfig {
     /// Built-in methods anyone may call without logging in (`host.uptime`, …). The
     /// introspection methods are always public and list only what the caller may call.
-    #[serde(deserialize_with = "checked_public")]
     pub public: Vec<String>,
 }
 
@@ -182,7 +162,9 @@ pub struct Registry {
 }
 
 impl Registry {
-    pub fn new(builtins: &BuiltinsConfig, configured: &[MethodConfig]) -> anyhow::Result<Self> {
+    /// The built-in methods and the configured ones. Its problems are the checks of
+    /// `[builtins]` and `[[method]]` (the start and `--check-config` both build it).
+    pub fn new(builtins: &BuiltinsConfig, configured: &[MethodConfig]) -> Result<Self, Problem> {
         let mut methods = BTreeMap::new();
         let string = |n: &str| Some(vec![(n.to_owned(), Type::String)]);
         let builtin = |help: &str, params, returns, b| Method {
@@ -280,60 +262,79 @@ impl Registry {
         ] {
             methods.insert(name.to_owned(), method);
         }
-        for name in &builtins.public {
+        for (i, name) in builtins.public.iter().enumerate() {
             match methods.get_mut(name) {
                 Some(m) if !name.starts_with("system.") => m.public = true,
-                _ => anyhow::bail!("[builtins] public: {name:?} is not a built-in method"),
+                _ => {
+                    return Err(KeyPath::new("builtins")
+                        .key("public")
+                        .index(i)
+                        .problem(format!("{name:?} is not a built-in method")))
+                }
             }
         }
         for m in methods.iter_mut().filter(|(n, _)| n.starts_with("system.")) {
             m.1.public = true;
         }
 
-        for c in configured {
+        for (i, c) in configured.iter().enumerate() {
             let name = &c.name;
-            anyhow::ensure!(
+            let check = |ok: bool, key: &str, message: String| {
+                let at = KeyPath::new("method").index(i).key(key);
+                if ok {
+                    Ok(())
+                } else {
+                    Err(at.problem(format!("method {name:?}: {message}")))
+                }
+            };
+            check(
                 !name.is_empty() && !name.starts_with("system.") && !name.starts_with("rpc."),
-                "method {name:?}: the name is empty or in a reserved namespace (system., rpc.)"
-            );
-            anyhow::ensure!(
+                "name",
+                "the name is empty or in a reserved namespace (system., rpc.)".into(),
+            )?;
+            check(
                 !methods.contains_key(name),
-                "method {name:?} is defined twice or shadows a built-in"
-            );
-            anyhow::ensure!(
+                "name",
+                "defined twice, or shadows a built-in".into(),
+            )?;
+            check(
                 c.argv.first().is_some_and(|p| p.starts_with('/')),
-                "method {name:?}: argv must start with an absolute program path"
-            );
-            anyhow::ensure!(
-                c.timeout > 0.0 && c.timeout.is_finite(),
-                "method {name:?}: timeout must be a positive number of seconds"
-            );
-            anyhow::ensure!(
+                "argv",
+                "argv must start with an absolute program path".into(),
+            )?;
+            check(
+                !c.timeout.is_zero(),
+                "timeout",
+                "timeout must be a positive number of seconds".into(),
+            )?;
+            check(
                 c.concurrency > 0,
-                "method {name:?}: concurrency must be 1 or more"
-            );
+                "concurrency",
+                "concurrency must be 1 or more".into(),
+            )?;
             let queue_timeout = c.queue_timeout.unwrap_or(c.timeout);
-            anyhow::ensure!(
-                queue_timeout >= 0.0 && queue_timeout.is_finite(),
-                "method {name:?}: queue_timeout must be a number of seconds, 0 or more"
-            );
             if c.args == ArgsMode::Argv {
-                for p in &c.params {
-                    anyhow::ensure!(
-                        matches!(
-                            p.ty,
-                            Type::Int
-                                | Type::I8
-                                | Type::Bool
-                                | Type::String
-                                | Type::Double
-                                | Type::DateTime
-                        ),
-                        "method {name:?}: parameter {:?} of type {} cannot be a command argument; \
-                         use args = \"stdin-json\"",
-                        p.name,
-                        p.ty
+                for (j, p) in c.params.iter().enumerate() {
+                    let scalar = matches!(
+                        p.ty,
+                        Type::Int
+                            | Type::I8
+                            | Type::Bool
+                            | Type::String
+                            | Type::Double
+                            | Type::DateTime
                     );
+                    if !scalar {
+                        return Err(KeyPath::new("method")
+                            .index(i)
+                            .key("params")
+                            .index(j)
+                            .problem(format!(
+                                "method {name:?}: parameter {:?} of type {} cannot be a command \
+                                 argument; use args = \"stdin-json\"",
+                                p.name, p.ty
+                            )));
+                    }
                 }
             }
             let returns = c.returns.unwrap_or(match c.result {
@@ -355,14 +356,14 @@ impl Registry {
                             args: c.args,
                             cwd: c.cwd.clone(),
                             env: c.env.clone(),
-                            timeout: Duration::from_secs_f64(c.timeout),
+                            timeout: c.timeout,
                             max_stdout: c.max_stdout,
                             max_stderr: c.max_stderr,
                             result: c.result,
                             allow_options: c.allow_options,
                         },
                         slots: Arc::new(Semaphore::new(c.concurrency)),
-                        queue_timeout: Duration::from_secs_f64(queue_timeout),
+                        queue_timeout,
                     },
                 },
             );

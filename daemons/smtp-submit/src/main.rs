@@ -14,13 +14,14 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
-use inetkit_runtime::config::{LimitsConfig, ListenConfig, LogConfig, TlsConfig};
+use inetkit_runtime::config::{DaemonConfig, Problem, SocketRole, Transport};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
@@ -32,20 +33,42 @@ use inetkit_spool::Spool;
 
 pub const DEFAULT_SPOOL: &str = "/var/lib/inetkit/spool";
 
-#[derive(Debug, Deserialize)]
+/// smtp-submit's own part of `/etc/inetkit/smtp-submit.toml`.
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-struct Config {
-    listen: ListenConfig,
-    tls: TlsConfig,
-    limits: LimitsConfig,
-    log: LogConfig,
+struct SubmitConfig {
     auth: AuthConfig,
     mail: MailConfig,
     smtp: SmtpConfig,
     relay: RelayConfig,
 }
-// RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command.
-inetkit_runtime::shared_sections!(Config, idle_timeout = 300);
+
+const SUBMISSION: PlainAndTls = PlainAndTls {
+    protocol: "SMTP submission",
+    plain: "submission",
+    tls: "submissions",
+    busy: b"421 4.7.0 Too many connections; try again later.\r\n",
+};
+
+impl DaemonConfig for SubmitConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] = &[
+        ("submission", &["[::]:587"]),
+        ("submissions", &["[::]:465"]),
+    ];
+    // RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        SUBMISSION.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        Relay::from_config(&self.relay, "localhost")
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -73,24 +96,6 @@ impl Default for SmtpConfig {
             spool: PathBuf::from(DEFAULT_SPOOL),
             senders: BTreeMap::new(),
             check_from_header: true,
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        let mut listen = ListenConfig::new();
-        listen.insert("submission".into(), vec!["[::]:587".into()]);
-        listen.insert("submissions".into(), vec!["[::]:465".into()]);
-        Config {
-            listen,
-            tls: TlsConfig::default(),
-            limits: LimitsConfig::default(),
-            log: LogConfig::default(),
-            auth: AuthConfig::default(),
-            mail: MailConfig::default(),
-            smtp: SmtpConfig::default(),
-            relay: RelayConfig::default(),
         }
     }
 }
@@ -148,8 +153,9 @@ fn main() -> ExitCode {
     daemon::run("smtp-submit", setup)
 }
 
-fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
-    let smtp = ctx.config.smtp.clone();
+fn setup(mut ctx: Context<SubmitConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
+    let smtp = config.smtp.clone();
     let hostname = if smtp.hostname.is_empty() {
         host_name()
     } else {
@@ -167,18 +173,18 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
     spool
         .prepare()
         .with_context(|| format!("spool {}", smtp.spool.display()))?;
-    let relay = Relay::from_config(&ctx.config.relay, &hostname)?;
+    let relay = Relay::from_config(&config.relay, &hostname)?;
     let relay_enabled = relay.is_some();
     let deliverer = Arc::new(Deliverer::new(
         spool.clone(),
-        Store::new(ctx.config.mail.root.clone()),
+        Store::new(config.mail.root.clone()),
         relay,
         hostname.clone(),
-        ctx.config.relay.retry_policy(),
+        config.relay.retry_policy(),
     ));
     let queue = queue::start(deliverer, ctx.server.shutdown_token());
     let submit = Arc::new(Submit {
-        auth: ctx.config.auth.authenticator(),
+        auth: config.auth.authenticator(),
         tls: ctx.tls.clone(),
         hostname,
         local_domains,
@@ -190,16 +196,48 @@ fn setup(mut ctx: Context<Config>) -> anyhow::Result<Server> {
         spool,
         queue,
     });
-    ctx.serve_plain_and_tls(
-        PlainAndTls {
-            protocol: "SMTP submission",
-            plain: "submission",
-            tls: "submissions",
-            busy: b"421 4.7.0 Too many connections; try again later.\r\n",
-        },
-        move |stream, peer, implicit_tls| {
-            session::serve(submit.clone(), stream, peer, implicit_tls)
-        },
-    )?;
+    ctx.serve_plain_and_tls(SUBMISSION, move |stream, peer, implicit_tls| {
+        session::serve(submit.clone(), stream, peer, implicit_tls)
+    })?;
     Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn check(text: &str) -> Result<SubmitConfig, String> {
+        inetkit_runtime::config::from_text::<SubmitConfig>(text, Path::new("smtp.toml"))
+            .map(|checked| checked.config.daemon)
+            .map_err(|err| err.to_string())
+    }
+
+    #[test]
+    fn relay_problems_name_their_key() {
+        let err = check("[relay]\nhost = \"smarthost.example\"\nusername = \"me\"\n");
+        assert_eq!(
+            err.err().as_deref(),
+            Some("smtp.toml:3:1: relay.username: needs password or password_file")
+        );
+        let err = check("[relay]\nhost = \"h.example\"\nca_file = \"/nonexistent/ca.pem\"\n");
+        let err = err.err().unwrap_or_default();
+        assert!(
+            err.starts_with("smtp.toml:3:1: relay.ca_file: cannot read "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn relay_durations_are_seconds() {
+        let Ok(config) = check("[relay]\nretry_initial = 0.5\nretry_max = 0\nmax_lifetime = 60\n")
+        else {
+            panic!("refused")
+        };
+        let policy = config.relay.retry_policy();
+        assert_eq!(policy.initial, Duration::from_secs(1));
+        assert_eq!(policy.max, Duration::from_secs(1));
+        assert_eq!(policy.lifetime, Duration::from_secs(60));
+    }
 }

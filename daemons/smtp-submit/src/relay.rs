@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use std::sync::Mutex;
 
-use anyhow::Context as _;
+use inetkit_runtime::config::{seconds, KeyPath, Problem};
 use lettre::address::Envelope;
 use lettre::transport::smtp::authentication::{Credentials, Mechanism};
 use lettre::transport::smtp::client::{AsyncSmtpConnection, Certificate, TlsParameters};
@@ -43,13 +43,18 @@ pub(crate) struct RelayConfig {
     /// world-readable.
     pub password: Option<String>,
     pub password_file: Option<PathBuf>,
-    /// Seconds before the first retry; each next wait doubles, up to `retry_max`.
-    pub retry_initial: u64,
-    pub retry_max: u64,
-    /// Seconds after which an undeliverable message is bounced (default 5 days).
-    pub max_lifetime: u64,
-    /// Seconds to connect; one session setup or one message may take ten times as long.
-    pub timeout: u64,
+    /// The wait before the first retry; each next wait doubles, up to `retry_max`.
+    #[serde(deserialize_with = "seconds")]
+    pub retry_initial: Duration,
+    #[serde(deserialize_with = "seconds")]
+    pub retry_max: Duration,
+    /// How long until an undeliverable message is bounced (default 5 days).
+    #[serde(deserialize_with = "seconds")]
+    pub max_lifetime: Duration,
+    /// How long connecting may take; one session setup or one message may take ten times as
+    /// long.
+    #[serde(deserialize_with = "seconds")]
+    pub timeout: Duration,
 }
 
 impl Default for RelayConfig {
@@ -62,20 +67,21 @@ impl Default for RelayConfig {
             username: None,
             password: None,
             password_file: None,
-            retry_initial: 300,
-            retry_max: 4 * 3600,
-            max_lifetime: 5 * 24 * 3600,
-            timeout: 60,
+            retry_initial: Duration::from_secs(300),
+            retry_max: Duration::from_secs(4 * 3600),
+            max_lifetime: Duration::from_secs(5 * 24 * 3600),
+            timeout: Duration::from_secs(60),
         }
     }
 }
 
 impl RelayConfig {
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
+        let initial = self.retry_initial.max(Duration::from_secs(1));
         RetryPolicy {
-            initial: Duration::from_secs(self.retry_initial.max(1)),
-            max: Duration::from_secs(self.retry_max.max(self.retry_initial).max(1)),
-            lifetime: Duration::from_secs(self.max_lifetime),
+            initial,
+            max: self.retry_max.max(initial),
+            lifetime: self.max_lifetime,
         }
     }
 }
@@ -101,21 +107,27 @@ pub(crate) struct Relay {
 }
 
 impl Relay {
-    /// The smarthost connection, or `None` when no host is configured.
-    pub(crate) fn from_config(config: &RelayConfig, hello: &str) -> anyhow::Result<Option<Relay>> {
+    /// The smarthost connection, or `None` when no host is configured. Its problems are
+    /// the `[relay]` checks of the config (the start and `--check-config` both build it).
+    pub(crate) fn from_config(config: &RelayConfig, hello: &str) -> Result<Option<Relay>, Problem> {
         if config.host.is_empty() {
             return Ok(None);
         }
+        let at = |key: &str| KeyPath::new("relay").key(key);
         let parameters = if config.tls != TlsMode::None {
             let mut parameters = TlsParameters::builder(config.host.clone());
             if let Some(ca_file) = &config.ca_file {
-                let pem = std::fs::read(ca_file)
-                    .with_context(|| format!("[relay] ca_file {}", ca_file.display()))?;
+                let pem = std::fs::read(ca_file).map_err(|e| {
+                    at("ca_file").problem(format!("cannot read {}: {e}", ca_file.display()))
+                })?;
                 let cert = Certificate::from_pem(&pem)
-                    .with_context(|| format!("[relay] ca_file {}", ca_file.display()))?;
+                    .map_err(|e| at("ca_file").problem(format!("{}: {e}", ca_file.display())))?;
                 parameters = parameters.add_root_certificate(cert);
             }
-            Some(parameters.build_rustls().context("[relay] TLS settings")?)
+            let parameters = parameters
+                .build_rustls()
+                .map_err(|e| at("tls").problem(format!("TLS settings: {e}")))?;
+            Some(parameters)
         } else {
             None
         };
@@ -125,13 +137,16 @@ impl Relay {
                 let password = match (&config.password, &config.password_file) {
                     (Some(password), _) => password.clone(),
                     (None, Some(file)) => std::fs::read_to_string(file)
-                        .with_context(|| format!("[relay] password_file {}", file.display()))?
+                        .map_err(|e| {
+                            at("password_file")
+                                .problem(format!("cannot read {}: {e}", file.display()))
+                        })?
                         .lines()
                         .next()
                         .unwrap_or_default()
                         .to_owned(),
                     (None, None) => {
-                        anyhow::bail!("[relay] username needs password or password_file")
+                        return Err(at("username").problem("needs password or password_file"))
                     }
                 };
                 Some(Credentials::new(username.clone(), password))
@@ -145,7 +160,7 @@ impl Relay {
             parameters,
             credentials,
             hello: ClientId::Domain(hello.to_owned()),
-            timeout: Duration::from_secs(config.timeout.max(1)),
+            timeout: config.timeout.max(Duration::from_secs(1)),
             idle: Mutex::new(Vec::new()),
         }))
     }
@@ -251,10 +266,10 @@ impl Relay {
 /// Why a message did not get to the smarthost.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SendError {
-    #[error("{0}")]
+    #[error(transparent)]
     Smtp(#[from] Error),
     /// Connecting or a timeout on our side: always temporary.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
 }
 
