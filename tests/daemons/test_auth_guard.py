@@ -7,13 +7,12 @@ import imaplib
 import ftplib
 import poplib
 import socket
-import subprocess
 import threading
 import xmlrpc.client
 
 import pytest
 
-PASSWORD = "correct horse"
+from support.homes import PASSWORD, daemon_config, user_line, write_users
 
 # A guard of the daemon's own (never the host's /run/inetkit): tests stay apart.
 ALONE = {"INETKIT_GUARD_STATE": ""}
@@ -22,66 +21,35 @@ ALONE = {"INETKIT_GUARD_STATE": ""}
 @pytest.fixture
 def users(tmp_path):
     """alice (SHA512-CRYPT), bob (PLAIN) and, on line 3, dave with an empty {PLAIN} value."""
-    path = tmp_path / "users"
-    crypt = subprocess.run(["openssl", "passwd", "-6", PASSWORD], capture_output=True,
-                           text=True, check=True).stdout.strip()
-    path.write_text(f"alice:{{SHA512-CRYPT}}{crypt}::::::\n"
-                    f"bob:{{PLAIN}}{PASSWORD}::::::\n"
-                    "dave:{PLAIN}::::::\n")
     (tmp_path / "mail").mkdir()
-    return path
+    return write_users(tmp_path / "users", user_line("alice", "SHA512-CRYPT"), user_line("bob"),
+                       "dave:{PLAIN}::::::\n")
 
 
-def auth_section(users, extra=""):
-    return f"""
-[auth]
-users_file = "{users}"
-failure_delay = 0
-{extra}
-"""
+def config(socket, users, extra="", rest=""):
+    """`socket` on 127.0.0.1:0, no failure delay, `extra` in [auth]."""
+    return daemon_config((socket,), users, auth="failure_delay = 0\n" + extra, rest=rest)
 
 
 def pop3_config(users, extra=""):
-    return f"""
-[listen]
-pop3 = ["127.0.0.1:0"]
-{auth_section(users, extra)}
-[mail]
-root = "{users.parent / 'mail'}"
-"""
+    return config("pop3", users, extra, rest=f'[mail]\nroot = "{users.parent / "mail"}"\n')
 
 
 def imap_config(users, extra=""):
-    return f"""
-[listen]
-imap = ["127.0.0.1:0"]
-{auth_section(users, extra)}
-[mail]
-root = "{users.parent / 'mail'}"
-"""
+    return config("imap", users, extra, rest=f'[mail]\nroot = "{users.parent / "mail"}"\n')
 
 
 def ftp_config(users):
-    return f"""
-[listen]
-ftp = ["127.0.0.1:0"]
-{auth_section(users)}
-[ftp]
-root = "{users.parent / 'ftproot'}"
-"""
+    return config("ftp", users, rest=f'[ftp]\nroot = "{users.parent / "ftproot"}"\n')
 
 
 def rpc_config(users):
-    return f"""
-[listen]
-rpc = ["127.0.0.1:0"]
-{auth_section(users)}
-[[method]]
+    return config("rpc", users, rest="""[[method]]
 name = "echo"
 help = "Runs /bin/echo with the text."
-params = [{{ name = "text", type = "string" }}]
+params = [{ name = "text", type = "string" }]
 argv = ["/bin/echo"]
-"""
+""")
 
 
 def pop3_pass(d, user, password):
