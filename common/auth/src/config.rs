@@ -21,6 +21,7 @@ use serde::Deserialize;
 
 use super::{Authenticator, GuardPolicy};
 
+/// Where the users file is when `[auth] users_file` does not say.
 pub const DEFAULT_USERS_FILE: &str = "/etc/inetkit/users";
 
 /// When a password may cross the network unencrypted.
@@ -50,20 +51,30 @@ impl Plaintext {
     }
 }
 
+/// `[auth]`: where the users are, when passwords may travel in the clear, and the guard
+/// against password guessing (times in seconds).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthConfig {
+    /// The users file (Dovecot passwd-file format).
     pub users_file: PathBuf,
+    /// When a password may be sent without TLS.
     pub plaintext: Plaintext,
+    /// Delay after a first failed login from an address; it doubles with each further one.
     #[serde(deserialize_with = "seconds")]
     pub failure_delay: Duration,
+    /// The longest that delay grows to.
     #[serde(deserialize_with = "seconds")]
     pub max_failure_delay: Duration,
+    /// Failed logins from one address within `failure_window` before it is locked out.
     pub max_failures: u32,
+    /// The window in which failures are counted.
     #[serde(deserialize_with = "seconds")]
     pub failure_window: Duration,
+    /// How long a locked-out address is refused.
     #[serde(deserialize_with = "seconds")]
     pub lockout: Duration,
+    /// Addresses the guard remembers at once (its memory bound).
     pub max_tracked_addresses: usize,
 }
 
@@ -84,6 +95,7 @@ impl Default for AuthConfig {
 }
 
 impl AuthConfig {
+    /// The guard's policy from these settings.
     pub fn guard_policy(&self) -> GuardPolicy {
         GuardPolicy {
             base_delay: self.failure_delay,

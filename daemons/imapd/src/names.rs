@@ -87,10 +87,11 @@ pub(crate) fn matches(pattern: &str, name: &str) -> bool {
     } else {
         name.into()
     };
-    let pattern_cmp: String = if pattern.len() >= 5 && pattern[..5].eq_ignore_ascii_case("INBOX") {
-        format!("INBOX{}", &pattern[5..])
-    } else {
-        pattern.into()
+    // `get` rather than slicing: byte 5 may fall inside a character (`abcd&AOk-` decodes to
+    // `abcdé`), which panicked the session.
+    let pattern_cmp: String = match (pattern.get(..5), pattern.get(5..)) {
+        (Some(head), Some(rest)) if head.eq_ignore_ascii_case("INBOX") => format!("INBOX{rest}"),
+        _ => pattern.into(),
     };
     glob(pattern_cmp.as_bytes(), name_cmp.as_bytes())
 }
@@ -147,6 +148,15 @@ pub(crate) fn set_subscribed(mailbox: &Path, name: &str, on: bool) -> std::io::R
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_pattern_with_a_multibyte_character_at_byte_five_matches_without_panic() {
+        assert!(matches("abcdé", "abcdé"));
+        assert!(!matches("abcdé", "abcde"));
+        assert!(matches("inbox/%", "INBOX/x"));
+        assert!(matches("é*", "éa"));
+    }
+
     use super::*;
 
     #[test]

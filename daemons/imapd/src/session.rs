@@ -958,8 +958,10 @@ impl Session {
             let mut implied: Vec<String> = folders
                 .iter()
                 .flat_map(|f| {
-                    f.match_indices('/')
-                        .map(|(i, _)| f[..i].to_owned())
+                    // Every ancestor: the prefixes before each '/' (ASCII, so split is safe).
+                    let parts: Vec<&str> = f.split('/').collect();
+                    (1..parts.len())
+                        .map(|n| parts[..n].join("/"))
                         .collect::<Vec<_>>()
                 })
                 .filter(|p| !folders.contains(p))
