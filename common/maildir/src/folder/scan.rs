@@ -1,0 +1,383 @@
+//! Reading a folder: the directory scan and the in-process index kept in step with the uid
+//! list, under the folder lock (the rules are in the parent module's doc).
+
+use std::collections::HashSet;
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::dir::Dir;
+use nix::fcntl::OFlag;
+use nix::sys::stat::Mode;
+
+use crate::fsutil::{self, Lock};
+use crate::index::{Found, FxMap, Index, Sub};
+use crate::maildir::{arrival_key, cur_name, name_time, size_field, split_name, SizeCounter};
+use crate::uidlist::{Entry, Loaded, UidList};
+use crate::StoreError;
+
+use super::{message_files_read, Folder, MessageInfo, Snapshot, FILES_READ, TMP_MAX_AGE};
+
+impl Folder {
+    /// Reads `new/` and `cur/`: base name -> where the file is now.
+    pub(super) fn scan(&self) -> Result<FxMap<Arc<str>, Found>, StoreError> {
+        let mut found = FxMap::default();
+        self.scan_into(&mut found, 0)?;
+        Ok(found)
+    }
+
+    /// Reads `new/` and `cur/` into `found`, marking each file seen with `epoch`. A file seen
+    /// before under the same name costs a lookup, not new strings. `cur/` comes last, so that
+    /// a file another program copied into both counts once, from `cur/`.
+    pub(super) fn scan_into(
+        &self,
+        found: &mut FxMap<Arc<str>, Found>,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        for sub in [Sub::New, Sub::Cur] {
+            let path = self.path.join(sub.dir());
+            let fail = |errno: nix::errno::Errno| StoreError::io("reading", &path, errno.into());
+            let flags = OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC;
+            let mut dir = Dir::open(&path, flags, Mode::empty()).map_err(fail)?;
+            for entry in dir.iter() {
+                let entry = entry.map_err(fail)?;
+                let bytes = entry.file_name().to_bytes();
+                if bytes.first() == Some(&b'.') || bytes.contains(&b'\n') {
+                    continue;
+                }
+                let Ok(name) = std::str::from_utf8(bytes) else {
+                    tracing::warn!(dir = %path.display(), name = ?String::from_utf8_lossy(bytes),
+                        "skipping a file whose name is not UTF-8");
+                    continue;
+                };
+                let (base, _) = split_name(name);
+                if base.is_empty() {
+                    continue;
+                }
+                match found.get_mut(base) {
+                    Some(f) if f.sub == sub && f.name() == name => f.epoch = epoch,
+                    Some(f) => *f = Found::new(sub, name, epoch),
+                    None => {
+                        found.insert(base.into(), Found::new(sub, name, epoch));
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the message with this base is now. Call with the lock held.
+    pub(super) fn find(&self, base: &str) -> Result<Found, StoreError> {
+        self.scan()?
+            .remove(base)
+            .ok_or_else(|| StoreError::MessageGone {
+                base: base.to_owned(),
+            })
+    }
+
+    /// A new list for this folder, under a UIDVALIDITY never used in this mailbox before.
+    pub(super) fn fresh_list(&self) -> Result<UidList, StoreError> {
+        Ok(UidList::new(fsutil::next_uid_validity(
+            &self.mailbox,
+            self.owner,
+        )?))
+    }
+
+    /// The heart of `snapshot`: brings the uid list up to date with the directories.
+    pub(super) fn sync_locked(&self, lock: &Lock, claim: bool) -> Result<Snapshot, StoreError> {
+        self.clean_tmp();
+        let mut index = self.index();
+        let result = self.sync_indexed(lock, claim, &mut index);
+        if result.is_err() {
+            index.forget();
+        }
+        result
+    }
+
+    pub(super) fn sync_indexed(
+        &self,
+        lock: &Lock,
+        claim: bool,
+        index: &mut Index,
+    ) -> Result<Snapshot, StoreError> {
+        index.epoch += 1;
+        let epoch = index.epoch;
+        self.scan_into(&mut index.found, epoch)?;
+        let (mut list, mut rewrite) = match UidList::load_cached(&self.path, &mut index.list)? {
+            Loaded::Ok(list) => {
+                let rewrite = list.needs_rewrite;
+                (list, rewrite)
+            }
+            Loaded::Missing => {
+                // The lock file outlives the list: without it, this folder was never indexed
+                // (a new folder, or one another program filled), and nothing was lost.
+                if lock.existed && !index.found.is_empty() {
+                    tracing::warn!(folder = %self.path.display(), messages = index.found.len(),
+                        "uid list missing: numbering every message afresh under a new UIDVALIDITY");
+                }
+                (Arc::new(self.fresh_list()?), true)
+            }
+            Loaded::Corrupt { reason, validity } => {
+                tracing::warn!(folder = %self.path.display(), reason, old_uidvalidity = ?validity,
+                    "uid list corrupt: numbering every message afresh under a new UIDVALIDITY");
+                (Arc::new(self.fresh_list()?), true)
+            }
+        };
+
+        // Known messages missing from the scan were expunged, or renamed by a program that
+        // does not take our lock while we read. Look once more before forgetting them.
+        let seen = |found: &FxMap<Arc<str>, Found>, base: &str| {
+            found.get(base).is_some_and(|f| f.epoch == epoch)
+        };
+        if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
+            self.scan_into(&mut index.found, epoch)?;
+            let before = list.entries.len();
+            let edited = Arc::make_mut(&mut list);
+            edited.entries.retain(|e| seen(&index.found, &e.base));
+            rewrite |= edited.entries.len() != before;
+        }
+        index.found.retain(|_, f| f.epoch == epoch);
+        let found = &mut index.found;
+
+        // Every line of the list names a file found, and no two lines the same base (UIDs are
+        // only given to bases not in the list): equal counts mean nothing new.
+        let mut fresh: Vec<Arc<str>> = if found.len() == list.entries.len() {
+            Vec::new()
+        } else {
+            let known: HashSet<&str> = list.entries.iter().map(|e| &*e.base).collect();
+            found
+                .keys()
+                .filter(|base| !known.contains(&***base))
+                .cloned()
+                .collect()
+        };
+        if u64::from(list.next_uid) + fresh.len() as u64 >= u64::from(u32::MAX) {
+            tracing::warn!(folder = %self.path.display(),
+                "UIDs exhausted: numbering every message afresh under a new UIDVALIDITY");
+            list = Arc::new(self.fresh_list()?);
+            rewrite = true;
+            fresh = found.keys().cloned().collect();
+        }
+        // Oldest first, so UIDs follow arrival where the names tell it.
+        fresh.sort_by_cached_key(|base| {
+            let (secs, micros, _) = arrival_key(base);
+            (secs, micros, base.clone())
+        });
+
+        let mut added = Vec::new();
+        let measured = self.index_entries(&fresh, found)?;
+        let mut next_uid = list.next_uid;
+        for (base, entry) in fresh.iter().zip(measured) {
+            match entry {
+                Some(mut entry) => {
+                    entry.uid = next_uid;
+                    next_uid += 1;
+                    added.push(entry);
+                }
+                None => {
+                    found.remove(base);
+                }
+            }
+        }
+        // Lines that lack a cached value their name does not carry (a hand-edited list).
+        if list.entries.iter().any(Entry::incomplete) {
+            let mut buf = Vec::new();
+            for entry in &mut Arc::make_mut(&mut list).entries {
+                if entry.incomplete() {
+                    if let Some(f) = found.get(&entry.base) {
+                        if let Some(filled) =
+                            self.index_entry(entry.uid, &entry.base, f, &mut buf)?
+                        {
+                            *entry = filled;
+                            rewrite = true;
+                        }
+                    }
+                }
+            }
+        }
+        if !added.is_empty() {
+            let edited = Arc::make_mut(&mut list);
+            edited.next_uid = next_uid;
+            edited.entries.extend(added.iter().cloned());
+        }
+
+        if rewrite {
+            list.save(&self.path, self.owner, &mut index.list)?;
+        } else if !added.is_empty() {
+            list.append(&self.path, &added, &mut index.list)?;
+        }
+
+        let found = &mut index.found;
+        let mut messages: Vec<MessageInfo> = list
+            .entries
+            .iter()
+            .map(|e| message_info(e, &found[&e.base]))
+            .collect();
+        if claim {
+            self.move_to_cur(&mut messages, found, epoch)?;
+        }
+        Ok(Snapshot {
+            uid_validity: list.validity,
+            uid_next: list.next_uid,
+            messages,
+        })
+    }
+
+    /// A uid list line for a message seen for the first time: sizes and date come from the
+    /// name, or else from the file, once. `None` if the file vanished meanwhile.
+    pub(super) fn index_entry(
+        &self,
+        uid: u32,
+        base: &Arc<str>,
+        found: &Found,
+        buf: &mut Vec<u8>,
+    ) -> Result<Option<Entry>, StoreError> {
+        let entry = Entry::new(uid, base.clone(), None, None, None);
+        if !entry.incomplete() {
+            return Ok(Some(entry));
+        }
+        let (mut size, mut vsize, mut time) = (None, None, None);
+        let path = self.path.join(&*found.rel);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
+            Err(err) => return Err(StoreError::io("opening", &path, err)),
+        };
+        FILES_READ.with(|n| n.set(n.get() + 1));
+        let meta = file
+            .metadata()
+            .map_err(|err| StoreError::io("reading", &path, err))?;
+        if size_field(base, 'S').is_none() {
+            size = Some(meta.len());
+        }
+        if name_time(base).is_none() {
+            let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
+            time = Some(mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
+        }
+        if size_field(base, 'W').is_none() {
+            let mut sizes = SizeCounter::default();
+            buf.resize(64 * 1024, 0);
+            loop {
+                match file.read(buf) {
+                    Ok(0) => break,
+                    Ok(n) => sizes.update(&buf[..n]),
+                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
+                    Err(err) => return Err(StoreError::io("reading", &path, err)),
+                }
+            }
+            vsize = Some(sizes.vsize);
+        }
+        Ok(Some(Entry::new(uid, base.clone(), size, vsize, time)))
+    }
+
+    /// [`index_entry`](Self::index_entry) for many new messages (a folder seen for the first
+    /// time: each file read once), spread over the CPUs; UIDs are left 0 for the caller.
+    pub(super) fn index_entries(
+        &self,
+        bases: &[Arc<str>],
+        found: &FxMap<Arc<str>, Found>,
+    ) -> Result<Vec<Option<Entry>>, StoreError> {
+        let work = |bases: &[Arc<str>]| {
+            let mut buf = Vec::new();
+            let entries: Result<Vec<_>, _> = bases
+                .iter()
+                .map(|base| self.index_entry(0, base, &found[base], &mut buf))
+                .collect();
+            (entries, message_files_read())
+        };
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(4));
+        if bases.len() < 256 || threads < 2 {
+            return work(bases).0;
+        }
+        let chunk = bases.len().div_ceil(threads);
+        let results: Vec<_> = std::thread::scope(|scope| {
+            let handles: Vec<_> = bases
+                .chunks(chunk)
+                .map(|part| scope.spawn(move || work(part)))
+                .collect();
+            handles.into_iter().map(|h| h.join()).collect()
+        });
+        let mut entries = Vec::with_capacity(bases.len());
+        for result in results {
+            // A panic in a worker is a bug; the caller sees an error, not a crash.
+            let (part, files_read) = result.map_err(|_| {
+                StoreError::io(
+                    "indexing",
+                    &self.path,
+                    std::io::Error::other("thread failed"),
+                )
+            })?;
+            FILES_READ.with(|n| n.set(n.get() + files_read));
+            entries.extend(part?);
+        }
+        Ok(entries)
+    }
+
+    /// Moves the messages in `new/` to `cur/`, and tells the index where they went.
+    pub(super) fn move_to_cur(
+        &self,
+        messages: &mut [MessageInfo],
+        found: &mut FxMap<Arc<str>, Found>,
+        epoch: u64,
+    ) -> Result<(), StoreError> {
+        for msg in messages.iter_mut().filter(|m| m.file.starts_with("new/")) {
+            let name = cur_name(&msg.base, msg.flags);
+            let moved = Found::new(Sub::Cur, &name, epoch);
+            match std::fs::rename(self.path.join(&*msg.file), self.path.join(&*moved.rel)) {
+                Ok(()) => {
+                    msg.file = moved.rel.clone();
+                    found.insert(msg.base.clone(), moved);
+                }
+                // Moved by a program that ignores our lock; `open` will find it.
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => {
+                    return Err(StoreError::io("renaming", &self.path.join(&*msg.file), err))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes files a dead writer left in `tmp/`. Failures only cost disk space: logged.
+    pub(super) fn clean_tmp(&self) {
+        let dir = self.path.join("tmp");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for entry in entries.flatten() {
+            let Ok(meta) = entry.metadata() else { continue };
+            let old = meta
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok())
+                .is_some_and(|age| age > TMP_MAX_AGE);
+            if meta.is_file() && old {
+                let path = entry.path();
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {
+                        tracing::info!(path = %path.display(), "removed a stale file from tmp/")
+                    }
+                    Err(err) => {
+                        tracing::warn!(path = %path.display(), error = %err, "cannot remove a stale file")
+                    }
+                }
+            }
+        }
+    }
+}
+
+pub(super) fn message_info(e: &Entry, found: &Found) -> MessageInfo {
+    let (size, vsize, secs) = e.facts();
+    MessageInfo {
+        uid: e.uid,
+        base: e.base.clone(),
+        size,
+        vsize,
+        flags: found.flags,
+        internal_date: UNIX_EPOCH + Duration::from_secs(secs),
+        recent: found.sub == Sub::New,
+        file: found.rel.clone(),
+    }
+}

@@ -1,0 +1,237 @@
+//! Sharing a folder: threads at once, the in-process index, and changes made behind its back.
+
+use super::*;
+
+/// Threads of one process contend like processes do (each call takes its own flock).
+#[test]
+fn concurrent_threads_lose_nothing_and_keep_uids() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let inbox = store.mailbox("lee").unwrap().inbox();
+    // A large directory: readdir then takes several getdents calls, and a rename between two
+    // of them can hide a file from the scan (which the lock is there to prevent).
+    let mut preseeded = Vec::new();
+    for i in 0..3000 {
+        let base = format!("{}.P1Q{i}.host", 1_600_000_000 + i);
+        std::fs::write(inbox.path().join(format!("cur/{base}:2,S")), "x\n").unwrap();
+        preseeded.push(base);
+    }
+    let validity = inbox.snapshot().unwrap().uid_validity;
+    let writers = 4;
+    let per_writer = 50;
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let seen: HashMap<String, u32> = std::thread::scope(|s| {
+        let flagger = s.spawn(|| {
+            let mut n = 0u32;
+            while !done.load(Ordering::Relaxed) {
+                let mut snap = inbox.snapshot().unwrap();
+                for msg in snap.messages.iter_mut().filter(|m| m.uid % 3 == n % 3) {
+                    let change =
+                        FlagChange::Set(Flags::from_maildir(["S", "F", "RS"][n as usize % 3]));
+                    inbox.update_flags(msg, change).unwrap();
+                }
+                n += 1;
+            }
+        });
+        let watcher = s.spawn(|| {
+            let mut seen: HashMap<String, u32> = HashMap::new();
+            while !done.load(Ordering::Relaxed) {
+                let snap = inbox.claim_new().unwrap();
+                assert_eq!(snap.uid_validity, validity);
+                for m in snap.messages {
+                    let uid = *seen.entry(m.base.to_string()).or_insert(m.uid);
+                    assert_eq!(uid, m.uid, "{} changed UID", m.base);
+                }
+            }
+            seen
+        });
+        let handles: Vec<_> = (0..writers)
+            .map(|w| {
+                let store = &store;
+                s.spawn(move || {
+                    (0..per_writer)
+                        .map(|i| deliver(store, "lee", &format!("Subject: {w}/{i}\n\n")).base)
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        let delivered: Vec<String> = handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap())
+            .collect();
+        done.store(true, Ordering::Relaxed);
+        flagger.join().unwrap();
+        let seen = watcher.join().unwrap();
+        assert_eq!(delivered.len(), writers * per_writer);
+        let snap = inbox.snapshot().unwrap();
+        let mut bases: Vec<&str> = snap.messages.iter().map(|m| &*m.base).collect();
+        bases.sort();
+        let mut expected: Vec<&str> = delivered
+            .iter()
+            .chain(&preseeded)
+            .map(String::as_str)
+            .collect();
+        expected.sort();
+        assert_eq!(bases, expected, "every message exactly once");
+        for m in &snap.messages {
+            if let Some(&uid) = seen.get(&*m.base) {
+                assert_eq!(uid, m.uid);
+            }
+        }
+        seen
+    });
+    assert!(!seen.is_empty());
+}
+
+/// 100,000 messages: the first snapshot measures the files (their names have no sizes); the
+/// second must come from the uid list and a directory read alone. (Time: bench/store/.)
+#[test]
+fn a_large_indexed_folder_is_not_reread() {
+    let dir = TestDir::new();
+    let inbox = dir.store().mailbox("max").unwrap().inbox();
+    let cur = inbox.path().join("cur");
+    const N: usize = 100_000;
+    for i in 0..N {
+        std::fs::write(
+            cur.join(format!("{}.P1Q{i}.host:2,S", 1_600_000_000 + i)),
+            "x\n",
+        )
+        .unwrap();
+    }
+    let before = message_files_read();
+    let first = inbox.snapshot().unwrap();
+    assert_eq!(message_files_read() - before, N as u64);
+    assert_eq!(first.messages.len(), N);
+    assert_eq!(first.messages[N - 1].uid, N as u32);
+    assert!(first.messages.iter().all(|m| m.size == 2 && m.vsize == 3));
+
+    let before = message_files_read();
+    let second = inbox.snapshot().unwrap();
+    assert_eq!(
+        message_files_read(),
+        before,
+        "an indexed folder was re-read"
+    );
+    assert_eq!(second, first);
+}
+
+#[test]
+fn flags_of_many_messages_change_under_one_lock_and_gone_ones_are_skipped() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for n in 0..3 {
+        deliver(&store, "alice", &format!("Subject: {n}\n\nbody\n"));
+    }
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let mut messages = inbox.snapshot().unwrap().messages;
+    // Another session expunges the middle one meanwhile.
+    inbox.delete(&messages[1..2]).unwrap();
+    let gone = inbox
+        .update_flags_many(&mut messages, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    assert_eq!(gone, [1]);
+    let after = inbox.snapshot().unwrap().messages;
+    assert_eq!(after.len(), 2);
+    assert!(after.iter().all(|m| m.flags.contains(Flags::SEEN)));
+    assert!(!messages[1].flags.contains(Flags::SEEN));
+}
+
+/// The in-process index (cached uid list and directory listing) must follow what other
+/// processes do behind its back: lines appended to the list, a list rewritten, files renamed
+/// and removed.
+#[test]
+fn the_index_follows_changes_made_behind_its_back() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for i in 0..3 {
+        deliver(&store, "ida", &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
+    }
+    let inbox = store.mailbox("ida").unwrap().inbox();
+    let first = inbox.snapshot().unwrap();
+    assert_eq!(first.uid_next, 4);
+    let list_path = inbox.path().join("inetkit-uidlist");
+
+    // Another process files a message and appends its line (UID 9, not the next one we
+    // would have picked): the cached list is extended by the new line, not renumbered.
+    std::fs::write(inbox.path().join("cur/outside.1:2,F"), "x\n").unwrap();
+    let mut text = std::fs::read_to_string(&list_path).unwrap();
+    text.push_str("9 S=2 W=3 T=1600000000 :outside.1\n");
+    std::fs::write(&list_path, &text).unwrap();
+    // ... and renames one of ours (a flag change) and removes another.
+    let renamed = &first.messages[0];
+    std::fs::rename(
+        inbox.path().join(renamed.file()),
+        inbox.path().join(format!("cur/{}:2,S", renamed.base)),
+    )
+    .unwrap();
+    std::fs::remove_file(inbox.path().join(first.messages[1].file())).unwrap();
+
+    let second = inbox.snapshot().unwrap();
+    let uids: Vec<u32> = second.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 3, 9]);
+    assert_eq!(second.uid_next, 10);
+    assert_eq!(second.messages[0].flags, Flags::SEEN);
+    assert_eq!(second.messages[2].flags, Flags::FLAGGED);
+    assert_eq!((second.messages[2].size, second.messages[2].vsize), (2, 3));
+
+    // Another process rewrites the list (temp file and rename), under a new UIDVALIDITY and
+    // with other numbers: that is what counts, not the cached copy.
+    let rewritten = format!(
+        "inetkit-uidlist 1 V{} N30\n21 :{}\n23 :{}\n29 S=2 W=3 T=1600000000 :outside.1\n",
+        second.uid_validity + 1,
+        second.messages[0].base,
+        second.messages[1].base
+    );
+    std::fs::write(inbox.path().join("list.tmp"), rewritten).unwrap();
+    std::fs::rename(inbox.path().join("list.tmp"), &list_path).unwrap();
+    let third = inbox.snapshot().unwrap();
+    assert_eq!(third.uid_validity, second.uid_validity + 1);
+    let uids: Vec<u32> = third.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [21, 23, 29]);
+    assert_eq!(third.uid_next, 30);
+
+    // A second Folder of the same process shares the index and sees the same.
+    let again = store.mailbox("ida").unwrap().inbox();
+    assert_eq!(again.snapshot().unwrap(), third);
+}
+
+/// A freed inode number is soon given to a new file: a uid list that is another file with the
+/// old list's inode (and longer) must be read afresh, not taken as the old one with lines
+/// appended. Simulated by writing new text into the list's own inode.
+#[test]
+fn a_new_list_in_a_reused_inode_is_read_afresh() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for i in 0..2 {
+        deliver(&store, "ina", &format!("Subject: {i}\r\n\r\nbody {i}\r\n"));
+    }
+    let inbox = store.mailbox("ina").unwrap().inbox();
+    let first = inbox.snapshot().unwrap();
+    let list = inbox.path().join("inetkit-uidlist");
+    let (a, b) = (&first.messages[0].base, &first.messages[1].base);
+    let v = first.uid_validity;
+    for (validity, text, expected) in [
+        // Same header, other lines: the old last line is not where it was.
+        (
+            v,
+            format!("inetkit-uidlist 1 V{v} N3\n7 :{b}\n8 :{a}\n9 :gone\n"),
+            [(7, b), (8, a)],
+        ),
+        // Another header (the folder made again).
+        (
+            v + 9,
+            format!("inetkit-uidlist 1 V{} N3\n1 :{a}\n2 :{b}\n3 :gone\n", v + 9),
+            [(1, a), (2, b)],
+        ),
+    ] {
+        let before = std::fs::metadata(&list).unwrap();
+        assert!(text.len() as u64 > before.len());
+        std::fs::write(&list, &text).unwrap(); // the same inode, longer, other text
+        assert_eq!(std::fs::metadata(&list).unwrap().ino(), before.ino());
+        let snap = inbox.snapshot().unwrap();
+        assert_eq!(snap.uid_validity, validity);
+        let got: Vec<(u32, &str)> = snap.messages.iter().map(|m| (m.uid, &*m.base)).collect();
+        let expected: Vec<(u32, &str)> = expected.iter().map(|(u, b)| (*u, &***b)).collect();
+        assert_eq!(got, expected);
+    }
+}
