@@ -355,7 +355,7 @@ struct UsersSource {
 
 #[derive(Default)]
 struct Loaded {
-    stamp: Option<Stamp>,
+    stamp: Option<FileStamp>,
     users: Arc<UsersFile>,
     /// The last read failed (logged once, until it works again).
     failing: bool,
@@ -363,8 +363,11 @@ struct Loaded {
 
 /// What tells us the file changed: a rename (the admin tool) gives a new inode, an edit in
 /// place a new mtime/ctime and usually size.
+///
+/// Public so that a daemon remembering a login (rpcd's keep-alive connections) can tell that
+/// the file changed since, by the same rule this crate re-reads it by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Stamp {
+pub struct FileStamp {
     dev: u64,
     ino: u64,
     size: u64,
@@ -372,9 +375,10 @@ struct Stamp {
     ctime: (i64, i64),
 }
 
-impl Stamp {
-    fn of(meta: &std::fs::Metadata) -> Stamp {
-        Stamp {
+impl FileStamp {
+    /// The stamp of a file's metadata.
+    pub fn of(meta: &std::fs::Metadata) -> FileStamp {
+        FileStamp {
             dev: meta.dev(),
             ino: meta.ino(),
             size: meta.size(),
@@ -420,14 +424,14 @@ impl UsersSource {
     }
 
     fn refresh(&self, state: &mut Loaded) -> std::io::Result<()> {
-        let stamp = Stamp::of(&std::fs::metadata(&self.path)?);
+        let stamp = FileStamp::of(&std::fs::metadata(&self.path)?);
         if state.stamp == Some(stamp) {
             return Ok(());
         }
         // Read from the opened file and stamp what was read, so a change during the read
         // is seen next time.
         let mut file = std::fs::File::open(&self.path)?;
-        let stamp = Stamp::of(&file.metadata()?);
+        let stamp = FileStamp::of(&file.metadata()?);
         let mut bytes = Vec::new();
         std::io::Read::read_to_end(&mut file, &mut bytes)?;
         let (users, problems) = UsersFile::parse(&bytes);

@@ -7,40 +7,22 @@
 //! file is unchanged the user is only looked up (a deleted user is refused at once); once it
 //! changed (a new password, a removed line) the password is checked again.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::Mutex;
 
 use hyper::header::{self, HeaderValue};
 use hyper::StatusCode;
 
-use inetkit_auth::{sasl, AuthError, User};
+use inetkit_auth::{sasl, AuthError, FileStamp, User};
 
 use crate::http::{plain, unauthorized, Reply};
 use crate::Rpcd;
 
-/// What identifies one version of the users file.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime: (i64, i64),
-    ctime: (i64, i64),
-}
-
-impl FileStamp {
-    /// `None` when the file cannot be read: then nothing is taken on trust.
-    fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            size: meta.size(),
-            mtime: (meta.mtime(), meta.mtime_nsec()),
-            ctime: (meta.ctime(), meta.ctime_nsec()),
-        })
-    }
+/// The users file's stamp now; `None` when it cannot be read: then nothing is taken on trust.
+fn users_file_stamp(path: &Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| FileStamp::of(&meta))
 }
 
 /// The last login of one connection.
@@ -98,7 +80,7 @@ pub(crate) async fn login(
         return Err(unauthorized("malformed Authorization header: use Basic"));
     };
     // Taken before the check, so a change made during it is seen on the next request.
-    let users_file = FileStamp::of(rpcd.auth.users_file());
+    let users_file = users_file_stamp(rpcd.auth.users_file());
     if let Some(name) = logins.remembered(value, users_file) {
         if let Ok(Some(user)) = rpcd.auth.try_lookup(&name) {
             return Ok(user);
