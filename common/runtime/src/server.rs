@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use sd_notify::NotifyState;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -66,6 +66,26 @@ struct Inner {
     /// The daemon's own figures for STATUS=, ahead of the session counts.
     status_detail: Mutex<Option<Box<dyn Fn() -> String + Send + Sync>>>,
     socket_activated: bool,
+    /// Caught from the server's making on: sockets accept from setup on, before `run`, and a
+    /// SIGTERM with no handler yet would kill the process without a clean stop.
+    signals: Mutex<Option<Signals>>,
+}
+
+/// The signals `run` acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn new() -> std::io::Result<Self> {
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
 }
 
 /// Holds one admitted session's place in the limits; released when dropped.
@@ -147,6 +167,12 @@ impl Server {
                 reloaders: Mutex::new(Vec::new()),
                 status_detail: Mutex::new(None),
                 socket_activated,
+                // Outside a runtime (unit tests) `run` makes them itself.
+                signals: Mutex::new(
+                    tokio::runtime::Handle::try_current()
+                        .ok()
+                        .and_then(|_| Signals::new().ok()),
+                ),
             }),
         }
     }
@@ -345,9 +371,19 @@ impl Server {
     /// Accept=yes session; then drains sessions up to the shutdown deadline.
     pub async fn run(self) -> anyhow::Result<()> {
         let inner = &self.inner;
-        let mut sigterm = signal(SignalKind::terminate())?;
-        let mut sigint = signal(SignalKind::interrupt())?;
-        let mut sighup = signal(SignalKind::hangup())?;
+        let caught = inner
+            .signals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        let Signals {
+            term: mut sigterm,
+            int: mut sigint,
+            hup: mut sighup,
+        } = match caught {
+            Some(signals) => signals,
+            None => Signals::new()?,
+        };
         let mut last_status = inner.status();
         notify(&[NotifyState::Ready, NotifyState::Status(&last_status)]);
 

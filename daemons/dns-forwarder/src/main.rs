@@ -10,12 +10,12 @@ mod serve;
 mod upstream;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use inetkit_runtime::activation::Socket;
 use inetkit_runtime::daemon::{self, Context};
@@ -36,6 +36,14 @@ fn setup(mut ctx: Context<DnsConfig>) -> anyhow::Result<Server> {
         .iter()
         .filter_map(|l| l.socket.local_addr().ok())
         .collect();
+    // Before the upstreams are read from it, so that a change from then on is seen.
+    let resolv = config
+        .upstream
+        .is_empty()
+        .then(|| config.forward.resolv_conf.clone());
+    let resolv_seen = resolv.as_deref().and_then(mtime);
+    // Made now, not in the task: until it exists a SIGUSR1 would kill the process.
+    let usr1 = signal(SignalKind::user_defined1())?;
     let settings = Settings::from_config(config, &own)?;
     let forwarder = Arc::new(Forwarder::new(settings, config.cache.clone()));
     let limiter = Arc::new(Mutex::new(inetkit_runtime::ratelimit::RateLimiter::new(
@@ -89,36 +97,43 @@ fn setup(mut ctx: Context<DnsConfig>) -> anyhow::Result<Server> {
     }
     let stats = forwarder.clone();
     server.set_status_detail(move || stats.status());
-    server.spawn(housekeeping(forwarder, server.clone(), config.clone(), own));
+    server.spawn(housekeeping(
+        forwarder,
+        server.clone(),
+        usr1,
+        resolv.map(|path| (path, resolv_seen)),
+        own,
+    ));
     Ok(server)
 }
 
 /// The config read and checked again, as at start; its mistakes are logged with their
 /// positions.
-fn reload(path: &std::path::Path, own: &[SocketAddr]) -> anyhow::Result<Settings> {
+fn reload(path: &Path, own: &[SocketAddr]) -> anyhow::Result<Settings> {
     let checked = inetkit_runtime::config::load::<DnsConfig>(path)?;
     Settings::from_config(&checked.config.daemon, own)
 }
 
-/// Once a second: cache sweeping, resolv.conf changes; SIGUSR1 logs the statistics (the
+fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Once a second: cache sweeping, and resolv.conf changes when `resolv` (the file and its
+/// mtime when it was read) is where upstreams come from; SIGUSR1 logs the statistics (the
 /// server loop puts them in STATUS=).
 async fn housekeeping(
     forwarder: Arc<Forwarder>,
     server: Server,
-    config: DnsConfig,
+    mut usr1: Signal,
+    resolv: Option<(PathBuf, Option<SystemTime>)>,
     own: Vec<SocketAddr>,
 ) {
-    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
-        return;
-    };
     let shutdown = server.shutdown_token();
     let mut tick = tokio::time::interval(Duration::from_secs(1));
-    let resolv: Option<PathBuf> = config
-        .upstream
-        .is_empty()
-        .then(|| config.forward.resolv_conf.clone());
-    let mtime = |p: &PathBuf| std::fs::metadata(p).and_then(|m| m.modified()).ok();
-    let mut resolv_seen: Option<SystemTime> = resolv.as_ref().and_then(mtime);
+    let (resolv, mut resolv_seen) = match resolv {
+        Some((path, seen)) => (Some(path), seen),
+        None => (None, None),
+    };
     let mut ticks: u64 = 0;
     loop {
         tokio::select! {
