@@ -1,7 +1,6 @@
 //! inetkit-imapd: IMAP4rev1 (RFC 3501) over the inetkit Maildir store, with STARTTLS on the
 //! `imap` socket (143) and implicit TLS on `imaps` (993).
 
-mod fetch;
 mod keywords;
 mod names;
 mod search;

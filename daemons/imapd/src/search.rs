@@ -6,8 +6,8 @@ use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{Flags, MessageInfo};
 use mail_parser::PartType;
 
-use crate::fetch;
 use crate::selected::Selected;
+use crate::session::fetch::{mime, raw};
 
 /// What a search needs from each message's file.
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -63,9 +63,9 @@ pub(crate) fn run(selected: &Selected, keys: &[SearchKey<'_>]) -> Vec<usize> {
             _ => {
                 let bytes = selected.folder.open(msg).ok().and_then(|mut f| {
                     if needed == Need::Whole {
-                        fetch::read_all(&mut f).ok()
+                        raw::read_all(&mut f).ok()
                     } else {
-                        fetch::read_header(&mut f).ok()
+                        raw::read_header(&mut f).ok()
                     }
                 });
                 Some(Content {
@@ -113,10 +113,10 @@ fn header_has(ctx: &Ctx<'_>, name: &str, needle: &[u8]) -> bool {
     let Some(content) = ctx.content else {
         return false;
     };
-    let Some(msg) = fetch::parse(&content.bytes) else {
+    let Some(msg) = mime::parse(&content.bytes) else {
         return false;
     };
-    let values = fetch::header_text(&msg, name);
+    let values = mime::header_text(&msg, name);
     // HEADER with an empty string matches every message that has the field.
     !values.is_empty() && values.iter().any(|v| contains(v, needle))
 }
@@ -126,7 +126,7 @@ fn body_has(ctx: &Ctx<'_>, needle: &[u8], with_header: bool) -> bool {
         return false;
     };
     let bytes = &content.bytes;
-    let split = fetch::header_len(bytes);
+    let split = raw::header_len(bytes);
     let raw = if with_header {
         &bytes[..]
     } else {
@@ -136,7 +136,7 @@ fn body_has(ctx: &Ctx<'_>, needle: &[u8], with_header: bool) -> bool {
         return true;
     }
     // Also the decoded text of each part (quoted-printable, base64, charsets).
-    let Some(msg) = fetch::parse(bytes) else {
+    let Some(msg) = mime::parse(bytes) else {
         return false;
     };
     let needle = lower(needle);
@@ -167,7 +167,7 @@ fn internal_date(msg: &MessageInfo) -> chrono::NaiveDate {
 
 fn sent_date(ctx: &Ctx<'_>) -> Option<chrono::NaiveDate> {
     let content = ctx.content?;
-    let msg = fetch::parse(&content.bytes)?;
+    let msg = mime::parse(&content.bytes)?;
     let d = msg.date()?;
     chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
 }

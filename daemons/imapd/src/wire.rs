@@ -1,6 +1,6 @@
 //! Writing IMAP responses. Everything the server sends is built from `imap-types` values and
 //! encoded by `imap-codec`; the one exception is the literal of a large message body, which is
-//! streamed from its file (see `stream_body` in session.rs).
+//! streamed from its file (see `stream_body` in session/fetch/mod.rs).
 //!
 //! This module holds the encoding entry points and the small conversions the rest of imapd
 //! needs: IMAP strings (quoted or literal), flag lists, INTERNALDATE, response codes that
