@@ -1,20 +1,17 @@
 //! The commands of any state and of the not-authenticated state (RFC 3501 §6.1, §6.2):
 //! CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), STARTTLS, LOGIN and
-//! AUTHENTICATE.
+//! AUTHENTICATE (PLAIN and LOGIN, with SASL-IR).
 
 use std::borrow::Cow;
 
-use base64::Engine;
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::core::{AString, Atom, Tag, Vec1};
-use imap_codec::imap_types::response::{
-    Capability, Code, CommandContinuationRequest, Data, Response, StatusKind,
-};
+use imap_codec::imap_types::response::{Capability, Code, Data, StatusKind};
 use imap_codec::imap_types::secret::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_auth::{sasl, AuthError};
-use inetkit_runtime::lines::Line;
+use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::AuthError;
 
 use super::reply::{bad, no, no_code, ok, ok_code, Done};
 use super::{blocking, Conn, Login, Session};
@@ -50,6 +47,7 @@ impl Session {
             }
             if self.plaintext_allowed() {
                 caps.push(Capability::Auth(AuthMechanism::Plain));
+                caps.push(Capability::Auth(AuthMechanism::Login));
             } else {
                 caps.push(Capability::LoginDisabled);
             }
@@ -128,7 +126,9 @@ impl Session {
         self.login(&name, &password).await
     }
 
-    /// AUTHENTICATE PLAIN, with or without an initial response (SASL-IR).
+    /// AUTHENTICATE PLAIN or LOGIN, with or without an initial response (SASL-IR), through
+    /// the exchange the other daemons share. `imap-codec` has decoded the initial response
+    /// already: it is passed on as bytes.
     pub(super) async fn authenticate<S>(
         &mut self,
         mechanism: &AuthMechanism<'_>,
@@ -138,7 +138,7 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if !matches!(mechanism, AuthMechanism::Plain) {
+        if !matches!(mechanism, AuthMechanism::Plain | AuthMechanism::Login) {
             return no_code(
                 wire::code("CANNOT"),
                 "Unsupported authentication mechanism.",
@@ -150,31 +150,18 @@ impl Session {
                 "Plaintext authentication is not allowed without TLS.",
             );
         }
-        // SASL-IR: "=" is an empty initial response, which PLAIN cannot use.
-        let initial_response = initial_response.filter(|ir| !ir.declassify().is_empty());
-        let response = match initial_response {
-            Some(ir) => base64::engine::general_purpose::STANDARD
-                .encode(ir.declassify().as_ref())
-                .into_bytes(),
-            None => {
-                // An empty challenge: `+ `.
-                let challenge = CommandContinuationRequest::base64(&b""[..]);
-                let challenge = Response::CommandContinuationRequest(challenge);
-                wire::send(&mut conn.out, &challenge);
-                let mut line = Vec::new();
-                match conn.next_line(&mut line).await {
-                    Some(Line::Complete) => line,
-                    None => return Done::Close,
-                    Some(_) => return bad("Response too long."),
-                }
-            }
-        };
-        if response == b"*" {
-            return bad("Authentication cancelled.");
-        }
-        match sasl::decode_plain(&response) {
-            Ok(c) => self.login(&c.name, &c.password).await,
-            Err(_) => bad("Invalid base64 data in the response."),
+        let initial = initial_response.map(|ir| ir.declassify().to_vec());
+        let mut challenger = LineChallenger { conn, prefix: "+ " };
+        match sasl::exchange_decoded(&mut challenger, mechanism.as_ref(), initial).await {
+            Sasl::Credentials(c) => self.login(&c.name, &c.password).await,
+            // RFC 3501 §6.2.2: a cancelled exchange is answered BAD.
+            Sasl::Cancelled => bad("Authentication cancelled."),
+            Sasl::Malformed => bad("Malformed authentication response."),
+            Sasl::Unsupported => no_code(
+                wire::code("CANNOT"),
+                "Unsupported authentication mechanism.",
+            ),
+            Sasl::Gone => Done::Close,
         }
     }
 
