@@ -144,11 +144,13 @@ impl Session {
             self.selected = None;
         }
         let mbox = self.mailbox().clone();
-        match blocking(|| mbox.delete(&name)) {
-            Ok(()) => {
-                let _ = names::set_subscribed(mbox.path(), &name, false);
-                ok("DELETE completed.")
-            }
+        let deleted = blocking(|| {
+            mbox.delete(&name)?;
+            let _ = names::set_subscribed(mbox.path(), &name, false);
+            Ok(())
+        });
+        match deleted {
+            Ok(()) => ok("DELETE completed."),
             Err(e) => store_error(&e),
         }
     }
@@ -187,14 +189,16 @@ impl Session {
                 Err(e) => store_error(&e),
             };
         }
-        match blocking(|| mbox.rename(&from, &to)) {
-            Ok(()) => {
-                if names::subscriptions(mbox.path()).contains(&from) {
-                    let _ = names::set_subscribed(mbox.path(), &from, false);
-                    let _ = names::set_subscribed(mbox.path(), &to, true);
-                }
-                ok("RENAME completed.")
+        let renamed = blocking(|| {
+            mbox.rename(&from, &to)?;
+            if names::subscriptions(mbox.path()).contains(&from) {
+                let _ = names::set_subscribed(mbox.path(), &from, false);
+                let _ = names::set_subscribed(mbox.path(), &to, true);
             }
+            Ok(())
+        });
+        match renamed {
+            Ok(()) => ok("RENAME completed."),
             Err(e) => store_error(&e),
         }
     }
@@ -204,8 +208,11 @@ impl Session {
             return invalid_name();
         };
         let mbox = self.mailbox().clone();
-        seed_subscriptions(&mbox);
-        match blocking(|| names::set_subscribed(mbox.path(), &name, on)) {
+        let saved = blocking(|| {
+            seed_subscriptions(&mbox);
+            names::set_subscribed(mbox.path(), &name, on)
+        });
+        match saved {
             Ok(()) => ok(if on {
                 "SUBSCRIBE completed."
             } else {
@@ -267,11 +274,15 @@ impl Session {
         }
         let full = format!("{reference}{pattern}");
         let mbox = self.mailbox().clone();
-        let folders = match blocking(|| mbox.folders()) {
-            Ok(f) => f,
+        let listed = blocking(|| {
+            let folders = mbox.folders()?;
+            let subscribed = subscribed_set(&mbox, &folders);
+            Ok((folders, subscribed))
+        });
+        let (folders, subscribed) = match listed {
+            Ok(listed) => listed,
             Err(e) => return store_error(&e),
         };
-        let subscribed = subscribed_set(&mbox, &folders);
         // A folder whose parent does not exist (Maildir++ allows `a/b` without `a`): the
         // parent is shown as \Noselect when the pattern stops at its level (RFC 3501 §6.3.8).
         if !lsub {

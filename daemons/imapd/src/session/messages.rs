@@ -14,7 +14,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_maildir::{FlagChange, Flags, StoreError};
+use inetkit_maildir::{FlagChange, Flags, Folder, StoreError};
 
 use super::reply::{bad, expunge_issued, no_code, ok, ok_code, read_only, store_error, Done};
 use super::{blocking, Conn, Session};
@@ -48,9 +48,12 @@ impl Session {
                 sel.own_change = true;
             }
         }
-        let mut keywords = Keywords::load(folder.path());
-        let flags = to_flags(flags, &mut keywords, folder.path());
-        match blocking(|| folder.append(&mut &data[..], flags, date)) {
+        let appended = blocking(|| {
+            let mut keywords = Keywords::load(folder.path());
+            let flags = to_flags(flags, &mut keywords, folder.path());
+            folder.append(&mut &data[..], flags, date)
+        });
+        match appended {
             Ok(a) => {
                 let code = Code::AppendUid {
                     uid_validity: nz(a.uid_validity),
@@ -100,14 +103,17 @@ impl Session {
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
         };
-        let path = sel.folder.path().to_owned();
-        let wanted = to_flags(flags, &mut sel.keywords, &path);
-        let change = match kind {
-            StoreType::Add => FlagChange::Add(wanted),
-            StoreType::Remove => FlagChange::Remove(wanted),
-            StoreType::Replace => FlagChange::Set(wanted),
-        };
-        let gone = match blocking(|| sel.change_flags(&indexes, change)) {
+        let changed = blocking(|| {
+            let path = sel.folder.path().to_owned();
+            let wanted = to_flags(flags, &mut sel.keywords, &path);
+            let change = match kind {
+                StoreType::Add => FlagChange::Add(wanted),
+                StoreType::Remove => FlagChange::Remove(wanted),
+                StoreType::Replace => FlagChange::Set(wanted),
+            };
+            sel.change_flags(&indexes, change)
+        });
+        let gone = match changed {
             Ok(gone) => gone,
             Err(e) => return store_error(&e),
         };
@@ -153,48 +159,16 @@ impl Session {
         if target.path() == sel.folder.path() {
             sel.own_change = true;
         }
-        let mut target_keywords = Keywords::load(target.path());
-        let mut from = Vec::new();
-        let mut to = Vec::new();
-        let mut validity = 0;
-        let mut copied = Vec::new();
-        for &i in &indexes {
-            let msg = &sel.messages[i];
-            // Keywords are letters per folder: translate them by name.
-            let mut flags = Flags::EMPTY;
-            for (f, _) in SYSTEM_FLAGS {
-                if msg.flags.contains(f) {
-                    flags.insert(f);
-                }
-            }
-            for n in 0..26u8 {
-                let (Some(bit), Some(name)) = (Flags::keyword(n), sel.keywords.name(n)) else {
-                    continue;
-                };
-                if msg.flags.contains(bit) {
-                    if let Some(k) = target_keywords
-                        .find_or_add(target.path(), name)
-                        .and_then(Flags::keyword)
-                    {
-                        flags.insert(k);
-                    }
-                }
-            }
-            let result = blocking(|| -> Result<_, StoreError> {
-                let mut file = sel.folder.open(msg)?;
-                target.append(&mut file, flags, Some(msg.internal_date))
-            });
-            match result {
-                Ok(a) => {
-                    validity = a.uid_validity;
-                    from.push(msg.uid);
-                    to.push(a.message.uid);
-                    copied.push(i);
-                }
-                Err(StoreError::MessageGone { .. }) => {}
-                Err(e) => return store_error(&e),
-            }
-        }
+        let copied = blocking(|| copy_messages(sel, &indexes, &target));
+        let Copied {
+            from,
+            to,
+            validity,
+            indexes: copied,
+        } = match copied {
+            Ok(copied) => copied,
+            Err(e) => return store_error(&e),
+        };
         let (Some(source), Some(destination)) = (wire::uid_set(&from), wire::uid_set(&to)) else {
             // Nothing was copied.
             return ok(if moving {
@@ -278,6 +252,65 @@ impl Session {
         wire::data(&mut conn.out, Data::Search(numbers));
         ok("SEARCH completed.")
     }
+}
+
+/// What COPY and MOVE copied: the UIDs in the source and the target, the target's
+/// UIDVALIDITY, and the indexes of the copied messages.
+struct Copied {
+    from: Vec<u32>,
+    to: Vec<u32>,
+    validity: u32,
+    indexes: Vec<usize>,
+}
+
+/// Copies the messages at `indexes` into `target`, keywords translated by name; a message
+/// expunged meanwhile is skipped. Blocking.
+fn copy_messages(sel: &Selected, indexes: &[usize], target: &Folder) -> Result<Copied, StoreError> {
+    let mut target_keywords = Keywords::load(target.path());
+    let mut copied = Copied {
+        from: Vec::new(),
+        to: Vec::new(),
+        validity: 0,
+        indexes: Vec::new(),
+    };
+    for &i in indexes {
+        let msg = &sel.messages[i];
+        // Keywords are letters per folder: translate them by name.
+        let mut flags = Flags::EMPTY;
+        for (f, _) in SYSTEM_FLAGS {
+            if msg.flags.contains(f) {
+                flags.insert(f);
+            }
+        }
+        for n in 0..26u8 {
+            let (Some(bit), Some(name)) = (Flags::keyword(n), sel.keywords.name(n)) else {
+                continue;
+            };
+            if msg.flags.contains(bit) {
+                if let Some(k) = target_keywords
+                    .find_or_add(target.path(), name)
+                    .and_then(Flags::keyword)
+                {
+                    flags.insert(k);
+                }
+            }
+        }
+        let appended = sel
+            .folder
+            .open(msg)
+            .and_then(|mut file| target.append(&mut file, flags, Some(msg.internal_date)));
+        match appended {
+            Ok(a) => {
+                copied.validity = a.uid_validity;
+                copied.from.push(msg.uid);
+                copied.to.push(a.message.uid);
+                copied.indexes.push(i);
+            }
+            Err(StoreError::MessageGone { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(copied)
 }
 
 /// Indexes of messages flagged \Deleted (and, for UID EXPUNGE, in the UID set).

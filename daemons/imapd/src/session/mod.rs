@@ -81,6 +81,18 @@ pub(crate) async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implic
 
 type Conn<S> = LineConn<S>;
 
+/// Runs `f`, which blocks (file system calls: the Maildir store, keyword and subscription
+/// files, reading messages), on this thread, after handing this worker's other tasks to
+/// another worker, so other sessions keep running. Every blocking call of a session goes
+/// through here.
+///
+/// Why `block_in_place` and not `spawn_blocking`: the calls borrow the session's state (the
+/// selected folder's view, the output buffer, an APPENDed message of up to 64 MiB held in
+/// the command's bytes); `spawn_blocking` needs `'static` closures, so each call would move
+/// that state out and back or copy it. The price: it needs tokio's multi-thread runtime (the
+/// daemon's; in-process tests use `flavor = "multi_thread"`), and this session's task does
+/// nothing else meanwhile, so long work (SEARCH over large messages) runs in slices with a
+/// look at the client between them.
 fn blocking<T>(f: impl FnOnce() -> T) -> T {
     tokio::task::block_in_place(f)
 }
