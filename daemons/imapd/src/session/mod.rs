@@ -23,6 +23,8 @@ mod input;
 mod mailboxes;
 mod messages;
 mod reply;
+#[cfg(test)]
+mod tests;
 
 use std::sync::Arc;
 
@@ -67,15 +69,21 @@ pub(crate) struct Session {
     failures: u32,
 }
 
+impl Session {
+    fn new(imap: Arc<Imap>, peer: Peer) -> Session {
+        Session {
+            imap,
+            peer,
+            tls: false,
+            login: None,
+            selected: None,
+            failures: 0,
+        }
+    }
+}
+
 pub(crate) async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
-    let mut session = Session {
-        imap,
-        peer,
-        tls: false,
-        login: None,
-        selected: None,
-        failures: 0,
-    };
+    let mut session = Session::new(imap, peer);
     serve_session(&mut session, stream, implicit_tls).await;
 }
 
