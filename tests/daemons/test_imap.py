@@ -583,6 +583,16 @@ def test_bad_input(imap, cert):
     assert r.line() == b""
 
 
+def test_list_pattern_with_a_character_across_byte_five(imap, cert):
+    """`abcd&AOk-` is `abcdé`, whose é spans bytes 4 and 5: the INBOX check sliced the
+    pattern at byte 5 and the session panicked (the connection just closed)."""
+    c = client(imap, cert)
+    assert ok(c.list('""', '"abcd&AOk-"')) == [None]
+    ok(c.create("abcd&AOk-"))
+    assert ok(c.list('""', '"abcd&AOk-"')) == [b'(\\HasNoChildren) "/" "abcd&AOk-"']
+    ok(c.noop())
+
+
 def test_malformed_mime_and_8bit_headers(imap, cert):
     seed(imap.mail, "alice", b"Subject: \xe4\xf6\xfc caf\xc3\xa9\r\nFrom: <broken\r\nContent-Type: multipart/mixed; boundary=\"q\r\n\r\n--q\r\nno end\r\n")
     nested = b""

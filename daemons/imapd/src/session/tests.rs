@@ -15,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 
 use inetkit_auth::AuthConfig;
 use inetkit_maildir::Store;
-use inetkit_runtime::session::TlsSession;
 use inetkit_runtime::server::Peer;
+use inetkit_runtime::session::TlsSession;
 
 use super::Session;
 use crate::{watch, Imap};
@@ -368,4 +368,30 @@ async fn authenticate_login_and_plain() {
         .command("d2", "AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==")
         .await;
     assert!(reply[0].starts_with("d2 OK [CAPABILITY "), "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn list_patterns_with_a_character_across_byte_five() {
+    // "abcd&AOk-" is "abcdé": byte 5 is inside the é, where the INBOX check once sliced.
+    let mut c = Client::logged_in(&[]).await;
+    assert_eq!(
+        c.command("e1", "LIST \"\" \"abcd&AOk-\"").await,
+        ["e1 OK LIST completed.\r\n"]
+    );
+    assert_eq!(
+        c.command("e2", "CREATE \"abcd&AOk-/x\"").await,
+        ["e2 OK CREATE completed.\r\n"]
+    );
+    assert_eq!(
+        c.command("e3", "LIST \"\" \"abcd&AOk-*\"").await,
+        [
+            "* LIST (\\Noselect \\HasChildren) \"/\" \"abcd&AOk-\"\r\n",
+            "* LIST (\\HasNoChildren) \"/\" \"abcd&AOk-/x\"\r\n",
+            "e3 OK LIST completed.\r\n",
+        ]
+    );
+    assert_eq!(
+        c.command("e4", "LSUB \"\" \"&AOk-\"").await,
+        ["e4 OK LSUB completed.\r\n"]
+    );
 }
