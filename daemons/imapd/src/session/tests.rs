@@ -395,3 +395,41 @@ async fn list_patterns_with_a_character_across_byte_five() {
         ["e4 OK LSUB completed.\r\n"]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_literals_and_the_response_budget() {
+    let mut nul = b"Subject: nul\r\n\r\na\0b\r\n".to_vec();
+    nul.extend(std::iter::repeat_n(b'x', 1000));
+    let mut c = Client::logged_in(&[nul, message(2)]).await;
+    c.command("f1", "SELECT INBOX").await;
+    // A literal may not hold NUL: sent as 0x80 (shown here as U+FFFD).
+    assert_eq!(
+        c.command("f2", "FETCH 1 (BODY.PEEK[TEXT] BODY.PEEK[]<14.3>)")
+            .await,
+        [
+            "* 1 FETCH (BODY[TEXT] {1005}\r\n",
+            &format!("a\u{FFFD}b\r\n{}", "x".repeat(1000)),
+            " BODY[]<14> {3}\r\n",
+            "\r\na",
+            ")\r\n",
+            "f2 OK FETCH completed.\r\n",
+        ]
+    );
+    // 200 copies of a 1 KiB message: over its response's budget, so nothing for it; the
+    // other message's response, 200 copies of 130 bytes, goes out.
+    let many = vec!["BODY.PEEK[]"; 200].join(" ");
+    let reply = c.command("f3", &format!("FETCH 1:2 (UID {many})")).await;
+    assert_eq!(
+        reply.last().map(String::as_str),
+        Some("f3 NO [LIMIT] FETCH response too large: fetch fewer items at once.\r\n")
+    );
+    assert!(
+        !reply.iter().any(|l| l.starts_with("* 1 FETCH")),
+        "{reply:?}"
+    );
+    assert!(
+        reply[0].starts_with("* 2 FETCH (UID 2 BODY[] {"),
+        "{reply:?}"
+    );
+    assert_eq!(reply.len(), 2 * 200 + 2, "{reply:?}");
+}

@@ -1,8 +1,11 @@
 //! BODY[section]: the bytes a section names (RFC 3501 §6.4.5), and the section as the
 //! response names it.
 
+use std::borrow::Cow;
+
 use imap_codec::imap_types::core::{AString, Vec1};
-use imap_codec::imap_types::fetch::Section;
+use imap_codec::imap_types::fetch::{Part, Section};
+use mail_parser::{Message, PartType};
 
 use super::{mime, raw};
 
@@ -30,92 +33,67 @@ pub(super) fn response_section(section: &Section<'_>) -> Section<'static> {
     }
 }
 
-/// The bytes of a section (other than the whole message). `None`: no such part (sent as an
-/// empty string).
-pub(super) fn section_data(
-    content: &[u8],
-    parsed: Option<&mail_parser::Message<'_>>,
-    section: Option<&Section<'_>>,
-) -> Option<Vec<u8>> {
-    let header_of = |bytes: &[u8]| bytes[..raw::header_len(bytes)].to_vec();
-    let names_of =
-        |names: &imap_codec::imap_types::core::Vec1<imap_codec::imap_types::core::AString<'_>>| {
-            names
-                .as_ref()
-                .iter()
-                .map(|n| n.as_ref().to_vec())
-                .collect::<Vec<_>>()
-        };
+/// The bytes of a section other than the whole message and the top-level TEXT (which are
+/// ranges of the message: see `response`), borrowed from the message where they are a part
+/// of it. `None`: no such part (sent as an empty string).
+pub(super) fn section_data<'a>(
+    content: &'a [u8],
+    parsed: Option<&'a Message<'a>>,
+    section: &Section<'_>,
+) -> Option<Cow<'a, [u8]>> {
+    let header_of = |bytes: &'a [u8]| bytes.get(..raw::header_len(bytes)).unwrap_or(bytes);
+    let fields = |bytes: &'a [u8], names: &Vec1<AString<'_>>, not: bool| {
+        let names: Vec<Vec<u8>> = names.as_ref().iter().map(|n| n.as_ref().to_vec()).collect();
+        Cow::Owned(raw::header_fields(header_of(bytes), &names, not))
+    };
     // Top-level header sections need no MIME parsing.
-    match section? {
-        Section::Header(None) => return Some(header_of(content)),
-        Section::HeaderFields(None, names) => {
-            return Some(raw::header_fields(
-                &header_of(content),
-                &names_of(names),
-                false,
-            ))
+    match section {
+        Section::Header(None) => return Some(Cow::Borrowed(header_of(content))),
+        Section::HeaderFields(None, names) => return Some(fields(content, names, false)),
+        Section::HeaderFieldsNot(None, names) => return Some(fields(content, names, true)),
+        Section::Text(None) => {
+            let body = content.get(raw::header_len(content)..).unwrap_or_default();
+            return Some(Cow::Borrowed(body));
         }
-        Section::HeaderFieldsNot(None, names) => {
-            return Some(raw::header_fields(
-                &header_of(content),
-                &names_of(names),
-                true,
-            ))
-        }
-        Section::Text(None) => return Some(content[raw::header_len(content)..].to_vec()),
         _ => {}
     }
     let msg = parsed?;
-    let path = |p: &imap_codec::imap_types::fetch::Part| {
-        p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>()
-    };
+    let path = |p: &Part| p.0.as_ref().iter().map(|n| n.get()).collect::<Vec<u32>>();
     // The message encapsulated in a message/rfc822 part, as its own bytes.
-    let inner = |p: &imap_codec::imap_types::fetch::Part| -> Option<Vec<u8>> {
+    let inner = |p: &Part| -> Option<&'a [u8]> {
         let loc = mime::locate(msg, &path(p))?;
         match &loc.part.body {
-            mail_parser::PartType::Message(_) => Some(
-                mime::slice(
-                    &loc.message.raw_message,
-                    loc.part.offset_body,
-                    loc.part.offset_end,
-                )
-                .to_vec(),
-            ),
+            PartType::Message(_) => Some(mime::slice(
+                &loc.message.raw_message,
+                loc.part.offset_body,
+                loc.part.offset_end,
+            )),
             _ => None,
         }
     };
-    match section? {
+    let data = match section {
         Section::Part(p) => {
             let loc = mime::locate(msg, &path(p))?;
-            Some(
-                mime::slice(
-                    &loc.message.raw_message,
-                    loc.part.offset_body,
-                    loc.part.offset_end,
-                )
-                .to_vec(),
-            )
+            let raw = &loc.message.raw_message;
+            Cow::Borrowed(mime::slice(raw, loc.part.offset_body, loc.part.offset_end))
         }
         Section::Mime(p) => {
             let loc = mime::locate(msg, &path(p))?;
-            Some(
-                mime::slice(
-                    &loc.message.raw_message,
-                    loc.part.offset_header,
-                    loc.part.offset_body,
-                )
-                .to_vec(),
-            )
+            let raw = &loc.message.raw_message;
+            Cow::Borrowed(mime::slice(
+                raw,
+                loc.part.offset_header,
+                loc.part.offset_body,
+            ))
         }
-        Section::Header(Some(p)) => inner(p).map(|m| header_of(&m)),
-        Section::HeaderFields(Some(p), names) => {
-            inner(p).map(|m| raw::header_fields(&header_of(&m), &names_of(names), false))
+        Section::Header(Some(p)) => Cow::Borrowed(header_of(inner(p)?)),
+        Section::HeaderFields(Some(p), names) => fields(inner(p)?, names, false),
+        Section::HeaderFieldsNot(Some(p), names) => fields(inner(p)?, names, true),
+        Section::Text(Some(p)) => {
+            let m = inner(p)?;
+            Cow::Borrowed(m.get(raw::header_len(m)..).unwrap_or_default())
         }
-        Section::HeaderFieldsNot(Some(p), names) => {
-            inner(p).map(|m| raw::header_fields(&header_of(&m), &names_of(names), true))
-        }
-        Section::Text(Some(p)) => inner(p).map(|m| m[raw::header_len(&m)..].to_vec()),
-        _ => None,
-    }
+        _ => return None,
+    };
+    Some(data)
 }

@@ -1,0 +1,57 @@
+"""inetkit-imapd against requests made to cost it memory or CPU (issue 13): one FETCH naming a
+large section many times, literals announced and never sent, SEARCH with many keys from a
+client that then leaves. The daemon's memory and CPU time are read from /proc; the bounds are
+generous ratios of what the old code took, never timings."""
+
+import os
+import socket
+import time
+
+from test_imap import PASSWORD, client, imap, mailhome, ok, raw, seed  # noqa: F401 (fixtures)
+
+MIB = 1024 * 1024
+
+
+def status_kib(pid: int, field: str) -> int:
+    """A `/proc/<pid>/status` figure in KiB (VmRSS, VmHWM)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (`/proc/<pid>/stat`)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime and stime are fields 14 and 15; the split starts at field 3.
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def big_message(size: int, subject: str = "big") -> bytes:
+    head = f"From: Big <big@example.org>\r\nSubject: {subject}\r\n\r\n".encode()
+    line = b"the quick brown fox jumps over the lazy dog, line %08d\r\n"
+    lines = [line % i for i in range(size // len(line % 0))]
+    return head + b"".join(lines)
+
+
+def test_fetch_of_one_section_many_times_is_neither_built_nor_sent(imap, cert):
+    """`UID FETCH n (BODY.PEEK[TEXT] ...x50)` on a 4 MiB message grew the daemon by 580 MiB
+    before a byte went out: each item was copied, then all encoded into one buffer."""
+    big = big_message(4 * MIB)
+    seed(imap.mail, "alice", big)
+    c = client(imap, cert)
+    ok(c.select("INBOX"))
+    before = status_kib(imap.pid, "VmHWM")
+    typ, data = c.uid("FETCH", "4", "(" + " ".join(["BODY.PEEK[TEXT]"] * 50) + ")")
+    assert typ == "NO" and b"[LIMIT]" in data[-1], (typ, data)
+    # Within the budget: the message three times over, streamed item by item.
+    data = ok(c.uid("FETCH", "4", "(BODY.PEEK[TEXT] BODY.PEEK[] BODY.PEEK[TEXT]<100.1000>)"))
+    text = big[big.index(b"\r\n\r\n") + 4:]
+    assert data[0][0].startswith(b"4 (UID 4 BODY[TEXT] {%d}" % len(text))
+    assert data[0][1] == text and data[1][1] == big and data[2][1] == text[100:1100]
+    grown = status_kib(imap.pid, "VmHWM") - before
+    # The old code: about 140 times the message for the 50 items, 5 times for the three.
+    assert grown < len(big) // 1024, f"the daemon grew by {grown} KiB"
+    ok(c.noop())
