@@ -55,3 +55,33 @@ def test_fetch_of_one_section_many_times_is_neither_built_nor_sent(imap, cert):
     # The old code: about 140 times the message for the 50 items, 5 times for the three.
     assert grown < len(big) // 1024, f"the daemon grew by {grown} KiB"
     ok(c.noop())
+
+
+def test_literals_announced_and_never_sent_take_no_memory(imap, cert):
+    """`APPEND INBOX {67108000}` zero-filled 64 MiB before any data came and held it until
+    the idle timeout: 8 such connections sending nothing grew the daemon by 525 MiB; `{n+}`
+    did the same without waiting for a `+`."""
+    before = status_kib(imap.pid, "VmHWM")
+    idle = []
+    for n in range(8):
+        r = raw(imap, cert)
+        r.send(f'l LOGIN alice "{PASSWORD}"\r\n'.encode())
+        assert r.until(b"l")[-1].startswith(b"l OK")
+        if n % 2:
+            r.send(b"a APPEND INBOX {67108000}\r\n")
+            assert r.line() == b"+ Ready for literal data\r\n"
+        else:
+            r.send(b"a APPEND INBOX {67108000+}\r\n" + b"x" * 1000)
+        idle.append(r)
+    # Nothing to wait for on the LITERAL+ ones: give their sessions a moment to read.
+    time.sleep(1)
+    grown = status_kib(imap.pid, "VmHWM") - before
+    assert grown < 32 * 1024, f"the daemon grew by {grown} KiB"
+    # They hold none of the budget either: a real APPEND of 4 MiB goes through meanwhile.
+    c = client(imap, cert)
+    big = big_message(4 * MIB)
+    ok(c.append("INBOX", None, None, big))
+    ok(c.select("INBOX"))
+    assert ok(c.fetch("4", "(BODY.PEEK[])"))[0][1] == big
+    for r in idle:
+        r.s.close()

@@ -1,8 +1,11 @@
 //! Reading a command: a line plus any literals it announces (`{n}` gets a `+` continuation;
 //! `{n+}`, LITERAL+, does not), bounded in size, for `imap-codec` to decode whole.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use imap_codec::imap_types::response::{Code, StatusKind};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::time::Instant;
 
 use inetkit_runtime::lines::Line;
 
@@ -12,19 +15,102 @@ use crate::wire;
 
 /// Output is sent once this much is queued.
 const FLUSH_AT: usize = 64 * 1024;
+/// Literal bytes are read (and charged to the budget) this much at a time.
+const LITERAL_CHUNK: usize = 64 * 1024;
+/// Literal bytes all sessions together may hold (commands being read or handled): four
+/// APPENDs of the largest message at once.
+const LITERAL_BUDGET: u64 = 256 * 1024 * 1024;
+
+/// The daemon's budget for literal bytes in flight, shared by all sessions.
+pub(super) static LITERALS: LiteralBudget = LiteralBudget::new(LITERAL_BUDGET);
+
+const BUSY_TEXT: &str = "Too much data in flight from other clients; try again later.";
+
+/// A budget of literal bytes that sessions charge as the bytes arrive (never as announced:
+/// a literal announced and not sent costs nothing) and give back when the command is done.
+pub(super) struct LiteralBudget {
+    limit: u64,
+    used: AtomicU64,
+}
+
+impl LiteralBudget {
+    pub(super) const fn new(limit: u64) -> LiteralBudget {
+        LiteralBudget {
+            limit,
+            used: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn available(&self) -> u64 {
+        self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
+    }
+
+    fn try_charge(&self, n: u64) -> bool {
+        self.used
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |used| {
+                used.checked_add(n).filter(|&total| total <= self.limit)
+            })
+            .is_ok()
+    }
+
+    fn release(&self, n: u64) {
+        self.used.fetch_sub(n, Ordering::AcqRel);
+    }
+}
+
+/// The literal bytes one command holds, given back to the budget when it is dropped.
+pub(super) struct Held {
+    budget: &'static LiteralBudget,
+    bytes: u64,
+}
+
+impl Held {
+    fn new(budget: &'static LiteralBudget) -> Held {
+        Held { budget, bytes: 0 }
+    }
+
+    fn take(&mut self, n: u64) -> bool {
+        let charged = self.budget.try_charge(n);
+        if charged {
+            self.bytes += n;
+        }
+        charged
+    }
+
+    fn give_back(&mut self, n: u64) {
+        let n = n.min(self.bytes);
+        self.bytes -= n;
+        self.budget.release(n);
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.budget.release(self.bytes);
+    }
+}
 
 /// What reading a command gave.
 pub(super) enum Input {
-    Command(Vec<u8>),
-    /// Refused before reading all of it (a literal too large); the reply is queued.
+    /// The command's bytes, and the budget they hold until the command is done.
+    Command(Vec<u8>, Held),
+    /// Refused before reading all of it (a literal too large, or over the budget); the reply
+    /// is queued.
     Refused,
+    Gone,
+}
+
+/// Why a literal was not read.
+enum Unread {
+    /// The budget ran out; the rest of the literal was read and dropped.
+    OverBudget,
     Gone,
 }
 
 /// IMAP's additions to the shared line connection: literals, and flushing mid-response.
 pub(super) trait ImapConn {
     async fn flush_if_full(&mut self) -> bool;
-    async fn read_command(&mut self, max: u64) -> Input;
+    async fn read_command(&mut self, max: u64, budget: &'static LiteralBudget) -> Input;
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
@@ -32,9 +118,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
         self.out.len() < FLUSH_AT || self.flush().await.is_ok()
     }
 
-    /// A command line with its literals, at most `max` bytes in all.
-    async fn read_command(&mut self, max: u64) -> Input {
+    /// A command line with its literals, at most `max` bytes in all. Literal bytes are
+    /// charged to `budget` as they arrive; when it runs out, the rest of the command is read
+    /// and dropped and the command refused (NO [LIMIT]), as is a synchronising literal larger
+    /// than what is left of it, before the client sends it.
+    async fn read_command(&mut self, max: u64, budget: &'static LiteralBudget) -> Input {
         let mut command = Vec::new();
+        let mut held = Held::new(budget);
+        // The command's size, with literals dropped over the budget.
+        let mut size = 0u64;
+        let mut over_budget = false;
         let mut line = Vec::with_capacity(256);
         loop {
             match self.next_line(&mut line).await {
@@ -46,12 +139,30 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                 }
                 Some(_) => {}
             }
-            command.extend_from_slice(&line);
-            command.extend_from_slice(b"\r\n");
-            let Some((length, sync)) = literal_announced(&line) else {
-                return Input::Command(command);
+            size += line.len() as u64 + 2;
+            if !over_budget {
+                command.extend_from_slice(&line);
+                command.extend_from_slice(b"\r\n");
+            }
+            let announced = literal_announced(&line);
+            let busy = |conn: &mut Self, command: &[u8]| {
+                let tag = wire::tag_of(command);
+                reply(
+                    conn,
+                    tag,
+                    StatusKind::No,
+                    Some(wire::code("LIMIT")),
+                    BUSY_TEXT,
+                );
+                Input::Refused
             };
-            if command.len() as u64 + length > max {
+            let Some((length, sync)) = announced else {
+                if over_budget {
+                    return busy(self, &command);
+                }
+                return Input::Command(command, held);
+            };
+            if size + length > max {
                 let tag = wire::tag_of(&command);
                 if sync {
                     // Refused before the client sends it: nothing to read or allocate.
@@ -63,23 +174,77 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                 wire::status(&mut self.out, wire::bye("Literal too large."));
                 return Input::Gone;
             }
+            size += length;
+            // A client told NO instead of `+` does not send the literal (RFC 3501 §7.5).
+            if sync && (over_budget || budget.available() < length) {
+                return busy(self, &command);
+            }
             if sync {
                 wire::continuation(&mut self.out, "Ready for literal data");
                 if self.flush().await.is_err() {
                     return Input::Gone;
                 }
             }
-            let start = command.len();
-            command.resize(start + length as usize, 0);
-            let read = tokio::time::timeout(
-                self.peer.idle_timeout,
-                self.reader.read_exact(&mut command[start..]),
-            );
-            match read.await {
-                Ok(Ok(_)) => {}
-                _ => return Input::Gone,
+            let deadline = Instant::now() + self.peer.idle_timeout;
+            let read = if over_budget {
+                discard(self, length, deadline).await
+            } else {
+                read_literal(self, &mut command, length, &mut held, deadline).await
+            };
+            match read {
+                Ok(()) => {}
+                Err(Unread::OverBudget) => over_budget = true,
+                Err(Unread::Gone) => return Input::Gone,
             }
         }
+    }
+}
+
+/// Reads a literal of `length` bytes onto the end of `command` by `deadline`, charging
+/// `held` a chunk at a time before reading it. The buffer grows as bytes arrive (to at
+/// most the literal's end), so a literal announced and not sent costs nothing.
+async fn read_literal<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    command: &mut Vec<u8>,
+    length: u64,
+    held: &mut Held,
+    deadline: Instant,
+) -> Result<(), Unread> {
+    // `length` is at most the command's limit, which fits in memory.
+    let end = command.len() + length as usize;
+    while command.len() < end {
+        let chunk = (end - command.len()).min(LITERAL_CHUNK);
+        if !held.take(chunk as u64) {
+            let rest = (end - command.len()) as u64;
+            discard(conn, rest, deadline).await?;
+            return Err(Unread::OverBudget);
+        }
+        if command.capacity() < command.len() + chunk {
+            // Doubling, for linear copying, but never past the literal's end.
+            let target = (command.capacity() * 2).clamp(command.len() + chunk, end);
+            command.reserve_exact(target - command.len());
+        }
+        let mut source = (&mut conn.reader).take(chunk as u64);
+        match tokio::time::timeout_at(deadline, source.read_buf(command)).await {
+            Ok(Ok(n)) if n > 0 => held.give_back((chunk - n) as u64),
+            _ => return Err(Unread::Gone),
+        }
+    }
+    Ok(())
+}
+
+/// Reads `length` bytes of a literal by `deadline` and drops them.
+async fn discard<S: AsyncRead + AsyncWrite + Unpin>(
+    conn: &mut Conn<S>,
+    length: u64,
+    deadline: Instant,
+) -> Result<(), Unread> {
+    let mut sink = tokio::io::sink();
+    let mut rest = (&mut conn.reader).take(length);
+    let copy = tokio::io::copy(&mut rest, &mut sink);
+    match tokio::time::timeout_at(deadline, copy).await {
+        Ok(Ok(n)) if n == length => Ok(()),
+        _ => Err(Unread::Gone),
     }
 }
 

@@ -42,7 +42,7 @@ use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_session, Flow, TlsSession};
 use inetkit_runtime::tls::TlsContext;
 
-use self::input::{ImapConn, Input};
+use self::input::{ImapConn, Input, LiteralBudget};
 use self::reply::{bad, farewell, ok, reply, Done};
 use crate::selected::Selected;
 use crate::wire;
@@ -67,6 +67,8 @@ pub(crate) struct Session {
     login: Option<Login>,
     selected: Option<Selected>,
     failures: u32,
+    /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
+    literals: &'static LiteralBudget,
 }
 
 impl Session {
@@ -78,6 +80,7 @@ impl Session {
             login: None,
             selected: None,
             failures: 0,
+            literals: &input::LITERALS,
         }
     }
 }
@@ -134,8 +137,8 @@ impl TlsSession for Session {
             } else {
                 MAX_COMMAND_UNAUTHENTICATED
             };
-            let bytes = match conn.read_command(max).await {
-                Input::Command(bytes) => bytes,
+            let (bytes, _held) = match conn.read_command(max, self.literals).await {
+                Input::Command(bytes, held) => (bytes, held),
                 Input::Refused => continue,
                 Input::Gone => {
                     let _ = conn.flush().await;

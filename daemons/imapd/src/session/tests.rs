@@ -18,6 +18,7 @@ use inetkit_maildir::Store;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::TlsSession;
 
+use super::input::{self, LiteralBudget};
 use super::Session;
 use crate::{watch, Imap};
 
@@ -70,6 +71,14 @@ pub(super) struct Client {
 impl Client {
     /// A session with `messages` in alice's INBOX; the greeting is read.
     pub(super) async fn start(messages: &[Vec<u8>]) -> Client {
+        Client::start_with(messages, &input::LITERALS).await
+    }
+
+    /// [`Client::start`] with a budget of literal bytes of its own.
+    pub(super) async fn start_with(
+        messages: &[Vec<u8>],
+        literals: &'static LiteralBudget,
+    ) -> Client {
         let root = Root::new();
         let auth_config = AuthConfig {
             users_file: root.0.join("users"),
@@ -98,6 +107,7 @@ impl Client {
         let (client, server) = tokio::io::duplex(64 * 1024);
         let session = tokio::spawn(async move {
             let mut session = Session::new(imap, peer);
+            session.literals = literals;
             session.run(server, true).await;
         });
         let (reader, writer) = tokio::io::split(client);
@@ -117,7 +127,15 @@ impl Client {
 
     /// A session with alice logged in.
     pub(super) async fn logged_in(messages: &[Vec<u8>]) -> Client {
-        let mut c = Client::start(messages).await;
+        Client::logged_in_with(messages, &input::LITERALS).await
+    }
+
+    /// [`Client::logged_in`] with a budget of literal bytes of its own.
+    pub(super) async fn logged_in_with(
+        messages: &[Vec<u8>],
+        literals: &'static LiteralBudget,
+    ) -> Client {
+        let mut c = Client::start_with(messages, literals).await;
         let reply = c.command("l1", &format!("LOGIN alice {PASSWORD}")).await;
         assert!(reply[0].starts_with("l1 OK [CAPABILITY "), "{reply:?}");
         c
@@ -432,4 +450,46 @@ async fn fetch_literals_and_the_response_budget() {
         "{reply:?}"
     );
     assert_eq!(reply.len(), 2 * 200 + 2, "{reply:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn literals_in_flight_share_one_budget() {
+    let budget: &'static LiteralBudget = Box::leak(Box::new(LiteralBudget::new(100_000)));
+    let mut a = Client::logged_in_with(&[], budget).await;
+    let mut b = Client::logged_in_with(&[], budget).await;
+    let busy = "NO [LIMIT] Too much data in flight from other clients; try again later.\r\n";
+    // a sends most of an 80,000-byte literal and stalls: it holds that much of the budget.
+    let message = [message(1), vec![b'x'; 80_000 - message(1).len()]].concat();
+    a.send(b"a1 APPEND INBOX {80000+}\r\n").await;
+    a.send(&message[..70_000]).await;
+    tokio::time::timeout(NO_ANSWER, async {
+        while budget.available() > 20_000 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await
+    .expect("a's session reads the literal");
+    // A synchronising literal larger than what is left is refused before it is sent.
+    assert_eq!(
+        b.command("b1", "APPEND INBOX {50000}").await,
+        [format!("b1 {busy}")]
+    );
+    // A LITERAL+ one arrives anyway: read, dropped, refused; the session goes on.
+    b.send(b"b2 APPEND INBOX {50000+}\r\n").await;
+    b.send(&[b'y'; 50_000]).await;
+    b.send(b"\r\n").await;
+    assert_eq!(b.until("b2").await, [format!("b2 {busy}")]);
+    assert_eq!(b.command("b3", "NOOP").await, ["b3 OK NOOP completed.\r\n"]);
+    // a's command completes, and gives its share back.
+    a.send(&message[70_000..]).await;
+    a.send(b"\r\n").await;
+    let reply = a.until("a1").await;
+    assert!(reply[0].starts_with("a1 OK [APPENDUID "), "{reply:?}");
+    assert_eq!(budget.available(), 100_000);
+    b.send(b"b4 APPEND INBOX {50000}\r\n").await;
+    assert_eq!(b.line().await, "+ Ready for literal data\r\n");
+    b.send(&[b'z'; 50_000]).await;
+    b.send(b"\r\n").await;
+    let reply = b.until("b4").await;
+    assert!(reply[0].starts_with("b4 OK [APPENDUID "), "{reply:?}");
 }
