@@ -1,10 +1,12 @@
 //! Reading a command: a line plus any literals it announces (`{n}` gets a `+` continuation;
 //! `{n+}`, LITERAL+, does not), bounded in size, for `imap-codec` to decode whole.
 
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
 
 use imap_codec::imap_types::response::{Code, StatusKind};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
+use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use inetkit_runtime::lines::Line;
@@ -245,6 +247,18 @@ async fn discard<S: AsyncRead + AsyncWrite + Unpin>(
     match tokio::time::timeout_at(deadline, copy).await {
         Ok(Ok(n)) if n == length => Ok(()),
         _ => Err(Unread::Gone),
+    }
+}
+
+/// Whether the client has gone (closed the connection or broken it), looked at without
+/// waiting: for work that runs long between reads (SEARCH). Bytes it sent meanwhile stay
+/// buffered for the next command.
+pub(super) fn client_gone<R: AsyncBufRead + Unpin>(reader: &mut R) -> bool {
+    let mut cx = Context::from_waker(Waker::noop());
+    match Pin::new(reader).poll_fill_buf(&mut cx) {
+        Poll::Ready(Ok(buffered)) => buffered.is_empty(),
+        Poll::Ready(Err(_)) => true,
+        Poll::Pending => false,
     }
 }
 

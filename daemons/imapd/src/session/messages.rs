@@ -16,10 +16,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use inetkit_maildir::{FlagChange, Flags, Folder, StoreError};
 
+use super::input::client_gone;
 use super::reply::{bad, expunge_issued, no_code, ok, ok_code, read_only, store_error, Done};
 use super::{blocking, Conn, Session};
 use crate::keywords::Keywords;
-use crate::search;
+use crate::search::{self, Query, Stopped};
 use crate::selected::Selected;
 use crate::wire::{self, nz, SYSTEM_FLAGS};
 
@@ -217,14 +218,18 @@ impl Session {
         ok("UNSELECT completed.")
     }
 
-    /// SEARCH and UID SEARCH.
+    /// SEARCH and UID SEARCH. The search stops when the client goes away (looked at
+    /// between keys) and after [`search::TIME_LIMIT`].
     pub(super) fn search<S>(
         &mut self,
         charset: Option<&Charset<'_>>,
         criteria: &[SearchKey<'_>],
         uid: bool,
         conn: &mut Conn<S>,
-    ) -> Done {
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
         if let Some(cs) = charset {
             let cs: &str = cs.as_ref();
             if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
@@ -238,7 +243,17 @@ impl Session {
         let Some(sel) = self.selected.as_ref() else {
             return bad("No mailbox selected.");
         };
-        let hits = blocking(|| search::run(sel, criteria));
+        let query = Query::new(criteria);
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        let hits = match blocking(|| search::run(sel, &query, &mut watch)) {
+            Ok(hits) => hits,
+            Err(Stopped::Gone) => return Done::Close,
+            Err(Stopped::TooLong) => {
+                return no_code(wire::code("LIMIT"), "SEARCH took too long: narrow it down.")
+            }
+        };
         let numbers = hits
             .into_iter()
             .map(|i| {

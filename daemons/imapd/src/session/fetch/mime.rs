@@ -1,6 +1,5 @@
 //! FETCH data built from a message's bytes: ENVELOPE, BODY/BODYSTRUCTURE and the parts that
-//! BODY[section] addresses, with the MIME structure from `mail-parser`; also the header
-//! values SEARCH looks at.
+//! BODY[section] addresses, with the MIME structure from `mail-parser`.
 
 use imap_codec::imap_types::body::{
     BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
@@ -8,9 +7,7 @@ use imap_codec::imap_types::body::{
 };
 use imap_codec::imap_types::core::{IString, NString, Vec1};
 use imap_codec::imap_types::envelope::{Address as ImapAddress, Envelope};
-use mail_parser::{
-    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
-};
+use mail_parser::{Address, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 use crate::wire::{istring, nstring};
 
@@ -396,27 +393,6 @@ fn disposition(
         istring(d.c_type.to_ascii_uppercase().into_bytes()),
         params(d.attributes.as_deref()),
     ))
-}
-
-/// The values of header field `name` for SEARCH, raw and decoded.
-pub(crate) fn header_text(msg: &Message<'_>, name: &str) -> Vec<Vec<u8>> {
-    let raw = &msg.raw_message[..];
-    let Some(top) = msg.parts.first() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for h in top
-        .headers
-        .iter()
-        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-    {
-        // The raw bytes, and the decoded text where mail-parser has it (encoded words).
-        out.push(slice(raw, h.offset_start, h.offset_end).to_vec());
-        if let HeaderValue::Text(t) = &h.value {
-            out.push(t.as_bytes().to_vec());
-        }
-    }
-    out
 }
 
 #[cfg(test)]
