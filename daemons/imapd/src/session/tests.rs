@@ -13,7 +13,7 @@ use tokio::io::{
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use inetkit_auth::AuthConfig;
+use inetkit_auth::{AuthConfig, Authenticator, Guard};
 use inetkit_maildir::Store;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::TlsSession;
@@ -89,8 +89,10 @@ impl Client {
         for m in messages {
             store.deliver("alice", &mut &m[..]).expect("delivery");
         }
+        // A guard of its own: not the host's shared state file, nor other tests' failures.
+        let guard = Guard::new(auth_config.guard_policy());
         let imap = Arc::new(Imap {
-            auth: auth_config.authenticator(),
+            auth: Authenticator::with_guard(&auth_config.users_file, guard),
             auth_config,
             store,
             tls: None,
