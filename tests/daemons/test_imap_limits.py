@@ -7,7 +7,8 @@ import os
 import socket
 import time
 
-from test_imap import PASSWORD, client, imap, mailhome, ok, raw, seed  # noqa: F401 (fixtures)
+from support.homes import PASSWORD, seed
+from test_imap import client, imap, ok, raw  # noqa: F401 (fixtures)
 
 MIB = 1024 * 1024
 

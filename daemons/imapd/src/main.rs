@@ -52,7 +52,6 @@ impl DaemonConfig for ImapConfig {
 /// What every session shares.
 pub struct Imap {
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub store: Store,
     pub tls: Option<TlsContext>,
     pub watches: Arc<watch::Watches>,
@@ -76,7 +75,6 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let imap = Arc::new(Imap {
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
         store: Store::new(config.mail.root.clone()),
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),

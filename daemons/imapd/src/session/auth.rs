@@ -20,7 +20,7 @@ use crate::wire;
 impl Session {
     pub(super) fn plaintext_allowed(&self) -> bool {
         self.imap
-            .auth_config
+            .auth
             .plaintext_allowed(self.peer.addr.ip(), self.tls)
     }
 

@@ -92,8 +92,8 @@ impl Client {
         // A guard of its own: not the host's shared state file, nor other tests' failures.
         let guard = Guard::new(auth_config.guard_policy());
         let imap = Arc::new(Imap {
-            auth: Authenticator::with_guard(&auth_config.users_file, guard),
-            auth_config,
+            auth: Authenticator::with_guard(&auth_config.users_file, guard)
+                .with_plaintext(auth_config.plaintext),
             store,
             tls: None,
             watches: watch::Watches::new(),
