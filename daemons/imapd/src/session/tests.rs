@@ -2,8 +2,6 @@
 //! (mini-redis `tests/server.rs` is the model): the real loop, store and authenticator, no
 //! socket and no daemon, a few milliseconds each.
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,18 +9,15 @@ use tokio::io::{
     AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream, ReadHalf, WriteHalf,
 };
 use tokio::task::JoinHandle;
-use tokio_util::sync::CancellationToken;
 
-use inetkit_auth::{AuthConfig, Authenticator, Guard};
+use inetkit_auth::testing::{self, ALICE_PLAIN};
 use inetkit_maildir::Store;
-use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::TlsSession;
+use inetkit_runtime::testing::TempDir;
 
 use super::input::{self, LiteralBudget};
 use super::Session;
 use crate::{watch, Imap};
-
-const PASSWORD: &str = "secret";
 
 /// A guard against a session that never answers: a test fails rather than hangs.
 const NO_ANSWER: Duration = Duration::from_secs(20);
@@ -35,37 +30,12 @@ pub(super) fn message(n: u32) -> Vec<u8> {
     .into_bytes()
 }
 
-/// A mail root of its own for each test, removed afterwards.
-struct Root(PathBuf);
-
-impl Root {
-    fn new() -> Root {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("imapd-session-{}-{n}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(dir.join("mail")).expect("temp dir");
-        std::fs::write(
-            dir.join("users"),
-            format!("alice:{{PLAIN}}{PASSWORD}::::::\n"),
-        )
-        .expect("users file");
-        Root(dir)
-    }
-}
-
-impl Drop for Root {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// The client end of a session running in a task of its own.
 pub(super) struct Client {
     reader: BufReader<ReadHalf<DuplexStream>>,
     writer: WriteHalf<DuplexStream>,
     session: JoinHandle<()>,
-    _root: Root,
+    _root: TempDir,
 }
 
 impl Client {
@@ -79,33 +49,18 @@ impl Client {
         messages: &[Vec<u8>],
         literals: &'static LiteralBudget,
     ) -> Client {
-        let root = Root::new();
-        let auth_config = AuthConfig {
-            users_file: root.0.join("users"),
-            failure_delay: Duration::ZERO,
-            ..AuthConfig::default()
-        };
-        let store = Store::new(root.0.join("mail"));
+        let root = TempDir::new("imapd-session");
+        let store = Store::new(root.path().join("mail"));
         for m in messages {
             store.deliver("alice", &mut &m[..]).expect("delivery");
         }
-        // A guard of its own: not the host's shared state file, nor other tests' failures.
-        let guard = Guard::new(auth_config.guard_policy());
         let imap = Arc::new(Imap {
-            auth: Authenticator::with_guard(&auth_config.users_file, guard)
-                .with_plaintext(auth_config.plaintext),
+            auth: testing::authenticator(root.path()),
             store,
             tls: None,
             watches: watch::Watches::new(),
         });
-        let peer = Peer {
-            addr: "127.0.0.1:40000".parse().expect("address"),
-            local: "127.0.0.1:143".parse().expect("address"),
-            listener: "imap".into(),
-            idle_timeout: Duration::from_secs(60),
-            write_timeout: Duration::from_secs(5),
-            shutdown: CancellationToken::new(),
-        };
+        let peer = inetkit_runtime::testing::peer();
         let (client, server) = tokio::io::duplex(64 * 1024);
         let session = tokio::spawn(async move {
             let mut session = Session::new(imap, peer);
@@ -138,7 +93,9 @@ impl Client {
         literals: &'static LiteralBudget,
     ) -> Client {
         let mut c = Client::start_with(messages, literals).await;
-        let reply = c.command("l1", &format!("LOGIN alice {PASSWORD}")).await;
+        let reply = c
+            .command("l1", &format!("LOGIN alice \"{}\"", testing::PASSWORD))
+            .await;
         assert!(reply[0].starts_with("l1 OK [CAPABILITY "), "{reply:?}");
         c
     }
@@ -204,7 +161,7 @@ impl Client {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn login_select_fetch_store_logout() {
     let mut c = Client::start(&[message(1), message(2)]).await;
-    let reply = c.command("a1", "LOGIN alice secret").await;
+    let reply = c.command("a1", "LOGIN alice \"correct horse\"").await;
     assert_eq!(
         reply,
         [
@@ -331,7 +288,7 @@ async fn errors_before_login() {
 async fn errors_after_login() {
     let mut c = Client::logged_in(&[message(1)]).await;
     assert_eq!(
-        c.command("c1", "LOGIN alice secret").await,
+        c.command("c1", "LOGIN alice \"correct horse\"").await,
         ["c1 BAD Already logged in.\r\n"]
     );
     assert_eq!(
@@ -378,14 +335,15 @@ async fn authenticate_login_and_plain() {
     assert_eq!(c.line().await, "+ VXNlcm5hbWU6\r\n");
     c.send(b"YWxpY2U=\r\n").await;
     assert_eq!(c.line().await, "+ UGFzc3dvcmQ6\r\n");
-    c.send(b"c2VjcmV0\r\n").await;
+    // "correct horse"
+    c.send(b"Y29ycmVjdCBob3JzZQ==\r\n").await;
     let reply = c.until("d1").await;
     assert!(reply[0].starts_with("d1 OK [CAPABILITY "), "{reply:?}");
 
     let mut c = Client::start(&[]).await;
-    // SASL-IR: "\0alice\0secret".
+    // SASL-IR.
     let reply = c
-        .command("d2", "AUTHENTICATE PLAIN AGFsaWNlAHNlY3JldA==")
+        .command("d2", &format!("AUTHENTICATE PLAIN {ALICE_PLAIN}"))
         .await;
     assert!(reply[0].starts_with("d2 OK [CAPABILITY "), "{reply:?}");
 }
