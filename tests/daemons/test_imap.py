@@ -77,6 +77,53 @@ def test_implicit_tls_authenticate_plain(imap, cert):
     c.logout()
 
 
+def test_authenticate_login_and_plain_with_and_without_sasl_ir(imap, cert):
+    import base64
+    b64 = lambda b: base64.b64encode(b).decode()
+    host, port = imap.addr("imaps")
+    # LOGIN, advertised beside PLAIN: imaplib answers the Username: and Password: challenges.
+    c = imaplib.IMAP4_SSL(host, port, ssl_context=tls_context(cert), timeout=30)
+    assert "AUTH=LOGIN" in c.capabilities and "AUTH=PLAIN" in c.capabilities
+    asked = []
+    def login(challenge):
+        asked.append(challenge)
+        return b"alice" if challenge == b"Username:" else PASSWORD.encode()
+    ok(c.authenticate("LOGIN", login))
+    assert asked == [b"Username:", b"Password:"]
+    assert ok(c.select("INBOX")) == [b"3"]
+    c.logout()
+    # PLAIN without an initial response: an empty challenge first.
+    c = imaplib.IMAP4_SSL(host, port, ssl_context=tls_context(cert), timeout=30)
+    ok(c.authenticate("PLAIN", lambda ch: b"\0alice\0" + PASSWORD.encode() if ch == b"" else None))
+    c.logout()
+    # With SASL-IR (RFC 4959): PLAIN in one line; LOGIN's user name in the first line.
+    r = raw(imap, cert)
+    r.send(f"a1 AUTHENTICATE PLAIN {b64(bytes(1) + b'alice' + bytes(1) + b'wrong')}\r\n".encode())
+    assert r.line().startswith(b"a1 NO [AUTHENTICATIONFAILED]")
+    r.send(f"a2 AUTHENTICATE PLAIN {b64(bytes(1) + b'alice' + bytes(1) + PASSWORD.encode())}\r\n".encode())
+    assert r.line().startswith(b"a2 OK [CAPABILITY IMAP4REV1")
+    r = raw(imap, cert)
+    r.send(f"b1 AUTHENTICATE LOGIN {b64(b'alice')}\r\n".encode())
+    assert r.line() == b"+ UGFzc3dvcmQ6\r\n"
+    r.send(f"{b64(PASSWORD.encode())}\r\n".encode())
+    assert r.line().startswith(b"b1 OK [CAPABILITY IMAP4REV1")
+    # Cancelled (RFC 3501: BAD), an empty initial response (which PLAIN cannot use), a
+    # response that is not base64, and a mechanism we do not have.
+    r = raw(imap, cert)
+    r.send(b"c1 AUTHENTICATE LOGIN\r\n")
+    assert r.line() == b"+ VXNlcm5hbWU6\r\n"
+    r.send(b"*\r\n")
+    assert r.line() == b"c1 BAD Authentication cancelled.\r\n"
+    r.send(b"c2 AUTHENTICATE PLAIN =\r\n")
+    assert r.line() == b"c2 BAD Malformed authentication response.\r\n"
+    r.send(b"c3 AUTHENTICATE PLAIN\r\n")
+    assert r.line() == b"+ \r\n"
+    r.send(b"!!notbase64\r\n")
+    assert r.line() == b"c3 BAD Malformed authentication response.\r\n"
+    r.send(b"c4 AUTHENTICATE CRAM-MD5\r\n")
+    assert r.line() == b"c4 NO [CANNOT] Unsupported authentication mechanism.\r\n"
+
+
 def test_wrong_password_and_state(imap, cert):
     c = client(imap, cert, login=False)
     with pytest.raises(imaplib.IMAP4.error):
@@ -89,7 +136,8 @@ def test_logindisabled_without_tls(daemons, mailhome, cert):
     d = daemons.start("imapd", config(users, mail, cert, 'plaintext = "never"'))
     host, port = d.addr("imap")
     c = imaplib.IMAP4(host, port, timeout=30)
-    assert "LOGINDISABLED" in c.capabilities and "AUTH=PLAIN" not in c.capabilities
+    assert "LOGINDISABLED" in c.capabilities
+    assert "AUTH=PLAIN" not in c.capabilities and "AUTH=LOGIN" not in c.capabilities
     typ, data = c._simple_command("LOGIN", "alice", '"correct horse"')
     assert typ == "NO" and b"PRIVACYREQUIRED" in data[-1]
     c.starttls(ssl_context=tls_context(cert))
@@ -533,6 +581,16 @@ def test_bad_input(imap, cert):
     r.send(b"short")
     r.s.shutdown(socket.SHUT_WR)
     assert r.line() == b""
+
+
+def test_list_pattern_with_a_character_across_byte_five(imap, cert):
+    """`abcd&AOk-` is `abcdé`, whose é spans bytes 4 and 5: the INBOX check sliced the
+    pattern at byte 5 and the session panicked (the connection just closed)."""
+    c = client(imap, cert)
+    assert ok(c.list('""', '"abcd&AOk-"')) == [None]
+    ok(c.create("abcd&AOk-"))
+    assert ok(c.list('""', '"abcd&AOk-"')) == [b'(\\HasNoChildren) "/" "abcd&AOk-"']
+    ok(c.noop())
 
 
 def test_malformed_mime_and_8bit_headers(imap, cert):

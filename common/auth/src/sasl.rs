@@ -123,7 +123,11 @@ pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
 
 /// Decodes the LOGIN user name response.
 pub fn decode_login_name(line: &[u8]) -> Result<String, SaslError> {
-    let name = decode_response(line)?;
+    parse_login_name(decode_response(line)?)
+}
+
+/// [`decode_login_name`] on an already decoded response.
+fn parse_login_name(name: Vec<u8>) -> Result<String, SaslError> {
     if name.is_empty() || name.contains(&0) {
         return Err(SaslError::Malformed);
     }
@@ -210,24 +214,57 @@ pub async fn exchange(
     mechanism: &str,
     initial: Option<String>,
 ) -> Sasl {
+    run_exchange(channel, mechanism, initial.map(Response::Text)).await
+}
+
+/// [`exchange`] for a protocol whose parser has decoded the initial response already (IMAP's
+/// SASL-IR, which `imap-codec` hands over as bytes): it is used as it is, not encoded again.
+pub async fn exchange_decoded(
+    channel: &mut impl Challenger,
+    mechanism: &str,
+    initial: Option<Vec<u8>>,
+) -> Sasl {
+    run_exchange(channel, mechanism, initial.map(Response::Decoded)).await
+}
+
+/// A client response: a line of base64 text, or an initial response already decoded.
+enum Response {
+    Text(String),
+    Decoded(Vec<u8>),
+}
+
+impl Response {
+    fn cancels(&self) -> bool {
+        matches!(self, Response::Text(t) if t == "*")
+    }
+}
+
+async fn run_exchange(
+    channel: &mut impl Challenger,
+    mechanism: &str,
+    initial: Option<Response>,
+) -> Sasl {
     let plain = mechanism.eq_ignore_ascii_case("PLAIN");
     if !plain && !mechanism.eq_ignore_ascii_case("LOGIN") {
         return Sasl::Unsupported;
     }
-    let initial = initial.map(|i| if i == "=" { String::new() } else { i });
     let first = if plain { "" } else { LOGIN_USERNAME_CHALLENGE };
     let response = match initial {
         Some(response) => response,
         None => match channel.challenge(first).await {
-            Some(response) => response,
+            Some(response) => Response::Text(response),
             None => return Sasl::Gone,
         },
     };
-    if response == "*" {
+    if response.cancels() {
         return Sasl::Cancelled;
     }
     if plain {
-        return match decode_plain(response.as_bytes()) {
+        let credentials = match response {
+            Response::Text(text) => decode_plain(text.as_bytes()),
+            Response::Decoded(message) => parse_plain(&message),
+        };
+        return match credentials {
             Ok(credentials) => Sasl::Credentials(credentials),
             Err(_) => Sasl::Malformed,
         };
@@ -238,10 +275,11 @@ pub async fn exchange(
     if password == "*" {
         return Sasl::Cancelled;
     }
-    match (
-        decode_login_name(response.as_bytes()),
-        decode_response(password.as_bytes()),
-    ) {
+    let name = match response {
+        Response::Text(text) => decode_login_name(text.as_bytes()),
+        Response::Decoded(name) => parse_login_name(name),
+    };
+    match (name, decode_response(password.as_bytes())) {
         (Ok(name), Ok(password)) => Sasl::Credentials(Credentials { name, password }),
         _ => Sasl::Malformed,
     }
@@ -421,5 +459,53 @@ mod tests {
             exchange(&mut smtp, "LOGIN", None).await,
             Sasl::Gone
         ));
+    }
+
+    #[tokio::test]
+    async fn decoded_initial_responses_are_not_decoded_again() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (server, mut client) = tokio::io::duplex(4096);
+        let peer = inetkit_runtime::server::Peer {
+            addr: "127.0.0.1:1".parse().unwrap(),
+            local: "127.0.0.1:2".parse().unwrap(),
+            listener: "test".into(),
+            idle_timeout: std::time::Duration::from_secs(5),
+            write_timeout: std::time::Duration::from_secs(5),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+        };
+        let farewell = inetkit_runtime::conn::Farewell {
+            idle: "* BYE idle",
+            shutdown: "* BYE stopping",
+        };
+        let mut conn = LineConn::new(server, peer, 1000, farewell);
+        let mut imap = LineChallenger {
+            conn: &mut conn,
+            prefix: "+ ",
+        };
+        // PLAIN: the message itself, which would not be valid base64 text.
+        let initial = Some(b"\0ann\0s=cr*t".to_vec());
+        match exchange_decoded(&mut imap, "PLAIN", initial).await {
+            Sasl::Credentials(c) => {
+                assert_eq!((c.name.as_str(), &c.password[..]), ("ann", &b"s=cr*t"[..]))
+            }
+            other => panic!("PLAIN: {other:?}"),
+        }
+        // A decoded "*" is a name, not a cancellation; LOGIN then asks for the password only.
+        client.write_all(b"cHc=\r\n").await.unwrap();
+        match exchange_decoded(&mut imap, "login", Some(b"*".to_vec())).await {
+            Sasl::Credentials(c) => {
+                assert_eq!((c.name.as_str(), &c.password[..]), ("*", &b"pw"[..]))
+            }
+            other => panic!("LOGIN: {other:?}"),
+        }
+        // An empty initial response is a response (RFC 4959), which PLAIN cannot use.
+        assert!(matches!(
+            exchange_decoded(&mut imap, "PLAIN", Some(Vec::new())).await,
+            Sasl::Malformed
+        ));
+        conn.flush().await.unwrap();
+        let mut sent = vec![0u8; 16];
+        client.read_exact(&mut sent).await.unwrap();
+        assert_eq!(sent, b"+ UGFzc3dvcmQ6\r\n");
     }
 }

@@ -1,7 +1,6 @@
 //! inetkit-imapd: IMAP4rev1 (RFC 3501) over the inetkit Maildir store, with STARTTLS on the
 //! `imap` socket (143) and implicit TLS on `imaps` (993).
 
-mod fetch;
 mod keywords;
 mod names;
 mod search;
@@ -53,7 +52,6 @@ impl DaemonConfig for ImapConfig {
 /// What every session shares.
 pub struct Imap {
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub store: Store,
     pub tls: Option<TlsContext>,
     pub watches: Arc<watch::Watches>,
@@ -77,7 +75,6 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let imap = Arc::new(Imap {
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
         store: Store::new(config.mail.root.clone()),
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),

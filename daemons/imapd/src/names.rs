@@ -181,5 +181,10 @@ mod tests {
         assert!(matches("I*", "INBOX"));
         assert!(!matches("S%x", "Sent"));
         assert!(matches("%/%", "a/b"));
+        // A character across byte 5 (once a panic: the pattern was sliced there).
+        assert!(!matches("abcdé", "INBOX"));
+        assert!(matches("abcdé", "abcdé"));
+        assert!(matches("inboxé*", "INBOXé/x"));
+        assert!(!matches("é", "INBOX"));
     }
 }

@@ -1,13 +1,38 @@
-//! SEARCH (RFC 3501 §6.4.4): every key, evaluated message by message. Message files are read
-//! only when a key needs their content, and only the header when no key needs the body.
+//! SEARCH (RFC 3501 §6.4.4).
+//!
+//! The keys are compiled once per command into a [`Query`]: needles lowercased once, text
+//! keys (BODY, TEXT, and the header keys) interned so that a key given many times is one key,
+//! duplicate keys of an AND dropped. Each message is then read once, as far as the keys need
+//! (nothing, its header, or all of it), and prepared once, lazily: parsed once, lowercased
+//! once, its header values gathered once; a text key is answered once per message however
+//! often the query names it. A search also stops, between keys, when the client has gone or
+//! when it has run for [`TIME_LIMIT`].
+
+use std::cell::OnceCell;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{Flags, MessageInfo};
-use mail_parser::PartType;
+use mail_parser::{HeaderValue, Message, PartType};
 
-use crate::fetch;
 use crate::selected::Selected;
+use crate::session::fetch::{mime, raw};
+
+/// The longest a SEARCH may run.
+pub(crate) const TIME_LIMIT: Duration = Duration::from_secs(30);
+/// How often a running search looks at the client.
+const PROBE_EVERY: Duration = Duration::from_millis(10);
+
+/// Why a search stopped before its end.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Stopped {
+    /// The client went away.
+    Gone,
+    /// It ran for [`TIME_LIMIT`].
+    TooLong,
+}
 
 /// What a search needs from each message's file.
 #[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
@@ -17,73 +42,438 @@ enum Need {
     Whole,
 }
 
-fn need(key: &SearchKey<'_>) -> Need {
-    match key {
-        SearchKey::And(keys) => keys
-            .as_ref()
-            .iter()
-            .map(need)
-            .max()
-            .unwrap_or(Need::Nothing),
-        SearchKey::Not(k) => need(k),
-        SearchKey::Or(a, b) => need(a).max(need(b)),
-        SearchKey::Bcc(_)
-        | SearchKey::Cc(_)
-        | SearchKey::From(_)
-        | SearchKey::To(_)
-        | SearchKey::Subject(_)
-        | SearchKey::Header(..)
-        | SearchKey::SentBefore(_)
-        | SearchKey::SentOn(_)
-        | SearchKey::SentSince(_) => Need::Header,
-        SearchKey::Body(_) | SearchKey::Text(_) => Need::Whole,
-        _ => Need::Nothing,
+/// A text key: where it looks, and the lowercased needle.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum Text {
+    /// A header field (name lowercased): its raw and decoded values.
+    Header(String, String),
+    /// The body: raw, and the decoded text of each part.
+    Body(String),
+    /// The whole message: raw, the decoded parts and the decoded header values.
+    All(String),
+}
+
+/// A compiled key. Text keys refer to [`Query::texts`] by index.
+#[derive(PartialEq, Eq, Hash)]
+enum Key {
+    All,
+    Seq(SequenceSet),
+    Uid(SequenceSet),
+    Has(Flags),
+    Lacks(Flags),
+    Recent,
+    Old,
+    New,
+    Keyword(String),
+    Unkeyword(String),
+    Larger(u64),
+    Smaller(u64),
+    Before(chrono::NaiveDate),
+    On(chrono::NaiveDate),
+    Since(chrono::NaiveDate),
+    SentBefore(chrono::NaiveDate),
+    SentOn(chrono::NaiveDate),
+    SentSince(chrono::NaiveDate),
+    Text(usize),
+    And(Vec<Key>),
+    Or(Box<Key>, Box<Key>),
+    Not(Box<Key>),
+}
+
+/// A SEARCH command's keys, compiled.
+pub(crate) struct Query {
+    keys: Vec<Key>,
+    texts: Vec<Text>,
+    need: Need,
+}
+
+impl Query {
+    pub(crate) fn new(keys: &[SearchKey<'_>]) -> Query {
+        let mut interned = HashMap::new();
+        let mut texts = Vec::new();
+        let mut need = Need::Nothing;
+        let mut compiler = Compiler {
+            interned: &mut interned,
+            texts: &mut texts,
+            need: &mut need,
+        };
+        let keys = compiler.all(keys);
+        Query { keys, texts, need }
     }
 }
 
-/// The content of one message, loaded on first use.
-struct Content {
-    bytes: Vec<u8>,
+struct Compiler<'c> {
+    interned: &'c mut HashMap<Text, usize>,
+    texts: &'c mut Vec<Text>,
+    need: &'c mut Need,
 }
 
-struct Ctx<'s> {
-    selected: &'s Selected,
-    seq: u32,
-    msg: &'s MessageInfo,
-    content: Option<&'s Content>,
-}
+impl Compiler<'_> {
+    /// Keys that must all hold, duplicates dropped.
+    fn all(&mut self, keys: &[SearchKey<'_>]) -> Vec<Key> {
+        let mut seen = HashSet::new();
+        keys.iter()
+            .filter(|k| seen.insert(*k))
+            .map(|k| self.key(k))
+            .collect()
+    }
 
-/// Indexes of the matching messages.
-pub(crate) fn run(selected: &Selected, keys: &[SearchKey<'_>]) -> Vec<usize> {
-    let needed = keys.iter().map(need).max().unwrap_or(Need::Nothing);
-    let mut hits = Vec::new();
-    for (i, msg) in selected.messages.iter().enumerate() {
-        let content = match needed {
-            Need::Nothing => None,
-            _ => {
-                let bytes = selected.folder.open(msg).ok().and_then(|mut f| {
-                    if needed == Need::Whole {
-                        fetch::read_all(&mut f).ok()
-                    } else {
-                        fetch::read_header(&mut f).ok()
-                    }
-                });
-                Some(Content {
-                    bytes: bytes.unwrap_or_default(),
-                })
+    /// A text key, interned: the same text twice is the same key.
+    fn text(&mut self, text: Text, need: Need) -> Key {
+        self.needs(need);
+        if let Some(&id) = self.interned.get(&text) {
+            return Key::Text(id);
+        }
+        let id = self.texts.len();
+        self.interned.insert(text.clone(), id);
+        self.texts.push(text);
+        Key::Text(id)
+    }
+
+    fn needs(&mut self, need: Need) {
+        *self.need = (*self.need).max(need);
+    }
+
+    fn header(&mut self, name: &str, needle: &[u8]) -> Key {
+        let text = Text::Header(name.to_ascii_lowercase(), lower(needle));
+        self.text(text, Need::Header)
+    }
+
+    fn key(&mut self, key: &SearchKey<'_>) -> Key {
+        let date = |d: &imap_codec::imap_types::datetime::NaiveDate| *d.as_ref();
+        match key {
+            SearchKey::And(keys) => Key::And(self.all(keys.as_ref())),
+            SearchKey::Or(a, b) => Key::Or(Box::new(self.key(a)), Box::new(self.key(b))),
+            SearchKey::Not(k) => Key::Not(Box::new(self.key(k))),
+            SearchKey::All => Key::All,
+            SearchKey::SequenceSet(set) => Key::Seq(set.clone()),
+            SearchKey::Uid(set) => Key::Uid(set.clone()),
+            SearchKey::Answered => Key::Has(Flags::REPLIED),
+            SearchKey::Unanswered => Key::Lacks(Flags::REPLIED),
+            SearchKey::Deleted => Key::Has(Flags::TRASHED),
+            SearchKey::Undeleted => Key::Lacks(Flags::TRASHED),
+            SearchKey::Draft => Key::Has(Flags::DRAFT),
+            SearchKey::Undraft => Key::Lacks(Flags::DRAFT),
+            SearchKey::Flagged => Key::Has(Flags::FLAGGED),
+            SearchKey::Unflagged => Key::Lacks(Flags::FLAGGED),
+            SearchKey::Seen => Key::Has(Flags::SEEN),
+            SearchKey::Unseen => Key::Lacks(Flags::SEEN),
+            SearchKey::Recent => Key::Recent,
+            SearchKey::Old => Key::Old,
+            SearchKey::New => Key::New,
+            SearchKey::Keyword(k) => Key::Keyword(k.as_ref().to_owned()),
+            SearchKey::Unkeyword(k) => Key::Unkeyword(k.as_ref().to_owned()),
+            SearchKey::Larger(n) => Key::Larger(u64::from(*n)),
+            SearchKey::Smaller(n) => Key::Smaller(u64::from(*n)),
+            SearchKey::Before(d) => Key::Before(date(d)),
+            SearchKey::On(d) => Key::On(date(d)),
+            SearchKey::Since(d) => Key::Since(date(d)),
+            SearchKey::SentBefore(d) => {
+                self.needs(Need::Header);
+                Key::SentBefore(date(d))
             }
+            SearchKey::SentOn(d) => {
+                self.needs(Need::Header);
+                Key::SentOn(date(d))
+            }
+            SearchKey::SentSince(d) => {
+                self.needs(Need::Header);
+                Key::SentSince(date(d))
+            }
+            SearchKey::Bcc(s) => self.header("Bcc", s.as_ref()),
+            SearchKey::Cc(s) => self.header("Cc", s.as_ref()),
+            SearchKey::From(s) => self.header("From", s.as_ref()),
+            SearchKey::To(s) => self.header("To", s.as_ref()),
+            SearchKey::Subject(s) => self.header("Subject", s.as_ref()),
+            SearchKey::Header(name, s) => {
+                self.header(&String::from_utf8_lossy(name.as_ref()), s.as_ref())
+            }
+            SearchKey::Body(s) => self.text(Text::Body(lower(s.as_ref())), Need::Whole),
+            SearchKey::Text(s) => self.text(Text::All(lower(s.as_ref())), Need::Whole),
+        }
+    }
+}
+
+fn lower(s: &[u8]) -> String {
+    String::from_utf8_lossy(s).to_lowercase()
+}
+
+/// Keeps a search within its time and stops it when the client has gone.
+pub(crate) struct Watch<'p> {
+    deadline: Instant,
+    next_probe: Instant,
+    /// True when the client has gone.
+    client_gone: &'p mut dyn FnMut() -> bool,
+    stopped: Option<Stopped>,
+}
+
+impl<'p> Watch<'p> {
+    /// A watch that stops a search after `limit` ([`TIME_LIMIT`]) or once `client_gone`.
+    pub(crate) fn new(limit: Duration, client_gone: &'p mut dyn FnMut() -> bool) -> Watch<'p> {
+        let now = Instant::now();
+        Watch {
+            deadline: now + limit,
+            next_probe: now,
+            client_gone,
+            stopped: None,
+        }
+    }
+
+    /// Whether to stop; looks at the clock and the client at most every [`PROBE_EVERY`].
+    fn stop(&mut self) -> bool {
+        if self.stopped.is_some() {
+            return true;
+        }
+        let now = Instant::now();
+        if now < self.next_probe {
+            return false;
+        }
+        self.next_probe = now + PROBE_EVERY;
+        if (self.client_gone)() {
+            self.stopped = Some(Stopped::Gone);
+        } else if now >= self.deadline {
+            self.stopped = Some(Stopped::TooLong);
+        }
+        self.stopped.is_some()
+    }
+}
+
+/// Indexes of the matching messages, or why the search stopped. Blocking: reads messages.
+pub(crate) fn run(
+    selected: &Selected,
+    query: &Query,
+    watch: &mut Watch<'_>,
+) -> Result<Vec<usize>, Stopped> {
+    let mut hits = Vec::new();
+    let mut memo = Vec::new();
+    for (i, msg) in selected.messages.iter().enumerate() {
+        if watch.stop() {
+            break;
+        }
+        let bytes = match query.need {
+            Need::Nothing => Vec::new(),
+            need => read(selected, msg, need),
         };
-        let ctx = Ctx {
+        memo.clear();
+        memo.resize(query.texts.len(), None);
+        let mut ctx = Ctx {
             selected,
+            query,
             seq: i as u32 + 1,
             msg,
-            content: content.as_ref(),
+            content: Content::new(&bytes),
+            memo: &mut memo,
+            watch,
         };
-        if keys.iter().all(|k| matches(&ctx, k)) {
+        if query.keys.iter().all(|k| ctx.matches(k)) {
             hits.push(i);
         }
     }
-    hits
+    match watch.stopped.take() {
+        Some(stopped) => Err(stopped),
+        None => Ok(hits),
+    }
+}
+
+/// A message's header or whole content in CRLF form; empty if it cannot be read (then only
+/// keys that need no content can match).
+fn read(selected: &Selected, msg: &MessageInfo, need: Need) -> Vec<u8> {
+    let read = selected.folder.open(msg).ok().and_then(|mut f| {
+        if need == Need::Whole {
+            raw::read_all(&mut f).ok()
+        } else {
+            raw::read_header(&mut f).ok()
+        }
+    });
+    read.unwrap_or_default()
+}
+
+/// One message's content, prepared on first use and then kept for every key.
+struct Content<'b> {
+    bytes: &'b [u8],
+    parsed: OnceCell<Option<Message<'b>>>,
+    /// The raw message lowercased, and where its body starts in that text.
+    lower: OnceCell<(String, usize)>,
+    /// Header values by field name (lowercased): raw and decoded, lowercased.
+    headers: OnceCell<HashMap<String, Vec<String>>>,
+    /// The decoded text of each text part, lowercased.
+    parts: OnceCell<Vec<String>>,
+    /// The decoded header values, lowercased.
+    decoded_headers: OnceCell<Vec<String>>,
+}
+
+impl<'b> Content<'b> {
+    fn new(bytes: &'b [u8]) -> Content<'b> {
+        Content {
+            bytes,
+            parsed: OnceCell::new(),
+            lower: OnceCell::new(),
+            headers: OnceCell::new(),
+            parts: OnceCell::new(),
+            decoded_headers: OnceCell::new(),
+        }
+    }
+
+    fn parsed(&self) -> Option<&Message<'b>> {
+        self.parsed.get_or_init(|| mime::parse(self.bytes)).as_ref()
+    }
+
+    fn lower(&self) -> &(String, usize) {
+        self.lower.get_or_init(|| {
+            let split = raw::header_len(self.bytes);
+            let (header, body) = self.bytes.split_at(split.min(self.bytes.len()));
+            let mut text = lower(header);
+            let body_start = text.len();
+            text.push_str(&lower(body));
+            (text, body_start)
+        })
+    }
+
+    fn headers(&self) -> &HashMap<String, Vec<String>> {
+        self.headers.get_or_init(|| {
+            let mut map: HashMap<String, Vec<String>> = HashMap::new();
+            let Some(msg) = self.parsed() else {
+                return map;
+            };
+            let raw = &msg.raw_message[..];
+            for h in msg.parts.first().map_or(&[][..], |top| &top.headers[..]) {
+                let values = map.entry(h.name.as_str().to_ascii_lowercase()).or_default();
+                values.push(lower(mime::slice(raw, h.offset_start, h.offset_end)));
+                // The decoded text too, where mail-parser has it (encoded words).
+                if let HeaderValue::Text(t) = &h.value {
+                    values.push(t.to_lowercase());
+                }
+            }
+            map
+        })
+    }
+
+    fn parts(&self) -> &[String] {
+        self.parts.get_or_init(|| {
+            let Some(msg) = self.parsed() else {
+                return Vec::new();
+            };
+            msg.parts
+                .iter()
+                .filter_map(|p| match &p.body {
+                    PartType::Text(t) | PartType::Html(t) => Some(t.to_lowercase()),
+                    _ => None,
+                })
+                .collect()
+        })
+    }
+
+    fn decoded_headers(&self) -> &[String] {
+        self.decoded_headers.get_or_init(|| {
+            let Some(top) = self.parsed().and_then(|m| m.parts.first()) else {
+                return Vec::new();
+            };
+            top.headers
+                .iter()
+                .filter_map(|h| h.value.as_text().map(str::to_lowercase))
+                .collect()
+        })
+    }
+
+    fn has(&self, text: &Text) -> bool {
+        match text {
+            // HEADER with an empty string matches every message that has the field.
+            Text::Header(name, needle) => self
+                .headers()
+                .get(name)
+                .is_some_and(|values| values.iter().any(|v| v.contains(needle.as_str()))),
+            Text::Body(needle) => {
+                let (text, body_start) = self.lower();
+                let body = text.get(*body_start..).unwrap_or_default();
+                body.contains(needle.as_str())
+                    || self.parts().iter().any(|p| p.contains(needle.as_str()))
+            }
+            Text::All(needle) => {
+                self.lower().0.contains(needle.as_str())
+                    || self.parts().iter().any(|p| p.contains(needle.as_str()))
+                    || self
+                        .decoded_headers()
+                        .iter()
+                        .any(|h| h.contains(needle.as_str()))
+            }
+        }
+    }
+
+    fn sent_date(&self) -> Option<chrono::NaiveDate> {
+        let d = self.parsed()?.date()?;
+        chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
+    }
+}
+
+struct Ctx<'s, 'b, 'w, 'p> {
+    selected: &'s Selected,
+    query: &'s Query,
+    seq: u32,
+    msg: &'s MessageInfo,
+    content: Content<'b>,
+    /// Text keys already answered for this message.
+    memo: &'s mut Vec<Option<bool>>,
+    watch: &'w mut Watch<'p>,
+}
+
+impl Ctx<'_, '_, '_, '_> {
+    fn matches(&mut self, key: &Key) -> bool {
+        let flags = self.msg.flags;
+        let selected = self.selected;
+        let recent = selected.recent.contains(&self.msg.uid);
+        let has_keyword = |name: &str| {
+            selected
+                .keywords
+                .find(name)
+                .and_then(Flags::keyword)
+                .is_some_and(|f| flags.contains(f))
+        };
+        match key {
+            Key::And(keys) => keys.iter().all(|k| self.matches(k)),
+            Key::Or(a, b) => self.matches(a) || self.matches(b),
+            Key::Not(k) => !self.matches(k),
+            Key::All => true,
+            Key::Seq(set) => in_set(set, self.seq, selected.messages.len() as u32),
+            Key::Uid(set) => in_set(
+                set,
+                self.msg.uid,
+                selected.messages.last().map_or(0, |m| m.uid),
+            ),
+            Key::Has(f) => flags.contains(*f),
+            Key::Lacks(f) => !flags.contains(*f),
+            Key::Recent => recent,
+            Key::Old => !recent,
+            Key::New => recent && !flags.contains(Flags::SEEN),
+            Key::Keyword(k) => has_keyword(k),
+            Key::Unkeyword(k) => !has_keyword(k),
+            Key::Larger(n) => self.msg.vsize > *n,
+            Key::Smaller(n) => self.msg.vsize < *n,
+            Key::Before(d) => internal_date(self.msg) < *d,
+            Key::On(d) => internal_date(self.msg) == *d,
+            Key::Since(d) => internal_date(self.msg) >= *d,
+            Key::SentBefore(d) => self.content.sent_date().is_some_and(|s| s < *d),
+            Key::SentOn(d) => self.content.sent_date().is_some_and(|s| s == *d),
+            Key::SentSince(d) => self.content.sent_date().is_some_and(|s| s >= *d),
+            Key::Text(id) => {
+                if let Some(Some(known)) = self.memo.get(*id) {
+                    return *known;
+                }
+                // A stopped search matches nothing more.
+                if self.watch.stop() {
+                    return false;
+                }
+                let found = self
+                    .query
+                    .texts
+                    .get(*id)
+                    .is_some_and(|text| self.content.has(text));
+                if let Some(slot) = self.memo.get_mut(*id) {
+                    *slot = Some(found);
+                }
+                found
+            }
+        }
+    }
 }
 
 pub(crate) fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
@@ -100,61 +490,6 @@ pub(crate) fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
     })
 }
 
-fn lower(s: &[u8]) -> String {
-    String::from_utf8_lossy(s).to_lowercase()
-}
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    let needle = lower(needle);
-    needle.is_empty() || lower(hay).contains(&needle)
-}
-
-fn header_has(ctx: &Ctx<'_>, name: &str, needle: &[u8]) -> bool {
-    let Some(content) = ctx.content else {
-        return false;
-    };
-    let Some(msg) = fetch::parse(&content.bytes) else {
-        return false;
-    };
-    let values = fetch::header_text(&msg, name);
-    // HEADER with an empty string matches every message that has the field.
-    !values.is_empty() && values.iter().any(|v| contains(v, needle))
-}
-
-fn body_has(ctx: &Ctx<'_>, needle: &[u8], with_header: bool) -> bool {
-    let Some(content) = ctx.content else {
-        return false;
-    };
-    let bytes = &content.bytes;
-    let split = fetch::header_len(bytes);
-    let raw = if with_header {
-        &bytes[..]
-    } else {
-        &bytes[split..]
-    };
-    if contains(raw, needle) {
-        return true;
-    }
-    // Also the decoded text of each part (quoted-printable, base64, charsets).
-    let Some(msg) = fetch::parse(bytes) else {
-        return false;
-    };
-    let needle = lower(needle);
-    let decoded = msg.parts.iter().any(|p| match &p.body {
-        PartType::Text(t) | PartType::Html(t) => t.to_lowercase().contains(&needle),
-        _ => false,
-    });
-    decoded
-        || (with_header
-            && msg.parts.first().is_some_and(|top| {
-                top.headers.iter().any(|h| {
-                    h.value
-                        .as_text()
-                        .is_some_and(|t| t.to_lowercase().contains(&needle))
-                })
-            }))
-}
-
 fn internal_date(msg: &MessageInfo) -> chrono::NaiveDate {
     let secs = msg
         .internal_date
@@ -165,66 +500,72 @@ fn internal_date(msg: &MessageInfo) -> chrono::NaiveDate {
         .date_naive()
 }
 
-fn sent_date(ctx: &Ctx<'_>) -> Option<chrono::NaiveDate> {
-    let content = ctx.content?;
-    let msg = fetch::parse(&content.bytes)?;
-    let d = msg.date()?;
-    chrono::NaiveDate::from_ymd_opt(i32::from(d.year), u32::from(d.month), u32::from(d.day))
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use imap_codec::decode::Decoder;
+    use imap_codec::imap_types::command::CommandBody;
+    use imap_codec::CommandCodec;
+    use inetkit_maildir::Store;
 
-fn matches(ctx: &Ctx<'_>, key: &SearchKey<'_>) -> bool {
-    let flags = ctx.msg.flags;
-    let recent = ctx.selected.recent.contains(&ctx.msg.uid);
-    let has_keyword = |name: &str| {
-        ctx.selected
-            .keywords
-            .find(name)
-            .and_then(Flags::keyword)
-            .is_some_and(|f| flags.contains(f))
-    };
-    match key {
-        SearchKey::And(keys) => keys.as_ref().iter().all(|k| matches(ctx, k)),
-        SearchKey::Or(a, b) => matches(ctx, a) || matches(ctx, b),
-        SearchKey::Not(k) => !matches(ctx, k),
-        SearchKey::All => true,
-        SearchKey::SequenceSet(set) => in_set(set, ctx.seq, ctx.selected.messages.len() as u32),
-        SearchKey::Uid(set) => in_set(
-            set,
-            ctx.msg.uid,
-            ctx.selected.messages.last().map_or(0, |m| m.uid),
-        ),
-        SearchKey::Answered => flags.contains(Flags::REPLIED),
-        SearchKey::Unanswered => !flags.contains(Flags::REPLIED),
-        SearchKey::Deleted => flags.contains(Flags::TRASHED),
-        SearchKey::Undeleted => !flags.contains(Flags::TRASHED),
-        SearchKey::Draft => flags.contains(Flags::DRAFT),
-        SearchKey::Undraft => !flags.contains(Flags::DRAFT),
-        SearchKey::Flagged => flags.contains(Flags::FLAGGED),
-        SearchKey::Unflagged => !flags.contains(Flags::FLAGGED),
-        SearchKey::Seen => flags.contains(Flags::SEEN),
-        SearchKey::Unseen => !flags.contains(Flags::SEEN),
-        SearchKey::Recent => recent,
-        SearchKey::Old => !recent,
-        SearchKey::New => recent && !flags.contains(Flags::SEEN),
-        SearchKey::Keyword(k) => has_keyword(k.as_ref()),
-        SearchKey::Unkeyword(k) => !has_keyword(k.as_ref()),
-        SearchKey::Larger(n) => ctx.msg.vsize > u64::from(*n),
-        SearchKey::Smaller(n) => ctx.msg.vsize < u64::from(*n),
-        SearchKey::Before(d) => internal_date(ctx.msg) < *d.as_ref(),
-        SearchKey::On(d) => internal_date(ctx.msg) == *d.as_ref(),
-        SearchKey::Since(d) => internal_date(ctx.msg) >= *d.as_ref(),
-        SearchKey::SentBefore(d) => sent_date(ctx).is_some_and(|s| s < *d.as_ref()),
-        SearchKey::SentOn(d) => sent_date(ctx).is_some_and(|s| s == *d.as_ref()),
-        SearchKey::SentSince(d) => sent_date(ctx).is_some_and(|s| s >= *d.as_ref()),
-        SearchKey::Bcc(s) => header_has(ctx, "Bcc", s.as_ref()),
-        SearchKey::Cc(s) => header_has(ctx, "Cc", s.as_ref()),
-        SearchKey::From(s) => header_has(ctx, "From", s.as_ref()),
-        SearchKey::To(s) => header_has(ctx, "To", s.as_ref()),
-        SearchKey::Subject(s) => header_has(ctx, "Subject", s.as_ref()),
-        SearchKey::Header(name, s) => {
-            header_has(ctx, &String::from_utf8_lossy(name.as_ref()), s.as_ref())
+    fn query(command: &str) -> Query {
+        let line = format!("a SEARCH {command}\r\n");
+        let (_, command) = CommandCodec::default()
+            .decode(line.as_bytes())
+            .expect("a SEARCH");
+        match command.body {
+            CommandBody::Search { criteria, .. } => Query::new(criteria.as_ref()),
+            _ => panic!("not a SEARCH"),
         }
-        SearchKey::Body(s) => body_has(ctx, s.as_ref(), false),
-        SearchKey::Text(s) => body_has(ctx, s.as_ref(), true),
+    }
+
+    /// An INBOX with three messages, selected; removed with the guard.
+    fn inbox(name: &str) -> (Selected, impl Drop) {
+        struct Gone(std::path::PathBuf);
+        impl Drop for Gone {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+        let dir = std::env::temp_dir().join(format!("imapd-search-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = Store::new(&dir);
+        for n in 1..=3 {
+            let m = format!("From: a@example.org\r\nSubject: s{n}\r\n\r\nBody {n} here.\r\n");
+            store.deliver("u", &mut m.as_bytes()).expect("delivery");
+        }
+        let folder = store.mailbox("u").expect("mailbox").inbox();
+        let selected = Selected::open(folder, true, &crate::watch::Watches::new()).expect("open");
+        (selected, Gone(dir))
+    }
+
+    #[test]
+    fn keys_given_many_times_are_one_key() {
+        let q = query(&["TEXT x"; 500].join(" "));
+        assert_eq!((q.keys.len(), q.texts.len()), (1, 1));
+        // Needles compare lowercased; the same needle elsewhere in the tree is the same text.
+        let q = query("TEXT Here TEXT HERE OR TEXT here FROM A FROM a NOT from \"A\"");
+        assert_eq!(q.texts.len(), 2);
+        assert!(q.need == Need::Whole);
+        assert!(query("FROM a SENTON 1-Jan-2020").need == Need::Header);
+        assert!(query("SEEN 1:*").need == Need::Nothing);
+    }
+
+    #[test]
+    fn a_search_runs_and_stops() {
+        let (selected, _dir) = inbox("run");
+        let mut here = || false;
+        let mut watch = Watch::new(TIME_LIMIT, &mut here);
+        let q = query("TEXT HERE NOT BODY s2 OR SUBJECT s1 SUBJECT S3");
+        assert_eq!(run(&selected, &q, &mut watch), Ok(vec![0, 2]));
+        let q = query("HEADER subject \"\" NOT HEADER X-None \"\"");
+        assert_eq!(run(&selected, &q, &mut watch), Ok(vec![0, 1, 2]));
+        // The client has gone: nothing more is looked at.
+        let mut gone = || true;
+        let mut watch = Watch::new(TIME_LIMIT, &mut gone);
+        assert_eq!(run(&selected, &q, &mut watch), Err(Stopped::Gone));
+        // Out of time.
+        let mut watch = Watch::new(Duration::ZERO, &mut here);
+        assert_eq!(run(&selected, &q, &mut watch), Err(Stopped::TooLong));
     }
 }

@@ -1,6 +1,7 @@
 //! Writing IMAP responses. Everything the server sends is built from `imap-types` values and
-//! encoded by `imap-codec`; the one exception is the literal of a large message body, which is
-//! streamed from its file (see `stream_body` in session.rs).
+//! encoded by `imap-codec`; the exception is FETCH literals, which are written (or streamed
+//! from the message's file) an item at a time, behind names encoded here (see
+//! `session/fetch/response.rs`).
 //!
 //! This module holds the encoding entry points and the small conversions the rest of imapd
 //! needs: IMAP strings (quoted or literal), flag lists, INTERNALDATE, response codes that
@@ -223,6 +224,33 @@ pub(crate) fn flags_fetch(out: &mut Vec<u8>, seq: usize, uid: u32, flags: Vec<Fl
     if let Ok(items) = Vec1::try_from(items) {
         self::data(out, Data::Fetch { seq, items });
     }
+}
+
+/// One FETCH item as the encoder writes it inside `* n FETCH (...)`: responses too large to
+/// encode whole are written an item at a time.
+pub(crate) fn fetch_item(item: MessageDataItem<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    data(
+        &mut out,
+        Data::Fetch {
+            seq: NonZeroU32::MIN,
+            items: Vec1::from(item),
+        },
+    );
+    let inner = out
+        .strip_prefix(b"* 1 FETCH (")
+        .and_then(|rest| rest.strip_suffix(b")\r\n"));
+    inner.map(<[u8]>::to_vec).unwrap_or_default()
+}
+
+/// The name of a FETCH item with a literal, as the encoder writes it (`BODY[1.MIME]<0>`,
+/// `BODY[HEADER.FIELDS (SUBJECT)]`), for a literal written separately. `item` carries NIL.
+pub(crate) fn fetch_item_name(item: MessageDataItem<'_>) -> Vec<u8> {
+    let mut name = fetch_item(item);
+    if name.ends_with(b" NIL") {
+        name.truncate(name.len() - 4);
+    }
+    name
 }
 
 /// A keyword as a flag; `None` for a name that is not an atom (the keywords file is checked

@@ -1,10 +1,5 @@
-//! FETCH data built from a message's bytes: ENVELOPE, BODY/BODYSTRUCTURE and BODY[section]
-//! extraction, with the MIME structure from `mail-parser`.
-//!
-//! Message bytes are always in the form clients see: CRLF line ends (a Maildir file may hold
-//! bare LFs; RFC822.SIZE counts them as CRLF). [`Crlf`] converts while streaming.
-
-use std::io::Read;
+//! FETCH data built from a message's bytes: ENVELOPE, BODY/BODYSTRUCTURE and the parts that
+//! BODY[section] addresses, with the MIME structure from `mail-parser`.
 
 use imap_codec::imap_types::body::{
     BasicFields, Body, BodyStructure, Disposition, Language, Location, MultiPartExtensionData,
@@ -12,156 +7,13 @@ use imap_codec::imap_types::body::{
 };
 use imap_codec::imap_types::core::{IString, NString, Vec1};
 use imap_codec::imap_types::envelope::{Address as ImapAddress, Envelope};
-use mail_parser::{
-    Address, HeaderValue, Message, MessageParser, MessagePart, MimeHeaders, PartType,
-};
+use mail_parser::{Address, Message, MessageParser, MessagePart, MimeHeaders, PartType};
 
 use crate::wire::{istring, nstring};
 
 /// Deeper MIME nesting than this is shown as an opaque part: a client cannot need more, and
 /// the encoder's recursion stays bounded.
 const MAX_DEPTH: usize = 40;
-
-/// Converts bare LF to CRLF across chunk boundaries.
-#[derive(Default)]
-pub(crate) struct Crlf {
-    after_cr: bool,
-}
-
-impl Crlf {
-    pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
-        out.reserve(input.len() + input.len() / 32);
-        let mut rest = input;
-        // Whole lines at a time: the common case is long runs without a line end.
-        while let Some(i) = rest.iter().position(|&b| b == b'\n') {
-            let line = &rest[..i];
-            out.extend_from_slice(line);
-            let cr_before = match line.last() {
-                Some(&b) => b == b'\r',
-                None => self.after_cr,
-            };
-            if !cr_before {
-                out.push(b'\r');
-            }
-            out.push(b'\n');
-            self.after_cr = false;
-            rest = &rest[i + 1..];
-        }
-        out.extend_from_slice(rest);
-        if let Some(&last) = rest.last() {
-            self.after_cr = last == b'\r';
-        }
-    }
-}
-
-/// Reads a whole message file in CRLF form.
-pub(crate) fn read_all(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut raw = Vec::new();
-    file.read_to_end(&mut raw)?;
-    let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
-    Crlf::default().push(&raw, &mut out);
-    Ok(out)
-}
-
-/// Reads just the header of a message file (through the blank line), in CRLF form.
-pub(crate) fn read_header(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
-    let mut out = Vec::new();
-    let mut conv = Crlf::default();
-    let mut buf = vec![0u8; 16 * 1024];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let from = out.len().saturating_sub(3);
-        conv.push(&buf[..n], &mut out);
-        if let Some(pos) = find(&out[from..], b"\r\n\r\n") {
-            out.truncate(from + pos + 4);
-            return Ok(out);
-        }
-        if out.starts_with(b"\r\n") {
-            out.truncate(2);
-            return Ok(out);
-        }
-    }
-}
-
-/// Reads bytes `start..start + want` of a message file in CRLF form, a chunk at a time. A
-/// file that ends early (or could not be opened or read) is padded with spaces to `want`:
-/// the literal's length was promised already.
-pub(crate) struct RangeReader {
-    file: Option<std::fs::File>,
-    conv: Crlf,
-    /// CRLF bytes converted so far.
-    pos: u64,
-    start: u64,
-    left: u64,
-    buf: Vec<u8>,
-    chunk: Vec<u8>,
-}
-
-const CHUNK: usize = 64 * 1024;
-
-impl RangeReader {
-    pub(crate) fn new(file: Option<std::fs::File>, start: u64, want: u64) -> RangeReader {
-        RangeReader {
-            file,
-            conv: Crlf::default(),
-            pos: 0,
-            start,
-            left: want,
-            buf: vec![0; CHUNK],
-            chunk: Vec::with_capacity(CHUNK + CHUNK / 16),
-        }
-    }
-
-    /// Appends the next piece to `out` (NULs as 0x80, as in any literal); false when all was
-    /// given.
-    pub(crate) fn next_into(&mut self, out: &mut Vec<u8>) -> bool {
-        loop {
-            if self.left == 0 {
-                return false;
-            }
-            let n = match self.file.as_mut().map(|f| f.read(&mut self.buf)) {
-                Some(Ok(n)) => n,
-                _ => 0,
-            };
-            if n == 0 {
-                let pad = self.left.min(CHUNK as u64);
-                out.resize(out.len() + pad as usize, b' ');
-                self.left -= pad;
-                self.file = None;
-                return true;
-            }
-            self.chunk.clear();
-            self.conv.push(&self.buf[..n], &mut self.chunk);
-            let chunk_start = self.pos;
-            self.pos += self.chunk.len() as u64;
-            if self.pos <= self.start {
-                continue;
-            }
-            let from = self.start.saturating_sub(chunk_start) as usize;
-            let take = ((self.chunk.len() - from) as u64).min(self.left) as usize;
-            let at = out.len();
-            out.extend_from_slice(&self.chunk[from..from + take]);
-            crate::wire::replace_nuls(&mut out[at..]);
-            self.left -= take as u64;
-            return true;
-        }
-    }
-}
-
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
-}
-
-/// Where the header ends (just after the blank line), for a message without MIME parsing.
-pub(crate) fn header_len(msg: &[u8]) -> usize {
-    if msg.starts_with(b"\r\n") {
-        return 2;
-    }
-    find(msg, b"\r\n\r\n").map_or(msg.len(), |p| p + 4)
-}
 
 pub(crate) fn parse(bytes: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(bytes)
@@ -212,28 +64,6 @@ fn same_raw(outer: &Message<'_>, inner: &Message<'_>) -> bool {
 pub(crate) fn slice(raw: &[u8], from: u32, to: u32) -> &[u8] {
     let (from, to) = (from as usize, (to as usize).min(raw.len()));
     raw.get(from..to.max(from)).unwrap_or_default()
-}
-
-/// The header fields of `header` whose names are (or, with `not`, are not) in `names`,
-/// followed by the blank line.
-pub(crate) fn header_fields(header: &[u8], names: &[Vec<u8>], not: bool) -> Vec<u8> {
-    let mut out = Vec::new();
-    let mut keep = false;
-    for line in header.split_inclusive(|&b| b == b'\n') {
-        if line == b"\r\n" || line == b"\n" {
-            break;
-        }
-        if !matches!(line.first(), Some(b' ' | b'\t')) {
-            let name = line.split(|&b| b == b':').next().unwrap_or_default();
-            let name = name.trim_ascii();
-            keep = names.iter().any(|n| n.eq_ignore_ascii_case(name)) != not;
-        }
-        if keep {
-            out.extend_from_slice(line);
-        }
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// The raw value of the first header field `name` in a part, unfolded and trimmed.
@@ -565,27 +395,6 @@ fn disposition(
     ))
 }
 
-/// The values of header field `name` for SEARCH, raw and decoded.
-pub(crate) fn header_text(msg: &Message<'_>, name: &str) -> Vec<Vec<u8>> {
-    let raw = &msg.raw_message[..];
-    let Some(top) = msg.parts.first() else {
-        return Vec::new();
-    };
-    let mut out = Vec::new();
-    for h in top
-        .headers
-        .iter()
-        .filter(|h| h.name.as_str().eq_ignore_ascii_case(name))
-    {
-        // The raw bytes, and the decoded text where mail-parser has it (encoded words).
-        out.push(slice(raw, h.offset_start, h.offset_end).to_vec());
-        if let HeaderValue::Text(t) = &h.value {
-            out.push(t.as_bytes().to_vec());
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -676,20 +485,6 @@ mod tests {
         assert!(locate(&msg, &[3]).is_none());
         assert!(locate(&msg, &[1, 1]).is_some());
         assert!(locate(&msg, &[1, 2]).is_none());
-    }
-
-    #[test]
-    fn fields() {
-        let h = b"Subject: a\r\n b\r\nFrom: x\r\nTo: y\r\n\r\n";
-        assert_eq!(
-            header_fields(h, &[b"subject".to_vec()], false),
-            b"Subject: a\r\n b\r\n\r\n"
-        );
-        assert_eq!(
-            header_fields(h, &[b"subject".to_vec()], true),
-            b"From: x\r\nTo: y\r\n\r\n"
-        );
-        assert_eq!(header_len(b"A: b\r\n\r\nbody"), 8);
     }
 
     #[test]
@@ -789,20 +584,5 @@ mod tests {
         let text = structure_of(&m, true);
         assert!(text.len() < 100_000);
         assert!(text.starts_with("(((((("), "{text}");
-    }
-
-    #[test]
-    fn crlf() {
-        let mut out = Vec::new();
-        let mut c = Crlf::default();
-        c.push(b"a\nb\r", &mut out);
-        c.push(b"\nc\n", &mut out);
-        assert_eq!(out, b"a\r\nb\r\nc\r\n");
-        let mut out = Vec::new();
-        let mut c = Crlf::default();
-        for chunk in [&b"x\r"[..], b"", b"\n\n", b"y\r\n", b"\r", b"z"] {
-            c.push(chunk, &mut out);
-        }
-        assert_eq!(out, b"x\r\n\r\ny\r\n\rz");
     }
 }

@@ -1,0 +1,208 @@
+//! The commands of any state and of the not-authenticated state (RFC 3501 §6.1, §6.2):
+//! CAPABILITY, NOOP, LOGOUT, ID (RFC 2971), ENABLE (RFC 5161), STARTTLS, LOGIN and
+//! AUTHENTICATE (PLAIN and LOGIN, with SASL-IR).
+
+use std::borrow::Cow;
+
+use imap_codec::imap_types::auth::AuthMechanism;
+use imap_codec::imap_types::core::{AString, Atom, Tag, Vec1};
+use imap_codec::imap_types::response::{Capability, Code, Data, StatusKind};
+use imap_codec::imap_types::secret::Secret;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::AuthError;
+
+use super::reply::{bad, no, no_code, ok, ok_code, Done};
+use super::{blocking, Conn, Login, Session};
+use crate::wire;
+
+impl Session {
+    pub(super) fn plaintext_allowed(&self) -> bool {
+        self.imap
+            .auth
+            .plaintext_allowed(self.peer.addr.ip(), self.tls)
+    }
+
+    pub(super) fn capabilities(&self) -> Vec1<Capability<'static>> {
+        // CHILDREN and SPECIAL-USE have no variant in imap-types: atoms.
+        let other = |name: &'static str| Capability::from(Atom::unvalidated(name));
+        let mut caps = vec![
+            Capability::Imap4Rev1,
+            Capability::LiteralPlus,
+            Capability::SaslIr,
+            Capability::Id,
+            Capability::Enable,
+            Capability::Idle,
+            Capability::Namespace,
+            Capability::Unselect,
+            other("CHILDREN"),
+            other("SPECIAL-USE"),
+            Capability::UidPlus,
+            Capability::Move,
+        ];
+        if self.login.is_none() {
+            if !self.tls && self.imap.tls.is_some() {
+                caps.push(Capability::StartTls);
+            }
+            if self.plaintext_allowed() {
+                caps.push(Capability::Auth(AuthMechanism::Plain));
+                caps.push(Capability::Auth(AuthMechanism::Login));
+            } else {
+                caps.push(Capability::LoginDisabled);
+            }
+        }
+        Vec1::try_from(caps).unwrap_or_else(|_| Vec1::from(Capability::Imap4Rev1))
+    }
+
+    /// CAPABILITY.
+    pub(super) fn capability<S>(&self, conn: &mut Conn<S>) -> Done {
+        wire::data(&mut conn.out, Data::Capability(self.capabilities()));
+        ok("CAPABILITY completed.")
+    }
+
+    /// LOGOUT: the BYE and the tagged OK, then the connection closes.
+    pub(super) fn logout<S>(&self, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done {
+        wire::status(&mut conn.out, wire::bye("Logging out."));
+        let text = wire::text("LOGOUT completed.");
+        let done = wire::tagged(tag.clone(), StatusKind::Ok, None, text);
+        wire::send(&mut conn.out, &done);
+        Done::Close
+    }
+
+    /// ID (RFC 2971): our name, whatever the client said.
+    pub(super) fn id<S>(&self, conn: &mut Conn<S>) -> Done {
+        let parameters = vec![(
+            wire::istring(&b"name"[..]),
+            wire::nstring(Some(&b"inetkit"[..])),
+        )];
+        let id = Data::Id {
+            parameters: Some(parameters),
+        };
+        wire::data(&mut conn.out, id);
+        ok("ID completed.")
+    }
+
+    /// ENABLE (RFC 5161).
+    pub(super) fn enable<S>(&self, conn: &mut Conn<S>) -> Done {
+        // No extension that ENABLE can turn on is implemented.
+        let enabled = Data::Enabled {
+            capabilities: Vec::new(),
+        };
+        wire::data(&mut conn.out, enabled);
+        ok("ENABLE completed.")
+    }
+
+    /// STARTTLS: the go-ahead is queued here; the loop then hands the stream over.
+    pub(super) fn starttls<S>(&self, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done {
+        if self.login.is_some() {
+            bad("Already logged in.")
+        } else if self.tls {
+            bad("TLS is already active.")
+        } else if self.imap.tls.is_none() {
+            no("TLS is not configured.")
+        } else {
+            let text = wire::text("Begin TLS negotiation now.");
+            let done = wire::tagged(tag.clone(), StatusKind::Ok, None, text);
+            wire::send(&mut conn.out, &done);
+            Done::StartTls
+        }
+    }
+
+    /// LOGIN.
+    pub(super) async fn login_command(
+        &mut self,
+        username: &AString<'_>,
+        password: &Secret<AString<'_>>,
+    ) -> Done {
+        if !self.plaintext_allowed() {
+            return no_code(
+                wire::code("PRIVACYREQUIRED"),
+                "Plaintext login is not allowed without TLS: use STARTTLS first.",
+            );
+        }
+        let name = String::from_utf8_lossy(username.as_ref()).into_owned();
+        let password = password.declassify().as_ref().to_vec();
+        self.login(&name, &password).await
+    }
+
+    /// AUTHENTICATE PLAIN or LOGIN, with or without an initial response (SASL-IR), through
+    /// the exchange the other daemons share. `imap-codec` has decoded the initial response
+    /// already: it is passed on as bytes.
+    pub(super) async fn authenticate<S>(
+        &mut self,
+        mechanism: &AuthMechanism<'_>,
+        initial_response: Option<Secret<Cow<'_, [u8]>>>,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if !matches!(mechanism, AuthMechanism::Plain | AuthMechanism::Login) {
+            return no_code(
+                wire::code("CANNOT"),
+                "Unsupported authentication mechanism.",
+            );
+        }
+        if !self.plaintext_allowed() {
+            return no_code(
+                wire::code("PRIVACYREQUIRED"),
+                "Plaintext authentication is not allowed without TLS.",
+            );
+        }
+        let initial = initial_response.map(|ir| ir.declassify().to_vec());
+        let mut challenger = LineChallenger { conn, prefix: "+ " };
+        match sasl::exchange_decoded(&mut challenger, mechanism.as_ref(), initial).await {
+            Sasl::Credentials(c) => self.login(&c.name, &c.password).await,
+            // RFC 3501 §6.2.2: a cancelled exchange is answered BAD.
+            Sasl::Cancelled => bad("Authentication cancelled."),
+            Sasl::Malformed => bad("Malformed authentication response."),
+            Sasl::Unsupported => no_code(
+                wire::code("CANNOT"),
+                "Unsupported authentication mechanism.",
+            ),
+            Sasl::Gone => Done::Close,
+        }
+    }
+
+    async fn login(&mut self, name: &str, password: &[u8]) -> Done {
+        let ip = self.peer.addr.ip();
+        let user = match self.imap.auth.login(ip, name, password).await {
+            Ok(user) => user,
+            Err(AuthError::Throttled) => {
+                return no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Too many failed logins from your address; try later.",
+                )
+            }
+            Err(AuthError::Failed) => {
+                self.failures += 1;
+                return no_code(wire::code("AUTHENTICATIONFAILED"), "Authentication failed.");
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "authentication unavailable");
+                return no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Authentication is temporarily unavailable.",
+                );
+            }
+        };
+        let store = self.imap.store.clone();
+        let user_name = user.name.clone();
+        match blocking(|| store.mailbox(&user_name)) {
+            Ok(mailbox) => {
+                tracing::Span::current().record("user", user.name.as_str());
+                tracing::info!("logged in");
+                self.login = Some(Login { mailbox });
+                ok_code(Code::Capability(self.capabilities()), "Logged in.")
+            }
+            Err(err) => {
+                tracing::error!(user = %user.name, error = %err, "cannot open the mailbox");
+                no_code(
+                    wire::code("UNAVAILABLE"),
+                    "Cannot open the mailbox; try again later.",
+                )
+            }
+        }
+    }
+}

@@ -1,0 +1,137 @@
+//! FETCH (RFC 3501 §6.4.5): the session side. Each message's response is planned and
+//! written by [`response`], an item at a time, reading the message once and streaming large
+//! bodies from their files. The data itself comes from [`mime`] (ENVELOPE, BODYSTRUCTURE,
+//! parts), [`raw`] (message bytes in CRLF form) and [`section`] (BODY[section] extraction).
+
+pub(crate) mod mime;
+pub(crate) mod raw;
+mod response;
+mod section;
+
+use std::collections::HashSet;
+
+use imap_codec::imap_types::fetch::{Macro, MacroOrMessageDataItemNames, MessageDataItemName};
+use imap_codec::imap_types::sequence::SequenceSet;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_maildir::{FlagChange, Flags};
+
+use self::response::{Head, Written};
+use super::input::ImapConn;
+use super::reply::{bad, expunge_issued, no_code, ok, Done};
+use super::{blocking, Conn, Session};
+use crate::wire;
+
+/// Messages up to this size are read whole for FETCH; larger ones are streamed in chunks.
+const SMALL_MESSAGE: u64 = 1024 * 1024;
+
+impl Session {
+    /// FETCH and UID FETCH; a macro (ALL, FAST, FULL) stands for its items.
+    pub(super) async fn fetch_command<S>(
+        &mut self,
+        set: &SequenceSet,
+        items: MacroOrMessageDataItemNames<'_>,
+        uid: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let items = match items {
+            MacroOrMessageDataItemNames::Macro(m) => match m {
+                Macro::Fast => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                ],
+                Macro::All => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope,
+                ],
+                _ => vec![
+                    MessageDataItemName::Flags,
+                    MessageDataItemName::InternalDate,
+                    MessageDataItemName::Rfc822Size,
+                    MessageDataItemName::Envelope,
+                    MessageDataItemName::Body,
+                ],
+            },
+            MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
+        };
+        self.fetch(set, &items, uid, conn).await
+    }
+
+    async fn fetch<S>(
+        &mut self,
+        set: &SequenceSet,
+        items: &[MessageDataItemName<'_>],
+        uid: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(sel) = self.selected.as_mut() else {
+            return bad("No mailbox selected.");
+        };
+        let Some(indexes) = sel.resolve(set, uid) else {
+            return bad("Invalid message sequence number.");
+        };
+        let sets_seen = !sel.read_only
+            && items.iter().any(|i| match i {
+                MessageDataItemName::BodyExt { peek, .. } => !peek,
+                MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
+                _ => false,
+            });
+        let want_uid = uid || items.iter().any(|i| matches!(i, MessageDataItemName::Uid));
+        let want_flags = items
+            .iter()
+            .any(|i| matches!(i, MessageDataItemName::Flags));
+        // \Seen set first, for all of them under one lock; their FLAGS go out with them.
+        let mut seen_now = HashSet::new();
+        if sets_seen {
+            let unseen: Vec<usize> = indexes
+                .iter()
+                .copied()
+                .filter(|&i| !sel.messages[i].flags.contains(Flags::SEEN))
+                .collect();
+            if let Ok(gone) = blocking(|| sel.change_flags(&unseen, FlagChange::Add(Flags::SEEN))) {
+                seen_now = unseen.into_iter().filter(|i| !gone.contains(i)).collect();
+            }
+        }
+        let sel = &*sel;
+        let (mut missing, mut too_large) = (false, false);
+        for i in indexes {
+            let msg = &sel.messages[i];
+            let flags = (want_flags || seen_now.contains(&i)).then(|| {
+                let recent = sel.recent.contains(&msg.uid);
+                wire::flags(msg.flags, recent, &sel.keywords)
+            });
+            let head = Head {
+                uid: want_uid.then_some(msg.uid),
+                flags,
+            };
+            match response::write(sel, i, items, head, conn).await {
+                Written::Sent => {}
+                Written::Missing => missing = true,
+                Written::TooLarge => too_large = true,
+                Written::Gone => return Done::Close,
+            }
+            if !conn.flush_if_full().await {
+                return Done::Close;
+            }
+        }
+        if too_large {
+            no_code(
+                wire::code("LIMIT"),
+                "FETCH response too large: fetch fewer items at once.",
+            )
+        } else if missing {
+            expunge_issued()
+        } else {
+            ok("FETCH completed.")
+        }
+    }
+}

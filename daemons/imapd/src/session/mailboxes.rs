@@ -1,0 +1,416 @@
+//! The mailbox commands (RFC 3501 §6.3): SELECT, EXAMINE, CREATE, DELETE, RENAME,
+//! SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, and NAMESPACE (RFC 2342).
+
+use imap_codec::imap_types::core::{Atom, QuotedChar};
+use imap_codec::imap_types::extensions::namespace::Namespace;
+use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
+use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
+use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_maildir::{Flags, Folder, Mailbox, StoreError};
+
+use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, store_error, Done};
+use super::{blocking, Conn, Session};
+use crate::names::{self, decode_utf7, encode_utf7};
+use crate::selected::Selected;
+use crate::wire::{self, nz};
+
+/// SPECIAL-USE folders and their attribute (as an atom, without its backslash).
+const SPECIAL_USE: [&str; 4] = ["Sent", "Drafts", "Trash", "Junk"];
+
+fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
+    match mailbox {
+        ImapMailbox::Inbox => Some("INBOX".to_owned()),
+        ImapMailbox::Other(other) => {
+            let name = decode_utf7(other.as_ref())?;
+            let name = name.trim_end_matches(names::DELIMITER);
+            if name.eq_ignore_ascii_case("INBOX") {
+                Some("INBOX".to_owned())
+            } else {
+                Some(name.to_owned())
+            }
+        }
+    }
+}
+
+/// A folder name as LIST, LSUB and STATUS send it.
+fn mailbox_of(name: &str) -> ImapMailbox<'static> {
+    wire::mailbox(encode_utf7(name))
+}
+
+impl Session {
+    pub(super) fn mailbox(&self) -> &Mailbox {
+        // Only called in authenticated states.
+        self.login
+            .as_ref()
+            .map(|l| &l.mailbox)
+            .expect("dispatch only calls this once logged in")
+    }
+
+    pub(super) fn folder(&self, mailbox: &ImapMailbox<'_>) -> Result<Folder, Done> {
+        let Some(name) = mailbox_name(mailbox) else {
+            return Err(invalid_name());
+        };
+        let mbox = self.mailbox().clone();
+        blocking(|| mbox.folder(&name)).map_err(|e| match e {
+            StoreError::NoSuchFolder(_) | StoreError::InvalidFolder(_) => {
+                no_code(Code::TryCreate, "No such mailbox.")
+            }
+            e => store_error(&e),
+        })
+    }
+
+    pub(super) fn select<S>(
+        &mut self,
+        mailbox: &ImapMailbox<'_>,
+        read_only: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        self.selected = None;
+        let folder = match self.folder(mailbox) {
+            Ok(f) => f,
+            Err(Done::Tagged(..)) => return no_such_mailbox(),
+            Err(d) => return d,
+        };
+        let watches = self.imap.watches.clone();
+        let sel = match blocking(|| Selected::open(folder, read_only, &watches)) {
+            Ok(sel) => sel,
+            Err(err) => return store_error(&err),
+        };
+        let mut flags = vec![
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
+        flags.extend(sel.keywords.all().filter_map(wire::keyword));
+        let out = &mut conn.out;
+        wire::data(out, Data::Flags(flags.clone()));
+        let (permanent, text) = if read_only {
+            (Vec::new(), "Read-only mailbox.")
+        } else {
+            let mut permanent: Vec<FlagPerm<'_>> = flags.into_iter().map(FlagPerm::Flag).collect();
+            permanent.push(FlagPerm::Asterisk);
+            (permanent, "Flags permitted.")
+        };
+        let ok_line = |out: &mut Vec<u8>, code, text| {
+            wire::status(
+                out,
+                wire::untagged(StatusKind::Ok, Some(code), wire::text(text)),
+            );
+        };
+        ok_line(out, Code::PermanentFlags(permanent), text);
+        wire::data(out, Data::Exists(sel.messages.len() as u32));
+        wire::data(out, Data::Recent(sel.recent.len() as u32));
+        if let Some(n) = sel.unseen_first() {
+            ok_line(out, Code::Unseen(nz(n as u32)), "First unseen.");
+        }
+        ok_line(out, Code::UidValidity(nz(sel.uid_validity)), "UIDs valid.");
+        ok_line(out, Code::UidNext(nz(sel.uid_next)), "Predicted next UID.");
+        self.selected = Some(sel);
+        if read_only {
+            ok_code(Code::ReadOnly, "EXAMINE completed.")
+        } else {
+            ok_code(Code::ReadWrite, "SELECT completed.")
+        }
+    }
+
+    pub(super) fn create(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
+        let Some(name) = mailbox_name(mailbox) else {
+            return invalid_name();
+        };
+        let mbox = self.mailbox().clone();
+        match blocking(|| mbox.create(&name)) {
+            Ok(_) => ok("CREATE completed."),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    pub(super) fn delete(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
+        let Some(name) = mailbox_name(mailbox) else {
+            return invalid_name();
+        };
+        if self
+            .selected
+            .as_ref()
+            .is_some_and(|s| s.folder.name() == name)
+        {
+            self.selected = None;
+        }
+        let mbox = self.mailbox().clone();
+        let deleted = blocking(|| {
+            mbox.delete(&name)?;
+            let _ = names::set_subscribed(mbox.path(), &name, false);
+            Ok(())
+        });
+        match deleted {
+            Ok(()) => ok("DELETE completed."),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    pub(super) fn rename(&mut self, from: &ImapMailbox<'_>, to: &ImapMailbox<'_>) -> Done {
+        let (Some(from), Some(to)) = (mailbox_name(from), mailbox_name(to)) else {
+            return invalid_name();
+        };
+        let mbox = self.mailbox().clone();
+        if from == "INBOX" {
+            // RFC 3501 §6.3.5: renaming INBOX moves its messages to the new name and leaves
+            // INBOX empty.
+            let result = blocking(|| -> Result<(), StoreError> {
+                let target = mbox.create(&to)?;
+                let inbox = mbox.inbox();
+                // The new folder takes INBOX's keyword letters as they are.
+                let keywords = inbox.path().join(crate::keywords::FILE);
+                if keywords.exists() {
+                    std::fs::copy(&keywords, target.path().join(crate::keywords::FILE)).map_err(
+                        |err| StoreError::Io {
+                            op: "copying",
+                            path: keywords.clone(),
+                            err,
+                        },
+                    )?;
+                }
+                let snapshot = inbox.snapshot()?;
+                for msg in &snapshot.messages {
+                    let mut file = inbox.open(msg)?;
+                    target.append(&mut file, msg.flags, Some(msg.internal_date))?;
+                }
+                inbox.delete(&snapshot.messages)
+            });
+            return match result {
+                Ok(()) => ok("RENAME completed."),
+                Err(e) => store_error(&e),
+            };
+        }
+        let renamed = blocking(|| {
+            mbox.rename(&from, &to)?;
+            if names::subscriptions(mbox.path()).contains(&from) {
+                let _ = names::set_subscribed(mbox.path(), &from, false);
+                let _ = names::set_subscribed(mbox.path(), &to, true);
+            }
+            Ok(())
+        });
+        match renamed {
+            Ok(()) => ok("RENAME completed."),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    pub(super) fn subscribe(&mut self, mailbox: &ImapMailbox<'_>, on: bool) -> Done {
+        let Some(name) = mailbox_name(mailbox) else {
+            return invalid_name();
+        };
+        let mbox = self.mailbox().clone();
+        let saved = blocking(|| {
+            seed_subscriptions(&mbox);
+            names::set_subscribed(mbox.path(), &name, on)
+        });
+        match saved {
+            Ok(()) => ok(if on {
+                "SUBSCRIBE completed."
+            } else {
+                "UNSUBSCRIBE completed."
+            }),
+            Err(err) => {
+                tracing::error!(error = %err, "cannot write subscriptions");
+                no_code(wire::code("SERVERBUG"), "Cannot save the subscription.")
+            }
+        }
+    }
+
+    pub(super) fn list<S>(
+        &mut self,
+        reference: &ImapMailbox<'_>,
+        pattern: &ListMailbox<'_>,
+        lsub: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let verb = if lsub { "LSUB" } else { "LIST" };
+        let pattern_bytes: &[u8] = match pattern {
+            ListMailbox::Token(t) => t.as_ref(),
+            ListMailbox::String(s) => s.as_ref(),
+        };
+        let reference = match reference {
+            ImapMailbox::Inbox => "INBOX".to_owned(),
+            ImapMailbox::Other(o) => decode_utf7(o.as_ref()).unwrap_or_default(),
+        };
+        let Some(pattern) = decode_utf7(pattern_bytes) else {
+            return ok(format!("{verb} completed."));
+        };
+        let delimiter = Some(QuotedChar::unvalidated(names::DELIMITER));
+        // One LIST or LSUB line.
+        let line = |out: &mut Vec<u8>, items: Vec<FlagNameAttribute<'static>>, name: &str| {
+            let mailbox = mailbox_of(name);
+            let data = if lsub {
+                Data::Lsub {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            } else {
+                Data::List {
+                    items,
+                    delimiter,
+                    mailbox,
+                }
+            };
+            wire::data(out, data);
+        };
+        if pattern.is_empty() {
+            if !lsub {
+                line(&mut conn.out, vec![FlagNameAttribute::Noselect], "");
+            }
+            return ok(format!("{verb} completed."));
+        }
+        let full = format!("{reference}{pattern}");
+        let mbox = self.mailbox().clone();
+        let listed = blocking(|| {
+            let folders = mbox.folders()?;
+            let subscribed = subscribed_set(&mbox, &folders);
+            Ok((folders, subscribed))
+        });
+        let (folders, subscribed) = match listed {
+            Ok(listed) => listed,
+            Err(e) => return store_error(&e),
+        };
+        // A folder whose parent does not exist (Maildir++ allows `a/b` without `a`): the
+        // parent is shown as \Noselect when the pattern stops at its level (RFC 3501 §6.3.8).
+        if !lsub {
+            let mut implied: Vec<String> = folders
+                .iter()
+                .flat_map(|f| {
+                    // Every ancestor: the prefixes before each '/' (ASCII, so split is safe).
+                    let parts: Vec<&str> = f.split('/').collect();
+                    (1..parts.len())
+                        .map(|n| parts[..n].join("/"))
+                        .collect::<Vec<_>>()
+                })
+                .filter(|p| !folders.contains(p))
+                .collect();
+            implied.sort();
+            implied.dedup();
+            for parent in implied.iter().filter(|p| names::matches(&full, p)) {
+                let items = vec![FlagNameAttribute::Noselect, attribute("HasChildren")];
+                line(&mut conn.out, items, parent);
+            }
+        }
+        for name in &folders {
+            if !names::matches(&full, name) {
+                continue;
+            }
+            if lsub && !subscribed.contains(name) {
+                continue;
+            }
+            let prefix = format!("{name}/");
+            let children = folders.iter().any(|f| f.starts_with(&prefix));
+            let mut items = vec![attribute(if children {
+                "HasChildren"
+            } else {
+                "HasNoChildren"
+            })];
+            if let Some(special) = SPECIAL_USE.iter().find(|n| *n == name) {
+                items.push(attribute(special));
+            }
+            line(&mut conn.out, items, name);
+        }
+        ok(format!("{verb} completed."))
+    }
+
+    pub(super) fn status<S>(
+        &mut self,
+        mailbox: &ImapMailbox<'_>,
+        items: &[StatusDataItemName],
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let folder = match self.folder(mailbox) {
+            Ok(f) => f,
+            Err(_) => return no_such_mailbox(),
+        };
+        let snapshot = match blocking(|| folder.snapshot()) {
+            Ok(s) => s,
+            Err(e) => return store_error(&e),
+        };
+        let mut parts = Vec::new();
+        for item in items {
+            let msgs = &snapshot.messages;
+            let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+            parts.push(match item {
+                StatusDataItemName::Messages => StatusDataItem::Messages(count(msgs.len())),
+                StatusDataItemName::Recent => {
+                    StatusDataItem::Recent(count(msgs.iter().filter(|m| m.recent).count()))
+                }
+                StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(snapshot.uid_next)),
+                StatusDataItemName::UidValidity => {
+                    StatusDataItem::UidValidity(nz(snapshot.uid_validity))
+                }
+                StatusDataItemName::Unseen => StatusDataItem::Unseen(count(
+                    msgs.iter()
+                        .filter(|m| !m.flags.contains(Flags::SEEN))
+                        .count(),
+                )),
+                _ => return bad("Unsupported STATUS item."),
+            });
+        }
+        let status = Data::Status {
+            mailbox: mailbox_of(folder.name()),
+            items: parts.into(),
+        };
+        wire::data(&mut conn.out, status);
+        ok("STATUS completed.")
+    }
+
+    /// NAMESPACE: one personal namespace, no prefix.
+    pub(super) fn namespace<S>(&self, conn: &mut Conn<S>) -> Done {
+        let personal = Namespace {
+            prefix: wire::istring(&b""[..]),
+            delimiter: Some(QuotedChar::unvalidated(names::DELIMITER)),
+            extensions: Vec::new(),
+        };
+        let namespace = Data::Namespace {
+            personal: vec![personal],
+            other: Vec::new(),
+            shared: Vec::new(),
+        };
+        wire::data(&mut conn.out, namespace);
+        ok("NAMESPACE completed.")
+    }
+}
+
+/// A LIST attribute such as `\\HasChildren` (given without its backslash).
+fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
+    FlagNameAttribute::from(Atom::unvalidated(name))
+}
+
+/// When the subscriptions file does not exist yet, every folder counts as subscribed (a
+/// fresh mailbox shows its folders in clients that list only subscribed ones); the first
+/// change writes that list down.
+fn seed_subscriptions(mbox: &Mailbox) {
+    if !mbox.path().join("inetkit-subscriptions").exists() {
+        if let Ok(folders) = mbox.folders() {
+            for f in folders {
+                let _ = names::set_subscribed(mbox.path(), &f, true);
+            }
+        }
+    }
+}
+
+fn subscribed_set(mbox: &Mailbox, folders: &[String]) -> std::collections::HashSet<String> {
+    if mbox.path().join("inetkit-subscriptions").exists() {
+        names::subscriptions(mbox.path()).into_iter().collect()
+    } else {
+        folders.iter().cloned().collect()
+    }
+}

@@ -1,0 +1,365 @@
+//! The message commands (RFC 3501 §6.3.11, §6.4): APPEND, CHECK, CLOSE, UNSELECT
+//! (RFC 3691), EXPUNGE and UID EXPUNGE (RFC 4315), SEARCH, STORE, COPY and MOVE (RFC 6851).
+//! FETCH has a module of its own, [`super::fetch`].
+
+use std::time::{Duration, UNIX_EPOCH};
+
+use imap_codec::imap_types::core::Charset;
+use imap_codec::imap_types::datetime::DateTime;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
+use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
+use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::search::SearchKey;
+use imap_codec::imap_types::sequence::SequenceSet;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+use inetkit_maildir::{FlagChange, Flags, Folder, StoreError};
+
+use super::input::client_gone;
+use super::reply::{bad, expunge_issued, no_code, ok, ok_code, read_only, store_error, Done};
+use super::{blocking, Conn, Session};
+use crate::keywords::Keywords;
+use crate::search::{self, Query, Stopped};
+use crate::selected::Selected;
+use crate::wire::{self, nz, SYSTEM_FLAGS};
+
+impl Session {
+    pub(super) fn append(
+        &mut self,
+        mailbox: &ImapMailbox<'_>,
+        flags: &[Flag<'_>],
+        date: Option<DateTime>,
+        message: &LiteralOrLiteral8<'_>,
+    ) -> Done {
+        let data = match message {
+            LiteralOrLiteral8::Literal(l) => l.data(),
+            LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+        };
+        let date = date.map(|d| {
+            let ts = d.as_ref().timestamp().max(0) as u64;
+            UNIX_EPOCH + Duration::from_secs(ts)
+        });
+        let folder = match self.folder(mailbox) {
+            Ok(f) => f,
+            Err(d) => return d,
+        };
+        if let Some(sel) = self.selected.as_mut() {
+            if sel.folder.path() == folder.path() {
+                sel.own_change = true;
+            }
+        }
+        let appended = blocking(|| {
+            let mut keywords = Keywords::load(folder.path());
+            let flags = to_flags(flags, &mut keywords, folder.path());
+            folder.append(&mut &data[..], flags, date)
+        });
+        match appended {
+            Ok(a) => {
+                let code = Code::AppendUid {
+                    uid_validity: nz(a.uid_validity),
+                    uid: nz(a.message.uid),
+                };
+                ok_code(code, "APPEND completed.")
+            }
+            Err(e) => store_error(&e),
+        }
+    }
+
+    pub(super) fn expunge<S>(&mut self, uids: Option<SequenceSet>, conn: &mut Conn<S>) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(sel) = self.selected.as_mut() else {
+            return bad("No mailbox selected.");
+        };
+        if sel.read_only {
+            return read_only();
+        }
+        let doomed = deleted(sel, uids.as_ref());
+        match blocking(|| sel.expunge(&doomed, Some(&mut conn.out))) {
+            Ok(_) => ok("EXPUNGE completed."),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    pub(super) fn store<S>(
+        &mut self,
+        set: &SequenceSet,
+        kind: StoreType,
+        response: StoreResponse,
+        flags: &[Flag<'_>],
+        uid: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(sel) = self.selected.as_mut() else {
+            return bad("No mailbox selected.");
+        };
+        if sel.read_only {
+            return read_only();
+        }
+        let Some(indexes) = sel.resolve(set, uid) else {
+            return bad("Invalid message sequence number.");
+        };
+        let changed = blocking(|| {
+            let path = sel.folder.path().to_owned();
+            let wanted = to_flags(flags, &mut sel.keywords, &path);
+            let change = match kind {
+                StoreType::Add => FlagChange::Add(wanted),
+                StoreType::Remove => FlagChange::Remove(wanted),
+                StoreType::Replace => FlagChange::Set(wanted),
+            };
+            sel.change_flags(&indexes, change)
+        });
+        let gone = match changed {
+            Ok(gone) => gone,
+            Err(e) => return store_error(&e),
+        };
+        if matches!(response, StoreResponse::Answer) {
+            for &i in indexes.iter().filter(|i| !gone.contains(i)) {
+                let msg = &sel.messages[i];
+                let recent = sel.recent.contains(&msg.uid);
+                let flags = wire::flags(msg.flags, recent, &sel.keywords);
+                wire::flags_fetch(&mut conn.out, i + 1, msg.uid, flags);
+            }
+        }
+        if gone.is_empty() {
+            ok("STORE completed.")
+        } else {
+            expunge_issued()
+        }
+    }
+
+    pub(super) fn copy<S>(
+        &mut self,
+        set: &SequenceSet,
+        mailbox: &ImapMailbox<'_>,
+        uid: bool,
+        moving: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let target = match self.folder(mailbox) {
+            Ok(f) => f,
+            Err(d) => return d,
+        };
+        let Some(sel) = self.selected.as_mut() else {
+            return bad("No mailbox selected.");
+        };
+        if moving && sel.read_only {
+            return read_only();
+        }
+        let Some(indexes) = sel.resolve(set, uid) else {
+            return bad("Invalid message sequence number.");
+        };
+        if target.path() == sel.folder.path() {
+            sel.own_change = true;
+        }
+        let copied = blocking(|| copy_messages(sel, &indexes, &target));
+        let Copied {
+            from,
+            to,
+            validity,
+            indexes: copied,
+        } = match copied {
+            Ok(copied) => copied,
+            Err(e) => return store_error(&e),
+        };
+        let (Some(source), Some(destination)) = (wire::uid_set(&from), wire::uid_set(&to)) else {
+            // Nothing was copied.
+            return ok(if moving {
+                "MOVE completed."
+            } else {
+                "COPY completed."
+            });
+        };
+        let code = Code::CopyUid {
+            uid_validity: nz(validity),
+            source,
+            destination,
+        };
+        if !moving {
+            return ok_code(code, "COPY completed.");
+        }
+        let moved = wire::untagged(StatusKind::Ok, Some(code), wire::text("Moved."));
+        wire::status(&mut conn.out, moved);
+        match blocking(|| sel.expunge(&copied, Some(&mut conn.out))) {
+            Ok(_) => ok("MOVE completed."),
+            Err(e) => store_error(&e),
+        }
+    }
+
+    /// CHECK: every change is on disk already.
+    pub(super) fn check(&self) -> Done {
+        ok("CHECK completed.")
+    }
+
+    /// CLOSE: expunges silently (unless read-only) and leaves the selected state.
+    pub(super) fn close(&mut self) -> Done {
+        if let Some(mut sel) = self.selected.take() {
+            if !sel.read_only {
+                let doomed = deleted(&sel, None);
+                if let Err(err) = blocking(|| sel.expunge(&doomed, None)) {
+                    return store_error(&err);
+                }
+            }
+        }
+        ok("CLOSE completed.")
+    }
+
+    /// UNSELECT (RFC 3691): leaves the selected state without expunging.
+    pub(super) fn unselect(&mut self) -> Done {
+        self.selected = None;
+        ok("UNSELECT completed.")
+    }
+
+    /// SEARCH and UID SEARCH. The search stops when the client goes away (looked at
+    /// between keys) and after [`search::TIME_LIMIT`].
+    pub(super) fn search<S>(
+        &mut self,
+        charset: Option<&Charset<'_>>,
+        criteria: &[SearchKey<'_>],
+        uid: bool,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if let Some(cs) = charset {
+            let cs: &str = cs.as_ref();
+            if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
+                let allowed = ["UTF-8", "US-ASCII"]
+                    .into_iter()
+                    .filter_map(|c| Charset::try_from(c).ok())
+                    .collect();
+                return no_code(Code::BadCharset { allowed }, "Unsupported charset.");
+            }
+        }
+        let Some(sel) = self.selected.as_ref() else {
+            return bad("No mailbox selected.");
+        };
+        let query = Query::new(criteria);
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        let hits = match blocking(|| search::run(sel, &query, &mut watch)) {
+            Ok(hits) => hits,
+            Err(Stopped::Gone) => return Done::Close,
+            Err(Stopped::TooLong) => {
+                return no_code(wire::code("LIMIT"), "SEARCH took too long: narrow it down.")
+            }
+        };
+        let numbers = hits
+            .into_iter()
+            .map(|i| {
+                nz(if uid {
+                    sel.messages[i].uid
+                } else {
+                    i as u32 + 1
+                })
+            })
+            .collect();
+        wire::data(&mut conn.out, Data::Search(numbers));
+        ok("SEARCH completed.")
+    }
+}
+
+/// What COPY and MOVE copied: the UIDs in the source and the target, the target's
+/// UIDVALIDITY, and the indexes of the copied messages.
+struct Copied {
+    from: Vec<u32>,
+    to: Vec<u32>,
+    validity: u32,
+    indexes: Vec<usize>,
+}
+
+/// Copies the messages at `indexes` into `target`, keywords translated by name; a message
+/// expunged meanwhile is skipped. Blocking.
+fn copy_messages(sel: &Selected, indexes: &[usize], target: &Folder) -> Result<Copied, StoreError> {
+    let mut target_keywords = Keywords::load(target.path());
+    let mut copied = Copied {
+        from: Vec::new(),
+        to: Vec::new(),
+        validity: 0,
+        indexes: Vec::new(),
+    };
+    for &i in indexes {
+        let msg = &sel.messages[i];
+        // Keywords are letters per folder: translate them by name.
+        let mut flags = Flags::EMPTY;
+        for (f, _) in SYSTEM_FLAGS {
+            if msg.flags.contains(f) {
+                flags.insert(f);
+            }
+        }
+        for n in 0..26u8 {
+            let (Some(bit), Some(name)) = (Flags::keyword(n), sel.keywords.name(n)) else {
+                continue;
+            };
+            if msg.flags.contains(bit) {
+                if let Some(k) = target_keywords
+                    .find_or_add(target.path(), name)
+                    .and_then(Flags::keyword)
+                {
+                    flags.insert(k);
+                }
+            }
+        }
+        let appended = sel
+            .folder
+            .open(msg)
+            .and_then(|mut file| target.append(&mut file, flags, Some(msg.internal_date)));
+        match appended {
+            Ok(a) => {
+                copied.validity = a.uid_validity;
+                copied.from.push(msg.uid);
+                copied.to.push(a.message.uid);
+                copied.indexes.push(i);
+            }
+            Err(StoreError::MessageGone { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(copied)
+}
+
+/// Indexes of messages flagged \Deleted (and, for UID EXPUNGE, in the UID set).
+fn deleted(sel: &Selected, uids: Option<&SequenceSet>) -> Vec<usize> {
+    let largest = sel.messages.last().map_or(0, |m| m.uid);
+    sel.messages
+        .iter()
+        .enumerate()
+        .filter(|(_, m)| m.flags.contains(Flags::TRASHED))
+        .filter(|(_, m)| uids.is_none_or(|set| search::in_set(set, m.uid, largest)))
+        .map(|(i, _)| i)
+        .collect()
+}
+
+/// IMAP flags to Maildir flags; keywords get (or are given) a letter in this folder.
+fn to_flags(flags: &[Flag<'_>], keywords: &mut Keywords, folder: &std::path::Path) -> Flags {
+    let mut out = Flags::EMPTY;
+    for flag in flags {
+        match flag {
+            Flag::Answered => out.insert(Flags::REPLIED),
+            Flag::Deleted => out.insert(Flags::TRASHED),
+            Flag::Draft => out.insert(Flags::DRAFT),
+            Flag::Flagged => out.insert(Flags::FLAGGED),
+            Flag::Seen => out.insert(Flags::SEEN),
+            Flag::Keyword(k) => {
+                if let Some(bit) = keywords
+                    .find_or_add(folder, k.as_ref())
+                    .and_then(Flags::keyword)
+                {
+                    out.insert(bit);
+                }
+            }
+            Flag::Extension(_) => {}
+        }
+    }
+    out
+}

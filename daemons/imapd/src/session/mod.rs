@@ -1,0 +1,299 @@
+//! One IMAP session: the not-authenticated → authenticated → selected states of RFC 3501 §3,
+//! with STARTTLS swapping the stream and running the same loop again.
+//!
+//! This module holds the [`Session`], its command loop and the dispatch; each command's
+//! handler is an `impl Session` block in the file of its group (after Stalwart's
+//! `crates/imap/src/op/`):
+//!
+//! | file | commands |
+//! |---|---|
+//! | [`auth`] | CAPABILITY, NOOP, LOGOUT, ID, ENABLE, STARTTLS, LOGIN, AUTHENTICATE |
+//! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
+//! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, SEARCH, STORE, COPY, MOVE |
+//! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
+//! | [`idle`] | IDLE |
+//!
+//! Reading a command with its literals is [`input`]; the tagged reply and shared error
+//! replies are [`reply`].
+
+mod auth;
+pub(crate) mod fetch;
+mod idle;
+mod input;
+mod mailboxes;
+mod messages;
+mod reply;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+
+use imap_codec::decode::Decoder;
+use imap_codec::imap_types::command::{Command, CommandBody};
+use imap_codec::imap_types::core::Tag;
+use imap_codec::imap_types::response::{Code, Greeting, GreetingKind, StatusKind};
+use imap_codec::CommandCodec;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use inetkit_maildir::Mailbox;
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::server::Peer;
+use inetkit_runtime::session::{serve_session, Flow, TlsSession};
+use inetkit_runtime::tls::TlsContext;
+
+use self::input::{ImapConn, Input, LiteralBudget};
+use self::reply::{bad, farewell, ok, reply, Done};
+use crate::selected::Selected;
+use crate::wire;
+use crate::Imap;
+
+/// Longest command line (without literals).
+const MAX_LINE: usize = 64 * 1024;
+/// Largest command with its literals (an APPENDed message).
+const MAX_COMMAND: u64 = 64 * 1024 * 1024;
+/// Largest command before login.
+const MAX_COMMAND_UNAUTHENTICATED: u64 = 16 * 1024;
+const MAX_FAILURES: u32 = 3;
+
+struct Login {
+    mailbox: Mailbox,
+}
+
+pub(crate) struct Session {
+    imap: Arc<Imap>,
+    peer: Peer,
+    tls: bool,
+    login: Option<Login>,
+    selected: Option<Selected>,
+    failures: u32,
+    /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
+    literals: &'static LiteralBudget,
+}
+
+impl Session {
+    fn new(imap: Arc<Imap>, peer: Peer) -> Session {
+        Session {
+            imap,
+            peer,
+            tls: false,
+            login: None,
+            selected: None,
+            failures: 0,
+            literals: &input::LITERALS,
+        }
+    }
+}
+
+pub(crate) async fn serve(imap: Arc<Imap>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
+    let mut session = Session::new(imap, peer);
+    serve_session(&mut session, stream, implicit_tls).await;
+}
+
+type Conn<S> = LineConn<S>;
+
+/// Runs `f`, which blocks (file system calls: the Maildir store, keyword and subscription
+/// files, reading messages), on this thread, after handing this worker's other tasks to
+/// another worker, so other sessions keep running. Every blocking call of a session goes
+/// through here.
+///
+/// Why `block_in_place` and not `spawn_blocking`: the calls borrow the session's state (the
+/// selected folder's view, the output buffer, an APPENDed message of up to 64 MiB held in
+/// the command's bytes); `spawn_blocking` needs `'static` closures, so each call would move
+/// that state out and back or copy it. The price: it needs tokio's multi-thread runtime (the
+/// daemon's; in-process tests use `flavor = "multi_thread"`), and this session's task does
+/// nothing else meanwhile, so long work (SEARCH over large messages) runs in slices with a
+/// look at the client between them.
+fn blocking<T>(f: impl FnOnce() -> T) -> T {
+    tokio::task::block_in_place(f)
+}
+
+impl TlsSession for Session {
+    fn tls_context(&self) -> Option<TlsContext> {
+        self.imap.tls.clone()
+    }
+
+    fn tls_started(&mut self) {
+        self.tls = true;
+    }
+
+    async fn run<S>(&mut self, stream: S, greet: bool) -> Option<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
+        let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, farewell());
+        if greet {
+            let greeting = Greeting {
+                kind: GreetingKind::Ok,
+                code: Some(Code::Capability(self.capabilities())),
+                text: wire::text("inetkit IMAP ready."),
+            };
+            conn.out.extend_from_slice(&wire::greeting(&greeting));
+        }
+        loop {
+            // Before login nothing needs more than a user name and password.
+            let max = if self.login.is_some() {
+                MAX_COMMAND
+            } else {
+                MAX_COMMAND_UNAUTHENTICATED
+            };
+            let (bytes, _held) = match conn.read_command(max, self.literals).await {
+                Input::Command(bytes, held) => (bytes, held),
+                Input::Refused => continue,
+                Input::Gone => {
+                    let _ = conn.flush().await;
+                    return None;
+                }
+            };
+            let command = match CommandCodec::default().decode(&bytes) {
+                Ok((_, command)) => command,
+                Err(_) => {
+                    let tag = wire::tag_of(&bytes);
+                    reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
+                    continue;
+                }
+            };
+            let tag = command.tag.clone();
+            let done = self.handle(command, &tag, &mut conn).await;
+            match done {
+                Done::Tagged(kind, code, text) => {
+                    wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text));
+                    if self.failures >= MAX_FAILURES {
+                        wire::status(&mut conn.out, wire::bye("Too many failed logins."));
+                        let _ = conn.flush().await;
+                        return None;
+                    }
+                }
+                Done::Close => return conn.end(Flow::Close).await,
+                // Whatever was pipelined after STARTTLS came in the clear: dropped.
+                Done::StartTls => return conn.end(Flow::StartTls).await,
+            }
+        }
+    }
+}
+
+impl Session {
+    async fn handle<S>(&mut self, command: Command<'_>, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        // Updates from other sessions may go out before the tagged reply; EXPUNGE may not
+        // during FETCH, STORE and SEARCH by sequence number (RFC 3501 §7.4.1).
+        let expunge_ok = !matches!(
+            &command.body,
+            CommandBody::Fetch { uid: false, .. }
+                | CommandBody::Store { uid: false, .. }
+                | CommandBody::Search { uid: false, .. }
+        );
+        let done = self.dispatch(command, tag, conn).await;
+        if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
+            let mut updates = Vec::new();
+            if let Err(err) = blocking(|| sel.refresh(&mut updates, expunge_ok)) {
+                tracing::warn!(error = %err, "cannot refresh the selected folder");
+                conn.out.extend_from_slice(&updates);
+                if updates.starts_with(b"* BYE") {
+                    return Done::Close;
+                }
+            } else {
+                conn.out.extend_from_slice(&updates);
+            }
+        }
+        done
+    }
+
+    async fn dispatch<S>(&mut self, command: Command<'_>, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let authenticated = self.login.is_some();
+        let selected = self.selected.is_some();
+        match command.body {
+            // Any state, and not authenticated (auth.rs).
+            CommandBody::Capability => self.capability(conn),
+            CommandBody::Noop => ok("NOOP completed."),
+            CommandBody::Logout => self.logout(tag, conn),
+            CommandBody::Id { .. } => self.id(conn),
+            CommandBody::StartTLS => self.starttls(tag, conn),
+            CommandBody::Login { username, password } if !authenticated => {
+                self.login_command(&username, &password).await
+            }
+            CommandBody::Authenticate {
+                mechanism,
+                initial_response,
+            } if !authenticated => self.authenticate(&mechanism, initial_response, conn).await,
+            CommandBody::Login { .. } | CommandBody::Authenticate { .. } => {
+                bad("Already logged in.")
+            }
+            _ if !authenticated => bad("Not logged in."),
+            CommandBody::Enable { .. } => self.enable(conn),
+            // Authenticated (mailboxes.rs, messages.rs, idle.rs).
+            CommandBody::Namespace => self.namespace(conn),
+            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
+            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true, conn),
+            CommandBody::Create { mailbox } => self.create(&mailbox),
+            CommandBody::Delete { mailbox } => self.delete(&mailbox),
+            CommandBody::Rename { from, to } => self.rename(&from, &to),
+            CommandBody::Subscribe { mailbox } => self.subscribe(&mailbox, true),
+            CommandBody::Unsubscribe { mailbox } => self.subscribe(&mailbox, false),
+            CommandBody::List {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, false, conn),
+            CommandBody::Lsub {
+                reference,
+                mailbox_wildcard,
+            } => self.list(&reference, &mailbox_wildcard, true, conn),
+            CommandBody::Status {
+                mailbox,
+                item_names,
+            } => self.status(&mailbox, &item_names, conn),
+            CommandBody::Append {
+                mailbox,
+                flags,
+                date,
+                message,
+            } => self.append(&mailbox, &flags, date, &message),
+            CommandBody::Idle => self.idle(conn).await,
+            // Selected (messages.rs, fetch/).
+            _ if !selected => bad("No mailbox selected."),
+            CommandBody::Check => self.check(),
+            CommandBody::Close => self.close(),
+            CommandBody::Unselect => self.unselect(),
+            CommandBody::Expunge => self.expunge(None, conn),
+            CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(sequence_set), conn),
+            CommandBody::Search {
+                charset,
+                criteria,
+                uid,
+            } => self.search(charset.as_ref(), criteria.as_ref(), uid, conn),
+            CommandBody::Fetch {
+                sequence_set,
+                macro_or_item_names,
+                uid,
+                ..
+            } => {
+                self.fetch_command(&sequence_set, macro_or_item_names, uid, conn)
+                    .await
+            }
+            CommandBody::Store {
+                sequence_set,
+                kind,
+                response,
+                flags,
+                uid,
+                ..
+            } => self.store(&sequence_set, kind, response, &flags, uid, conn),
+            CommandBody::Copy {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, false, conn),
+            CommandBody::Move {
+                sequence_set,
+                mailbox,
+                uid,
+            } => self.copy(&sequence_set, &mailbox, uid, true, conn),
+            _ => bad("Command not supported."),
+        }
+    }
+}
