@@ -1,6 +1,7 @@
 //! The memory side of admission: `[limits] memory_soft_limit`, or one derived from the
 //! service's cgroup, checked against the process's resident memory.
 
+use std::path::Path;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -89,12 +90,18 @@ fn parse_vm_rss(status: &str) -> Option<u64> {
     kib.checked_mul(1024)
 }
 
-/// The memory limit of this process's cgroup (unified hierarchy): `memory.high` (systemd's
-/// `MemoryHigh=`), else `memory.max` (`MemoryMax=`). `None` outside such a cgroup or when
-/// neither is set.
+/// The memory limit of this process's cgroup (unified hierarchy, Debian's default): `memory.high`
+/// (systemd's `MemoryHigh=`), else `memory.max` (`MemoryMax=`). `None` outside such a cgroup
+/// or when neither is set.
 fn cgroup_memory_limit() -> Option<u64> {
     let cgroups = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let dir = std::path::Path::new("/sys/fs/cgroup").join(unified_cgroup_path(&cgroups)?);
+    cgroup_memory_limit_in(&cgroups, Path::new("/sys/fs/cgroup"))
+}
+
+/// [`cgroup_memory_limit`] for the /proc/self/cgroup text `cgroups` and a cgroup2 mount at
+/// `root`.
+fn cgroup_memory_limit_in(cgroups: &str, root: &Path) -> Option<u64> {
+    let dir = root.join(unified_cgroup_path(cgroups)?);
     let read = |file: &str| {
         std::fs::read_to_string(dir.join(file))
             .ok()
@@ -165,5 +172,28 @@ mod tests {
         });
         assert_eq!(tiny.soft_limit, Some(1 << 20));
         assert!(!tiny.admits(), "this test process is above 1 MiB");
+    }
+
+    #[test]
+    fn cgroup_limit_is_memory_high_else_memory_max() {
+        let root = std::env::temp_dir().join(format!("inetkit-cgroup-test-{}", std::process::id()));
+        let unit = root.join("system.slice/inetkit-pop3d.service");
+        std::fs::create_dir_all(&unit).unwrap();
+        let cgroups = "0::/system.slice/inetkit-pop3d.service\n";
+
+        std::fs::write(unit.join("memory.high"), "max\n").unwrap();
+        std::fs::write(unit.join("memory.max"), "max\n").unwrap();
+        assert_eq!(cgroup_memory_limit_in(cgroups, &root), None, "no limit set");
+
+        std::fs::write(unit.join("memory.max"), "402653184\n").unwrap();
+        assert_eq!(cgroup_memory_limit_in(cgroups, &root), Some(384 << 20));
+
+        std::fs::write(unit.join("memory.high"), "201326592\n").unwrap();
+        assert_eq!(cgroup_memory_limit_in(cgroups, &root), Some(192 << 20));
+        assert_eq!(soft_limit_from_cgroup(192 << 20) >> 20, 172);
+
+        assert_eq!(cgroup_memory_limit_in("0::/elsewhere\n", &root), None);
+        assert_eq!(cgroup_memory_limit_in("4:memory:/x\n", &root), None);
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
