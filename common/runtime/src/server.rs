@@ -18,6 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
 
+mod memory;
+use memory::MemoryBudget;
+
 /// A session's view of its connection and the limits it must keep.
 #[derive(Debug, Clone)]
 pub struct Peer {
@@ -69,6 +72,7 @@ struct Inner {
     /// Caught from the server's making on: sockets accept from setup on, before `run`, and a
     /// SIGTERM with no handler yet would kill the process without a clean stop.
     signals: Mutex<Option<Signals>>,
+    memory: MemoryBudget,
 }
 
 /// The signals `run` acts on.
@@ -152,8 +156,10 @@ impl Server {
     /// sense then, because only then is someone holding the socket while we are gone.
     pub fn new(limits: LimitsConfig, socket_activated: bool) -> Self {
         raise_fd_limit();
+        let memory = MemoryBudget::new(&limits);
         Server {
             inner: Arc::new(Inner {
+                memory,
                 limits,
                 shutdown: CancellationToken::new(),
                 done: CancellationToken::new(),
@@ -243,6 +249,11 @@ impl Server {
                     accepted = listener.accept() => accepted,
                 };
                 match accepted {
+                    // Checked here rather than in `admit`: an Accept=yes process has one
+                    // connection and nothing to gain by refusing it.
+                    Ok((stream, addr)) if !server.inner.memory.admits() => {
+                        server.refuse(stream, addr, busy_reply, "memory soft limit reached")
+                    }
                     Ok((stream, addr)) => {
                         server.start_session(stream, addr, &name, busy_reply, &session)
                     }
@@ -269,18 +280,7 @@ impl Server {
         F: Future<Output = ()> + Send + 'static,
     {
         let Some(slot) = self.inner.admit(addr.ip()) else {
-            let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
-            if refused.is_power_of_two() {
-                tracing::warn!(peer = %addr, refused, "connection limit reached, refusing");
-            }
-            if let Some(reply) = busy_reply {
-                // Best effort and bounded: a refused client gets no more than one write.
-                self.inner.tasks.spawn(async move {
-                    let mut stream = stream;
-                    let _ =
-                        tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply)).await;
-                });
-            }
+            self.refuse(stream, addr, busy_reply, "connection limit reached");
             return;
         };
         self.inner.served.fetch_add(1, Ordering::Relaxed);
@@ -307,6 +307,27 @@ impl Server {
             },
             span,
         ));
+    }
+
+    /// Counts a refused connection and sends it `busy_reply`, if any.
+    fn refuse(
+        &self,
+        stream: TcpStream,
+        addr: SocketAddr,
+        busy_reply: Option<&'static [u8]>,
+        reason: &'static str,
+    ) {
+        let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(peer = %addr, refused, "{reason}, refusing");
+        }
+        if let Some(reply) = busy_reply {
+            // Best effort and bounded: a refused client gets no more than one write.
+            self.inner.tasks.spawn(async move {
+                let mut stream = stream;
+                let _ = tokio::time::timeout(Duration::from_secs(1), stream.write_all(reply)).await;
+            });
+        }
     }
 
     /// Serves the one connection of an Accept=yes (inetd-style) activation; the daemon exits
@@ -534,5 +555,62 @@ mod tests {
         second.read_to_end(&mut reply).await.unwrap();
         assert_eq!(reply, b"busy\r\n");
         release_tx.send(true).unwrap();
+    }
+
+    /// Over the soft limit, a new connection gets the busy reply and is counted as refused;
+    /// the session that was already running goes on.
+    #[tokio::test]
+    async fn memory_over_soft_limit_refuses_new_connections_only() {
+        let resident = memory::resident_bytes().expect("/proc/self/status has VmRSS");
+        let server = Server::new(
+            LimitsConfig {
+                memory_soft_limit: Some((resident >> 20) + 32),
+                ..LimitsConfig::default()
+            },
+            false,
+        );
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        server
+            .serve_tcp(
+                "test",
+                listener,
+                Some(b"busy\r\n"),
+                |mut stream, _peer| async move {
+                    // Echoes lines until the client is gone.
+                    let mut buf = [0u8; 64];
+                    while let Ok(n @ 1..) = stream.read(&mut buf).await {
+                        let _ = stream.write_all(&buf[..n]).await;
+                    }
+                },
+            )
+            .unwrap();
+        let mut running = TcpStream::connect(addr).await.unwrap();
+        running.write_all(b"one\r\n").await.unwrap();
+        let mut line = [0u8; 5];
+        running.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"one\r\n");
+
+        // Resident memory 64 MiB past what it was: well over the limit.
+        let ballast = std::hint::black_box(vec![1u8; 64 << 20]);
+        tokio::time::sleep(memory::MEMORY_RECHECK * 2).await;
+        let mut refused = TcpStream::connect(addr).await.unwrap();
+        let mut reply = Vec::new();
+        // Bounded so that a connection wrongly admitted fails the test instead of hanging it.
+        tokio::time::timeout(Duration::from_secs(30), refused.read_to_end(&mut reply))
+            .await
+            .expect("the refused connection is closed")
+            .unwrap();
+        assert_eq!(reply, b"busy\r\n");
+        assert!(
+            server.inner.status().contains("1 refused"),
+            "{}",
+            server.inner.status()
+        );
+
+        running.write_all(b"two\r\n").await.unwrap();
+        running.read_exact(&mut line).await.unwrap();
+        assert_eq!(&line, b"two\r\n", "the running session goes on");
+        drop(ballast);
     }
 }

@@ -47,6 +47,10 @@ pub struct LimitsConfig {
     /// next connection). 0 keeps the daemon running.
     #[serde(deserialize_with = "seconds")]
     pub idle_exit: Duration,
+    /// Above this resident memory, in MiB, new connections get the protocol's "try later"
+    /// reply while running sessions go on. Unset: 90% of the service's cgroup `memory.high`
+    /// (systemd's `MemoryHigh=`, else `memory.max`), off when neither is set; 0 turns it off.
+    pub memory_soft_limit: Option<u64>,
 }
 
 /// The idle timeout of a [`LimitsConfig`] that was not read through a daemon's config.
@@ -61,6 +65,7 @@ impl Default for LimitsConfig {
             write_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
             idle_exit: Duration::ZERO,
+            memory_soft_limit: None,
         }
     }
 }

@@ -1,0 +1,81 @@
+"""The memory side of admission: above `[limits] memory_soft_limit`, new connections get the
+protocol's "try later" reply and count as refused; without a limit they are served."""
+
+import imaplib
+import poplib
+
+import pytest
+
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def mailhome(tmp_path):
+    users = tmp_path / "users"
+    users.write_text(f"bob:{{PLAIN}}{PASSWORD}::::::\n")
+    mail = tmp_path / "mail"
+    mail.mkdir()
+    return users, mail
+
+
+def config(name, users, mail, limits=""):
+    socket_name = {"pop3d": "pop3", "imapd": "imap"}[name]
+    return f"""
+[listen]
+{socket_name} = ["127.0.0.1:0"]
+[auth]
+users_file = "{users}"
+[mail]
+root = "{mail}"
+[limits]
+{limits}
+"""
+
+
+def test_pop3_over_the_soft_limit_says_try_later(daemons, mailhome):
+    users, mail = mailhome
+    # 1 MiB: any running daemon is above it.
+    d = daemons.start("pop3d", config("pop3d", users, mail, "memory_soft_limit = 1"))
+    d.wait_log("memory soft limit from \\[limits\\] memory_soft_limit mib=1")
+    with pytest.raises(poplib.error_proto, match=r"^b'-ERR \[SYS/TEMP\]"):
+        poplib.POP3(*d.addr("pop3"), timeout=30)
+    d.wait_log("memory soft limit reached, refusing")
+    d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
+
+
+def test_pop3_without_a_limit_is_served(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("pop3d", config("pop3d", users, mail))
+    p = poplib.POP3(*d.addr("pop3"), timeout=30)
+    assert p.getwelcome().startswith(b"+OK")
+    p.user("bob")
+    p.pass_(PASSWORD)
+    assert p.stat() == (0, 0)
+    p.quit()
+    assert "memory soft limit" not in d.log()
+
+
+def test_pop3_a_limit_of_zero_is_off(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("pop3d", config("pop3d", users, mail, "memory_soft_limit = 0"))
+    p = poplib.POP3(*d.addr("pop3"), timeout=30)
+    assert p.getwelcome().startswith(b"+OK")
+    p.quit()
+
+
+def test_imap_over_the_soft_limit_says_try_later(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("imapd", config("imapd", users, mail, "memory_soft_limit = 1"))
+    # The greeting is the BYE of RFC 3501 7.1.5 (imaplib raises on a greeting that is not OK).
+    with pytest.raises(imaplib.IMAP4.error, match=r"^b'\* BYE .*try again later"):
+        imaplib.IMAP4(*d.addr("imap"), timeout=30)
+    d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
+
+
+def test_imap_with_a_generous_limit_is_served(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("imapd", config("imapd", users, mail, "memory_soft_limit = 4096"))
+    c = imaplib.IMAP4(*d.addr("imap"), timeout=30)
+    c.login("bob", PASSWORD)
+    assert c.select("INBOX")[0] == "OK"
+    c.logout()
