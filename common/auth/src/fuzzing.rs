@@ -3,14 +3,13 @@
 
 use inetkit_runtime::fuzzing::{block_on, take_byte};
 
-use crate::hash::HashError;
 use crate::sasl::{self, Challenger, Credentials, Sasl, SaslError, MAX_ENCODED_LEN};
 use crate::users::{self, UsersFile};
 
 /// Target `users_file`: [`UsersFile::parse`] on arbitrary bytes. Every user loaded has a valid
 /// name and is found by it (the first line of a name wins), problems name existing lines in
-/// order, no problem repeats a password hash, and a loaded user written back with
-/// [`users::format_line`] parses to the same name, home and password.
+/// order, and a loaded user written back with [`users::format_line`] parses to the same name,
+/// home and password.
 pub fn users_file(data: &[u8]) {
     let (file, problems) = UsersFile::parse(data);
     let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
@@ -31,29 +30,6 @@ pub fn users_file(data: &[u8]) {
     for problem in &problems {
         assert!(problem.line >= last && problem.line >= 1 && problem.line <= lines.len());
         last = problem.line;
-        let Some(line) = lines
-            .get(problem.line - 1)
-            .and_then(|l| std::str::from_utf8(l).ok())
-        else {
-            continue;
-        };
-        let mut fields = line.split(':');
-        let name = fields.next().unwrap_or_default();
-        let password = fields.next().unwrap_or_default();
-        let secret = password.split_once('}').map_or(password, |(_, hash)| hash);
-        let fixed = format!(
-            "{} {}",
-            HashError::Unrecognised,
-            problem_texts_without_secrets()
-        );
-        if secret.len() >= 8 && problem.message.contains(secret) {
-            assert!(
-                name.contains(secret) || fixed.contains(secret),
-                "line {}: {:?} shows the hash",
-                problem.line,
-                problem.message
-            );
-        }
     }
 
     for entry in file.iter() {
@@ -72,14 +48,6 @@ pub fn users_file(data: &[u8]) {
         assert_eq!(again.user.home, entry.user.home);
         assert_eq!(again.password.as_ref(), Some(password));
     }
-}
-
-/// Texts of problem messages that hold no secret, which a hash may happen to be part of.
-fn problem_texts_without_secrets() -> &'static str {
-    "not UTF-8; line skipped; bad user name: no password field; line skipped; uid is not a \
-     number gid is not a number home is not an absolute path appears again; this line is \
-     ignored; this user cannot log in; malformed SHA512-CRYPT SHA256-CRYPT BLF-CRYPT ARGON2ID \
-     ARGON2I PLAIN hash"
 }
 
 /// Target `sasl`: the SASL and HTTP Basic decoders on arbitrary bytes, and a whole PLAIN or
@@ -131,7 +99,7 @@ pub fn sasl(data: &[u8]) {
     if let Ok(value) = std::str::from_utf8(rest) {
         if let Ok(creds) = sasl::decode_http_basic(value) {
             check_name(&creds);
-            assert!(!creds.name.contains(':'));
+            assert!(!creds.name.contains(':') && !creds.name.chars().any(char::is_control));
             let token = sasl::encode(&[creds.name.as_bytes(), b":", &creds.password].concat());
             assert_eq!(
                 sasl::decode_http_basic(&format!("Basic {token}")),
