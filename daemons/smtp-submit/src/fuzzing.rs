@@ -1,6 +1,10 @@
 //! What the fuzz target `smtp_command` runs (see `inetkit_runtime::fuzzing`).
 
+use inetkit_runtime::fuzzing::{block_on, take_byte};
+
 use crate::command::{parse, split_address, Command};
+use crate::data::{read_data_line, DataLine};
+use crate::from_header::addresses;
 
 /// Target `smtp_command`: [`parse`] on a command line, and [`split_address`] on the addresses
 /// it finds. Keywords are case-insensitive; addresses hold no space or angle bracket; a
@@ -44,6 +48,68 @@ pub fn smtp_command(line: &[u8]) {
     }
 }
 
+/// Target `smtp_data`: the lines of a message after DATA ([`read_data_line`], limit and read
+/// buffer size from the first two bytes) and, on the same bytes, the `From:` address reader.
+/// Lines end only at CRLF, whatever the buffer size: a lone LF or CR stops the reading at
+/// once (what SMTP smuggling needs is exactly a disagreement here), and no line returned
+/// holds a CR or LF or is over the limit.
+pub fn smtp_data(data: &[u8]) {
+    let (max, data) = take_byte(data);
+    let (buf_size, input) = take_byte(data);
+    let max = usize::from(max) + 1;
+    let buf_size = usize::from(buf_size % 64) + 1;
+
+    let mut expected: Vec<(DataLine, Vec<u8>)> = Vec::new();
+    let mut rest = input;
+    loop {
+        let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
+            break;
+        };
+        let (line, after) = rest.split_at(at);
+        match after {
+            [b'\n', ..] => {
+                expected.push((DataLine::BareLf, Vec::new()));
+                break;
+            }
+            [b'\r', b'\n', tail @ ..] => {
+                expected.push(if line.len() > max {
+                    (DataLine::TooLong, Vec::new())
+                } else {
+                    (DataLine::Complete, line.to_vec())
+                });
+                rest = tail;
+            }
+            [b'\r', _, ..] => {
+                expected.push((DataLine::BareCr, Vec::new()));
+                break;
+            }
+            // A CR at the very end: the line may still end, when more comes.
+            _ => break,
+        }
+    }
+
+    let mut reader = tokio::io::BufReader::with_capacity(buf_size, input);
+    let mut buf = Vec::new();
+    let mut got = Vec::new();
+    loop {
+        let line = block_on(read_data_line(&mut reader, &mut buf, max)).expect("reading memory");
+        match line {
+            DataLine::Eof => break,
+            DataLine::Complete => got.push((line, buf.clone())),
+            DataLine::BareLf | DataLine::BareCr => {
+                got.push((line, Vec::new()));
+                break;
+            }
+            DataLine::TooLong => got.push((line, Vec::new())),
+        }
+    }
+    assert_eq!(got, expected, "limit {max}, buffer {buf_size}");
+
+    if let Ok(found) = addresses(input) {
+        assert!(!found.is_empty() && found.iter().all(|a| !a.is_empty()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -52,5 +118,10 @@ mod tests {
     #[test]
     fn smtp_command_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "smtp_command", smtp_command) > 0);
+    }
+
+    #[test]
+    fn smtp_data_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "smtp_data", smtp_data) > 0);
     }
 }
