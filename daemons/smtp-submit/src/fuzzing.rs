@@ -61,10 +61,7 @@ pub fn smtp_data(data: &[u8]) {
 
     let mut expected: Vec<(DataLine, Vec<u8>)> = Vec::new();
     let mut rest = input;
-    loop {
-        let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') else {
-            break;
-        };
+    while let Some(at) = rest.iter().position(|&b| b == b'\r' || b == b'\n') {
         let (line, after) = rest.split_at(at);
         match after {
             [b'\n', ..] => {
