@@ -12,6 +12,7 @@ const MAX_BATCH: usize = 16;
 
 /// A value as XML-RPC can carry it back: characters XML cannot hold become U+FFFD (as the
 /// writer makes them), doubles compared by their text (NaN is not equal to itself).
+/// Quadratic in the members of a struct: fine for fuzz inputs, which are small.
 fn carried(value: &Value) -> String {
     fn text(s: &str) -> String {
         s.chars()
@@ -26,11 +27,21 @@ fn carried(value: &Value) -> String {
         Value::String(s) => format!("String({:?})", text(s)),
         Value::DateTime(s) => format!("DateTime({:?})", text(s)),
         Value::Struct(members) => {
-            let members: Vec<String> = members
+            // Names that differ only in such characters become one name: the last value
+            // wins, in the first one's place, as when parsing.
+            let mut kept: Vec<(String, String)> = Vec::new();
+            for (name, value) in members {
+                let (name, value) = (text(name), carried(value));
+                match kept.iter_mut().find(|(k, _)| *k == name) {
+                    Some(member) => member.1 = value,
+                    None => kept.push((name, value)),
+                }
+            }
+            let kept: Vec<String> = kept
                 .iter()
-                .map(|(k, v)| format!("{:?}: {}", text(k), carried(v)))
+                .map(|(name, value)| format!("{name:?}: {value}"))
                 .collect();
-            format!("Struct{{{}}}", members.join(", "))
+            format!("Struct{{{}}}", kept.join(", "))
         }
         Value::Array(items) => {
             let items: Vec<String> = items.iter().map(carried).collect();
