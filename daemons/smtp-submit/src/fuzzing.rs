@@ -49,8 +49,7 @@ pub fn smtp_command(line: &[u8]) {
 }
 
 /// Target `smtp_data`: the lines of a message after DATA ([`read_data_line`], limit and read
-/// buffer size from the first two bytes) and, on the same bytes, the `From:` address reader.
-/// Lines end only at CRLF, whatever the buffer size: a lone LF or CR stops the reading at
+/// buffer size from the first two bytes). Lines end only at CRLF, whatever the buffer size: a lone LF or CR stops the reading at
 /// once (what SMTP smuggling needs is exactly a disagreement here), and no line returned
 /// holds a CR or LF or is over the limit.
 pub fn smtp_data(data: &[u8]) {
@@ -101,9 +100,18 @@ pub fn smtp_data(data: &[u8]) {
         }
     }
     assert_eq!(got, expected, "limit {max}, buffer {buf_size}");
+}
 
-    if let Ok(found) = addresses(input) {
-        assert!(!found.is_empty() && found.iter().all(|a| !a.is_empty()));
+/// Target `smtp_from`: the addresses of a `From:` field body, as the From: check reads them.
+/// What it reads is at least one address and never an empty one: anything it cannot read
+/// with certainty must be an error, which the check refuses.
+pub fn smtp_from(value: &[u8]) {
+    if let Ok(found) = addresses(value) {
+        assert!(!found.is_empty(), "no address, yet no error");
+        assert!(
+            found.iter().all(|a| !a.is_empty()),
+            "an empty address in {found:?}"
+        );
     }
 }
 
@@ -115,6 +123,11 @@ mod tests {
     #[test]
     fn smtp_command_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "smtp_command", smtp_command) > 0);
+    }
+
+    #[test]
+    fn smtp_from_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "smtp_from", smtp_from) > 0);
     }
 
     #[test]
