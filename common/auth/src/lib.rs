@@ -47,6 +47,9 @@
 #![warn(missing_docs)]
 
 mod config;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod guard;
 pub mod hash;
 pub mod sasl;

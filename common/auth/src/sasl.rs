@@ -147,7 +147,8 @@ pub fn decode_http_basic(value: &str) -> Result<Credentials, SaslError> {
         .position(|&b| b == b':')
         .ok_or(SaslError::Malformed)?;
     let name = std::str::from_utf8(&decoded[..colon]).map_err(|_| SaslError::Malformed)?;
-    if name.is_empty() {
+    // RFC 7617 §2: the user-id must not contain control characters (a NUL, a line end).
+    if name.is_empty() || name.chars().any(char::is_control) {
         return Err(SaslError::Malformed);
     }
     Ok(Credentials {
@@ -375,6 +376,16 @@ mod tests {
         );
         assert_eq!(decode_http_basic("Bearer abc"), Err(SaslError::Malformed));
         assert_eq!(decode_http_basic("Basic dGlt"), Err(SaslError::Malformed));
+        // Found by the sasl fuzz target: a user-id with NUL or other control characters
+        // (RFC 7617 §2 forbids them; the SASL decoders refuse a NUL in a name too).
+        for name in [&b"C\x14am\0tanaddin"[..], b"a\0b", b"al\nice", b"\x7f"] {
+            let token = encode(&[name, b":pw"].concat());
+            assert_eq!(
+                decode_http_basic(&format!("Basic {token}")),
+                Err(SaslError::Malformed),
+                "{name:?}"
+            );
+        }
     }
 
     #[test]

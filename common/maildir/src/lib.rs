@@ -40,6 +40,9 @@ mod config;
 mod faults;
 mod folder;
 mod fsutil;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 mod index;
 mod maildir;
 mod store;

@@ -139,7 +139,11 @@ impl UidList {
     }
 
     /// Adds the entries of `text`, whose first line is line `first` of the file.
-    fn parse_lines(&mut self, text: &str, first: usize) -> Result<(), (String, Option<u32>)> {
+    pub(crate) fn parse_lines(
+        &mut self,
+        text: &str,
+        first: usize,
+    ) -> Result<(), (String, Option<u32>)> {
         let validity = self.validity;
         let corrupt = |why: String| (why, Some(validity));
         for (n, line) in text.split_inclusive('\n').enumerate() {

@@ -13,6 +13,9 @@ pub mod cli;
 pub mod config;
 pub mod conn;
 pub mod daemon;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod lines;
 pub mod log;
 pub mod ratelimit;

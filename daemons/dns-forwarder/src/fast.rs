@@ -78,7 +78,7 @@ pub(crate) fn parse(wire: &[u8]) -> Option<Plain> {
         let version = *wire.get(at + 6)?;
         let dnssec_ok = *wire.get(at + 7)? & 0x80 != 0;
         let rdlen = usize::from(u16_at(wire, at + 9)?);
-        if version != 0 {
+        if version != 0 || !plain_options(wire.get(at + 11..at + 11 + rdlen)?) {
             return None;
         }
         at += 11 + rdlen;
@@ -97,6 +97,26 @@ pub(crate) fn parse(wire: &[u8]) -> Option<Plain> {
         qclass,
         edns,
     })
+}
+
+/// Whether EDNS options are framed as hickory-proto reads them (code, length, data, up to the
+/// end of the record), with none whose contents it checks further (client subnet): anything
+/// else it may refuse with FORMERR, so the full path must judge it, cached or not.
+fn plain_options(mut options: &[u8]) -> bool {
+    const CLIENT_SUBNET: u16 = 8;
+    while !options.is_empty() {
+        let (Some(code), Some(len)) = (u16_at(options, 0), u16_at(options, 2)) else {
+            return false;
+        };
+        let Some(rest) = options.get(4 + usize::from(len)..) else {
+            return false;
+        };
+        if code == CLIENT_SUBNET {
+            return false;
+        }
+        options = rest;
+    }
+    true
 }
 
 /// Appends the reply to `query` from a cache entry `age` seconds old, with an OPT record
@@ -216,5 +236,34 @@ mod tests {
         let mut resp = query("a.b.", false);
         resp[2] |= 0x80;
         assert!(parse(&resp).is_none());
+    }
+
+    /// Found by the dns_query fuzz target: an OPT record whose options are cut short was
+    /// answered from the cache by the fast path, while hickory-proto (the full path, and the
+    /// same query when not cached) refuses the message with FORMERR.
+    #[test]
+    fn edns_options_must_be_whole() {
+        let with_options = |options: &[u8]| {
+            let mut wire = query("a.b.", true);
+            let end = wire.len();
+            wire[end - 2..].copy_from_slice(&(options.len() as u16).to_be_bytes());
+            wire.extend_from_slice(options);
+            wire
+        };
+        // A cookie (code 10): plain, and hickory-proto reads it.
+        let cookie = with_options(&[0, 10, 0, 8, 1, 2, 3, 4, 5, 6, 7, 8]);
+        assert!(parse(&cookie).is_some());
+        assert!(Message::from_vec(&cookie).is_ok());
+        for bad in [&[1][..], &[0, 10, 0], &[0, 10, 0, 0, 0]] {
+            let wire = with_options(bad);
+            assert!(parse(&wire).is_none(), "{bad:?}");
+            assert!(Message::from_vec(&wire).is_err(), "{bad:?}");
+        }
+        // A last option longer than the record: hickory-proto drops the options, the full
+        // path answers.
+        assert!(parse(&with_options(&[0, 10, 0, 9, 1, 2, 3, 4, 5, 6, 7, 8])).is_none());
+        // Client subnet: hickory-proto checks its contents, so the full path decides.
+        let subnet = with_options(&[0, 8, 0, 4, 0, 1, 0, 0]);
+        assert!(parse(&subnet).is_none());
     }
 }

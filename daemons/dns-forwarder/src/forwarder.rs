@@ -496,26 +496,7 @@ impl Forwarder {
                         upstream.failures.fetch_add(1, Ordering::Relaxed);
                         continue;
                     }
-                    let mut answer = answer_of(message);
-                    if !key.dnssec_ok()
-                        && answer.rcode == ResponseCode::NoError
-                        && !answer.answers.is_empty()
-                    {
-                        // Minimal responses (as Unbound's default): a stub needs neither the
-                        // NS records nor their glue, and they cost cache memory and bytes on the
-                        // wire. With DO they stay: DNSSEC proofs may be among them.
-                        answer.authority = Vec::new();
-                        answer.additional = Vec::new();
-                    }
-                    let ttl = answer.prepare_for_cache(&settings.cache);
-                    let answer = Arc::new(answer);
-                    let stored = ttl.and_then(|ttl| {
-                        Some((ttl, stored_form(key, &stored_question, &answer, &settings)?))
-                    });
-                    if let Some((ttl, wire)) = stored {
-                        self.cache.insert(key, &wire, ttl, Instant::now());
-                    }
-                    return Some(answer);
+                    return Some(self.keep(key, &stored_question, message, &settings));
                 }
                 Err(err) => {
                     tracing::debug!(upstream = %upstream.addr, error = %err, "upstream failed");
@@ -525,6 +506,34 @@ impl Forwarder {
         // Every upstream failed or said SERVFAIL: the caller answers stale or SERVFAIL, and
         // nothing is cached.
         None
+    }
+
+    /// An upstream's answer to `key` (already checked against the question) as it is served:
+    /// minimal unless DNSSEC records were asked for, TTLs clamped, and cached when it may be,
+    /// as the reply to `stored_question` (the question in lowercase).
+    pub(crate) fn keep(
+        &self,
+        key: &Key,
+        stored_question: &Query,
+        message: Message,
+        settings: &Settings,
+    ) -> Arc<Answer> {
+        let mut answer = answer_of(message);
+        if !key.dnssec_ok() && answer.rcode == ResponseCode::NoError && !answer.answers.is_empty() {
+            // Minimal responses (as Unbound's default): a stub needs neither the NS records
+            // nor their glue, and they cost cache memory and bytes on the wire. With DO they
+            // stay: DNSSEC proofs may be among them.
+            answer.authority = Vec::new();
+            answer.additional = Vec::new();
+        }
+        let ttl = answer.prepare_for_cache(&settings.cache);
+        let answer = Arc::new(answer);
+        let stored =
+            ttl.and_then(|ttl| Some((ttl, stored_form(key, stored_question, &answer, settings)?)));
+        if let Some((ttl, wire)) = stored {
+            self.cache.insert(key, &wire, ttl, Instant::now());
+        }
+        answer
     }
 
     /// One line of statistics, for STATUS= and the SIGUSR1 log.

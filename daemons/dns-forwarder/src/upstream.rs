@@ -447,7 +447,7 @@ fn build_query(ask: &Ask) -> Result<(u16, Vec<u8>), UpstreamError> {
 }
 
 /// Parses an upstream answer and checks it answers our query: a response, our ID, our question.
-fn check_answer(wire: &[u8], id: u16, ask: &Ask) -> Result<Message, &'static str> {
+pub(crate) fn check_answer(wire: &[u8], id: u16, ask: &Ask) -> Result<Message, &'static str> {
     let message = Message::from_vec(wire).map_err(|_| "unparseable")?;
     if message.message_type() != MessageType::Response {
         return Err("not a response");

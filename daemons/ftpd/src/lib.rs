@@ -1,0 +1,204 @@
+//! inetkit-ftpd: FTP (RFC 959) with AUTH TLS (RFC 4217) on the `ftp` socket (21) and implicit
+//! TLS on `ftps` (990). Every user is confined to a root directory opened with `cap-std`.
+//!
+//! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
+//! reach the parsers (through `fuzzing`).
+
+mod command;
+mod data;
+mod fs;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+mod listing;
+mod passive;
+mod session;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_runtime::config::{DaemonConfig, KeyPath, Problem, SocketRole, Transport};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+use inetkit_runtime::tls::TlsContext;
+
+use crate::passive::PassiveSlots;
+
+/// ftpd's own part of `/etc/inetkit/ftpd.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FtpdConfig {
+    auth: AuthConfig,
+    ftp: FtpConfig,
+}
+
+const FTP: PlainAndTls = PlainAndTls {
+    protocol: "FTP",
+    plain: "ftp",
+    tls: "ftps",
+    busy: b"421 Too many connections; try again later.\r\n",
+};
+
+impl DaemonConfig for FtpdConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("ftp", &["[::]:21"]), ("ftps", &["[::]:990"])];
+    // vsftpd's idle_session_timeout default.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        FTP.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        let at = || KeyPath::new("ftp");
+        let mut problems = Vec::new();
+        let [low, high] = self.ftp.passive_ports;
+        if low > high {
+            problems.push(
+                at().key("passive_ports")
+                    .problem("the first port must not be above the last"),
+            );
+        }
+        if let Some(IpAddr::V6(_)) = self.ftp.passive_address {
+            problems.push(
+                at().key("passive_address")
+                    .problem("must be an IPv4 address (PASV cannot carry IPv6)"),
+            );
+        }
+        problems
+    }
+}
+
+/// `[ftp]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct FtpConfig {
+    /// Users whose home field is empty get `<root>/<user>`, created on first login.
+    pub root: PathBuf,
+    /// Ports for passive data connections, first and last (inclusive); `[0, 0]` is any free
+    /// port of the dynamic range, 49152–65535.
+    pub passive_ports: [u16; 2],
+    /// The IPv4 address PASV tells clients to connect to (behind NAT); by default the address
+    /// the client reached us on.
+    pub passive_address: Option<IpAddr>,
+    /// Accept passive data connections from any address, not just the control connection's
+    /// client (needed behind some proxies; opens the door to data-connection theft).
+    pub passive_any_address: bool,
+    /// Allow `anonymous`/`ftp` logins, read-only, in `anonymous_root`.
+    pub anonymous: bool,
+    pub anonymous_root: PathBuf,
+    /// How long to wait for a data connection to open, and for a stalled one to move; a
+    /// passive port nobody connects to is closed after as long.
+    #[serde(deserialize_with = "inetkit_runtime::config::seconds")]
+    pub data_timeout: Duration,
+    /// Passive ports open at once for one client address, over all its sessions (0: none,
+    /// PORT/EPRT only).
+    pub max_passive_per_address: usize,
+    /// Require that a PROT P data connection resumes the control connection's TLS session
+    /// (vsftpd's `require_ssl_reuse`), so nobody else can connect to the passive port.
+    pub require_tls_reuse: bool,
+}
+
+impl Default for FtpConfig {
+    fn default() -> Self {
+        FtpConfig {
+            root: PathBuf::from("/var/lib/inetkit/ftp"),
+            passive_ports: [0, 0],
+            passive_address: None,
+            passive_any_address: false,
+            anonymous: false,
+            anonymous_root: PathBuf::from("/srv/ftp"),
+            data_timeout: Duration::from_secs(60),
+            max_passive_per_address: 16,
+            require_tls_reuse: true,
+        }
+    }
+}
+
+impl FtpConfig {
+    pub fn data_timeout(&self) -> Duration {
+        self.data_timeout.max(Duration::from_secs(1))
+    }
+}
+
+/// What every session shares.
+pub struct Ftp {
+    pub auth: Authenticator,
+    pub auth_config: AuthConfig,
+    pub config: FtpConfig,
+    pub tls: Option<TlsContext>,
+    /// Passive listeners open per client address.
+    pub(crate) passive: Arc<PassiveSlots>,
+}
+
+/// The daemon: command line, config, listeners, then serving until stopped.
+pub fn run() -> ExitCode {
+    daemon::run("ftpd", setup)
+}
+
+fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
+    let ftp = Arc::new(Ftp {
+        auth: config.auth.authenticator(),
+        auth_config: config.auth.clone(),
+        config: config.ftp.clone(),
+        tls: ctx.tls.clone(),
+        passive: PassiveSlots::new(config.ftp.max_passive_per_address),
+    });
+    ctx.serve_plain_and_tls(FTP, move |stream, peer, implicit_tls| {
+        session::serve(ftp.clone(), stream, peer, implicit_tls)
+    })?;
+    Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<FtpdConfig>(text, Path::new("ftpd.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn passive_ports_out_of_order_are_refused_at_the_key() {
+        assert_eq!(
+            refused("[ftp]\nanonymous = false\npassive_ports = [60000, 50000]\n"),
+            "ftpd.toml:3:1: ftp.passive_ports: the first port must not be above the last"
+        );
+    }
+
+    #[test]
+    fn an_ipv6_passive_address_is_refused_at_the_key() {
+        let err = refused("[ftp]\npassive_address = \"::1\"\n");
+        assert!(
+            err.starts_with("ftpd.toml:2:1: ftp.passive_address: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn data_timeout_is_seconds() {
+        let checked = inetkit_runtime::config::from_text::<FtpdConfig>(
+            "[ftp]\ndata_timeout = 2.5\n",
+            Path::new("ftpd.toml"),
+        );
+        let Ok(checked) = checked else {
+            panic!("refused")
+        };
+        assert_eq!(
+            checked.config.daemon.ftp.data_timeout(),
+            Duration::from_millis(2500)
+        );
+    }
+}

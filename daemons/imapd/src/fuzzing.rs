@@ -1,0 +1,87 @@
+//! What the fuzz target `imap_names` runs (see `inetkit_runtime::fuzzing`): mailbox names in
+//! modified UTF-7 as clients send them, and LIST patterns.
+
+use crate::names::{decode_utf7, encode_utf7, matches, DELIMITER};
+
+/// Target `imap_names`: the input as a modified UTF-7 name, as a UTF-8 name, and split at its
+/// first NUL into a LIST pattern and a name. Every UTF-8 name survives encoding and decoding,
+/// a decoded name encodes to printable ASCII that decodes to it again, and [`matches`] agrees
+/// with a plain backtracking matcher (`*` anything, `%` anything but the delimiter, INBOX in
+/// any case).
+pub fn imap_names(data: &[u8]) {
+    if let Some(name) = decode_utf7(data) {
+        let encoded = encode_utf7(&name);
+        assert!(
+            encoded.bytes().all(|b| (0x20..0x7f).contains(&b)),
+            "{encoded:?}"
+        );
+        assert_eq!(
+            decode_utf7(encoded.as_bytes()).as_deref(),
+            Some(name.as_str())
+        );
+    }
+    if let Ok(text) = std::str::from_utf8(data) {
+        let encoded = encode_utf7(text);
+        assert_eq!(decode_utf7(encoded.as_bytes()).as_deref(), Some(text));
+        let (pattern, name) = text.split_once('\0').unwrap_or((text, text));
+        assert_eq!(
+            matches(pattern, name),
+            reference(pattern, name),
+            "{pattern:?} against {name:?}"
+        );
+    }
+}
+
+/// LIST matching spelled out: INBOX compared in upper case, then wildcards by backtracking
+/// (memoised, so any pattern costs at most its length times the name's).
+fn reference(pattern: &str, name: &str) -> bool {
+    let inbox = |s: &str| match s.get(..5) {
+        Some(head) if head.eq_ignore_ascii_case("INBOX") => {
+            format!("INBOX{}", s.get(5..).unwrap_or_default())
+        }
+        _ => s.to_owned(),
+    };
+    let name = if name.eq_ignore_ascii_case("INBOX") {
+        "INBOX".to_owned()
+    } else {
+        name.to_owned()
+    };
+    let pattern = inbox(pattern);
+    if pattern.len() > 1024 {
+        return false;
+    }
+    let (p, n) = (pattern.as_bytes(), name.as_bytes());
+    let mut memo = vec![None; (p.len() + 1) * (n.len() + 1)];
+    fn go(p: &[u8], n: &[u8], i: usize, j: usize, memo: &mut [Option<bool>]) -> bool {
+        let slot = i * (n.len() + 1) + j;
+        if let Some(known) = memo[slot] {
+            return known;
+        }
+        let result = match p.get(i) {
+            None => j == n.len(),
+            Some(b'*') => (j..=n.len()).any(|k| go(p, n, i + 1, k, memo)),
+            Some(b'%') => {
+                let stop = n[j..]
+                    .iter()
+                    .position(|&c| c == DELIMITER as u8)
+                    .map_or(n.len(), |at| j + at);
+                (j..=stop).any(|k| go(p, n, i + 1, k, memo))
+            }
+            Some(&c) => n.get(j) == Some(&c) && go(p, n, i + 1, j + 1, memo),
+        };
+        memo[slot] = Some(result);
+        result
+    }
+    go(p, n, 0, 0, &mut memo)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use inetkit_runtime::fuzzing::replay;
+
+    #[test]
+    fn imap_names_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_names", imap_names) > 0);
+    }
+}

@@ -1,0 +1,129 @@
+//! inetkit-imapd: IMAP4rev1 (RFC 3501) over the inetkit Maildir store, with STARTTLS on the
+//! `imap` socket (143) and implicit TLS on `imaps` (993).
+//!
+//! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
+//! reach the parsers (through `fuzzing`).
+
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+mod keywords;
+mod names;
+mod search;
+mod selected;
+mod session;
+mod watch;
+mod wire;
+
+use std::process::ExitCode;
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_maildir::{MailConfig, Store};
+use inetkit_runtime::config::{DaemonConfig, SocketRole, Transport};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+use inetkit_runtime::tls::TlsContext;
+
+/// imapd's own part of `/etc/inetkit/imapd.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct ImapConfig {
+    auth: AuthConfig,
+    mail: MailConfig,
+}
+
+/// The sockets; `busy` is set where it is used (the reply is encoded at run time).
+const IMAP: PlainAndTls = PlainAndTls {
+    protocol: "IMAP",
+    plain: "imap",
+    tls: "imaps",
+    busy: b"",
+};
+
+impl DaemonConfig for ImapConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("imap", &["[::]:143"]), ("imaps", &["[::]:993"])];
+    // RFC 3501 §5.4: an autologout timer of at least 30 minutes.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        IMAP.socket(name, transport)
+    }
+}
+
+/// What every session shares.
+pub struct Imap {
+    pub auth: Authenticator,
+    pub store: Store,
+    pub tls: Option<TlsContext>,
+    pub watches: Arc<watch::Watches>,
+}
+
+/// Sent to a client turned away at the connection limit (encoded once).
+static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut out = Vec::new();
+    wire::status(
+        &mut out,
+        wire::bye("Too many connections; try again later."),
+    );
+    out
+});
+
+/// The daemon: command line, config, listeners, then serving until stopped.
+pub fn run() -> ExitCode {
+    daemon::run("imapd", setup)
+}
+
+fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
+    let imap = Arc::new(Imap {
+        auth: config.auth.authenticator(),
+        store: Store::new(config.mail.root.clone()),
+        tls: ctx.tls.clone(),
+        watches: watch::Watches::new(),
+    });
+    ctx.serve_plain_and_tls(
+        PlainAndTls {
+            busy: BUSY.as_slice(),
+            ..IMAP
+        },
+        move |stream, peer, implicit_tls| session::serve(imap.clone(), stream, peer, implicit_tls),
+    )?;
+    Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<ImapConfig>(text, Path::new("imapd.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_port_out_of_range_is_refused_at_the_address() {
+        let err = refused("[listen]\nimap = [\"127.0.0.1:99999\"]\n");
+        assert!(err.starts_with("imapd.toml:2:9: listen.imap[0]: "), "{err}");
+        assert!(err.contains("\"127.0.0.1:99999\""), "{err}");
+    }
+
+    #[test]
+    fn a_socket_imapd_does_not_serve_is_refused_at_its_name() {
+        assert_eq!(
+            refused("[listen]\nimapx = [\"127.0.0.1:0\"]\n"),
+            "imapd.toml:2:1: listen.imapx: socket \"imapx\": IMAP is served on sockets named \
+             imap and imaps"
+        );
+        let err = refused("[listen]\nimap = [\"udp://127.0.0.1:0\"]\n");
+        assert!(err.contains("TCP only"), "{err}");
+    }
+}

@@ -1,0 +1,169 @@
+//! inetkit-rpcd: XML-RPC at `/RPC2` and JSON-RPC 2.0 at `/jsonrpc` over HTTP/1.1, on the
+//! `rpc` socket (8000, plain HTTP) and `rpcs` (8443, HTTPS). The methods are built-in host
+//! facts and the commands the sysadmin declares in `/etc/inetkit/rpcd.toml`.
+//!
+//! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
+//! reach the parsers (through `fuzzing`).
+
+mod exec;
+#[cfg(any(test, feature = "fuzzing"))]
+#[doc(hidden)]
+pub mod fuzzing;
+mod http;
+mod jsonrpc;
+mod login;
+mod methods;
+mod tally;
+mod value;
+mod xmlrpc;
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_runtime::config::{DaemonConfig, Problem, SocketRole, Transport};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::server::Server;
+
+use http::HttpConfig;
+use methods::{BuiltinsConfig, MethodConfig, Registry};
+
+/// rpcd's own part of `/etc/inetkit/rpcd.toml`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RpcdConfig {
+    auth: AuthConfig,
+    http: HttpConfig,
+    builtins: BuiltinsConfig,
+    #[serde(rename = "method")]
+    methods: Vec<MethodConfig>,
+}
+
+const HTTP: PlainAndTls = PlainAndTls {
+    protocol: "HTTP",
+    plain: "rpc",
+    tls: "rpcs",
+    busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+};
+
+impl DaemonConfig for RpcdConfig {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
+        &[("rpc", &["[::]:8000"]), ("rpcs", &["[::]:8443"])];
+    // An idle keep-alive connection is closed after a minute, as web servers do.
+    const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        HTTP.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        Registry::new(&self.builtins, &self.methods)
+            .err()
+            .into_iter()
+            .collect()
+    }
+}
+
+/// What every connection shares.
+pub struct Rpcd {
+    pub registry: Registry,
+    pub auth: Authenticator,
+    pub auth_config: AuthConfig,
+    pub http: HttpConfig,
+}
+
+/// The daemon: command line, config, listeners, then serving until stopped.
+pub fn run() -> ExitCode {
+    daemon::run("rpcd", setup)
+}
+
+fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
+    let config = &ctx.config.daemon;
+    let registry = Registry::new(&config.builtins, &config.methods)?;
+    tracing::info!(methods = registry.len(), "methods loaded");
+    let rpcd = Arc::new(Rpcd {
+        registry,
+        auth: config.auth.authenticator(),
+        auth_config: config.auth.clone(),
+        http: config.http.clone(),
+    });
+    // Listening sockets are close-on-exec (common::activation), so methods' commands never
+    // inherit them.
+    let tls = ctx.tls.clone();
+    ctx.serve_plain_and_tls(HTTP, move |stream, peer, implicit_tls| {
+        let rpcd = rpcd.clone();
+        let tls = tls.clone().filter(|_| implicit_tls);
+        async move {
+            match tls {
+                None => http::serve(rpcd, stream, peer, false).await,
+                Some(tls) => match tls.accept(stream).await {
+                    Ok(stream) => http::serve(rpcd, stream, peer, true).await,
+                    Err(err) => tracing::debug!("TLS handshake failed: {err}"),
+                },
+            }
+        }
+    })?;
+    Ok(ctx.server)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+
+    fn refused(text: &str) -> String {
+        match inetkit_runtime::config::from_text::<RpcdConfig>(text, Path::new("rpcd.toml")) {
+            Ok(_) => panic!("accepted: {text}"),
+            Err(err) => err.to_string(),
+        }
+    }
+
+    const GOOD: &str = "[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\n\n";
+
+    /// Method errors point at the method's key, not at 1:1.
+    #[test]
+    fn method_problems_name_the_key_of_the_method() {
+        assert_eq!(
+            refused(&format!(
+                "{GOOD}[[method]]\nname = \"b\"\nargv = [\"true\"]\n"
+            )),
+            "rpcd.toml:7:1: method[1].argv: method \"b\": argv must start with an absolute \
+             program path"
+        );
+        let err = refused(&format!(
+            "{GOOD}[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\n"
+        ));
+        assert!(err.starts_with("rpcd.toml:6:1: method[1].name: "), "{err}");
+        let err = refused(&format!(
+            "{GOOD}[[method]]\nname = \"b\"\nargv = [\"/bin/true\"]\n\
+             params = [{{ name = \"x\", type = \"string\" }}, {{ name = \"y\", type = \"array\" }}]\n"
+        ));
+        assert!(
+            err.starts_with("rpcd.toml:8:44: method[1].params[1]: "),
+            "{err}"
+        );
+        let err = refused(&format!("{GOOD}[builtins]\npublic = [\"host.nope\"]\n"));
+        assert!(
+            err.starts_with("rpcd.toml:6:11: builtins.public[0]: "),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn method_timeouts_are_seconds() {
+        let err = refused("[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\ntimeout = -1\n");
+        assert!(
+            err.starts_with("rpcd.toml:4:11: expected a number of seconds"),
+            "{err}"
+        );
+        let err = refused("[[method]]\nname = \"a\"\nargv = [\"/bin/true\"]\ntimeout = 0\n");
+        assert!(
+            err.starts_with("rpcd.toml:4:1: method[0].timeout: "),
+            "{err}"
+        );
+    }
+}
