@@ -1,25 +1,39 @@
 //! `inetkit mail list|flag|delete|folders`: look into and change the mail store by hand, as
 //! the daemons would (same locks, same uid lists). Also what the store's tests drive.
 
+use std::path::Path;
+
 use anyhow::{bail, Context};
+use inetkit_auth::users::{self, UsersFile};
+use inetkit_auth::DEFAULT_USERS_FILE;
 use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo, Owner, Store, DEFAULT_MAIL_ROOT};
 use inetkit_runtime::config::{LogConfig, LogLevel};
 use nix::unistd::{geteuid, User};
 
-const HELP: &str = "usage: inetkit mail COMMAND [--mail-root DIR] [--folder NAME]
+const HELP: &str = "usage: inetkit mail COMMAND [--users FILE] [--mail-root DIR] [--folder NAME]
+                    [--owner USER]
 
   list USER                 the folder's messages: uid, size, size with CRLF, flags, name
                             (after a first line `UIDVALIDITY n UIDNEXT n`)
-  flag USER UID FLAGS       set flags (Maildir letters: D F P R S T, a-z): FLAGS, =FLAGS,
-                            +FLAGS (add) or -FLAGS (remove); `=` clears them
+  flag USER UID FLAGS       set flags: FLAGS or =FLAGS (just these; `=` alone clears them),
+                            +FLAGS (add) or -FLAGS (remove), as Maildir letters: D (draft),
+                            F (flagged), P (passed), R (replied), S (seen), T (trashed), and
+                            a-z (the folder's IMAP keywords)
   delete USER UID...        delete messages
   folders USER              the user's folders
 
---folder defaults to INBOX. Run as root, what the store creates is given to the `inetkit`
-user (or --owner USER).";
+USER must be in the users file (--users, default /etc/inetkit/users); a mailbox left behind
+by a removed user can still be looked into, but none is ever created for a stranger.
+--mail-root defaults to /var/lib/inetkit/mail, --folder to INBOX. Run as root, what the store
+creates is given to the `inetkit` user (or --owner USER).";
+
+/// The Maildir flags a message may be given by hand: the six the Maildir spec defines (the
+/// keyword letters a-z come on top).
+const MAILDIR_FLAGS: &str = "DFPRST";
 
 /// The options the mail commands share, and the rest of the arguments.
 pub(crate) struct Options {
+    pub users: String,
     pub mail_root: String,
     pub folder: String,
     pub owner: Option<String>,
@@ -28,6 +42,7 @@ pub(crate) struct Options {
 
 pub(crate) fn parse_options(args: &[String]) -> anyhow::Result<Options> {
     let mut options = Options {
+        users: DEFAULT_USERS_FILE.to_owned(),
         mail_root: DEFAULT_MAIL_ROOT.to_owned(),
         folder: "INBOX".to_owned(),
         owner: None,
@@ -40,6 +55,7 @@ pub(crate) fn parse_options(args: &[String]) -> anyhow::Result<Options> {
             _ => (arg.as_str(), None),
         };
         let slot = match name {
+            "--users" => &mut options.users,
             "--mail-root" => &mut options.mail_root,
             "--folder" => &mut options.folder,
             "--owner" => options.owner.insert(String::new()),
@@ -84,6 +100,26 @@ pub(crate) fn open_store(options: &Options) -> anyhow::Result<Store> {
     Ok(Store::new(&options.mail_root).with_owner(owner))
 }
 
+/// Whether `name` is a user of the users file `path`, as the daemons would load it.
+pub(crate) fn is_user(path: &str, name: &str) -> anyhow::Result<bool> {
+    let (file, _problems) = UsersFile::load(Path::new(path))
+        .with_context(|| format!("reading the users file {path}"))?;
+    Ok(file.get(name).is_some())
+}
+
+/// Refuses a name that no users file could hold (so it never becomes a directory), and a user
+/// the users file does not have; `what` says what was refused.
+pub(crate) fn require_user(options: &Options, name: &str, what: &str) -> anyhow::Result<()> {
+    users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
+    if !is_user(&options.users, name)? {
+        bail!(
+            "no user {name} in {}: {what}; add the user first with `inetkit user add {name}`",
+            options.users
+        );
+    }
+    Ok(())
+}
+
 fn lookup_owner(name: &str) -> anyhow::Result<Option<Owner>> {
     let user = User::from_name(name).with_context(|| format!("looking up user {name:?}"))?;
     Ok(user.map(|u| Owner {
@@ -98,8 +134,16 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
     let options = parse_options(&args[1..])?;
-    let store = open_store(&options)?;
     let positional: Vec<&str> = options.args.iter().map(String::as_str).collect();
+    if let Some(user) = positional.first() {
+        // Reading a mailbox creates it: only for a user, or where one is already (left by a
+        // user since removed, or made by another program).
+        let exists = Path::new(&options.mail_root).join(user).is_dir();
+        if !exists || users::check_name(user).is_err() {
+            require_user(&options, user, "no mailbox made")?;
+        }
+    }
+    let store = open_store(&options)?;
     match (args[0].as_str(), positional.as_slice()) {
         ("list", [user]) => {
             let folder = store.mailbox(user)?.folder(&options.folder)?;
@@ -122,13 +166,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
             print!("{out}");
         }
         ("flag", [user, uid, flags]) => {
+            let change = flag_change(flags)?;
             let folder = store.mailbox(user)?.folder(&options.folder)?;
-            let change = match flags.split_at_checked(1) {
-                Some(("+", rest)) => FlagChange::Add(Flags::from_maildir(rest)),
-                Some(("-", rest)) => FlagChange::Remove(Flags::from_maildir(rest)),
-                Some(("=", rest)) => FlagChange::Set(Flags::from_maildir(rest)),
-                _ => FlagChange::Set(Flags::from_maildir(flags)),
-            };
+            if let FlagChange::Add(letters) | FlagChange::Set(letters) = change {
+                warn_about_unnamed_keywords(&folder, letters);
+            }
             let mut msg = find(&folder, &[uid])?.remove(0);
             folder.update_flags(&mut msg, change)?;
             println!("{} {}", msg.uid, msg.flags);
@@ -147,6 +189,61 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `FLAGS`, `=FLAGS`, `+FLAGS` or `-FLAGS` as a change. Only Maildir's flags and the keyword
+/// letters may be set; any letter may be removed (so a stray one another program or an older
+/// version wrote can be taken off). Anything else is refused rather than dropped in silence.
+fn flag_change(text: &str) -> anyhow::Result<FlagChange> {
+    let (sign, letters) = match text.split_at_checked(1) {
+        Some((sign @ ("+" | "-" | "="), rest)) => (sign, rest),
+        _ => ("=", text),
+    };
+    for c in letters.chars() {
+        let allowed = match sign {
+            "-" => c.is_ascii_alphabetic(),
+            _ => MAILDIR_FLAGS.contains(c) || c.is_ascii_lowercase(),
+        };
+        if !allowed {
+            bail!(
+                "{c:?} is not a Maildir flag: the flags are D (draft), F (flagged), P (passed), \
+                 R (replied), S (seen) and T (trashed), and a-z for the folder's keywords"
+            );
+        }
+    }
+    let flags = Flags::from_maildir(letters);
+    Ok(match sign {
+        "+" => FlagChange::Add(flags),
+        "-" => FlagChange::Remove(flags),
+        _ => FlagChange::Set(flags),
+    })
+}
+
+/// Keyword letters mean something to IMAP clients only through the folder's keyword file
+/// (written by inetkit-imapd, `<n> <name>` lines for the letter `a` + n): say when a letter
+/// being set names no keyword there, as clients will not show it.
+fn warn_about_unnamed_keywords(folder: &Folder, letters: Flags) {
+    let named = std::fs::read_to_string(folder.path().join(KEYWORDS_FILE)).unwrap_or_default();
+    let named: Vec<u8> = named
+        .lines()
+        .filter_map(|line| line.split_once(' ')?.0.parse().ok())
+        .collect();
+    for (n, letter) in (b'a'..=b'z').enumerate() {
+        let n = u8::try_from(n).unwrap_or(u8::MAX);
+        let set = Flags::keyword(n).is_some_and(|k| letters.contains(k));
+        if set && !named.contains(&n) {
+            eprintln!(
+                "inetkit: keyword letter {} names no keyword in {} of {}: IMAP clients will not \
+                 show it",
+                char::from(letter),
+                KEYWORDS_FILE,
+                folder.name()
+            );
+        }
+    }
+}
+
+/// The folder's keyword names (inetkit-imapd's, in the format of Dovecot's dovecot-keywords).
+const KEYWORDS_FILE: &str = "inetkit-keywords";
+
 /// The messages with these UIDs, from a fresh snapshot.
 fn find(folder: &Folder, uids: &[&str]) -> anyhow::Result<Vec<MessageInfo>> {
     let snapshot = folder.snapshot()?;
@@ -161,4 +258,36 @@ fn find(folder: &Folder, uids: &[&str]) -> anyhow::Result<Vec<MessageInfo>> {
                 .with_context(|| format!("no message with UID {uid} in {}", folder.name()))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn letters(change: FlagChange) -> (char, String) {
+        match change {
+            FlagChange::Add(f) => ('+', f.to_string()),
+            FlagChange::Remove(f) => ('-', f.to_string()),
+            FlagChange::Set(f) => ('=', f.to_string()),
+        }
+    }
+
+    #[test]
+    fn maildir_flags_and_keywords_may_be_set() {
+        assert_eq!(letters(flag_change("+SF").unwrap()), ('+', "FS".into()));
+        assert_eq!(letters(flag_change("=").unwrap()), ('=', String::new()));
+        assert_eq!(
+            letters(flag_change("DPRTab").unwrap()),
+            ('=', "DPRTab".into())
+        );
+        assert_eq!(letters(flag_change("-Z").unwrap()), ('-', "Z".into()));
+    }
+
+    #[test]
+    fn other_letters_and_characters_are_refused() {
+        for bad in ["+Z", "Z", "=SZ", "+S1", "-S!", "+\\Seen", "+é"] {
+            let err = flag_change(bad).map(letters).unwrap_err().to_string();
+            assert!(err.contains("is not a Maildir flag"), "{bad}: {err}");
+        }
+    }
 }

@@ -9,15 +9,37 @@ use std::process::ExitCode;
 
 const USAGE: &str = "usage: inetkit COMMAND ...
 
-  user add NAME [--home DIR]     add a user (asks for the password, or reads it from stdin)
-  user passwd NAME               change a user's password
-  user del NAME                  remove a user
-  user list                      list the users
-  deliver USER [FILE]            deliver a message (FILE or stdin) into USER's INBOX
-  mail list|flag|delete|folders  look into and change a user's mail (`inetkit mail --help`)
-  queue list|flush|delete        the smtp-submit spool (`inetkit queue --help`)
+Users, in the users file every daemon reads:
+  user add NAME [--home DIR]      add a user (asks for the password, or reads it from stdin)
+  user passwd NAME                change a user's password
+  user del NAME [--purge]         remove a user; with --purge, their mailbox too
+  user list                       list the users: name, password scheme, home
+  user check NAME                 check a password from stdin (exit status 0 if it matches)
 
-Options: --users FILE (default /etc/inetkit/users), --mail-root DIR (default /var/lib/inetkit/mail)";
+Mail, in the users' Maildirs (USER must be in the users file):
+  deliver USER [FILE]             deliver a message (FILE or stdin) into USER's INBOX
+  mail list USER                  a folder's messages: uid, sizes, flags, file name
+  mail flag USER UID FLAGS        set (=FLAGS), add (+FLAGS) or remove (-FLAGS) Maildir flags
+  mail delete USER UID...         delete messages
+  mail folders USER               the user's folders
+
+The queue, inetkit-smtp-submit's spool:
+  queue list                      the waiting messages and each recipient's state
+  queue flush [ID...]             retry these (default: all) now
+  queue delete ID...              remove messages without delivering them (no bounce)
+
+Options, where they apply:
+  --users FILE       the users file (default /etc/inetkit/users)
+  --mail-root DIR    the mailboxes (default /var/lib/inetkit/mail)
+  --folder NAME      the folder of mail list, flag and delete (default INBOX)
+  --owner USER       run as root, give what deliver and mail create to USER (default inetkit)
+  --spool DIR        the spool of queue (default /var/lib/inetkit/spool)
+  --home DIR         the home field of user add (FTP root; empty: the daemon's default)
+  --purge            user del: also remove the mailbox
+  -h, --help         this text; `inetkit COMMAND --help` for one command's
+  -V, --version      the version
+
+See inetkit(8).";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();

@@ -15,13 +15,14 @@ use anyhow::{bail, Context};
 use inetkit_auth::hash::{self, StoredPassword};
 use inetkit_auth::users::{self, UsersFile};
 use inetkit_auth::DEFAULT_USERS_FILE;
+use inetkit_maildir::DEFAULT_MAIL_ROOT;
 use nix::fcntl::{Flock, FlockArg};
 
 const HELP: &str = "usage: inetkit user COMMAND [--users FILE]
 
   add NAME [--home DIR]   add a user
   passwd NAME             change a user's password
-  del NAME                remove a user
+  del NAME [--purge]      remove a user; with --purge, their mailbox too
   list                    list the users: name, password scheme, home
   check NAME              check a password against the file (exit status 0 if it matches)
 
@@ -29,8 +30,11 @@ The password is asked for on the terminal, or read as one line from stdin when s
 a terminal (e.g. `echo \"$PW\" | inetkit user add alice`). New passwords are hashed with
 ARGON2ID, as Dovecot's `doveadm pw -s ARGON2ID` does.
 
---users FILE   the users file (default /etc/inetkit/users)
---home DIR     the user's home field (FTP root); empty means the daemon's default";
+--users FILE      the users file (default /etc/inetkit/users)
+--home DIR        the user's home field (FTP root); empty means the daemon's default
+--purge           with del: also remove the user's mailbox, <mail root>/NAME (FTP files and
+                  a home named in the users file are left alone)
+--mail-root DIR   where the mailboxes are (default /var/lib/inetkit/mail)";
 
 /// Mode of a users file this command creates: readable by the `inetkit` group's daemons.
 const NEW_FILE_MODE: u32 = 0o640;
@@ -38,6 +42,8 @@ const NEW_FILE_MODE: u32 = 0o640;
 struct Options {
     users: PathBuf,
     home: Option<PathBuf>,
+    purge: bool,
+    mail_root: Option<PathBuf>,
     words: Vec<String>,
 }
 
@@ -45,6 +51,8 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
     let mut options = Options {
         users: PathBuf::from(DEFAULT_USERS_FILE),
         home: None,
+        purge: false,
+        mail_root: None,
         words: Vec::new(),
     };
     let mut args = args.iter();
@@ -62,6 +70,10 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
             "-h" | "--help" => return Ok(None),
             a if a == "--users" || a.starts_with("--users=") => options.users = value("--users")?,
             a if a == "--home" || a.starts_with("--home=") => options.home = Some(value("--home")?),
+            a if a == "--mail-root" || a.starts_with("--mail-root=") => {
+                options.mail_root = Some(value("--mail-root")?);
+            }
+            "--purge" => options.purge = true,
             a if a.starts_with('-') && a.len() > 1 => bail!("unknown option {a}\n\n{HELP}"),
             word => options.words.push(word.to_owned()),
         }
@@ -78,10 +90,20 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if options.home.is_some() && words.first() != Some(&"add") {
         bail!("--home only goes with `add`");
     }
+    if (options.purge || options.mail_root.is_some()) && words.first() != Some(&"del") {
+        bail!("--purge and --mail-root only go with `del`");
+    }
+    if options.mail_root.is_some() && !options.purge {
+        bail!("--mail-root goes with `del --purge`");
+    }
     let users = options.users.as_path();
     match words.as_slice() {
         ["add", name] => add(users, name, options.home.as_deref()),
         ["passwd", name] => passwd(users, name),
+        ["del", name] if options.purge => {
+            let root = options.mail_root.as_deref();
+            purge(users, name, root.unwrap_or(Path::new(DEFAULT_MAIL_ROOT)))
+        }
         ["del", name] => del(users, name),
         ["list"] => list(users),
         ["check", name] => check(users, name),
@@ -143,6 +165,80 @@ fn del(path: &Path, name: &str) -> anyhow::Result<()> {
     })?;
     println!("removed user {name}");
     Ok(())
+}
+
+/// `del --purge`: the user, then their mailbox. What is there is looked at first, so nothing is
+/// removed when the mailbox could not be.
+fn purge(path: &Path, name: &str, mail_root: &Path) -> anyhow::Result<()> {
+    // The name becomes a path: only names a users file can hold (no `/`, no `..`).
+    users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
+    let mailbox = mail_root.join(name);
+    let contents = match fs::symlink_metadata(&mailbox) {
+        Ok(meta) if meta.is_dir() => Some(
+            mailbox_contents(&mailbox)
+                .with_context(|| format!("looking into {}", mailbox.display()))?,
+        ),
+        Ok(_) => bail!(
+            "{} is not a directory: nothing removed (remove it by hand)",
+            mailbox.display()
+        ),
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => None,
+        Err(err) => return Err(err).with_context(|| mailbox.display().to_string()),
+    };
+    del(path, name)?;
+    match contents {
+        None => println!("no mailbox at {}", mailbox.display()),
+        Some(MailboxContents { messages, folders }) => {
+            fs::remove_dir_all(&mailbox)
+                .with_context(|| format!("removing {} (the user is removed)", mailbox.display()))?;
+            println!(
+                "removed mailbox {} ({messages} message{} in {folders} folder{})",
+                mailbox.display(),
+                plural(messages),
+                plural(folders)
+            );
+        }
+    }
+    Ok(())
+}
+
+fn plural(n: usize) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// What a purge removes, to say so.
+struct MailboxContents {
+    messages: usize,
+    folders: usize,
+}
+
+/// Counts the messages (files in `new/` and `cur/`) of INBOX and the `.folder`s.
+fn mailbox_contents(mailbox: &Path) -> std::io::Result<MailboxContents> {
+    let mut folders = vec![mailbox.to_owned()];
+    for entry in fs::read_dir(mailbox)? {
+        let entry = entry?;
+        if entry.file_name().as_encoded_bytes().starts_with(b".") && entry.file_type()?.is_dir() {
+            folders.push(entry.path());
+        }
+    }
+    let mut messages = 0;
+    for folder in &folders {
+        for sub in ["new", "cur"] {
+            match fs::read_dir(folder.join(sub)) {
+                Ok(entries) => messages += entries.count(),
+                Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+                Err(err) => return Err(err),
+            }
+        }
+    }
+    Ok(MailboxContents {
+        messages,
+        folders: folders.len(),
+    })
 }
 
 fn list(path: &Path) -> anyhow::Result<()> {
