@@ -440,7 +440,8 @@ def test_kill_9_of_smtp_submit_during_submissions(services, home, cert, rng):
 
 def store_listing(root, user="alice"):
     """(UIDVALIDITY, {uid: token}) through `inetkit mail list`, which indexes the folder."""
-    out = subprocess.run([str(binary("inetkit")), "mail", "list", user, "--mail-root", str(root)],
+    out = subprocess.run([str(binary("inetkit")), "mail", "list", user, "--mail-root", str(root),
+                          "--users", str(root.parent / "users")],
                          capture_output=True, check=True, timeout=60).stdout.decode().splitlines()
     validity = int(out[0].split()[1])
     messages = {}
@@ -454,9 +455,10 @@ def store_listing(root, user="alice"):
     return validity, messages
 
 
-def test_kill_9_of_inetkit_deliver(tmp_path, rng):
-    root = tmp_path / "mail"
-    deliver = [str(binary("inetkit")), "deliver", "--mail-root", str(root), "alice"]
+def test_kill_9_of_inetkit_deliver(home, rng):
+    root = home / "mail"
+    deliver = [str(binary("inetkit")), "deliver", "--mail-root", str(root),
+               "--users", str(home / "users"), "alice"]
     subprocess.run(deliver, input=message("seed"), check=True, capture_output=True)
     validity, known = store_listing(root)
     timing = Timing(rng, first_guess=0.02)

@@ -13,15 +13,22 @@ from pathlib import Path
 
 import pytest
 
+from support.homes import user_line, write_users
 from support.inetkit import binary
 
 USER = "alice"
 
 
 def inetkit(root, *args, stdin=None, check=True, **kw):
-    """Runs `inetkit ARGS... --mail-root ROOT` and returns the completed process."""
+    """Runs `inetkit ARGS... --mail-root ROOT --users ROOT/../users` and returns the completed
+    process. That users file (alice and bob) is written on first use: the store's users must
+    exist, or deliver and mail refuse them."""
+    users = root.parent / "users"
+    if not users.exists():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        write_users(users, user_line(USER), user_line("bob"))
     proc = subprocess.run(
-        [binary("inetkit"), *args, "--mail-root", str(root)],
+        [binary("inetkit"), *args, "--mail-root", str(root), "--users", str(users)],
         input=stdin, capture_output=True, timeout=60, **kw,
     )
     if check and proc.returncode != 0:

@@ -37,9 +37,12 @@ def write_users(path: Path, *lines: str) -> Path:
     return path
 
 
-def seed(mail_root: Path, user: str, message: bytes) -> None:
-    """Delivers a message the way a sysadmin seeds one: `inetkit deliver`."""
-    subprocess.run([str(binary("inetkit")), "deliver", "--mail-root", str(mail_root), user],
+def seed(mail_root: Path, user: str, message: bytes, users: Path | None = None) -> None:
+    """Delivers a message the way a sysadmin seeds one: `inetkit deliver`. `user` must be in
+    `users` (default: the file `users` beside the mail root, as the mailhome fixture has it)."""
+    users = users or mail_root.parent / "users"
+    subprocess.run([str(binary("inetkit")), "deliver", "--mail-root", str(mail_root),
+                    "--users", str(users), user],
                    input=message, check=True, capture_output=True, timeout=30)
 
 

@@ -25,6 +25,20 @@ pub enum Parsed {
     Usage(String),
 }
 
+/// What each daemon is, for its `--help`: the NAME line of its man page.
+fn summary(program: &str) -> Option<&'static str> {
+    Some(match program {
+        "inetkit-echo" => "echo, discard, chargen, daytime and time services",
+        "inetkit-dns-forwarder" => "caching, spoof-resistant DNS forwarder",
+        "inetkit-smtp-submit" => "SMTP mail submission server with a durable spool",
+        "inetkit-pop3d" => "POP3 server over the inetkit mail store",
+        "inetkit-imapd" => "IMAP server over the inetkit mail store",
+        "inetkit-ftpd" => "FTP and FTPS server with each user confined to a directory",
+        "inetkit-rpcd" => "XML-RPC and JSON-RPC server for sysadmin-defined commands",
+        _ => return None,
+    })
+}
+
 /// Parses the arguments (without the program name) of `program`, whose config is
 /// `default_config` unless `--config` names another.
 pub fn parse(
@@ -37,16 +51,20 @@ pub fn parse(
         config_given: false,
         check_config: false,
     };
+    let what = summary(program).unwrap_or("an inetkit daemon");
     let usage = format!(
         "usage: {program} [--config FILE] [--check-config]\n\
          \n\
+         {program}: {what}, started by systemd.\n\
          Serves the sockets systemd passes (LISTEN_FDS), or binds those in the config's\n\
          [listen] section when started by hand.\n\
          \n\
          \x20 -c, --config FILE   config file (default {default_config})\n\
          \x20     --check-config  check the config, print what is wrong, and exit\n\
          \x20 -h, --help          this text\n\
-         \x20 -V, --version       the version"
+         \x20 -V, --version       the version\n\
+         \n\
+         See {program}(8), and {program}.toml(5) for the config."
     );
     let mut args = args.into_iter();
     while let Some(arg) = args.next() {
@@ -107,5 +125,20 @@ mod tests {
         assert!(matches!(run(&["--config"]), Parsed::Usage(_)));
         assert!(matches!(run(&["--help"]), Parsed::Exit(t) if t.contains("--check-config")));
         assert!(matches!(run(&["-V"]), Parsed::Exit(t) if t.starts_with("inetkit-x ")));
+    }
+
+    #[test]
+    fn help_says_what_the_daemon_is_and_names_its_man_pages() {
+        let daemons = ["echo", "dns-forwarder", "smtp-submit", "pop3d", "imapd", "ftpd", "rpcd"];
+        for name in daemons {
+            let program = format!("inetkit-{name}");
+            let args = ["--help".to_owned()];
+            let Parsed::Exit(help) = parse(&program, "/etc/x.toml", args) else {
+                panic!("{program} --help")
+            };
+            let what = summary(&program).unwrap_or_else(|| panic!("{program} has no summary"));
+            assert!(help.contains(&format!("{program}: {what}, started by systemd.")));
+            assert!(help.contains(&format!("See {program}(8), and {program}.toml(5)")));
+        }
     }
 }
