@@ -129,7 +129,15 @@ mod tests {
 
     #[test]
     fn help_says_what_the_daemon_is_and_names_its_man_pages() {
-        let daemons = ["echo", "dns-forwarder", "smtp-submit", "pop3d", "imapd", "ftpd", "rpcd"];
+        let daemons = [
+            "echo",
+            "dns-forwarder",
+            "smtp-submit",
+            "pop3d",
+            "imapd",
+            "ftpd",
+            "rpcd",
+        ];
         for name in daemons {
             let program = format!("inetkit-{name}");
             let args = ["--help".to_owned()];
