@@ -135,7 +135,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
     let options = parse_options(&args[1..])?;
     let positional: Vec<&str> = options.args.iter().map(String::as_str).collect();
-    if let Some(user) = positional.first() {
+    let names_a_user = matches!(args[0].as_str(), "list" | "flag" | "delete" | "folders");
+    if let Some(user) = positional.first().filter(|_| names_a_user) {
         // Reading a mailbox creates it: only for a user, or where one is already (left by a
         // user since removed, or made by another program).
         let exists = Path::new(&options.mail_root).join(user).is_dir();
