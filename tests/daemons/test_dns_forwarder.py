@@ -683,32 +683,103 @@ def test_disallowed_network_is_refused(daemons, nsd):
         assert "192.0.2.10" in dig(udp, "www.example.test", "A")
 
 
-def test_flood_is_rate_limited(daemons, nsd):
-    d, udp, tcp = start(daemons, [f"127.0.0.1:{nsd.port}"],
-                        "[rate_limit]\nrate = 50\nburst = 50\n")
-    dig(udp, "www.example.test", "A")
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
-        packet = query_packet("www.example.test")
-        for _ in range(3000):
-            s.sendto(packet, ("127.0.0.1", udp))
-        s.settimeout(1.0)
-        got = 0
-        try:
-            while True:
-                s.recv(4096)
-                got += 1
-        except socket.timeout:
-            pass
-    assert 0 < got < 3000
+FLOOD = """
+import socket, sys
+host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+packet = bytes.fromhex(sys.argv[4])
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    for _ in range(count):
+        s.sendto(packet, (host, port))
+    s.settimeout(1.0)
+    got = 0
+    try:
+        while True:
+            s.recv(4096)
+            got += 1
+    except socket.timeout:
+        pass
+print(got)
+"""
+
+
+def flood(port, count=3000, host="127.0.0.1", remote=None):
+    """Sends `count` queries at once and returns how many answers came back."""
+    argv = ["python3", "-c", FLOOD, host, str(port), str(count),
+            query_packet("www.example.test").hex()]
+    run = remote.run if remote else subprocess.run
+    return int(run(argv, capture_output=True, text=True, timeout=60, check=True).stdout)
+
+
+def rate_limited(d):
+    """The rate-limited count, as SIGUSR1 logs it and STATUS= says it (the same figure)."""
+    d.lines.clear()
     d.signal(signal.SIGUSR1)
     line = d.wait_log("statistics")
-    assert int(re.search(r"(\d+) rate-limited", line).group(1)) > 0
-    # Still up, and answering once the bucket refills.
+    logged = int(re.search(r"(\d+) rate-limited", line).group(1))
     deadline = time.monotonic() + 10
-    while "192.0.2.10" not in dig(udp, "www.example.test", "A"):
-        assert time.monotonic() < deadline
-    assert d.proc.poll() is None
+    while True:
+        status = [m for m in d.notify.messages if m.startswith("STATUS=") and "rate-limited" in m]
+        if status and int(re.search(r"(\d+) rate-limited", status[-1]).group(1)) == logged:
+            return logged
+        assert time.monotonic() < deadline, (line, status[-1:])
+        time.sleep(0.2)
+
+
+def test_loopback_is_never_rate_limited(daemons, nsd):
+    """Every program on the host shares 127.0.0.1: a limit there throttles the host's own
+    resolver (and a forged loopback source cannot come from outside the host)."""
+    d, udp, tcp = start(daemons, [f"127.0.0.1:{nsd.port}"],
+                        "[rate_limit]\nrate = 50\nburst = 50\nexempt_allowed = false\n")
+    dig(udp, "www.example.test", "A")
+    got = flood(udp)
+    # Far past the burst (the kernel may still drop some when its buffer is full).
+    assert got > 500, got
+    assert rate_limited(d) == 0
+
+
+def test_flood_from_a_network_the_acl_allows_is_limited_when_not_exempt(daemons, nsd):
+    with RemoteHost(index=6) as remote:
+        limits = f"""
+[acl]
+allow = ["127.0.0.0/8", "{remote.remote}/32"]
+[rate_limit]
+rate = 50
+burst = 50
+"""
+        listen = '"udp://0.0.0.0:0", "tcp://0.0.0.0:0"'
+        conf = config([f"127.0.0.1:{nsd.port}"], limits, listen=listen)
+        # By default the networks the ACL allows are exempt, as loopback is.
+        d = daemons.start("dns-forwarder", conf)
+        udp = d.addr("dns", "udp")[1]
+        assert flood(udp, host=remote.local, remote=remote) > 500
+        assert rate_limited(d) == 0
+        d.stop()
+        d = daemons.start("dns-forwarder", conf + "exempt_allowed = false\n")
+        udp = d.addr("dns", "udp")[1]
+        got = flood(udp, host=remote.local, remote=remote)
+        assert 0 < got < 3000
+        assert rate_limited(d) > 0
+        # Still up, and answering once the bucket refills.
+        argv = ["dig", "-p", str(udp), f"@{remote.local}", "+time=2", "+tries=1",
+                "www.example.test", "A"]
+        deadline = time.monotonic() + 10
+        while "192.0.2.10" not in remote.run(argv, capture_output=True, text=True).stdout:
+            assert time.monotonic() < deadline
+        assert d.proc.poll() is None
+
+
+def test_refused_answers_to_other_networks_are_rate_limited(daemons, nsd):
+    """A forged source outside the ACL would have REFUSED answers reflected at it: those are
+    what the limit is for, exemption or not."""
+    with RemoteHost(index=5) as remote:
+        d = daemons.start("dns-forwarder", config(
+            [f"127.0.0.1:{nsd.port}"], "[rate_limit]\nrate = 50\nburst = 50\n",
+            listen='"udp://0.0.0.0:0", "tcp://0.0.0.0:0"'))
+        udp = d.addr("dns", "udp")[1]
+        got = flood(udp, host=remote.local, remote=remote)
+        assert 0 < got < 3000
+        assert rate_limited(d) > 0
 
 
 # -- local data and operations ------------------------------------------------------------------

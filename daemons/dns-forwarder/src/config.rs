@@ -237,7 +237,9 @@ pub(crate) struct RecordConfig {
     pub ttl: Option<u32>,
 }
 
-/// `[rate_limit]`: queries over UDP answered per client address.
+/// `[rate_limit]`: queries over UDP answered per client address. It is there against
+/// reflection (answers sent to a forged source address); loopback is never limited, as no
+/// packet from outside the host can carry a loopback source.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct RateLimitConfig {
@@ -245,6 +247,9 @@ pub(crate) struct RateLimitConfig {
     pub rate: u32,
     /// How many may come at once before the rate applies.
     pub burst: u32,
+    /// Whether the networks `[acl]` allows are exempt too (then only the REFUSED answers to
+    /// everyone else are limited).
+    pub exempt_allowed: bool,
 }
 
 impl Default for RateLimitConfig {
@@ -252,6 +257,7 @@ impl Default for RateLimitConfig {
         RateLimitConfig {
             rate: 200,
             burst: 400,
+            exempt_allowed: true,
         }
     }
 }
@@ -288,6 +294,11 @@ impl Acl {
             nets.push((ip, len));
         }
         Ok(Acl { nets })
+    }
+
+    /// Whether a network of the list is everything (`0.0.0.0/0`, `::/0`).
+    pub(crate) fn allows_everyone(&self) -> bool {
+        self.nets.iter().any(|&(_, len)| len == 0)
     }
 
     pub(crate) fn allows(&self, client: IpAddr) -> bool {

@@ -53,11 +53,22 @@ fn setup(mut ctx: Context<DnsConfig>) -> anyhow::Result<Server> {
     let usr1 = signal(SignalKind::user_defined1())?;
     let settings = Settings::from_config(config, &own)?;
     let forwarder = Arc::new(Forwarder::new(settings, config.cache.clone()));
-    let limiter = Arc::new(Mutex::new(inetkit_runtime::ratelimit::RateLimiter::new(
-        config.rate_limit.rate,
-        config.rate_limit.burst,
-        "query",
-    )));
+    let limit = Arc::new(serve::UdpLimit {
+        limiter: Mutex::new(inetkit_runtime::ratelimit::RateLimiter::new(
+            config.rate_limit.rate,
+            config.rate_limit.burst,
+            "query",
+        )),
+        exempt_allowed: config.rate_limit.exempt_allowed,
+    });
+    if config.rate_limit.rate > 0
+        && config.rate_limit.exempt_allowed
+        && forwarder.settings().acl.allows_everyone()
+    {
+        tracing::warn!(
+            "[acl] allows everyone and [rate_limit] exempt_allowed is on: no client is rate-limited"
+        );
+    }
     // The socket names were checked at start (DnsConfig::socket).
     for listener in listeners {
         match listener.socket {
@@ -72,7 +83,7 @@ fn setup(mut ctx: Context<DnsConfig>) -> anyhow::Result<Server> {
                     server.spawn(serve::serve_udp(
                         socket.clone(),
                         forwarder.clone(),
-                        limiter.clone(),
+                        limit.clone(),
                         server.clone(),
                     ));
                 }

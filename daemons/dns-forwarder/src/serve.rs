@@ -3,7 +3,7 @@
 
 use std::cell::RefCell;
 use std::io::{IoSlice, IoSliceMut};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -20,7 +20,24 @@ use tokio::sync::{mpsc, Semaphore};
 use inetkit_runtime::ratelimit::RateLimiter;
 use inetkit_runtime::server::{Peer, Server};
 
-use crate::forwarder::{Forwarder, Step, Transport};
+use crate::forwarder::{Forwarder, Settings, Step, Transport};
+
+/// The UDP rate limit and who is exempt from it (`[rate_limit]`; fixed until a restart).
+pub(crate) struct UdpLimit {
+    pub limiter: Mutex<RateLimiter>,
+    /// The networks `[acl]` allows are not limited (loopback never is).
+    pub exempt_allowed: bool,
+}
+
+impl UdpLimit {
+    /// Whether queries from `client` are answered without counting against the limit.
+    /// Loopback always: a packet from outside the host cannot carry a loopback source (the
+    /// kernel drops it as martian), so it cannot be a forgery aimed at a victim, and every
+    /// program on the host shares that one address.
+    fn exempt(&self, client: IpAddr, settings: &Settings) -> bool {
+        client.to_canonical().is_loopback() || (self.exempt_allowed && settings.acl.allows(client))
+    }
+}
 
 /// Queries one TCP connection may have in flight at once.
 const TCP_PIPELINE: usize = 64;
@@ -35,11 +52,15 @@ const QUERY_MAX: usize = 4096;
 pub(crate) async fn serve_udp(
     socket: Arc<UdpSocket>,
     forwarder: Arc<Forwarder>,
-    limiter: Arc<Mutex<RateLimiter>>,
+    limit: Arc<UdpLimit>,
     server: Server,
 ) {
     let shutdown = server.shutdown_token();
-    let limiting = limiter.lock().unwrap_or_else(|e| e.into_inner()).enabled();
+    let limiting = limit
+        .limiter
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .enabled();
     let mut batch = Batch::new(&socket);
     loop {
         tokio::select! {
@@ -62,9 +83,7 @@ pub(crate) async fn serve_udp(
                 }
             };
             server.touch();
-            answer_batch(
-                &mut batch, received, &socket, &forwarder, &limiter, limiting,
-            );
+            answer_batch(&mut batch, received, &socket, &forwarder, &limit, limiting);
             batch.send(&socket).await;
             // A busy socket never says WouldBlock: let the worker's other tasks run between
             // batches.
@@ -80,7 +99,7 @@ fn answer_batch(
     received: usize,
     socket: &Arc<UdpSocket>,
     forwarder: &Arc<Forwarder>,
-    limiter: &Mutex<RateLimiter>,
+    limit: &UdpLimit,
     limiting: bool,
 ) {
     let settings = forwarder.settings();
@@ -89,12 +108,15 @@ fn answer_batch(
     let (mut queries, mut hits) = (0, 0);
     batch.out.clear();
     batch.replies.clear();
-    // The rate limit for the whole batch under one lock, taken only as long as that needs.
+    // The rate limit for the whole batch under one lock.
     let mut allowed = [true; BATCH];
     if limiting {
-        let mut limiter = limiter.lock().unwrap_or_else(|e| e.into_inner());
+        // Locked only when a source is not exempt: a host's own traffic never waits for it.
+        let mut limiter = None;
         for (allow, (_, from)) in allowed.iter_mut().zip(&batch.meta[..received]) {
-            if let Some(from) = from {
+            if let Some(from) = from.filter(|f| !limit.exempt(f.ip(), &settings)) {
+                let limiter = limiter
+                    .get_or_insert_with(|| limit.limiter.lock().unwrap_or_else(|e| e.into_inner()));
                 *allow = limiter.allow(from.ip(), now);
             }
         }
