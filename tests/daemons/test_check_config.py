@@ -41,9 +41,20 @@ REFUSED = {
     "record value not an ip": (
         "dns-forwarder", '[[record]]\nname = "a.lan"\ntype = "A"\nvalue = "not-an-ip"\n', "4:1",
         ["record[0].value", "not-an-ip"]),
-    "record type MX": (
-        "dns-forwarder", '[[record]]\nname = "a.lan"\ntype = "MX"\nvalue = "mx.lan"\n', "3:1",
-        ["record[0].type", "MX"]),
+    "record type NAPTR": (
+        "dns-forwarder", '[[record]]\nname = "a.lan"\ntype = "NAPTR"\nvalue = "x"\n', "3:1",
+        ["record[0].type", "NAPTR", "MX", "SRV"]),
+    "MX record without preference": (
+        "dns-forwarder", '[[record]]\nname = "lan"\ntype = "MX"\nvalue = "mx.lan"\n', "4:1",
+        ["record[0].value", "PREFERENCE HOST"]),
+    "SRV record port out of range": (
+        "dns-forwarder", '[[record]]\nname = "_x._tcp.lan"\ntype = "SRV"\nvalue = "0 0 70000 x.lan"\n',
+        "4:1", ["record[0].value", "70000", "port"]),
+    "domain upstream by name": (
+        "dns-forwarder", '[[domain]]\nname = "corp.example"\nupstreams = ["10.0.0.1", "ns.corp"]\n',
+        "3:26", ["domain[0].upstreams[1]", "ns.corp"]),
+    "domain without upstreams key": (
+        "dns-forwarder", '[[domain]]\nname = "corp.example"\n', "1:1", ["upstreams"]),
     "acl prefix 33": (
         "dns-forwarder", '[acl]\nallow = ["127.0.0.0/8", "10.0.0.0/33"]\n', "2:25",
         ["acl.allow[1]", "10.0.0.0/33"]),

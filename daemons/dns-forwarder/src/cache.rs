@@ -127,7 +127,7 @@ impl Key {
 }
 
 /// An upstream answer as parsed: sections without the OPT record.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Answer {
     pub rcode: ResponseCode,
     pub authentic_data: bool,

@@ -22,6 +22,7 @@ pub(crate) struct DnsConfig {
     pub acl: AclConfig,
     pub local: LocalConfig,
     pub record: Vec<RecordConfig>,
+    pub domain: Vec<DomainConfig>,
     pub rate_limit: RateLimitConfig,
 }
 
@@ -54,6 +55,15 @@ impl DaemonConfig for DnsConfig {
             .enumerate()
             .filter_map(|(i, u)| Upstream::new(u, KeyPath::new("upstream").index(i)).err())
             .collect();
+        for (i, domain) in self.domain.iter().enumerate() {
+            problems.extend(domain.upstreams().err().map(|(j, e)| {
+                KeyPath::new("domain")
+                    .index(i)
+                    .key("upstreams")
+                    .index(j)
+                    .problem(e)
+            }));
+        }
         problems.extend(Acl::parse(&self.acl).err());
         problems.extend(LocalData::load(self).err());
         problems
@@ -237,6 +247,37 @@ pub(crate) struct RecordConfig {
     pub ttl: Option<u32>,
 }
 
+/// `[[domain]]`: names under `name` asked of these upstreams instead (dnsmasq's
+/// `server=/corp.example/10.0.0.1`), or, with none, answered from local data only and never
+/// forwarded (dnsmasq's `local=/lan/`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct DomainConfig {
+    pub name: String,
+    /// `IP` or `IP:PORT`, asked over UDP (TCP when an answer is truncated).
+    pub upstreams: Vec<String>,
+}
+
+impl DomainConfig {
+    /// The upstreams as `[[upstream]]`s would say them; `Err` has the index of one that is not
+    /// an address, and why.
+    pub(crate) fn upstreams(&self) -> Result<Vec<UpstreamConfig>, (usize, String)> {
+        self.upstreams
+            .iter()
+            .enumerate()
+            .map(|(j, address)| {
+                let config = UpstreamConfig {
+                    address: address.clone(),
+                    protocol: Protocol::Udp,
+                    tls_name: None,
+                    tls_ca: None,
+                };
+                config.socket_addr().map(|_| config).map_err(|e| (j, e))
+            })
+            .collect()
+    }
+}
+
 /// `[rate_limit]`: queries over UDP answered per client address. It is there against
 /// reflection (answers sent to a forged source address); loopback is never limited, as no
 /// packet from outside the host can carry a loopback source.
@@ -371,9 +412,36 @@ mod tests {
 
     #[test]
     fn a_record_type_not_served_is_refused_at_the_type() {
-        let err = refused("[[record]]\nname = \"a.lan\"\ntype = \"MX\"\nvalue = \"mx.lan\"\n");
+        let err = refused("[[record]]\nname = \"a.lan\"\ntype = \"NAPTR\"\nvalue = \"x\"\n");
         assert!(err.starts_with("dns.toml:3:1: record[0].type: "), "{err}");
-        assert!(err.contains("\"MX\" is not served"), "{err}");
+        assert!(err.contains("\"NAPTR\" is not served"), "{err}");
+    }
+
+    #[test]
+    fn new_record_types_are_checked() {
+        let err = refused("[[record]]\nname = \"lan\"\ntype = \"MX\"\nvalue = \"mail.lan\"\n");
+        assert!(err.starts_with("dns.toml:4:1: record[0].value: "), "{err}");
+        assert!(err.contains("\"PREFERENCE HOST\""), "{err}");
+        let err =
+            refused("[[record]]\nname = \"s.lan\"\ntype = \"SRV\"\nvalue = \"0 5 99999 x.lan\"\n");
+        assert!(err.contains("\"99999\" is not a port"), "{err}");
+        let path = std::path::Path::new("dns.toml");
+        let good = "[[record]]\nname = \"lan\"\ntype = \"mx\"\nvalue = \"10 mail.lan\"\n\n\
+                    [[record]]\nname = \"_sip._udp.lan\"\ntype = \"SRV\"\nvalue = \"0 5 5060 sip.lan\"\n";
+        assert!(inetkit_runtime::config::from_text::<DnsConfig>(good, path).is_ok());
+    }
+
+    #[test]
+    fn a_domain_upstream_that_is_no_address_is_refused_at_it() {
+        let err = refused(
+            "[[domain]]\nname = \"corp.example\"\nupstreams = [\"10.0.0.1\", \"ns.corp\"]\n",
+        );
+        assert!(
+            err.starts_with("dns.toml:3:26: domain[0].upstreams[1]: "),
+            "{err}"
+        );
+        let err = refused("[[domain]]\nname = \"bad..name\"\nupstreams = []\n");
+        assert!(err.starts_with("dns.toml:2:1: domain[0].name: "), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use hickory_proto::op::{Message, OpCode, Query, ResponseCode};
 use hickory_proto::rr::rdata::HINFO;
-use hickory_proto::rr::{RData, Record, RecordType};
+use hickory_proto::rr::{Name, RData, Record, RecordType};
 use tokio::sync::oneshot;
 
 use inetkit_runtime::config::KeyPath;
@@ -37,6 +37,9 @@ pub(crate) enum Transport {
 #[derive(Clone)]
 pub(crate) struct Settings {
     pub upstreams: Vec<Arc<Upstream>>,
+    /// `[[domain]]`s with upstreams of their own: a lowercase domain and who is asked for the
+    /// names under it, most labels first (the closest domain wins).
+    pub domains: Vec<(Name, Vec<Arc<Upstream>>)>,
     pub acl: Acl,
     pub local: LocalData,
     pub forward: ForwardConfig,
@@ -44,6 +47,15 @@ pub(crate) struct Settings {
 }
 
 impl Settings {
+    /// The upstreams asked about `name`: those of the closest `[[domain]]` it is in, else the
+    /// general ones.
+    pub(crate) fn upstreams_for(&self, name: &Name) -> &[Arc<Upstream>] {
+        self.domains
+            .iter()
+            .find(|(domain, _)| domain.zone_of(name))
+            .map_or(&self.upstreams, |(_, upstreams)| upstreams)
+    }
+
     /// Builds everything from a config; `own` are the addresses we listen on, never upstreams.
     /// The config's problems were found when it was checked (`DnsConfig::validate` builds
     /// the same); only a file changed since then, or an upstream that is us, fails here.
@@ -58,6 +70,33 @@ impl Settings {
             );
             upstreams.push(Arc::new(upstream));
         }
+        let mut domains = Vec::new();
+        for (i, domain) in config.domain.iter().enumerate() {
+            let at = KeyPath::new("domain").index(i);
+            let configs = domain
+                .upstreams()
+                .map_err(|(j, e)| at.clone().key("upstreams").index(j).problem(e))?;
+            if configs.is_empty() {
+                // Answered from local data only (LocalData has it).
+                continue;
+            }
+            let name = Name::from_ascii(&domain.name)
+                .map_err(|e| at.clone().key("name").problem(e.to_string()))?
+                .to_lowercase();
+            let mut asked = Vec::new();
+            for (j, u) in configs.iter().enumerate() {
+                let upstream = Upstream::new(u, at.clone().key("upstreams").index(j))?;
+                anyhow::ensure!(
+                    !own.contains(&upstream.addr),
+                    "upstream {} of domain {} is this forwarder itself",
+                    upstream.addr,
+                    domain.name
+                );
+                asked.push(Arc::new(upstream));
+            }
+            domains.push((name, asked));
+        }
+        domains.sort_by_key(|(name, _)| std::cmp::Reverse(name.num_labels()));
         if upstreams.is_empty() {
             upstreams = resolv_conf_upstreams(&config.forward.resolv_conf, own);
             if upstreams.is_empty() {
@@ -67,10 +106,15 @@ impl Settings {
                 );
             }
         }
+        let local = LocalData::load(config)?;
+        for warning in &local.warnings {
+            tracing::warn!("{warning}");
+        }
         Ok(Settings {
             upstreams,
+            domains,
             acl: Acl::parse(&config.acl)?,
-            local: LocalData::load(config)?,
+            local,
             forward: config.forward.clone(),
             cache: config.cache.clone(),
         })
@@ -129,10 +173,15 @@ pub(crate) struct Stats {
 
 type Outcome = Option<Arc<Answer>>;
 
+/// The least time between two "every upstream failed" warnings.
+const ALL_FAILED_EVERY: Duration = Duration::from_secs(60);
+
 pub(crate) struct Forwarder {
     settings: RwLock<Arc<Settings>>,
     pub cache: Cache,
     inflight: Mutex<HashMap<Key, Vec<oneshot::Sender<Outcome>>>>,
+    /// When "every upstream failed" was last logged, and how many times it was not since.
+    all_failed_log: Mutex<(Option<Instant>, u64)>,
     /// Upstream questions in flight (bounded by `max_outstanding`).
     outstanding: AtomicUsize,
     pub stats: Stats,
@@ -150,6 +199,10 @@ pub(crate) enum Step {
 /// A query waiting for an upstream.
 pub(crate) struct Pending {
     query: Message,
+    /// What the upstream is asked: the query's question, or the target of local CNAMEs.
+    asked: Query,
+    /// The local CNAMEs that led to `asked`, answered before what the upstream says.
+    chain: Vec<Record>,
     /// The query as received, for the fast path's reply once the answer is cached.
     wire: Box<[u8]>,
     client: IpAddr,
@@ -164,6 +217,7 @@ impl Forwarder {
             settings: RwLock::new(Arc::new(settings)),
             cache: Cache::new(cache),
             inflight: Mutex::new(HashMap::new()),
+            all_failed_log: Mutex::new((None, 0)),
             outstanding: AtomicUsize::new(0),
             stats: Stats::default(),
         }
@@ -328,25 +382,38 @@ impl Forwarder {
             }
             _ => {}
         }
-        if let Some(LocalAnswer::Records(rcode, records)) = settings
+        let mut asked = question.clone();
+        let mut chain = Vec::new();
+        match settings
             .local
             .lookup(question.name(), question.query_type())
         {
-            stats.local.fetch_add(1, Ordering::Relaxed);
-            let answer = Answer {
-                rcode,
-                authentic_data: false,
-                answers: records,
-                authority: vec![],
-                additional: vec![],
-            };
-            let mut local = render_message(&query, &answer, 0, settings);
-            local.set_authoritative(true);
-            return reply(Some(finish_wire(&query, local, settings, max)));
+            Some(LocalAnswer::Records(rcode, answers, authority)) => {
+                stats.local.fetch_add(1, Ordering::Relaxed);
+                let answer = Answer {
+                    rcode,
+                    authentic_data: false,
+                    answers,
+                    authority,
+                    additional: vec![],
+                };
+                let mut local = render_message(&query, &answer, 0, settings);
+                local.set_authoritative(true);
+                return reply(Some(finish_wire(&query, local, settings, max)));
+            }
+            Some(LocalAnswer::Chase {
+                chain: local,
+                target,
+            }) => {
+                stats.local.fetch_add(1, Ordering::Relaxed);
+                asked.set_name(target);
+                chain = local;
+            }
+            None => {}
         }
         let edns = query.extensions().as_ref();
         let Some(key) = KeyBuf::from_name(
-            question.name(),
+            asked.name(),
             question.query_type(),
             question.query_class(),
             edns.is_some_and(|e| e.flags().dnssec_ok),
@@ -358,11 +425,14 @@ impl Forwarder {
         {
             if let Some(answer) = stored_answer(&entry) {
                 stats.cache_hits.fetch_add(1, Ordering::Relaxed);
+                let answer = chained(&chain, answer);
                 return reply(Some(render(&query, &answer, age, settings, max)));
             }
         }
         Step::Forward(Box::new(Pending {
             query,
+            asked,
+            chain,
             wire: wire.into(),
             client,
             via,
@@ -375,6 +445,8 @@ impl Forwarder {
     pub(crate) async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
         let Pending {
             query,
+            asked,
+            chain,
             wire,
             client,
             via,
@@ -382,17 +454,20 @@ impl Forwarder {
             max,
         } = *pending;
         let settings = self.settings();
-        let question = query.queries()[0].clone();
-        if let Some(answer) = self.resolve(key.clone(), question).await {
+        if let Some(answer) = self.resolve(key.clone(), asked).await {
             // Now cached (as a rule): a plain query's reply is a copy, not a new rendering.
             let mut out = Vec::new();
-            if self.answer_cached(&wire, client, via, &settings, Instant::now(), &mut out) {
+            if chain.is_empty()
+                && self.answer_cached(&wire, client, via, &settings, Instant::now(), &mut out)
+            {
                 return out;
             }
+            let answer = chained(&chain, (*answer).clone());
             return render(&query, &answer, 0, &settings, max);
         }
         let cached = self.cache.get(key.as_bytes(), Instant::now(), true);
-        let parsed = cached.and_then(|hit| Some((stored_answer(&hit.entry)?, hit)));
+        let parsed =
+            cached.and_then(|hit| Some((chained(&chain, stored_answer(&hit.entry)?), hit)));
         if let Some((answer, hit)) = parsed {
             if !hit.stale {
                 return render(&query, &answer, hit.age, &settings, max);
@@ -466,7 +541,8 @@ impl Forwarder {
             q.set_query_class(question.query_class());
             q
         };
-        let mut order: Vec<&Arc<Upstream>> = settings.upstreams.iter().collect();
+        let mut order: Vec<&Arc<Upstream>> =
+            settings.upstreams_for(question.name()).iter().collect();
         order.sort_by_key(|u| u.srtt());
         for later in order.iter().skip(1) {
             later.decay();
@@ -483,6 +559,7 @@ impl Forwarder {
             exact_case: settings.forward.randomize_case,
         };
         let timeout = settings.forward.timeout.max(Duration::from_millis(1));
+        let mut failures = Vec::with_capacity(order.len());
         for upstream in order {
             self.stats.forwarded.fetch_add(1, Ordering::Relaxed);
             match upstream.exchange(&ask, timeout).await {
@@ -494,18 +571,52 @@ impl Forwarder {
                     ) {
                         tracing::debug!(upstream = %upstream.addr, %rcode, "trying the next upstream");
                         upstream.failures.fetch_add(1, Ordering::Relaxed);
+                        failures.push(format!("{} {rcode}", upstream.addr));
                         continue;
                     }
                     return Some(self.keep(key, &stored_question, message, &settings));
                 }
                 Err(err) => {
                     tracing::debug!(upstream = %upstream.addr, error = %err, "upstream failed");
+                    failures.push(format!("{} {err}", upstream.addr));
                 }
             }
         }
         // Every upstream failed or said SERVFAIL: the caller answers stale or SERVFAIL, and
         // nothing is cached.
+        self.warn_all_failed(&ask.query, &failures);
         None
+    }
+
+    /// Says that no upstream answered, at most once a minute (a dead link must not flood
+    /// the journal), with how many such questions went unsaid since.
+    fn warn_all_failed(&self, query: &Query, failures: &[String]) {
+        let now = Instant::now();
+        let mut log = self
+            .all_failed_log
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let due = log
+            .0
+            .is_none_or(|last| now.duration_since(last) >= ALL_FAILED_EVERY);
+        if !due {
+            log.1 += 1;
+            return;
+        }
+        let unsaid = std::mem::take(&mut log.1);
+        log.0 = Some(now);
+        drop(log);
+        let tried = if failures.is_empty() {
+            "no upstream configured".to_string()
+        } else {
+            failures.join("; ")
+        };
+        tracing::warn!(
+            question = %query.name(),
+            qtype = %query.query_type(),
+            tried = %tried,
+            "every upstream failed; {unsaid} more questions failed so since the last warning"
+        );
     }
 
     /// An upstream's answer to `key` (already checked against the question) as it is served:
@@ -564,6 +675,14 @@ impl Forwarder {
             if rtts.is_empty() { "none".into() } else { rtts.join(", ") },
         )
     }
+}
+
+/// An upstream's answer after the local CNAMEs that led to its question.
+fn chained(chain: &[Record], mut answer: Answer) -> Answer {
+    if !chain.is_empty() {
+        answer.answers.splice(0..0, chain.iter().cloned());
+    }
+    answer
 }
 
 #[cfg(test)]
