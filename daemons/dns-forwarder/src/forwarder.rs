@@ -615,7 +615,8 @@ impl Forwarder {
             question = %query.name(),
             qtype = %query.query_type(),
             tried = %tried,
-            "every upstream failed; {unsaid} more questions failed so since the last warning"
+            since_last_warning = unsaid,
+            "every upstream failed: answered SERVFAIL (or stale)"
         );
     }
 

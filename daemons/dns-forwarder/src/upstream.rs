@@ -196,7 +196,19 @@ impl Upstream {
         // fails to parse and is ignored: the upstream broke the rules).
         let limit = (usize::from(ask.edns_buffer.max(512)) + 512).min(RECV_MAX);
         loop {
-            socket.readable().await?;
+            // ERROR too: an ICMP port unreachable makes the connected socket's next receive
+            // fail with ECONNREFUSED, and the next upstream is asked at once instead of after
+            // the timeout (readable() alone does not wake for it).
+            let ready = socket
+                .ready(tokio::io::Interest::READABLE | tokio::io::Interest::ERROR)
+                .await?;
+            if ready.is_error() {
+                // The socket's pending error (taking it clears it); this socket is used for
+                // nothing else, so an error without one still ends the exchange.
+                let err = socket.take_error()?;
+                let err = err.unwrap_or_else(|| std::io::ErrorKind::ConnectionRefused.into());
+                return Err(UpstreamError::Io(err));
+            }
             // Received and parsed in the thread's buffer: no buffer per query in flight.
             let received =
                 RECV_BUF.with_borrow_mut(|buf| match socket.try_recv(&mut buf[..limit]) {
