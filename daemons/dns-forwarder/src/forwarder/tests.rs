@@ -1,7 +1,9 @@
 use super::*;
+use crate::config::DnsConfig;
 use hickory_proto::op::{Edns, MessageType};
 use hickory_proto::rr::rdata::TXT;
 use hickory_proto::rr::Name;
+use std::net::SocketAddr;
 
 fn settings() -> Settings {
     let mut config = DnsConfig::default();
