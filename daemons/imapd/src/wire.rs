@@ -180,7 +180,7 @@ pub(crate) const SYSTEM_FLAGS: [(Flags, Flag<'static>); 5] = [
 ];
 
 /// The keyword letters `a`-`z`.
-static ALL_KEYWORDS: LazyLock<Flags> = LazyLock::new(|| {
+pub(crate) static ALL_KEYWORDS: LazyLock<Flags> = LazyLock::new(|| {
     (0..26u8)
         .filter_map(Flags::keyword)
         .fold(Flags::EMPTY, |all, k| all | k)

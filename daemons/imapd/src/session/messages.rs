@@ -2,6 +2,9 @@
 //! (RFC 3691), EXPUNGE and UID EXPUNGE (RFC 4315), SEARCH, STORE, COPY and MOVE (RFC 6851).
 //! FETCH has a module of its own, [`super::fetch`].
 
+use std::cell::RefCell;
+use std::collections::HashSet;
+use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
 use imap_codec::imap_types::core::Charset;
@@ -14,7 +17,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_maildir::{FlagChange, Flags, Folder, StoreError};
+use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo};
 
 use super::input::client_gone;
 use super::reply::{bad, expunge_issued, no_code, ok, ok_code, read_only, store_error, Done};
@@ -22,7 +25,7 @@ use super::{blocking, Conn, Session};
 use crate::keywords::Keywords;
 use crate::search::{self, Query, Stopped};
 use crate::selected::Selected;
-use crate::wire::{self, nz, SYSTEM_FLAGS};
+use crate::wire::{self, nz};
 
 impl Session {
     pub(super) fn append(
@@ -157,41 +160,56 @@ impl Session {
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
         };
-        if target.path() == sel.folder.path() {
+        if moving || target.path() == sel.folder.path() {
             sel.own_change = true;
         }
-        let copied = blocking(|| copy_messages(sel, &indexes, &target));
-        let Copied {
-            from,
-            to,
-            validity,
-            indexes: copied,
-        } = match copied {
-            Ok(copied) => copied,
+        let chosen: Vec<MessageInfo> = indexes.iter().map(|&i| sel.messages[i].clone()).collect();
+        // All or nothing, by the store: a COPY leaves the target as it was on any error, and
+        // a MOVE renames each file, so a message is in exactly one folder at every instant.
+        let transferred = blocking(|| {
+            let keywords = KeywordMap::new(&sel.folder, &target);
+            let flags = |f| keywords.translate(f);
+            if moving {
+                sel.folder.move_to(&target, &chosen, &flags)
+            } else {
+                sel.folder.copy_to(&target, &chosen, &flags)
+            }
+        });
+        let done = if moving {
+            "MOVE completed."
+        } else {
+            "COPY completed."
+        };
+        let transferred = match transferred {
+            Ok(t) => t,
             Err(e) => return store_error(&e),
         };
+        let from: Vec<u32> = transferred.messages.iter().map(|(uid, _)| *uid).collect();
+        let to: Vec<u32> = transferred.messages.iter().map(|(_, m)| m.uid).collect();
         let (Some(source), Some(destination)) = (wire::uid_set(&from), wire::uid_set(&to)) else {
-            // Nothing was copied.
-            return ok(if moving {
-                "MOVE completed."
-            } else {
-                "COPY completed."
-            });
+            // Every chosen message was expunged meanwhile: nothing to report.
+            return ok(done);
         };
         let code = Code::CopyUid {
-            uid_validity: nz(validity),
+            uid_validity: nz(transferred.uid_validity),
             source,
             destination,
         };
         if !moving {
-            return ok_code(code, "COPY completed.");
+            return ok_code(code, done);
         }
+        // RFC 6851 §4.3: COPYUID untagged, then an EXPUNGE for each message moved.
         let moved = wire::untagged(StatusKind::Ok, Some(code), wire::text("Moved."));
         wire::status(&mut conn.out, moved);
-        match blocking(|| sel.expunge(&copied, Some(&mut conn.out))) {
-            Ok(_) => ok("MOVE completed."),
-            Err(e) => store_error(&e),
+        let gone: HashSet<u32> = from.into_iter().collect();
+        for seq in (1..=sel.messages.len()).rev() {
+            if gone.contains(&sel.messages[seq - 1].uid) {
+                wire::data(&mut conn.out, Data::Expunge(nz(seq as u32)));
+                let gone = sel.messages.remove(seq - 1);
+                sel.recent.remove(&gone.uid);
+            }
         }
+        ok(done)
     }
 
     /// CHECK: every change is on disk already.
@@ -269,63 +287,54 @@ impl Session {
     }
 }
 
-/// What COPY and MOVE copied: the UIDs in the source and the target, the target's
-/// UIDVALIDITY, and the indexes of the copied messages.
-struct Copied {
-    from: Vec<u32>,
-    to: Vec<u32>,
-    validity: u32,
-    indexes: Vec<usize>,
+/// Translates flags from the source folder's keyword letters to the target's, by name
+/// (Maildir keeps keywords as letters per folder), giving the target a letter for a name it
+/// lacks. A letter the source has no name for is dropped; every other flag is kept.
+struct KeywordMap {
+    /// `None` within one folder: the letters stay as they are.
+    source: Option<Keywords>,
+    target: RefCell<Keywords>,
+    target_path: PathBuf,
 }
 
-/// Copies the messages at `indexes` into `target`, keywords translated by name; a message
-/// expunged meanwhile is skipped. Blocking.
-fn copy_messages(sel: &Selected, indexes: &[usize], target: &Folder) -> Result<Copied, StoreError> {
-    let mut target_keywords = Keywords::load(target.path());
-    let mut copied = Copied {
-        from: Vec::new(),
-        to: Vec::new(),
-        validity: 0,
-        indexes: Vec::new(),
-    };
-    for &i in indexes {
-        let msg = &sel.messages[i];
-        // Keywords are letters per folder: translate them by name.
-        let mut flags = Flags::EMPTY;
-        for (f, _) in SYSTEM_FLAGS {
-            if msg.flags.contains(f) {
-                flags.insert(f);
-            }
-        }
-        for n in 0..26u8 {
-            let (Some(bit), Some(name)) = (Flags::keyword(n), sel.keywords.name(n)) else {
-                continue;
-            };
-            if msg.flags.contains(bit) {
-                if let Some(k) = target_keywords
-                    .find_or_add(target.path(), name)
-                    .and_then(Flags::keyword)
-                {
-                    flags.insert(k);
-                }
-            }
-        }
-        let appended = sel
-            .folder
-            .open(msg)
-            .and_then(|mut file| target.append(&mut file, flags, Some(msg.internal_date)));
-        match appended {
-            Ok(a) => {
-                copied.validity = a.uid_validity;
-                copied.from.push(msg.uid);
-                copied.to.push(a.message.uid);
-                copied.indexes.push(i);
-            }
-            Err(StoreError::MessageGone { .. }) => {}
-            Err(e) => return Err(e),
+impl KeywordMap {
+    fn new(source: &Folder, target: &Folder) -> KeywordMap {
+        let same = source.path() == target.path();
+        KeywordMap {
+            // Read now, not from the session's view: another session may have named a
+            // letter since.
+            source: (!same).then(|| Keywords::load(source.path())),
+            target: RefCell::new(Keywords::load(target.path())),
+            target_path: target.path().to_owned(),
         }
     }
-    Ok(copied)
+
+    fn translate(&self, flags: Flags) -> Flags {
+        let Some(source) = &self.source else {
+            return flags;
+        };
+        let mut out = flags;
+        out.remove(*wire::ALL_KEYWORDS);
+        for n in 0..26u8 {
+            let Some(bit) = Flags::keyword(n) else {
+                continue;
+            };
+            if !flags.contains(bit) {
+                continue;
+            }
+            let Some(name) = source.name(n) else {
+                continue;
+            };
+            let mut target = self.target.borrow_mut();
+            if let Some(k) = target
+                .find_or_add(&self.target_path, name)
+                .and_then(Flags::keyword)
+            {
+                out.insert(k);
+            }
+        }
+        out
+    }
 }
 
 /// Indexes of messages flagged \Deleted (and, for UID EXPUNGE, in the UID set).
