@@ -7,9 +7,10 @@ every surviving message under the UID it had: the restarted process rebuilds its
 folder from disk without a client seeing a change. An operation whose tagged OK (SMTP 250,
 exit status 0) reached the client before the kill must be complete.
 
-The kill moment is drawn uniformly from [0, 1.5 x the operation's usual duration], learnt from
-the runs that finished before their kill, so kills land before, inside and after the
-operation. Tallies are printed (run with -s to read them); INETKIT_CRASH_SEED replays a run.
+The kill moment is drawn uniformly from [0, 1.5 x a guess of the operation's duration] that
+adapts until about half the runs finish before their kill, so kills land before, inside and
+after the operation. Tallies are printed (run with -s to read them); INETKIT_CRASH_SEED
+replays a run.
 """
 
 import imaplib
@@ -125,23 +126,23 @@ def services(tmp_path):
 
 
 class Timing:
-    """When to kill: uniformly in [0, 1.5 x the median duration of the runs that finished].
-    Until one has finished, the guess grows with every run cut short, so that an operation
-    slower than the first guess is not always killed before it starts."""
+    """When to kill: uniformly in [0, 1.5 x a guess of the operation's duration]. The guess
+    grows by a quarter after each run cut short and shrinks by a fifth after each run that
+    finished, so it settles where about half the runs finish before their kill: kills land
+    before, inside and after the operation, however fast it is on this machine."""
 
     def __init__(self, rng, first_guess):
-        self.rng, self.samples, self.first_guess = rng, [], first_guess
+        self.rng, self.guess, self.samples = rng, first_guess, []
 
     def delay(self) -> float:
-        usual = statistics.median(self.samples[-10:]) if self.samples else self.first_guess
-        return self.rng.uniform(0, 1.5 * usual)
+        return self.rng.uniform(0, 1.5 * self.guess)
 
     def finished_in(self, seconds: float):
         self.samples.append(seconds)
+        self.guess *= 0.8
 
     def cut_short(self):
-        if not self.samples:
-            self.first_guess *= 1.5
+        self.guess *= 1.25
 
 
 # -- imapd -------------------------------------------------------------------------------------
@@ -407,8 +408,9 @@ def test_kill_9_of_imapd(services, home, cert, rng, op):
     tally["files left in tmp/"] = sum(len(list((mailbox / d / "tmp").iterdir()))
                                       for d in (".", ".Archive"))
     tally.show(f"imapd {op}", "in two folders", "UID reused", "flags changed")
-    usual = statistics.median(timing.samples) if timing.samples else timing.first_guess
-    print(f"usual duration {usual * 1000:.1f} ms ({len(timing.samples)} runs finished)")
+    if timing.samples:
+        print(f"median duration {statistics.median(timing.samples) * 1000:.1f} ms "
+              f"({len(timing.samples)} runs finished before their kill)")
     assert not problems, "\n".join(problems)
     for key in ("lost", "duplicated", "in two folders", "UID reused", "renumbered",
                 "flags changed"):
@@ -545,6 +547,7 @@ def test_kill_9_of_inetkit_deliver(home, rng):
             proc.wait(timeout=timing.delay())
             timing.finished_in(time.monotonic() - started)
         except subprocess.TimeoutExpired:
+            timing.cut_short()
             proc.send_signal(signal.SIGKILL)
             tally["kills"] += 1
         proc.wait()
@@ -577,7 +580,7 @@ def test_kill_9_of_inetkit_deliver(home, rng):
             tally["killed mid-delivery, " + ("kept" if count[token] else "nothing kept")] += 1
         known = messages
     tally["iterations"] = i
-    tally.show("inetkit deliver")
+    tally.show("inetkit deliver", "UID reused")
     assert tally["kills"] == ITERATIONS
     assert not problems, "\n".join(problems)
     # What killed writers left in tmp/ is not a message: no client sees it, and the store's

@@ -24,7 +24,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::fsutil::{self, Lock, Owner};
 use super::index::{self, Index, Sub};
-use super::maildir::{cur_name, name_time, split_name};
+use super::maildir::{cur_name, name_time, new_name, split_name};
 use super::uidlist::{Entry, Loaded, UidList};
 use super::{Flags, StoreError};
 
@@ -342,8 +342,10 @@ impl Folder {
         })
     }
 
-    /// Adds a message with flags and an internal date (IMAP APPEND and COPY, the Sent copy of
-    /// submitted mail) and gives it the next UID at once. Without flags it goes to `new/`.
+    /// Adds a message with flags and an internal date (IMAP APPEND, the Sent copy of
+    /// submitted mail) and gives it the next UID at once. It goes to `new/`, its flags in its
+    /// name, so that the next session to select the folder sees it `\Recent` (RFC 3501
+    /// §6.3.11, §2.3.2).
     pub fn append(
         &self,
         message: &mut dyn Read,
@@ -351,8 +353,7 @@ impl Folder {
         internal_date: Option<SystemTime>,
     ) -> Result<Appended, StoreError> {
         let date = internal_date.unwrap_or_else(SystemTime::now);
-        let sub = if flags.is_empty() { Sub::New } else { Sub::Cur };
-        let (path, base, sizes, file) = self.write_message(message, date, sub, flags)?;
+        let (path, base, sizes, file) = self.write_message(message, date, Sub::New, flags)?;
         if internal_date.is_some() {
             // After the rename: the tmp/ cleaner must never see an old date on a live file.
             if let Err(err) = file.set_modified(date) {
@@ -363,16 +364,13 @@ impl Folder {
         let secs = name_time(&base).unwrap_or(0);
         let mut message = MessageInfo {
             uid: 0,
-            file: match sub {
-                Sub::New => format!("new/{base}").into(),
-                Sub::Cur => format!("cur/{}", cur_name(&base, flags)).into(),
-            },
+            file: format!("new/{}", new_name(&base, flags)).into(),
             base: base.into(),
             size: sizes.size,
             vsize: sizes.vsize,
             flags,
             internal_date: UNIX_EPOCH + Duration::from_secs(secs),
-            recent: sub == Sub::New,
+            recent: true,
         };
 
         let lock = self.lock()?;

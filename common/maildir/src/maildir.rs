@@ -117,6 +117,17 @@ pub(crate) fn cur_name(base: &str, flags: Flags) -> String {
     format!("{base}:2,{flags}")
 }
 
+/// The file name of a message in `new/`: its base, with the flags it arrived with (IMAP
+/// APPEND, COPY and MOVE give some), which scans read as in `cur/`. A message stays in `new/`
+/// until a session selecting the folder claims it: that session sees it `\Recent`.
+pub(crate) fn new_name(base: &str, flags: Flags) -> String {
+    if flags.is_empty() {
+        base.to_owned()
+    } else {
+        cur_name(base, flags)
+    }
+}
+
 /// A numeric `,<key>=<n>` field of a base name (`S` = size, `W` = size with CRLF line ends).
 pub(crate) fn size_field(base: &str, key: char) -> Option<u64> {
     base.split(',').skip(1).find_map(|field| {

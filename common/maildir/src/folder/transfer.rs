@@ -1,6 +1,6 @@
 //! Copying and moving messages into another folder (IMAP COPY and MOVE).
 //!
-//! - A move renames each file into the target's `cur/`, so that a message is in exactly one
+//! - A move renames each file into the target's `new/`, so that a message is in exactly one
 //!   folder at every instant, whenever the process is killed (RFC 6851 §3.3).
 //! - A copy writes every message to the target's `tmp/` first and then renames them all into
 //!   place; on any error (a full disk) what it wrote is removed and the target is left as it
@@ -14,7 +14,9 @@
 //! gone is dropped at the source's next snapshot, as for any expunge.
 //!
 //! Messages get a new base name in the target (with the source's internal date and sizes), so
-//! that a base is never in a folder twice, whatever another program copied there before.
+//! that a base is never in a folder twice, whatever another program copied there before. They
+//! arrive in `new/`, flags in their names, so that the next session to select the target sees
+//! them `\Recent` (RFC 3501 §6.4.7).
 
 use std::collections::HashSet;
 use std::fs::File;
@@ -27,7 +29,7 @@ use super::{message_info, Folder, MessageInfo, NAME_ATTEMPTS};
 use crate::faults::{self, Step};
 use crate::fsutil::{self, Lock};
 use crate::index::{Found, FxMap, Sub};
-use crate::maildir::{cur_name, name_time, size_field, unique_name, SizeCounter};
+use crate::maildir::{name_time, new_name, size_field, unique_name, SizeCounter};
 use crate::uidlist::{Entry, Loaded, UidList};
 use crate::{Flags, StoreError};
 
@@ -64,16 +66,6 @@ struct Written {
     placed: Option<(PathBuf, Arc<str>)>,
 }
 
-impl Written {
-    fn sub(&self) -> Sub {
-        if self.flags.is_empty() {
-            Sub::New
-        } else {
-            Sub::Cur
-        }
-    }
-}
-
 /// A message the target's uid list is to number.
 struct Arrival {
     base: Arc<str>,
@@ -83,7 +75,7 @@ struct Arrival {
 }
 
 impl Folder {
-    /// Moves messages into `target` by renaming their files into its `cur/`, with their flags
+    /// Moves messages into `target` by renaming their files into its `new/`, with their flags
     /// passed through `flags` (IMAP keywords are letters per folder), and numbers them there.
     /// A file another process renamed since the caller's snapshot is followed; one deleted
     /// since is skipped. On an error every message already moved is moved back, so the
@@ -143,8 +135,8 @@ impl Folder {
             .zip(uids)
             .filter_map(|(m, uid)| {
                 let uid = uid?;
-                let name = cur_name(&m.base, m.flags);
-                let found = Found::new(Sub::Cur, &name, 0);
+                let name = new_name(&m.base, m.flags);
+                let found = Found::new(Sub::New, &name, 0);
                 let entry = entry_for(uid, &m.base, m.size, m.vsize, m.internal_date);
                 Some((m.source_uid, message_info(&entry, &found)))
             })
@@ -164,7 +156,7 @@ impl Folder {
         flags: &dyn Fn(Flags) -> Flags,
         moved: &mut Vec<Moved>,
     ) -> Result<(), StoreError> {
-        let target_cur = target.path.join(Sub::Cur.dir());
+        let target_new = target.path.join(Sub::New.dir());
         for msg in msgs {
             let mut from = self.path.join(&*msg.file);
             let mut current = msg.flags;
@@ -179,7 +171,7 @@ impl Folder {
                 )
                 .into();
                 let new_flags = flags(current);
-                let to = target_cur.join(cur_name(&base, new_flags));
+                let to = target_new.join(new_name(&base, new_flags));
                 match faults::check(Step::Move).and_then(|()| fsutil::move_noreplace(&from, &to)) {
                     Ok(()) => {
                         moved.push(Moved {
@@ -221,7 +213,7 @@ impl Folder {
         }
         // The target's entries first: should the machine stop between the two, the message
         // is in the target (and perhaps still in the source), never in neither.
-        fsutil::sync_dir(&target_cur)?;
+        fsutil::sync_dir(&target_new)?;
         for sub in [Sub::New, Sub::Cur] {
             fsutil::sync_dir(&self.path.join(sub.dir()))?;
         }
@@ -264,7 +256,6 @@ impl Folder {
 
         let mut messages = Vec::with_capacity(written.len());
         for (w, uid) in written.into_iter().zip(uids) {
-            let sub = w.sub();
             let (Some((path, base)), Some(uid)) = (w.placed, uid) else {
                 continue;
             };
@@ -272,12 +263,9 @@ impl Folder {
             if let Err(err) = File::open(&path).and_then(|f| f.set_modified(w.date)) {
                 tracing::debug!(path = %path.display(), error = %err, "cannot set mtime");
             }
-            let name = match sub {
-                Sub::New => base.to_string(),
-                Sub::Cur => cur_name(&base, w.flags),
-            };
+            let name = new_name(&base, w.flags);
             let entry = entry_for(uid, &base, w.sizes.size, w.sizes.vsize, w.date);
-            let found = Found::new(sub, &name, 0);
+            let found = Found::new(Sub::New, &name, 0);
             messages.push((w.source_uid, message_info(&entry, &found)));
         }
         Ok(Transferred {
@@ -320,17 +308,12 @@ impl Folder {
         lock: &Lock,
         written: &mut [Written],
     ) -> Result<(u32, Vec<Option<u32>>), StoreError> {
-        let mut used = [false; 2];
         for w in written.iter_mut() {
-            let sub = w.sub();
-            let (path, base) = self.place(&w.tmp, w.date, sub, w.flags, &w.sizes)?;
+            let (path, base) = self.place(&w.tmp, w.date, Sub::New, w.flags, &w.sizes)?;
             w.placed = Some((path, base.into()));
-            used[usize::from(sub == Sub::Cur)] = true;
         }
-        for (sub, used) in [Sub::New, Sub::Cur].into_iter().zip(used) {
-            if used {
-                fsutil::sync_dir(&self.path.join(sub.dir()))?;
-            }
+        if !written.is_empty() {
+            fsutil::sync_dir(&self.path.join(Sub::New.dir()))?;
         }
         let arrivals: Vec<Arrival> = written
             .iter()

@@ -9,7 +9,7 @@ use std::time::SystemTime;
 use crate::faults::{self, Step};
 use crate::fsutil::{self};
 use crate::index::Sub;
-use crate::maildir::{cur_name, unique_name, SizeCounter};
+use crate::maildir::{cur_name, new_name, unique_name, SizeCounter};
 use crate::{Flags, StoreError};
 
 use super::{Folder, NAME_ATTEMPTS};
@@ -57,7 +57,7 @@ impl Folder {
         for _ in 0..NAME_ATTEMPTS {
             let base = format!("{},S={},W={}", unique_name(date), sizes.size, sizes.vsize);
             let name = match sub {
-                Sub::New => base.clone(),
+                Sub::New => new_name(&base, flags),
                 Sub::Cur => cur_name(&base, flags),
             };
             let path = dir.join(&name);

@@ -304,7 +304,9 @@ fn append_gives_the_next_uid_with_flags_and_date() {
         .append(&mut &b"Subject: a\n\n"[..], Flags::SEEN, Some(date))
         .unwrap();
     assert_eq!(a.message.uid, 1);
-    assert!(a.message.file().starts_with("cur/") && a.message.file().ends_with(":2,S"));
+    // In new/ with its flags: \Recent for the next session to select the folder.
+    assert!(a.message.file().starts_with("new/") && a.message.file().ends_with(":2,S"));
+    assert!(a.message.recent);
     let b = sent
         .append(&mut &b"Subject: b\n\n"[..], Flags::EMPTY, None)
         .unwrap();
@@ -320,6 +322,16 @@ fn append_gives_the_next_uid_with_flags_and_date() {
         .modified()
         .unwrap();
     assert_eq!(mtime, date);
+
+    // The session that claims them takes them to cur/, flags kept; they are recent only to it.
+    let claimed = sent.claim_new().unwrap();
+    assert!(claimed.messages.iter().all(|m| m.recent));
+    let again = sent.snapshot().unwrap();
+    assert!(again.messages.iter().all(|m| !m.recent));
+    assert!(
+        again.messages[0].file().starts_with("cur/") && again.messages[0].file().ends_with(":2,S")
+    );
+    assert_eq!(again.messages[0].flags, Flags::SEEN);
 
     // Appending to a folder whose list was lost falls back to a full sync.
     std::fs::remove_file(sent.path().join("inetkit-uidlist")).unwrap();

@@ -111,7 +111,8 @@ fn a_move_renames_files_into_the_target_and_numbers_them_there() {
         (&chosen[0], &texts[0], inodes[0]),
         (&chosen[1], &texts[2], inodes[1]),
     ]) {
-        assert!(m.file().starts_with("cur/") && !m.recent);
+        // In new/, flags in the name: \Recent for the next session to select the target.
+        assert!(m.file().starts_with("new/") && m.recent);
         assert_eq!(m.flags, old.flags | Flags::FLAGGED);
         assert_eq!((m.size, m.vsize), (old.size, old.vsize));
         assert_eq!(m.internal_date, old.internal_date);
@@ -276,8 +277,9 @@ fn a_copy_adds_every_message_with_its_date_and_mapped_flags() {
     assert_eq!(target.messages, got);
     assert_eq!(copied.messages[0].0, 1);
     assert_eq!(copied.messages[1].0, 2);
-    // No flags: new/ (\Recent), as APPEND does; flags: cur/.
+    // In new/ (\Recent), as APPEND does, with or without flags.
     assert!(got[0].recent && got[0].flags.is_empty());
+    assert!(got[1].recent && got[1].file().starts_with("new/"));
     assert_eq!(got[1].flags, Flags::SEEN | Flags::FLAGGED);
     for (old, new) in msgs.iter().zip(&got) {
         assert_eq!(content(&archive, new), content(&inbox, old));

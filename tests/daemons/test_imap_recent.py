@@ -1,0 +1,88 @@
+"""\\Recent on messages that arrive by COPY, MOVE or APPEND, flags or not (RFC 3501 §2.3.2,
+§6.3.11, §6.4.7; RFC 6851): the first session to select the folder after they arrived sees
+them \\Recent, and no session after it does."""
+
+import imaplib
+import re
+
+import pytest
+
+from support.homes import PASSWORD, daemon_config, message, seed, tls_context
+
+
+@pytest.fixture
+def imap(daemons, mailhome, cert):
+    users, mail = mailhome
+    for n in range(1, 4):
+        seed(mail, "alice", message(n))
+    return daemons.start("imapd", daemon_config(
+        ("imap",), users, cert, auth="failure_delay = 0\n", rest=f'[mail]\nroot = "{mail}"\n'))
+
+
+def client(d, cert) -> imaplib.IMAP4:
+    c = imaplib.IMAP4(*d.addr("imap"), timeout=30)
+    c.starttls(ssl_context=tls_context(cert))
+    c.login("alice", PASSWORD)
+    return c
+
+
+def ok(result):
+    typ, data = result
+    assert typ == "OK", (typ, data)
+    return data
+
+
+def flags_by_uid(c) -> dict:
+    """{uid: set of flags} of the selected folder."""
+    out = {}
+    for line in ok(c.uid("FETCH", "1:*", "(FLAGS)")):
+        uid = int(re.search(rb"UID (\d+)", line).group(1))
+        out[uid] = set(re.search(rb"FLAGS \(([^)]*)\)", line).group(1).decode().split())
+    return out
+
+
+def test_copied_moved_and_appended_messages_are_recent_to_the_first_session(imap, cert):
+    a = client(imap, cert)
+    ok(a.create("Archive"))
+    ok(a.select("INBOX"))
+    ok(a.uid("STORE", "1", "+FLAGS", "(\\Seen)"))
+    ok(a.uid("STORE", "2", "+FLAGS", "(\\Flagged $Label1)"))
+    ok(a.uid("COPY", "1", "Archive"))
+    ok(a._simple_command("UID", "MOVE", "2", "Archive"))
+    ok(a.uid("COPY", "3", "Archive"))
+    ok(a.append("Archive", "(\\Seen \\Answered)", None, message(4)))
+    ok(a.append("Archive", None, None, message(5)))
+
+    b = client(imap, cert)
+    ok(b.select("Archive"))
+    assert b.response("RECENT")[1] == [b"5"]
+    assert flags_by_uid(b) == {
+        1: {"\\Seen", "\\Recent"},
+        2: {"\\Flagged", "$Label1", "\\Recent"},
+        3: {"\\Recent"},
+        4: {"\\Seen", "\\Answered", "\\Recent"},
+        5: {"\\Recent"},
+    }
+    assert ok(b.search(None, "RECENT")) == [b"1 2 3 4 5"]
+
+    # Only the first session: the next one sees the same flags without \Recent.
+    c = client(imap, cert)
+    ok(c.select("Archive"))
+    assert c.response("RECENT")[1] == [b"0"]
+    assert flags_by_uid(c) == {
+        1: {"\\Seen"}, 2: {"\\Flagged", "$Label1"}, 3: set(), 4: {"\\Seen", "\\Answered"},
+        5: set(),
+    }
+    for s in (a, b, c):
+        s.logout()
+
+
+def test_a_copy_into_the_selected_folder_is_recent_to_the_copying_session(imap, cert):
+    a = client(imap, cert)
+    ok(a.select("INBOX"))
+    ok(a.uid("STORE", "1", "+FLAGS", "(\\Seen)"))
+    ok(a.uid("COPY", "1", "INBOX"))
+    ok(a.noop())
+    assert a.response("EXISTS")[1][-1] == b"4"
+    assert flags_by_uid(a)[4] == {"\\Seen", "\\Recent"}
+    a.logout()
