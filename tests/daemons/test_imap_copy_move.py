@@ -1,6 +1,7 @@
-"""\\Recent on messages that arrive by COPY, MOVE or APPEND, flags or not (RFC 3501 §2.3.2,
-§6.3.11, §6.4.7; RFC 6851): the first session to select the folder after they arrived sees
-them \\Recent, and no session after it does."""
+"""COPY and MOVE as a client sees them: MOVE's responses (RFC 6851), and \\Recent on messages
+that arrive by COPY, MOVE or APPEND, flags or not (RFC 3501 §2.3.2, §6.3.11, §6.4.7): the
+first session to select the folder after they arrived sees them \\Recent, and no session
+after it does. What a kill -9 or a full disk in the middle leaves is in test_crash*.py."""
 
 import imaplib
 import re
@@ -85,4 +86,29 @@ def test_a_copy_into_the_selected_folder_is_recent_to_the_copying_session(imap, 
     ok(a.noop())
     assert a.response("EXISTS")[1][-1] == b"4"
     assert flags_by_uid(a)[4] == {"\\Seen", "\\Recent"}
+    a.logout()
+
+
+def test_move_answers_copyuid_then_expunges_from_the_highest(imap, cert):
+    a = client(imap, cert)
+    ok(a.create("Archive"))
+    validity = re.search(rb"UIDVALIDITY (\d+)",
+                         ok(a.status("Archive", "(UIDVALIDITY)"))[0]).group(1)
+    ok(a.select("INBOX"))
+    typ, _ = a._simple_command("UID", "MOVE", "1,3", "Archive")
+    assert typ == "OK"
+    # Each EXPUNGE's number holds when the client applies them in order.
+    assert a.untagged_responses.pop("EXPUNGE") == [b"3", b"1"]
+    copyuid = a.response("COPYUID")[1][0].split()
+    assert copyuid == [validity, b"1,3", b"1:2"], copyuid
+    assert ok(a.fetch("1:*", "(UID)")) == [b"1 (UID 2)"]
+    assert b"MESSAGES 2" in ok(a.status("Archive", "(MESSAGES)"))[0]
+
+    # Read-only: COPY is allowed, MOVE is not, and nothing moves.
+    ok(a.select("INBOX", readonly=True))
+    ok(a.uid("COPY", "2", "Archive"))
+    typ, _ = a._simple_command("UID", "MOVE", "2", "Archive")
+    assert typ == "NO"
+    assert ok(a.fetch("1:*", "(UID)")) == [b"1 (UID 2)"]
+    assert b"MESSAGES 3" in ok(a.status("Archive", "(MESSAGES)"))[0]
     a.logout()
