@@ -45,6 +45,7 @@ mod fsutil;
 pub mod fuzzing;
 mod index;
 mod maildir;
+pub mod mutf7;
 mod store;
 pub mod uidlist;
 

@@ -9,6 +9,7 @@ use std::time::SystemTime;
 use super::folder::{Delivered, Folder};
 use super::fsutil::{self, Owner};
 use super::maildir::unique_name;
+use super::mutf7;
 use super::StoreError;
 
 /// Folders every new mailbox starts with (the IMAP special-use ones).
@@ -19,6 +20,7 @@ pub const DEFAULT_FOLDERS: [&str; 4] = ["Sent", "Drafts", "Trash", "Junk"];
 pub struct Store {
     root: PathBuf,
     owner: Option<Owner>,
+    special_use: bool,
 }
 
 impl Store {
@@ -28,7 +30,16 @@ impl Store {
         Store {
             root: root.into(),
             owner: None,
+            special_use: false,
         }
+    }
+
+    /// Makes [`Store::mailbox`] create any of the [`DEFAULT_FOLDERS`] a mailbox lacks each time
+    /// it opens one, not only when it creates the mailbox: a Maildir another program delivered
+    /// into then has the folders IMAP clients look for (imapd, at login).
+    pub fn with_special_use_folders(mut self, on: bool) -> Store {
+        self.special_use = on;
+        self
     }
 
     /// Makes everything the store creates from now on belong to `owner` (for tools run as root).
@@ -44,7 +55,8 @@ impl Store {
 
     /// A user's mailbox, created on first use with INBOX (`tmp/ new/ cur/` at its top) and the
     /// [`DEFAULT_FOLDERS`]. A Maildir another program made is used as it is (only a missing
-    /// `tmp/`, `new/` or `cur/` is added).
+    /// `tmp/`, `new/` or `cur/` is added, and the default folders when
+    /// [`Store::with_special_use_folders`] says so).
     pub fn mailbox(&self, user: &str) -> Result<Mailbox, StoreError> {
         if !valid_user(user) {
             return Err(StoreError::InvalidUser(user.to_owned()));
@@ -68,7 +80,7 @@ impl Store {
             path,
             owner: self.owner,
         };
-        if created {
+        if created || self.special_use {
             for name in DEFAULT_FOLDERS {
                 match mailbox.create(name) {
                     Ok(_) | Err(StoreError::FolderExists(_)) => {}
@@ -87,9 +99,9 @@ impl Store {
 
 /// One user's Maildir++: INBOX at the top, folder `a/b` in `.a.b/`.
 ///
-/// Folder names use `/` as the hierarchy separator; `.` is one too (Maildir++ cannot tell
-/// them apart on disk), so a name part never contains a dot. Names are stored as given (UTF-8);
-/// IMAP's modified UTF-7 is the IMAP server's to decode.
+/// Folder names (UTF-8) use `/` as the hierarchy separator; on disk it is `.`, so a name part
+/// never contains a dot. Directory names are modified UTF-7, as Dovecot and Courier write
+/// them, so a Maildir moves between them and inetkit with its folder names intact.
 #[derive(Debug, Clone)]
 pub struct Mailbox {
     user: String,
@@ -120,7 +132,7 @@ impl Mailbox {
 
     /// An existing folder. `INBOX` (any case) is the top of the mailbox.
     pub fn folder(&self, name: &str) -> Result<Folder, StoreError> {
-        let Some(dir) = dir_name(name)? else {
+        let Some(dir) = self.existing_dir(name)? else {
             return Ok(self.inbox());
         };
         let path = self.path.join(&dir);
@@ -156,6 +168,10 @@ impl Mailbox {
         let Some(dir) = dir_name(name)? else {
             return Err(StoreError::FolderExists("INBOX".to_owned()));
         };
+        if self.existing_dir(name)?.as_deref() != Some(dir.as_str()) {
+            // The folder is there under its older, UTF-8 directory name.
+            return Err(StoreError::FolderExists(name.to_owned()));
+        }
         let path = self.path.join(&dir);
         if !fsutil::make_dir(&path, self.owner)? {
             return Err(StoreError::FolderExists(name.to_owned()));
@@ -169,7 +185,7 @@ impl Mailbox {
     /// Deletes a folder and its messages; its subfolders stay. The folder is first renamed
     /// out of sight in one step, so no process sees it half deleted.
     pub fn delete(&self, name: &str) -> Result<(), StoreError> {
-        let Some(dir) = dir_name(name)? else {
+        let Some(dir) = self.existing_dir(name)? else {
             return Err(StoreError::Inbox("deleted"));
         };
         let path = self.path.join(&dir);
@@ -191,7 +207,7 @@ impl Mailbox {
     /// UIDVALIDITY move with the folder. Each folder moves atomically; a hierarchy moves one
     /// folder at a time. Renaming INBOX is not supported.
     pub fn rename(&self, from: &str, to: &str) -> Result<(), StoreError> {
-        let Some(from_dir) = dir_name(from)? else {
+        let Some(from_dir) = self.existing_dir(from)? else {
             return Err(StoreError::Inbox("renamed"));
         };
         let Some(to_dir) = dir_name(to)? else {
@@ -236,6 +252,20 @@ impl Mailbox {
         Ok(())
     }
 
+    /// The directory of folder `name` as it is on disk: its modified UTF-7 name ([`dir_name`]),
+    /// or, when only that is missing, the UTF-8 name inetkit used to give non-ASCII folders.
+    /// `None` for INBOX.
+    fn existing_dir(&self, name: &str) -> Result<Option<String>, StoreError> {
+        let Some(dir) = dir_name(name)? else {
+            return Ok(None);
+        };
+        let legacy = format!(".{}", inbox_first(name).replace('/', "."));
+        if legacy != dir && !self.path.join(&dir).exists() && self.path.join(&legacy).is_dir() {
+            return Ok(Some(legacy));
+        }
+        Ok(Some(dir))
+    }
+
     fn folder_at(&self, dir: &str, path: PathBuf) -> Folder {
         let name = display_name(dir).unwrap_or_else(|| dir.to_owned());
         Folder::new(name, path, self.path.clone(), self.owner)
@@ -258,24 +288,41 @@ fn valid_user(user: &str) -> bool {
         && !user.chars().any(char::is_control)
 }
 
-/// The directory of a folder: `None` for INBOX, `.a.b` for `a/b` or `a.b`.
+/// The directory of a folder: `None` for INBOX, `.a.b` for `a/b`, each part in modified
+/// UTF-7 as Dovecot and Courier write them (`.Entw&APw-rfe` for `Entwürfe`). A `.` inside a
+/// part is refused: on disk it is the hierarchy separator, so `a.b` would silently be `a/b`.
+/// A first part spelt `inbox` in any case is `INBOX`, so `INBOX/x` is one folder.
 fn dir_name(name: &str) -> Result<Option<String>, StoreError> {
     if name.eq_ignore_ascii_case("INBOX") {
         return Ok(None);
     }
-    let parts: Vec<&str> = name.split(['/', '.']).collect();
-    let dir = format!(".{}", parts.join("."));
+    let name_inbox = inbox_first(name);
+    let parts: Vec<&str> = name_inbox.split('/').collect();
     if parts
         .iter()
-        .any(|p| p.is_empty() || p.chars().any(char::is_control))
-        || dir.len() > 255
+        .any(|p| p.is_empty() || p.contains('.') || p.chars().any(char::is_control))
     {
+        return Err(StoreError::InvalidFolder(name.to_owned()));
+    }
+    let encoded: Vec<String> = parts.iter().map(|p| mutf7::encode(p)).collect();
+    let dir = format!(".{}", encoded.join("."));
+    if dir.len() > 255 {
         return Err(StoreError::InvalidFolder(name.to_owned()));
     }
     Ok(Some(dir))
 }
 
-/// The folder name of a directory, or `None` if it is not a folder's.
+/// `name` with a first part spelt `inbox` in any case written `INBOX`.
+fn inbox_first(name: &str) -> String {
+    match name.split_once('/') {
+        Some((first, rest)) if first.eq_ignore_ascii_case("INBOX") => format!("INBOX/{rest}"),
+        _ => name.to_owned(),
+    }
+}
+
+/// The folder name of a directory, or `None` if it is not a folder's. A part that is modified
+/// UTF-7 (and written the way it would be encoded, so no two directories show as one name) is
+/// decoded; any other part (inetkit's older UTF-8 names, a plain `R&D`) is shown as it is.
 fn display_name(dir: &str) -> Option<String> {
     let rest = dir.strip_prefix('.')?;
     let parts: Vec<&str> = rest.split('.').collect();
@@ -285,7 +332,14 @@ fn display_name(dir: &str) -> Option<String> {
     {
         return None;
     }
-    Some(parts.join("/"))
+    let decoded: Vec<String> = parts
+        .iter()
+        .map(|p| match mutf7::decode(p.as_bytes()) {
+            Some(text) if mutf7::encode(&text) == *p => text,
+            _ => (*p).to_owned(),
+        })
+        .collect();
+    Some(inbox_first(&decoded.join("/")))
 }
 
 #[cfg(test)]
@@ -298,12 +352,41 @@ mod tests {
         assert_eq!(dir_name("inbox").unwrap(), None);
         assert_eq!(dir_name("Sent").unwrap().as_deref(), Some(".Sent"));
         assert_eq!(dir_name("a/b").unwrap().as_deref(), Some(".a.b"));
-        assert_eq!(dir_name("a.b").unwrap().as_deref(), Some(".a.b"));
-        assert_eq!(dir_name("Entwürfe").unwrap().as_deref(), Some(".Entwürfe"));
-        for bad in ["", ".", "..", "a//b", "/a", "a/", ".a", "a\nb", "a\0b"] {
+        assert_eq!(
+            dir_name("Entwürfe").unwrap().as_deref(),
+            Some(".Entw&APw-rfe")
+        );
+        assert_eq!(dir_name("R&D").unwrap().as_deref(), Some(".R&-D"));
+        assert_eq!(
+            dir_name("inbox/sub").unwrap().as_deref(),
+            Some(".INBOX.sub")
+        );
+        // The on-disk separator inside a name would make a hierarchy: refused.
+        for bad in [
+            "",
+            ".",
+            "..",
+            "a//b",
+            "/a",
+            "a/",
+            ".a",
+            "a\nb",
+            "a\0b",
+            "a.b",
+            "inbox.sub",
+        ] {
             assert!(dir_name(bad).is_err(), "{bad:?}");
         }
         assert_eq!(display_name(".a.b").as_deref(), Some("a/b"));
+        // Dovecot's modified UTF-7, inetkit's older UTF-8, and names that only look encoded.
+        assert_eq!(
+            display_name(".Entw&APw-rfe.x").as_deref(),
+            Some("Entwürfe/x")
+        );
+        assert_eq!(display_name(".Entwürfe").as_deref(), Some("Entwürfe"));
+        assert_eq!(display_name(".R&D").as_deref(), Some("R&D"));
+        assert_eq!(display_name(".R&-D").as_deref(), Some("R&D"));
+        assert_eq!(display_name(".inbox.sub").as_deref(), Some("INBOX/sub"));
         for not_folder in ["..deleted.1", ".", "..", "cur", ".a..b", ".a."] {
             assert_eq!(display_name(not_folder), None, "{not_folder:?}");
         }

@@ -33,6 +33,8 @@ pub(crate) const FILE: &str = "inetkit-uidlist";
 const TEMP: &str = "inetkit-uidlist.new";
 const MAGIC: &str = "inetkit-uidlist";
 const VERSION: &str = "1";
+/// Dovecot's uid list, taken over when a folder has no list of ours.
+const DOVECOT_FILE: &str = "dovecot-uidlist";
 
 /// One message's line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -172,6 +174,56 @@ impl UidList {
             return Err(corrupt("UIDs exhausted".to_owned()));
         }
         Ok(())
+    }
+
+    /// The folder's `dovecot-uidlist` (version 3, what Dovecot 1.0 and later write), when it
+    /// has one and it parses: a Maildir Dovecot kept moves over with its UIDs and UIDVALIDITY,
+    /// so clients keep their caches. Read once, when our own list is missing.
+    pub(crate) fn from_dovecot(dir: &Path) -> Option<UidList> {
+        let text = std::fs::read_to_string(dir.join(DOVECOT_FILE)).ok()?;
+        let mut lines = text.lines();
+        let mut header = lines.next()?.split(' ');
+        if header.next()? != "3" {
+            return None;
+        }
+        let (mut validity, mut next_uid) = (0, 1);
+        for word in header {
+            if let Some(v) = word.strip_prefix('V') {
+                validity = v.parse().ok()?;
+            } else if let Some(n) = word.strip_prefix('N') {
+                next_uid = n.parse().ok()?;
+            }
+        }
+        if validity == 0 {
+            return None;
+        }
+        let mut list = UidList {
+            validity,
+            next_uid: next_uid.max(1),
+            entries: Vec::new(),
+            needs_rewrite: false,
+        };
+        for line in lines.filter(|l| !l.is_empty()) {
+            let (fields, base) = line.split_once(" :")?;
+            let mut words = fields.split(' ');
+            let uid: u32 = words.next()?.parse().ok()?;
+            if uid == 0 || base.is_empty() || list.entries.last().is_some_and(|l| l.uid >= uid) {
+                return None;
+            }
+            // Extension fields: S<size>, W<size with CRLF>; the others (G, P, O) are not ours.
+            let (mut size, mut vsize) = (None, None);
+            for word in words {
+                if let Some(n) = word.strip_prefix('S') {
+                    size = n.parse().ok();
+                } else if let Some(n) = word.strip_prefix('W') {
+                    vsize = n.parse().ok();
+                }
+            }
+            list.next_uid = list.next_uid.max(uid.saturating_add(1));
+            list.entries
+                .push(Entry::new(uid, base.into(), size, vsize, None));
+        }
+        (list.next_uid != u32::MAX).then_some(list)
     }
 
     fn header_line(&self) -> String {
@@ -459,6 +511,34 @@ mod tests {
 
     fn entry(uid: u32, base: &str) -> Entry {
         Entry::new(uid, base.into(), None, None, None)
+    }
+
+    #[test]
+    fn dovecot_lists_are_taken_over() {
+        let dir = std::env::temp_dir().join(format!("uidlist-dovecot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(
+            dir.join(DOVECOT_FILE),
+            "3 V1700000000 N9 G0123abcd\n3 :1700000000.M1P2.host,S=10,W=12\n\
+             7 G0123 W40 S38 :1700000001.M2P2.host\n",
+        )
+        .unwrap();
+        let list = UidList::from_dovecot(&dir).expect("a Dovecot list");
+        assert_eq!((list.validity, list.next_uid), (1_700_000_000, 9));
+        let uids: Vec<u32> = list.entries.iter().map(|e| e.uid).collect();
+        assert_eq!(uids, [3, 7]);
+        assert_eq!(list.entries[1].facts(), (38, 40, 1_700_000_001));
+        // Anything else is not taken: the folder is numbered afresh.
+        for bad in [
+            "1 1700000000 3\n",
+            "3 N9\n",
+            "3 V1 N2\n2 :a\n1 :b\n",
+            "3 V1 N2\nx :a\n",
+        ] {
+            std::fs::write(dir.join(DOVECOT_FILE), bad).unwrap();
+            assert!(UidList::from_dovecot(&dir).is_none(), "{bad:?}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

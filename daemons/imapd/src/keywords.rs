@@ -1,7 +1,9 @@
 //! IMAP keywords of a folder. Maildir keeps them as the letters `a`-`z` in file names; this
 //! file (`inetkit-keywords`, the format of Dovecot's `dovecot-keywords`: `<n> <name>` lines)
 //! says which keyword each letter stands for. Adding a name takes a lock on the file, so two
-//! sessions adding keywords at once never give one letter two names.
+//! sessions adding keywords at once never give one letter two names. A folder Dovecot kept
+//! has `dovecot-keywords` instead: until ours exists, its names are the folder's, and the
+//! first keyword added copies them into ours, so the letters keep their meaning.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use nix::fcntl::{Flock, FlockArg};
 
 pub(crate) const FILE: &str = "inetkit-keywords";
+const DOVECOT_FILE: &str = "dovecot-keywords";
 /// Maildir has 26 keyword letters.
 const MAX: u8 = 26;
 
@@ -22,8 +25,11 @@ impl Keywords {
     /// The folder's keywords; a missing or unreadable file means none.
     pub(crate) fn load(folder: &Path) -> Keywords {
         let mut text = String::new();
-        if let Ok(mut file) = File::open(folder.join(FILE)) {
-            let _ = file.read_to_string(&mut text);
+        match File::open(folder.join(FILE)) {
+            Ok(mut file) => {
+                let _ = file.read_to_string(&mut text);
+            }
+            Err(_) => text = dovecot_keywords(folder),
         }
         Keywords::parse(&text)
     }
@@ -81,6 +87,11 @@ impl Keywords {
     }
 }
 
+/// The text of the folder's `dovecot-keywords` (the same `<n> <name>` lines), or nothing.
+fn dovecot_keywords(folder: &Path) -> String {
+    std::fs::read_to_string(folder.join(DOVECOT_FILE)).unwrap_or_default()
+}
+
 fn valid(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 128
@@ -100,6 +111,11 @@ fn add(path: &PathBuf, name: &str) -> std::io::Result<(Keywords, Option<u8>)> {
         Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
     let mut text = String::new();
     file.read_to_string(&mut text)?;
+    if text.is_empty() {
+        // Ours was just made: it starts as Dovecot's list, when the folder has one.
+        text = dovecot_keywords(path.parent().unwrap_or(Path::new(".")));
+        file.write_all(text.as_bytes())?;
+    }
     let mut keywords = Keywords::parse(&text);
     if let Some(n) = keywords.find(name) {
         return Ok((keywords, Some(n)));
@@ -134,6 +150,23 @@ mod tests {
         assert_eq!(k.find_or_add(&dir, "NonJunk"), Some(1));
         assert_eq!(Keywords::load(&dir).find("nonjunk"), Some(1));
         assert_eq!(k.find_or_add(&dir, "bad\"name"), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn dovecot_keywords_are_taken_over() {
+        let dir = std::env::temp_dir().join(format!("imapd-kw-dovecot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(DOVECOT_FILE), "0 $Forwarded\n2 Work\n").unwrap();
+        let mut k = Keywords::load(&dir);
+        assert_eq!((k.find("work"), k.find("$forwarded")), (Some(2), Some(0)));
+        // A new keyword takes a free letter, and Dovecot's stay as they were.
+        assert_eq!(k.find_or_add(&dir, "Later"), Some(1));
+        let ours = Keywords::load(&dir);
+        assert_eq!((ours.find("work"), ours.find("later")), (Some(2), Some(1)));
+        assert!(std::fs::read_to_string(dir.join(FILE))
+            .unwrap()
+            .contains("2 Work"));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

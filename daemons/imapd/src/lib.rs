@@ -34,6 +34,22 @@ use inetkit_runtime::tls::TlsContext;
 struct ImapConfig {
     auth: AuthConfig,
     mail: MailConfig,
+    folders: FoldersConfig,
+}
+
+/// `[folders]`: what a mailbox gets at login.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FoldersConfig {
+    /// Create Sent, Drafts, Trash and Junk at login when missing (a Maildir delivered by
+    /// another program has none, and clients look for them by their SPECIAL-USE attribute).
+    special_use: bool,
+}
+
+impl Default for FoldersConfig {
+    fn default() -> Self {
+        FoldersConfig { special_use: true }
+    }
 }
 
 /// The sockets; `busy` is set where it is used (the reply is encoded at run time).
@@ -82,7 +98,8 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let imap = Arc::new(Imap {
         auth: config.auth.authenticator(),
-        store: Store::new(config.mail.root.clone()),
+        store: Store::new(config.mail.root.clone())
+            .with_special_use_folders(config.folders.special_use),
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),
     });

@@ -47,6 +47,9 @@ enum Need {
 enum Text {
     /// A header field (name lowercased): its raw and decoded values.
     Header(String, String),
+    /// An address field (FROM, TO, CC, BCC; name lowercased): its addresses as parsed,
+    /// `name <mailbox@host>` with comments and folding gone, and group names.
+    Address(String, String),
     /// The body: raw, and the decoded text of each part.
     Body(String),
     /// The whole message: raw, the decoded parts and the decoded header values.
@@ -139,6 +142,11 @@ impl Compiler<'_> {
         self.text(text, Need::Header)
     }
 
+    fn address(&mut self, name: &str, needle: &[u8]) -> Key {
+        let text = Text::Address(name.to_owned(), lower(needle));
+        self.text(text, Need::Header)
+    }
+
     fn key(&mut self, key: &SearchKey<'_>) -> Key {
         let date = |d: &imap_codec::imap_types::datetime::NaiveDate| *d.as_ref();
         match key {
@@ -180,10 +188,10 @@ impl Compiler<'_> {
                 self.needs(Need::Header);
                 Key::SentSince(date(d))
             }
-            SearchKey::Bcc(s) => self.header("Bcc", s.as_ref()),
-            SearchKey::Cc(s) => self.header("Cc", s.as_ref()),
-            SearchKey::From(s) => self.header("From", s.as_ref()),
-            SearchKey::To(s) => self.header("To", s.as_ref()),
+            SearchKey::Bcc(s) => self.address("bcc", s.as_ref()),
+            SearchKey::Cc(s) => self.address("cc", s.as_ref()),
+            SearchKey::From(s) => self.address("from", s.as_ref()),
+            SearchKey::To(s) => self.address("to", s.as_ref()),
             SearchKey::Subject(s) => self.header("Subject", s.as_ref()),
             SearchKey::Header(name, s) => {
                 self.header(&String::from_utf8_lossy(name.as_ref()), s.as_ref())
@@ -296,6 +304,8 @@ struct Content<'b> {
     lower: OnceCell<(String, usize)>,
     /// Header values by field name (lowercased): raw and decoded, lowercased.
     headers: OnceCell<HashMap<String, Vec<String>>>,
+    /// Address fields by name (lowercased): each address as parsed, lowercased.
+    addresses: OnceCell<HashMap<String, Vec<String>>>,
     /// The decoded text of each text part, lowercased.
     parts: OnceCell<Vec<String>>,
     /// The decoded header values, lowercased.
@@ -309,6 +319,7 @@ impl<'b> Content<'b> {
             parsed: OnceCell::new(),
             lower: OnceCell::new(),
             headers: OnceCell::new(),
+            addresses: OnceCell::new(),
             parts: OnceCell::new(),
             decoded_headers: OnceCell::new(),
         }
@@ -348,6 +359,35 @@ impl<'b> Content<'b> {
         })
     }
 
+    /// SEARCH FROM and the like compare with the addresses, not the raw field (RFC 3501
+    /// §6.4.4 names the structure): `<user (comment)@ domain.org>` is `user@domain.org`. A
+    /// field that is no address list is compared raw.
+    fn addresses(&self) -> &HashMap<String, Vec<String>> {
+        self.addresses.get_or_init(|| {
+            let mut map: HashMap<String, Vec<String>> = HashMap::new();
+            let Some(msg) = self.parsed() else {
+                return map;
+            };
+            let raw = &msg.raw_message[..];
+            for h in msg.parts.first().map_or(&[][..], |top| &top.headers[..]) {
+                let name = h.name.as_str().to_ascii_lowercase();
+                if !matches!(name.as_str(), "from" | "to" | "cc" | "bcc") {
+                    continue;
+                }
+                let values = map.entry(name).or_default();
+                match &h.value {
+                    HeaderValue::Address(list) => address_texts(list, values),
+                    _ => values.push(lower(mime::slice(raw, h.offset_start, h.offset_end))),
+                }
+                // An empty needle matches every message with the field.
+                if values.is_empty() {
+                    values.push(String::new());
+                }
+            }
+            map
+        })
+    }
+
     fn parts(&self) -> &[String] {
         self.parts.get_or_init(|| {
             let Some(msg) = self.parsed() else {
@@ -380,6 +420,10 @@ impl<'b> Content<'b> {
             // HEADER with an empty string matches every message that has the field.
             Text::Header(name, needle) => self
                 .headers()
+                .get(name)
+                .is_some_and(|values| values.iter().any(|v| v.contains(needle.as_str()))),
+            Text::Address(name, needle) => self
+                .addresses()
                 .get(name)
                 .is_some_and(|values| values.iter().any(|v| v.contains(needle.as_str()))),
             Text::Body(needle) => {
@@ -476,6 +520,28 @@ impl Ctx<'_, '_, '_, '_> {
     }
 }
 
+/// Each address of a list as `name <mailbox@host>` (lowercased), and each group's name.
+fn address_texts(list: &mail_parser::Address<'_>, out: &mut Vec<String>) {
+    let one = |a: &mail_parser::Addr<'_>| {
+        let text = match (a.name.as_deref(), a.address.as_deref()) {
+            (Some(name), Some(addr)) => format!("{name} <{addr}>"),
+            (Some(name), None) => name.to_owned(),
+            (None, Some(addr)) => addr.to_owned(),
+            (None, None) => return None,
+        };
+        Some(text.to_lowercase())
+    };
+    match list {
+        mail_parser::Address::List(addrs) => out.extend(addrs.iter().filter_map(one)),
+        mail_parser::Address::Group(groups) => {
+            for g in groups {
+                out.extend(g.name.as_deref().map(str::to_lowercase));
+                out.extend(g.addresses.iter().filter_map(one));
+            }
+        }
+    }
+}
+
 pub(crate) fn in_set(set: &SequenceSet, n: u32, largest: u32) -> bool {
     let value = |v: &SeqOrUid| match v {
         SeqOrUid::Value(x) => x.get(),
@@ -521,6 +587,14 @@ mod tests {
 
     /// An INBOX with three messages, selected; removed with the guard.
     fn inbox(name: &str) -> (Selected, impl Drop) {
+        let messages: Vec<String> = (1..=3)
+            .map(|n| format!("From: a@example.org\r\nSubject: s{n}\r\n\r\nBody {n} here.\r\n"))
+            .collect();
+        inbox_of(name, &messages)
+    }
+
+    /// An INBOX with these messages, selected; removed with the guard.
+    fn inbox_of(name: &str, messages: &[String]) -> (Selected, impl Drop) {
         struct Gone(std::path::PathBuf);
         impl Drop for Gone {
             fn drop(&mut self) {
@@ -530,8 +604,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("imapd-search-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let store = Store::new(&dir);
-        for n in 1..=3 {
-            let m = format!("From: a@example.org\r\nSubject: s{n}\r\n\r\nBody {n} here.\r\n");
+        for m in messages {
             store.deliver("u", &mut m.as_bytes()).expect("delivery");
         }
         let folder = store.mailbox("u").expect("mailbox").inbox();
@@ -567,5 +640,37 @@ mod tests {
         // Out of time.
         let mut watch = Watch::new(Duration::ZERO, &mut here);
         assert_eq!(run(&selected, &q, &mut watch), Err(Stopped::TooLong));
+    }
+
+    #[test]
+    fn address_keys_match_the_parsed_addresses() {
+        let messages: Vec<String> = [
+            "From: one@example.org\r\nTo: Ann Other <ann@example.net>\r\n",
+            "From: <one (a comment)@ (another) example.org>\r\n",
+            "From: one@example.org (Shown Name)\r\n",
+            "To: team: x1@example.org, x2@example.org;, crew: y@example.org;\r\n",
+        ]
+        .iter()
+        .map(|h| format!("{h}Subject: s\r\n\r\nbody\r\n"))
+        .collect();
+        let (selected, _dir) = inbox_of("addresses", &messages);
+        let mut here = || false;
+        let mut search = |keys: &str| {
+            let mut watch = Watch::new(TIME_LIMIT, &mut here);
+            run(&selected, &query(keys), &mut watch).expect("a search")
+        };
+        // The comments inside the second address are not part of it.
+        assert_eq!(search("FROM one@example.org"), vec![0, 1, 2]);
+        assert_eq!(search("FROM \"ne@example.o\""), vec![0, 1, 2]);
+        // A trailing comment is the display name.
+        assert_eq!(search("FROM \"shown name\""), vec![2]);
+        assert_eq!(search("TO \"ann other\""), vec![0]);
+        // Group names and members; the raw text between them is not an address.
+        assert_eq!(search("TO team"), vec![3]);
+        assert_eq!(search("TO crew"), vec![3]);
+        assert_eq!(search("TO y@example.org"), vec![3]);
+        assert_eq!(search("TO \";,\""), Vec::<usize>::new());
+        // An empty needle: every message with the field.
+        assert_eq!(search("TO \"\""), vec![0, 3]);
     }
 }

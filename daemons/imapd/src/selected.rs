@@ -5,7 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use imap_codec::imap_types::response::Data;
+use imap_codec::imap_types::flag::{Flag, FlagPerm};
+use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
 
@@ -23,6 +24,8 @@ pub(crate) struct Selected {
     /// UIDs that are \Recent in this session.
     pub recent: HashSet<u32>,
     pub keywords: Keywords,
+    /// The keywords the client was told of in FLAGS.
+    told: Vec<String>,
     /// Modification times of `new/` and `cur/` when last looked at.
     stamp: Option<(SystemTime, SystemTime)>,
     /// The stamp was taken within a second of a change: look once more after that second
@@ -64,6 +67,7 @@ impl Selected {
             // The session's own copy (taken without copying when nobody else holds it).
             messages: Arc::try_unwrap(snapshot).map_or_else(|s| s.messages.clone(), |s| s.messages),
             recent,
+            told: keywords.all().map(str::to_owned).collect(),
             keywords,
             stamp,
             recheck,
@@ -71,6 +75,47 @@ impl Selected {
             generation,
             own_change: false,
         })
+    }
+
+    /// The untagged FLAGS and `OK [PERMANENTFLAGS ...]` of the folder: the system flags and
+    /// its keywords.
+    pub(crate) fn write_flags(&self, out: &mut Vec<u8>) {
+        let mut flags = vec![
+            Flag::Answered,
+            Flag::Flagged,
+            Flag::Deleted,
+            Flag::Seen,
+            Flag::Draft,
+        ];
+        flags.extend(self.keywords.all().filter_map(wire::keyword));
+        wire::data(out, Data::Flags(flags.clone()));
+        let (permanent, text) = if self.read_only {
+            (Vec::new(), "Read-only mailbox.")
+        } else {
+            let mut permanent: Vec<FlagPerm<'_>> = flags.into_iter().map(FlagPerm::Flag).collect();
+            permanent.push(FlagPerm::Asterisk);
+            (permanent, "Flags permitted.")
+        };
+        let code = Code::PermanentFlags(permanent);
+        wire::status(
+            out,
+            wire::untagged(StatusKind::Ok, Some(code), wire::text(text)),
+        );
+    }
+
+    /// Tells the client of keywords first used since it was last told (by this session's
+    /// STORE or by another's), with FLAGS and PERMANENTFLAGS: RFC 3501 §7.2.6 wants a flag
+    /// announced before a FETCH carries it.
+    pub(crate) fn announce_keywords(&mut self, out: &mut Vec<u8>) {
+        if self
+            .keywords
+            .all()
+            .all(|k| self.told.iter().any(|t| t == k))
+        {
+            return;
+        }
+        self.write_flags(out);
+        self.told = self.keywords.all().map(str::to_owned).collect();
     }
 
     /// Woken when the folder changes (IDLE), if it is watched.
@@ -141,6 +186,7 @@ impl Selected {
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
         self.keywords = Keywords::load(self.folder.path());
+        self.announce_keywords(out);
         // Both lists are in UID order: walk them side by side.
         let now = &snapshot.messages;
         let mut kept = vec![false; self.messages.len()];

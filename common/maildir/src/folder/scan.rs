@@ -112,11 +112,22 @@ impl Folder {
             Loaded::Missing => {
                 // The lock file outlives the list: without it, this folder was never indexed
                 // (a new folder, or one another program filled), and nothing was lost.
-                if lock.existed && !index.found.is_empty() {
-                    tracing::warn!(folder = %self.path.display(), messages = index.found.len(),
-                        "uid list missing: numbering every message afresh under a new UIDVALIDITY");
+                // Dovecot's list only for a folder we never indexed: once we have numbered
+                // messages, its list is stale, and its UIDs could be ones we gave others.
+                let dovecot = (!lock.existed)
+                    .then(|| UidList::from_dovecot(&self.path))
+                    .flatten();
+                if let Some(list) = dovecot {
+                    tracing::info!(folder = %self.path.display(), uidvalidity = list.validity,
+                        "took over the UIDs of dovecot-uidlist");
+                    (Arc::new(list), true)
+                } else {
+                    if lock.existed && !index.found.is_empty() {
+                        tracing::warn!(folder = %self.path.display(), messages = index.found.len(),
+                            "uid list missing: numbering every message afresh under a new UIDVALIDITY");
+                    }
+                    (Arc::new(self.fresh_list()?), true)
                 }
-                (Arc::new(self.fresh_list()?), true)
             }
             Loaded::Corrupt { reason, validity } => {
                 tracing::warn!(folder = %self.path.display(), reason, old_uidvalidity = ?validity,

@@ -3,7 +3,7 @@
 
 use imap_codec::imap_types::core::{Atom, QuotedChar};
 use imap_codec::imap_types::extensions::namespace::Namespace;
-use imap_codec::imap_types::flag::{Flag, FlagNameAttribute, FlagPerm};
+use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::mailbox::{ListMailbox, Mailbox as ImapMailbox};
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::status::{StatusDataItem, StatusDataItemName};
@@ -26,8 +26,11 @@ fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
         ImapMailbox::Other(other) => {
             let name = decode_utf7(other.as_ref())?;
             let name = name.trim_end_matches(names::DELIMITER);
-            if name.eq_ignore_ascii_case("INBOX") {
-                Some("INBOX".to_owned())
+            // INBOX in any case, also as the first part of a longer name (`inbox/x`).
+            let first = name.split(names::DELIMITER).next().unwrap_or_default();
+            if first.eq_ignore_ascii_case("INBOX") {
+                let rest = name.get(first.len()..).unwrap_or_default();
+                Some(format!("INBOX{rest}"))
             } else {
                 Some(name.to_owned())
             }
@@ -82,30 +85,14 @@ impl Session {
             Ok(sel) => sel,
             Err(err) => return store_error(&err),
         };
-        let mut flags = vec![
-            Flag::Answered,
-            Flag::Flagged,
-            Flag::Deleted,
-            Flag::Seen,
-            Flag::Draft,
-        ];
-        flags.extend(sel.keywords.all().filter_map(wire::keyword));
         let out = &mut conn.out;
-        wire::data(out, Data::Flags(flags.clone()));
-        let (permanent, text) = if read_only {
-            (Vec::new(), "Read-only mailbox.")
-        } else {
-            let mut permanent: Vec<FlagPerm<'_>> = flags.into_iter().map(FlagPerm::Flag).collect();
-            permanent.push(FlagPerm::Asterisk);
-            (permanent, "Flags permitted.")
-        };
+        sel.write_flags(out);
         let ok_line = |out: &mut Vec<u8>, code, text| {
             wire::status(
                 out,
                 wire::untagged(StatusKind::Ok, Some(code), wire::text(text)),
             );
         };
-        ok_line(out, Code::PermanentFlags(permanent), text);
         wire::data(out, Data::Exists(sel.messages.len() as u32));
         wire::data(out, Data::Recent(sel.recent.len() as u32));
         if let Some(n) = sel.unseen_first() {
@@ -146,6 +133,9 @@ impl Session {
         let mbox = self.mailbox().clone();
         let deleted = blocking(|| {
             mbox.delete(&name)?;
+            // Without the seed, the first change would write a list of this one name and
+            // unsubscribe every other folder.
+            seed_subscriptions(&mbox);
             let _ = names::set_subscribed(mbox.path(), &name, false);
             Ok(())
         });
@@ -190,6 +180,7 @@ impl Session {
             };
         }
         let renamed = blocking(|| {
+            seed_subscriptions(&mbox);
             mbox.rename(&from, &to)?;
             if names::subscriptions(mbox.path()).contains(&from) {
                 let _ = names::set_subscribed(mbox.path(), &from, false);
@@ -295,7 +286,8 @@ impl Session {
                         .map(|n| parts[..n].join("/"))
                         .collect::<Vec<_>>()
                 })
-                .filter(|p| !folders.contains(p))
+                // INBOX always exists, whatever the case its children were made with.
+                .filter(|p| !folders.contains(p) && !p.eq_ignore_ascii_case("INBOX"))
                 .collect();
             implied.sort();
             implied.dedup();
@@ -304,11 +296,14 @@ impl Session {
                 line(&mut conn.out, items, parent);
             }
         }
+        if lsub {
+            for (name, items) in lsub_lines(&full, &subscribed) {
+                line(&mut conn.out, items, &name);
+            }
+            return ok(format!("{verb} completed."));
+        }
         for name in &folders {
             if !names::matches(&full, name) {
-                continue;
-            }
-            if lsub && !subscribed.contains(name) {
                 continue;
             }
             let prefix = format!("{name}/");
@@ -387,6 +382,32 @@ impl Session {
         wire::data(&mut conn.out, namespace);
         ok("NAMESPACE completed.")
     }
+}
+
+/// LSUB's answer (RFC 3501 §6.3.9): the subscribed names the pattern matches, and, as
+/// `\Noselect`, the unsubscribed parents it matches of subscribed names it does not (with
+/// `%`, `a/%` shows `a/b` for a subscribed `a/b/c`).
+fn lsub_lines(
+    pattern: &str,
+    subscribed: &std::collections::HashSet<String>,
+) -> Vec<(String, Vec<FlagNameAttribute<'static>>)> {
+    let mut lines = std::collections::BTreeMap::new();
+    for name in subscribed {
+        if names::matches(pattern, name) {
+            lines.insert(name.clone(), Vec::new());
+            continue;
+        }
+        let mut parent = name.as_str();
+        while let Some((up, _)) = parent.rsplit_once(names::DELIMITER) {
+            parent = up;
+            if !subscribed.contains(parent) && names::matches(pattern, parent) {
+                lines
+                    .entry(parent.to_owned())
+                    .or_insert_with(|| vec![FlagNameAttribute::Noselect]);
+            }
+        }
+    }
+    lines.into_iter().collect()
 }
 
 /// A LIST attribute such as `\\HasChildren` (given without its backslash).

@@ -121,6 +121,7 @@ impl Session {
             Ok(gone) => gone,
             Err(e) => return store_error(&e),
         };
+        sel.announce_keywords(&mut conn.out);
         if matches!(response, StoreResponse::Answer) {
             for &i in indexes.iter().filter(|i| !gone.contains(i)) {
                 let msg = &sel.messages[i];

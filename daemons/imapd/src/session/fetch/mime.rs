@@ -140,7 +140,9 @@ fn addresses(list: Option<&Address<'_>>) -> Vec<ImapAddress<'static>> {
                         host: NString(None),
                     });
                 }
-                for a in &g.addresses {
+                // A comment alone in a group (`g: (foo) ;`) is no member: mail-parser keeps
+                // it as a name without an address.
+                for a in g.addresses.iter().filter(|a| a.address.is_some()) {
                     items.push(address(a.name.as_deref(), a.address.as_deref()));
                 }
                 if g.name.is_some() {
@@ -551,6 +553,12 @@ mod tests {
                  (\"B b\" NIL \"b\" \"y.org\")(NIL NIL NIL NIL)(NIL NIL \"c\" \"z.org\")) \
                  ((NIL NIL \"Grp\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL)"
             )
+        );
+        // Groups with nothing in them but a comment (imaptest's fetch-envelope).
+        assert_eq!(
+            envelope_of(b"Cc: group:;, group2: (foo) ;\r\n\r\nx\r\n"),
+            "(NIL NIL NIL NIL NIL NIL ((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)\
+             (NIL NIL \"group2\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL)"
         );
         // An 8-bit subject goes as a literal; a decoded non-ASCII name is encoded again.
         let m = b"Subject: \xe4\xf6\xfc caf\xc3\xa9\r\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x.org>\r\n\
