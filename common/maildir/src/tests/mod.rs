@@ -343,13 +343,55 @@ fn append_gives_the_next_uid_with_flags_and_date() {
 }
 
 #[test]
+fn special_use_folders_are_made_when_asked_for() {
+    let dir = TestDir::new();
+    let bare = dir.0.join("mail/ann");
+    for sub in ["cur", "new", "tmp"] {
+        std::fs::create_dir_all(bare.join(sub)).unwrap();
+    }
+    // Another program's Maildir: left as it is, unless the store is told to add them.
+    let store = dir.store();
+    assert_eq!(store.mailbox("ann").unwrap().folders().unwrap(), ["INBOX"]);
+    let store = store.with_special_use_folders(true);
+    assert_eq!(
+        store.mailbox("ann").unwrap().folders().unwrap(),
+        ["INBOX", "Drafts", "Junk", "Sent", "Trash"]
+    );
+}
+
+#[test]
+fn non_ascii_folders_are_modified_utf7_on_disk() {
+    let dir = TestDir::new();
+    let mailbox = dir.store().mailbox("gus").unwrap();
+    mailbox.create("Entwürfe/Neu").unwrap();
+    assert!(mailbox.path().join(".Entw&APw-rfe.Neu/cur").is_dir());
+    // A folder an older inetkit made under its UTF-8 name is found, renamed and deleted.
+    std::fs::create_dir_all(mailbox.path().join(".Größe/cur")).unwrap();
+    assert!(mailbox.folders().unwrap().contains(&"Größe".to_owned()));
+    mailbox.folder("Größe").unwrap();
+    assert!(matches!(
+        mailbox.create("Größe"),
+        Err(StoreError::FolderExists(_))
+    ));
+    mailbox.rename("Größe", "Maße").unwrap();
+    assert!(mailbox.path().join(".Ma&AN8-e/cur").is_dir());
+    mailbox.delete("Maße").unwrap();
+    assert!(!mailbox.path().join(".Ma&AN8-e").exists());
+}
+
+#[test]
 fn folders_create_rename_delete() {
     let dir = TestDir::new();
     let store = dir.store();
     let mailbox = store.mailbox("gus").unwrap();
     let work = mailbox.create("Work").unwrap();
     mailbox.create("Work/2024").unwrap();
-    mailbox.create("Work.2025").unwrap();
+    mailbox.create("Work/2025").unwrap();
+    // A dot is the separator on disk: it would make a hierarchy the client did not ask for.
+    assert!(matches!(
+        mailbox.create("Work.2026"),
+        Err(StoreError::InvalidFolder(_))
+    ));
     assert!(mailbox.create("work/2024").is_ok()); // names are case-sensitive
     assert!(matches!(
         mailbox.create("Work/2024"),

@@ -208,10 +208,14 @@ async fn login_select_fetch_store_logout() {
             "a3 OK FETCH completed.\r\n",
         ]
     );
+    // $Label is new: announced before the FETCH that carries it (RFC 3501 §7.2.6).
     let reply = c.command("a4", "STORE 1 +FLAGS (\\Flagged $Label)").await;
     assert_eq!(
         reply,
         [
+            "* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label)\r\n",
+            "* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $Label \\*)] \
+             Flags permitted.\r\n",
             "* 1 FETCH (UID 1 FLAGS (\\Flagged \\Recent $Label))\r\n",
             "a4 OK STORE completed.\r\n",
         ]
