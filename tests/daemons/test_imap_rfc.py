@@ -87,6 +87,11 @@ def test_envelope_groups_invent_no_address(imap):
     assert ('((NIL NIL "group" NIL)(NIL NIL NIL NIL)(NIL NIL "group2" NIL)(NIL NIL NIL NIL))'
             in data), data
     assert '"foo"' not in data
+    # An obsolete source route is the address's adl, not part of its mailbox.
+    append(c, "INBOX", b"From: <@route:user@domain>\r\nSubject: route\r\n\r\nbody\r\n")
+    ok(c.noop())
+    data = ok(c.fetch("3", "(ENVELOPE)"))[0].decode()
+    assert '((NIL "@route" "user" "domain"))' in data, data
 
 
 def test_search_from_matches_the_parsed_address(imap):

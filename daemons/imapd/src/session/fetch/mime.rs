@@ -161,6 +161,11 @@ fn addresses(list: Option<&Address<'_>>) -> Vec<ImapAddress<'static>> {
 }
 
 fn address(name: Option<&str>, addr: Option<&str>) -> ImapAddress<'static> {
+    // An obsolete source route (`<@route:user@domain>`) is the address's adl (RFC 3501 §7.4.2).
+    let (adl, addr) = match addr.and_then(|a| a.strip_prefix('@')?.split_once(':')) {
+        Some((route, rest)) => (Some(format!("@{route}")), Some(rest)),
+        None => (None, addr),
+    };
     let (mailbox, host) = match addr {
         Some(a) => match a.rsplit_once('@') {
             Some((m, h)) => (Some(m), Some(h)),
@@ -171,7 +176,7 @@ fn address(name: Option<&str>, addr: Option<&str>) -> ImapAddress<'static> {
     let owned = |s: Option<&str>| nstring(s.map(|s| s.as_bytes().to_vec()));
     ImapAddress {
         name: nstring(name.map(|n| encode_word(n).into_bytes())),
-        adl: NString(None),
+        adl: nstring(adl.map(String::into_bytes)),
         mailbox: owned(mailbox),
         host: owned(host),
     }
@@ -559,6 +564,12 @@ mod tests {
             envelope_of(b"Cc: group:;, group2: (foo) ;\r\n\r\nx\r\n"),
             "(NIL NIL NIL NIL NIL NIL ((NIL NIL \"group\" NIL)(NIL NIL NIL NIL)\
              (NIL NIL \"group2\" NIL)(NIL NIL NIL NIL)) NIL NIL NIL)"
+        );
+        // A source route is the adl.
+        assert_eq!(
+            envelope_of(b"From: <@route:user@domain>\r\n\r\nx\r\n"),
+            "(NIL NIL ((NIL \"@route\" \"user\" \"domain\")) ((NIL \"@route\" \"user\" \"domain\")) \
+             ((NIL \"@route\" \"user\" \"domain\")) NIL NIL NIL NIL NIL)"
         );
         // An 8-bit subject goes as a literal; a decoded non-ASCII name is encoded again.
         let m = b"Subject: \xe4\xf6\xfc caf\xc3\xa9\r\nFrom: =?utf-8?q?J=C3=B6rg?= <j@x.org>\r\n\
