@@ -3,9 +3,10 @@ daemons: parallel guessing from one address, one lockout across daemons through 
 state file, and empty passwords refused everywhere."""
 
 import base64
-import imaplib
 import ftplib
+import imaplib
 import poplib
+import re
 import socket
 import threading
 import xmlrpc.client
@@ -14,8 +15,9 @@ import pytest
 
 from support.homes import PASSWORD, daemon_config, user_line, write_users
 
-# A guard of the daemon's own (never the host's /run/inetkit): tests stay apart.
-ALONE = {"INETKIT_GUARD_STATE": ""}
+# tests/support gives every daemon it starts a state file of its own in the test's directory
+# (never the host's /run/inetkit): tests stay apart. These set `guard_state` themselves.
+ALONE = 'guard_state = ""\n'
 
 
 @pytest.fixture
@@ -85,7 +87,7 @@ def test_parallel_wrong_logins_check_at_most_max_failures(daemons, users):
     # 40 connections from one fresh address send PASS at the same moment, one of them with
     # the right password: at most max_failures (10) wrong passwords are checked, the rest are
     # refused without a check, and once the address is locked out the right one is refused.
-    pop3 = daemons.start("pop3d", pop3_config(users), env=ALONE)
+    pop3 = daemons.start("pop3d", pop3_config(users))
     barrier = threading.Barrier(40)
     replies = [None] * 40
 
@@ -117,14 +119,18 @@ def test_parallel_wrong_logins_check_at_most_max_failures(daemons, users):
     pop3.wait_log("too many failed logins: address locked out")
     assert failures_logged(pop3) == 10
     assert pop3_pass(pop3, "alice", PASSWORD).startswith(b"-ERR [SYS/TEMP]")
+    # Counted in the file tests/support set for this daemon.
+    own = users.parent / "login-guard-pop3d"
+    assert own.stat().st_size > 0
+    pop3.wait_log("login guard shared through its state file path=" + re.escape(str(own)))
 
 
 def test_pop3d_and_imapd_share_one_lockout(daemons, users, tmp_path):
     # Two daemons on one state file, as on a host with /run/inetkit: failures in either count
     # for both, and the lockout holds in both.
-    shared = {"INETKIT_GUARD_STATE": str(tmp_path / "login-guard")}
-    pop3 = daemons.start("pop3d", pop3_config(users, "max_failures = 3"), env=shared)
-    imap = daemons.start("imapd", imap_config(users, "max_failures = 3"), env=shared)
+    shared = f'max_failures = 3\nguard_state = "{tmp_path / "login-guard"}"\n'
+    pop3 = daemons.start("pop3d", pop3_config(users, shared))
+    imap = daemons.start("imapd", imap_config(users, shared))
     assert pop3_pass(pop3, "alice", "guess1").startswith(b"-ERR [AUTH]")
     assert "AUTHENTICATIONFAILED" in imap_login(imap, "alice", "guess2")
     assert pop3_pass(pop3, "alice", "guess3").startswith(b"-ERR [AUTH]")
@@ -138,12 +144,13 @@ def test_pop3d_and_imapd_share_one_lockout(daemons, users, tmp_path):
 
 def test_each_daemon_alone_without_the_shared_file(daemons, users):
     # The same pair with a guard each (the state file disabled): each counts its own.
-    pop3 = daemons.start("pop3d", pop3_config(users, "max_failures = 2"), env=ALONE)
-    imap = daemons.start("imapd", imap_config(users, "max_failures = 2"), env=ALONE)
+    pop3 = daemons.start("pop3d", pop3_config(users, "max_failures = 2\n" + ALONE))
+    imap = daemons.start("imapd", imap_config(users, "max_failures = 2\n" + ALONE))
     for attempt in range(2):
         assert pop3_pass(pop3, "alice", f"guess{attempt}").startswith(b"-ERR [AUTH]")
     assert pop3_pass(pop3, "bob", PASSWORD).startswith(b"-ERR [SYS/TEMP]")
     assert imap_login(imap, "bob", PASSWORD) == "OK"
+    assert not list(users.parent.glob("login-guard*"))
 
 
 def test_empty_plain_password_is_refused_and_reported(daemons, users):
@@ -151,7 +158,7 @@ def test_empty_plain_password_is_refused_and_reported(daemons, users):
     daemon; and each daemon says which line is wrong when it reads the file."""
     warning = "users:3: user dave: empty {PLAIN} password; this user cannot log in"
 
-    pop3 = daemons.start("pop3d", pop3_config(users), env=ALONE)
+    pop3 = daemons.start("pop3d", pop3_config(users))
     p = poplib.POP3(*pop3.addr("pop3"), timeout=60)
     # AUTH LOGIN, the password an empty response ("=").
     assert p._shortcmd("AUTH LOGIN").startswith(b"+ ")
@@ -162,13 +169,13 @@ def test_empty_plain_password_is_refused_and_reported(daemons, users):
     assert pop3_pass(pop3, "dave", "anything").startswith(b"-ERR [AUTH]")
     pop3.wait_log(warning)
 
-    imap = daemons.start("imapd", imap_config(users), env=ALONE)
+    imap = daemons.start("imapd", imap_config(users))
     assert "AUTHENTICATIONFAILED" in imap_login(imap, "dave", "")
     # bob's password is not empty, but an empty one is refused for him as well.
     assert "AUTHENTICATIONFAILED" in imap_login(imap, "bob", "")
     imap.wait_log(warning)
 
-    ftpd = daemons.start("ftpd", ftp_config(users), env=ALONE)
+    ftpd = daemons.start("ftpd", ftp_config(users))
     f = ftplib.FTP()
     f.connect(*ftpd.addr("ftp"), timeout=60)
     with pytest.raises(ftplib.error_perm, match="530"):
@@ -176,7 +183,7 @@ def test_empty_plain_password_is_refused_and_reported(daemons, users):
     f.close()
     ftpd.wait_log(warning)
 
-    rpcd = daemons.start("rpcd", rpc_config(users), env=ALONE)
+    rpcd = daemons.start("rpcd", rpc_config(users))
     host, port = rpcd.addr("rpc")
     proxy = xmlrpc.client.ServerProxy(f"http://dave:@{host}:{port}/RPC2")
     with pytest.raises(xmlrpc.client.ProtocolError) as e:

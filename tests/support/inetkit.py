@@ -49,6 +49,41 @@ os.execv(sys.argv[2], sys.argv[2:])
 """
 
 
+# The daemons with an [auth] section, and so a login guard.
+LOGIN_DAEMONS = frozenset({"pop3d", "imapd", "smtp-submit", "ftpd", "rpcd"})
+GUARD_STATE_KEY = re.compile(r"^\s*guard_state\s*=", re.MULTILINE)
+AUTH_HEADER = re.compile(r"^\[auth\][ \t]*(#.*)?\n", re.MULTILINE)
+
+
+def own_guard_state(name: str, config: str, workdir: Path) -> str:
+    """`config` with `[auth] guard_state` set to a file in `workdir` (one per daemon name), so
+    a test never counts failed logins in the host's /run/inetkit/login-guard nor in another
+    test's. A config that sets guard_state itself keeps it."""
+    if name not in LOGIN_DAEMONS or GUARD_STATE_KEY.search(config):
+        return config
+    line = f'guard_state = "{workdir / f"login-guard-{name}"}"\n'
+    header = AUTH_HEADER.search(config)
+    if header:
+        return config[:header.end()] + line + config[header.end():]
+    if config and not config.endswith("\n"):
+        config += "\n"
+    return f"{config}[auth]\n{line}"
+
+
+def own_guard_state_in(argv: list[str], workdir: Path) -> None:
+    """Gives the login daemon that `argv` runs (`inetkit-<name> ... -c <config>`) a guard
+    state file of its own in `workdir`, written into its config (see own_guard_state)."""
+    for i, arg in enumerate(argv):
+        name = Path(arg).name.removeprefix("inetkit-")
+        if name in LOGIN_DAEMONS and Path(arg).name != name and "-c" in argv[i + 1:-1]:
+            conf = Path(argv[argv.index("-c", i + 1) + 1])
+            text = conf.read_text()
+            guarded = own_guard_state(name, text, workdir)
+            if guarded != text:
+                conf.write_text(guarded)
+            return
+
+
 def binary(name: str) -> Path:
     path = BIN / name
     if not path.exists():
@@ -142,6 +177,7 @@ class Daemon:
 
     @classmethod
     def _spawn(cls, argv, workdir: Path, env: dict, pass_fds) -> "Daemon":
+        own_guard_state_in(argv, workdir)
         notify = Notifications(Path(tempfile.mkdtemp(prefix="notify-", dir="/tmp")))
         full_env = {k: v for k, v in os.environ.items()
                     if not k.startswith(("LISTEN_", "NOTIFY_", "WATCHDOG_", "JOURNAL_"))}

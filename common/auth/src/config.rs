@@ -10,6 +10,7 @@
 //! failure_window = 600
 //! lockout = 900
 //! max_tracked_addresses = 10000
+//! guard_state = "/run/inetkit/login-guard"   # "" for a guard of this daemon alone
 //! ```
 
 use std::net::IpAddr;
@@ -17,12 +18,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use inetkit_runtime::config::seconds;
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
 
-use super::{Authenticator, GuardPolicy};
+use super::{Authenticator, Guard, GuardPolicy};
 
 /// Where the users file is when `[auth] users_file` does not say.
 pub const DEFAULT_USERS_FILE: &str = "/etc/inetkit/users";
+
+/// The login guard's state file when `[auth] guard_state` does not say: shared by every
+/// daemon on the host, made by the package's tmpfiles.d entry.
+pub const DEFAULT_GUARD_STATE: &str = "/run/inetkit/login-guard";
 
 /// When a password may cross the network unencrypted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -76,6 +81,26 @@ pub struct AuthConfig {
     pub lockout: Duration,
     /// Addresses the guard remembers at once (its memory bound).
     pub max_tracked_addresses: usize,
+    /// The guard's state file, shared with every daemon that names the same one; `None`
+    /// (`guard_state = ""`) keeps a guard of this process alone, in memory.
+    #[serde(deserialize_with = "state_file")]
+    pub guard_state: Option<PathBuf>,
+}
+
+/// `guard_state`: an absolute path, or `""` for none. A relative path would depend on the
+/// directory the daemon happens to start in, so daemons meant to share it might not.
+fn state_file<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<PathBuf>, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    if text.is_empty() {
+        return Ok(None);
+    }
+    let path = PathBuf::from(text);
+    if path.is_relative() {
+        return Err(serde::de::Error::custom(
+            "expected an absolute path, or \"\" for a guard of this daemon alone",
+        ));
+    }
+    Ok(Some(path))
 }
 
 impl Default for AuthConfig {
@@ -90,6 +115,7 @@ impl Default for AuthConfig {
             failure_window: guard.window,
             lockout: guard.lockout,
             max_tracked_addresses: guard.max_tracked,
+            guard_state: Some(PathBuf::from(DEFAULT_GUARD_STATE)),
         }
     }
 }
@@ -107,10 +133,18 @@ impl AuthConfig {
         }
     }
 
-    /// The authenticator for this section, with its plaintext policy; make one at start and
-    /// clone it into sessions.
+    /// The guard for this section: sharing `guard_state`, or this process's alone.
+    pub fn guard(&self) -> Guard {
+        match &self.guard_state {
+            Some(path) => Guard::shared(self.guard_policy(), path.clone()),
+            None => Guard::new(self.guard_policy()),
+        }
+    }
+
+    /// The authenticator for this section, with its guard and plaintext policy; make one at
+    /// start and clone it into sessions.
     pub fn authenticator(&self) -> Authenticator {
-        Authenticator::new(self.users_file.clone(), self.guard_policy())
+        Authenticator::with_guard(self.users_file.clone(), self.guard())
             .with_plaintext(self.plaintext)
     }
 
@@ -154,6 +188,32 @@ mod tests {
         assert_eq!(auth.guard_policy().base_delay, Duration::from_millis(250));
         assert_eq!(auth.guard_policy().lockout, Duration::from_secs(60));
         assert_eq!(auth.max_failures, 10);
+    }
+
+    #[test]
+    fn the_guard_state_file_is_a_key() {
+        let default = PathBuf::from(DEFAULT_GUARD_STATE);
+        assert_eq!(parse("").map(|a| a.guard_state), Ok(Some(default.clone())));
+        assert_eq!(
+            AuthConfig::default().guard().state_file(),
+            Some(default.as_path())
+        );
+        let Ok(elsewhere) = parse("[auth]\nguard_state = \"/tmp/guard\"\n") else {
+            panic!("did not parse")
+        };
+        assert_eq!(
+            elsewhere.guard().state_file(),
+            Some(Path::new("/tmp/guard"))
+        );
+        let Ok(alone) = parse("[auth]\nguard_state = \"\"\n") else {
+            panic!("did not parse")
+        };
+        assert_eq!(alone.guard_state, None);
+        assert_eq!(alone.guard().state_file(), None);
+        assert_eq!(
+            parse("[auth]\nguard_state = \"run/guard\"\n"),
+            Err("test.toml:2:15: expected an absolute path, or \"\" for a guard of this daemon alone".into())
+        );
     }
 
     #[test]

@@ -35,8 +35,8 @@
 //!   A login that finds all of its address's remaining guesses in flight waits (up to
 //!   [`BUSY_WAIT`]) for one to come back.
 //! - **The guard's memory is the host's**: the daemons share the state file
-//!   [`DEFAULT_GUARD_STATE`] (set another with the environment variable [`GUARD_STATE_ENV`];
-//!   empty for this process alone). The units can write it: `packaging/tmpfiles.d` makes
+//!   [`DEFAULT_GUARD_STATE`] (`[auth] guard_state` names another; `""` for this process
+//!   alone). The units can write it: `packaging/tmpfiles.d` makes
 //!   `/run/inetkit` (`inetkit:inetkit`, 2770) and the file (0660), and every unit that takes
 //!   logins has `ReadWritePaths=-/run/inetkit`; the static `inetkit` user owns it and the
 //!   DynamicUser units reach it through `SupplementaryGroups=inetkit`.
@@ -67,18 +67,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-pub use config::{AuthConfig, Plaintext, DEFAULT_USERS_FILE};
+pub use config::{AuthConfig, Plaintext, DEFAULT_GUARD_STATE, DEFAULT_USERS_FILE};
 pub use guard::{Attempt, Guard, GuardPolicy, Moment, PeerKey, Penalty, Refusal};
 pub use users::{check_name, User, UsersFile};
 
 use timing::FailureTiming;
-
-/// The login guard's state file, shared by every daemon on the host.
-pub const DEFAULT_GUARD_STATE: &str = "/run/inetkit/login-guard";
-
-/// The environment variable that names another guard state file; set but empty, each
-/// process keeps its own guard in memory.
-pub const GUARD_STATE_ENV: &str = "INETKIT_GUARD_STATE";
 
 /// How long a login waits for one of its address's guesses to come back (see [`Refusal::Busy`])
 /// before it is refused as throttled.
@@ -97,7 +90,7 @@ pub enum AuthError {
     #[error("too many failed logins from this address; try again later")]
     Throttled,
     /// The users file cannot be read: a temporary failure, not the client's fault.
-    #[error("users file {path}: {source}")]
+    #[error("users file {path} cannot be read")]
     Unavailable {
         /// The users file.
         path: PathBuf,
@@ -133,8 +126,8 @@ impl fmt::Debug for Authenticator {
     }
 }
 
-/// How the outcome of a password check is logged.
-enum Outcome {
+/// What a password check found (each is logged differently).
+enum Verdict {
     Ok(User),
     UnknownUser,
     NoPassword,
@@ -142,28 +135,9 @@ enum Outcome {
     WrongPassword,
 }
 
-/// The guard state file this process uses: [`GUARD_STATE_ENV`] if set (empty: none), else
-/// [`DEFAULT_GUARD_STATE`].
-pub fn guard_state_file() -> Option<PathBuf> {
-    match std::env::var_os(GUARD_STATE_ENV) {
-        Some(path) if path.is_empty() => None,
-        Some(path) => Some(PathBuf::from(path)),
-        None => Some(PathBuf::from(DEFAULT_GUARD_STATE)),
-    }
-}
-
 impl Authenticator {
-    /// An authenticator for `users_file` whose guard applies `policy` and shares its memory
-    /// through [`guard_state_file`].
-    pub fn new(users_file: impl Into<PathBuf>, policy: GuardPolicy) -> Self {
-        let guard = match guard_state_file() {
-            Some(path) => Guard::shared(policy, path),
-            None => Guard::new(policy),
-        };
-        Self::with_guard(users_file, guard)
-    }
-
-    /// An authenticator for `users_file` with the given guard.
+    /// An authenticator for `users_file` with the given guard ([`AuthConfig::authenticator`]
+    /// makes both from the `[auth]` section).
     pub fn with_guard(users_file: impl Into<PathBuf>, guard: Guard) -> Self {
         Self::build(users_file.into(), guard, FailureTiming::measured())
     }
@@ -219,7 +193,7 @@ impl Authenticator {
         let floor = self.inner.timing.known_floor();
         let outcome = self.check(name, password).await;
         let reason = match outcome {
-            Ok(Outcome::Ok(user)) => {
+            Ok(Verdict::Ok(user)) => {
                 if attempt.succeeded(Moment::now()).is_err() {
                     // Locked out (by another daemon's count) while this was being checked.
                     tracing::warn!(%peer, user = %shown, "right password refused: address locked out meanwhile");
@@ -235,10 +209,10 @@ impl Authenticator {
                 tracing::debug!(%peer, user = %shown, "login impossible: {err}");
                 return Err(err);
             }
-            Ok(Outcome::UnknownUser) => "unknown user",
-            Ok(Outcome::NoPassword) => "user has no usable password",
-            Ok(Outcome::EmptyPassword) => "empty password",
-            Ok(Outcome::WrongPassword) => "wrong password",
+            Ok(Verdict::UnknownUser) => "unknown user",
+            Ok(Verdict::NoPassword) => "user has no usable password",
+            Ok(Verdict::EmptyPassword) => "empty password",
+            Ok(Verdict::WrongPassword) => "wrong password",
         };
         let penalty = attempt.failed(Moment::now());
         let delay_ms = u64::try_from(penalty.delay.as_millis()).unwrap_or(u64::MAX);
@@ -274,7 +248,7 @@ impl Authenticator {
     }
 
     /// Runs the file lookup and the hash check on the blocking pool.
-    async fn check(&self, name: &str, password: &[u8]) -> Result<Outcome, AuthError> {
+    async fn check(&self, name: &str, password: &[u8]) -> Result<Verdict, AuthError> {
         // The permit moves into the blocking task, so it is held until the hash is done even
         // if this future is dropped.
         let permit = self.inner.verifications.clone().acquire_owned().await.ok();
@@ -287,27 +261,27 @@ impl Authenticator {
             let timing = &inner.timing;
             if password.is_empty() {
                 timing.dummy(&password);
-                return Ok(Outcome::EmptyPassword);
+                return Ok(Verdict::EmptyPassword);
             }
             Ok(match users.get(&name) {
                 Some(entry) => match &entry.password {
                     Some(stored) => {
                         let started = std::time::Instant::now();
                         if stored.verify(&password) {
-                            Outcome::Ok(entry.user.clone())
+                            Verdict::Ok(entry.user.clone())
                         } else {
                             timing.after_failed_verification(&password, started.elapsed());
-                            Outcome::WrongPassword
+                            Verdict::WrongPassword
                         }
                     }
                     None => {
                         timing.dummy(&password);
-                        Outcome::NoPassword
+                        Verdict::NoPassword
                     }
                 },
                 None => {
                     timing.dummy(&password);
-                    Outcome::UnknownUser
+                    Verdict::UnknownUser
                 }
             })
         });
@@ -316,7 +290,7 @@ impl Authenticator {
             Err(err) => {
                 // A panic in a hash crate: refuse, and say so.
                 tracing::error!("password check failed: {err}");
-                Ok(Outcome::WrongPassword)
+                Ok(Verdict::WrongPassword)
             }
         }
     }

@@ -338,15 +338,33 @@ fn two_authenticators_share_the_lockout_through_the_state_file() {
 }
 
 #[test]
-fn the_state_file_comes_from_the_environment() {
-    // Only this test touches the variable.
-    std::env::remove_var(GUARD_STATE_ENV);
-    assert_eq!(guard_state_file(), Some(PathBuf::from(DEFAULT_GUARD_STATE)));
-    std::env::set_var(GUARD_STATE_ENV, "/tmp/elsewhere");
-    assert_eq!(guard_state_file(), Some(PathBuf::from("/tmp/elsewhere")));
-    std::env::set_var(GUARD_STATE_ENV, "");
-    assert_eq!(guard_state_file(), None);
-    std::env::remove_var(GUARD_STATE_ENV);
+fn an_unreadable_users_file_names_its_cause_once() {
+    let dir = TempDir::new("unreadable");
+    let missing = dir.0.join("no-such-users");
+    let auth = Authenticator::build(
+        missing.clone(),
+        Guard::new(quick()),
+        FailureTiming::fixed(ms(1)),
+    );
+    let Err(err) = auth.try_lookup("alice") else {
+        panic!("a missing users file was read")
+    };
+    let Some(cause) = std::error::Error::source(&err).map(ToString::to_string) else {
+        panic!("no cause kept: {err:?}")
+    };
+    let shown = err.to_string();
+    assert_eq!(
+        shown,
+        format!("users file {} cannot be read", missing.display())
+    );
+    // As a log or anyhow's `{:#}` shows it: each cause after its error.
+    let mut chain = shown.clone();
+    let mut source = std::error::Error::source(&err);
+    while let Some(cause) = source {
+        chain = format!("{chain}: {cause}");
+        source = cause.source();
+    }
+    assert_eq!(chain.matches(&cause).count(), 1, "{chain}");
 }
 
 #[test]

@@ -71,7 +71,7 @@ impl Drop for Slot {
 pub(crate) enum PassiveError {
     #[error("too many passive ports open for {0}")]
     TooMany(IpAddr),
-    #[error("no passive port: {0}")]
+    #[error("no passive port")]
     Listen(#[from] io::Error),
 }
 
@@ -185,6 +185,27 @@ mod tests {
         let listener = listen("127.0.0.1".parse().unwrap(), [40100, 40110]).expect("listen");
         let port = listener.local_addr().expect("addr").port();
         assert!((40100..=40110).contains(&port));
+    }
+
+    #[tokio::test]
+    async fn a_listen_error_shows_its_cause_once() {
+        // 192.0.2.1 (TEST-NET-1) is no address of this host: bind fails.
+        let slots = Arc::new(PassiveSlots::new(1));
+        let client: IpAddr = "127.0.0.1".parse().expect("ip");
+        let opened = Passive::open(
+            &slots,
+            client,
+            "192.0.2.1".parse().expect("ip"),
+            [40120, 40120],
+            Duration::from_secs(1),
+        );
+        let Err(err) = opened else {
+            panic!("listened on an address the host does not have")
+        };
+        assert!(matches!(err, PassiveError::Listen(_)), "{err:?}");
+        let cause = std::error::Error::source(&err).map(ToString::to_string);
+        assert_eq!(err.to_string(), "no passive port");
+        assert!(cause.is_some_and(|cause| !cause.is_empty()));
     }
 
     #[test]

@@ -318,12 +318,12 @@ impl Guard {
     }
 
     /// Ends an attempt: `Some(true)` succeeded, `Some(false)` failed, `None` abandoned.
-    fn end(&self, key: PeerKey, now: Moment, outcome: Option<bool>) -> Ending {
+    fn end(&self, key: PeerKey, now: Moment, outcome: Option<bool>) -> Settled {
         let policy = &self.policy;
         // A failure is written even if the record was evicted meanwhile; a success or an
         // abandoned attempt only needs to give back a reservation that still exists.
         let create = outcome == Some(false);
-        let ending = self.table.with_record(key, now, policy, create, |record| {
+        let settled = self.table.with_record(key, now, policy, create, |record| {
             record.in_flight = record.in_flight.saturating_sub(1);
             record.last_active = now;
             let mut penalty = Penalty {
@@ -344,12 +344,12 @@ impl Guard {
                 }
                 None => {}
             }
-            Ending {
+            Settled {
                 penalty,
                 locked: record.locked_until.is_some(),
             }
         });
-        ending.unwrap_or(Ending {
+        settled.unwrap_or(Settled {
             penalty: Penalty {
                 delay: policy.delay_after(1),
                 locked_out: false,
@@ -359,8 +359,8 @@ impl Guard {
     }
 }
 
-/// What ending an attempt came to.
-struct Ending {
+/// What ending an attempt came to: its cost and whether the address is locked out now.
+struct Settled {
     penalty: Penalty,
     /// The address is locked out now.
     locked: bool,

@@ -111,7 +111,8 @@ impl Session {
                 conn.reply("425 Too many passive ports open for your address; try again later.");
                 return;
             }
-            Err(err) => {
+            // The cause itself: the error's own text would add nothing to this message.
+            Err(PassiveError::Listen(err)) => {
                 tracing::error!(error = %err, "cannot open a passive port");
                 conn.reply("425 Cannot open a passive port.");
                 return;

@@ -13,6 +13,9 @@ use super::Conn;
 use crate::wire;
 
 /// How a command finished: the tagged status, code and text, or the end of the connection.
+/// Not the runtime's `Flow`: an IMAP command always ends in its tagged reply, which `Flow`
+/// cannot carry, and `Flow::Continue` would be a command without one. `Close` and `StartTls`
+/// become the `Flow` of the same name in one place, the session loop.
 pub(super) enum Done {
     Tagged(StatusKind, Option<Code<'static>>, Text<'static>),
     Close,
