@@ -129,8 +129,8 @@ impl FtpConfig {
 
 /// What every session shares.
 pub struct Ftp {
+    /// Checks logins and decides whether a password may come without TLS.
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub config: FtpConfig,
     pub tls: Option<TlsContext>,
     /// Passive listeners open per client address.
@@ -146,7 +146,6 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let ftp = Arc::new(Ftp {
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
         config: config.ftp.clone(),
         tls: ctx.tls.clone(),
         passive: PassiveSlots::new(config.ftp.max_passive_per_address),
