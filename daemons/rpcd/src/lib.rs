@@ -70,8 +70,10 @@ impl DaemonConfig for RpcdConfig {
 /// What every connection shares.
 pub struct Rpcd {
     pub registry: Registry,
+    /// Checks logins and decides whether credentials may come without TLS.
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
+    /// How long a throttled address waits: the `Retry-After` of a 429.
+    pub lockout: Duration,
     pub http: HttpConfig,
 }
 
@@ -87,7 +89,7 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
     let rpcd = Arc::new(Rpcd {
         registry,
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
+        lockout: config.auth.lockout,
         http: config.http.clone(),
     });
     // Listening sockets are close-on-exec (common::activation), so methods' commands never
