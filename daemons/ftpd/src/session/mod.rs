@@ -37,7 +37,7 @@ use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
-use crate::command::{parse, Command, ParseError};
+use crate::command::{parse, Command};
 use crate::data::Pending;
 use crate::fs::{RestBeyondEnd, UserFs, VPath};
 use crate::Ftp;
@@ -128,12 +128,8 @@ impl LineProtocol for Session {
     async fn handle_line<S: SessionStream>(&mut self, line: &[u8], conn: &mut LineConn<S>) -> Flow {
         match parse(line) {
             Ok(command) => self.handle(command, conn).await,
-            Err(ParseError::Unknown) => {
-                conn.reply("500 Unknown command.");
-                Flow::Continue
-            }
-            Err(ParseError::Syntax(hint)) => {
-                conn.reply(&format!("501 Syntax error: {hint}."));
+            Err(err) => {
+                conn.reply(&err.reply());
                 Flow::Continue
             }
         }
