@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_runtime::config::{DaemonConfig, KeyPath, Problem, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::config::{KeyPath, Problem};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -41,19 +41,16 @@ struct FtpdConfig {
 const FTP: PlainAndTls = PlainAndTls {
     protocol: "FTP",
     plain: "ftp",
+    plain_addrs: &["[::]:21"],
     tls: "ftps",
+    tls_addrs: &["[::]:990"],
     busy: b"421 Too many connections; try again later.\r\n",
 };
 
-impl DaemonConfig for FtpdConfig {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
-        &[("ftp", &["[::]:21"]), ("ftps", &["[::]:990"])];
+impl PlainAndTlsConfig for FtpdConfig {
+    const SOCKETS: PlainAndTls = FTP;
     // vsftpd's idle_session_timeout default.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        FTP.socket(name, transport)
-    }
 
     fn validate(&self) -> Vec<Problem> {
         let at = || KeyPath::new("ftp");
