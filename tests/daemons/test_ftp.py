@@ -489,6 +489,27 @@ def test_abor_stops_a_running_transfer(ftpd, home):
     f.quit()
 
 
+def test_commands_sent_during_a_transfer_are_answered_after_it_in_order(ftpd, home):
+    (home["alice"] / "big").write_bytes(os.urandom(8 * 1024 * 1024))
+    f = plain(ftpd)
+    conn = f.transfercmd("RETR big")
+    # The transfer now waits for us to read: it is running while these arrive.
+    assert len(conn.recv(65536)) > 0
+    f.sock.sendall(b"PW")
+    f.sock.sendall(b"D\r\n" + b"x" * 10000 + b"\r\nSYST\r\n")
+    assert f.sendcmd("STAT").startswith("213 Status:")  # answered at once
+    received = 0
+    while chunk := conn.recv(1 << 20):
+        received += len(chunk)
+    conn.close()
+    assert f.getline().startswith("226")
+    assert f.getline() == '257 "/" is the current directory.'
+    assert f.getline() == "500 Command line too long."
+    assert f.getline().startswith("215")
+    assert f.sendcmd("NOOP").startswith("200")
+    f.quit()
+
+
 def test_dropped_upload_leaves_the_partial_file_and_rest_resumes_it(ftpd, home):
     data = os.urandom(4 * 1024 * 1024)
     f = plain(ftpd)

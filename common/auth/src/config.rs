@@ -147,13 +147,6 @@ impl AuthConfig {
         Authenticator::with_guard(self.users_file.clone(), self.guard())
             .with_plaintext(self.plaintext)
     }
-
-    /// The section's plaintext policy for a client at `peer`. Sessions ask their
-    /// [`Authenticator::plaintext_allowed`] instead; this stays until imapd, ftpd and rpcd
-    /// do too, and then goes.
-    pub fn plaintext_allowed(&self, peer: IpAddr, tls: bool) -> bool {
-        self.plaintext.allows(peer, tls)
-    }
 }
 
 #[cfg(test)]
@@ -236,6 +229,7 @@ mod tests {
     fn plaintext_decisions() {
         let ip = |s: &str| -> IpAddr { s.parse().unwrap_or(IpAddr::from([0, 0, 0, 0])) };
         let mut auth = AuthConfig::default();
+        let authenticator = auth.authenticator();
         for (peer, expected) in [
             ("127.0.0.1", true),
             ("127.8.9.10", true),
@@ -244,25 +238,18 @@ mod tests {
             ("192.0.2.1", false),
             ("2001:db8::1", false),
         ] {
-            assert_eq!(auth.plaintext_allowed(ip(peer), false), expected, "{peer}");
-            assert!(auth.plaintext_allowed(ip(peer), true), "{peer} under TLS");
-        }
-        for (peer, expected) in [("127.0.0.1", true), ("192.0.2.1", false)] {
-            let authenticator = auth.authenticator();
-            assert_eq!(authenticator.plaintext_allowed(ip(peer), false), expected);
-            assert!(authenticator.plaintext_allowed(ip(peer), true));
+            let allowed = authenticator.plaintext_allowed(ip(peer), false);
+            assert_eq!(allowed, expected, "{peer}");
+            assert!(
+                authenticator.plaintext_allowed(ip(peer), true),
+                "{peer} under TLS"
+            );
         }
         auth.plaintext = Plaintext::Never;
-        assert!(!auth.plaintext_allowed(ip("127.0.0.1"), false));
-        assert!(auth.plaintext_allowed(ip("127.0.0.1"), true));
-        assert!(!auth
-            .authenticator()
-            .plaintext_allowed(ip("127.0.0.1"), false));
-        assert!(auth
-            .authenticator()
-            .plaintext_allowed(ip("127.0.0.1"), true));
+        let authenticator = auth.authenticator();
+        assert!(!authenticator.plaintext_allowed(ip("127.0.0.1"), false));
+        assert!(authenticator.plaintext_allowed(ip("127.0.0.1"), true));
         auth.plaintext = Plaintext::Always;
-        assert!(auth.plaintext_allowed(ip("192.0.2.1"), false));
         assert!(auth
             .authenticator()
             .plaintext_allowed(ip("192.0.2.1"), false));

@@ -4,12 +4,16 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use tokio::net::TcpStream;
 
 use crate::activation::{self, Activation, Listener};
 use crate::cli::{self, Parsed};
-use crate::config::{self, Checked, Config, ConfigError, DaemonConfig, SocketRole, Transport};
+use crate::config::{
+    self, Checked, Config, ConfigError, DaemonConfig, Problem, SocketRole, Transport,
+};
 use crate::server::{Peer, Server};
 use crate::tls::TlsContext;
 
@@ -28,15 +32,19 @@ pub struct Context<D> {
 }
 
 /// A TCP protocol served on two sockets: `plain` (which may offer STARTTLS) and `tls`
-/// (implicit TLS from the first byte), as POP3, IMAP, submission and FTP are.
+/// (implicit TLS from the first byte), as POP3, IMAP, submission, FTP and rpcd's HTTP are.
 #[derive(Debug, Clone, Copy)]
 pub struct PlainAndTls {
     /// What the protocol is called in error messages (POP3, IMAP, ...).
     pub protocol: &'static str,
     /// The name of the plain socket (`FileDescriptorName=` / `[listen]` key).
     pub plain: &'static str,
+    /// Where the plain socket listens when the config has no `[listen]`.
+    pub plain_addrs: &'static [&'static str],
     /// The name of the implicit-TLS socket.
     pub tls: &'static str,
+    /// Where the implicit-TLS socket listens when the config has no `[listen]`.
+    pub tls_addrs: &'static [&'static str],
     /// Sent on the plain socket to a connection refused by the limits; a TLS client could not
     /// read it, so refused TLS connections are just closed.
     pub busy: &'static [u8],
@@ -60,6 +68,37 @@ impl PlainAndTls {
             Transport::Tcp => Ok(role),
             Transport::Udp => Err(format!("{} is TCP only", self.protocol)),
         }
+    }
+}
+
+/// The config of a daemon serving a [`PlainAndTls`] protocol: its sockets, default listen
+/// addresses and socket checks all follow from [`SOCKETS`](PlainAndTlsConfig::SOCKETS).
+/// Every such type is a [`DaemonConfig`].
+pub trait PlainAndTlsConfig: DeserializeOwned + Default {
+    /// The protocol's two sockets.
+    const SOCKETS: PlainAndTls;
+    /// As [`DaemonConfig::IDLE_TIMEOUT`].
+    const IDLE_TIMEOUT: Duration;
+
+    /// As [`DaemonConfig::validate`].
+    fn validate(&self) -> Vec<Problem> {
+        Vec::new()
+    }
+}
+
+impl<D: PlainAndTlsConfig> DaemonConfig for D {
+    const LISTEN: &'static [(&'static str, &'static [&'static str])] = &[
+        (D::SOCKETS.plain, D::SOCKETS.plain_addrs),
+        (D::SOCKETS.tls, D::SOCKETS.tls_addrs),
+    ];
+    const IDLE_TIMEOUT: Duration = <D as PlainAndTlsConfig>::IDLE_TIMEOUT;
+
+    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
+        D::SOCKETS.socket(name, transport)
+    }
+
+    fn validate(&self) -> Vec<Problem> {
+        PlainAndTlsConfig::validate(self)
     }
 }
 
@@ -236,4 +275,60 @@ fn check_sockets<D: DaemonConfig>(
         }
     }
     Ok(activation)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Default, serde::Deserialize)]
+    struct Toy {
+        refuse: bool,
+    }
+
+    impl PlainAndTlsConfig for Toy {
+        const SOCKETS: PlainAndTls = PlainAndTls {
+            protocol: "TOY",
+            plain: "toy",
+            plain_addrs: &["[::]:1", "0.0.0.0:1"],
+            tls: "toys",
+            tls_addrs: &["[::]:2"],
+            busy: b"",
+        };
+        const IDLE_TIMEOUT: Duration = Duration::from_secs(7);
+
+        fn validate(&self) -> Vec<Problem> {
+            match self.refuse {
+                true => vec![crate::config::KeyPath::new("toy").problem("refused")],
+                false => Vec::new(),
+            }
+        }
+    }
+
+    #[test]
+    fn a_plain_and_tls_config_is_a_daemon_config_from_its_sockets() {
+        let listen: &[(&str, &[&str])] =
+            &[("toy", &["[::]:1", "0.0.0.0:1"]), ("toys", &["[::]:2"])];
+        assert_eq!(<Toy as DaemonConfig>::LISTEN, listen);
+        assert_eq!(<Toy as DaemonConfig>::IDLE_TIMEOUT, Duration::from_secs(7));
+        assert!(matches!(
+            Toy::socket("toy", Transport::Tcp),
+            Ok(SocketRole::Plain)
+        ));
+        assert!(matches!(
+            Toy::socket("connection", Transport::Tcp),
+            Ok(SocketRole::Plain)
+        ));
+        assert!(matches!(
+            Toy::socket("toys", Transport::Tcp),
+            Ok(SocketRole::Tls)
+        ));
+        assert_eq!(
+            Toy::socket("toyx", Transport::Tcp).err().as_deref(),
+            Some("TOY is served on sockets named toy and toys")
+        );
+        assert!(Toy::socket("toy", Transport::Udp).is_err());
+        assert!(DaemonConfig::validate(&Toy::default()).is_empty());
+        assert_eq!(DaemonConfig::validate(&Toy { refuse: true }).len(), 1);
+    }
 }

@@ -2,7 +2,8 @@
 //! what happens after a command ([`Flow`]), and one way through STARTTLS and implicit TLS.
 //!
 //! A protocol (POP3, SMTP submission, FTP) implements [`LineProtocol`]: its greeting, its line
-//! limit, its farewells, what to do with one command line and with a line that is too long.
+//! limit, its farewells, what to do with one command line and with a line that is too long,
+//! and, if it needs one, a deadline to be woken at between commands.
 //! [`serve_lines`] then serves a connection, with the daemon's TLS setup:
 //!
 //! ```text
@@ -21,6 +22,7 @@
 use std::future::Future;
 
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
 
 use crate::conn::{Farewell, LineConn};
 use crate::lines::Line;
@@ -69,6 +71,16 @@ pub trait LineProtocol: Send {
     /// Answers a command line longer than [`MAX_LINE`](LineProtocol::MAX_LINE), which has been
     /// read to its end and thrown away.
     fn line_too_long<S: SessionStream>(&mut self, conn: &mut LineConn<S>) -> Flow;
+
+    /// When the session wants to act between commands while it waits for one (ftpd: a passive
+    /// port nobody connected to is closed); `None`, the default, waits for the client only.
+    fn deadline(&self) -> Option<Instant> {
+        None
+    }
+
+    /// Called when [`deadline`](LineProtocol::deadline) passed before a command came; the wait
+    /// for that command goes on, keeping what part of it had arrived.
+    fn deadline_passed(&mut self) {}
 }
 
 /// The command loop: reads a line, hands it to the protocol, and goes on until a command says
@@ -81,7 +93,16 @@ where
 {
     let mut line = Vec::with_capacity(256);
     loop {
-        let flow = match conn.next_line(&mut line).await {
+        let deadline = protocol.deadline();
+        // `next_line` is cancel-safe: a deadline in the middle of a line loses none of it.
+        let next = tokio::select! {
+            next = conn.next_line(&mut line) => next,
+            () = sleep_until(deadline), if deadline.is_some() => {
+                protocol.deadline_passed();
+                continue;
+            }
+        };
+        let flow = match next {
             None | Some(Line::Eof) => Flow::Close,
             Some(Line::TooLong) => protocol.line_too_long(conn),
             Some(Line::Complete) => protocol.handle_line(&line, conn).await,
@@ -89,6 +110,14 @@ where
         if flow != Flow::Continue {
             return flow;
         }
+    }
+}
+
+/// Sleeps until `deadline`; for ever without one.
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(deadline) => tokio::time::sleep_until(deadline).await,
+        None => std::future::pending().await,
     }
 }
 
@@ -191,12 +220,22 @@ pub async fn serve_session<T: SessionStream>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::Arc;
+    use std::time::Duration;
+    use tokio::sync::Notify;
+
     use crate::testing::{self, Client};
 
     /// A toy protocol: `ECHO x` answers `x`, `BYE` closes, `TLS` asks for STARTTLS (with no
-    /// TLS configured, so the connection then ends).
+    /// TLS configured, so the connection then ends), `WAKE` sets a deadline a moment away,
+    /// `WOKEN` tells how many deadlines passed.
+    #[derive(Default)]
     struct Toy {
         too_long: u32,
+        wake_at: Option<Instant>,
+        woken: u32,
+        /// Told each time a deadline passes.
+        on_wake: Arc<Notify>,
     }
 
     impl LineProtocol for Toy {
@@ -224,6 +263,15 @@ mod tests {
                     conn.reply("GO AHEAD");
                     Flow::StartTls
                 }
+                b"WAKE" => {
+                    self.wake_at = Some(Instant::now() + Duration::from_millis(20));
+                    conn.reply("ARMED");
+                    Flow::Continue
+                }
+                b"WOKEN" => {
+                    conn.reply(&format!("WOKEN {}", self.woken));
+                    Flow::Continue
+                }
                 _ => match line.strip_prefix(b"ECHO ") {
                     Some(text) => {
                         conn.reply(&String::from_utf8_lossy(text));
@@ -242,11 +290,21 @@ mod tests {
             conn.reply(&format!("TOO LONG {}", self.too_long));
             Flow::Continue
         }
+
+        fn deadline(&self) -> Option<Instant> {
+            self.wake_at
+        }
+
+        fn deadline_passed(&mut self) {
+            self.wake_at = None;
+            self.woken += 1;
+            self.on_wake.notify_one();
+        }
     }
 
     fn toy() -> (Client, Peer) {
         let peer = testing::peer();
-        (testing::serve(Toy { too_long: 0 }, peer.clone()), peer)
+        (testing::serve(Toy::default(), peer.clone()), peer)
     }
 
     #[tokio::test]
@@ -292,9 +350,28 @@ mod tests {
     async fn a_client_that_leaves_ends_the_loop() {
         let peer = testing::peer();
         let (server, client) = tokio::io::duplex(1024);
-        let mut toy = Toy { too_long: 0 };
+        let mut toy = Toy::default();
         let mut conn = LineConn::new(server, peer, Toy::MAX_LINE, Toy::FAREWELL);
         drop(client);
         assert_eq!(run_lines(&mut toy, &mut conn).await, Flow::Close);
+    }
+
+    #[tokio::test]
+    async fn a_deadline_wakes_the_session_between_commands_and_keeps_a_partial_line() {
+        let peer = testing::peer();
+        let toy = Toy::default();
+        let on_wake = toy.on_wake.clone();
+        let mut client = testing::serve(toy, peer);
+        assert_eq!(client.line().await, "HELLO");
+        assert_eq!(client.ask("WOKEN").await, "WOKEN 0");
+        assert_eq!(client.ask("WAKE").await, "ARMED");
+        client.send("WOK").await;
+        // Bounded only so that a deadline that never fires fails the test instead of hanging it.
+        let woke = tokio::time::timeout(Duration::from_secs(30), on_wake.notified()).await;
+        assert!(woke.is_ok(), "the deadline never woke the session");
+        client.send("EN\r\n").await;
+        assert_eq!(client.line().await, "WOKEN 1");
+        // Woken once: the deadline is gone until a command sets another.
+        assert_eq!(client.ask("WOKEN").await, "WOKEN 1");
     }
 }

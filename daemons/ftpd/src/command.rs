@@ -54,6 +54,16 @@ pub(crate) enum ParseError {
     Syntax(&'static str),
 }
 
+impl ParseError {
+    /// The reply to a command line that does not parse.
+    pub(crate) fn reply(&self) -> String {
+        match self {
+            ParseError::Unknown => "500 Unknown command.".to_owned(),
+            ParseError::Syntax(hint) => format!("501 Syntax error: {hint}."),
+        }
+    }
+}
+
 /// Parses one command line (without its CRLF).
 pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
     let line = strip_telnet(line);

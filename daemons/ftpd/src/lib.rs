@@ -23,8 +23,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_runtime::config::{DaemonConfig, KeyPath, Problem, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::config::{KeyPath, Problem};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -41,19 +41,16 @@ struct FtpdConfig {
 const FTP: PlainAndTls = PlainAndTls {
     protocol: "FTP",
     plain: "ftp",
+    plain_addrs: &["[::]:21"],
     tls: "ftps",
+    tls_addrs: &["[::]:990"],
     busy: b"421 Too many connections; try again later.\r\n",
 };
 
-impl DaemonConfig for FtpdConfig {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
-        &[("ftp", &["[::]:21"]), ("ftps", &["[::]:990"])];
+impl PlainAndTlsConfig for FtpdConfig {
+    const SOCKETS: PlainAndTls = FTP;
     // vsftpd's idle_session_timeout default.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        FTP.socket(name, transport)
-    }
 
     fn validate(&self) -> Vec<Problem> {
         let at = || KeyPath::new("ftp");
@@ -129,8 +126,8 @@ impl FtpConfig {
 
 /// What every session shares.
 pub struct Ftp {
+    /// Checks logins and decides whether a password may come without TLS.
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
     pub config: FtpConfig,
     pub tls: Option<TlsContext>,
     /// Passive listeners open per client address.
@@ -146,7 +143,6 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let ftp = Arc::new(Ftp {
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
         config: config.ftp.clone(),
         tls: ctx.tls.clone(),
         passive: PassiveSlots::new(config.ftp.max_passive_per_address),

@@ -23,8 +23,7 @@ use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
-use inetkit_runtime::config::{DaemonConfig, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -56,19 +55,16 @@ impl Default for FoldersConfig {
 const IMAP: PlainAndTls = PlainAndTls {
     protocol: "IMAP",
     plain: "imap",
+    plain_addrs: &["[::]:143"],
     tls: "imaps",
+    tls_addrs: &["[::]:993"],
     busy: b"",
 };
 
-impl DaemonConfig for ImapConfig {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
-        &[("imap", &["[::]:143"]), ("imaps", &["[::]:993"])];
+impl PlainAndTlsConfig for ImapConfig {
+    const SOCKETS: PlainAndTls = IMAP;
     // RFC 3501 §5.4: an autologout timer of at least 30 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        IMAP.socket(name, transport)
-    }
 }
 
 /// What every session shares.

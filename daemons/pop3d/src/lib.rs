@@ -19,8 +19,7 @@ use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
-use inetkit_runtime::config::{DaemonConfig, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -35,19 +34,16 @@ struct Pop3Config {
 const POP3: PlainAndTls = PlainAndTls {
     protocol: "POP3",
     plain: "pop3",
+    plain_addrs: &["[::]:110"],
     tls: "pop3s",
+    tls_addrs: &["[::]:995"],
     busy: b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n",
 };
 
-impl DaemonConfig for Pop3Config {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
-        &[("pop3", &["[::]:110"]), ("pop3s", &["[::]:995"])];
+impl PlainAndTlsConfig for Pop3Config {
+    const SOCKETS: PlainAndTls = POP3;
     // RFC 1939 §3: an autologout timer of at least 10 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        POP3.socket(name, transport)
-    }
 }
 
 /// What every session shares.

@@ -24,8 +24,8 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_runtime::config::{DaemonConfig, Problem, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::config::Problem;
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 
 use http::HttpConfig;
@@ -45,19 +45,16 @@ struct RpcdConfig {
 const HTTP: PlainAndTls = PlainAndTls {
     protocol: "HTTP",
     plain: "rpc",
+    plain_addrs: &["[::]:8000"],
     tls: "rpcs",
+    tls_addrs: &["[::]:8443"],
     busy: b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
 };
 
-impl DaemonConfig for RpcdConfig {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] =
-        &[("rpc", &["[::]:8000"]), ("rpcs", &["[::]:8443"])];
+impl PlainAndTlsConfig for RpcdConfig {
+    const SOCKETS: PlainAndTls = HTTP;
     // An idle keep-alive connection is closed after a minute, as web servers do.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        HTTP.socket(name, transport)
-    }
 
     fn validate(&self) -> Vec<Problem> {
         Registry::new(&self.builtins, &self.methods)
@@ -70,8 +67,10 @@ impl DaemonConfig for RpcdConfig {
 /// What every connection shares.
 pub struct Rpcd {
     pub registry: Registry,
+    /// Checks logins and decides whether credentials may come without TLS.
     pub auth: Authenticator,
-    pub auth_config: AuthConfig,
+    /// How long a throttled address waits: the `Retry-After` of a 429.
+    pub lockout: Duration,
     pub http: HttpConfig,
 }
 
@@ -87,7 +86,7 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
     let rpcd = Arc::new(Rpcd {
         registry,
         auth: config.auth.authenticator(),
-        auth_config: config.auth.clone(),
+        lockout: config.auth.lockout,
         http: config.http.clone(),
     });
     // Listening sockets are close-on-exec (common::activation), so methods' commands never

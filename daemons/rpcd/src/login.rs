@@ -65,7 +65,7 @@ pub(crate) async fn login(
     peer: std::net::IpAddr,
     tls: bool,
 ) -> Result<User, Reply> {
-    if !rpcd.auth_config.plaintext_allowed(peer, tls) {
+    if !rpcd.auth.plaintext_allowed(peer, tls) {
         tracing::warn!(%peer, "credentials sent without TLS: refused");
         return Err(plain(
             StatusCode::FORBIDDEN,
@@ -102,7 +102,7 @@ pub(crate) async fn login(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many failed logins from this address; try again later",
             );
-            let retry = rpcd.auth_config.lockout.as_secs().to_string();
+            let retry = rpcd.lockout.as_secs().to_string();
             if let Ok(v) = HeaderValue::from_str(&retry) {
                 reply.headers_mut().insert(header::RETRY_AFTER, v);
             }

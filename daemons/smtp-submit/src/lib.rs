@@ -27,8 +27,8 @@ use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
-use inetkit_runtime::config::{DaemonConfig, Problem, SocketRole, Transport};
-use inetkit_runtime::daemon::{self, Context, PlainAndTls};
+use inetkit_runtime::config::Problem;
+use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -52,21 +52,16 @@ struct SubmitConfig {
 const SUBMISSION: PlainAndTls = PlainAndTls {
     protocol: "SMTP submission",
     plain: "submission",
+    plain_addrs: &["[::]:587"],
     tls: "submissions",
+    tls_addrs: &["[::]:465"],
     busy: b"421 4.7.0 Too many connections; try again later.\r\n",
 };
 
-impl DaemonConfig for SubmitConfig {
-    const LISTEN: &'static [(&'static str, &'static [&'static str])] = &[
-        ("submission", &["[::]:587"]),
-        ("submissions", &["[::]:465"]),
-    ];
+impl PlainAndTlsConfig for SubmitConfig {
+    const SOCKETS: PlainAndTls = SUBMISSION;
     // RFC 5321 §4.5.3.2.7: a server waits at least 5 minutes for the next command.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-
-    fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
-        SUBMISSION.socket(name, transport)
-    }
 
     fn validate(&self) -> Vec<Problem> {
         Relay::from_config(&self.relay, "localhost")

@@ -4,17 +4,17 @@
 use std::io;
 use std::time::SystemTime;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 
 use crate::fs::{Tree, UserFs, VPath};
 use crate::listing;
 
-use super::control::Conn;
 use super::{fs_error, quote};
 
-pub(super) fn pwd<S>(fs: &UserFs, conn: &mut Conn<S>)
+pub(super) fn pwd<S>(fs: &UserFs, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     conn.reply(&format!(
         "257 {} is the current directory.",
@@ -23,9 +23,9 @@ where
 }
 
 /// CWD, and CDUP as `CWD ..`.
-pub(super) async fn cwd<S>(fs: &mut UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn cwd<S>(fs: &mut UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match fs.change_dir(path).await {
         Ok(()) => conn.reply("250 Directory successfully changed."),
@@ -33,9 +33,9 @@ where
     }
 }
 
-pub(super) async fn mkd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn mkd<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let made = async {
         let path = fs.resolve(path)?;
@@ -48,9 +48,9 @@ where
     }
 }
 
-pub(super) async fn rmd<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn rmd<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let removed = async { fs.remove_dir(&fs.resolve(path)?).await };
     match removed.await {
@@ -60,9 +60,9 @@ where
 }
 
 /// STAT with a path: its long listing on the control connection.
-pub(super) async fn stat<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn stat<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match listing_of(fs, strip_list_options(path), ListKind::Long).await {
         Ok(text) => {

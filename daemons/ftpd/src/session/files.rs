@@ -4,12 +4,12 @@
 use std::io;
 
 use cap_std::fs::Metadata;
-use tokio::io::{AsyncRead, AsyncWrite};
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 
 use crate::fs::{UserFs, VPath, WriteMode};
 use crate::listing;
 
-use super::control::Conn;
 use super::{fs_error, Transfer};
 
 /// The metadata of a client path.
@@ -19,9 +19,9 @@ async fn metadata_of(fs: &UserFs, path: &str) -> io::Result<(VPath, Metadata)> {
     Ok((path, meta))
 }
 
-pub(super) async fn size<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn size<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match metadata_of(fs, path).await {
         Ok((_, meta)) if meta.is_file() => conn.reply(&format!("213 {}", meta.len())),
@@ -30,9 +30,9 @@ where
     }
 }
 
-pub(super) async fn mdtm<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn mdtm<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match metadata_of(fs, path).await {
         Ok((_, meta)) if meta.is_file() => conn.reply(&format!(
@@ -44,9 +44,9 @@ where
     }
 }
 
-pub(super) async fn mlst<S>(fs: &UserFs, path: Option<&str>, conn: &mut Conn<S>)
+pub(super) async fn mlst<S>(fs: &UserFs, path: Option<&str>, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match metadata_of(fs, path.unwrap_or(".")).await {
         Ok((path, meta)) => {
@@ -61,9 +61,9 @@ where
     }
 }
 
-pub(super) async fn dele<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>)
+pub(super) async fn dele<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let deleted = async {
         let path = fs.resolve(path)?;
@@ -80,9 +80,9 @@ where
 }
 
 /// RNFR: the path RNTO will rename, when it exists and may be changed.
-pub(super) async fn rnfr<S>(fs: &UserFs, path: &str, conn: &mut Conn<S>) -> Option<VPath>
+pub(super) async fn rnfr<S>(fs: &UserFs, path: &str, conn: &mut LineConn<S>) -> Option<VPath>
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let found = async {
         let path = fs.resolve(path)?;
@@ -101,9 +101,9 @@ where
 }
 
 /// RNTO: `from` is what the RNFR just before named, if any.
-pub(super) async fn rnto<S>(fs: &UserFs, from: Option<VPath>, path: &str, conn: &mut Conn<S>)
+pub(super) async fn rnto<S>(fs: &UserFs, from: Option<VPath>, path: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let Some(from) = from else {
         conn.reply("503 RNFR required first.");

@@ -2,11 +2,11 @@
 //! and the optional read-only anonymous login.
 
 use inetkit_auth::AuthError;
-use tokio::io::{AsyncRead, AsyncWrite};
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 
 use crate::fs::UserFs;
 
-use super::control::Conn;
 use super::{Flow, Session, State};
 
 /// Failed logins on one connection before it is closed.
@@ -17,12 +17,12 @@ fn is_anonymous(name: &str) -> bool {
 }
 
 impl Session {
-    pub(super) fn user<S>(&mut self, name: String, conn: &mut Conn<S>)
+    pub(super) fn user<S>(&mut self, name: String, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         let anonymous = is_anonymous(&name);
-        let plaintext = self.plaintext_allowed();
+        let plaintext = self.plaintext_allowed(conn.is_tls());
         let State::Login { user, .. } = &mut self.state else {
             conn.reply("503 Already logged in.");
             return;
@@ -37,9 +37,9 @@ impl Session {
         }
     }
 
-    pub(super) async fn pass<S>(&mut self, password: String, conn: &mut Conn<S>) -> Flow
+    pub(super) async fn pass<S>(&mut self, password: String, conn: &mut LineConn<S>) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         let name = match &mut self.state {
             State::Login { user, .. } => user.take(),
@@ -72,7 +72,7 @@ impl Session {
                 }
             };
         }
-        if !self.plaintext_allowed() {
+        if !self.plaintext_allowed(conn.is_tls()) {
             conn.reply("530 Non-anonymous sessions must use encryption: AUTH TLS first.");
             return Flow::Continue;
         }

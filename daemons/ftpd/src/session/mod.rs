@@ -1,15 +1,17 @@
 //! One FTP control connection: login, AUTH TLS, the file commands, and transfers over a data
 //! connection during which the control connection is still read (ABOR, STAT, NOOP).
 //!
-//! The session is generic over its stream, so AUTH TLS swaps a TCP stream for a TLS one and
-//! the same loop runs again.
+//! The session is the runtime's line-protocol skeleton ([`LineProtocol`], [`serve_lines`])
+//! driven by FTP's commands: AUTH TLS answers [`Flow::StartTls`] and the same session goes on
+//! over TLS. A transfer reads the control connection itself (ABOR), putting aside for the
+//! command loop what must wait.
 //!
 //! Where each command is handled:
 //!
 //! | file | commands |
 //! |---|---|
-//! | `mod.rs` | the session, its loop and dispatch; QUIT, NOOP |
-//! | `control.rs` | (no command) reading lines and writing replies on the control connection |
+//! | `mod.rs` | the session, its [`LineProtocol`] side and dispatch; QUIT, NOOP |
+//! | `control.rs` | (no command) the control connection's stream (urgent data for ABOR) |
 //! | `settings.rs` | FEAT, HELP, SYST, OPTS, STAT without a path, TYPE, MODE, STRU |
 //! | `login.rs` | USER, PASS |
 //! | `tls.rs` | AUTH TLS, PBSZ, PROT, CCC; implicit TLS; TLS on data connections |
@@ -28,33 +30,24 @@ mod transfer;
 use std::io;
 use std::sync::Arc;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::time::Instant;
 
+use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::server::Peer;
+use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
-use crate::command::{parse, Command, ParseError};
+use crate::command::{parse, Command};
 use crate::data::Pending;
 use crate::fs::{RestBeyondEnd, UserFs, VPath};
 use crate::Ftp;
 
-use self::control::{Conn, ControlStream, Input};
+use self::control::ControlStream;
 use self::tls::SessionTls;
-
-/// Longest command line accepted (paths up to PATH_MAX and then some).
-const MAX_LINE: usize = 8192;
 
 enum State {
     Login { user: Option<String>, failures: u32 },
     Ready { user: String, fs: UserFs },
-}
-
-/// What the session does after a command.
-enum Flow {
-    Continue,
-    Close,
-    /// AUTH TLS was accepted: the handshake comes next, on the same connection.
-    StartTls,
 }
 
 /// What a transfer command asks for once the data connection is up.
@@ -78,8 +71,6 @@ pub(crate) struct Session {
     peer: Peer,
     /// This session's TLS setup, when the daemon has a certificate.
     tls: Option<SessionTls>,
-    /// The control connection is TLS (implicit, or after AUTH TLS).
-    control_tls: bool,
     state: State,
     ascii: bool,
     protected: bool,
@@ -93,12 +84,14 @@ pub(crate) struct Session {
 pub(crate) async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit_tls: bool) {
     // ftplib and others send ABOR's last byte as urgent data: keep it in the stream.
     let _ = socket2::SockRef::from(&stream).set_out_of_band_inline(true);
-    let stream = ControlStream(stream);
-    let mut session = Session {
-        tls: ftp.tls.as_ref().map(SessionTls::new),
-        control_tls: false,
+    let tls = ftp.tls.as_ref().map(SessionTls::new);
+    // The control connection's handshakes (implicit, AUTH TLS) use the session's own context,
+    // so that its data connections can resume its TLS session and no other.
+    let control_tls = tls.as_ref().map(SessionTls::control);
+    let session = Session {
+        tls,
         ftp,
-        peer,
+        peer: peer.clone(),
         state: State::Login {
             user: None,
             failures: 0,
@@ -110,75 +103,63 @@ pub(crate) async fn serve(ftp: Arc<Ftp>, stream: TcpStream, peer: Peer, implicit
         rename_from: None,
         epsv_all: false,
     };
-    if implicit_tls {
-        session.serve_tls(stream, true).await;
-    } else if let Some(stream) = session.run(stream, true).await {
-        session.serve_tls(stream, false).await;
-    }
+    serve_lines(
+        session,
+        ControlStream(stream),
+        peer,
+        control_tls,
+        implicit_tls,
+    )
+    .await;
 }
 
-impl Session {
-    /// Serves commands until the session ends (`None`) or AUTH TLS hands the stream back for
-    /// the handshake.
-    async fn run<S>(&mut self, stream: S, greet: bool) -> Option<S>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let mut conn = Conn::new(stream, self.peer.clone());
-        if greet {
-            conn.reply("220 inetkit FTP server ready.");
-        }
-        loop {
-            let flow = match conn.next_input(self.data.expires()).await {
-                None | Some(Input::Eof) => Flow::Close,
-                Some(Input::Deadline) => {
-                    self.passive_expired();
-                    Flow::Continue
-                }
-                Some(Input::TooLong) => {
-                    conn.reply("500 Command line too long.");
-                    Flow::Continue
-                }
-                Some(Input::Line(line)) => match parse(&line) {
-                    Ok(command) => self.handle(command, &mut conn).await,
-                    Err(ParseError::Unknown) => {
-                        conn.reply("500 Unknown command.");
-                        Flow::Continue
-                    }
-                    Err(ParseError::Syntax(hint)) => {
-                        conn.reply(&format!("501 Syntax error: {hint}."));
-                        Flow::Continue
-                    }
-                },
-            };
-            match flow {
-                Flow::Continue => {}
-                Flow::Close => {
-                    let _ = conn.flush().await;
-                    let _ = conn.reader.get_mut().shutdown().await;
-                    return None;
-                }
-                Flow::StartTls => {
-                    if conn.flush().await.is_err() {
-                        return None;
-                    }
-                    // Whatever was pipelined in the clear after AUTH is dropped.
-                    return Some(conn.reader.into_inner());
-                }
+impl LineProtocol for Session {
+    /// Paths up to PATH_MAX and then some.
+    const MAX_LINE: usize = 8192;
+    const FAREWELL: Farewell = Farewell {
+        idle: "421 Timeout.",
+        shutdown: "421 Server shutting down.",
+    };
+
+    fn greeting(&self) -> String {
+        "220 inetkit FTP server ready.".to_owned()
+    }
+
+    async fn handle_line<S: SessionStream>(&mut self, line: &[u8], conn: &mut LineConn<S>) -> Flow {
+        match parse(line) {
+            Ok(command) => self.handle(command, conn).await,
+            Err(err) => {
+                conn.reply(&err.reply());
+                Flow::Continue
             }
         }
     }
 
-    fn plaintext_allowed(&self) -> bool {
-        self.ftp
-            .auth_config
-            .plaintext_allowed(self.peer.addr.ip(), self.control_tls)
+    fn line_too_long<S: SessionStream>(&mut self, conn: &mut LineConn<S>) -> Flow {
+        conn.reply("500 Command line too long.");
+        Flow::Continue
+    }
+
+    /// A passive port waits for its data connection only so long.
+    fn deadline(&self) -> Option<Instant> {
+        self.data.expires()
+    }
+
+    fn deadline_passed(&mut self) {
+        self.passive_expired();
+    }
+}
+
+impl Session {
+    /// May this client send a password now (`tls`: the control connection is encrypted)?
+    fn plaintext_allowed(&self, tls: bool) -> bool {
+        self.ftp.auth.plaintext_allowed(self.peer.addr.ip(), tls)
     }
 
     /// The commands that work logged in or not.
-    async fn handle<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow
+    async fn handle<S>(&mut self, command: Command, conn: &mut LineConn<S>) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         match command {
             Command::Quit => {
@@ -212,9 +193,9 @@ impl Session {
     }
 
     /// The commands that need a login.
-    async fn logged_in<S>(&mut self, command: Command, conn: &mut Conn<S>) -> Flow
+    async fn logged_in<S>(&mut self, command: Command, conn: &mut LineConn<S>) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         let State::Ready { fs, .. } = &mut self.state else {
             return Flow::Continue;

@@ -1,21 +1,21 @@
 //! Commands about the session itself rather than files: FEAT, HELP, SYST, OPTS, STAT without
 //! a path, TYPE, MODE, STRU.
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 
-use super::control::Conn;
 use super::{Session, State};
 
-pub(super) fn syst<S>(conn: &mut Conn<S>)
+pub(super) fn syst<S>(conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     conn.reply("215 UNIX Type: L8");
 }
 
-pub(super) fn help<S>(conn: &mut Conn<S>)
+pub(super) fn help<S>(conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     conn.reply("214-The following commands are recognized:");
     conn.reply(" ABOR APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD");
@@ -24,9 +24,9 @@ where
     conn.reply("214 Help OK.");
 }
 
-pub(super) fn opts<S>(option: &str, conn: &mut Conn<S>)
+pub(super) fn opts<S>(option: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     let upper = option.to_ascii_uppercase();
     if upper == "UTF8 ON" || upper == "UTF-8 ON" {
@@ -38,9 +38,9 @@ where
     }
 }
 
-pub(super) fn mode<S>(mode: &str, conn: &mut Conn<S>)
+pub(super) fn mode<S>(mode: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match mode.to_ascii_uppercase().as_str() {
         "S" => conn.reply("200 Mode set to S."),
@@ -48,9 +48,9 @@ where
     }
 }
 
-pub(super) fn stru<S>(stru: &str, conn: &mut Conn<S>)
+pub(super) fn stru<S>(stru: &str, conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     match stru.to_ascii_uppercase().as_str() {
         "F" => conn.reply("200 Structure set to F."),
@@ -59,9 +59,9 @@ where
 }
 
 impl Session {
-    pub(super) fn feat<S>(&self, conn: &mut Conn<S>)
+    pub(super) fn feat<S>(&self, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         conn.reply("211-Features:");
         if self.tls.is_some() {
@@ -86,9 +86,9 @@ impl Session {
     }
 
     /// TYPE: `type` is a keyword, hence the underscore.
-    pub(super) fn type_<S>(&mut self, kind: &str, conn: &mut Conn<S>)
+    pub(super) fn type_<S>(&mut self, kind: &str, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         match kind.to_ascii_uppercase().as_str() {
             "A" | "A N" => {
@@ -104,9 +104,9 @@ impl Session {
     }
 
     /// STAT without an argument: the session's state.
-    pub(super) fn status<S>(&self, conn: &mut Conn<S>)
+    pub(super) fn status<S>(&self, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         conn.reply("211-inetkit FTP server status:");
         conn.reply(&format!("     Connected to {}", self.peer.addr.ip()));
@@ -120,7 +120,7 @@ impl Session {
         ));
         conn.reply(&format!(
             "     Control connection: {}; data connections: {}",
-            if self.control_tls { "TLS" } else { "plain" },
+            if conn.is_tls() { "TLS" } else { "plain" },
             if self.protected { "TLS" } else { "plain" }
         ));
         conn.reply("211 End of status");

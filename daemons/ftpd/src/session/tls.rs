@@ -1,19 +1,22 @@
-//! TLS (RFC 4217): AUTH TLS, PBSZ, PROT and CCC; the handshakes of implicit TLS, of AUTH TLS
-//! and of PROT P data connections, which must resume this control connection's TLS session.
+//! TLS (RFC 4217): AUTH TLS, PBSZ, PROT and CCC; the session's own [`TlsContext`]s, for the
+//! handshakes of implicit TLS and AUTH TLS (which the runtime's session skeleton runs) and of
+//! PROT P data connections, which must resume this control connection's TLS session.
 
 use std::io;
 
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 use rustls::server::ServerSessionMemoryCache;
 use rustls::HandshakeKind;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use inetkit_runtime::tls::TlsContext;
 
 use crate::data::DataStream;
 
-use super::control::{Conn, ControlStream};
-use super::{Flow, Session, State};
+use inetkit_runtime::session::Flow;
+
+use super::{Session, State};
 
 /// One session's TLS: the daemon's certificate with a ticket key and session cache of the
 /// session's own, so that a data connection can resume only this control connection's
@@ -39,41 +42,32 @@ impl SessionTls {
         let data = control.derive(|config| config.send_tls13_tickets = 0);
         SessionTls { control, data }
     }
+
+    /// The control connection's context, for its handshake.
+    pub(super) fn control(&self) -> TlsContext {
+        self.control.clone()
+    }
 }
 
 /// CCC: the control connection never goes back to plaintext.
-pub(super) fn ccc<S>(conn: &mut Conn<S>)
+pub(super) fn ccc<S>(conn: &mut LineConn<S>)
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: SessionStream,
 {
     conn.reply("533 The control connection stays protected.");
 }
 
 impl Session {
-    /// The TLS handshake of the ftps port (`greet`) or of AUTH TLS, then the session over it.
-    pub(super) async fn serve_tls(&mut self, stream: ControlStream, greet: bool) {
-        let Some(tls) = &self.tls else {
-            return;
-        };
-        match tls.control.accept(stream).await {
-            Ok(stream) => {
-                self.control_tls = true;
-                self.run(stream, greet).await;
-            }
-            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
-        }
-    }
-
-    pub(super) fn auth_tls<S>(&mut self, mechanism: &str, conn: &mut Conn<S>) -> Flow
+    pub(super) fn auth_tls<S>(&mut self, mechanism: &str, conn: &mut LineConn<S>) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         if !matches!(
             mechanism.to_ascii_uppercase().as_str(),
             "TLS" | "SSL" | "TLS-C" | "TLS-P"
         ) {
             conn.reply("504 Unknown security mechanism.");
-        } else if self.control_tls {
+        } else if conn.is_tls() {
             conn.reply("503 Already using TLS.");
         } else if self.tls.is_none() {
             conn.reply("431 TLS is not configured.");
@@ -91,22 +85,22 @@ impl Session {
         Flow::Continue
     }
 
-    pub(super) fn pbsz<S>(&self, conn: &mut Conn<S>)
+    pub(super) fn pbsz<S>(&self, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
-        if self.control_tls {
+        if conn.is_tls() {
             conn.reply("200 PBSZ=0");
         } else {
             conn.reply("503 PBSZ needs a TLS control connection (AUTH TLS first).");
         }
     }
 
-    pub(super) fn prot<S>(&mut self, level: &str, conn: &mut Conn<S>)
+    pub(super) fn prot<S>(&mut self, level: &str, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
-        if !self.control_tls {
+        if !conn.is_tls() {
             conn.reply("503 PROT needs a TLS control connection (AUTH TLS first).");
             return;
         }

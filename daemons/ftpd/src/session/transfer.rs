@@ -6,15 +6,18 @@ use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 
-use tokio::io::{AsyncRead, AsyncWrite};
+use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::session::SessionStream;
 
 use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::{blocking, VPath};
 use crate::passive::{self, Passive, PassiveError};
 
-use super::control::{Conn, Input};
-use super::{fs_error, Flow, Session, State, Transfer, MAX_LINE};
+use inetkit_runtime::lines::Line;
+use inetkit_runtime::session::Flow;
+
+use super::{fs_error, Session, State, Transfer};
 
 /// Truncates `file` at its position when it is longer.
 fn cut_after_position(file: &mut std::fs::File) -> io::Result<()> {
@@ -43,26 +46,26 @@ enum Outcome {
 }
 
 impl Session {
-    pub(super) fn rest<S>(&mut self, offset: u64, conn: &mut Conn<S>)
+    pub(super) fn rest<S>(&mut self, offset: u64, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         self.rest = offset;
         conn.reply(&format!("350 Restart position accepted ({offset})."));
     }
 
     /// ABOR with no transfer running: forgets a prepared data connection.
-    pub(super) fn abor_idle<S>(&mut self, conn: &mut Conn<S>)
+    pub(super) fn abor_idle<S>(&mut self, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         self.data = Pending::None;
         conn.reply("225 No transfer to abort.");
     }
 
-    pub(super) fn epsv<S>(&mut self, arg: Option<&str>, conn: &mut Conn<S>)
+    pub(super) fn epsv<S>(&mut self, arg: Option<&str>, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         match arg.map(str::to_ascii_uppercase).as_deref() {
             Some("ALL") => {
@@ -75,9 +78,9 @@ impl Session {
     }
 
     /// PASV / EPSV: listen on the address the client reached us on.
-    pub(super) fn passive<S>(&mut self, extended: bool, conn: &mut Conn<S>)
+    pub(super) fn passive<S>(&mut self, extended: bool, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         self.data = Pending::None;
         if !extended && self.epsv_all {
@@ -142,9 +145,9 @@ impl Session {
     }
 
     /// PORT / EPRT: the data connection will be made to `addr`, the client's own address.
-    pub(super) fn port<S>(&mut self, addr: SocketAddr, conn: &mut Conn<S>)
+    pub(super) fn port<S>(&mut self, addr: SocketAddr, conn: &mut LineConn<S>)
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         if self.epsv_all {
             conn.reply("503 EPSV ALL was given: only EPSV is allowed.");
@@ -164,10 +167,10 @@ impl Session {
     pub(super) async fn start_transfer<S>(
         &mut self,
         prepared: io::Result<Transfer>,
-        conn: &mut Conn<S>,
+        conn: &mut LineConn<S>,
     ) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         match prepared {
             Ok(transfer) => self.transfer(transfer, conn).await,
@@ -182,9 +185,9 @@ impl Session {
     /// Opens the data connection, runs the transfer, and keeps reading the control
     /// connection meanwhile: ABOR stops the transfer, STAT and NOOP are answered, anything
     /// else waits until the transfer is over.
-    async fn transfer<S>(&mut self, transfer: Transfer, conn: &mut Conn<S>) -> Flow
+    async fn transfer<S>(&mut self, transfer: Transfer, conn: &mut LineConn<S>) -> Flow
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
     {
         let timeout = self.ftp.config.data_timeout();
         let tcp = match std::mem::take(&mut self.data) {
@@ -342,18 +345,21 @@ impl Session {
         &mut self,
         job: F,
         progress: &Progress,
-        conn: &mut Conn<S>,
+        conn: &mut LineConn<S>,
     ) -> Outcome
     where
-        S: AsyncRead + AsyncWrite + Unpin,
+        S: SessionStream,
         F: std::future::Future<Output = io::Result<u64>>,
     {
         let mut job = std::pin::pin!(job);
+        let mut line = Vec::new();
         loop {
             tokio::select! {
                 result = &mut job => return Outcome::Done(result),
-                input = conn.read_input() => match input {
-                    Ok(Input::Line(line)) => match parse(&line) {
+                // Cancel-safe: a line half read when the transfer ends is finished by the
+                // command loop.
+                input = conn.read_line(&mut line) => match input {
+                    Ok(Line::Complete) => match parse(&line) {
                         Ok(Command::Abor) => return Outcome::Aborted,
                         Ok(Command::Stat(None)) => {
                             conn.reply(&format!(
@@ -370,18 +376,20 @@ impl Session {
                                 return Outcome::ControlGone;
                             }
                         }
+                        // Answered after the transfer. Bounded: a client that floods commands
+                        // mid-transfer is cut off.
                         _ => {
-                            // Bounded: a client that floods commands mid-transfer is cut off.
-                            if conn.queued.len() >= 64 {
+                            if !conn.defer(Line::Complete, std::mem::take(&mut line)) {
                                 return Outcome::ControlGone;
                             }
-                            conn.queued.push_back(line);
                         }
                     },
-                    Ok(Input::TooLong) => conn.queued.push_back(vec![0xff; MAX_LINE + 2]),
-                    Ok(Input::Eof) | Err(_) => return Outcome::ControlGone,
-                    // Only `next_input` waits for a deadline.
-                    Ok(Input::Deadline) => {}
+                    Ok(Line::TooLong) => {
+                        if !conn.defer(Line::TooLong, Vec::new()) {
+                            return Outcome::ControlGone;
+                        }
+                    }
+                    Ok(Line::Eof) | Err(_) => return Outcome::ControlGone,
                 },
             }
         }
