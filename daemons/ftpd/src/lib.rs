@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod listing;
 mod passive;
 mod session;
+mod xferlog;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,7 +29,10 @@ use inetkit_runtime::daemon::{self, Context, PlainAndTls};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
+use anyhow::Context as _;
+
 use crate::passive::PassiveSlots;
+use crate::xferlog::Xferlog;
 
 /// ftpd's own part of `/etc/inetkit/ftpd.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -103,6 +107,11 @@ pub struct FtpConfig {
     /// Require that a PROT P data connection resumes the control connection's TLS session
     /// (vsftpd's `require_ssl_reuse`), so nobody else can connect to the passive port.
     pub require_tls_reuse: bool,
+    /// Let SITE CHMOD set the setuid, setgid and sticky bits.
+    pub chmod_special_bits: bool,
+    /// A file for the transfer log in the xferlog format (vsftpd's `xferlog_std_format`);
+    /// without one, the same lines go to the journal.
+    pub xferlog: Option<PathBuf>,
 }
 
 impl Default for FtpConfig {
@@ -117,6 +126,8 @@ impl Default for FtpConfig {
             data_timeout: Duration::from_secs(60),
             max_passive_per_address: 16,
             require_tls_reuse: true,
+            chmod_special_bits: false,
+            xferlog: None,
         }
     }
 }
@@ -135,6 +146,8 @@ pub struct Ftp {
     pub tls: Option<TlsContext>,
     /// Passive listeners open per client address.
     pub(crate) passive: Arc<PassiveSlots>,
+    /// Where the xferlog lines of finished transfers go.
+    pub(crate) xferlog: Xferlog,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -150,6 +163,12 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
         config: config.ftp.clone(),
         tls: ctx.tls.clone(),
         passive: PassiveSlots::new(config.ftp.max_passive_per_address),
+        xferlog: Xferlog::open(config.ftp.xferlog.as_deref()).with_context(|| {
+            format!(
+                "cannot open the transfer log {}",
+                config.ftp.xferlog.as_deref().unwrap_or(std::path::Path::new("")).display()
+            )
+        })?,
     });
     ctx.serve_plain_and_tls(FTP, move |stream, peer, implicit_tls| {
         session::serve(ftp.clone(), stream, peer, implicit_tls)

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -12,6 +13,7 @@ use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::{blocking, VPath};
 use crate::passive::{self, Passive, PassiveError};
+use crate::xferlog::Entry;
 
 use super::control::{Conn, Input};
 use super::{fs_error, Flow, Session, State, Transfer, MAX_LINE};
@@ -238,6 +240,7 @@ impl Session {
 
         let progress = Progress::default();
         let ascii = self.ascii;
+        let started = (SystemTime::now(), Instant::now());
         let (direction, path, outcome) = {
             let job_progress = progress.clone();
             match transfer {
@@ -297,6 +300,14 @@ impl Session {
             }
         };
         let shown = path.as_ref().map(VPath::display).unwrap_or_default();
+        if path.is_some() {
+            let bytes = match &outcome {
+                Outcome::Done(Ok(bytes)) => *bytes,
+                _ => progress.load(Ordering::Relaxed),
+            };
+            self.log_transfer(&shown, direction == "received", bytes, started, &outcome)
+                .await;
+        }
         match outcome {
             Outcome::Done(Ok(bytes)) => {
                 if path.is_some() {
@@ -336,6 +347,34 @@ impl Session {
                 Flow::Close
             }
         }
+    }
+
+    /// The transfer's xferlog line; `started` is when its data began to move.
+    async fn log_transfer(
+        &self,
+        path: &str,
+        incoming: bool,
+        bytes: u64,
+        started: (SystemTime, Instant),
+        outcome: &Outcome,
+    ) {
+        let (user, anonymous) = match &self.state {
+            State::Ready { user, fs } => (user.as_str(), fs.read_only() && user == "anonymous"),
+            State::Login { .. } => return,
+        };
+        let entry = Entry {
+            finished: started.0 + started.1.elapsed(),
+            duration: started.1.elapsed(),
+            host: self.peer.addr.ip(),
+            bytes,
+            path,
+            ascii: self.ascii,
+            incoming,
+            anonymous,
+            user,
+            complete: matches!(outcome, Outcome::Done(Ok(_))),
+        };
+        self.ftp.xferlog.record(&entry).await;
     }
 
     async fn while_transferring<S, F>(
