@@ -12,6 +12,7 @@ mod fs;
 pub mod fuzzing;
 mod listing;
 mod passive;
+mod rate;
 mod session;
 mod xferlog;
 
@@ -32,6 +33,7 @@ use inetkit_runtime::tls::TlsContext;
 use anyhow::Context as _;
 
 use crate::passive::PassiveSlots;
+use crate::rate::SharedRate;
 use crate::xferlog::Xferlog;
 
 /// ftpd's own part of `/etc/inetkit/ftpd.toml`.
@@ -112,6 +114,11 @@ pub struct FtpConfig {
     /// A file for the transfer log in the xferlog format (vsftpd's `xferlog_std_format`);
     /// without one, the same lines go to the journal.
     pub xferlog: Option<PathBuf>,
+    /// Bytes per second of one session's transfers (vsftpd's `local_max_rate`); 0: no limit.
+    /// A user's `ftp_max_rate=N` extra field in the users file overrides it.
+    pub max_rate: u64,
+    /// Bytes per second of all sessions' transfers together; 0: no limit.
+    pub max_rate_total: u64,
 }
 
 impl Default for FtpConfig {
@@ -128,6 +135,8 @@ impl Default for FtpConfig {
             require_tls_reuse: true,
             chmod_special_bits: false,
             xferlog: None,
+            max_rate: 0,
+            max_rate_total: 0,
         }
     }
 }
@@ -148,6 +157,8 @@ pub struct Ftp {
     pub(crate) passive: Arc<PassiveSlots>,
     /// Where the xferlog lines of finished transfers go.
     pub(crate) xferlog: Xferlog,
+    /// `[ftp] max_rate_total`, shared by every transfer.
+    pub(crate) shared_rate: Option<Arc<SharedRate>>,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -163,6 +174,7 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
         config: config.ftp.clone(),
         tls: ctx.tls.clone(),
         passive: PassiveSlots::new(config.ftp.max_passive_per_address),
+        shared_rate: SharedRate::new(config.ftp.max_rate_total),
         xferlog: Xferlog::open(config.ftp.xferlog.as_deref()).with_context(|| {
             format!(
                 "cannot open the transfer log {}",

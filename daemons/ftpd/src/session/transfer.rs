@@ -13,6 +13,7 @@ use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::{blocking, VPath};
 use crate::passive::{self, Passive, PassiveError};
+use crate::rate::Throttle;
 use crate::xferlog::Entry;
 
 use super::control::{Conn, Input};
@@ -241,6 +242,7 @@ impl Session {
         let progress = Progress::default();
         let ascii = self.ascii;
         let started = (SystemTime::now(), Instant::now());
+        let throttle = self.throttle().await;
         let (direction, path, outcome) = {
             let job_progress = progress.clone();
             match transfer {
@@ -252,7 +254,16 @@ impl Session {
                 } => {
                     let left = size.saturating_sub(offset);
                     let job =
-                        data::send_file(stream, file, offset, left, ascii, timeout, job_progress);
+                        data::send_file(
+                        stream,
+                        file,
+                        offset,
+                        left,
+                        ascii,
+                        timeout,
+                        job_progress,
+                        throttle,
+                    );
                     let outcome = self.while_transferring(job, &progress, conn).await;
                     ("sent", Some(path), outcome)
                 }
@@ -271,8 +282,15 @@ impl Session {
                         // An lseek on an open descriptor: it never waits on the disk.
                         let start = std::io::Seek::stream_position(&mut file);
                         let result =
-                            data::receive_file(stream, &mut file, ascii, timeout, job_progress)
-                                .await;
+                            data::receive_file(
+                            stream,
+                            &mut file,
+                            ascii,
+                            timeout,
+                            job_progress,
+                            throttle,
+                        )
+                        .await;
                         match (&result, start) {
                             // A full disk: the upload is undone (truncated back to where it
                             // began, or removed if it began the file), so no client sees a
@@ -347,6 +365,33 @@ impl Session {
                 Flow::Close
             }
         }
+    }
+
+    /// The limits of this session's next file transfer: the user's `ftp_max_rate` extra
+    /// field, else `[ftp] max_rate`, and the shared `max_rate_total`.
+    async fn throttle(&self) -> Throttle {
+        let mut rate = self.ftp.config.max_rate;
+        if let State::Ready { user, fs } = &self.state {
+            if !fs.read_only() {
+                let (ftp, name) = (self.ftp.clone(), user.clone());
+                // The users file may be re-read: disk work, so on the blocking pool.
+                let found = blocking(move || Ok(ftp.auth.lookup(&name))).await;
+                let field = found
+                    .ok()
+                    .flatten()
+                    .and_then(|u| u.extra_field("ftp_max_rate").map(str::to_owned));
+                if let Some(field) = field {
+                    match field.parse() {
+                        Ok(own) => rate = own,
+                        Err(_) => tracing::warn!(
+                            value = %field,
+                            "ftp_max_rate in the users file is not a number of bytes per second; [ftp] max_rate applies"
+                        ),
+                    }
+                }
+            }
+        }
+        Throttle::new(rate, self.ftp.shared_rate.clone())
     }
 
     /// The transfer's xferlog line; `started` is when its data began to move.
