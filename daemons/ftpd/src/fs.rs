@@ -571,8 +571,13 @@ mod tests {
     async fn chmod_and_link_targets_stay_inside_the_root() {
         let (base, fs) = tree();
         let inside = fs.resolve("ok").expect("resolve");
-        fs.chmod(&inside, 0o600).await.expect("chmod through an inside link");
-        let mode = std::fs::metadata(base.join("root/sub/file")).expect("meta").mode() & 0o7777;
+        fs.chmod(&inside, 0o600)
+            .await
+            .expect("chmod through an inside link");
+        let mode = std::fs::metadata(base.join("root/sub/file"))
+            .expect("meta")
+            .mode()
+            & 0o7777;
         assert_eq!(mode, 0o600);
         let outside = fs.resolve("up").expect("resolve");
         assert!(fs.chmod(&outside, 0o777).await.is_err());

@@ -178,7 +178,12 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
         xferlog: Xferlog::open(config.ftp.xferlog.as_deref()).with_context(|| {
             format!(
                 "cannot open the transfer log {}",
-                config.ftp.xferlog.as_deref().unwrap_or(std::path::Path::new("")).display()
+                config
+                    .ftp
+                    .xferlog
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
             )
         })?,
     });

@@ -44,7 +44,13 @@ const MONTHS: [&str; 12] = [
 /// name with spaces is written with `_`, as wu-ftpd does).
 fn field(text: &str) -> String {
     text.chars()
-        .map(|c| if c.is_whitespace() || c.is_control() { '_' } else { c })
+        .map(|c| {
+            if c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -145,6 +151,8 @@ mod tests {
             complete: false,
             ..entry
         };
-        assert!(quick.line().ends_with(" 1 127.0.0.1 4096 /pub/my_file.bin a _ i a alice ftp 0 * i"));
+        assert!(quick
+            .line()
+            .ends_with(" 1 127.0.0.1 4096 /pub/my_file.bin a _ i a alice ftp 0 * i"));
     }
 }

@@ -253,8 +253,7 @@ impl Session {
                     offset,
                 } => {
                     let left = size.saturating_sub(offset);
-                    let job =
-                        data::send_file(
+                    let job = data::send_file(
                         stream,
                         file,
                         offset,
@@ -281,8 +280,7 @@ impl Session {
                     let job = async move {
                         // An lseek on an open descriptor: it never waits on the disk.
                         let start = std::io::Seek::stream_position(&mut file);
-                        let result =
-                            data::receive_file(
+                        let result = data::receive_file(
                             stream,
                             &mut file,
                             ascii,
