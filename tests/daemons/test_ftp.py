@@ -91,6 +91,7 @@ def test_greeting_feat_and_simple_commands(ftpd):
     features = {line.strip() for line in feat[1:-1]}
     assert features == {"AUTH TLS", "PBSZ", "PROT", "EPRT", "EPSV", "MDTM",
                         "MLST type*;size*;modify*;perm*;unique*;", "PASV", "REST STREAM",
+                        "SITE CHMOD", "SITE HELP", "SITE UMASK",
                         "SIZE", "TVFS", "UTF8"}
     assert f.sendcmd("OPTS UTF8 ON").startswith("200")
     assert f.sendcmd("SYST") == "215 UNIX Type: L8"

@@ -44,6 +44,8 @@ pub(crate) enum Command {
     Mkd(String),
     Rmd(String),
     Abor,
+    /// SITE and its argument (`CHMOD 644 f`, `UMASK 022`, `HELP`).
+    Site(String),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -129,6 +131,7 @@ pub(crate) fn parse(line: &[u8]) -> Result<Command, ParseError> {
         "MKD" | "XMKD" => need(arg).map(Command::Mkd),
         "RMD" | "XRMD" => need(arg).map(Command::Rmd),
         "ABOR" => Ok(Command::Abor),
+        "SITE" => need(arg).map(Command::Site),
         _ => Err(ParseError::Unknown),
     }
 }

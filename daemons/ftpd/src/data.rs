@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, Interest, Re
 use tokio::net::TcpStream;
 
 use crate::passive::Passive;
+use crate::rate::Throttle;
 
 /// Transfer buffer: big enough that per-call costs vanish next to the copy itself.
 const BUF_SIZE: usize = 1 << 20;
@@ -112,6 +113,9 @@ async fn step<T>(
 /// Sends the `left` bytes of `file` from `offset`, its current position: sendfile(2) for a
 /// plain binary transfer, else a read/write loop with a large buffer (and LF → CRLF for TYPE
 /// A). Ends the connection cleanly (TLS close_notify, FIN).
+// Each argument is a different thing the one caller has at hand; a struct only to bundle
+// them would be read once.
+#[allow(clippy::too_many_arguments)]
 pub(crate) async fn send_file(
     mut stream: DataStream,
     mut file: std::fs::File,
@@ -120,15 +124,17 @@ pub(crate) async fn send_file(
     ascii: bool,
     timeout: Duration,
     progress: Progress,
+    mut throttle: Throttle,
 ) -> io::Result<u64> {
     let mut sent = 0u64;
     match &stream {
         DataStream::Plain(tcp) if !ascii => {
             let mut offset = i64::try_from(offset).map_err(|_| io::ErrorKind::InvalidInput)?;
+            let chunk = throttle.chunk(SENDFILE_CHUNK);
             loop {
                 step(timeout, tcp.writable()).await?;
                 let result = tcp.try_io(Interest::WRITABLE, || {
-                    nix::sys::sendfile::sendfile64(tcp, &file, Some(&mut offset), SENDFILE_CHUNK)
+                    nix::sys::sendfile::sendfile64(tcp, &file, Some(&mut offset), chunk)
                         .map_err(io::Error::from)
                 });
                 match result {
@@ -136,6 +142,7 @@ pub(crate) async fn send_file(
                     Ok(n) => {
                         sent += n as u64;
                         progress.store(sent, Ordering::Relaxed);
+                        throttle.pace(n as u64).await;
                     }
                     Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
                     Err(err) => return Err(err),
@@ -146,7 +153,7 @@ pub(crate) async fn send_file(
             // No bigger than the file: a megabyte zeroed for every small file costs more than
             // sending it.
             let size = usize::try_from(left).unwrap_or(BUF_SIZE);
-            let mut buf = vec![0u8; size.clamp(MIN_BUF, BUF_SIZE)];
+            let mut buf = vec![0u8; throttle.chunk(size.clamp(MIN_BUF, BUF_SIZE))];
             let mut converted = Vec::new();
             let mut crlf = ToCrlf::default();
             loop {
@@ -165,6 +172,7 @@ pub(crate) async fn send_file(
                 step(timeout, stream.write_all(chunk)).await?;
                 sent += n as u64;
                 progress.store(sent, Ordering::Relaxed);
+                throttle.pace(n as u64).await;
             }
         }
     }
@@ -191,17 +199,19 @@ pub(crate) async fn receive_file(
     ascii: bool,
     timeout: Duration,
     progress: Progress,
+    mut throttle: Throttle,
 ) -> io::Result<u64> {
     if let DataStream::Plain(tcp) = &mut stream {
         // splice(2) cannot write to a file opened for appending (APPE).
         if !ascii && !appending(file) {
-            let received = splice_into(tcp, file, timeout, progress).await?;
+            let received = splice_into(tcp, file, timeout, progress, &mut throttle).await?;
             let _ = step(timeout, tcp.shutdown()).await;
             return Ok(received);
         }
     }
     // Starts small (most uploads are) and grows while reads fill it.
-    let mut buf = vec![0u8; MIN_BUF];
+    let max_buf = throttle.chunk(BUF_SIZE);
+    let mut buf = vec![0u8; MIN_BUF.min(max_buf)];
     let mut converted = Vec::new();
     let mut lf = ToLf::default();
     let mut received = 0u64;
@@ -210,8 +220,8 @@ pub(crate) async fn receive_file(
         if n == 0 {
             break;
         }
-        if n == buf.len() && buf.len() < BUF_SIZE {
-            buf.resize(buf.len() * 2, 0);
+        if n == buf.len() && buf.len() < max_buf {
+            buf.resize((buf.len() * 2).min(max_buf), 0);
         }
         received += n as u64;
         progress.store(received, Ordering::Relaxed);
@@ -222,6 +232,7 @@ pub(crate) async fn receive_file(
         } else {
             file.write_all(&buf[..n])?;
         }
+        throttle.pace(n as u64).await;
     }
     if ascii {
         converted.clear();
@@ -247,6 +258,7 @@ async fn splice_into(
     file: &mut std::fs::File,
     timeout: Duration,
     progress: Progress,
+    throttle: &mut Throttle,
 ) -> io::Result<u64> {
     use nix::fcntl::{fcntl, splice, FcntlArg, OFlag, SpliceFFlags};
     use std::os::fd::AsRawFd;
@@ -254,6 +266,7 @@ async fn splice_into(
         nix::unistd::pipe2(OFlag::O_CLOEXEC | OFlag::O_NONBLOCK).map_err(io::Error::from)?;
     // A bigger pipe moves more per call; without the privilege for 1 MiB the default stays.
     let _ = fcntl(pipe_in.as_raw_fd(), FcntlArg::F_SETPIPE_SZ(BUF_SIZE as i32));
+    let chunk = throttle.chunk(BUF_SIZE);
     let mut received = 0u64;
     loop {
         step(timeout, tcp.readable()).await?;
@@ -263,7 +276,7 @@ async fn splice_into(
                 None,
                 &pipe_in,
                 None,
-                BUF_SIZE,
+                chunk,
                 SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_NONBLOCK,
             )
             .map_err(io::Error::from)
@@ -293,6 +306,7 @@ async fn splice_into(
         }
         received += n as u64;
         progress.store(received, Ordering::Relaxed);
+        throttle.pace(n as u64).await;
     }
     Ok(received)
 }

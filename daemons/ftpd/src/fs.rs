@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use cap_std::ambient_authority;
-use cap_std::fs::{Dir, Metadata, OpenOptions};
+use cap_std::fs::{Dir, Metadata, OpenOptions, PermissionsExt};
 
 /// Runs a filesystem call on tokio's blocking pool and waits for it there, never on an async
 /// worker (see the module doc). A call that panics is an error, not a panic of the session.
@@ -111,8 +111,8 @@ pub(crate) struct Tree {
 }
 
 impl Tree {
-    /// Opens `root`; with `create`, makes it first if it does not exist (a user without a
-    /// home field, on first login).
+    /// Opens `root`; with `create`, makes it first if it does not exist (a user's root on
+    /// first login).
     pub(crate) fn open(root: &Path, create: bool, read_only: bool) -> io::Result<Tree> {
         if create {
             std::fs::create_dir_all(root)?;
@@ -137,8 +137,30 @@ impl Tree {
 
     /// Opens a file to upload into: truncated, appended to, or (REST) written from an offset
     /// no further than its end.
-    pub(crate) fn open_write(&self, path: &VPath, mode: WriteMode) -> io::Result<std::fs::File> {
+    /// With a session `umask` (SITE UMASK), a file this makes gets exactly `0666 & !umask`.
+    pub(crate) fn open_write(
+        &self,
+        path: &VPath,
+        mode: WriteMode,
+        umask: Option<u32>,
+    ) -> io::Result<std::fs::File> {
         self.writable(path)?;
+        if let (Some(umask), WriteMode::Truncate | WriteMode::Append) = (umask, mode) {
+            // Made new here, or else opened as it is: an existing file keeps its mode.
+            let mut options = OpenOptions::new();
+            options.write(true).create_new(true);
+            match self.open_regular(path, &options) {
+                Ok(file) => {
+                    // fchmod: the process umask must not take away what the client asked for.
+                    file.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(
+                        0o666 & !umask,
+                    ))?;
+                    return Ok(file);
+                }
+                Err(err) if err.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(err) => return Err(err),
+            }
+        }
         let mut options = OpenOptions::new();
         options.write(true);
         match mode {
@@ -231,9 +253,34 @@ impl Tree {
         self.root.remove_dir(path.rel())
     }
 
-    pub(crate) fn create_dir(&self, path: &VPath) -> io::Result<()> {
+    /// MKD; with a session `umask` (SITE UMASK) the directory gets exactly `0777 & !umask`.
+    pub(crate) fn create_dir(&self, path: &VPath, umask: Option<u32>) -> io::Result<()> {
         self.writable(path)?;
-        self.root.create_dir(path.rel())
+        self.root.create_dir(path.rel())?;
+        if let Some(umask) = umask {
+            self.root
+                .set_permissions(path.rel(), PermissionsExt::from_mode(0o777 & !umask))?;
+        }
+        Ok(())
+    }
+
+    /// SITE CHMOD: the mode of `path`, a symlink followed only inside the root (cap-std
+    /// refuses one that leads out).
+    pub(crate) fn chmod(&self, path: &VPath, mode: u32) -> io::Result<()> {
+        self.writable(path)?;
+        self.root
+            .set_permissions(path.rel(), PermissionsExt::from_mode(mode))
+    }
+
+    /// What the symlink `path` points at, as written in it, when following it stays inside
+    /// the root and reaches something; `None` otherwise (a link out of the root is never
+    /// followed, so where it leads is not shown either).
+    pub(crate) fn link_target(&self, path: &VPath) -> Option<String> {
+        let target = self.root.read_link_contents(path.rel()).ok()?;
+        self.root.metadata(path.rel()).ok()?;
+        let target = target.to_str()?;
+        // A listing line is one line: no name with a line break is shown.
+        (!target.contains(['\r', '\n'])).then(|| target.to_owned())
     }
 
     pub(crate) fn rename(&self, from: &VPath, to: &VPath) -> io::Result<()> {
@@ -282,6 +329,8 @@ impl Tree {
 pub(crate) struct UserFs {
     tree: Arc<Tree>,
     cwd: VPath,
+    /// SITE UMASK, for this session's STOR and MKD; `None`: the process umask alone.
+    umask: Option<u32>,
 }
 
 impl UserFs {
@@ -291,11 +340,20 @@ impl UserFs {
         Ok(UserFs {
             tree: Arc::new(tree),
             cwd: VPath::default(),
+            umask: None,
         })
     }
 
     pub(crate) fn read_only(&self) -> bool {
         self.tree.read_only
+    }
+
+    pub(crate) fn umask(&self) -> Option<u32> {
+        self.umask
+    }
+
+    pub(crate) fn set_umask(&mut self, umask: u32) {
+        self.umask = Some(umask & 0o777);
     }
 
     pub(crate) fn cwd(&self) -> &VPath {
@@ -386,8 +444,9 @@ impl UserFs {
         path: &VPath,
         mode: WriteMode,
     ) -> io::Result<std::fs::File> {
-        let path = path.clone();
-        self.run(move |tree| tree.open_write(&path, mode)).await
+        let (path, umask) = (path.clone(), self.umask);
+        self.run(move |tree| tree.open_write(&path, mode, umask))
+            .await
     }
 
     /// STOU: a new file named after `base` (or `file`) with a unique suffix.
@@ -413,8 +472,13 @@ impl UserFs {
     }
 
     pub(crate) async fn create_dir(&self, path: &VPath) -> io::Result<()> {
+        let (path, umask) = (path.clone(), self.umask);
+        self.run(move |tree| tree.create_dir(&path, umask)).await
+    }
+
+    pub(crate) async fn chmod(&self, path: &VPath, mode: u32) -> io::Result<()> {
         let path = path.clone();
-        self.run(move |tree| tree.create_dir(&path)).await
+        self.run(move |tree| tree.chmod(&path, mode)).await
     }
 
     pub(crate) async fn rename(&self, from: &VPath, to: &VPath) -> io::Result<()> {
@@ -433,6 +497,7 @@ pub(crate) enum WriteMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::MetadataExt;
 
     fn tree() -> (PathBuf, UserFs) {
         let base = std::env::temp_dir().join(format!(
@@ -451,6 +516,7 @@ mod tests {
         let fs = UserFs {
             tree: Arc::new(tree),
             cwd: VPath::default(),
+            umask: None,
         };
         (base, fs)
     }
@@ -501,14 +567,40 @@ mod tests {
         std::fs::remove_dir_all(base).ok();
     }
 
+    #[tokio::test]
+    async fn chmod_and_link_targets_stay_inside_the_root() {
+        let (base, fs) = tree();
+        let inside = fs.resolve("ok").expect("resolve");
+        fs.chmod(&inside, 0o600)
+            .await
+            .expect("chmod through an inside link");
+        let mode = std::fs::metadata(base.join("root/sub/file"))
+            .expect("meta")
+            .mode()
+            & 0o7777;
+        assert_eq!(mode, 0o600);
+        let outside = fs.resolve("up").expect("resolve");
+        assert!(fs.chmod(&outside, 0o777).await.is_err());
+        let mode = std::fs::metadata(base.join("secret")).expect("meta").mode() & 0o7777;
+        assert_ne!(mode, 0o777);
+        let targets = fs
+            .run(|tree| {
+                Ok(["ok", "up", "escape"].map(|name| tree.link_target(&VPath(vec![name.into()]))))
+            })
+            .await
+            .expect("run");
+        assert_eq!(targets, [Some("sub/file".to_owned()), None, None]);
+        std::fs::remove_dir_all(base).ok();
+    }
+
     #[test]
     fn read_only_refuses_changes() {
         let (base, fs) = tree();
         let mut tree = Tree::open(&base.join("root"), false, true).expect("open");
         tree.read_only = true;
         let path = fs.resolve("new").expect("resolve");
-        assert!(tree.open_write(&path, WriteMode::Truncate).is_err());
-        assert!(tree.create_dir(&path).is_err());
+        assert!(tree.open_write(&path, WriteMode::Truncate, None).is_err());
+        assert!(tree.create_dir(&path, None).is_err());
         assert!(tree
             .remove_file(&fs.resolve("sub/file").expect("resolve"))
             .is_err());

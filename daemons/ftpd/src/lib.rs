@@ -12,7 +12,9 @@ mod fs;
 pub mod fuzzing;
 mod listing;
 mod passive;
+mod rate;
 mod session;
+mod xferlog;
 
 use std::net::IpAddr;
 use std::path::PathBuf;
@@ -28,7 +30,11 @@ use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
+use anyhow::Context as _;
+
 use crate::passive::PassiveSlots;
+use crate::rate::SharedRate;
+use crate::xferlog::Xferlog;
 
 /// ftpd's own part of `/etc/inetkit/ftpd.toml`.
 #[derive(Debug, Default, Deserialize)]
@@ -100,6 +106,16 @@ pub struct FtpConfig {
     /// Require that a PROT P data connection resumes the control connection's TLS session
     /// (vsftpd's `require_ssl_reuse`), so nobody else can connect to the passive port.
     pub require_tls_reuse: bool,
+    /// Let SITE CHMOD set the setuid, setgid and sticky bits.
+    pub chmod_special_bits: bool,
+    /// A file for the transfer log in the xferlog format (vsftpd's `xferlog_std_format`);
+    /// without one, the same lines go to the journal.
+    pub xferlog: Option<PathBuf>,
+    /// Bytes per second of one session's transfers (vsftpd's `local_max_rate`); 0: no limit.
+    /// A user's `ftp_max_rate=N` extra field in the users file overrides it.
+    pub max_rate: u64,
+    /// Bytes per second of all sessions' transfers together; 0: no limit.
+    pub max_rate_total: u64,
 }
 
 impl Default for FtpConfig {
@@ -114,6 +130,10 @@ impl Default for FtpConfig {
             data_timeout: Duration::from_secs(60),
             max_passive_per_address: 16,
             require_tls_reuse: true,
+            chmod_special_bits: false,
+            xferlog: None,
+            max_rate: 0,
+            max_rate_total: 0,
         }
     }
 }
@@ -132,6 +152,10 @@ pub struct Ftp {
     pub tls: Option<TlsContext>,
     /// Passive listeners open per client address.
     pub(crate) passive: Arc<PassiveSlots>,
+    /// Where the xferlog lines of finished transfers go.
+    pub(crate) xferlog: Xferlog,
+    /// `[ftp] max_rate_total`, shared by every transfer.
+    pub(crate) shared_rate: Option<Arc<SharedRate>>,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -146,6 +170,18 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
         config: config.ftp.clone(),
         tls: ctx.tls.clone(),
         passive: PassiveSlots::new(config.ftp.max_passive_per_address),
+        shared_rate: SharedRate::new(config.ftp.max_rate_total),
+        xferlog: Xferlog::open(config.ftp.xferlog.as_deref()).with_context(|| {
+            format!(
+                "cannot open the transfer log {}",
+                config
+                    .ftp
+                    .xferlog
+                    .as_deref()
+                    .unwrap_or(std::path::Path::new(""))
+                    .display()
+            )
+        })?,
     });
     ctx.serve_plain_and_tls(FTP, move |stream, peer, implicit_tls| {
         session::serve(ftp.clone(), stream, peer, implicit_tls)

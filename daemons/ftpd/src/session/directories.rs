@@ -131,6 +131,15 @@ fn listing(tree: &Tree, path: &VPath, kind: ListKind) -> io::Result<Vec<u8>> {
     let mut out = Vec::new();
     let mut line = |name: &str, meta: &cap_std::fs::Metadata| {
         let text = match kind {
+            // `name -> target` as ls shows it, for links that stay inside the root.
+            ListKind::Long if meta.file_type().is_symlink() => {
+                let mut text = listing::ls_line(name, meta, now);
+                if let Some(target) = tree.link_target(&path.join(name)) {
+                    text.push_str(" -> ");
+                    text.push_str(&target);
+                }
+                text
+            }
             ListKind::Long => listing::ls_line(name, meta, now),
             ListKind::Names => name.to_owned(),
             ListKind::Facts => listing::facts(name, meta, None, writable),

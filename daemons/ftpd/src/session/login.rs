@@ -99,12 +99,13 @@ impl Session {
                 return Flow::Close;
             }
         };
-        // The home field is the user's root; without one, a directory of ours made now.
-        let (root, create) = match &user.home {
-            Some(home) => (home.clone(), false),
-            None => (self.ftp.config.root.join(&user.name), true),
+        // The home field is the user's root; without one, a directory of ours. Either is
+        // made on first login, as vsftpd users expect of a new account.
+        let root = match &user.home {
+            Some(home) => home.clone(),
+            None => self.ftp.config.root.join(&user.name),
         };
-        match UserFs::open(root.clone(), create, false).await {
+        match UserFs::open(root.clone(), true, false).await {
             Ok(fs) => {
                 tracing::Span::current().record("user", user.name.as_str());
                 tracing::info!(root = %root.display(), "logged in");

@@ -17,6 +17,7 @@
 //! | `tls.rs` | AUTH TLS, PBSZ, PROT, CCC; implicit TLS; TLS on data connections |
 //! | `directories.rs` | PWD, CWD, CDUP, MKD, RMD, LIST, NLST, MLSD, STAT with a path |
 //! | `files.rs` | RETR, STOR, APPE, STOU, DELE, RNFR, RNTO, SIZE, MDTM, MLST |
+//! | `site.rs` | SITE CHMOD, SITE UMASK, SITE HELP |
 //! | `transfer.rs` | PASV, EPSV, PORT, EPRT, REST, ABOR; the data connection of a transfer |
 
 mod control;
@@ -24,6 +25,7 @@ mod directories;
 mod files;
 mod login;
 mod settings;
+mod site;
 mod tls;
 mod transfer;
 
@@ -216,6 +218,7 @@ impl Session {
             Command::Dele(path) => files::dele(fs, &path, conn).await,
             Command::Rnfr(path) => self.rename_from = files::rnfr(fs, &path, conn).await,
             Command::Rnto(path) => files::rnto(fs, rename_from, &path, conn).await,
+            Command::Site(arg) => site::site(fs, &self.ftp.config, &arg, conn).await,
             Command::Rest(offset) => self.rest(offset, conn),
             Command::Pasv => self.passive(false, conn),
             Command::Epsv(arg) => self.epsv(arg.as_deref(), conn),

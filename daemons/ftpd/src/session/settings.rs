@@ -20,7 +20,8 @@ where
     conn.reply("214-The following commands are recognized:");
     conn.reply(" ABOR APPE AUTH CCC CDUP CWD DELE EPRT EPSV FEAT HELP LIST MDTM MKD");
     conn.reply(" MLSD MLST MODE NLST NOOP OPTS PASS PASV PBSZ PORT PROT PWD QUIT REST");
-    conn.reply(" RETR RMD RNFR RNTO SIZE STAT STOR STOU STRU SYST TYPE USER");
+    conn.reply(" RETR RMD RNFR RNTO SITE SIZE STAT STOR STOU STRU SYST TYPE USER");
+    conn.reply(&format!(" SITE {}", super::site::SITE_COMMANDS));
     conn.reply("214 Help OK.");
 }
 
@@ -76,6 +77,9 @@ impl Session {
             " MLST type*;size*;modify*;perm*;unique*;",
             " PASV",
             " REST STREAM",
+            " SITE CHMOD",
+            " SITE HELP",
+            " SITE UMASK",
             " SIZE",
             " TVFS",
             " UTF8",

@@ -5,6 +5,7 @@
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime};
 
 use inetkit_runtime::conn::LineConn;
 use inetkit_runtime::session::SessionStream;
@@ -13,6 +14,8 @@ use crate::command::{parse, Command};
 use crate::data::{self, DataStream, Pending, Progress};
 use crate::fs::{blocking, VPath};
 use crate::passive::{self, Passive, PassiveError};
+use crate::rate::Throttle;
+use crate::xferlog::Entry;
 
 use inetkit_runtime::lines::Line;
 use inetkit_runtime::session::Flow;
@@ -241,6 +244,8 @@ impl Session {
 
         let progress = Progress::default();
         let ascii = self.ascii;
+        let started = (SystemTime::now(), Instant::now());
+        let throttle = self.throttle().await;
         let (direction, path, outcome) = {
             let job_progress = progress.clone();
             match transfer {
@@ -251,8 +256,16 @@ impl Session {
                     offset,
                 } => {
                     let left = size.saturating_sub(offset);
-                    let job =
-                        data::send_file(stream, file, offset, left, ascii, timeout, job_progress);
+                    let job = data::send_file(
+                        stream,
+                        file,
+                        offset,
+                        left,
+                        ascii,
+                        timeout,
+                        job_progress,
+                        throttle,
+                    );
                     let outcome = self.while_transferring(job, &progress, conn).await;
                     ("sent", Some(path), outcome)
                 }
@@ -270,9 +283,15 @@ impl Session {
                     let job = async move {
                         // An lseek on an open descriptor: it never waits on the disk.
                         let start = std::io::Seek::stream_position(&mut file);
-                        let result =
-                            data::receive_file(stream, &mut file, ascii, timeout, job_progress)
-                                .await;
+                        let result = data::receive_file(
+                            stream,
+                            &mut file,
+                            ascii,
+                            timeout,
+                            job_progress,
+                            throttle,
+                        )
+                        .await;
                         match (&result, start) {
                             // A full disk: the upload is undone (truncated back to where it
                             // began, or removed if it began the file), so no client sees a
@@ -300,6 +319,14 @@ impl Session {
             }
         };
         let shown = path.as_ref().map(VPath::display).unwrap_or_default();
+        if path.is_some() {
+            let bytes = match &outcome {
+                Outcome::Done(Ok(bytes)) => *bytes,
+                _ => progress.load(Ordering::Relaxed),
+            };
+            self.log_transfer(&shown, direction == "received", bytes, started, &outcome)
+                .await;
+        }
         match outcome {
             Outcome::Done(Ok(bytes)) => {
                 if path.is_some() {
@@ -339,6 +366,61 @@ impl Session {
                 Flow::Close
             }
         }
+    }
+
+    /// The limits of this session's next file transfer: the user's `ftp_max_rate` extra
+    /// field, else `[ftp] max_rate`, and the shared `max_rate_total`.
+    async fn throttle(&self) -> Throttle {
+        let mut rate = self.ftp.config.max_rate;
+        if let State::Ready { user, fs } = &self.state {
+            if !fs.read_only() {
+                let (ftp, name) = (self.ftp.clone(), user.clone());
+                // The users file may be re-read: disk work, so on the blocking pool.
+                let found = blocking(move || Ok(ftp.auth.lookup(&name))).await;
+                let field = found
+                    .ok()
+                    .flatten()
+                    .and_then(|u| u.extra_field("ftp_max_rate").map(str::to_owned));
+                if let Some(field) = field {
+                    match field.parse() {
+                        Ok(own) => rate = own,
+                        Err(_) => tracing::warn!(
+                            value = %field,
+                            "ftp_max_rate in the users file is not a number of bytes per second; [ftp] max_rate applies"
+                        ),
+                    }
+                }
+            }
+        }
+        Throttle::new(rate, self.ftp.shared_rate.clone())
+    }
+
+    /// The transfer's xferlog line; `started` is when its data began to move.
+    async fn log_transfer(
+        &self,
+        path: &str,
+        incoming: bool,
+        bytes: u64,
+        started: (SystemTime, Instant),
+        outcome: &Outcome,
+    ) {
+        let (user, anonymous) = match &self.state {
+            State::Ready { user, fs } => (user.as_str(), fs.read_only() && user == "anonymous"),
+            State::Login { .. } => return,
+        };
+        let entry = Entry {
+            finished: started.0 + started.1.elapsed(),
+            duration: started.1.elapsed(),
+            host: self.peer.addr.ip(),
+            bytes,
+            path,
+            ascii: self.ascii,
+            incoming,
+            anonymous,
+            user,
+            complete: matches!(outcome, Outcome::Done(Ok(_))),
+        };
+        self.ftp.xferlog.record(&entry).await;
     }
 
     async fn while_transferring<S, F>(
