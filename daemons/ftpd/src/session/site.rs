@@ -6,8 +6,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::fs::UserFs;
 use crate::FtpConfig;
 
-use super::control::Conn;
 use super::fs_error;
+use inetkit_runtime::conn::LineConn;
 
 /// setuid, setgid and sticky: refused by SITE CHMOD unless `[ftp] chmod_special_bits`.
 const SPECIAL_BITS: u32 = 0o7000;
@@ -23,7 +23,7 @@ fn parse_mode(text: &str) -> Option<u32> {
     u32::from_str_radix(text, 8).ok()
 }
 
-pub(super) async fn site<S>(fs: &mut UserFs, config: &FtpConfig, arg: &str, conn: &mut Conn<S>)
+pub(super) async fn site<S>(fs: &mut UserFs, config: &FtpConfig, arg: &str, conn: &mut LineConn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -37,7 +37,7 @@ where
     }
 }
 
-async fn chmod<S>(fs: &UserFs, config: &FtpConfig, arg: &str, conn: &mut Conn<S>)
+async fn chmod<S>(fs: &UserFs, config: &FtpConfig, arg: &str, conn: &mut LineConn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -71,7 +71,7 @@ where
     }
 }
 
-fn umask<S>(fs: &mut UserFs, arg: &str, conn: &mut Conn<S>)
+fn umask<S>(fs: &mut UserFs, arg: &str, conn: &mut LineConn<S>)
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
