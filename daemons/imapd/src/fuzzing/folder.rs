@@ -5,6 +5,7 @@
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -46,7 +47,10 @@ thread_local! {
 pub(super) const KEYWORDS: [&str; 2] = ["$Forwarded", "Junk"];
 
 fn fixture() -> Fixture {
-    let dir = std::env::temp_dir().join(format!("inetkit-imapd-fuzz-{}", std::process::id()));
+    // One per thread: tests replay the targets on threads of one process.
+    static FIXTURES: AtomicUsize = AtomicUsize::new(0);
+    let n = FIXTURES.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("inetkit-imapd-fuzz-{}-{n}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let store = Store::new(&dir);
     store

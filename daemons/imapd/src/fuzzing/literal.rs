@@ -2,13 +2,17 @@
 
 use std::cell::RefCell;
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::fuzzing::take_byte;
+use inetkit_runtime::server::Peer;
 
 use crate::session::input::{Held, ImapConn, Input, LiteralBudget};
 
@@ -96,7 +100,14 @@ fn read_all(input: &[u8], max_line: usize, max: u64) -> (Vec<Outcome>, Vec<u8>) 
         idle: "* BYE idle",
         shutdown: "* BYE shutdown",
     };
-    let peer = inetkit_runtime::testing::peer();
+    let peer = Peer {
+        addr: SocketAddr::from(([192, 0, 2, 1], 40000)),
+        local: SocketAddr::from(([192, 0, 2, 2], 143)),
+        listener: "imap".into(),
+        idle_timeout: Duration::from_secs(600),
+        write_timeout: Duration::from_secs(30),
+        shutdown: CancellationToken::new(),
+    };
     let mut conn = LineConn::new(stream, peer, max_line, farewell);
     let mut got = Vec::new();
     RUNTIME.with(|runtime| {
@@ -239,10 +250,12 @@ fn model(input: &[u8], max_line: usize, max: u64, available: u64) -> Expected {
     }
 }
 
-/// `{digits}` or `{digits+}` at the end of a line, at most ten digits.
+/// `{digits}` or `{digits+}` at the end of a line (whatever bytes come before), at most ten
+/// digits.
 fn announced(line: &[u8]) -> Option<(u64, bool)> {
-    let text = std::str::from_utf8(line.strip_suffix(b"}")?).ok()?;
-    let (_, inside) = text.rsplit_once('{')?;
+    let inner = line.strip_suffix(b"}")?;
+    let open = inner.iter().rposition(|&b| b == b'{')?;
+    let inside = std::str::from_utf8(inner.get(open + 1..)?).ok()?;
     let (digits, sync) = match inside.strip_suffix('+') {
         Some(digits) => (digits, false),
         None => (inside, true),
