@@ -480,6 +480,26 @@ def test_from_header_must_belong_to_the_user(daemons, home, cert):
     d.wait_log("message refused: 550 5.7.1 From: address <bob@example.org>")
 
 
+def test_source_route_without_mailbox_and_empty_from_are_refused(daemons, home, cert):
+    # alice may use the null sender: neither a bare route nor From: <> may pass as it.
+    d = daemons.start("smtp-submit", config(home, cert, smtp='[smtp.senders]\nalice = [""]'))
+    s = client(d, cert)
+    code, reply = s.docmd("MAIL", "FROM:<@relay.example>")
+    assert (code, reply[:5]) == (501, b"5.5.4"), reply
+    code, reply = s.docmd("MAIL", "FROM:<>")
+    assert code == 250, reply
+    code, reply = s.docmd("RCPT", "TO:<@a:@b>")
+    assert (code, reply[:5]) == (501, b"5.5.4"), reply
+    assert b"source route" in reply
+    code, reply = s.docmd("RCPT", "TO:<@relay.example:bob@example.org>")
+    assert code == 250, reply
+    code, reply = s.data(b"From: Nobody <>\r\nSubject: nobody\r\n\r\nx\r\n")
+    assert (code, reply) == (550, b"5.7.1 The From: header cannot be checked: an address is "
+                                  b"empty."), reply
+    s.quit()
+    assert inbox(home, "bob") == []
+
+
 def test_from_header_check_can_be_turned_off(daemons, home, cert):
     d = daemons.start("smtp-submit", config(home, cert, smtp="check_from_header = false"))
     out = swaks_from(d, cert, "Bob <bob@example.org>")

@@ -1,5 +1,18 @@
-//! What the fuzz target `imap_names` runs (see `inetkit_runtime::fuzzing`): mailbox names in
-//! modified UTF-7 as clients send them, and LIST patterns.
+//! What imapd's fuzz targets run (see `inetkit_runtime::fuzzing`): mailbox names in modified
+//! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
+//! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
+//! ENVELOPE/BODYSTRUCTURE (`imap_mime`).
+
+mod folder;
+mod literal;
+mod mime;
+mod search;
+mod sequence;
+
+pub use self::literal::imap_literal;
+pub use self::mime::imap_mime;
+pub use self::search::imap_search;
+pub use self::sequence::imap_sequence;
 
 use crate::names::{decode_utf7, encode_utf7, matches, DELIMITER};
 
@@ -83,5 +96,25 @@ mod tests {
     #[test]
     fn imap_names_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_names", imap_names) > 0);
+    }
+
+    #[test]
+    fn imap_literal_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_literal", imap_literal) > 0);
+    }
+
+    #[test]
+    fn imap_sequence_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_sequence", imap_sequence) > 0);
+    }
+
+    #[test]
+    fn imap_search_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_search", imap_search) > 0);
+    }
+
+    #[test]
+    fn imap_mime_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_mime", imap_mime) > 0);
     }
 }

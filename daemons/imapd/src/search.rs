@@ -35,8 +35,8 @@ pub(crate) enum Stopped {
 }
 
 /// What a search needs from each message's file.
-#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy)]
-enum Need {
+#[derive(PartialEq, Eq, PartialOrd, Ord, Clone, Copy, Debug)]
+pub(crate) enum Need {
     Nothing,
     Header,
     Whole,
@@ -252,6 +252,19 @@ pub(crate) fn run(
     query: &Query,
     watch: &mut Watch<'_>,
 ) -> Result<Vec<usize>, Stopped> {
+    run_over(selected, query, watch, |msg, need| {
+        read(selected, msg, need)
+    })
+}
+
+/// [`run`] with each message's content (as far as `Need` says, in CRLF form) from `content`
+/// rather than its file: the fuzz target's way in.
+pub(crate) fn run_over(
+    selected: &Selected,
+    query: &Query,
+    watch: &mut Watch<'_>,
+    mut content: impl FnMut(&MessageInfo, Need) -> Vec<u8>,
+) -> Result<Vec<usize>, Stopped> {
     let mut hits = Vec::new();
     let mut memo = Vec::new();
     for (i, msg) in selected.messages.iter().enumerate() {
@@ -260,7 +273,7 @@ pub(crate) fn run(
         }
         let bytes = match query.need {
             Need::Nothing => Vec::new(),
-            need => read(selected, msg, need),
+            need => content(msg, need),
         };
         memo.clear();
         memo.resize(query.texts.len(), None);

@@ -151,14 +151,39 @@ fn path_after<'a>(rest: &'a str, prefix: &str) -> Result<(String, &'a str), Pars
     else {
         return Err(ParseError::Syntax("the address must be in angle brackets"));
     };
-    // A source route (`<@a,@b:user@c>`, RFC 5321 §4.1.2) is accepted and ignored.
     if address.starts_with('@') {
-        address = address.split_once(':').map_or("", |(_, a)| a);
+        address = after_source_route(address)?;
     }
     if address.contains(|c: char| c.is_whitespace() || c == '<') {
         return Err(ParseError::Syntax("invalid address"));
     }
     Ok((address.to_owned(), params.trim()))
+}
+
+/// The mailbox after a source route (`@a,@b:user@c`, RFC 5321 §4.1.2: `A-d-l ":" Mailbox`),
+/// which is accepted and ignored. Every hop is `@domain` and a mailbox must follow: `<@a:>`
+/// is not the null sender and `<@a:@b>` is not the address `@b`.
+fn after_source_route(path: &str) -> Result<&str, ParseError> {
+    let Some((route, mailbox)) = path.split_once(':') else {
+        return Err(ParseError::Syntax(
+            "a source route must end with a colon and a mailbox",
+        ));
+    };
+    let hop_is_valid = |hop: &str| {
+        hop.strip_prefix('@')
+            .is_some_and(|domain| !domain.is_empty() && !domain.contains('@'))
+    };
+    if !route.split(',').all(hop_is_valid) {
+        return Err(ParseError::Syntax(
+            "a source route is @domain hops separated by commas",
+        ));
+    }
+    if mailbox.is_empty() || mailbox.starts_with('@') {
+        return Err(ParseError::Syntax(
+            "a source route must be followed by a mailbox",
+        ));
+    }
+    Ok(mailbox)
 }
 
 /// Splits `local@domain`; `None` when there is no `@` or one side is empty.
@@ -224,10 +249,42 @@ mod tests {
             Ok(Command::Rcpt("bob@example.org".into()))
         );
         assert!(matches!(parse(b"RCPT TO:<>"), Err(ParseError::Syntax(_))));
+        assert_eq!(
+            parse(b"RCPT TO:<@a,@b.example:bob@example.org>"),
+            Ok(Command::Rcpt("bob@example.org".into()))
+        );
         assert!(matches!(
             parse(b"RCPT TO:<a@b> NOTIFY=NEVER"),
             Err(ParseError::Parameter(_))
         ));
+    }
+
+    /// fuzz/regressions/smtp_command/source-route-to-a-route: `<@a:@b>` was taken as the
+    /// address `@b`, and `MAIL FROM:<@a>` as the null sender.
+    #[test]
+    fn a_source_route_needs_a_mailbox_after_it() {
+        for line in [
+            "RCPT TO:<@a:@b>",
+            "RCPT TO:<@a,@b:@ob{ebamZZZ.example.org>",
+            "RCPT TO:<@a:>",
+            "RCPT TO:<@a>",
+            "RCPT TO:<@a,b:bob@example.org>",
+            "RCPT TO:<@:bob@example.org>",
+            "RCPT TO:<@a,,@b:bob@example.org>",
+            "MAIL FROM:<@a>",
+            "MAIL FROM:<@a:>",
+            "MAIL FROM:<@a:@b>",
+        ] {
+            assert!(
+                matches!(parse(line.as_bytes()), Err(ParseError::Syntax(_))),
+                "{line}: {:?}",
+                parse(line.as_bytes())
+            );
+        }
+        let Ok(Command::Mail(mail)) = parse(b"MAIL FROM:<@relay.example:alice@example.org>") else {
+            panic!("not parsed");
+        };
+        assert_eq!(mail.address, "alice@example.org");
     }
 
     #[test]

@@ -14,6 +14,9 @@ pub(crate) enum FromError {
     NotUtf8,
     #[error("it names no address")]
     NoAddress,
+    /// `<>` (or a source route with nothing after it): the null sender is no author.
+    #[error("an address is empty")]
+    EmptyAddress,
     #[error("it is longer than {MAX_FROM} bytes")]
     TooLong,
 }
@@ -94,6 +97,9 @@ fn finish(
             }
             _ => address,
         };
+        if address.is_empty() {
+            return Err(FromError::EmptyAddress);
+        }
         out.push(String::from_utf8(address).map_err(|_| FromError::NotUtf8)?);
     }
     Ok(())
@@ -230,5 +236,25 @@ mod tests {
         assert_eq!(parsed(" (just a comment)"), Err(FromError::NoAddress));
         assert_eq!(parsed(" undisclosed:;"), Err(FromError::NoAddress));
         assert_eq!(addresses(b" <\xff@example.org>"), Err(FromError::NotUtf8));
+    }
+
+    /// fuzz/regressions/smtp_from/empty-angle-addr*: `<>` was read as the address "", which
+    /// a user allowed the null sender (`senders = [""]`) could put in From:.
+    #[test]
+    fn an_empty_address_is_an_error() {
+        for bad in [
+            "<>",
+            " Alice <>",
+            " alice@example.org, <>",
+            " <> <alice@example.org>",
+            " <(comment) >",
+            " <@relay.example:>",
+        ] {
+            assert_eq!(parsed(bad), Err(FromError::EmptyAddress), "{bad}");
+        }
+        assert_eq!(
+            addresses(b"\xff?\"Alice \x80x)\" <>"),
+            Err(FromError::EmptyAddress)
+        );
     }
 }

@@ -30,20 +30,20 @@ const BUSY_TEXT: &str = "Too much data in flight from other clients; try again l
 
 /// A budget of literal bytes that sessions charge as the bytes arrive (never as announced:
 /// a literal announced and not sent costs nothing) and give back when the command is done.
-pub(super) struct LiteralBudget {
+pub(crate) struct LiteralBudget {
     limit: u64,
     used: AtomicU64,
 }
 
 impl LiteralBudget {
-    pub(super) const fn new(limit: u64) -> LiteralBudget {
+    pub(crate) const fn new(limit: u64) -> LiteralBudget {
         LiteralBudget {
             limit,
             used: AtomicU64::new(0),
         }
     }
 
-    pub(super) fn available(&self) -> u64 {
+    pub(crate) fn available(&self) -> u64 {
         self.limit.saturating_sub(self.used.load(Ordering::Relaxed))
     }
 
@@ -61,17 +61,18 @@ impl LiteralBudget {
 }
 
 /// The literal bytes one command holds, given back to the budget when it is dropped.
-pub(super) struct Held {
+pub(crate) struct Held {
     budget: &'static LiteralBudget,
     bytes: u64,
 }
 
 impl Held {
-    fn new(budget: &'static LiteralBudget) -> Held {
+    pub(crate) fn new(budget: &'static LiteralBudget) -> Held {
         Held { budget, bytes: 0 }
     }
 
-    fn take(&mut self, n: u64) -> bool {
+    /// Charges `n` more bytes to the budget; `false` (and nothing charged) when it lacks them.
+    pub(crate) fn take(&mut self, n: u64) -> bool {
         let charged = self.budget.try_charge(n);
         if charged {
             self.bytes += n;
@@ -93,7 +94,7 @@ impl Drop for Held {
 }
 
 /// What reading a command gave.
-pub(super) enum Input {
+pub(crate) enum Input {
     /// The command's bytes, and the budget they hold until the command is done.
     Command(Vec<u8>, Held),
     /// Refused before reading all of it (a literal too large, or over the budget); the reply
@@ -110,7 +111,7 @@ enum Unread {
 }
 
 /// IMAP's additions to the shared line connection: literals, and flushing mid-response.
-pub(super) trait ImapConn {
+pub(crate) trait ImapConn {
     async fn flush_if_full(&mut self) -> bool;
     async fn read_command(&mut self, max: u64, budget: &'static LiteralBudget) -> Input;
 }

@@ -19,7 +19,7 @@
 mod auth;
 pub(crate) mod fetch;
 mod idle;
-mod input;
+pub(crate) mod input;
 mod mailboxes;
 mod messages;
 mod reply;

@@ -28,6 +28,11 @@ struct Home {
 
 impl Home {
     fn new() -> Home {
+        Home::with_senders(BTreeMap::new())
+    }
+
+    /// With extra envelope senders per user (`[smtp.senders]`).
+    fn with_senders(senders: BTreeMap<String, Vec<String>>) -> Home {
         let dir = TempDir::new("smtp-submit-session");
         let spool = Spool::new(dir.path().join("spool"));
         if let Err(err) = spool.prepare() {
@@ -49,7 +54,7 @@ impl Home {
             local_domains: vec!["localhost".to_owned(), "example.org".to_owned()],
             max_size: 10_000,
             max_recipients: 3,
-            senders: BTreeMap::new(),
+            senders,
             check_from_header: true,
             relay_enabled: false,
             spool,
@@ -384,4 +389,55 @@ async fn shutdown_says_goodbye() {
     );
     assert!(client.is_closed().await);
     assert!(home.dir.path().join("spool").is_dir());
+}
+
+/// `RCPT TO:<@a:@b>` (a source route and no mailbox) was taken as the address `@b`, and
+/// `MAIL FROM:<@a>` as the null sender: both are address syntax errors (RFC 5321 §4.1.2).
+#[tokio::test]
+async fn a_source_route_without_a_mailbox_is_a_syntax_error() {
+    let home = Home::with_senders(BTreeMap::from([("alice".to_owned(), vec![String::new()])]));
+    let mut client = home.login().await;
+    assert_eq!(
+        client.ask("MAIL FROM:<@relay.example>").await,
+        "501 5.5.4 Syntax error: a source route must end with a colon and a mailbox."
+    );
+    assert_eq!(client.ask("MAIL FROM:<>").await, "250 2.1.0 Sender OK.");
+    assert_eq!(
+        client.ask("RCPT TO:<@a:@b>").await,
+        "501 5.5.4 Syntax error: a source route must be followed by a mailbox."
+    );
+    assert_eq!(
+        client.ask("RCPT TO:<@a,b:bob@localhost>").await,
+        "501 5.5.4 Syntax error: a source route is @domain hops separated by commas."
+    );
+    assert_eq!(
+        client.ask("RCPT TO:<@relay.example:bob@localhost>").await,
+        "250 2.1.5 Recipient OK."
+    );
+}
+
+/// `From: <>` was read as the address "", which passes the From: check for a user who may
+/// use the null sender: the null sender is nobody's author address.
+#[tokio::test]
+async fn an_empty_from_address_is_refused() {
+    let home = Home::with_senders(BTreeMap::from([("alice".to_owned(), vec![String::new()])]));
+    let mut client = home.login().await;
+    for from in ["<>", "Alice <>", "alice@example.org, <>"] {
+        start_message(&mut client).await;
+        client
+            .send(&format!(
+                "From: {from}\r\nSubject: nobody\r\n\r\nx\r\n.\r\n"
+            ))
+            .await;
+        assert_eq!(
+            client.line().await,
+            "550 5.7.1 The From: header cannot be checked: an address is empty.",
+            "{from}"
+        );
+    }
+    start_message(&mut client).await;
+    client
+        .send("From: Alice <alice@example.org>\r\nSubject: me\r\n\r\nx\r\n.\r\n")
+        .await;
+    assert!(client.line().await.starts_with("250 2.0.0 Ok: queued as "));
 }
