@@ -410,10 +410,12 @@ mod tests {
             idle_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(5),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            login: inetkit_runtime::server::Login::none(),
         };
         let farewell = inetkit_runtime::conn::Farewell {
             idle: "BYE idle",
             shutdown: "BYE stopping",
+            login: "BYE login timeout",
         };
         let mut conn = LineConn::new(server, peer, 1000, farewell);
         let mut smtp = LineChallenger {
@@ -483,10 +485,12 @@ mod tests {
             idle_timeout: std::time::Duration::from_secs(5),
             write_timeout: std::time::Duration::from_secs(5),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            login: inetkit_runtime::server::Login::none(),
         };
         let farewell = inetkit_runtime::conn::Farewell {
             idle: "* BYE idle",
             shutdown: "* BYE stopping",
+            login: "* BYE login timeout",
         };
         let mut conn = LineConn::new(server, peer, 1000, farewell);
         let mut imap = LineChallenger {

@@ -25,6 +25,8 @@ pub struct Farewell {
     pub idle: &'static str,
     /// Sent when the daemon is shutting down.
     pub shutdown: &'static str,
+    /// Sent when the client has not logged in by `[limits] login_timeout`.
+    pub login: &'static str,
 }
 
 /// One client connection of a line-based protocol: bounded line input, queued output.
@@ -109,12 +111,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     }
 
     /// The next command line into `buf`; `None` when the client is gone, was idle too long,
-    /// or the daemon is stopping (the last two are told so first). Lines put aside with
-    /// [`defer`](LineConn::defer) come first.
+    /// has not logged in by the login deadline, or the daemon is stopping (all but the first
+    /// are told so first). Lines put aside with [`defer`](LineConn::defer) come first.
     ///
     /// Queued replies are written first unless more input is already buffered, so the
     /// replies to pipelined commands go out together and in order. Cancel-safe.
     pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
+        let limit = self.peer.read_limit();
+        // Checked before any line is taken: a client that keeps commands coming (NOOPs,
+        // failed logins) must not outlast the login deadline.
+        if limit.login && limit.at <= tokio::time::Instant::now() {
+            return self.say_farewell(self.farewell.login).await;
+        }
         if let Some((line, bytes)) = self.deferred.pop_front() {
             *buf = bytes;
             return Some(line);
@@ -123,17 +131,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
             return None;
         }
         let shutdown = self.peer.shutdown.clone();
-        let idle = self.peer.idle_timeout;
         let farewell = tokio::select! {
-            read = tokio::time::timeout(idle, self.read_line(buf)) => {
+            read = tokio::time::timeout_at(limit.at, self.read_line(buf)) => {
                 match read {
                     Ok(Ok(Line::Eof)) | Ok(Err(_)) => return None,
                     Ok(Ok(line)) => return Some(line),
+                    Err(_) if limit.login => self.farewell.login,
                     Err(_) => self.farewell.idle,
                 }
             }
             _ = shutdown.cancelled() => self.farewell.shutdown,
         };
+        self.say_farewell(farewell).await
+    }
+
+    /// Sends `farewell` after what is queued; the session is over.
+    async fn say_farewell(&mut self, farewell: &str) -> Option<Line> {
         self.reply(farewell);
         let _ = self.flush().await;
         None
@@ -211,12 +224,14 @@ mod tests {
             idle_timeout: idle,
             write_timeout: Duration::from_secs(5),
             shutdown: CancellationToken::new(),
+            login: crate::server::Login::none(),
         }
     }
 
     const BYE: Farewell = Farewell {
         idle: "BYE idle",
         shutdown: "BYE stopping",
+        login: "BYE log in sooner",
     };
 
     #[tokio::test]
@@ -256,6 +271,43 @@ mod tests {
         let mut got = vec![0u8; 14];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"BYE stopping\r\n");
+    }
+
+    /// A client that keeps talking without logging in is closed at the login deadline, with
+    /// the login farewell, long before its idle timeout; one that logged in only has the idle
+    /// timeout.
+    #[tokio::test]
+    async fn the_login_deadline_ends_a_session_that_never_logs_in() {
+        use crate::server::Login;
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut p = peer(Duration::from_secs(600));
+        p.login = Login::pending(Some(Duration::from_millis(300)));
+        let mut conn = LineConn::new(server, p, 100, BYE);
+        let mut line = Vec::new();
+        // Busy, but never logging in.
+        let mut lines = 0;
+        while let Some(Line::Complete) = {
+            client.write_all(b"NOOP\r\n").await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            conn.next_line(&mut line).await
+        } {
+            lines += 1;
+            assert!(lines < 1000, "never cut off");
+        }
+        drop(conn);
+        let mut got = Vec::new();
+        client.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"BYE log in sooner\r\n");
+
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut p = peer(Duration::from_millis(200));
+        p.login = Login::pending(Some(Duration::from_secs(600)));
+        p.login.logged_in();
+        let mut conn = LineConn::new(server, p, 100, BYE);
+        assert_eq!(conn.next_line(&mut line).await, None);
+        let mut got = vec![0u8; 10];
+        client.read_exact(&mut got).await.unwrap();
+        assert_eq!(got, b"BYE idle\r\n");
     }
 
     #[tokio::test]

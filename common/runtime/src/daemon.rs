@@ -14,7 +14,7 @@ use crate::cli::{self, Parsed};
 use crate::config::{
     self, Checked, Config, ConfigError, DaemonConfig, Problem, SocketRole, Transport,
 };
-use crate::server::{Peer, Server};
+use crate::server::{Admission, Peer, Server};
 use crate::tls::TlsContext;
 
 /// What a daemon's setup gets to wire its protocol to.
@@ -33,6 +33,9 @@ pub struct Context<D> {
 
 /// A TCP protocol served on two sockets: `plain` (which may offer STARTTLS) and `tls`
 /// (implicit TLS from the first byte), as POP3, IMAP, submission, FTP and rpcd's HTTP are.
+/// Its sessions log in: until one calls [`Login::logged_in`](crate::server::Login::logged_in)
+/// it counts against `[limits] max_unauthenticated_per_ip` and must log in within
+/// `login_timeout`.
 #[derive(Debug, Clone, Copy)]
 pub struct PlainAndTls {
     /// What the protocol is called in error messages (POP3, IMAP, ...).
@@ -119,10 +122,12 @@ impl<D> Context<D> {
             let implicit_tls = listener.name == protocol.tls;
             let busy = (!implicit_tls).then_some(protocol.busy);
             let session = session.clone();
-            self.server
-                .serve_stream(listener, busy, move |stream, peer| {
-                    session(stream, peer, implicit_tls)
-                })?;
+            self.server.serve_stream_as(
+                listener,
+                busy,
+                Admission::Login,
+                move |stream, peer| session(stream, peer, implicit_tls),
+            )?;
         }
         Ok(())
     }

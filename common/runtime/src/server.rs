@@ -18,7 +18,9 @@ use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
 
+mod login;
 mod memory;
+pub use login::Login;
 use memory::MemoryBudget;
 
 /// A session's view of its connection and the limits it must keep.
@@ -40,6 +42,46 @@ pub struct Peer {
     /// Cancelled when the daemon begins to shut down: a session at a clean point between
     /// commands may say goodbye and end; one mid-transfer may finish within the deadline.
     pub shutdown: CancellationToken,
+    /// Whether the session has logged in: the session calls [`Login::logged_in`] once it
+    /// has, and until then its reads are bounded by the login deadline too.
+    pub login: Login,
+}
+
+/// When the client's next bytes must have come ([`Peer::read_limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReadLimit {
+    /// The moment.
+    pub at: tokio::time::Instant,
+    /// Whether it is the login deadline (say "login timed out") rather than the idle timeout.
+    pub login: bool,
+}
+
+impl Peer {
+    /// When the client's next bytes must have come, from now: after the idle timeout, or at
+    /// the login deadline if that is sooner and the session has not logged in.
+    pub fn read_limit(&self) -> ReadLimit {
+        let idle = tokio::time::Instant::now() + self.idle_timeout;
+        match self.login.deadline() {
+            Some(login) if login <= idle => ReadLimit {
+                at: login,
+                login: true,
+            },
+            _ => ReadLimit {
+                at: idle,
+                login: false,
+            },
+        }
+    }
+}
+
+/// What a listener's sessions are admitted as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    /// No login (echo, DNS): only the connection limits.
+    Open,
+    /// Sessions log in: until they do, they count against `max_unauthenticated_per_ip` and
+    /// must do so within `login_timeout`.
+    Login,
 }
 
 /// One daemon process's accept loops, session bookkeeping and lifecycle.
@@ -63,7 +105,7 @@ struct Inner {
     active: AtomicUsize,
     served: AtomicU64,
     refused: AtomicU64,
-    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    per_ip: Mutex<HashMap<IpAddr, PerIp>>,
     last_activity: Mutex<Instant>,
     reloaders: Mutex<Vec<Box<dyn Fn() + Send + Sync>>>,
     /// The daemon's own figures for STATUS=, ahead of the session counts.
@@ -92,18 +134,29 @@ impl Signals {
     }
 }
 
+/// One client address's sessions.
+#[derive(Debug, Default, Clone, Copy)]
+struct PerIp {
+    sessions: usize,
+    /// Those of them that have yet to log in.
+    unauthenticated: usize,
+}
+
 /// Holds one admitted session's place in the limits; released when dropped.
 struct Slot {
     inner: Arc<Inner>,
     ip: IpAddr,
+    login: Login,
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
+        // Leaves the unauthenticated count first, if still in it.
+        self.login.session_ended();
         let mut per_ip = self.inner.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(count) = per_ip.get_mut(&self.ip) {
-            *count -= 1;
-            if *count == 0 {
+            count.sessions -= 1;
+            if count.sessions == 0 {
                 per_ip.remove(&self.ip);
             }
         }
@@ -118,23 +171,44 @@ impl Inner {
         *self.last_activity.lock().unwrap_or_else(|e| e.into_inner()) = Instant::now();
     }
 
-    fn admit(self: &Arc<Self>, ip: IpAddr) -> Option<Slot> {
+    /// A place for a new session from `ip`, or why there is none.
+    fn admit(self: &Arc<Self>, ip: IpAddr, admission: Admission) -> Result<Slot, &'static str> {
         let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
         if self.active.load(Ordering::Acquire) >= self.limits.max_connections {
-            return None;
+            return Err("connection limit reached");
         }
-        let count = per_ip.entry(ip).or_insert(0);
-        if *count >= self.limits.max_connections_per_ip {
-            return None;
+        let now = per_ip.get(&ip).copied().unwrap_or_default();
+        if now.sessions >= self.limits.max_connections_per_ip {
+            return Err("connection limit per address reached");
         }
-        *count += 1;
+        let login = match admission {
+            Admission::Open => Login::none(),
+            Admission::Login if now.unauthenticated >= self.limits.max_unauthenticated_per_ip => {
+                return Err("limit of connections not logged in per address reached");
+            }
+            Admission::Login => Login::counted(self.limits.login_timeout(), self, ip),
+        };
+        let count = per_ip.entry(ip).or_default();
+        count.sessions += 1;
+        if admission == Admission::Login {
+            count.unauthenticated += 1;
+        }
         self.active.fetch_add(1, Ordering::AcqRel);
         drop(per_ip);
         self.touch();
-        Some(Slot {
+        Ok(Slot {
             inner: self.clone(),
             ip,
+            login,
         })
+    }
+
+    /// A session from `ip` logged in, or ended without.
+    fn leave_unauthenticated(&self, ip: IpAddr) {
+        let mut per_ip = self.per_ip.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = per_ip.get_mut(&ip) {
+            count.unauthenticated = count.unauthenticated.saturating_sub(1);
+        }
     }
 
     fn status(&self) -> String {
@@ -235,6 +309,22 @@ impl Server {
         H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.accept_tcp(name, listener, busy_reply, Admission::Open, session)
+    }
+
+    /// [`serve_tcp`](Self::serve_tcp), with sessions admitted as `admission` says.
+    fn accept_tcp<H, F>(
+        &self,
+        name: &str,
+        listener: std::net::TcpListener,
+        busy_reply: Option<&'static [u8]>,
+        admission: Admission,
+        session: H,
+    ) -> std::io::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
         listener.set_nonblocking(true)?;
         let listener = TcpListener::from_std(listener)?;
         let local = listener.local_addr()?;
@@ -255,7 +345,7 @@ impl Server {
                         server.refuse(stream, addr, busy_reply, "memory soft limit reached")
                     }
                     Ok((stream, addr)) => {
-                        server.start_session(stream, addr, &name, busy_reply, &session)
+                        server.start_session(stream, addr, &name, busy_reply, admission, &session)
                     }
                     Err(err) => {
                         // EMFILE, ENOBUFS and friends: wait a little rather than spin.
@@ -274,14 +364,15 @@ impl Server {
         addr: SocketAddr,
         name: &Arc<str>,
         busy_reply: Option<&'static [u8]>,
+        admission: Admission,
         session: &H,
     ) where
         H: Fn(TcpStream, Peer) -> F,
         F: Future<Output = ()> + Send + 'static,
     {
-        let Some(slot) = self.inner.admit(addr.ip()) else {
-            self.refuse(stream, addr, busy_reply, "connection limit reached");
-            return;
+        let slot = match self.inner.admit(addr.ip(), admission) {
+            Ok(slot) => slot,
+            Err(reason) => return self.refuse(stream, addr, busy_reply, reason),
         };
         self.inner.served.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
@@ -292,6 +383,7 @@ impl Server {
             idle_timeout: self.inner.limits.idle_timeout(),
             write_timeout: self.inner.limits.write_timeout,
             shutdown: self.inner.shutdown.clone(),
+            login: slot.login.clone(),
         };
         let span = tracing::info_span!(
             "session",
@@ -342,6 +434,21 @@ impl Server {
         H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.connected(name, stream, Admission::Open, session)
+    }
+
+    /// [`serve_connected`](Self::serve_connected), the session admitted as `admission` says.
+    fn connected<H, F>(
+        &self,
+        name: &str,
+        stream: std::net::TcpStream,
+        admission: Admission,
+        session: H,
+    ) -> std::io::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
         stream.set_nonblocking(true)?;
         let stream = TcpStream::from_std(stream)?;
         let addr = stream.peer_addr()?;
@@ -354,7 +461,7 @@ impl Server {
                 done.cancel();
             }
         };
-        self.start_session(stream, addr, &Arc::from(name), None, &session);
+        self.start_session(stream, addr, &Arc::from(name), None, admission, &session);
         Ok(())
     }
 
@@ -370,11 +477,26 @@ impl Server {
         H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
         F: Future<Output = ()> + Send + 'static,
     {
+        self.serve_stream_as(listener, busy_reply, Admission::Open, session)
+    }
+
+    /// [`serve_stream`](Self::serve_stream), with sessions admitted as `admission` says.
+    pub(crate) fn serve_stream_as<H, F>(
+        &self,
+        listener: crate::activation::Listener,
+        busy_reply: Option<&'static [u8]>,
+        admission: Admission,
+        session: H,
+    ) -> anyhow::Result<()>
+    where
+        H: Fn(TcpStream, Peer) -> F + Send + Sync + 'static,
+        F: Future<Output = ()> + Send + 'static,
+    {
         use crate::activation::Socket;
         let name = listener.name;
         match listener.socket {
-            Socket::Tcp(l) => self.serve_tcp(&name, l, busy_reply, session)?,
-            Socket::Connected(s) => self.serve_connected(&name, s, session)?,
+            Socket::Tcp(l) => self.accept_tcp(&name, l, busy_reply, admission, session)?,
+            Socket::Connected(s) => self.connected(&name, s, admission, session)?,
             Socket::Udp(_) => anyhow::bail!("socket {name:?} is UDP; this service is TCP only"),
         }
         Ok(())
@@ -514,15 +636,57 @@ mod tests {
         let server = Server::new(limits(3, 2), false);
         let a: IpAddr = "127.0.0.1".parse().unwrap();
         let b: IpAddr = "127.0.0.2".parse().unwrap();
-        let s1 = server.inner.admit(a).unwrap();
-        let _s2 = server.inner.admit(a).unwrap();
-        assert!(server.inner.admit(a).is_none(), "per-address limit");
-        let _s3 = server.inner.admit(b).unwrap();
-        assert!(server.inner.admit(b).is_none(), "global limit");
+        let open = Admission::Open;
+        let s1 = server.inner.admit(a, open).unwrap();
+        let _s2 = server.inner.admit(a, open).unwrap();
+        assert!(server.inner.admit(a, open).is_err(), "per-address limit");
+        let _s3 = server.inner.admit(b, open).unwrap();
+        assert!(server.inner.admit(b, open).is_err(), "global limit");
         assert_eq!(server.active(), 3);
         drop(s1);
         assert_eq!(server.active(), 2);
-        assert!(server.inner.admit(a).is_some());
+        assert!(server.inner.admit(a, open).is_ok());
+    }
+
+    /// Sessions not logged in have a cap of their own per address; logging in (or ending)
+    /// leaves it, and sessions without a login never count.
+    #[test]
+    fn unauthenticated_sessions_are_capped_per_address() {
+        let server = Server::new(
+            LimitsConfig {
+                max_unauthenticated_per_ip: 2,
+                ..limits(100, 10)
+            },
+            false,
+        );
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        let login = Admission::Login;
+        let s1 = server.inner.admit(a, login).unwrap();
+        let s2 = server.inner.admit(a, login).unwrap();
+        assert!(server.inner.admit(a, login).is_err(), "cap reached");
+        assert!(server.inner.admit(b, login).is_ok(), "another address");
+        assert!(server.inner.admit(a, Admission::Open).is_ok(), "no login");
+
+        s1.login.logged_in();
+        s1.login.logged_in();
+        let s3 = server.inner.admit(a, login).unwrap();
+        assert!(
+            server.inner.admit(a, login).is_err(),
+            "logged in once, left once"
+        );
+        drop(s2);
+        let _s4 = server.inner.admit(a, login).unwrap();
+        drop(s1);
+        assert!(
+            server.inner.admit(a, login).is_err(),
+            "a logged-in session ending frees none"
+        );
+        assert!(s3.login.deadline().is_some());
+        s3.login.logged_in();
+        assert!(s3.login.deadline().is_none());
+        let per_ip = *server.inner.per_ip.lock().unwrap().get(&a).unwrap();
+        assert_eq!((per_ip.sessions, per_ip.unauthenticated), (2, 1));
     }
 
     #[tokio::test]

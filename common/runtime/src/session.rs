@@ -243,6 +243,7 @@ mod tests {
         const FAREWELL: Farewell = Farewell {
             idle: "BYE idle",
             shutdown: "BYE stopping",
+            login: "BYE too slow",
         };
 
         fn greeting(&self) -> String {

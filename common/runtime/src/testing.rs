@@ -38,6 +38,7 @@ pub fn peer_at(ip: IpAddr) -> Peer {
         idle_timeout: Duration::from_secs(600),
         write_timeout: Duration::from_secs(30),
         shutdown: CancellationToken::new(),
+        login: crate::server::Login::none(),
     }
 }
 

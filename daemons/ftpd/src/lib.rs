@@ -50,7 +50,7 @@ const FTP: PlainAndTls = PlainAndTls {
     plain_addrs: &["[::]:21"],
     tls: "ftps",
     tls_addrs: &["[::]:990"],
-    busy: b"421 Too many connections; try again later.\r\n",
+    busy: b"421 Too busy; try again later.\r\n",
 };
 
 impl PlainAndTlsConfig for FtpdConfig {

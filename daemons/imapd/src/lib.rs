@@ -75,13 +75,12 @@ pub struct Imap {
     pub watches: Arc<watch::Watches>,
 }
 
-/// Sent to a client turned away at the connection limit (encoded once).
+/// Sent to a client turned away by the limits or the memory budget (encoded once):
+/// RFC 5530's UNAVAILABLE, "try again later".
 static BUSY: LazyLock<Vec<u8>> = LazyLock::new(|| {
     let mut out = Vec::new();
-    wire::status(
-        &mut out,
-        wire::bye("Too many connections; try again later."),
-    );
+    let code = wire::code("UNAVAILABLE");
+    wire::status(&mut out, wire::bye_with(code, "Too busy; try again later."));
     out
 });
 

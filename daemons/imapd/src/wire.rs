@@ -91,6 +91,14 @@ pub(crate) fn bye(text: &'static str) -> Status<'static> {
     })
 }
 
+/// `* BYE [code] text`.
+pub(crate) fn bye_with(code: Code<'static>, text: &'static str) -> Status<'static> {
+    Status::Bye(Bye {
+        code: Some(code),
+        text: self::text(text),
+    })
+}
+
 /// `+ text`, a continuation request.
 pub(crate) fn continuation(out: &mut Vec<u8>, text: &'static str) {
     let request = CommandContinuationRequest::basic(None, text)

@@ -37,7 +37,7 @@ const POP3: PlainAndTls = PlainAndTls {
     plain_addrs: &["[::]:110"],
     tls: "pop3s",
     tls_addrs: &["[::]:995"],
-    busy: b"-ERR [SYS/TEMP] Too many connections; try again later.\r\n",
+    busy: b"-ERR [SYS/TEMP] Too busy; try again later.\r\n",
 };
 
 impl PlainAndTlsConfig for Pop3Config {

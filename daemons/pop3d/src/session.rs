@@ -48,6 +48,7 @@ impl LineProtocol for Session {
     const FAREWELL: Farewell = Farewell {
         idle: "-ERR Disconnected for inactivity.",
         shutdown: "-ERR [SYS/TEMP] Server shutting down.",
+        login: "-ERR Disconnected: no login in the time allowed.",
     };
 
     fn greeting(&self) -> String {
@@ -260,6 +261,7 @@ impl Session {
         match opened {
             Ok(Ok(maildrop)) => {
                 tracing::Span::current().record("user", user.name.as_str());
+                conn.peer.login.logged_in();
                 let (count, size) = maildrop.stat();
                 tracing::info!(messages = count, "logged in");
                 conn.reply(&format!("+OK Logged in: {count} messages ({size} octets)."));

@@ -15,7 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_runtime::server::Peer;
+use inetkit_runtime::server::{Login, Peer};
 
 use crate::jsonrpc;
 use crate::login::{login, Logins};
@@ -67,12 +67,14 @@ struct Conn {
 const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
 
 /// Serves one connection (already TLS-wrapped on `rpcs`) until the client closes it, it
-/// stays idle past the idle timeout, or the daemon shuts down.
+/// stays idle past the idle timeout, it has not logged in by the login deadline, or the
+/// daemon shuts down.
 pub(crate) async fn serve<S>(rpcd: Arc<Rpcd>, io: S, peer: Peer, tls: bool)
 where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let shutdown = peer.shutdown.clone();
+    let login = peer.login.clone();
     let idle = peer.idle_timeout;
     let write_timeout = peer.write_timeout;
     let conn = Arc::new(Conn {
@@ -101,10 +103,27 @@ where
             conn.as_mut().graceful_shutdown();
             conn.await
         }
+        () = login_deadline(&login) => {
+            tracing::debug!("no login in the time allowed: closing the connection");
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
     };
     if let Err(err) = result {
         tracing::debug!("connection ended: {err}");
     }
+}
+
+/// Returns when the connection's login deadline has passed without a login; never once it
+/// has logged in (a keep-alive connection of anonymous calls only is let go at the deadline).
+async fn login_deadline(login: &Login) {
+    while let Some(at) = login.deadline() {
+        tokio::time::sleep_until(at).await;
+        if !login.is_logged_in() {
+            return;
+        }
+    }
+    std::future::pending().await
 }
 
 pub(crate) fn plain(status: StatusCode, text: &str) -> Reply {
@@ -231,7 +250,10 @@ async fn route(
         None => None,
         Some(value) => {
             match login(rpcd, value, &conn.logins, conn.peer.addr.ip(), conn.tls).await {
-                Ok(user) => Some(user),
+                Ok(user) => {
+                    conn.peer.login.logged_in();
+                    Some(user)
+                }
                 Err(reply) => return refuse(reply, req),
             }
         }

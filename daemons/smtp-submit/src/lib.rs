@@ -55,7 +55,8 @@ const SUBMISSION: PlainAndTls = PlainAndTls {
     plain_addrs: &["[::]:587"],
     tls: "submissions",
     tls_addrs: &["[::]:465"],
-    busy: b"421 4.7.0 Too many connections; try again later.\r\n",
+    // RFC 3463 X.3.2: system not accepting network messages (for now).
+    busy: b"421 4.3.2 Too busy; try again later.\r\n",
 };
 
 impl PlainAndTlsConfig for SubmitConfig {

@@ -102,6 +102,7 @@ impl LineProtocol for Session {
     const FAREWELL: Farewell = Farewell {
         idle: "421 4.4.2 Idle too long; closing the connection.",
         shutdown: "421 4.3.2 Server shutting down; try again later.",
+        login: "421 4.4.2 No login in the time allowed; closing the connection.",
     };
 
     fn greeting(&self) -> String {
@@ -301,6 +302,7 @@ impl Session {
         {
             Ok(user) => {
                 tracing::Span::current().record("user", user.name.as_str());
+                conn.peer.login.logged_in();
                 tracing::info!("authenticated");
                 self.user = Some(user.name);
                 conn.reply("235 2.7.0 Authentication successful.");

@@ -32,6 +32,14 @@ pub struct LimitsConfig {
     pub max_connections: usize,
     /// Sessions at once from one client address.
     pub max_connections_per_ip: usize,
+    /// Sessions at once from one client address that have not logged in yet (daemons with a
+    /// login); a logged-in session no longer counts. Kept well under
+    /// `max_connections_per_ip`, so that silent connections cannot take an address's slots.
+    pub max_unauthenticated_per_ip: usize,
+    /// A session that has not logged in this long after it connected is closed with the
+    /// protocol's farewell (daemons with a login). 0 turns it off.
+    #[serde(deserialize_with = "seconds")]
+    pub login_timeout: Duration,
     /// A session that sends nothing for this long is closed. Each protocol has its own
     /// default (the least its RFC allows: POP3 10 minutes, IMAP 30), filled in when the
     /// config is read.
@@ -61,6 +69,8 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_connections: 1000,
             max_connections_per_ip: 64,
+            max_unauthenticated_per_ip: 16,
+            login_timeout: Duration::from_secs(60),
             idle_timeout: None,
             write_timeout: Duration::from_secs(60),
             shutdown_timeout: Duration::from_secs(30),
@@ -74,6 +84,11 @@ impl LimitsConfig {
     /// How long a session may send nothing.
     pub fn idle_timeout(&self) -> Duration {
         self.idle_timeout.unwrap_or(FALLBACK_IDLE_TIMEOUT)
+    }
+
+    /// How long a session may take to log in, if limited.
+    pub fn login_timeout(&self) -> Option<Duration> {
+        (!self.login_timeout.is_zero()).then_some(self.login_timeout)
     }
 
     /// How long to wait without sessions before exiting, if at all.

@@ -73,6 +73,8 @@ fn empty_config_gives_defaults() {
     assert_eq!(c.limits.idle_timeout(), Duration::from_secs(42));
     assert_eq!(c.log.level, LogLevel::Info);
     assert!(c.limits.idle_exit().is_none());
+    assert_eq!(c.limits.login_timeout(), Some(Duration::from_secs(60)));
+    assert_eq!(c.limits.max_unauthenticated_per_ip, 16);
     assert_eq!(c.listen["ex"], ["127.0.0.1:7"]);
     assert_eq!(c.daemon, Example::default());
     let d = Config::<Example>::default();
@@ -90,6 +92,8 @@ ex = ["127.0.0.1:7", "udp://127.0.0.1:7"]
 max_connections = 5
 idle_timeout = 7
 idle_exit = 0.5
+login_timeout = 1.5
+max_unauthenticated_per_ip = 3
 [log]
 level = "debug"
 [extra]
@@ -107,6 +111,8 @@ ports = [1, 2]
     assert_eq!(c.limits.max_connections_per_ip, 64);
     assert_eq!(c.limits.idle_timeout(), Duration::from_secs(7));
     assert_eq!(c.limits.idle_exit(), Some(Duration::from_millis(500)));
+    assert_eq!(c.limits.login_timeout(), Some(Duration::from_millis(1500)));
+    assert_eq!(c.limits.max_unauthenticated_per_ip, 3);
     assert_eq!(c.log.level, LogLevel::Debug);
     assert_eq!(c.daemon.name, "x");
     assert_eq!(c.daemon.extra.wait, Duration::from_millis(2500));

@@ -57,6 +57,7 @@ impl Session {
             return match UserFs::open(root, false, true).await {
                 Ok(fs) => {
                     tracing::Span::current().record("user", "anonymous");
+                    self.peer.login.logged_in();
                     tracing::info!("anonymous login");
                     self.state = State::Ready {
                         user: "anonymous".into(),
@@ -108,6 +109,7 @@ impl Session {
         match UserFs::open(root.clone(), true, false).await {
             Ok(fs) => {
                 tracing::Span::current().record("user", user.name.as_str());
+                self.peer.login.logged_in();
                 tracing::info!(root = %root.display(), "logged in");
                 self.state = State::Ready {
                     user: user.name,

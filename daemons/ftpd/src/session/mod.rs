@@ -121,6 +121,7 @@ impl LineProtocol for Session {
     const FAREWELL: Farewell = Farewell {
         idle: "421 Timeout.",
         shutdown: "421 Server shutting down.",
+        login: "421 Login timed out.",
     };
 
     fn greeting(&self) -> String {

@@ -192,6 +192,7 @@ impl Session {
         match blocking(|| store.mailbox(&user_name)) {
             Ok(mailbox) => {
                 tracing::Span::current().record("user", user.name.as_str());
+                self.peer.login.logged_in();
                 tracing::info!("logged in");
                 self.login = Some(Login { mailbox });
                 ok_code(Code::Capability(self.capabilities()), "Logged in.")

@@ -188,7 +188,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                     return Input::Gone;
                 }
             }
-            let deadline = Instant::now() + self.peer.idle_timeout;
+            // A literal before login is bounded by the login deadline too.
+            let deadline = self.peer.read_limit().at;
             let read = if over_budget {
                 discard(self, length, deadline).await
             } else {

@@ -40,14 +40,18 @@ pub(super) fn no_code(code: Code<'static>, text: impl Into<Cow<'static, str>>) -
 
 pub(super) const IDLE_TEXT: &str = "Autologout: idle for too long.";
 pub(super) const SHUTDOWN_TEXT: &str = "Server shutting down.";
+pub(super) const LOGIN_TIMEOUT_TEXT: &str = "No login in the time allowed.";
 // The connection's farewells are lines of text: encoded once.
 static IDLE_BYE: LazyLock<String> = LazyLock::new(|| wire::line(wire::bye(IDLE_TEXT)));
 static SHUTDOWN_BYE: LazyLock<String> = LazyLock::new(|| wire::line(wire::bye(SHUTDOWN_TEXT)));
+static LOGIN_TIMEOUT_BYE: LazyLock<String> =
+    LazyLock::new(|| wire::line(wire::bye(LOGIN_TIMEOUT_TEXT)));
 
 pub(super) fn farewell() -> Farewell {
     Farewell {
         idle: IDLE_BYE.as_str(),
         shutdown: SHUTDOWN_BYE.as_str(),
+        login: LOGIN_TIMEOUT_BYE.as_str(),
     }
 }
 
