@@ -1,8 +1,10 @@
 """The memory side of admission: above `[limits] memory_soft_limit`, new connections get the
 protocol's "try later" reply and count as refused; without a limit they are served."""
 
+import ftplib
 import imaplib
 import poplib
+import smtplib
 
 import pytest
 
@@ -19,14 +21,18 @@ def mailhome(tmp_path):
 
 
 def config(name, users, mail, limits=""):
-    socket_name = {"pop3d": "pop3", "imapd": "imap"}[name]
+    socket_name = {"pop3d": "pop3", "imapd": "imap", "smtp-submit": "submission",
+                   "ftpd": "ftp"}[name]
+    own = {
+        "smtp-submit": f'[mail]\nroot = "{mail}"\n[smtp]\nspool = "{mail.parent / "spool"}"\n',
+        "ftpd": f'[ftp]\nroot = "{mail.parent / "ftp"}"\n',
+    }.get(name, f'[mail]\nroot = "{mail}"\n')
     return f"""
 [listen]
 {socket_name} = ["127.0.0.1:0"]
 [auth]
 users_file = "{users}"
-[mail]
-root = "{mail}"
+{own}
 [limits]
 {limits}
 """
@@ -67,7 +73,8 @@ def test_imap_over_the_soft_limit_says_try_later(daemons, mailhome):
     users, mail = mailhome
     d = daemons.start("imapd", config("imapd", users, mail, "memory_soft_limit = 1"))
     # The greeting is the BYE of RFC 3501 7.1.5 (imaplib raises on a greeting that is not OK).
-    with pytest.raises(imaplib.IMAP4.error, match=r"^b'\* BYE .*try again later"):
+    # RFC 5530: UNAVAILABLE, "try again later".
+    with pytest.raises(imaplib.IMAP4.error, match=r"^b'\* BYE \[UNAVAILABLE\] .*try again later"):
         imaplib.IMAP4(*d.addr("imap"), timeout=30)
     d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
 
@@ -79,3 +86,24 @@ def test_imap_with_a_generous_limit_is_served(daemons, mailhome):
     c.login("bob", PASSWORD)
     assert c.select("INBOX")[0] == "OK"
     c.logout()
+
+
+def test_smtp_over_the_soft_limit_says_try_later(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("smtp-submit", config("smtp-submit", users, mail, "memory_soft_limit = 1"))
+    # RFC 3463 X.3.2: system not accepting network messages.
+    with pytest.raises(smtplib.SMTPConnectError) as refused:
+        smtplib.SMTP(*d.addr("submission"), timeout=30)
+    code, text = refused.value.args
+    assert (code, text.split()[0]) == (421, b"4.3.2"), text
+    assert b"try again later" in text
+    d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
+
+
+def test_ftp_over_the_soft_limit_says_try_later(daemons, mailhome):
+    users, mail = mailhome
+    d = daemons.start("ftpd", config("ftpd", users, mail, "memory_soft_limit = 1"))
+    f = ftplib.FTP()
+    with pytest.raises(ftplib.error_temp, match=r"^421 .*try again later"):
+        f.connect(*d.addr("ftp"), timeout=30)
+    d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
