@@ -5,6 +5,8 @@ import ftplib
 import imaplib
 import poplib
 import smtplib
+import socket
+import subprocess
 
 import pytest
 
@@ -107,3 +109,60 @@ def test_ftp_over_the_soft_limit_says_try_later(daemons, mailhome):
     with pytest.raises(ftplib.error_temp, match=r"^421 .*try again later"):
         f.connect(*d.addr("ftp"), timeout=30)
     d.notify.wait_for("STATUS=0 active sessions, 0 served, 1 refused")
+
+
+# --- UDP over the soft limit ---------------------------------------------------------------
+
+def udp_ask(addr, payload, timeout=2.0):
+    """The reply to one datagram, or None when none came within `timeout` (an absence check,
+    not a speed limit)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        s.sendto(payload, addr)
+        try:
+            return s.recv(65536)
+        except socket.timeout:
+            return None
+
+
+def test_udp_echo_over_the_soft_limit_drops(daemons):
+    config = '[listen]\necho = ["udp://127.0.0.1:0"]\n[limits]\n'
+    d = daemons.start("echo", config + "memory_soft_limit = 1\n")
+    assert udp_ask(d.addr("echo", "udp"), b"ping") is None
+    d.wait_log("memory soft limit reached, refusing datagrams")
+    d.notify.wait_for("STATUS=")
+
+    served = daemons.start("echo", config + "memory_soft_limit = 0\n")
+    assert udp_ask(served.addr("echo", "udp"), b"ping") == b"ping"
+
+
+def dig(port, name):
+    argv = ["dig", "-p", str(port), "@127.0.0.1", "+time=5", "+tries=1", name, "A"]
+    return subprocess.run(argv, capture_output=True, text=True, timeout=30).stdout
+
+
+def test_dns_over_the_soft_limit_refuses_what_needs_an_upstream(daemons):
+    # The upstream is never asked: nothing listens there.
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as unused:
+        unused.bind(("127.0.0.1", 0))
+        upstream = unused.getsockname()[1]
+    d = daemons.start("dns-forwarder", f"""
+[listen]
+dns = ["udp://127.0.0.1:0"]
+[[upstream]]
+address = "127.0.0.1:{upstream}"
+[[record]]
+name = "printer.lan"
+type = "A"
+value = "192.0.2.30"
+[limits]
+memory_soft_limit = 1
+""")
+    port = d.addr("dns", "udp")[1]
+    # Refused at once (dnsmasq's answer when it cannot take a query): not cached downstream,
+    # and a stub resolver moves on to its next server.
+    assert "status: REFUSED" in dig(port, "www.example.test")
+    d.wait_log("memory soft limit reached, refusing datagrams")
+    # What costs nothing new is still answered.
+    out = dig(port, "printer.lan")
+    assert "status: NOERROR" in out and "192.0.2.30" in out

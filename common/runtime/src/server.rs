@@ -272,6 +272,20 @@ impl Server {
         self.inner.active.load(Ordering::Acquire)
     }
 
+    /// Whether a datagram (or other work that is not a session) may be served now: `false`
+    /// while memory is over `[limits] memory_soft_limit`, counted as refused. The UDP services
+    /// then answer as cheaply as they can, or not at all.
+    pub fn admits_datagram(&self) -> bool {
+        if self.inner.memory.admits() {
+            return true;
+        }
+        let refused = self.inner.refused.fetch_add(1, Ordering::Relaxed) + 1;
+        if refused.is_power_of_two() {
+            tracing::warn!(refused, "memory soft limit reached, refusing datagrams");
+        }
+        false
+    }
+
     /// Marks activity that is not a session (a UDP packet), so `idle_exit` waits.
     pub fn touch(&self) {
         self.inner.touch();

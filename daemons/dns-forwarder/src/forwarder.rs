@@ -318,6 +318,26 @@ impl Forwarder {
         }))
     }
 
+    /// REFUSED for a query that needed an upstream, while the daemon is over its memory soft
+    /// limit: as dnsmasq answers when its table of queries in flight is full. Unlike SERVFAIL
+    /// (RFC 2308 §7.1) no resolver caches it, and a stub resolver asks its next server at once
+    /// instead of waiting out a timeout, as it would after a dropped query.
+    pub(crate) fn refuse_busy(
+        &self,
+        pending: &Pending,
+        settings: &Settings,
+        out: &mut Vec<u8>,
+    ) -> bool {
+        self.stats.refused.fetch_add(1, Ordering::Relaxed);
+        match error_reply(&pending.query, ResponseCode::Refused, settings, pending.max) {
+            Some(reply) => {
+                out.extend_from_slice(&reply);
+                true
+            }
+            None => false,
+        }
+    }
+
     /// Answers a query that needed an upstream.
     pub(crate) async fn finish(self: &Arc<Self>, pending: Box<Pending>) -> Vec<u8> {
         let Pending {

@@ -83,7 +83,9 @@ pub(crate) async fn serve_udp(
                 }
             };
             server.touch();
-            answer_batch(&mut batch, received, &socket, &forwarder, &limit, limiting);
+            answer_batch(
+                &mut batch, received, &socket, &forwarder, &limit, limiting, &server,
+            );
             batch.send(&socket).await;
             // A busy socket never says WouldBlock: let the worker's other tasks run between
             // batches.
@@ -101,6 +103,7 @@ fn answer_batch(
     forwarder: &Arc<Forwarder>,
     limit: &UdpLimit,
     limiting: bool,
+    server: &Server,
 ) {
     let settings = forwarder.settings();
     let now = Instant::now();
@@ -146,6 +149,11 @@ fn answer_batch(
             match forwarder.start_full(wire, client, Transport::Udp, &settings, out) {
                 Step::Reply => true,
                 Step::Drop => false,
+                // Over the memory soft limit, what needs an upstream (a task, a socket, a
+                // pending entry) is refused at once; cached and local answers still go out.
+                Step::Forward(pending) if !server.admits_datagram() => {
+                    forwarder.refuse_busy(&pending, &settings, out)
+                }
                 Step::Forward(pending) => {
                     let socket = socket.clone();
                     let forwarder = forwarder.clone();

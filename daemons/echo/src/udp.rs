@@ -46,6 +46,11 @@ pub(crate) async fn serve(
         if !limiter.allow(from.ip(), Instant::now()) {
             continue;
         }
+        // Over the memory soft limit: dropped, as a rate-limited datagram is (an answer would
+        // cost as much as the service itself).
+        if !server.admits_datagram() {
+            continue;
+        }
         if let Some(reply) = service.datagram_reply(&buf[..len], SystemTime::now()) {
             if let Err(err) = socket.send_to(&reply, from).await {
                 tracing::debug!(peer = %from, error = %err, "udp send");
