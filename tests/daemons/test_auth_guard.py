@@ -87,7 +87,9 @@ def test_parallel_wrong_logins_check_at_most_max_failures(daemons, users):
     # 40 connections from one fresh address send PASS at the same moment, one of them with
     # the right password: at most max_failures (10) wrong passwords are checked, the rest are
     # refused without a check, and once the address is locked out the right one is refused.
-    pop3 = daemons.start("pop3d", pop3_config(users))
+    # All 40 wait to log in at once: above the default cap of sessions not logged in.
+    limits = "[limits]\nmax_unauthenticated_per_ip = 40\n"
+    pop3 = daemons.start("pop3d", pop3_config(users) + limits)
     barrier = threading.Barrier(40)
     replies = [None] * 40
 
