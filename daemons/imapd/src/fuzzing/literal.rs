@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::fuzzing::take_byte;
-use inetkit_runtime::server::Peer;
+use inetkit_runtime::server::{Login, Peer};
 
 use crate::session::input::{Held, ImapConn, Input, LiteralBudget};
 
@@ -99,6 +99,7 @@ fn read_all(input: &[u8], max_line: usize, max: u64) -> (Vec<Outcome>, Vec<u8>) 
     let farewell = Farewell {
         idle: "* BYE idle",
         shutdown: "* BYE shutdown",
+        login: "* BYE login",
     };
     let peer = Peer {
         addr: SocketAddr::from(([192, 0, 2, 1], 40000)),
@@ -107,6 +108,7 @@ fn read_all(input: &[u8], max_line: usize, max: u64) -> (Vec<Outcome>, Vec<u8>) 
         idle_timeout: Duration::from_secs(600),
         write_timeout: Duration::from_secs(30),
         shutdown: CancellationToken::new(),
+        login: Login::none(),
     };
     let mut conn = LineConn::new(stream, peer, max_line, farewell);
     let mut got = Vec::new();
