@@ -67,6 +67,9 @@ REFUSED = {
     "missing hosts_file": (
         "dns-forwarder", '[local]\nhosts_file = "/nonexistent/hosts"\n', "2:1",
         ["local.hosts_file", "/nonexistent/hosts"]),
+    "no session before login": (
+        "pop3d", "[limits]\nmax_unauthenticated_per_ip = 0\n", "2:1",
+        ["limits.max_unauthenticated_per_ip", "at least 1"]),
     "rpcd method argv": (
         "rpcd", '[[method]]\nname = "x"\n\nargv = ["echo"]\n', "4:1",
         ["method[0].argv", "absolute program path"]),

@@ -18,6 +18,11 @@ use crate::session::Flow;
 /// Lines read ahead with [`LineConn::defer`] that may wait for the command loop at once.
 pub const MAX_DEFERRED: usize = 64;
 
+/// Queued replies past this many bytes go out before the next command is taken, even while
+/// more pipelined input waits: otherwise one read's worth of small commands with large replies
+/// (FTP `STAT dir`, POP3 `LIST`) grows the output without bound.
+pub const FLUSH_AT: usize = 64 * 1024;
+
 /// The protocol's last words when a session ends on our side.
 #[derive(Debug, Clone, Copy)]
 pub struct Farewell {
@@ -114,14 +119,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     /// has not logged in by the login deadline, or the daemon is stopping (all but the first
     /// are told so first). Lines put aside with [`defer`](LineConn::defer) come first.
     ///
-    /// Queued replies are written first unless more input is already buffered, so the
-    /// replies to pipelined commands go out together and in order. Cancel-safe.
+    /// Queued replies are written first unless more input is already buffered (and they are
+    /// under [`FLUSH_AT`]), so the replies to pipelined commands go out together and in order.
+    /// Cancel-safe.
     pub async fn next_line(&mut self, buf: &mut Vec<u8>) -> Option<Line> {
         let limit = self.peer.read_limit();
         // Checked before any line is taken: a client that keeps commands coming (NOOPs,
         // failed logins) must not outlast the login deadline.
         if limit.login && limit.at <= tokio::time::Instant::now() {
             return self.say_farewell(self.farewell.login).await;
+        }
+        if self.out.len() >= FLUSH_AT && self.flush().await.is_err() {
+            return None;
         }
         if let Some((line, bytes)) = self.deferred.pop_front() {
             *buf = bytes;
@@ -250,6 +259,33 @@ mod tests {
         let mut got = [0u8; 6];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(&got, b"1\r\n2\r\n");
+    }
+
+    #[tokio::test]
+    async fn pipelined_commands_with_large_replies_do_not_grow_the_output_unbounded() {
+        let (server, mut client) = tokio::io::duplex(1 << 20);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        // 500 commands in one write, each answered by 10 KiB: 5 MB if nothing went out.
+        client.write_all(&b"STAT\r\n".repeat(500)).await.unwrap();
+        let reader = tokio::spawn(async move {
+            let mut sink = Vec::new();
+            client.read_to_end(&mut sink).await.map(|_| sink.len())
+        });
+        let reply = "x".repeat(10 * 1024);
+        let mut line = Vec::new();
+        let mut most = 0;
+        for _ in 0..500 {
+            assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+            conn.reply(&reply);
+            most = most.max(conn.out.len());
+        }
+        conn.flush().await.unwrap();
+        drop(conn);
+        assert!(
+            most < FLUSH_AT + reply.len() + 2,
+            "{most} bytes queued at once"
+        );
+        assert_eq!(reader.await.unwrap().unwrap(), 500 * (reply.len() + 2));
     }
 
     #[tokio::test]

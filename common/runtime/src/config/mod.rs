@@ -182,6 +182,15 @@ impl<D: DaemonConfig> Config<D> {
             None
         });
         self.check_listen(tls_available, &mut problems);
+        if self.limits.max_unauthenticated_per_ip == 0 {
+            // 0 would turn every client of a daemon with a login away; the timeout's 0 means
+            // "off", this one cannot.
+            problems.push(
+                KeyPath::new("limits")
+                    .key("max_unauthenticated_per_ip")
+                    .problem("must be at least 1".to_owned()),
+            );
+        }
         problems.extend(self.daemon.validate());
         if problems.is_empty() {
             Ok(tls)
