@@ -8,6 +8,7 @@ import os
 import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -617,6 +618,41 @@ def test_passive_ports_are_capped_per_client_address(daemons, home, cert):
     assert a.sendcmd("PASV").startswith("227")
     for f in (a, c):
         f.quit()
+
+
+def resumed_upload_under_way(f, name, rest, sent):
+    """REST `rest` + STOR `name` with `sent` bytes sent; returns the data connection once the
+    server says (STAT mid-transfer) it has written them all."""
+    conn = f.transfercmd(f"STOR {name}", rest=rest)
+    conn.sendall(sent)
+    for _ in range(500):
+        if f.sendcmd("STAT") == f"213 Status: {len(sent)} bytes transferred so far.":
+            return conn
+        time.sleep(0.01)
+    raise AssertionError("the server never received the bytes sent")
+
+
+@pytest.mark.parametrize("how", ["abor", "control connection lost"])
+def test_interrupted_resumed_upload_cuts_the_older_longer_file(ftpd, home, how):
+    # A REST + STOR over a longer file that stops early must not keep the old file's tail:
+    # SIZE would tell the client to resume past what it actually sent.
+    old, new = os.urandom(1024 * 1024), os.urandom(5000)
+    f = plain(ftpd)
+    f.storbinary("STOR big.bin", io.BytesIO(old))
+    assert f.size("big.bin") == len(old)
+    conn = resumed_upload_under_way(f, "big.bin", 1000, new)
+    if how == "abor":
+        assert f.abort().startswith("426")
+        assert f.voidresp().startswith("226")
+        conn.close()
+    else:
+        f.close()
+        ftpd.wait_log("control connection lost mid-upload")
+        conn.close()
+        f = plain(ftpd)
+    assert f.size("big.bin") == 1000 + len(new)
+    f.quit()
+    assert (home["alice"] / "big.bin").read_bytes() == old[:1000] + new
 
 
 def test_rest_beyond_the_end_of_an_upload_is_refused(ftpd, home):

@@ -275,45 +275,20 @@ impl Session {
                     ("listed", None, outcome)
                 }
                 Transfer::Receive { mut file, path } => {
-                    let fs = match &self.state {
-                        State::Ready { fs, .. } => Some(fs.clone()),
-                        State::Login { .. } => None,
-                    };
-                    let upload = path.clone();
-                    let job = async move {
-                        // An lseek on an open descriptor: it never waits on the disk.
-                        let start = std::io::Seek::stream_position(&mut file);
-                        let result = data::receive_file(
-                            stream,
-                            &mut file,
-                            ascii,
-                            timeout,
-                            job_progress,
-                            throttle,
-                        )
-                        .await;
-                        match (&result, start) {
-                            // A full disk: the upload is undone (truncated back to where it
-                            // began, or removed if it began the file), so no client sees a
-                            // half-written file and the space goes back.
-                            (Err(err), Ok(start)) if storage_full(err) => {
-                                let _ = blocking(move || file.set_len(start)).await;
-                                if start == 0 {
-                                    if let Some(fs) = fs {
-                                        let _ = fs.remove_file(&upload).await;
-                                    }
-                                }
-                            }
-                            // Otherwise whatever arrived stays (so REST can resume it); cut
-                            // anything past it left by an earlier, longer upload resumed with
-                            // REST.
-                            _ => {
-                                let _ = blocking(move || cut_after_position(&mut file)).await;
-                            }
-                        }
-                        result
-                    };
+                    // An lseek on an open descriptor: it never waits on the disk.
+                    let start = std::io::Seek::stream_position(&mut file);
+                    // The job only borrows the file: ABOR or a lost control connection drop
+                    // the job, and the upload is still settled below.
+                    let job = data::receive_file(
+                        stream,
+                        &mut file,
+                        ascii,
+                        timeout,
+                        job_progress,
+                        throttle,
+                    );
                     let outcome = self.while_transferring(job, &progress, conn).await;
+                    self.settle_upload(file, start, &path, &outcome).await;
                     ("received", Some(path), outcome)
                 }
             }
@@ -364,6 +339,33 @@ impl Session {
                     tracing::warn!(path = %shown, bytes, "control connection lost mid-upload; partial file kept");
                 }
                 Flow::Close
+            }
+        }
+    }
+
+    /// After an upload however it ended (done, failed, aborted, control connection gone).
+    /// A full disk undoes it: truncated back to where it began, or removed if it began the
+    /// file, so no client sees a half-written file and the space goes back. Otherwise whatever
+    /// arrived stays (so REST can resume it), and anything past it left by an earlier, longer
+    /// upload resumed with REST is cut, so SIZE tells where to resume.
+    async fn settle_upload(
+        &self,
+        mut file: std::fs::File,
+        start: io::Result<u64>,
+        path: &VPath,
+        outcome: &Outcome,
+    ) {
+        match (outcome, start) {
+            (Outcome::Done(Err(err)), Ok(start)) if storage_full(err) => {
+                let _ = blocking(move || file.set_len(start)).await;
+                if start == 0 {
+                    if let State::Ready { fs, .. } = &self.state {
+                        let _ = fs.remove_file(path).await;
+                    }
+                }
+            }
+            _ => {
+                let _ = blocking(move || cut_after_position(&mut file)).await;
             }
         }
     }
