@@ -60,6 +60,21 @@ pub fn replay(crate_dir: &str, target: &str, run: impl Fn(&[u8])) -> usize {
     inputs.len()
 }
 
+/// `line` with the case of the letters from `from` to the next space swapped: a command line
+/// whose keyword must parse the same in either case (POP3, SMTP, FTP).
+pub fn keyword_case_swapped(line: &[u8], from: usize) -> Vec<u8> {
+    let mut swapped = line.to_vec();
+    for b in swapped
+        .iter_mut()
+        .skip(from)
+        .take_while(|b| **b != b' ')
+        .filter(|b| b.is_ascii_alphabetic())
+    {
+        *b ^= 0x20;
+    }
+    swapped
+}
+
 /// Splits the first byte off `data` as a small parameter (0 for empty input).
 pub fn take_byte(data: &[u8]) -> (u8, &[u8]) {
     match data.split_first() {

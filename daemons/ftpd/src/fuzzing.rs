@@ -60,23 +60,11 @@ pub fn ftp_command(line: &[u8]) {
         }
     }
     // The verb in the other case: the same command.
-    let swapped: Vec<u8> = {
-        let start = line
-            .iter()
-            .position(u8::is_ascii_alphabetic)
-            .unwrap_or(line.len());
-        let end = line[start..]
-            .iter()
-            .position(|&b| b == b' ')
-            .map_or(line.len(), |i| start + i);
-        let mut swapped = line.to_vec();
-        for b in &mut swapped[start..end] {
-            if b.is_ascii_alphabetic() {
-                *b ^= 0x20;
-            }
-        }
-        swapped
-    };
+    let start = line
+        .iter()
+        .position(u8::is_ascii_alphabetic)
+        .unwrap_or(line.len());
+    let swapped = inetkit_runtime::fuzzing::keyword_case_swapped(line, start);
     assert_eq!(parse(&swapped), parsed);
 
     let Ok(text) = std::str::from_utf8(line) else {

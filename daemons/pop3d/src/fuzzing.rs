@@ -6,13 +6,7 @@ use crate::command::{parse, Command};
 /// numbers are positive, and a parsed command written back as a line parses to itself.
 pub fn pop3_command(line: &[u8]) {
     let parsed = parse(line);
-    let keyword_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    let mut swapped = line.to_vec();
-    for b in &mut swapped[..keyword_end] {
-        if b.is_ascii_alphabetic() {
-            *b ^= 0x20;
-        }
-    }
+    let swapped = inetkit_runtime::fuzzing::keyword_case_swapped(line, 0);
     assert_eq!(parse(&swapped), parsed);
 
     let Ok(command) = parsed else {

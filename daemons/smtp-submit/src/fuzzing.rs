@@ -11,13 +11,7 @@ use crate::from_header::addresses;
 /// MAIL or RCPT command written back parses to itself; a split address joins back to itself.
 pub fn smtp_command(line: &[u8]) {
     let parsed = parse(line);
-    let keyword_end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    let mut swapped = line.to_vec();
-    for b in &mut swapped[..keyword_end] {
-        if b.is_ascii_alphabetic() {
-            *b ^= 0x20;
-        }
-    }
+    let swapped = inetkit_runtime::fuzzing::keyword_case_swapped(line, 0);
     assert_eq!(parse(&swapped), parsed);
 
     let Ok(command) = parsed else {
