@@ -5,6 +5,7 @@ import base64
 import http.client
 import json
 import os
+import re
 import socket
 import ssl
 import subprocess
@@ -723,6 +724,22 @@ def test_authentication_and_authorization(rpcd):
     with pytest.raises(xmlrpc.client.ProtocolError) as e:
         proxy(rpcd, password="wrong").echo("x")
     assert e.value.errcode == 401
+
+
+def test_audit_lines_at_info_anonymous_reads_at_debug(rpcd):
+    # An anonymous, successful call of read-only builtins is not worth an INFO line each (at
+    # tens of thousands a second it costs a tenth of the daemon's time); logins, configured
+    # commands and failures are.
+    assert proxy(rpcd, user=None).host.uptime() > 0
+    rpcd.wait_log(r'DEBUG .*call ok peer=\S+ user="-" method="host.uptime"')
+    assert proxy(rpcd, user=None).open() == "open\n"
+    rpcd.wait_log(r'INFO .*call ok peer=\S+ user="-" method="open"')
+    assert proxy(rpcd).host.uptime() > 0
+    rpcd.wait_log(r'INFO .*call ok peer=\S+ user="alice" method="host.uptime"')
+    with pytest.raises(xmlrpc.client.Fault):
+        proxy(rpcd, user=None).host.uptime("unexpected")
+    rpcd.wait_log(r'INFO .*call failed: .*user="-" method="host.uptime"')
+    assert not re.search(r'INFO .*call ok peer=\S+ user="-" method="host.uptime"', rpcd.log())
 
 
 def test_one_password_check_per_connection(rpcd, tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 import re
 import signal
+import shutil
 import socket
 import subprocess
 import sys
@@ -101,6 +102,7 @@ class Notifications:
     """The NOTIFY_SOCKET end: collects what the daemon sends with sd_notify."""
 
     def __init__(self, directory: Path):
+        self.directory = directory
         self.path = str(directory / f"notify-{os.getpid()}-{id(self)}.sock")
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self.sock.bind(self.path)
@@ -114,6 +116,8 @@ class Notifications:
             try:
                 data = self.sock.recv(4096)
             except OSError:
+                return
+            if not data:  # shut down by close(); sd_notify never sends an empty datagram
                 return
             with self._cond:
                 self.messages.extend(data.decode(errors="replace").splitlines())
@@ -136,7 +140,16 @@ class Notifications:
             return any(m.startswith(prefix) for m in self.messages)
 
     def close(self):
+        # Wake the reader and wait for it before the descriptor is freed: a reader about to
+        # call recv() on a closed number would otherwise read the next daemon's socket, which
+        # reuses it, and take its READY=1 (seen as "never became ready" on a loaded machine).
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._thread.join(timeout=10)
         self.sock.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
 
 
 class Daemon:

@@ -447,6 +447,7 @@ impl Registry {
                 slots,
                 queue_timeout,
             } => {
+                tally.command();
                 // The command's timeout starts once it has a slot.
                 let Ok(Ok(_slot)) = tokio::time::timeout(*queue_timeout, slots.acquire()).await
                 else {

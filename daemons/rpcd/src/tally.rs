@@ -1,5 +1,10 @@
 //! One log line per HTTP request, however many calls it made: a `system.multicall` or a
 //! JSON-RPC batch of a hundred calls writes one line, not a hundred.
+//!
+//! The line is at INFO when it is worth an audit trail: a logged-in user's request, one that
+//! ran a configured command, one with a failed call. An anonymous request whose calls were all
+//! read-only builtins (`host.uptime`, introspection) and succeeded logs at DEBUG: at tens of
+//! thousands of requests a second, writing each one cost a tenth of the daemon's time.
 
 use std::time::Instant;
 
@@ -21,6 +26,8 @@ pub struct Tally {
     /// The distinct method names, in the order first called, escaped and cut short.
     names: Vec<String>,
     more_names: bool,
+    /// A configured command ran (or was asked for) in this request.
+    ran_command: bool,
 }
 
 impl Tally {
@@ -32,7 +39,18 @@ impl Tally {
             first_failure: None,
             names: Vec::new(),
             more_names: false,
+            ran_command: false,
         }
+    }
+
+    /// Marks the request as one that reached a configured command.
+    pub(crate) fn command(&mut self) {
+        self.ran_command = true;
+    }
+
+    /// Whether the request's line goes out at INFO (see the module's doc).
+    fn worth_auditing(&self, caller: &Caller) -> bool {
+        caller.user.is_some() || self.ran_command || self.first_failure.is_some()
     }
 
     /// One call: of `method` (`None`: a request too malformed to name one), failed or not.
@@ -80,6 +98,17 @@ impl Tally {
     /// Writes the request's log line.
     pub(crate) fn log(&self, caller: &Caller) {
         let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !self.worth_auditing(caller) {
+            tracing::debug!(
+                peer = %caller.peer,
+                user = caller.name(),
+                method = self.names(),
+                calls = self.calls,
+                ms,
+                "call ok"
+            );
+            return;
+        }
         let method = self.names();
         match self.first_failure {
             None => tracing::info!(
