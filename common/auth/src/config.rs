@@ -11,6 +11,7 @@
 //! lockout = 900
 //! max_tracked_addresses = 10000
 //! guard_state = "/run/inetkit/login-guard"   # "" for a guard of this daemon alone
+//! local_domains = []            # alice@<one of these> logs in as alice; [] = localhost + host
 //! ```
 
 use std::net::IpAddr;
@@ -85,6 +86,10 @@ pub struct AuthConfig {
     /// (`guard_state = ""`) keeps a guard of this process alone, in memory.
     #[serde(deserialize_with = "state_file")]
     pub guard_state: Option<PathBuf>,
+    /// Mail domains whose addresses also name plain users at login (`alice@example.org`
+    /// logs in as `alice` when no user has that whole address); empty: `localhost` and the
+    /// host's name. smtp-submit takes them from `[smtp] local_domains` instead.
+    pub local_domains: Vec<String>,
 }
 
 /// `guard_state`: an absolute path, or `""` for none. A relative path would depend on the
@@ -116,6 +121,7 @@ impl Default for AuthConfig {
             lockout: guard.lockout,
             max_tracked_addresses: guard.max_tracked,
             guard_state: Some(PathBuf::from(DEFAULT_GUARD_STATE)),
+            local_domains: Vec::new(),
         }
     }
 }
@@ -146,6 +152,7 @@ impl AuthConfig {
     pub fn authenticator(&self) -> Authenticator {
         Authenticator::with_guard(self.users_file.clone(), self.guard())
             .with_plaintext(self.plaintext)
+            .with_local_domains(&self.local_domains)
     }
 }
 

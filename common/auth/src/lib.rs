@@ -46,6 +46,8 @@
 //!   started, then the guard's delay. Timing tells nobody which names exist.
 #![warn(missing_docs)]
 
+pub mod address;
+pub mod aliases;
 mod config;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -106,6 +108,8 @@ pub enum AuthError {
 pub struct Authenticator {
     inner: Arc<Inner>,
     plaintext: Plaintext,
+    /// Lower case; `local@<one of these>` also finds the user `local` ([`UsersFile::find`]).
+    local_domains: Arc<[String]>,
 }
 
 struct Inner {
@@ -152,7 +156,32 @@ impl Authenticator {
                 timing,
             }),
             plaintext: Plaintext::default(),
+            local_domains: default_local_domains().into(),
         }
+    }
+
+    /// The same, with `domains` as the mail domains whose addresses also name plain users:
+    /// `alice@example.org` logs in as `alice` when there is no user `alice@example.org` and
+    /// `example.org` is one of them. Empty: `localhost` and the host's name.
+    pub fn with_local_domains(mut self, domains: &[String]) -> Self {
+        self.local_domains = if domains.is_empty() {
+            default_local_domains().into()
+        } else {
+            domains.iter().map(|d| d.to_ascii_lowercase()).collect()
+        };
+        self
+    }
+
+    /// The local mail domains, lower case (see [`Authenticator::with_local_domains`]).
+    pub fn local_domains(&self) -> &[String] {
+        &self.local_domains
+    }
+
+    /// Is `domain` (any case) one of the [local domains](Authenticator::local_domains)?
+    pub fn is_local_domain(&self, domain: &str) -> bool {
+        self.local_domains
+            .iter()
+            .any(|d| d.eq_ignore_ascii_case(domain))
     }
 
     /// The same, with `plaintext` as its policy for passwords sent without TLS.
@@ -253,6 +282,7 @@ impl Authenticator {
         // if this future is dropped.
         let permit = self.inner.verifications.clone().acquire_owned().await.ok();
         let inner = Arc::clone(&self.inner);
+        let local_domains = Arc::clone(&self.local_domains);
         let name = name.to_owned();
         let password = password.to_vec();
         let task = tokio::task::spawn_blocking(move || {
@@ -263,7 +293,7 @@ impl Authenticator {
                 timing.dummy(&password);
                 return Ok(Verdict::EmptyPassword);
             }
-            Ok(match users.get(&name) {
+            Ok(match users.find(&name, &local_domains) {
                 Some(entry) => match &entry.password {
                     Some(stored) => {
                         let started = std::time::Instant::now();
@@ -295,7 +325,9 @@ impl Authenticator {
         }
     }
 
-    /// The user called `name`, if any; `None` also when the file cannot be read (logged).
+    /// The user `name` means, as a login would find them ([`UsersFile::find`]: any case, the
+    /// exact name, then the local part of an address in a local domain); `None` also when
+    /// the file cannot be read (logged).
     pub fn lookup(&self, name: &str) -> Option<User> {
         self.try_lookup(name).ok().flatten()
     }
@@ -304,8 +336,28 @@ impl Authenticator {
     /// daemon can answer with a temporary error in the second case.
     pub fn try_lookup(&self, name: &str) -> Result<Option<User>, AuthError> {
         let users = self.inner.users.current()?;
-        Ok(users.get(name).map(|entry| entry.user.clone()))
+        Ok(users
+            .find(name, &self.local_domains)
+            .map(|entry| entry.user.clone()))
     }
+
+    /// The users file as it is now (re-read when it changed), for lookups of several names
+    /// against one version of it, such as an alias expansion.
+    pub fn users(&self) -> Result<Arc<UsersFile>, AuthError> {
+        self.inner.users.current()
+    }
+}
+
+/// The local mail domains when the config names none: `localhost` and the host's name.
+pub fn default_local_domains() -> Vec<String> {
+    let mut domains = vec!["localhost".to_owned()];
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_ascii_lowercase())
+        .unwrap_or_default();
+    if !host.is_empty() && !domains.contains(&host) {
+        domains.push(host);
+    }
+    domains
 }
 
 /// A client-supplied name as logged: escaped and cut short.

@@ -122,6 +122,26 @@ impl UsersFile {
         self.by_name.get(name).map(|&i| &self.entries[i])
     }
 
+    /// The user a login name or address means, ignoring case (names in the file are lower
+    /// case): the exact name first (`alice@example.org`, or plain `alice`), then, for
+    /// `local@domain` with `domain` one of `local_domains` (lower case), the user named
+    /// `local`. This is Dovecot's and Postfix's order: the full address before the local part.
+    pub fn find(&self, name: &str, local_domains: &[String]) -> Option<&Entry> {
+        let name = name.to_ascii_lowercase();
+        if let Some(entry) = self.get(&name) {
+            return Some(entry);
+        }
+        let (local, domain) = name.rsplit_once('@')?;
+        if local.is_empty() || local.contains('@') {
+            return None;
+        }
+        local_domains
+            .iter()
+            .any(|d| d == domain)
+            .then(|| self.get(local))
+            .flatten()
+    }
+
     /// The users in file order.
     pub fn iter(&self) -> impl Iterator<Item = &Entry> {
         self.entries.iter()
@@ -213,13 +233,28 @@ pub enum NameError {
     /// Contains `..`.
     #[error("must not contain '..'")]
     DotDot,
+    /// More than one `@`.
+    #[error("at most one '@' is allowed")]
+    TwoAts,
+    /// `local@` with nothing, or no domain name, after the `@`.
+    #[error("the part after '@' must be a domain name such as example.org")]
+    BadDomain,
+    /// The part before `@` is longer than [`MAX_LOCAL_PART_LEN`].
+    #[error("the part before '@' is longer than {MAX_LOCAL_PART_LEN} bytes")]
+    LocalPartTooLong,
 }
+
+/// The longest local part of an address (RFC 5321 §4.5.3.1.1).
+pub const MAX_LOCAL_PART_LEN: usize = 64;
 
 /// The longest user name, in bytes.
 pub const MAX_NAME_LEN: usize = 128;
 
 /// User names end up as directory names (`/var/lib/inetkit/mail/<name>`) and in protocol
-/// replies, so they are plain: `[a-z0-9][a-z0-9._@-]*`, no `..`, at most 128 bytes.
+/// replies, so they are plain: `[a-z0-9][a-z0-9._@-]*`, no `..`, at most 128 bytes. A name
+/// may be an address (`alice@example.org`, Dovecot's habit): then one `@`, at most 64 bytes
+/// before it and a domain name after it. Lower case only: logins and addresses are compared
+/// without regard to case, so the file holds each name in one spelling.
 pub fn check_name(name: &str) -> Result<(), NameError> {
     let allowed = |c: u8| c.is_ascii_lowercase() || c.is_ascii_digit() || b"._-@".contains(&c);
     match name.as_bytes() {
@@ -228,8 +263,34 @@ pub fn check_name(name: &str) -> Result<(), NameError> {
         b if !b.iter().all(|&c| allowed(c)) => Err(NameError::BadCharacter),
         [first, ..] if !first.is_ascii_alphanumeric() => Err(NameError::BadStart),
         _ if name.contains("..") => Err(NameError::DotDot),
-        _ => Ok(()),
+        _ => match name.split_once('@') {
+            None => Ok(()),
+            Some((_, domain)) if domain.contains('@') => Err(NameError::TwoAts),
+            Some((local, _)) if local.len() > MAX_LOCAL_PART_LEN => {
+                Err(NameError::LocalPartTooLong)
+            }
+            Some((_, domain)) if !is_domain(domain) => Err(NameError::BadDomain),
+            Some(_) => Ok(()),
+        },
     }
+}
+
+/// `example.org`: dot-separated labels of letters, digits and inner hyphens (RFC 1035 §2.3.1,
+/// in any case), 255 bytes at most.
+pub fn is_domain(domain: &str) -> bool {
+    let label = |l: &str| {
+        let b = l.as_bytes();
+        match (b.first(), b.last()) {
+            (Some(first), Some(last)) => {
+                b.len() <= 63
+                    && first.is_ascii_alphanumeric()
+                    && last.is_ascii_alphanumeric()
+                    && b.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-')
+            }
+            _ => false,
+        }
+    };
+    domain.len() <= 255 && domain.split('.').all(label)
 }
 
 /// A new line for the users file: `name:{SCHEME}hash::::home::` (uid, gid, gecos, shell and
@@ -374,6 +435,7 @@ mod tests {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
         let long = "a".repeat(MAX_NAME_LEN + 1);
+        let long_local = format!("{}@x.org", "a".repeat(MAX_LOCAL_PART_LEN + 1));
         for (bad, err) in [
             ("", NameError::Empty),
             (long.as_str(), NameError::TooLong),
@@ -387,6 +449,14 @@ mod tests {
             (".hidden", NameError::BadStart),
             ("-n", NameError::BadStart),
             ("a..b", NameError::DotDot),
+            ("a@b@localhost", NameError::TwoAts),
+            ("alice@example.org@localhost", NameError::TwoAts),
+            ("a@", NameError::BadDomain),
+            ("a@.org", NameError::BadDomain),
+            ("a@example.org.", NameError::BadDomain),
+            ("a@-x.org", NameError::BadDomain),
+            ("@example.org", NameError::BadStart),
+            (long_local.as_str(), NameError::LocalPartTooLong),
         ] {
             assert_eq!(check_name(bad), Err(err), "{bad:?}");
         }
@@ -401,5 +471,32 @@ mod tests {
         };
         assert_eq!(entry.user.home, Some(PathBuf::from("/srv/alice")));
         assert_eq!(format_line("bob", "{PLAIN}pw", None), "bob:{PLAIN}pw::::::");
+    }
+
+    #[test]
+    fn find_takes_the_exact_name_then_the_local_part_of_a_local_domain() {
+        let (file, problems) =
+            parse("alice:{PLAIN}a\nalice@example.org:{PLAIN}b\nbob@example.org:{PLAIN}c\n");
+        assert_eq!(problems, vec![]);
+        let local = ["localhost".to_owned(), "example.org".to_owned()];
+        let found = |name: &str| file.find(name, &local).map(|e| e.user.name.as_str());
+        assert_eq!(found("alice"), Some("alice"));
+        assert_eq!(found("ALICE"), Some("alice"));
+        // The exact address wins over the local part.
+        assert_eq!(found("alice@example.org"), Some("alice@example.org"));
+        assert_eq!(found("Alice@Example.ORG"), Some("alice@example.org"));
+        // A plain name answers for every local domain, and only those.
+        assert_eq!(found("Alice@LocalHost"), Some("alice"));
+        assert_eq!(found("alice@elsewhere.example"), None);
+        assert_eq!(found("bob@example.org"), Some("bob@example.org"));
+        assert_eq!(found("bob@localhost"), None);
+        assert_eq!(found("bob"), None);
+        assert_eq!(found("alice@x@localhost"), None);
+        assert_eq!(found("@localhost"), None);
+        // Without local domains only exact names are found.
+        assert_eq!(
+            file.find("alice@localhost", &[]).map(|e| e.user.name.as_str()),
+            None
+        );
     }
 }
