@@ -13,6 +13,7 @@ mod from_header;
 pub mod fuzzing;
 mod message;
 mod queue;
+mod recipients;
 mod relay;
 mod session;
 
@@ -25,14 +26,15 @@ use std::time::Duration;
 use anyhow::Context as _;
 use serde::Deserialize;
 
-use inetkit_auth::{AuthConfig, Authenticator};
+use inetkit_auth::aliases::{self, AliasesSource, DEFAULT_ALIASES_FILE};
+use inetkit_auth::{AuthConfig, AuthError, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
 use inetkit_runtime::config::Problem;
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
-use crate::command::split_address;
+use crate::recipients::Directory;
 use crate::queue::{Deliverer, Queue};
 use crate::relay::{Relay, RelayConfig};
 use inetkit_spool::Spool;
@@ -65,6 +67,13 @@ impl PlainAndTlsConfig for SubmitConfig {
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
     fn validate(&self) -> Vec<Problem> {
+        // Bad alias lines are skipped, not fatal (mail to every other alias still flows), as
+        // when the file changes later; here, at start and for --check-config, they are shown.
+        if !self.smtp.aliases.as_os_str().is_empty() {
+            for problem in aliases::check_file(&self.smtp.aliases) {
+                eprintln!("inetkit-smtp-submit: warning: {problem}");
+            }
+        }
         Relay::from_config(&self.relay, "localhost")
             .err()
             .into_iter()
@@ -77,8 +86,11 @@ impl PlainAndTlsConfig for SubmitConfig {
 struct SmtpConfig {
     /// The name in the greeting and `Received:` lines; empty: the host name.
     hostname: String,
-    /// Domains whose users are local; empty: `localhost` and the host name.
+    /// Domains whose users are local; empty: `[auth] local_domains`, and when that is empty
+    /// too, `localhost` and the host name.
     local_domains: Vec<String>,
+    /// The aliases file; empty: none.
+    aliases: PathBuf,
     max_message_size: u64,
     max_recipients: usize,
     spool: PathBuf,
@@ -93,6 +105,7 @@ impl Default for SmtpConfig {
         SmtpConfig {
             hostname: String::new(),
             local_domains: Vec::new(),
+            aliases: PathBuf::from(DEFAULT_ALIASES_FILE),
             max_message_size: 25 * 1024 * 1024,
             max_recipients: 100,
             spool: PathBuf::from(DEFAULT_SPOOL),
@@ -107,8 +120,7 @@ pub struct Submit {
     pub auth: Authenticator,
     pub tls: Option<TlsContext>,
     pub hostname: String,
-    /// Lower case.
-    pub local_domains: Vec<String>,
+    pub aliases: AliasesSource,
     pub max_size: u64,
     pub max_recipients: usize,
     pub senders: BTreeMap<String, Vec<String>>,
@@ -120,25 +132,44 @@ pub struct Submit {
 }
 
 impl Submit {
-    pub fn is_local_domain(&self, domain: &str) -> bool {
-        let domain = domain.to_ascii_lowercase();
-        self.local_domains.contains(&domain)
-    }
-
-    /// May `user` use `address` as the envelope sender (or in `From:`)? Their own
-    /// `user@local-domain` (with an optional `+detail`), or an address the config lists for
-    /// them.
-    pub fn may_send_as(&self, user: &str, address: &str) -> bool {
+    /// May `user` use `address` as the envelope sender (or in `From:`)? An address of a local
+    /// domain that means them ([`Directory::owner`]: any case, an optional `+detail`), or one
+    /// the config lists for them. Errs when the users file cannot be read.
+    pub fn may_send_as(&self, user: &str, address: &str) -> Result<bool, AuthError> {
         if let Some(list) = self.senders.get(user) {
             if list.iter().any(|a| a.eq_ignore_ascii_case(address)) {
-                return true;
+                return Ok(true);
             }
         }
-        let Some((local, domain)) = split_address(address) else {
-            return false;
+        let users = self.auth.users()?;
+        let directory = Directory {
+            users: &users,
+            aliases: &Default::default(),
+            local_domains: self.auth.local_domains(),
         };
-        let local = local.split_once('+').map_or(local, |(name, _)| name);
-        local == user && self.is_local_domain(domain)
+        Ok(directory.owner(address) == Some(user))
+    }
+
+    /// Where mail for `address` goes ([`Directory::resolve`]); the outer error is a file
+    /// that cannot be read now (a temporary failure), the inner one the refusal.
+    pub(crate) fn resolve(
+        &self,
+        address: &str,
+    ) -> Result<Result<Vec<recipients::Target>, recipients::Refusal>, String> {
+        let users = self
+            .auth
+            .users()
+            .map_err(|err| format!("users file unavailable: {err}"))?;
+        let aliases = self.aliases.current().map_err(|err| {
+            let path = self.aliases.path().map(|p| p.display().to_string());
+            format!("aliases file {} unavailable: {err}", path.unwrap_or_default())
+        })?;
+        let directory = Directory {
+            users: &users,
+            aliases: &aliases,
+            local_domains: self.auth.local_domains(),
+        };
+        Ok(directory.resolve(address))
     }
 }
 
@@ -164,14 +195,13 @@ fn setup(mut ctx: Context<SubmitConfig>) -> anyhow::Result<Server> {
     } else {
         smtp.hostname.clone()
     };
-    let mut local_domains: Vec<String> = if smtp.local_domains.is_empty() {
-        vec!["localhost".to_owned(), hostname.clone()]
-    } else {
+    let local_domains = if !smtp.local_domains.is_empty() {
         smtp.local_domains.clone()
+    } else if !config.auth.local_domains.is_empty() {
+        config.auth.local_domains.clone()
+    } else {
+        vec!["localhost".to_owned(), hostname.clone()]
     };
-    for domain in &mut local_domains {
-        *domain = domain.to_ascii_lowercase();
-    }
     let spool = Spool::new(smtp.spool.clone());
     spool
         .prepare()
@@ -187,13 +217,23 @@ fn setup(mut ctx: Context<SubmitConfig>) -> anyhow::Result<Server> {
     ));
     let queue = queue::start(deliverer, ctx.server.shutdown_token());
     let submit = Arc::new(Submit {
-        auth: config.auth.authenticator(),
+        auth: config
+            .auth
+            .authenticator()
+            .with_local_domains(&local_domains),
         tls: ctx.tls.clone(),
         hostname,
-        local_domains,
+        aliases: AliasesSource::new(
+            (!smtp.aliases.as_os_str().is_empty()).then(|| smtp.aliases.clone()),
+        ),
         max_size: smtp.max_message_size,
         max_recipients: smtp.max_recipients.max(1),
-        senders: smtp.senders,
+        // Keys compared with user names, which are lower case.
+        senders: smtp
+            .senders
+            .into_iter()
+            .map(|(user, list)| (user.to_ascii_lowercase(), list))
+            .collect(),
         check_from_header: smtp.check_from_header,
         relay_enabled,
         spool,

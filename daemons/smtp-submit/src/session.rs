@@ -12,15 +12,17 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::address::parse_address;
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
-use crate::command::{parse, split_address, Command, MailFrom, ParseError};
+use crate::command::{parse, Command, MailFrom, ParseError};
 use crate::data::{discard_input, read_data_line, DataLine};
 use crate::from_header::{addresses, FromError};
 use crate::message::{received_header, HeaderFilter};
+use crate::recipients::{Refusal, Target};
 use crate::Submit;
 use inetkit_spool::{now, Envelope, Recipient};
 
@@ -230,6 +232,8 @@ impl Session {
             Command::Noop => conn.reply("250 2.0.0 OK."),
             Command::Vrfy => conn
                 .reply("252 2.5.0 Cannot verify the user; send mail and delivery will be tried."),
+            // As Postfix with disable_vrfy_command: lists are not shown to anybody.
+            Command::Expn => conn.reply("502 5.5.1 EXPN is not available."),
             Command::Help => conn.reply("214 2.0.0 See RFC 5321 and RFC 6409."),
             Command::Quit => {
                 conn.reply("221 2.0.0 Bye.");
@@ -348,11 +352,23 @@ impl Session {
                 self.submit.max_size
             ));
         }
-        if !self.submit.may_send_as(user, &mail.address) {
-            return conn.reply(&format!(
-                "553 5.7.1 Sender address <{}> does not belong to user {user}.",
-                printable(&mail.address)
-            ));
+        if !mail.address.is_empty() {
+            if let Err(err) = parse_address(&mail.address) {
+                return conn.reply(&format!("501 5.1.7 Bad sender address syntax: {err}."));
+            }
+        }
+        match self.submit.may_send_as(user, &mail.address) {
+            Ok(true) => {}
+            Ok(false) => {
+                return conn.reply(&format!(
+                    "553 5.7.1 Sender address <{}> does not belong to user {user}.",
+                    printable(&mail.address)
+                ))
+            }
+            Err(err) => {
+                tracing::error!(error = %err, "users file unavailable");
+                return conn.reply("451 4.3.0 Cannot check the sender now; try again later.");
+            }
         }
         self.transaction = Transaction::Mail {
             from: mail.address,
@@ -371,36 +387,56 @@ impl Session {
         if recipients.len() >= self.submit.max_recipients {
             return conn.reply("452 4.5.3 Too many recipients.");
         }
-        let Some((local, domain)) = split_address(address) else {
-            return conn.reply("501 5.1.3 Bad recipient address syntax.");
-        };
-        if self.submit.is_local_domain(domain) {
-            // user+detail@domain goes to user.
-            let name = local.split_once('+').map_or(local, |(name, _)| name);
-            match self.submit.auth.try_lookup(name) {
-                Ok(Some(user)) => {
-                    recipients.push(Recipient::Local {
-                        address: address.to_owned(),
-                        user: user.name,
-                    });
-                    conn.reply("250 2.1.5 Recipient OK.");
-                }
-                Ok(None) => conn.reply("550 5.1.1 No such user here."),
-                Err(err) => {
-                    tracing::error!(error = %err, "users file unavailable");
-                    conn.reply("451 4.3.0 Cannot check recipients now; try again later.");
-                }
-            }
-        } else if self.submit.relay_enabled {
-            recipients.push(Recipient::Remote {
-                address: address.to_owned(),
-            });
-            conn.reply("250 2.1.5 Recipient OK.");
+        // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
+        let address = if address.eq_ignore_ascii_case("postmaster") {
+            let domain = self.submit.auth.local_domains().first();
+            format!("postmaster@{}", domain.map_or("localhost", String::as_str))
         } else {
-            conn.reply(
-                "550 5.7.1 Relaying denied: no smarthost is configured for non-local recipients.",
-            );
+            address.to_owned()
+        };
+        let targets = match self.submit.resolve(&address) {
+            Ok(Ok(targets)) => targets,
+            Ok(Err(refusal)) => {
+                if !matches!(refusal, Refusal::NoSuchUser | Refusal::BadAddress(_)) {
+                    // An alias the postmaster should fix: say so in the log as well.
+                    tracing::warn!(recipient = %printable(&address), "{}", refusal.reply());
+                }
+                return conn.reply(&refusal.reply());
+            }
+            Err(err) => {
+                tracing::error!("{err}");
+                return conn.reply("451 4.3.0 Cannot check recipients now; try again later.");
+            }
+        };
+        let direct = matches!(targets.as_slice(), [Target::Remote(a)] if *a == address);
+        if !self.submit.relay_enabled {
+            if direct {
+                return conn.reply(
+                    "550 5.7.1 Relaying denied: no smarthost is configured for non-local recipients.",
+                );
+            }
+            if let Some(Target::Remote(remote)) =
+                targets.iter().find(|t| matches!(t, Target::Remote(_)))
+            {
+                tracing::warn!(recipient = %printable(&address), remote = %remote, "alias leads to a remote address and no smarthost is configured");
+                return conn.reply(&format!(
+                    "550 5.7.1 <{}> leads to the remote address <{}>, but no smarthost is \
+                     configured.",
+                    printable(&address),
+                    printable(remote)
+                ));
+            }
         }
+        for target in targets {
+            recipients.push(match target {
+                Target::Local(user) => Recipient::Local {
+                    address: address.clone(),
+                    user,
+                },
+                Target::Remote(remote) => Recipient::Remote { address: remote },
+            });
+        }
+        conn.reply("250 2.1.5 Recipient OK.");
     }
 
     async fn data<S>(&mut self, conn: &mut Conn<S>) -> Flow
@@ -579,11 +615,19 @@ fn check_from(submit: &Submit, user: &str, filter: &HeaderFilter) -> Result<(), 
         |err: FromError| format!("550 5.7.1 The From: header cannot be checked: {err}.");
     for field in filter.author_fields().map_err(unreadable)? {
         for address in addresses(field).map_err(unreadable)? {
-            if !submit.may_send_as(user, &address) {
-                return Err(format!(
-                    "550 5.7.1 From: address <{}> does not belong to user {user}.",
-                    printable(&address)
-                ));
+            match submit.may_send_as(user, &address) {
+                Ok(true) => {}
+                Ok(false) => {
+                    return Err(format!(
+                        "550 5.7.1 From: address <{}> does not belong to user {user}.",
+                        printable(&address)
+                    ))
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "users file unavailable");
+                    return Err("451 4.3.0 Cannot check the From: header now; try again later."
+                        .to_owned());
+                }
             }
         }
     }

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use inetkit_auth::aliases::AliasesSource;
 use inetkit_auth::testing::{self as users, ALICE_PLAIN};
 use inetkit_maildir::Store;
 use inetkit_runtime::server::Peer;
@@ -48,10 +49,11 @@ impl Home {
         ));
         let stop = CancellationToken::new();
         let submit = Arc::new(Submit {
-            auth: users::authenticator(dir.path()),
+            auth: users::authenticator(dir.path())
+                .with_local_domains(&["localhost".to_owned(), "example.org".to_owned()]),
             tls: None,
             hostname,
-            local_domains: vec!["localhost".to_owned(), "example.org".to_owned()],
+            aliases: AliasesSource::new(Some(dir.path().join("aliases"))),
             max_size: 10_000,
             max_recipients: 3,
             senders,
