@@ -20,11 +20,13 @@ use nix::fcntl::{Flock, FlockArg};
 
 const HELP: &str = "usage: inetkit user COMMAND [--users FILE]
 
-  add NAME [--home DIR]   add a user
+  add NAME [--home DIR]   add a user: a name (alice) or an address (alice@example.org), in
+                          any case (stored in lower case)
   passwd NAME             change a user's password
   del NAME [--purge]      remove a user; with --purge, their mailbox too
   list                    list the users: name, password scheme, home
-  check NAME              check a password against the file (exit status 0 if it matches)
+  check NAME              check a password against the file (exit status 0 if it matches),
+                          finding NAME as a login does (any case; alice@localhost is alice)
 
 The password is asked for on the terminal, or read as one line from stdin when stdin is not
 a terminal (e.g. `echo \"$PW\" | inetkit user add alice`). New passwords are hashed with
@@ -111,8 +113,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     }
 }
 
-fn add(path: &Path, name: &str, home: Option<&Path>) -> anyhow::Result<()> {
-    users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
+fn add(path: &Path, given: &str, home: Option<&Path>) -> anyhow::Result<()> {
+    // Logins and addresses are compared without regard to case; the file holds lower case.
+    let lowered = given.to_ascii_lowercase();
+    let name = lowered.as_str();
+    users::check_name(name).with_context(|| format!("invalid user name {given:?}"))?;
     if let Some(home) = home {
         let text = home.to_string_lossy();
         if !home.is_absolute() || text.contains([':', '\n', '\r']) {
@@ -132,6 +137,9 @@ fn add(path: &Path, name: &str, home: Option<&Path>) -> anyhow::Result<()> {
         lines.push(line.into_bytes());
         Ok(())
     })?;
+    if name != given {
+        println!("user names are not case-sensitive: {given} is stored as {name}");
+    }
     println!("added user {name} to {}", path.display());
     Ok(())
 }
@@ -259,11 +267,13 @@ fn list(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &Path, name: &str) -> anyhow::Result<()> {
+fn check(path: &Path, given: &str) -> anyhow::Result<()> {
     let file = load(path)?;
+    // Found as a login finds it: any case, and alice@localhost (or @ the host's name) for alice.
     let entry = file
-        .get(name)
-        .with_context(|| format!("no user {name} in {}", path.display()))?;
+        .find(given, &inetkit_auth::default_local_domains())
+        .with_context(|| format!("no user {given} in {}", path.display()))?;
+    let name = entry.user.name.as_str();
     let stored = entry
         .password
         .as_ref()
