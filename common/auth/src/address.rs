@@ -62,7 +62,11 @@ pub fn parse_address(text: &str) -> Result<Address, AddressError> {
         return Err(AddressError::TooLong);
     }
     // RFC 5322 atext, plus anything non-ASCII (RFC 6532).
-    let atext = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-/=?^_`{|}~.".contains(c) || !c.is_ascii() && !c.is_control();
+    let atext = |c: char| {
+        c.is_ascii_alphanumeric()
+            || "!#$%&'*+-/=?^_`{|}~.".contains(c)
+            || !c.is_ascii() && !c.is_control()
+    };
     if !text.chars().all(|c| atext(c) || c == '@') {
         return Err(AddressError::BadCharacter);
     }

@@ -301,7 +301,12 @@ mod tests {
         assert_eq!(targets(&aliases, "root"), ["alice"]);
         assert_eq!(
             targets(&aliases, "team"),
-            ["alice", "Bob@Example.org", "carol", "dave@elsewhere.example"]
+            [
+                "alice",
+                "Bob@Example.org",
+                "carol",
+                "dave@elsewhere.example"
+            ]
         );
         assert_eq!(
             targets(&aliases, "sales@example.org"),

@@ -495,7 +495,8 @@ mod tests {
         assert_eq!(found("@localhost"), None);
         // Without local domains only exact names are found.
         assert_eq!(
-            file.find("alice@localhost", &[]).map(|e| e.user.name.as_str()),
+            file.find("alice@localhost", &[])
+                .map(|e| e.user.name.as_str()),
             None
         );
     }

@@ -7,6 +7,12 @@
 //!                              inetkit-uidvalidity   last UIDVALIDITY handed out
 //! ```
 //!
+//! A user's directory is their name exactly as the users file spells it (`alice`, or
+//! `alice@example.org` for a user named by address): the daemons pass the name the login or
+//! recipient lookup found, never what the client typed, and `inetkit_auth::check_name` keeps
+//! names lower case `[a-z0-9._@-]`, starting with a letter or digit, without `..`, so each is
+//! one safe directory name; [`Store::mailbox`] refuses anything else that could leave the root.
+//!
 //! - [`Store::mailbox`] opens (and on first use creates) a user's mailbox; [`Store::deliver`]
 //!   drops a message into INBOX the Maildir way (tmp/, fsync, rename into new/, fsync).
 //! - [`Folder::snapshot`] gives the messages in UID order with sizes, flags and dates, reading

@@ -34,8 +34,8 @@ use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
-use crate::recipients::Directory;
 use crate::queue::{Deliverer, Queue};
+use crate::recipients::Directory;
 use crate::relay::{Relay, RelayConfig};
 use inetkit_spool::Spool;
 
@@ -162,7 +162,10 @@ impl Submit {
             .map_err(|err| format!("users file unavailable: {err}"))?;
         let aliases = self.aliases.current().map_err(|err| {
             let path = self.aliases.path().map(|p| p.display().to_string());
-            format!("aliases file {} unavailable: {err}", path.unwrap_or_default())
+            format!(
+                "aliases file {} unavailable: {err}",
+                path.unwrap_or_default()
+            )
         })?;
         let directory = Directory {
             users: &users,

@@ -37,7 +37,10 @@ pub(crate) enum Refusal {
     BadAddress(AddressError),
     NoSuchUser,
     /// The aliases expanded so far, and the target of the last one that is nobody here.
-    UnknownTarget { chain: Vec<String>, target: String },
+    UnknownTarget {
+        chain: Vec<String>,
+        target: String,
+    },
     /// The aliases expanded so far, ending with the one met again.
     Loop(Vec<String>),
     TooDeep(Vec<String>),
@@ -60,9 +63,9 @@ impl Refusal {
                 "550 5.4.6 Aliases nested more than {MAX_ALIAS_DEPTH} deep: {}.",
                 chain.join(" -> ")
             ),
-            Refusal::TooMany(alias) => format!(
-                "550 5.5.3 Alias {alias} expands to more than {MAX_EXPANSION} recipients."
-            ),
+            Refusal::TooMany(alias) => {
+                format!("550 5.5.3 Alias {alias} expands to more than {MAX_EXPANSION} recipients.")
+            }
         }
     }
 }
@@ -213,7 +216,10 @@ mod tests {
     }
 
     fn local(names: &[&str]) -> Result<Vec<Target>, Refusal> {
-        Ok(names.iter().map(|n| Target::Local((*n).to_owned())).collect())
+        Ok(names
+            .iter()
+            .map(|n| Target::Local((*n).to_owned()))
+            .collect())
     }
 
     const USERS: &str = "alice:{PLAIN}a\nbob:{PLAIN}b\nalice@example.org:{PLAIN}c\n";
@@ -223,7 +229,10 @@ mod tests {
         directory_test(USERS, "", |d| {
             assert_eq!(d.resolve("alice@localhost"), local(&["alice"]));
             assert_eq!(d.resolve("ALICE+lists@LocalHost"), local(&["alice"]));
-            assert_eq!(d.resolve("Alice@Example.org"), local(&["alice@example.org"]));
+            assert_eq!(
+                d.resolve("Alice@Example.org"),
+                local(&["alice@example.org"])
+            );
             assert_eq!(d.resolve("bob@example.org"), local(&["bob"]));
             assert_eq!(d.resolve("carol@localhost"), Err(Refusal::NoSuchUser));
             assert_eq!(
@@ -298,7 +307,9 @@ mod tests {
             .collect::<String>()
             + &format!("l{}: alice\n", MAX_ALIAS_DEPTH + 1);
         directory_test(USERS, &deep, |d| {
-            assert!(matches!(d.resolve("l0@localhost"), Err(Refusal::TooDeep(chain)) if chain.len() == MAX_ALIAS_DEPTH + 1));
+            assert!(
+                matches!(d.resolve("l0@localhost"), Err(Refusal::TooDeep(chain)) if chain.len() == MAX_ALIAS_DEPTH + 1)
+            );
             assert_eq!(d.resolve("l2@localhost"), local(&["alice"]));
         });
         // Two lists of 600, each within the parser's bound, together over the expansion's.
@@ -314,7 +325,10 @@ mod tests {
         }
         directory_test(&users, &big, |d| {
             assert_eq!(
-                d.resolve("big@localhost").err().map(|r| r.reply()).as_deref(),
+                d.resolve("big@localhost")
+                    .err()
+                    .map(|r| r.reply())
+                    .as_deref(),
                 Some("550 5.5.3 Alias big expands to more than 1000 recipients.")
             );
         });
@@ -322,14 +336,21 @@ mod tests {
 
     #[test]
     fn a_missing_target_says_which() {
-        directory_test("alice:{PLAIN}a\n", "postmaster: root\nabuse: postmaster\n", |d| {
-            assert_eq!(
-                d.resolve("abuse@localhost").err().map(|r| r.reply()).as_deref(),
-                Some(
-                    "550 5.1.1 Alias abuse -> postmaster leads to root, which is neither a \
+        directory_test(
+            "alice:{PLAIN}a\n",
+            "postmaster: root\nabuse: postmaster\n",
+            |d| {
+                assert_eq!(
+                    d.resolve("abuse@localhost")
+                        .err()
+                        .map(|r| r.reply())
+                        .as_deref(),
+                    Some(
+                        "550 5.1.1 Alias abuse -> postmaster leads to root, which is neither a \
                      user nor an alias here; the postmaster should add one to the aliases file."
-                )
-            );
-        });
+                    )
+                );
+            },
+        );
     }
 }

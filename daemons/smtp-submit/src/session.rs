@@ -11,8 +11,8 @@ use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::address::parse_address;
+use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::server::Peer;
@@ -625,8 +625,9 @@ fn check_from(submit: &Submit, user: &str, filter: &HeaderFilter) -> Result<(), 
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "users file unavailable");
-                    return Err("451 4.3.0 Cannot check the From: header now; try again later."
-                        .to_owned());
+                    return Err(
+                        "451 4.3.0 Cannot check the From: header now; try again later.".to_owned(),
+                    );
                 }
             }
         }
