@@ -21,6 +21,7 @@
 //! [`parse`] is pure (bytes in, aliases and problems out) so it can be fuzzed; what the
 //! aliases resolve to is smtp-submit's business (it knows the users and the relay).
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -91,10 +92,16 @@ pub fn parse(bytes: &[u8]) -> (Aliases, Vec<Problem>) {
         }
         if kept.is_empty() {
             problem(format!("alias {name}: no usable target; line skipped"));
-        } else if aliases.by_name.contains_key(&name) {
-            problem(format!("alias {name} appears again; this line is ignored"));
-        } else {
-            aliases.by_name.insert(name, kept);
+            continue;
+        }
+        match aliases.by_name.entry(name) {
+            Entry::Occupied(first) => problem(format!(
+                "alias {} appears again; this line is ignored",
+                first.key()
+            )),
+            Entry::Vacant(slot) => {
+                slot.insert(kept);
+            }
         }
     }
     // Line problems were found before the entries': report in file order (the sort is stable).
