@@ -214,6 +214,7 @@ def test_malformed_recipients_say_why(smtpd):
         (b"a\x01b@localhost", b"control character"),
         (b"a" * 65 + b"@localhost", b"longer than 64 bytes"),
         (b"demo@-bad-.example", b"not a domain name"),
+        (b"demo@[127.0.0.1]", b"address literals ([...]) are not accepted"),
     ]:
         reply = r.cmd(b"RCPT TO:<" + rcpt + b">")
         assert reply.startswith(b"501 5.1.3 Bad recipient address syntax: ") and why in reply, \

@@ -6,7 +6,7 @@
 //! bounces while `alice@` works is a surprise nobody wants; domains are case-insensitive by
 //! definition (RFC 1035 §2.3.3).
 
-use super::users::{is_domain, MAX_LOCAL_PART_LEN};
+use super::users::MAX_LOCAL_PART_LEN;
 
 /// The longest address (RFC 5321 §4.5.3.1.3: a path is at most 256 octets with its brackets).
 pub const MAX_ADDRESS_LEN: usize = 254;
@@ -44,6 +44,9 @@ pub enum AddressError {
     /// The domain is missing or not a domain name (an address literal is not accepted).
     #[error("the part after '@' is not a domain name")]
     BadDomain,
+    /// `user@[192.0.2.1]`: submission is for mail to named domains.
+    #[error("address literals ([...]) are not accepted; use a domain name")]
+    AddressLiteral,
     /// A control character, a space or a character that needs quoting.
     #[error("the address holds a control character, a space or a character that needs quoting")]
     BadCharacter,
@@ -60,6 +63,12 @@ pub enum AddressError {
 pub fn parse_address(text: &str) -> Result<Address, AddressError> {
     if text.len() > MAX_ADDRESS_LEN {
         return Err(AddressError::TooLong);
+    }
+    if text
+        .rsplit_once('@')
+        .is_some_and(|(_, domain)| domain.starts_with('['))
+    {
+        return Err(AddressError::AddressLiteral);
     }
     // RFC 5322 atext, plus anything non-ASCII (RFC 6532).
     let atext = |c: char| {
@@ -79,7 +88,7 @@ pub fn parse_address(text: &str) -> Result<Address, AddressError> {
     if local.len() > MAX_LOCAL_PART_LEN {
         return Err(AddressError::LocalPartTooLong);
     }
-    if !is_domain(domain) {
+    if !is_mail_domain(domain) {
         return Err(AddressError::BadDomain);
     }
     let local = local.to_ascii_lowercase();
@@ -95,6 +104,20 @@ pub fn parse_address(text: &str) -> Result<Address, AddressError> {
         detail,
         domain: domain.to_ascii_lowercase(),
     })
+}
+
+/// Dot-separated labels of letters, digits and inner hyphens, or UTF-8 (an internationalised
+/// domain under SMTPUTF8, RFC 6531), each at most 63 bytes; 255 bytes in all.
+fn is_mail_domain(domain: &str) -> bool {
+    let label = |l: &str| {
+        let ok = |c: char| c.is_ascii_alphanumeric() || c == '-' || !c.is_ascii();
+        !l.is_empty()
+            && l.len() <= 63
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+            && l.chars().all(ok)
+    };
+    domain.len() <= 255 && domain.split('.').all(label)
 }
 
 #[cfg(test)]
@@ -121,6 +144,12 @@ mod tests {
             Ok(None)
         );
         assert!(parse_address("jörg@example.org").is_ok());
+        assert_eq!(
+            parse_address("Jörg@Bücher.Example")
+                .map(|a| a.domain)
+                .as_deref(),
+            Ok("bücher.example")
+        );
     }
 
     #[test]
@@ -133,7 +162,8 @@ mod tests {
             ("@localhost", AddressError::EmptyLocalPart),
             ("+x@localhost", AddressError::EmptyLocalPart),
             ("a@", AddressError::BadDomain),
-            ("a@[127.0.0.1]", AddressError::BadCharacter),
+            ("a@[127.0.0.1]", AddressError::AddressLiteral),
+            ("a@-x.org", AddressError::BadDomain),
             ("a@x..org", AddressError::BadDomain),
             ("a\u{1}b@localhost", AddressError::BadCharacter),
             ("a b@localhost", AddressError::BadCharacter),
