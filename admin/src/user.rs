@@ -144,8 +144,9 @@ fn add(path: &Path, given: &str, home: Option<&Path>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn passwd(path: &Path, name: &str) -> anyhow::Result<()> {
-    check_lookup_name(name)?;
+fn passwd(path: &Path, given: &str) -> anyhow::Result<()> {
+    check_lookup_name(given)?;
+    let name = &stored_name(path, given)?;
     if read_lines(path)?.is_none_or(|(lines, _)| find(&lines, name).is_none()) {
         bail!("no user {name} in {}", path.display());
     }
@@ -159,8 +160,9 @@ fn passwd(path: &Path, name: &str) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn del(path: &Path, name: &str) -> anyhow::Result<()> {
-    check_lookup_name(name)?;
+fn del(path: &Path, given: &str) -> anyhow::Result<()> {
+    check_lookup_name(given)?;
+    let name = &stored_name(path, given)?;
     edit(path, false, |lines| {
         let before = lines.len();
         // Every line of that name, so the user is really gone (a later duplicate would
@@ -177,7 +179,8 @@ fn del(path: &Path, name: &str) -> anyhow::Result<()> {
 
 /// `del --purge`: the user, then their mailbox. What is there is looked at first, so nothing is
 /// removed when the mailbox could not be.
-fn purge(path: &Path, name: &str, mail_root: &Path) -> anyhow::Result<()> {
+fn purge(path: &Path, given: &str, mail_root: &Path) -> anyhow::Result<()> {
+    let name = &stored_name(path, given)?;
     // The name becomes a path: only names a users file can hold (no `/`, no `..`).
     users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
     let mailbox = mail_root.join(name);
@@ -301,6 +304,20 @@ fn check_lookup_name(name: &str) -> anyhow::Result<()> {
         bail!("invalid user name {name:?}");
     }
     Ok(())
+}
+
+/// The name passwd/del act on: as written when a line has it (a hand-made line with an odd
+/// name), else in lower case when a line has that, as the daemons find users.
+fn stored_name(path: &Path, given: &str) -> anyhow::Result<String> {
+    let lowered = given.to_ascii_lowercase();
+    if lowered != given {
+        if let Some((lines, _)) = read_lines(path)? {
+            if find(&lines, given).is_none() && find(&lines, &lowered).is_some() {
+                return Ok(lowered);
+            }
+        }
+    }
+    Ok(given.to_owned())
 }
 
 // -- the password -------------------------------------------------------------------------------

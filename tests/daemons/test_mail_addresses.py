@@ -365,3 +365,9 @@ def test_user_add_takes_addresses_in_lower_case_and_refuses_malformed_ones(home)
     assert inetkit_user(users, "check", "Demo@localhost", password=PASSWORD).returncode == 0
     assert inetkit_user(users, "check", "NEW.USER@example.org",
                         password=PASSWORD).returncode == 0
+    # passwd and del take the name in any case too.
+    assert inetkit_user(users, "passwd", "New.User@example.org", password="other").returncode == 0
+    assert inetkit_user(users, "check", "new.user@example.org", password="other").returncode == 0
+    proc = inetkit_user(users, "del", "NEW.USER@EXAMPLE.ORG")
+    assert proc.returncode == 0 and "removed user new.user@example.org" in proc.stdout
+    assert "new.user" not in users.read_text()
