@@ -41,6 +41,9 @@ enum Transaction {
     Mail {
         from: String,
         recipients: Vec<Recipient>,
+        /// RCPT commands accepted: what `max_recipients` bounds (an alias of many users is
+        /// one, as Postfix counts; its expansion has a bound of its own).
+        accepted: usize,
     },
 }
 
@@ -373,6 +376,7 @@ impl Session {
         self.transaction = Transaction::Mail {
             from: mail.address,
             recipients: Vec::new(),
+            accepted: 0,
         };
         conn.reply("250 2.1.0 Sender OK.");
     }
@@ -381,10 +385,15 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Transaction::Mail { recipients, .. } = &mut self.transaction else {
+        let Transaction::Mail {
+            recipients,
+            accepted,
+            ..
+        } = &mut self.transaction
+        else {
             return conn.reply("503 5.5.1 Send MAIL first.");
         };
-        if recipients.len() >= self.submit.max_recipients {
+        if *accepted >= self.submit.max_recipients {
             return conn.reply("452 4.5.3 Too many recipients.");
         }
         // RFC 5321 §4.5.1: <postmaster> without a domain must be accepted.
@@ -436,6 +445,7 @@ impl Session {
                 Target::Remote(remote) => Recipient::Remote { address: remote },
             });
         }
+        *accepted += 1;
         conn.reply("250 2.1.5 Recipient OK.");
     }
 
@@ -452,7 +462,9 @@ impl Session {
                 conn.reply("554 5.5.1 No valid recipients.");
                 return Flow::Continue;
             }
-            Transaction::Mail { from, recipients } => (from.clone(), recipients.clone()),
+            Transaction::Mail {
+                from, recipients, ..
+            } => (from.clone(), recipients.clone()),
         };
         let user = self.user.clone().unwrap_or_default();
         let submit = self.submit.clone();

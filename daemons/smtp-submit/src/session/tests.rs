@@ -443,3 +443,34 @@ async fn an_empty_from_address_is_refused() {
         .await;
     assert!(client.line().await.starts_with("250 2.0.0 Ok: queued as "));
 }
+
+#[tokio::test]
+async fn addresses_in_any_case_aliases_and_expn() {
+    let home = Home::new();
+    let aliases = home.dir.path().join("aliases");
+    if let Err(err) = std::fs::write(&aliases, "postmaster: bob\nstaff: alice, bob\n") {
+        panic!("{}: {err}", aliases.display());
+    }
+    let mut client = home.login().await;
+    let replies = [
+        ("EXPN staff", "502 5.5.1 EXPN is not available."),
+        ("MAIL FROM:<Alice+x@EXAMPLE.org>", "250 2.1.0 Sender OK."),
+        ("RCPT TO:<BOB@LocalHost>", "250 2.1.5 Recipient OK."),
+        ("RCPT TO:<Staff+news@localhost>", "250 2.1.5 Recipient OK."),
+        // Three RCPTs are max_recipients, however many users the alias had.
+        ("RCPT TO:<Postmaster>", "250 2.1.5 Recipient OK."),
+        (
+            "RCPT TO:<alice@localhost>",
+            "452 4.5.3 Too many recipients.",
+        ),
+        ("RSET", "250 2.0.0 Reset."),
+        ("MAIL FROM:<alice@localhost>", "250 2.1.0 Sender OK."),
+        (
+            "RCPT TO:<a@b@localhost>",
+            "501 5.1.3 Bad recipient address syntax: an address has exactly one '@'.",
+        ),
+    ];
+    for (command, reply) in replies {
+        assert_eq!(client.ask(command).await, reply, "{command}");
+    }
+}
