@@ -48,6 +48,11 @@ impl Aliases {
         self.by_name.get(name).map(Vec::as_slice)
     }
 
+    /// Every alias and its targets, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &[String])> {
+        self.by_name.iter().map(|(k, v)| (k.as_str(), v.as_slice()))
+    }
+
     /// The number of aliases.
     pub fn len(&self) -> usize {
         self.by_name.len()

@@ -1,8 +1,11 @@
-//! What the fuzz targets `users_file` and `sasl` run (see `inetkit_runtime::fuzzing`): the
-//! users file parser and the SASL PLAIN/LOGIN and HTTP Basic decoders on arbitrary bytes.
+//! What the fuzz targets `users_file`, `aliases` and `sasl` run (see
+//! `inetkit_runtime::fuzzing`): the users file and aliases file parsers, mail addresses, and
+//! the SASL PLAIN/LOGIN and HTTP Basic decoders on arbitrary bytes.
 
 use inetkit_runtime::fuzzing::{block_on, take_byte};
 
+use crate::address::{parse_address, MAX_ADDRESS_LEN};
+use crate::aliases::{self, MAX_TARGETS};
 use crate::sasl::{self, Challenger, Credentials, Sasl, SaslError, MAX_ENCODED_LEN};
 use crate::users::{self, UsersFile};
 
@@ -47,6 +50,65 @@ pub fn users_file(data: &[u8]) {
         assert_eq!(again.user.name, entry.user.name);
         assert_eq!(again.user.home, entry.user.home);
         assert_eq!(again.password.as_ref(), Some(password));
+    }
+}
+
+/// Target `aliases`: [`aliases::parse`] on arbitrary bytes, and [`parse_address`] on each
+/// line. Every alias kept has a valid lower-case name and between one and [`MAX_TARGETS`]
+/// targets, none a command, file or include, each a valid name or address; problems name
+/// existing lines in order; the aliases written back as a file parse to the same aliases
+/// without a problem. An address that parses is lower case, has a non-empty local part and
+/// parses again to itself without its detail.
+pub fn aliases(data: &[u8]) {
+    let (parsed, problems) = aliases::parse(data);
+    let lines = data.split(|&b| b == b'\n').count();
+    let mut last = 0;
+    for problem in &problems {
+        assert!(problem.line >= last && problem.line >= 1 && problem.line <= lines);
+        last = problem.line;
+    }
+
+    let lower = data.to_ascii_lowercase();
+    let mut rendered = String::new();
+    for (name, targets) in parsed.iter() {
+        assert_eq!(users::check_name(name), Ok(()), "{name:?} kept");
+        assert!(
+            lower.windows(name.len()).any(|w| w == name.as_bytes()),
+            "{name:?} is not in the file"
+        );
+        assert!(!targets.is_empty() && targets.len() <= MAX_TARGETS);
+        for target in targets {
+            assert!(!target.is_empty() && !target.starts_with(['|', '/']));
+            assert!(!target.contains(',') && target.trim() == target);
+            if target.contains('@') {
+                assert!(parse_address(target).is_ok(), "{target:?} kept");
+            } else {
+                let name = target.to_ascii_lowercase();
+                assert_eq!(users::check_name(&name), Ok(()), "{target:?} kept");
+            }
+        }
+        rendered.push_str(&format!("{name}: {}\n", targets.join(", ")));
+    }
+    let (again, again_problems) = aliases::parse(rendered.as_bytes());
+    assert!(again_problems.is_empty(), "{again_problems:?}");
+    assert_eq!(again, parsed);
+
+    for text in data
+        .split(|&b| b == b'\n')
+        .filter_map(|l| std::str::from_utf8(l).ok())
+    {
+        let Ok(address) = parse_address(text) else {
+            continue;
+        };
+        assert!(text.len() <= MAX_ADDRESS_LEN && !address.local.is_empty());
+        assert_eq!(address.local, address.local.to_ascii_lowercase());
+        assert_eq!(address.domain, address.domain.to_ascii_lowercase());
+        let plain = address.without_detail();
+        let again = parse_address(&plain).expect("an address without its detail parses");
+        assert_eq!(
+            (again.local, again.domain, again.detail),
+            (address.local, address.domain, None)
+        );
     }
 }
 
@@ -184,6 +246,11 @@ mod tests {
     #[test]
     fn users_file_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "users_file", users_file) > 0);
+    }
+
+    #[test]
+    fn aliases_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "aliases", aliases) > 0);
     }
 
     #[test]
