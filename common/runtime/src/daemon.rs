@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use crate::activation::{self, Activation, Listener};
 use crate::cli::{self, Parsed};
 use crate::config::{
-    self, Checked, Config, ConfigError, DaemonConfig, Problem, SocketRole, Transport,
+    self, Checked, Config, ConfigError, DaemonConfig, Problem, SocketRole, Threads, Transport,
 };
 use crate::server::{Admission, Peer, Server};
 use crate::tls::TlsContext;
@@ -223,11 +223,11 @@ where
         }
     };
 
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_name(program.clone())
-        .build()
-    {
+    let mut builder = match D::THREADS {
+        Threads::PerCpu => tokio::runtime::Builder::new_multi_thread(),
+        Threads::One => tokio::runtime::Builder::new_current_thread(),
+    };
+    let runtime = match builder.enable_all().thread_name(program.clone()).build() {
         Ok(runtime) => runtime,
         Err(err) => {
             tracing::error!("starting the runtime: {err}");

@@ -2,6 +2,7 @@
 //! sockets systemd passes or the config lists. A socket's name picks its service.
 
 mod service;
+mod tcp;
 mod udp;
 
 use std::process::ExitCode;
@@ -11,7 +12,7 @@ use anyhow::Context as _;
 use serde::Deserialize;
 
 use inetkit_runtime::activation::Socket;
-use inetkit_runtime::config::{DaemonConfig, SocketRole, Transport};
+use inetkit_runtime::config::{DaemonConfig, SocketRole, Threads, Transport};
 use inetkit_runtime::daemon::{self, Context};
 use inetkit_runtime::server::Server;
 
@@ -28,6 +29,8 @@ impl DaemonConfig for EchoConfig {
     const LISTEN: &'static [(&'static str, &'static [&'static str])] =
         &[("echo", &["tcp://[::]:7", "udp://[::]:7"])];
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
+    // Sessions only move bytes; see Threads::One.
+    const THREADS: Threads = Threads::One;
 
     fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
         match Service::from_socket_name(name) {

@@ -53,14 +53,10 @@ impl Service {
     }
 }
 
-/// Size of a session's transfer buffer while data flows; released while the client is idle,
-/// so thousands of idle sessions cost little memory.
-const BUFFER: usize = 64 * 1024;
-
 /// Serves one plain TCP connection.
 pub(crate) async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
     let result = match service {
-        Service::Echo => echo_tcp(stream, &peer).await,
+        Service::Echo => crate::tcp::echo(stream, peer.idle_timeout, peer.write_timeout).await,
         other => serve_stream(other, stream, &peer).await,
     };
     log_end(result);
@@ -96,27 +92,6 @@ pub(crate) fn log_end(result: std::io::Result<()>) {
     match result {
         Ok(()) => tracing::debug!("session ended"),
         Err(err) => tracing::debug!(error = %err, "session ended"),
-    }
-}
-
-/// Echo on a bare socket: wait for readability with no buffer held, then move everything that
-/// is there. A client that stops reading stalls our write, so we stop reading too: memory stays
-/// at one buffer whatever the client does, and the write timeout ends the session.
-async fn echo_tcp(mut stream: TcpStream, peer: &Peer) -> std::io::Result<()> {
-    loop {
-        timed(peer.idle_timeout, stream.readable()).await?;
-        // Uninitialised capacity: zeroing 64 KiB per wake-up showed up in profiles of small
-        // round trips.
-        let mut buf = Vec::with_capacity(BUFFER);
-        loop {
-            buf.clear();
-            match stream.try_read_buf(&mut buf) {
-                Ok(0) => return stream.shutdown().await,
-                Ok(_) => timed(peer.write_timeout, stream.write_all(&buf)).await?,
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 

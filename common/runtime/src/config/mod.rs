@@ -108,6 +108,19 @@ pub enum SocketRole {
     Tls,
 }
 
+/// The threads a daemon's tokio runtime runs its sessions on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Threads {
+    /// One worker per CPU: for sessions that compute (hashing, parsing, mail stores) or call
+    /// `block_in_place`.
+    PerCpu,
+    /// Everything on the main thread. For a daemon whose sessions only move bytes: a client's
+    /// wake-up always goes to the one thread, which the scheduler keeps on the waker's CPU,
+    /// where workers taking turns at the I/O driver were woken on the other CPU (3x the round
+    /// trip of a small echo, bench/echo). One thread also means one malloc arena and stack.
+    One,
+}
+
 /// A daemon's own part of its config, and what the runtime must know about the daemon to
 /// read and check the whole.
 pub trait DaemonConfig: DeserializeOwned + Default {
@@ -115,6 +128,8 @@ pub trait DaemonConfig: DeserializeOwned + Default {
     const LISTEN: &'static [(&'static str, &'static [&'static str])];
     /// `[limits] idle_timeout` when the file sets none.
     const IDLE_TIMEOUT: Duration;
+    /// The runtime's threads.
+    const THREADS: Threads = Threads::PerCpu;
 
     /// What a socket called `name` (a `[listen]` key, or systemd's `FileDescriptorName=`)
     /// carries over `transport`; `Err` says why this daemon serves no such socket.
