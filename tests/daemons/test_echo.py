@@ -479,6 +479,20 @@ def test_client_that_never_reads_is_not_buffered_and_is_cut(daemons):
     s.close()
 
 
+def test_idle_timeout_counts_from_the_last_message(daemons):
+    # The idle timer is armed once per session and moved on when it goes off: a session that
+    # keeps talking outlives its first deadline, and one that falls silent is closed.
+    d = daemons.start("echo", '[listen]\necho = ["127.0.0.1:0"]\n[limits]\nidle_timeout = 2\n')
+    with connect(d.addr("echo")) as s:
+        for i in range(8):  # 4 s of messages, 0.5 s apart: twice the idle timeout
+            s.sendall(b"%d" % i)
+            assert recv_exact(s, 1) == b"%d" % i
+            time.sleep(0.5)
+        s.settimeout(20)
+        assert s.recv(1) == b"", "the silent session was not closed"
+    d.notify.wait_for("STATUS=0 active sessions, 1 served", timeout=5)
+
+
 def test_connections_beyond_the_limit_are_refused_and_the_daemon_stays_up(daemons):
     d = daemons.start("echo", '[listen]\necho = ["127.0.0.1:0"]\n[limits]\n'
                               'max_connections = 50\nmax_connections_per_ip = 50\n')
