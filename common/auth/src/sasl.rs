@@ -411,6 +411,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             shutdown: tokio_util::sync::CancellationToken::new(),
             login: inetkit_runtime::server::Login::none(),
+            log: Default::default(),
         };
         let farewell = inetkit_runtime::conn::Farewell {
             idle: "BYE idle",
@@ -486,6 +487,7 @@ mod tests {
             write_timeout: std::time::Duration::from_secs(5),
             shutdown: tokio_util::sync::CancellationToken::new(),
             login: inetkit_runtime::server::Login::none(),
+            log: Default::default(),
         };
         let farewell = inetkit_runtime::conn::Farewell {
             idle: "* BYE idle",

@@ -12,6 +12,7 @@ use std::collections::VecDeque;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
 
 use crate::lines::{Line, LineReader};
+use crate::log::End;
 use crate::server::Peer;
 use crate::session::Flow;
 
@@ -127,31 +128,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         // Checked before any line is taken: a client that keeps commands coming (NOOPs,
         // failed logins) must not outlast the login deadline.
         if limit.login && limit.at <= tokio::time::Instant::now() {
+            self.peer.log.ended(End::LoginTimeout);
             return self.say_farewell(self.farewell.login).await;
         }
-        if self.out.len() >= FLUSH_AT && self.flush().await.is_err() {
+        if self.out.len() >= FLUSH_AT && !self.flush_or_end().await {
             return None;
         }
         if let Some((line, bytes)) = self.deferred.pop_front() {
             *buf = bytes;
             return Some(line);
         }
-        if self.reader.buffer().is_empty() && self.flush().await.is_err() {
+        if self.reader.buffer().is_empty() && !self.flush_or_end().await {
             return None;
         }
         let shutdown = self.peer.shutdown.clone();
-        let farewell = tokio::select! {
+        let (end, farewell) = tokio::select! {
             read = tokio::time::timeout_at(limit.at, self.read_line(buf)) => {
                 match read {
-                    Ok(Ok(Line::Eof)) | Ok(Err(_)) => return None,
+                    Ok(Ok(Line::Eof)) => {
+                        self.peer.log.ended(End::Disconnected);
+                        return None;
+                    }
+                    Ok(Err(err)) => {
+                        self.peer.log.ended(End::from_io(&err));
+                        return None;
+                    }
                     Ok(Ok(line)) => return Some(line),
-                    Err(_) if limit.login => self.farewell.login,
-                    Err(_) => self.farewell.idle,
+                    Err(_) if limit.login => (End::LoginTimeout, self.farewell.login),
+                    Err(_) => (End::IdleTimeout, self.farewell.idle),
                 }
             }
-            _ = shutdown.cancelled() => self.farewell.shutdown,
+            _ = shutdown.cancelled() => (End::Shutdown, self.farewell.shutdown),
         };
+        self.peer.log.ended(end);
         self.say_farewell(farewell).await
+    }
+
+    /// Flushes; on failure records why for the session's end line and says `false`.
+    async fn flush_or_end(&mut self) -> bool {
+        match self.flush().await {
+            Ok(()) => true,
+            Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
+                let why = "write timed out: the client stopped reading";
+                self.peer.log.ended(End::Error(why.into()));
+                false
+            }
+            Err(err) => {
+                self.peer.log.ended(End::from_io(&err));
+                false
+            }
+        }
     }
 
     /// Sends `farewell` after what is queued; the session is over.
@@ -234,6 +260,7 @@ mod tests {
             write_timeout: Duration::from_secs(5),
             shutdown: CancellationToken::new(),
             login: crate::server::Login::none(),
+            log: Default::default(),
         }
     }
 

@@ -2,7 +2,11 @@
 //! (`JOURNAL_STREAM`), otherwise formatted lines on stderr.
 //!
 //! Sessions run inside a span carrying the peer address (and the user once known), so every
-//! line a session logs says whose it is.
+//! line a session logs says whose it is, and end with one line that sums them up
+//! ([`SessionLog`]).
+
+mod session;
+pub use session::{Counted, End, SessionLog, TlsInfo};
 
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;

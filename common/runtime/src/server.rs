@@ -17,6 +17,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::LimitsConfig;
+use crate::log::SessionLog;
 
 mod login;
 mod memory;
@@ -45,6 +46,8 @@ pub struct Peer {
     /// Whether the session has logged in: the session calls [`Login::logged_in`] once it
     /// has, and until then its reads are bounded by the login deadline too.
     pub login: Login,
+    /// What the session's end line will say: user, TLS, why it ended, bytes moved.
+    pub log: SessionLog,
 }
 
 /// When the client's next bytes must have come ([`Peer::read_limit`]).
@@ -57,6 +60,13 @@ pub struct ReadLimit {
 }
 
 impl Peer {
+    /// The session has logged in as `user`: it leaves the unauthenticated count and the login
+    /// deadline ([`Login::logged_in`]), and its log lines name the user from now on.
+    pub fn logged_in(&self, user: &str) {
+        self.login.logged_in();
+        self.log.user(user);
+    }
+
     /// When the client's next bytes must have come, from now: after the idle timeout, or at
     /// the login deadline if that is sooner and the session has not logged in.
     pub fn read_limit(&self) -> ReadLimit {
@@ -398,6 +408,7 @@ impl Server {
             write_timeout: self.inner.limits.write_timeout,
             shutdown: self.inner.shutdown.clone(),
             login: slot.login.clone(),
+            log: SessionLog::default(),
         };
         let span = tracing::info_span!(
             "session",
@@ -405,14 +416,18 @@ impl Server {
             socket = %name,
             user = tracing::field::Empty
         );
-        let fut = session(stream, peer);
-        self.inner.sessions.spawn(tracing::Instrument::instrument(
-            async move {
-                let _slot = slot;
-                fut.await;
-            },
-            span,
-        ));
+        SessionLog::log_start(addr, peer.local, name);
+        let log = peer.log.clone();
+        let name = name.clone();
+        let started = Instant::now();
+        let fut = tracing::Instrument::instrument(session(stream, peer), span);
+        self.inner.sessions.spawn(async move {
+            let _slot = slot;
+            fut.await;
+            // Outside the span: the line names peer and user itself, in the same fields in
+            // the journal and on stderr.
+            log.log_end(addr, &name, started.elapsed());
+        });
     }
 
     /// Counts a refused connection and sends it `busy_reply`, if any.

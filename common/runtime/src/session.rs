@@ -26,6 +26,7 @@ use tokio::time::Instant;
 
 use crate::conn::{Farewell, LineConn};
 use crate::lines::Line;
+use crate::log::{End, TlsInfo};
 use crate::server::Peer;
 use crate::tls::TlsContext;
 
@@ -153,6 +154,10 @@ struct Lines<P> {
 }
 
 impl<P: LineProtocol> TlsSession for Lines<P> {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     fn tls_context(&self) -> Option<TlsContext> {
         self.tls.clone()
     }
@@ -175,6 +180,8 @@ impl<P: LineProtocol> TlsSession for Lines<P> {
 /// A session of a protocol with STARTTLS on its plain port and an implicit-TLS port of its
 /// own, running a loop of its own (IMAP). Line protocols implement [`LineProtocol`] instead.
 pub trait TlsSession: Send {
+    /// The connection's peer: where the skeleton records the session's TLS, bytes and end.
+    fn peer(&self) -> &Peer;
     /// The TLS setup, if TLS is configured.
     fn tls_context(&self) -> Option<TlsContext>;
     /// Told once the TLS handshake succeeded.
@@ -190,12 +197,16 @@ pub trait TlsSession: Send {
 }
 
 /// Serves one connection: over TLS from the start (`implicit_tls`), or in the clear until the
-/// client asks for STARTTLS and then over TLS.
+/// client asks for STARTTLS and then over TLS. The session's end line gets the bytes moved,
+/// the TLS version and cipher, and a failed handshake as the reason it ended.
 pub async fn serve_session<T: SessionStream>(
     session: &mut impl TlsSession,
     stream: T,
     implicit_tls: bool,
 ) {
+    let log = session.peer().log.clone();
+    // Counted under TLS: the bytes on the wire, as the client's traffic costs them.
+    let stream = log.count(stream);
     let stream = if implicit_tls {
         stream
     } else {
@@ -205,15 +216,20 @@ pub async fn serve_session<T: SessionStream>(
         }
     };
     let Some(tls) = session.tls_context() else {
+        log.ended(End::Closed("STARTTLS without TLS configured"));
         return;
     };
     match tls.accept(stream).await {
         Ok(stream) => {
+            log.tls(TlsInfo::of(stream.get_ref().1));
             session.tls_started();
             // A second STARTTLS is refused by the protocol: nothing more to do either way.
             let _ = session.run(stream, implicit_tls).await;
         }
-        Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+        Err(err) => {
+            tracing::debug!(error = %err, "TLS handshake failed");
+            log.ended(End::Error(format!("TLS handshake: {err}")));
+        }
     }
 }
 

@@ -39,6 +39,7 @@ pub fn peer_at(ip: IpAddr) -> Peer {
         write_timeout: Duration::from_secs(30),
         shutdown: CancellationToken::new(),
         login: crate::server::Login::none(),
+        log: Default::default(),
     }
 }
 

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt, Interest};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::{mpsc, Semaphore};
 
+use inetkit_runtime::log::End;
 use inetkit_runtime::ratelimit::RateLimiter;
 use inetkit_runtime::server::{Peer, Server};
 
@@ -312,9 +313,13 @@ pub(crate) async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer
         // half-read length could not). The idle timeout closes the connection only while no
         // query is outstanding (RFC 7766 §6.2.3).
         tokio::select! {
-            _ = peer.shutdown.cancelled() => break,
+            _ = peer.shutdown.cancelled() => {
+                peer.log.ended(End::Shutdown);
+                break;
+            }
             ready = reader.readable() => {
-                if ready.is_err() {
+                if let Err(err) = ready {
+                    peer.log.ended(End::from_io(&err));
                     break;
                 }
             }
@@ -322,6 +327,7 @@ pub(crate) async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer
                 if slots.available_permits() < TCP_PIPELINE {
                     continue;
                 }
+                peer.log.ended(End::IdleTimeout);
                 break;
             }
         }
@@ -332,7 +338,18 @@ pub(crate) async fn serve_tcp(forwarder: Arc<Forwarder>, stream: TcpStream, peer
             Ok::<_, std::io::Error>(buf)
         })
         .await;
-        let Ok(Ok(buf)) = read else { break };
+        let buf = match read {
+            Ok(Ok(buf)) => buf,
+            // A clean close between queries is the normal end of a DNS connection.
+            Ok(Err(err)) => {
+                peer.log.ended(End::from_io(&err));
+                break;
+            }
+            Err(_) => {
+                peer.log.ended(End::IdleTimeout);
+                break;
+            }
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };

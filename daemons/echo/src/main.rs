@@ -14,6 +14,7 @@ use serde::Deserialize;
 use inetkit_runtime::activation::Socket;
 use inetkit_runtime::config::{DaemonConfig, SocketRole, Threads, Transport};
 use inetkit_runtime::daemon::{self, Context};
+use inetkit_runtime::log::{End, TlsInfo};
 use inetkit_runtime::server::Server;
 
 use service::Service;
@@ -96,10 +97,15 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                     let tls = tls.clone();
                     async move {
                         match tls.accept(stream).await {
-                            Ok(stream) => service::log_end(
-                                service::serve_stream(service, stream, &peer).await,
-                            ),
-                            Err(err) => tracing::debug!(error = %err, "TLS handshake failed"),
+                            Ok(stream) => {
+                                peer.log.tls(TlsInfo::of(stream.get_ref().1));
+                                let result = service::serve_stream(service, stream, &peer).await;
+                                service::log_end(result, &peer);
+                            }
+                            Err(err) => {
+                                tracing::debug!(error = %err, "TLS handshake failed");
+                                peer.log.ended(End::Error(format!("TLS handshake: {err}")));
+                            }
                         }
                     }
                 })?;

@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -59,7 +60,7 @@ pub(crate) async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
         Service::Echo => crate::tcp::echo(stream, peer.idle_timeout, peer.write_timeout).await,
         other => serve_stream(other, stream, &peer).await,
     };
-    log_end(result);
+    log_end(result, &peer);
 }
 
 /// Serves one stream that is not a bare socket (TLS).
@@ -88,11 +89,14 @@ where
     }
 }
 
-pub(crate) fn log_end(result: std::io::Result<()>) {
-    match result {
-        Ok(()) => tracing::debug!("session ended"),
-        Err(err) => tracing::debug!(error = %err, "session ended"),
-    }
+/// Records how the session ended for its end line (the server loop logs it): the client
+/// closing is the normal end of every stream service.
+pub(crate) fn log_end(result: std::io::Result<()>, peer: &Peer) {
+    let end = match result {
+        Ok(()) => End::Disconnected,
+        Err(err) => End::from_io(&err),
+    };
+    peer.log.ended(end);
 }
 
 async fn echo_stream<S>(mut stream: S, peer: &Peer) -> std::io::Result<()>

@@ -12,6 +12,7 @@ use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::lines::DotStuffer;
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
@@ -236,6 +237,7 @@ impl Session {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
                 conn.reply("-ERR [SYS/TEMP] Too many failed logins from your address; try later.");
+                conn.peer.log.ended(End::Closed("login throttled"));
                 return Flow::Close;
             }
             Err(AuthError::Failed) => {
@@ -243,6 +245,7 @@ impl Session {
                 if let State::Authorization { failures, .. } = &mut self.state {
                     *failures += 1;
                     if *failures >= MAX_FAILURES {
+                        conn.peer.log.ended(End::Closed("too many failed logins"));
                         return Flow::Close;
                     }
                 }
@@ -260,8 +263,7 @@ impl Session {
             tokio::task::spawn_blocking(move || Maildrop::open(&pop3.store, &user_name)).await;
         match opened {
             Ok(Ok(maildrop)) => {
-                tracing::Span::current().record("user", user.name.as_str());
-                conn.peer.login.logged_in();
+                conn.peer.logged_in(&user.name);
                 let (count, size) = maildrop.stat();
                 tracing::info!(messages = count, "logged in");
                 conn.reply(&format!("+OK Logged in: {count} messages ({size} octets)."));
@@ -354,6 +356,7 @@ impl Session {
     /// QUIT: in TRANSACTION, the UPDATE state removes what was marked deleted. It runs to the
     /// end even if the client is gone by then.
     async fn quit<S: SessionStream>(&mut self, conn: &mut Conn<S>) -> Flow {
+        conn.peer.log.ended(End::Quit);
         let state = std::mem::replace(
             &mut self.state,
             State::Authorization {

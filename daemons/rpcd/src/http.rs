@@ -15,6 +15,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::{Login, Peer};
 
 use crate::jsonrpc;
@@ -75,6 +76,7 @@ where
 {
     let shutdown = peer.shutdown.clone();
     let login = peer.login.clone();
+    let log = peer.log.clone();
     let idle = peer.idle_timeout;
     let write_timeout = peer.write_timeout;
     let conn = Arc::new(Conn {
@@ -99,18 +101,37 @@ where
     let result = tokio::select! {
         result = conn.as_mut() => result,
         _ = shutdown.cancelled() => {
+            log.ended(End::Shutdown);
             // Finish the request in flight, then close.
             conn.as_mut().graceful_shutdown();
             conn.await
         }
         () = login_deadline(&login) => {
             tracing::debug!("no login in the time allowed: closing the connection");
+            log.ended(End::LoginTimeout);
             conn.as_mut().graceful_shutdown();
             conn.await
         }
     };
-    if let Err(err) = result {
-        tracing::debug!("connection ended: {err}");
+    log.ended(match result {
+        Ok(()) => End::Disconnected,
+        Err(err) => end_of(&err),
+    });
+}
+
+/// Why hyper ended a connection, for the session's end line.
+fn end_of(err: &hyper::Error) -> End {
+    if err.is_timeout() {
+        return End::IdleTimeout;
+    }
+    if err.is_incomplete_message() || err.is_closed() || err.is_canceled() {
+        return End::Disconnected;
+    }
+    // The I/O error underneath (a reset, our write timeout), if that is what it was.
+    let io = std::error::Error::source(err).and_then(|e| e.downcast_ref::<std::io::Error>());
+    match io {
+        Some(io) => End::from_io(io),
+        None => End::Error(err.to_string()),
     }
 }
 
@@ -251,7 +272,7 @@ async fn route(
         Some(value) => {
             match login(rpcd, value, &conn.logins, conn.peer.addr.ip(), conn.tls).await {
                 Ok(user) => {
-                    conn.peer.login.logged_in();
+                    conn.peer.logged_in(&user.name);
                     Some(user)
                 }
                 Err(reply) => return refuse(reply, req),

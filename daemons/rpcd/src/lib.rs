@@ -26,6 +26,7 @@ use serde::Deserialize;
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_runtime::config::Problem;
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
+use inetkit_runtime::log::{End, TlsInfo};
 use inetkit_runtime::server::Server;
 
 use http::HttpConfig;
@@ -95,12 +96,20 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
     ctx.serve_plain_and_tls(HTTP, move |stream, peer, implicit_tls| {
         let rpcd = rpcd.clone();
         let tls = tls.clone().filter(|_| implicit_tls);
+        // Counted under TLS, as the skeleton of the other daemons counts: bytes on the wire.
+        let stream = peer.log.count(stream);
         async move {
             match tls {
                 None => http::serve(rpcd, stream, peer, false).await,
                 Some(tls) => match tls.accept(stream).await {
-                    Ok(stream) => http::serve(rpcd, stream, peer, true).await,
-                    Err(err) => tracing::debug!("TLS handshake failed: {err}"),
+                    Ok(stream) => {
+                        peer.log.tls(TlsInfo::of(stream.get_ref().1));
+                        http::serve(rpcd, stream, peer, true).await
+                    }
+                    Err(err) => {
+                        tracing::debug!("TLS handshake failed: {err}");
+                        peer.log.ended(End::Error(format!("TLS handshake: {err}")));
+                    }
                 },
             }
         }

@@ -5,6 +5,7 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod accepted;
 mod command;
 mod data;
 mod from_header;

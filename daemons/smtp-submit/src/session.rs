@@ -15,9 +15,11 @@ use inetkit_auth::address::parse_address;
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{Farewell, LineConn};
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
+use crate::accepted::log_queued;
 use crate::command::{parse, Command, MailFrom, ParseError};
 use crate::data::{discard_input, read_data_line, DataLine};
 use crate::from_header::{addresses, FromError};
@@ -159,6 +161,7 @@ impl Session {
     {
         self.errors += 1;
         if self.errors >= MAX_ERRORS {
+            conn.peer.log.ended(End::Closed("too many errors"));
             conn.reply("421 4.7.0 Too many errors; closing the connection.");
             return Flow::Close;
         }
@@ -239,6 +242,7 @@ impl Session {
             Command::Expn => conn.reply("502 5.5.1 EXPN is not available."),
             Command::Help => conn.reply("214 2.0.0 See RFC 5321 and RFC 6409."),
             Command::Quit => {
+                conn.peer.log.ended(End::Quit);
                 conn.reply("221 2.0.0 Bye.");
                 return Flow::Close;
             }
@@ -308,8 +312,7 @@ impl Session {
             .await
         {
             Ok(user) => {
-                tracing::Span::current().record("user", user.name.as_str());
-                conn.peer.login.logged_in();
+                conn.peer.logged_in(&user.name);
                 tracing::info!("authenticated");
                 self.user = Some(user.name);
                 conn.reply("235 2.7.0 Authentication successful.");
@@ -319,12 +322,14 @@ impl Session {
                 conn.reply("535 5.7.8 Authentication credentials invalid.");
                 self.auth_failures += 1;
                 if self.auth_failures >= MAX_AUTH_FAILURES {
+                    conn.peer.log.ended(End::Closed("too many failed logins"));
                     conn.reply("421 4.7.0 Too many failed logins; closing the connection.");
                     return Flow::Close;
                 }
                 Flow::Continue
             }
             Err(AuthError::Throttled) => {
+                conn.peer.log.ended(End::Closed("login throttled"));
                 conn.reply("421 4.7.0 Too many failed logins from your address; try later.");
                 Flow::Close
             }
@@ -593,12 +598,13 @@ impl Session {
         };
         let committed = tokio::task::spawn_blocking(move || {
             incoming.write(&out)?;
-            incoming.commit(&envelope)
+            let id = incoming.commit(&envelope)?;
+            Ok::<_, std::io::Error>((id, envelope))
         })
         .await;
         match committed {
-            Ok(Ok(id)) => {
-                tracing::info!(id, size, "message accepted");
+            Ok(Ok((id, envelope))) => {
+                log_queued(&id, size, &envelope);
                 conn.reply(&format!("250 2.0.0 Ok: queued as {id}"));
                 // The client hears of the acceptance before delivery starts.
                 let flushed = conn.flush().await;

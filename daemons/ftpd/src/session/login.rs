@@ -3,6 +3,7 @@
 
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::log::End;
 use inetkit_runtime::session::SessionStream;
 
 use crate::fs::UserFs;
@@ -56,8 +57,7 @@ impl Session {
             let root = self.ftp.config.anonymous_root.clone();
             return match UserFs::open(root, false, true).await {
                 Ok(fs) => {
-                    tracing::Span::current().record("user", "anonymous");
-                    self.peer.login.logged_in();
+                    self.peer.logged_in("anonymous");
                     tracing::info!("anonymous login");
                     self.state = State::Ready {
                         user: "anonymous".into(),
@@ -81,6 +81,7 @@ impl Session {
         let user = match self.ftp.auth.login(ip, &name, password.as_bytes()).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
+                self.peer.log.ended(End::Closed("login throttled"));
                 conn.reply("421 Too many failed logins from your address; try again later.");
                 return Flow::Close;
             }
@@ -89,6 +90,7 @@ impl Session {
                 if let State::Login { failures, .. } = &mut self.state {
                     *failures += 1;
                     if *failures >= MAX_FAILURES {
+                        self.peer.log.ended(End::Closed("too many failed logins"));
                         return Flow::Close;
                     }
                 }
@@ -108,8 +110,7 @@ impl Session {
         };
         match UserFs::open(root.clone(), true, false).await {
             Ok(fs) => {
-                tracing::Span::current().record("user", user.name.as_str());
-                self.peer.login.logged_in();
+                self.peer.logged_in(&user.name);
                 tracing::info!(root = %root.display(), "logged in");
                 self.state = State::Ready {
                     user: user.name,

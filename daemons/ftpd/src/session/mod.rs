@@ -36,6 +36,7 @@ use tokio::net::TcpStream;
 use tokio::time::Instant;
 
 use inetkit_runtime::conn::{Farewell, LineConn};
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
@@ -166,6 +167,7 @@ impl Session {
     {
         match command {
             Command::Quit => {
+                self.peer.log.ended(End::Quit);
                 conn.reply("221 Goodbye.");
                 return Flow::Close;
             }

@@ -109,6 +109,7 @@ fn read_all(input: &[u8], max_line: usize, max: u64) -> (Vec<Outcome>, Vec<u8>) 
         write_timeout: Duration::from_secs(30),
         shutdown: CancellationToken::new(),
         login: Login::none(),
+        log: Default::default(),
     };
     let mut conn = LineConn::new(stream, peer, max_line, farewell);
     let mut got = Vec::new();

@@ -12,6 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use inetkit_auth::sasl::{self, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
+use inetkit_runtime::log::End;
 
 use super::reply::{bad, no, no_code, ok, ok_code, Done};
 use super::{blocking, Conn, Login, Session};
@@ -63,6 +64,7 @@ impl Session {
 
     /// LOGOUT: the BYE and the tagged OK, then the connection closes.
     pub(super) fn logout<S>(&self, tag: &Tag<'_>, conn: &mut Conn<S>) -> Done {
+        self.peer.log.ended(End::Quit);
         wire::status(&mut conn.out, wire::bye("Logging out."));
         let text = wire::text("LOGOUT completed.");
         let done = wire::tagged(tag.clone(), StatusKind::Ok, None, text);
@@ -191,8 +193,7 @@ impl Session {
         let user_name = user.name.clone();
         match blocking(|| store.mailbox(&user_name)) {
             Ok(mailbox) => {
-                tracing::Span::current().record("user", user.name.as_str());
-                self.peer.login.logged_in();
+                self.peer.logged_in(&user.name);
                 tracing::info!("logged in");
                 self.login = Some(Login { mailbox });
                 ok_code(Code::Capability(self.capabilities()), "Logged in.")

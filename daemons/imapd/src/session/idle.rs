@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 
+use inetkit_runtime::log::End;
+
 use super::reply::{bad, ok, Done, IDLE_TEXT, SHUTDOWN_TEXT};
 use super::{blocking, Conn, Session, MAX_LINE};
 use crate::selected::Selected;
@@ -44,7 +46,14 @@ impl Session {
                 }
                 read = conn.reader.fill_buf() => {
                     let (used, complete) = match read {
-                        Ok([]) | Err(_) => return Done::Close,
+                        Ok([]) => {
+                            self.peer.log.ended(End::Disconnected);
+                            return Done::Close;
+                        }
+                        Err(err) => {
+                            self.peer.log.ended(End::from_io(&err));
+                            return Done::Close;
+                        }
                         Ok(bytes) => match bytes.iter().position(|&b| b == b'\n') {
                             Some(i) => {
                                 line.extend_from_slice(&bytes[..i]);
@@ -66,11 +75,13 @@ impl Session {
                         };
                     }
                     if line.len() > MAX_LINE {
+                        self.peer.log.ended(End::Closed("overlong line during IDLE"));
                         return Done::Close;
                     }
                 }
                 _ = tick.tick() => {
                     if started.elapsed() > self.peer.idle_timeout {
+                        self.peer.log.ended(End::IdleTimeout);
                         wire::status(&mut conn.out, wire::bye(IDLE_TEXT));
                         let _ = conn.flush().await;
                         return Done::Close;
@@ -80,6 +91,7 @@ impl Session {
                     }
                 }
                 _ = shutdown.cancelled() => {
+                    self.peer.log.ended(End::Shutdown);
                     wire::status(&mut conn.out, wire::bye(SHUTDOWN_TEXT));
                     let _ = conn.flush().await;
                     return Done::Close;

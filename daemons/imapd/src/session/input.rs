@@ -10,6 +10,7 @@ use tokio::io::{AsyncBufRead, AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::time::Instant;
 
 use inetkit_runtime::lines::Line;
+use inetkit_runtime::log::End;
 
 use super::reply::reply;
 use super::Conn;
@@ -174,6 +175,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ImapConn for Conn<S> {
                     return Input::Refused;
                 }
                 // A LITERAL+ client sends the data anyway: the connection cannot recover.
+                self.peer
+                    .log
+                    .ended(End::Closed("non-synchronising literal too large"));
                 wire::status(&mut self.out, wire::bye("Literal too large."));
                 return Input::Gone;
             }

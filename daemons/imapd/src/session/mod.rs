@@ -38,6 +38,7 @@ use tokio::net::TcpStream;
 
 use inetkit_maildir::Mailbox;
 use inetkit_runtime::conn::LineConn;
+use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_session, Flow, TlsSession};
 use inetkit_runtime::tls::TlsContext;
@@ -109,6 +110,10 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 }
 
 impl TlsSession for Session {
+    fn peer(&self) -> &Peer {
+        &self.peer
+    }
+
     fn tls_context(&self) -> Option<TlsContext> {
         self.imap.tls.clone()
     }
@@ -159,6 +164,7 @@ impl TlsSession for Session {
                 Done::Tagged(kind, code, text) => {
                     wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text));
                     if self.failures >= MAX_FAILURES {
+                        self.peer.log.ended(End::Closed("too many failed logins"));
                         wire::status(&mut conn.out, wire::bye("Too many failed logins."));
                         let _ = conn.flush().await;
                         return None;
