@@ -2,9 +2,12 @@
 //! `size=` on one line, with the spool id the client was told and the user who sent it.
 //!
 //! ```text
-//! queued id=1733240000.12345.a1b2 from=<alice@example.org> to=<bob@example.org>,<carol@example.org>
-//!     size=1234 user=alice
+//! queued id="6b11acd5.b36af.44200000" from=<alice@example.org>
+//!     to=<bob@example.org>,<carol@example.org> nrcpt=2 size=1234 user=alice
 //! ```
+//!
+//! Past [`LOGGED_RECIPIENTS`] the list ends in `,+N more`; `nrcpt=` (Postfix's name) is always
+//! the whole count.
 
 use std::fmt;
 
@@ -19,6 +22,7 @@ pub(crate) fn log_queued(id: &str, size: u64, envelope: &Envelope) {
         id,
         from = %Angled(&envelope.from),
         to = %Recipients(&envelope.recipients),
+        nrcpt = envelope.recipients.len(),
         size,
         user = %envelope.user,
         "queued"
