@@ -324,6 +324,7 @@ mod tests {
         let mut got = vec![0u8; 10];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"BYE idle\r\n");
+        assert_eq!(conn.peer.log.end(), Some(End::IdleTimeout));
 
         let (server, mut client) = tokio::io::duplex(4096);
         let p = peer(Duration::from_secs(60));
@@ -334,6 +335,33 @@ mod tests {
         let mut got = vec![0u8; 14];
         client.read_exact(&mut got).await.unwrap();
         assert_eq!(got, b"BYE stopping\r\n");
+        assert_eq!(conn.peer.log.end(), Some(End::Shutdown));
+    }
+
+    /// The end line says why the loop stopped reading: the client closing, or hanging up
+    /// mid-line, is "disconnected"; a client that stops reading our replies is an error.
+    #[tokio::test]
+    async fn the_reason_a_connection_ends_is_recorded_for_the_end_line() {
+        let (server, mut client) = tokio::io::duplex(4096);
+        let mut conn = LineConn::new(server, peer(Duration::from_secs(5)), 100, BYE);
+        client.write_all(b"NOOP\r\nhalf a li").await.unwrap();
+        drop(client);
+        let mut line = Vec::new();
+        assert_eq!(conn.next_line(&mut line).await, Some(Line::Complete));
+        assert_eq!(conn.next_line(&mut line).await, None);
+        assert_eq!(conn.peer.log.end(), Some(End::Disconnected));
+
+        // A pipe of 4 bytes nobody reads: the reply cannot go out within the write timeout.
+        let (server, _client) = tokio::io::duplex(4);
+        let mut p = peer(Duration::from_secs(5));
+        p.write_timeout = Duration::from_millis(50);
+        let mut conn = LineConn::new(server, p, 100, BYE);
+        conn.reply("a reply longer than the pipe");
+        assert_eq!(conn.next_line(&mut line).await, None);
+        match conn.peer.log.end() {
+            Some(End::Error(why)) => assert!(why.contains("write timed out"), "{why}"),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// A client that keeps talking without logging in is closed at the login deadline, with
