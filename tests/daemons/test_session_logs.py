@@ -335,3 +335,39 @@ address = "127.0.0.1:9"
     assert "192.0.2.10" in out.stdout, out
     end = session_end(d, socket="dns")
     assert end["reason"] == "disconnected" and end["tls"] == "no", end
+
+
+# -- ends the daemon chose, and errors ------------------------------------------------------------
+
+def test_too_many_failed_logins_is_closed_with_why(daemons, tmp_path, home, cert):
+    d = daemons.start("ftpd", test_ftp.config(home, cert))
+    host, port = d.addr("ftp")
+    f = ftplib.FTP()
+    f.connect(host, port, timeout=30)
+    client_port = port_of(f.sock)
+    for _ in range(3):
+        try:
+            f.login("alice", "wrong")
+        except ftplib.error_perm:
+            pass
+    end = session_end(d, port=client_port)
+    assert end["reason"] == "closed" and end["why"] == "too many failed logins", end
+    assert "user" not in end and "error" not in end, end
+
+
+def test_a_failed_tls_handshake_is_an_error_with_its_cause_once(daemons, mailhome, cert):
+    d = pop3d(daemons, mailhome, cert)
+    with socket.create_connection(d.addr("pop3s")) as s:
+        client_port = port_of(s)
+        # Not a ClientHello: a client speaking POP3 to the implicit-TLS port.
+        s.sendall(b"USER alice\r\n" * 4)
+        s.settimeout(10)
+        try:
+            while s.recv(1024):
+                pass
+        except OSError:
+            pass
+    end = session_end(d, port=client_port)
+    assert end["reason"] == "error" and end["tls"] == "no", end
+    assert end["error"].startswith("TLS handshake: "), end
+    assert end["error"].count("TLS handshake") == 1, end

@@ -417,16 +417,16 @@ impl Server {
             user = tracing::field::Empty
         );
         SessionLog::log_start(addr, peer.local, name);
-        let log = peer.log.clone();
-        let name = name.clone();
-        let started = Instant::now();
+        // Logged outside the span: the line names peer and user itself, in the same fields in
+        // the journal and on stderr.
+        let end_line = peer
+            .log
+            .end_line(addr, name.clone(), self.inner.shutdown.clone());
         let fut = tracing::Instrument::instrument(session(stream, peer), span);
         self.inner.sessions.spawn(async move {
             let _slot = slot;
+            let _end_line = end_line;
             fut.await;
-            // Outside the span: the line names peer and user itself, in the same fields in
-            // the journal and on stderr.
-            log.log_end(addr, &name, started.elapsed());
         });
     }
 

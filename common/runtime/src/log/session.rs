@@ -17,9 +17,10 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio_util::sync::CancellationToken;
 
 /// Why a session ended: the `reason=` of its end line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,10 +57,17 @@ impl End {
         }
     }
 
-    /// What goes after the token, if anything: the cause of an error, why we closed.
-    fn detail(&self) -> Option<&str> {
+    /// Why the daemon closed the session (`why=`).
+    fn why(&self) -> Option<&str> {
         match self {
             End::Closed(why) => Some(why),
+            _ => None,
+        }
+    }
+
+    /// The cause of an error (`error=`).
+    fn error(&self) -> Option<&str> {
+        match self {
             End::Error(cause) => Some(cause),
             _ => None,
         }
@@ -189,8 +197,25 @@ impl SessionLog {
         tracing::debug!(%peer, %local, socket = %socket, "session started");
     }
 
+    /// A guard that logs the end line when dropped: when the session's task is over, and also
+    /// when it is cut (at the shutdown deadline, or by a panic).
+    pub(crate) fn end_line(
+        &self,
+        peer: SocketAddr,
+        socket: Arc<str>,
+        shutdown: CancellationToken,
+    ) -> EndLine {
+        EndLine {
+            log: self.clone(),
+            peer,
+            socket,
+            shutdown,
+            started: Instant::now(),
+        }
+    }
+
     /// Logs the end line (INFO).
-    pub(crate) fn log_end(&self, peer: SocketAddr, socket: &str, duration: Duration) {
+    fn log_end(&self, peer: SocketAddr, socket: &str, duration: Duration) {
         let facts = self.facts();
         let end = facts.end.clone().unwrap_or(End::Closed("by the daemon"));
         let counted = self.state.counted.load(Ordering::Relaxed);
@@ -200,7 +225,8 @@ impl SessionLog {
             socket = %socket,
             user = facts.user.as_deref().map(tracing::field::display),
             reason = %end.reason(),
-            error = end.detail(),
+            why = end.why(),
+            error = end.error(),
             duration = %Seconds(duration),
             r#in = bytes(&self.state.bytes_in),
             out = bytes(&self.state.bytes_out),
@@ -208,6 +234,26 @@ impl SessionLog {
             cipher = facts.tls.map(|t| tracing::field::display(t.cipher)),
             "session ended"
         );
+    }
+}
+
+/// Logs a session's end line when dropped ([`SessionLog::end_line`]).
+pub(crate) struct EndLine {
+    log: SessionLog,
+    peer: SocketAddr,
+    socket: Arc<str>,
+    shutdown: CancellationToken,
+    started: Instant,
+}
+
+impl Drop for EndLine {
+    fn drop(&mut self) {
+        // A session cut while the daemon stops had no chance to say why it ended.
+        if self.shutdown.is_cancelled() {
+            self.log.ended(End::Shutdown);
+        }
+        self.log
+            .log_end(self.peer, &self.socket, self.started.elapsed());
     }
 }
 
@@ -308,7 +354,7 @@ mod tests {
         assert_eq!(End::from_io(&reset), End::Disconnected);
         let other = std::io::Error::other("disk on fire");
         assert_eq!(End::from_io(&other), End::Error("disk on fire".into()));
-        assert_eq!(End::from_io(&other).detail(), Some("disk on fire"));
+        assert_eq!(End::from_io(&other).error(), Some("disk on fire"));
     }
 
     #[tokio::test]
