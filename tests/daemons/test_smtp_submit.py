@@ -769,7 +769,7 @@ retry_max = 1
     queue_id = send(s, rcpts=["carol@far.example"])
     s.quit()
     wait_delivered(d, queue_id, timeout=60)
-    smarthost.wait_log('user="relay".*message accepted', timeout=30)
+    smarthost.wait_log('user="relay".*queued id=', timeout=30)
     deadline = time.monotonic() + 30
     while not inbox(far, "carol") and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -226,10 +226,8 @@ pub async fn serve_session<T: SessionStream>(
             // A second STARTTLS is refused by the protocol: nothing more to do either way.
             let _ = session.run(stream, implicit_tls).await;
         }
-        Err(err) => {
-            tracing::debug!(error = %err, "TLS handshake failed");
-            log.ended(End::Error(format!("TLS handshake: {err}")));
-        }
+        // The cause is in the end line, once.
+        Err(err) => log.ended(End::handshake(&err)),
     }
 }
 

@@ -102,10 +102,7 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                                 let result = service::serve_stream(service, stream, &peer).await;
                                 service::log_end(result, &peer);
                             }
-                            Err(err) => {
-                                tracing::debug!(error = %err, "TLS handshake failed");
-                                peer.log.ended(End::Error(format!("TLS handshake: {err}")));
-                            }
+                            Err(err) => peer.log.ended(End::handshake(&err)),
                         }
                     }
                 })?;

@@ -106,10 +106,7 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
                         peer.log.tls(TlsInfo::of(stream.get_ref().1));
                         http::serve(rpcd, stream, peer, true).await
                     }
-                    Err(err) => {
-                        tracing::debug!("TLS handshake failed: {err}");
-                        peer.log.ended(End::Error(format!("TLS handshake: {err}")));
-                    }
+                    Err(err) => peer.log.ended(End::handshake(&err)),
                 },
             }
         }

@@ -73,6 +73,12 @@ impl End {
         }
     }
 
+    /// A TLS handshake that failed (the client's first bytes were not TLS, no common
+    /// version or suite, too slow).
+    pub fn handshake(err: &std::io::Error) -> End {
+        End::Error(format!("TLS handshake: {err}"))
+    }
+
     /// An I/O error as an end: a reset or a broken pipe is the client leaving, anything else
     /// an error with its cause.
     pub fn from_io(err: &std::io::Error) -> End {
