@@ -298,8 +298,8 @@ def test_aliases_file_changes_apply_at_once_and_bad_lines_are_reported(daemons, 
 
 
 def test_shipped_aliases_file(daemons, home, cert):
-    """etc/aliases parses cleanly; postmaster and root lead to root, which is refused with
-    the reason until the sysadmin names a user for it."""
+    """etc/aliases parses cleanly; postmaster and friends lead to root, whose mail waits in
+    the system mailbox `root` until the sysadmin names a user for it, then goes to that user."""
     shipped = Path(__file__).resolve().parents[2] / "etc" / "aliases"
     text = shipped.read_text()
     aliases = home / "shipped-aliases"
@@ -313,12 +313,24 @@ def test_shipped_aliases_file(daemons, home, cert):
     r = raw(d, login=False)
     r.login("demo")
     assert r.cmd(b"MAIL FROM:<demo@localhost>").startswith(b"250")
-    reply = r.cmd(b"RCPT TO:<postmaster@localhost>")
-    assert reply.startswith(b"550 5.1.1 Alias postmaster leads to root, which is neither"), reply
+    for rcpt in (b"postmaster@localhost", b"Abuse@localhost", b"root@localhost"):
+        assert r.cmd(b"RCPT TO:<" + rcpt + b">") == b"250 2.1.5 Recipient OK.", rcpt
+    assert r.cmd(b"DATA").startswith(b"354")
+    assert r.cmd(b"From: demo@localhost\r\nSubject: for the postmaster\r\n\r\nhello\r\n.").startswith(b"250")
+    d.wait_log(r"delivered .*user=\"?root\"?")
+    listed = subprocess.run([str(binary("inetkit")), "mail", "list", "root", "--mail-root",
+                             str(home / "mail"), "--users", str(home / "users")],
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0 and len(listed.stdout.splitlines()) == 2, listed
     aliases.write_text(text + "root: demo\n")
+    assert r.cmd(b"RSET").startswith(b"250")
+    assert r.cmd(b"MAIL FROM:<demo@localhost>").startswith(b"250")
     for rcpt in (b"postmaster@localhost", b"root@example.org", b"abuse@localhost",
                  b"MAILER-DAEMON@localhost"):
         assert r.cmd(b"RCPT TO:<" + rcpt + b">") == b"250 2.1.5 Recipient OK.", rcpt
+    assert r.cmd(b"DATA").startswith(b"354")
+    assert r.cmd(b"From: demo@localhost\r\nSubject: to demo now\r\n\r\nhello\r\n.").startswith(b"250")
+    d.wait_log(r"delivered .*user=\"?demo\"?")
 
 
 def test_expn_is_not_offered_and_vrfy_is_unchanged(smtpd, cert):

@@ -12,6 +12,12 @@
 //! its domain is not local), a bare name as an alias, else a user. An alias that names itself
 //! (`alice: alice, bob`) means the user of that name, as in `/etc/aliases`; any other return to
 //! an alias already being expanded is a loop. Expansion is bounded in depth and in size.
+//!
+//! `root` and `postmaster` always reach someone (RFC 5321 §4.5.1 requires postmaster): when
+//! neither is a user nor an alias, or an alias leads to `root` and nobody is called that, the
+//! mail goes to the system mailbox `root` in the mail root, as Postfix leaves root's mail in
+//! `/var/mail/root` (read it with `inetkit mail list root`; name a user with `root: alice` in
+//! the aliases file).
 
 use inetkit_auth::address::{parse_address, Address, AddressError};
 use inetkit_auth::aliases::Aliases;
@@ -109,7 +115,7 @@ impl Directory<'_> {
             .map(|entry| entry.user.name.as_str())
     }
 
-    /// A local address: by alias or user, the full address first.
+    /// A local address: by alias or user, the full address first; then the system mailbox.
     fn local(&self, address: &Address, expansion: &mut Expansion) -> Result<(), Refusal> {
         for name in [address.without_detail(), address.local.clone()] {
             if self.aliases.get(&name).is_some() {
@@ -119,7 +125,10 @@ impl Directory<'_> {
                 return expansion.add(Target::Local(entry.user.name.clone()));
             }
         }
-        Err(Refusal::NoSuchUser)
+        match system_mailbox(&address.local) {
+            Some(mailbox) => expansion.add(Target::Local(mailbox.to_owned())),
+            None => Err(Refusal::NoSuchUser),
+        }
     }
 
     /// Expands the alias `name` (which exists) into `expansion`.
@@ -169,11 +178,21 @@ impl Directory<'_> {
         if self.aliases.get(&name).is_some() {
             return self.alias(&name, expansion);
         }
-        match self.users.get(&name) {
-            Some(entry) => expansion.add(Target::Local(entry.user.name.clone())),
-            None => Err(unknown(expansion)),
+        match (self.users.get(&name), system_mailbox(&name)) {
+            (Some(entry), _) => expansion.add(Target::Local(entry.user.name.clone())),
+            (None, Some(mailbox)) => expansion.add(Target::Local(mailbox.to_owned())),
+            (None, None) => Err(unknown(expansion)),
         }
     }
+}
+
+/// The mailbox that `root` and `postmaster` reach when no user or alias has their name.
+const SYSTEM_MAILBOX: &str = "root";
+
+/// The system mailbox for `name` (a lower-case local part) if it is one that must always reach
+/// someone.
+fn system_mailbox(name: &str) -> Option<&'static str> {
+    matches!(name, "root" | "postmaster").then_some(SYSTEM_MAILBOX)
 }
 
 /// An expansion in progress: the aliases being expanded, outermost first, and the targets
@@ -338,19 +357,55 @@ mod tests {
     fn a_missing_target_says_which() {
         directory_test(
             "alice:{PLAIN}a\n",
-            "postmaster: root\nabuse: postmaster\n",
+            "abuse: security\nteam: alice, carol\n",
             |d| {
                 assert_eq!(
-                    d.resolve("abuse@localhost")
-                        .err()
-                        .map(|r| r.reply())
-                        .as_deref(),
-                    Some(
-                        "550 5.1.1 Alias abuse -> postmaster leads to root, which is neither a \
-                     user nor an alias here; the postmaster should add one to the aliases file."
-                    )
-                );
+                d.resolve("team@localhost")
+                    .err()
+                    .map(|r| r.reply())
+                    .as_deref(),
+                Some(
+                    "550 5.1.1 Alias team leads to carol, which is neither a user nor an alias \
+                     here; the postmaster should add one to the aliases file."
+                )
+            );
+                assert!(matches!(
+                    d.resolve("abuse@localhost"),
+                    Err(Refusal::UnknownTarget { target, .. }) if target == "security"
+                ));
             },
         );
+    }
+
+    #[test]
+    fn root_and_postmaster_always_reach_someone() {
+        // The shipped file: postmaster and friends lead to root, which nobody is yet.
+        let shipped = "postmaster: root\nabuse: postmaster\nwebmaster: postmaster\n";
+        directory_test("alice:{PLAIN}a\n", shipped, |d| {
+            for address in [
+                "abuse@localhost",
+                "PostMaster@example.org",
+                "root@localhost",
+            ] {
+                assert_eq!(d.resolve(address), local(&["root"]), "{address}");
+            }
+            // A user is not made out of other names.
+            assert_eq!(d.resolve("admin@localhost"), Err(Refusal::NoSuchUser));
+        });
+        // No aliases file at all: postmaster still reaches the system mailbox.
+        directory_test("alice:{PLAIN}a\n", "", |d| {
+            assert_eq!(d.resolve("postmaster+x@localhost"), local(&["root"]));
+        });
+        // Once root is named, its mail goes there; a user called root is root.
+        directory_test(
+            "alice:{PLAIN}a\n",
+            &format!("{shipped}root: alice\n"),
+            |d| {
+                assert_eq!(d.resolve("abuse@localhost"), local(&["alice"]));
+            },
+        );
+        directory_test("root:{PLAIN}r\n", shipped, |d| {
+            assert_eq!(d.resolve("postmaster@localhost"), local(&["root"]));
+        });
     }
 }
