@@ -491,6 +491,7 @@ def test_idle_timeout_counts_from_the_last_message(daemons):
         s.settimeout(20)
         assert s.recv(1) == b"", "the silent session was not closed"
     d.notify.wait_for("STATUS=0 active sessions, 1 served", timeout=5)
+    d.wait_log(r"session ended .*reason=idle-timeout")
 
 
 def test_connections_beyond_the_limit_are_refused_and_the_daemon_stays_up(daemons):

@@ -94,6 +94,7 @@ where
 pub(crate) fn log_end(result: std::io::Result<()>, peer: &Peer) {
     let end = match result {
         Ok(()) => End::Disconnected,
+        Err(err) if is_idle_timeout(&err) => End::IdleTimeout,
         Err(err) => End::from_io(&err),
     };
     peer.log.ended(end);
@@ -105,7 +106,7 @@ where
 {
     let mut buf = vec![0u8; 16 * 1024];
     loop {
-        let n = timed(peer.idle_timeout, stream.read(&mut buf)).await?;
+        let n = idle(peer.idle_timeout, stream.read(&mut buf)).await?;
         if n == 0 {
             return stream.shutdown().await;
         }
@@ -119,7 +120,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = vec![0u8; 16 * 1024];
-    while timed(peer.idle_timeout, stream.read(&mut buf)).await? > 0 {}
+    while idle(peer.idle_timeout, stream.read(&mut buf)).await? > 0 {}
     Ok(())
 }
 
@@ -146,14 +147,41 @@ where
     }
 }
 
-/// `future`, failing with TimedOut after `limit`.
+/// What an idle timeout fails with: TimedOut, told from a write timeout by its message so the
+/// end line can say `reason=idle-timeout`.
+const IDLE_TIMEOUT: &str = "idle timeout";
+
+pub(crate) fn idle_timeout_error() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::TimedOut, IDLE_TIMEOUT)
+}
+
+fn is_idle_timeout(err: &std::io::Error) -> bool {
+    err.kind() == std::io::ErrorKind::TimedOut && err.to_string() == IDLE_TIMEOUT
+}
+
+/// Reading with the idle timeout: fails with [`idle_timeout_error`] after `limit`.
+async fn idle<T>(
+    limit: Duration,
+    future: impl std::future::Future<Output = std::io::Result<T>>,
+) -> std::io::Result<T> {
+    tokio::time::timeout(limit, future)
+        .await
+        .unwrap_or_else(|_| Err(idle_timeout_error()))
+}
+
+/// Writing with the write timeout: fails with TimedOut ("write timeout") after `limit`.
 pub(crate) async fn timed<T>(
     limit: Duration,
     future: impl std::future::Future<Output = std::io::Result<T>>,
 ) -> std::io::Result<T> {
     tokio::time::timeout(limit, future)
         .await
-        .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+        .unwrap_or_else(|_| {
+            Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                "write timeout",
+            ))
+        })
 }
 
 /// RFC 864's pattern: lines of 72 printable ASCII characters, each starting one character later

@@ -68,7 +68,7 @@ async fn readable_within(
             ready = stream.readable() => return ready,
             () = timer.as_mut() => {
                 if timer.deadline() >= deadline {
-                    return Err(io::ErrorKind::TimedOut.into());
+                    return Err(crate::service::idle_timeout_error());
                 }
                 timer.as_mut().reset(deadline);
             }

@@ -88,7 +88,6 @@ impl End {
             | ErrorKind::ConnectionAborted
             | ErrorKind::BrokenPipe
             | ErrorKind::UnexpectedEof => End::Disconnected,
-            ErrorKind::TimedOut => End::Error("timed out".into()),
             _ => End::Error(err.to_string()),
         }
     }
