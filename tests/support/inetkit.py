@@ -167,12 +167,15 @@ class Daemon:
 
     @classmethod
     def start(cls, name: str, config: str, workdir: Path, env: dict | None = None,
-              args: tuple = ()) -> "Daemon":
-        """Runs `inetkit-<name> -c <config>`; the config binds its own sockets."""
-        conf = workdir / f"{name}.toml"
+              args: tuple = (), host: "RemoteHost | None" = None) -> "Daemon":
+        """Runs `inetkit-<name> -c <config>`; the config binds its own sockets. With `host`,
+        the daemon runs on that host (its network namespace and host name)."""
+        conf = workdir / (f"{name}.toml" if host is None else f"{name}-{host.hostname}.toml")
         conf.write_text(config)
-        return cls._spawn([str(binary(f"inetkit-{name}")), "-c", str(conf), *args], workdir,
-                          env or {}, pass_fds=())
+        argv = [str(binary(f"inetkit-{name}")), "-c", str(conf), *args]
+        if host is not None:
+            argv = host.command(argv)
+        return cls._spawn(argv, workdir, env or {}, pass_fds=())
 
     @classmethod
     def activate(cls, name: str, sockets: list[tuple[str, socket.socket]], workdir: Path,
@@ -321,6 +324,7 @@ class RemoteHost:
         self.host_if = f"ikh{os.getpid() % 100000}{index}"
         self.local = f"10.199.{index}.1"
         self.remote = f"10.199.{index}.2"
+        self.hostname = f"remote{index}.test"
 
     def __enter__(self) -> "RemoteHost":
         ip = lambda *a: subprocess.run(["ip", *a], check=True, capture_output=True)
@@ -344,3 +348,9 @@ class RemoteHost:
 
     def run(self, argv: list[str], **kw) -> subprocess.CompletedProcess:
         return subprocess.run(["ip", "netns", "exec", self.name, *argv], **kw)
+
+    def command(self, argv: list[str]) -> list[str]:
+        """`argv` run on the remote side under the host name `hostname` (a UTS namespace of its
+        own), as the same process: `ip netns exec`, `unshare` and `sh` each exec the next."""
+        return ["ip", "netns", "exec", self.name, "unshare", "--uts", "--", "sh", "-c",
+                'hostname "$0" && exec "$@"', self.hostname, *argv]

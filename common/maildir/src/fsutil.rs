@@ -7,8 +7,8 @@ use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::errno::Errno;
-use nix::fcntl::{Flock, FlockArg};
 
+use super::filelock::FileLock;
 use super::StoreError;
 
 /// Who should own what the store creates. Set when a tool running as root writes into the
@@ -103,9 +103,9 @@ pub(crate) fn move_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
     }
 }
 
-/// An exclusive flock on a folder's lock file, released when dropped.
+/// An exclusive lock on a folder's lock file, released when dropped.
 pub(crate) struct Lock {
-    _flock: Flock<File>,
+    _lock: FileLock,
     /// The lock file was there before (the folder has been locked, so indexed, before).
     pub existed: bool,
 }
@@ -114,21 +114,16 @@ impl Lock {
     pub(crate) fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
         let (file, existed) = open_lock_file(path, owner)?;
         Ok(Lock {
-            _flock: flock(file, path)?,
+            _lock: lock(file, path)?,
             existed,
         })
     }
 }
 
-/// Waits for an exclusive flock (per open file, so threads exclude each other too).
-fn flock(mut file: File, path: &Path) -> Result<Flock<File>, StoreError> {
-    loop {
-        match Flock::lock(file, FlockArg::LockExclusive) {
-            Ok(lock) => return Ok(lock),
-            Err((f, Errno::EINTR)) => file = f,
-            Err((_, errno)) => return Err(StoreError::io("locking", path, errno.into())),
-        }
-    }
+/// Waits for an exclusive lock (per open file, so threads exclude each other too, and held
+/// across hosts on a shared file system: see [`FileLock`]).
+fn lock(file: File, path: &Path) -> Result<FileLock, StoreError> {
+    FileLock::wait(file).map_err(|err| StoreError::io("locking", path, err))
 }
 
 /// Opens (creating if need be) a file to lock; says whether it existed.
@@ -154,7 +149,7 @@ fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<(File, bool), Sto
 /// lost) within the same second still gets a different UIDVALIDITY.
 pub(crate) fn next_uid_validity(mailbox: &Path, owner: Option<Owner>) -> Result<u32, StoreError> {
     let path = mailbox.join("inetkit-uidvalidity");
-    let mut file = flock(open_lock_file(&path, owner)?.0, &path)?;
+    let mut file = lock(open_lock_file(&path, owner)?.0, &path)?;
     let mut text = String::new();
     // An unreadable counter is no worse than a missing one: the clock still moves on.
     let _ = file.read_to_string(&mut text);

@@ -44,6 +44,7 @@
 
 mod config;
 mod faults;
+mod filelock;
 mod folder;
 mod fsutil;
 #[cfg(any(test, feature = "fuzzing"))]
@@ -58,7 +59,8 @@ pub mod uidlist;
 use std::io;
 use std::path::{Path, PathBuf};
 
-pub use config::{MailConfig, DEFAULT_MAIL_ROOT};
+pub use config::{FolderWatch, MailConfig, DEFAULT_MAIL_ROOT};
+pub use filelock::FileLock;
 #[doc(hidden)]
 pub use folder::message_files_read;
 pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot, Transferred};

@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use nix::fcntl::{Flock, FlockArg};
+use inetkit_maildir::FileLock;
 
 pub(crate) const FILE: &str = "inetkit-keywords";
 const DOVECOT_FILE: &str = "dovecot-keywords";
@@ -107,8 +107,7 @@ fn add(path: &PathBuf, name: &str) -> std::io::Result<(Keywords, Option<u8>)> {
         .create(true)
         .truncate(false)
         .open(path)?;
-    let mut file =
-        Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+    let mut file = FileLock::wait(file)?;
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     if text.is_empty() {

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 use inetkit_auth::{AuthConfig, Authenticator};
-use inetkit_maildir::{MailConfig, Store};
+use inetkit_maildir::{FolderWatch, MailConfig, Store};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
@@ -96,7 +96,10 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
         store: Store::new(config.mail.root.clone())
             .with_special_use_folders(config.folders.special_use),
         tls: ctx.tls.clone(),
-        watches: watch::Watches::new(),
+        watches: match config.mail.watch {
+            FolderWatch::Inotify => watch::Watches::new(),
+            FolderWatch::Poll => watch::Watches::polling(),
+        },
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {

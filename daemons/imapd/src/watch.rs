@@ -54,6 +54,15 @@ pub struct Watches {
 }
 
 impl Watches {
+    /// Watches without inotify: sessions compare the folders' directories (`[mail] watch =
+    /// "poll"`, for a mail root other hosts change too, which inotify does not see).
+    pub fn polling() -> Arc<Watches> {
+        Arc::new(Watches {
+            folders: Arc::default(),
+            watcher: Mutex::new(None),
+        })
+    }
+
     /// Without inotify (a limit reached, an odd file system) sessions fall back to comparing
     /// directory modification times.
     pub fn new() -> Arc<Watches> {

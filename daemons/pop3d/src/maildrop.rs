@@ -4,9 +4,7 @@
 use std::fs::File;
 use std::io::Read;
 
-use nix::fcntl::{Flock, FlockArg};
-
-use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo, Store, StoreError};
+use inetkit_maildir::{FileLock, FlagChange, Flags, Folder, MessageInfo, Store, StoreError};
 
 /// Name of the per-mailbox lock file that makes `[IN-USE]` work across processes.
 const LOCK_FILE: &str = "inetkit-pop3.lock";
@@ -26,7 +24,7 @@ pub(crate) struct Maildrop {
     uid_validity: u32,
     messages: Vec<Entry>,
     /// Held until the session ends; only POP3 sessions take it, so IMAP and delivery go on.
-    _lock: Flock<File>,
+    _lock: FileLock,
 }
 
 struct Entry {
@@ -46,10 +44,10 @@ impl Maildrop {
             .write(true)
             .open(&lock_path)
             .map_err(OpenError::Lock)?;
-        let lock = match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-            Ok(lock) => lock,
-            Err((_, nix::errno::Errno::EWOULDBLOCK)) => return Err(OpenError::InUse),
-            Err((_, errno)) => return Err(OpenError::Lock(errno.into())),
+        let lock = match FileLock::try_lock(file) {
+            Ok(Some(lock)) => lock,
+            Ok(None) => return Err(OpenError::InUse),
+            Err(err) => return Err(OpenError::Lock(err)),
         };
         let folder = mailbox.inbox();
         let snapshot = folder.snapshot()?;

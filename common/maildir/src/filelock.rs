@@ -1,0 +1,122 @@
+//! Whole-file exclusive locks that hold across hosts sharing the store (NFSv4, CephFS).
+//!
+//! `flock(2)` is a lock of one kernel on some shared file systems; POSIX byte-range locks
+//! (`fcntl`) are what NFSv4's lock protocol and CephFS carry between hosts. Classic POSIX locks
+//! belong to the process and vanish when *any* descriptor of the file is closed, which a daemon
+//! with many threads cannot promise, so these are open-file-description locks (`F_OFD_SETLKW`,
+//! Linux 3.15 and later): like flock they belong to the open file, so two threads (two
+//! sessions) of one daemon exclude each other, and closing the file releases the lock.
+
+use std::fs::File;
+use std::io;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::AsRawFd;
+
+use nix::errno::Errno;
+use nix::fcntl::{fcntl, FcntlArg};
+use nix::libc;
+
+/// An exclusive lock on a whole file, released when dropped (the file is closed).
+#[derive(Debug)]
+pub struct FileLock {
+    file: File,
+}
+
+/// Lock the whole file for writing (`l_len` 0 reaches past any end of file).
+fn whole_file() -> libc::flock {
+    libc::flock {
+        l_type: libc::F_WRLCK as libc::c_short,
+        l_whence: libc::SEEK_SET as libc::c_short,
+        l_start: 0,
+        l_len: 0,
+        // Must be 0 for open-file-description locks.
+        l_pid: 0,
+    }
+}
+
+impl FileLock {
+    /// Waits until the file (opened for writing) is locked.
+    pub fn wait(file: File) -> io::Result<FileLock> {
+        let request = whole_file();
+        loop {
+            match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLKW(&request)) {
+                Ok(_) => return Ok(FileLock { file }),
+                Err(Errno::EINTR) => continue,
+                Err(errno) => return Err(errno.into()),
+            }
+        }
+    }
+
+    /// Locks the file if nobody holds it; `Ok(None)` when somebody does.
+    pub fn try_lock(file: File) -> io::Result<Option<FileLock>> {
+        match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file())) {
+            Ok(_) => Ok(Some(FileLock { file })),
+            Err(Errno::EAGAIN | Errno::EACCES) => Ok(None),
+            Err(errno) => Err(errno.into()),
+        }
+    }
+}
+
+impl Deref for FileLock {
+    type Target = File;
+
+    fn deref(&self) -> &File {
+        &self.file
+    }
+}
+
+impl DerefMut for FileLock {
+    fn deref_mut(&mut self) -> &mut File {
+        &mut self.file
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tests::TestDir;
+    use std::fs::OpenOptions;
+
+    fn open(path: &std::path::Path) -> File {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .expect("open the lock file")
+    }
+
+    #[test]
+    fn two_opens_in_one_process_exclude_each_other_until_dropped() {
+        // With classic POSIX locks the second open of the same process would get the lock too:
+        // this is what makes them unusable between a daemon's sessions.
+        let dir = TestDir::new();
+        let path = dir.0.join("lock");
+        let held = FileLock::wait(open(&path)).expect("first lock");
+        assert!(FileLock::try_lock(open(&path)).expect("try").is_none());
+        drop(held);
+        assert!(FileLock::try_lock(open(&path)).expect("try").is_some());
+    }
+
+    #[test]
+    fn a_waiting_thread_gets_the_lock_once_it_is_released() {
+        let dir = TestDir::new();
+        let path = dir.0.join("lock");
+        let held = FileLock::wait(open(&path)).expect("first lock");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let waiter = {
+            let path = path.clone();
+            std::thread::spawn(move || {
+                let lock = FileLock::wait(open(&path)).expect("second lock");
+                tx.send(()).expect("send");
+                drop(lock);
+            })
+        };
+        // The waiter cannot have it while it is held.
+        assert!(rx.try_recv().is_err());
+        drop(held);
+        rx.recv().expect("the waiter got the lock");
+        waiter.join().expect("waiter");
+    }
+}
