@@ -38,6 +38,7 @@ Options, where they apply:
   --spool DIR        the spool of queue (default /var/lib/inetkit/spool)
   --home DIR         the home field of user add (FTP root; empty: the daemon's default)
   --purge            user del: also remove the mailbox
+  --config FILE      user check: a daemon's config, whose [auth] says where users are
   -h, --help         this text; `inetkit COMMAND --help` for one command's
   -V, --version      the version
 

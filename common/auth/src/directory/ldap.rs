@@ -229,7 +229,7 @@ impl Ldap {
     }
 
     /// The users-file record an LDAP entry makes.
-    fn entry(&self, login: &str, found: SearchEntry) -> Option<Found> {
+    pub(super) fn entry(&self, login: &str, found: SearchEntry) -> Option<Found> {
         let first = |attr: &str| -> Option<&str> {
             found
                 .attrs

@@ -349,3 +349,6 @@ pub(crate) async fn within<T>(
         .await
         .unwrap_or(Err(DirectoryError::Timeout(what, timeout)))
 }
+
+#[cfg(test)]
+mod tests;
