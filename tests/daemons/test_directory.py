@@ -13,7 +13,8 @@ import xmlrpc.client
 
 import pytest
 
-from support.directories import ADMIN_DN, ADMIN_PASSWORD, PEOPLE, SUFFIX, Postgres, Slapd
+from support.directories import (ADMIN_DN, ADMIN_PASSWORD, PEOPLE, Postgres, Slapd,
+                                 make_ca_and_server_cert)
 from support.homes import PASSWORD, _sha512_crypt
 from support.inetkit import binary
 
@@ -27,12 +28,18 @@ def crypt() -> str:
 
 
 @pytest.fixture
-def slapd(tmp_path, cert):
+def pki(tmp_path):
+    """(CA, server certificate, key) for slapd's ldaps:// and StartTLS."""
+    return make_ca_and_server_cert(tmp_path / "pki")
+
+
+@pytest.fixture
+def slapd(tmp_path, pki):
     why = Slapd.available()
     if why:
         pytest.skip(why)
     users = [(u, crypt(), f"/srv/ftp/{u}", "1G") for u in USERS]
-    server = Slapd(tmp_path, users, cert=cert).start()
+    server = Slapd(tmp_path, users, cert=pki[1:]).start()
     yield server
     server.stop()
 
@@ -216,18 +223,22 @@ def test_ldap_bind_as_the_user(daemons, tmp_path, slapd):
     assert pop3(d, "bob").startswith("+OK")
 
 
-def test_ldaps_and_starttls(daemons, tmp_path, slapd, cert):
-    ldaps = ldap_section(slapd, url=slapd.tls_url, ca_file=str(cert[0]))
+def test_ldaps_and_starttls(daemons, tmp_path, slapd, pki):
+    ldaps = ldap_section(slapd, url=slapd.tls_url, ca_file=str(pki[0]))
     d = daemons.start("imapd", imap_config(tmp_path, ldaps))
     assert imap(d, "alice") == "OK"
     d.stop()
-    starttls = ldap_section(slapd, starttls=True, ca_file=str(cert[0]))
+    starttls = ldap_section(slapd, starttls=True, ca_file=str(pki[0]))
     d = daemons.start("imapd", imap_config(tmp_path, starttls))
     assert imap(d, "alice") == "OK"
     d.stop()
     # Without the test CA the server's certificate is not trusted: unavailable, not failed.
-    d = daemons.start("imapd", imap_config(tmp_path, ldap_section(slapd, url=slapd.tls_url)))
-    assert "[UNAVAILABLE]" in imap(d, "alice")
+    # (That StartTLS fails so too shows it did start TLS.)
+    for untrusted in (ldap_section(slapd, url=slapd.tls_url), ldap_section(slapd, starttls=True)):
+        d = daemons.start("imapd", imap_config(tmp_path, untrusted))
+        assert "[UNAVAILABLE]" in imap(d, "alice")
+        assert "invalid peer certificate" in d.wait_log("directory unavailable")
+        d.stop()
 
 
 def test_postgresql_over_the_unix_socket(daemons, tmp_path, postgres):

@@ -47,9 +47,28 @@ def _unprivileged_user() -> str | None:
     return None
 
 
+def make_ca_and_server_cert(directory: Path) -> tuple[Path, Path, Path]:
+    """A CA and a certificate for 127.0.0.1 and localhost that it signed (webpki will not take a
+    self-signed CA certificate as the server's own): (CA, certificate, key)."""
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def run(*args):
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    run("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-days", "30", "-subj", "/CN=test CA", "-keyout", "ca.key", "-out", "ca.pem")
+    run("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes",
+        "-subj", "/CN=localhost", "-keyout", "server.key", "-out", "server.csr")
+    (directory / "ext").write_text(
+        "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+        "-CAcreateserial", "-days", "30", "-extfile", "ext", "-out", "server.pem")
+    return directory / "ca.pem", directory / "server.pem", directory / "server.key"
+
+
 class Slapd:
     """slapd with a slapd.conf of its own (mdb under `workdir`), the users loaded with slapadd
-    before it starts; ldap:// on `port` and, with `cert`, ldaps:// on `tls_port`."""
+    before it starts; ldap:// on `port` and, with `cert` (certificate, key), ldaps:// on `tls_port` and StartTLS."""
 
     BIN = "/usr/sbin/slapd"
     SLAPADD = "/usr/sbin/slapadd"
@@ -170,7 +189,11 @@ class Postgres:
         argv = [str(a) for a in argv]
         if self.as_user:
             argv = ["runuser", "-u", self.as_user, "--", *argv]
-        return subprocess.run(argv, check=True, capture_output=True, timeout=120, **kw)
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=120,
+                              cwd=self.dir, **kw)
+        if done.returncode != 0:
+            raise RuntimeError(f"{' '.join(argv)}: exit {done.returncode}: {done.stderr}")
+        return done
 
     @property
     def connection(self) -> str:
