@@ -52,6 +52,9 @@ pub(crate) fn check(config: &Path, given: &str) -> anyhow::Result<()> {
     if !stored.verify(&password) {
         bail!("wrong password for {name}");
     }
-    println!("password ok for {name} ({}, from the {what})", stored.scheme());
+    println!(
+        "password ok for {name} ({}, from the {what})",
+        stored.scheme()
+    );
     Ok(())
 }

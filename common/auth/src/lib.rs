@@ -71,8 +71,8 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 pub use config::{AuthConfig, Plaintext, DEFAULT_GUARD_STATE, DEFAULT_USERS_FILE};
-pub use guard::{Attempt, Guard, GuardPolicy, Moment, PeerKey, Penalty, Refusal};
 pub use directory::{Directory, DirectoryConfig, DirectoryError};
+pub use guard::{Attempt, Guard, GuardPolicy, Moment, PeerKey, Penalty, Refusal};
 pub use users::{check_name, Entry, User, UsersFile};
 
 use directory::Found;
@@ -136,6 +136,13 @@ impl fmt::Debug for Authenticator {
             .field("guard_state", &self.inner.guard.state_file())
             .finish_non_exhaustive()
     }
+}
+
+/// Where a login's user comes from: the users file, looked up on the blocking pool, or a
+/// directory's answer (`None`: nobody).
+enum Lookup {
+    File(String),
+    Found(Option<Entry>),
 }
 
 /// What a password check found (each is logged differently).
@@ -302,15 +309,13 @@ impl Authenticator {
     /// Looks `name` up (the file, or the directory) and checks the password.
     async fn check(&self, name: &str, password: &[u8]) -> Result<Verdict, AuthError> {
         let Some(directory) = &self.inner.directory else {
-            let users = self.inner.users.current()?;
-            let entry = users.find(name, &self.local_domains).cloned();
-            return Ok(self.verify(entry, password).await);
+            return self.verify(Lookup::File(name.to_owned()), password).await;
         };
         let directory = directory
             .as_ref()
             .map_err(|err| AuthError::DirectoryUnavailable(err.clone()))?;
         if password.is_empty() {
-            return Ok(self.verify(None, password).await);
+            return self.verify(Lookup::Found(None), password).await;
         }
         match directory.lookup(name, &self.local_domains).await? {
             Some(Found {
@@ -321,25 +326,34 @@ impl Authenticator {
             } else {
                 Verdict::WrongPassword
             }),
-            found => Ok(self.verify(found.map(|f| f.entry), password).await),
+            found => {
+                self.verify(Lookup::Found(found.map(|f| f.entry)), password)
+                    .await
+            }
         }
     }
 
-    /// The hash check (or, for nobody, the dummy one) on the blocking pool.
-    async fn verify(&self, entry: Option<Entry>, password: &[u8]) -> Verdict {
+    /// The hash check (or, for nobody, the dummy one) on the blocking pool, after the users
+    /// file lookup there too (a `stat`, and a read when it changed).
+    async fn verify(&self, lookup: Lookup, password: &[u8]) -> Result<Verdict, AuthError> {
         // The permit moves into the blocking task, so it is held until the hash is done even
         // if this future is dropped.
         let permit = self.inner.verifications.clone().acquire_owned().await.ok();
         let inner = Arc::clone(&self.inner);
+        let local_domains = Arc::clone(&self.local_domains);
         let password = password.to_vec();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
+            let entry = match lookup {
+                Lookup::File(name) => inner.users.current()?.find(&name, &local_domains).cloned(),
+                Lookup::Found(entry) => entry,
+            };
             let timing = &inner.timing;
             if password.is_empty() {
                 timing.dummy(&password);
-                return Verdict::EmptyPassword;
+                return Ok(Verdict::EmptyPassword);
             }
-            match entry {
+            Ok(match entry {
                 Some(entry) => match &entry.password {
                     Some(stored) => {
                         let started = std::time::Instant::now();
@@ -359,14 +373,14 @@ impl Authenticator {
                     timing.dummy(&password);
                     Verdict::UnknownUser
                 }
-            }
+            })
         });
         match task.await {
-            Ok(verdict) => verdict,
+            Ok(outcome) => outcome,
             Err(err) => {
                 // A panic in a hash crate: refuse, and say so.
                 tracing::error!("password check failed: {err}");
-                Verdict::WrongPassword
+                Ok(Verdict::WrongPassword)
             }
         }
     }

@@ -219,7 +219,10 @@ impl Ldap {
         .await?;
         taken.give_back();
         if entries.len() > 1 {
-            tracing::warn!(user = name, "LDAP filter matches several entries: login refused");
+            tracing::warn!(
+                user = name,
+                "LDAP filter matches several entries: login refused"
+            );
             return Ok(None);
         }
         let Some(first) = entries.into_iter().next() else {
@@ -264,14 +267,16 @@ impl Ldap {
         let password = if self.config.auth_bind {
             None
         } else {
-            let text = first(&self.config.password_attribute).map(str::to_owned).or_else(|| {
-                found
-                    .bin_attrs
-                    .iter()
-                    .find(|(k, _)| k.eq_ignore_ascii_case(&self.config.password_attribute))
-                    .and_then(|(_, v)| v.first())
-                    .and_then(|b| String::from_utf8(b.clone()).ok())
-            });
+            let text = first(&self.config.password_attribute)
+                .map(str::to_owned)
+                .or_else(|| {
+                    found
+                        .bin_attrs
+                        .iter()
+                        .find(|(k, _)| k.eq_ignore_ascii_case(&self.config.password_attribute))
+                        .and_then(|(_, v)| v.first())
+                        .and_then(|b| String::from_utf8(b.clone()).ok())
+                });
             text.and_then(|t| match StoredPassword::parse(&t) {
                 Ok(p) => Some(p),
                 Err(err) => {
@@ -295,7 +300,11 @@ impl Ldap {
 
     /// Binds as `dn` with `password` on a pooled connection, then binds it back to the
     /// service login (or drops it). `Ok(false)`: invalid credentials.
-    pub(crate) async fn check_bind(&self, dn: &str, password: &[u8]) -> Result<bool, DirectoryError> {
+    pub(crate) async fn check_bind(
+        &self,
+        dn: &str,
+        password: &[u8],
+    ) -> Result<bool, DirectoryError> {
         // An empty password would be an unauthenticated bind, which "succeeds".
         let Ok(password) = std::str::from_utf8(password) else {
             return Ok(false);
@@ -333,9 +342,18 @@ impl Ldap {
         let Some(ldap) = taken.conn.as_mut() else {
             return Err(DirectoryError::Query("no connection".into()));
         };
-        let search = ldap.search(&self.config.base, Scope::Base, "(objectClass=*)", vec!["1.1"]);
+        let search = ldap.search(
+            &self.config.base,
+            Scope::Base,
+            "(objectClass=*)",
+            vec!["1.1"],
+        );
         within("search", self.limits.timeout, async {
-            search.await.map_err(query_error)?.success().map_err(query_error)
+            search
+                .await
+                .map_err(query_error)?
+                .success()
+                .map_err(query_error)
         })
         .await?;
         taken.give_back();

@@ -134,7 +134,9 @@ impl Directory {
             .thread_name("inetkit-directory")
             .enable_all()
             .build()
-            .map_err(|e| DirectoryError::Config(format!("cannot start the directory thread: {e}")))?;
+            .map_err(|e| {
+                DirectoryError::Config(format!("cannot start the directory thread: {e}"))
+            })?;
         Ok(Directory {
             shared: Arc::new(Shared {
                 backend,
@@ -312,9 +314,8 @@ pub(crate) fn tls_client_config(
     let mut roots = rustls::RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| {
-                DirectoryError::Config(format!("CA file {}: {e}", path.display()))
-            })?;
+            let certs = CertificateDer::pem_file_iter(path)
+                .map_err(|e| DirectoryError::Config(format!("CA file {}: {e}", path.display())))?;
             for cert in certs {
                 let cert = cert.map_err(|e| {
                     DirectoryError::Config(format!("CA file {}: {e}", path.display()))

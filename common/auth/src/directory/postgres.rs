@@ -116,9 +116,10 @@ impl Postgres {
                 tracing::debug!("PostgreSQL connection ended: {err}");
             }
         });
-        let query = client.prepare(&self.config.query).await.map_err(|e| {
-            DirectoryError::Config(format!("query cannot be prepared: {e}"))
-        })?;
+        let query = client
+            .prepare(&self.config.query)
+            .await
+            .map_err(|e| DirectoryError::Config(format!("query cannot be prepared: {e}")))?;
         Ok(Conn { client, query })
     }
 
@@ -147,7 +148,10 @@ impl Postgres {
         .await?;
         taken.give_back();
         if rows.len() > 1 {
-            tracing::warn!(user = name, "directory query returns several rows: login refused");
+            tracing::warn!(
+                user = name,
+                "directory query returns several rows: login refused"
+            );
             return Ok(None);
         }
         match rows.first() {
@@ -184,10 +188,22 @@ fn text(row: &Row, index: usize) -> Result<Option<String>, DirectoryError> {
         Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => {
             row.try_get::<_, Option<String>>(index).map_err(wrong)?
         }
-        Type::INT2 => row.try_get::<_, Option<i16>>(index).map_err(wrong)?.map(|v| v.to_string()),
-        Type::INT4 => row.try_get::<_, Option<i32>>(index).map_err(wrong)?.map(|v| v.to_string()),
-        Type::INT8 => row.try_get::<_, Option<i64>>(index).map_err(wrong)?.map(|v| v.to_string()),
-        Type::BOOL => row.try_get::<_, Option<bool>>(index).map_err(wrong)?.map(|v| v.to_string()),
+        Type::INT2 => row
+            .try_get::<_, Option<i16>>(index)
+            .map_err(wrong)?
+            .map(|v| v.to_string()),
+        Type::INT4 => row
+            .try_get::<_, Option<i32>>(index)
+            .map_err(wrong)?
+            .map(|v| v.to_string()),
+        Type::INT8 => row
+            .try_get::<_, Option<i64>>(index)
+            .map_err(wrong)?
+            .map(|v| v.to_string()),
+        Type::BOOL => row
+            .try_get::<_, Option<bool>>(index)
+            .map_err(wrong)?
+            .map(|v| v.to_string()),
         ref other => {
             return Err(DirectoryError::Config(format!(
                 "query column {} is {other}: cast it to text",
@@ -212,9 +228,9 @@ fn entry(login: &str, row: &Row) -> Result<Found, DirectoryError> {
             continue;
         };
         let number = |what: &str| {
-            value.parse::<u32>().map_err(|_| {
-                DirectoryError::Config(format!("query column {what}: not a number"))
-            })
+            value
+                .parse::<u32>()
+                .map_err(|_| DirectoryError::Config(format!("query column {what}: not a number")))
         };
         match column.name() {
             "password" => match StoredPassword::parse(&value) {

@@ -72,7 +72,10 @@ fn the_section_parses_with_defaults_and_refuses_unknown_keys() {
     };
     assert!(matches!(pg.directory, Some(DirectoryConfig::Postgresql(_))));
     assert_eq!(pg.directory_limits().cache_ttl, Duration::ZERO);
-    assert!(parse("[auth.directory]\ntype = \"ldap\"\nurl = \"ldap://x\"\nbase = \"b\"\nfiltre = \"x\"\n").is_err());
+    assert!(parse(
+        "[auth.directory]\ntype = \"ldap\"\nurl = \"ldap://x\"\nbase = \"b\"\nfiltre = \"x\"\n"
+    )
+    .is_err());
     assert!(parse("[auth.directory]\ntype = \"nis\"\n").is_err());
 }
 
@@ -111,7 +114,10 @@ fn an_ldap_entry_makes_the_record_a_users_file_line_gives() {
         panic!("no entry")
     };
     assert_eq!(found.entry.user.name, "alice");
-    assert_eq!(found.entry.user.home.as_deref(), Some(Path::new("/srv/alice")));
+    assert_eq!(
+        found.entry.user.home.as_deref(),
+        Some(Path::new("/srv/alice"))
+    );
     assert_eq!(found.entry.user.extra_field("quota"), Some("2_G"));
     assert_eq!(found.entry.user.extra_field("groups"), Some("staff,admins"));
     assert!(found.entry.password.is_some());
@@ -143,7 +149,9 @@ fn in_bind_mode_the_entry_carries_its_dn_and_no_hash() {
 async fn the_pool_is_bounded_and_keeps_only_connections_that_worked() {
     let pool: Pool<u32> = Pool::new(1, Duration::from_millis(100));
     let first = pool.take(|| async { Ok(1) }).await;
-    let Ok(first) = first else { panic!("no connection") };
+    let Ok(first) = first else {
+        panic!("no connection")
+    };
     // The one slot is taken: the next caller waits its timeout, then is told "busy".
     let busy = pool.take(|| async { Ok(2) }).await;
     assert!(matches!(busy, Err(DirectoryError::Busy(1))));
@@ -151,12 +159,20 @@ async fn the_pool_is_bounded_and_keeps_only_connections_that_worked() {
     let Ok(again) = pool.take(|| async { Ok(3) }).await else {
         panic!("no connection")
     };
-    assert_eq!(again.conn, Some(1), "the connection given back serves again");
+    assert_eq!(
+        again.conn,
+        Some(1),
+        "the connection given back serves again"
+    );
     drop(again); // not given back: failed, so dropped
     let Ok(fresh) = pool.take(|| async { Ok(4) }).await else {
         panic!("no connection")
     };
-    assert_eq!(fresh.conn, Some(4), "a failed connection is replaced by a new one");
+    assert_eq!(
+        fresh.conn,
+        Some(4),
+        "a failed connection is replaced by a new one"
+    );
     drop(fresh);
     let slow = pool
         .take(|| async {
@@ -175,7 +191,10 @@ fn a_directory_that_does_not_answer_is_unavailable_not_a_wrong_password() {
     };
     let outcome = directory.lookup_blocking("alice", &[]);
     assert!(
-        matches!(outcome, Err(DirectoryError::Connect(_) | DirectoryError::Timeout(..))),
+        matches!(
+            outcome,
+            Err(DirectoryError::Connect(_) | DirectoryError::Timeout(..))
+        ),
         "{outcome:?}"
     );
     // Names no users file could hold never reach the directory.
