@@ -72,14 +72,14 @@ def pg_section(server, connection=None):
             'query = "SELECT name, password, quota, groups FROM users WHERE name = $1"\n')
 
 
-def config(tmp_path, sockets, directory, cache_ttl=0):
+def config(tmp_path, sockets, directory, cache_ttl=0, max_failures=MAX_FAILURES):
     """Every socket in `sockets` on 127.0.0.1:0, a mail and FTP root, the directory."""
     listen = "".join(f'{name} = ["127.0.0.1:0"]\n' for name in sockets)
     (tmp_path / "mail").mkdir(exist_ok=True)
     (tmp_path / "ftp").mkdir(exist_ok=True)
     return (f"[listen]\n{listen}"
             f'[auth]\nusers_file = "{tmp_path / "no-users"}"\nplaintext = "always"\n'
-            f"failure_delay = 0\n{MAX_FAILURES}directory_timeout = 2\ncache_ttl = {cache_ttl}\n"
+            f"failure_delay = 0\n{max_failures}directory_timeout = 2\ncache_ttl = {cache_ttl}\n"
             f"{directory}")
 
 
@@ -87,8 +87,8 @@ def imap_config(tmp_path, directory, **kw):
     return config(tmp_path, ["imap"], directory, **kw) + f'[mail]\nroot = "{tmp_path / "mail"}"\n'
 
 
-def pop3_config(tmp_path, directory):
-    return config(tmp_path, ["pop3"], directory) + f'[mail]\nroot = "{tmp_path / "mail"}"\n'
+def pop3_config(tmp_path, directory, **kw):
+    return config(tmp_path, ["pop3"], directory, **kw) + f'[mail]\nroot = "{tmp_path / "mail"}"\n'
 
 
 def smtp_config(tmp_path, directory):
@@ -256,6 +256,21 @@ def test_the_cache_keeps_lookups_never_passwords(daemons, tmp_path, postgres):
     assert imap(d, "alice") == "OK"
     assert "AUTHENTICATIONFAILED" in imap(d, "alice", "wrong")
     assert "[UNAVAILABLE]" in imap(d, "bob")
+
+
+def test_the_guard_counts_directory_failures_but_not_outages(daemons, tmp_path, postgres):
+    d = daemons.start("pop3d", pop3_config(tmp_path, pg_section(postgres),
+                                           max_failures="max_failures = 3\nlockout = 600\n"))
+    # An outage is nobody's guess: many logins while it lasts lock nobody out.
+    postgres.stop()
+    for _ in range(5):
+        assert pop3(d, "carol").startswith("-ERR [SYS/TEMP]")
+    postgres.start()
+    assert pop3(d, "alice").startswith("+OK")
+    # Wrong passwords checked against the directory count as in the users file.
+    for _ in range(3):
+        assert pop3(d, "alice", "wrong").startswith("-ERR [AUTH]")
+    assert pop3(d, "alice").startswith("-ERR [SYS/TEMP] Too many failed logins")
 
 
 def run_inetkit(*args, password=PASSWORD):
