@@ -1,6 +1,7 @@
 //! `inetkit`: the admin command for the suite's users file and mail store.
 
 mod deliver;
+mod directory;
 mod mail;
 mod queue;
 mod user;
@@ -14,7 +15,8 @@ Users, in the users file every daemon reads:
   user passwd NAME                change a user's password
   user del NAME [--purge]         remove a user; with --purge, their mailbox too
   user list                       list the users: name, password scheme, home
-  user check NAME                 check a password from stdin (exit status 0 if it matches)
+  user check NAME [--config FILE] check a password from stdin (exit status 0 if it matches);
+                                  with --config, where that daemon's [auth] finds users
 
 Mail, in the users' Maildirs (USER must be in the users file):
   deliver USER [FILE]             deliver a message (FILE or stdin) into USER's INBOX
@@ -36,6 +38,7 @@ Options, where they apply:
   --spool DIR        the spool of queue (default /var/lib/inetkit/spool)
   --home DIR         the home field of user add (FTP root; empty: the daemon's default)
   --purge            user del: also remove the mailbox
+  --config FILE      user check: a daemon's config, whose [auth] says where users are
   -h, --help         this text; `inetkit COMMAND --help` for one command's
   -V, --version      the version
 

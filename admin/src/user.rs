@@ -26,7 +26,9 @@ const HELP: &str = "usage: inetkit user COMMAND [--users FILE]
   del NAME [--purge]      remove a user; with --purge, their mailbox too
   list                    list the users: name, password scheme, home
   check NAME              check a password against the file (exit status 0 if it matches),
-                          finding NAME as a login does (any case; alice@localhost is alice)
+                          finding NAME as a login does (any case; alice@localhost is alice);
+                          with --config, against that daemon's [auth]: its users file or
+                          its directory (LDAP, PostgreSQL)
 
 The password is asked for on the terminal, or read as one line from stdin when stdin is not
 a terminal (e.g. `echo \"$PW\" | inetkit user add alice`). New passwords are hashed with
@@ -36,7 +38,9 @@ ARGON2ID, as Dovecot's `doveadm pw -s ARGON2ID` does.
 --home DIR        the user's home field (FTP root); empty means the daemon's default
 --purge           with del: also remove the user's mailbox, <mail root>/NAME (FTP files and
                   a home named in the users file are left alone)
---mail-root DIR   where the mailboxes are (default /var/lib/inetkit/mail)";
+--mail-root DIR   where the mailboxes are (default /var/lib/inetkit/mail)
+--config FILE     with check: a daemon's config (e.g. /etc/inetkit/imapd.toml) whose [auth]
+                  says where users are";
 
 /// Mode of a users file this command creates: readable by the `inetkit` group's daemons.
 const NEW_FILE_MODE: u32 = 0o640;
@@ -46,6 +50,7 @@ struct Options {
     home: Option<PathBuf>,
     purge: bool,
     mail_root: Option<PathBuf>,
+    config: Option<PathBuf>,
     words: Vec<String>,
 }
 
@@ -55,6 +60,7 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
         home: None,
         purge: false,
         mail_root: None,
+        config: None,
         words: Vec::new(),
     };
     let mut args = args.iter();
@@ -74,6 +80,9 @@ fn parse_args(args: &[String]) -> anyhow::Result<Option<Options>> {
             a if a == "--home" || a.starts_with("--home=") => options.home = Some(value("--home")?),
             a if a == "--mail-root" || a.starts_with("--mail-root=") => {
                 options.mail_root = Some(value("--mail-root")?);
+            }
+            a if a == "--config" || a.starts_with("--config=") => {
+                options.config = Some(value("--config")?);
             }
             "--purge" => options.purge = true,
             a if a.starts_with('-') && a.len() > 1 => bail!("unknown option {a}\n\n{HELP}"),
@@ -98,7 +107,13 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     if options.mail_root.is_some() && !options.purge {
         bail!("--mail-root goes with `del --purge`");
     }
+    if options.config.is_some() && words.first() != Some(&"check") {
+        bail!("--config only goes with `check`");
+    }
     let users = options.users.as_path();
+    if let (["check", name], Some(config)) = (words.as_slice(), &options.config) {
+        return crate::directory::check(config, name);
+    }
     match words.as_slice() {
         ["add", name] => add(users, name, options.home.as_deref()),
         ["passwd", name] => passwd(users, name),
@@ -270,7 +285,7 @@ fn list(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn check(path: &Path, given: &str) -> anyhow::Result<()> {
+pub(crate) fn check(path: &Path, given: &str) -> anyhow::Result<()> {
     let file = load(path)?;
     // Found as a login finds it: any case, and alice@localhost (or @ the host's name) for alice.
     let entry = file
@@ -323,7 +338,7 @@ fn stored_name(path: &Path, given: &str) -> anyhow::Result<String> {
 // -- the password -------------------------------------------------------------------------------
 
 /// From the terminal without echo (twice for a new password), or one line of stdin.
-fn read_password(confirm: bool) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_password(confirm: bool) -> anyhow::Result<Vec<u8>> {
     let password = if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("Password: ").context("reading the password")?;
         if confirm {

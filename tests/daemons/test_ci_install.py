@@ -15,6 +15,8 @@ PEERS = {
     "nsd": "nsd.service",
     "unbound": "unbound.service",
     "xinetd": "xinetd.service",
+    "slapd": "slapd.service",
+    "postgresql": "postgresql.service",
 }
 
 

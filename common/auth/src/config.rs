@@ -12,6 +12,12 @@
 //! max_tracked_addresses = 10000
 //! guard_state = "/run/inetkit/login-guard"   # "" for a guard of this daemon alone
 //! local_domains = []            # alice@<one of these> logs in as alice; [] = localhost + host
+//! # With a directory (LDAP or PostgreSQL) instead of the users file:
+//! directory_timeout = 5         # seconds, for a connection and for each query
+//! directory_connections = 4     # kept open at most
+//! cache_ttl = 5                 # seconds a found user is remembered (0: never)
+//! [auth.directory]
+//! type = "ldap"                 # or "postgresql": see directory::ldap, directory::postgres
 //! ```
 
 use std::net::IpAddr;
@@ -21,6 +27,7 @@ use std::time::Duration;
 use inetkit_runtime::config::seconds;
 use serde::{Deserialize, Deserializer};
 
+use super::directory::{Directory, DirectoryConfig, DirectoryLimits};
 use super::{Authenticator, Guard, GuardPolicy};
 
 /// Where the users file is when `[auth] users_file` does not say.
@@ -90,6 +97,17 @@ pub struct AuthConfig {
     /// logs in as `alice` when no user has that whole address); empty: `localhost` and the
     /// host's name. smtp-submit takes them from `[smtp] local_domains` instead.
     pub local_domains: Vec<String>,
+    /// `[auth.directory]`: users from LDAP or PostgreSQL instead of `users_file`.
+    pub directory: Option<DirectoryConfig>,
+    /// The longest a directory connection attempt, or one query, may take.
+    #[serde(deserialize_with = "seconds")]
+    pub directory_timeout: Duration,
+    /// Directory connections kept open at most (and queries at once).
+    pub directory_connections: usize,
+    /// How long a user found in the directory is remembered (0: never). Only the lookup
+    /// is: every login's password is checked anew.
+    #[serde(deserialize_with = "seconds")]
+    pub cache_ttl: Duration,
 }
 
 /// `guard_state`: an absolute path, or `""` for none. A relative path would depend on the
@@ -122,6 +140,10 @@ impl Default for AuthConfig {
             max_tracked_addresses: guard.max_tracked,
             guard_state: Some(PathBuf::from(DEFAULT_GUARD_STATE)),
             local_domains: Vec::new(),
+            directory: None,
+            directory_timeout: Duration::from_secs(5),
+            directory_connections: 4,
+            cache_ttl: Duration::from_secs(5),
         }
     }
 }
@@ -149,10 +171,55 @@ impl AuthConfig {
 
     /// The authenticator for this section, with its guard and plaintext policy; make one at
     /// start and clone it into sessions.
+    ///
+    /// With a directory whose settings cannot work (say, a bad URL), every login gets a
+    /// temporary failure and the reason is logged; [`AuthConfig::problem`] and
+    /// `--check-config` say it beforehand.
     pub fn authenticator(&self) -> Authenticator {
-        Authenticator::with_guard(self.users_file.clone(), self.guard())
+        let authenticator = Authenticator::with_guard(self.users_file.clone(), self.guard())
             .with_plaintext(self.plaintext)
-            .with_local_domains(&self.local_domains)
+            .with_local_domains(&self.local_domains);
+        match self.directory() {
+            None => authenticator,
+            Some(directory) => authenticator.with_directory(directory),
+        }
+    }
+
+    /// The limits every directory backend shares.
+    pub fn directory_limits(&self) -> DirectoryLimits {
+        DirectoryLimits {
+            timeout: self.directory_timeout,
+            connections: self.directory_connections.max(1),
+            cache_ttl: self.cache_ttl,
+        }
+    }
+
+    /// The directory `[auth.directory]` describes, if any (not connected yet).
+    pub fn directory(&self) -> Option<Result<Directory, super::directory::DirectoryError>> {
+        let config = self.directory.as_ref()?;
+        Some(Directory::new(config, self.directory_limits()))
+    }
+
+    /// What is wrong with `[auth.directory]` that no type check sees, if anything.
+    pub fn problem(&self) -> Option<String> {
+        match self.directory()? {
+            Ok(_) => None,
+            Err(err) => Some(format!("[auth.directory]: {err}")),
+        }
+    }
+
+    /// For `--check-config`: connects to the directory and says whether it answers
+    /// (`None` for the users file). Not to be called from an async task.
+    pub fn probe(&self) -> Option<Result<String, String>> {
+        let directory = match self.directory()? {
+            Ok(directory) => directory,
+            Err(err) => return Some(Err(format!("[auth.directory]: {err}"))),
+        };
+        let what = directory.describe();
+        Some(match futures::executor::block_on(directory.ping()) {
+            Ok(()) => Ok(format!("{what}: answers")),
+            Err(err) => Err(format!("{what}: does not answer: {err}")),
+        })
     }
 }
 

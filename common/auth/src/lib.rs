@@ -49,6 +49,7 @@
 pub mod address;
 pub mod aliases;
 mod config;
+pub mod directory;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
@@ -70,9 +71,11 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 pub use config::{AuthConfig, Plaintext, DEFAULT_GUARD_STATE, DEFAULT_USERS_FILE};
+pub use directory::{Directory, DirectoryConfig, DirectoryError};
 pub use guard::{Attempt, Guard, GuardPolicy, Moment, PeerKey, Penalty, Refusal};
-pub use users::{check_name, User, UsersFile};
+pub use users::{check_name, Entry, User, UsersFile};
 
+use directory::Found;
 use timing::FailureTiming;
 
 /// How long a login waits for one of its address's guesses to come back (see [`Refusal::Busy`])
@@ -100,6 +103,9 @@ pub enum AuthError {
         #[source]
         source: std::io::Error,
     },
+    /// The directory (LDAP, PostgreSQL) does not answer: a temporary failure too.
+    #[error("directory unavailable: {0}")]
+    DirectoryUnavailable(#[from] DirectoryError),
 }
 
 /// Checks logins against the users file, with the brute-force guard, and says whether a
@@ -114,6 +120,8 @@ pub struct Authenticator {
 
 struct Inner {
     users: UsersSource,
+    /// Users from LDAP or PostgreSQL instead of the file; `Err`: settings that cannot work.
+    directory: Option<Result<Directory, DirectoryError>>,
     guard: Guard,
     /// Bounds the hash verifications running at once: ARGON2ID needs 64 MiB and a core for
     /// a while, and a flood of logins must not take all memory.
@@ -128,6 +136,13 @@ impl fmt::Debug for Authenticator {
             .field("guard_state", &self.inner.guard.state_file())
             .finish_non_exhaustive()
     }
+}
+
+/// Where a login's user comes from: the users file, looked up on the blocking pool, or a
+/// directory's answer (`None`: nobody).
+enum Lookup {
+    File(String),
+    Found(Option<Entry>),
 }
 
 /// What a password check found (each is logged differently).
@@ -151,6 +166,7 @@ impl Authenticator {
         Authenticator {
             inner: Arc::new(Inner {
                 users: UsersSource::new(users_file),
+                directory: None,
                 guard,
                 verifications: Arc::new(Semaphore::new(parallel)),
                 timing,
@@ -182,6 +198,20 @@ impl Authenticator {
         self.local_domains
             .iter()
             .any(|d| d.eq_ignore_ascii_case(domain))
+    }
+
+    /// The same, with users from `directory` instead of the users file (`Err`: settings
+    /// that cannot work, logged here and given to every login as a temporary failure).
+    pub fn with_directory(mut self, directory: Result<Directory, DirectoryError>) -> Self {
+        match &directory {
+            Ok(d) => tracing::debug!("users from the {}", d.describe()),
+            Err(err) => tracing::error!("[auth.directory] cannot work: {err}"),
+        }
+        match Arc::get_mut(&mut self.inner) {
+            Some(inner) => inner.directory = Some(directory),
+            None => tracing::error!("directory set on a shared authenticator: ignored"),
+        }
+        self
     }
 
     /// The same, with `plaintext` as its policy for passwords sent without TLS.
@@ -276,29 +306,59 @@ impl Authenticator {
         }
     }
 
-    /// Runs the file lookup and the hash check on the blocking pool.
+    /// Looks `name` up (the file, or the directory) and checks the password.
     async fn check(&self, name: &str, password: &[u8]) -> Result<Verdict, AuthError> {
+        let Some(directory) = &self.inner.directory else {
+            return self.verify(Lookup::File(name.to_owned()), password).await;
+        };
+        let directory = directory
+            .as_ref()
+            .map_err(|err| AuthError::DirectoryUnavailable(err.clone()))?;
+        if password.is_empty() {
+            return self.verify(Lookup::Found(None), password).await;
+        }
+        match directory.lookup(name, &self.local_domains).await? {
+            Some(Found {
+                entry,
+                bind_dn: Some(dn),
+            }) => Ok(if directory.bind(&dn, password).await? {
+                Verdict::Ok(entry.user)
+            } else {
+                Verdict::WrongPassword
+            }),
+            found => {
+                self.verify(Lookup::Found(found.map(|f| f.entry)), password)
+                    .await
+            }
+        }
+    }
+
+    /// The hash check (or, for nobody, the dummy one) on the blocking pool, after the users
+    /// file lookup there too (a `stat`, and a read when it changed).
+    async fn verify(&self, lookup: Lookup, password: &[u8]) -> Result<Verdict, AuthError> {
         // The permit moves into the blocking task, so it is held until the hash is done even
         // if this future is dropped.
         let permit = self.inner.verifications.clone().acquire_owned().await.ok();
         let inner = Arc::clone(&self.inner);
         let local_domains = Arc::clone(&self.local_domains);
-        let name = name.to_owned();
         let password = password.to_vec();
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
-            let users = inner.users.current()?;
+            let entry = match lookup {
+                Lookup::File(name) => inner.users.current()?.find(&name, &local_domains).cloned(),
+                Lookup::Found(entry) => entry,
+            };
             let timing = &inner.timing;
             if password.is_empty() {
                 timing.dummy(&password);
                 return Ok(Verdict::EmptyPassword);
             }
-            Ok(match users.find(&name, &local_domains) {
+            Ok(match entry {
                 Some(entry) => match &entry.password {
                     Some(stored) => {
                         let started = std::time::Instant::now();
                         if stored.verify(&password) {
-                            Verdict::Ok(entry.user.clone())
+                            Verdict::Ok(entry.user)
                         } else {
                             timing.after_failed_verification(&password, started.elapsed());
                             Verdict::WrongPassword
@@ -334,11 +394,43 @@ impl Authenticator {
 
     /// Like [`lookup`](Self::lookup), but tells "no such user" from "cannot tell now", so a
     /// daemon can answer with a temporary error in the second case.
+    ///
+    /// With a directory this waits for it: call it from a blocking thread, or use
+    /// [`find`](Self::find) in async code.
     pub fn try_lookup(&self, name: &str) -> Result<Option<User>, AuthError> {
+        if let Some(directory) = &self.inner.directory {
+            let directory = directory
+                .as_ref()
+                .map_err(|err| AuthError::DirectoryUnavailable(err.clone()))?;
+            let found = directory.lookup_blocking(name, &self.local_domains)?;
+            return Ok(found.map(|f| f.entry.user));
+        }
         let users = self.inner.users.current()?;
         Ok(users
             .find(name, &self.local_domains)
             .map(|entry| entry.user.clone()))
+    }
+
+    /// [`try_lookup`](Self::try_lookup) for async code.
+    pub async fn find(&self, name: &str) -> Result<Option<User>, AuthError> {
+        if let Some(directory) = &self.inner.directory {
+            let directory = directory
+                .as_ref()
+                .map_err(|err| AuthError::DirectoryUnavailable(err.clone()))?;
+            let found = directory.lookup(name, &self.local_domains).await?;
+            return Ok(found.map(|f| f.entry.user));
+        }
+        self.try_lookup(name)
+    }
+
+    /// Whether users come from a directory rather than the users file.
+    pub fn has_directory(&self) -> bool {
+        self.inner.directory.is_some()
+    }
+
+    /// The directory, if users come from one (for `inetkit user check` and health checks).
+    pub fn directory(&self) -> Option<Result<&Directory, &DirectoryError>> {
+        self.inner.directory.as_ref().map(Result::as_ref)
     }
 
     /// The users file as it is now (re-read when it changed), for lookups of several names

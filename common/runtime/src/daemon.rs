@@ -87,6 +87,11 @@ pub trait PlainAndTlsConfig: DeserializeOwned + Default {
     fn validate(&self) -> Vec<Problem> {
         Vec::new()
     }
+
+    /// As [`DaemonConfig::probe`].
+    fn probe(&self) -> Vec<Result<String, String>> {
+        Vec::new()
+    }
 }
 
 impl<D: PlainAndTlsConfig> DaemonConfig for D {
@@ -102,6 +107,10 @@ impl<D: PlainAndTlsConfig> DaemonConfig for D {
 
     fn validate(&self) -> Vec<Problem> {
         PlainAndTlsConfig::validate(self)
+    }
+
+    fn probe(&self) -> Vec<Result<String, String>> {
+        PlainAndTlsConfig::probe(self)
     }
 }
 
@@ -201,6 +210,19 @@ where
         }
     };
     if args.check_config {
+        let mut answered = true;
+        for probe in config.daemon.probe() {
+            match probe {
+                Ok(line) => println!("{program}: {line}"),
+                Err(line) => {
+                    eprintln!("{program}: {line}");
+                    answered = false;
+                }
+            }
+        }
+        if !answered {
+            return ExitCode::FAILURE;
+        }
         println!("{}: ok", args.config.display());
         return ExitCode::SUCCESS;
     }

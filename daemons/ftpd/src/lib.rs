@@ -76,6 +76,11 @@ impl PlainAndTlsConfig for FtpdConfig {
         }
         problems
     }
+
+    // --check-config: does the user directory answer?
+    fn probe(&self) -> Vec<Result<String, String>> {
+        self.auth.probe().into_iter().collect()
+    }
 }
 
 /// `[ftp]`.

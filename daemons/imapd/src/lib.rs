@@ -65,6 +65,11 @@ impl PlainAndTlsConfig for ImapConfig {
     const SOCKETS: PlainAndTls = IMAP;
     // RFC 3501 §5.4: an autologout timer of at least 30 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
+
+    // --check-config: does the user directory answer?
+    fn probe(&self) -> Vec<Result<String, String>> {
+        self.auth.probe().into_iter().collect()
+    }
 }
 
 /// What every session shares.

@@ -44,6 +44,11 @@ impl PlainAndTlsConfig for Pop3Config {
     const SOCKETS: PlainAndTls = POP3;
     // RFC 1939 §3: an autologout timer of at least 10 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+    // --check-config: does the user directory answer?
+    fn probe(&self) -> Vec<Result<String, String>> {
+        self.auth.probe().into_iter().collect()
+    }
 }
 
 /// What every session shares.

@@ -63,6 +63,11 @@ impl PlainAndTlsConfig for RpcdConfig {
             .into_iter()
             .collect()
     }
+
+    // --check-config: does the user directory answer?
+    fn probe(&self) -> Vec<Result<String, String>> {
+        self.auth.probe().into_iter().collect()
+    }
 }
 
 /// What every connection shares.

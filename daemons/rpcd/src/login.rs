@@ -79,10 +79,15 @@ pub(crate) async fn login(
     else {
         return Err(unauthorized("malformed Authorization header: use Basic"));
     };
-    // Taken before the check, so a change made during it is seen on the next request.
-    let users_file = users_file_stamp(rpcd.auth.users_file());
+    // Taken before the check, so a change made during it is seen on the next request. With a
+    // directory there is no file to watch: every request is checked (its lookups are cached).
+    let users_file = if rpcd.auth.has_directory() {
+        None
+    } else {
+        users_file_stamp(rpcd.auth.users_file())
+    };
     if let Some(name) = logins.remembered(value, users_file) {
-        if let Ok(Some(user)) = rpcd.auth.try_lookup(&name) {
+        if let Ok(Some(user)) = rpcd.auth.find(&name).await {
             return Ok(user);
         }
     }
@@ -108,7 +113,7 @@ pub(crate) async fn login(
             }
             Err(reply)
         }
-        Err(AuthError::Unavailable { .. }) => Err(plain(
+        Err(AuthError::Unavailable { .. } | AuthError::DirectoryUnavailable(_)) => Err(plain(
             StatusCode::SERVICE_UNAVAILABLE,
             "logins are unavailable right now",
         )),

@@ -80,6 +80,11 @@ impl PlainAndTlsConfig for SubmitConfig {
             .into_iter()
             .collect()
     }
+
+    // --check-config: does the user directory answer?
+    fn probe(&self) -> Vec<Result<String, String>> {
+        self.auth.probe().into_iter().collect()
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -141,6 +141,13 @@ pub trait DaemonConfig: DeserializeOwned + Default {
     fn validate(&self) -> Vec<Problem> {
         Vec::new()
     }
+
+    /// `--check-config` only, after the checks passed: connects to the outside services the
+    /// config names (a user directory) and says, per service, whether it answers (`Ok`) or
+    /// not (`Err`, which fails the check).
+    fn probe(&self) -> Vec<Result<String, String>> {
+        Vec::new()
+    }
 }
 
 /// A daemon's whole config: the shared sections and the daemon's own part.
