@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`auth`] | CAPABILITY, NOOP, LOGOUT, ID, ENABLE, STARTTLS, LOGIN, AUTHENTICATE |
 //! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
-//! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, SEARCH, STORE, COPY, MOVE |
+//! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, STORE, COPY, MOVE |
+//! | [`search`] | SEARCH |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
 //!
@@ -23,6 +24,7 @@ pub(crate) mod input;
 mod mailboxes;
 mod messages;
 mod reply;
+mod search;
 #[cfg(test)]
 mod tests;
 
