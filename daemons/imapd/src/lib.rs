@@ -10,8 +10,11 @@ pub mod fuzzing;
 mod keywords;
 mod names;
 mod search;
+mod search_args;
 mod selected;
 mod session;
+mod sort;
+mod thread;
 mod watch;
 mod wire;
 

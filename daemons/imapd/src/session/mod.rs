@@ -72,6 +72,10 @@ pub(crate) struct Session {
     failures: u32,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
+    /// SEARCHRES's `$`: the UIDs a `RETURN (SAVE)` kept, ascending; empty when unset.
+    saved: Vec<u32>,
+    /// The current command's `RETURN (…)`, which imap-codec does not parse (search.rs).
+    search_return: Option<crate::search_args::ReturnOptions>,
 }
 
 impl Session {
@@ -84,6 +88,8 @@ impl Session {
             selected: None,
             failures: 0,
             literals: &input::LITERALS,
+            saved: Vec::new(),
+            search_return: None,
         }
     }
 }
@@ -152,6 +158,9 @@ impl TlsSession for Session {
                     return None;
                 }
             };
+            let Some(bytes) = self.prepare(&bytes, &mut conn) else {
+                continue;
+            };
             let command = match CommandCodec::default().decode(&bytes) {
                 Ok((_, command)) => command,
                 Err(_) => {
@@ -192,7 +201,19 @@ impl Session {
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Sort { uid: false, .. }
+                | CommandBody::Thread { uid: false, .. }
         );
+        // `$` is the saved result of the selected folder only (RFC 5182 §2.1).
+        if matches!(
+            &command.body,
+            CommandBody::Select { .. }
+                | CommandBody::Examine { .. }
+                | CommandBody::Close
+                | CommandBody::Unselect
+        ) {
+            self.saved.clear();
+        }
         let done = self.dispatch(command, tag, conn).await;
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
@@ -262,8 +283,9 @@ impl Session {
                 message,
             } => self.append(&mailbox, &flags, date, &message),
             CommandBody::Idle => self.idle(conn).await,
-            // Selected (messages.rs, fetch/).
-            _ if !selected => bad("No mailbox selected."),
+            // Selected (messages.rs, search.rs, fetch/); other commands are not supported in
+            // any state (below).
+            _ if !selected && selected_state(&command.body) => bad("No mailbox selected."),
             CommandBody::Check => self.check(),
             CommandBody::Close => self.close(),
             CommandBody::Unselect => self.unselect(),
@@ -273,7 +295,26 @@ impl Session {
                 charset,
                 criteria,
                 uid,
-            } => self.search(charset.as_ref(), criteria.as_ref(), uid, conn),
+            } => self.search(charset.as_ref(), criteria.as_ref(), uid, tag, conn),
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => self.sort_command(
+                sort_criteria.as_ref(),
+                &charset,
+                search_criteria.as_ref(),
+                uid,
+                tag,
+                conn,
+            ),
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => self.thread_command(&algorithm, &charset, search_criteria.as_ref(), uid, conn),
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
@@ -304,4 +345,24 @@ impl Session {
             _ => bad("Command not supported."),
         }
     }
+}
+
+/// The commands of the selected state (RFC 3501 §6.4): without a mailbox selected they are
+/// refused as such, any other unknown command as not supported.
+fn selected_state(body: &CommandBody<'_>) -> bool {
+    matches!(
+        body,
+        CommandBody::Check
+            | CommandBody::Close
+            | CommandBody::Unselect
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. }
+    )
 }

@@ -1,64 +1,385 @@
-//! SEARCH and UID SEARCH (RFC 3501 §6.4.4); the matching itself is [`crate::search`].
+//! SEARCH and UID SEARCH (RFC 3501 §6.4.4) with ESEARCH (RFC 4731), SEARCHRES (RFC 5182)
+//! and WITHIN (RFC 5032); SORT (RFC 5256, RFC 5957) with ESORT (RFC 5267); THREAD
+//! (RFC 5256). The matching is [`crate::search`], the ordering [`crate::sort`] and
+//! [`crate::thread`]; what imap-codec does not parse (`RETURN (…)`, `$`) is
+//! [`crate::search_args`].
 
-use imap_codec::imap_types::core::Charset;
-use imap_codec::imap_types::response::{Code, Data};
+use std::borrow::Cow;
+use std::fmt::Write as _;
+
+use imap_codec::imap_types::core::{Charset, Tag};
+use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
+use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::search::SearchKey;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::input::client_gone;
-use super::reply::{bad, no_code, ok, Done};
+use super::reply::{bad, no_code, ok, reply, Done};
 use super::{blocking, Conn, Session};
-use crate::search::{self, Query, Stopped};
+use crate::search::{self, Need, Query, Stopped};
+use crate::search_args::{self, Prepared, ReturnOptions, Saved};
+use crate::selected::Selected;
+use crate::sort::{self, Keys};
+use crate::thread::{self, Algorithm, Facts};
 use crate::wire::{self, nz};
 
+/// What this module adds to CAPABILITY.
+pub(super) const CAPABILITIES: &[&str] = &[
+    "ESEARCH",
+    "SEARCHRES",
+    "WITHIN",
+    "SORT",
+    "SORT=DISPLAY",
+    "ESORT",
+    "THREAD=ORDEREDSUBJECT",
+    "THREAD=REFERENCES",
+    "THREAD=REFS",
+];
+
+/// A search that ended early, as the command's reply.
+fn stopped(stopped: Stopped, command: &str) -> Done {
+    match stopped {
+        Stopped::Gone => Done::Close,
+        Stopped::TooLong => no_code(
+            wire::code("LIMIT"),
+            format!("{command} took too long: narrow it down."),
+        ),
+    }
+}
+
+fn charset_refused(charset: Option<&Charset<'_>>) -> Option<Done> {
+    let cs: &str = charset?.as_ref();
+    if cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII") {
+        return None;
+    }
+    let allowed = ["UTF-8", "US-ASCII"]
+        .into_iter()
+        .filter_map(|c| Charset::try_from(c).ok())
+        .collect();
+    Some(no_code(
+        Code::BadCharset { allowed },
+        "Unsupported charset.",
+    ))
+}
+
+/// The message numbers a reply gives: UIDs or sequence numbers.
+fn numbers(sel: &Selected, indexes: &[usize], uid: bool) -> Vec<u32> {
+    indexes
+        .iter()
+        .map(|&i| {
+            if uid {
+                sel.messages.get(i).map_or(0, |m| m.uid)
+            } else {
+                i as u32 + 1
+            }
+        })
+        .collect()
+}
+
+/// `* ESEARCH (TAG "a") UID MIN 1 MAX 9 COUNT 4 ALL 1:2,7,9`; `numbers` in the order
+/// they are given (sorted for ESORT), MIN and MAX the first and last of them.
+fn esearch(out: &mut Vec<u8>, tag: &Tag<'_>, uid: bool, r: &ReturnOptions, numbers: &[u32]) {
+    let mut line = String::from("* ESEARCH (TAG \"");
+    line.push_str(tag.as_ref());
+    line.push_str("\")");
+    if uid {
+        line.push_str(" UID");
+    }
+    if let (true, Some(min)) = (r.min, numbers.first()) {
+        let _ = write!(line, " MIN {min}");
+    }
+    if let (true, Some(max)) = (r.max, numbers.last()) {
+        let _ = write!(line, " MAX {max}");
+    }
+    if r.count {
+        let _ = write!(line, " COUNT {}", numbers.len());
+    }
+    if r.all && !numbers.is_empty() {
+        line.push_str(" ALL ");
+        line.push_str(&search_args::set_text(numbers));
+    }
+    line.push_str("\r\n");
+    out.extend_from_slice(line.as_bytes());
+}
+
 impl Session {
-    /// SEARCH and UID SEARCH. The search stops when the client goes away (looked at
-    /// between keys) and after [`search::TIME_LIMIT`].
+    /// Before imap-codec decodes a command: takes out `RETURN (…)` (kept for the handler)
+    /// and puts the saved result where `$` stands. `None` when the command was answered
+    /// already (refused, or a command on an empty `$`).
+    pub(super) fn prepare<'b, S>(
+        &mut self,
+        bytes: &'b [u8],
+        conn: &mut Conn<S>,
+    ) -> Option<Cow<'b, [u8]>> {
+        self.search_return = None;
+        let folder: Vec<u32>;
+        let saved = match &self.selected {
+            Some(sel) => {
+                folder = sel.messages.iter().map(|m| m.uid).collect();
+                Some(Saved {
+                    uids: &self.saved,
+                    folder: &folder,
+                })
+            }
+            None => None,
+        };
+        let prepared = search_args::prepare(bytes, saved.as_ref());
+        match prepared {
+            Ok(Prepared::AsIs) => Some(Cow::Borrowed(bytes)),
+            Ok(Prepared::Rewritten { bytes, returns }) => {
+                self.search_return = returns;
+                Some(Cow::Owned(bytes))
+            }
+            Ok(Prepared::OnNothing(command)) => {
+                let text = format!("{command} completed (no messages).");
+                let tag = wire::tag_of(bytes);
+                let text = wire::text(text);
+                match tag {
+                    Some(tag) => wire::send(
+                        &mut conn.out,
+                        &wire::tagged(tag, StatusKind::Ok, None, text),
+                    ),
+                    None => {
+                        wire::status(&mut conn.out, wire::untagged(StatusKind::Bad, None, text))
+                    }
+                }
+                None
+            }
+            Err(search_args::Refused(text)) => {
+                reply(conn, wire::tag_of(bytes), StatusKind::Bad, None, text);
+                None
+            }
+        }
+    }
+
+    /// The indexes of the messages that match, stopped as SEARCH stops.
+    fn matching<S>(
+        &self,
+        criteria: &[SearchKey<'_>],
+        conn: &mut Conn<S>,
+    ) -> Result<Vec<usize>, Stopped>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let Some(sel) = self.selected.as_ref() else {
+            return Ok(Vec::new());
+        };
+        let query = Query::new(criteria);
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        blocking(|| search::run(sel, &query, &mut watch))
+    }
+
+    /// SEARCH and UID SEARCH, with `RETURN (…)` (ESEARCH, SAVE). The search stops when the
+    /// client goes away (looked at between keys) and after [`search::TIME_LIMIT`].
     pub(super) fn search<S>(
         &mut self,
         charset: Option<&Charset<'_>>,
         criteria: &[SearchKey<'_>],
+        uid: bool,
+        tag: &Tag<'_>,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let returns = self.search_return.take();
+        if let Some(refused) = charset_refused(charset) {
+            self.forget_on_save(returns.as_ref());
+            return refused;
+        }
+        if self.selected.is_none() {
+            return bad("No mailbox selected.");
+        }
+        let hits = match self.matching(criteria, conn) {
+            Ok(hits) => hits,
+            Err(s) => {
+                self.forget_on_save(returns.as_ref());
+                return stopped(s, "SEARCH");
+            }
+        };
+        let Some(sel) = self.selected.as_ref() else {
+            return bad("No mailbox selected.");
+        };
+        let numbers = numbers(sel, &hits, uid);
+        let Some(r) = returns else {
+            wire::data(
+                &mut conn.out,
+                Data::Search(numbers.into_iter().map(nz).collect()),
+            );
+            return ok("SEARCH completed.");
+        };
+        if r.save {
+            self.save(&hits, &r);
+        }
+        if r.answers() {
+            esearch(&mut conn.out, tag, uid, &r, &numbers);
+        }
+        ok("SEARCH completed.")
+    }
+
+    /// A failed search with SAVE leaves `$` empty (RFC 5182 §2.1).
+    fn forget_on_save(&mut self, returns: Option<&ReturnOptions>) {
+        if returns.is_some_and(|r| r.save) {
+            self.saved.clear();
+        }
+    }
+
+    /// Keeps the result as `$` (UIDs): only the first and last when SAVE comes with MIN or
+    /// MAX and neither ALL nor COUNT (RFC 5182 §2.4). `hits` in the result's order.
+    fn save(&mut self, hits: &[usize], r: &ReturnOptions) {
+        let Some(sel) = self.selected.as_ref() else {
+            return;
+        };
+        let chosen: Vec<usize> = if (r.min || r.max) && !(r.all || r.count) {
+            let mut ends: Vec<usize> = Vec::new();
+            let first = hits.iter().min().copied();
+            let last = hits.iter().max().copied();
+            ends.extend(first.filter(|_| r.min));
+            ends.extend(last.filter(|_| r.max));
+            ends
+        } else {
+            hits.to_vec()
+        };
+        let mut uids = numbers(sel, &chosen, true);
+        uids.sort_unstable();
+        uids.dedup();
+        self.saved = uids;
+    }
+
+    /// SORT and UID SORT, with `RETURN (…)` (ESORT).
+    pub(super) fn sort_command<S>(
+        &mut self,
+        criteria: &[SortCriterion],
+        charset: &Charset<'_>,
+        keys: &[SearchKey<'_>],
+        uid: bool,
+        tag: &Tag<'_>,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let returns = self.search_return.take();
+        if let Some(refused) = charset_refused(Some(charset)) {
+            self.forget_on_save(returns.as_ref());
+            return refused;
+        }
+        let sorted = self.matching(keys, conn).and_then(|hits| {
+            let Some(sel) = self.selected.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let reader = &mut conn.reader;
+            let mut gone = || client_gone(reader);
+            let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+            blocking(|| {
+                sort::sort(&sel.messages, &hits, criteria, &mut watch, |msg| {
+                    search::read(sel, msg, Need::Header)
+                })
+            })
+        });
+        let sorted = match sorted {
+            Ok(sorted) => sorted,
+            Err(s) => {
+                self.forget_on_save(returns.as_ref());
+                return stopped(s, "SORT");
+            }
+        };
+        let Some(sel) = self.selected.as_ref() else {
+            return bad("No mailbox selected.");
+        };
+        let numbers = numbers(sel, &sorted, uid);
+        match returns {
+            None => {
+                let mut line = String::from("* SORT");
+                for n in &numbers {
+                    let _ = write!(line, " {n}");
+                }
+                line.push_str("\r\n");
+                conn.out.extend_from_slice(line.as_bytes());
+            }
+            Some(r) => {
+                if r.save {
+                    self.save(&sorted, &r);
+                }
+                if r.answers() {
+                    esearch(&mut conn.out, tag, uid, &r, &numbers);
+                }
+            }
+        }
+        ok("SORT completed.")
+    }
+
+    /// THREAD and UID THREAD.
+    pub(super) fn thread_command<S>(
+        &mut self,
+        algorithm: &ThreadingAlgorithm<'_>,
+        charset: &Charset<'_>,
+        keys: &[SearchKey<'_>],
         uid: bool,
         conn: &mut Conn<S>,
     ) -> Done
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        if let Some(cs) = charset {
-            let cs: &str = cs.as_ref();
-            if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
-                let allowed = ["UTF-8", "US-ASCII"]
-                    .into_iter()
-                    .filter_map(|c| Charset::try_from(c).ok())
-                    .collect();
-                return no_code(Code::BadCharset { allowed }, "Unsupported charset.");
+        let algorithm = match algorithm {
+            ThreadingAlgorithm::OrderedSubject => Algorithm::OrderedSubject,
+            ThreadingAlgorithm::References => Algorithm::References,
+            ThreadingAlgorithm::Other(other) if other.as_ref().eq_ignore_ascii_case("REFS") => {
+                Algorithm::Refs
             }
+            ThreadingAlgorithm::Other(_) => return bad("Unknown threading algorithm."),
+        };
+        if let Some(refused) = charset_refused(Some(charset)) {
+            return refused;
         }
-        let Some(sel) = self.selected.as_ref() else {
-            return bad("No mailbox selected.");
+        let facts = self.matching(keys, conn).and_then(|hits| {
+            let Some(sel) = self.selected.as_ref() else {
+                return Ok(Vec::new());
+            };
+            let reader = &mut conn.reader;
+            let mut gone = || client_gone(reader);
+            let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+            blocking(|| thread_facts(sel, &hits, uid, &mut watch))
+        });
+        let facts = match facts {
+            Ok(facts) => facts,
+            Err(s) => return stopped(s, "THREAD"),
         };
-        let query = Query::new(criteria);
-        let reader = &mut conn.reader;
-        let mut gone = || client_gone(reader);
-        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
-        let hits = match blocking(|| search::run(sel, &query, &mut watch)) {
-            Ok(hits) => hits,
-            Err(Stopped::Gone) => return Done::Close,
-            Err(Stopped::TooLong) => {
-                return no_code(wire::code("LIMIT"), "SEARCH took too long: narrow it down.")
-            }
-        };
-        let numbers = hits
-            .into_iter()
-            .map(|i| {
-                nz(if uid {
-                    sel.messages[i].uid
-                } else {
-                    i as u32 + 1
-                })
-            })
-            .collect();
-        wire::data(&mut conn.out, Data::Search(numbers));
-        ok("SEARCH completed.")
+        let threads = thread::thread(&facts, algorithm);
+        let mut line = String::from("* THREAD");
+        if !threads.is_empty() {
+            line.push(' ');
+            line.push_str(&threads);
+        }
+        line.push_str("\r\n");
+        conn.out.extend_from_slice(line.as_bytes());
+        ok("THREAD completed.")
     }
+}
+
+/// What THREAD needs of each matching message: its header read and parsed once.
+fn thread_facts(
+    sel: &Selected,
+    hits: &[usize],
+    uid: bool,
+    watch: &mut search::Watch<'_>,
+) -> Result<Vec<Facts>, Stopped> {
+    let mut facts = Vec::with_capacity(hits.len());
+    for &i in hits {
+        let Some(msg) = sel.messages.get(i) else {
+            continue;
+        };
+        if watch.stop() {
+            return Err(watch.stopped());
+        }
+        let bytes = search::read(sel, msg, Need::Header);
+        let parsed = crate::session::fetch::mime::parse(&bytes);
+        let number = if uid { msg.uid } else { i as u32 + 1 };
+        let keys = Keys::of(msg, parsed.as_ref());
+        facts.push(Facts::of(number, keys, parsed.as_ref()));
+    }
+    Ok(facts)
 }
