@@ -24,11 +24,11 @@ pub(crate) struct Keys {
     /// The sent date (Date:, in UTC), else the internal date: seconds since 1970.
     pub(crate) date: i64,
     pub(crate) subject: String,
-    from: String,
-    to: String,
-    cc: String,
-    display_from: String,
-    display_to: String,
+    pub(crate) from: String,
+    pub(crate) to: String,
+    pub(crate) cc: String,
+    pub(crate) display_from: String,
+    pub(crate) display_to: String,
 }
 
 /// Whether sorting by these criteria reads the messages' headers.
@@ -333,6 +333,48 @@ mod tests {
         ] {
             assert_eq!(base_subject(subject), base, "{subject:?}");
         }
+    }
+
+    #[test]
+    fn a_sort_orders_and_stops() {
+        let messages: Vec<String> = [
+            "Subject: b\r\nFrom: y@x\r\n",
+            "Subject: Re: a\r\n",
+            "Subject: c\r\nFrom: x@x\r\n",
+        ]
+        .iter()
+        .map(|h| format!("{h}\r\nbody\r\n"))
+        .collect();
+        let (selected, _dir) = crate::search::test_inbox("sort-run", &messages);
+        let criteria = |text: &str| -> Vec<SortCriterion> {
+            use imap_codec::decode::Decoder;
+            use imap_codec::imap_types::command::CommandBody;
+            let line = format!("a SORT ({text}) UTF-8 ALL\r\n");
+            let (_, command) = imap_codec::CommandCodec::default()
+                .decode(line.as_bytes())
+                .expect("a SORT");
+            match command.body {
+                CommandBody::Sort { sort_criteria, .. } => sort_criteria.as_ref().to_vec(),
+                _ => panic!("not a SORT"),
+            }
+        };
+        let read = |m: &MessageInfo| crate::search::read(&selected, m, Need::Header);
+        let mut here = || false;
+        let mut watch = Watch::new(crate::search::TIME_LIMIT, &mut here);
+        let all = [0, 1, 2];
+        let by = |c: &str, watch: &mut Watch<'_>| {
+            sort(&selected.messages, &all, &criteria(c), watch, read)
+        };
+        assert_eq!(by("SUBJECT", &mut watch), Ok(vec![1, 0, 2]));
+        assert_eq!(by("REVERSE SUBJECT", &mut watch), Ok(vec![2, 0, 1]));
+        // No From: an empty mailbox, first; ties stay in sequence order.
+        assert_eq!(by("FROM", &mut watch), Ok(vec![1, 2, 0]));
+        // Delivered within a second: equal arrival, so REVERSE changes nothing.
+        assert_eq!(by("REVERSE ARRIVAL", &mut watch), Ok(vec![0, 1, 2]));
+        // The client has gone: the sort stops as SEARCH does.
+        let mut gone = || true;
+        let mut watch = Watch::new(crate::search::TIME_LIMIT, &mut gone);
+        assert_eq!(by("SUBJECT", &mut watch), Err(Stopped::Gone));
     }
 
     #[test]

@@ -540,7 +540,8 @@ mod tests {
             fact(3, 3, "other", "3@x", &[]),
             fact(4, 4, "hello", "4@x", &[]),
         ];
-        assert_eq!(thread(&facts, Algorithm::References), "((1)(2)(4))(3)");
+        // The reply joins its original; two originals go under a dummy.
+        assert_eq!(thread(&facts, Algorithm::References), "((1 2)(4))(3)");
         // REFS does not; and orders threads by their newest message.
         let facts = [
             fact(1, 1, "hello", "1@x", &[]),
@@ -560,7 +561,7 @@ mod tests {
             fact(4, 4, "re: a", "", &[]),
             fact(5, 0, "Fwd: b", "", &[]),
         ];
-        assert_eq!(thread(&facts, Algorithm::OrderedSubject), "(1 (3)(4))(5 2)");
+        assert_eq!(thread(&facts, Algorithm::OrderedSubject), "(5 2)(1 (3)(4))");
     }
 
     #[test]
