@@ -163,7 +163,11 @@ def test_saved_results_feed_later_commands(imap):
     # SAVE with the ESEARCH options answers and saves; SORT can save too.
     r.ok("SEARCH RETURN (SAVE ALL) ALL")
     assert len([l for l in r.ok("FETCH $ (UID)") if "FETCH" in l]) == 3
+    # A SAVE that fails, even as BAD, leaves `$` empty.
+    r.bad("SEARCH RETURN (SAVE) NOSUCHKEY")
+    assert r.ok("FETCH $ (UID)") == []
     # SELECT forgets `$`.
+    r.ok("SEARCH RETURN (SAVE) ALL")
     r.ok("SELECT INBOX")
     assert r.ok("FETCH $ (UID)") == []
     assert r.ok("UID STORE $ +FLAGS (\\Seen)") == []

@@ -29,6 +29,9 @@ pub(crate) struct Facts {
     pub(crate) references: Vec<String>,
 }
 
+/// The deepest a thread grows: a message below that starts a thread of its own.
+const MAX_DEPTH: usize = 1000;
+
 /// The longest References list looked at: its last IDs, which are the nearest ancestors.
 const MAX_REFERENCES: usize = 64;
 
@@ -92,21 +95,20 @@ impl Forest<'_> {
         self.nodes.len() - 1
     }
 
-    /// Whether `a` is `b` or one of its ancestors.
+    /// Whether `a` is `b` or one of its ancestors; also (so a link is not made) when `b` is
+    /// deeper than [`MAX_DEPTH`]: each link looks up at most that far, so a folder that is
+    /// one long chain costs messages × depth, not messages².
     fn is_ancestor(&self, a: usize, mut b: usize) -> bool {
-        let mut steps = 0;
-        loop {
+        for _ in 0..MAX_DEPTH {
             if a == b {
                 return true;
             }
             match self.nodes.get(b).and_then(|n| n.parent) {
-                Some(p) if steps <= self.nodes.len() => {
-                    b = p;
-                    steps += 1;
-                }
-                _ => return false,
+                Some(p) => b = p,
+                None => return false,
             }
         }
+        true
     }
 
     fn unlink(&mut self, child: usize) {
@@ -575,6 +577,10 @@ mod tests {
             })
             .collect();
         let out = thread(&facts, Algorithm::References);
-        assert!(out.starts_with("(1 2 3 ") && out.ends_with(&format!(" {n})")));
+        // Past MAX_DEPTH a message starts a thread of its own.
+        let first = out.split(')').next().unwrap_or_default();
+        assert_eq!(first.split(' ').count(), MAX_DEPTH + 1, "{out:.80}");
+        assert!(out.starts_with("(1 2 3 "), "{out:.80}");
+        assert!(out.ends_with(&format!(" {n})")), "{out:.80}");
     }
 }

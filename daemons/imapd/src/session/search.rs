@@ -128,6 +128,11 @@ impl Session {
         match prepared {
             Ok(Prepared::AsIs) => Some(Cow::Borrowed(bytes)),
             Ok(Prepared::Rewritten { bytes, returns }) => {
+                // A SAVE empties `$` now (its `$`s are replaced already): a command that
+                // then fails, even as BAD, leaves it empty (RFC 5182 §2.1).
+                if returns.is_some_and(|r| r.save) {
+                    self.saved.clear();
+                }
                 self.search_return = returns;
                 Some(Cow::Owned(bytes))
             }
@@ -162,14 +167,24 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        self.matching_within(criteria, &mut watch)
+    }
+
+    /// [`Session::matching`] under a watch the caller goes on using (SORT, THREAD: one time
+    /// limit for the search and the ordering together).
+    fn matching_within(
+        &self,
+        criteria: &[SearchKey<'_>],
+        watch: &mut search::Watch<'_>,
+    ) -> Result<Vec<usize>, Stopped> {
         let Some(sel) = self.selected.as_ref() else {
             return Ok(Vec::new());
         };
         let query = Query::new(criteria);
-        let reader = &mut conn.reader;
-        let mut gone = || client_gone(reader);
-        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
-        blocking(|| search::run(sel, &query, &mut watch))
+        blocking(|| search::run(sel, &query, watch))
     }
 
     /// SEARCH and UID SEARCH, with `RETURN (…)` (ESEARCH, SAVE). The search stops when the
@@ -267,13 +282,13 @@ impl Session {
             self.forget_on_save(returns.as_ref());
             return refused;
         }
-        let sorted = self.matching(keys, conn).and_then(|hits| {
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        let sorted = self.matching_within(keys, &mut watch).and_then(|hits| {
             let Some(sel) = self.selected.as_ref() else {
                 return Ok(Vec::new());
             };
-            let reader = &mut conn.reader;
-            let mut gone = || client_gone(reader);
-            let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
             blocking(|| {
                 sort::sort(&sel.messages, &hits, criteria, &mut watch, |msg| {
                     search::read(sel, msg, Need::Header)
@@ -335,13 +350,13 @@ impl Session {
         if let Some(refused) = charset_refused(Some(charset)) {
             return refused;
         }
-        let facts = self.matching(keys, conn).and_then(|hits| {
+        let reader = &mut conn.reader;
+        let mut gone = || client_gone(reader);
+        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
+        let facts = self.matching_within(keys, &mut watch).and_then(|hits| {
             let Some(sel) = self.selected.as_ref() else {
                 return Ok(Vec::new());
             };
-            let reader = &mut conn.reader;
-            let mut gone = || client_gone(reader);
-            let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
             blocking(|| thread_facts(sel, &hits, uid, &mut watch))
         });
         let facts = match facts {
