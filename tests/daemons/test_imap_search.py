@@ -1,6 +1,6 @@
 """inetkit-imapd's search and ordering extensions: ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
 WITHIN (RFC 5032), SORT and SORT=DISPLAY (RFC 5256, RFC 5957), ESORT (RFC 5267), THREAD
-(ORDEREDSUBJECT, REFERENCES, REFS), and BAD for what is not implemented, in every state."""
+(ORDEREDSUBJECT, REFERENCES, REFS), CONTEXT=SEARCH (RFC 5267 §4), and BAD for what is not implemented, in every state."""
 
 import imaplib
 import re
@@ -12,7 +12,7 @@ import pytest
 from support.homes import PASSWORD, daemon_config
 
 CAPABILITIES = ["ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",
-                "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS"]
+                "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS", "CONTEXT=SEARCH"]
 
 
 @pytest.fixture
@@ -120,8 +120,8 @@ def test_esearch_returns_min_max_count_and_all(imap):
         f'* ESEARCH (TAG "{t}") COUNT 0'
     # Without RETURN: the plain SEARCH response.
     assert r.one("SEARCH SEEN", "* SEARCH") == "* SEARCH 2 4 5"
-    # An option we do not know (PARTIAL is CONTEXT=SEARCH, not advertised) is BAD.
-    r.bad("SEARCH RETURN (PARTIAL 1:2) ALL")
+    # An option we do not know is BAD.
+    r.bad("SEARCH RETURN (FIRST) ALL")
     r.bad("SEARCH RETURN (MIN ALL")
 
 
@@ -252,6 +252,66 @@ def test_thread_algorithms(imap):
     r.bad("THREAD NOSUCH UTF-8 ALL")
 
 
+# -- CONTEXT=SEARCH ----------------------------------------------------------------------------
+
+def noop_until(r: Raw, word: str) -> list[str]:
+    """NOOPs until one tells of another session's change (the folder watch may lag)."""
+    for _ in range(50):
+        out = r.ok("NOOP")
+        if any(word in l for l in out):
+            return out
+        time.sleep(0.1)
+    raise AssertionError(f"no {word} seen")
+
+
+def test_context_search_partial_update_and_cancel(imap):
+    r, other = Raw(imap), Raw(imap)
+    for n in range(5):
+        append(r, msg(f"m{n}"))
+    r.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    t = f"t{r.n + 1}"
+    assert r.one("SEARCH RETURN (PARTIAL 4:2) ALL", "* ESEARCH") == \
+        f'* ESEARCH (TAG "{t}") PARTIAL (2:4 2:4)'
+    assert r.one("SEARCH RETURN (PARTIAL 5:9) 1:3", "* ESEARCH").endswith("PARTIAL (5:9 NIL)")
+    for bad in ["PARTIAL 1", "PARTIAL 1:*", "PARTIAL 0:2"]:
+        r.bad(f"SEARCH RETURN ({bad}) ALL")
+    r.bad("SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL")
+    # UPDATE: the result now (ALL), then what joins and leaves it, whoever changed it.
+    tag = f"t{r.n + 1}"
+    assert r.one("SEARCH RETURN (UPDATE) SEEN", "* ESEARCH") == f'* ESEARCH (TAG "{tag}")'
+    out = r.ok("STORE 1,2,4 +FLAGS (\\Seen)")
+    assert f'* ESEARCH (TAG "{tag}") ADDTO (0 1:2,4)' in out, out
+    # (The other session first sees the change: a STORE on a stale view is another matter.)
+    noop_until(other, "FETCH")
+    other.ok("STORE 2 -FLAGS (\\Seen)")
+    out = noop_until(r, "FETCH")
+    assert f'* ESEARCH (TAG "{tag}") REMOVEFROM (0 2)' in out, out
+    # An expunged message leaves the result before its EXPUNGE, under its old number.
+    r.ok("STORE 4 +FLAGS (\\Deleted)")
+    out = r.ok("EXPUNGE")
+    assert out.index(f'* ESEARCH (TAG "{tag}") REMOVEFROM (0 4)') < out.index("* 4 EXPUNGE"), out
+    # A message arriving with \Seen joins it.
+    other.ok("APPEND INBOX (\\Seen)", msg("new"))
+    out = noop_until(r, "EXISTS")
+    assert f'* ESEARCH (TAG "{tag}") ADDTO (0 5)' in out, out
+    # CANCELUPDATE ends it; SELECT ends them all.
+    r.ok(f'CANCELUPDATE "{tag}"')
+    assert not any("ESEARCH" in l for l in r.ok("STORE 3 +FLAGS (\\Seen)"))
+    u = f"t{r.n + 1}"
+    r.ok("UID SEARCH RETURN (UPDATE COUNT) UNSEEN")
+    out = r.ok("STORE 3 -FLAGS (\\Seen)")
+    uid3 = uids(r)[2]
+    assert f'* ESEARCH (TAG "{u}") UID ADDTO (0 {uid3})' in out, out
+    r.ok("SELECT INBOX")
+    assert not any("ESEARCH" in l for l in r.ok("STORE 3 +FLAGS (\\Seen)"))
+    # At most four are kept; the fifth is told NOUPDATE.
+    for _ in range(4):
+        r.ok("SEARCH RETURN (UPDATE) SEEN")
+    out = r.ok("SEARCH RETURN (UPDATE) SEEN")
+    assert any(l.startswith(f'* NO [NOUPDATE "t{r.n}"]') for l in out), out
+
+
 # -- unknown commands ---------------------------------------------------------------------------
 
 def test_what_is_not_implemented_is_bad_in_every_state(imap):
@@ -260,7 +320,7 @@ def test_what_is_not_implemented_is_bad_in_every_state(imap):
     selected = Raw(imap)
     selected.ok("SELECT INBOX")
     for r in (before, authenticated, selected):
-        for command in ["FROB", "XSORT (DATE) UTF-8 ALL", "SEARCH RETURN (PARTIAL 1:2) ALL",
+        for command in ["FROB", "XSORT (DATE) UTF-8 ALL", "SEARCH RETURN (FROB) ALL",
                         "THREAD NOSUCH UTF-8 ALL", 'SETQUOTA "" (STORAGE 512)']:
             r.bad(command)
     before.bad("SORT (DATE) UTF-8 ALL")

@@ -1,7 +1,8 @@
 //! The parts of SEARCH, SORT and THREAD commands imap-codec does not parse, taken out (or
 //! replaced) before it decodes the rest: `RETURN (…)` of ESEARCH (RFC 4731) and ESORT
 //! (RFC 5267), and `$`, the saved search result of SEARCHRES (RFC 5182), wherever a
-//! sequence set may stand (FETCH, STORE, COPY, MOVE, UID EXPUNGE, and as a search key).
+//! sequence set may stand (FETCH, STORE, COPY, MOVE, UID EXPUNGE, and as a search key);
+//! and CANCELUPDATE (RFC 5267 §4.3), which imap-codec does not know.
 //!
 //! The command is cut into tokens (atoms, quoted strings, literals, parentheses) only as far
 //! as needed to know where a sequence set or a search key stands: a `$` inside a string
@@ -18,12 +19,16 @@ pub(crate) struct ReturnOptions {
     pub(crate) count: bool,
     pub(crate) all: bool,
     pub(crate) save: bool,
+    /// CONTEXT=SEARCH (RFC 5267 §4): keep the client told of changes to the result.
+    pub(crate) update: bool,
+    /// CONTEXT=SEARCH's PARTIAL: the results at these positions (1-based, low first).
+    pub(crate) partial: Option<(u32, u32)>,
 }
 
 impl ReturnOptions {
     /// Whether an ESEARCH response goes out: not for SAVE alone (RFC 5182 §2.4).
     pub(crate) fn answers(&self) -> bool {
-        self.min || self.max || self.count || self.all
+        self.min || self.max || self.count || self.all || self.partial.is_some()
     }
 }
 
@@ -44,6 +49,8 @@ pub(crate) enum Prepared {
     /// A command on `$` while the saved result names no message: it does nothing and
     /// succeeds (RFC 5182 §2.1). Holds the command's name, upper case.
     OnNothing(String),
+    /// CANCELUPDATE with the tags of the searches to stop updating.
+    CancelUpdate(Vec<String>),
 }
 
 /// The saved result and what it is needed against: `uids` ascending, and the selected
@@ -191,7 +198,8 @@ pub(crate) fn prepare(bytes: &[u8], saved: Option<&Saved<'_>>) -> Result<Prepare
     // Most commands have neither: not worth tokenizing.
     let upper = bytes.to_ascii_uppercase();
     let has_return = upper.windows(7).any(|w| w == b"RETURN ");
-    if !has_return && !bytes.contains(&b'$') {
+    let cancel = upper.windows(13).any(|w| w == b" CANCELUPDATE");
+    if !has_return && !cancel && !bytes.contains(&b'$') {
         return Ok(Prepared::AsIs);
     }
     let Some(tokens) = tokens(bytes) else {
@@ -213,6 +221,7 @@ pub(crate) fn prepare(bytes: &[u8], saved: Option<&Saved<'_>>) -> Result<Prepare
     let mut edits = Vec::new();
     let mut returns = None;
     match name.as_slice() {
+        b"CANCELUPDATE" if !uid => return cancel_update(bytes, &tokens, at),
         b"FETCH" | b"STORE" | b"COPY" | b"MOVE" | b"EXPUNGE" => {
             let is_dollar = word(tokens.get(at)) == b"$";
             if let (true, Some(saved), Some(token)) = (is_dollar, saved, tokens.get(at)) {
@@ -305,6 +314,15 @@ fn return_options(
         }
         let option = bytes.get(token.span.clone()).unwrap_or_default();
         let flag = match option.to_ascii_uppercase().as_slice() {
+            b"PARTIAL" => {
+                let range = tokens.get(i).filter(|t| t.kind == Kind::Atom);
+                let range = range.and_then(|t| bytes.get(t.span.clone()));
+                options.partial = Some(partial_range(range.unwrap_or_default())?);
+                i += 1;
+                any = true;
+                continue;
+            }
+            b"UPDATE" => &mut options.update,
             b"MIN" => &mut options.min,
             b"MAX" => &mut options.max,
             b"COUNT" => &mut options.count,
@@ -315,10 +333,49 @@ fn return_options(
         *flag = true;
         any = true;
     }
-    if !any {
+    // RETURN () is ALL, and so is UPDATE alone.
+    let only_update = options.update && !(options.min || options.max || options.count);
+    if !any || (only_update && options.partial.is_none() && !options.save) {
         options.all = true;
     }
     Ok((options, i))
+}
+
+/// PARTIAL's `low:high` (either order; no `*`).
+fn partial_range(text: &[u8]) -> Result<(u32, u32), Refused> {
+    const BAD: Refused = Refused("PARTIAL wants a range of positions: PARTIAL 1:100.");
+    let text = std::str::from_utf8(text).map_err(|_| BAD)?;
+    let (a, b) = text.split_once(':').ok_or(BAD)?;
+    let number = |s: &str| -> Result<u32, Refused> {
+        if !s.bytes().all(|c| c.is_ascii_digit()) {
+            return Err(BAD);
+        }
+        s.parse::<u32>().ok().filter(|&n| n > 0).ok_or(BAD)
+    };
+    let (a, b) = (number(a)?, number(b)?);
+    Ok((a.min(b), a.max(b)))
+}
+
+/// `CANCELUPDATE "tag" …` (RFC 5267 §4.3): the tags.
+fn cancel_update(bytes: &[u8], tokens: &[Token], at: usize) -> Result<Prepared, Refused> {
+    const BAD: Refused = Refused("CANCELUPDATE wants the tags of searches: CANCELUPDATE \"a1\".");
+    let mut tags = Vec::new();
+    for token in tokens.get(at..).unwrap_or_default() {
+        let text = bytes.get(token.span.clone()).unwrap_or_default();
+        let tag = match token.kind {
+            Kind::Quoted => text
+                .strip_prefix(b"\"")
+                .and_then(|t| t.strip_suffix(b"\""))
+                .unwrap_or_default(),
+            Kind::Atom => text,
+            _ => return Err(BAD),
+        };
+        tags.push(str(tag));
+    }
+    if tags.is_empty() {
+        return Err(BAD);
+    }
+    Ok(Prepared::CancelUpdate(tags))
 }
 
 /// Replaces each `$` standing as a search key by the saved messages as a UID key (or a key
@@ -431,6 +488,32 @@ mod tests {
             Ok(Prepared::AsIs)
         );
         assert_eq!(prepare(b"a NOOP\r\n", None), Ok(Prepared::AsIs));
+    }
+
+    #[test]
+    fn context_options_and_cancelupdate() {
+        let (_, r) = rewritten("a SEARCH RETURN (PARTIAL 4:2 COUNT) ALL\r\n", None);
+        let r = r.expect("options");
+        assert_eq!(r.partial, Some((2, 4)));
+        assert!(r.count && !r.all);
+        let (_, r) = rewritten("a SEARCH RETURN (UPDATE) SEEN\r\n", None);
+        let r = r.expect("options");
+        assert!(r.update && r.all);
+        for bad in [
+            "PARTIAL 1",
+            "PARTIAL 1:*",
+            "PARTIAL *:1",
+            "PARTIAL 0:3",
+            "PARTIAL",
+        ] {
+            let command = format!("a SEARCH RETURN ({bad}) ALL\r\n");
+            assert!(prepare(command.as_bytes(), None).is_err(), "{bad}");
+        }
+        assert_eq!(
+            prepare(b"b CANCELUPDATE \"a1\" a2\r\n", None),
+            Ok(Prepared::CancelUpdate(vec!["a1".into(), "a2".into()]))
+        );
+        assert!(prepare(b"b CANCELUPDATE\r\n", None).is_err());
     }
 
     #[test]

@@ -31,6 +31,7 @@ pub fn imap_search_args(data: &[u8]) {
     };
     match prepare(command, Some(&context)) {
         Ok(Prepared::AsIs) | Err(_) => {}
+        Ok(Prepared::CancelUpdate(tags)) => assert!(!tags.is_empty()),
         Ok(Prepared::OnNothing(name)) => {
             assert!(saved.is_empty(), "{name} on nothing with {saved:?}");
         }
@@ -38,7 +39,9 @@ pub fn imap_search_args(data: &[u8]) {
             let Ok((_, decoded)) = CommandCodec::default().decode(&bytes) else {
                 return;
             };
-            if returns.is_some() {
+            if let Some(r) = returns {
+                // PARTIAL's range is positions, low first.
+                assert!(r.partial.is_none_or(|(low, high)| 0 < low && low <= high));
                 assert!(
                     matches!(
                         decoded.body,
@@ -66,6 +69,8 @@ mod tests {
             b"\x01a SEARCH RETURN {5}\r\n",
             b"\x01a COPY \"$\r\n",
             b"\x01a SEARCH HEADER ~{2}\r\n$$ $\r\n",
+            b"\x01a SEARCH RETURN (PARTIAL 9:2 UPDATE) $\r\n",
+            b"\x01a CANCELUPDATE \"a\" b\r\n",
             b"",
         ] {
             imap_search_args(input);

@@ -72,10 +72,8 @@ pub(crate) struct Session {
     failures: u32,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
-    /// SEARCHRES's `$`: the UIDs a `RETURN (SAVE)` kept, ascending; empty when unset.
-    saved: Vec<u32>,
-    /// The current command's `RETURN (…)`, which imap-codec does not parse (search.rs).
-    search_return: Option<crate::search_args::ReturnOptions>,
+    /// SEARCHRES's `$`, the current command's `RETURN (…)`, the searches kept up to date.
+    search: search::SearchState,
 }
 
 impl Session {
@@ -88,8 +86,7 @@ impl Session {
             selected: None,
             failures: 0,
             literals: &input::LITERALS,
-            saved: Vec::new(),
-            search_return: None,
+            search: search::SearchState::default(),
         }
     }
 }
@@ -204,7 +201,7 @@ impl Session {
                 | CommandBody::Sort { uid: false, .. }
                 | CommandBody::Thread { uid: false, .. }
         );
-        // `$` is the saved result of the selected folder only (RFC 5182 §2.1).
+        // `$` and updated searches are the selected folder's only (RFC 5182 §2.1, 5267 §4).
         if matches!(
             &command.body,
             CommandBody::Select { .. }
@@ -212,9 +209,13 @@ impl Session {
                 | CommandBody::Close
                 | CommandBody::Unselect
         ) {
-            self.saved.clear();
+            self.search.deselected();
         }
+        let mut mark = self.update_snapshot(&command.body, conn.out.len());
         let done = self.dispatch(command, tag, conn).await;
+        if let Some(mark) = mark.as_mut() {
+            mark.command_done(conn.out.len());
+        }
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
             if let Err(err) = blocking(|| sel.refresh(&mut updates, expunge_ok)) {
@@ -225,6 +226,11 @@ impl Session {
                 }
             } else {
                 conn.out.extend_from_slice(&updates);
+            }
+        }
+        if let Done::Tagged(..) = done {
+            if let Err(stopped) = self.send_updates(mark, conn) {
+                return stopped;
             }
         }
         done
