@@ -195,11 +195,9 @@ struct Edit {
 /// Takes out `RETURN (…)` and replaces `$` so imap-codec can decode the command. `saved` is
 /// `None` outside the selected state (a `$` is then left for imap-codec to refuse).
 pub(crate) fn prepare(bytes: &[u8], saved: Option<&Saved<'_>>) -> Result<Prepared, Refused> {
-    // Most commands have neither: not worth tokenizing.
-    let upper = bytes.to_ascii_uppercase();
-    let has_return = upper.windows(7).any(|w| w == b"RETURN ");
-    let cancel = upper.windows(13).any(|w| w == b" CANCELUPDATE");
-    if !has_return && !cancel && !bytes.contains(&b'$') {
+    // Only these commands have anything to take out; the rest (an APPEND's message above
+    // all) are not even looked through.
+    if !named_here(bytes) {
         return Ok(Prepared::AsIs);
     }
     let Some(tokens) = tokens(bytes) else {
@@ -285,6 +283,33 @@ pub(crate) fn prepare(bytes: &[u8], saved: Option<&Saved<'_>>) -> Result<Prepare
         bytes: out,
         returns,
     })
+}
+
+/// Whether the command (the word after the tag, and after UID) is one this module handles.
+fn named_here(bytes: &[u8]) -> bool {
+    const NAMES: &[&str] = &[
+        "SEARCH",
+        "SORT",
+        "THREAD",
+        "FETCH",
+        "STORE",
+        "COPY",
+        "MOVE",
+        "EXPUNGE",
+        "CANCELUPDATE",
+    ];
+    let line = bytes
+        .split(|&b| b == b'\r' || b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let mut words = line.split(|&b| b == b' ').skip(1);
+    let mut name = words.next().unwrap_or_default();
+    if name.eq_ignore_ascii_case(b"UID") {
+        name = words.next().unwrap_or_default();
+    }
+    NAMES
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n.as_bytes()))
 }
 
 fn str(b: &[u8]) -> String {
@@ -488,6 +513,13 @@ mod tests {
             Ok(Prepared::AsIs)
         );
         assert_eq!(prepare(b"a NOOP\r\n", None), Ok(Prepared::AsIs));
+        // An APPEND is not looked through, whatever its message holds.
+        let saved = Saved {
+            uids: &[],
+            folder: FOLDER,
+        };
+        let append = b"a APPEND $ {12}\r\nRETURN () $\r\n";
+        assert_eq!(prepare(append, Some(&saved)), Ok(Prepared::AsIs));
     }
 
     #[test]

@@ -167,7 +167,12 @@ impl Session {
         let folder: Vec<u32>;
         let saved = match &self.selected {
             Some(sel) => {
-                folder = sel.messages.iter().map(|m| m.uid).collect();
+                // The UIDs in sequence order, only for a `$` to turn into sequence numbers.
+                folder = if bytes.contains(&b'$') {
+                    sel.messages.iter().map(|m| m.uid).collect()
+                } else {
+                    Vec::new()
+                };
                 Some(Saved {
                     uids: &self.search.saved,
                     folder: &folder,
