@@ -14,6 +14,8 @@ mod search_args;
 mod selected;
 mod session;
 mod sort;
+#[cfg(test)]
+mod testing;
 mod thread;
 mod watch;
 mod wire;

@@ -600,28 +600,6 @@ fn internal_date(msg: &MessageInfo) -> chrono::NaiveDate {
         .date_naive()
 }
 
-/// An INBOX with these messages, selected; removed with the guard (for tests here and in
-/// sort and thread).
-#[cfg(test)]
-pub(crate) fn test_inbox(name: &str, messages: &[String]) -> (Selected, impl Drop) {
-    use inetkit_maildir::Store;
-    struct Gone(std::path::PathBuf);
-    impl Drop for Gone {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-    let dir = std::env::temp_dir().join(format!("imapd-search-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    let store = Store::new(&dir);
-    for m in messages {
-        store.deliver("u", &mut m.as_bytes()).expect("delivery");
-    }
-    let folder = store.mailbox("u").expect("mailbox").inbox();
-    let selected = Selected::open(folder, true, &crate::watch::Watches::new()).expect("open");
-    (selected, Gone(dir))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -649,7 +627,7 @@ mod tests {
     }
 
     fn inbox_of(name: &str, messages: &[String]) -> (Selected, impl Drop) {
-        super::test_inbox(name, messages)
+        crate::testing::inbox(name, messages)
     }
 
     #[test]

@@ -345,7 +345,7 @@ mod tests {
         .iter()
         .map(|h| format!("{h}\r\nbody\r\n"))
         .collect();
-        let (selected, _dir) = crate::search::test_inbox("sort-run", &messages);
+        let (selected, _dir) = crate::testing::inbox("sort-run", &messages);
         let criteria = |text: &str| -> Vec<SortCriterion> {
             use imap_codec::decode::Decoder;
             use imap_codec::imap_types::command::CommandBody;
@@ -390,7 +390,7 @@ mod tests {
             Cc: carol@example.org\r\nSubject: Re: [list] Hello\r\n\
             Date: Fri, 22 Feb 2008 02:00:00 +0200\r\n\r\n";
         let msg = mime::parse(raw);
-        let (selected, _dir) = crate::search::test_inbox("sort-keys", &["x\r\n".to_owned()]);
+        let (selected, _dir) = crate::testing::inbox("sort-keys", &["x\r\n".to_owned()]);
         let info = selected.messages.first().expect("a message");
         let keys = Keys::of(info, msg.as_ref());
         assert_eq!(keys.subject, "HELLO");
