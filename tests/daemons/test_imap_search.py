@@ -274,7 +274,7 @@ def test_context_search_partial_update_and_cancel(imap):
     assert r.one("SEARCH RETURN (PARTIAL 4:2) ALL", "* ESEARCH") == \
         f'* ESEARCH (TAG "{t}") PARTIAL (2:4 2:4)'
     assert r.one("SEARCH RETURN (PARTIAL 5:9) 1:3", "* ESEARCH").endswith("PARTIAL (5:9 NIL)")
-    for bad in ["PARTIAL 1", "PARTIAL 1:*", "PARTIAL 0:2"]:
+    for bad in ["PARTIAL 1", "PARTIAL 1:*", "PARTIAL 0:2", "ALL PARTIAL 1:2"]:
         r.bad(f"SEARCH RETURN ({bad}) ALL")
     r.bad("SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL")
     # UPDATE: the result now (ALL), then what joins and leaves it, whoever changed it.

@@ -358,6 +358,10 @@ fn return_options(
         *flag = true;
         any = true;
     }
+    // RFC 5267 §4.4: PARTIAL and ALL exclude each other (Dovecot says BAD too).
+    if options.all && options.partial.is_some() {
+        return Err(Refused("PARTIAL and ALL exclude each other."));
+    }
     // RETURN () is ALL, and so is UPDATE alone.
     let only_update = options.update && !(options.min || options.max || options.count);
     if !any || (only_update && options.partial.is_none() && !options.save) {
