@@ -1,17 +1,20 @@
 //! What imapd's fuzz targets run (see `inetkit_runtime::fuzzing`): mailbox names in modified
 //! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
-//! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
-//! ENVELOPE/BODYSTRUCTURE (`imap_mime`).
+//! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`),
+//! ENVELOPE/BODYSTRUCTURE (`imap_mime`), and SEARCH/SORT's `RETURN (…)` and `$`
+//! (`imap_search_args`, an entry without a target yet).
 
 mod folder;
 mod literal;
 mod mime;
 mod search;
+mod search_args;
 mod sequence;
 
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
 pub use self::search::imap_search;
+pub use self::search_args::imap_search_args;
 pub use self::sequence::imap_sequence;
 
 use crate::names::{decode_utf7, encode_utf7, matches, DELIMITER};

@@ -10,8 +10,13 @@ pub mod fuzzing;
 mod keywords;
 mod names;
 mod search;
+mod search_args;
 mod selected;
 mod session;
+mod sort;
+#[cfg(test)]
+mod testing;
+mod thread;
 mod watch;
 mod wire;
 

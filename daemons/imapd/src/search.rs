@@ -10,7 +10,7 @@
 
 use std::cell::OnceCell;
 use std::collections::{HashMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
@@ -74,6 +74,10 @@ enum Key {
     Before(chrono::NaiveDate),
     On(chrono::NaiveDate),
     Since(chrono::NaiveDate),
+    /// WITHIN (RFC 5032): the internal date at or before this instant (OLDER n).
+    NotAfter(SystemTime),
+    /// At or after this instant (YOUNGER n).
+    NotBefore(SystemTime),
     SentBefore(chrono::NaiveDate),
     SentOn(chrono::NaiveDate),
     SentSince(chrono::NaiveDate),
@@ -96,6 +100,7 @@ impl Query {
         let mut texts = Vec::new();
         let mut need = Need::Nothing;
         let mut compiler = Compiler {
+            now: SystemTime::now(),
             interned: &mut interned,
             texts: &mut texts,
             need: &mut need,
@@ -106,6 +111,7 @@ impl Query {
 }
 
 struct Compiler<'c> {
+    now: SystemTime,
     interned: &'c mut HashMap<Text, usize>,
     texts: &'c mut Vec<Text>,
     need: &'c mut Need,
@@ -131,6 +137,11 @@ impl Compiler<'_> {
         self.interned.insert(text.clone(), id);
         self.texts.push(text);
         Key::Text(id)
+    }
+
+    fn ago(&self, seconds: u32) -> SystemTime {
+        let ago = Duration::from_secs(u64::from(seconds));
+        self.now.checked_sub(ago).unwrap_or(UNIX_EPOCH)
     }
 
     fn needs(&mut self, need: Need) {
@@ -176,6 +187,9 @@ impl Compiler<'_> {
             SearchKey::Before(d) => Key::Before(date(d)),
             SearchKey::On(d) => Key::On(date(d)),
             SearchKey::Since(d) => Key::Since(date(d)),
+            // Seconds before the search: the instant is fixed once, when it is compiled.
+            SearchKey::Older(n) => Key::NotAfter(self.ago(n.get())),
+            SearchKey::Younger(n) => Key::NotBefore(self.ago(n.get())),
             SearchKey::SentBefore(d) => {
                 self.needs(Need::Header);
                 Key::SentBefore(date(d))
@@ -227,8 +241,13 @@ impl<'p> Watch<'p> {
         }
     }
 
+    /// Why it stopped, once [`Watch::stop`] said so ([`Stopped::TooLong`] otherwise).
+    pub(crate) fn stopped(&mut self) -> Stopped {
+        self.stopped.take().unwrap_or(Stopped::TooLong)
+    }
+
     /// Whether to stop; looks at the clock and the client at most every [`PROBE_EVERY`].
-    fn stop(&mut self) -> bool {
+    pub(crate) fn stop(&mut self) -> bool {
         if self.stopped.is_some() {
             return true;
         }
@@ -298,7 +317,7 @@ pub(crate) fn run_over(
 
 /// A message's header or whole content in CRLF form; empty if it cannot be read (then only
 /// keys that need no content can match).
-fn read(selected: &Selected, msg: &MessageInfo, need: Need) -> Vec<u8> {
+pub(crate) fn read(selected: &Selected, msg: &MessageInfo, need: Need) -> Vec<u8> {
     let read = selected.folder.open(msg).ok().and_then(|mut f| {
         if need == Need::Whole {
             raw::read_all(&mut f).ok()
@@ -508,6 +527,8 @@ impl Ctx<'_, '_, '_, '_> {
             Key::Before(d) => internal_date(self.msg) < *d,
             Key::On(d) => internal_date(self.msg) == *d,
             Key::Since(d) => internal_date(self.msg) >= *d,
+            Key::NotAfter(t) => self.msg.internal_date <= *t,
+            Key::NotBefore(t) => self.msg.internal_date >= *t,
             Key::SentBefore(d) => self.content.sent_date().is_some_and(|s| s < *d),
             Key::SentOn(d) => self.content.sent_date().is_some_and(|s| s == *d),
             Key::SentSince(d) => self.content.sent_date().is_some_and(|s| s >= *d),
@@ -585,7 +606,6 @@ mod tests {
     use imap_codec::decode::Decoder;
     use imap_codec::imap_types::command::CommandBody;
     use imap_codec::CommandCodec;
-    use inetkit_maildir::Store;
 
     fn query(command: &str) -> Query {
         let line = format!("a SEARCH {command}\r\n");
@@ -606,23 +626,8 @@ mod tests {
         inbox_of(name, &messages)
     }
 
-    /// An INBOX with these messages, selected; removed with the guard.
     fn inbox_of(name: &str, messages: &[String]) -> (Selected, impl Drop) {
-        struct Gone(std::path::PathBuf);
-        impl Drop for Gone {
-            fn drop(&mut self) {
-                let _ = std::fs::remove_dir_all(&self.0);
-            }
-        }
-        let dir = std::env::temp_dir().join(format!("imapd-search-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let store = Store::new(&dir);
-        for m in messages {
-            store.deliver("u", &mut m.as_bytes()).expect("delivery");
-        }
-        let folder = store.mailbox("u").expect("mailbox").inbox();
-        let selected = Selected::open(folder, true, &crate::watch::Watches::new()).expect("open");
-        (selected, Gone(dir))
+        crate::testing::inbox(name, messages)
     }
 
     #[test]

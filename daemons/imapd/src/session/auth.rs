@@ -42,6 +42,7 @@ impl Session {
             Capability::UidPlus,
             Capability::Move,
         ];
+        caps.extend(super::search::CAPABILITIES.iter().map(|&c| other(c)));
         if self.login.is_none() {
             if !self.tls && self.imap.tls.is_some() {
                 caps.push(Capability::StartTls);

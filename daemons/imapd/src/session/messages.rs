@@ -1,29 +1,26 @@
 //! The message commands (RFC 3501 §6.3.11, §6.4): APPEND, CHECK, CLOSE, UNSELECT
-//! (RFC 3691), EXPUNGE and UID EXPUNGE (RFC 4315), SEARCH, STORE, COPY and MOVE (RFC 6851).
-//! FETCH has a module of its own, [`super::fetch`].
+//! (RFC 3691), EXPUNGE and UID EXPUNGE (RFC 4315), STORE, COPY and MOVE (RFC 6851).
+//! FETCH and SEARCH have modules of their own, [`super::fetch`] and [`super::search`].
 
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::PathBuf;
 use std::time::{Duration, UNIX_EPOCH};
 
-use imap_codec::imap_types::core::Charset;
 use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
-use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo};
 
-use super::input::client_gone;
-use super::reply::{bad, expunge_issued, no_code, ok, ok_code, read_only, store_error, Done};
+use super::reply::{bad, expunge_issued, ok, ok_code, read_only, store_error, Done};
 use super::{blocking, Conn, Session};
 use crate::keywords::Keywords;
-use crate::search::{self, Query, Stopped};
+use crate::search;
 use crate::selected::Selected;
 use crate::wire::{self, nz};
 
@@ -235,56 +232,6 @@ impl Session {
     pub(super) fn unselect(&mut self) -> Done {
         self.selected = None;
         ok("UNSELECT completed.")
-    }
-
-    /// SEARCH and UID SEARCH. The search stops when the client goes away (looked at
-    /// between keys) and after [`search::TIME_LIMIT`].
-    pub(super) fn search<S>(
-        &mut self,
-        charset: Option<&Charset<'_>>,
-        criteria: &[SearchKey<'_>],
-        uid: bool,
-        conn: &mut Conn<S>,
-    ) -> Done
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        if let Some(cs) = charset {
-            let cs: &str = cs.as_ref();
-            if !(cs.eq_ignore_ascii_case("UTF-8") || cs.eq_ignore_ascii_case("US-ASCII")) {
-                let allowed = ["UTF-8", "US-ASCII"]
-                    .into_iter()
-                    .filter_map(|c| Charset::try_from(c).ok())
-                    .collect();
-                return no_code(Code::BadCharset { allowed }, "Unsupported charset.");
-            }
-        }
-        let Some(sel) = self.selected.as_ref() else {
-            return bad("No mailbox selected.");
-        };
-        let query = Query::new(criteria);
-        let reader = &mut conn.reader;
-        let mut gone = || client_gone(reader);
-        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
-        let hits = match blocking(|| search::run(sel, &query, &mut watch)) {
-            Ok(hits) => hits,
-            Err(Stopped::Gone) => return Done::Close,
-            Err(Stopped::TooLong) => {
-                return no_code(wire::code("LIMIT"), "SEARCH took too long: narrow it down.")
-            }
-        };
-        let numbers = hits
-            .into_iter()
-            .map(|i| {
-                nz(if uid {
-                    sel.messages[i].uid
-                } else {
-                    i as u32 + 1
-                })
-            })
-            .collect();
-        wire::data(&mut conn.out, Data::Search(numbers));
-        ok("SEARCH completed.")
     }
 }
 

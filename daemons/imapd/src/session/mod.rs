@@ -9,7 +9,8 @@
 //! |---|---|
 //! | [`auth`] | CAPABILITY, NOOP, LOGOUT, ID, ENABLE, STARTTLS, LOGIN, AUTHENTICATE |
 //! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
-//! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, SEARCH, STORE, COPY, MOVE |
+//! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, STORE, COPY, MOVE |
+//! | [`search`] | SEARCH |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
 //!
@@ -23,6 +24,7 @@ pub(crate) mod input;
 mod mailboxes;
 mod messages;
 mod reply;
+mod search;
 #[cfg(test)]
 mod tests;
 
@@ -70,6 +72,8 @@ pub(crate) struct Session {
     failures: u32,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
+    /// SEARCHRES's `$`, the current command's `RETURN (…)`, the searches kept up to date.
+    search: search::SearchState,
 }
 
 impl Session {
@@ -82,6 +86,7 @@ impl Session {
             selected: None,
             failures: 0,
             literals: &input::LITERALS,
+            search: search::SearchState::default(),
         }
     }
 }
@@ -150,6 +155,9 @@ impl TlsSession for Session {
                     return None;
                 }
             };
+            let Some(bytes) = self.prepare(&bytes, &mut conn) else {
+                continue;
+            };
             let command = match CommandCodec::default().decode(&bytes) {
                 Ok((_, command)) => command,
                 Err(_) => {
@@ -190,8 +198,24 @@ impl Session {
             CommandBody::Fetch { uid: false, .. }
                 | CommandBody::Store { uid: false, .. }
                 | CommandBody::Search { uid: false, .. }
+                | CommandBody::Sort { uid: false, .. }
+                | CommandBody::Thread { uid: false, .. }
         );
+        // `$` and updated searches are the selected folder's only (RFC 5182 §2.1, 5267 §4).
+        if matches!(
+            &command.body,
+            CommandBody::Select { .. }
+                | CommandBody::Examine { .. }
+                | CommandBody::Close
+                | CommandBody::Unselect
+        ) {
+            self.search.deselected();
+        }
+        let mut mark = self.update_snapshot(&command.body, conn.out.len());
         let done = self.dispatch(command, tag, conn).await;
+        if let Some(mark) = mark.as_mut() {
+            mark.command_done(conn.out.len());
+        }
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
             if let Err(err) = blocking(|| sel.refresh(&mut updates, expunge_ok)) {
@@ -202,6 +226,11 @@ impl Session {
                 }
             } else {
                 conn.out.extend_from_slice(&updates);
+            }
+        }
+        if let Done::Tagged(..) = done {
+            if let Err(stopped) = self.send_updates(mark, conn) {
+                return stopped;
             }
         }
         done
@@ -260,8 +289,9 @@ impl Session {
                 message,
             } => self.append(&mailbox, &flags, date, &message),
             CommandBody::Idle => self.idle(conn).await,
-            // Selected (messages.rs, fetch/).
-            _ if !selected => bad("No mailbox selected."),
+            // Selected (messages.rs, search.rs, fetch/); other commands are not supported in
+            // any state (below).
+            _ if !selected && selected_state(&command.body) => bad("No mailbox selected."),
             CommandBody::Check => self.check(),
             CommandBody::Close => self.close(),
             CommandBody::Unselect => self.unselect(),
@@ -271,7 +301,26 @@ impl Session {
                 charset,
                 criteria,
                 uid,
-            } => self.search(charset.as_ref(), criteria.as_ref(), uid, conn),
+            } => self.search(charset.as_ref(), criteria.as_ref(), uid, tag, conn),
+            CommandBody::Sort {
+                sort_criteria,
+                charset,
+                search_criteria,
+                uid,
+            } => self.sort_command(
+                sort_criteria.as_ref(),
+                &charset,
+                search_criteria.as_ref(),
+                uid,
+                tag,
+                conn,
+            ),
+            CommandBody::Thread {
+                algorithm,
+                charset,
+                search_criteria,
+                uid,
+            } => self.thread_command(&algorithm, &charset, search_criteria.as_ref(), uid, conn),
             CommandBody::Fetch {
                 sequence_set,
                 macro_or_item_names,
@@ -302,4 +351,24 @@ impl Session {
             _ => bad("Command not supported."),
         }
     }
+}
+
+/// The commands of the selected state (RFC 3501 §6.4): without a mailbox selected they are
+/// refused as such, any other unknown command as not supported.
+fn selected_state(body: &CommandBody<'_>) -> bool {
+    matches!(
+        body,
+        CommandBody::Check
+            | CommandBody::Close
+            | CommandBody::Unselect
+            | CommandBody::Expunge
+            | CommandBody::ExpungeUid { .. }
+            | CommandBody::Search { .. }
+            | CommandBody::Sort { .. }
+            | CommandBody::Thread { .. }
+            | CommandBody::Fetch { .. }
+            | CommandBody::Store { .. }
+            | CommandBody::Copy { .. }
+            | CommandBody::Move { .. }
+    )
 }
