@@ -4,14 +4,17 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod extended;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod keywords;
 mod names;
+mod quota;
 mod search;
 mod selected;
 mod session;
+mod special_use;
 mod watch;
 mod wire;
 
@@ -34,6 +37,7 @@ struct ImapConfig {
     auth: AuthConfig,
     mail: MailConfig,
     folders: FoldersConfig,
+    quota: quota::QuotaConfig,
 }
 
 /// `[folders]`: what a mailbox gets at login.
@@ -73,6 +77,8 @@ pub struct Imap {
     pub store: Store,
     pub tls: Option<TlsContext>,
     pub watches: Arc<watch::Watches>,
+    /// The quota limits of users without their own.
+    quota: quota::Limits,
 }
 
 /// Sent to a client turned away by the limits or the memory budget (encoded once):
@@ -97,6 +103,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             .with_special_use_folders(config.folders.special_use),
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),
+        quota: config.quota.limits()?,
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {

@@ -17,11 +17,13 @@
 //! replies are [`reply`].
 
 mod auth;
+mod extended;
 pub(crate) mod fetch;
 mod idle;
 pub(crate) mod input;
 mod mailboxes;
 mod messages;
+mod quota;
 mod reply;
 #[cfg(test)]
 mod tests;
@@ -59,6 +61,7 @@ const MAX_FAILURES: u32 = 3;
 
 struct Login {
     mailbox: Mailbox,
+    limits: crate::quota::Limits,
 }
 
 pub(crate) struct Session {
@@ -150,16 +153,24 @@ impl TlsSession for Session {
                     return None;
                 }
             };
-            let command = match CommandCodec::default().decode(&bytes) {
-                Ok((_, command)) => command,
-                Err(_) => {
-                    let tag = wire::tag_of(&bytes);
-                    reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
-                    continue;
+            let (tag, done) = match CommandCodec::default().decode(&bytes) {
+                Ok((_, command)) => {
+                    let tag = command.tag.clone();
+                    (tag.clone(), self.handle(command, &tag, &mut conn).await)
                 }
+                // The forms of extensions imap-codec does not parse (extended.rs).
+                Err(_) => match crate::extended::parse(&bytes) {
+                    Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
+                        Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
+                        Err(_) => continue,
+                    },
+                    _ => {
+                        let tag = wire::tag_of(&bytes);
+                        reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
+                        continue;
+                    }
+                },
             };
-            let tag = command.tag.clone();
-            let done = self.handle(command, &tag, &mut conn).await;
             match done {
                 Done::Tagged(kind, code, text) => {
                     wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text));
@@ -192,6 +203,11 @@ impl Session {
                 | CommandBody::Search { uid: false, .. }
         );
         let done = self.dispatch(command, tag, conn).await;
+        self.refresh_selected(done, expunge_ok, conn)
+    }
+
+    /// After a command: the selected folder's changes go out before the tagged reply.
+    fn refresh_selected<S>(&mut self, done: Done, expunge_ok: bool, conn: &mut Conn<S>) -> Done {
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
             if let Err(err) = blocking(|| sel.refresh(&mut updates, expunge_ok)) {
@@ -260,6 +276,10 @@ impl Session {
                 message,
             } => self.append(&mailbox, &flags, date, &message),
             CommandBody::Idle => self.idle(conn).await,
+            // QUOTA (quota.rs).
+            CommandBody::GetQuota { root } => self.getquota(&root, conn),
+            CommandBody::GetQuotaRoot { mailbox } => self.getquotaroot(&mailbox, conn),
+            CommandBody::SetQuota { .. } => self.setquota(),
             // Selected (messages.rs, fetch/).
             _ if !selected => bad("No mailbox selected."),
             CommandBody::Check => self.check(),
