@@ -1,0 +1,245 @@
+"""inetkit-imapd's folder and message extensions, spoken as clients send them: LIST-EXTENDED
+(RFC 5258) with LIST-STATUS (RFC 5819) and SPECIAL-USE (RFC 6154), CREATE-SPECIAL-USE,
+STATUS=SIZE (RFC 8438), QUOTA (RFC 9208), MULTIAPPEND (RFC 3502) and BINARY (RFC 3516)."""
+
+import imaplib
+import re
+import socket
+
+import pytest
+
+from support.homes import PASSWORD, daemon_config, message, seed, user_line, write_users
+
+
+def config(users, mail, rest=""):
+    return daemon_config(("imap",), users, auth="failure_delay = 0\n",
+                         rest=f'[mail]\nroot = "{mail}"\n{rest}')
+
+
+@pytest.fixture
+def imap(daemons, mailhome):
+    users, mail = mailhome
+    seed(mail, "alice", message(1))
+    return daemons.start("imapd", config(users, mail))
+
+
+class Raw:
+    """A raw session: commands as bytes (literals sent LITERAL+ style), every line back."""
+
+    def __init__(self, d, user="alice"):
+        host, port = d.addr("imap")
+        self.s = socket.create_connection((host, port), timeout=30)
+        self.f = self.s.makefile("rb")
+        assert self.f.readline().startswith(b"* OK")
+        self.n = 0
+        self.ok(f'LOGIN {user} "{PASSWORD}"')
+
+    def send(self, command: bytes) -> tuple[list[bytes], bytes]:
+        """The untagged lines (literals inline) and the tagged line."""
+        self.n += 1
+        tag = f"m{self.n}".encode()
+        self.s.sendall(tag + b" " + command + b"\r\n")
+        out = []
+        while True:
+            line = self.f.readline()
+            assert line, out
+            m = re.search(rb"~?\{(\d+)\}\r\n$", line)
+            if m:
+                line += self.f.read(int(m.group(1)))
+                line += self.f.readline()
+            if line.startswith(tag + b" "):
+                return out, line
+            out.append(line)
+
+    def ok(self, command) -> list[bytes]:
+        command = command.encode() if isinstance(command, str) else command
+        out, done = self.send(command)
+        assert done.split()[1] == b"OK", (command, out, done)
+        return out
+
+    def status_of(self, command) -> bytes:
+        command = command.encode() if isinstance(command, str) else command
+        return self.send(command)[1].split(b" ", 1)[1]
+
+
+def literal(data: bytes, binary=False) -> bytes:
+    return (b"~" if binary else b"") + b"{%d+}\r\n" % len(data) + data
+
+
+def names(lines):
+    """LIST lines by mailbox name: their attributes (lower-cased) and what follows the name."""
+    found = {}
+    for line in lines:
+        m = re.match(rb'\* LIST \(([^)]*)\) "/" ("[^"]*"|\S+)(.*)\r\n', line)
+        if m:
+            found[m.group(2).strip(b'"').decode()] = (
+                set(m.group(1).decode().lower().split()), m.group(3).decode())
+    return found
+
+
+# -- LIST-EXTENDED, LIST-STATUS, SPECIAL-USE ----------------------------------------------------
+
+def test_list_extended_selection_and_return_options(imap):
+    r = Raw(imap)
+    caps = b"".join(r.ok("CAPABILITY")).decode()
+    for cap in ["LIST-EXTENDED", "LIST-STATUS", "CREATE-SPECIAL-USE", "SPECIAL-USE"]:
+        assert f" {cap}" in caps, caps
+    # K-9 and Thunderbird ask for the special-use folders like this: it was BAD.
+    found = names(r.ok('LIST (SPECIAL-USE) "" "*"'))
+    assert set(found) == {"Sent", "Drafts", "Trash", "Junk"}, found
+    assert "\\sent" in found["Sent"][0] and "\\junk" in found["Junk"][0]
+    for name in ["p", "p/a", "p/b/c", "q"]:
+        r.ok(f"CREATE {name}")
+    for name in ["p/a", "p/b/c", "q"]:
+        r.ok(f"SUBSCRIBE {name}")
+    r.ok("DELETE q")
+    # Several patterns; nothing twice.
+    found = names(r.ok('LIST "" (p/% q INBOX)'))
+    assert set(found) == {"p/a", "p/b", "INBOX"}, found
+    assert "\\noselect" in found["p/b"][0]
+    # Subscribed names, also one whose folder is gone.
+    found = names(r.ok('LIST (SUBSCRIBED) "" "*"'))
+    assert found["q"][0] == {"\\subscribed", "\\nonexistent"}, found
+    assert "\\subscribed" in found["p/a"][0] and "p" not in found
+    # RECURSIVEMATCH: p is not subscribed, but p/b/c is, and the pattern misses it.
+    found = names(r.ok('LIST (SUBSCRIBED RECURSIVEMATCH) "" "%" RETURN (CHILDREN)'))
+    assert found["p"] == ({"\\haschildren"}, ' ("CHILDINFO" ("SUBSCRIBED"))'), found
+    found = names(r.ok('LIST "" "p/%" RETURN (CHILDREN SUBSCRIBED)'))
+    assert found["p/a"][0] == {"\\subscribed", "\\hasnochildren"}, found
+    assert found["p/b"][0] == {"\\noselect", "\\haschildren"}, found
+    for bad in ['LIST (RECURSIVEMATCH) "" "*"', 'LIST (BOGUS) "" "*"',
+                'LIST "" "*" RETURN (BOGUS)', 'LIST "" () ']:
+        assert r.status_of(bad).startswith(b"BAD"), bad
+
+
+def test_list_status_follows_each_selectable_name(imap):
+    r = Raw(imap)
+    r.ok("EXAMINE INBOX")
+    size = int(re.search(rb"RFC822\.SIZE (\d+)", b"".join(r.ok("FETCH 1 RFC822.SIZE"))).group(1))
+    r.ok("CREATE a/b")
+    out = r.ok('LIST "" "*" RETURN (STATUS (MESSAGES SIZE UIDNEXT))')
+    text = [l.decode() for l in out]
+    i = next(n for n, l in enumerate(text) if l.startswith('* LIST') and "INBOX" in l)
+    assert text[i + 1] == f"* STATUS INBOX (MESSAGES 1 SIZE {size} UIDNEXT 2)\r\n", text
+    assert any(l.startswith('* STATUS "a/b" (MESSAGES 0 SIZE 0 ') for l in text), text
+    # The \Noselect parent has no STATUS.
+    assert not any(l.startswith('* STATUS "a" ') for l in text), text
+
+
+def test_create_special_use(imap):
+    r = Raw(imap)
+    r.ok("CREATE Outgoing (USE (\\Sent))")
+    r.ok("CREATE Old (USE (\\Archive \\Junk))")
+    refused = r.status_of("CREATE Everything (USE (\\All))")
+    assert refused.startswith(b"NO [USEATTR]"), refused
+    found = names(r.ok('LIST "" "*" RETURN (SPECIAL-USE)'))
+    assert "Everything" not in found
+    assert "\\sent" in found["Outgoing"][0]
+    assert {"\\archive", "\\junk"} <= found["Old"][0]
+    r.ok("RENAME Outgoing Outbox")
+    found = names(r.ok('LIST (SPECIAL-USE) "" "*"'))
+    assert "\\sent" in found["Outbox"][0] and "Outgoing" not in found, found
+    r.ok("DELETE Outbox")
+    r.ok("CREATE Outbox")
+    assert not names(r.ok('LIST "" Outbox'))["Outbox"][0] & {"\\sent"}
+
+
+def test_status_size_is_the_sum_of_rfc822_sizes(imap):
+    r = Raw(imap)
+    r.ok(b"APPEND INBOX " + literal(b"Subject: two\nbare LF lines\n"))
+    r.ok("EXAMINE INBOX")
+    sizes = [int(s) for s in re.findall(rb"RFC822\.SIZE (\d+)", b"".join(r.ok("FETCH 1:* RFC822.SIZE")))]
+    assert len(sizes) == 2
+    out = r.ok("STATUS INBOX (SIZE MESSAGES)")
+    assert out == [f"* STATUS INBOX (SIZE {sum(sizes)} MESSAGES 2)\r\n".encode()], out
+    assert b"STATUS=SIZE" in b"".join(r.ok("CAPABILITY"))
+
+
+# -- QUOTA ---------------------------------------------------------------------------------------
+
+@pytest.fixture
+def quota_imap(daemons, tmp_path, mailhome):
+    users = write_users(tmp_path / "users-quota", user_line("alice"),
+                        user_line("bob", extra="quota=2k quota_messages=3"),
+                        user_line("carol", extra="userdb_quota_rule=*:storage=1M"))
+    return daemons.start("imapd", config(users, mailhome.mail, '[quota]\nmessages = 1000\n'))
+
+
+def quota_lines(r, mailbox="INBOX"):
+    return [l.decode().rstrip() for l in r.ok(f"GETQUOTAROOT {mailbox}")]
+
+
+def test_quota_is_reported_and_enforced(quota_imap):
+    bob = Raw(quota_imap, "bob")
+    assert b" QUOTA" in b"".join(bob.ok("CAPABILITY"))
+    assert quota_lines(bob) == ['* QUOTAROOT INBOX ""',
+                                '* QUOTA "" (STORAGE 0 2 MESSAGE 0 3)']
+    msg = b"Subject: q\r\n\r\n" + b"x" * 700 + b"\r\n"
+    bob.ok(b"APPEND INBOX " + literal(msg))
+    bob.ok(b"APPEND INBOX " + literal(msg))
+    assert bob.ok('GETQUOTA ""') == [b'* QUOTA "" (STORAGE 2 2 MESSAGE 2 3)\r\n']
+    # A third would pass 2 KiB.
+    refused = bob.status_of(b"APPEND INBOX " + literal(msg))
+    assert refused.startswith(b"NO [OVERQUOTA]"), refused
+    bob.ok("CREATE Keep")
+    bob.ok("SELECT INBOX")
+    refused = bob.status_of("COPY 1 Keep")
+    assert refused.startswith(b"NO [OVERQUOTA]"), refused
+    # A MOVE stays within the quota root.
+    bob.ok("MOVE 1 Keep")
+    assert bob.ok("STATUS Keep (MESSAGES)") == [b'* STATUS "Keep" (MESSAGES 1)\r\n']
+    assert bob.status_of('SETQUOTA "" (STORAGE 100000)').startswith(b"NO")
+    # Messages are counted too: a small one passes, a fourth message does not.
+    bob.ok(b"APPEND INBOX " + literal(b"Subject: s\r\n\r\n."))
+    refused = bob.status_of(b"APPEND INBOX " + literal(b"Subject: t\r\n\r\n."))
+    assert refused.startswith(b"NO [OVERQUOTA]"), refused
+    # The users file's Dovecot rule, and the config's default for everyone else.
+    assert quota_lines(Raw(quota_imap, "carol"))[1] == '* QUOTA "" (STORAGE 0 1024 MESSAGE 0 1000)'
+    assert quota_lines(Raw(quota_imap, "alice"))[1] == '* QUOTA "" (MESSAGE 0 1000)'
+
+
+def test_no_quota_means_no_root(imap):
+    r = Raw(imap)
+    assert quota_lines(r) == ["* QUOTAROOT INBOX"]
+    assert r.status_of('GETQUOTA ""').startswith(b"NO")
+
+
+# -- MULTIAPPEND ---------------------------------------------------------------------------------
+
+def test_multiappend_adds_all_or_none(imap):
+    r = Raw(imap)
+    assert b" MULTIAPPEND" in b"".join(r.ok("CAPABILITY"))
+    one, two = message(2), message(3)
+    out, done = r.send(b"APPEND INBOX (\\Seen) " + literal(one) + b" (\\Flagged) "
+                       b'"24-Mar-2007 23:00:00 +0200" ' + literal(two))
+    assert re.match(rb"m\d+ OK \[APPENDUID \d+ 2:3\]", done), done
+    r.ok("EXAMINE INBOX")
+    out = b"".join(r.ok("FETCH 2:3 (FLAGS INTERNALDATE BODY.PEEK[HEADER.FIELDS (SUBJECT)])"))
+    assert b"message 2" in out and b"message 3" in out
+    assert re.search(rb"2 FETCH \(FLAGS \(\\Seen", out), out
+    assert re.search(rb"3 FETCH \(FLAGS \(\\Flagged \\Recent\) INTERNALDATE \"24-Mar-2007 21:00:00", out)
+    # A bad date in the second message: BAD, and the first is not added either.
+    done = r.status_of(b"APPEND INBOX " + literal(one) + b' "31-Foo-2007 23:00:00 +0200" '
+                       + literal(two))
+    assert done.startswith(b"BAD"), done
+    assert r.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 3)\r\n"]
+
+
+def test_multiappend_over_quota_adds_none(daemons, tmp_path, mailhome):
+    users = write_users(tmp_path / "users-quota", user_line("bob", extra="quota_messages=2"))
+    r = Raw(daemons.start("imapd", config(users, mailhome.mail)), "bob")
+    msg = literal(b"Subject: x\r\n\r\nx\r\n")
+    refused = r.status_of(b"APPEND INBOX " + msg + b" " + msg + b" " + msg)
+    assert refused.startswith(b"NO [OVERQUOTA]"), refused
+    assert r.ok("STATUS INBOX (MESSAGES)") == [b"* STATUS INBOX (MESSAGES 0)\r\n"]
+    r.ok(b"APPEND INBOX " + msg + b" " + msg)
+
+
+def test_imaplib_still_appends_and_lists(imap):
+    """A client that knows none of the extensions sees RFC 3501 as before."""
+    host, port = imap.addr("imap")
+    c = imaplib.IMAP4(host, port, timeout=30)
+    c.login("alice", PASSWORD)
+    assert c.append("INBOX", None, None, message(9))[0] == "OK"
+    typ, data = c.list('""', "*")
+    assert typ == "OK" and b'(\\HasNoChildren) "/" INBOX' in data, data
