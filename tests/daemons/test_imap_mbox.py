@@ -243,3 +243,50 @@ def test_imaplib_still_appends_and_lists(imap):
     assert c.append("INBOX", None, None, message(9))[0] == "OK"
     typ, data = c.list('""', "*")
     assert typ == "OK" and b'(\\HasNoChildren) "/" INBOX' in data, data
+
+
+# -- BINARY --------------------------------------------------------------------------------------
+
+MIME = (b"From: a@example.org\r\nSubject: parts\r\nMIME-Version: 1.0\r\n"
+        b"Content-Type: multipart/mixed; boundary=\"b\"\r\n\r\n"
+        b"--b\r\nContent-Type: text/plain; charset=utf-8\r\n"
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 =\r\nau lait\r\n"
+        b"--b\r\nContent-Type: application/octet-stream\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nAAEC/w==\r\n"
+        b"--b\r\nContent-Type: application/x-odd\r\n"
+        b"Content-Transfer-Encoding: x-uuencode\r\n\r\nbegin 644 x\r\n"
+        b"--b--\r\n")
+
+
+def test_binary_fetch_decodes_parts(imap):
+    r = Raw(imap)
+    assert b" BINARY" in b"".join(r.ok("CAPABILITY"))
+    r.ok(b"APPEND INBOX " + literal(MIME))
+    r.ok("SELECT INBOX")
+    out = b"".join(r.ok("FETCH 2 (BINARY.SIZE[1] BINARY.PEEK[1] BINARY.SIZE[2] BINARY.PEEK[2])"))
+    assert b"BINARY.SIZE[1] 13 BINARY[1] {13}\r\ncaf\xc3\xa9 au lait " in out, out
+    # Bytes with a NUL go as a literal8.
+    assert b"BINARY.SIZE[2] 4 BINARY[2] ~{4}\r\n\x00\x01\x02\xff" in out, out
+    out = b"".join(r.ok("FETCH 2 (BINARY.PEEK[1]<3.6>)"))
+    assert b"BINARY[1]<3> {6}\r\n\xc3\xa9 au " in out, out
+    # BINARY[] is the whole message as it is; BINARY (no PEEK) sets \Seen.
+    out = b"".join(r.ok("FETCH 2 (BINARY.SIZE[] BINARY[])"))
+    assert b"BINARY.SIZE[] %d" % len(MIME) in out and MIME in out, out
+    assert b"\\Seen" in out, out
+    # It was answered OK with the UID alone.
+    refused = r.status_of("FETCH 2 (BINARY.PEEK[3])")
+    assert refused.startswith(b"NO [UNKNOWN-CTE]"), refused
+
+
+def test_binary_append_stores_binary_parts_as_base64(imap):
+    r = Raw(imap)
+    body = b"\x00-\xe4\r\n\r\n"
+    msg = (b"From: a@example.org\r\nMIME-Version: 1.0\r\n"
+           b"Content-Type: application/octet-stream\r\n"
+           b"Content-Transfer-Encoding: binary\r\n\r\n" + body)
+    r.ok(b"APPEND INBOX " + literal(msg, binary=True))
+    r.ok("EXAMINE INBOX")
+    out = b"".join(r.ok("FETCH 2 (BODY.PEEK[1] BINARY.SIZE[1] BINARY.PEEK[1])"))
+    # A client without BINARY reads base64 text, never a NUL.
+    assert b"BODY[1] {14}\r\nAC3kDQoNCg==\r\n" in out, out
+    assert b"BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n" + body in out, out

@@ -1,14 +1,17 @@
 //! What imapd's fuzz targets run (see `inetkit_runtime::fuzzing`): mailbox names in modified
 //! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
 //! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
-//! ENVELOPE/BODYSTRUCTURE (`imap_mime`).
+//! ENVELOPE/BODYSTRUCTURE (`imap_mime`); and, without targets yet, the extended LIST/CREATE/
+//! APPEND forms (`imap_extended`) and BINARY's decoders (`imap_binary`).
 
+mod extended;
 mod folder;
 mod literal;
 mod mime;
 mod search;
 mod sequence;
 
+pub use self::extended::{imap_binary, imap_extended};
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
 pub use self::search::imap_search;

@@ -4,6 +4,7 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod binary;
 mod extended;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]

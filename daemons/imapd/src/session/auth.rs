@@ -48,6 +48,7 @@ impl Session {
             other("QUOTA=RES-STORAGE"),
             other("QUOTA=RES-MESSAGE"),
             other("MULTIAPPEND"),
+            Capability::Binary,
             Capability::UidPlus,
             Capability::Move,
         ];

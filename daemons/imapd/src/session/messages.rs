@@ -67,6 +67,12 @@ impl Session {
             LiteralOrLiteral8::Literal(l) => l.data(),
             LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
         };
+        // BINARY (RFC 3516): binary parts of a literal8 are stored in base64.
+        let converted = match message {
+            LiteralOrLiteral8::Literal8(_) => crate::binary::to_base64_parts(data),
+            LiteralOrLiteral8::Literal(_) => None,
+        };
+        let data = converted.as_deref().unwrap_or(data);
         let date = date.map(|d| {
             let ts = d.as_ref().timestamp().max(0) as u64;
             UNIX_EPOCH + Duration::from_secs(ts)

@@ -167,7 +167,8 @@ async fn login_select_fetch_store_logout() {
         reply,
         [
             "a1 OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
-          CHILDREN SPECIAL-USE UIDPLUS MOVE] Logged in.\r\n"
+          CHILDREN SPECIAL-USE LIST-EXTENDED LIST-STATUS CREATE-SPECIAL-USE STATUS=SIZE QUOTA \
+          QUOTA=RES-STORAGE QUOTA=RES-MESSAGE MULTIAPPEND BINARY UIDPLUS MOVE] Logged in.\r\n"
         ]
     );
     let reply = c.command("a2", "SELECT INBOX").await;
