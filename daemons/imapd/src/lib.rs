@@ -104,7 +104,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             .with_special_use_folders(config.folders.special_use),
         tls: ctx.tls.clone(),
         watches: watch::Watches::new(),
-        quota: config.quota.limits()?,
+        quota: config.quota.limits(),
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {
@@ -134,6 +134,22 @@ mod tests {
         let err = refused("[listen]\nimap = [\"127.0.0.1:99999\"]\n");
         assert!(err.starts_with("imapd.toml:2:9: listen.imap[0]: "), "{err}");
         assert!(err.contains("\"127.0.0.1:99999\""), "{err}");
+    }
+
+    #[test]
+    fn a_quota_that_is_not_a_size_is_refused_at_its_line() {
+        let err = refused("[quota]\nstorage = \"2X\"\n");
+        assert!(err.starts_with("imapd.toml:2:"), "{err}");
+        assert!(err.contains("not a size: \"2X\""), "{err}");
+        let parse = |text: &str| {
+            inetkit_runtime::config::from_text::<ImapConfig>(text, Path::new("imapd.toml"))
+                .map(|c| c.config.daemon.quota.limits())
+        };
+        let limits = parse("[quota]\nstorage = \"1G\"\nmessages = 10\n").expect("accepted");
+        assert_eq!((limits.storage, limits.messages), (Some(1 << 30), Some(10)));
+        let limits = parse("[quota]\nstorage = 4096\n").expect("accepted");
+        assert_eq!(limits.storage, Some(4096));
+        assert!(parse("").expect("accepted").is_unlimited());
     }
 
     #[test]

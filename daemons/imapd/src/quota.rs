@@ -28,8 +28,30 @@ const SETTLED: Duration = Duration::from_secs(2);
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct QuotaConfig {
     /// Bytes, with an optional K, M, G or T suffix (powers of 1024): `"2G"`.
-    storage: Option<String>,
+    storage: Option<Size>,
     messages: Option<u64>,
+}
+
+/// A size in the config: a number of bytes, or text such as `"2G"`; checked when the config
+/// is read, so `--check-config` reports a bad one with its line.
+#[derive(Debug, Clone, Copy)]
+struct Size(u64);
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bytes(u64),
+            Text(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bytes(n) => Ok(Size(if n == 0 { u64::MAX } else { n })),
+            Raw::Text(t) => parse_size(&t).map(Size).ok_or_else(|| {
+                serde::de::Error::custom(format!("not a size: {t:?} (bytes, or e.g. \"2G\")"))
+            }),
+        }
+    }
 }
 
 /// A user's limits; `None` is unlimited.
@@ -46,18 +68,12 @@ impl Limits {
 }
 
 impl QuotaConfig {
-    /// The default limits; an unreadable size is refused at start.
-    pub(crate) fn limits(&self) -> anyhow::Result<Limits> {
-        let storage = match &self.storage {
-            Some(s) => Some(
-                parse_size(s).ok_or_else(|| anyhow::anyhow!("quota.storage: not a size: {s:?}"))?,
-            ),
-            None => None,
-        };
-        Ok(Limits {
-            storage,
+    /// The default limits.
+    pub(crate) fn limits(&self) -> Limits {
+        Limits {
+            storage: self.storage.map(|s| s.0),
             messages: self.messages,
-        })
+        }
     }
 }
 
