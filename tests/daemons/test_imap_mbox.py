@@ -5,6 +5,7 @@ STATUS=SIZE (RFC 8438), QUOTA (RFC 9208), MULTIAPPEND (RFC 3502) and BINARY (RFC
 import imaplib
 import re
 import socket
+import zlib
 
 import pytest
 
@@ -290,3 +291,49 @@ def test_binary_append_stores_binary_parts_as_base64(imap):
     # A client without BINARY reads base64 text, never a NUL.
     assert b"BODY[1] {14}\r\nAC3kDQoNCg==\r\n" in out, out
     assert b"BINARY.SIZE[1] 7 BINARY[1] ~{7}\r\n" + body in out, out
+
+
+# -- COMPRESS=DEFLATE ----------------------------------------------------------------------------
+
+class Deflated:
+    """The rest of a Raw session after COMPRESS DEFLATE: raw deflate both ways."""
+
+    def __init__(self, r: Raw):
+        self.s = r.s
+        self.out = zlib.compressobj(wbits=-15)
+        self.inflate = zlib.decompressobj(wbits=-15)
+        self.buf = b""
+
+    def send(self, data: bytes):
+        self.s.sendall(self.out.compress(data) + self.out.flush(zlib.Z_SYNC_FLUSH))
+
+    def until(self, tag: bytes) -> bytes:
+        """Everything up to and including the line tagged `tag`."""
+        while not re.search(rb"(^|\r\n)" + tag + rb" [^\r]*\r\n", self.buf):
+            chunk = self.s.recv(65536)
+            assert chunk, self.buf
+            self.buf += self.inflate.decompress(chunk)
+        m = re.search(rb"(^|\r\n)" + tag + rb" [^\r]*\r\n", self.buf)
+        got, self.buf = self.buf[:m.end()], self.buf[m.end():]
+        return got
+
+
+def test_compress_deflate(imap):
+    r = Raw(imap)
+    assert b" COMPRESS=DEFLATE" in b"".join(r.ok("CAPABILITY"))
+    r.s.sendall(b"z1 COMPRESS DEFLATE\r\n")
+    assert r.f.readline() == b"z1 OK DEFLATE active.\r\n"
+    d = Deflated(r)
+    d.send(b"z2 SELECT INBOX\r\n")
+    assert b"z2 OK [READ-WRITE]" in d.until(b"z2")
+    d.send(b"z3 FETCH 1 (BODY.PEEK[])\r\n")
+    assert b"This is message 1." in d.until(b"z3")
+    d.send(b"z4 COMPRESS DEFLATE\r\n")
+    assert b"z4 NO [COMPRESSIONACTIVE]" in d.until(b"z4")
+    # 32 MiB of one byte, sent as about 32 KiB: the line limit holds, the session goes on.
+    bomb = d.out.compress(b"a" * (32 << 20)) + d.out.compress(b"\r\nz5 NOOP\r\n")
+    d.s.sendall(bomb + d.out.flush(zlib.Z_SYNC_FLUSH))
+    got = d.until(b"z5")
+    assert b"z5 OK" in got and len(got) < 4096, got[:200]
+    d.send(b"z6 LOGOUT\r\n")
+    assert b"z6 OK" in d.until(b"z6")

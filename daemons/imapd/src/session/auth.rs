@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::core::{AString, Atom, Tag, Vec1};
+use imap_codec::imap_types::extensions::compress::CompressionAlgorithm;
 use imap_codec::imap_types::response::{Capability, Code, Data, StatusKind};
 use imap_codec::imap_types::secret::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -49,6 +50,9 @@ impl Session {
             other("QUOTA=RES-MESSAGE"),
             other("MULTIAPPEND"),
             Capability::Binary,
+            Capability::Compress {
+                algorithm: CompressionAlgorithm::Deflate,
+            },
             Capability::UidPlus,
             Capability::Move,
         ];

@@ -17,6 +17,7 @@
 //! replies are [`reply`].
 
 mod auth;
+mod compress;
 mod extended;
 pub(crate) mod fetch;
 mod idle;
@@ -47,6 +48,7 @@ use inetkit_runtime::tls::TlsContext;
 
 use self::input::{ImapConn, Input, LiteralBudget};
 use self::reply::{bad, farewell, ok, reply, Done};
+use crate::compress::Deflate;
 use crate::selected::Selected;
 use crate::wire;
 use crate::Imap;
@@ -71,6 +73,8 @@ pub(crate) struct Session {
     login: Option<Login>,
     selected: Option<Selected>,
     failures: u32,
+    /// COMPRESS=DEFLATE is on.
+    compressed: bool,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
 }
@@ -84,6 +88,7 @@ impl Session {
             login: None,
             selected: None,
             failures: 0,
+            compressed: false,
             literals: &input::LITERALS,
         }
     }
@@ -129,6 +134,32 @@ impl TlsSession for Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        match self.command_loop(stream, greet).await {
+            LoopEnd::StartTls(stream) => Some(stream),
+            LoopEnd::Compress(stream) => {
+                // The same loop over the deflating stream; it refuses a second COMPRESS and
+                // STARTTLS, so it ends for good.
+                self.compressed = true;
+                let _ = self.command_loop(Deflate::new(stream), false).await;
+                None
+            }
+            LoopEnd::Over => None,
+        }
+    }
+}
+
+/// How a command loop ended.
+enum LoopEnd<S> {
+    Over,
+    StartTls(S),
+    Compress(S),
+}
+
+impl Session {
+    async fn command_loop<S>(&mut self, stream: S, greet: bool) -> LoopEnd<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, farewell());
         if greet {
             let greeting = Greeting {
@@ -150,7 +181,7 @@ impl TlsSession for Session {
                 Input::Refused => continue,
                 Input::Gone => {
                     let _ = conn.flush().await;
-                    return None;
+                    return LoopEnd::Over;
                 }
             };
             let (tag, done) = match CommandCodec::default().decode(&bytes) {
@@ -178,12 +209,23 @@ impl TlsSession for Session {
                         self.peer.log.ended(End::Closed("too many failed logins"));
                         wire::status(&mut conn.out, wire::bye("Too many failed logins."));
                         let _ = conn.flush().await;
-                        return None;
+                        return LoopEnd::Over;
                     }
                 }
-                Done::Close => return conn.end(Flow::Close).await,
+                Done::Close => {
+                    conn.end(Flow::Close).await;
+                    return LoopEnd::Over;
+                }
                 // Whatever was pipelined after STARTTLS came in the clear: dropped.
-                Done::StartTls => return conn.end(Flow::StartTls).await,
+                Done::StartTls => {
+                    let stream = conn.end(Flow::StartTls).await;
+                    return stream.map_or(LoopEnd::Over, LoopEnd::StartTls);
+                }
+                // Likewise after COMPRESS (RFC 4978 §3: the client waits for the OK).
+                Done::Compress => {
+                    let stream = conn.end(Flow::StartTls).await;
+                    return stream.map_or(LoopEnd::Over, LoopEnd::Compress);
+                }
             }
         }
     }
@@ -248,6 +290,7 @@ impl Session {
             }
             _ if !authenticated => bad("Not logged in."),
             CommandBody::Enable { .. } => self.enable(conn),
+            CommandBody::Compress { .. } => self.compress(tag, conn),
             // Authenticated (mailboxes.rs, messages.rs, idle.rs).
             CommandBody::Namespace => self.namespace(conn),
             CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
