@@ -56,6 +56,10 @@ impl SpecialUse {
     /// Records (or with `uses` empty, forgets) the attributes of `name`, writing the file
     /// anew through a temporary file so a reader never sees half of it.
     pub(crate) fn set(mailbox: &Path, name: &str, uses: &[String]) -> std::io::Result<()> {
+        if name.chars().any(char::is_control) {
+            // One line per name: a name with a line break or a tab cannot be recorded.
+            return Err(std::io::ErrorKind::InvalidInput.into());
+        }
         let mut all = SpecialUse::load(mailbox);
         if uses.is_empty() {
             if all.chosen.remove(name).is_none() {
@@ -92,6 +96,7 @@ mod tests {
         assert_eq!(uses.of("Outbox"), vec!["Sent", "Archive"]);
         assert_eq!(uses.of("Sent"), vec!["Archive"]);
         SpecialUse::set(&dir, "Sent", &[]).expect("forgotten");
+        assert!(SpecialUse::set(&dir, "a\nb", &["Sent".into()]).is_err());
         assert_eq!(SpecialUse::load(&dir).of("Sent"), vec!["Sent"]);
         std::fs::remove_dir_all(&dir).expect("cleaned up");
     }

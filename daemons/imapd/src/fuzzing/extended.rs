@@ -5,14 +5,15 @@
 use base64::Engine;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
+use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::CommandCodec;
 
 use crate::binary::{decode_base64, decode_qp, to_base64_parts};
 use crate::extended::{parse, ExtCommand};
 
-/// The input as a command (CRLF added when missing). A LIST has at least one pattern;
-/// each message of a MULTIAPPEND is a single APPEND that `imap-codec` decodes, or refuses,
-/// without panicking, and its literal is no longer than the whole input.
+/// The input as a command (CRLF added when missing). A LIST has at least one pattern; each
+/// message of a MULTIAPPEND is a single APPEND that `imap-codec` decodes, or refuses, without
+/// panicking, and whose message is bytes of the input.
 pub fn imap_extended(data: &[u8]) {
     let mut command = data.to_vec();
     if !command.ends_with(b"\r\n") {
@@ -26,13 +27,20 @@ pub fn imap_extended(data: &[u8]) {
         ExtCommand::Create { uses, .. } => assert!(uses.len() <= 32),
         ExtCommand::Append { messages } => {
             for message in messages {
-                if let Ok((_, c)) = CommandCodec::default().decode(&message) {
-                    if let CommandBody::Append { .. } = c.body {
-                        assert!(message.len() <= command.len() + 64 * 1024);
-                    } else {
-                        panic!("a MULTIAPPEND part decoded as another command");
-                    }
-                }
+                let Ok((_, c)) = CommandCodec::default().decode(&message) else {
+                    continue;
+                };
+                let CommandBody::Append { message, .. } = c.body else {
+                    panic!("a MULTIAPPEND part decoded as another command");
+                };
+                let bytes = match &message {
+                    LiteralOrLiteral8::Literal(l) => l.data(),
+                    LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+                };
+                assert!(
+                    command.windows(bytes.len().max(1)).any(|w| w == bytes) || bytes.is_empty(),
+                    "a message that is not in the input"
+                );
             }
         }
     }
