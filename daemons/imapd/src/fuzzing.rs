@@ -1,9 +1,11 @@
 //! What imapd's fuzz targets run (see `inetkit_runtime::fuzzing`): mailbox names in modified
 //! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
-//! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`),
-//! ENVELOPE/BODYSTRUCTURE (`imap_mime`), and SEARCH/SORT's `RETURN (…)` and `$`
-//! (`imap_search_args`, an entry without a target yet).
+//! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
+//! ENVELOPE/BODYSTRUCTURE (`imap_mime`); and, without targets yet, SEARCH/SORT's `RETURN (…)`
+//! and `$` (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`) and
+//! BINARY's decoders (`imap_binary`).
 
+mod extended;
 mod folder;
 mod literal;
 mod mime;
@@ -11,6 +13,7 @@ mod search;
 mod search_args;
 mod sequence;
 
+pub use self::extended::{imap_binary, imap_extended};
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
 pub use self::search::imap_search;

@@ -4,16 +4,21 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod binary;
+mod compress;
+mod extended;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod keywords;
 mod names;
+mod quota;
 mod search;
 mod search_args;
 mod selected;
 mod session;
 mod sort;
+mod special_use;
 #[cfg(test)]
 mod testing;
 mod thread;
@@ -39,6 +44,7 @@ struct ImapConfig {
     auth: AuthConfig,
     mail: MailConfig,
     folders: FoldersConfig,
+    quota: quota::QuotaConfig,
 }
 
 /// `[folders]`: what a mailbox gets at login.
@@ -83,6 +89,8 @@ pub struct Imap {
     pub store: Store,
     pub tls: Option<TlsContext>,
     pub watches: Arc<watch::Watches>,
+    /// The quota limits of users without their own.
+    quota: quota::Limits,
 }
 
 /// Sent to a client turned away by the limits or the memory budget (encoded once):
@@ -110,6 +118,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             FolderWatch::Inotify => watch::Watches::new(),
             FolderWatch::Poll => watch::Watches::polling(),
         },
+        quota: config.quota.limits(),
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {
@@ -139,6 +148,22 @@ mod tests {
         let err = refused("[listen]\nimap = [\"127.0.0.1:99999\"]\n");
         assert!(err.starts_with("imapd.toml:2:9: listen.imap[0]: "), "{err}");
         assert!(err.contains("\"127.0.0.1:99999\""), "{err}");
+    }
+
+    #[test]
+    fn a_quota_that_is_not_a_size_is_refused_at_its_line() {
+        let err = refused("[quota]\nstorage = \"2X\"\n");
+        assert!(err.starts_with("imapd.toml:2:"), "{err}");
+        assert!(err.contains("not a size: \"2X\""), "{err}");
+        let parse = |text: &str| {
+            inetkit_runtime::config::from_text::<ImapConfig>(text, Path::new("imapd.toml"))
+                .map(|c| c.config.daemon.quota.limits())
+        };
+        let limits = parse("[quota]\nstorage = \"1G\"\nmessages = 10\n").expect("accepted");
+        assert_eq!((limits.storage, limits.messages), (Some(1 << 30), Some(10)));
+        let limits = parse("[quota]\nstorage = 4096\n").expect("accepted");
+        assert_eq!(limits.storage, Some(4096));
+        assert!(parse("").expect("accepted").is_unlimited());
     }
 
     #[test]

@@ -6,6 +6,7 @@ use std::borrow::Cow;
 
 use imap_codec::imap_types::auth::AuthMechanism;
 use imap_codec::imap_types::core::{AString, Atom, Tag, Vec1};
+use imap_codec::imap_types::extensions::compress::CompressionAlgorithm;
 use imap_codec::imap_types::response::{Capability, Code, Data, StatusKind};
 use imap_codec::imap_types::secret::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -39,6 +40,19 @@ impl Session {
             Capability::Unselect,
             other("CHILDREN"),
             other("SPECIAL-USE"),
+            // imap-mbox: folder and message extensions.
+            Capability::ListExtended,
+            other("LIST-STATUS"),
+            other("CREATE-SPECIAL-USE"),
+            Capability::StatusSize,
+            Capability::Quota,
+            other("QUOTA=RES-STORAGE"),
+            other("QUOTA=RES-MESSAGE"),
+            other("MULTIAPPEND"),
+            Capability::Binary,
+            Capability::Compress {
+                algorithm: CompressionAlgorithm::Deflate,
+            },
             Capability::UidPlus,
             Capability::Move,
         ];
@@ -192,11 +206,19 @@ impl Session {
         };
         let store = self.imap.store.clone();
         let user_name = user.name.clone();
-        match blocking(|| store.mailbox(&user_name)) {
+        // A mailbox's first login subscribes the folders it has (another program's Maildir, the
+        // special-use ones); folders CREATEd later are the client's to subscribe.
+        let opened = blocking(|| {
+            let mailbox = store.mailbox(&user_name)?;
+            super::mailboxes::seed_subscriptions(&mailbox);
+            Ok::<_, inetkit_maildir::StoreError>(mailbox)
+        });
+        match opened {
             Ok(mailbox) => {
                 self.peer.logged_in(&user.name);
                 tracing::info!("logged in");
-                self.login = Some(Login { mailbox });
+                let limits = crate::quota::user_limits(&user, self.imap.quota);
+                self.login = Some(Login { mailbox, limits });
                 ok_code(Code::Capability(self.capabilities()), "Logged in.")
             }
             Err(err) => {

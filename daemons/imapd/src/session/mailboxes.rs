@@ -11,16 +11,15 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use inetkit_maildir::{Flags, Folder, Mailbox, StoreError};
 
+use super::extended::special_attribute;
 use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, store_error, Done};
 use super::{blocking, Conn, Session};
 use crate::names::{self, decode_utf7, encode_utf7};
 use crate::selected::Selected;
+use crate::special_use::SpecialUse;
 use crate::wire::{self, nz};
 
-/// SPECIAL-USE folders and their attribute (as an atom, without its backslash).
-const SPECIAL_USE: [&str; 4] = ["Sent", "Drafts", "Trash", "Junk"];
-
-fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
+pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
     match mailbox {
         ImapMailbox::Inbox => Some("INBOX".to_owned()),
         ImapMailbox::Other(other) => {
@@ -39,7 +38,7 @@ fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
 }
 
 /// A folder name as LIST, LSUB and STATUS send it.
-fn mailbox_of(name: &str) -> ImapMailbox<'static> {
+pub(super) fn mailbox_of(name: &str) -> ImapMailbox<'static> {
     wire::mailbox(encode_utf7(name))
 }
 
@@ -136,7 +135,9 @@ impl Session {
             // Without the seed, the first change would write a list of this one name and
             // unsubscribe every other folder.
             seed_subscriptions(&mbox);
-            let _ = names::set_subscribed(mbox.path(), &name, false);
+            // The subscription stays (RFC 3501 §6.3.6; LIST-EXTENDED shows it \NonExistent);
+            // a special use chosen at CREATE goes with the folder.
+            let _ = SpecialUse::set(mbox.path(), &name, &[]);
             Ok(())
         });
         match deleted {
@@ -182,6 +183,11 @@ impl Session {
         let renamed = blocking(|| {
             seed_subscriptions(&mbox);
             mbox.rename(&from, &to)?;
+            let uses = SpecialUse::load(mbox.path()).chosen(&from);
+            if !uses.is_empty() {
+                let _ = SpecialUse::set(mbox.path(), &to, &uses);
+                let _ = SpecialUse::set(mbox.path(), &from, &[]);
+            }
             if names::subscriptions(mbox.path()).contains(&from) {
                 let _ = names::set_subscribed(mbox.path(), &from, false);
                 let _ = names::set_subscribed(mbox.path(), &to, true);
@@ -268,9 +274,9 @@ impl Session {
         let listed = blocking(|| {
             let folders = mbox.folders()?;
             let subscribed = subscribed_set(&mbox, &folders);
-            Ok((folders, subscribed))
+            Ok((folders, subscribed, SpecialUse::load(mbox.path())))
         });
-        let (folders, subscribed) = match listed {
+        let (folders, subscribed, special_use) = match listed {
             Ok(listed) => listed,
             Err(e) => return store_error(&e),
         };
@@ -313,9 +319,12 @@ impl Session {
             } else {
                 "HasNoChildren"
             })];
-            if let Some(special) = SPECIAL_USE.iter().find(|n| *n == name) {
-                items.push(attribute(special));
-            }
+            items.extend(
+                special_use
+                    .of(name)
+                    .into_iter()
+                    .filter_map(special_attribute),
+            );
             line(&mut conn.out, items, name);
         }
         ok(format!("{verb} completed."))
@@ -350,6 +359,10 @@ impl Session {
                 StatusDataItemName::UidNext => StatusDataItem::UidNext(nz(snapshot.uid_next)),
                 StatusDataItemName::UidValidity => {
                     StatusDataItem::UidValidity(nz(snapshot.uid_validity))
+                }
+                // STATUS=SIZE (RFC 8438): the sum of the RFC822.SIZEs.
+                StatusDataItemName::Size => {
+                    StatusDataItem::Size(msgs.iter().map(|m| m.vsize).sum())
                 }
                 StatusDataItemName::Unseen => StatusDataItem::Unseen(count(
                     msgs.iter()
@@ -418,7 +431,7 @@ fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
 /// When the subscriptions file does not exist yet, every folder counts as subscribed (a
 /// fresh mailbox shows its folders in clients that list only subscribed ones); the first
 /// change writes that list down.
-fn seed_subscriptions(mbox: &Mailbox) {
+pub(super) fn seed_subscriptions(mbox: &Mailbox) {
     if !mbox.path().join("inetkit-subscriptions").exists() {
         if let Ok(folders) = mbox.folders() {
             for f in folders {
@@ -428,7 +441,10 @@ fn seed_subscriptions(mbox: &Mailbox) {
     }
 }
 
-fn subscribed_set(mbox: &Mailbox, folders: &[String]) -> std::collections::HashSet<String> {
+pub(super) fn subscribed_set(
+    mbox: &Mailbox,
+    folders: &[String],
+) -> std::collections::HashSet<String> {
     if mbox.path().join("inetkit-subscriptions").exists() {
         names::subscriptions(mbox.path()).into_iter().collect()
     } else {

@@ -15,8 +15,9 @@ use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo};
+use inetkit_maildir::{Appended, FlagChange, Flags, Folder, MessageInfo, StoreError};
 
+use super::quota::message_len;
 use super::reply::{bad, expunge_issued, ok, ok_code, read_only, store_error, Done};
 use super::{blocking, Conn, Session};
 use crate::keywords::Keywords;
@@ -32,29 +33,14 @@ impl Session {
         date: Option<DateTime>,
         message: &LiteralOrLiteral8<'_>,
     ) -> Done {
-        let data = match message {
-            LiteralOrLiteral8::Literal(l) => l.data(),
-            LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
-        };
-        let date = date.map(|d| {
-            let ts = d.as_ref().timestamp().max(0) as u64;
-            UNIX_EPOCH + Duration::from_secs(ts)
-        });
         let folder = match self.folder(mailbox) {
             Ok(f) => f,
             Err(d) => return d,
         };
-        if let Some(sel) = self.selected.as_mut() {
-            if sel.folder.path() == folder.path() {
-                sel.own_change = true;
-            }
+        if let Err(done) = self.quota_allows(message_len(message), 1) {
+            return done;
         }
-        let appended = blocking(|| {
-            let mut keywords = Keywords::load(folder.path());
-            let flags = to_flags(flags, &mut keywords, folder.path());
-            folder.append(&mut &data[..], flags, date)
-        });
-        match appended {
+        match self.append_one(&folder, flags, date, message) {
             Ok(a) => {
                 let code = Code::AppendUid {
                     uid_validity: nz(a.uid_validity),
@@ -64,6 +50,40 @@ impl Session {
             }
             Err(e) => store_error(&e),
         }
+    }
+
+    /// Adds one message of an APPEND to `folder`.
+    pub(super) fn append_one(
+        &mut self,
+        folder: &Folder,
+        flags: &[Flag<'_>],
+        date: Option<DateTime>,
+        message: &LiteralOrLiteral8<'_>,
+    ) -> Result<Appended, StoreError> {
+        let data = match message {
+            LiteralOrLiteral8::Literal(l) => l.data(),
+            LiteralOrLiteral8::Literal8(l) => l.data.as_ref(),
+        };
+        // BINARY (RFC 3516): binary parts of a literal8 are stored in base64.
+        let converted = match message {
+            LiteralOrLiteral8::Literal8(_) => crate::binary::to_base64_parts(data),
+            LiteralOrLiteral8::Literal(_) => None,
+        };
+        let data = converted.as_deref().unwrap_or(data);
+        let date = date.map(|d| {
+            let ts = d.as_ref().timestamp().max(0) as u64;
+            UNIX_EPOCH + Duration::from_secs(ts)
+        });
+        if let Some(sel) = self.selected.as_mut() {
+            if sel.folder.path() == folder.path() {
+                sel.own_change = true;
+            }
+        }
+        blocking(|| {
+            let mut keywords = Keywords::load(folder.path());
+            let flags = to_flags(flags, &mut keywords, folder.path());
+            folder.append(&mut &data[..], flags, date)
+        })
     }
 
     pub(super) fn expunge<S>(&mut self, uids: Option<SequenceSet>, conn: &mut Conn<S>) -> Done
@@ -162,6 +182,13 @@ impl Session {
             sel.own_change = true;
         }
         let chosen: Vec<MessageInfo> = indexes.iter().map(|&i| sel.messages[i].clone()).collect();
+        // A MOVE stays within the user's one quota root: only a COPY adds to it.
+        if let (false, Some(login)) = (moving, &self.login) {
+            let bytes = chosen.iter().map(|m| m.size).sum();
+            if let Err(done) = login.quota_allows(bytes, chosen.len() as u64) {
+                return done;
+            }
+        }
         // All or nothing, by the store: a COPY leaves the target as it was on any error, and
         // a MOVE renames each file, so a message is in exactly one folder at every instant.
         let transferred = blocking(|| {

@@ -18,11 +18,14 @@
 //! replies are [`reply`].
 
 mod auth;
+mod compress;
+mod extended;
 pub(crate) mod fetch;
 mod idle;
 pub(crate) mod input;
 mod mailboxes;
 mod messages;
+mod quota;
 mod reply;
 mod search;
 #[cfg(test)]
@@ -47,6 +50,7 @@ use inetkit_runtime::tls::TlsContext;
 
 use self::input::{ImapConn, Input, LiteralBudget};
 use self::reply::{bad, farewell, ok, reply, Done};
+use crate::compress::Deflate;
 use crate::selected::Selected;
 use crate::wire;
 use crate::Imap;
@@ -61,6 +65,7 @@ const MAX_FAILURES: u32 = 3;
 
 struct Login {
     mailbox: Mailbox,
+    limits: crate::quota::Limits,
 }
 
 pub(crate) struct Session {
@@ -70,6 +75,8 @@ pub(crate) struct Session {
     login: Option<Login>,
     selected: Option<Selected>,
     failures: u32,
+    /// COMPRESS=DEFLATE is on.
+    compressed: bool,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
     /// SEARCHRES's `$`, the current command's `RETURN (…)`, the searches kept up to date.
@@ -85,6 +92,7 @@ impl Session {
             login: None,
             selected: None,
             failures: 0,
+            compressed: false,
             literals: &input::LITERALS,
             search: search::SearchState::default(),
         }
@@ -131,6 +139,32 @@ impl TlsSession for Session {
     where
         S: AsyncRead + AsyncWrite + Unpin + Send,
     {
+        match self.command_loop(stream, greet).await {
+            LoopEnd::StartTls(stream) => Some(stream),
+            LoopEnd::Compress(stream) => {
+                // The same loop over the deflating stream; it refuses a second COMPRESS and
+                // STARTTLS, so it ends for good.
+                self.compressed = true;
+                let _ = self.command_loop(Deflate::new(stream), false).await;
+                None
+            }
+            LoopEnd::Over => None,
+        }
+    }
+}
+
+/// How a command loop ended.
+enum LoopEnd<S> {
+    Over,
+    StartTls(S),
+    Compress(S),
+}
+
+impl Session {
+    async fn command_loop<S>(&mut self, stream: S, greet: bool) -> LoopEnd<S>
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send,
+    {
         let mut conn = LineConn::new(stream, self.peer.clone(), MAX_LINE, farewell());
         if greet {
             let greeting = Greeting {
@@ -152,22 +186,30 @@ impl TlsSession for Session {
                 Input::Refused => continue,
                 Input::Gone => {
                     let _ = conn.flush().await;
-                    return None;
+                    return LoopEnd::Over;
                 }
             };
             let Some(bytes) = self.prepare(&bytes, &mut conn) else {
                 continue;
             };
-            let command = match CommandCodec::default().decode(&bytes) {
-                Ok((_, command)) => command,
-                Err(_) => {
-                    let tag = wire::tag_of(&bytes);
-                    reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
-                    continue;
+            let (tag, done) = match CommandCodec::default().decode(&bytes) {
+                Ok((_, command)) => {
+                    let tag = command.tag.clone();
+                    (tag.clone(), self.handle(command, &tag, &mut conn).await)
                 }
+                // The forms of extensions imap-codec does not parse (extended.rs).
+                Err(_) => match crate::extended::parse(&bytes) {
+                    Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
+                        Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
+                        Err(_) => continue,
+                    },
+                    _ => {
+                        let tag = wire::tag_of(&bytes);
+                        reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
+                        continue;
+                    }
+                },
             };
-            let tag = command.tag.clone();
-            let done = self.handle(command, &tag, &mut conn).await;
             match done {
                 Done::Tagged(kind, code, text) => {
                     wire::send(&mut conn.out, &wire::tagged(tag, kind, code, text));
@@ -175,12 +217,23 @@ impl TlsSession for Session {
                         self.peer.log.ended(End::Closed("too many failed logins"));
                         wire::status(&mut conn.out, wire::bye("Too many failed logins."));
                         let _ = conn.flush().await;
-                        return None;
+                        return LoopEnd::Over;
                     }
                 }
-                Done::Close => return conn.end(Flow::Close).await,
+                Done::Close => {
+                    conn.end(Flow::Close).await;
+                    return LoopEnd::Over;
+                }
                 // Whatever was pipelined after STARTTLS came in the clear: dropped.
-                Done::StartTls => return conn.end(Flow::StartTls).await,
+                Done::StartTls => {
+                    let stream = conn.end(Flow::StartTls).await;
+                    return stream.map_or(LoopEnd::Over, LoopEnd::StartTls);
+                }
+                // Likewise after COMPRESS (RFC 4978 §3: the client waits for the OK).
+                Done::Compress => {
+                    let stream = conn.end(Flow::StartTls).await;
+                    return stream.map_or(LoopEnd::Over, LoopEnd::Compress);
+                }
             }
         }
     }
@@ -216,6 +269,17 @@ impl Session {
         if let Some(mark) = mark.as_mut() {
             mark.command_done(conn.out.len());
         }
+        let done = self.refresh_selected(done, expunge_ok, conn);
+        if let Done::Tagged(..) = done {
+            if let Err(stopped) = self.send_updates(mark, conn) {
+                return stopped;
+            }
+        }
+        done
+    }
+
+    /// After a command: the selected folder's changes go out before the tagged reply.
+    fn refresh_selected<S>(&mut self, done: Done, expunge_ok: bool, conn: &mut Conn<S>) -> Done {
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
             if let Err(err) = blocking(|| sel.refresh(&mut updates, expunge_ok)) {
@@ -226,11 +290,6 @@ impl Session {
                 }
             } else {
                 conn.out.extend_from_slice(&updates);
-            }
-        }
-        if let Done::Tagged(..) = done {
-            if let Err(stopped) = self.send_updates(mark, conn) {
-                return stopped;
             }
         }
         done
@@ -261,6 +320,7 @@ impl Session {
             }
             _ if !authenticated => bad("Not logged in."),
             CommandBody::Enable { .. } => self.enable(conn),
+            CommandBody::Compress { .. } => self.compress(tag, conn),
             // Authenticated (mailboxes.rs, messages.rs, idle.rs).
             CommandBody::Namespace => self.namespace(conn),
             CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
@@ -289,6 +349,10 @@ impl Session {
                 message,
             } => self.append(&mailbox, &flags, date, &message),
             CommandBody::Idle => self.idle(conn).await,
+            // QUOTA (quota.rs).
+            CommandBody::GetQuota { root } => self.getquota(&root, conn),
+            CommandBody::GetQuotaRoot { mailbox } => self.getquotaroot(&mailbox, conn),
+            CommandBody::SetQuota { .. } => self.setquota(),
             // Selected (messages.rs, search.rs, fetch/); other commands are not supported in
             // any state (below).
             _ if !selected && selected_state(&command.body) => bad("No mailbox selected."),
@@ -348,13 +412,12 @@ impl Session {
                 mailbox,
                 uid,
             } => self.copy(&sequence_set, &mailbox, uid, true, conn),
-            _ => bad("Command not supported."),
         }
     }
 }
 
 /// The commands of the selected state (RFC 3501 §6.4): without a mailbox selected they are
-/// refused as such, any other unknown command as not supported.
+/// refused as such.
 fn selected_state(body: &CommandBody<'_>) -> bool {
     matches!(
         body,

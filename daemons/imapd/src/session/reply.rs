@@ -20,6 +20,8 @@ pub(super) enum Done {
     Tagged(StatusKind, Option<Code<'static>>, Text<'static>),
     Close,
     StartTls,
+    /// COMPRESS=DEFLATE: after the tagged OK (already in the output), the stream deflates.
+    Compress,
 }
 
 pub(super) fn ok(text: impl Into<Cow<'static, str>>) -> Done {

@@ -59,6 +59,7 @@ impl Client {
             store,
             tls: None,
             watches: watch::Watches::new(),
+            quota: Default::default(),
         });
         let peer = inetkit_runtime::testing::peer();
         let (client, server) = tokio::io::duplex(64 * 1024);

@@ -3,6 +3,7 @@
 //! bodies from their files. The data itself comes from [`mime`] (ENVELOPE, BODYSTRUCTURE,
 //! parts), [`raw`] (message bytes in CRLF form) and [`section`] (BODY[section] extraction).
 
+mod binary;
 pub(crate) mod mime;
 pub(crate) mod raw;
 mod response;
@@ -81,7 +82,8 @@ impl Session {
         };
         let sets_seen = !sel.read_only
             && items.iter().any(|i| match i {
-                MessageDataItemName::BodyExt { peek, .. } => !peek,
+                MessageDataItemName::BodyExt { peek, .. }
+                | MessageDataItemName::Binary { peek, .. } => !peek,
                 MessageDataItemName::Rfc822 | MessageDataItemName::Rfc822Text => true,
                 _ => false,
             });
@@ -102,7 +104,7 @@ impl Session {
             }
         }
         let sel = &*sel;
-        let (mut missing, mut too_large) = (false, false);
+        let (mut missing, mut too_large, mut unknown_cte) = (false, false, false);
         for i in indexes {
             let msg = &sel.messages[i];
             let flags = (want_flags || seen_now.contains(&i)).then(|| {
@@ -118,12 +120,18 @@ impl Session {
                 Written::Missing => missing = true,
                 Written::TooLarge => too_large = true,
                 Written::Gone => return Done::Close,
+                Written::UnknownCte => unknown_cte = true,
             }
             if !conn.flush_if_full().await {
                 return Done::Close;
             }
         }
-        if too_large {
+        if unknown_cte {
+            no_code(
+                wire::code("UNKNOWN-CTE"),
+                "Cannot decode a part's content-transfer-encoding.",
+            )
+        } else if too_large {
             no_code(
                 wire::code("LIMIT"),
                 "FETCH response too large: fetch fewer items at once.",

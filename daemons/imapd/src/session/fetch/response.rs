@@ -49,6 +49,8 @@ pub(super) enum Written {
     TooLarge,
     /// The client is gone.
     Gone,
+    /// BINARY of a part in a transfer encoding we cannot undo: nothing sent.
+    UnknownCte,
 }
 
 /// What is read from a message's file before its response is written.
@@ -76,6 +78,10 @@ fn need_of(item: &MessageDataItemName<'_>, large: bool) -> Need {
             Some(_) => Need::Whole,
         },
         MessageDataItemName::Body | MessageDataItemName::BodyStructure => Need::Whole,
+        MessageDataItemName::Binary { section, .. } if section.is_empty() => {
+            whole_or(Need::Nothing)
+        }
+        MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => Need::Whole,
         _ => Need::Nothing,
     }
 }
@@ -96,6 +102,8 @@ fn needs_parse(item: &MessageDataItemName<'_>) -> bool {
                 | Section::HeaderFields(None, _)
                 | Section::HeaderFieldsNot(None, _)
         ),
+        MessageDataItemName::Binary { section, .. }
+        | MessageDataItemName::BinarySize { section } => !section.is_empty(),
         _ => false,
     }
 }
@@ -109,6 +117,10 @@ enum Part<'a> {
     /// A literal streamed from the message's file: its item name, and where in the message
     /// (in CRLF form) it starts and how long it is.
     File(Vec<u8>, u64, u64),
+    /// BINARY's decoded content, sent as a literal8 (`~{n}`) when it holds a NUL.
+    Binary(Vec<u8>, Cow<'a, [u8]>),
+    /// BINARY of a part we cannot decode.
+    UnknownCte,
 }
 
 impl Part<'_> {
@@ -117,6 +129,8 @@ impl Part<'_> {
             Part::Encoded(bytes) => bytes.len() as u64,
             Part::Memory(name, data) => (name.len() + data.len()) as u64,
             Part::File(name, _, want) => name.len() as u64 + want,
+            Part::Binary(name, data) => (name.len() + data.len()) as u64,
+            Part::UnknownCte => 0,
         }
     }
 }
@@ -192,6 +206,9 @@ where
             msg.uid,
         )))));
     }
+    if parts.iter().any(|p| matches!(p, Part::UnknownCte)) {
+        return Written::UnknownCte;
+    }
     let size: u64 = parts.iter().map(Part::len).sum();
     if size > budget(msg.vsize) {
         tracing::info!(
@@ -221,6 +238,8 @@ where
                 literal_head(conn, &name, want);
                 stream_literal(sel, msg, start, want, conn).await
             }
+            Part::Binary(name, data) => super::binary::write(conn, &name, &data).await,
+            Part::UnknownCte => true,
         };
         if !sent {
             return Written::Gone;
@@ -281,6 +300,39 @@ impl<'a> Message<'a> {
                     None => self.whole_range(name, offset, length),
                     Some(Section::Text(None)) => self.text(name, offset, length),
                     Some(section) => Part::Memory(name, cut(self.section(section), offset, length)),
+                })
+            }
+            MessageDataItemName::Binary {
+                section, partial, ..
+            } => {
+                let name = super::binary::item_name(b"BINARY", section, partial.map(|(o, _)| o));
+                let offset = partial.map_or(0, |(o, _)| u64::from(o));
+                let length = partial.map(|(_, l)| u64::from(l.get()));
+                if section.is_empty() {
+                    // The whole message, undecoded.
+                    return Some(self.whole_range(name, offset, length));
+                }
+                Some(
+                    match super::binary::decoded(self.content, self.parsed, section) {
+                        Ok(data) => Part::Binary(name, cut(data, offset, length)),
+                        Err(_) => Part::UnknownCte,
+                    },
+                )
+            }
+            MessageDataItemName::BinarySize { section } => {
+                let size = if section.is_empty() {
+                    Ok(msg.vsize)
+                } else {
+                    super::binary::decoded(self.content, self.parsed, section)
+                        .map(|d| d.len() as u64)
+                };
+                Some(match size {
+                    Ok(size) => {
+                        let mut item = super::binary::item_name(b"BINARY.SIZE", section, None);
+                        item.extend_from_slice(format!(" {size}").as_bytes());
+                        Part::Encoded(item)
+                    }
+                    Err(_) => Part::UnknownCte,
                 })
             }
             _ => None,
@@ -361,7 +413,7 @@ fn literal_head<S>(conn: &mut Conn<S>, name: &[u8], len: u64) {
 }
 
 /// A literal's bytes from memory, a chunk at a time; NULs as 0x80, as in any literal.
-async fn copy_literal<S>(data: &[u8], conn: &mut Conn<S>) -> bool
+pub(super) async fn copy_literal<S>(data: &[u8], conn: &mut Conn<S>) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
