@@ -8,6 +8,7 @@
 #[doc(hidden)]
 pub mod fuzzing;
 mod keywords;
+mod modseq;
 mod names;
 mod search;
 mod selected;

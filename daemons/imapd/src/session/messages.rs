@@ -86,6 +86,7 @@ impl Session {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn store<S>(
         &mut self,
         set: &SequenceSet,
@@ -93,19 +94,35 @@ impl Session {
         response: StoreResponse,
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
         conn: &mut Conn<S>,
     ) -> Done
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if unchanged_since.is_some() {
+            self.turn_on(
+                crate::modseq::Resync {
+                    condstore: true,
+                    qresync: false,
+                },
+                &mut conn.out,
+            );
+        }
         let Some(sel) = self.selected.as_mut() else {
             return bad("No mailbox selected.");
         };
         if sel.read_only {
             return read_only();
         }
-        let Some(indexes) = sel.resolve(set, uid) else {
+        let Some(mut indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
+        };
+        // UNCHANGEDSINCE (RFC 7162 §3.1.3): messages changed since are left alone and named
+        // in [MODIFIED].
+        let modified = match unchanged_since {
+            Some(since) => blocking(|| sel.changed_since(&mut indexes, since)),
+            None => Vec::new(),
         };
         let changed = blocking(|| {
             let path = sel.folder.path().to_owned();
@@ -122,12 +139,26 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         sel.announce_keywords(&mut conn.out);
-        if matches!(response, StoreResponse::Answer) {
+        // With CONDSTORE on, even .SILENT tells the new MODSEQ.
+        let answer = matches!(response, StoreResponse::Answer);
+        if answer || sel.resync.condstore {
             for &i in indexes.iter().filter(|i| !gone.contains(i)) {
-                let msg = &sel.messages[i];
-                let recent = sel.recent.contains(&msg.uid);
-                let flags = wire::flags(msg.flags, recent, &sel.keywords);
-                wire::flags_fetch(&mut conn.out, i + 1, msg.uid, flags);
+                sel.tell_flags(&mut conn.out, i, answer);
+            }
+        }
+        if !modified.is_empty() {
+            let numbers: Vec<u32> = modified
+                .iter()
+                .map(|&i| {
+                    if uid {
+                        sel.messages[i].uid
+                    } else {
+                        i as u32 + 1
+                    }
+                })
+                .collect();
+            if let Some(set) = crate::modseq::uid_sequence(&numbers) {
+                return ok_code(Code::Modified(set), "Conditional STORE failed.");
             }
         }
         if gone.is_empty() {
@@ -203,13 +234,10 @@ impl Session {
         let moved = wire::untagged(StatusKind::Ok, Some(code), wire::text("Moved."));
         wire::status(&mut conn.out, moved);
         let gone: HashSet<u32> = from.into_iter().collect();
-        for seq in (1..=sel.messages.len()).rev() {
-            if gone.contains(&sel.messages[seq - 1].uid) {
-                wire::data(&mut conn.out, Data::Expunge(nz(seq as u32)));
-                let gone = sel.messages.remove(seq - 1);
-                sel.recent.remove(&gone.uid);
-            }
-        }
+        let moved: Vec<usize> = (0..sel.messages.len())
+            .filter(|&i| gone.contains(&sel.messages[i].uid))
+            .collect();
+        sel.remove(&moved, &mut conn.out);
         ok(done)
     }
 
@@ -259,10 +287,17 @@ impl Session {
                 return no_code(Code::BadCharset { allowed }, "Unsupported charset.");
             }
         }
+        let query = Query::new(criteria);
+        if query.uses_modseq() {
+            let condstore = crate::modseq::Resync {
+                condstore: true,
+                qresync: false,
+            };
+            self.turn_on(condstore, &mut conn.out);
+        }
         let Some(sel) = self.selected.as_ref() else {
             return bad("No mailbox selected.");
         };
-        let query = Query::new(criteria);
         let reader = &mut conn.reader;
         let mut gone = || client_gone(reader);
         let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
@@ -273,6 +308,16 @@ impl Session {
                 return no_code(wire::code("LIMIT"), "SEARCH took too long: narrow it down.")
             }
         };
+        // MODSEQ (RFC 7162 §3.1.5): the highest mod-sequence of the messages found.
+        let modseq = query
+            .uses_modseq()
+            .then(|| {
+                hits.iter()
+                    .map(|&i| sel.modseqs.of(sel.messages[i].uid))
+                    .max()
+            })
+            .flatten()
+            .and_then(std::num::NonZeroU64::new);
         let numbers = hits
             .into_iter()
             .map(|i| {
@@ -283,7 +328,7 @@ impl Session {
                 })
             })
             .collect();
-        wire::data(&mut conn.out, Data::Search(numbers));
+        wire::data(&mut conn.out, Data::Search(numbers, modseq));
         ok("SEARCH completed.")
     }
 }

@@ -17,6 +17,7 @@
 //! replies are [`reply`].
 
 mod auth;
+mod condstore;
 pub(crate) mod fetch;
 mod idle;
 pub(crate) mod input;
@@ -68,6 +69,8 @@ pub(crate) struct Session {
     login: Option<Login>,
     selected: Option<Selected>,
     failures: u32,
+    /// CONDSTORE and QRESYNC, once the client turned them on.
+    resync: crate::modseq::Resync,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
 }
@@ -81,6 +84,7 @@ impl Session {
             login: None,
             selected: None,
             failures: 0,
+            resync: Default::default(),
             literals: &input::LITERALS,
         }
     }
@@ -231,11 +235,17 @@ impl Session {
                 bad("Already logged in.")
             }
             _ if !authenticated => bad("Not logged in."),
-            CommandBody::Enable { .. } => self.enable(conn),
+            CommandBody::Enable { capabilities } => self.enable(capabilities.as_ref(), conn),
             // Authenticated (mailboxes.rs, messages.rs, idle.rs).
             CommandBody::Namespace => self.namespace(conn),
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true, conn),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select_resync(&mailbox, false, &parameters, conn),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select_resync(&mailbox, true, &parameters, conn),
             CommandBody::Create { mailbox } => self.create(&mailbox),
             CommandBody::Delete { mailbox } => self.delete(&mailbox),
             CommandBody::Rename { from, to } => self.rename(&from, &to),
@@ -276,9 +286,9 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
-                self.fetch_command(&sequence_set, macro_or_item_names, uid, conn)
+                self.fetch_resync(&sequence_set, macro_or_item_names, uid, &modifiers, conn)
                     .await
             }
             CommandBody::Store {
@@ -287,8 +297,19 @@ impl Session {
                 response,
                 flags,
                 uid,
-                ..
-            } => self.store(&sequence_set, kind, response, &flags, uid, conn),
+                modifiers,
+            } => {
+                let unchanged_since = condstore::unchanged_since(&modifiers);
+                self.store(
+                    &sequence_set,
+                    kind,
+                    response,
+                    &flags,
+                    uid,
+                    unchanged_since,
+                    conn,
+                )
+            }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,
