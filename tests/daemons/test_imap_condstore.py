@@ -120,6 +120,20 @@ def test_modseq_follows_sessions_processes_and_a_restart(imap, daemons):
     assert not [l for l in again if b"FETCH" in l or b"VANISHED" in l], again
 
 
+def test_a_modseq_change_alone_is_told(imap):
+    """RFC 7162 §3.1: a client with CONDSTORE on learns every new MODSEQ, even when the flags
+    were changed and changed back before it looked."""
+    a = Raw(imap)
+    h = highest(a.command("SELECT INBOX (CONDSTORE)"))
+    b = Raw(imap)
+    b.command("SELECT INBOX")
+    b.command("STORE 1 +FLAGS.SILENT (\\Seen)")
+    b.command("STORE 1 -FLAGS.SILENT (\\Seen)")
+    told = a.command("NOOP")
+    assert modseq_of(told, 1) > h, told
+    assert number(a.command("FETCH 1 (MODSEQ)"), rb"MODSEQ \((\d+)\)") == modseq_of(told, 1)
+
+
 def test_unchangedsince_sees_another_sessions_change(imap):
     a = Raw(imap)
     h = highest(a.command("SELECT INBOX (CONDSTORE)"))

@@ -159,9 +159,13 @@ impl ModSeqs {
     /// Brings the record up to the folder as `snapshot` saw it: new messages and changed
     /// flags get the next mod-sequence, UIDs gone are recorded as expunged. Returns whether
     /// anything changed.
-    fn sync(&mut self, snapshot: &Snapshot) -> bool {
+    ///
+    /// `current` says whether the snapshot's file name (so its flags) is still the message's:
+    /// a snapshot taken just before another session's change must not record the old flags
+    /// as a change of their own.
+    fn sync(&mut self, snapshot: &Snapshot, current: &dyn Fn(&MessageInfo) -> bool) -> bool {
         let next = self.highest + 1;
-        let mut changed = self.note(&snapshot.messages, next);
+        let mut changed = self.note(&snapshot.messages, next, current);
         // Only UIDs below the snapshot's UIDNEXT can be judged gone: a newer one arrived
         // after it was taken (and another session recorded it).
         let present: std::collections::HashSet<u32> =
@@ -186,7 +190,12 @@ impl ModSeqs {
 
     /// Records these messages' flags (a partial look: nothing is judged gone), giving the
     /// changed and new ones `next`.
-    fn note(&mut self, messages: &[MessageInfo], next: u64) -> bool {
+    fn note(
+        &mut self,
+        messages: &[MessageInfo],
+        next: u64,
+        current: &dyn Fn(&MessageInfo) -> bool,
+    ) -> bool {
         let mut changed = false;
         for msg in messages {
             // An expunged message seen again is a stale look at the folder.
@@ -199,6 +208,7 @@ impl ModSeqs {
             };
             match self.messages.get_mut(&msg.uid) {
                 Some(e) if e.flags == msg.flags => {}
+                Some(_) if !current(msg) => {}
                 Some(e) => {
                     *e = entry;
                     changed = true;
@@ -300,14 +310,15 @@ impl ModSeqs {
 /// The folder's record, brought up to `snapshot` (and saved when that changed it). Never
 /// fails: a record that cannot be saved is still right for this look, and logged.
 pub(crate) fn sync(folder: &Path, snapshot: &Snapshot) -> ModSeqs {
-    update(folder, snapshot.uid_validity, |r| r.sync(snapshot))
+    let current = |msg: &MessageInfo| folder.join(msg.file()).exists();
+    update(folder, snapshot.uid_validity, |r| r.sync(snapshot, &current))
 }
 
 /// The folder's record after this session changed these messages' flags.
 pub(crate) fn note(folder: &Path, uid_validity: u32, messages: &[MessageInfo]) -> ModSeqs {
     update(folder, uid_validity, |r| {
         let next = r.highest + 1;
-        r.note(messages, next)
+        r.note(messages, next, &|_| true)
     })
 }
 

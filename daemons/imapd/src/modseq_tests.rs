@@ -173,3 +173,19 @@ fn uid_sets() {
         Some("* VANISHED 9,4000000000\r\n")
     );
 }
+
+#[test]
+fn a_snapshot_from_before_another_sessions_change_records_nothing() {
+    let (_root, folder) = inbox(2);
+    let before = folder.snapshot().unwrap();
+    sync(folder.path(), &before);
+    // Another session changes message 1 and records it.
+    let mut msg = before.messages[0].clone();
+    folder
+        .update_flags(&mut msg, FlagChange::Add(Flags::FLAGGED))
+        .unwrap();
+    let after = note(folder.path(), before.uid_validity, std::slice::from_ref(&msg));
+    // A look taken before that change must not record the old flags as a new change.
+    assert_eq!(sync(folder.path(), &before), after);
+    assert_eq!(sync(folder.path(), &folder.snapshot().unwrap()), after);
+}

@@ -195,7 +195,10 @@ impl Selected {
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
         self.keywords = Keywords::load(self.folder.path());
-        self.modseqs = modseq::sync(self.folder.path(), &snapshot);
+        let told_modseqs = std::mem::replace(
+            &mut self.modseqs,
+            modseq::sync(self.folder.path(), &snapshot),
+        );
         self.announce_keywords(out);
         // Both lists are in UID order: walk them side by side.
         let now = &snapshot.messages;
@@ -215,9 +218,18 @@ impl Selected {
             }
         }
         // Flag changes (and new file names), before any expunge moves sequence numbers.
-        for (i, new) in changed {
-            let tell = new.flags != self.messages[i].flags;
-            self.messages[i] = new;
+        // With CONDSTORE, also a new MODSEQ alone (flags changed and changed back).
+        let mut changed = changed.into_iter().peekable();
+        for i in 0..self.messages.len() {
+            let new = changed.next_if(|(at, _)| *at == i).map(|(_, new)| new);
+            let uid = self.messages[i].uid;
+            let mut tell = self.resync.condstore
+                && kept[i]
+                && told_modseqs.of(uid) != self.modseqs.of(uid);
+            if let Some(new) = new {
+                tell |= new.flags != self.messages[i].flags;
+                self.messages[i] = new;
+            }
             if tell {
                 self.tell_flags(out, i, true);
             }
