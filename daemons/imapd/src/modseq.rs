@@ -311,7 +311,9 @@ impl ModSeqs {
 /// fails: a record that cannot be saved is still right for this look, and logged.
 pub(crate) fn sync(folder: &Path, snapshot: &Snapshot) -> ModSeqs {
     let current = |msg: &MessageInfo| folder.join(msg.file()).exists();
-    update(folder, snapshot.uid_validity, |r| r.sync(snapshot, &current))
+    update(folder, snapshot.uid_validity, |r| {
+        r.sync(snapshot, &current)
+    })
 }
 
 /// The folder's record after this session changed these messages' flags.
@@ -319,6 +321,25 @@ pub(crate) fn note(folder: &Path, uid_validity: u32, messages: &[MessageInfo]) -
     update(folder, uid_validity, |r| {
         let next = r.highest + 1;
         r.note(messages, next, &|_| true)
+    })
+}
+
+/// The folder's record after this session expunged these UIDs.
+pub(crate) fn note_expunged(folder: &Path, uid_validity: u32, uids: &[u32]) -> ModSeqs {
+    update(folder, uid_validity, |r| {
+        let next = r.highest + 1;
+        let mut changed = false;
+        for uid in uids {
+            if r.messages.remove(uid).is_some() {
+                r.vanished.insert(*uid, next);
+                changed = true;
+            }
+        }
+        if changed {
+            r.highest = next;
+            r.bound();
+        }
+        changed
     })
 }
 

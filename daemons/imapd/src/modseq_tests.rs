@@ -184,7 +184,11 @@ fn a_snapshot_from_before_another_sessions_change_records_nothing() {
     folder
         .update_flags(&mut msg, FlagChange::Add(Flags::FLAGGED))
         .unwrap();
-    let after = note(folder.path(), before.uid_validity, std::slice::from_ref(&msg));
+    let after = note(
+        folder.path(),
+        before.uid_validity,
+        std::slice::from_ref(&msg),
+    );
     // A look taken before that change must not record the old flags as a new change.
     assert_eq!(sync(folder.path(), &before), after);
     assert_eq!(sync(folder.path(), &folder.snapshot().unwrap()), after);

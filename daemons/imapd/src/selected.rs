@@ -223,9 +223,8 @@ impl Selected {
         for i in 0..self.messages.len() {
             let new = changed.next_if(|(at, _)| *at == i).map(|(_, new)| new);
             let uid = self.messages[i].uid;
-            let mut tell = self.resync.condstore
-                && kept[i]
-                && told_modseqs.of(uid) != self.modseqs.of(uid);
+            let mut tell =
+                self.resync.condstore && kept[i] && told_modseqs.of(uid) != self.modseqs.of(uid);
             if let Some(new) = new {
                 tell |= new.flags != self.messages[i].flags;
                 self.messages[i] = new;
@@ -408,6 +407,8 @@ impl Selected {
         let doomed: Vec<MessageInfo> = indexes.iter().map(|&i| self.messages[i].clone()).collect();
         self.own_change = true;
         self.folder.delete(&doomed)?;
+        let uids: Vec<u32> = doomed.iter().map(|m| m.uid).collect();
+        self.modseqs = modseq::note_expunged(self.folder.path(), self.uid_validity, &uids);
         let mut lines = Vec::new();
         self.remove(indexes, &mut lines);
         if let Some(out) = out {

@@ -81,6 +81,11 @@ impl Session {
         }
         let doomed = deleted(sel, uids.as_ref());
         match blocking(|| sel.expunge(&doomed, Some(&mut conn.out))) {
+            // With QRESYNC on, the new HIGHESTMODSEQ, which the client keeps (RFC 7162).
+            Ok(_) if sel.resync.qresync => ok_code(
+                Code::HighestModSeq(crate::modseq::nz64(sel.modseqs.highest())),
+                "EXPUNGE completed.",
+            ),
             Ok(_) => ok("EXPUNGE completed."),
             Err(e) => store_error(&e),
         }
