@@ -138,11 +138,12 @@ fn text_round_trip() {
     for bad in [
         "",
         "inetkit-modseq 1 7 5",
-        "inetkit-modseq 1 7 5 9\n",
-        "inetkit-modseq 1 7 9 5\nm 0 3 S\n",
-        "inetkit-modseq 1 7 9 5\nm 1 10 S\n",
-        "inetkit-modseq 1 7 9 5\nq 1 3\n",
-        "inetkit-modseq 1 7 9 5\nv 1 3 S\n",
+        "inetkit-modseq 1 7 9 5\n",
+        "inetkit-modseq 1 7 5 9 b\n",
+        "inetkit-modseq 1 7 9 5 b\nm 0 3 S\n",
+        "inetkit-modseq 1 7 9 5 b\nm 1 10 S\n",
+        "inetkit-modseq 1 7 9 5 b\nq 1 3\n",
+        "inetkit-modseq 1 7 9 5 b\nv 1 3 S\n",
     ] {
         assert!(ModSeqs::parse(bad).is_err(), "{bad:?}");
     }
@@ -192,4 +193,25 @@ fn a_snapshot_from_before_another_sessions_change_records_nothing() {
     // A look taken before that change must not record the old flags as a new change.
     assert_eq!(sync(folder.path(), &before), after);
     assert_eq!(sync(folder.path(), &folder.snapshot().unwrap()), after);
+}
+
+#[test]
+fn a_record_from_an_earlier_boot_moves_on() {
+    let (_root, folder) = inbox(2);
+    let snap = folder.snapshot().unwrap();
+    folder.delete(&snap.messages[..1]).unwrap();
+    sync(folder.path(), &snap);
+    let record = sync(folder.path(), &folder.snapshot().unwrap());
+    let path = folder.path().join(FILE);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let old_boot = text.replacen(boot_id(), "0-earlier-boot", 1);
+    std::fs::write(&path, old_boot).unwrap();
+    let after = current(folder.path(), snap.uid_validity);
+    assert_eq!(after.highest(), record.highest() + BOOT_GAP);
+    // Messages keep their numbers; the expunges before are no longer vouched for.
+    assert_eq!(after.of(2), record.of(2));
+    assert_eq!(after.vanished_since(record.highest()), Vanished::Unknown);
+    // Saved with this boot: it moves on once.
+    assert_eq!(sync(folder.path(), &folder.snapshot().unwrap()), after);
+    assert_eq!(current(folder.path(), snap.uid_validity), after);
 }

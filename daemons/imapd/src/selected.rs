@@ -220,11 +220,11 @@ impl Selected {
         // Flag changes (and new file names), before any expunge moves sequence numbers.
         // With CONDSTORE, also a new MODSEQ alone (flags changed and changed back).
         let mut changed = changed.into_iter().peekable();
-        for i in 0..self.messages.len() {
+        for (i, &was_kept) in kept.iter().enumerate() {
             let new = changed.next_if(|(at, _)| *at == i).map(|(_, new)| new);
             let uid = self.messages[i].uid;
             let mut tell =
-                self.resync.condstore && kept[i] && told_modseqs.of(uid) != self.modseqs.of(uid);
+                self.resync.condstore && was_kept && told_modseqs.of(uid) != self.modseqs.of(uid);
             if let Some(new) = new {
                 tell |= new.flags != self.messages[i].flags;
                 self.messages[i] = new;
