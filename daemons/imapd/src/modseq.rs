@@ -159,6 +159,27 @@ impl ModSeqs {
             .map_or(self.highest(), |e| e.modseq.max(1))
     }
 
+    /// Takes these UIDs' entries (or their expunge) from a newer record, and no others: what
+    /// a session's own change gives it, while other sessions' changes in `newer` are still to
+    /// be told (the next refresh compares against what this record says).
+    pub(crate) fn adopt(&mut self, newer: &ModSeqs, uids: &[u32]) {
+        if newer.uid_validity != self.uid_validity {
+            *self = newer.clone();
+            return;
+        }
+        for uid in uids {
+            if let Some(entry) = newer.messages.get(uid) {
+                self.messages.insert(*uid, *entry);
+                self.highest = self.highest.max(entry.modseq);
+            } else if let Some(&modseq) = newer.vanished.get(uid) {
+                self.messages.remove(uid);
+                self.vanished.insert(*uid, modseq);
+                self.highest = self.highest.max(modseq);
+            }
+        }
+        self.bound();
+    }
+
     /// UIDs expunged after `since`, as far as the record reaches.
     pub(crate) fn vanished_since(&self, since: u64) -> Vanished {
         if since < self.floor {

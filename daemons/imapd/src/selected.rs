@@ -326,7 +326,9 @@ impl Selected {
             .filter(|(at, _)| !gone.contains(at))
             .map(|(_, m)| m.clone())
             .collect();
-        self.modseqs = modseq::note(self.folder.path(), self.uid_validity, &changed);
+        let newer = modseq::note(self.folder.path(), self.uid_validity, &changed);
+        let uids: Vec<u32> = changed.iter().map(|m| m.uid).collect();
+        self.modseqs.adopt(&newer, &uids);
         for (&i, msg) in indexes.iter().zip(msgs) {
             self.messages[i] = msg;
         }
@@ -408,7 +410,8 @@ impl Selected {
         self.own_change = true;
         self.folder.delete(&doomed)?;
         let uids: Vec<u32> = doomed.iter().map(|m| m.uid).collect();
-        self.modseqs = modseq::note_expunged(self.folder.path(), self.uid_validity, &uids);
+        let newer = modseq::note_expunged(self.folder.path(), self.uid_validity, &uids);
+        self.modseqs.adopt(&newer, &uids);
         let mut lines = Vec::new();
         self.remove(indexes, &mut lines);
         if let Some(out) = out {

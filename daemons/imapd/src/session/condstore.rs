@@ -205,11 +205,12 @@ fn highest_modseq(sel: &Selected, out: &mut Vec<u8>) {
 impl Selected {
     /// Takes out of `indexes` the messages whose mod-sequence (as saved now: other sessions'
     /// changes count) is above `since`, and returns them.
-    pub(crate) fn changed_since(&mut self, indexes: &mut Vec<usize>, since: u64) -> Vec<usize> {
-        self.modseqs = modseq::current(self.folder.path(), self.uid_validity);
+    pub(crate) fn changed_since(&self, indexes: &mut Vec<usize>, since: u64) -> Vec<usize> {
+        // Not kept: the others' changes are told at the next refresh.
+        let now = modseq::current(self.folder.path(), self.uid_validity);
         let (changed, unchanged): (Vec<usize>, Vec<usize>) = indexes
             .iter()
-            .partition(|&&i| self.modseqs.of(self.messages[i].uid) > since);
+            .partition(|&&i| now.of(self.messages[i].uid) > since);
         *indexes = unchanged;
         changed
     }
