@@ -132,6 +132,12 @@ def test_a_modseq_change_alone_is_told(imap):
     told = a.command("NOOP")
     assert modseq_of(told, 1) > h, told
     assert number(a.command("FETCH 1 (MODSEQ)"), rb"MODSEQ \((\d+)\)") == modseq_of(told, 1)
+    # Also when a's own STORE is the next thing a does: it does not swallow b's change.
+    h = modseq_of(told, 1)
+    b.command("STORE 2 +FLAGS.SILENT (\\Seen)")
+    b.command("STORE 2 -FLAGS.SILENT (\\Seen)")
+    stored = a.command("STORE 3 +FLAGS (\\Flagged)")
+    assert modseq_of(stored, 3) > h and modseq_of(stored, 2) > h, stored
 
 
 def test_unchangedsince_sees_another_sessions_change(imap):
