@@ -11,6 +11,7 @@ mod extended;
 #[doc(hidden)]
 pub mod fuzzing;
 mod keywords;
+mod modseq;
 mod names;
 mod quota;
 mod search;

@@ -82,6 +82,8 @@ enum Key {
     SentOn(chrono::NaiveDate),
     SentSince(chrono::NaiveDate),
     Text(usize),
+    /// CONDSTORE (RFC 7162 §3.1.5): a mod-sequence at least this.
+    ModSeq(u64),
     And(Vec<Key>),
     Or(Box<Key>, Box<Key>),
     Not(Box<Key>),
@@ -107,6 +109,20 @@ impl Query {
         };
         let keys = compiler.all(keys);
         Query { keys, texts, need }
+    }
+
+    /// Whether a key is MODSEQ: the reply then carries the highest mod-sequence found.
+    pub(crate) fn uses_modseq(&self) -> bool {
+        fn has(key: &Key) -> bool {
+            match key {
+                Key::ModSeq(_) => true,
+                Key::And(keys) => keys.iter().any(has),
+                Key::Or(a, b) => has(a) || has(b),
+                Key::Not(k) => has(k),
+                _ => false,
+            }
+        }
+        self.keys.iter().any(has)
     }
 }
 
@@ -212,6 +228,7 @@ impl Compiler<'_> {
             }
             SearchKey::Body(s) => self.text(Text::Body(lower(s.as_ref())), Need::Whole),
             SearchKey::Text(s) => self.text(Text::All(lower(s.as_ref())), Need::Whole),
+            SearchKey::ModSequence { modseq, .. } => Key::ModSeq(*modseq),
         }
     }
 }
@@ -522,6 +539,7 @@ impl Ctx<'_, '_, '_, '_> {
             Key::New => recent && !flags.contains(Flags::SEEN),
             Key::Keyword(k) => has_keyword(k),
             Key::Unkeyword(k) => !has_keyword(k),
+            Key::ModSeq(n) => selected.modseqs.of(self.msg.uid) >= *n,
             Key::Larger(n) => self.msg.vsize > *n,
             Key::Smaller(n) => self.msg.vsize < *n,
             Key::Before(d) => internal_date(self.msg) < *d,

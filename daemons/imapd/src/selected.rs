@@ -5,12 +5,15 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use imap_codec::imap_types::core::Vec1;
+use imap_codec::imap_types::fetch::MessageDataItem;
 use imap_codec::imap_types::flag::{Flag, FlagPerm};
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
+use crate::modseq::{self, ModSeqs, Resync};
 use crate::watch::{Stamp, Watch, Watches};
 use crate::wire::{self, nz};
 
@@ -38,6 +41,9 @@ pub(crate) struct Selected {
     /// keeps may predate that change (its events may not have arrived yet), so the next
     /// refresh reads the folder itself.
     pub own_change: bool,
+    /// The folder's mod-sequences as of our view (CONDSTORE), and what the client enabled.
+    pub modseqs: ModSeqs,
+    pub resync: Resync,
 }
 
 impl Selected {
@@ -59,6 +65,7 @@ impl Selected {
             .map(|m| m.uid)
             .collect();
         let keywords = Keywords::load(folder.path());
+        let modseqs = modseq::sync(folder.path(), &snapshot);
         Ok(Selected {
             folder,
             read_only,
@@ -74,6 +81,8 @@ impl Selected {
             watch,
             generation,
             own_change: false,
+            modseqs,
+            resync: Resync::default(),
         })
     }
 
@@ -186,6 +195,10 @@ impl Selected {
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
         self.keywords = Keywords::load(self.folder.path());
+        let told_modseqs = std::mem::replace(
+            &mut self.modseqs,
+            modseq::sync(self.folder.path(), &snapshot),
+        );
         self.announce_keywords(out);
         // Both lists are in UID order: walk them side by side.
         let now = &snapshot.messages;
@@ -205,26 +218,27 @@ impl Selected {
             }
         }
         // Flag changes (and new file names), before any expunge moves sequence numbers.
-        for (i, new) in changed {
-            let msg = &mut self.messages[i];
-            if new.flags != msg.flags {
-                let recent = self.recent.contains(&msg.uid);
-                let flags = wire::flags(new.flags, recent, &self.keywords);
-                wire::flags_fetch(out, i + 1, msg.uid, flags);
+        // With CONDSTORE, also a new MODSEQ alone (flags changed and changed back).
+        let mut changed = changed.into_iter().peekable();
+        for (i, &was_kept) in kept.iter().enumerate() {
+            let new = changed.next_if(|(at, _)| *at == i).map(|(_, new)| new);
+            let uid = self.messages[i].uid;
+            let mut tell =
+                self.resync.condstore && was_kept && told_modseqs.of(uid) != self.modseqs.of(uid);
+            if let Some(new) = new {
+                tell |= new.flags != self.messages[i].flags;
+                self.messages[i] = new;
             }
-            *msg = new;
+            if tell {
+                self.tell_flags(out, i, true);
+            }
         }
         // Expunges, from the highest sequence number down so that each number is right as
         // the client applies them in order.
         let kept_gone = kept.iter().any(|k| !k);
         if expunge_allowed && kept_gone {
-            for seq in (1..=self.messages.len()).rev() {
-                if !kept[seq - 1] {
-                    wire::data(out, Data::Expunge(nz(seq as u32)));
-                    let gone = self.messages.remove(seq - 1);
-                    self.recent.remove(&gone.uid);
-                }
-            }
+            let gone: Vec<usize> = (0..kept.len()).filter(|&i| !kept[i]).collect();
+            self.remove(&gone, out);
         }
         let kept_gone = kept_gone && !expunge_allowed;
         // New messages: those above the UIDs we know.
@@ -306,10 +320,76 @@ impl Selected {
         let mut msgs: Vec<MessageInfo> =
             indexes.iter().map(|&i| self.messages[i].clone()).collect();
         let gone = self.folder.update_flags_many(&mut msgs, change)?;
+        let changed: Vec<MessageInfo> = msgs
+            .iter()
+            .enumerate()
+            .filter(|(at, _)| !gone.contains(at))
+            .map(|(_, m)| m.clone())
+            .collect();
+        let newer = modseq::note(self.folder.path(), self.uid_validity, &changed);
+        let uids: Vec<u32> = changed.iter().map(|m| m.uid).collect();
+        self.modseqs.adopt(&newer, &uids);
         for (&i, msg) in indexes.iter().zip(msgs) {
             self.messages[i] = msg;
         }
         Ok(gone.into_iter().map(|at| indexes[at]).collect())
+    }
+
+    /// An untagged FETCH of a message's flags (`* n FETCH (UID u FLAGS (...))`), with its
+    /// MODSEQ once CONDSTORE is on; with `flags` false only UID and MODSEQ (a STORE .SILENT).
+    pub(crate) fn tell_flags(&self, out: &mut Vec<u8>, index: usize, flags: bool) {
+        let Some(msg) = self.messages.get(index) else {
+            return;
+        };
+        let mut items = vec![MessageDataItem::Uid(nz(msg.uid))];
+        if flags {
+            let recent = self.recent.contains(&msg.uid);
+            items.push(MessageDataItem::Flags(wire::flags(
+                msg.flags,
+                recent,
+                &self.keywords,
+            )));
+        }
+        if self.resync.condstore {
+            items.push(MessageDataItem::ModSeq(modseq::nz64(
+                self.modseqs.of(msg.uid),
+            )));
+        }
+        if let Ok(items) = Vec1::try_from(items) {
+            let seq = nz(u32::try_from(index + 1).unwrap_or(u32::MAX));
+            wire::data(out, Data::Fetch { seq, items });
+        }
+    }
+
+    /// Takes the messages at these indexes (ascending) out of the view and tells the client:
+    /// EXPUNGE for each, from the highest sequence number down so that each number is right
+    /// as the client applies them in order, or one VANISHED once QRESYNC is on (RFC 7162
+    /// §3.2.10).
+    pub(crate) fn remove(&mut self, indexes: &[usize], out: &mut Vec<u8>) {
+        let mut uids = Vec::with_capacity(indexes.len());
+        for &i in indexes.iter().rev() {
+            if i >= self.messages.len() {
+                continue;
+            }
+            if !self.resync.qresync {
+                wire::data(out, Data::Expunge(nz(i as u32 + 1)));
+            }
+            let gone = self.messages.remove(i);
+            self.recent.remove(&gone.uid);
+            uids.push(gone.uid);
+        }
+        if self.resync.qresync {
+            uids.reverse();
+            if let Some(known_uids) = modseq::uid_sequence(&uids) {
+                wire::data(
+                    out,
+                    Data::Vanished {
+                        earlier: false,
+                        known_uids,
+                    },
+                );
+            }
+        }
     }
 
     pub(crate) fn unseen_first(&self) -> Option<usize> {
@@ -329,12 +409,11 @@ impl Selected {
         let doomed: Vec<MessageInfo> = indexes.iter().map(|&i| self.messages[i].clone()).collect();
         self.own_change = true;
         self.folder.delete(&doomed)?;
+        let uids: Vec<u32> = doomed.iter().map(|m| m.uid).collect();
+        let newer = modseq::note_expunged(self.folder.path(), self.uid_validity, &uids);
+        self.modseqs.adopt(&newer, &uids);
         let mut lines = Vec::new();
-        for &i in indexes.iter().rev() {
-            wire::data(&mut lines, Data::Expunge(nz(i as u32 + 1)));
-            let gone = self.messages.remove(i);
-            self.recent.remove(&gone.uid);
-        }
+        self.remove(indexes, &mut lines);
         if let Some(out) = out {
             out.extend_from_slice(&lines);
         }

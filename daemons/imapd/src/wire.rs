@@ -224,16 +224,6 @@ pub(crate) fn flags<'k>(flags: Flags, recent: bool, keywords: &'k Keywords) -> V
     out
 }
 
-/// `* 3 FETCH (UID 7 FLAGS (\\Seen))`: a message's flags, after a STORE or a change by another
-/// session.
-pub(crate) fn flags_fetch(out: &mut Vec<u8>, seq: usize, uid: u32, flags: Vec<FlagFetch<'_>>) {
-    let items = vec![MessageDataItem::Uid(nz(uid)), MessageDataItem::Flags(flags)];
-    let seq = nz(u32::try_from(seq).unwrap_or(u32::MAX));
-    if let Ok(items) = Vec1::try_from(items) {
-        self::data(out, Data::Fetch { seq, items });
-    }
-}
-
 /// One FETCH item as the encoder writes it inside `* n FETCH (...)`: responses too large to
 /// encode whole are written an item at a time.
 pub(crate) fn fetch_item(item: MessageDataItem<'_>) -> Vec<u8> {

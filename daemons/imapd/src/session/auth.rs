@@ -55,6 +55,8 @@ impl Session {
             },
             Capability::UidPlus,
             Capability::Move,
+            Capability::CondStore,
+            Capability::QResync,
         ];
         caps.extend(super::search::CAPABILITIES.iter().map(|&c| other(c)));
         if self.login.is_none() {
@@ -98,16 +100,6 @@ impl Session {
         };
         wire::data(&mut conn.out, id);
         ok("ID completed.")
-    }
-
-    /// ENABLE (RFC 5161).
-    pub(super) fn enable<S>(&self, conn: &mut Conn<S>) -> Done {
-        // No extension that ENABLE can turn on is implemented.
-        let enabled = Data::Enabled {
-            capabilities: Vec::new(),
-        };
-        wire::data(&mut conn.out, enabled);
-        ok("ENABLE completed.")
     }
 
     /// STARTTLS: the go-ahead is queued here; the loop then hands the stream over.

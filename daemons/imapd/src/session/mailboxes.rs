@@ -14,6 +14,7 @@ use inetkit_maildir::{Flags, Folder, Mailbox, StoreError};
 use super::extended::special_attribute;
 use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, store_error, Done};
 use super::{blocking, Conn, Session};
+use crate::modseq;
 use crate::names::{self, decode_utf7, encode_utf7};
 use crate::selected::Selected;
 use crate::special_use::SpecialUse;
@@ -369,6 +370,10 @@ impl Session {
                         .filter(|m| !m.flags.contains(Flags::SEEN))
                         .count(),
                 )),
+                StatusDataItemName::HighestModSeq => {
+                    let modseqs = blocking(|| modseq::sync(folder.path(), &snapshot));
+                    StatusDataItem::HighestModSeq(modseqs.highest())
+                }
                 _ => return bad("Unsupported STATUS item."),
             });
         }

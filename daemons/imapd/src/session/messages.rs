@@ -11,7 +11,7 @@ use imap_codec::imap_types::datetime::DateTime;
 use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
 use imap_codec::imap_types::flag::{Flag, StoreResponse, StoreType};
 use imap_codec::imap_types::mailbox::Mailbox as ImapMailbox;
-use imap_codec::imap_types::response::{Code, Data, StatusKind};
+use imap_codec::imap_types::response::{Code, StatusKind};
 use imap_codec::imap_types::sequence::SequenceSet;
 use tokio::io::{AsyncRead, AsyncWrite};
 
@@ -98,11 +98,17 @@ impl Session {
         }
         let doomed = deleted(sel, uids.as_ref());
         match blocking(|| sel.expunge(&doomed, Some(&mut conn.out))) {
+            // With QRESYNC on, the new HIGHESTMODSEQ, which the client keeps (RFC 7162).
+            Ok(_) if sel.resync.qresync => ok_code(
+                Code::HighestModSeq(crate::modseq::nz64(sel.modseqs.highest())),
+                "EXPUNGE completed.",
+            ),
             Ok(_) => ok("EXPUNGE completed."),
             Err(e) => store_error(&e),
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub(super) fn store<S>(
         &mut self,
         set: &SequenceSet,
@@ -110,19 +116,35 @@ impl Session {
         response: StoreResponse,
         flags: &[Flag<'_>],
         uid: bool,
+        unchanged_since: Option<u64>,
         conn: &mut Conn<S>,
     ) -> Done
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        if unchanged_since.is_some() {
+            self.turn_on(
+                crate::modseq::Resync {
+                    condstore: true,
+                    qresync: false,
+                },
+                &mut conn.out,
+            );
+        }
         let Some(sel) = self.selected.as_mut() else {
             return bad("No mailbox selected.");
         };
         if sel.read_only {
             return read_only();
         }
-        let Some(indexes) = sel.resolve(set, uid) else {
+        let Some(mut indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
+        };
+        // UNCHANGEDSINCE (RFC 7162 §3.1.3): messages changed since are left alone and named
+        // in [MODIFIED].
+        let modified = match unchanged_since {
+            Some(since) => blocking(|| sel.changed_since(&mut indexes, since)),
+            None => Vec::new(),
         };
         let changed = blocking(|| {
             let path = sel.folder.path().to_owned();
@@ -139,12 +161,26 @@ impl Session {
             Err(e) => return store_error(&e),
         };
         sel.announce_keywords(&mut conn.out);
-        if matches!(response, StoreResponse::Answer) {
+        // With CONDSTORE on, even .SILENT tells the new MODSEQ.
+        let answer = matches!(response, StoreResponse::Answer);
+        if answer || sel.resync.condstore {
             for &i in indexes.iter().filter(|i| !gone.contains(i)) {
-                let msg = &sel.messages[i];
-                let recent = sel.recent.contains(&msg.uid);
-                let flags = wire::flags(msg.flags, recent, &sel.keywords);
-                wire::flags_fetch(&mut conn.out, i + 1, msg.uid, flags);
+                sel.tell_flags(&mut conn.out, i, answer);
+            }
+        }
+        if !modified.is_empty() {
+            let numbers: Vec<u32> = modified
+                .iter()
+                .map(|&i| {
+                    if uid {
+                        sel.messages[i].uid
+                    } else {
+                        i as u32 + 1
+                    }
+                })
+                .collect();
+            if let Some(set) = crate::modseq::uid_sequence(&numbers) {
+                return ok_code(Code::Modified(set), "Conditional STORE failed.");
             }
         }
         if gone.is_empty() {
@@ -227,13 +263,10 @@ impl Session {
         let moved = wire::untagged(StatusKind::Ok, Some(code), wire::text("Moved."));
         wire::status(&mut conn.out, moved);
         let gone: HashSet<u32> = from.into_iter().collect();
-        for seq in (1..=sel.messages.len()).rev() {
-            if gone.contains(&sel.messages[seq - 1].uid) {
-                wire::data(&mut conn.out, Data::Expunge(nz(seq as u32)));
-                let gone = sel.messages.remove(seq - 1);
-                sel.recent.remove(&gone.uid);
-            }
-        }
+        let moved: Vec<usize> = (0..sel.messages.len())
+            .filter(|&i| gone.contains(&sel.messages[i].uid))
+            .collect();
+        sel.remove(&moved, &mut conn.out);
         ok(done)
     }
 

@@ -19,6 +19,7 @@
 
 mod auth;
 mod compress;
+mod condstore;
 mod extended;
 pub(crate) mod fetch;
 mod idle;
@@ -77,6 +78,8 @@ pub(crate) struct Session {
     failures: u32,
     /// COMPRESS=DEFLATE is on.
     compressed: bool,
+    /// CONDSTORE and QRESYNC, once the client turned them on.
+    resync: crate::modseq::Resync,
     /// The budget of literal bytes in flight, the daemon's (a test's own in tests).
     literals: &'static LiteralBudget,
     /// SEARCHRES's `$`, the current command's `RETURN (…)`, the searches kept up to date.
@@ -93,6 +96,7 @@ impl Session {
             selected: None,
             failures: 0,
             compressed: false,
+            resync: Default::default(),
             literals: &input::LITERALS,
             search: search::SearchState::default(),
         }
@@ -319,12 +323,18 @@ impl Session {
                 bad("Already logged in.")
             }
             _ if !authenticated => bad("Not logged in."),
-            CommandBody::Enable { .. } => self.enable(conn),
+            CommandBody::Enable { capabilities } => self.enable(capabilities.as_ref(), conn),
             CommandBody::Compress { .. } => self.compress(tag, conn),
             // Authenticated (mailboxes.rs, messages.rs, idle.rs).
             CommandBody::Namespace => self.namespace(conn),
-            CommandBody::Select { mailbox, .. } => self.select(&mailbox, false, conn),
-            CommandBody::Examine { mailbox, .. } => self.select(&mailbox, true, conn),
+            CommandBody::Select {
+                mailbox,
+                parameters,
+            } => self.select_resync(&mailbox, false, &parameters, conn),
+            CommandBody::Examine {
+                mailbox,
+                parameters,
+            } => self.select_resync(&mailbox, true, &parameters, conn),
             CommandBody::Create { mailbox } => self.create(&mailbox),
             CommandBody::Delete { mailbox } => self.delete(&mailbox),
             CommandBody::Rename { from, to } => self.rename(&from, &to),
@@ -389,9 +399,9 @@ impl Session {
                 sequence_set,
                 macro_or_item_names,
                 uid,
-                ..
+                modifiers,
             } => {
-                self.fetch_command(&sequence_set, macro_or_item_names, uid, conn)
+                self.fetch_resync(&sequence_set, macro_or_item_names, uid, &modifiers, conn)
                     .await
             }
             CommandBody::Store {
@@ -400,8 +410,19 @@ impl Session {
                 response,
                 flags,
                 uid,
-                ..
-            } => self.store(&sequence_set, kind, response, &flags, uid, conn),
+                modifiers,
+            } => {
+                let unchanged_since = condstore::unchanged_since(&modifiers);
+                self.store(
+                    &sequence_set,
+                    kind,
+                    response,
+                    &flags,
+                    uid,
+                    unchanged_since,
+                    conn,
+                )
+            }
             CommandBody::Copy {
                 sequence_set,
                 mailbox,

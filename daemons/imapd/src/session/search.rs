@@ -284,6 +284,15 @@ impl Session {
         if self.selected.is_none() {
             return bad("No mailbox selected.");
         }
+        // A MODSEQ key turns CONDSTORE on (RFC 7162 §3.1).
+        let uses_modseq = Query::new(criteria).uses_modseq();
+        if uses_modseq {
+            let condstore = crate::modseq::Resync {
+                condstore: true,
+                qresync: false,
+            };
+            self.turn_on(condstore, &mut conn.out);
+        }
         let hits = match self.matching(criteria, conn) {
             Ok(hits) => hits,
             Err(s) => {
@@ -297,9 +306,18 @@ impl Session {
         let numbers = numbers_of(sel, &hits, uid);
         let hit_uids = numbers_of(sel, &hits, true);
         let Some(r) = returns else {
+            // With a MODSEQ key: the highest mod-sequence of the messages found (§3.1.5).
+            let modseq = uses_modseq
+                .then(|| {
+                    hits.iter()
+                        .map(|&i| sel.modseqs.of(sel.messages[i].uid))
+                        .max()
+                })
+                .flatten()
+                .and_then(std::num::NonZeroU64::new);
             wire::data(
                 &mut conn.out,
-                Data::Search(numbers.into_iter().map(nz).collect()),
+                Data::Search(numbers.into_iter().map(nz).collect(), modseq),
             );
             return ok("SEARCH completed.");
         };

@@ -168,11 +168,16 @@ async fn login_select_fetch_store_logout() {
     assert!(
         reply[0].starts_with(
             "a1 OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
-             CHILDREN SPECIAL-USE UIDPLUS MOVE"
+             CHILDREN SPECIAL-USE "
         ) && reply[0].ends_with("] Logged in.\r\n"),
         "{reply:?}"
     );
     let reply = c.command("a2", "SELECT INBOX").await;
+    let highest = reply[7]
+        .strip_prefix("* OK [HIGHESTMODSEQ ")
+        .and_then(|r| r.split_once(']'))
+        .map(|(v, _)| v.to_owned())
+        .expect("HIGHESTMODSEQ");
     let validity = reply[5]
         .strip_prefix("* OK [UIDVALIDITY ")
         .and_then(|r| r.split_once(']'))
@@ -190,6 +195,7 @@ async fn login_select_fetch_store_logout() {
             "* OK [UNSEEN 1] First unseen.\r\n".to_owned(),
             format!("* OK [UIDVALIDITY {validity}] UIDs valid.\r\n"),
             "* OK [UIDNEXT 3] Predicted next UID.\r\n".to_owned(),
+            format!("* OK [HIGHESTMODSEQ {highest}] Highest\r\n"),
             "a2 OK [READ-WRITE] SELECT completed.\r\n".to_owned(),
         ]
     );

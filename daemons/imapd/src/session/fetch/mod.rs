@@ -33,6 +33,7 @@ impl Session {
         set: &SequenceSet,
         items: MacroOrMessageDataItemNames<'_>,
         uid: bool,
+        changed_since: Option<u64>,
         conn: &mut Conn<S>,
     ) -> Done
     where
@@ -61,7 +62,7 @@ impl Session {
             },
             MacroOrMessageDataItemNames::MessageDataItemNames(items) => items,
         };
-        self.fetch(set, &items, uid, conn).await
+        self.fetch(set, &items, uid, changed_since, conn).await
     }
 
     async fn fetch<S>(
@@ -69,6 +70,7 @@ impl Session {
         set: &SequenceSet,
         items: &[MessageDataItemName<'_>],
         uid: bool,
+        changed_since: Option<u64>,
         conn: &mut Conn<S>,
     ) -> Done
     where
@@ -80,6 +82,15 @@ impl Session {
         let Some(indexes) = sel.resolve(set, uid) else {
             return bad("Invalid message sequence number.");
         };
+        // CHANGEDSINCE (RFC 7162 §3.1.4): only messages changed since, with their MODSEQ.
+        let mut indexes = indexes;
+        if let Some(since) = changed_since {
+            indexes.retain(|&i| sel.modseqs.of(sel.messages[i].uid) > since);
+        }
+        let want_modseq = changed_since.is_some()
+            || items
+                .iter()
+                .any(|i| matches!(i, MessageDataItemName::ModSeq));
         let sets_seen = !sel.read_only
             && items.iter().any(|i| match i {
                 MessageDataItemName::BodyExt { peek, .. }
@@ -111,9 +122,13 @@ impl Session {
                 let recent = sel.recent.contains(&msg.uid);
                 wire::flags(msg.flags, recent, &sel.keywords)
             });
+            // A flag change this FETCH made carries its MODSEQ once CONDSTORE is on.
+            let modseq = (want_modseq || (sel.resync.condstore && seen_now.contains(&i)))
+                .then(|| sel.modseqs.of(msg.uid));
             let head = Head {
                 uid: want_uid.then_some(msg.uid),
                 flags,
+                modseq,
             };
             match response::write(sel, i, items, head, conn).await {
                 Written::Sent => {}

@@ -140,6 +140,8 @@ impl Part<'_> {
 pub(super) struct Head<'k> {
     pub(super) uid: Option<u32>,
     pub(super) flags: Option<Vec<FlagFetch<'k>>>,
+    /// MODSEQ (CONDSTORE), when asked for or with a flag change.
+    pub(super) modseq: Option<u64>,
 }
 
 /// Writes the FETCH response of message `index` (sequence number `index + 1`).
@@ -198,6 +200,10 @@ where
         parts.push(Part::Encoded(wire::fetch_item(MessageDataItem::Flags(
             flags,
         ))));
+    }
+    if let Some(modseq) = head.modseq {
+        let modseq = MessageDataItem::ModSeq(crate::modseq::nz64(modseq));
+        parts.push(Part::Encoded(wire::fetch_item(modseq)));
     }
     parts.extend(items.iter().filter_map(|item| message.part(item)));
     if parts.is_empty() {
