@@ -173,3 +173,26 @@ def test_a_damaged_record_is_rebuilt_above_the_old_numbers(imap):
     d = Raw(imap)
     assert highest(d.command("EXAMINE INBOX")) > h0
     assert Path(record).exists()
+
+
+def test_search_and_esearch_carry_the_modseq_of_what_they_answer(imap):
+    # RFC 7162 §3.1.5 with RFC 4731: the highest mod-sequence of all messages found, or of the
+    # MIN/MAX ones when only those are returned (imaptest's esearch-condstore group).
+    a = Raw(imap)
+    a.command("SELECT INBOX (CONDSTORE)")
+    for n in (3, 1, 2):  # message 2 changes last: it has the highest modseq
+        a.command(f"STORE {n} +FLAGS (\\Seen)")
+    fetched = a.command("FETCH 1:3 (UID MODSEQ)")
+    mod = {n: number(fetched, rb"\* %d FETCH .*MODSEQ \((\d+)\)" % n) for n in (1, 2, 3)}
+    assert mod[2] > mod[1] > mod[3], fetched
+    reply = a.command("SEARCH MODSEQ 1")
+    assert reply[0] == b"* SEARCH 1 2 3 (MODSEQ %d)\r\n" % mod[2], reply
+    expected = {"MIN": b"MIN 1 MODSEQ %d" % mod[1], "MAX": b"MAX 3 MODSEQ %d" % mod[3],
+                "MIN MAX": b"MIN 1 MAX 3 MODSEQ %d" % mod[1], "ALL": b"ALL 1:3 MODSEQ %d" % mod[2],
+                "COUNT": b"COUNT 3 MODSEQ %d" % mod[2]}
+    for options, answer in expected.items():
+        reply = a.command(f"SEARCH RETURN ({options}) MODSEQ 1")
+        assert reply[0].endswith(b") " + answer + b"\r\n"), (options, reply)
+    # Without a MODSEQ key there is none.
+    reply = a.command("SEARCH RETURN (ALL) ALL")
+    assert b"MODSEQ" not in reply[0], reply

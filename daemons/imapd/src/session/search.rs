@@ -120,7 +120,16 @@ fn numbers_of(sel: &Selected, indexes: &[usize], uid: bool) -> Vec<u32> {
 
 /// `* ESEARCH (TAG "a") UID MIN 1 MAX 9 COUNT 4 ALL 1:2,7,9`; `numbers` in the order
 /// they are given (sorted for ESORT), MIN and MAX the first and last of them.
-fn esearch(out: &mut Vec<u8>, tag: &Tag<'_>, uid: bool, r: &ReturnOptions, numbers: &[u32]) {
+/// `modseq`: with a MODSEQ search key, the highest mod-sequence the answer covers (RFC 7162
+/// §3.1.5).
+fn esearch(
+    out: &mut Vec<u8>,
+    tag: &Tag<'_>,
+    uid: bool,
+    r: &ReturnOptions,
+    numbers: &[u32],
+    modseq: Option<u64>,
+) {
     let mut line = String::from("* ESEARCH (TAG \"");
     line.push_str(tag.as_ref());
     line.push_str("\")");
@@ -150,8 +159,24 @@ fn esearch(out: &mut Vec<u8>, tag: &Tag<'_>, uid: bool, r: &ReturnOptions, numbe
         }
         line.push(')');
     }
+    if let Some(modseq) = modseq.filter(|&m| m > 0) {
+        let _ = write!(line, " MODSEQ {modseq}");
+    }
     line.push_str("\r\n");
     out.extend_from_slice(line.as_bytes());
+}
+
+/// The mod-sequence an ESEARCH answer carries (RFC 7162 §3.1.5): the highest of the messages
+/// it names when it names only the MIN and/or MAX one, else the highest of all found.
+fn esearch_modseq(sel: &Selected, hits: &[usize], r: &ReturnOptions) -> Option<u64> {
+    let of = |&i: &usize| sel.messages.get(i).map(|m| sel.modseqs.of(m.uid));
+    if r.all || r.count || r.partial.is_some() {
+        hits.iter().filter_map(of).max()
+    } else {
+        let min = hits.first().filter(|_| r.min);
+        let max = hits.last().filter(|_| r.max);
+        min.into_iter().chain(max).filter_map(of).max()
+    }
 }
 
 impl Session {
@@ -310,7 +335,8 @@ impl Session {
             let modseq = uses_modseq
                 .then(|| {
                     hits.iter()
-                        .map(|&i| sel.modseqs.of(sel.messages[i].uid))
+                        .filter_map(|&i| sel.messages.get(i))
+                        .map(|m| sel.modseqs.of(m.uid))
                         .max()
                 })
                 .flatten()
@@ -321,11 +347,14 @@ impl Session {
             );
             return ok("SEARCH completed.");
         };
+        let modseq = uses_modseq
+            .then(|| esearch_modseq(sel, &hits, &r))
+            .flatten();
         if r.save {
             self.save(&hits, &r);
         }
         if r.answers() {
-            esearch(&mut conn.out, tag, uid, &r, &numbers);
+            esearch(&mut conn.out, tag, uid, &r, &numbers, modseq);
         }
         if let Some(Returning { command, .. }) = returning.filter(|r| r.options.update) {
             let tag = tag.as_ref().to_owned();
@@ -434,7 +463,7 @@ impl Session {
                     self.save(&sorted, &r);
                 }
                 if r.answers() {
-                    esearch(&mut conn.out, tag, uid, &r, &numbers);
+                    esearch(&mut conn.out, tag, uid, &r, &numbers, None);
                 }
             }
         }
