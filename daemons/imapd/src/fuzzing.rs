@@ -1,9 +1,9 @@
 //! What imapd's fuzz targets run (see `inetkit_runtime::fuzzing`): mailbox names in modified
 //! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
 //! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
-//! ENVELOPE/BODYSTRUCTURE (`imap_mime`); and, without targets yet, SEARCH/SORT's `RETURN (…)`
-//! and `$` (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`) and
-//! BINARY's decoders (`imap_binary`).
+//! ENVELOPE/BODYSTRUCTURE (`imap_mime`), SEARCH/SORT's `RETURN (…)` and `$`
+//! (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`) and BINARY's
+//! decoders (`imap_binary`).
 
 mod extended;
 mod folder;
@@ -131,5 +131,26 @@ mod tests {
     #[test]
     fn imap_mime_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_mime", imap_mime) > 0);
+    }
+
+    #[test]
+    fn imap_search_args_corpus() {
+        assert!(
+            replay(
+                env!("CARGO_MANIFEST_DIR"),
+                "imap_search_args",
+                imap_search_args
+            ) > 0
+        );
+    }
+
+    #[test]
+    fn imap_extended_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_extended", imap_extended) > 0);
+    }
+
+    #[test]
+    fn imap_binary_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_binary", imap_binary) > 0);
     }
 }

@@ -1,6 +1,6 @@
-//! Entries for the forms imapd parses itself (no target of their own yet: the coordinator
-//! owns fuzz/): `imap_extended`, the extended LIST/CREATE/APPEND commands, and
-//! `imap_binary`, BINARY's transfer decoders and the APPEND literal8 conversion.
+//! Entries (and fuzz targets) for the forms imapd parses itself: `imap_extended`, the
+//! extended LIST/CREATE/APPEND commands, and `imap_binary`, BINARY's transfer decoders and
+//! the APPEND literal8 conversion.
 
 use base64::Engine;
 use imap_codec::decode::Decoder;

@@ -1,6 +1,5 @@
 //! Entry `imap_search_args`: what imap-codec does not parse of SEARCH, SORT and THREAD
-//! (`RETURN (…)`, `$`), taken out before it decodes. Not a cargo-fuzz target of its own yet:
-//! the coordinator wires entries to targets (fuzz/).
+//! (`RETURN (…)`, `$`), taken out before it decodes (fuzz target `imap_search_args`).
 
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
