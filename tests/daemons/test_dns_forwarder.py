@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from support.inetkit import RemoteHost
+from support.inetkit import RemoteHost, close_serving
 from support.nsd import Nsd, free_port
 
 
@@ -165,12 +165,14 @@ class ScriptedUpstream:
                 data, addr = self.sock.recvfrom(65535)
             except OSError:
                 return
+            if not data:  # woken by close()
+                return
             q = parse_query(data)
             self.queries.append((addr, q))
             threading.Thread(target=self.respond, args=(self.sock, addr, q), daemon=True).start()
 
     def close(self):
-        self.sock.close()
+        close_serving(self.sock, self.thread)
 
 
 @pytest.fixture
@@ -542,7 +544,8 @@ def test_dns_over_tls_queries_are_pipelined(daemons, dot_cert):
             accepted.append(raw)
             threading.Thread(target=handle, args=(raw,), daemon=True).start()
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     up = (f'\n[[upstream]]\naddress = "127.0.0.1:{listener.getsockname()[1]}"\n'
           f'protocol = "tls"\ntls_name = "localhost"\ntls_ca = "{dot_cert[0]}"\n')
     try:
@@ -559,7 +562,7 @@ def test_dns_over_tls_queries_are_pipelined(daemons, dot_cert):
                 assert ips[name.lower() + "."] in out, out
         assert len(accepted) == 1
     finally:
-        listener.close()
+        close_serving(listener, server)
 
 
 def test_dns_over_tls_connection_closed_by_the_upstream_is_replaced(daemons, dot_cert):
@@ -590,7 +593,8 @@ def test_dns_over_tls_connection_closed_by_the_upstream_is_replaced(daemons, dot
             except (OSError, struct.error, ssl.SSLError):
                 pass
 
-    threading.Thread(target=serve, daemon=True).start()
+    server = threading.Thread(target=serve, daemon=True)
+    server.start()
     up = (f'\n[[upstream]]\naddress = "127.0.0.1:{listener.getsockname()[1]}"\n'
           f'protocol = "tls"\ntls_name = "localhost"\ntls_ca = "{dot_cert[0]}"\n')
 
@@ -621,7 +625,7 @@ def test_dns_over_tls_connection_closed_by_the_upstream_is_replaced(daemons, dot
         assert len(accepted) == 6
         assert counts[0] == counts[1]
     finally:
-        listener.close()
+        close_serving(listener, server)
 
 
 # -- bad input and abuse ------------------------------------------------------------------------

@@ -98,6 +98,18 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def close_serving(sock: socket.socket, thread: threading.Thread) -> None:
+    """Closes `sock`, which `thread` blocks on (recv, accept): wakes the thread with shutdown()
+    and waits for it first, so it never goes on reading the descriptor number the next socket
+    reuses (and takes, say, a daemon's READY=1 from its NOTIFY_SOCKET)."""
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass  # an unconnected UDP socket says ENOTCONN, but its reader is woken all the same
+    thread.join(timeout=10)
+    sock.close()
+
+
 class Notifications:
     """The NOTIFY_SOCKET end: collects what the daemon sends with sd_notify."""
 
