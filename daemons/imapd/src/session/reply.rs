@@ -102,9 +102,12 @@ pub(super) fn read_only() -> Done {
     no_code(Code::ReadOnly, "Mailbox is read-only.")
 }
 
+/// A FETCH or STORE that met messages another session expunged: done for the others, OK as
+/// Dovecot answers (RFC 2180 §4.1, §4.2; RFC 5530 §3), and the client learns of the
+/// expunge at its next command.
 pub(super) fn expunge_issued() -> Done {
-    no_code(
+    ok_code(
         wire::code("EXPUNGEISSUED"),
-        "Some messages were expunged meanwhile.",
+        "Some messages were already expunged.",
     )
 }

@@ -176,7 +176,10 @@ where
             });
             match read {
                 Ok(content) => Some(content),
-                Err(_) => return Written::Missing,
+                Err(_) => {
+                    write_known(index, msg.uid, head, &mut conn.out);
+                    return Written::Missing;
+                }
             }
         }
     };
@@ -253,6 +256,24 @@ where
     }
     conn.out.extend_from_slice(b")\r\n");
     Written::Sent
+}
+
+/// The FETCH response of a message another session expunged (its file is gone, the view still
+/// holds it): what the view knows, UID, FLAGS and MODSEQ, without the items that need the
+/// message (RFC 2180 §4.1: return what is still accessible).
+fn write_known(index: usize, uid: u32, head: Head<'_>, out: &mut Vec<u8>) {
+    let mut parts = vec![wire::fetch_item(MessageDataItem::Uid(nz(uid)))];
+    if let Some(flags) = head.flags {
+        parts.push(wire::fetch_item(MessageDataItem::Flags(flags)));
+    }
+    if let Some(modseq) = head.modseq {
+        let modseq = MessageDataItem::ModSeq(crate::modseq::nz64(modseq));
+        parts.push(wire::fetch_item(modseq));
+    }
+    let seq = u32::try_from(index + 1).unwrap_or(u32::MAX);
+    out.extend_from_slice(format!("* {seq} FETCH (").as_bytes());
+    out.extend_from_slice(&parts.join(&b' '));
+    out.extend_from_slice(b")\r\n");
 }
 
 /// A message as far as it was read.
