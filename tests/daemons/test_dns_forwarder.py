@@ -737,8 +737,10 @@ def test_loopback_is_never_rate_limited(daemons, nsd):
                         "[rate_limit]\nrate = 50\nburst = 50\nexempt_allowed = false\n")
     dig(udp, "www.example.test", "A")
     got = flood(udp)
-    # Far past the burst (the kernel may still drop some when its buffer is full).
-    assert got > 500, got
+    # Past the burst of 50 (the flood takes well under a second): the kernel drops what does
+    # not fit its buffer, more on a loaded machine (256 of 3,000 answered once under load), so
+    # the decisive check is that the daemon counted no query as rate-limited.
+    assert got > 200, got
     assert rate_limited(d) == 0
 
 
