@@ -328,3 +328,19 @@ def test_what_is_not_implemented_is_bad_in_every_state(imap):
     # A command of the selected state without a mailbox says why.
     assert "No mailbox selected" in authenticated.bad("SORT (DATE) UTF-8 ALL")
     assert "No mailbox selected" in authenticated.bad("THREAD REFS UTF-8 ALL")
+
+
+def test_digits_in_braces_before_login_are_no_literal_size(imap):
+    """Found by the imap_search_args fuzz target: the RETURN/$ pre-parser took the digits
+    between `{` and `}` as a literal's size even with other bytes among them (so the command
+    reader had not taken it as a literal); this size made its position wrap around to the
+    brace, and it tokenized the line for ever, growing without bound, from one line sent
+    before login."""
+    host, port = imap.addr("imap")
+    with socket.create_connection((host, port), timeout=30) as s:
+        f = s.makefile("rb")
+        f.readline()
+        s.sendall(b"a SEARCH {1844674407370955159x1}\r\n")
+        assert f.readline().startswith(b"a BAD "), "answered, not stuck"
+        s.sendall(b"b CAPABILITY\r\n")
+        assert f.readline().startswith(b"* CAPABILITY ")

@@ -125,12 +125,20 @@ fn tokens(bytes: &[u8]) -> Option<Vec<Token>> {
                 // {n}, {n+}, ~{n} (literal8), then CRLF and n bytes.
                 let close = i + bytes.get(i..)?.iter().position(|&c| c == b'}')?;
                 let inner = bytes.get(i..close)?;
-                let digits: Vec<u8> = inner.iter().copied().filter(u8::is_ascii_digit).collect();
-                let n: usize = std::str::from_utf8(&digits).ok()?.parse().ok()?;
+                let inner = inner.strip_prefix(b"~").unwrap_or(inner);
+                let inner = inner.strip_prefix(b"{")?;
+                let digits = inner.strip_suffix(b"+").unwrap_or(inner);
+                // Only `{digits}`: anything else is not a literal the reader took in, and a
+                // size made of whatever digits stood between the braces could be any number
+                // (an overflow found by the imap_search_args fuzz target).
+                if digits.is_empty() || !digits.iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                let n: usize = std::str::from_utf8(digits).ok()?.parse().ok()?;
                 if bytes.get(close + 1..close + 3)? != b"\r\n" {
                     return None;
                 }
-                i = close + 3 + n;
+                i = close.checked_add(3)?.checked_add(n)?;
                 if i > bytes.len() {
                     return None;
                 }
@@ -497,6 +505,19 @@ mod tests {
     }
 
     const FOLDER: &[u32] = &[3, 5, 8, 9, 10];
+
+    #[test]
+    fn only_a_real_literal_is_skipped_whatever_digits_stand_in_braces() {
+        // Digits gathered from `{…}` once made a size near usize::MAX: in release builds the
+        // position wrapped around and tokenizing never ended, from one line before login.
+        assert!(tokens(b"a SEARCH RETURN () {18446744073709551613x}\r\n").is_none());
+        assert!(tokens(b"a SEARCH {1x8446744073709551615}\r\n").is_none());
+        assert!(tokens(b"a SEARCH {18446744073709551615}\r\n").is_none());
+        let literal = tokens(b"a SEARCH SUBJECT {3+}\r\nabc\r\n").expect("tokens");
+        assert!(literal.iter().any(|t| t.kind == Kind::Literal));
+        let literal8 = tokens(b"a SEARCH SUBJECT ~{3}\r\nabc\r\n").expect("tokens");
+        assert!(literal8.iter().any(|t| t.kind == Kind::Literal));
+    }
 
     #[test]
     fn return_options_are_taken_out() {
