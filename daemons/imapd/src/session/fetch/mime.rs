@@ -14,6 +14,10 @@ use crate::wire::{istring, nstring};
 /// Deeper MIME nesting than this is shown as an opaque part: a client cannot need more, and
 /// the encoder's recursion stays bounded.
 const MAX_DEPTH: usize = 40;
+/// Parts described in one BODYSTRUCTURE. Depth alone does not bound the work: a part list
+/// that leads back to a part already on the path repeats whole subtrees, so a 408-byte
+/// message once grew a structure of many GiB (imap_mime fuzz target).
+const MAX_PARTS: usize = 5_000;
 
 pub(crate) fn parse(bytes: &[u8]) -> Option<Message<'_>> {
     MessageParser::default().parse(bytes)
@@ -197,8 +201,10 @@ fn encode_word(s: &str) -> String {
 
 /// BODYSTRUCTURE (`extended`) or BODY of a message.
 pub(crate) fn body_structure(msg: &Message<'_>, extended: bool) -> BodyStructure<'static> {
+    // A real part takes a boundary line and headers: one part per 32 bytes is plenty.
+    let mut budget = MAX_PARTS.min(msg.raw_message.len() / 32 + 8);
     match msg.parts.first() {
-        Some(part) => part_structure(msg, part, extended, 0),
+        Some(part) => part_structure(msg, part, extended, 0, &mut budget),
         None => single(
             Vec::from([(istring(&b"CHARSET"[..]), istring(&b"US-ASCII"[..]))]),
             text_plain(),
@@ -262,7 +268,13 @@ fn part_structure(
     part: &MessagePart<'_>,
     extended: bool,
     depth: usize,
+    budget: &mut usize,
 ) -> BodyStructure<'static> {
+    // Past the budget, parts are described as empty text parts.
+    let Some(left) = budget.checked_sub(1) else {
+        return empty_body();
+    };
+    *budget = left;
     let raw = &msg.raw_message[..];
     let ct = part.content_type();
     let attributes = ct.and_then(|c| c.attributes.as_deref());
@@ -270,7 +282,7 @@ fn part_structure(
         let bodies: Vec<BodyStructure<'static>> = children
             .iter()
             .filter_map(|&id| msg.parts.get(id as usize))
-            .map(|child| part_structure(msg, child, extended, depth + 1))
+            .map(|child| part_structure(msg, child, extended, depth + 1, budget))
             .collect();
         // RFC 3501 needs at least one body in a multipart: an empty text part.
         let bodies = Vec1::try_from(bodies).unwrap_or_else(|_| Vec1::from(empty_body()));
@@ -325,7 +337,7 @@ fn part_structure(
             SpecificFields::Message {
                 envelope: Box::new(envelope(inner)),
                 body_structure: Box::new(match inner.parts.first() {
-                    Some(p) => part_structure(inner, p, extended, depth + 1),
+                    Some(p) => part_structure(inner, p, extended, depth + 1, budget),
                     None => body_structure(inner, extended),
                 }),
                 number_of_lines: lines,
