@@ -278,9 +278,10 @@ def test_idle_exit_under_systemd(echo):
     c = echo
     config = "/etc/inetkit/echo.toml"
     original = c.run("cat", config).stdout
-    assert "idle_exit = 0" in original
+    # Shipped so that an idle host runs no echo daemon (60 s: shortened here).
+    assert "\nidle_exit = 60\n" in original
     c.systemctl("stop", SERVICE)
-    c.write(config, original.replace("idle_exit = 0", "idle_exit = 1"))
+    c.write(config, original.replace("\nidle_exit = 60\n", "\nidle_exit = 1\n"))
     try:
         assert tcp_echo() == b"hello inetkit\n"
         first = c.show(SERVICE, "MainPID")["MainPID"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import subprocess
+import time
 import xmlrpc.client
 
 import pytest
@@ -118,3 +119,29 @@ def test_hardening_exposure(rpcd):
     exposure = float(re.search(rf"Overall exposure level for {SERVICE}: ([0-9.]+)", out)[1])
     print(f"{SERVICE} exposure {exposure}")
     assert exposure <= 1.5, out
+
+
+def test_the_shipped_idle_exit_stops_the_idle_daemon_and_the_socket_starts_it_again(rpcd):
+    """rpcd is shipped with idle_exit = 120, so an idle host runs no rpcd process; the socket
+    stays with systemd and the next call starts it again (120 s shortened to 1 here)."""
+    c = rpcd
+    config = "/etc/inetkit/rpcd.toml"
+    with_methods = c.run("cat", config).stdout
+    assert "\nidle_exit = 120\n" in with_methods
+    c.systemctl("stop", SERVICE)
+    c.write(config, with_methods.replace("\nidle_exit = 120\n", "\nidle_exit = 1\n"))
+    try:
+        assert "system.multicall" in proxy().system.listMethods()
+        first = c.show(SERVICE, "MainPID")["MainPID"]
+        deadline = time.monotonic() + 30
+        while c.systemctl("is-active", SERVICE, check=False) != "inactive":
+            assert time.monotonic() < deadline, "the idle rpcd did not exit"
+            time.sleep(0.1)
+        assert c.show(SERVICE, "Result", "ExecMainStatus") == {
+            "Result": "success", "ExecMainStatus": "0"}
+        assert c.systemctl("is-active", *SOCKETS) == "active\nactive"
+        assert proxy("erin").say("again") == "again\n"
+        assert c.show(SERVICE, "MainPID")["MainPID"] not in ("0", first)
+    finally:
+        c.write(config, with_methods)
+        c.systemctl("stop", SERVICE)
