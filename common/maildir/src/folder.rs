@@ -9,6 +9,10 @@
 //!   sees every message (a rename in a directory being read can hide the file from readdir).
 //!   Programs outside inetkit do not take the lock: a known message missing from a scan is
 //!   looked for once more before it counts as expunged.
+//! - A snapshot is first tried without the lock: it stands only if the uid list is unchanged
+//!   since this process last read it under the lock (not read again) and a scan agrees with it
+//!   line for line. A rename racing the scan can only hide a file, which makes them disagree,
+//!   and the snapshot is then taken under the lock.
 //! - A message keeps its base name for life; the uid list maps base names to UIDs, so flags
 //!   can change and files can move from `new/` to `cur/` without UIDs changing. A caller
 //!   holding an old file name (another process renamed the file since) is followed to the
@@ -28,7 +32,7 @@ use super::maildir::{cur_name, name_time, new_name, split_name};
 use super::uidlist::{Entry, Loaded, UidList};
 use super::{Flags, StoreError};
 
-const LOCK_FILE: &str = "inetkit-uidlist.lock";
+pub(crate) const LOCK_FILE: &str = "inetkit-uidlist.lock";
 /// Maildir convention: a file left in `tmp/` this long is from a writer that died.
 const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 /// Attempts at a fresh unique name when one is taken (practically never).
@@ -183,6 +187,9 @@ impl Folder {
     /// With a current uid list this reads two directories and the list; message files are only
     /// opened for messages never seen before whose names lack `,S=`/`,W=`.
     pub fn snapshot(&self) -> Result<Snapshot, StoreError> {
+        if let Some(snapshot) = self.sync_unlocked(false) {
+            return Ok(snapshot);
+        }
         let lock = self.lock()?;
         self.sync_locked(&lock, false)
     }
@@ -190,6 +197,9 @@ impl Folder {
     /// Like [`snapshot`](Self::snapshot), and moves messages from `new/` to `cur/`: the caller
     /// (an IMAP session that selected the folder) is the one that reports them as `recent`.
     pub fn claim_new(&self) -> Result<Snapshot, StoreError> {
+        if let Some(snapshot) = self.sync_unlocked(true) {
+            return Ok(snapshot);
+        }
         let lock = self.lock()?;
         self.sync_locked(&lock, true)
     }
@@ -417,8 +427,9 @@ impl Folder {
         Lock::acquire(&self.path.join(LOCK_FILE), self.owner)
     }
 
-    /// The shared index; take it only while holding the folder lock (lock order: the flock,
-    /// then this).
+    /// The shared index. Lock order: the folder lock, then this; never the folder lock while
+    /// holding this. Changes to the uid list are made only with both (a look without the
+    /// folder lock, `sync_unlocked`, only reads what was cached under it).
     fn index(&self) -> MutexGuard<'_, Index> {
         self.index.lock().unwrap_or_else(|e| e.into_inner())
     }

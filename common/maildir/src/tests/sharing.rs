@@ -235,3 +235,58 @@ fn a_new_list_in_a_reused_inode_is_read_afresh() {
         assert_eq!(got, expected);
     }
 }
+
+/// A look at a folder whose uid list this process has and which nothing added to or took
+/// from needs no folder lock (flag changes rename files and leave the list alone); anything
+/// new waits for the lock, and is numbered under it.
+#[test]
+fn a_look_that_finds_nothing_new_takes_no_lock() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "nia", "Subject: one\n\nx\n");
+    deliver(&store, "nia", "Subject: two\n\ny\n");
+    let inbox = store.mailbox("nia").unwrap().inbox();
+    let first = inbox.claim_new().unwrap();
+    assert_eq!(first.messages.len(), 2);
+
+    // Someone holds the folder lock (another process, say, in the middle of a change).
+    let held =
+        crate::fsutil::Lock::acquire(&inbox.path().join(crate::folder::LOCK_FILE), None).unwrap();
+    // A program that does not lock flags a message: a rename in cur/.
+    let msg = &first.messages[0];
+    let seen = format!("cur/{}:2,S", msg.base);
+    std::fs::rename(inbox.path().join(msg.file()), inbox.path().join(&seen)).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tx.send(inbox.claim_new().map(|snap| snap.messages))
+                .unwrap()
+        });
+        let looked = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("the look waited for the folder lock")
+            .unwrap();
+        assert_eq!(looked.len(), 2);
+        assert_eq!(looked[0].flags, Flags::SEEN, "the rename is seen");
+        assert_eq!(looked[0].file(), seen);
+        assert_eq!(looked[1].uid, first.messages[1].uid);
+
+        // New mail: that look must number it, so it waits for the lock.
+        deliver(&store, "nia", "Subject: three\n\nz\n");
+        let waiting = s.spawn(|| {
+            let snap = inbox.snapshot().unwrap();
+            done.store(true, Ordering::SeqCst);
+            snap
+        });
+        std::thread::sleep(Duration::from_millis(300));
+        assert!(
+            !done.load(Ordering::SeqCst),
+            "a new message was numbered without the lock"
+        );
+        drop(held);
+        let snap = waiting.join().unwrap();
+        assert_eq!(snap.messages.len(), 3);
+        assert_eq!(snap.messages[2].uid, first.messages[1].uid + 1);
+    });
+}
