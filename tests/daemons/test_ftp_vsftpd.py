@@ -5,6 +5,7 @@ import ftplib
 import io
 import os
 import re
+import signal
 import stat
 import subprocess
 import time
@@ -168,6 +169,27 @@ def test_xferlog_file_has_one_line_per_transfer(daemons, home, cert):
         ("6", "/hello.txt", "a", "o", "r", "alice", "c"),
     ]
     assert all(int(m.group(1)) >= 1 for m in parsed)
+
+
+def test_xferlog_is_reopened_on_sighup_after_logrotate_moved_it(daemons, home, cert):
+    log = home["tmp"] / "xferlog"
+    d = daemons.start("ftpd", config(home, cert, f'xferlog = "{log}"'))
+    f = login(d)
+    f.retrbinary("RETR hello.txt", lambda b: None)
+    # Its line is written before the 226 reply.
+    rotated = home["tmp"] / "xferlog.1"
+    log.rename(rotated)  # what logrotate does, then "systemctl reload"
+    d.signal(signal.SIGHUP)
+    d.wait_log("transfer log reopened")
+    f.storbinary("STOR after.bin", io.BytesIO(b"a" * 70))
+    f.quit()
+    for _ in range(50):
+        if log.exists() and log.read_text():
+            break
+        time.sleep(0.1)
+    old, new = rotated.read_text().splitlines(), log.read_text().splitlines()
+    assert len(old) == 1 and " /hello.txt b _ o " in old[0], old
+    assert len(new) == 1 and XFERLOG.match(new[0]) and " 70 /after.bin b _ i " in new[0], new
 
 
 def test_xferlog_goes_to_the_journal_without_a_file_and_marks_aborts(daemons, home, cert):

@@ -10,6 +10,7 @@ import io
 import os
 import re
 import ssl
+import time
 
 import pytest
 
@@ -112,3 +113,43 @@ def test_hardening_exposure(ftp):
     exposure = float(re.search(rf"Overall exposure level for {SERVICE}: ([0-9.]+)", out)[1])
     print(f"{SERVICE} exposure {exposure}")
     assert exposure <= 1.5, out
+
+
+def test_xferlog_in_var_log_and_its_logrotate_reload(ftp):
+    """The unit provides /var/log/inetkit; the shipped logrotate config's reload makes the
+    daemon open the transfer log again, so the next line starts the new file."""
+    c = ftp
+    config = "/etc/inetkit/ftpd.toml"
+    original = c.run("cat", config).stdout
+    assert '\n#xferlog = "/var/log/inetkit/xferlog"\n' in original
+    c.write(config, original.replace('\n#xferlog = ', '\nxferlog = '))
+    c.systemctl("stop", SERVICE)
+    try:
+        def transfer(name: str) -> None:
+            f = ftplib.FTP()
+            f.connect("127.0.0.1", 21, timeout=30)
+            f.login(USER, PASSWORD)
+            f.storbinary(f"STOR {name}", io.BytesIO(b"x" * 33))
+            f.quit()
+
+        transfer("before.bin")
+        c.run("mv", "/var/log/inetkit/xferlog", "/var/log/inetkit/xferlog.1")
+        # What the logrotate config's postrotate runs.
+        rotate = c.run("cat", "/etc/logrotate.d/inetkit-ftpd").stdout
+        postrotate = rotate.split("postrotate", 1)[1].split("endscript", 1)[0].strip()
+        c.sh(postrotate)
+        # The reload signals the daemon and returns; the reopened file appears when it is done.
+        for _ in range(100):
+            if c.run("test", "-e", "/var/log/inetkit/xferlog", check=False).returncode == 0:
+                break
+            time.sleep(0.1)
+        transfer("after.bin")
+        old = c.run("cat", "/var/log/inetkit/xferlog.1").stdout.splitlines()
+        new = c.run("cat", "/var/log/inetkit/xferlog").stdout.splitlines()
+        assert len(old) == 1 and " 33 /before.bin b _ i r ftpsys ftp 0 * c" in old[0], old
+        assert len(new) == 1 and " 33 /after.bin b _ i r ftpsys ftp 0 * c" in new[0], new
+        assert c.run("stat", "-c", "%U %a", "/var/log/inetkit").stdout.split() == ["inetkit", "750"]
+    finally:
+        c.write(config, original)
+        c.systemctl("stop", SERVICE)
+        c.run("rm", "-f", "/var/log/inetkit/xferlog", "/var/log/inetkit/xferlog.1")

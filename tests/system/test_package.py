@@ -86,7 +86,8 @@ def test_configs_are_conffiles_and_valid(inetkit):
     conffiles = [line.split()[0] for line in c.run("dpkg-query", "-W", "-f=${Conffiles}", "inetkit").stdout.splitlines() if line.strip()]
     shipped = c.sh("ls /etc/inetkit/*.toml").stdout.split()
     # Every daemon's config, and smtp-submit's aliases (postmaster: root and friends).
-    assert sorted(conffiles) == sorted(shipped + ["/etc/inetkit/aliases"]) and shipped
+    assert sorted(conffiles) == sorted(
+        shipped + ["/etc/inetkit/aliases", "/etc/logrotate.d/inetkit-ftpd"]) and shipped
     assert c.sh("grep -c '^postmaster: root$' /etc/inetkit/aliases").stdout.strip() == "1"
     for config in shipped:
         daemon = "inetkit-" + config.rsplit("/", 1)[1].removesuffix(".toml")

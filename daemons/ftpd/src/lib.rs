@@ -188,6 +188,8 @@ fn setup(mut ctx: Context<FtpdConfig>) -> anyhow::Result<Server> {
             )
         })?,
     });
+    let reopened = ftp.clone();
+    ctx.server.on_reload(move || reopened.xferlog.reopen());
     ctx.serve_plain_and_tls(FTP, move |stream, peer, implicit_tls| {
         session::serve(ftp.clone(), stream, peer, implicit_tls)
     })?;

@@ -9,11 +9,12 @@
 //! time (UTC), seconds taken, remote host, bytes, path, `a`scii/`b`inary, no special action
 //! `_`, `o`utgoing/`i`ncoming, `r`eal user or `a`nonymous, user, service `ftp`, no RFC 931
 //! authentication `0 *`, `c`omplete or `i`ncomplete. Into the configured file, else into the
-//! journal (target `xferlog`).
+//! journal (target `xferlog`). The file is opened again on SIGHUP (`systemctl reload`), so
+//! that logrotate can move it away and the next line starts the new one.
 
 use std::io::{self, Write};
 use std::net::IpAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -84,7 +85,17 @@ impl Entry<'_> {
 /// Where transfer lines go.
 pub(crate) enum Xferlog {
     Journal,
-    File(Arc<Mutex<std::fs::File>>),
+    File {
+        path: PathBuf,
+        file: Arc<Mutex<std::fs::File>>,
+    },
+}
+
+fn open_for_append(path: &Path) -> io::Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
 }
 
 impl Xferlog {
@@ -93,18 +104,33 @@ impl Xferlog {
         let Some(path) = path else {
             return Ok(Xferlog::Journal);
         };
-        let file = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)?;
-        Ok(Xferlog::File(Arc::new(Mutex::new(file))))
+        Ok(Xferlog::File {
+            path: path.to_owned(),
+            file: Arc::new(Mutex::new(open_for_append(path)?)),
+        })
+    }
+
+    /// Opens the file again by its name (after logrotate moved it); lines go on to the old
+    /// one when that fails, and the failure is logged.
+    pub(crate) fn reopen(&self) {
+        let Xferlog::File { path, file } = self else {
+            return;
+        };
+        match open_for_append(path) {
+            Ok(new) => {
+                *file.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = new;
+                tracing::info!(path = %path.display(), "transfer log reopened");
+            }
+            Err(err) => tracing::error!(path = %path.display(), error = %err,
+                "cannot reopen the transfer log; writing on to the old file"),
+        }
     }
 
     pub(crate) async fn record(&self, entry: &Entry<'_>) {
         let line = entry.line();
         match self {
             Xferlog::Journal => tracing::info!(target: "xferlog", "{line}"),
-            Xferlog::File(file) => {
+            Xferlog::File { file, .. } => {
                 let file = file.clone();
                 // One write(2) of the whole line on an O_APPEND file: lines of concurrent
                 // sessions never interleave. On the blocking pool, as all disk work is.
