@@ -31,7 +31,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         [user, file] => (user, Some(file)),
         _ => bail!("wrong arguments\n{HELP}"),
     };
-    require_user(&options, user, "nothing delivered")?;
+    let user = require_user(&options, user, "nothing delivered")?;
     let input: Box<dyn Read> = match file {
         Some(path) => Box::new(File::open(path).with_context(|| format!("opening {path}"))?),
         None => Box::new(std::io::stdin().lock()),
@@ -39,7 +39,7 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     let mut message = refuse_empty(input)?;
     let store = open_store(&options)?;
     let delivered = store
-        .deliver(user, &mut message)
+        .deliver(&user, &mut message)
         .with_context(|| format!("delivering to {user}"))?;
     println!("{}", delivered.path.display());
     Ok(())

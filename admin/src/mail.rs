@@ -101,23 +101,19 @@ pub(crate) fn open_store(options: &Options) -> anyhow::Result<Store> {
 }
 
 /// Whether `name` is a user of the users file `path`, as the daemons would load it.
-pub(crate) fn is_user(path: &str, name: &str) -> anyhow::Result<bool> {
+/// The user `name` stands for, as the users file spells it (found as a login finds it: in
+/// any case, and alice@localhost or @ the host's name for alice). Refuses a name that no
+/// users file could hold (so it never becomes a directory) and a user the file does not
+/// have; `what` says what was refused.
+pub(crate) fn require_user(options: &Options, name: &str, what: &str) -> anyhow::Result<String> {
+    let path = &options.users;
     let (file, _problems) = UsersFile::load(Path::new(path))
         .with_context(|| format!("reading the users file {path}"))?;
-    Ok(file.get(name).is_some())
-}
-
-/// Refuses a name that no users file could hold (so it never becomes a directory), and a user
-/// the users file does not have; `what` says what was refused.
-pub(crate) fn require_user(options: &Options, name: &str, what: &str) -> anyhow::Result<()> {
-    users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
-    if !is_user(&options.users, name)? {
-        bail!(
-            "no user {name} in {}: {what}; add the user first with `inetkit user add {name}`",
-            options.users
-        );
+    if let Some(entry) = file.find(name, &inetkit_auth::default_local_domains()) {
+        return Ok(entry.user.name.clone());
     }
-    Ok(())
+    users::check_name(name).with_context(|| format!("invalid user name {name:?}"))?;
+    bail!("no user {name} in {path}: {what}; add the user first with `inetkit user add {name}`")
 }
 
 fn lookup_owner(name: &str) -> anyhow::Result<Option<Owner>> {
@@ -134,16 +130,17 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
         return Ok(());
     }
     let options = parse_options(&args[1..])?;
-    let positional: Vec<&str> = options.args.iter().map(String::as_str).collect();
+    let mut positional: Vec<String> = options.args.clone();
     let names_a_user = matches!(args[0].as_str(), "list" | "flag" | "delete" | "folders");
-    if let Some(user) = positional.first().filter(|_| names_a_user) {
-        // Reading a mailbox creates it: only for a user, or where one is already (left by a
-        // user since removed, or made by another program).
-        let exists = Path::new(&options.mail_root).join(user).is_dir();
+    if let Some(user) = positional.first_mut().filter(|_| names_a_user) {
+        // Reading a mailbox creates it: only for a user (named as the users file spells it),
+        // or where one is already (left by a user since removed, or made by another program).
+        let exists = Path::new(&options.mail_root).join(&*user).is_dir();
         if !exists || users::check_name(user).is_err() {
-            require_user(&options, user, "no mailbox made")?;
+            *user = require_user(&options, user, "no mailbox made")?;
         }
     }
+    let positional: Vec<&str> = positional.iter().map(String::as_str).collect();
     let store = open_store(&options)?;
     match (args[0].as_str(), positional.as_slice()) {
         ("list", [user]) => {

@@ -90,10 +90,20 @@ def test_no_mail_root_is_made_for_a_stranger(home):
 
 
 def test_names_no_users_file_could_hold_are_refused_as_such(home):
-    for name in ("../etc", "Alice", ".hidden"):
+    for name in ("../etc", "Zed", ".hidden"):
         refused(home.run("deliver", name, stdin=MESSAGE), "invalid user name")
         refused(home.run("mail", "list", name), "invalid user name")
     assert not home.mail.exists()
+
+
+def test_a_user_is_found_as_a_login_finds_them(home):
+    """Any case, and user@localhost: deliver and mail take the name as a login does and use
+    the users file's spelling for the mailbox."""
+    for given in ("Alice", "ALICE@localhost"):
+        path = home.deliver(given)
+        assert path.is_relative_to(home.mail / "alice"), path
+    assert home.listing("Alice") == [(1, "-"), (2, "-")]
+    assert sorted(p.name for p in home.mail.iterdir()) == ["alice"]
 
 
 def test_a_missing_users_file_is_named(home, tmp_path):
