@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod keywords;
 mod modseq;
 mod names;
+mod proxy;
 mod quota;
 mod search;
 mod search_args;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{FolderWatch, MailConfig, Store};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
+use inetkit_runtime::proxy::{Proxy, ProxyConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -46,6 +48,7 @@ struct ImapConfig {
     mail: MailConfig,
     folders: FoldersConfig,
     quota: quota::QuotaConfig,
+    proxy: ProxyConfig,
 }
 
 /// `[folders]`: what a mailbox gets at login.
@@ -92,6 +95,8 @@ pub struct Imap {
     pub watches: Arc<watch::Watches>,
     /// The quota limits of users without their own.
     quota: quota::Limits,
+    /// Proxy mode (`[proxy] enabled`): users whose record names a backend are relayed there.
+    proxy: Option<Proxy>,
 }
 
 /// Sent to a client turned away by the limits or the memory budget (encoded once):
@@ -120,6 +125,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             FolderWatch::Poll => watch::Watches::polling(),
         },
         quota: config.quota.limits(),
+        proxy: Proxy::new(&config.proxy)?,
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {
