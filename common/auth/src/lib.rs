@@ -307,7 +307,9 @@ impl Authenticator {
         credentials: &sasl::Credentials,
     ) -> Result<User, AuthError> {
         let Some(authzid) = &credentials.authzid else {
-            return self.login(peer, &credentials.name, &credentials.password).await;
+            return self
+                .login(peer, &credentials.name, &credentials.password)
+                .await;
         };
         let master = self
             .login(peer, &credentials.name, &credentials.password)

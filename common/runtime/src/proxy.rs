@@ -232,6 +232,15 @@ impl std::fmt::Debug for BackendLogin {
 }
 
 impl BackendLogin {
+    /// Whose session it is on the backend: the authorization identity, else the login name.
+    pub fn user(&self) -> &str {
+        if self.authzid.is_empty() {
+            &self.authcid
+        } else {
+            &self.authzid
+        }
+    }
+
     /// The PLAIN message (RFC 4616: `authzid NUL authcid NUL password`), to be base64-encoded.
     pub fn plain_message(&self) -> Vec<u8> {
         let mut message = Vec::with_capacity(self.authzid.len() + self.authcid.len() + 2);

@@ -77,9 +77,8 @@ async fn exchange(
             return Err(ProxyError::Protocol(backend.name.clone(), answer.text));
         }
     }
-    let capabilities = capabilities.ok_or_else(|| {
-        ProxyError::Protocol(backend.name.clone(), "no capability list".into())
-    })?;
+    let capabilities = capabilities
+        .ok_or_else(|| ProxyError::Protocol(backend.name.clone(), "no capability list".into()))?;
     Ok((backend, capabilities))
 }
 
@@ -136,7 +135,9 @@ fn clean(list: &str) -> Option<String> {
     let list = list.trim();
     let fits = !list.is_empty()
         && list.len() <= MAX_CAPABILITIES
-        && list.bytes().all(|b| b == b' ' || (b.is_ascii_graphic() && b != b']'));
+        && list
+            .bytes()
+            .all(|b| b == b' ' || (b.is_ascii_graphic() && b != b']'));
     let atoms: Vec<&str> = list.split(' ').filter(|a| !a.is_empty()).collect();
     (fits && atoms.iter().any(|a| a.eq_ignore_ascii_case("IMAP4rev1"))).then(|| atoms.join(" "))
 }
@@ -144,7 +145,11 @@ fn clean(list: &str) -> Option<String> {
 /// A backend's line as logged: escaped and cut short.
 fn shown(line: &str) -> String {
     const MAX: usize = 200;
-    let mut text: String = line.chars().take(MAX).flat_map(char::escape_debug).collect();
+    let mut text: String = line
+        .chars()
+        .take(MAX)
+        .flat_map(char::escape_debug)
+        .collect();
     if line.chars().nth(MAX).is_some() {
         text.push('…');
     }

@@ -67,7 +67,11 @@ async fn expect_ok(backend: &mut Backend) -> Result<(), ProxyError> {
 /// A backend's line as logged: escaped and cut short.
 fn shown(line: &str) -> String {
     const MAX: usize = 200;
-    let mut text: String = line.chars().take(MAX).flat_map(char::escape_debug).collect();
+    let mut text: String = line
+        .chars()
+        .take(MAX)
+        .flat_map(char::escape_debug)
+        .collect();
     if line.chars().nth(MAX).is_some() {
         text.push('…');
     }

@@ -333,7 +333,7 @@ impl Session {
         match crate::proxy::login(proxy, target, &login).await {
             Ok(backend) => {
                 conn.peer.logged_in(user);
-                tracing::info!(backend = %target, as_user = %login.authzid, "logged in, proxied");
+                tracing::info!(backend = %target, backend_user = %login.user(), master = login.authzid.is_empty().then_some(()).is_none(), "logged in, proxied");
                 conn.reply("+OK Logged in (proxied).");
                 self.backend = Some(backend);
                 Flow::Relay
@@ -447,7 +447,8 @@ impl Session {
 }
 
 /// RFC 3206's SYS/TEMP: try again later, the password is not the problem.
-const BACKEND_UNAVAILABLE: &str = "-ERR [SYS/TEMP] The mail server is unavailable; try again later.";
+const BACKEND_UNAVAILABLE: &str =
+    "-ERR [SYS/TEMP] The mail server is unavailable; try again later.";
 const NO_SUCH_MESSAGE: &str = "-ERR There is no such message.";
 const PLAINTEXT_REFUSED: &str =
     "-ERR [AUTH] Plaintext authentication is not allowed without TLS: use STLS first.";

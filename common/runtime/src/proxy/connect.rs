@@ -55,7 +55,9 @@ impl Proxy {
             let _ = tcp.set_nodelay(true);
             if target.tls == BackendTls::Plaintext
                 && !self.plaintext_anywhere
-                && !tcp.peer_addr().is_ok_and(|a| a.ip().to_canonical().is_loopback())
+                && !tcp
+                    .peer_addr()
+                    .is_ok_and(|a| a.ip().to_canonical().is_loopback())
             {
                 return Err(ProxyError::PlaintextRefused(name.clone()));
             }
@@ -133,9 +135,8 @@ impl Backend {
         let BackendStream::Plain(tcp) = reader.into_inner() else {
             return Err(ProxyError::Protocol(name, "TLS started twice".into()));
         };
-        let server_name = ServerName::try_from(host.clone()).map_err(|_| {
-            ProxyError::Field(format!("{host:?} is not a host name TLS can check"))
-        })?;
+        let server_name = ServerName::try_from(host.clone())
+            .map_err(|_| ProxyError::Field(format!("{host:?} is not a host name TLS can check")))?;
         let connector = TlsConnector::from(Arc::clone(&tls));
         let stream = connector
             .connect(server_name, tcp)

@@ -81,7 +81,10 @@ fn the_master_login_acts_for_the_user_and_the_own_login_is_the_users() {
     })
     .unwrap()
     .unwrap();
-    assert_eq!(own.login_for(&t, "alice", b"pw").plain_message(), b"\0alice\0pw");
+    assert_eq!(
+        own.login_for(&t, "alice", b"pw").plain_message(),
+        b"\0alice\0pw"
+    );
     // Off: no proxy at all; half a master login: refused at start.
     assert!(Proxy::new(&ProxyConfig::default()).unwrap().is_none());
     let half = ProxyConfig {

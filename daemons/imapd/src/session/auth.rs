@@ -246,12 +246,18 @@ impl Session {
     /// Proxy mode: logs in on the user's backend; the session is then relayed. No mail store
     /// is touched here. A backend that cannot be reached or refuses is a temporary failure:
     /// the client keeps its password and tries again later.
-    async fn proxied(&mut self, proxy: Proxy, user: &str, target: &Target, password: &[u8]) -> Done {
+    async fn proxied(
+        &mut self,
+        proxy: Proxy,
+        user: &str,
+        target: &Target,
+        password: &[u8],
+    ) -> Done {
         let login = proxy.login_for(target, user, password);
         match crate::proxy::login(&proxy, target, &login).await {
             Ok((backend, capabilities)) => {
                 self.peer.logged_in(user);
-                tracing::info!(backend = %target, as_user = %login.authzid, "logged in, proxied");
+                tracing::info!(backend = %target, backend_user = %login.user(), master = login.authzid.is_empty().then_some(()).is_none(), "logged in, proxied");
                 Done::Proxy(Box::new(backend), capabilities)
             }
             Err(err) => {
