@@ -333,7 +333,7 @@ impl Session {
         match crate::proxy::login(proxy, target, &login).await {
             Ok(backend) => {
                 conn.peer.logged_in(user);
-                tracing::info!(backend = %target, backend_user = %login.user(), master = login.authzid.is_empty().then_some(()).is_none(), "logged in, proxied");
+                tracing::info!(backend = %target, backend_user = %login.user(), master = !login.authzid.is_empty(), "logged in, proxied");
                 conn.reply("+OK Logged in (proxied).");
                 self.backend = Some(backend);
                 Flow::Relay

@@ -10,7 +10,8 @@
 //! session's task is over. What only the parts know they put in as it happens: the skeleton
 //! the TLS version and cipher and the bytes moved, the line connection why it stopped reading
 //! (client gone, idle, login deadline, shutdown, an I/O error), the daemon who logged in and a
-//! client's QUIT or LOGOUT.
+//! client's QUIT or LOGOUT, and the proxy relay the backend and the bytes moved to and from it
+//! (`proxy=mail-a:143 proxy_out=… proxy_in=…`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;

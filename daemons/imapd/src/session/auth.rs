@@ -257,7 +257,7 @@ impl Session {
         match crate::proxy::login(&proxy, target, &login).await {
             Ok((backend, capabilities)) => {
                 self.peer.logged_in(user);
-                tracing::info!(backend = %target, backend_user = %login.user(), master = login.authzid.is_empty().then_some(()).is_none(), "logged in, proxied");
+                tracing::info!(backend = %target, backend_user = %login.user(), master = !login.authzid.is_empty(), "logged in, proxied");
                 Done::Proxy(Box::new(backend), capabilities)
             }
             Err(err) => {
