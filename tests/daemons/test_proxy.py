@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from support.homes import PASSWORD, message, seed, user_line, write_users
-from support.inetkit import free_port
+from support.inetkit import binary, free_port
 
 FRONT_PASSWORD = "front door"
 MASTER_PASSWORD = "master key"
@@ -269,3 +269,48 @@ def test_a_backend_does_not_take_another_users_authzid_from_a_non_master(daemons
     with pytest.raises(imaplib.IMAP4.error, match="AUTHENTICATIONFAILED"):
         m.authenticate("PLAIN", lambda _: f"alice\0bob\0{PASSWORD}".encode())
     m.logout()
+
+
+# -- what else turns a login into a temporary error ---------------------------------------------
+
+def test_a_backend_refusing_the_login_is_a_temporary_error(daemons, tmp_path, backend_ca):
+    # The user's own login, but the backend knows another password: it refuses.
+    b1 = start_backend(daemons, tmp_path, "imapd", "back1", "127.0.0.1", backend_ca)
+    b2 = start_backend(daemons, tmp_path, "imapd", "back2", "127.0.0.2", backend_ca)
+    users = front_users(tmp_path / "front-users", b1, b2, password=FRONT_PASSWORD)
+    front, _ = start_front(daemons, tmp_path, "imapd", users, backend_ca["ca"])
+    m = imap(front)
+    with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+        m.login("alice", FRONT_PASSWORD)
+    m.logout()
+    front.wait_log(r"proxy login failed: 127\.0\.0\.1:\d+ refused the login")
+
+
+def test_a_backend_certificate_from_another_ca_is_refused(daemons, tmp_path, backend_ca, cert):
+    b1 = start_backend(daemons, tmp_path, "imapd", "back1", "127.0.0.1", backend_ca)
+    b2 = start_backend(daemons, tmp_path, "imapd", "back2", "127.0.0.2", backend_ca)
+    users = front_users(tmp_path / "front-users", b1, b2)
+    # Trusting only the test suite's other certificate: neither backend's chains to it.
+    front, _ = start_front(daemons, tmp_path, "imapd", users, cert[0])
+    for user in ("alice", "bob"):
+        m = imap(front)
+        with pytest.raises(imaplib.IMAP4.error, match="UNAVAILABLE"):
+            m.login(user, PASSWORD)
+        m.logout()
+    front.wait_log(r"proxy login failed: cannot connect to 127\.0\.0\.2:\d+: .*certificate")
+    b1["daemon"].wait_log(r"session ended .*reason=error.*TLS handshake")
+
+
+def test_check_config_reads_the_proxy_settings(tmp_path):
+    conf = tmp_path / "imapd.toml"
+    conf.write_text(f'[proxy]\nenabled = true\nmaster_user = "proxy"\n'
+                    f'master_password_file = "{tmp_path / "missing"}"\n')
+    out = subprocess.run([str(binary("inetkit-imapd")), "--check-config", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode != 0
+    assert "master_password_file" in out.stderr and "missing" in out.stderr, out.stderr
+    (tmp_path / "missing").write_text(MASTER_PASSWORD + "\n")
+    out = subprocess.run([str(binary("inetkit-imapd")), "--check-config", "-c", str(conf)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    assert "proxy mode: on, logging in on backends as proxy" in out.stdout

@@ -83,6 +83,20 @@ impl Default for ProxyConfig {
     }
 }
 
+impl ProxyConfig {
+    /// For `--check-config`: `None` when proxy mode is off; else whether its settings work
+    /// (the master password file and the CA file read).
+    pub fn probe(&self) -> Option<Result<String, String>> {
+        self.enabled.then(|| match Proxy::new(self) {
+            Ok(_) => Ok(match &self.master_user {
+                Some(master) => format!("proxy mode: on, logging in on backends as {master}"),
+                None => "proxy mode: on, logging in on backends as each user".to_owned(),
+            }),
+            Err(err) => Err(err.to_string()),
+        })
+    }
+}
+
 /// Why a proxied login could not be made. Never the client's fault: the client is told to try
 /// again later, the log gets this.
 #[derive(Debug, thiserror::Error)]

@@ -81,9 +81,13 @@ impl PlainAndTlsConfig for ImapConfig {
     // RFC 3501 §5.4: an autologout timer of at least 30 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
 
-    // --check-config: does the user directory answer?
+    // --check-config: does the user directory answer, can proxy mode work?
     fn probe(&self) -> Vec<Result<String, String>> {
-        self.auth.probe().into_iter().collect()
+        self.auth
+            .probe()
+            .into_iter()
+            .chain(self.proxy.probe())
+            .collect()
     }
 }
 

@@ -48,9 +48,13 @@ impl PlainAndTlsConfig for Pop3Config {
     // RFC 1939 §3: an autologout timer of at least 10 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
-    // --check-config: does the user directory answer?
+    // --check-config: does the user directory answer, can proxy mode work?
     fn probe(&self) -> Vec<Result<String, String>> {
-        self.auth.probe().into_iter().collect()
+        self.auth
+            .probe()
+            .into_iter()
+            .chain(self.proxy.probe())
+            .collect()
     }
 }
 
