@@ -12,6 +12,7 @@
 //! max_tracked_addresses = 10000
 //! guard_state = "/run/inetkit/login-guard"   # "" for a guard of this daemon alone
 //! local_domains = []            # alice@<one of these> logs in as alice; [] = localhost + host
+//! master_users = []             # may log in as any user (SASL PLAIN authzid): proxy front ends
 //! # With a directory (LDAP or PostgreSQL) instead of the users file:
 //! directory_timeout = 5         # seconds, for a connection and for each query
 //! directory_connections = 4     # kept open at most
@@ -97,6 +98,10 @@ pub struct AuthConfig {
     /// logs in as `alice` when no user has that whole address); empty: `localhost` and the
     /// host's name. smtp-submit takes them from `[smtp] local_domains` instead.
     pub local_domains: Vec<String>,
+    /// Users who may log in as any other user by naming them as SASL PLAIN's authorization
+    /// identity (`authzid`) with their own name and password: the master login proxy front
+    /// ends use. Only imapd and pop3d honour it; empty (the default): nobody.
+    pub master_users: Vec<String>,
     /// `[auth.directory]`: users from LDAP or PostgreSQL instead of `users_file`.
     pub directory: Option<DirectoryConfig>,
     /// The longest a directory connection attempt, or one query, may take.
@@ -140,6 +145,7 @@ impl Default for AuthConfig {
             max_tracked_addresses: guard.max_tracked,
             guard_state: Some(PathBuf::from(DEFAULT_GUARD_STATE)),
             local_domains: Vec::new(),
+            master_users: Vec::new(),
             directory: None,
             directory_timeout: Duration::from_secs(5),
             directory_connections: 4,
@@ -178,7 +184,8 @@ impl AuthConfig {
     pub fn authenticator(&self) -> Authenticator {
         let authenticator = Authenticator::with_guard(self.users_file.clone(), self.guard())
             .with_plaintext(self.plaintext)
-            .with_local_domains(&self.local_domains);
+            .with_local_domains(&self.local_domains)
+            .with_master_users(&self.master_users);
         match self.directory() {
             None => authenticator,
             Some(directory) => authenticator.with_directory(directory),

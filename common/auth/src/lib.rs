@@ -116,6 +116,8 @@ pub struct Authenticator {
     plaintext: Plaintext,
     /// Lower case; `local@<one of these>` also finds the user `local` ([`UsersFile::find`]).
     local_domains: Arc<[String]>,
+    /// Lower case: who may act as another user ([`Authenticator::login_credentials`]).
+    master_users: Arc<[String]>,
 }
 
 struct Inner {
@@ -173,6 +175,7 @@ impl Authenticator {
             }),
             plaintext: Plaintext::default(),
             local_domains: default_local_domains().into(),
+            master_users: Vec::new().into(),
         }
     }
 
@@ -185,6 +188,13 @@ impl Authenticator {
         } else {
             domains.iter().map(|d| d.to_ascii_lowercase()).collect()
         };
+        self
+    }
+
+    /// The same, letting `users` (the `[auth] master_users`) log in as anyone through
+    /// [`login_credentials`](Self::login_credentials).
+    pub fn with_master_users(mut self, users: &[String]) -> Self {
+        self.master_users = users.iter().map(|u| u.to_ascii_lowercase()).collect();
         self
     }
 
@@ -284,6 +294,41 @@ impl Authenticator {
         tokio::time::sleep_until(started + floor).await;
         tokio::time::sleep(penalty.delay).await;
         Err(AuthError::Failed)
+    }
+
+    /// [`login`](Self::login) with a SASL exchange's credentials. When they carry an
+    /// authorization identity naming another user, the login name must be one of the
+    /// `[auth] master_users` and its own password right (checked as any login, guard and
+    /// all); the session is then that other user's, and the log says who acted as whom.
+    /// A master login for a user who does not exist fails like a wrong password.
+    pub async fn login_credentials(
+        &self,
+        peer: IpAddr,
+        credentials: &sasl::Credentials,
+    ) -> Result<User, AuthError> {
+        let Some(authzid) = &credentials.authzid else {
+            return self
+                .login(peer, &credentials.name, &credentials.password)
+                .await;
+        };
+        let master = self
+            .login(peer, &credentials.name, &credentials.password)
+            .await?;
+        let (master_name, target) = (Shown(&master.name), Shown(authzid));
+        if !self.master_users.contains(&master.name) {
+            tracing::warn!(%peer, user = %master_name, as_user = %target, "login refused: not a master user, may not act as another");
+            return Err(AuthError::Failed);
+        }
+        match self.find(authzid).await? {
+            Some(user) => {
+                tracing::info!(%peer, master = %master_name, user = %user.name, "master user logged in as another user");
+                Ok(user)
+            }
+            None => {
+                tracing::warn!(%peer, master = %master_name, as_user = %target, "master login refused: no such user");
+                Err(AuthError::Failed)
+            }
+        }
     }
 
     /// Takes one of `peer`'s guesses, waiting while all it has left are being checked.

@@ -67,6 +67,10 @@ pub struct Credentials {
     pub name: String,
     /// The password's bytes as sent; never logged.
     pub password: Vec<u8>,
+    /// PLAIN's authorization identity when it names someone else: the user a master user
+    /// asks to act as. Only the `*_for_master` exchanges give one; everything else refuses
+    /// such a message as malformed.
+    pub authzid: Option<String>,
 }
 
 // Passwords stay out of logs.
@@ -74,6 +78,7 @@ impl std::fmt::Debug for Credentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Credentials")
             .field("name", &self.name)
+            .field("authzid", &self.authzid)
             .finish_non_exhaustive()
     }
 }
@@ -102,6 +107,17 @@ pub fn decode_plain(line: &[u8]) -> Result<Credentials, SaslError> {
 
 /// [`decode_plain`] on an already decoded message.
 pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
+    let credentials = parse_plain_for_master(message)?;
+    if credentials.authzid.is_some() {
+        return Err(SaslError::AuthzidMismatch);
+    }
+    Ok(credentials)
+}
+
+/// [`parse_plain`], keeping an authorization identity that names someone else in
+/// [`Credentials::authzid`], for the daemons that let a master user act as another
+/// (`Authenticator::login_credentials` decides whether this one may).
+pub fn parse_plain_for_master(message: &[u8]) -> Result<Credentials, SaslError> {
     let mut parts = message.split(|&b| b == 0);
     let (Some(authzid), Some(authcid), Some(password), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -112,12 +128,15 @@ pub fn parse_plain(message: &[u8]) -> Result<Credentials, SaslError> {
         return Err(SaslError::Malformed);
     }
     let name = String::from_utf8(authcid.to_vec()).map_err(|_| SaslError::Malformed)?;
-    if !authzid.is_empty() && authzid != authcid {
-        return Err(SaslError::AuthzidMismatch);
-    }
+    let authzid = if authzid.is_empty() || authzid == authcid {
+        None
+    } else {
+        Some(String::from_utf8(authzid.to_vec()).map_err(|_| SaslError::Malformed)?)
+    };
     Ok(Credentials {
         name,
         password: password.to_vec(),
+        authzid,
     })
 }
 
@@ -154,6 +173,7 @@ pub fn decode_http_basic(value: &str) -> Result<Credentials, SaslError> {
     Ok(Credentials {
         name: name.to_owned(),
         password: decoded[colon + 1..].to_vec(),
+        authzid: None,
     })
 }
 
@@ -215,7 +235,18 @@ pub async fn exchange(
     mechanism: &str,
     initial: Option<String>,
 ) -> Sasl {
-    run_exchange(channel, mechanism, initial.map(Response::Text)).await
+    run_exchange(channel, mechanism, initial.map(Response::Text), false).await
+}
+
+/// [`exchange`] for a daemon that lets a master user log in as another user: a PLAIN
+/// message whose authorization identity names someone else comes back with it in
+/// [`Credentials::authzid`] instead of being refused.
+pub async fn exchange_for_master(
+    channel: &mut impl Challenger,
+    mechanism: &str,
+    initial: Option<String>,
+) -> Sasl {
+    run_exchange(channel, mechanism, initial.map(Response::Text), true).await
 }
 
 /// [`exchange`] for a protocol whose parser has decoded the initial response already (IMAP's
@@ -225,7 +256,16 @@ pub async fn exchange_decoded(
     mechanism: &str,
     initial: Option<Vec<u8>>,
 ) -> Sasl {
-    run_exchange(channel, mechanism, initial.map(Response::Decoded)).await
+    run_exchange(channel, mechanism, initial.map(Response::Decoded), false).await
+}
+
+/// [`exchange_decoded`] with master logins, as [`exchange_for_master`].
+pub async fn exchange_decoded_for_master(
+    channel: &mut impl Challenger,
+    mechanism: &str,
+    initial: Option<Vec<u8>>,
+) -> Sasl {
+    run_exchange(channel, mechanism, initial.map(Response::Decoded), true).await
 }
 
 /// A client response: a line of base64 text, or an initial response already decoded.
@@ -244,6 +284,7 @@ async fn run_exchange(
     channel: &mut impl Challenger,
     mechanism: &str,
     initial: Option<Response>,
+    for_master: bool,
 ) -> Sasl {
     let plain = mechanism.eq_ignore_ascii_case("PLAIN");
     if !plain && !mechanism.eq_ignore_ascii_case("LOGIN") {
@@ -261,9 +302,14 @@ async fn run_exchange(
         return Sasl::Cancelled;
     }
     if plain {
-        let credentials = match response {
-            Response::Text(text) => decode_plain(text.as_bytes()),
-            Response::Decoded(message) => parse_plain(&message),
+        let message = match response {
+            Response::Text(text) => decode_response(text.as_bytes()),
+            Response::Decoded(message) => Ok(message),
+        };
+        let credentials = match message {
+            Ok(message) if for_master => parse_plain_for_master(&message),
+            Ok(message) => parse_plain(&message),
+            Err(err) => Err(err),
         };
         return match credentials {
             Ok(credentials) => Sasl::Credentials(credentials),
@@ -281,7 +327,11 @@ async fn run_exchange(
         Response::Decoded(name) => parse_login_name(name),
     };
     match (name, decode_response(password.as_bytes())) {
-        (Ok(name), Ok(password)) => Sasl::Credentials(Credentials { name, password }),
+        (Ok(name), Ok(password)) => Sasl::Credentials(Credentials {
+            name,
+            password,
+            authzid: None,
+        }),
         _ => Sasl::Malformed,
     }
 }
@@ -292,9 +342,25 @@ mod tests {
 
     fn creds(name: &str, password: &[u8]) -> Credentials {
         Credentials {
+            authzid: None,
             name: name.into(),
             password: password.to_vec(),
         }
+    }
+
+    #[test]
+    fn only_the_master_parser_keeps_another_authorization_identity() {
+        let message = b"alice\0proxy\0secret";
+        assert_eq!(parse_plain(message), Err(SaslError::AuthzidMismatch));
+        let got = parse_plain_for_master(message).unwrap();
+        assert_eq!(got.name, "proxy");
+        assert_eq!(got.password, b"secret");
+        assert_eq!(got.authzid.as_deref(), Some("alice"));
+        // An authzid equal to the login name acts as nobody else.
+        assert_eq!(
+            parse_plain_for_master(b"tim\0tim\0pw"),
+            Ok(creds("tim", b"pw"))
+        );
     }
 
     #[test]

@@ -377,3 +377,40 @@ fn long_odd_names_are_logged_escaped_and_short() {
         "{shown}"
     );
 }
+
+#[test]
+fn only_a_master_user_with_its_own_password_acts_as_another_user() {
+    let dir = TempDir::new("master");
+    let path = dir.0.join("users");
+    write(
+        &path,
+        "alice:{PLAIN}wonderland\nproxy:{PLAIN}front\nbob:{PLAIN}builder\n",
+    );
+    let auth = authenticator(&path, quick(), ms(1)).with_master_users(&["Proxy".into()]);
+    let rt = runtime();
+    let creds = |name: &str, password: &[u8], authzid: Option<&str>| sasl::Credentials {
+        name: name.into(),
+        password: password.to_vec(),
+        authzid: authzid.map(str::to_owned),
+    };
+    let login = |c: sasl::Credentials| rt.block_on(auth.login_credentials(LOCAL, &c));
+    // The master user with its password is alice.
+    let user = login(creds("proxy", b"front", Some("alice")));
+    assert_eq!(user.ok().map(|u| u.name), Some("alice".to_string()));
+    // Without an authzid, just itself.
+    let user = login(creds("proxy", b"front", None));
+    assert_eq!(user.ok().map(|u| u.name), Some("proxy".to_string()));
+    // A wrong master password, a user who is no master, a user who does not exist: refused.
+    assert!(matches!(
+        login(creds("proxy", b"wrong", Some("alice"))),
+        Err(AuthError::Failed)
+    ));
+    assert!(matches!(
+        login(creds("bob", b"builder", Some("alice"))),
+        Err(AuthError::Failed)
+    ));
+    assert!(matches!(
+        login(creds("proxy", b"front", Some("nobody"))),
+        Err(AuthError::Failed)
+    ));
+}

@@ -165,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
     }
 
     /// Flushes; on failure records why for the session's end line and says `false`.
-    async fn flush_or_end(&mut self) -> bool {
+    pub(crate) async fn flush_or_end(&mut self) -> bool {
         match self.flush().await {
             Ok(()) => true,
             Err(err) if err.kind() == std::io::ErrorKind::TimedOut => {
@@ -205,6 +205,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
         true
     }
 
+    /// Everything the client sent that no command has taken yet, in order: lines put aside,
+    /// the part of a line under way, and what is buffered (for the proxy relay, which hands
+    /// it to the backend as it came).
+    pub(crate) fn take_unread(&mut self) -> Vec<u8> {
+        let mut unread = Vec::new();
+        for (line, bytes) in self.deferred.drain(..) {
+            if line == Line::Complete {
+                unread.extend_from_slice(&bytes);
+                unread.extend_from_slice(b"\r\n");
+            }
+        }
+        unread.extend_from_slice(&self.lines.take_partial());
+        let buffered = self.reader.buffer().len();
+        unread.extend_from_slice(self.reader.buffer());
+        tokio::io::AsyncBufReadExt::consume(&mut self.reader, buffered);
+        unread
+    }
+
     /// The bare stream, for a TLS handshake. Input buffered but not yet read is dropped: it
     /// came in the clear and must not count as sent under TLS.
     pub fn into_inner(self) -> S {
@@ -235,7 +253,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> LineConn<S> {
                 self.flush().await.ok()?;
                 Some(self.into_inner())
             }
-            Flow::Close | Flow::Continue => {
+            Flow::Close | Flow::Continue | Flow::Relay => {
                 let _ = self.flush().await;
                 let _ = self.reader.get_mut().shutdown().await;
                 None

@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod fuzzing;
 pub mod lines;
 pub mod log;
+pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod session;

@@ -58,6 +58,12 @@ impl LineReader {
         !self.partial.is_empty() || self.too_long
     }
 
+    /// The part of a line read so far, taken away (a line that grew too long has none).
+    pub(crate) fn take_partial(&mut self) -> Vec<u8> {
+        self.too_long = false;
+        std::mem::take(&mut self.partial)
+    }
+
     /// Reads the rest of the current line into `buf` (cleared first), holding at most `max`
     /// bytes of it. `Line::TooLong` leaves `buf` empty; at `Line::Eof` a partial last line is
     /// dropped.

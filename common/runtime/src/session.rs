@@ -27,6 +27,7 @@ use tokio::time::Instant;
 use crate::conn::{Farewell, LineConn};
 use crate::lines::Line;
 use crate::log::{End, TlsInfo};
+use crate::proxy::Backend;
 use crate::server::Peer;
 use crate::tls::TlsContext;
 
@@ -40,6 +41,9 @@ pub enum Flow {
     /// Send what is queued (the go-ahead), then start TLS on the bare stream. Anything the
     /// client pipelined after the command is dropped: it came in the clear.
     StartTls,
+    /// Proxy mode: the backend accepted the login; send what is queued (the login reply),
+    /// then relay the connection to the backend [`LineProtocol::take_backend`] hands over.
+    Relay,
 }
 
 /// A byte stream a session can run on: TCP, TLS over TCP, or an in-memory pipe in tests.
@@ -82,11 +86,17 @@ pub trait LineProtocol: Send {
     /// Called when [`deadline`](LineProtocol::deadline) passed before a command came; the wait
     /// for that command goes on, keeping what part of it had arrived.
     fn deadline_passed(&mut self) {}
+
+    /// After [`Flow::Relay`]: the backend the session goes on with (proxy mode). `None`, the
+    /// default, closes the connection.
+    fn take_backend(&mut self) -> Option<Backend> {
+        None
+    }
 }
 
 /// The command loop: reads a line, hands it to the protocol, and goes on until a command says
 /// otherwise or the client is gone (or idled out, or the daemon stops: then `Flow::Close`).
-/// Returns `Flow::Close` or `Flow::StartTls`, never `Flow::Continue`.
+/// Returns `Flow::Close`, `Flow::StartTls` or `Flow::Relay`, never `Flow::Continue`.
 pub async fn run_lines<P, S>(protocol: &mut P, conn: &mut LineConn<S>) -> Flow
 where
     P: LineProtocol,
@@ -173,6 +183,12 @@ impl<P: LineProtocol> TlsSession for Lines<P> {
             conn.reply(&self.protocol.greeting());
         }
         let flow = run_lines(&mut self.protocol, &mut conn).await;
+        if flow == Flow::Relay {
+            if let Some(backend) = self.protocol.take_backend() {
+                crate::proxy::relay(conn, backend).await;
+                return None;
+            }
+        }
         conn.end(flow).await
     }
 }

@@ -13,6 +13,7 @@ pub mod fuzzing;
 mod keywords;
 mod modseq;
 mod names;
+mod proxy;
 mod quota;
 mod search;
 mod search_args;
@@ -35,6 +36,7 @@ use serde::Deserialize;
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{FolderWatch, MailConfig, Store};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
+use inetkit_runtime::proxy::{Proxy, ProxyConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -46,6 +48,7 @@ struct ImapConfig {
     mail: MailConfig,
     folders: FoldersConfig,
     quota: quota::QuotaConfig,
+    proxy: ProxyConfig,
 }
 
 /// `[folders]`: what a mailbox gets at login.
@@ -78,9 +81,13 @@ impl PlainAndTlsConfig for ImapConfig {
     // RFC 3501 §5.4: an autologout timer of at least 30 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(1800);
 
-    // --check-config: does the user directory answer?
+    // --check-config: does the user directory answer, can proxy mode work?
     fn probe(&self) -> Vec<Result<String, String>> {
-        self.auth.probe().into_iter().collect()
+        self.auth
+            .probe()
+            .into_iter()
+            .chain(self.proxy.probe())
+            .collect()
     }
 }
 
@@ -92,6 +99,8 @@ pub struct Imap {
     pub watches: Arc<watch::Watches>,
     /// The quota limits of users without their own.
     quota: quota::Limits,
+    /// Proxy mode (`[proxy] enabled`): users whose record names a backend are relayed there.
+    proxy: Option<Proxy>,
 }
 
 /// Sent to a client turned away by the limits or the memory budget (encoded once):
@@ -120,6 +129,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             FolderWatch::Poll => watch::Watches::polling(),
         },
         quota: config.quota.limits(),
+        proxy: Proxy::new(&config.proxy)?,
     });
     ctx.serve_plain_and_tls(
         PlainAndTls {

@@ -9,6 +9,7 @@ mod command;
 #[doc(hidden)]
 pub mod fuzzing;
 mod maildrop;
+mod proxy;
 mod session;
 
 use std::process::ExitCode;
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use inetkit_auth::{AuthConfig, Authenticator};
 use inetkit_maildir::{MailConfig, Store};
 use inetkit_runtime::daemon::{self, Context, PlainAndTls, PlainAndTlsConfig};
+use inetkit_runtime::proxy::{Proxy, ProxyConfig};
 use inetkit_runtime::server::Server;
 use inetkit_runtime::tls::TlsContext;
 
@@ -29,6 +31,7 @@ use inetkit_runtime::tls::TlsContext;
 struct Pop3Config {
     auth: AuthConfig,
     mail: MailConfig,
+    proxy: ProxyConfig,
 }
 
 const POP3: PlainAndTls = PlainAndTls {
@@ -45,9 +48,13 @@ impl PlainAndTlsConfig for Pop3Config {
     // RFC 1939 §3: an autologout timer of at least 10 minutes.
     const IDLE_TIMEOUT: Duration = Duration::from_secs(600);
 
-    // --check-config: does the user directory answer?
+    // --check-config: does the user directory answer, can proxy mode work?
     fn probe(&self) -> Vec<Result<String, String>> {
-        self.auth.probe().into_iter().collect()
+        self.auth
+            .probe()
+            .into_iter()
+            .chain(self.proxy.probe())
+            .collect()
     }
 }
 
@@ -56,6 +63,8 @@ pub struct Pop3 {
     pub auth: Authenticator,
     pub store: Store,
     pub tls: Option<TlsContext>,
+    /// Proxy mode (`[proxy] enabled`): users whose record names a backend are relayed there.
+    pub proxy: Option<Proxy>,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -69,6 +78,7 @@ fn setup(mut ctx: Context<Pop3Config>) -> anyhow::Result<Server> {
         auth: config.auth.authenticator(),
         store: Store::new(config.mail.root.clone()),
         tls: ctx.tls.clone(),
+        proxy: Proxy::new(&config.proxy)?,
     });
     ctx.serve_plain_and_tls(POP3, move |stream, peer, implicit_tls| {
         session::serve(pop3.clone(), stream, peer, implicit_tls)

@@ -8,11 +8,12 @@ use std::sync::Arc;
 
 use tokio::net::TcpStream;
 
-use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::sasl::{self, Credentials, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::conn::{Farewell, LineConn};
 use inetkit_runtime::lines::DotStuffer;
 use inetkit_runtime::log::End;
+use inetkit_runtime::proxy::{Backend, Proxy, Target};
 use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
@@ -33,6 +34,8 @@ enum State {
 pub(crate) struct Session {
     pop3: Arc<Pop3>,
     state: State,
+    /// Proxy mode: the backend that accepted the login, until the relay takes it.
+    backend: Option<Backend>,
 }
 
 /// Serves one connection; `implicit_tls` for the pop3s port.
@@ -74,6 +77,10 @@ impl LineProtocol for Session {
         conn.reply("-ERR Command line too long.");
         Flow::Continue
     }
+
+    fn take_backend(&mut self) -> Option<Backend> {
+        self.backend.take()
+    }
 }
 
 impl Session {
@@ -84,6 +91,7 @@ impl Session {
                 user: None,
                 failures: 0,
             },
+            backend: None,
         }
     }
 
@@ -167,7 +175,14 @@ impl Session {
                         conn.reply(PLAINTEXT_REFUSED);
                         Flow::Continue
                     }
-                    Some(name) => self.login(&name, &password, conn).await,
+                    Some(name) => {
+                        let credentials = Credentials {
+                            name,
+                            password,
+                            authzid: None,
+                        };
+                        self.login(credentials, conn).await
+                    }
                 }
             }
             Command::Auth {
@@ -201,15 +216,16 @@ impl Session {
         initial: Option<String>,
         conn: &mut Conn<S>,
     ) -> Flow {
-        // "=" is an empty initial response (RFC 5034 §4).
-        match sasl::exchange(
+        // "=" is an empty initial response (RFC 5034 §4). A master user ([auth] master_users)
+        // may name another user as authzid.
+        match sasl::exchange_for_master(
             &mut LineChallenger { conn, prefix: "+ " },
             mechanism,
             initial,
         )
         .await
         {
-            Sasl::Credentials(c) => self.login(&c.name, &c.password, conn).await,
+            Sasl::Credentials(c) => self.login(c, conn).await,
             Sasl::Cancelled => {
                 conn.reply("-ERR Authentication cancelled.");
                 Flow::Continue
@@ -228,12 +244,11 @@ impl Session {
 
     async fn login<S: SessionStream>(
         &mut self,
-        name: &str,
-        password: &[u8],
+        credentials: Credentials,
         conn: &mut Conn<S>,
     ) -> Flow {
         let ip = conn.peer.addr.ip();
-        let user = match self.pop3.auth.login(ip, name, password).await {
+        let user = match self.pop3.auth.login_credentials(ip, &credentials).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
                 conn.reply("-ERR [SYS/TEMP] Too many failed logins from your address; try later.");
@@ -257,6 +272,22 @@ impl Session {
                 return Flow::Continue;
             }
         };
+        if let Some(proxy) = &self.pop3.proxy {
+            match Target::from_fields(|key| user.extra_field(key), crate::proxy::PORTS) {
+                Ok(Some(target)) => {
+                    let proxy = proxy.clone();
+                    return self
+                        .proxied(&proxy, &user.name, &target, &credentials.password, conn)
+                        .await;
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(user = %user.name, "cannot proxy: {err}");
+                    conn.reply(BACKEND_UNAVAILABLE);
+                    return Flow::Continue;
+                }
+            }
+        }
         let pop3 = self.pop3.clone();
         let user_name = user.name.clone();
         let opened =
@@ -285,6 +316,34 @@ impl Session {
             }
         }
         Flow::Continue
+    }
+
+    /// Proxy mode: logs in on the user's backend, then the session is relayed there. No
+    /// maildrop is opened here. A backend that cannot be reached or refuses is a temporary
+    /// failure: the client keeps its password and tries again later.
+    async fn proxied<S: SessionStream>(
+        &mut self,
+        proxy: &Proxy,
+        user: &str,
+        target: &Target,
+        password: &[u8],
+        conn: &mut Conn<S>,
+    ) -> Flow {
+        let login = proxy.login_for(target, user, password);
+        match crate::proxy::login(proxy, target, &login).await {
+            Ok(backend) => {
+                conn.peer.logged_in(user);
+                tracing::info!(backend = %target, backend_user = %login.user(), master = !login.authzid.is_empty(), "logged in, proxied");
+                conn.reply("+OK Logged in (proxied).");
+                self.backend = Some(backend);
+                Flow::Relay
+            }
+            Err(err) => {
+                tracing::error!(user, backend = %target, "proxy login failed: {err}");
+                conn.reply(BACKEND_UNAVAILABLE);
+                Flow::Continue
+            }
+        }
     }
 
     async fn transaction<S: SessionStream>(
@@ -387,6 +446,9 @@ impl Session {
     }
 }
 
+/// RFC 3206's SYS/TEMP: try again later, the password is not the problem.
+const BACKEND_UNAVAILABLE: &str =
+    "-ERR [SYS/TEMP] The mail server is unavailable; try again later.";
 const NO_SUCH_MESSAGE: &str = "-ERR There is no such message.";
 const PLAINTEXT_REFUSED: &str =
     "-ERR [AUTH] Plaintext authentication is not allowed without TLS: use STLS first.";

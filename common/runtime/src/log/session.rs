@@ -10,7 +10,8 @@
 //! session's task is over. What only the parts know they put in as it happens: the skeleton
 //! the TLS version and cipher and the bytes moved, the line connection why it stopped reading
 //! (client gone, idle, login deadline, shutdown, an I/O error), the daemon who logged in and a
-//! client's QUIT or LOGOUT.
+//! client's QUIT or LOGOUT, and the proxy relay the backend and the bytes moved to and from it
+//! (`proxy=mail-a:143 proxy_out=… proxy_in=…`).
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -140,6 +141,9 @@ struct State {
 #[derive(Debug, Default)]
 struct Facts {
     user: Option<String>,
+    /// Proxy mode: the backend the session was relayed to, and the bytes sent to it and
+    /// received from it.
+    proxied: Option<(String, u64, u64)>,
     tls: Option<TlsInfo>,
     end: Option<End>,
 }
@@ -158,6 +162,19 @@ impl SessionLog {
         if facts.user.as_deref() != Some(user) {
             tracing::Span::current().record("user", user);
             facts.user = Some(user.to_owned());
+        }
+    }
+
+    /// The session is relayed to `backend` (proxy mode) from now on.
+    pub fn proxied(&self, backend: &str) {
+        self.facts().proxied = Some((backend.to_owned(), 0, 0));
+    }
+
+    /// The bytes the relay sent to the backend and received from it.
+    pub fn backend_bytes(&self, sent: u64, received: u64) {
+        if let Some((_, s, r)) = self.facts().proxied.as_mut() {
+            *s += sent;
+            *r += received;
         }
     }
 
@@ -237,6 +254,9 @@ impl SessionLog {
             out = bytes(&self.state.bytes_out),
             tls = %facts.tls.map_or("no", |t| t.version),
             cipher = facts.tls.map(|t| tracing::field::display(t.cipher)),
+            proxy = facts.proxied.as_ref().map(|p| tracing::field::display(&p.0)),
+            proxy_out = facts.proxied.as_ref().map(|p| p.1),
+            proxy_in = facts.proxied.as_ref().map(|p| p.2),
             "session ended"
         );
     }

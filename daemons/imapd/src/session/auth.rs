@@ -11,9 +11,10 @@ use imap_codec::imap_types::response::{Capability, Code, Data, StatusKind};
 use imap_codec::imap_types::secret::Secret;
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use inetkit_auth::sasl::{self, LineChallenger, Sasl};
+use inetkit_auth::sasl::{self, Credentials, LineChallenger, Sasl};
 use inetkit_auth::AuthError;
 use inetkit_runtime::log::End;
+use inetkit_runtime::proxy::{Proxy, Target};
 
 use super::reply::{bad, no, no_code, ok, ok_code, Done};
 use super::{blocking, Conn, Login, Session};
@@ -130,9 +131,12 @@ impl Session {
                 "Plaintext login is not allowed without TLS: use STARTTLS first.",
             );
         }
-        let name = String::from_utf8_lossy(username.as_ref()).into_owned();
-        let password = password.declassify().as_ref().to_vec();
-        self.login(&name, &password).await
+        let credentials = Credentials {
+            name: String::from_utf8_lossy(username.as_ref()).into_owned(),
+            password: password.declassify().as_ref().to_vec(),
+            authzid: None,
+        };
+        self.login(credentials).await
     }
 
     /// AUTHENTICATE PLAIN or LOGIN, with or without an initial response (SASL-IR), through
@@ -161,8 +165,10 @@ impl Session {
         }
         let initial = initial_response.map(|ir| ir.declassify().to_vec());
         let mut challenger = LineChallenger { conn, prefix: "+ " };
-        match sasl::exchange_decoded(&mut challenger, mechanism.as_ref(), initial).await {
-            Sasl::Credentials(c) => self.login(&c.name, &c.password).await,
+        // A master user ([auth] master_users) may name another user as authzid.
+        match sasl::exchange_decoded_for_master(&mut challenger, mechanism.as_ref(), initial).await
+        {
+            Sasl::Credentials(c) => self.login(c).await,
             // RFC 3501 §6.2.2: a cancelled exchange is answered BAD.
             Sasl::Cancelled => bad("Authentication cancelled."),
             Sasl::Malformed => bad("Malformed authentication response."),
@@ -174,9 +180,9 @@ impl Session {
         }
     }
 
-    async fn login(&mut self, name: &str, password: &[u8]) -> Done {
+    async fn login(&mut self, credentials: Credentials) -> Done {
         let ip = self.peer.addr.ip();
-        let user = match self.imap.auth.login(ip, name, password).await {
+        let user = match self.imap.auth.login_credentials(ip, &credentials).await {
             Ok(user) => user,
             Err(AuthError::Throttled) => {
                 return no_code(
@@ -196,6 +202,20 @@ impl Session {
                 );
             }
         };
+        if let Some(proxy) = &self.imap.proxy {
+            match Target::from_fields(|key| user.extra_field(key), crate::proxy::PORTS) {
+                Ok(Some(target)) => {
+                    return self
+                        .proxied(proxy.clone(), &user.name, &target, &credentials.password)
+                        .await
+                }
+                Ok(None) => {}
+                Err(err) => {
+                    tracing::error!(user = %user.name, "cannot proxy: {err}");
+                    return unavailable();
+                }
+            }
+        }
         let store = self.imap.store.clone();
         let user_name = user.name.clone();
         // A mailbox's first login subscribes the folders it has (another program's Maildir, the
@@ -222,4 +242,36 @@ impl Session {
             }
         }
     }
+
+    /// Proxy mode: logs in on the user's backend; the session is then relayed. No mail store
+    /// is touched here. A backend that cannot be reached or refuses is a temporary failure:
+    /// the client keeps its password and tries again later.
+    async fn proxied(
+        &mut self,
+        proxy: Proxy,
+        user: &str,
+        target: &Target,
+        password: &[u8],
+    ) -> Done {
+        let login = proxy.login_for(target, user, password);
+        match crate::proxy::login(&proxy, target, &login).await {
+            Ok((backend, capabilities)) => {
+                self.peer.logged_in(user);
+                tracing::info!(backend = %target, backend_user = %login.user(), master = !login.authzid.is_empty(), "logged in, proxied");
+                Done::Proxy(Box::new(backend), capabilities)
+            }
+            Err(err) => {
+                tracing::error!(user, backend = %target, "proxy login failed: {err}");
+                unavailable()
+            }
+        }
+    }
+}
+
+/// Backend unreachable or refusing: RFC 5530's UNAVAILABLE, never "wrong password".
+fn unavailable() -> Done {
+    no_code(
+        wire::code("UNAVAILABLE"),
+        "The mail server is unavailable; try again later.",
+    )
 }

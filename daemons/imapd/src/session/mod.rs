@@ -238,6 +238,15 @@ impl Session {
                     let stream = conn.end(Flow::StartTls).await;
                     return stream.map_or(LoopEnd::Over, LoopEnd::Compress);
                 }
+                Done::Proxy(backend, capabilities) => {
+                    let line = format!(
+                        "{} OK [CAPABILITY {capabilities}] Logged in (proxied).\r\n",
+                        tag.inner()
+                    );
+                    conn.out.extend_from_slice(line.as_bytes());
+                    inetkit_runtime::proxy::relay(conn, *backend).await;
+                    return LoopEnd::Over;
+                }
             }
         }
     }

@@ -22,6 +22,9 @@ pub(super) enum Done {
     StartTls,
     /// COMPRESS=DEFLATE: after the tagged OK (already in the output), the stream deflates.
     Compress,
+    /// Proxy mode: the backend accepted the login. The client gets a tagged OK with the
+    /// backend's capabilities (the `String`), then the session is relayed.
+    Proxy(Box<inetkit_runtime::proxy::Backend>, String),
 }
 
 pub(super) fn ok(text: impl Into<Cow<'static, str>>) -> Done {

@@ -60,6 +60,7 @@ impl Client {
             tls: None,
             watches: watch::Watches::new(),
             quota: Default::default(),
+            proxy: None,
         });
         let peer = inetkit_runtime::testing::peer();
         let (client, server) = tokio::io::duplex(64 * 1024);

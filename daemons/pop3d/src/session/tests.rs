@@ -33,6 +33,7 @@ impl Home {
             auth,
             store,
             tls: None,
+            proxy: None,
         });
         Home { dir, pop3 }
     }
