@@ -14,7 +14,13 @@ from .container import busy_ports
 def test_lintian_finds_nothing_not_even_info_tags(deb):
     # -I shows the info tags too: each is fixed or overridden, with the reason, in
     # packaging/lintian-overrides (an override that no longer matches is itself a tag).
-    result = subprocess.run(["lintian", "-I", "--fail-on", "error", str(deb)], capture_output=True, text=True)
+    # Except spelling-error-in-binary: in compiled Rust it fires on runs of machine-code bytes
+    # that happen to spell a misspelt word ("wTH", "thIk"), different ones with each build, so
+    # an override for each went stale as soon as the code changed. Our own text (man pages,
+    # docs, unit files) is still checked for spelling.
+    result = subprocess.run(
+        ["lintian", "-I", "--fail-on", "error", "--suppress-tags", "spelling-error-in-binary",
+         str(deb)], capture_output=True, text=True)
     print(result.stdout)
     assert result.returncode == 0, result.stdout + result.stderr
     assert not [line for line in result.stdout.splitlines() if line[:2] in ("E:", "W:", "I:")], result.stdout
