@@ -22,6 +22,7 @@ pub mod proxy;
 pub mod ratelimit;
 pub mod server;
 pub mod session;
+pub mod stream;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 pub mod tls;
