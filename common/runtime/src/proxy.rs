@@ -340,9 +340,17 @@ impl Proxy {
         }
     }
 
-    /// How long a backend's greeting and login exchange may take in all.
-    pub fn login_timeout(&self) -> Duration {
-        self.login_timeout
+    /// Runs a daemon's login `exchange` with `target` (greeting, STARTTLS, credentials)
+    /// within `[proxy] login_timeout` in all.
+    pub async fn log_in<T>(
+        &self,
+        target: &Target,
+        exchange: impl std::future::Future<Output = Result<T, ProxyError>>,
+    ) -> Result<T, ProxyError> {
+        let timeout = self.login_timeout;
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .unwrap_or_else(|_| Err(ProxyError::Timeout(target.to_string(), timeout)))
     }
 }
 

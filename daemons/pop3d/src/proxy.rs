@@ -22,11 +22,7 @@ pub(crate) async fn login(
     target: &Target,
     login: &BackendLogin,
 ) -> Result<Backend, ProxyError> {
-    let timeout = proxy.login_timeout();
-    let name = target.to_string();
-    tokio::time::timeout(timeout, exchange(proxy, target, login))
-        .await
-        .unwrap_or_else(|_| Err(ProxyError::Timeout(name, timeout)))
+    proxy.log_in(target, exchange(proxy, target, login)).await
 }
 
 async fn exchange(
