@@ -314,7 +314,8 @@ impl Proxy {
             }
         };
         Ok(Some(Proxy {
-            tls: connect::client_config(config.ca_file.as_ref())?,
+            tls: crate::tls::client_config(config.ca_file.as_deref())
+                .map_err(|e| ProxyError::Config(format!("ca_file: {e}")))?,
             master,
             connect_timeout: config.connect_timeout,
             login_timeout: config.login_timeout,

@@ -76,6 +76,49 @@ pub enum TlsError {
     /// `[tls]` names a certificate without a key or a key without a certificate.
     #[error("tls.cert and tls.key must be set together")]
     HalfConfigured,
+    /// A CA file for the connections a daemon makes cannot be read, holds no certificate, or
+    /// holds one rustls cannot trust.
+    #[error("CA file {path}: {reason}")]
+    CaFile {
+        /// The CA file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// The rustls setup for the connections a daemon makes (DNS-over-TLS upstreams, LDAP and
+/// PostgreSQL directories, proxied backends): the certificates in `ca_file` as the only trust
+/// anchors, or the system's when there is none. TLS 1.2 and 1.3.
+pub fn client_config(ca_file: Option<&Path>) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            let bad = |reason: String| TlsError::CaFile {
+                path: path.to_owned(),
+                reason,
+            };
+            let certs = CertificateDer::pem_file_iter(path).map_err(|e| bad(e.to_string()))?;
+            for cert in certs {
+                let cert = cert.map_err(|e| bad(e.to_string()))?;
+                roots.add(cert).map_err(|e| bad(e.to_string()))?;
+            }
+            if roots.is_empty() {
+                return Err(bad("no certificate in it".into()));
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// Where the certificate and key come from: the config, else systemd's credentials.
@@ -251,4 +294,29 @@ fn load_certified_key(
         });
     }
     Ok(Arc::new(certified))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_ca_file_without_a_certificate_is_refused_and_no_file_means_the_system_roots() {
+        let dir = std::env::temp_dir().join(format!("inetkit-tls-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "not a certificate\n").unwrap();
+        let err = client_config(Some(&empty)).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!("CA file {}: no certificate in it", empty.display())
+        );
+        let missing = dir.join("missing.pem");
+        assert!(matches!(
+            client_config(Some(&missing)),
+            Err(TlsError::CaFile { path, .. }) if path == missing
+        ));
+        assert!(client_config(None).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }

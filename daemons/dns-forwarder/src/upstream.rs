@@ -405,36 +405,9 @@ impl Drop for Forget<'_> {
 }
 
 fn connector(config: &UpstreamConfig, at: &KeyPath) -> Result<TlsConnector, Problem> {
-    use rustls_pki_types::pem::PemObject;
-    let mut roots = rustls::RootCertStore::empty();
-    match &config.tls_ca {
-        Some(path) => {
-            let bad = |e: &dyn std::fmt::Display| {
-                at.clone()
-                    .key("tls_ca")
-                    .problem(format!("{}: {e}", path.display()))
-            };
-            for cert in
-                rustls_pki_types::CertificateDer::pem_file_iter(path).map_err(|e| bad(&e))?
-            {
-                let cert = cert.map_err(|e| bad(&e))?;
-                roots.add(cert).map_err(|e| bad(&e))?;
-            }
-        }
-        None => {
-            let found = rustls_native_certs::load_native_certs();
-            for cert in found.certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| at.clone().problem(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(TlsConnector::from(Arc::new(config)))
+    inetkit_runtime::tls::client_config(config.tls_ca.as_deref())
+        .map(TlsConnector::from)
+        .map_err(|e| at.clone().key("tls_ca").problem(e.to_string()))
 }
 
 /// The query message with a fresh random ID.

@@ -309,35 +309,8 @@ pub(crate) fn read_secret(path: &std::path::Path) -> Result<String, DirectoryErr
 pub(crate) fn tls_client_config(
     ca_file: Option<&PathBuf>,
 ) -> Result<Arc<rustls::ClientConfig>, DirectoryError> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::CertificateDer;
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let certs = CertificateDer::pem_file_iter(path)
-                .map_err(|e| DirectoryError::Config(format!("CA file {}: {e}", path.display())))?;
-            for cert in certs {
-                let cert = cert.map_err(|e| {
-                    DirectoryError::Config(format!("CA file {}: {e}", path.display()))
-                })?;
-                roots.add(cert).map_err(|e| {
-                    DirectoryError::Config(format!("CA file {}: {e}", path.display()))
-                })?;
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| DirectoryError::Config(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
+    inetkit_runtime::tls::client_config(ca_file.map(PathBuf::as_path))
+        .map_err(|e| DirectoryError::Config(e.to_string()))
 }
 
 /// Runs `future` under `timeout`, naming `what` timed out.

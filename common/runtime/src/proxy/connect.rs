@@ -2,11 +2,9 @@
 //! the configured CAs, and the few bounded line reads and writes a login exchange needs.
 
 use std::io;
-use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, ServerName};
+use rustls_pki_types::ServerName;
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -144,39 +142,4 @@ impl Backend {
             tls,
         })
     }
-}
-
-/// The rustls client setup towards backends: the CAs in `ca_file`, or the system's.
-pub(super) fn client_config(
-    ca_file: Option<&PathBuf>,
-) -> Result<Arc<rustls::ClientConfig>, ProxyError> {
-    let mut roots = rustls::RootCertStore::empty();
-    match ca_file {
-        Some(path) => {
-            let problem = |e: &dyn std::fmt::Display| {
-                ProxyError::Config(format!("ca_file {}: {e}", path.display()))
-            };
-            let certs = CertificateDer::pem_file_iter(path).map_err(|e| problem(&e))?;
-            for cert in certs {
-                roots
-                    .add(cert.map_err(|e| problem(&e))?)
-                    .map_err(|e| problem(&e))?;
-            }
-            if roots.is_empty() {
-                return Err(problem(&"no certificate in it"));
-            }
-        }
-        None => {
-            for cert in rustls_native_certs::load_native_certs().certs {
-                let _ = roots.add(cert);
-            }
-        }
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| ProxyError::Config(format!("TLS setup: {e}")))?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(config))
 }
