@@ -8,12 +8,13 @@
 //! message whose flags differ, and every new message, the next mod-sequence, and records
 //! UIDs that are gone as expunged at that mod-sequence, for `VANISHED (EARLIER)`.
 //!
-//! The format is text, rewritten whole and atomically (temp file, rename):
+//! The format is text (see [`file`] for how it is stored):
 //!
 //! ```text
 //! inetkit-modseq 1 <uidvalidity> <highestmodseq> <floor> <boot id>
 //! m <uid> <modseq> <maildir flags or ->
 //! v <uid> <modseq>
+//! h <highestmodseq> <floor>
 //! ```
 //!
 //! `floor` is where the expunge record starts: it keeps the last [`MAX_VANISHED`] UIDs, and
@@ -22,37 +23,33 @@
 //! (they start from the clock in microseconds), so a client that cached the old ones fetches
 //! everything again rather than missing a change.
 //!
-//! The file is not fsynced (as Dovecot's indexes are not): it is rewritten on every flag
-//! change, and a fsync per STORE doubled STORE's time on a 10,000-message folder. What a
+//! The file is not fsynced (as Dovecot's indexes are not): it changes on every flag change,
+//! and a fsync per STORE doubled STORE's time on a 10,000-message folder. What a
 //! crash may cost instead is its last writes, so numbers already given out could be given
 //! again: the header names the boot it was written in, and a record from an earlier boot
 //! moves its numbers on by [`BOOT_GAP`] and forgets its expunges (the clients' VANISHED
 //! then name every UID not in the folder).
 
 use std::collections::BTreeMap;
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
-use std::sync::{Arc, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use imap_codec::imap_types::core::Vec1;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{Flags, MessageInfo, Snapshot};
-use nix::fcntl::{Flock, FlockArg};
 
 #[path = "modseq_cache.rs"]
 mod cache;
+#[path = "modseq_file.rs"]
+mod file;
 
-pub(crate) const FILE: &str = "inetkit-modseq";
-const LOCK: &str = "inetkit-modseq.lock";
-const MAGIC: &str = "inetkit-modseq 1";
+#[cfg(test)]
+use file::{boot_id, FILE};
+use file::{load, update};
 /// Expunged UIDs remembered for VANISHED (EARLIER); older ones are forgotten, raising the
 /// floor.
 pub(crate) const MAX_VANISHED: usize = 10_000;
-/// A file larger than this is not read (taken as corrupt): a few million messages.
-const MAX_FILE: u64 = 256 * 1024 * 1024;
 /// How far a record written before the last boot moves its numbers on: more than the
 /// changes a crash can lose (those of the seconds before it).
 const BOOT_GAP: u64 = 1 << 20;
@@ -141,7 +138,7 @@ impl ModSeqs {
             uid_validity,
             highest,
             floor: highest,
-            boot: boot_id().to_owned(),
+            boot: file::boot_id().to_owned(),
             messages: BTreeMap::new(),
             vanished: BTreeMap::new(),
         }
@@ -276,85 +273,6 @@ impl ModSeqs {
             self.floor = self.floor.max(modseq);
         }
     }
-
-    fn parse(text: &str) -> Result<ModSeqs, Option<u64>> {
-        let mut lines = text.lines();
-        let head = lines.next().ok_or(None)?;
-        let fields: Vec<&str> = head.strip_prefix(MAGIC).ok_or(None)?.split(' ').collect();
-        let [_, validity, highest, floor, boot] = fields.as_slice() else {
-            return Err(None);
-        };
-        let highest: u64 = highest.parse().map_err(|_| None)?;
-        let corrupt = Some(highest);
-        let uid_validity = validity.parse().map_err(|_| corrupt)?;
-        let floor = floor.parse().map_err(|_| corrupt)?;
-        if highest > MAX_MODSEQ || floor > highest || boot.is_empty() {
-            return Err(None);
-        }
-        let mut record = ModSeqs {
-            uid_validity,
-            highest,
-            floor,
-            boot: (*boot).to_owned(),
-            messages: BTreeMap::new(),
-            vanished: BTreeMap::new(),
-        };
-        let number = |s: Option<&str>| s.and_then(|s| s.parse::<u64>().ok()).ok_or(corrupt);
-        for line in lines {
-            let mut fields = line.split(' ');
-            let kind = fields.next();
-            let uid = u32::try_from(number(fields.next())?).map_err(|_| corrupt)?;
-            let modseq = number(fields.next())?;
-            if uid == 0 || modseq > highest {
-                return Err(corrupt);
-            }
-            match (kind, fields.next(), fields.next()) {
-                (Some("m"), Some(flags), None) => {
-                    let flags = if flags == "-" {
-                        Flags::EMPTY
-                    } else {
-                        Flags::from_maildir(flags)
-                    };
-                    record.messages.insert(uid, Entry { modseq, flags });
-                }
-                (Some("v"), None, None) => {
-                    record.vanished.insert(uid, modseq);
-                }
-                _ => return Err(corrupt),
-            }
-        }
-        if record.vanished.len() > MAX_VANISHED {
-            return Err(corrupt);
-        }
-        Ok(record)
-    }
-
-    fn to_text(&self) -> String {
-        use std::fmt::Write as _;
-        let mut text = String::with_capacity(64 + 32 * (self.messages.len() + self.vanished.len()));
-        let _ = writeln!(
-            text,
-            "{MAGIC} {} {} {} {}",
-            self.uid_validity, self.highest, self.floor, self.boot
-        );
-        // Few distinct flag sets: each spelled once.
-        let mut spelled: std::collections::HashMap<Flags, String> = Default::default();
-        for (uid, e) in &self.messages {
-            let letters = spelled.entry(e.flags).or_insert_with(|| {
-                let letters = e.flags.to_maildir();
-                if letters.is_empty() {
-                    "-".to_owned()
-                } else {
-                    letters
-                }
-            });
-            let _ = writeln!(text, "m {uid} {} {letters}", e.modseq);
-        }
-        for (uid, modseq) in &self.vanished {
-            let _ = writeln!(text, "v {uid} {modseq}");
-        }
-        text
-    }
 }
 
 /// The folder's record, brought up to `snapshot` (and saved when that changed it). Never
@@ -395,115 +313,18 @@ pub(crate) fn note_expunged(folder: &Path, uid_validity: u32, uids: &[u32]) -> M
 
 /// The folder's record as saved now (a fresh one when missing or corrupt, not saved).
 pub(crate) fn current(folder: &Path, uid_validity: u32) -> ModSeqs {
-    load(folder, uid_validity).0
+    load(folder, uid_validity).record
 }
 
-/// Reads the record (a fresh one when missing, corrupt or of another UIDVALIDITY), applies
-/// `change`, and saves it when `change` says it changed anything. The look without the lock
-/// comes first: most looks change nothing.
-fn update(folder: &Path, uid_validity: u32, change: impl Fn(&mut ModSeqs) -> bool) -> ModSeqs {
-    let mut record = load(folder, uid_validity);
-    if !change(&mut record.0) && !record.1 {
-        return record.0;
+#[cfg(test)]
+impl ModSeqs {
+    fn parse(text: &str) -> Result<ModSeqs, Option<u64>> {
+        file::parse(text).map(|parsed| parsed.record)
     }
-    let lock = match lock(folder) {
-        Ok(lock) => lock,
-        Err(err) => {
-            tracing::warn!(folder = %folder.display(), error = %err, "cannot lock the modseq file");
-            return record.0;
-        }
-    };
-    let (mut record, _) = load(folder, uid_validity);
-    change(&mut record);
-    if let Err(err) = save(folder, &record) {
-        tracing::warn!(folder = %folder.display(), error = %err, "cannot save the modseq file");
+
+    fn to_text(&self) -> String {
+        file::to_text(self)
     }
-    drop(lock);
-    record
-}
-
-/// The record and whether it was rebuilt (so must be saved).
-fn load(folder: &Path, uid_validity: u32) -> (ModSeqs, bool) {
-    let path = folder.join(FILE);
-    let text = File::open(&path).and_then(|file| {
-        let id = cache::Identity::of_file(&file);
-        if let Some(record) = id.and_then(|id| cache::get(&path, id)) {
-            return Ok(Loaded::Cached(record));
-        }
-        let mut text = String::new();
-        file.take(MAX_FILE + 1).read_to_string(&mut text)?;
-        Ok(Loaded::Text(text, id))
-    });
-    let parsed = match text {
-        Ok(Loaded::Cached(record)) => Ok(Arc::unwrap_or_clone(record)),
-        Ok(Loaded::Text(text, _)) if text.len() as u64 > MAX_FILE => Err(None),
-        Ok(Loaded::Text(text, id)) => ModSeqs::parse(&text).inspect(|record| {
-            if let Some(id) = id {
-                cache::put(&path, id, Arc::new(record.clone()));
-            }
-        }),
-        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
-            return (ModSeqs::fresh(uid_validity, 0), true);
-        }
-        Err(_) => Err(None),
-    };
-    match parsed {
-        Ok(mut record) if record.uid_validity == uid_validity && record.boot != boot_id() => {
-            // Written before the last boot: its last writes may be lost (see the module doc).
-            record.highest = record.highest.saturating_add(BOOT_GAP).min(MAX_MODSEQ);
-            record.floor = record.highest;
-            record.vanished.clear();
-            record.boot = boot_id().to_owned();
-            (record, true)
-        }
-        Ok(record) if record.uid_validity == uid_validity => (record, false),
-        Ok(record) => (ModSeqs::fresh(uid_validity, record.highest + 1), true),
-        Err(highest) => {
-            tracing::warn!(file = %path.display(), "corrupt modseq file: rebuilt");
-            let at_least = highest.map_or(0, |h| h.saturating_add(1));
-            (ModSeqs::fresh(uid_validity, at_least), true)
-        }
-    }
-}
-
-/// A record file as read: parsed before (by this process), or its text.
-enum Loaded {
-    Cached(Arc<ModSeqs>),
-    Text(String, Option<cache::Identity>),
-}
-
-/// This boot's id; `-` where the kernel does not say.
-fn boot_id() -> &'static str {
-    static BOOT: OnceLock<String> = OnceLock::new();
-    BOOT.get_or_init(|| {
-        std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
-            .ok()
-            .map(|id| id.trim().to_owned())
-            .filter(|id| !id.is_empty() && !id.contains(char::is_whitespace))
-            .unwrap_or_else(|| "-".to_owned())
-    })
-}
-
-fn lock(folder: &Path) -> std::io::Result<Flock<File>> {
-    let file = OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(folder.join(LOCK))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))
-}
-
-fn save(folder: &Path, record: &ModSeqs) -> std::io::Result<()> {
-    let temp = folder.join(format!("{FILE}.tmp"));
-    let mut file = File::create(&temp)?;
-    file.write_all(record.to_text().as_bytes())?;
-    let path = folder.join(FILE);
-    std::fs::rename(&temp, &path)?;
-    // The lock is held: nobody replaced it since.
-    if let Some(id) = cache::Identity::of_path(&path) {
-        cache::put(&path, id, Arc::new(record.clone()));
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,17 +1,18 @@
 //! The records this process last read or wrote, so that a look at a folder whose record has
-//! not changed costs a `stat`, not a parse: every session looks at its folder's record after
-//! each change to the folder, and a record of a large folder is megabytes.
+//! not changed costs a `stat`, not a parse, and one whose record only grew reads the new
+//! bytes: every session looks at its folder's record after each change to the folder, and a
+//! record of a large folder is megabytes.
 //!
-//! A record is known by its file's identity (device, inode, size, modification and change
-//! times, taken from the open file, so they belong to the bytes read): a record is only ever
-//! replaced by a rename, so a different file is a different identity.
+//! A file is known by its identity (device, inode, size, modification and change times,
+//! taken from the open file, so they belong to the bytes read).
 
 use std::collections::HashMap;
-use std::fs::{File, Metadata};
+use std::fs::Metadata;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use super::file::COMPACT_AT;
 use super::ModSeqs;
 
 /// Folders whose record is kept; past this the cache starts afresh.
@@ -21,7 +22,7 @@ const MAX_FOLDERS: usize = 256;
 pub(super) struct Identity {
     dev: u64,
     ino: u64,
-    size: u64,
+    pub(super) size: u64,
     mtime: (i64, i64),
     ctime: (i64, i64),
 }
@@ -37,36 +38,61 @@ impl Identity {
         }
     }
 
-    pub(super) fn of_file(file: &File) -> Option<Identity> {
-        file.metadata().ok().map(|m| Identity::of(&m))
-    }
-
-    pub(super) fn of_path(path: &Path) -> Option<Identity> {
-        std::fs::metadata(path).ok().map(|m| Identity::of(&m))
+    /// The same inode (which a file renamed over this one may reuse: see `read_appended`).
+    pub(super) fn same_file(&self, other: &Identity) -> bool {
+        (self.dev, self.ino) == (other.dev, other.ino)
     }
 }
 
-type Records = HashMap<PathBuf, (Identity, Arc<ModSeqs>)>;
+/// A record file as this process last read or wrote it.
+#[derive(Debug)]
+pub(super) struct Known {
+    pub(super) id: Identity,
+    pub(super) record: Arc<ModSeqs>,
+    /// Bytes up to the end of the last commit, and of the compacted base.
+    pub(super) end: u64,
+    pub(super) base: u64,
+    /// The last commit line; `None` in a file of the older format.
+    pub(super) commit: Option<String>,
+}
+
+impl Known {
+    /// Whether a change can be appended: the file ends with a complete commit.
+    pub(super) fn appendable(&self) -> bool {
+        self.commit.is_some() && self.end == self.id.size
+    }
+
+    /// Whether the appended changes have outgrown the base they amend.
+    pub(super) fn wants_compaction(&self) -> bool {
+        self.end.saturating_sub(self.base) > COMPACT_AT.max(self.base)
+    }
+}
+
+type Records = HashMap<PathBuf, Arc<Known>>;
 
 fn records() -> &'static Mutex<Records> {
     static RECORDS: OnceLock<Mutex<Records>> = OnceLock::new();
     RECORDS.get_or_init(Mutex::default)
 }
 
-/// The record read from the file with this identity, if this process has it.
-pub(super) fn get(path: &Path, id: Identity) -> Option<Arc<ModSeqs>> {
-    let records = records().lock().ok()?;
-    records
-        .get(path)
-        .filter(|(known, _)| *known == id)
-        .map(|(_, record)| record.clone())
+/// What this process last knew of the file at `path`.
+pub(super) fn get(path: &Path) -> Option<Arc<Known>> {
+    records().lock().ok()?.get(path).cloned()
 }
 
-pub(super) fn put(path: &Path, id: Identity, record: Arc<ModSeqs>) {
+pub(super) fn put(path: &Path, known: Arc<Known>) {
     if let Ok(mut records) = records().lock() {
         if records.len() >= MAX_FOLDERS && !records.contains_key(path) {
             records.clear();
         }
-        records.insert(path.to_owned(), (id, record));
+        records.insert(path.to_owned(), known);
+    }
+}
+
+/// Forgets the file at `path`, as a process that just started knows none.
+#[cfg(test)]
+pub(super) fn forget(path: &Path) {
+    if let Ok(mut records) = records().lock() {
+        records.remove(path);
     }
 }

@@ -1,3 +1,5 @@
+use std::io::Write as _;
+
 use inetkit_maildir::{FlagChange, Folder, Store};
 use inetkit_runtime::testing::TempDir;
 
@@ -214,4 +216,217 @@ fn a_record_from_an_earlier_boot_moves_on() {
     // Saved with this boot: it moves on once.
     assert_eq!(sync(folder.path(), &folder.snapshot().unwrap()), after);
     assert_eq!(current(folder.path(), snap.uid_validity), after);
+}
+
+/// The record as a process that never saw the folder reads it.
+fn read_afresh(folder: &Folder, uid_validity: u32) -> ModSeqs {
+    cache::forget(&folder.path().join(FILE));
+    current(folder.path(), uid_validity)
+}
+
+fn inode(path: &std::path::Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+#[test]
+fn a_change_is_appended_and_read_back_the_same() {
+    let (_root, folder) = inbox(40);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    sync(folder.path(), &snap);
+    let path = folder.path().join(FILE);
+    let (ino, mut size) = (inode(&path), std::fs::metadata(&path).unwrap().len());
+    for (i, msg) in snap.messages.iter().take(10).enumerate() {
+        let mut msg = msg.clone();
+        let flag = if i % 2 == 0 {
+            Flags::SEEN
+        } else {
+            Flags::FLAGGED
+        };
+        folder
+            .update_flags(&mut msg, FlagChange::Add(flag))
+            .unwrap();
+        let after = note(folder.path(), validity, std::slice::from_ref(&msg));
+        // One message's line and a commit, to the same file: not the 40 lines again.
+        let grown = std::fs::metadata(&path).unwrap().len();
+        assert!(grown > size && grown - size < 80, "{size} -> {grown}");
+        assert_eq!(inode(&path), ino);
+        size = grown;
+        assert_eq!(read_afresh(&folder, validity), after);
+    }
+    // Expunges and arrivals found by a look are appended too.
+    folder.delete(&snap.messages[20..25]).unwrap();
+    Store::new(folder.path().parent().unwrap())
+        .deliver("alice", &mut &b"Subject: new\r\n\r\nx\r\n"[..])
+        .unwrap();
+    let after = sync(folder.path(), &folder.snapshot().unwrap());
+    assert_eq!(inode(&path), ino);
+    assert_eq!(
+        after.vanished_since(after.highest() - 1),
+        Vanished::Known((21..=25).collect())
+    );
+    assert_eq!(read_afresh(&folder, validity), after);
+    // A process that read the file before reads only what was added since, to the same end.
+    let mut msg = folder.snapshot().unwrap().messages[0].clone();
+    folder
+        .update_flags(&mut msg, FlagChange::Add(Flags::REPLIED))
+        .unwrap();
+    let read_before = read_afresh(&folder, validity);
+    let noted = note(folder.path(), validity, std::slice::from_ref(&msg));
+    assert_ne!(noted, read_before);
+    assert_eq!(current(folder.path(), validity), noted);
+    assert_eq!(read_afresh(&folder, validity), noted);
+}
+
+#[test]
+fn appended_changes_are_compacted_when_they_outgrow_the_base() {
+    let (_root, folder) = inbox(3);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    sync(folder.path(), &snap);
+    let path = folder.path().join(FILE);
+    let ino = inode(&path);
+    let mut msg = snap.messages[0].clone();
+    let mut rewritten = false;
+    for i in 0..3_000 {
+        let flag = if i % 2 == 0 {
+            Flags::SEEN
+        } else {
+            Flags::EMPTY
+        };
+        folder
+            .update_flags(&mut msg, FlagChange::Set(flag))
+            .unwrap();
+        note(folder.path(), validity, std::slice::from_ref(&msg));
+        if inode(&path) != ino {
+            rewritten = true;
+            break;
+        }
+    }
+    assert!(rewritten, "never compacted");
+    let len = std::fs::metadata(&path).unwrap().len();
+    assert!(len < 400, "the compacted file is {len} bytes");
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert_eq!(text.lines().filter(|l| l.starts_with("h ")).count(), 1);
+    let record = current(folder.path(), validity);
+    assert_eq!(read_afresh(&folder, validity), record);
+}
+
+#[test]
+fn a_tail_cut_short_is_ignored_until_the_next_change_compacts_it() {
+    let (_root, folder) = inbox(3);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    let before = sync(folder.path(), &snap);
+    let path = folder.path().join(FILE);
+    // Half a block: a line without its commit, and a commit without its newline.
+    let mut file = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&path)
+        .unwrap();
+    let highest = before.highest() + 1;
+    write!(file, "m 1 {highest} S\nh {highest} ").unwrap();
+    drop(file);
+    assert_eq!(current(folder.path(), validity), before);
+    assert_eq!(read_afresh(&folder, validity), before);
+    // The next change does not append after the torn tail: it rewrites the file.
+    let ino = inode(&path);
+    let mut msg = snap.messages[1].clone();
+    folder
+        .update_flags(&mut msg, FlagChange::Add(Flags::DRAFT))
+        .unwrap();
+    let after = note(folder.path(), validity, std::slice::from_ref(&msg));
+    assert_ne!(inode(&path), ino);
+    assert_eq!(after.of(1), before.of(1));
+    assert_eq!(read_afresh(&folder, validity), after);
+}
+
+#[test]
+fn a_file_rewritten_in_place_is_read_whole() {
+    let (_root, folder) = inbox(3);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    let known = sync(folder.path(), &snap);
+    let (h, floor) = (known.highest(), known.floor);
+    let path = folder.path().join(FILE);
+    // Other bytes in the same inode (as a file renamed over this one may reuse it), longer,
+    // and from where this process stopped reading, a valid block: the last commit line is
+    // not where it was, so they are not taken for lines appended to the known record, and
+    // read whole they are damaged (a commit below the header's number).
+    let text = std::fs::read_to_string(&path).unwrap();
+    let commit = format!("h {h} {floor}\n");
+    assert!(text.ends_with(&commit));
+    let mut other = text.replace(&commit, &format!("h {} {floor}\n", h - 1));
+    let next = h + 1;
+    other.push_str(&format!("m 1 {next} S\nh {next} {floor}\n"));
+    std::fs::write(&path, other).unwrap();
+    let read = current(folder.path(), validity);
+    assert!(
+        read.highest() > next,
+        "{} was taken as appended",
+        read.highest()
+    );
+    assert_eq!(read.vanished_since(next), Vanished::Unknown);
+}
+
+#[test]
+fn replaying_the_appended_lines_gives_the_record_exactly() {
+    // Every UID expunged at once, more than the expunge record keeps: bound() forgets some
+    // of them at once, and a replay must forget the same ones.
+    let mut before = ModSeqs::fresh(1, 0);
+    let h = before.highest;
+    let n = MAX_VANISHED as u32 + 7;
+    for uid in 1..=n {
+        let flags = if uid % 3 == 0 {
+            Flags::SEEN
+        } else {
+            Flags::EMPTY
+        };
+        before.messages.insert(uid, Entry { modseq: h, flags });
+    }
+    fn expunge_all(r: &mut ModSeqs, n: u32) {
+        let next = r.highest + 1;
+        for uid in 1..=n {
+            r.messages.remove(&uid);
+            r.vanished.insert(uid, next);
+        }
+        r.highest = next;
+        r.bound();
+    }
+    fn flag_arrive_and_expunge(r: &mut ModSeqs, n: u32) {
+        let next = r.highest + 1;
+        let flags = Flags::FLAGGED | Flags::from_maildir("ab");
+        for uid in (1..=n).step_by(7) {
+            r.messages.insert(
+                uid,
+                Entry {
+                    modseq: next,
+                    flags,
+                },
+            );
+        }
+        let flags = Flags::EMPTY;
+        r.messages.insert(
+            n + 1,
+            Entry {
+                modseq: next,
+                flags,
+            },
+        );
+        r.messages.remove(&2);
+        r.vanished.insert(2, next);
+        r.highest = next;
+        r.bound();
+    }
+    let cases: [fn(&mut ModSeqs, u32); 2] = [expunge_all, flag_arrive_and_expunge];
+    for change in cases {
+        let mut after = before.clone();
+        change(&mut after, n);
+        let lines = file::changes(&before, &after);
+        let mut replayed = before.clone();
+        let done = file::replay(&mut replayed, &lines, false).unwrap();
+        assert_eq!(done.commits, 1);
+        assert_eq!(replayed, after);
+    }
 }
