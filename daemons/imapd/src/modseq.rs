@@ -33,6 +33,7 @@
 use std::collections::BTreeMap;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use imap_codec::imap_types::core::Vec1;
@@ -102,6 +103,12 @@ pub(crate) fn range_sequence(ranges: &[(u32, u32)]) -> Option<SequenceSet> {
 struct Entry {
     modseq: u64,
     flags: Flags,
+}
+
+impl Entry {
+    fn new(modseq: u64, flags: Flags) -> Entry {
+        Entry { modseq, flags }
+    }
 }
 
 /// A folder's mod-sequences as last read or updated.
@@ -191,73 +198,67 @@ impl ModSeqs {
         )
     }
 
-    /// Brings the record up to the folder as `snapshot` saw it: new messages and changed
-    /// flags get the next mod-sequence, UIDs gone are recorded as expunged. Returns whether
-    /// anything changed.
+    /// What a look at the folder as `snapshot` saw it changes: new messages and changed
+    /// flags (to be given `next`), and UIDs gone. Read-only, one walk over both lists (in UID
+    /// order): most looks change nothing, and then the record is not copied.
     ///
     /// `current` says whether the snapshot's file name (so its flags) is still the message's:
     /// a snapshot taken just before another session's change must not record the old flags
     /// as a change of their own.
-    fn sync(&mut self, snapshot: &Snapshot, current: &dyn Fn(&MessageInfo) -> bool) -> bool {
-        let next = self.highest + 1;
-        let mut changed = self.note(&snapshot.messages, next, current);
-        // Only UIDs below the snapshot's UIDNEXT can be judged gone: a newer one arrived
-        // after it was taken (and another session recorded it).
-        let present: std::collections::HashSet<u32> =
-            snapshot.messages.iter().map(|m| m.uid).collect();
-        let gone: Vec<u32> = self
-            .messages
-            .range(..snapshot.uid_next)
-            .map(|(&uid, _)| uid)
-            .filter(|uid| !present.contains(uid))
-            .collect();
-        for uid in gone {
-            self.messages.remove(&uid);
-            self.vanished.insert(uid, next);
-            changed = true;
-        }
-        if changed {
-            self.highest = next;
-            self.bound();
-        }
-        changed
-    }
-
-    /// Records these messages' flags (a partial look: nothing is judged gone), giving the
-    /// changed and new ones `next`.
-    fn note(
-        &mut self,
-        messages: &[MessageInfo],
+    fn look(
+        &self,
+        snapshot: &Snapshot,
         next: u64,
         current: &dyn Fn(&MessageInfo) -> bool,
-    ) -> bool {
-        let mut changed = false;
-        for msg in messages {
-            // An expunged message seen again is a stale look at the folder.
-            if self.vanished.contains_key(&msg.uid) {
-                continue;
+    ) -> (Vec<(u32, Entry)>, Vec<u32>) {
+        let (mut noted, mut gone) = (Vec::new(), Vec::new());
+        // Only UIDs below the snapshot's UIDNEXT can be judged gone: a newer one arrived
+        // after it was taken (and another session recorded it).
+        let mut known = self.messages.range(..snapshot.uid_next).peekable();
+        for msg in &snapshot.messages {
+            while let Some((&uid, _)) = known.next_if(|(&uid, _)| uid < msg.uid) {
+                gone.push(uid);
             }
-            let entry = Entry {
-                modseq: next,
-                flags: msg.flags,
+            let entry = match known.next_if(|(&uid, _)| uid == msg.uid) {
+                Some((_, entry)) => Some(entry),
+                None => self.messages.get(&msg.uid),
             };
-            match self.messages.get_mut(&msg.uid) {
-                Some(e) if e.flags == msg.flags => {}
-                Some(_) if !current(msg) => {}
-                Some(e) => {
-                    *e = entry;
-                    changed = true;
-                }
-                None => {
-                    self.messages.insert(msg.uid, entry);
-                    changed = true;
-                }
+            let changed = match entry {
+                Some(e) => e.flags != msg.flags && current(msg),
+                // An expunged message seen again is a stale look at the folder.
+                None => !self.vanished.contains_key(&msg.uid),
+            };
+            if changed {
+                noted.push((msg.uid, Entry::new(next, msg.flags)));
             }
         }
-        if changed {
-            self.highest = next;
+        gone.extend(known.map(|(&uid, _)| uid));
+        (noted, gone)
+    }
+
+    /// Applies what a look or a session's own change found, at mod-sequence `next`.
+    fn apply(&mut self, noted: Vec<(u32, Entry)>, gone: &[u32], next: u64) {
+        self.messages.extend(noted);
+        for &uid in gone {
+            if self.messages.remove(&uid).is_some() {
+                self.vanished.insert(uid, next);
+            }
         }
-        changed
+        self.highest = next;
+        self.bound();
+    }
+
+    /// A session's own flag changes to these messages (a partial look: nothing is judged
+    /// gone), as [`ModSeqs::look`] finds them.
+    fn noted(&self, messages: &[MessageInfo], next: u64) -> Vec<(u32, Entry)> {
+        messages
+            .iter()
+            .filter(|msg| match self.messages.get(&msg.uid) {
+                Some(e) => e.flags != msg.flags,
+                None => !self.vanished.contains_key(&msg.uid),
+            })
+            .map(|msg| (msg.uid, Entry::new(next, msg.flags)))
+            .collect()
     }
 
     /// Forgets the oldest expunges past [`MAX_VANISHED`], raising the floor to them.
@@ -277,42 +278,49 @@ impl ModSeqs {
 
 /// The folder's record, brought up to `snapshot` (and saved when that changed it). Never
 /// fails: a record that cannot be saved is still right for this look, and logged.
-pub(crate) fn sync(folder: &Path, snapshot: &Snapshot) -> ModSeqs {
+pub(crate) fn sync(folder: &Path, snapshot: &Snapshot) -> Arc<ModSeqs> {
     let current = |msg: &MessageInfo| folder.join(msg.file()).exists();
-    update(folder, snapshot.uid_validity, |r| {
-        r.sync(snapshot, &current)
+    update(folder, snapshot.uid_validity, |record| {
+        let next = record.highest + 1;
+        let (noted, gone) = record.look(snapshot, next, &current);
+        changing(record, noted, &gone, next)
     })
 }
 
 /// The folder's record after this session changed these messages' flags.
-pub(crate) fn note(folder: &Path, uid_validity: u32, messages: &[MessageInfo]) -> ModSeqs {
-    update(folder, uid_validity, |r| {
-        let next = r.highest + 1;
-        r.note(messages, next, &|_| true)
+pub(crate) fn note(folder: &Path, uid_validity: u32, messages: &[MessageInfo]) -> Arc<ModSeqs> {
+    update(folder, uid_validity, |record| {
+        let next = record.highest + 1;
+        let noted = record.noted(messages, next);
+        changing(record, noted, &[], next)
     })
 }
 
 /// The folder's record after this session expunged these UIDs.
-pub(crate) fn note_expunged(folder: &Path, uid_validity: u32, uids: &[u32]) -> ModSeqs {
-    update(folder, uid_validity, |r| {
-        let next = r.highest + 1;
-        let mut changed = false;
-        for uid in uids {
-            if r.messages.remove(uid).is_some() {
-                r.vanished.insert(*uid, next);
-                changed = true;
-            }
-        }
-        if changed {
-            r.highest = next;
-            r.bound();
-        }
-        changed
+pub(crate) fn note_expunged(folder: &Path, uid_validity: u32, uids: &[u32]) -> Arc<ModSeqs> {
+    update(folder, uid_validity, |record| {
+        let next = record.highest + 1;
+        let gone: Vec<u32> = uids
+            .iter()
+            .copied()
+            .filter(|uid| record.messages.contains_key(uid))
+            .collect();
+        changing(record, Vec::new(), &gone, next)
     })
 }
 
+/// Applies a change to the record, copying it first if others share it; whether there was
+/// any.
+fn changing(record: &mut Arc<ModSeqs>, noted: Vec<(u32, Entry)>, gone: &[u32], next: u64) -> bool {
+    if noted.is_empty() && gone.is_empty() {
+        return false;
+    }
+    Arc::make_mut(record).apply(noted, gone, next);
+    true
+}
+
 /// The folder's record as saved now (a fresh one when missing or corrupt, not saved).
-pub(crate) fn current(folder: &Path, uid_validity: u32) -> ModSeqs {
+pub(crate) fn current(folder: &Path, uid_validity: u32) -> Arc<ModSeqs> {
     load(folder, uid_validity).record
 }
 

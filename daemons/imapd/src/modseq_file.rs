@@ -35,8 +35,8 @@ pub(super) const COMPACT_AT: u64 = 64 * 1024;
 
 /// A record as loaded for a change or a look.
 pub(super) struct Loaded {
-    /// As the file says (or rebuilt).
-    pub(super) record: ModSeqs,
+    /// As the file says (or rebuilt): shared with the cache until changed.
+    pub(super) record: Arc<ModSeqs>,
     /// Rebuilt or moved on, so it must be written whole.
     rebuilt: bool,
     /// The file as read, when a change can be appended to it.
@@ -49,8 +49,8 @@ pub(super) struct Loaded {
 pub(super) fn update(
     folder: &Path,
     uid_validity: u32,
-    change: impl Fn(&mut ModSeqs) -> bool,
-) -> ModSeqs {
+    change: impl Fn(&mut Arc<ModSeqs>) -> bool,
+) -> Arc<ModSeqs> {
     let mut unlocked = load(folder, uid_validity);
     if !change(&mut unlocked.record) && !unlocked.rebuilt {
         return unlocked.record;
@@ -114,7 +114,7 @@ pub(super) fn load(folder: &Path, uid_validity: u32) -> Loaded {
         return Loaded::rebuilt(record);
     }
     Loaded {
-        record: (*known.record).clone(),
+        record: known.record.clone(),
         rebuilt: false,
         appendable: known.appendable().then_some(known),
     }
@@ -123,7 +123,7 @@ pub(super) fn load(folder: &Path, uid_validity: u32) -> Loaded {
 impl Loaded {
     fn rebuilt(record: ModSeqs) -> Loaded {
         Loaded {
-            record,
+            record: Arc::new(record),
             rebuilt: true,
             appendable: None,
         }
@@ -206,7 +206,7 @@ fn read_appended(file: &mut File, known: &Known, id: Identity) -> std::io::Resul
 
 /// Appends the change from the record `known` holds to `record` (the lock is held, so
 /// nobody else wrote since it was read).
-fn append(folder: &Path, known: &Known, record: &ModSeqs) -> std::io::Result<()> {
+fn append(folder: &Path, known: &Known, record: &Arc<ModSeqs>) -> std::io::Result<()> {
     let path = folder.join(FILE);
     let lines = changes(&known.record, record);
     let mut file = OpenOptions::new().append(true).open(&path)?;
@@ -218,7 +218,7 @@ fn append(folder: &Path, known: &Known, record: &ModSeqs) -> std::io::Result<()>
             &path,
             Arc::new(Known {
                 id,
-                record: Arc::new(record.clone()),
+                record: record.clone(),
                 end,
                 base: known.base,
                 commit: Some(commit_line(record)),
@@ -229,21 +229,22 @@ fn append(folder: &Path, known: &Known, record: &ModSeqs) -> std::io::Result<()>
 }
 
 /// Writes the record whole: a temp file renamed over the old one.
-fn save(folder: &Path, record: &ModSeqs) -> std::io::Result<()> {
+fn save(folder: &Path, record: &Arc<ModSeqs>) -> std::io::Result<()> {
     let temp = folder.join(format!("{FILE}.tmp"));
     let mut file = File::create(&temp)?;
     let text = to_text(record);
     file.write_all(text.as_bytes())?;
-    let id = Identity::of(&file.metadata()?);
     let path = folder.join(FILE);
     std::fs::rename(&temp, &path)?;
-    // The lock is held: nobody replaced it since.
+    // After the rename, which changes the file's ctime. The lock is held: nobody replaced
+    // it since.
+    let id = Identity::of(&file.metadata()?);
     let end = text.len() as u64;
     cache::put(
         &path,
         Arc::new(Known {
             id,
-            record: Arc::new(record.clone()),
+            record: record.clone(),
             end,
             base: end,
             commit: Some(commit_line(record)),

@@ -26,8 +26,10 @@ fn arrival_flag_change_and_expunge_move_the_modseq() {
     let first = sync(folder.path(), &snap);
     let h0 = first.highest();
     assert!((1..=3).all(|uid| first.of(uid) == h0));
-    // Nothing changed: nothing moves, nothing is written.
+    // Nothing changed: nothing moves, nothing is written, nothing is copied (the record is
+    // the one this process holds).
     assert_eq!(sync(folder.path(), &snap), first);
+    assert!(Arc::ptr_eq(&sync(folder.path(), &snap), &first));
 
     let mut msg = snap.messages[1].clone();
     folder
@@ -219,7 +221,7 @@ fn a_record_from_an_earlier_boot_moves_on() {
 }
 
 /// The record as a process that never saw the folder reads it.
-fn read_afresh(folder: &Folder, uid_validity: u32) -> ModSeqs {
+fn read_afresh(folder: &Folder, uid_validity: u32) -> Arc<ModSeqs> {
     cache::forget(&folder.path().join(FILE));
     current(folder.path(), uid_validity)
 }

@@ -42,7 +42,7 @@ pub(crate) struct Selected {
     /// refresh reads the folder itself.
     pub own_change: bool,
     /// The folder's mod-sequences as of our view (CONDSTORE), and what the client enabled.
-    pub modseqs: ModSeqs,
+    pub modseqs: Arc<ModSeqs>,
     pub resync: Resync,
 }
 
@@ -328,7 +328,7 @@ impl Selected {
             .collect();
         let newer = modseq::note(self.folder.path(), self.uid_validity, &changed);
         let uids: Vec<u32> = changed.iter().map(|m| m.uid).collect();
-        self.modseqs.adopt(&newer, &uids);
+        Arc::make_mut(&mut self.modseqs).adopt(&newer, &uids);
         for (&i, msg) in indexes.iter().zip(msgs) {
             self.messages[i] = msg;
         }
@@ -411,7 +411,7 @@ impl Selected {
         self.folder.delete(&doomed)?;
         let uids: Vec<u32> = doomed.iter().map(|m| m.uid).collect();
         let newer = modseq::note_expunged(self.folder.path(), self.uid_validity, &uids);
-        self.modseqs.adopt(&newer, &uids);
+        Arc::make_mut(&mut self.modseqs).adopt(&newer, &uids);
         let mut lines = Vec::new();
         self.remove(indexes, &mut lines);
         if let Some(out) = out {

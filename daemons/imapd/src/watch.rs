@@ -1,20 +1,28 @@
-//! Which folders changed: inotify (through `notify`) on the `new/` and `cur/` directories of
-//! every folder some session has selected. A change bumps the folder's generation and wakes
-//! sessions in IDLE; sessions compare generations instead of rescanning directories.
+//! Which folders changed: inotify on the `new/` and `cur/` directories of every folder some
+//! session has selected. A change bumps the folder's generation and wakes sessions in IDLE;
+//! sessions compare generations instead of rescanning directories.
+//!
+//! Only what changes a folder's listing is asked of the kernel (a file created, renamed,
+//! removed or written, a directory gone): not reads. Every FETCH opens message files, and a
+//! watcher told of every open (as the `notify` crate asks) woke for each, which was half of
+//! imapd's CPU under imaptest's persistent sessions.
 //!
 //! The folder's last snapshot is kept with the generation it was taken at, so that the sessions
 //! of one folder scan it once per change rather than once each. The generation is read before
 //! the snapshot: a change the snapshot missed has bumped it since, so nothing is served stale.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::os::fd::AsFd;
 use std::os::unix::fs::MetadataExt;
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use inetkit_maildir::Snapshot;
-use notify::{Event, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use tokio::sync::Notify;
 
 struct Entry {
@@ -47,10 +55,156 @@ fn dir_ids(folder: &Path) -> Option<[(u64, u64); 2]> {
 }
 
 type Map = Arc<Mutex<HashMap<PathBuf, Entry>>>;
+/// The folder each watch descriptor reports for.
+type Descriptors = Arc<Mutex<HashMap<WatchDescriptor, PathBuf>>>;
+
+/// What changes a folder's listing: a message arriving (created, or renamed in from `tmp/`),
+/// its flags changing (a rename within `cur/`), an expunge, the directory itself going.
+const MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::ONLYDIR);
 
 pub struct Watches {
     folders: Map,
-    watcher: Mutex<Option<RecommendedWatcher>>,
+    watcher: Mutex<Option<Kernel>>,
+}
+
+/// The inotify instance's watches, added and removed here while a thread of its own reads
+/// its events (and stops when this goes: see [`Kernel::start`]).
+struct Kernel {
+    watches: inotify::Watches,
+    descriptors: Descriptors,
+    /// A watched directory's descriptor, to remove it.
+    by_dir: HashMap<PathBuf, WatchDescriptor>,
+    /// Its other end is in the reader thread: dropping this wakes and stops it.
+    _stop: UnixStream,
+    /// Events the kernel reported (which the tests read).
+    #[cfg_attr(not(test), allow(dead_code))]
+    reports: Arc<AtomicU64>,
+}
+
+impl Kernel {
+    fn start(folders: Map) -> std::io::Result<Kernel> {
+        let inotify = Inotify::init()?;
+        let (stop, stopped) = UnixStream::pair()?;
+        let descriptors = Descriptors::default();
+        let reports = Arc::new(AtomicU64::new(0));
+        let kernel = Kernel {
+            watches: inotify.watches(),
+            descriptors: descriptors.clone(),
+            by_dir: HashMap::new(),
+            _stop: stop,
+            reports: reports.clone(),
+        };
+        let reader = Reader {
+            descriptors,
+            folders,
+            reports,
+        };
+        std::thread::Builder::new()
+            .name("imapd-inotify".into())
+            .spawn(move || reader.run(inotify, &stopped))?;
+        Ok(kernel)
+    }
+
+    fn watch(&mut self, dir: PathBuf, folder: &Path) -> std::io::Result<()> {
+        let wd = self.watches.add(&dir, MASK)?;
+        if let Ok(mut descriptors) = self.descriptors.lock() {
+            descriptors.insert(wd.clone(), folder.to_owned());
+        }
+        self.by_dir.insert(dir, wd);
+        Ok(())
+    }
+
+    fn unwatch(&mut self, dir: &Path) {
+        if let Some(wd) = self.by_dir.remove(dir) {
+            if let Ok(mut descriptors) = self.descriptors.lock() {
+                descriptors.remove(&wd);
+            }
+            let _ = self.watches.remove(wd);
+        }
+    }
+}
+
+/// What the reader thread shares with the [`Kernel`] and the [`Watches`].
+struct Reader {
+    descriptors: Descriptors,
+    folders: Map,
+    reports: Arc<AtomicU64>,
+}
+
+impl Reader {
+    /// Bumps the folders the kernel reports, once per folder per read, until the `stopped`
+    /// socket's other end is dropped.
+    fn run(self, mut inotify: Inotify, stopped: &UnixStream) {
+        let Reader {
+            descriptors,
+            folders: map,
+            reports,
+        } = self;
+        let mut buffer = [0u8; 8192];
+        loop {
+            let mut fds = [
+                PollFd::new(inotify.as_fd(), PollFlags::POLLIN),
+                PollFd::new(stopped.as_fd(), PollFlags::POLLIN),
+            ];
+            match poll(&mut fds, PollTimeout::NONE) {
+                Ok(_) => {}
+                Err(nix::errno::Errno::EINTR) => continue,
+                Err(_) => return,
+            }
+            if fds[1].any().unwrap_or(true) {
+                return;
+            }
+            let events = match inotify.read_events(&mut buffer) {
+                Ok(events) => events,
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(err) => {
+                    tracing::warn!(error = %err, "inotify failed: folders are taken as changed");
+                    bump_all(&map);
+                    return;
+                }
+            };
+            let mut changed = HashSet::new();
+            let Ok(mut by_wd) = descriptors.lock() else {
+                return;
+            };
+            for event in events {
+                reports.fetch_add(1, Ordering::Relaxed);
+                if event.mask.contains(EventMask::Q_OVERFLOW) {
+                    // Events were lost: any folder may have changed.
+                    drop(by_wd);
+                    bump_all(&map);
+                    changed.clear();
+                    break;
+                }
+                let folder = if event.mask.contains(EventMask::IGNORED) {
+                    // The directory is gone (or its watch removed).
+                    by_wd.remove(&event.wd)
+                } else {
+                    by_wd.get(&event.wd).cloned()
+                };
+                changed.extend(folder);
+            }
+            if changed.is_empty() {
+                continue;
+            }
+            if let Ok(folders) = map.lock() {
+                for folder in &changed {
+                    if let Some(entry) = folders.get(folder) {
+                        entry.generation.fetch_add(1, Ordering::SeqCst);
+                        entry.changed.notify_waiters();
+                    }
+                }
+            }
+        }
+    }
 }
 
 impl Watches {
@@ -67,34 +221,8 @@ impl Watches {
     /// directory modification times.
     pub fn new() -> Arc<Watches> {
         let folders: Map = Arc::default();
-        let map = folders.clone();
-        let watcher = notify::recommended_watcher(move |event: notify::Result<Event>| {
-            let Ok(event) = event else {
-                // An error (queue overflow): treat every folder as changed.
-                bump_all(&map);
-                return;
-            };
-            if event.need_rescan() {
-                bump_all(&map);
-                return;
-            }
-            // Reading a message is no change.
-            if matches!(event.kind, EventKind::Access(_)) {
-                return;
-            }
-            let Ok(folders) = map.lock() else { return };
-            for path in &event.paths {
-                // <folder>/new/<file> or <folder>/cur/<file> (or the directory itself).
-                for folder in path.ancestors().skip(1).take(2) {
-                    if let Some(entry) = folders.get(folder) {
-                        entry.generation.fetch_add(1, Ordering::SeqCst);
-                        entry.changed.notify_waiters();
-                    }
-                }
-            }
-        });
-        let watcher = match watcher {
-            Ok(w) => Some(w),
+        let watcher = match Kernel::start(folders.clone()) {
+            Ok(kernel) => Some(kernel),
             Err(err) => {
                 tracing::warn!(error = %err, "no inotify: folders are checked by modification time");
                 None
@@ -107,10 +235,6 @@ impl Watches {
     }
 
     /// Starts (or joins) watching a folder; `None` if it cannot be watched.
-    ///
-    /// `notify` adds a watch by asking its event thread and waiting for the answer, and that
-    /// thread runs our handler, which takes the folder map's lock: so the map is never locked
-    /// while the watcher is called.
     pub fn watch(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
         if let Some(watch) = self.join(folder) {
             return Some(watch);
@@ -121,9 +245,9 @@ impl Watches {
             let mut watcher = self.watcher.lock().ok()?;
             let watcher = watcher.as_mut()?;
             for sub in ["new", "cur"] {
-                if let Err(err) = watcher.watch(&folder.join(sub), RecursiveMode::NonRecursive) {
+                if let Err(err) = watcher.watch(folder.join(sub), folder) {
                     tracing::warn!(folder = %folder.display(), error = %err, "cannot watch a folder");
-                    let _ = watcher.unwatch(&folder.join("new"));
+                    watcher.unwatch(&folder.join("new"));
                     return None;
                 }
             }
@@ -197,8 +321,8 @@ impl Watches {
         }
         if let Some(w) = watcher.as_mut() {
             for (folder, _) in stale {
-                let _ = w.unwatch(&folder.join("new"));
-                let _ = w.unwatch(&folder.join("cur"));
+                w.unwatch(&folder.join("new"));
+                w.unwatch(&folder.join("cur"));
             }
         }
     }
@@ -274,3 +398,7 @@ impl Drop for Watch {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "watch_tests.rs"]
+mod tests;

@@ -1,0 +1,93 @@
+use std::io::Read as _;
+use std::time::Duration;
+
+use inetkit_maildir::{FlagChange, Flags, Folder, Store};
+use inetkit_runtime::testing::TempDir;
+
+use super::*;
+
+/// Waits (a bounded while) until `done` holds.
+fn eventually(what: &str, done: impl Fn() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !done() {
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn deliver(store: &Store) {
+    store
+        .deliver("alice", &mut &b"Subject: hi\r\n\r\nbody\r\n"[..])
+        .expect("delivery");
+}
+
+#[test]
+fn listing_changes_bump_the_generation_and_reading_does_not() {
+    let root = TempDir::new("imapd-watch");
+    let store = Store::new(root.path().join("mail"));
+    deliver(&store);
+    let mailbox = store.mailbox("alice").unwrap();
+    let inbox: Folder = mailbox.inbox();
+    let other = mailbox.create("Other").unwrap();
+    let watches = Watches::new();
+    let watch = watches.watch(inbox.path()).expect("inotify");
+    let sentinel = watches.watch(other.path()).expect("inotify");
+
+    // A delivery (a rename from tmp/ into new/).
+    let before = watch.generation();
+    deliver(&store);
+    eventually("a delivery is seen", || watch.generation() > before);
+
+    // Reading every message, three times, then a change elsewhere: the kernel reports in
+    // order, so once the other folder's change is seen, any report of the reads would have
+    // been too. Not even reported: no wake-up of the reader per message read.
+    let snapshot = inbox.snapshot().unwrap();
+    let before = watch.generation();
+    let reports = || {
+        let kernel = watches.watcher.lock().unwrap();
+        kernel.as_ref().unwrap().reports.load(Ordering::Relaxed)
+    };
+    eventually("the delivery's reports are all read", || {
+        let seen = reports();
+        std::thread::sleep(Duration::from_millis(50));
+        reports() == seen
+    });
+    let reports_before = reports();
+    for _ in 0..3 {
+        for msg in &snapshot.messages {
+            let mut text = String::new();
+            std::fs::File::open(inbox.path().join(msg.file()))
+                .and_then(|mut f| f.read_to_string(&mut text))
+                .unwrap();
+            assert!(text.contains("body"));
+        }
+    }
+    let other_before = sentinel.generation();
+    // Made in place (not as Maildir delivers): a create and a close after writing.
+    std::fs::write(other.path().join("cur").join("1.sentinel:2,"), "x").unwrap();
+    eventually("the other folder's change is seen", || {
+        sentinel.generation() > other_before && reports() >= reports_before + 2
+    });
+    assert_eq!(watch.generation(), before, "reading counted as a change");
+    assert_eq!(reports(), reports_before + 2, "reads were reported");
+
+    // A flag change (a rename within cur/) and an expunge (an unlink).
+    let mut msg = snapshot.messages[0].clone();
+    inbox
+        .update_flags(&mut msg, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    eventually("a flag change is seen", || watch.generation() > before);
+    let before = watch.generation();
+    inbox.delete(std::slice::from_ref(&msg)).unwrap();
+    eventually("an expunge is seen", || watch.generation() > before);
+}
+
+#[test]
+fn the_reader_thread_stops_with_the_watches() {
+    let watches = Watches::new();
+    let folders = Arc::downgrade(&watches.folders);
+    assert!(watches.watcher.lock().unwrap().is_some(), "no inotify here");
+    drop(watches);
+    // The thread held the folder map; it lets go when it ends.
+    eventually("the reader thread ends", || folders.upgrade().is_none());
+}
