@@ -23,7 +23,7 @@ use inetkit_maildir::Flags;
 use nix::fcntl::{Flock, FlockArg};
 
 use super::cache::{self, Identity, Known};
-use super::{Entry, ModSeqs, BOOT_GAP, MAX_MODSEQ, MAX_VANISHED};
+use super::{Entry, Expunged, ModSeqs, BOOT_GAP, MAX_MODSEQ, MAX_VANISHED};
 
 pub(crate) const FILE: &str = "inetkit-modseq";
 const LOCK: &str = "inetkit-modseq.lock";
@@ -272,7 +272,7 @@ pub(super) fn to_text(record: &ModSeqs) -> String {
         let letters = spelled.entry(e.flags).or_insert_with(|| letters(e.flags));
         let _ = writeln!(text, "m {uid} {} {letters}", e.modseq);
     }
-    for (uid, modseq) in &record.vanished {
+    for (uid, modseq) in record.vanished.iter() {
         let _ = writeln!(text, "v {uid} {modseq}");
     }
     text.push_str(&commit_line(record));
@@ -288,12 +288,15 @@ pub(super) fn changes(before: &ModSeqs, after: &ModSeqs) -> String {
     for (uid, e) in differing(&after.messages, &before.messages) {
         let _ = writeln!(text, "m {uid} {} {}", e.modseq, letters(e.flags));
     }
-    let mut expunged: BTreeMap<u32, u64> = differing(&after.vanished, &before.vanished)
-        .map(|(&uid, &modseq)| (uid, modseq))
+    // Every expunge a change records is at a mod-sequence above the record it changes.
+    let mut expunged: BTreeMap<u32, u64> = after
+        .vanished
+        .iter()
+        .filter(|&(_, modseq)| modseq > before.highest)
         .collect();
     for (&uid, _) in differing(&before.messages, &after.messages) {
         if !after.messages.contains_key(&uid) {
-            let modseq = after.vanished.get(&uid).copied().unwrap_or(after.highest);
+            let modseq = after.vanished.get(uid).unwrap_or(after.highest);
             expunged.insert(uid, modseq);
         }
     }
@@ -358,7 +361,7 @@ pub(super) fn parse(text: &str) -> Result<Parsed, Option<u64>> {
         floor,
         boot: (*boot).to_owned(),
         messages: BTreeMap::new(),
-        vanished: BTreeMap::new(),
+        vanished: Expunged::default(),
     };
     let head_len = text.len() - body.len();
     let replayed = replay(&mut record, body, true).map_err(|()| corrupt)?;
@@ -489,6 +492,7 @@ fn commit(
     if highest < record.highest || floor > highest {
         return Err(());
     }
+    let mut expunged = Vec::new();
     for line in block {
         match *line {
             Line::Message(uid, entry) if entry.modseq <= highest => {
@@ -496,9 +500,17 @@ fn commit(
             }
             Line::Expunged(uid, modseq) if modseq <= highest => {
                 record.messages.remove(&uid);
-                record.vanished.insert(uid, modseq);
+                expunged.push((modseq, uid));
             }
             _ => return Err(()),
+        }
+    }
+    if record.vanished.is_empty() {
+        // A whole record's expunges at once (sorted once, not inserted one by one).
+        record.vanished = Expunged::from_entries(expunged);
+    } else {
+        for (modseq, uid) in expunged {
+            record.vanished.insert(uid, modseq);
         }
     }
     // A compacted record holds no more expunges than it may; later blocks are bounded as

@@ -432,3 +432,21 @@ fn replaying_the_appended_lines_gives_the_record_exactly() {
         assert_eq!(replayed, after);
     }
 }
+
+#[test]
+fn expunges_are_kept_oldest_first_each_uid_once() {
+    let mut expunged = Expunged::from_entries(vec![(9, 3), (5, 7), (9, 1), (6, 3)]);
+    assert_eq!(
+        expunged.iter().collect::<Vec<_>>(),
+        [(7, 5), (1, 9), (3, 9)]
+    );
+    expunged.insert(7, 12);
+    expunged.insert(2, 10);
+    assert_eq!(expunged.get(7), Some(12));
+    assert!(!expunged.contains(4));
+    assert_eq!(expunged.since(9), [2, 7]);
+    assert_eq!(expunged.since(0), [1, 2, 3, 7]);
+    assert_eq!(expunged.keep_newest(2), Some(9));
+    assert_eq!(expunged.iter().collect::<Vec<_>>(), [(2, 10), (7, 12)]);
+    assert_eq!(expunged.keep_newest(5), None);
+}
