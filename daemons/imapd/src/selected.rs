@@ -53,6 +53,15 @@ impl Selected {
         read_only: bool,
         watches: &Arc<Watches>,
     ) -> Result<Selected, StoreError> {
+        // A folder nobody here watches yet (often one another program filled): its new
+        // messages are claimed before the kernel is asked to watch it, which would queue an
+        // event per message moved to cur/ (thousands, each a wake-up) and then make every
+        // session look again. Whatever changed in between, the look below sees.
+        let claimed = if !read_only && watches.unwatched(folder.path()) {
+            Some(folder.claim_new()?)
+        } else {
+            None
+        };
         let watch = watches.watch(folder.path());
         let generation = watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&folder);
@@ -61,8 +70,15 @@ impl Selected {
         let recent = snapshot
             .messages
             .iter()
+            .chain(claimed.iter().flat_map(|c| &c.messages))
             .filter(|m| m.recent)
             .map(|m| m.uid)
+            .filter(|uid| {
+                snapshot
+                    .messages
+                    .binary_search_by_key(uid, |m| m.uid)
+                    .is_ok()
+            })
             .collect();
         let keywords = Keywords::load(folder.path());
         let modseqs = modseq::sync(folder.path(), &snapshot);

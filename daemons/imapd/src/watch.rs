@@ -269,6 +269,20 @@ impl Watches {
         self.join(folder)
     }
 
+    /// Whether watching this folder would add a kernel watch: inotify is in use and no
+    /// session's watch of the folder's current directories is in place.
+    pub fn unwatched(&self, folder: &Path) -> bool {
+        if !self.watcher.lock().is_ok_and(|w| w.is_some()) {
+            return false;
+        }
+        let Ok(folders) = self.folders.lock() else {
+            return false;
+        };
+        folders
+            .get(folder)
+            .is_none_or(|e| e.dirs.is_none() || e.dirs != dir_ids(folder))
+    }
+
     /// Joins the folder's watch if it has one that still watches its directories.
     fn join(self: &Arc<Self>, folder: &Path) -> Option<Watch> {
         let mut folders = self.folders.lock().ok()?;

@@ -91,3 +91,54 @@ fn the_reader_thread_stops_with_the_watches() {
     // The thread held the folder map; it lets go when it ends.
     eventually("the reader thread ends", || folders.upgrade().is_none());
 }
+
+#[test]
+fn a_first_select_claims_new_mail_before_the_kernel_watches() {
+    let root = TempDir::new("imapd-watch-claim");
+    let store = Store::new(root.path().join("mail"));
+    for _ in 0..20 {
+        deliver(&store);
+    }
+    let mailbox = store.mailbox("alice").unwrap();
+    let inbox = mailbox.inbox();
+    assert_eq!(
+        std::fs::read_dir(inbox.path().join("new")).unwrap().count(),
+        20
+    );
+    let other = mailbox.create("Other").unwrap();
+    let watches = Watches::new();
+    let sentinel = watches.watch(other.path()).expect("inotify");
+    let reports = || {
+        let kernel = watches.watcher.lock().unwrap();
+        kernel.as_ref().unwrap().reports.load(Ordering::Relaxed)
+    };
+    let before = reports();
+
+    let selected = crate::selected::Selected::open(inbox.clone(), false, &watches).unwrap();
+    assert_eq!(selected.messages.len(), 20);
+    assert_eq!(
+        selected.recent.len(),
+        20,
+        "the claimed messages are \\Recent"
+    );
+    assert_eq!(
+        std::fs::read_dir(inbox.path().join("new")).unwrap().count(),
+        0
+    );
+
+    // A change elsewhere, then: the moves to cur/ were not reported (the kernel reports in
+    // order), only the sentinel's create and close.
+    let other_before = sentinel.generation();
+    std::fs::write(other.path().join("cur").join("1.sentinel:2,"), "x").unwrap();
+    eventually("the other folder's change is seen", || {
+        sentinel.generation() > other_before && reports() >= before + 2
+    });
+    assert_eq!(reports(), before + 2, "the moves to cur/ were reported");
+
+    // Watched from then on: a delivery is seen.
+    assert!(!watches.unwatched(inbox.path()));
+    let watch = watches.watch(inbox.path()).unwrap();
+    let generation = watch.generation();
+    deliver(&store);
+    eventually("a delivery is seen", || watch.generation() > generation);
+}
