@@ -214,16 +214,7 @@ fn append(folder: &Path, known: &Known, record: &Arc<ModSeqs>) -> std::io::Resul
     let id = Identity::of(&file.metadata()?);
     let end = known.end + lines.len() as u64;
     if id.same_file(&known.id) && id.size == end {
-        cache::put(
-            &path,
-            Arc::new(Known {
-                id,
-                record: record.clone(),
-                end,
-                base: known.base,
-                commit: Some(commit_line(record)),
-            }),
-        );
+        cache::put(&path, written(id, record, end, known.base));
     }
     Ok(())
 }
@@ -240,17 +231,19 @@ fn save(folder: &Path, record: &Arc<ModSeqs>) -> std::io::Result<()> {
     // it since.
     let id = Identity::of(&file.metadata()?);
     let end = text.len() as u64;
-    cache::put(
-        &path,
-        Arc::new(Known {
-            id,
-            record: record.clone(),
-            end,
-            base: end,
-            commit: Some(commit_line(record)),
-        }),
-    );
+    cache::put(&path, written(id, record, end, end));
     Ok(())
+}
+
+/// A file this process just wrote, `end` bytes long, ending with `record`'s commit.
+fn written(id: Identity, record: &Arc<ModSeqs>, end: u64, base: u64) -> Arc<Known> {
+    Arc::new(Known {
+        id,
+        record: record.clone(),
+        end,
+        base,
+        commit: Some(commit_line(record)),
+    })
 }
 
 fn commit_line(record: &ModSeqs) -> String {
