@@ -161,8 +161,8 @@ def test_a_damaged_record_is_rebuilt_above_the_old_numbers(imap):
     h0 = highest(a.command("SELECT INBOX (CONDSTORE)"))
     a.command("LOGOUT", expect=b"OK")
     record = imap.mail / "alice" / "inetkit-modseq"
-    assert record.read_text().startswith("inetkit-modseq 1 ")
-    record.write_bytes(b"inetkit-modseq 1 nonsense\n\xff\x00")
+    assert record.read_text().startswith("inetkit-modseq 2 ")
+    record.write_bytes(b"inetkit-modseq 2 nonsense\n\xff\x00")
     c = Raw(imap)
     h1 = highest(c.command("SELECT INBOX (CONDSTORE)"))
     assert h1 > h0

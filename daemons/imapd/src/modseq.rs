@@ -30,7 +30,7 @@
 //! moves its numbers on by [`BOOT_GAP`] and forgets its expunges (the clients' VANISHED
 //! then name every UID not in the folder).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 use std::sync::Arc;
@@ -138,7 +138,7 @@ impl Expunged {
     /// From entries in any order (a UID named twice keeps its latest expunge).
     fn from_entries(mut entries: Vec<(u64, u32)>) -> Expunged {
         entries.sort_unstable();
-        let mut seen = std::collections::HashSet::new();
+        let mut seen = HashSet::new();
         let mut list: Vec<(u64, u32)> = entries
             .into_iter()
             .rev()
@@ -148,6 +148,7 @@ impl Expunged {
         Expunged { list }
     }
 
+    #[cfg(test)]
     pub(crate) fn insert(&mut self, uid: u32, modseq: u64) {
         if let Some(at) = self.list.iter().rposition(|&(_, u)| u == uid) {
             self.list.remove(at);
@@ -156,8 +157,33 @@ impl Expunged {
         self.list.insert(at, (modseq, uid));
     }
 
-    /// The mod-sequence of a UID's expunge (the newest are searched first: a session looks
-    /// up its own).
+    /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one: one
+    /// pass over the list however many are added (an expunge of thousands stays linear).
+    pub(crate) fn extend(&mut self, added: impl IntoIterator<Item = (u32, u64)>) {
+        let added: Vec<(u64, u32)> = added.into_iter().map(|(u, m)| (m, u)).collect();
+        if added.is_empty() {
+            return;
+        }
+        let uids: HashSet<u32> = added.iter().map(|&(_, u)| u).collect();
+        if self.list.iter().any(|(_, u)| uids.contains(u)) {
+            self.list.retain(|(_, u)| !uids.contains(u));
+        }
+        let repeated = uids.len() < added.len();
+        self.list.extend(added);
+        if repeated {
+            *self = Expunged::from_entries(std::mem::take(&mut self.list));
+        } else if !self.list.is_sorted() {
+            self.list.sort_unstable();
+        }
+    }
+
+    /// The UIDs it holds, for many lookups.
+    fn uids(&self) -> HashSet<u32> {
+        self.list.iter().map(|&(_, u)| u).collect()
+    }
+
+    /// The mod-sequence of a UID's expunge.
+    #[cfg(test)]
     pub(crate) fn get(&self, uid: u32) -> Option<u64> {
         self.list
             .iter()
@@ -166,6 +192,7 @@ impl Expunged {
             .map(|&(m, _)| m)
     }
 
+    #[cfg(test)]
     pub(crate) fn contains(&self, uid: u32) -> bool {
         self.get(uid).is_some()
     }
@@ -251,15 +278,26 @@ impl ModSeqs {
             *self = newer.clone();
             return;
         }
+        let mut expunged = Vec::new();
         for uid in uids {
             if let Some(entry) = newer.messages.get(uid) {
                 self.messages.insert(*uid, *entry);
                 self.highest = self.highest.max(entry.modseq);
-            } else if let Some(modseq) = newer.vanished.get(*uid) {
-                self.messages.remove(uid);
-                self.vanished.insert(*uid, modseq);
+            } else {
+                expunged.push(*uid);
+            }
+        }
+        if !expunged.is_empty() {
+            let known: HashMap<u32, u64> = newer.vanished.iter().collect();
+            let adopted: Vec<(u32, u64)> = expunged
+                .into_iter()
+                .filter_map(|uid| Some((uid, *known.get(&uid)?)))
+                .collect();
+            for &(uid, modseq) in &adopted {
+                self.messages.remove(&uid);
                 self.highest = self.highest.max(modseq);
             }
+            self.vanished.extend(adopted);
         }
         self.bound();
     }
@@ -285,7 +323,7 @@ impl ModSeqs {
         next: u64,
         current: &dyn Fn(&MessageInfo) -> bool,
     ) -> (Vec<(u32, Entry)>, Vec<u32>) {
-        let (mut noted, mut gone) = (Vec::new(), Vec::new());
+        let (mut noted, mut gone, mut unknown) = (Vec::new(), Vec::new(), Vec::new());
         // Only UIDs below the snapshot's UIDNEXT can be judged gone: a newer one arrived
         // after it was taken (and another session recorded it).
         let mut known = self.messages.range(..snapshot.uid_next).peekable();
@@ -297,27 +335,42 @@ impl ModSeqs {
                 Some((_, entry)) => Some(entry),
                 None => self.messages.get(&msg.uid),
             };
-            let changed = match entry {
-                Some(e) => e.flags != msg.flags && current(msg),
-                // An expunged message seen again is a stale look at the folder.
-                None => !self.vanished.contains(msg.uid),
-            };
-            if changed {
-                noted.push((msg.uid, Entry::new(next, msg.flags)));
+            match entry {
+                Some(e) if e.flags != msg.flags && current(msg) => {
+                    noted.push((msg.uid, Entry::new(next, msg.flags)));
+                }
+                Some(_) => {}
+                None => unknown.push(msg),
             }
         }
         gone.extend(known.map(|(&uid, _)| uid));
+        noted.extend(self.new_ones(unknown, next));
         (noted, gone)
+    }
+
+    /// Messages the record does not know, as new (given `next`): all but those expunged,
+    /// which are a stale look at the folder.
+    fn new_ones(&self, unknown: Vec<&MessageInfo>, next: u64) -> Vec<(u32, Entry)> {
+        if unknown.is_empty() {
+            return Vec::new();
+        }
+        let expunged = self.vanished.uids();
+        unknown
+            .into_iter()
+            .filter(|msg| !expunged.contains(&msg.uid))
+            .map(|msg| (msg.uid, Entry::new(next, msg.flags)))
+            .collect()
     }
 
     /// Applies what a look or a session's own change found, at mod-sequence `next`.
     fn apply(&mut self, noted: Vec<(u32, Entry)>, gone: &[u32], next: u64) {
         self.messages.extend(noted);
-        for &uid in gone {
-            if self.messages.remove(&uid).is_some() {
-                self.vanished.insert(uid, next);
-            }
-        }
+        let removed: Vec<(u32, u64)> = gone
+            .iter()
+            .filter(|&uid| self.messages.remove(uid).is_some())
+            .map(|&uid| (uid, next))
+            .collect();
+        self.vanished.extend(removed);
         self.highest = next;
         self.bound();
     }
@@ -325,14 +378,19 @@ impl ModSeqs {
     /// A session's own flag changes to these messages (a partial look: nothing is judged
     /// gone), as [`ModSeqs::look`] finds them.
     fn noted(&self, messages: &[MessageInfo], next: u64) -> Vec<(u32, Entry)> {
-        messages
-            .iter()
-            .filter(|msg| match self.messages.get(&msg.uid) {
-                Some(e) => e.flags != msg.flags,
-                None => !self.vanished.contains(msg.uid),
-            })
-            .map(|msg| (msg.uid, Entry::new(next, msg.flags)))
-            .collect()
+        let mut unknown = Vec::new();
+        let mut noted: Vec<(u32, Entry)> = Vec::new();
+        for msg in messages {
+            match self.messages.get(&msg.uid) {
+                Some(e) if e.flags != msg.flags => {
+                    noted.push((msg.uid, Entry::new(next, msg.flags)));
+                }
+                Some(_) => {}
+                None => unknown.push(msg),
+            }
+        }
+        noted.extend(self.new_ones(unknown, next));
+        noted
     }
 
     /// Forgets the oldest expunges past [`MAX_VANISHED`], raising the floor to them.

@@ -27,7 +27,11 @@ use super::{Entry, Expunged, ModSeqs, BOOT_GAP, MAX_MODSEQ, MAX_VANISHED};
 
 pub(crate) const FILE: &str = "inetkit-modseq";
 const LOCK: &str = "inetkit-modseq.lock";
-const MAGIC: &str = "inetkit-modseq 1";
+/// The header's first words: version 2 has commit lines and appended blocks; a file of
+/// version 1 (written whole, no commit lines) is read and compacted to version 2 at its first
+/// change. A version-1 reader takes a version-2 file for damaged and rebuilds it.
+const MAGIC: &str = "inetkit-modseq 2";
+const MAGIC_V1: &str = "inetkit-modseq 1";
 /// A file larger than this is not read (taken as corrupt): a few million messages.
 const MAX_FILE: u64 = 256 * 1024 * 1024;
 /// Appended bytes that never force a compaction (a larger base allows as many as its size).
@@ -289,8 +293,8 @@ pub(super) fn changes(before: &ModSeqs, after: &ModSeqs) -> String {
         .collect();
     for (&uid, _) in differing(&before.messages, &after.messages) {
         if !after.messages.contains_key(&uid) {
-            let modseq = after.vanished.get(uid).unwrap_or(after.highest);
-            expunged.insert(uid, modseq);
+            // Expunged now (so in the map already), or forgotten at once by bound().
+            expunged.entry(uid).or_insert(after.highest);
         }
     }
     for (uid, modseq) in expunged {
@@ -337,7 +341,12 @@ pub(super) struct Parsed {
 /// it names one, so that a rebuilt record starts above it.
 pub(super) fn parse(text: &str) -> Result<Parsed, Option<u64>> {
     let (head, body) = text.split_once('\n').unwrap_or((text, ""));
-    let fields: Vec<&str> = head.strip_prefix(MAGIC).ok_or(None)?.split(' ').collect();
+    let (fields, v1) = match (head.strip_prefix(MAGIC), head.strip_prefix(MAGIC_V1)) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        (None, None) => return Err(None),
+    };
+    let fields: Vec<&str> = fields.split(' ').collect();
     let [_, validity, highest, floor, boot] = fields.as_slice() else {
         return Err(None);
     };
@@ -357,15 +366,23 @@ pub(super) fn parse(text: &str) -> Result<Parsed, Option<u64>> {
         vanished: Expunged::default(),
     };
     let head_len = text.len() - body.len();
-    let replayed = replay(&mut record, body, true).map_err(|()| corrupt)?;
-    if replayed.commits == 0 {
+    // A damaged block: the rebuilt record starts above what the blocks before it gave out,
+    // not only above the base's number.
+    let Ok(replayed) = replay(&mut record, body, true) else {
+        return Err(Some(record.highest));
+    };
+    match (v1, replayed.commits) {
         // The older format: whole, no commit line.
-        return Ok(Parsed {
-            record,
-            end: text.len(),
-            base: text.len(),
-            commit: None,
-        });
+        (true, 0) => {
+            return Ok(Parsed {
+                record,
+                end: text.len(),
+                base: text.len(),
+                commit: None,
+            })
+        }
+        (false, 1..) => {}
+        _ => return Err(Some(record.highest)),
     }
     Ok(Parsed {
         record,
@@ -502,9 +519,9 @@ fn commit(
         // A whole record's expunges at once (sorted once, not inserted one by one).
         record.vanished = Expunged::from_entries(expunged);
     } else {
-        for (modseq, uid) in expunged {
-            record.vanished.insert(uid, modseq);
-        }
+        record
+            .vanished
+            .extend(expunged.into_iter().map(|(modseq, uid)| (uid, modseq)));
     }
     // A compacted record holds no more expunges than it may; later blocks are bounded as
     // their writer bounded them.

@@ -450,3 +450,67 @@ fn expunges_are_kept_oldest_first_each_uid_once() {
     assert_eq!(expunged.iter().collect::<Vec<_>>(), [(2, 10), (7, 12)]);
     assert_eq!(expunged.keep_newest(5), None);
 }
+
+#[test]
+fn a_record_of_the_first_format_is_read_and_compacted_at_its_first_change() {
+    let (_root, folder) = inbox(3);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    let record = sync(folder.path(), &snap);
+    let path = folder.path().join(FILE);
+    // As version 1 wrote it: the same lines, no commit line.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (body, commit) = text.trim_end().rsplit_once('\n').unwrap();
+    assert!(commit.starts_with("h "));
+    let v1 = format!(
+        "{}\n",
+        body.replacen("inetkit-modseq 2 ", "inetkit-modseq 1 ", 1)
+    );
+    std::fs::write(&path, &v1).unwrap();
+    assert_eq!(read_afresh(&folder, validity), record);
+    let mut msg = snap.messages[0].clone();
+    folder
+        .update_flags(&mut msg, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    let after = note(folder.path(), validity, std::slice::from_ref(&msg));
+    let text = std::fs::read_to_string(&path).unwrap();
+    assert!(text.starts_with("inetkit-modseq 2 "), "{text}");
+    assert_eq!(read_afresh(&folder, validity), after);
+    // A version-2 header with no commit line at all is damage, not the first format.
+    std::fs::write(
+        &path,
+        v1.replacen("inetkit-modseq 1 ", "inetkit-modseq 2 ", 1),
+    )
+    .unwrap();
+    assert!(read_afresh(&folder, validity).highest() > after.highest());
+}
+
+#[test]
+fn a_damaged_block_is_rebuilt_above_the_numbers_the_blocks_before_it_gave() {
+    let (_root, folder) = inbox(2);
+    let snap = folder.snapshot().unwrap();
+    let validity = snap.uid_validity;
+    sync(folder.path(), &snap);
+    let path = folder.path().join(FILE);
+    let mut text = std::fs::read_to_string(&path).unwrap();
+    let base_highest = read_afresh(&folder, validity).highest();
+    // Blocks appended far above the base's number, then one damaged.
+    let far = base_highest + 1_000_000_000;
+    text.push_str(&format!(
+        "m 1 {far} S\nh {far} 0\nm 1 x S\nh {} 0\n",
+        far + 1
+    ));
+    std::fs::write(&path, text).unwrap();
+    assert!(read_afresh(&folder, validity).highest() > far);
+}
+
+#[test]
+fn expunging_many_at_once_keeps_each_uid_once_in_order() {
+    let mut expunged = Expunged::default();
+    expunged.extend((1..=5).map(|uid| (uid, 10)));
+    expunged.extend([(3, 12), (9, 11), (9, 13)]);
+    assert_eq!(
+        expunged.iter().collect::<Vec<_>>(),
+        [(1, 10), (2, 10), (4, 10), (5, 10), (3, 12), (9, 13)]
+    );
+}

@@ -70,7 +70,14 @@ impl Selected {
         let recent = snapshot
             .messages
             .iter()
-            .chain(claimed.iter().flat_map(|c| &c.messages))
+            // Claimed under the same UIDVALIDITY: a uid list rebuilt in between numbers
+            // other messages.
+            .chain(
+                claimed
+                    .iter()
+                    .filter(|c| c.uid_validity == snapshot.uid_validity)
+                    .flat_map(|c| &c.messages),
+            )
             .filter(|m| m.recent)
             .map(|m| m.uid)
             .filter(|uid| {

@@ -156,7 +156,13 @@ impl Reader {
             match poll(&mut fds, PollTimeout::NONE) {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
-                Err(_) => return,
+                Err(err) => {
+                    // Never seen; the thread stays, and nothing is missed meanwhile.
+                    tracing::warn!(error = %err, "inotify: poll failed: folders are taken as changed");
+                    bump_all(&map);
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
+                }
             }
             if fds[1].any().unwrap_or(true) {
                 return;
@@ -166,15 +172,16 @@ impl Reader {
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(err) => {
-                    tracing::warn!(error = %err, "inotify failed: folders are taken as changed");
+                    // As above: the watches go on, every folder is looked at again.
+                    tracing::warn!(error = %err, "inotify: read failed: folders are taken as changed");
                     bump_all(&map);
-                    return;
+                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    continue;
                 }
             };
             let mut changed = HashSet::new();
-            let Ok(mut by_wd) = descriptors.lock() else {
-                return;
-            };
+            // A panic elsewhere while holding the map leaves it as it was: go on with it.
+            let mut by_wd = descriptors.lock().unwrap_or_else(|e| e.into_inner());
             for event in events {
                 reports.fetch_add(1, Ordering::Relaxed);
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
