@@ -11,7 +11,7 @@
 //! The format is text (see [`file`] for how it is stored):
 //!
 //! ```text
-//! inetkit-modseq 1 <uidvalidity> <highestmodseq> <floor> <boot id>
+//! inetkit-modseq 2 <uidvalidity> <highestmodseq> <floor> <boot id>
 //! m <uid> <modseq> <maildir flags or ->
 //! v <uid> <modseq>
 //! h <highestmodseq> <floor>
@@ -129,7 +129,7 @@ pub(crate) struct ModSeqs {
 /// the front, and both are then a `memcpy`, where a map of 10,000 entries was 10,000
 /// allocations and a sort.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub(crate) struct Expunged {
+struct Expunged {
     /// Sorted by (mod-sequence, UID); each UID once.
     list: Vec<(u64, u32)>,
 }
@@ -149,7 +149,7 @@ impl Expunged {
     }
 
     #[cfg(test)]
-    pub(crate) fn insert(&mut self, uid: u32, modseq: u64) {
+    fn insert(&mut self, uid: u32, modseq: u64) {
         if let Some(at) = self.list.iter().rposition(|&(_, u)| u == uid) {
             self.list.remove(at);
         }
@@ -159,7 +159,7 @@ impl Expunged {
 
     /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one: one
     /// pass over the list however many are added (an expunge of thousands stays linear).
-    pub(crate) fn extend(&mut self, added: impl IntoIterator<Item = (u32, u64)>) {
+    fn extend(&mut self, added: impl IntoIterator<Item = (u32, u64)>) {
         let added: Vec<(u64, u32)> = added.into_iter().map(|(u, m)| (m, u)).collect();
         if added.is_empty() {
             return;
@@ -184,7 +184,7 @@ impl Expunged {
 
     /// The mod-sequence of a UID's expunge.
     #[cfg(test)]
-    pub(crate) fn get(&self, uid: u32) -> Option<u64> {
+    fn get(&self, uid: u32) -> Option<u64> {
         self.list
             .iter()
             .rev()
@@ -193,24 +193,20 @@ impl Expunged {
     }
 
     #[cfg(test)]
-    pub(crate) fn contains(&self, uid: u32) -> bool {
+    fn contains(&self, uid: u32) -> bool {
         self.get(uid).is_some()
     }
 
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.list.len()
     }
 
-    pub(crate) fn is_empty(&self) -> bool {
-        self.list.is_empty()
-    }
-
-    pub(crate) fn clear(&mut self) {
+    fn clear(&mut self) {
         self.list.clear();
     }
 
     /// (UID, mod-sequence), oldest expunge first.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
+    fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
         self.list.iter().map(|&(m, u)| (u, m))
     }
 

@@ -337,8 +337,9 @@ pub(super) struct Parsed {
     commit: Option<String>,
 }
 
-/// Parses a file's text. The error carries the highest mod-sequence the header names, when
-/// it names one, so that a rebuilt record starts above it.
+/// Parses a file's text. The error carries the highest mod-sequence the file vouches for
+/// (the header's, or the last good commit's), when it names one, so that a rebuilt record
+/// starts above it.
 pub(super) fn parse(text: &str) -> Result<Parsed, Option<u64>> {
     let (head, body) = text.split_once('\n').unwrap_or((text, ""));
     let (fields, v1) = match (head.strip_prefix(MAGIC), head.strip_prefix(MAGIC_V1)) {
@@ -476,8 +477,10 @@ fn parse_line(line: &str) -> Result<Line, ()> {
                 return Err(());
             }
             match (kind, flags) {
-                ("m", Some("-")) => Line::Message(uid, entry(second, Flags::EMPTY)),
-                ("m", Some(flags)) => Line::Message(uid, entry(second, Flags::from_maildir(flags))),
+                ("m", Some("-")) => Line::Message(uid, Entry::new(second, Flags::EMPTY)),
+                ("m", Some(flags)) => {
+                    Line::Message(uid, Entry::new(second, Flags::from_maildir(flags)))
+                }
                 ("v", None) => Line::Expunged(uid, second),
                 _ => return Err(()),
             }
@@ -485,10 +488,6 @@ fn parse_line(line: &str) -> Result<Line, ()> {
         _ => return Err(()),
     };
     Ok(line)
-}
-
-fn entry(modseq: u64, flags: Flags) -> Entry {
-    Entry { modseq, flags }
 }
 
 /// Applies one block: its changes, then the commit's numbers (which only move forward).
@@ -510,19 +509,12 @@ fn commit(
             }
             Line::Expunged(uid, modseq) if modseq <= highest => {
                 record.messages.remove(&uid);
-                expunged.push((modseq, uid));
+                expunged.push((uid, modseq));
             }
             _ => return Err(()),
         }
     }
-    if record.vanished.is_empty() {
-        // A whole record's expunges at once (sorted once, not inserted one by one).
-        record.vanished = Expunged::from_entries(expunged);
-    } else {
-        record
-            .vanished
-            .extend(expunged.into_iter().map(|(modseq, uid)| (uid, modseq)));
-    }
+    record.vanished.extend(expunged);
     // A compacted record holds no more expunges than it may; later blocks are bounded as
     // their writer bounded them.
     if first && record.vanished.len() > MAX_VANISHED {

@@ -142,11 +142,13 @@ impl Reader {
     /// Bumps the folders the kernel reports, once per folder per read, until the `stopped`
     /// socket's other end is dropped.
     fn run(self, mut inotify: Inotify, stopped: &UnixStream) {
-        let Reader {
-            descriptors,
-            folders: map,
-            reports,
-        } = self;
+        // Never seen: the watches go on, and every folder is taken as changed, so that no
+        // change goes unseen meanwhile.
+        let failed = |what: &str, err: &dyn std::fmt::Display| {
+            tracing::warn!(error = %err, "inotify: {what} failed: folders are taken as changed");
+            bump_all(&self.folders);
+            std::thread::sleep(std::time::Duration::from_secs(1));
+        };
         let mut buffer = [0u8; 8192];
         loop {
             let mut fds = [
@@ -157,10 +159,7 @@ impl Reader {
                 Ok(_) => {}
                 Err(nix::errno::Errno::EINTR) => continue,
                 Err(err) => {
-                    // Never seen; the thread stays, and nothing is missed meanwhile.
-                    tracing::warn!(error = %err, "inotify: poll failed: folders are taken as changed");
-                    bump_all(&map);
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    failed("poll", &err);
                     continue;
                 }
             }
@@ -172,22 +171,19 @@ impl Reader {
                 Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
                 Err(err) if err.kind() == std::io::ErrorKind::Interrupted => continue,
                 Err(err) => {
-                    // As above: the watches go on, every folder is looked at again.
-                    tracing::warn!(error = %err, "inotify: read failed: folders are taken as changed");
-                    bump_all(&map);
-                    std::thread::sleep(std::time::Duration::from_secs(1));
+                    failed("read", &err);
                     continue;
                 }
             };
             let mut changed = HashSet::new();
             // A panic elsewhere while holding the map leaves it as it was: go on with it.
-            let mut by_wd = descriptors.lock().unwrap_or_else(|e| e.into_inner());
+            let mut by_wd = self.descriptors.lock().unwrap_or_else(|e| e.into_inner());
             for event in events {
-                reports.fetch_add(1, Ordering::Relaxed);
+                self.reports.fetch_add(1, Ordering::Relaxed);
                 if event.mask.contains(EventMask::Q_OVERFLOW) {
                     // Events were lost: any folder may have changed.
                     drop(by_wd);
-                    bump_all(&map);
+                    bump_all(&self.folders);
                     changed.clear();
                     break;
                 }
@@ -202,13 +198,11 @@ impl Reader {
             if changed.is_empty() {
                 continue;
             }
-            if let Ok(folders) = map.lock() {
-                for folder in &changed {
-                    if let Some(entry) = folders.get(folder) {
-                        entry.generation.fetch_add(1, Ordering::SeqCst);
-                        entry.changed.notify_waiters();
-                    }
-                }
+            if let Ok(folders) = self.folders.lock() {
+                changed
+                    .iter()
+                    .filter_map(|folder| folders.get(folder))
+                    .for_each(Entry::bump);
             }
         }
     }
@@ -271,7 +265,7 @@ impl Watches {
         entry.dirs = dir_ids(folder);
         entry.cache = None;
         // Whatever happened while it was not watched.
-        entry.generation.fetch_add(1, Ordering::SeqCst);
+        entry.bump();
         drop(folders);
         self.join(folder)
     }
@@ -351,10 +345,15 @@ impl Watches {
 
 fn bump_all(map: &Map) {
     if let Ok(folders) = map.lock() {
-        for entry in folders.values() {
-            entry.generation.fetch_add(1, Ordering::SeqCst);
-            entry.changed.notify_waiters();
-        }
+        folders.values().for_each(Entry::bump);
+    }
+}
+
+impl Entry {
+    /// The folder changed: a new generation, and sessions in IDLE woken.
+    fn bump(&self) {
+        self.generation.fetch_add(1, Ordering::SeqCst);
+        self.changed.notify_waiters();
     }
 }
 
