@@ -28,6 +28,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::fsutil::{self, Lock, Owner};
 use super::index::{self, Index, Sub};
+use super::listing::Listing;
 use super::maildir::{cur_name, name_time, new_name, split_name};
 use super::uidlist::{Entry, Loaded, UidList};
 use super::{Flags, StoreError};
@@ -47,6 +48,14 @@ pub use transfer::Transferred;
 
 thread_local! {
     static FILES_READ: Cell<u64> = const { Cell::new(0) };
+    static DIRS_READ: Cell<u64> = const { Cell::new(0) };
+}
+
+/// How many times this thread has read a folder's directories (to let tests check that a
+/// followed folder is not read again).
+#[doc(hidden)]
+pub fn directory_reads() -> u64 {
+    DIRS_READ.with(Cell::get)
 }
 
 /// How many message files this thread has opened to learn a size or date while indexing.
@@ -168,6 +177,13 @@ impl Folder {
             path,
             mailbox,
             owner,
+        }
+    }
+
+    /// The folder's listing, for a watcher to keep up to date (see [`Listing`]).
+    pub fn listing(&self) -> Listing {
+        Listing {
+            index: self.index.clone(),
         }
     }
 

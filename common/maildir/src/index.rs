@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHasher;
 
+use super::listing::CatchUp;
 use super::maildir::{split_name, Flags};
 use super::uidlist::CachedList;
 
@@ -103,8 +104,9 @@ impl FileState {
     }
 }
 
-/// One folder's cached state. Use only with the folder lock held.
-#[derive(Debug, Default)]
+/// One folder's cached state. Use only with the folder lock held (changes reported by a
+/// watcher, `listing.rs`, excepted).
+#[derive(Default)]
 pub(crate) struct Index {
     /// The uid list as last read or written, and the file it matches.
     pub list: Option<CachedList>,
@@ -112,12 +114,69 @@ pub(crate) struct Index {
     pub found: FxMap<Arc<str>, Found>,
     /// Counts scans; entries of `found` not seen by the current one are dropped after it.
     pub epoch: u64,
+    /// Applies the changes a watcher was told of since (see `listing.rs`).
+    pub follower: Option<CatchUp>,
+    /// `found` is the directories as they are, once `follower` has caught up: every change
+    /// since the last scan was reported and applied, so there is no need to read them.
+    pub live: bool,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Index")
+            .field("list", &self.list)
+            .field("found", &self.found.len())
+            .field("epoch", &self.epoch)
+            .field("followed", &self.follower.is_some())
+            .field("live", &self.live)
+            .finish()
+    }
 }
 
 impl Index {
-    /// Forgets everything (after an error, when what is cached may not match the disk).
+    /// Forgets what was read (after an error, when what is cached may not match the disk);
+    /// a watcher following the folder goes on.
     pub(crate) fn forget(&mut self) {
-        *self = Index::default();
+        let follower = self.follower.take();
+        *self = Index {
+            follower,
+            ..Index::default()
+        };
+    }
+
+    /// A file `name` is in `sub` (reported by a watcher).
+    pub(crate) fn saw(&mut self, sub: Sub, name: &str) {
+        let epoch = self.epoch;
+        saw(&mut self.found, sub, name, epoch);
+    }
+
+    /// The file `name` left `sub`. (Its base may be listed under another name already, when
+    /// a rename's arrival was applied first: a scan raced the reports.)
+    pub(crate) fn gone(&mut self, sub: Sub, name: &str) {
+        let (base, _) = split_name(name);
+        if self
+            .found
+            .get(base)
+            .is_some_and(|f| f.sub == sub && f.name() == name)
+        {
+            self.found.remove(base);
+        }
+    }
+}
+
+/// A file `name` is in `sub`, seen by the scan stamped `epoch`. A file seen before under the
+/// same name costs a lookup, not new strings.
+pub(crate) fn saw(found: &mut FxMap<Arc<str>, Found>, sub: Sub, name: &str, epoch: u64) {
+    let (base, _) = split_name(name);
+    if base.is_empty() {
+        return;
+    }
+    match found.get_mut(base) {
+        Some(f) if f.sub == sub && f.name() == name => f.epoch = epoch,
+        Some(f) => *f = Found::new(sub, name, epoch),
+        None => {
+            found.insert(base.into(), Found::new(sub, name, epoch));
+        }
     }
 }
 

@@ -20,7 +20,8 @@
 //!   uid list ([`uidlist`] describes the format); losing it costs a new
 //!   UIDVALIDITY, never a lost message. Each process keeps what it last read of a folder
 //!   (`index.rs`), so a snapshot of a folder that changed a little costs a directory read and
-//!   a few lookups, not a re-read of everything.
+//!   a few lookups, not a re-read of everything; a process that watches the folder can keep
+//!   its listing up to date instead ([`Listing`]), and then not even the directories are read.
 //! - Flags are the letters after `:2,` in `cur/` file names; [`Folder::update_flags`] renames.
 //!
 //! Several processes use one folder at once; `folder.rs` states the locking rules. Every call
@@ -51,6 +52,7 @@ mod fsutil;
 #[doc(hidden)]
 pub mod fuzzing;
 mod index;
+mod listing;
 mod maildir;
 pub mod mutf7;
 mod store;
@@ -62,9 +64,10 @@ use std::path::{Path, PathBuf};
 pub use config::{FolderWatch, MailConfig, DEFAULT_MAIL_ROOT};
 pub use filelock::FileLock;
 #[doc(hidden)]
-pub use folder::message_files_read;
+pub use folder::{directory_reads, message_files_read};
 pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot, Transferred};
 pub use fsutil::Owner;
+pub use listing::{CatchUp, Dir, Listing};
 pub use maildir::Flags;
 pub use store::{Mailbox, Store, DEFAULT_FOLDERS};
 

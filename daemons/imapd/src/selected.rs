@@ -62,7 +62,7 @@ impl Selected {
         } else {
             None
         };
-        let watch = watches.watch(folder.path());
+        let watch = watches.watch(&folder);
         let generation = watch.as_ref().map_or(0, Watch::generation);
         let stamp = stamp(&folder);
         let recheck = watch.is_none() && !settled(stamp);

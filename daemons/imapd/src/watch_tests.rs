@@ -30,8 +30,8 @@ fn listing_changes_bump_the_generation_and_reading_does_not() {
     let inbox: Folder = mailbox.inbox();
     let other = mailbox.create("Other").unwrap();
     let watches = Watches::new();
-    let watch = watches.watch(inbox.path()).expect("inotify");
-    let sentinel = watches.watch(other.path()).expect("inotify");
+    let watch = watches.watch(&inbox).expect("inotify");
+    let sentinel = watches.watch(&other).expect("inotify");
 
     // A delivery (a rename from tmp/ into new/).
     let before = watch.generation();
@@ -45,7 +45,7 @@ fn listing_changes_bump_the_generation_and_reading_does_not() {
     let before = watch.generation();
     let reports = || {
         let kernel = watches.watcher.lock().unwrap();
-        kernel.as_ref().unwrap().reports.load(Ordering::Relaxed)
+        kernel.as_ref().unwrap().count.load(Ordering::Relaxed)
     };
     eventually("the delivery's reports are all read", || {
         let seen = reports();
@@ -107,10 +107,10 @@ fn a_first_select_claims_new_mail_before_the_kernel_watches() {
     );
     let other = mailbox.create("Other").unwrap();
     let watches = Watches::new();
-    let sentinel = watches.watch(other.path()).expect("inotify");
+    let sentinel = watches.watch(&other).expect("inotify");
     let reports = || {
         let kernel = watches.watcher.lock().unwrap();
-        kernel.as_ref().unwrap().reports.load(Ordering::Relaxed)
+        kernel.as_ref().unwrap().count.load(Ordering::Relaxed)
     };
     let before = reports();
 
@@ -137,8 +137,52 @@ fn a_first_select_claims_new_mail_before_the_kernel_watches() {
 
     // Watched from then on: a delivery is seen.
     assert!(!watches.unwatched(inbox.path()));
-    let watch = watches.watch(inbox.path()).unwrap();
+    let watch = watches.watch(&inbox).unwrap();
     let generation = watch.generation();
     deliver(&store);
     eventually("a delivery is seen", || watch.generation() > generation);
+}
+
+/// The sessions of a watched folder take its listing from the kernel's reports: a change
+/// another program made is in the next snapshot at once (its report is read first), and the
+/// directories are not read again. When the watches go, the folder is read as before.
+#[test]
+fn a_watched_folder_is_listed_from_the_reports_without_reading_it() {
+    let root = TempDir::new("imapd-watch-listing");
+    let store = Store::new(root.path().join("mail"));
+    for _ in 0..5 {
+        deliver(&store);
+    }
+    let mailbox = store.mailbox("alice").unwrap();
+    let inbox = mailbox.inbox();
+    let watches = Watches::new();
+    let selected = crate::selected::Selected::open(inbox.clone(), false, &watches).unwrap();
+    assert_eq!(selected.messages.len(), 5);
+    let reads = inetkit_maildir::directory_reads();
+
+    // Another program sets a flag (a rename in cur/), deletes a message and delivers one;
+    // snapshots right after, with no wait for the reader thread.
+    let first = &selected.messages[0];
+    let cur = inbox.path().join("cur");
+    let name = first.file().trim_start_matches("cur/").to_owned();
+    std::fs::rename(cur.join(&name), cur.join(name.replace(":2,", ":2,S"))).unwrap();
+    std::fs::remove_file(inbox.path().join(selected.messages[1].file())).unwrap();
+    deliver(&store);
+    let snapshot = inbox.claim_new().unwrap();
+    let uids: Vec<u32> = snapshot.messages.iter().map(|m| m.uid).collect();
+    assert_eq!(uids, [1, 3, 4, 5, 6]);
+    assert_eq!(snapshot.messages[0].flags, Flags::SEEN);
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 5);
+    assert_eq!(
+        inetkit_maildir::directory_reads(),
+        reads,
+        "a watched folder was read"
+    );
+
+    // Without the watches, nothing reports: read again.
+    drop(selected);
+    drop(watches);
+    std::fs::remove_file(inbox.path().join(snapshot.messages[0].file())).unwrap();
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 4);
+    assert!(inetkit_maildir::directory_reads() > reads, "not read");
 }

@@ -12,12 +12,14 @@ use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 
 use crate::fsutil::{self, Lock};
-use crate::index::{Found, FxMap, Index, Sub};
-use crate::maildir::{arrival_key, cur_name, name_time, size_field, split_name, SizeCounter};
+use crate::index::{self, Found, FxMap, Index, Sub};
+use crate::maildir::{arrival_key, cur_name, name_time, size_field, SizeCounter};
 use crate::uidlist::{Entry, Loaded, UidList};
 use crate::StoreError;
 
-use super::{message_files_read, Folder, MessageInfo, Snapshot, FILES_READ, TMP_MAX_AGE};
+use super::{
+    message_files_read, Folder, MessageInfo, Snapshot, DIRS_READ, FILES_READ, TMP_MAX_AGE,
+};
 
 impl Folder {
     /// Reads `new/` and `cur/`: base name -> where the file is now.
@@ -35,6 +37,7 @@ impl Folder {
         found: &mut FxMap<Arc<str>, Found>,
         epoch: u64,
     ) -> Result<(), StoreError> {
+        DIRS_READ.with(|n| n.set(n.get() + 1));
         for sub in [Sub::New, Sub::Cur] {
             let path = self.path.join(sub.dir());
             let fail = |errno: nix::errno::Errno| StoreError::io("reading", &path, errno.into());
@@ -51,20 +54,48 @@ impl Folder {
                         "skipping a file whose name is not UTF-8");
                     continue;
                 };
-                let (base, _) = split_name(name);
-                if base.is_empty() {
-                    continue;
-                }
-                match found.get_mut(base) {
-                    Some(f) if f.sub == sub && f.name() == name => f.epoch = epoch,
-                    Some(f) => *f = Found::new(sub, name, epoch),
-                    None => {
-                        found.insert(base.into(), Found::new(sub, name, epoch));
-                    }
-                }
+                index::saw(found, sub, name, epoch);
             }
         }
         Ok(())
+    }
+
+    /// Brings `index.found` up to date, and returns the epoch its current entries carry: a
+    /// listing a watcher keeps (`listing.rs`) is used as it is, once the watcher has caught
+    /// up (`caught_up`, called before the index was taken); otherwise the directories are read.
+    fn list_dirs(&self, index: &mut Index, caught_up: bool) -> Result<u64, StoreError> {
+        if index.live && caught_up {
+            return Ok(index.epoch);
+        }
+        index.epoch += 1;
+        let epoch = index.epoch;
+        index.live = false;
+        self.scan_into(&mut index.found, epoch)?;
+        // Trusted from this read on: the watcher's reports since are applied after it.
+        index.live = caught_up;
+        Ok(epoch)
+    }
+
+    /// Has the watcher following this folder, if any, apply every change reported so far.
+    /// Call without the index held (applying the reports takes it). `false` when there is no
+    /// watcher, or it is gone (then the folder is no longer followed).
+    pub(super) fn catch_up(&self) -> bool {
+        let Some(follower) = self.index().follower.clone() else {
+            return false;
+        };
+        if follower() {
+            return true;
+        }
+        let mut index = self.index();
+        if index
+            .follower
+            .as_ref()
+            .is_some_and(|f| Arc::ptr_eq(f, &follower))
+        {
+            index.follower = None;
+            index.live = false;
+        }
+        false
     }
 
     /// Where the message with this base is now. Call with the lock held.
@@ -92,6 +123,7 @@ impl Folder {
     /// and sends the caller the locked way (`None`), as does any error. Most looks at a busy
     /// folder end here: setting flags renames files and leaves the list alone.
     pub(super) fn sync_unlocked(&self, claim: bool) -> Option<Snapshot> {
+        let caught_up = self.catch_up();
         // No folder lock is taken while the index is held (the lock order), so taking the
         // index alone is safe.
         let mut index = self.index();
@@ -106,11 +138,7 @@ impl Folder {
         if list.entries.iter().any(Entry::incomplete) {
             return None;
         }
-        index.epoch += 1;
-        let epoch = index.epoch;
-        if self.scan_into(&mut index.found, epoch).is_err() {
-            return None;
-        }
+        let epoch = self.list_dirs(&mut index, caught_up).ok()?;
         let found = &index.found;
         let agrees = list.entries.iter().all(|e| {
             found
@@ -137,8 +165,9 @@ impl Folder {
     /// The heart of `snapshot`: brings the uid list up to date with the directories.
     pub(super) fn sync_locked(&self, lock: &Lock, claim: bool) -> Result<Snapshot, StoreError> {
         self.clean_tmp();
+        let caught_up = self.catch_up();
         let mut index = self.index();
-        let result = self.sync_indexed(lock, claim, &mut index);
+        let result = self.sync_indexed(lock, claim, caught_up, &mut index);
         if result.is_err() {
             index.forget();
         }
@@ -149,11 +178,10 @@ impl Folder {
         &self,
         lock: &Lock,
         claim: bool,
+        caught_up: bool,
         index: &mut Index,
     ) -> Result<Snapshot, StoreError> {
-        index.epoch += 1;
-        let epoch = index.epoch;
-        self.scan_into(&mut index.found, epoch)?;
+        let epoch = self.list_dirs(index, caught_up)?;
         let (mut list, mut rewrite) = match UidList::load_cached(&self.path, &mut index.list)? {
             Loaded::Ok(list) => {
                 let rewrite = list.needs_rewrite;
@@ -191,8 +219,11 @@ impl Folder {
         let seen = |found: &FxMap<Arc<str>, Found>, base: &str| {
             found.get(base).is_some_and(|f| f.epoch == epoch)
         };
+        // (A followed listing was told of renames: what it lacks is gone.)
         if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
-            self.scan_into(&mut index.found, epoch)?;
+            if !index.live {
+                self.scan_into(&mut index.found, epoch)?;
+            }
             let before = list.entries.len();
             let edited = Arc::make_mut(&mut list);
             edited.entries.retain(|e| seen(&index.found, &e.base));

@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::*;
 
+mod listing;
 mod sharing;
 
 pub(crate) struct TestDir(pub(crate) PathBuf);
