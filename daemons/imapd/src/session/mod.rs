@@ -10,6 +10,7 @@
 //! | [`auth`] | CAPABILITY, NOOP, LOGOUT, ID, ENABLE, STARTTLS, LOGIN, AUTHENTICATE |
 //! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
 //! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, STORE, COPY, MOVE |
+//! | [`extended`], [`catenate`] | LIST-EXTENDED, CREATE-SPECIAL-USE, MULTIAPPEND, CATENATE |
 //! | [`search`] | SEARCH |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
@@ -18,6 +19,7 @@
 //! replies are [`reply`].
 
 mod auth;
+mod catenate;
 mod compress;
 mod condstore;
 mod extended;
