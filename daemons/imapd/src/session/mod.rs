@@ -11,7 +11,7 @@
 //! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
 //! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, STORE, COPY, MOVE |
 //! | [`extended`], [`catenate`] | LIST-EXTENDED, CREATE-SPECIAL-USE, MULTIAPPEND, CATENATE |
-//! | [`search`] | SEARCH |
+//! | [`search`], [`context`] | SEARCH, SORT, THREAD; their results kept up to date |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
 //!
@@ -22,6 +22,7 @@ mod auth;
 mod catenate;
 mod compress;
 mod condstore;
+mod context;
 mod extended;
 pub(crate) mod fetch;
 mod idle;
