@@ -213,6 +213,23 @@ def test_the_built_message_is_bounded_by_the_command_limit(imap):
     assert fetch_all(c, "Out") == [big * 3]
 
 
+def test_what_the_urls_read_is_bounded(imap):
+    """Each URL reads its whole message: 4 x 64 MiB of reading per command at most, however
+    little each URL takes (here 1 byte of a 1 MiB message, 258 times)."""
+    c, _, _ = source(imap)
+    typ, data = c.append("Src", "", None, b"Subject: big\r\n\r\n" + b"x" * (1 << 20))
+    uid = int(re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1))
+    r = Raw(imap)
+    url = b'URL "/Src/;UID=%d/;PARTIAL=0.1"' % uid
+    half = b"CATENATE (" + b" ".join([url] * 129) + b")"
+    out, done = r.command(b"APPEND Out " + half + b" " + half)
+    assert done.split(b" ", 1)[1].startswith(b"NO [LIMIT]"), done
+    assert fetch_all(c, "Out") == []
+    half = b"CATENATE (" + b" ".join([url] * 100) + b")"
+    assert b" OK " in r.command(b"APPEND Out " + half + b" " + half)[1]
+    assert fetch_all(c, "Out") == [b"S" * 100, b"S" * 100]
+
+
 def test_a_syntax_error_is_bad(imap):
     source(imap)
     r = Raw(imap)

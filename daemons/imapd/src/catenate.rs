@@ -239,7 +239,11 @@ fn parse_partial(text: &str) -> Option<(u64, Option<u64>)> {
 /// A section as FETCH takes it (`1.2`, `HEADER`, `1.MIME`, `HEADER.FIELDS (TO)`), decoded by
 /// `imap-codec` inside a FETCH command.
 fn parse_section(text: &[u8]) -> Option<Section<'static>> {
-    if text.is_empty() || text.iter().any(|&b| !(b' '..0x7f).contains(&b) || b == b']') {
+    if text.is_empty()
+        || text
+            .iter()
+            .any(|&b| !(b' '..0x7f).contains(&b) || b == b']')
+    {
         return None;
     }
     let mut command = b"x FETCH 1 BODY.PEEK[".to_vec();

@@ -25,11 +25,16 @@ use crate::wire;
 
 /// Longest URL repeated in a BADURL response code.
 const MAX_URL_ECHO: usize = 512;
+/// Most message bytes one command's URLs may have read (each URL reads its whole message,
+/// however little of it it takes).
+const MAX_READ: u64 = 4 * MAX_COMMAND;
 
 /// What one command's CATENATEs have built so far: bytes against the command limit, the
 /// budget they hold, and the folders their URLs looked at.
 pub(super) struct Built {
     bytes: u64,
+    /// Bytes of source messages read, against [`MAX_READ`].
+    read: u64,
     held: Held,
     folders: Vec<(PathBuf, Folder, Snapshot)>,
 }
@@ -38,6 +43,7 @@ impl Built {
     pub(super) fn new(session: &Session) -> Built {
         Built {
             bytes: 0,
+            read: 0,
             held: Held::new(session.literals),
             folders: Vec::new(),
         }
@@ -114,7 +120,11 @@ impl Session {
                 None => return Err(Refused::BadUrl("No mailbox selected for a relative URL.")),
             },
         };
-        let (folder, snapshot) = self.source(&name, built)?;
+        let index = self.source(&name, built)?;
+        let (_, folder, snapshot) = built
+            .folders
+            .get(index)
+            .ok_or(Refused::BadUrl("No such mailbox."))?;
         if url.uid_validity.is_some_and(|v| v != snapshot.uid_validity) {
             return Err(Refused::BadUrl("The mailbox's UIDVALIDITY has changed."));
         }
@@ -129,6 +139,11 @@ impl Session {
         if msg.vsize > MAX_COMMAND {
             return Err(no_code(Code::TooBig, "The message named is too large.").into());
         }
+        built.read = built.read.saturating_add(msg.vsize);
+        if built.read > MAX_READ {
+            let text = "The URLs name more than one command may read; send fewer.";
+            return Err(no_code(wire::code("LIMIT"), text).into());
+        }
         let read = blocking(|| -> Result<Vec<u8>, StoreError> {
             let mut file = folder.open(msg)?;
             raw::read_all(&mut file).map_err(StoreError::Input)
@@ -138,33 +153,20 @@ impl Session {
         Ok(data)
     }
 
-    /// A folder the URLs of this command name, with its messages (looked at once).
-    fn source<'b>(
-        &self,
-        name: &str,
-        built: &'b mut Built,
-    ) -> Result<(&'b Folder, &'b Snapshot), Refused> {
+    /// A folder the URLs of this command name, looked at once: its place in `built`.
+    fn source(&self, name: &str, built: &mut Built) -> Result<usize, Refused> {
         let mbox = self.mailbox().clone();
-        let opened = blocking(|| {
-            let folder = mbox.folder(name)?;
-            Ok::<_, StoreError>(folder)
-        });
-        let folder = opened.map_err(|_| Refused::BadUrl("No such mailbox."))?;
-        let path = folder.path().to_path_buf();
-        let index = match built.folders.iter().position(|(p, ..)| *p == path) {
-            Some(i) => i,
-            None => {
-                let snapshot = blocking(|| folder.snapshot())
-                    .map_err(|_| Refused::BadUrl("The mailbox cannot be read."))?;
-                built.folders.push((path, folder, snapshot));
-                built.folders.len() - 1
-            }
-        };
-        let (_, folder, snapshot) = built
+        let folder =
+            blocking(|| mbox.folder(name)).map_err(|_| Refused::BadUrl("No such mailbox."))?;
+        if let Some(i) = built.folders.iter().position(|(p, ..)| p == folder.path()) {
+            return Ok(i);
+        }
+        let snapshot = blocking(|| folder.snapshot())
+            .map_err(|_| Refused::BadUrl("The mailbox cannot be read."))?;
+        built
             .folders
-            .get(index)
-            .ok_or(Refused::BadUrl("No such mailbox."))?;
-        Ok((folder, snapshot))
+            .push((folder.path().to_path_buf(), folder, snapshot));
+        Ok(built.folders.len() - 1)
     }
 
     /// Whether an `imap://` URL's server is this one, for the logged-in user.
