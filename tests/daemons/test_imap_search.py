@@ -1,6 +1,7 @@
 """inetkit-imapd's search and ordering extensions: ESEARCH (RFC 4731), SEARCHRES (RFC 5182),
 WITHIN (RFC 5032), SORT and SORT=DISPLAY (RFC 5256, RFC 5957), ESORT (RFC 5267), THREAD
-(ORDEREDSUBJECT, REFERENCES, REFS), CONTEXT=SEARCH (RFC 5267 §4), and BAD for what is not implemented, in every state."""
+(ORDEREDSUBJECT, REFERENCES, REFS), CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4), and BAD
+for what is not implemented, in every state."""
 
 import imaplib
 import re
@@ -12,7 +13,8 @@ import pytest
 from support.homes import PASSWORD, daemon_config
 
 CAPABILITIES = ["ESEARCH", "SEARCHRES", "WITHIN", "SORT", "SORT=DISPLAY", "ESORT",
-                "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS", "CONTEXT=SEARCH"]
+                "THREAD=ORDEREDSUBJECT", "THREAD=REFERENCES", "THREAD=REFS", "CONTEXT=SEARCH",
+                "CONTEXT=SORT"]
 
 
 @pytest.fixture
@@ -276,7 +278,6 @@ def test_context_search_partial_update_and_cancel(imap):
     assert r.one("SEARCH RETURN (PARTIAL 5:9) 1:3", "* ESEARCH").endswith("PARTIAL (5:9 NIL)")
     for bad in ["PARTIAL 1", "PARTIAL 1:*", "PARTIAL 0:2", "ALL PARTIAL 1:2"]:
         r.bad(f"SEARCH RETURN ({bad}) ALL")
-    r.bad("SORT RETURN (PARTIAL 1:2) (DATE) UTF-8 ALL")
     # UPDATE: the result now (ALL), then what joins and leaves it, whoever changed it.
     tag = f"t{r.n + 1}"
     assert r.one("SEARCH RETURN (UPDATE) SEEN", "* ESEARCH") == f'* ESEARCH (TAG "{tag}")'
@@ -310,6 +311,51 @@ def test_context_search_partial_update_and_cancel(imap):
         r.ok("SEARCH RETURN (UPDATE) SEEN")
     out = r.ok("SEARCH RETURN (UPDATE) SEEN")
     assert any(l.startswith(f'* NO [NOUPDATE "t{r.n}"]') for l in out), out
+
+
+def test_context_sort_partial_and_update(imap):
+    r, other = Raw(imap), Raw(imap)
+    for n in (1, 3, 5, 7):
+        append(r, msg(f"m{n}"))
+    r.ok("SELECT INBOX")
+    other.ok("SELECT INBOX")
+    u = uids(r)
+    # PARTIAL takes positions in the sorted result (RFC 5267 §4.4).
+    t = f"t{r.n + 1}"
+    assert r.one("SORT RETURN (PARTIAL 3:2) (REVERSE SUBJECT) UTF-8 ALL", "* ESEARCH") == \
+        f'* ESEARCH (TAG "{t}") PARTIAL (2:3 3,2)'
+    assert r.one("UID SORT RETURN (PARTIAL 4:9) (SUBJECT) UTF-8 ALL", "* ESEARCH").endswith(
+        f"UID PARTIAL (4:9 {u[3]})")
+    assert r.one("SORT RETURN (PARTIAL 5:9) (SUBJECT) UTF-8 ALL", "* ESEARCH").endswith(
+        "PARTIAL (5:9 NIL)")
+    for bad in ["PARTIAL 1", "PARTIAL 1:*", "PARTIAL *:1", "ALL PARTIAL 1:2"]:
+        r.bad(f"SORT RETURN ({bad}) (SUBJECT) UTF-8 ALL")
+    # UPDATE: each message joins at its position in the sorted result, and leaves from the
+    # position it had (the last first).
+    tag = f"t{r.n + 1}"
+    assert r.one("UID SORT RETURN (UPDATE) (SUBJECT) UTF-8 ALL", "* ESEARCH") == \
+        f'* ESEARCH (TAG "{tag}") UID ALL {u[0]}:{u[3]}'
+    other.ok("APPEND INBOX", msg("m4"))
+    other.ok("APPEND INBOX", msg("m0"))
+    out = noop_until(r, "EXISTS")
+    new = uids(r)[4:]
+    assert f'* ESEARCH (TAG "{tag}") UID ADDTO (1 {new[1]} 4 {new[0]})' in out, out
+    # Now m0 m1 m3 m4 m5 m7: m3 and m7 go, m7 (6th) first, then m3 (3rd).
+    other.ok(f"UID STORE {u[1]},{u[3]} +FLAGS (\\Deleted)")
+    other.ok("EXPUNGE")
+    out = noop_until(r, "EXPUNGE")
+    line = f'* ESEARCH (TAG "{tag}") UID REMOVEFROM (6 {u[3]} 3 {u[1]})'
+    assert line in out and out.index(line) < out.index("* 4 EXPUNGE"), out
+    # By sequence number: a message that is expunged leaves under the number it had.
+    seq = f"t{r.n + 1}"
+    assert r.one("SORT RETURN (UPDATE COUNT) (REVERSE SUBJECT) UTF-8 ALL", "* ESEARCH") == \
+        f'* ESEARCH (TAG "{seq}") COUNT 4'
+    r.ok("STORE 1 +FLAGS (\\Deleted)")
+    out = r.ok("EXPUNGE")
+    assert f'* ESEARCH (TAG "{seq}") REMOVEFROM (3 1)' in out, out
+    r.ok(f'CANCELUPDATE "{seq}" "{tag}"')
+    other.ok("APPEND INBOX", msg("m9"))
+    assert not any("ESEARCH" in l for l in noop_until(r, "EXISTS"))
 
 
 # -- unknown commands ---------------------------------------------------------------------------

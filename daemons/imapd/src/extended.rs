@@ -10,6 +10,8 @@
 
 use imap_codec::imap_types::status::StatusDataItemName;
 
+use crate::catenate::CatPart;
+
 /// Most patterns in one LIST, and most messages in one APPEND.
 const MAX_PARTS: usize = 1000;
 /// Most STATUS items in a LIST's `RETURN (STATUS (...))`, and most `USE` attributes.
@@ -31,11 +33,20 @@ pub(crate) enum ExtCommand {
         mailbox: Vec<u8>,
         uses: Vec<String>,
     },
-    /// APPEND of one or more messages: each is re-encoded as a single-message APPEND for
-    /// `imap-codec` to decode (flags and date-time keep one parser).
+    /// APPEND of one or more messages (MULTIAPPEND), each a literal or a CATENATE.
     Append {
-        messages: Vec<Vec<u8>>,
+        messages: Vec<AppendMessage>,
     },
+}
+
+/// One message of an APPEND, re-encoded as a single-message APPEND for `imap-codec` to
+/// decode (flags and date-time keep one parser).
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct AppendMessage {
+    /// The single APPEND: with the message's literal, or, for CATENATE, an empty one.
+    pub(crate) command: Vec<u8>,
+    /// CATENATE (RFC 4469): the parts the message is made of.
+    pub(crate) catenate: Option<Vec<CatPart>>,
 }
 
 /// LIST's selection options (RFC 5258 §3.1).
@@ -67,7 +78,7 @@ pub(crate) struct ListExtended {
 /// The command in `input` (a whole command, CRLF and literals included), when it is one of the
 /// forms above.
 pub(crate) fn parse(input: &[u8]) -> Option<Extended<'_>> {
-    let mut p = Parser { input, at: 0 };
+    let mut p = Parser::new(input);
     let tag = p.tag()?;
     p.space()?;
     let name = p.atom()?;
@@ -82,10 +93,11 @@ pub(crate) fn parse(input: &[u8]) -> Option<Extended<'_>> {
         return None;
     };
     p.crlf()?;
-    (p.at == input.len()).then_some(Extended { tag, command })
+    p.at_end().then_some(Extended { tag, command })
 }
 
-struct Parser<'a> {
+/// The parser of these forms; [`crate::catenate`] adds CATENATE's parts.
+pub(crate) struct Parser<'a> {
     input: &'a [u8],
     at: usize,
 }
@@ -95,6 +107,15 @@ fn is_atom_char(b: u8) -> bool {
 }
 
 impl<'a> Parser<'a> {
+    pub(crate) fn new(input: &'a [u8]) -> Parser<'a> {
+        Parser { input, at: 0 }
+    }
+
+    /// Whether all of the input has been taken.
+    pub(crate) fn at_end(&self) -> bool {
+        self.at == self.input.len()
+    }
+
     fn peek(&self) -> Option<u8> {
         self.input.get(self.at).copied()
     }
@@ -103,7 +124,7 @@ impl<'a> Parser<'a> {
         (self.peek() == Some(b)).then(|| self.at += 1)
     }
 
-    fn space(&mut self) -> Option<()> {
+    pub(crate) fn space(&mut self) -> Option<()> {
         self.eat(b' ')
     }
 
@@ -131,7 +152,7 @@ impl<'a> Parser<'a> {
     }
 
     /// A keyword, case-insensitively.
-    fn keyword(&mut self, word: &[u8]) -> Option<()> {
+    pub(crate) fn keyword(&mut self, word: &[u8]) -> Option<()> {
         let start = self.at;
         match self.atom() {
             Some(atom) if atom.eq_ignore_ascii_case(word) => Some(()),
@@ -168,7 +189,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `{n}` or `{n+}` (or `~{n}` when `binary`), CRLF, and the n bytes.
-    fn literal(&mut self, binary: bool) -> Option<&'a [u8]> {
+    pub(crate) fn literal(&mut self, binary: bool) -> Option<&'a [u8]> {
         if binary {
             let _ = self.eat(b'~');
         }
@@ -188,7 +209,7 @@ impl<'a> Parser<'a> {
     }
 
     /// An astring (RFC 3501), or with `wildcards` a list-mailbox (`%` and `*` allowed).
-    fn astring(&mut self, wildcards: bool) -> Option<Vec<u8>> {
+    pub(crate) fn astring(&mut self, wildcards: bool) -> Option<Vec<u8>> {
         match self.peek()? {
             b'"' => self.quoted(),
             b'{' => self.literal(false).map(<[u8]>::to_vec),
@@ -202,7 +223,7 @@ impl<'a> Parser<'a> {
     }
 
     /// `(` items separated by single spaces `)`, at most `max`; `()` is an empty list.
-    fn list_of<T>(
+    pub(crate) fn list_of<T>(
         &mut self,
         max: usize,
         mut item: impl FnMut(&mut Self) -> Option<T>,
@@ -313,8 +334,8 @@ impl<'a> Parser<'a> {
         Some(ExtCommand::Create { mailbox, uses })
     }
 
-    /// `mailbox 1*(SP [flag-list SP] [date-time SP] literal)`: the raw bytes of the mailbox,
-    /// then of each message's flags, date and literal.
+    /// `mailbox 1*(SP [flag-list SP] [date-time SP] (literal / CATENATE SP "(" … ")"))`:
+    /// the raw bytes of the mailbox, then of each message's flags, date and literal.
     fn append(&mut self, tag: &[u8]) -> Option<ExtCommand> {
         let start = self.at;
         self.astring(false)?;
@@ -337,24 +358,29 @@ impl<'a> Parser<'a> {
                 self.quoted()?;
                 self.space()?;
             }
-            // The literal's announcement is rewritten as `{n}` or `~{n}`: the reader has
-            // dealt with synchronising already.
             let before = self.input.get(part..self.at)?;
-            let binary = self.peek() == Some(b'~');
-            let data = self.literal(true)?;
-            let mut message = Vec::with_capacity(tag.len() + mailbox.len() + data.len() + 40);
-            message.extend_from_slice(tag);
-            message.extend_from_slice(b" APPEND ");
-            message.extend_from_slice(mailbox);
-            message.push(b' ');
-            message.extend_from_slice(before);
+            let (binary, data, catenate) = if self.keyword(b"CATENATE").is_some() {
+                self.space()?;
+                (false, &b""[..], Some(self.cat_parts()?))
+            } else {
+                // The literal's announcement is rewritten as `{n}` or `~{n}`: the reader has
+                // dealt with synchronising already.
+                let binary = self.peek() == Some(b'~');
+                (binary, self.literal(true)?, None)
+            };
+            let mut command = Vec::with_capacity(tag.len() + mailbox.len() + data.len() + 40);
+            command.extend_from_slice(tag);
+            command.extend_from_slice(b" APPEND ");
+            command.extend_from_slice(mailbox);
+            command.push(b' ');
+            command.extend_from_slice(before);
             if binary {
-                message.push(b'~');
+                command.push(b'~');
             }
-            message.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
-            message.extend_from_slice(data);
-            message.extend_from_slice(b"\r\n");
-            messages.push(message);
+            command.extend_from_slice(format!("{{{}}}\r\n", data.len()).as_bytes());
+            command.extend_from_slice(data);
+            command.extend_from_slice(b"\r\n");
+            messages.push(AppendMessage { command, catenate });
         }
         (!messages.is_empty()).then_some(ExtCommand::Append { messages })
     }
@@ -442,17 +468,48 @@ mod tests {
         let ExtCommand::Append { messages } = e.command else {
             panic!("not an append");
         };
+        let commands: Vec<&[u8]> = messages.iter().map(|m| m.command.as_slice()).collect();
         assert_eq!(
-            messages,
+            commands,
             vec![
-                b"A1 APPEND box (\\Seen) \"24-Mar-2007 23:00:00 +0200\" {3}\r\nabc\r\n".to_vec(),
-                b"A1 APPEND box (\\Flagged) ~{2}\r\nde\r\n".to_vec(),
-                b"A1 APPEND box {1}\r\nf\r\n".to_vec(),
+                &b"A1 APPEND box (\\Seen) \"24-Mar-2007 23:00:00 +0200\" {3}\r\nabc\r\n"[..],
+                b"A1 APPEND box (\\Flagged) ~{2}\r\nde\r\n",
+                b"A1 APPEND box {1}\r\nf\r\n",
             ]
         );
+        assert!(messages.iter().all(|m| m.catenate.is_none()));
         // A literal shorter than announced, and nothing after the mailbox.
         assert_eq!(parse(b"A1 APPEND box {9}\r\nabc\r\n"), None);
         assert_eq!(parse(b"A1 APPEND box\r\n"), None);
+    }
+
+    #[test]
+    fn catenate_messages_carry_their_parts() {
+        let input = b"A1 APPEND box (\\Seen) CATENATE (URL \"/INBOX/;UID=1\" TEXT {3+}\r\nabc) \
+            catenate (text {1}\r\nx) {2}\r\nyz\r\n";
+        let e = parse(input).expect("parsed");
+        let ExtCommand::Append { messages } = e.command else {
+            panic!("not an append");
+        };
+        assert_eq!(messages.len(), 3);
+        assert_eq!(messages[0].command, b"A1 APPEND box (\\Seen) {0}\r\n\r\n");
+        assert_eq!(
+            messages[0].catenate,
+            Some(vec![
+                CatPart::Url(b"/INBOX/;UID=1".to_vec()),
+                CatPart::Text(b"abc".to_vec())
+            ])
+        );
+        assert_eq!(messages[1].command, b"A1 APPEND box {0}\r\n\r\n");
+        assert_eq!(
+            messages[1].catenate,
+            Some(vec![CatPart::Text(b"x".to_vec())])
+        );
+        assert_eq!(messages[2].command, b"A1 APPEND box {2}\r\nyz\r\n");
+        assert_eq!(messages[2].catenate, None);
+        // An empty CATENATE, and one not closed.
+        assert_eq!(parse(b"A1 APPEND box CATENATE ()\r\n"), None);
+        assert_eq!(parse(b"A1 APPEND box CATENATE (URL x\r\n"), None);
     }
 
     #[test]

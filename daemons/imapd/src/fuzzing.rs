@@ -2,8 +2,8 @@
 //! UTF-7 and LIST patterns (`imap_names`, here), the command reader with its literals
 //! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
 //! ENVELOPE/BODYSTRUCTURE (`imap_mime`), SEARCH/SORT's `RETURN (…)` and `$`
-//! (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`) and BINARY's
-//! decoders (`imap_binary`).
+//! (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`), CATENATE's
+//! parts and IMAP URLs (`imap_catenate`) and BINARY's decoders (`imap_binary`).
 
 mod extended;
 mod folder;
@@ -13,7 +13,7 @@ mod search;
 mod search_args;
 mod sequence;
 
-pub use self::extended::{imap_binary, imap_extended};
+pub use self::extended::{imap_binary, imap_catenate, imap_extended};
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
 pub use self::search::imap_search;
@@ -147,6 +147,11 @@ mod tests {
     #[test]
     fn imap_extended_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_extended", imap_extended) > 0);
+    }
+
+    #[test]
+    fn imap_catenate_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_catenate", imap_catenate) > 0);
     }
 
     #[test]

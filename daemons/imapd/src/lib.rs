@@ -5,6 +5,7 @@
 //! reach the parsers (through `fuzzing`).
 
 mod binary;
+mod catenate;
 mod compress;
 mod extended;
 #[cfg(any(test, feature = "fuzzing"))]

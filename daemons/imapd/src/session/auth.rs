@@ -50,6 +50,7 @@ impl Session {
             other("QUOTA=RES-STORAGE"),
             other("QUOTA=RES-MESSAGE"),
             other("MULTIAPPEND"),
+            other("CATENATE"),
             Capability::Binary,
             Capability::Compress {
                 algorithm: CompressionAlgorithm::Deflate,

@@ -1,21 +1,25 @@
 //! The commands [`crate::extended`] parses: LIST-EXTENDED with LIST-STATUS and SPECIAL-USE
-//! (RFC 5258, 5819, 6154), CREATE-SPECIAL-USE (RFC 6154 §3) and MULTIAPPEND (RFC 3502).
+//! (RFC 5258, 5819, 6154), CREATE-SPECIAL-USE (RFC 6154 §3) and MULTIAPPEND (RFC 3502) with
+//! CATENATE (RFC 4469, whose messages [`super::catenate`] builds).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, HashSet};
 
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::command::CommandBody;
-use imap_codec::imap_types::core::{Atom, QuotedChar};
-use imap_codec::imap_types::extensions::binary::LiteralOrLiteral8;
+use imap_codec::imap_types::core::{Atom, Literal, LiteralMode, QuotedChar};
+use imap_codec::imap_types::extensions::binary::{Literal8, LiteralOrLiteral8};
 use imap_codec::imap_types::flag::FlagNameAttribute;
 use imap_codec::imap_types::response::{Code, CodeOther, Data};
 use imap_codec::CommandCodec;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::catenate::Built;
 use super::mailboxes::{mailbox_name, mailbox_of, subscribed_set};
+use super::quota::message_len;
 use super::reply::{bad, invalid_name, no_code, ok, ok_code, store_error, Done};
 use super::{blocking, Conn, Session};
-use crate::extended::{ExtCommand, ListExtended};
+use crate::extended::{AppendMessage, ExtCommand, ListExtended};
 use crate::names::{self, decode_utf7};
 use crate::special_use::{SpecialUse, CREATABLE};
 use crate::wire;
@@ -186,11 +190,12 @@ impl Session {
         }
     }
 
-    /// APPEND of several messages (RFC 3502): all are added, or none.
-    fn multiappend(&mut self, messages: &[Vec<u8>]) -> Done {
+    /// APPEND of several messages (RFC 3502), each a literal or a CATENATE (RFC 4469): all
+    /// are added, or none.
+    fn multiappend(&mut self, messages: &[AppendMessage]) -> Done {
         let mut decoded = Vec::with_capacity(messages.len());
-        for bytes in messages {
-            match CommandCodec::default().decode(bytes) {
+        for m in messages {
+            match CommandCodec::default().decode(&m.command) {
                 Ok((_, command)) => match command.body {
                     CommandBody::Append {
                         mailbox,
@@ -210,13 +215,17 @@ impl Session {
             Ok(f) => f,
             Err(d) => return d,
         };
-        let total: u64 = decoded
-            .iter()
-            .map(|(.., m)| match m {
-                LiteralOrLiteral8::Literal(l) => l.data().len() as u64,
-                LiteralOrLiteral8::Literal8(l) => l.data.len() as u64,
-            })
-            .sum();
+        // The CATENATEs' messages, built before anything is added.
+        let mut built = Built::new(self);
+        for (m, (.., message)) in messages.iter().zip(decoded.iter_mut()) {
+            if let Some(parts) = &m.catenate {
+                match self.catenate(parts, &mut built) {
+                    Ok(bytes) => *message = owned_message(bytes),
+                    Err(done) => return done,
+                }
+            }
+        }
+        let total: u64 = decoded.iter().map(|(.., m)| message_len(m)).sum();
         if let Err(done) = self.quota_allows(total, decoded.len() as u64) {
             return done;
         }
@@ -241,6 +250,19 @@ impl Session {
             Code::Other(CodeOther::unvalidated(code.into_bytes())),
             "APPEND completed.",
         )
+    }
+}
+
+/// A message CATENATE built, as APPEND's literal: a literal8 when it holds a NUL (a part of
+/// a message stored so), which BINARY's conversion then stores.
+fn owned_message(bytes: Vec<u8>) -> LiteralOrLiteral8<'static> {
+    if Literal::validate(&bytes).is_ok() {
+        LiteralOrLiteral8::Literal(Literal::unvalidated(bytes))
+    } else {
+        LiteralOrLiteral8::Literal8(Literal8 {
+            data: Cow::Owned(bytes),
+            mode: LiteralMode::Sync,
+        })
     }
 }
 

@@ -10,7 +10,8 @@
 //! | [`auth`] | CAPABILITY, NOOP, LOGOUT, ID, ENABLE, STARTTLS, LOGIN, AUTHENTICATE |
 //! | [`mailboxes`] | SELECT, EXAMINE, CREATE, DELETE, RENAME, SUBSCRIBE, UNSUBSCRIBE, LIST, LSUB, STATUS, NAMESPACE |
 //! | [`messages`] | APPEND, CHECK, CLOSE, UNSELECT, EXPUNGE, UID EXPUNGE, STORE, COPY, MOVE |
-//! | [`search`] | SEARCH |
+//! | [`extended`], [`catenate`] | LIST-EXTENDED, CREATE-SPECIAL-USE, MULTIAPPEND, CATENATE |
+//! | [`search`], [`context`] | SEARCH, SORT, THREAD; their results kept up to date |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
 //!
@@ -18,8 +19,10 @@
 //! replies are [`reply`].
 
 mod auth;
+mod catenate;
 mod compress;
 mod condstore;
+mod context;
 mod extended;
 pub(crate) mod fetch;
 mod idle;

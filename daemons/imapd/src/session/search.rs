@@ -1,22 +1,21 @@
 //! SEARCH and UID SEARCH (RFC 3501 §6.4.4) with ESEARCH (RFC 4731), SEARCHRES (RFC 5182)
 //! and WITHIN (RFC 5032); SORT (RFC 5256, RFC 5957) with ESORT (RFC 5267); THREAD
-//! (RFC 5256); CONTEXT=SEARCH (RFC 5267 §4: UPDATE, PARTIAL, CANCELUPDATE). The matching is [`crate::search`], the ordering [`crate::sort`] and
-//! [`crate::thread`]; what imap-codec does not parse (`RETURN (…)`, `$`) is
-//! [`crate::search_args`].
+//! (RFC 5256); CONTEXT=SEARCH and CONTEXT=SORT (RFC 5267 §4: UPDATE, PARTIAL, CANCELUPDATE;
+//! the updates are [`super::context`]'s). The matching is [`crate::search`], the ordering
+//! [`crate::sort`] and [`crate::thread`]; what imap-codec does not parse (`RETURN (…)`, `$`)
+//! is [`crate::search_args`].
 
 use std::borrow::Cow;
 use std::fmt::Write as _;
 
-use imap_codec::decode::Decoder;
-use imap_codec::imap_types::command::CommandBody;
 use imap_codec::imap_types::core::{Charset, Tag};
 use imap_codec::imap_types::extensions::sort::SortCriterion;
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::search::SearchKey;
-use imap_codec::CommandCodec;
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use super::context::Update;
 use super::input::client_gone;
 use super::reply::{bad, no_code, ok, reply, Done};
 use super::{blocking, Conn, Session};
@@ -39,11 +38,8 @@ pub(super) const CAPABILITIES: &[&str] = &[
     "THREAD=REFERENCES",
     "THREAD=REFS",
     "CONTEXT=SEARCH",
+    "CONTEXT=SORT",
 ];
-
-/// The most searches a session keeps up to date at once (each is run again after every
-/// command); one more is answered NOUPDATE.
-const MAX_UPDATES: usize = 4;
 
 /// A session's search state.
 #[derive(Default)]
@@ -52,8 +48,9 @@ pub(super) struct SearchState {
     pub(super) saved: Vec<u32>,
     /// The current command's `RETURN (…)`, which imap-codec does not parse.
     returning: Option<Returning>,
-    /// Searches with `RETURN (UPDATE)` (CONTEXT=SEARCH), oldest first.
-    updates: Vec<Update>,
+    /// Searches and sorts with `RETURN (UPDATE)` (CONTEXT=SEARCH, CONTEXT=SORT), oldest
+    /// first.
+    pub(super) updates: Vec<Update>,
 }
 
 impl SearchState {
@@ -68,14 +65,6 @@ struct Returning {
     options: ReturnOptions,
     /// The command as decoded (RETURN taken out), with UPDATE only.
     command: Vec<u8>,
-}
-
-/// A search kept up to date: its tag, its command, and its result as UIDs (ascending).
-struct Update {
-    tag: String,
-    uid: bool,
-    command: Vec<u8>,
-    uids: Vec<u32>,
 }
 
 /// A search that ended early, as the command's reply.
@@ -105,7 +94,7 @@ fn charset_refused(charset: Option<&Charset<'_>>) -> Option<Done> {
 }
 
 /// The message numbers a reply gives: UIDs or sequence numbers.
-fn numbers_of(sel: &Selected, indexes: &[usize], uid: bool) -> Vec<u32> {
+pub(super) fn numbers_of(sel: &Selected, indexes: &[usize], uid: bool) -> Vec<u32> {
     indexes
         .iter()
         .map(|&i| {
@@ -357,19 +346,7 @@ impl Session {
             esearch(&mut conn.out, tag, uid, &r, &numbers, modseq);
         }
         if let Some(Returning { command, .. }) = returning.filter(|r| r.options.update) {
-            let tag = tag.as_ref().to_owned();
-            if self.search.updates.len() >= MAX_UPDATES {
-                no_update(&mut conn.out, &tag, "Too many searches kept up to date.");
-            } else {
-                let uids = hit_uids;
-                self.search.updates.retain(|u| u.tag != tag);
-                self.search.updates.push(Update {
-                    tag,
-                    uid,
-                    command,
-                    uids,
-                });
-            }
+            self.keep_updated(tag, uid, command, hit_uids, &mut conn.out);
         }
         ok("SEARCH completed.")
     }
@@ -418,9 +395,6 @@ impl Session {
     {
         let returning = self.search.returning.take();
         let returns = returning.as_ref().map(|r| r.options);
-        if returns.is_some_and(|r| r.update || r.partial.is_some()) {
-            return bad("UPDATE and PARTIAL are for SEARCH only (no CONTEXT=SORT).");
-        }
         if let Some(refused) = charset_refused(Some(charset)) {
             self.forget_on_save(returns.as_ref());
             return refused;
@@ -449,6 +423,7 @@ impl Session {
             return bad("No mailbox selected.");
         };
         let numbers = numbers_of(sel, &sorted, uid);
+        let sorted_uids = numbers_of(sel, &sorted, true);
         match returns {
             None => {
                 let mut line = String::from("* SORT");
@@ -466,6 +441,9 @@ impl Session {
                     esearch(&mut conn.out, tag, uid, &r, &numbers, None);
                 }
             }
+        }
+        if let Some(Returning { command, .. }) = returning.filter(|r| r.options.update) {
+            self.keep_updated(tag, uid, command, sorted_uids, &mut conn.out);
         }
         ok("SORT completed.")
     }
@@ -516,152 +494,6 @@ impl Session {
         conn.out.extend_from_slice(line.as_bytes());
         ok("THREAD completed.")
     }
-}
-
-/// What a command's updates need from before it ran: the sequence numbers of the messages
-/// it expunges, and where in the output the EXPUNGE responses start (a REMOVEFROM for an
-/// expunged message goes before its EXPUNGE, while its number is still valid).
-pub(super) struct UpdateMark {
-    before: Vec<u32>,
-    at: usize,
-    /// The command writes its own EXPUNGEs (EXPUNGE, UID EXPUNGE, MOVE; none flushes the
-    /// output midway); others' come from the refresh after it.
-    expunges: bool,
-}
-
-impl UpdateMark {
-    /// The command is done; the refresh (with other sessions' expunges) comes next.
-    pub(super) fn command_done(&mut self, out_len: usize) {
-        if !self.expunges {
-            self.at = out_len;
-        }
-    }
-}
-
-impl Session {
-    /// Before a command, when searches are kept up to date: the folder's UIDs in sequence
-    /// order and the output's length.
-    pub(super) fn update_snapshot(
-        &self,
-        body: &CommandBody<'_>,
-        out_len: usize,
-    ) -> Option<UpdateMark> {
-        let sel = self.selected.as_ref()?;
-        (!self.search.updates.is_empty()).then(|| UpdateMark {
-            before: sel.messages.iter().map(|m| m.uid).collect(),
-            at: out_len,
-            expunges: matches!(
-                body,
-                CommandBody::Expunge | CommandBody::ExpungeUid { .. } | CommandBody::Move { .. }
-            ),
-        })
-    }
-
-    /// After a command: each search kept up to date runs again, and what left or joined its
-    /// result is told (`REMOVEFROM`, `ADDTO`, RFC 5267 §4.4). A search that can no longer
-    /// run in time is given up (`NO [NOUPDATE]`). `Err` when the client has gone.
-    pub(super) fn send_updates<S>(
-        &mut self,
-        mark: Option<UpdateMark>,
-        conn: &mut Conn<S>,
-    ) -> Result<(), Done>
-    where
-        S: AsyncRead + AsyncWrite + Unpin,
-    {
-        let (Some(mark), Some(sel)) = (mark, self.selected.as_ref()) else {
-            return Ok(());
-        };
-        let before = &mark.before;
-        // REMOVEFROM for expunged messages, to go before the EXPUNGEs.
-        let mut early = Vec::new();
-        let mut updates = std::mem::take(&mut self.search.updates);
-        let reader = &mut conn.reader;
-        let mut gone = || client_gone(reader);
-        let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
-        let mut out = Vec::new();
-        let mut kept = Vec::with_capacity(updates.len());
-        for mut update in updates.drain(..) {
-            let now = match blocking(|| search_again(sel, &update.command, &mut watch)) {
-                Ok(now) => now,
-                Err(Stopped::Gone) => return Err(Done::Close),
-                Err(Stopped::TooLong) => {
-                    let text = "The search takes too long to keep up to date.";
-                    no_update(&mut out, &update.tag, text);
-                    continue;
-                }
-            };
-            let removed: Vec<u32> = update
-                .uids
-                .iter()
-                .filter(|u| now.binary_search(u).is_err())
-                .copied()
-                .collect();
-            let added: Vec<u32> = now
-                .iter()
-                .filter(|u| update.uids.binary_search(u).is_err())
-                .copied()
-                .collect();
-            // Sequence numbers: now, or (for a message expunged) before the command.
-            let number = |uid: u32| -> Option<u32> {
-                if update.uid {
-                    return Some(uid);
-                }
-                let now = sel.messages.binary_search_by_key(&uid, |m| m.uid).ok();
-                let then = || before.iter().position(|&u| u == uid);
-                now.or_else(then).map(|i| i as u32 + 1)
-            };
-            let present = |uid: &&u32| sel.messages.binary_search_by_key(*uid, |m| m.uid).is_ok();
-            let (still, expunged): (Vec<&u32>, Vec<&u32>) = removed.iter().partition(present);
-            let added: Vec<&u32> = added.iter().collect();
-            for (what, uids, is_early) in [
-                ("REMOVEFROM", &expunged, true),
-                ("REMOVEFROM", &still, false),
-                ("ADDTO", &added, false),
-            ] {
-                let mut numbers: Vec<u32> = uids.iter().filter_map(|&&u| number(u)).collect();
-                if numbers.is_empty() {
-                    continue;
-                }
-                numbers.sort_unstable();
-                let uid = if update.uid { " UID" } else { "" };
-                let set = search_args::set_text(&numbers);
-                let tag = &update.tag;
-                let line = format!("* ESEARCH (TAG \"{tag}\"){uid} {what} (0 {set})\r\n");
-                let into = if is_early { &mut early } else { &mut out };
-                into.extend_from_slice(line.as_bytes());
-            }
-            update.uids = now;
-            kept.push(update);
-        }
-        self.search.updates = kept;
-        let at = mark.at.min(conn.out.len());
-        conn.out.splice(at..at, early);
-        conn.out.extend_from_slice(&out);
-        Ok(())
-    }
-}
-
-/// `* NO [NOUPDATE "tag"] …`: that search is not (or no longer) kept up to date. A tag
-/// has no quotes or backslashes (RFC 3501 §9: astring-char less "+").
-fn no_update(out: &mut Vec<u8>, tag: &str, text: &str) {
-    out.extend_from_slice(format!("* NO [NOUPDATE \"{tag}\"] {text}\r\n").as_bytes());
-}
-
-/// A kept search's result now, as UIDs (ascending).
-fn search_again(
-    sel: &Selected,
-    command: &[u8],
-    watch: &mut search::Watch<'_>,
-) -> Result<Vec<u32>, Stopped> {
-    let Ok((_, decoded)) = CommandCodec::default().decode(command) else {
-        return Ok(Vec::new());
-    };
-    let CommandBody::Search { criteria, .. } = decoded.body else {
-        return Ok(Vec::new());
-    };
-    let query = Query::new(criteria.as_ref());
-    let hits = search::run(sel, &query, watch)?;
-    Ok(numbers_of(sel, &hits, true))
 }
 
 /// What THREAD needs of each matching message: its header read and parsed once.

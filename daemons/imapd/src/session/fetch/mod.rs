@@ -7,7 +7,7 @@ mod binary;
 pub(crate) mod mime;
 pub(crate) mod raw;
 mod response;
-mod section;
+pub(crate) mod section;
 
 use std::collections::HashSet;
 

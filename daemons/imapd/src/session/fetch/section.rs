@@ -36,7 +36,7 @@ pub(super) fn response_section(section: &Section<'_>) -> Section<'static> {
 /// The bytes of a section other than the whole message and the top-level TEXT (which are
 /// ranges of the message: see `response`), borrowed from the message where they are a part
 /// of it. `None`: no such part (sent as an empty string).
-pub(super) fn section_data<'a>(
+pub(crate) fn section_data<'a>(
     content: &'a [u8],
     parsed: Option<&'a Message<'a>>,
     section: &Section<'_>,
