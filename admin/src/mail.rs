@@ -145,7 +145,8 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
     match (args[0].as_str(), positional.as_slice()) {
         ("list", [user]) => {
             let folder = store.mailbox(user)?.folder(&options.folder)?;
-            let snapshot = folder.snapshot()?;
+            let mut snapshot = folder.snapshot()?;
+            folder.measure(&mut snapshot.messages)?;
             let mut out = format!(
                 "UIDVALIDITY {} UIDNEXT {}\n",
                 snapshot.uid_validity, snapshot.uid_next
@@ -158,7 +159,11 @@ pub(crate) fn run(args: &[String]) -> anyhow::Result<()> {
                 };
                 out.push_str(&format!(
                     "{} {} {} {} {}\n",
-                    m.uid, m.size, m.vsize, flags, m.base
+                    m.uid,
+                    m.size,
+                    m.vsize.unwrap_or(m.size),
+                    flags,
+                    m.base
                 ));
             }
             print!("{out}");

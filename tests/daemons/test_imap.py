@@ -32,6 +32,7 @@ def imap(daemons, mailhome, cert):
         seed(mail, "alice", message(n))
     d = daemons.start("imapd", config(users, mail, cert))
     d.mail = mail
+    d.users_and_mail = (users, mail)
     return d
 
 
@@ -698,6 +699,44 @@ def test_large_and_lf_only_messages_stream_as_crlf(imap, cert):
     assert data[0][1] == wire[3500000:3600000]
     data = ok(c.fetch("5", "(BODY.PEEK[] BODY.PEEK[TEXT] RFC822.SIZE)"))
     assert data[0][1] == b"Subject: small\r\n\r\nbare LF\r\n" and data[1][1] == b"bare LF\r\n"
+
+
+def test_sizes_of_messages_another_program_delivered(imap, daemons, cert):
+    """A folder filled by another program (names without sizes, bare LFs): its first SELECT
+    reads no message for its size; every place a size shows gives the CRLF size, measured on
+    demand and written down, so that a restarted daemon has it too."""
+    c = client(imap, cert)
+    ok(c.select("INBOX"))  # numbers the three seeded messages 1-3 first
+    c.logout()
+    cur = imap.mail / "alice" / "cur"
+    bodies = {f"1700000{n:03d}.outside{n}.host": b"Subject: s%d\n\n" % n + b"x\n" * (n * 40)
+              for n in range(1, 6)}
+    for name, body in bodies.items():
+        (cur / f"{name}:2,S").write_bytes(body)
+    wire = {n + 3: len(b.replace(b"\n", b"\r\n")) for n, b in enumerate(bodies.values(), 1)}
+    c = client(imap, cert)
+    ok(c.select("INBOX"))
+    typ, data = c.uid("SEARCH", None, f"LARGER {wire[5]} SMALLER {wire[8]}")
+    assert typ == "OK" and data[0].split() == [b"6", b"7"], data
+    typ, data = c.uid("SORT", "(REVERSE SIZE)", "UTF-8", "UID 4:*")
+    assert typ == "OK" and data[0].split() == [b"8", b"7", b"6", b"5", b"4"], data
+    total = sum(wire.values()) + sum(len(message(n)) for n in (1, 2, 3))
+    status = ok(c.status("INBOX", "(SIZE)"))[0]
+    assert status == b"INBOX (SIZE %d)" % total, (status, total)
+    sizes = ok(c.fetch("4:*", "(RFC822.SIZE)"))
+    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == list(
+        wire.values()), sizes
+    c.logout()
+    listed = (imap.mail / "alice" / "inetkit-uidlist").read_text()
+    assert all(f"W={w} " in listed for w in wire.values()), listed
+
+    imap.stop()
+    d = daemons.start("imapd", config(*imap.users_and_mail, cert))
+    c = client(d, cert)
+    ok(c.select("INBOX", readonly=True))
+    sizes = ok(c.fetch("4:*", "(RFC822.SIZE)"))
+    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == list(
+        wire.values()), sizes
 
 
 def test_rename_inbox_moves_its_messages(imap, cert):

@@ -39,6 +39,7 @@ const TMP_MAX_AGE: Duration = Duration::from_secs(36 * 3600);
 /// Attempts at a fresh unique name when one is taken (practically never).
 const NAME_ATTEMPTS: usize = 10;
 
+mod measure;
 mod scan;
 use scan::message_info;
 mod transfer;
@@ -58,8 +59,8 @@ pub fn directory_reads() -> u64 {
     DIRS_READ.with(Cell::get)
 }
 
-/// How many message files this thread has opened to learn a size or date while indexing.
-/// Lets tests check that an indexed folder is opened from its uid list alone.
+/// How many message files this thread has read to measure their size with CRLF line ends.
+/// Lets tests check that a folder is numbered without reading its messages.
 #[doc(hidden)]
 pub fn message_files_read() -> u64 {
     FILES_READ.with(Cell::get)
@@ -104,8 +105,10 @@ pub struct MessageInfo {
     pub base: Arc<str>,
     /// Bytes in the file.
     pub size: u64,
-    /// Bytes with every bare LF sent as CRLF: POP3 LIST and IMAP RFC822.SIZE.
-    pub vsize: u64,
+    /// Bytes with every bare LF sent as CRLF: POP3 LIST and IMAP RFC822.SIZE. `None` until
+    /// measured ([`Folder::measure`]): a message another program delivered without `,W=` in
+    /// its name is read for it only when asked (as Dovecot does), not at its first snapshot.
+    pub vsize: Option<u64>,
     /// Its flags when the snapshot was taken (or after this session's last change to them).
     pub flags: Flags,
     /// When the message arrived (IMAP INTERNALDATE), to the second.
@@ -393,7 +396,7 @@ impl Folder {
             file: format!("new/{}", new_name(&base, flags)).into(),
             base: base.into(),
             size: sizes.size,
-            vsize: sizes.vsize,
+            vsize: Some(sizes.vsize),
             flags,
             internal_date: UNIX_EPOCH + Duration::from_secs(secs),
             recent: true,

@@ -77,15 +77,29 @@ impl Entry {
         }
     }
 
-    /// Size, size with CRLF line ends, arrival (seconds); 0 where nothing tells.
-    pub(crate) fn facts(&self) -> (u64, u64, u64) {
-        let [size, vsize, time] = self.known.map(|v| v.unwrap_or(0));
-        (size, vsize, time)
+    /// Size, size with CRLF line ends (`None` until measured), arrival (seconds); 0 where
+    /// nothing tells.
+    pub(crate) fn facts(&self) -> (u64, Option<u64>, u64) {
+        let [size, vsize, time] = self.known;
+        (size.unwrap_or(0), vsize, time.unwrap_or(0))
     }
 
-    /// Neither the name nor the line has every value: the file must be read once.
+    /// Neither the name nor the line has the size or the arrival time: the file's metadata
+    /// must be read once. (The size with CRLF line ends, which takes reading the whole file,
+    /// is measured only when asked for: `Folder::measure`.)
     pub(crate) fn incomplete(&self) -> bool {
-        self.known.iter().any(Option::is_none)
+        self.known[0].is_none() || self.known[2].is_none()
+    }
+
+    /// Records the size with CRLF line ends, measured: kept in the line from now on. Whether
+    /// it was unknown.
+    pub(crate) fn measured(&mut self, vsize: u64) -> bool {
+        let unknown = self.known[1].is_none();
+        if unknown {
+            self.vsize = Some(vsize);
+            self.known[1] = Some(vsize);
+        }
+        unknown
     }
 }
 
@@ -527,7 +541,7 @@ mod tests {
         assert_eq!((list.validity, list.next_uid), (1_700_000_000, 9));
         let uids: Vec<u32> = list.entries.iter().map(|e| e.uid).collect();
         assert_eq!(uids, [3, 7]);
-        assert_eq!(list.entries[1].facts(), (38, 40, 1_700_000_001));
+        assert_eq!(list.entries[1].facts(), (38, Some(40), 1_700_000_001));
         // Anything else is not taken: the folder is numbered afresh.
         for bad in [
             "1 1700000000 3\n",

@@ -15,7 +15,7 @@ use imap_codec::imap_types::search::SearchKey;
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
 use inetkit_maildir::{Flags, MessageInfo};
 
-use crate::selected::Selected;
+use crate::selected::{octets, Selected};
 
 mod content;
 
@@ -118,6 +118,20 @@ impl Query {
         fn has(key: &Key) -> bool {
             match key {
                 Key::ModSeq(_) => true,
+                Key::And(keys) => keys.iter().any(has),
+                Key::Or(a, b) => has(a) || has(b),
+                Key::Not(k) => has(k),
+                _ => false,
+            }
+        }
+        self.keys.iter().any(has)
+    }
+
+    /// Whether a key is LARGER or SMALLER: the messages' sizes must then be measured.
+    pub(crate) fn uses_size(&self) -> bool {
+        fn has(key: &Key) -> bool {
+            match key {
+                Key::Larger(_) | Key::Smaller(_) => true,
                 Key::And(keys) => keys.iter().any(has),
                 Key::Or(a, b) => has(a) || has(b),
                 Key::Not(k) => has(k),
@@ -376,8 +390,8 @@ impl Ctx<'_, '_, '_, '_> {
             Key::Keyword(k) => has_keyword(k),
             Key::Unkeyword(k) => !has_keyword(k),
             Key::ModSeq(n) => selected.modseqs.of(self.msg.uid) >= *n,
-            Key::Larger(n) => self.msg.vsize > *n,
-            Key::Smaller(n) => self.msg.vsize < *n,
+            Key::Larger(n) => octets(self.msg) > *n,
+            Key::Smaller(n) => octets(self.msg) < *n,
             Key::Before(d) => internal_date(self.msg) < *d,
             Key::On(d) => internal_date(self.msg) == *d,
             Key::Since(d) => internal_date(self.msg) >= *d,

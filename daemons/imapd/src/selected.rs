@@ -422,6 +422,26 @@ impl Selected {
             .map(|i| i + 1)
     }
 
+    /// Measures the sizes (RFC822.SIZE) of the messages at these indexes where unknown: see
+    /// [`Folder::measure`]. A message gone meanwhile is left as it was.
+    pub(crate) fn measure(&mut self, indexes: &[usize]) -> Result<(), StoreError> {
+        let unknown: Vec<usize> = indexes
+            .iter()
+            .copied()
+            .filter(|&i| self.messages.get(i).is_some_and(|m| m.vsize.is_none()))
+            .collect();
+        if unknown.is_empty() {
+            return Ok(());
+        }
+        let mut msgs: Vec<MessageInfo> =
+            unknown.iter().map(|&i| self.messages[i].clone()).collect();
+        self.folder.measure(&mut msgs)?;
+        for (i, msg) in unknown.into_iter().zip(msgs) {
+            self.messages[i].vsize = msg.vsize;
+        }
+        Ok(())
+    }
+
     /// Removes the messages at these indexes from the folder and the view, telling the client
     /// with EXPUNGE responses (when `out` is given). Returns the UIDs removed.
     pub(crate) fn expunge(
@@ -444,6 +464,12 @@ impl Selected {
         // by the next refresh all the same, as it compares against the folder itself.
         Ok(doomed.iter().map(|m| m.uid).collect())
     }
+}
+
+/// A message's size as IMAP counts it (RFC822.SIZE: every line ending CRLF), once measured
+/// ([`Selected::measure`]); the file's size for one not measured (gone meanwhile).
+pub(crate) fn octets(msg: &MessageInfo) -> u64 {
+    msg.vsize.unwrap_or(msg.size)
 }
 
 /// The folder's messages: the snapshot another session took at this generation when there is

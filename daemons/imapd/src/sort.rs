@@ -13,6 +13,7 @@ use inetkit_maildir::MessageInfo;
 use mail_parser::{Address, Message};
 
 use crate::search::{Need, Stopped, Watch};
+use crate::selected::octets;
 use crate::session::fetch::mime;
 
 /// The longest text key kept per message, in bytes: longer ones are compared by their start.
@@ -160,7 +161,7 @@ fn compare(
             date(a.0).cmp(&date(b.0))
         }
         SortKey::Size => {
-            let size = |i| info(i).map_or(0, |m: &MessageInfo| m.vsize);
+            let size = |i| info(i).map_or(0, octets);
             size(a.0).cmp(&size(b.0))
         }
         SortKey::Date => a.1.date.cmp(&b.1.date),

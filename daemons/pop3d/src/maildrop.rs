@@ -50,7 +50,9 @@ impl Maildrop {
             Err(err) => return Err(OpenError::Lock(err)),
         };
         let folder = mailbox.inbox();
-        let snapshot = folder.snapshot()?;
+        let mut snapshot = folder.snapshot()?;
+        // STAT and LIST need every size from the start.
+        folder.measure(&mut snapshot.messages)?;
         let messages = snapshot
             .messages
             .into_iter()
@@ -71,7 +73,7 @@ impl Maildrop {
     /// Number and total size of the messages not marked deleted.
     pub(crate) fn stat(&self) -> (usize, u64) {
         self.live()
-            .fold((0, 0), |(n, size), (_, info)| (n + 1, size + info.vsize))
+            .fold((0, 0), |(n, size), (_, info)| (n + 1, size + octets(info)))
     }
 
     /// The messages not marked deleted, with their numbers.
@@ -221,6 +223,12 @@ pub(crate) fn read_chunk(file: &mut File, buf: &mut [u8]) -> std::io::Result<usi
             other => return other,
         }
     }
+}
+
+/// A message's size as POP3 counts it (every line ending CRLF). Measured when the maildrop
+/// was opened; a message gone since counts its file size.
+pub(crate) fn octets(info: &MessageInfo) -> u64 {
+    info.vsize.unwrap_or(info.size)
 }
 
 #[cfg(test)]

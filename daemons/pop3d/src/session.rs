@@ -18,7 +18,7 @@ use inetkit_runtime::server::Peer;
 use inetkit_runtime::session::{serve_lines, Flow, LineProtocol, SessionStream};
 
 use crate::command::{parse, Command, ParseError};
-use crate::maildrop::{read_chunk, Extent, ExtentFilter, Maildrop, OpenError};
+use crate::maildrop::{octets, read_chunk, Extent, ExtentFilter, Maildrop, OpenError};
 use crate::Pop3;
 
 /// Output is sent once this much is queued (or when the client has nothing more pipelined).
@@ -363,12 +363,12 @@ impl Session {
                 let (count, size) = maildrop.stat();
                 conn.reply(&format!("+OK {count} messages ({size} octets)"));
                 for (n, info) in maildrop.live() {
-                    conn.reply(&format!("{n} {}", info.vsize));
+                    conn.reply(&format!("{n} {}", octets(info)));
                 }
                 conn.reply(".");
             }
             Command::List(Some(n)) => match maildrop.get(n) {
-                Some(info) => conn.reply(&format!("+OK {n} {}", info.vsize)),
+                Some(info) => conn.reply(&format!("+OK {n} {}", octets(info))),
                 None => conn.reply(NO_SUCH_MESSAGE),
             },
             Command::Uidl(None) => {
@@ -461,7 +461,7 @@ async fn send_message<S: SessionStream>(
     extent: Extent,
     conn: &mut Conn<S>,
 ) -> Flow {
-    let Some(size) = maildrop.get(n).map(|info| info.vsize) else {
+    let Some(size) = maildrop.get(n).map(octets) else {
         conn.reply(NO_SUCH_MESSAGE);
         return Flow::Continue;
     };

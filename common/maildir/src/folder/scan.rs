@@ -2,8 +2,7 @@
 //! list, under the folder lock (the rules are in the parent module's doc).
 
 use std::collections::HashSet;
-use std::fs::File;
-use std::io::{ErrorKind, Read};
+use std::io::ErrorKind;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -13,7 +12,7 @@ use nix::sys::stat::Mode;
 
 use crate::fsutil::{self, Lock};
 use crate::index::{self, Found, FxMap, Index, Sub};
-use crate::maildir::{arrival_key, cur_name, name_time, size_field, SizeCounter};
+use crate::maildir::{arrival_key, cur_name, name_time, size_field};
 use crate::uidlist::{Entry, Loaded, UidList};
 use crate::StoreError;
 
@@ -274,13 +273,10 @@ impl Folder {
         }
         // Lines that lack a cached value their name does not carry (a hand-edited list).
         if list.entries.iter().any(Entry::incomplete) {
-            let mut buf = Vec::new();
             for entry in &mut Arc::make_mut(&mut list).entries {
                 if entry.incomplete() {
                     if let Some(f) = found.get(&entry.base) {
-                        if let Some(filled) =
-                            self.index_entry(entry.uid, &entry.base, f, &mut buf)?
-                        {
+                        if let Some(filled) = self.index_entry(entry.uid, &entry.base, f)? {
                             *entry = filled;
                             rewrite = true;
                         }
@@ -316,30 +312,26 @@ impl Folder {
         })
     }
 
-    /// A uid list line for a message seen for the first time: sizes and date come from the
-    /// name, or else from the file, once. `None` if the file vanished meanwhile.
+    /// A uid list line for a message seen for the first time: size and date come from the
+    /// name, or else from the file's metadata, once (its size with CRLF line ends is measured
+    /// when asked for: [`Folder::measure`]). `None` if the file vanished meanwhile.
     pub(super) fn index_entry(
         &self,
         uid: u32,
         base: &Arc<str>,
         found: &Found,
-        buf: &mut Vec<u8>,
     ) -> Result<Option<Entry>, StoreError> {
         let entry = Entry::new(uid, base.clone(), None, None, None);
         if !entry.incomplete() {
             return Ok(Some(entry));
         }
-        let (mut size, mut vsize, mut time) = (None, None, None);
+        let (mut size, mut time) = (None, None);
         let path = self.path.join(&*found.rel);
-        let mut file = match File::open(&path) {
-            Ok(file) => file,
+        let meta = match std::fs::metadata(&path) {
+            Ok(meta) => meta,
             Err(err) if err.kind() == ErrorKind::NotFound => return Ok(None),
-            Err(err) => return Err(StoreError::io("opening", &path, err)),
+            Err(err) => return Err(StoreError::io("reading", &path, err)),
         };
-        FILES_READ.with(|n| n.set(n.get() + 1));
-        let meta = file
-            .metadata()
-            .map_err(|err| StoreError::io("reading", &path, err))?;
         if size_field(base, 'S').is_none() {
             size = Some(meta.len());
         }
@@ -347,20 +339,7 @@ impl Folder {
             let mtime = meta.modified().unwrap_or(UNIX_EPOCH);
             time = Some(mtime.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()));
         }
-        if size_field(base, 'W').is_none() {
-            let mut sizes = SizeCounter::default();
-            buf.resize(64 * 1024, 0);
-            loop {
-                match file.read(buf) {
-                    Ok(0) => break,
-                    Ok(n) => sizes.update(&buf[..n]),
-                    Err(err) if err.kind() == ErrorKind::Interrupted => {}
-                    Err(err) => return Err(StoreError::io("reading", &path, err)),
-                }
-            }
-            vsize = Some(sizes.vsize);
-        }
-        Ok(Some(Entry::new(uid, base.clone(), size, vsize, time)))
+        Ok(Some(Entry::new(uid, base.clone(), size, None, time)))
     }
 
     /// [`index_entry`](Self::index_entry) for many new messages (a folder seen for the first
@@ -371,10 +350,9 @@ impl Folder {
         found: &FxMap<Arc<str>, Found>,
     ) -> Result<Vec<Option<Entry>>, StoreError> {
         let work = |bases: &[Arc<str>]| {
-            let mut buf = Vec::new();
             let entries: Result<Vec<_>, _> = bases
                 .iter()
-                .map(|base| self.index_entry(0, base, &found[base], &mut buf))
+                .map(|base| self.index_entry(0, base, &found[base]))
                 .collect();
             (entries, message_files_read())
         };

@@ -88,6 +88,16 @@ impl Folder {
         msgs: &[MessageInfo],
         flags: &dyn Fn(Flags) -> Flags,
     ) -> Result<Transferred, StoreError> {
+        // The new names carry the size with CRLF line ends: measured first, without the locks
+        // (finding a renamed file takes one).
+        let mut measured: Vec<MessageInfo>;
+        let msgs = if msgs.iter().any(|m| m.vsize.is_none()) {
+            measured = msgs.to_vec();
+            self.measure(&mut measured)?;
+            &measured
+        } else {
+            msgs
+        };
         let same = self.path == target.path;
         let (source_lock, target_lock) = if same {
             (self.lock()?, None)
@@ -158,6 +168,8 @@ impl Folder {
     ) -> Result<(), StoreError> {
         let target_new = target.path.join(Sub::New.dir());
         for msg in msgs {
+            // Gone since it was measured.
+            let Some(vsize) = msg.vsize else { continue };
             let mut from = self.path.join(&*msg.file);
             let mut current = msg.flags;
             let mut followed = false;
@@ -167,7 +179,7 @@ impl Folder {
                     "{},S={},W={}",
                     unique_name(msg.internal_date),
                     msg.size,
-                    msg.vsize
+                    vsize
                 )
                 .into();
                 let new_flags = flags(current);
@@ -181,7 +193,7 @@ impl Folder {
                             base,
                             flags: new_flags,
                             size: msg.size,
-                            vsize: msg.vsize,
+                            vsize,
                             internal_date: msg.internal_date,
                         });
                         break;

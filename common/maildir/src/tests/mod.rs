@@ -105,7 +105,10 @@ fn snapshot_numbers_messages_and_keeps_numbers() {
         [1, 2, 3]
     );
     assert_eq!(first.uid_next, 4);
-    assert!(first.messages.iter().all(|m| m.recent && m.size == m.vsize));
+    assert!(first
+        .messages
+        .iter()
+        .all(|m| m.recent && Some(m.size) == m.vsize));
     for (i, msg) in first.messages.iter().enumerate() {
         assert_eq!(
             read_all(&inbox, msg),
@@ -131,6 +134,8 @@ fn snapshot_numbers_messages_and_keeps_numbers() {
     assert_eq!(third.uid_validity, first.uid_validity);
 }
 
+/// A message another program delivered: numbered from its name and metadata, and measured
+/// (read for its size with CRLF line ends) only when asked for, once.
 #[test]
 fn outside_deliveries_are_measured_once() {
     let dir = TestDir::new();
@@ -142,12 +147,18 @@ fn outside_deliveries_are_measured_once() {
     std::fs::write(root.join("cur/handmade:2,SF"), "x\r\ny\n").unwrap();
     let before = message_files_read();
     let inbox = mailbox.inbox();
-    let snap = inbox.snapshot().unwrap();
+    let unmeasured = inbox.snapshot().unwrap();
+    assert_eq!(message_files_read(), before, "read to be numbered");
+    assert!(unmeasured.messages.iter().all(|m| m.vsize.is_none()));
+    let list = std::fs::read_to_string(root.join("inetkit-uidlist")).unwrap();
+    assert!(list.contains(" S=4 :1700000000.12345_1.host\n"), "{list}");
+    let mut snap = unmeasured.clone();
+    inbox.measure(&mut snap.messages).unwrap();
     assert_eq!(message_files_read() - before, 2);
     let by_base: HashMap<&str, &MessageInfo> =
         snap.messages.iter().map(|m| (&*m.base, m)).collect();
     let a = by_base["1700000000.12345_1.host"];
-    assert_eq!((a.size, a.vsize, a.flags), (4, 6, Flags::EMPTY));
+    assert_eq!((a.size, a.vsize, a.flags), (4, Some(6), Flags::EMPTY));
     assert_eq!(
         a.internal_date,
         UNIX_EPOCH + Duration::from_secs(1_700_000_000)
@@ -155,7 +166,7 @@ fn outside_deliveries_are_measured_once() {
     let b = by_base["handmade"];
     assert_eq!(
         (b.size, b.vsize, b.flags),
-        (5, 6, Flags::SEEN | Flags::FLAGGED)
+        (5, Some(6), Flags::SEEN | Flags::FLAGGED)
     );
     assert!(!b.recent);
     let mtime = std::fs::metadata(root.join("cur/handmade:2,SF"))
@@ -179,6 +190,8 @@ fn outside_deliveries_are_measured_once() {
 
     let before = message_files_read();
     assert_eq!(inbox.snapshot().unwrap(), snap);
+    // Measuring again reads nothing; a process that never saw them reads the list.
+    inbox.measure(&mut unmeasured.clone().messages).unwrap();
     assert_eq!(
         message_files_read(),
         before,

@@ -91,7 +91,7 @@ pub(super) fn with_messages<R>(messages: &[Facts], f: impl FnOnce(&Selected) -> 
                 msg.uid = facts.uid;
                 msg.flags = facts.flags;
                 msg.size = facts.vsize;
-                msg.vsize = facts.vsize;
+                msg.vsize = Some(facts.vsize);
                 msg.internal_date =
                     SystemTime::UNIX_EPOCH + Duration::from_secs(u64::from(facts.days) * 86_400);
                 msg.recent = facts.recent;

@@ -21,6 +21,7 @@ use super::mailboxes::{mailbox_name, mailbox_of};
 use super::reply::{no_code, Done};
 use super::{blocking, Session, MAX_COMMAND};
 use crate::catenate::{parse_url, CatPart, ImapUrl, Server};
+use crate::selected::octets;
 use crate::wire;
 
 /// Longest URL repeated in a BADURL response code.
@@ -136,10 +137,10 @@ impl Session {
             .ok_or(Refused::BadUrl("No such message."))?;
         // The whole message is read to take the part: a message larger than any command
         // could be is not read at all.
-        if msg.vsize > MAX_COMMAND {
+        if octets(msg) > MAX_COMMAND {
             return Err(no_code(Code::TooBig, "The message named is too large.").into());
         }
-        built.read = built.read.saturating_add(msg.vsize);
+        built.read = built.read.saturating_add(octets(msg));
         if built.read > MAX_READ {
             let text = "The URLs name more than one command may read; send fewer.";
             return Err(no_code(wire::code("LIMIT"), text).into());

@@ -16,7 +16,7 @@ use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, sto
 use super::{blocking, Conn, Session};
 use crate::modseq;
 use crate::names::{self, decode_utf7, encode_utf7};
-use crate::selected::Selected;
+use crate::selected::{octets, Selected};
 use crate::special_use::SpecialUse;
 use crate::wire::{self, nz};
 
@@ -344,7 +344,15 @@ impl Session {
             Ok(f) => f,
             Err(_) => return no_such_mailbox(),
         };
-        let snapshot = match blocking(|| folder.snapshot()) {
+        let wants_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
+        let snapshot = blocking(|| {
+            let mut snapshot = folder.snapshot()?;
+            if wants_size {
+                folder.measure(&mut snapshot.messages)?;
+            }
+            Ok(snapshot)
+        });
+        let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => return store_error(&e),
         };
@@ -362,9 +370,7 @@ impl Session {
                     StatusDataItem::UidValidity(nz(snapshot.uid_validity))
                 }
                 // STATUS=SIZE (RFC 8438): the sum of the RFC822.SIZEs.
-                StatusDataItemName::Size => {
-                    StatusDataItem::Size(msgs.iter().map(|m| m.vsize).sum())
-                }
+                StatusDataItemName::Size => StatusDataItem::Size(msgs.iter().map(octets).sum()),
                 StatusDataItemName::Unseen => StatusDataItem::Unseen(count(
                     msgs.iter()
                         .filter(|m| !m.flags.contains(Flags::SEEN))

@@ -9,7 +9,7 @@ use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use imap_codec::imap_types::core::{Charset, Tag};
-use imap_codec::imap_types::extensions::sort::SortCriterion;
+use imap_codec::imap_types::extensions::sort::{SortCriterion, SortKey};
 use imap_codec::imap_types::extensions::thread::ThreadingAlgorithm;
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::search::SearchKey;
@@ -249,7 +249,7 @@ impl Session {
 
     /// The indexes of the messages that match, stopped as SEARCH stops.
     fn matching<S>(
-        &self,
+        &mut self,
         criteria: &[SearchKey<'_>],
         conn: &mut Conn<S>,
     ) -> Result<Vec<usize>, Stopped>
@@ -265,14 +265,20 @@ impl Session {
     /// [`Session::matching`] under a watch the caller goes on using (SORT, THREAD: one time
     /// limit for the search and the ordering together).
     fn matching_within(
-        &self,
+        &mut self,
         criteria: &[SearchKey<'_>],
         watch: &mut search::Watch<'_>,
     ) -> Result<Vec<usize>, Stopped> {
-        let Some(sel) = self.selected.as_ref() else {
+        let Some(sel) = self.selected.as_mut() else {
             return Ok(Vec::new());
         };
         let query = Query::new(criteria);
+        if query.uses_size() {
+            // Should measuring fail, the file sizes stand in.
+            let all: Vec<usize> = (0..sel.messages.len()).collect();
+            let _ = blocking(|| sel.measure(&all));
+        }
+        let sel = &*sel;
         blocking(|| search::run(sel, &query, watch))
     }
 
@@ -403,9 +409,13 @@ impl Session {
         let mut gone = || client_gone(reader);
         let mut watch = search::Watch::new(search::TIME_LIMIT, &mut gone);
         let sorted = self.matching_within(keys, &mut watch).and_then(|hits| {
-            let Some(sel) = self.selected.as_ref() else {
+            let Some(sel) = self.selected.as_mut() else {
                 return Ok(Vec::new());
             };
+            if criteria.iter().any(|c| matches!(c.key, SortKey::Size)) {
+                let _ = blocking(|| sel.measure(&hits));
+            }
+            let sel = &*sel;
             blocking(|| {
                 sort::sort(&sel.messages, &hits, criteria, &mut watch, |msg| {
                     search::read(sel, msg, Need::Header)

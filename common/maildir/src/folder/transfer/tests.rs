@@ -211,7 +211,9 @@ fn a_process_killed_between_rename_and_numbering_loses_nothing() {
     for m in &source.messages[1..3] {
         let name = format!(
             "1700000000.M{}P9Q9.moved,S={},W={}:2,",
-            m.uid, m.size, m.vsize
+            m.uid,
+            m.size,
+            m.vsize.unwrap()
         );
         std::fs::rename(
             inbox.path().join(m.file()),

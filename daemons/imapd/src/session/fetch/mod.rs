@@ -114,6 +114,11 @@ impl Session {
                 seen_now = unseen.into_iter().filter(|i| !gone.contains(i)).collect();
             }
         }
+        // Sizes not measured yet (a folder another program filled), for the items that use
+        // them; should that fail, the file sizes stand in.
+        if items.iter().any(response::uses_size) {
+            let _ = blocking(|| sel.measure(&indexes));
+        }
         let sel = &*sel;
         let (mut missing, mut too_large, mut unknown_cte) = (false, false, false);
         for i in indexes {

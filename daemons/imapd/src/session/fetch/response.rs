@@ -20,7 +20,7 @@ use inetkit_maildir::{MessageInfo, StoreError};
 use super::raw::{self, RangeReader};
 use super::section::{response_section, section_data};
 use super::{mime, SMALL_MESSAGE};
-use crate::selected::Selected;
+use crate::selected::{octets, Selected};
 use crate::session::input::ImapConn;
 use crate::session::{blocking, Conn};
 use crate::wire::{self, nz};
@@ -83,6 +83,26 @@ fn need_of(item: &MessageDataItemName<'_>, large: bool) -> Need {
         }
         MessageDataItemName::Binary { .. } | MessageDataItemName::BinarySize { .. } => Need::Whole,
         _ => Need::Nothing,
+    }
+}
+
+/// Items whose answer depends on the message's size (RFC822.SIZE, and the whole message or
+/// its text, streamed or cut by it): those need it measured.
+pub(super) fn uses_size(item: &MessageDataItemName<'_>) -> bool {
+    match item {
+        MessageDataItemName::Uid
+        | MessageDataItemName::Flags
+        | MessageDataItemName::InternalDate
+        | MessageDataItemName::ModSeq
+        | MessageDataItemName::Envelope
+        | MessageDataItemName::Rfc822Header => false,
+        MessageDataItemName::BodyExt { section, .. } => !matches!(
+            section,
+            Some(Section::Header(None))
+                | Some(Section::HeaderFields(None, _))
+                | Some(Section::HeaderFieldsNot(None, _))
+        ),
+        _ => true,
     }
 }
 
@@ -156,7 +176,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let msg = &sel.messages[index];
-    let large = msg.vsize > SMALL_MESSAGE;
+    let large = octets(msg) > SMALL_MESSAGE;
     let need = items
         .iter()
         .map(|i| need_of(i, large))
@@ -219,7 +239,7 @@ where
         return Written::UnknownCte;
     }
     let size: u64 = parts.iter().map(Part::len).sum();
-    if size > budget(msg.vsize) {
+    if size > budget(octets(msg)) {
         tracing::info!(
             uid = msg.uid,
             size,
@@ -296,7 +316,7 @@ impl<'a> Message<'a> {
                 wire::internal_date(msg.internal_date),
             )),
             MessageDataItemName::Rfc822Size => encoded(MessageDataItem::Rfc822Size(
-                u32::try_from(msg.vsize).unwrap_or(u32::MAX),
+                u32::try_from(octets(msg)).unwrap_or(u32::MAX),
             )),
             MessageDataItemName::Envelope => encoded(MessageDataItem::Envelope(
                 self.parsed
@@ -348,7 +368,7 @@ impl<'a> Message<'a> {
             }
             MessageDataItemName::BinarySize { section } => {
                 let size = if section.is_empty() {
-                    Ok(msg.vsize)
+                    Ok(octets(msg))
                 } else {
                     super::binary::decoded(self.content, self.parsed, section)
                         .map(|d| d.len() as u64)
@@ -378,7 +398,7 @@ impl<'a> Message<'a> {
     /// Bytes `offset..offset + length` of the whole message, which RFC822.SIZE promised to
     /// be `vsize` long: from memory when it was read, else from its file.
     fn whole_range(&self, name: Vec<u8>, offset: u64, length: Option<u64>) -> Part<'a> {
-        let (start, want) = window(self.info.vsize, offset, length);
+        let (start, want) = window(octets(self.info), offset, length);
         if !self.whole {
             return Part::File(name, start, want);
         }
@@ -405,7 +425,7 @@ impl<'a> Message<'a> {
         }
         // Only the header was read: the text is the rest of the file.
         let header = raw::header_len(self.content) as u64;
-        let (start, want) = window(self.info.vsize.saturating_sub(header), offset, length);
+        let (start, want) = window(octets(self.info).saturating_sub(header), offset, length);
         Part::File(name, header + start, want)
     }
 }

@@ -1,0 +1,97 @@
+//! Sizes with CRLF line ends (POP3 LIST, IMAP RFC822.SIZE), measured when asked for: a folder
+//! another program filled is numbered from its directory listing alone, and a message is read
+//! for its size only when a client wants it (the first SELECT of 10,000 such messages read
+//! every one before).
+
+use std::fs::File;
+use std::io::{ErrorKind, Read};
+
+use std::sync::Arc;
+
+use crate::maildir::SizeCounter;
+use crate::uidlist::{Loaded, UidList};
+use crate::StoreError;
+
+use super::{Folder, MessageInfo, FILES_READ};
+
+impl Folder {
+    /// Fills in [`MessageInfo::vsize`] where it is `None`, reading each such file once, and
+    /// writes the values into the uid list, so that later snapshots carry them. A message gone
+    /// meanwhile keeps `None`.
+    pub fn measure(&self, msgs: &mut [MessageInfo]) -> Result<(), StoreError> {
+        self.measured_before(msgs);
+        let mut measured = Vec::new();
+        let mut buf = Vec::new();
+        for msg in msgs.iter_mut().filter(|m| m.vsize.is_none()) {
+            let mut file = match self.open(msg) {
+                Ok(file) => file,
+                Err(StoreError::MessageGone { .. }) => continue,
+                Err(err) => return Err(err),
+            };
+            let vsize = vsize_of(&mut file, &mut buf)
+                .map_err(|err| StoreError::io("reading", &self.path.join(msg.file()), err))?;
+            msg.vsize = Some(vsize);
+            measured.push((msg.uid, vsize));
+        }
+        if measured.is_empty() {
+            return Ok(());
+        }
+        // Written down, so that no later process reads them again. Should that fail (a full
+        // disk), they are measured again next time: nothing else depends on it.
+        if let Err(err) = self.record_measured(&measured) {
+            tracing::warn!(folder = %self.path.display(), error = %err,
+                "cannot record measured sizes in the uid list");
+        }
+        Ok(())
+    }
+
+    /// Takes the sizes this process measured (or read in the uid list) since these messages'
+    /// snapshot.
+    fn measured_before(&self, msgs: &mut [MessageInfo]) {
+        let index = self.index();
+        let Some(cached) = index.list.as_ref() else {
+            return;
+        };
+        let entries = &cached.list.entries;
+        for msg in msgs.iter_mut().filter(|m| m.vsize.is_none()) {
+            if let Ok(at) = entries.binary_search_by_key(&msg.uid, |e| e.uid) {
+                if entries[at].base == msg.base {
+                    msg.vsize = entries[at].facts().1;
+                }
+            }
+        }
+    }
+
+    fn record_measured(&self, measured: &[(u32, u64)]) -> Result<(), StoreError> {
+        let _lock = self.lock()?;
+        let mut index = self.index();
+        if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
+            let edited = Arc::make_mut(&mut list);
+            let mut changed = false;
+            for &(uid, vsize) in measured {
+                if let Ok(at) = edited.entries.binary_search_by_key(&uid, |e| e.uid) {
+                    changed |= edited.entries[at].measured(vsize);
+                }
+            }
+            if changed {
+                list.save(&self.path, self.owner, &mut index.list)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The size of what `file` holds with every bare LF counted as CRLF.
+fn vsize_of(file: &mut File, buf: &mut Vec<u8>) -> std::io::Result<u64> {
+    FILES_READ.with(|n| n.set(n.get() + 1));
+    let mut sizes = SizeCounter::default();
+    buf.resize(64 * 1024, 0);
+    loop {
+        match file.read(buf) {
+            Ok(0) => return Ok(sizes.vsize),
+            Ok(n) => sizes.update(buf.get(..n).unwrap_or_default()),
+            Err(err) if err.kind() == ErrorKind::Interrupted => {}
+            Err(err) => return Err(err),
+        }
+    }
+}
