@@ -348,10 +348,18 @@ impl Folder {
     fn forget_locked(&self, gone: &HashSet<&str>) -> Result<(), StoreError> {
         let mut index = self.index();
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
-            let before = list.entries.len();
-            let edited = Arc::make_mut(&mut list);
-            edited.entries.retain(|e| !gone.contains(&*e.base));
-            if edited.entries.len() != before || edited.needs_rewrite {
+            let forgotten: Vec<u32> = list
+                .entries
+                .iter()
+                .filter(|e| gone.contains(&*e.base))
+                .map(|e| e.uid)
+                .collect();
+            if !forgotten.is_empty() {
+                Arc::make_mut(&mut list)
+                    .entries
+                    .retain(|e| !gone.contains(&*e.base));
+                list.forget(&self.path, self.owner, &forgotten, &mut index.list)?;
+            } else if list.needs_rewrite {
                 list.save(&self.path, self.owner, &mut index.list)?;
             }
         }

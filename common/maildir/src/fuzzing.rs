@@ -103,6 +103,7 @@ fn parsed(text: &str, split: usize) {
     };
     let mut expected = list.clone();
     expected.needs_rewrite = false;
+    expected.forgotten = 0;
     assert_eq!(again, expected);
     assert_eq!(again.to_text(), text_again);
 

@@ -1,21 +1,30 @@
 //! The per-folder UID list, `inetkit-uidlist`: which base name has which IMAP UID.
 //!
 //! ```text
-//! inetkit-uidlist 1 V1700000000 N43
+//! inetkit-uidlist 2 V1700000000 N43
+//! 40 :1700000000.M0P2Q0.host,S=1100,W=1130
 //! 41 :1700000000.M1P2Q0.host,S=1200,W=1230
 //! 42 S=880 W=902 T=1699999999 :msg-from-procmail
+//! -40
 //! ```
 //!
 //! The header holds the format version, UIDVALIDITY and the next UID; then one line per
 //! message in UID order. Sizes (`S=`, `W=`) and the internal date (`T=`, seconds) appear only
 //! when the base name does not carry them, so that they are computed from the file once.
+//! A line `-<uid>` forgets a message (expunged or moved away): appended, so that an EXPUNGE
+//! costs one small write, not the whole list rewritten and flushed twice.
 //!
 //! Every read and write happens under the folder's lock (`inetkit-uidlist.lock`, flock).
-//! New UIDs are appended (and fsynced before the lock is released); removing lines rewrites
-//! the file atomically (temp file, fsync, rename, fsync of the directory). A crash mid-append
-//! leaves a last line without its newline: it is ignored (its UID was never handed out, since
-//! the append had not returned) and the next write rewrites the file. Anything else that does
-//! not parse makes the list corrupt, and the folder is renumbered under a new UIDVALIDITY.
+//! New UIDs are appended (and fsynced before the lock is released); forgetting is appended
+//! without an fsync (lost in a crash, the next snapshot finds the file gone and forgets it
+//! again); the file is rewritten atomically (temp file, fsync, rename, fsync of the
+//! directory) when something must be dropped otherwise, or once the forget lines outnumber
+//! the messages. A crash mid-append leaves a last line without its newline: it is ignored
+//! (its UID was never handed out, since the append had not returned) and the next write
+//! rewrites the file. Anything else that does not parse makes the list corrupt, and the
+//! folder is renumbered under a new UIDVALIDITY. Version 1 (no forget lines) is read as well
+//! and rewritten as version 2 at its first forget; a version-1 reader takes a version-2 file
+//! as corrupt (a rollback costs clients one resync of each folder).
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -32,7 +41,12 @@ use super::StoreError;
 pub(crate) const FILE: &str = "inetkit-uidlist";
 const TEMP: &str = "inetkit-uidlist.new";
 const MAGIC: &str = "inetkit-uidlist";
-const VERSION: &str = "1";
+const VERSION: &str = "2";
+/// The version before forget lines, still read.
+const VERSION_1: &str = "1";
+/// Forget lines appended before the list is written whole again (or the messages listed,
+/// when more).
+const MAX_FORGOTTEN: usize = 256;
 /// Dovecot's uid list, taken over when a folder has no list of ours.
 const DOVECOT_FILE: &str = "dovecot-uidlist";
 
@@ -112,6 +126,8 @@ pub(crate) struct UidList {
     pub entries: Vec<Entry>,
     /// The file ends in a partial line: rewrite before appending to it.
     pub needs_rewrite: bool,
+    /// Forget lines in the file since it was last written whole.
+    pub forgotten: usize,
 }
 
 /// What reading a folder's list found.
@@ -135,6 +151,7 @@ impl UidList {
             next_uid: 1,
             entries: Vec::new(),
             needs_rewrite: false,
+            forgotten: 0,
         }
     }
 
@@ -148,6 +165,7 @@ impl UidList {
             next_uid: header_next,
             entries: Vec::new(),
             needs_rewrite: !header.ends_with('\n'),
+            forgotten: 0,
         };
         let rest = text.strip_prefix(header).unwrap_or_default();
         list.parse_lines(rest, 2)?;
@@ -168,6 +186,16 @@ impl UidList {
                 self.needs_rewrite = true;
                 break;
             };
+            if let Some(uid) = line.strip_prefix('-') {
+                let uid: u32 = uid
+                    .parse()
+                    .map_err(|_| corrupt(format!("line {}: cannot parse {line:?}", n + first)))?;
+                if let Ok(at) = self.entries.binary_search_by_key(&uid, |e| e.uid) {
+                    self.entries.remove(at);
+                }
+                self.forgotten += 1;
+                continue;
+            }
             let entry = parse_entry(line)
                 .ok_or_else(|| corrupt(format!("line {}: cannot parse {line:?}", n + first)))?;
             if self
@@ -216,6 +244,7 @@ impl UidList {
             next_uid: next_uid.max(1),
             entries: Vec::new(),
             needs_rewrite: false,
+            forgotten: 0,
         };
         for line in lines.filter(|l| !l.is_empty()) {
             let (fields, base) = line.split_once(" :")?;
@@ -336,13 +365,21 @@ impl UidList {
     }
 
     /// Records in `cache` that the file, beginning with `header`, now holds this list.
-    fn remember(self: &Arc<Self>, dir: &Path, cache: &mut Option<CachedList>, header: String) {
+    /// `last` is the file's last line, or `None` when that is the last entry's (or the
+    /// header, for none).
+    fn remember(
+        self: &Arc<Self>,
+        dir: &Path,
+        cache: &mut Option<CachedList>,
+        header: String,
+        last: Option<String>,
+    ) {
         *cache = FileState::of(&dir.join(FILE)).ok().map(|state| CachedList {
             state,
-            last: match self.entries.last() {
+            last: last.unwrap_or_else(|| match self.entries.last() {
                 Some(entry) => entry_line(entry),
                 None => header.clone(),
-            },
+            }),
             header,
             list: Arc::clone(self),
         });
@@ -368,7 +405,7 @@ impl UidList {
             fsutil::sync_dir(dir)
         })();
         match result {
-            Ok(()) => self.remember(dir, cache, self.header_line()),
+            Ok(()) => self.remember(dir, cache, self.header_line(), None),
             Err(_) => {
                 let _ = std::fs::remove_file(&temp);
                 *cache = None;
@@ -409,7 +446,48 @@ impl UidList {
             return Err(StoreError::io("appending to", &path, err));
         }
         if let Some(header) = header.or_else(|| first_line(&path)) {
-            self.remember(dir, cache, header);
+            let last = new.last().map(entry_line);
+            self.remember(dir, cache, header, last);
+        }
+        Ok(())
+    }
+
+    /// Drops the entries of `uids` (which the caller has removed from `self.entries`): a
+    /// forget line each appended to the file, not flushed (see the module doc), or the file
+    /// written whole when it is of version 1, ends in a partial line, or holds too many forget
+    /// lines already. Call with the folder lock held, on a list loaded from `dir` through
+    /// `cache`.
+    pub(crate) fn forget(
+        self: &mut Arc<Self>,
+        dir: &Path,
+        owner: Option<Owner>,
+        uids: &[u32],
+        cache: &mut Option<CachedList>,
+    ) -> Result<(), StoreError> {
+        let version_2 = cache
+            .as_ref()
+            .is_some_and(|c| c.header.split(' ').nth(1) == Some(VERSION));
+        let forgotten = self.forgotten + uids.len();
+        if !version_2 || self.needs_rewrite || forgotten > MAX_FORGOTTEN.max(self.entries.len()) {
+            Arc::make_mut(self).forgotten = 0;
+            return self.save(dir, owner, cache);
+        }
+        let path = dir.join(FILE);
+        let header = cache.take().map(|c| c.header);
+        let text: String = uids.iter().map(|uid| format!("-{uid}\n")).collect();
+        let appended = OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .and_then(|mut file| file.write_all(text.as_bytes()));
+        if let Err(err) = appended {
+            // The cache is gone: the file is read again next time, and the lines of the files
+            // found gone are dropped then.
+            return Err(StoreError::io("appending to", &path, err));
+        }
+        Arc::make_mut(self).forgotten = forgotten;
+        if let Some(header) = header {
+            let last = text.lines().last().map(|l| format!("{l}\n"));
+            self.remember(dir, cache, header, last);
         }
         Ok(())
     }
@@ -474,7 +552,7 @@ fn create_truncated(path: &PathBuf) -> Result<File, StoreError> {
 
 fn parse_header(line: &str) -> Option<(u32, u32)> {
     let mut words = line.trim_end().split(' ');
-    if words.next()? != MAGIC || words.next()? != VERSION {
+    if words.next()? != MAGIC || !matches!(words.next()?, VERSION | VERSION_1) {
         return None;
     }
     let validity: u32 = words.next()?.strip_prefix('V')?.parse().ok()?;
@@ -568,8 +646,26 @@ mod tests {
         ));
         list.next_uid = 9;
         let text = list.to_text();
-        assert!(text.starts_with("inetkit-uidlist 1 V1700000000 N9\n1 :1.M1P1Q1.h,S=10,W=11\n"));
+        assert!(text.starts_with("inetkit-uidlist 2 V1700000000 N9\n1 :1.M1P1Q1.h,S=10,W=11\n"));
         assert_eq!(UidList::parse(&text).unwrap(), list);
+    }
+
+    /// A forget line drops its message; one for a UID not listed changes nothing; a second
+    /// process extending its cached copy by the appended lines ends with the same list.
+    #[test]
+    fn forget_lines_drop_their_messages() {
+        let text = "inetkit-uidlist 2 V5 N9\n1 :a\n3 :b\n4 :c\n-3\n-7\n8 :d\n-1\n";
+        let list = UidList::parse(text).unwrap();
+        let bases: Vec<&str> = list.entries.iter().map(|e| &*e.base).collect();
+        assert_eq!(bases, ["c", "d"]);
+        assert_eq!((list.forgotten, list.next_uid), (3, 9));
+        let (head, tail) = text.split_at(text.find("-3").unwrap());
+        let mut cached = UidList::parse(head).unwrap();
+        cached.parse_lines(tail, 0).unwrap();
+        assert_eq!(cached, list);
+        // Written whole: no forget lines, and read back the same.
+        let again = UidList::parse(&list.to_text()).unwrap();
+        assert_eq!((again.entries, again.forgotten), (list.entries, 0));
     }
 
     /// Other programs' base names may be any UTF-8; the header's end is found by its newline.
@@ -607,7 +703,8 @@ mod tests {
             ("", None),
             ("garbage\n", None),
             ("inetkit-uidlist 1 V0 N1\n", None),
-            ("inetkit-uidlist 2 V5 N1\n", None),
+            ("inetkit-uidlist 3 V5 N1\n", None),
+            ("inetkit-uidlist 2 V5 N1\n1 :a\n-x\n", Some(5)),
             ("inetkit-uidlist 1 V5 N1\n1 :a\nx :b\n", Some(5)),
             ("inetkit-uidlist 1 V5 N1\n2 :a\n2 :b\n", Some(5)),
             ("inetkit-uidlist 1 V5 N1\n0 :a\n", Some(5)),

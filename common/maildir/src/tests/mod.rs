@@ -576,3 +576,65 @@ fn owner_is_set_on_what_the_store_creates() {
         );
     }
 }
+
+/// An expunge appends a forget line (the list is not rewritten and flushed); a version-1
+/// list is rewritten as version 2 at its first forget; forget lines are compacted away once
+/// they outnumber what they would save.
+#[test]
+fn expunges_append_forget_lines_and_compact() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    for i in 0..300 {
+        deliver(&store, "fay", &format!("Subject: {i}\n\n"));
+    }
+    let inbox = store.mailbox("fay").unwrap().inbox();
+    let list_path = inbox.path().join("inetkit-uidlist");
+    let first = inbox.snapshot().unwrap();
+    let ino = || std::fs::metadata(&list_path).unwrap().ino();
+
+    // A version-1 file (as an older inetkit wrote it): rewritten at the first forget.
+    let text = std::fs::read_to_string(&list_path).unwrap();
+    assert!(text.starts_with("inetkit-uidlist 2 "), "{text}");
+    std::fs::write(&list_path, text.replacen(" 2 ", " 1 ", 1)).unwrap();
+    let before = ino();
+    inbox.delete(&first.messages[..1]).unwrap();
+    let text = std::fs::read_to_string(&list_path).unwrap();
+    assert!(
+        text.starts_with("inetkit-uidlist 2 ") && !text.contains("\n-"),
+        "{text}"
+    );
+    assert_ne!(ino(), before, "a version-1 list was appended to");
+
+    // Version 2: each expunge appends, the file stays the same one.
+    let before = ino();
+    inbox.delete(&first.messages[1..2]).unwrap();
+    inbox.delete(&first.messages[2..4]).unwrap();
+    let text = std::fs::read_to_string(&list_path).unwrap();
+    assert!(text.ends_with("\n-2\n-3\n-4\n"), "{text}");
+    assert_eq!(ino(), before, "the list was rewritten");
+    let uids: Vec<u32> = inbox
+        .snapshot()
+        .unwrap()
+        .messages
+        .iter()
+        .map(|m| m.uid)
+        .collect();
+    assert_eq!(uids, (5..=300).collect::<Vec<u32>>());
+
+    // Until the forget lines outnumber both the messages and 256: then written whole.
+    for at in 4..300 {
+        inbox.delete(&first.messages[at..=at]).unwrap();
+        let text = std::fs::read_to_string(&list_path).unwrap();
+        let forget_lines = text.lines().filter(|l| l.starts_with('-')).count();
+        assert!(
+            forget_lines <= 256,
+            "{forget_lines} forget lines after {at}"
+        );
+    }
+    assert!(inbox.snapshot().unwrap().messages.is_empty());
+    let text = std::fs::read_to_string(&list_path).unwrap();
+    assert!(crate::uidlist::UidList::parse(&text)
+        .unwrap()
+        .entries
+        .is_empty());
+}
