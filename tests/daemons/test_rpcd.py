@@ -221,6 +221,24 @@ def test_host_facts(rpcd):
     assert proxy(rpcd, user=None).host.uptime() > 0
 
 
+def test_uptime_is_the_seconds_proc_uptime_shows(rpcd):
+    # /proc/uptime, to the hundredth, as Python's xmlrpc.server examples read it: not whole
+    # seconds. Ten calls, so one landing on a whole second by chance does not pass.
+    def proc():
+        return float(Path("/proc/uptime").read_text().split()[0])
+
+    p = proxy(rpcd, user=None)
+    fractions = set()
+    for _ in range(10):
+        before = proc()
+        uptime = p.host.uptime()
+        after = proc()
+        assert before <= uptime <= after + 0.01, (before, uptime, after)
+        fractions.add(uptime % 1)
+        time.sleep(0.013)
+    assert len(fractions) > 1
+
+
 def test_multicall(rpcd):
     p = proxy(rpcd)
     m = xmlrpc.client.MultiCall(p)
