@@ -173,13 +173,6 @@ pub(crate) async fn login(
             "credentials are not accepted without TLS here: use https",
         ));
     }
-    let Some(creds) = value
-        .to_str()
-        .ok()
-        .and_then(|v| sasl::decode_http_basic(v).ok())
-    else {
-        return Err(unauthorized("malformed Authorization header: use Basic"));
-    };
     // The users file as it is now and its stamp, from one `stat`. Taken before a password
     // check, so a change made during it is seen on the next request.
     let current = if rpcd.auth.has_directory() {
@@ -217,6 +210,13 @@ pub(crate) async fn login(
             verified.forget(&fingerprint);
         }
     }
+    let Some(creds) = value
+        .to_str()
+        .ok()
+        .and_then(|v| sasl::decode_http_basic(v).ok())
+    else {
+        return Err(unauthorized("malformed Authorization header: use Basic"));
+    };
     let user = rpcd
         .auth
         .login(peer, &creds.name, &creds.password)
