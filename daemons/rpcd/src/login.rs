@@ -5,9 +5,9 @@
 //!
 //! - **A connection** remembers the value that last logged in, and as whom, together with the
 //!   identity of the users file it was checked against (device, inode, size, modification and
-//!   change times). While the file is unchanged the user is only looked up (a deleted user is
-//!   refused at once); once it changed (a new password, a removed line) the password is
-//!   checked again.
+//!   change times): one `stat` per request. While the file is unchanged so is the user's line;
+//!   once it changed (a new password, a removed line) the password is checked again, so a
+//!   deleted user is refused at once.
 //! - **The daemon** remembers the logins it verified ([`VerifiedLogins`]) by the same rule, for
 //!   the next connections of the same client (a script, a monitor or a load test opening new
 //!   connections with the same credentials): a keyed hash of the `Authorization` value (never
@@ -38,10 +38,17 @@ pub(crate) const REMEMBER_FOR: Duration = Duration::from_secs(600);
 /// The most logins the daemon remembers; the oldest is forgotten for a new one.
 pub(crate) const MAX_REMEMBERED: usize = 1024;
 
+/// The users file's stamp now; `None` when it cannot be read: then nothing is taken on trust.
+fn users_file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    std::fs::metadata(path)
+        .ok()
+        .map(|meta| FileStamp::of(&meta))
+}
+
 /// The last login of one connection.
 struct Verified {
     credentials: HeaderValue,
-    user: String,
+    user: User,
     users_file: FileStamp,
 }
 
@@ -53,8 +60,8 @@ pub(crate) struct Logins {
 
 impl Logins {
     /// The user `credentials` logged in as before on this connection, if the users file
-    /// has not changed since.
-    fn remembered(&self, credentials: &HeaderValue, users_file: FileStamp) -> Option<String> {
+    /// has not changed since (so neither has the user's line).
+    fn remembered(&self, credentials: &HeaderValue, users_file: FileStamp) -> Option<User> {
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         last.as_ref()
             .filter(|v| v.credentials == credentials && v.users_file == users_file)
@@ -173,23 +180,21 @@ pub(crate) async fn login(
             "credentials are not accepted without TLS here: use https",
         ));
     }
-    // The users file as it is now and its stamp, from one `stat`. Taken before a password
-    // check, so a change made during it is seen on the next request.
-    let current = if rpcd.auth.has_directory() {
-        None
-    } else {
-        rpcd.auth.users_with_stamp().ok()
-    };
+    // With a directory there is no file to watch: every request is checked.
+    let users_file = (!rpcd.auth.has_directory()).then(|| rpcd.auth.users_file());
+    // This connection's own login, while the users file is unchanged: one `stat`.
+    if let Some(stamp) = users_file.and_then(users_file_stamp) {
+        if let Some(user) = logins.remembered(value, stamp) {
+            return Ok(user);
+        }
+    }
+    logins.remember(None);
+    // The users file as it is now and its stamp. Taken before a password check, so a change
+    // made during it is seen on the next request.
+    let current = users_file.and_then(|_| rpcd.auth.users_with_stamp().ok());
     let remembered = rpcd.verified.as_ref().zip(current.as_ref());
     if let Some((users, users_file)) = &current {
         let local_domains = rpcd.auth.local_domains();
-        // This connection's own login.
-        if let Some(name) = logins.remembered(value, *users_file) {
-            if let Some(entry) = users.find(&name, local_domains) {
-                return Ok(entry.user.clone());
-            }
-        }
-        logins.remember(None);
         // A login another connection verified.
         if let Some((verified, _)) = remembered {
             let fingerprint = verified.fingerprint(value);
@@ -202,7 +207,7 @@ pub(crate) async fn login(
                     .map_err(|err| refusal(rpcd, err))?;
                 logins.remember(Some(Verified {
                     credentials: value.clone(),
-                    user: entry.user.name.clone(),
+                    user: entry.user.clone(),
                     users_file: *users_file,
                 }));
                 return Ok(entry.user.clone());
@@ -225,7 +230,7 @@ pub(crate) async fn login(
     if let Some((_, users_file)) = current {
         logins.remember(Some(Verified {
             credentials: value.clone(),
-            user: user.name.clone(),
+            user: user.clone(),
             users_file,
         }));
         if let Some((verified, _)) = remembered {
