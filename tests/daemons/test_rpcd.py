@@ -221,6 +221,24 @@ def test_host_facts(rpcd):
     assert proxy(rpcd, user=None).host.uptime() > 0
 
 
+def test_uptime_is_the_seconds_proc_uptime_shows(rpcd):
+    # /proc/uptime, to the hundredth, as Python's xmlrpc.server examples read it: not whole
+    # seconds. Ten calls, so one landing on a whole second by chance does not pass.
+    def proc():
+        return float(Path("/proc/uptime").read_text().split()[0])
+
+    p = proxy(rpcd, user=None)
+    fractions = set()
+    for _ in range(10):
+        before = proc()
+        uptime = p.host.uptime()
+        after = proc()
+        assert before <= uptime <= after + 0.01, (before, uptime, after)
+        fractions.add(uptime % 1)
+        time.sleep(0.013)
+    assert len(fractions) > 1
+
+
 def test_multicall(rpcd):
     p = proxy(rpcd)
     m = xmlrpc.client.MultiCall(p)
@@ -762,6 +780,61 @@ def test_one_password_check_per_connection(rpcd, tmp_path):
     r = c.getresponse()
     r.read()
     assert r.status == 401
+
+
+def call_on_new_connection(d, user, password, method="echo"):
+    """One XML-RPC call over a connection of its own; the HTTP status."""
+    host, port = d.addr("rpc")
+    c = http.client.HTTPConnection(host, port, timeout=30)
+    auth = "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
+    c.request("POST", "/RPC2", body=xmlrpc.client.dumps(("x",), method).encode(),
+              headers={"Content-Type": "text/xml", "Authorization": auth})
+    r = c.getresponse()
+    r.read()
+    c.close()
+    return r.status
+
+
+def wait_count(d, text, n, timeout=10.0):
+    """Waits until the log shows `text` n times (it is read as it comes); the log."""
+    deadline = time.monotonic() + timeout
+    while d.log().count(text) < n and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return d.log()
+
+
+def test_one_password_check_for_many_connections(rpcd, tmp_path):
+    # The same credentials on new connections: the password is checked once.
+    assert [call_on_new_connection(rpcd, "alice", PASSWORD) for _ in range(3)] == [200] * 3
+    assert wait_count(rpcd, "login remembered", 2).count("login ok") == 1
+    # Another password is checked (and fails), and does not replace the one remembered.
+    assert call_on_new_connection(rpcd, "alice", "guess") == 401
+    assert call_on_new_connection(rpcd, "alice", PASSWORD) == 200
+    assert wait_count(rpcd, "login remembered", 3).count("login ok") == 1
+    # The users file changed: checked again, and a password changed there is refused.
+    users = tmp_path / "users"
+    users.write_text(users.read_text() + "carol:{PLAIN}other::::::\n")
+    assert call_on_new_connection(rpcd, "alice", PASSWORD) == 200
+    assert wait_count(rpcd, "login ok", 2).count("login ok") == 2
+    bob = users.read_text().replace(f"bob:{{PLAIN}}{PASSWORD}:", "bob:{PLAIN}new password:")
+    assert call_on_new_connection(rpcd, "bob", PASSWORD) == 200
+    users.write_text(bob)
+    assert call_on_new_connection(rpcd, "bob", PASSWORD) == 401
+    assert call_on_new_connection(rpcd, "bob", "new password") == 200
+    # A removed user is refused at once.
+    users.write_text("".join(l for l in users.read_text().splitlines(keepends=True)
+                             if not l.startswith("alice:")))
+    assert call_on_new_connection(rpcd, "alice", PASSWORD) == 401
+
+
+def test_a_remembered_login_is_refused_while_its_address_is_locked_out(daemons, tmp_path, cert):
+    d = daemons.start("rpcd", config(tmp_path, cert, auth_extra=(
+        "failure_delay = 0.01\nmax_failure_delay = 0.02\nmax_failures = 3\nlockout = 600")))
+    assert call_on_new_connection(d, "alice", PASSWORD) == 200
+    assert [call_on_new_connection(d, "alice", "guess") for _ in range(4)] == [401] * 3 + [429]
+    # The right password, remembered from before the lockout: refused all the same.
+    assert call_on_new_connection(d, "alice", PASSWORD) == 429
+    assert d.log().count("login ok") == 1
 
 
 def test_a_changed_users_file_is_checked_again_on_a_kept_connection(rpcd, tmp_path):

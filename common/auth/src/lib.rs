@@ -390,7 +390,12 @@ impl Authenticator {
         let task = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             let entry = match lookup {
-                Lookup::File(name) => inner.users.current()?.find(&name, &local_domains).cloned(),
+                Lookup::File(name) => inner
+                    .users
+                    .current()?
+                    .0
+                    .find(&name, &local_domains)
+                    .cloned(),
                 Lookup::Found(entry) => entry,
             };
             let timing = &inner.timing;
@@ -450,7 +455,7 @@ impl Authenticator {
             let found = directory.lookup_blocking(name, &self.local_domains)?;
             return Ok(found.map(|f| f.entry.user));
         }
-        let users = self.inner.users.current()?;
+        let (users, _) = self.inner.users.current()?;
         Ok(users
             .find(name, &self.local_domains)
             .map(|entry| entry.user.clone()))
@@ -468,6 +473,23 @@ impl Authenticator {
         self.try_lookup(name)
     }
 
+    /// A login `name` made before from `peer` with a password this process verified (a daemon
+    /// that remembers verified logins, as rpcd does for HTTP Basic, calls this instead of
+    /// [`login`](Self::login) when the same credentials come again): the password is not
+    /// checked again, but the guard sees a successful login, so an address that is locked
+    /// out is refused ([`AuthError::Throttled`]) exactly as `login` would refuse it, right
+    /// password or not.
+    pub async fn readmit(&self, peer: IpAddr, name: &str) -> Result<(), AuthError> {
+        let shown = Shown(name);
+        let attempt = self.reserve(peer, &shown).await?;
+        if attempt.succeeded(Moment::now()).is_err() {
+            tracing::debug!(%peer, user = %shown, "remembered login refused: address locked out");
+            return Err(AuthError::Throttled);
+        }
+        tracing::debug!(%peer, user = %shown, "login remembered");
+        Ok(())
+    }
+
     /// Whether users come from a directory rather than the users file.
     pub fn has_directory(&self) -> bool {
         self.inner.directory.is_some()
@@ -481,6 +503,13 @@ impl Authenticator {
     /// The users file as it is now (re-read when it changed), for lookups of several names
     /// against one version of it, such as an alias expansion.
     pub fn users(&self) -> Result<Arc<UsersFile>, AuthError> {
+        self.inner.users.current().map(|(users, _)| users)
+    }
+
+    /// [`users`](Self::users) together with the [`FileStamp`] of the version read, from the
+    /// same one `stat`: a daemon that remembers logins compares it with the stamp it saw at
+    /// the password check, and looks the user up in the same version.
+    pub fn users_with_stamp(&self) -> Result<(Arc<UsersFile>, FileStamp), AuthError> {
         self.inner.users.current()
     }
 }
@@ -562,16 +591,17 @@ impl UsersSource {
         }
     }
 
-    /// The users as the file says now: one `stat`, and a re-read when it changed.
-    fn current(&self) -> Result<Arc<UsersFile>, AuthError> {
+    /// The users as the file says now, and the stamp of what was read: one `stat`, and a
+    /// re-read when it changed.
+    fn current(&self) -> Result<(Arc<UsersFile>, FileStamp), AuthError> {
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         match self.refresh(&mut state) {
-            Ok(()) => {
+            Ok(stamp) => {
                 if state.failing {
                     tracing::info!(path = %self.path.display(), "users file readable again");
                     state.failing = false;
                 }
-                Ok(Arc::clone(&state.users))
+                Ok((Arc::clone(&state.users), stamp))
             }
             Err(source) => {
                 if !state.failing {
@@ -589,10 +619,11 @@ impl UsersSource {
         }
     }
 
-    fn refresh(&self, state: &mut Loaded) -> std::io::Result<()> {
+    /// Re-reads the file if it changed; the stamp of the version now loaded.
+    fn refresh(&self, state: &mut Loaded) -> std::io::Result<FileStamp> {
         let stamp = FileStamp::of(&std::fs::metadata(&self.path)?);
         if state.stamp == Some(stamp) {
-            return Ok(());
+            return Ok(stamp);
         }
         // Read from the opened file and stamp what was read, so a change during the read
         // is seen next time.
@@ -612,7 +643,7 @@ impl UsersSource {
         tracing::info!(path = %self.path.display(), users = users.len(), "users file loaded");
         state.users = Arc::new(users);
         state.stamp = Some(stamp);
-        Ok(())
+        Ok(stamp)
     }
 }
 

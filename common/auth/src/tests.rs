@@ -183,6 +183,65 @@ fn failures_are_delayed_then_throttled() {
     assert!(rt.block_on(auth.login(other, "alice", b"pw")).is_ok());
 }
 
+#[test]
+fn a_remembered_login_is_readmitted_unless_its_address_is_locked_out() {
+    let dir = TempDir::new("readmit");
+    let path = dir.0.join("users");
+    write(&path, "alice:{PLAIN}pw\n");
+    let auth = authenticator(&path, quick(), ms(1));
+    let rt = paused_runtime();
+    let other = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 2));
+    assert!(rt.block_on(auth.readmit(LOCAL, "alice")).is_ok());
+    // Two failures, then a readmission: it counts as a login that succeeded, which ends the
+    // streak of failures (their delay starts again) but not their count.
+    for _ in 0..2 {
+        let result = rt.block_on(auth.login(LOCAL, "alice", b"guess"));
+        assert!(matches!(result, Err(AuthError::Failed)), "{result:?}");
+    }
+    assert!(rt.block_on(auth.readmit(LOCAL, "alice")).is_ok());
+    let (result, waited) = timed(&rt, auth.login(LOCAL, "alice", b"guess"));
+    assert!(matches!(result, Err(AuthError::Failed)), "{result:?}");
+    assert_eq!(waited, ms(1 + 1), "the delay of a first failure");
+    // The third failure locked the address out: no readmission from it, nor a login.
+    let result = rt.block_on(auth.readmit(LOCAL, "alice"));
+    assert!(matches!(result, Err(AuthError::Throttled)), "{result:?}");
+    let result = rt.block_on(auth.login(LOCAL, "alice", b"pw"));
+    assert!(matches!(result, Err(AuthError::Throttled)), "{result:?}");
+    assert!(rt.block_on(auth.readmit(other, "alice")).is_ok());
+}
+
+#[test]
+fn the_users_and_the_stamp_of_the_version_read() {
+    let dir = TempDir::new("stamp");
+    let path = dir.0.join("users");
+    write(&path, "alice:{PLAIN}pw\n");
+    let auth = authenticator(&path, quick(), ms(1));
+    let stamp = |path: &Path| std::fs::metadata(path).map(|m| FileStamp::of(&m)).ok();
+    let (users, first) = match auth.users_with_stamp() {
+        Ok(found) => found,
+        Err(err) => panic!("{err}"),
+    };
+    assert_eq!(Some(first), stamp(&path));
+    assert!(users.find("alice", &[]).is_some());
+    let new = dir.0.join("users.new");
+    write(&new, "bob:{PLAIN}pw\n");
+    if let Err(err) = std::fs::rename(&new, &path) {
+        panic!("{err}");
+    }
+    let (users, second) = match auth.users_with_stamp() {
+        Ok(found) => found,
+        Err(err) => panic!("{err}"),
+    };
+    assert_ne!(first, second);
+    assert_eq!(Some(second), stamp(&path));
+    assert!(users.find("alice", &[]).is_none() && users.find("bob", &[]).is_some());
+    let _ = std::fs::remove_file(&path);
+    assert!(matches!(
+        auth.users_with_stamp(),
+        Err(AuthError::Unavailable { .. })
+    ));
+}
+
 const SHA512: &str = "{SHA512-CRYPT}$6$ay2kaGB3g3VLUEIv$6z3UYmAzKE0YEOA7XzB/5RZR36V1k5WXD6KfEcGbhHULGf6KxrSH3ktAZTG9n82XNHXwwrg6.0zxgqNEbV5em.";
 
 #[test]

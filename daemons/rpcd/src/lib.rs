@@ -78,6 +78,9 @@ pub struct Rpcd {
     /// How long a throttled address waits: the `Retry-After` of a 429.
     pub lockout: Duration,
     pub http: HttpConfig,
+    /// Logins verified by any connection, remembered for the next ones (`None`: no
+    /// randomness for its key at start, so every connection checks its first login).
+    verified: Option<login::VerifiedLogins>,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -94,6 +97,7 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
         auth: config.auth.authenticator(),
         lockout: config.auth.lockout,
         http: config.http.clone(),
+        verified: login::VerifiedLogins::new(),
     });
     // Listening sockets are close-on-exec (common::activation), so methods' commands never
     // inherit them.
