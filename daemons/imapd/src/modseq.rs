@@ -30,7 +30,9 @@
 //! moves its numbers on by [`BOOT_GAP`] and forgets its expunges (the clients' VANISHED
 //! then name every UID not in the folder).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::BTreeMap;
+
+use rustc_hash::FxHashSet;
 use std::num::{NonZeroU32, NonZeroU64};
 use std::path::Path;
 use std::sync::Arc;
@@ -138,7 +140,7 @@ impl Expunged {
     /// From entries in any order (a UID named twice keeps its latest expunge).
     fn from_entries(mut entries: Vec<(u64, u32)>) -> Expunged {
         entries.sort_unstable();
-        let mut seen = HashSet::new();
+        let mut seen = FxHashSet::default();
         let mut list: Vec<(u64, u32)> = entries
             .into_iter()
             .rev()
@@ -164,7 +166,7 @@ impl Expunged {
         if added.is_empty() {
             return;
         }
-        let uids: HashSet<u32> = added.iter().map(|&(_, u)| u).collect();
+        let uids: FxHashSet<u32> = added.iter().map(|&(_, u)| u).collect();
         if self.list.iter().any(|(_, u)| uids.contains(u)) {
             self.list.retain(|(_, u)| !uids.contains(u));
         }
@@ -177,9 +179,21 @@ impl Expunged {
         }
     }
 
-    /// The UIDs it holds, for many lookups.
-    fn uids(&self) -> HashSet<u32> {
-        self.list.iter().map(|&(_, u)| u).collect()
+    /// Which of `uids` it holds, with the mod-sequence of their expunge: one pass over the
+    /// list, newest first (what is looked for was mostly expunged last), which stops once
+    /// every one is found.
+    fn find(&self, uids: &[u32]) -> Vec<(u32, u64)> {
+        let mut wanted: FxHashSet<u32> = uids.iter().copied().collect();
+        let mut found = Vec::new();
+        for &(modseq, uid) in self.list.iter().rev() {
+            if wanted.is_empty() {
+                break;
+            }
+            if wanted.remove(&uid) {
+                found.push((uid, modseq));
+            }
+        }
+        found
     }
 
     /// The mod-sequence of a UID's expunge.
@@ -284,11 +298,7 @@ impl ModSeqs {
             }
         }
         if !expunged.is_empty() {
-            let known: HashMap<u32, u64> = newer.vanished.iter().collect();
-            let adopted: Vec<(u32, u64)> = expunged
-                .into_iter()
-                .filter_map(|uid| Some((uid, *known.get(&uid)?)))
-                .collect();
+            let adopted = newer.vanished.find(&expunged);
             for &(uid, modseq) in &adopted {
                 self.messages.remove(&uid);
                 self.highest = self.highest.max(modseq);
@@ -350,7 +360,13 @@ impl ModSeqs {
         if unknown.is_empty() {
             return Vec::new();
         }
-        let expunged = self.vanished.uids();
+        let uids: Vec<u32> = unknown.iter().map(|m| m.uid).collect();
+        let expunged: FxHashSet<u32> = self
+            .vanished
+            .find(&uids)
+            .into_iter()
+            .map(|(u, _)| u)
+            .collect();
         unknown
             .into_iter()
             .filter(|msg| !expunged.contains(&msg.uid))

@@ -514,3 +514,13 @@ fn expunging_many_at_once_keeps_each_uid_once_in_order() {
         [(1, 10), (2, 10), (4, 10), (5, 10), (3, 12), (9, 13)]
     );
 }
+
+#[test]
+fn expunged_uids_are_found_with_their_modseqs_and_absent_ones_are_not() {
+    let expunged =
+        Expunged::from_entries((1..=10_000).map(|uid| (u64::from(uid) * 2, uid)).collect());
+    let mut found = expunged.find(&[9_999, 3, 20_000, 10_000]);
+    found.sort_unstable();
+    assert_eq!(found, [(3, 6), (9_999, 19_998), (10_000, 20_000)]);
+    assert!(expunged.find(&[]).is_empty());
+}
