@@ -97,13 +97,19 @@ impl Folder {
         false
     }
 
-    /// Where the message with this base is now. Call with the lock held.
+    /// Where the message with this base is now: from the listing a watcher keeps, else a
+    /// read of the directories. Call with the lock held.
     pub(super) fn find(&self, base: &str) -> Result<Found, StoreError> {
-        self.scan()?
-            .remove(base)
-            .ok_or_else(|| StoreError::MessageGone {
-                base: base.to_owned(),
-            })
+        let gone = || StoreError::MessageGone {
+            base: base.to_owned(),
+        };
+        if self.catch_up() {
+            let index = self.index();
+            if index.live {
+                return index.found.get(base).cloned().ok_or_else(gone);
+            }
+        }
+        self.scan()?.remove(base).ok_or_else(gone)
     }
 
     /// A new list for this folder, under a UIDVALIDITY never used in this mailbox before.

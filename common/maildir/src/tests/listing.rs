@@ -132,3 +132,32 @@ fn reports_applied_after_a_read_that_saw_them_change_nothing() {
     assert_eq!(snap.messages[0].flags, Flags::FLAGGED | Flags::SEEN);
     assert!(inbox.open(&snap.messages[0]).is_ok());
 }
+
+/// A message renamed since the caller's snapshot is found again from the listing, not by
+/// reading the directories.
+#[test]
+fn a_renamed_message_is_found_from_the_listing() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "kim", "Subject: 1\n\nbody\n");
+    let inbox = store.mailbox("kim").unwrap().inbox();
+    let listing = inbox.listing();
+    listing.follow(Arc::new(|| true));
+    let stale = inbox.claim_new().unwrap().messages.remove(0);
+    let name = name_of(&stale).to_owned();
+    let renamed = name.replace(":2,", ":2,S");
+    rename_in_cur(&inbox, &name, &renamed);
+    listing.removed(Dir::Cur, OsStr::new(&name));
+    listing.added(Dir::Cur, OsStr::new(&renamed));
+    let reads = directory_reads();
+    assert_eq!(read_all(&inbox, &stale), "Subject: 1\n\nbody\n");
+    assert_eq!(directory_reads(), reads, "the directories were read");
+    // Gone, as the listing says: no read either.
+    std::fs::remove_file(inbox.path().join("cur").join(&renamed)).unwrap();
+    listing.removed(Dir::Cur, OsStr::new(&renamed));
+    assert!(matches!(
+        inbox.open(&stale),
+        Err(StoreError::MessageGone { .. })
+    ));
+    assert_eq!(directory_reads(), reads);
+}
