@@ -702,41 +702,39 @@ def test_large_and_lf_only_messages_stream_as_crlf(imap, cert):
 
 
 def test_sizes_of_messages_another_program_delivered(imap, daemons, cert):
-    """A folder filled by another program (names without sizes, bare LFs): its first SELECT
-    reads no message for its size; every place a size shows gives the CRLF size, measured on
-    demand and written down, so that a restarted daemon has it too."""
+    """Folders filled by another program (names without sizes, bare LFs): numbered without
+    reading a message; each place a size shows measures it first and gives the CRLF size (each
+    checked on a folder of its own, nothing measured before), and the sizes are written down,
+    so that a restarted daemon has them too."""
+    bodies = [b"Subject: s%d\n\n" % n + b"x\n" * (n * 40) for n in range(1, 6)]
+    wire = [len(b.replace(b"\n", b"\r\n")) for b in bodies]
+    for folder in ("Fetch", "Search", "Sort", "Status"):
+        cur = imap.mail / "alice" / f".{folder}" / "cur"
+        for sub in ("cur", "new", "tmp"):
+            (cur.parent / sub).mkdir(parents=True)
+        for n, body in enumerate(bodies, 1):
+            (cur / f"1700000{n:03d}.outside{n}.host:2,S").write_bytes(body)
     c = client(imap, cert)
-    ok(c.select("INBOX"))  # numbers the three seeded messages 1-3 first
+    assert ok(c.status("Status", "(SIZE)"))[0] == b'"Status" (SIZE %d)' % sum(wire)
+    ok(c.select("Search"))
+    typ, data = c.uid("SEARCH", None, f"LARGER {wire[0]} SMALLER {wire[3]}")
+    assert typ == "OK" and data[0].split() == [b"2", b"3"], data
+    ok(c.select("Sort"))
+    typ, data = c.uid("SORT", "(REVERSE SIZE)", "UTF-8", "ALL")
+    assert typ == "OK" and data[0].split() == [b"5", b"4", b"3", b"2", b"1"], data
+    ok(c.select("Fetch"))
+    sizes = ok(c.fetch("1:*", "(RFC822.SIZE)"))
+    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == wire, sizes
     c.logout()
-    cur = imap.mail / "alice" / "cur"
-    bodies = {f"1700000{n:03d}.outside{n}.host": b"Subject: s%d\n\n" % n + b"x\n" * (n * 40)
-              for n in range(1, 6)}
-    for name, body in bodies.items():
-        (cur / f"{name}:2,S").write_bytes(body)
-    wire = {n + 3: len(b.replace(b"\n", b"\r\n")) for n, b in enumerate(bodies.values(), 1)}
-    c = client(imap, cert)
-    ok(c.select("INBOX"))
-    typ, data = c.uid("SEARCH", None, f"LARGER {wire[5]} SMALLER {wire[8]}")
-    assert typ == "OK" and data[0].split() == [b"6", b"7"], data
-    typ, data = c.uid("SORT", "(REVERSE SIZE)", "UTF-8", "UID 4:*")
-    assert typ == "OK" and data[0].split() == [b"8", b"7", b"6", b"5", b"4"], data
-    total = sum(wire.values()) + sum(len(message(n)) for n in (1, 2, 3))
-    status = ok(c.status("INBOX", "(SIZE)"))[0]
-    assert status == b"INBOX (SIZE %d)" % total, (status, total)
-    sizes = ok(c.fetch("4:*", "(RFC822.SIZE)"))
-    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == list(
-        wire.values()), sizes
-    c.logout()
-    listed = (imap.mail / "alice" / "inetkit-uidlist").read_text()
-    assert all(f"W={w} " in listed for w in wire.values()), listed
+    listed = (imap.mail / "alice" / ".Fetch" / "inetkit-uidlist").read_text()
+    assert all(f"W={w} " in listed for w in wire), listed
 
     imap.stop()
     d = daemons.start("imapd", config(*imap.users_and_mail, cert))
     c = client(d, cert)
-    ok(c.select("INBOX", readonly=True))
-    sizes = ok(c.fetch("4:*", "(RFC822.SIZE)"))
-    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == list(
-        wire.values()), sizes
+    ok(c.select("Fetch", readonly=True))
+    sizes = ok(c.fetch("1:*", "(RFC822.SIZE)"))
+    assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == wire, sizes
 
 
 def test_rename_inbox_moves_its_messages(imap, cert):

@@ -172,6 +172,20 @@ pub struct Appended {
     pub message: MessageInfo,
 }
 
+/// Opens a message file for reading, refusing what is not a regular file: without following
+/// a symbolic link, and without waiting for a writer if it is a FIFO.
+fn open_regular(path: &Path) -> std::io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)?;
+    if !file.metadata()?.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    Ok(file)
+}
+
 impl Folder {
     pub(crate) fn new(name: String, path: PathBuf, mailbox: PathBuf, owner: Option<Owner>) -> Self {
         Folder {
@@ -225,9 +239,12 @@ impl Folder {
 
     /// Opens a message for reading. If another process renamed it since the snapshot (a flag
     /// change, a move to `cur/`), the file is found again by its base name.
+    ///
+    /// Only a regular file is opened: a FIFO a user left in their Maildir would block the
+    /// reader for ever, and a symbolic link could point at another user's mail.
     pub fn open(&self, msg: &MessageInfo) -> Result<File, StoreError> {
         let path = self.path.join(&*msg.file);
-        match File::open(&path) {
+        match open_regular(&path) {
             Ok(file) => return Ok(file),
             Err(err) if err.kind() == ErrorKind::NotFound => {}
             Err(err) => return Err(StoreError::io("opening", &path, err)),
@@ -235,7 +252,7 @@ impl Folder {
         let _lock = self.lock()?;
         let found = self.find(&msg.base)?;
         let path = self.path.join(&*found.rel);
-        File::open(&path).map_err(|err| StoreError::io("opening", &path, err))
+        open_regular(&path).map_err(|err| StoreError::io("opening", &path, err))
     }
 
     /// Changes a message's flags (renames it to `cur/<base>:2,<FLAGS>`) and updates `msg`.

@@ -23,8 +23,8 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use inetkit_maildir::{CatchUp, Dir, Folder, Listing, Snapshot};
@@ -64,8 +64,9 @@ fn dir_ids(folder: &Path) -> Option<[(u64, u64); 2]> {
 }
 
 type Map = Arc<Mutex<HashMap<PathBuf, Entry>>>;
-/// The folder and directory each watch descriptor reports for.
-type Descriptors = Arc<Mutex<HashMap<WatchDescriptor, (PathBuf, Dir)>>>;
+/// The folder and directory each watch descriptor reports for, and that directory's
+/// (device, inode): a folder renamed away takes its directories (and their watches) along.
+type Descriptors = Arc<Mutex<HashMap<WatchDescriptor, (PathBuf, Dir, (u64, u64))>>>;
 
 /// What changes a folder's listing: a message arriving (created, or renamed in from `tmp/`),
 /// its flags changing (a rename within `cur/`), an expunge, the directory itself going.
@@ -97,6 +98,15 @@ struct Kernel {
     /// Events the kernel reported (which the tests read).
     #[cfg_attr(not(test), allow(dead_code))]
     count: Arc<AtomicU64>,
+    /// Cleared when this goes: the reader thread may hold the reports a moment longer, but
+    /// no listing is to trust them from then on.
+    open: Arc<AtomicBool>,
+}
+
+impl Drop for Kernel {
+    fn drop(&mut self) {
+        self.open.store(false, Ordering::SeqCst);
+    }
 }
 
 impl Kernel {
@@ -126,6 +136,7 @@ impl Kernel {
             reports: reports.clone(),
             _stop: stop,
             count,
+            open: Arc::new(AtomicBool::new(true)),
         };
         std::thread::Builder::new()
             .name("imapd-inotify".into())
@@ -133,14 +144,23 @@ impl Kernel {
         Ok(kernel)
     }
 
-    fn watch(&mut self, folder: &Path, dir: Dir) -> std::io::Result<()> {
+    /// Watches one of the folder's directories. The kernel gives a directory watched already
+    /// (under another folder's name: renamed since) the same descriptor: that folder, whose
+    /// reports come here from now on, is returned.
+    fn watch(&mut self, folder: &Path, dir: Dir) -> std::io::Result<Option<PathBuf>> {
         let path = folder.join(dir_name(dir));
         let wd = self.watches.add(&path, MASK)?;
+        let meta = std::fs::metadata(&path)?;
+        let id = (meta.dev(), meta.ino());
+        let mut displaced = None;
         if let Ok(mut descriptors) = self.descriptors.lock() {
-            descriptors.insert(wd.clone(), (folder.to_owned(), dir));
+            if let Some((before, ..)) = descriptors.insert(wd.clone(), (folder.to_owned(), dir, id))
+            {
+                displaced = (before != folder).then_some(before);
+            }
         }
         self.by_dir.insert(path, wd);
-        Ok(())
+        Ok(displaced)
     }
 
     fn unwatch(&mut self, dir: &Path) {
@@ -156,9 +176,11 @@ impl Kernel {
     /// applied. `false` once the watches are gone.
     /// `dirs` are the folder's directories the watches were added to: a folder renamed away
     /// (its directories go with it) and made again has others, which nothing reports on.
-    fn catch_up(reports: Weak<Mutex<Reports>>, folder: PathBuf, dirs: [(u64, u64); 2]) -> CatchUp {
+    fn catch_up(&self, folder: PathBuf, dirs: [(u64, u64); 2]) -> CatchUp {
+        let reports = Arc::downgrade(&self.reports);
+        let open = self.open.clone();
         Arc::new(move || {
-            let Some(reports) = reports.upgrade() else {
+            let Some(reports) = reports.upgrade().filter(|_| open.load(Ordering::SeqCst)) else {
                 return false;
             };
             if dir_ids(&folder) != Some(dirs) {
@@ -252,7 +274,7 @@ impl Reports {
                 let gone = event
                     .mask
                     .intersects(EventMask::IGNORED | EventMask::DELETE_SELF | EventMask::MOVE_SELF);
-                let Some((folder, dir)) = (if event.mask.contains(EventMask::IGNORED) {
+                let Some((folder, dir, id)) = (if event.mask.contains(EventMask::IGNORED) {
                     // The directory is gone (or its watch removed).
                     by_wd.remove(&event.wd)
                 } else {
@@ -260,7 +282,16 @@ impl Reports {
                 }) else {
                     continue;
                 };
-                if let Some(listing) = folders.get(&folder).and_then(|e| e.listing.as_ref()) {
+                // Only to the listing of the directories it follows: not to a folder made
+                // again under the name of one renamed away.
+                let listing = folders
+                    .get(&folder)
+                    .filter(|e| {
+                        e.dirs
+                            .is_some_and(|[new, cur]| id == if dir == Dir::New { new } else { cur })
+                    })
+                    .and_then(|e| e.listing.as_ref());
+                if let Some(listing) = listing {
                     match event.name {
                         _ if gone => listing.unfollow(),
                         Some(name)
@@ -346,19 +377,23 @@ impl Watches {
         }
         // Only when a watch is added: joining one stays cheap.
         self.sweep();
-        let reports = {
+        let mut displaced = Vec::new();
+        let (dirs, catch_up) = {
             let mut watcher = self.watcher.lock().ok()?;
             let watcher = watcher.as_mut()?;
             for dir in [Dir::New, Dir::Cur] {
-                if let Err(err) = watcher.watch(path, dir) {
-                    tracing::warn!(folder = %path.display(), error = %err, "cannot watch a folder");
-                    watcher.unwatch(&path.join("new"));
-                    return None;
+                match watcher.watch(path, dir) {
+                    Ok(before) => displaced.extend(before),
+                    Err(err) => {
+                        tracing::warn!(folder = %path.display(), error = %err, "cannot watch a folder");
+                        watcher.unwatch(&path.join("new"));
+                        return None;
+                    }
                 }
             }
-            Arc::downgrade(&watcher.reports)
+            let dirs = dir_ids(path);
+            (dirs, dirs.map(|d| watcher.catch_up(path.to_owned(), d)))
         };
-        let dirs = dir_ids(path);
         let mut folders = self.folders.lock().ok()?;
         let entry = folders.entry(path.to_owned()).or_insert_with(|| Entry {
             generation: Arc::new(AtomicU64::new(0)),
@@ -371,9 +406,17 @@ impl Watches {
         });
         entry.dirs = dirs;
         entry.cache = None;
-        if let Some(dirs) = dirs {
+        // The folders whose directories these are under another name now (renamed): their
+        // listings get no more reports.
+        for other in displaced {
+            if let Some(listing) = folders.get(&other).and_then(|e| e.listing.as_ref()) {
+                listing.unfollow();
+            }
+        }
+        let entry = folders.get_mut(path)?;
+        if let Some(catch_up) = catch_up {
             let listing = folder.listing();
-            listing.follow(Kernel::catch_up(reports, path.to_owned(), dirs));
+            listing.follow(catch_up);
             entry.listing = Some(listing);
         }
         // Whatever happened while it was not watched.

@@ -17,21 +17,27 @@ use super::{Folder, MessageInfo, FILES_READ};
 impl Folder {
     /// Fills in [`MessageInfo::vsize`] where it is `None`, reading each such file once, and
     /// writes the values into the uid list, so that later snapshots carry them. A message gone
-    /// meanwhile keeps `None`.
+    /// meanwhile, or that cannot be read, keeps `None`; an error only when the list cannot be
+    /// locked or read.
     pub fn measure(&self, msgs: &mut [MessageInfo]) -> Result<(), StoreError> {
         self.measured_before(msgs);
         let mut measured = Vec::new();
         let mut buf = Vec::new();
         for msg in msgs.iter_mut().filter(|m| m.vsize.is_none()) {
-            let mut file = match self.open(msg) {
-                Ok(file) => file,
-                Err(StoreError::MessageGone { .. }) => continue,
-                Err(err) => return Err(err),
-            };
-            let vsize = vsize_of(&mut file, &mut buf)
-                .map_err(|err| StoreError::io("reading", &self.path.join(msg.file()), err))?;
-            msg.vsize = Some(vsize);
-            measured.push((msg.uid, vsize));
+            // One that cannot be read (gone, unreadable) stays unmeasured; the others are not
+            // held up by it.
+            let read = self.open(msg).and_then(|mut file| {
+                vsize_of(&mut file, &mut buf)
+                    .map_err(|err| StoreError::io("reading", &self.path.join(msg.file()), err))
+            });
+            match read {
+                Ok(vsize) => {
+                    msg.vsize = Some(vsize);
+                    measured.push((msg.uid, msg.base.clone(), vsize));
+                }
+                Err(StoreError::MessageGone { .. }) => {}
+                Err(err) => tracing::warn!(error = %err, "cannot measure a message"),
+            }
         }
         if measured.is_empty() {
             return Ok(());
@@ -62,15 +68,18 @@ impl Folder {
         }
     }
 
-    fn record_measured(&self, measured: &[(u32, u64)]) -> Result<(), StoreError> {
+    fn record_measured(&self, measured: &[(u32, Arc<str>, u64)]) -> Result<(), StoreError> {
         let _lock = self.lock()?;
         let mut index = self.index();
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
             let edited = Arc::make_mut(&mut list);
             let mut changed = false;
-            for &(uid, vsize) in measured {
-                if let Ok(at) = edited.entries.binary_search_by_key(&uid, |e| e.uid) {
-                    changed |= edited.entries[at].measured(vsize);
+            for (uid, base, vsize) in measured {
+                // The same message: a list renumbered since gives its UID to another.
+                if let Ok(at) = edited.entries.binary_search_by_key(uid, |e| e.uid) {
+                    if edited.entries[at].base == *base {
+                        changed |= edited.entries[at].measured(*vsize);
+                    }
                 }
             }
             if changed {

@@ -103,10 +103,12 @@ impl Folder {
         let gone = || StoreError::MessageGone {
             base: base.to_owned(),
         };
+        // Not in the listing: read the directories all the same (a rename's two reports may
+        // be applied one at a time, the base missing in between).
         if self.catch_up() {
             let index = self.index();
-            if index.live {
-                return index.found.get(base).cloned().ok_or_else(gone);
+            if let Some(found) = index.found.get(base).filter(|_| index.live) {
+                return Ok(found.clone());
             }
         }
         self.scan()?.remove(base).ok_or_else(gone)
@@ -224,11 +226,10 @@ impl Folder {
         let seen = |found: &FxMap<Arc<str>, Found>, base: &str| {
             found.get(base).is_some_and(|f| f.epoch == epoch)
         };
-        // (A followed listing was told of renames: what it lacks is gone.)
+        // So with a followed listing: a rename's two reports may be applied one at a time, the
+        // base missing in between. (The read adds to the listing under the same epoch.)
         if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
-            if !index.live {
-                self.scan_into(&mut index.found, epoch)?;
-            }
+            self.scan_into(&mut index.found, epoch)?;
             let before = list.entries.len();
             let edited = Arc::make_mut(&mut list);
             edited.entries.retain(|e| seen(&index.found, &e.base));

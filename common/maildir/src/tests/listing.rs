@@ -59,12 +59,13 @@ fn a_followed_folder_is_not_read_again_and_follows_the_reports() {
     assert_eq!(after.messages[0].flags, Flags::SEEN);
     assert_eq!(after.messages[0].uid, first.messages[0].uid);
 
-    // A delivery (into new/) and an unlink, reported: the new message gets the next UID, the
-    // other is gone, still without reading the directories.
+    // A delivery (into new/) and an expunge (by a session, which drops the message's line),
+    // reported: the new message gets the next UID, the other is gone, still without reading
+    // the directories. (A file another program removes is looked for once more: a read.)
     let delivered = deliver(&store, "kim", "Subject: late\n\n");
     listing.added(Dir::New, OsStr::new(&delivered.base));
     let gone = name_of(&first.messages[1]).to_owned();
-    std::fs::remove_file(inbox.path().join("cur").join(&gone)).unwrap();
+    inbox.delete(&first.messages[1..2]).unwrap();
     listing.removed(Dir::Cur, OsStr::new(&gone));
     let after = inbox.snapshot().unwrap();
     let uids: Vec<u32> = after.messages.iter().map(|m| m.uid).collect();
@@ -152,12 +153,38 @@ fn a_renamed_message_is_found_from_the_listing() {
     let reads = directory_reads();
     assert_eq!(read_all(&inbox, &stale), "Subject: 1\n\nbody\n");
     assert_eq!(directory_reads(), reads, "the directories were read");
-    // Gone, as the listing says: no read either.
+    // Not in the listing: looked for in the directories before it counts as gone.
     std::fs::remove_file(inbox.path().join("cur").join(&renamed)).unwrap();
     listing.removed(Dir::Cur, OsStr::new(&renamed));
     assert!(matches!(
         inbox.open(&stale),
         Err(StoreError::MessageGone { .. })
     ));
-    assert_eq!(directory_reads(), reads);
+    assert_eq!(directory_reads(), reads + 1);
+}
+
+/// A rename's two reports applied one at a time (another program renamed, the arrival's
+/// report not applied yet): the message is looked for in the directories, and keeps its UID.
+#[test]
+fn a_half_reported_rename_keeps_the_uid() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "kim", "Subject: a\n\n");
+    deliver(&store, "kim", "Subject: b\n\n");
+    let inbox = store.mailbox("kim").unwrap().inbox();
+    let listing = inbox.listing();
+    listing.follow(Arc::new(|| true));
+    let first = inbox.claim_new().unwrap();
+    let name = name_of(&first.messages[0]).to_owned();
+    let renamed = name.replace(":2,", ":2,S");
+    rename_in_cur(&inbox, &name, &renamed);
+    listing.removed(Dir::Cur, OsStr::new(&name));
+    let late = deliver(&store, "kim", "Subject: c\n\n");
+    listing.added(Dir::New, OsStr::new(&late.base));
+    let uids = |s: &Snapshot| s.messages.iter().map(|m| m.uid).collect::<Vec<_>>();
+    let snapshot = inbox.claim_new().unwrap();
+    assert_eq!(uids(&snapshot), [1, 2, 3]);
+    assert_eq!(snapshot.messages[0].flags, Flags::SEEN);
+    listing.added(Dir::Cur, OsStr::new(&renamed));
+    assert_eq!(uids(&inbox.snapshot().unwrap()), [1, 2, 3]);
 }

@@ -638,3 +638,33 @@ fn expunges_append_forget_lines_and_compact() {
         .entries
         .is_empty());
 }
+
+/// A FIFO or a symbolic link left among the messages (a user with a shell, or a mistake) is
+/// numbered like any file but never opened: reading a FIFO would wait for a writer for ever,
+/// and a link could point at another user's mail. The other messages are measured all the
+/// same.
+#[test]
+fn fifos_and_links_among_the_messages_are_not_opened() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let inbox = store.mailbox("gil").unwrap().inbox();
+    let cur = inbox.path().join("cur");
+    nix::unistd::mkfifo(
+        &cur.join("1700000001.fifo:2,"),
+        nix::sys::stat::Mode::S_IRWXU,
+    )
+    .unwrap();
+    let secret = dir.0.join("secret");
+    std::fs::write(&secret, "Subject: not yours\n\n").unwrap();
+    std::os::unix::fs::symlink(&secret, cur.join("1700000002.link:2,")).unwrap();
+    std::fs::write(cur.join("1700000003.plain:2,"), "Subject: ok\n\n").unwrap();
+    let mut snapshot = inbox.snapshot().unwrap();
+    assert_eq!(snapshot.messages.len(), 3);
+    inbox.measure(&mut snapshot.messages).unwrap();
+    let vsizes: Vec<Option<u64>> = snapshot.messages.iter().map(|m| m.vsize).collect();
+    assert_eq!(vsizes, [None, None, Some(15)]);
+    for msg in &snapshot.messages[..2] {
+        let err = inbox.open(msg).unwrap_err();
+        assert!(!matches!(err, StoreError::MessageGone { .. }), "{err}");
+    }
+}

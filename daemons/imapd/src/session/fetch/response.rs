@@ -176,6 +176,11 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let msg = &sel.messages[index];
+    if msg.vsize.is_none() && items.iter().any(uses_size) {
+        // Could not be measured (gone, unreadable): no size, and no body cut to a wrong one.
+        write_known(index, msg.uid, head, &mut conn.out);
+        return Written::Missing;
+    }
     let large = octets(msg) > SMALL_MESSAGE;
     let need = items
         .iter()
