@@ -201,6 +201,7 @@ impl Folder {
     pub fn listing(&self) -> Listing {
         Listing {
             index: self.index.clone(),
+            pending: self.index().pending.clone(),
         }
     }
 

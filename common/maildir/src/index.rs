@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use rustc_hash::FxHasher;
 
-use super::listing::CatchUp;
+use super::listing::{CatchUp, Pending};
 use super::maildir::{split_name, Flags};
 use super::uidlist::CachedList;
 
@@ -119,6 +119,8 @@ pub(crate) struct Index {
     /// `found` is the directories as they are, once `follower` has caught up: every change
     /// since the last scan was reported and applied, so there is no need to read them.
     pub live: bool,
+    /// Reports queued by the watcher, applied by the next snapshot (see `listing.rs`).
+    pub pending: Arc<Mutex<Pending>>,
 }
 
 impl std::fmt::Debug for Index {
@@ -138,8 +140,10 @@ impl Index {
     /// a watcher following the folder goes on.
     pub(crate) fn forget(&mut self) {
         let follower = self.follower.take();
+        let pending = std::mem::take(&mut self.pending);
         *self = Index {
             follower,
+            pending,
             ..Index::default()
         };
     }

@@ -42,10 +42,30 @@ pub enum Dir {
 
 /// A handle on the listing of one folder, shared by every `Folder` of this process for it
 /// (see [`Folder::listing`](crate::Folder::listing)).
+///
+/// Reports are queued here, not applied: the next snapshot applies them under the index it
+/// holds anyway. So the watcher never waits for a folder's index (which a long first
+/// indexing of another session holds for seconds), and every other folder's reports go on.
 #[derive(Clone)]
 pub struct Listing {
     pub(crate) index: Arc<Mutex<Index>>,
+    pub(crate) pending: Arc<Mutex<Pending>>,
 }
+
+/// Reports not applied yet, and what the watcher said of the listing meanwhile.
+#[derive(Debug, Default)]
+pub(crate) struct Pending {
+    /// In the order reported: the directory, added (or else removed), the name.
+    pub reports: Vec<(Sub, bool, String)>,
+    /// Reports were lost (or more came than are kept): read the directories.
+    pub lost: bool,
+    /// The watch is gone: no more reports will come.
+    pub unfollowed: bool,
+}
+
+/// Reports kept for a folder no snapshot looks at (a session idling on another): past
+/// these, they are dropped and the folder read again at its next snapshot.
+const MAX_PENDING: usize = 10_000;
 
 impl std::fmt::Debug for Listing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -54,14 +74,15 @@ impl std::fmt::Debug for Listing {
 }
 
 impl Listing {
-    fn index(&self) -> MutexGuard<'_, Index> {
-        self.index.lock().unwrap_or_else(|e| e.into_inner())
+    fn pending(&self) -> MutexGuard<'_, Pending> {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// From now on every change to the folder's `new/` and `cur/` is reported here, and
     /// `catch_up` applies those queued so far. Call once the watch is in place.
     pub fn follow(&self, catch_up: CatchUp) {
-        let mut index = self.index();
+        let mut index = self.index.lock().unwrap_or_else(|e| e.into_inner());
+        *self.pending() = Pending::default();
         index.follower = Some(catch_up);
         // Trusted from the next read of the directories on.
         index.live = false;
@@ -69,37 +90,72 @@ impl Listing {
 
     /// Reports stop (the watch is removed): the directories are read again.
     pub fn unfollow(&self) {
-        let mut index = self.index();
-        index.follower = None;
-        index.live = false;
+        let mut pending = self.pending();
+        pending.reports.clear();
+        pending.unfollowed = true;
     }
 
     /// Reports were lost: the next snapshot reads the directories (and trusts the listing
     /// again from then on, if still followed).
     pub fn lost(&self) {
-        self.index().live = false;
+        let mut pending = self.pending();
+        pending.reports.clear();
+        pending.lost = true;
     }
 
     /// A file appeared in `dir` under `name` (created, or renamed there).
     pub fn added(&self, dir: Dir, name: &OsStr) {
-        let mut index = self.index();
-        if !index.live {
-            return;
-        }
-        if let Some(name) = message_name(name) {
-            index.saw(sub(dir), name);
-        }
+        self.report(dir, true, name);
     }
 
     /// The file `name` left `dir` (removed, or renamed elsewhere).
     pub fn removed(&self, dir: Dir, name: &OsStr) {
-        let mut index = self.index();
-        if !index.live {
+        self.report(dir, false, name);
+    }
+
+    fn report(&self, dir: Dir, added: bool, name: &OsStr) {
+        let Some(name) = message_name(name) else {
+            return;
+        };
+        let mut pending = self.pending();
+        if pending.lost || pending.unfollowed {
             return;
         }
-        if let Some(name) = message_name(name) {
-            index.gone(sub(dir), name);
+        if pending.reports.len() >= MAX_PENDING {
+            pending.reports.clear();
+            pending.lost = true;
+            return;
         }
+        pending.reports.push((sub(dir), added, name.to_owned()));
+    }
+}
+
+impl Index {
+    /// Applies what the watcher queued (see [`Listing`]). Whether the listing can be trusted
+    /// without a read of the directories: followed, caught up, and nothing lost since the
+    /// last read.
+    pub(crate) fn apply_pending(&mut self, caught_up: bool) -> bool {
+        let pending = std::mem::take(&mut *self.pending.lock().unwrap_or_else(|e| e.into_inner()));
+        if pending.unfollowed {
+            self.follower = None;
+            self.live = false;
+        }
+        if pending.lost {
+            self.live = false;
+        }
+        if !(self.live && caught_up) {
+            // Read next: what the reports say, the read sees (and they are gone now).
+            self.live = false;
+            return false;
+        }
+        for (sub, added, name) in &pending.reports {
+            if *added {
+                self.saw(*sub, name);
+            } else {
+                self.gone(*sub, name);
+            }
+        }
+        true
     }
 }
 

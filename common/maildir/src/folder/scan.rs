@@ -63,9 +63,10 @@ impl Folder {
     /// listing a watcher keeps (`listing.rs`) is used as it is, once the watcher has caught
     /// up (`caught_up`, called before the index was taken); otherwise the directories are read.
     fn list_dirs(&self, index: &mut Index, caught_up: bool) -> Result<u64, StoreError> {
-        if index.live && caught_up {
+        if index.apply_pending(caught_up) {
             return Ok(index.epoch);
         }
+        let caught_up = caught_up && index.follower.is_some();
         index.epoch += 1;
         let epoch = index.epoch;
         index.live = false;
@@ -105,10 +106,13 @@ impl Folder {
         };
         // Not in the listing: read the directories all the same (a rename's two reports may
         // be applied one at a time, the base missing in between).
-        if self.catch_up() {
-            let index = self.index();
-            if let Some(found) = index.found.get(base).filter(|_| index.live) {
-                return Ok(found.clone());
+        let caught_up = self.catch_up();
+        {
+            let mut index = self.index();
+            if index.apply_pending(caught_up) {
+                if let Some(found) = index.found.get(base) {
+                    return Ok(found.clone());
+                }
             }
         }
         self.scan()?.remove(base).ok_or_else(gone)

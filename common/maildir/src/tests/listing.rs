@@ -188,3 +188,31 @@ fn a_half_reported_rename_keeps_the_uid() {
     listing.added(Dir::Cur, OsStr::new(&renamed));
     assert_eq!(uids(&inbox.snapshot().unwrap()), [1, 2, 3]);
 }
+
+/// Reports wait in a queue for the next snapshot, so the watcher never waits for the folder;
+/// past 10,000 unapplied ones the queue is dropped and the folder read instead.
+#[test]
+fn too_many_unapplied_reports_make_the_folder_read_again() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "kim", "Subject: 1\n\n");
+    let inbox = store.mailbox("kim").unwrap().inbox();
+    let listing = inbox.listing();
+    listing.follow(Arc::new(|| true));
+    inbox.claim_new().unwrap();
+    let reads = directory_reads();
+    for i in 0..10_000 {
+        listing.added(Dir::Cur, OsStr::new(&format!("{i}.ghost:2,")));
+    }
+    for i in 0..10_000 {
+        listing.removed(Dir::Cur, OsStr::new(&format!("{i}.ghost:2,")));
+    }
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 1);
+    assert_eq!(
+        directory_reads(),
+        reads + 1,
+        "an overflowing queue was trusted"
+    );
+    inbox.snapshot().unwrap();
+    assert_eq!(directory_reads(), reads + 1);
+}
