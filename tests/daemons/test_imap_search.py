@@ -22,7 +22,9 @@ def imap(daemons, mailhome):
     users, mail = mailhome
     config = daemon_config(("imap",), users, auth="failure_delay = 0\n",
                            rest=f'[mail]\nroot = "{mail}"\n')
-    return daemons.start("imapd", config)
+    d = daemons.start("imapd", config)
+    d.mail = mail
+    return d
 
 
 class Raw:
@@ -311,6 +313,22 @@ def test_context_search_partial_update_and_cancel(imap):
         r.ok("SEARCH RETURN (UPDATE) SEEN")
     out = r.ok("SEARCH RETURN (UPDATE) SEEN")
     assert any(l.startswith(f'* NO [NOUPDATE "t{r.n}"]') for l in out), out
+
+
+def test_a_kept_search_by_size_measures_what_another_program_delivers(imap):
+    """A message another program files (no sizes in its name, bare LFs) joins a kept LARGER
+    search by its size as IMAP counts it (CRLF), not by its size on disk."""
+    r = Raw(imap)
+    append(r, msg("small"))
+    r.ok("SELECT INBOX")
+    tag = f"t{r.n + 1}"
+    assert r.one("UID SEARCH RETURN (UPDATE) LARGER 1100", "* ESEARCH") == \
+        f'* ESEARCH (TAG "{tag}") UID'
+    body = b"Subject: lf only\n\n" + b"x\n" * 540  # 1,098 bytes on disk, 1,640 as CRLF
+    assert len(body) < 1100 < len(body.replace(b"\n", b"\r\n"))
+    (imap.mail / "alice" / "cur" / "1700000000.outside.host:2,").write_bytes(body)
+    out = noop_until(r, "EXISTS")
+    assert f'* ESEARCH (TAG "{tag}") UID ADDTO (0 2)' in out, out
 
 
 def test_context_sort_partial_and_update(imap):

@@ -14,9 +14,13 @@ use crate::StoreError;
 
 use super::{Folder, MessageInfo, FILES_READ};
 
+/// Measured at once, this many are written into the uid list (see [`Folder::measure`]).
+const RECORD_AT: usize = 16;
+
 impl Folder {
     /// Fills in [`MessageInfo::vsize`] where it is `None`, reading each such file once, and
-    /// writes the values into the uid list, so that later snapshots carry them. A message gone
+    /// keeps the values, so that later snapshots carry them (written into the uid list when
+    /// 16 or more are measured at once, or when it is next written whole). A message gone
     /// meanwhile, or that cannot be read, keeps `None`; an error only when the list cannot be
     /// locked or read.
     pub fn measure(&self, msgs: &mut [MessageInfo]) -> Result<(), StoreError> {
@@ -42,8 +46,14 @@ impl Folder {
         if measured.is_empty() {
             return Ok(());
         }
-        // Written down, so that no later process reads them again. Should that fail (a full
-        // disk), they are measured again next time: nothing else depends on it.
+        // Kept in this process's copy of the list; written down (the list rewritten whole)
+        // when many were measured at once, as a client's first sync of a folder does, so that
+        // no later process reads them again: not for each message a client opens. Should that
+        // fail (a full disk), they are measured again next time: nothing else depends on it.
+        if measured.len() < RECORD_AT {
+            self.keep_measured(&measured);
+            return Ok(());
+        }
         if let Err(err) = self.record_measured(&measured) {
             tracing::warn!(folder = %self.path.display(), error = %err,
                 "cannot record measured sizes in the uid list");
@@ -63,6 +73,22 @@ impl Folder {
             if let Ok(at) = entries.binary_search_by_key(&msg.uid, |e| e.uid) {
                 if entries[at].base == msg.base {
                     msg.vsize = entries[at].facts().1;
+                }
+            }
+        }
+    }
+
+    /// In this process's copy of the uid list only (written with it when it is next written
+    /// whole).
+    fn keep_measured(&self, measured: &[(u32, Arc<str>, u64)]) {
+        let mut index = self.index();
+        if let Some(cached) = index.list.as_mut() {
+            let list = Arc::make_mut(&mut cached.list);
+            for (uid, base, vsize) in measured {
+                if let Ok(at) = list.entries.binary_search_by_key(uid, |e| e.uid) {
+                    if list.entries[at].base == *base {
+                        list.entries[at].measured(*vsize);
+                    }
                 }
             }
         }

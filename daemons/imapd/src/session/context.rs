@@ -114,6 +114,14 @@ impl Session {
     where
         S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
     {
+        // Sizes first, for a kept search by size (LARGER, SORT SIZE): new messages another
+        // program delivered are measured, not judged by their file size.
+        if let (Some(_), Some(sel)) = (&mark, self.selected.as_mut()) {
+            if self.search.updates.iter().any(|u| uses_size(&u.command)) {
+                let all: Vec<usize> = (0..sel.messages.len()).collect();
+                let _ = blocking(|| sel.measure(&all));
+            }
+        }
         let (Some(mark), Some(sel)) = (mark, self.selected.as_ref()) else {
             return Ok(());
         };
@@ -277,6 +285,30 @@ fn no_update(out: &mut Vec<u8>, tag: &str, text: &str) {
 }
 
 /// A kept search's or sort's result now, as UIDs.
+/// Whether a kept command looks at sizes (LARGER, SMALLER, SORT SIZE).
+fn uses_size(command: &[u8]) -> bool {
+    let Ok((_, decoded)) = CommandCodec::default().decode(command) else {
+        return false;
+    };
+    match decoded.body {
+        CommandBody::Search { criteria, .. } => Query::new(criteria.as_ref()).uses_size(),
+        CommandBody::Sort {
+            sort_criteria,
+            search_criteria,
+            ..
+        } => {
+            Query::new(search_criteria.as_ref()).uses_size()
+                || sort_criteria.as_ref().iter().any(|c| {
+                    matches!(
+                        c.key,
+                        imap_codec::imap_types::extensions::sort::SortKey::Size
+                    )
+                })
+        }
+        _ => false,
+    }
+}
+
 fn result_now(
     sel: &Selected,
     command: &[u8],
