@@ -325,7 +325,7 @@ mod tests {
     #[test]
     fn filters_with_mailboxes() {
         let (status, groups) = set(
-            "a NOTIFY SET (subtree (INBOX \"a b\" {3+}\r\nx&A\r\n) (MessageNew MessageExpunge)) (mailboxes Sent NONE) (inboxes NONE) (subscribed (MailboxName)) (selected-delayed (MessageNew MessageExpunge))\r\n",
+            "a NOTIFY SET (subtree (INBOX \"a b\" {3+}\r\nx&A) (MessageNew MessageExpunge)) (mailboxes Sent NONE) (inboxes NONE) (subscribed (MailboxName)) (selected-delayed (MessageNew MessageExpunge))\r\n",
         )
         .unwrap();
         assert!(!status);
