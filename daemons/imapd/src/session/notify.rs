@@ -31,7 +31,8 @@ use super::reply::{bad, no_code, ok, Done};
 use super::{blocking, Conn, Session};
 use crate::names::{self, decode_utf7};
 use crate::notify::{Event, Events, Filter, Group, Refusal, Request, BADEVENT};
-use crate::watch::Watch;
+use crate::selected::{settled, stamp};
+use crate::watch::{Stamp, Watch};
 use crate::{modseq, wire};
 
 /// Most mailboxes one NOTIFY follows.
@@ -68,6 +69,9 @@ struct Followed {
     events: Events,
     watch: Option<Watch>,
     generation: u64,
+    /// Without a watch: the directories' modification times at the last look, which spare
+    /// the next look a snapshot when they have not moved (and are a second old).
+    stamp: Stamp,
     /// As last told; `None` until a look, and while the mailbox is selected.
     told: Option<State>,
 }
@@ -274,6 +278,7 @@ impl Session {
                     events,
                     generation: watch.as_ref().map_or(0, Watch::generation),
                     watch,
+                    stamp: None,
                     told: None,
                 },
             );
@@ -324,6 +329,12 @@ impl Session {
                     continue;
                 }
                 f.generation = generation;
+            } else if f.watch.is_none() {
+                let stamp = blocking(|| mbox.folder(name).ok().and_then(|f| stamp(&f)));
+                if f.told.is_some() && stamp.is_some() && stamp == f.stamp && settled(stamp) {
+                    continue;
+                }
+                f.stamp = stamp;
             }
             let Some(state) = look(&mbox, name, f.events) else {
                 continue;
