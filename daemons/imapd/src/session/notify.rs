@@ -54,15 +54,6 @@ pub(super) struct Notifying {
     subscribed: BTreeSet<String>,
     /// Wakes IDLE when a watched folder changes.
     pub(super) changed: Arc<Notify>,
-    forwarders: Vec<JoinHandle<()>>,
-}
-
-impl Drop for Notifying {
-    fn drop(&mut self) {
-        for f in &self.forwarders {
-            f.abort();
-        }
-    }
 }
 
 struct Followed {
@@ -74,6 +65,16 @@ struct Followed {
     stamp: Stamp,
     /// As last told; `None` until a look, and while the mailbox is selected.
     told: Option<State>,
+    /// Passes the watch's wake-ups on to [`Notifying::changed`]; stopped with this.
+    forwarder: Option<JoinHandle<()>>,
+}
+
+impl Drop for Followed {
+    fn drop(&mut self) {
+        if let Some(f) = &self.forwarder {
+            f.abort();
+        }
+    }
 }
 
 /// What STATUS tells of a mailbox.
@@ -197,7 +198,6 @@ impl Session {
             names: BTreeSet::new(),
             subscribed: BTreeSet::new(),
             changed: Arc::new(Notify::new()),
-            forwarders: Vec::new(),
         };
         let mbox = self.mailbox().clone();
         let Some((names, subscribed)) = blocking(|| listing(&mbox)) else {
@@ -262,16 +262,16 @@ impl Session {
             if events.messages() && watched.count() < MAX_WATCHED {
                 watch = blocking(|| mbox.folder(name).ok().and_then(|f| watches.watch(&f)));
             }
-            if let Some(w) = &watch {
+            let forwarder = watch.as_ref().map(|w| {
                 let changed = notifying.changed.clone();
                 let notifier = w.notifier();
-                notifying.forwarders.push(tokio::spawn(async move {
+                tokio::spawn(async move {
                     loop {
                         notifier.notified().await;
                         changed.notify_one();
                     }
-                }));
-            }
+                })
+            });
             notifying.followed.insert(
                 name.clone(),
                 Followed {
@@ -280,6 +280,7 @@ impl Session {
                     watch,
                     stamp: None,
                     told: None,
+                    forwarder,
                 },
             );
         }
@@ -345,11 +346,9 @@ impl Session {
                 }
             }
         }
-        if queued.len() > MAX_QUEUED {
-            return overflow(out);
+        if deliver(&queued, out) {
+            self.notifying = Some(notifying);
         }
-        out.extend_from_slice(&queued);
-        self.notifying = Some(notifying);
     }
 
     /// A `selected` group's MessageNew with fetch attributes: the new messages fetched.
@@ -392,6 +391,17 @@ impl Session {
             }
         }
     }
+}
+
+/// Queues one look's notifications; past [`MAX_QUEUED`] the overflow instead, and false: the
+/// caller drops the NOTIFY (RFC 5465 §5.8).
+fn deliver(queued: &[u8], out: &mut Vec<u8>) -> bool {
+    if queued.len() > MAX_QUEUED {
+        overflow(out);
+        return false;
+    }
+    out.extend_from_slice(queued);
+    true
 }
 
 /// `* OK [NOTIFICATIONOVERFLOW]` (the caller has dropped the NOTIFY).
@@ -595,6 +605,46 @@ mod tests {
             names(items(flags, &s, true, false)),
             ["UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"]
         );
+    }
+
+    /// Folders that come and go under `personal` each get a watch and a task passing its
+    /// wake-ups on; a folder gone takes its task with it, so their number stays bounded.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_folder_gone_stops_its_forwarder() {
+        let mut c = super::super::tests::Client::logged_in(&[]).await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        let lines = c
+            .command("n", "NOTIFY SET (personal (MessageNew MessageExpunge))")
+            .await;
+        assert!(
+            lines.last().is_some_and(|l| l.starts_with("n OK")),
+            "{lines:?}"
+        );
+        let before = metrics.num_alive_tasks();
+        for i in 0..40 {
+            c.command("c", &format!("CREATE f{i}")).await;
+            c.command("d", &format!("DELETE f{i}")).await;
+        }
+        // Aborted tasks end at their next poll: wait for them, within a bound.
+        let mut alive = metrics.num_alive_tasks();
+        for _ in 0..200 {
+            if alive <= before {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            alive = metrics.num_alive_tasks();
+        }
+        assert!(alive <= before, "{alive} tasks alive, {before} before");
+    }
+
+    #[test]
+    fn too_much_at_once_is_an_overflow() {
+        let mut out = Vec::new();
+        assert!(deliver(b"* STATUS a (MESSAGES 1)\r\n", &mut out));
+        assert_eq!(out, b"* STATUS a (MESSAGES 1)\r\n");
+        let mut out = Vec::new();
+        assert!(!deliver(&vec![b'x'; MAX_QUEUED + 1], &mut out));
+        assert!(out.starts_with(b"* OK [NOTIFICATIONOVERFLOW] "), "{out:?}");
     }
 
     #[test]
