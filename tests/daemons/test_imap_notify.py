@@ -176,6 +176,11 @@ def test_mailbox_names_and_subscriptions(imap):
     assert untagged(a.command("NOOP"), b"* LIST") == [b'* LIST (\\Subscribed) "/" "renamed"\r\n']
     b.command("UNSUBSCRIBE renamed")
     assert untagged(a.command("NOOP"), b"* LIST") == [b'* LIST () "/" "renamed"\r\n']
+    # After the commands imapd parses itself too (MULTIAPPEND here).
+    a.command("NOTIFY SET (personal (MailboxName SubscriptionChange MessageNew MessageExpunge))")
+    b.command("APPEND renamed {3+}\r\nx\r\n")
+    out = a.command("APPEND INBOX {3+}\r\nx\r\n {3+}\r\ny\r\n")
+    assert untagged(out, b'* STATUS "renamed" (MESSAGES 1 '), out
     b.command("DELETE renamed")
     assert untagged(a.command("NOOP"), b"* LIST") == [
         b'* LIST (\\NonExistent) "/" "renamed"\r\n']

@@ -208,30 +208,33 @@ impl Session {
                     let tag = command.tag.clone();
                     (tag.clone(), self.handle(command, &tag, &mut conn).await)
                 }
-                // NOTIFY (notify.rs), which imap-codec does not parse.
-                Err(_) if self.login.is_some() && crate::notify::parse(&bytes).is_some() => {
-                    let Some(notify) = crate::notify::parse(&bytes) else {
-                        continue;
-                    };
-                    let Ok(tag) = Tag::try_from(notify.tag) else {
-                        continue;
-                    };
-                    let last_uid = self.selected_last_uid();
-                    let done = self.notify_command(notify.request, &mut conn).await;
-                    let done = self.after_command(done, true, last_uid, &mut conn).await;
-                    (tag, done)
-                }
-                // The forms of extensions imap-codec does not parse (extended.rs).
-                Err(_) => match crate::extended::parse(&bytes) {
-                    Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
-                        Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
-                        Err(_) => continue,
-                    },
-                    _ => {
-                        let tag = wire::tag_of(&bytes);
-                        reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
-                        continue;
+                // NOTIFY (notify.rs), then the forms of other extensions (extended.rs), which
+                // imap-codec does not parse.
+                Err(_) => match self
+                    .login
+                    .as_ref()
+                    .and_then(|_| crate::notify::parse(&bytes))
+                {
+                    Some(notify) => {
+                        let Ok(tag) = Tag::try_from(notify.tag) else {
+                            continue;
+                        };
+                        let last_uid = self.selected_last_uid();
+                        let done = self.notify_command(notify.request, &mut conn).await;
+                        let done = self.after_command(done, true, last_uid, &mut conn).await;
+                        (tag, done)
                     }
+                    None => match crate::extended::parse(&bytes) {
+                        Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
+                            Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
+                            Err(_) => continue,
+                        },
+                        _ => {
+                            let tag = wire::tag_of(&bytes);
+                            reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
+                            continue;
+                        }
+                    },
                 },
             };
             match done {
