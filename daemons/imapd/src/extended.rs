@@ -116,11 +116,32 @@ impl<'a> Parser<'a> {
         self.at == self.input.len()
     }
 
-    fn peek(&self) -> Option<u8> {
+    pub(crate) fn peek(&self) -> Option<u8> {
         self.input.get(self.at).copied()
     }
 
-    fn eat(&mut self, b: u8) -> Option<()> {
+    pub(crate) fn peek_at(&self, ahead: usize) -> Option<u8> {
+        self.input.get(self.at.checked_add(ahead)?).copied()
+    }
+
+    /// How far the parser is.
+    pub(crate) fn position(&self) -> usize {
+        self.at
+    }
+
+    /// The next byte, taken.
+    pub(crate) fn next(&mut self) -> Option<u8> {
+        let b = self.peek()?;
+        self.at += 1;
+        Some(b)
+    }
+
+    /// What was taken since `start` (a [`Parser::position`]).
+    pub(crate) fn since(&self, start: usize) -> &'a [u8] {
+        self.input.get(start..self.at).unwrap_or_default()
+    }
+
+    pub(crate) fn eat(&mut self, b: u8) -> Option<()> {
         (self.peek() == Some(b)).then(|| self.at += 1)
     }
 
@@ -128,7 +149,7 @@ impl<'a> Parser<'a> {
         self.eat(b' ')
     }
 
-    fn crlf(&mut self) -> Option<()> {
+    pub(crate) fn crlf(&mut self) -> Option<()> {
         self.eat(b'\r')?;
         self.eat(b'\n')
     }
@@ -141,12 +162,12 @@ impl<'a> Parser<'a> {
         self.input.get(start..self.at).unwrap_or_default()
     }
 
-    fn tag(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn tag(&mut self) -> Option<&'a [u8]> {
         let tag = self.take_while(|b| is_atom_char(b) && b != b'+' || b == b']');
         (!tag.is_empty()).then_some(tag)
     }
 
-    fn atom(&mut self) -> Option<&'a [u8]> {
+    pub(crate) fn atom(&mut self) -> Option<&'a [u8]> {
         let atom = self.take_while(is_atom_char);
         (!atom.is_empty()).then_some(atom)
     }

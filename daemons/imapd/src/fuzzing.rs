@@ -3,12 +3,14 @@
 //! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
 //! ENVELOPE/BODYSTRUCTURE (`imap_mime`), SEARCH/SORT's `RETURN (…)` and `$`
 //! (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`), CATENATE's
-//! parts and IMAP URLs (`imap_catenate`) and BINARY's decoders (`imap_binary`).
+//! parts and IMAP URLs (`imap_catenate`), BINARY's decoders (`imap_binary`) and NOTIFY
+//! (`imap_notify`).
 
 mod extended;
 mod folder;
 mod literal;
 mod mime;
+mod notify;
 mod search;
 mod search_args;
 mod sequence;
@@ -16,6 +18,7 @@ mod sequence;
 pub use self::extended::{imap_binary, imap_catenate, imap_extended};
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
+pub use self::notify::imap_notify;
 pub use self::search::imap_search;
 pub use self::search_args::imap_search_args;
 pub use self::sequence::imap_sequence;
@@ -152,6 +155,11 @@ mod tests {
     #[test]
     fn imap_catenate_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_catenate", imap_catenate) > 0);
+    }
+
+    #[test]
+    fn imap_notify_corpus() {
+        assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_notify", imap_notify) > 0);
     }
 
     #[test]

@@ -14,6 +14,7 @@ pub mod fuzzing;
 mod keywords;
 mod modseq;
 mod names;
+mod notify;
 mod proxy;
 mod quota;
 mod search;

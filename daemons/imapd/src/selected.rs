@@ -513,7 +513,7 @@ fn take_snapshot(
 
 /// The directories' modification times, read before a snapshot: a later change moves them
 /// on.
-fn stamp(folder: &Folder) -> Stamp {
+pub(crate) fn stamp(folder: &Folder) -> Stamp {
     let m = |sub: &str| std::fs::metadata(folder.path().join(sub)).and_then(|m| m.modified());
     Some((m("new").ok()?, m("cur").ok()?))
 }
@@ -521,7 +521,7 @@ fn stamp(folder: &Folder) -> Stamp {
 /// File systems keep mtimes in coarse ticks, so a change in the same tick as our look leaves
 /// them as they were: a stamp is only trusted once it is a second old (until then the folder
 /// is looked at once more, a second later).
-fn settled(stamp: Option<(SystemTime, SystemTime)>) -> bool {
+pub(crate) fn settled(stamp: Option<(SystemTime, SystemTime)>) -> bool {
     let old = |t: SystemTime| {
         SystemTime::now()
             .duration_since(t)

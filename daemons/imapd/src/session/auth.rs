@@ -59,6 +59,7 @@ impl Session {
             Capability::Move,
             Capability::CondStore,
             Capability::QResync,
+            other("NOTIFY"),
         ];
         caps.extend(super::search::CAPABILITIES.iter().map(|&c| other(c)));
         if self.login.is_none() {

@@ -43,12 +43,13 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
+        let last_uid = self.selected_last_uid();
         let done = match command {
             ExtCommand::List(list) => self.list_extended(&list, conn),
             ExtCommand::Create { mailbox, uses } => self.create_special_use(&mailbox, &uses),
             ExtCommand::Append { messages } => self.multiappend(&messages),
         };
-        self.refresh_selected(done, true, conn)
+        self.after_command(done, true, last_uid, conn).await
     }
 
     fn list_extended<S>(&mut self, list: &ListExtended, conn: &mut Conn<S>) -> Done

@@ -31,7 +31,15 @@ impl Session {
         let mut line: Vec<u8> = Vec::new();
         let shutdown = self.peer.shutdown.clone();
         let changed = self.selected.as_ref().and_then(Selected::notifier);
+        // NOTIFY's followed mailboxes (session/notify.rs).
+        let followed = self.notifying.as_ref().map(|n| n.changed.clone());
         loop {
+            let other = async {
+                match &followed {
+                    Some(n) => n.notified().await,
+                    None => std::future::pending().await,
+                }
+            };
             let woken = async {
                 match &changed {
                     Some(n) => n.notified().await,
@@ -40,6 +48,11 @@ impl Session {
             };
             tokio::select! {
                 _ = woken => {
+                    if !self.idle_update(conn).await {
+                        return Done::Close;
+                    }
+                }
+                _ = other => {
                     if !self.idle_update(conn).await {
                         return Done::Close;
                     }
@@ -100,17 +113,27 @@ impl Session {
         }
     }
 
-    /// Sends what changed in the selected folder during IDLE; false when the session must end.
+    /// Sends what changed in the selected folder during IDLE, then NOTIFY's updates (the new
+    /// messages fetched, other mailboxes' STATUS and LIST); false when the session must end.
     async fn idle_update<S>(&mut self, conn: &mut Conn<S>) -> bool
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let Some(sel) = self.selected.as_mut() else {
-            return true;
-        };
+        let last_uid = self.selected_last_uid();
+        if let Some(sel) = self.selected.as_mut() {
+            let mut updates = Vec::new();
+            let refreshed = blocking(|| sel.refresh(&mut updates, true));
+            conn.out.extend_from_slice(&updates);
+            if refreshed.is_err() {
+                return false;
+            }
+        }
+        if let Some(last) = last_uid {
+            self.notify_fetch(last, conn).await;
+        }
         let mut updates = Vec::new();
-        let refreshed = blocking(|| sel.refresh(&mut updates, true));
+        self.notify_updates(&mut updates);
         conn.out.extend_from_slice(&updates);
-        refreshed.is_ok() && conn.flush().await.is_ok()
+        conn.flush().await.is_ok()
     }
 }

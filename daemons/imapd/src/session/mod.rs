@@ -29,6 +29,7 @@ mod idle;
 pub(crate) mod input;
 mod mailboxes;
 mod messages;
+mod notify;
 mod quota;
 mod reply;
 mod search;
@@ -87,6 +88,8 @@ pub(crate) struct Session {
     literals: &'static LiteralBudget,
     /// SEARCHRES's `$`, the current command's `RETURN (…)`, the searches kept up to date.
     search: search::SearchState,
+    /// What NOTIFY follows, once the client set it.
+    notifying: Option<notify::Notifying>,
 }
 
 impl Session {
@@ -102,6 +105,7 @@ impl Session {
             resync: Default::default(),
             literals: &input::LITERALS,
             search: search::SearchState::default(),
+            notifying: None,
         }
     }
 }
@@ -204,17 +208,33 @@ impl Session {
                     let tag = command.tag.clone();
                     (tag.clone(), self.handle(command, &tag, &mut conn).await)
                 }
-                // The forms of extensions imap-codec does not parse (extended.rs).
-                Err(_) => match crate::extended::parse(&bytes) {
-                    Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
-                        Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
-                        Err(_) => continue,
-                    },
-                    _ => {
-                        let tag = wire::tag_of(&bytes);
-                        reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
-                        continue;
+                // NOTIFY (notify.rs), then the forms of other extensions (extended.rs), which
+                // imap-codec does not parse.
+                Err(_) => match self
+                    .login
+                    .as_ref()
+                    .and_then(|_| crate::notify::parse(&bytes))
+                {
+                    Some(notify) => {
+                        let Ok(tag) = Tag::try_from(notify.tag) else {
+                            continue;
+                        };
+                        let last_uid = self.selected_last_uid();
+                        let done = self.notify_command(notify.request, &mut conn).await;
+                        let done = self.after_command(done, true, last_uid, &mut conn).await;
+                        (tag, done)
                     }
+                    None => match crate::extended::parse(&bytes) {
+                        Some(ext) if self.login.is_some() => match Tag::try_from(ext.tag) {
+                            Ok(tag) => (tag, self.handle_extended(ext.command, &mut conn).await),
+                            Err(_) => continue,
+                        },
+                        _ => {
+                            let tag = wire::tag_of(&bytes);
+                            reply(&mut conn, tag, StatusKind::Bad, None, "Syntax error.");
+                            continue;
+                        }
+                    },
                 },
             };
             match done {
@@ -281,15 +301,45 @@ impl Session {
             self.search.deselected();
         }
         let mut mark = self.update_snapshot(&command.body, conn.out.len());
+        let reselect = matches!(
+            &command.body,
+            CommandBody::Select { .. } | CommandBody::Examine { .. }
+        );
+        let last_uid = self.selected_last_uid().filter(|_| !reselect);
         let done = self.dispatch(command, tag, conn).await;
         if let Some(mark) = mark.as_mut() {
             mark.command_done(conn.out.len());
         }
-        let done = self.refresh_selected(done, expunge_ok, conn);
+        let done = self.after_command(done, expunge_ok, last_uid, conn).await;
         if let Done::Tagged(..) = done {
             if let Err(stopped) = self.send_updates(mark, conn) {
                 return stopped;
             }
+        }
+        done
+    }
+
+    /// After a command: the selected folder's changes, then NOTIFY's (the new messages
+    /// fetched, other mailboxes' STATUS and LIST), before the tagged reply. `last_uid` is the
+    /// selected mailbox's highest UID before the command (none when it selected one).
+    async fn after_command<S>(
+        &mut self,
+        done: Done,
+        expunge_ok: bool,
+        last_uid: Option<u32>,
+        conn: &mut Conn<S>,
+    ) -> Done
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let done = self.refresh_selected(done, expunge_ok, conn);
+        if let Done::Tagged(..) = done {
+            if let Some(last) = last_uid {
+                self.notify_fetch(last, conn).await;
+            }
+            let mut out = Vec::new();
+            self.notify_updates(&mut out);
+            conn.out.extend_from_slice(&out);
         }
         done
     }
