@@ -52,7 +52,7 @@ struct Moved {
     base: Arc<str>,
     flags: Flags,
     size: u64,
-    vsize: u64,
+    vsize: Option<u64>,
     internal_date: SystemTime,
 }
 
@@ -70,7 +70,7 @@ struct Written {
 struct Arrival {
     base: Arc<str>,
     size: u64,
-    vsize: u64,
+    vsize: Option<u64>,
     date: SystemTime,
 }
 
@@ -88,16 +88,6 @@ impl Folder {
         msgs: &[MessageInfo],
         flags: &dyn Fn(Flags) -> Flags,
     ) -> Result<Transferred, StoreError> {
-        // The new names carry the size with CRLF line ends: measured first, without the locks
-        // (finding a renamed file takes one).
-        let mut measured: Vec<MessageInfo>;
-        let msgs = if msgs.iter().any(|m| m.vsize.is_none()) {
-            measured = msgs.to_vec();
-            self.measure(&mut measured)?;
-            &measured
-        } else {
-            msgs
-        };
         let same = self.path == target.path;
         let (source_lock, target_lock) = if same {
             (self.lock()?, None)
@@ -168,20 +158,16 @@ impl Folder {
     ) -> Result<(), StoreError> {
         let target_new = target.path.join(Sub::New.dir());
         for msg in msgs {
-            // Gone since it was measured.
-            let Some(vsize) = msg.vsize else { continue };
             let mut from = self.path.join(&*msg.file);
             let mut current = msg.flags;
             let mut followed = false;
             let mut attempts = 0;
             loop {
-                let base: Arc<str> = format!(
-                    "{},S={},W={}",
-                    unique_name(msg.internal_date),
-                    msg.size,
-                    vsize
-                )
-                .into();
+                // The size with CRLF line ends in the name when it is known (a message not
+                // measured yet is not read for it: it is measured when asked for, as before).
+                let vsize = msg.vsize.map_or(String::new(), |w| format!(",W={w}"));
+                let base: Arc<str> =
+                    format!("{},S={}{vsize}", unique_name(msg.internal_date), msg.size,).into();
                 let new_flags = flags(current);
                 let to = target_new.join(new_name(&base, new_flags));
                 match faults::check(Step::Move).and_then(|()| fsutil::move_noreplace(&from, &to)) {
@@ -193,7 +179,7 @@ impl Folder {
                             base,
                             flags: new_flags,
                             size: msg.size,
-                            vsize,
+                            vsize: msg.vsize,
                             internal_date: msg.internal_date,
                         });
                         break;
@@ -276,7 +262,7 @@ impl Folder {
                 tracing::debug!(path = %path.display(), error = %err, "cannot set mtime");
             }
             let name = new_name(&base, w.flags);
-            let entry = entry_for(uid, &base, w.sizes.size, w.sizes.vsize, w.date);
+            let entry = entry_for(uid, &base, w.sizes.size, Some(w.sizes.vsize), w.date);
             let found = Found::new(Sub::New, &name, 0);
             messages.push((w.source_uid, message_info(&entry, &found)));
         }
@@ -334,7 +320,7 @@ impl Folder {
                 Some(Arrival {
                     base: base.clone(),
                     size: w.sizes.size,
-                    vsize: w.sizes.vsize,
+                    vsize: Some(w.sizes.vsize),
                     date: w.date,
                 })
             })
@@ -389,13 +375,13 @@ impl Folder {
 }
 
 /// A uid list line, with the values the base name does not carry.
-fn entry_for(uid: u32, base: &Arc<str>, size: u64, vsize: u64, date: SystemTime) -> Entry {
+fn entry_for(uid: u32, base: &Arc<str>, size: u64, vsize: Option<u64>, date: SystemTime) -> Entry {
     let secs = date.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
     Entry::new(
         uid,
         base.clone(),
         size_field(base, 'S').is_none().then_some(size),
-        size_field(base, 'W').is_none().then_some(vsize),
+        size_field(base, 'W').is_none().then_some(vsize).flatten(),
         name_time(base).is_none().then_some(secs),
     )
 }

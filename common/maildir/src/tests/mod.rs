@@ -666,3 +666,31 @@ fn fifos_and_links_among_the_messages_are_not_opened() {
         assert!(!matches!(err, StoreError::MessageGone { .. }), "{err}");
     }
 }
+
+/// A move renames: a message not measured yet is not read to name it (nor left behind when it
+/// cannot be read); it is measured where it lands, when asked for.
+#[test]
+fn a_move_reads_no_message_to_name_it() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    let mailbox = store.mailbox("hal").unwrap();
+    let inbox = mailbox.inbox();
+    let archive = mailbox.create("Archive").unwrap();
+    let cur = inbox.path().join("cur");
+    std::fs::write(cur.join("1700000001.one:2,S"), "Subject: 1\n\nx\n").unwrap();
+    std::fs::write(cur.join("1700000002.two:2,"), "Subject: 2\n\nyy\n").unwrap();
+    let snapshot = inbox.snapshot().unwrap();
+    assert!(snapshot.messages.iter().all(|m| m.vsize.is_none()));
+    let before = message_files_read();
+    let moved = inbox
+        .move_to(&archive, &snapshot.messages, &|flags| flags)
+        .unwrap();
+    assert_eq!(moved.messages.len(), 2);
+    assert_eq!(message_files_read(), before, "read to be moved");
+    assert!(inbox.snapshot().unwrap().messages.is_empty());
+    let mut landed = archive.snapshot().unwrap();
+    assert!(landed.messages.iter().all(|m| m.vsize.is_none()));
+    archive.measure(&mut landed.messages).unwrap();
+    let vsizes: Vec<Option<u64>> = landed.messages.iter().map(|m| m.vsize).collect();
+    assert_eq!(vsizes, [Some(17), Some(18)]);
+}
