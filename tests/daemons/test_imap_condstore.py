@@ -4,12 +4,12 @@ removed by another program), survive a restart, and come back above the old numb
 record is damaged."""
 
 import re
-import socket
 from pathlib import Path
 
 import pytest
 
-from support.homes import PASSWORD, daemon_config, message, seed
+from support.homes import daemon_config, message, seed
+from support.imap import RawImap
 
 
 def config(users, mail):
@@ -28,30 +28,12 @@ def imap(daemons, mailhome):
     return d
 
 
-class Raw:
-    """A raw session (plaintext on loopback), for the exact untagged responses."""
+class Raw(RawImap):
+    """A raw session on a daemon that offers CONDSTORE and QRESYNC from the greeting on."""
 
     def __init__(self, d):
-        host, port = d.addr("imap")
-        self.s = socket.create_connection((host, port), timeout=30)
-        self.f = self.s.makefile("rb")
-        greeting = self.f.readline()
-        assert b"CONDSTORE" in greeting and b"QRESYNC" in greeting, greeting
-        self.n = 0
-        self.command(f'LOGIN alice "{PASSWORD}"')
-
-    def command(self, text: str, expect: bytes = b"OK") -> list[bytes]:
-        self.n += 1
-        tag = f"r{self.n}".encode()
-        self.s.sendall(tag + b" " + text.encode() + b"\r\n")
-        out = []
-        while True:
-            line = self.f.readline()
-            assert line, out
-            out.append(line)
-            if line.startswith(tag + b" "):
-                assert line.startswith(tag + b" " + expect), out
-                return out
+        super().__init__(d)
+        assert b"CONDSTORE" in self.greeting and b"QRESYNC" in self.greeting, self.greeting
 
 
 def number(lines: list[bytes], pattern: bytes) -> int:

@@ -4,11 +4,11 @@ subscriptions, the selected mailbox's new messages fetched, the refusals (BADEVE
 and the overflow past the bound on followed mailboxes."""
 
 import re
-import socket
 
 import pytest
 
-from support.homes import PASSWORD, daemon_config, message, seed
+from support.homes import daemon_config, message, seed
+from support.imap import RawImap
 
 
 def config(users, mail):
@@ -26,43 +26,7 @@ def imap(daemons, mailhome):
     return d
 
 
-class Raw:
-    """A raw session (plaintext on loopback), for the exact untagged responses."""
-
-    def __init__(self, d):
-        host, port = d.addr("imap")
-        # A bound on every wait: a missing notification fails the test, never hangs it.
-        self.s = socket.create_connection((host, port), timeout=30)
-        self.f = self.s.makefile("rb")
-        self.greeting = self.f.readline()
-        self.n = 0
-        self.command(f'LOGIN alice "{PASSWORD}"')
-
-    def command(self, text: str, expect: bytes = b"OK") -> list[bytes]:
-        self.n += 1
-        tag = f"r{self.n}".encode()
-        self.s.sendall(tag + b" " + text.encode() + b"\r\n")
-        out = []
-        while True:
-            line = self.f.readline()
-            assert line, out
-            out.append(line)
-            if line.startswith(tag + b" "):
-                assert line.startswith(tag + b" " + expect), out
-                return out
-
-    def until(self, pattern: bytes) -> list[bytes]:
-        """Lines read until one matches `pattern` (the socket's timeout bounds the wait)."""
-        out = []
-        while True:
-            line = self.f.readline()
-            assert line, out
-            out.append(line)
-            if re.search(pattern, line):
-                return out
-
-    def close(self):
-        self.s.close()
+Raw = RawImap
 
 
 def untagged(lines, prefix: bytes) -> list[bytes]:
