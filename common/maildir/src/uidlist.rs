@@ -269,6 +269,24 @@ impl UidList {
         (list.next_uid != u32::MAX).then_some(list)
     }
 
+    /// Where this message's line is: its UID's, if it names the same base (a list
+    /// renumbered since gives the UID to another message).
+    pub(crate) fn position(&self, uid: u32, base: &str) -> Option<usize> {
+        let at = self.entries.binary_search_by_key(&uid, |e| e.uid).ok()?;
+        (*self.entries[at].base == *base).then_some(at)
+    }
+
+    /// Records measured sizes (UID, base, size with CRLF); whether any was new.
+    pub(crate) fn measured(&mut self, measured: &[(u32, Arc<str>, u64)]) -> bool {
+        let mut changed = false;
+        for (uid, base, vsize) in measured {
+            if let Some(at) = self.position(*uid, base) {
+                changed |= self.entries[at].measured(*vsize);
+            }
+        }
+        changed
+    }
+
     fn header_line(&self) -> String {
         format!("{MAGIC} {VERSION} V{} N{}\n", self.validity, self.next_uid)
     }

@@ -68,12 +68,10 @@ impl Folder {
         let Some(cached) = index.list.as_ref() else {
             return;
         };
-        let entries = &cached.list.entries;
+        let list = &cached.list;
         for msg in msgs.iter_mut().filter(|m| m.vsize.is_none()) {
-            if let Ok(at) = entries.binary_search_by_key(&msg.uid, |e| e.uid) {
-                if entries[at].base == msg.base {
-                    msg.vsize = entries[at].facts().1;
-                }
+            if let Some(at) = list.position(msg.uid, &msg.base) {
+                msg.vsize = list.entries[at].facts().1;
             }
         }
     }
@@ -81,16 +79,8 @@ impl Folder {
     /// In this process's copy of the uid list only (written with it when it is next written
     /// whole).
     fn keep_measured(&self, measured: &[(u32, Arc<str>, u64)]) {
-        let mut index = self.index();
-        if let Some(cached) = index.list.as_mut() {
-            let list = Arc::make_mut(&mut cached.list);
-            for (uid, base, vsize) in measured {
-                if let Ok(at) = list.entries.binary_search_by_key(uid, |e| e.uid) {
-                    if list.entries[at].base == *base {
-                        list.entries[at].measured(*vsize);
-                    }
-                }
-            }
+        if let Some(cached) = self.index().list.as_mut() {
+            Arc::make_mut(&mut cached.list).measured(measured);
         }
     }
 
@@ -98,17 +88,7 @@ impl Folder {
         let _lock = self.lock()?;
         let mut index = self.index();
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
-            let edited = Arc::make_mut(&mut list);
-            let mut changed = false;
-            for (uid, base, vsize) in measured {
-                // The same message: a list renumbered since gives its UID to another.
-                if let Ok(at) = edited.entries.binary_search_by_key(uid, |e| e.uid) {
-                    if edited.entries[at].base == *base {
-                        changed |= edited.entries[at].measured(*vsize);
-                    }
-                }
-            }
-            if changed {
+            if Arc::make_mut(&mut list).measured(measured) {
                 list.save(&self.path, self.owner, &mut index.list)?;
             }
         }
