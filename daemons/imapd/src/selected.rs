@@ -150,11 +150,6 @@ impl Selected {
         self.told = self.keywords.all().map(str::to_owned).collect();
     }
 
-    /// The folder is watched: its listing is kept from inotify's reports.
-    pub(crate) fn watched(&self) -> bool {
-        self.watch.is_some()
-    }
-
     /// Woken when the folder changes (IDLE), if it is watched.
     pub(crate) fn notifier(&self) -> Option<Arc<tokio::sync::Notify>> {
         self.watch.as_ref().map(Watch::notifier)

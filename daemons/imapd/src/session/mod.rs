@@ -348,14 +348,7 @@ impl Session {
     fn refresh_selected<S>(&mut self, done: Done, expunge_ok: bool, conn: &mut Conn<S>) -> Done {
         if let (Done::Tagged(..), Some(sel)) = (&done, self.selected.as_mut()) {
             let mut updates = Vec::new();
-            // A watched folder's refresh reads no directory (its listing is kept from the
-            // kernel's reports): a few stats and lookups, run here. Handing the worker over
-            // for it (`blocking`) cost more, in thread switches, than the work itself.
-            let refreshed = if sel.watched() {
-                sel.refresh(&mut updates, expunge_ok)
-            } else {
-                blocking(|| sel.refresh(&mut updates, expunge_ok))
-            };
+            let refreshed = blocking(|| sel.refresh(&mut updates, expunge_ok));
             if let Err(err) = refreshed {
                 tracing::warn!(error = %err, "cannot refresh the selected folder");
                 conn.out.extend_from_slice(&updates);
