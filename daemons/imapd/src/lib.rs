@@ -23,6 +23,7 @@ mod selected;
 mod session;
 mod sort;
 mod special_use;
+mod structures;
 #[cfg(test)]
 mod testing;
 mod thread;
@@ -99,6 +100,8 @@ pub struct Imap {
     pub store: Store,
     pub tls: Option<TlsContext>,
     pub watches: Arc<watch::Watches>,
+    /// Encoded ENVELOPE / BODYSTRUCTURE of recently fetched messages, for every session.
+    pub(crate) structures: Arc<structures::Structures>,
     /// The quota limits of users without their own.
     quota: quota::Limits,
     /// Proxy mode (`[proxy] enabled`): users whose record names a backend are relayed there.
@@ -130,6 +133,7 @@ fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
             FolderWatch::Inotify => watch::Watches::new(),
             FolderWatch::Poll => watch::Watches::polling(),
         },
+        structures: Arc::default(),
         quota: config.quota.limits(),
         proxy: Proxy::new(&config.proxy)?,
     });

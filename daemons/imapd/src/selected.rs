@@ -14,6 +14,7 @@ use inetkit_maildir::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
 use crate::modseq::{self, ModSeqs, Resync};
+use crate::structures::Structures;
 use crate::watch::{Stamp, Watch, Watches};
 use crate::wire::{self, nz};
 
@@ -44,6 +45,8 @@ pub(crate) struct Selected {
     /// The folder's mod-sequences as of our view (CONDSTORE), and what the client enabled.
     pub modseqs: Arc<ModSeqs>,
     pub resync: Resync,
+    /// The process's cache of encoded message structures (FETCH), if it shares one.
+    pub structures: Option<Arc<Structures>>,
 }
 
 impl Selected {
@@ -106,7 +109,14 @@ impl Selected {
             own_change: false,
             modseqs,
             resync: Resync::default(),
+            structures: None,
         })
+    }
+
+    /// Shares the process's cache of encoded message structures with FETCH.
+    pub(crate) fn with_structures(mut self, structures: Arc<Structures>) -> Selected {
+        self.structures = Some(structures);
+        self
     }
 
     /// The untagged FLAGS and `OK [PERMANENTFLAGS ...]` of the folder: the system flags and

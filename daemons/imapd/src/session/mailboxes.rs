@@ -82,7 +82,7 @@ impl Session {
         };
         let watches = self.imap.watches.clone();
         let sel = match blocking(|| Selected::open(folder, read_only, &watches)) {
-            Ok(sel) => sel,
+            Ok(sel) => sel.with_structures(self.imap.structures.clone()),
             Err(err) => return store_error(&err),
         };
         let out = &mut conn.out;

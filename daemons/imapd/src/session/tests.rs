@@ -59,6 +59,7 @@ impl Client {
             store,
             tls: None,
             watches: watch::Watches::new(),
+            structures: Arc::default(),
             quota: Default::default(),
             proxy: None,
         });
@@ -100,6 +101,11 @@ impl Client {
             .await;
         assert!(reply[0].starts_with("l1 OK [CAPABILITY "), "{reply:?}");
         c
+    }
+
+    /// The directory the session's mail root (`mail/`) is under.
+    pub(super) fn root(&self) -> &std::path::Path {
+        self._root.path()
     }
 
     pub(super) async fn send(&mut self, bytes: &[u8]) {

@@ -8,6 +8,8 @@ pub(crate) mod mime;
 pub(crate) mod raw;
 mod response;
 pub(crate) mod section;
+#[cfg(test)]
+mod structure_tests;
 
 use std::collections::HashSet;
 

@@ -9,6 +9,7 @@
 //! client asks for, and a refusal for a request that would turn a line into gigabytes.
 
 use std::borrow::Cow;
+use std::sync::Arc;
 
 use imap_codec::imap_types::core::NString;
 use imap_codec::imap_types::fetch::{MessageDataItem, MessageDataItemName, Section};
@@ -23,6 +24,7 @@ use super::{mime, SMALL_MESSAGE};
 use crate::selected::{octets, Selected};
 use crate::session::input::ImapConn;
 use crate::session::{blocking, Conn};
+use crate::structures::{Bodies, Structure};
 use crate::wire::{self, nz};
 
 /// Literal bytes are copied into the output this much at a time.
@@ -182,8 +184,17 @@ where
         return Written::Missing;
     }
     let large = octets(msg) > SMALL_MESSAGE;
+    // ENVELOPE, BODY and BODYSTRUCTURE kept from an earlier FETCH need no read and no parse.
+    let kept = match &sel.structures {
+        Some(cache) if items.iter().any(is_structure) => {
+            cache.get(sel.folder.path(), &msg.base, msg.size)
+        }
+        _ => None,
+    };
+    let answered = |item: &MessageDataItemName<'_>| kept.as_ref().is_some_and(|k| answers(k, item));
     let need = items
         .iter()
+        .filter(|i| !answered(i))
         .map(|i| need_of(i, large))
         .max()
         .unwrap_or(Need::Nothing);
@@ -209,14 +220,25 @@ where
         }
     };
     let parsed = match &content {
-        Some(content) if items.iter().any(needs_parse) => mime::parse(content),
+        Some(content) if items.iter().any(|i| needs_parse(i) && !answered(i)) => {
+            mime::parse(content)
+        }
         _ => None,
+    };
+    let whole = need == Need::Whole;
+    let kept = match (&sel.structures, &content) {
+        (Some(cache), Some(_)) if items.iter().any(|i| is_structure(i) && !answered(i)) => {
+            let structure = encode_structure(msg.size, parsed.as_ref(), whole);
+            Some(cache.put(sel.folder.path(), &msg.base, structure))
+        }
+        _ => kept,
     };
     let message = Message {
         info: msg,
         content: content.as_deref().unwrap_or_default(),
-        whole: need == Need::Whole,
+        whole,
         parsed: parsed.as_ref(),
+        kept,
     };
     let mut parts = Vec::with_capacity(items.len() + 2);
     if let Some(uid) = head.uid {
@@ -301,6 +323,48 @@ fn write_known(index: usize, uid: u32, head: Head<'_>, out: &mut Vec<u8>) {
     out.extend_from_slice(b")\r\n");
 }
 
+/// ENVELOPE, BODY and BODYSTRUCTURE: what the structure cache holds.
+fn is_structure(item: &MessageDataItemName<'_>) -> bool {
+    matches!(
+        item,
+        MessageDataItemName::Envelope
+            | MessageDataItemName::Body
+            | MessageDataItemName::BodyStructure
+    )
+}
+
+/// Whether a kept structure answers `item` (the bodies only when the whole message was read).
+fn answers(kept: &Structure, item: &MessageDataItemName<'_>) -> bool {
+    match item {
+        MessageDataItemName::Envelope => true,
+        MessageDataItemName::Body | MessageDataItemName::BodyStructure => kept.bodies.is_some(),
+        _ => false,
+    }
+}
+
+/// The encoded structure items of a message of `size` bytes, from its parse (the bodies only
+/// when that was of the whole message). Unparseable is answered as [`Message::part`] does.
+fn encode_structure(
+    size: u64,
+    parsed: Option<&mail_parser::Message<'_>>,
+    whole: bool,
+) -> Structure {
+    let structure =
+        |extended| parsed.map_or_else(mime::empty_body, |p| mime::body_structure(p, extended));
+    Structure {
+        size,
+        envelope: wire::fetch_item(MessageDataItem::Envelope(
+            parsed.map_or_else(mime::empty_envelope, mime::envelope),
+        ))
+        .into(),
+        bodies: whole.then(|| Bodies {
+            body: wire::fetch_item(MessageDataItem::Body(structure(false))).into(),
+            body_structure: wire::fetch_item(MessageDataItem::BodyStructure(structure(true)))
+                .into(),
+        }),
+    }
+}
+
 /// A message as far as it was read.
 struct Message<'a> {
     info: &'a MessageInfo,
@@ -308,6 +372,8 @@ struct Message<'a> {
     content: &'a [u8],
     whole: bool,
     parsed: Option<&'a mail_parser::Message<'a>>,
+    /// Its structure items, kept from an earlier FETCH or made for this one.
+    kept: Option<Arc<Structure>>,
 }
 
 impl<'a> Message<'a> {
@@ -316,6 +382,14 @@ impl<'a> Message<'a> {
     fn part(&self, item: &MessageDataItemName<'_>) -> Option<Part<'a>> {
         let encoded = |item| Some(Part::Encoded(wire::fetch_item(item)));
         let msg = self.info;
+        if let Some(kept) = self.kept.as_ref().filter(|k| answers(k, item)) {
+            let bytes = match (item, &kept.bodies) {
+                (MessageDataItemName::Body, Some(b)) => &b.body,
+                (MessageDataItemName::BodyStructure, Some(b)) => &b.body_structure,
+                _ => &kept.envelope,
+            };
+            return Some(Part::Encoded(bytes.to_vec()));
+        }
         match item {
             MessageDataItemName::InternalDate => encoded(MessageDataItem::InternalDate(
                 wire::internal_date(msg.internal_date),
