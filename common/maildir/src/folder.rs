@@ -250,6 +250,16 @@ impl Folder {
             Err(err) if err.kind() == ErrorKind::NotFound => {}
             Err(err) => return Err(StoreError::io("opening", &path, err)),
         }
+        // Most often renamed by a flag change in another session: the listing a watcher keeps
+        // knows the new name, with no lock and no read of the directories.
+        if let Some(rel) = self.listed(&msg.base) {
+            let path = self.path.join(&*rel);
+            match open_regular(&path) {
+                Ok(file) => return Ok(file),
+                Err(err) if err.kind() == ErrorKind::NotFound => {}
+                Err(err) => return Err(StoreError::io("opening", &path, err)),
+            }
+        }
         let _lock = self.lock()?;
         let found = self.find(&msg.base)?;
         let path = self.path.join(&*found.rel);

@@ -236,3 +236,44 @@ fn reports_of_a_renamed_folder_reach_no_other_listing() {
     .unwrap();
     assert_eq!(a.snapshot().unwrap().messages.len(), 3);
 }
+
+/// A message another session renamed (a flag change) is opened where the watcher's listing
+/// says it went, without waiting for the folder lock: sessions reading a busy folder do not
+/// queue behind one that holds it for an fsync.
+#[test]
+fn a_renamed_message_is_opened_from_the_listing_without_the_lock() {
+    let root = TempDir::new("imapd-watch-open");
+    let store = Store::new(root.path().join("mail"));
+    deliver(&store);
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let watches = Watches::new();
+    let selected = crate::selected::Selected::open(inbox.clone(), false, &watches).unwrap();
+    let before = selected.messages[0].clone();
+    let mut renamed = before.clone();
+    inbox
+        .update_flags(&mut renamed, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    assert_ne!(renamed.file(), before.file());
+
+    // Someone holds the folder lock (as during another session's APPEND).
+    let lock_file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(inbox.path().join("inetkit-uidlist.lock"))
+        .unwrap();
+    let held = inetkit_maildir::FileLock::wait(lock_file).unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = inbox.clone();
+    std::thread::spawn(move || {
+        let mut text = String::new();
+        let read = reader
+            .open(&before)
+            .map(|mut file| file.read_to_string(&mut text));
+        let _ = tx.send(read.is_ok().then_some(text));
+    });
+    let text = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("waited for the folder lock");
+    assert!(text.is_some_and(|t| t.contains("Subject: hi")));
+    drop(held);
+}

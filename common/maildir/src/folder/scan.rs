@@ -118,6 +118,18 @@ impl Folder {
         self.scan()?.remove(base).ok_or_else(gone)
     }
 
+    /// Where the listing a watcher keeps (caught up first) has the message with this base;
+    /// `None` without a trusted listing. A hint, not under the lock: the file may have moved
+    /// on by the time it is opened.
+    pub(super) fn listed(&self, base: &str) -> Option<Arc<str>> {
+        let caught_up = self.catch_up();
+        let mut index = self.index();
+        if !index.apply_pending(caught_up) {
+            return None;
+        }
+        index.found.get(base).map(|found| found.rel.clone())
+    }
+
     /// A new list for this folder, under a UIDVALIDITY never used in this mailbox before.
     pub(super) fn fresh_list(&self) -> Result<UidList, StoreError> {
         Ok(UidList::new(fsutil::next_uid_validity(
