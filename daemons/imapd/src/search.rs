@@ -249,6 +249,18 @@ impl Compiler<'_> {
     }
 }
 
+/// Measures every message's size for LARGER and SMALLER, within the search's watch (a folder
+/// another program filled can have many thousands to read). Should measuring fail, the file
+/// sizes stand in.
+pub(crate) fn measure_sizes(sel: &mut Selected, watch: &mut Watch<'_>) -> Result<(), Stopped> {
+    let all: Vec<usize> = (0..sel.messages.len()).collect();
+    let _ = sel.measure_until(&all, &mut || watch.stop());
+    if watch.stop() {
+        return Err(watch.stopped());
+    }
+    Ok(())
+}
+
 pub(super) fn lower(s: &[u8]) -> String {
     String::from_utf8_lossy(s).to_lowercase()
 }
@@ -504,6 +516,55 @@ mod tests {
         // Out of time.
         let mut watch = Watch::new(Duration::ZERO, &mut here);
         assert_eq!(run(&selected, &q, &mut watch), Err(Stopped::TooLong));
+    }
+
+    /// Messages another program wrote, without sizes in their names, measured for LARGER
+    /// within the search's watch: none read once it has stopped.
+    #[test]
+    fn sizes_are_measured_within_the_watch() {
+        let (mut selected, _dir) = inbox("measure");
+        let cur = selected.folder.path().join("cur");
+        for n in 0..5 {
+            let body = "x".repeat(100 * (n + 1));
+            std::fs::write(
+                cur.join(format!("1700000000.M{n}P1.other:2,")),
+                format!("\n{body}\n"),
+            )
+            .expect("a message");
+        }
+        selected = Selected::open(selected.folder.clone(), true, &crate::watch::Watches::new())
+            .expect("open");
+        assert!(
+            selected
+                .messages
+                .iter()
+                .filter(|m| m.vsize.is_none())
+                .count()
+                == 5
+        );
+        let mut here = || false;
+        let before = inetkit_maildir::message_files_read();
+        let mut watch = Watch::new(Duration::ZERO, &mut here);
+        assert_eq!(
+            measure_sizes(&mut selected, &mut watch),
+            Err(Stopped::TooLong)
+        );
+        assert_eq!(
+            inetkit_maildir::message_files_read(),
+            before,
+            "read after the stop"
+        );
+        let mut watch = Watch::new(TIME_LIMIT, &mut here);
+        assert_eq!(measure_sizes(&mut selected, &mut watch), Ok(()));
+        assert_eq!(inetkit_maildir::message_files_read(), before + 5);
+        let q = query("LARGER 300");
+        let hits = run(&selected, &q, &mut watch).expect("a search");
+        // Bare LFs count as CRLF: 100n + 4 bytes for the n-th.
+        let sizes: Vec<u64> = hits
+            .iter()
+            .map(|&i| selected.messages[i].vsize.unwrap_or(0))
+            .collect();
+        assert_eq!(sizes, [304, 404, 504]);
     }
 
     #[test]

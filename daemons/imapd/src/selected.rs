@@ -435,6 +435,15 @@ impl Selected {
     /// Measures the sizes (RFC822.SIZE) of the messages at these indexes where unknown: see
     /// [`Folder::measure`]. A message gone meanwhile is left as it was.
     pub(crate) fn measure(&mut self, indexes: &[usize]) -> Result<(), StoreError> {
+        self.measure_until(indexes, &mut || false)
+    }
+
+    /// [`Selected::measure`], asking `stop` before each file (see [`Folder::measure_until`]).
+    pub(crate) fn measure_until(
+        &mut self,
+        indexes: &[usize],
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<(), StoreError> {
         let unknown: Vec<usize> = indexes
             .iter()
             .copied()
@@ -445,7 +454,7 @@ impl Selected {
         }
         let mut msgs: Vec<MessageInfo> =
             unknown.iter().map(|&i| self.messages[i].clone()).collect();
-        self.folder.measure(&mut msgs)?;
+        self.folder.measure_until(&mut msgs, stop)?;
         for (i, msg) in unknown.into_iter().zip(msgs) {
             self.messages[i].vsize = msg.vsize;
         }

@@ -24,10 +24,24 @@ impl Folder {
     /// meanwhile, or that cannot be read, keeps `None`; an error only when the list cannot be
     /// locked or read.
     pub fn measure(&self, msgs: &mut [MessageInfo]) -> Result<(), StoreError> {
+        self.measure_until(msgs, &mut || false)
+    }
+
+    /// [`measure`](Self::measure), asking `stop` before each file it reads: once it says so,
+    /// what was measured is kept and the rest stay `None` (a search's time limit, a client
+    /// gone: a folder another program filled can have many thousands to read).
+    pub fn measure_until(
+        &self,
+        msgs: &mut [MessageInfo],
+        stop: &mut dyn FnMut() -> bool,
+    ) -> Result<(), StoreError> {
         self.measured_before(msgs);
         let mut measured = Vec::new();
         let mut buf = Vec::new();
         for msg in msgs.iter_mut().filter(|m| m.vsize.is_none()) {
+            if stop() {
+                break;
+            }
             // One that cannot be read (gone, unreadable) stays unmeasured; the others are not
             // held up by it.
             let read = self.open(msg).and_then(|mut file| {

@@ -274,9 +274,7 @@ impl Session {
         };
         let query = Query::new(criteria);
         if query.uses_size() {
-            // Should measuring fail, the file sizes stand in.
-            let all: Vec<usize> = (0..sel.messages.len()).collect();
-            let _ = blocking(|| sel.measure(&all));
+            blocking(|| search::measure_sizes(sel, watch))?;
         }
         let sel = &*sel;
         blocking(|| search::run(sel, &query, watch))
