@@ -236,3 +236,26 @@ def test_a_syntax_error_is_bad(imap):
     for bad in [b"APPEND Out CATENATE ()", b'APPEND Out CATENATE (TEXT "quoted")',
                 b"APPEND Out CATENATE (URL)", b'APPEND Out CATENATE (FOO "x")']:
         assert r.status(bad).startswith(b"BAD"), bad
+
+
+def test_an_unmeasured_source_counts_at_its_size_with_crlf(daemons, mailhome):
+    """A message another program wrote with bare LFs, its name without a size: each URL to it
+    reads its CRLF form, twice its file size here, and that is what the read budget counts
+    (65 + 65 URLs of a 1 MiB file are 260 MiB read, past the 256 MiB a command may read)."""
+    users, mail = mailhome
+    seed(mail, "alice", message(1))
+    imap = daemons.start("imapd", config(users, mail))
+    c = login(imap)
+    assert c.create("Src")[0] == "OK"
+    assert c.create("Out")[0] == "OK"
+    lines = b"Subject: lf\n\n" + b"\n" * ((1 << 20) - 13)
+    (mail / "alice" / ".Src" / "cur" / "1700000000.M1P1.elsewhere:2,").write_bytes(lines)
+    r = Raw(imap)
+    url = b'URL "/Src/;UID=1/;PARTIAL=0.1"'
+    half = b"CATENATE (" + b" ".join([url] * 65) + b")"
+    out, done = r.command(b"APPEND Out " + half + b" " + half)
+    assert done.split(b" ", 1)[1].startswith(b"NO [LIMIT]"), done
+    half = b"CATENATE (" + b" ".join([url] * 60) + b")"
+    out, done = r.command(b"APPEND Out " + half + b" " + half)
+    assert b" OK " in done, done
+    assert fetch_all(c, "Out") == [b"S" * 60, b"S" * 60]

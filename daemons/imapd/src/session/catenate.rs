@@ -150,6 +150,17 @@ impl Session {
             raw::read_all(&mut file).map_err(StoreError::Input)
         });
         let content = read.map_err(|_| Refused::BadUrl("The message cannot be read."))?;
+        if msg.vsize.is_none() {
+            // Judged by its file size above, which its bare LFs can double: counted as read.
+            built.read = built.read - octets(msg) + content.len() as u64;
+            if content.len() as u64 > MAX_COMMAND {
+                return Err(no_code(Code::TooBig, "The message named is too large.").into());
+            }
+            if built.read > MAX_READ {
+                let text = "The URLs name more than one command may read; send fewer.";
+                return Err(no_code(wire::code("LIMIT"), text).into());
+            }
+        }
         let data = part_of(content, &url).ok_or(Refused::BadUrl("No such part."))?;
         Ok(data)
     }
