@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 
 use super::mailboxes::{mailbox_name, mailbox_of, subscribed_set};
 use super::reply::{bad, no_code, ok, Done};
+use super::rev2::filter_in_utf8;
 use super::{blocking, Conn, Session};
-use crate::names::{self, decode_utf7};
+use crate::names::{self, Coding};
 use crate::notify::{Event, Events, Filter, Group, Refusal, Request, BADEVENT};
 use crate::selected::{settled, stamp};
 use crate::watch::{Stamp, Watch};
@@ -120,7 +121,12 @@ fn relevant(events: Events, old: &State, new: &State) -> bool {
 
 /// The mailboxes `filter` covers among `folders`.
 fn covers(filter: &Filter, name: &str, subscribed: &BTreeSet<String>) -> bool {
-    let named = |raw: &Vec<u8>| -> Option<String> { mailbox_name(&mailbox_of(&decode_utf7(raw)?)) };
+    // UTF-8 since SET ([`filter_in_utf8`]); the round trip writes INBOX and trailing delimiters as
+    // the store does.
+    let named = |raw: &Vec<u8>| -> Option<String> {
+        let name = Coding::Utf8.decode(raw)?;
+        mailbox_name(&mailbox_of(&name, Coding::Utf8), Coding::Utf8)
+    };
     match filter {
         Filter::Selected | Filter::SelectedDelayed => false,
         Filter::Inboxes => name == "INBOX",
@@ -191,7 +197,12 @@ impl Session {
         let mut notifying = Notifying {
             groups: groups
                 .into_iter()
-                .map(|g| (g.filter, Events::of(&g.events)))
+                .map(|g| {
+                    (
+                        filter_in_utf8(g.filter, self.coding()),
+                        Events::of(&g.events),
+                    )
+                })
                 .collect(),
             fetch,
             followed: BTreeMap::new(),
@@ -221,7 +232,8 @@ impl Session {
             };
             f.told = Some(state);
             if status && f.events.messages() && selected.as_deref() != Some(name.as_str()) {
-                send_status(&mut out, name, items(f.events, &state, condstore, true));
+                let items = items(f.events, &state, condstore, true);
+                send_status(&mut out, name, items, self.coding());
             }
         }
         conn.out.extend_from_slice(&out);
@@ -295,6 +307,7 @@ impl Session {
         let mbox = self.mailbox().clone();
         let selected = self.selected_name();
         let condstore = self.resync.condstore || self.resync.qresync;
+        let coding = self.coding();
         let mut queued = Vec::new();
         let dynamic = notifying.groups.iter().any(|(f, e)| {
             e.name
@@ -309,7 +322,7 @@ impl Session {
                 self.notifying = Some(notifying);
                 return;
             };
-            tell_names(&notifying, &names, &subscribed, &mut queued);
+            tell_names(&notifying, &names, &subscribed, coding, &mut queued);
             if !self.follow(&mut notifying, &names, &subscribed) {
                 return overflow(out);
             }
@@ -342,7 +355,8 @@ impl Session {
             };
             if let Some(old) = f.told.replace(state) {
                 if relevant(f.events, &old, &state) {
-                    send_status(&mut queued, name, items(f.events, &state, condstore, false));
+                    let items = items(f.events, &state, condstore, false);
+                    send_status(&mut queued, name, items, coding);
                 }
             }
         }
@@ -419,6 +433,7 @@ fn tell_names(
     notifying: &Notifying,
     names: &BTreeSet<String>,
     subscribed: &BTreeSet<String>,
+    coding: Coding,
     out: &mut Vec<u8>,
 ) {
     let wants = |name: &str, subs: &BTreeSet<String>, which: fn(Events) -> bool| {
@@ -430,7 +445,7 @@ fn tell_names(
         // One name gone and one come: a RENAME (RFC 5465 §5.4, OLDNAME of RFC 5258).
         if wants(new, subscribed, |e| e.name) || wants(old, &notifying.subscribed, |e| e.name) {
             let mut line = Vec::new();
-            list_line(&mut line, new, Vec::new());
+            list_line(&mut line, new, Vec::new(), coding);
             line.truncate(line.len().saturating_sub(2));
             out.extend_from_slice(&line);
             out.extend_from_slice(b" (\"OLDNAME\" (");
@@ -438,7 +453,7 @@ fn tell_names(
             wire::data(
                 &mut old_name,
                 Data::Status {
-                    mailbox: mailbox_of(old),
+                    mailbox: mailbox_of(old, coding),
                     items: Vec::new().into(),
                 },
             );
@@ -453,23 +468,23 @@ fn tell_names(
     } else {
         for name in gone {
             if wants(name, &notifying.subscribed, |e| e.name) {
-                list_line(out, name, vec![attribute("NonExistent")]);
+                list_line(out, name, vec![attribute("NonExistent")], coding);
             }
         }
         for name in new {
             if wants(name, subscribed, |e| e.name) {
-                list_line(out, name, Vec::new());
+                list_line(out, name, Vec::new(), coding);
             }
         }
     }
     for name in subscribed.difference(&notifying.subscribed) {
         if wants(name, subscribed, |e| e.subscription) {
-            list_line(out, name, vec![attribute("Subscribed")]);
+            list_line(out, name, vec![attribute("Subscribed")], coding);
         }
     }
     for name in notifying.subscribed.difference(subscribed) {
         if names.contains(name) && wants(name, &notifying.subscribed, |e| e.subscription) {
-            list_line(out, name, Vec::new());
+            list_line(out, name, Vec::new(), coding);
         }
     }
 }
@@ -478,20 +493,25 @@ fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
     FlagNameAttribute::from(imap_codec::imap_types::core::Atom::unvalidated(name))
 }
 
-fn list_line(out: &mut Vec<u8>, name: &str, items: Vec<FlagNameAttribute<'static>>) {
+fn list_line(
+    out: &mut Vec<u8>,
+    name: &str,
+    items: Vec<FlagNameAttribute<'static>>,
+    coding: Coding,
+) {
     let data = Data::List {
         items,
         delimiter: Some(imap_codec::imap_types::core::QuotedChar::unvalidated(
             names::DELIMITER,
         )),
-        mailbox: mailbox_of(name),
+        mailbox: mailbox_of(name, coding),
     };
     wire::data(out, data);
 }
 
-fn send_status(out: &mut Vec<u8>, name: &str, items: Vec<StatusDataItem>) {
+fn send_status(out: &mut Vec<u8>, name: &str, items: Vec<StatusDataItem>, coding: Coding) {
     let status = Data::Status {
-        mailbox: mailbox_of(name),
+        mailbox: mailbox_of(name, coding),
         items: items.into(),
     };
     wire::data(out, status);

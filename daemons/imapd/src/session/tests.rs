@@ -168,7 +168,7 @@ async fn login_select_fetch_store_logout() {
     assert_eq!(reply.len(), 1, "{reply:?}");
     assert!(
         reply[0].starts_with(
-            "a1 OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
+            "a1 OK [CAPABILITY IMAP4REV1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
              CHILDREN SPECIAL-USE "
         ) && reply[0].ends_with("] Logged in.\r\n"),
         "{reply:?}"
