@@ -35,7 +35,7 @@ pub(super) struct Client {
     reader: BufReader<ReadHalf<DuplexStream>>,
     writer: WriteHalf<DuplexStream>,
     session: JoinHandle<()>,
-    _root: TempDir,
+    root: TempDir,
 }
 
 impl Client {
@@ -74,7 +74,7 @@ impl Client {
             reader: BufReader::new(reader),
             writer,
             session,
-            _root: root,
+            root,
         };
         let greeting = client.line().await;
         assert!(
@@ -100,6 +100,17 @@ impl Client {
             .await;
         assert!(reply[0].starts_with("l1 OK [CAPABILITY "), "{reply:?}");
         c
+    }
+
+    /// Mail for alice delivered as another process would, while the session runs.
+    pub(super) fn deliver(&self, message: &[u8]) {
+        let store = Store::new(self.root.path().join("mail"));
+        store.deliver("alice", &mut &message[..]).expect("delivery");
+    }
+
+    /// Where alice's mail is stored.
+    pub(super) fn maildir(&self) -> std::path::PathBuf {
+        self.root.path().join("mail").join("alice")
     }
 
     pub(super) async fn send(&mut self, bytes: &[u8]) {
