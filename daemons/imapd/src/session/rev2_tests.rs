@@ -174,6 +174,17 @@ async fn mailbox_names_are_utf8_on_the_wire_and_modified_utf7_on_disk() {
     // Modified UTF-7 is no longer decoded: `&` matches itself.
     let reply = c.command("u", "LIST \"\" \"Entw&*\"").await;
     assert_eq!(reply, ["u OK LIST completed.\r\n"]);
+    // MULTIAPPEND (which imapd parses itself) to the quoted name.
+    c.send("m APPEND \"Entwürfe\" {1+}\r\na {1+}\r\nb\r\n".as_bytes())
+        .await;
+    let reply = c.until("m").await;
+    assert!(has(&reply, "* 2 EXISTS\r\n"), "{reply:?}");
+    assert!(
+        reply.last().unwrap().starts_with("m OK [APPENDUID "),
+        "{reply:?}"
+    );
+    let reply = c.command("k", "STATUS \"Entwürfe\" (MESSAGES)").await;
+    assert_eq!(reply[2], " (MESSAGES 2)\r\n", "{reply:?}");
     // Invalid UTF-8 in a quoted string.
     c.send(b"v SELECT \"Entw\xfcrfe\"\r\n").await;
     let reply = c.until("v").await;
@@ -201,4 +212,22 @@ async fn utf8_in_search_strings_and_extension_commands() {
     assert_eq!(reply[0], "* STATUS {14}\r\n", "{reply:?}");
     assert_eq!(reply[1], "Ablage/Grüße");
     assert!(reply[2].starts_with(" (MESSAGES 0 UIDNEXT 1 UIDVALIDITY "));
+}
+
+/// RFC 9051 Appendix E: parameter value continuations (RFC 2231) are decoded in
+/// BODYSTRUCTURE (in both revisions: mail-parser does it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bodystructure_decodes_rfc2231_continuations() {
+    let m = "From: a@example.org\r\nSubject: x\r\nMIME-Version: 1.0\r\n\
+             Content-Type: text/plain; charset=us-ascii\r\n\
+             Content-Disposition: attachment; filename*0=\"long-\"; filename*1=\"name.txt\"\r\n\
+             \r\nbody\r\n";
+    let mut c = Client::logged_in(&[m.as_bytes().to_vec()]).await;
+    c.command("e", "ENABLE IMAP4rev2").await;
+    c.command("s", "SELECT INBOX").await;
+    let reply = c.command("f", "FETCH 1 BODYSTRUCTURE").await;
+    assert!(
+        has(&reply, "(\"ATTACHMENT\" (\"FILENAME\" \"long-name.txt\"))"),
+        "{reply:?}"
+    );
 }
