@@ -415,6 +415,8 @@ fn status_item(name: &[u8]) -> Option<StatusDataItemName> {
         b"UIDVALIDITY" => StatusDataItemName::UidValidity,
         b"UNSEEN" => StatusDataItemName::Unseen,
         b"SIZE" => StatusDataItemName::Size,
+        // IMAP4rev2's (RFC 9051 §6.3.11); the session refuses it to a rev1 client.
+        b"DELETED" => StatusDataItemName::Deleted,
         _ => return None,
     })
 }

@@ -3,14 +3,16 @@
 //! (`imap_literal`), sequence and UID sets (`imap_sequence`), SEARCH (`imap_search`), and
 //! ENVELOPE/BODYSTRUCTURE (`imap_mime`), SEARCH/SORT's `RETURN (…)` and `$`
 //! (`imap_search_args`), the extended LIST/CREATE/APPEND forms (`imap_extended`), CATENATE's
-//! parts and IMAP URLs (`imap_catenate`), BINARY's decoders (`imap_binary`) and NOTIFY
-//! (`imap_notify`).
+//! parts and IMAP URLs (`imap_catenate`), BINARY's decoders (`imap_binary`), NOTIFY
+//! (`imap_notify`) and IMAP4rev2's quoted UTF-8 strings turned into literals
+//! (`imap_quoted_utf8`).
 
 mod extended;
 mod folder;
 mod literal;
 mod mime;
 mod notify;
+mod quoted_utf8;
 mod search;
 mod search_args;
 mod sequence;
@@ -19,6 +21,7 @@ pub use self::extended::{imap_binary, imap_catenate, imap_extended};
 pub use self::literal::imap_literal;
 pub use self::mime::imap_mime;
 pub use self::notify::imap_notify;
+pub use self::quoted_utf8::imap_quoted_utf8;
 pub use self::search::imap_search;
 pub use self::search_args::imap_search_args;
 pub use self::sequence::imap_sequence;
@@ -160,6 +163,17 @@ mod tests {
     #[test]
     fn imap_notify_corpus() {
         assert!(replay(env!("CARGO_MANIFEST_DIR"), "imap_notify", imap_notify) > 0);
+    }
+
+    #[test]
+    fn imap_quoted_utf8_corpus() {
+        assert!(
+            replay(
+                env!("CARGO_MANIFEST_DIR"),
+                "imap_quoted_utf8",
+                imap_quoted_utf8
+            ) > 0
+        );
     }
 
     #[test]

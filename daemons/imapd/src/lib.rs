@@ -17,6 +17,7 @@ mod names;
 mod notify;
 mod proxy;
 mod quota;
+mod quoted_utf8;
 mod search;
 mod search_args;
 mod selected;

@@ -9,6 +9,34 @@ const SUBSCRIPTIONS: &str = "inetkit-subscriptions";
 
 pub(crate) use inetkit_maildir::mutf7::{decode as decode_utf7, encode as encode_utf7};
 
+/// How mailbox names travel on the wire: modified UTF-7 (RFC 3501 §5.1.3), or UTF-8 once the
+/// client enabled IMAP4rev2 (RFC 9051 §5.1). The store's names are UTF-8 either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) enum Coding {
+    #[default]
+    Utf7,
+    Utf8,
+}
+
+impl Coding {
+    /// A name (or LIST pattern) as the client sent it, in UTF-8; `None` when it is not valid
+    /// in this coding.
+    pub(crate) fn decode(self, raw: &[u8]) -> Option<String> {
+        match self {
+            Coding::Utf7 => decode_utf7(raw),
+            Coding::Utf8 => std::str::from_utf8(raw).ok().map(str::to_owned),
+        }
+    }
+
+    /// A store name as the client is to see it.
+    pub(crate) fn encode(self, name: &str) -> String {
+        match self {
+            Coding::Utf7 => encode_utf7(name),
+            Coding::Utf8 => name.to_owned(),
+        }
+    }
+}
+
 /// Does `name` match the LIST pattern? `*` matches anything, `%` anything but the delimiter.
 /// INBOX matches case-insensitively.
 pub(crate) fn matches(pattern: &str, name: &str) -> bool {
@@ -99,6 +127,27 @@ mod tests {
         assert_eq!(decode_utf7(encode_utf7(s).as_bytes()).as_deref(), Some(s));
         assert_eq!(decode_utf7(b"&Jjo"), None);
         assert_eq!(decode_utf7("ü".as_bytes()), None);
+    }
+
+    #[test]
+    fn codings() {
+        assert_eq!(
+            Coding::Utf7.decode(b"Entw&APw-rfe").as_deref(),
+            Some("Entwürfe")
+        );
+        assert_eq!(Coding::Utf7.decode("Entwürfe".as_bytes()), None);
+        // A rev2 client's `&` is a plain character: no modified UTF-7 decoding.
+        assert_eq!(
+            Coding::Utf8.decode(b"Entw&APw-rfe").as_deref(),
+            Some("Entw&APw-rfe")
+        );
+        assert_eq!(
+            Coding::Utf8.decode("Entwürfe".as_bytes()).as_deref(),
+            Some("Entwürfe")
+        );
+        assert_eq!(Coding::Utf8.decode(b"Entw\xfcrfe"), None);
+        assert_eq!(Coding::Utf7.encode("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(Coding::Utf8.encode("Entwürfe"), "Entwürfe");
     }
 
     #[test]

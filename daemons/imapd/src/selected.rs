@@ -27,6 +27,9 @@ pub(crate) struct Selected {
     pub messages: Vec<MessageInfo>,
     /// UIDs that are \Recent in this session.
     pub recent: HashSet<u32>,
+    /// The client enabled IMAP4rev2: `\Recent` is kept (SELECT still claims new messages)
+    /// but never shown.
+    pub rev2: bool,
     pub keywords: Keywords,
     /// The keywords the client was told of in FLAGS.
     told: Vec<String>,
@@ -100,6 +103,7 @@ impl Selected {
             // The session's own copy (taken without copying when nobody else holds it).
             messages: Arc::try_unwrap(snapshot).map_or_else(|s| s.messages.clone(), |s| s.messages),
             recent,
+            rev2: false,
             told: keywords.all().map(str::to_owned).collect(),
             keywords,
             stamp,
@@ -286,7 +290,9 @@ impl Selected {
             }
             self.messages.extend_from_slice(fresh);
             wire::data(out, Data::Exists(self.messages.len() as u32));
-            wire::data(out, Data::Recent(self.recent.len() as u32));
+            if !self.rev2 {
+                wire::data(out, Data::Recent(self.recent.len() as u32));
+            }
         }
         self.uid_next = self.uid_next.max(snapshot.uid_next);
         // Keep looking until the expunges could be told.
@@ -376,10 +382,9 @@ impl Selected {
         };
         let mut items = vec![MessageDataItem::Uid(nz(msg.uid))];
         if flags {
-            let recent = self.recent.contains(&msg.uid);
             items.push(MessageDataItem::Flags(wire::flags(
                 msg.flags,
-                recent,
+                self.shows_recent(msg.uid),
                 &self.keywords,
             )));
         }
@@ -423,6 +428,11 @@ impl Selected {
                 );
             }
         }
+    }
+
+    /// Whether FETCH FLAGS shows the message `\Recent`: never to an IMAP4rev2 client.
+    pub(crate) fn shows_recent(&self, uid: u32) -> bool {
+        !self.rev2 && self.recent.contains(&uid)
     }
 
     pub(crate) fn unseen_first(&self) -> Option<usize> {

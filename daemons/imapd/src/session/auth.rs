@@ -32,6 +32,8 @@ impl Session {
         let other = |name: &'static str| Capability::from(Atom::unvalidated(name));
         let mut caps = vec![
             Capability::Imap4Rev1,
+            // Behind ENABLE (RFC 9051 §6.3.1): a client that does not enable it sees rev1.
+            other(super::rev2::CAPABILITY),
             Capability::LiteralPlus,
             Capability::SaslIr,
             Capability::Id,

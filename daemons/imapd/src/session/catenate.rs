@@ -21,6 +21,7 @@ use super::mailboxes::{mailbox_name, mailbox_of};
 use super::reply::{no_code, Done};
 use super::{blocking, Session, MAX_COMMAND};
 use crate::catenate::{parse_url, CatPart, ImapUrl, Server};
+use crate::names::Coding;
 use crate::selected::octets;
 use crate::wire;
 
@@ -114,7 +115,9 @@ impl Session {
         }
         let name = match &url.mailbox {
             Some(name) => {
-                mailbox_name(&mailbox_of(name)).ok_or(Refused::BadUrl("No such mailbox."))?
+                // A URL's name is UTF-8 (RFC 5092 §3) in both revisions.
+                mailbox_name(&mailbox_of(name, Coding::Utf8), Coding::Utf8)
+                    .ok_or(Refused::BadUrl("No such mailbox."))?
             }
             None => match &self.selected {
                 Some(sel) => sel.folder.name().to_owned(),

@@ -38,8 +38,8 @@ impl Session {
         }
     }
 
-    /// ENABLE (RFC 5161): CONDSTORE and QRESYNC (which includes CONDSTORE); others are
-    /// ignored, as the RFC wants.
+    /// ENABLE (RFC 5161): CONDSTORE, QRESYNC (which includes CONDSTORE) and IMAP4rev2
+    /// (RFC 9051 §6.3.1); others are ignored, as the RFC wants.
     pub(super) fn enable<S>(
         &mut self,
         capabilities: &[CapabilityEnable<'_>],
@@ -47,9 +47,11 @@ impl Session {
     ) -> Done {
         let mut enabled = Vec::new();
         let mut resync = Resync::default();
+        let mut rev2 = false;
         for capability in capabilities {
             match capability {
                 CapabilityEnable::CondStore => resync.condstore = true,
+                other if super::rev2::is_rev2(other) => rev2 = true,
                 other if other.to_string().eq_ignore_ascii_case("QRESYNC") => {
                     resync = Resync {
                         condstore: true,
@@ -63,6 +65,9 @@ impl Session {
             }
         }
         self.turn_on(resync, &mut conn.out);
+        if rev2 {
+            self.enable_rev2();
+        }
         wire::data(
             &mut conn.out,
             Data::Enabled {

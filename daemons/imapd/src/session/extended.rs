@@ -20,7 +20,7 @@ use super::quota::message_len;
 use super::reply::{bad, invalid_name, no_code, ok, ok_code, store_error, Done};
 use super::{blocking, Conn, Session};
 use crate::extended::{AppendMessage, ExtCommand, ListExtended};
-use crate::names::{self, decode_utf7};
+use crate::names;
 use crate::special_use::{SpecialUse, CREATABLE};
 use crate::wire;
 
@@ -56,11 +56,20 @@ impl Session {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        let reference = decode_utf7(&list.reference).unwrap_or_default();
+        let coding = self.coding();
+        if let Some(items) = &list.returns.status {
+            if let Some(refused) = items
+                .iter()
+                .find_map(|i| super::rev2::status_item_refused(i, self.rev2))
+            {
+                return bad(refused);
+            }
+        }
+        let reference = coding.decode(&list.reference).unwrap_or_default();
         let patterns: Vec<String> = list
             .patterns
             .iter()
-            .filter_map(|p| decode_utf7(p))
+            .filter_map(|p| coding.decode(p))
             .map(|p| format!("{reference}{p}"))
             .collect();
         let delimiter = Some(QuotedChar::unvalidated(names::DELIMITER));
@@ -68,7 +77,7 @@ impl Session {
             let data = Data::List {
                 items: vec![FlagNameAttribute::Noselect],
                 delimiter,
-                mailbox: mailbox_of(""),
+                mailbox: mailbox_of("", coding),
             };
             wire::data(&mut conn.out, data);
             return ok("LIST completed.");
@@ -136,7 +145,7 @@ impl Session {
             let data = Data::List {
                 items,
                 delimiter,
-                mailbox: mailbox_of(name),
+                mailbox: mailbox_of(name, coding),
             };
             let mut line = Vec::new();
             wire::data(&mut line, data);
@@ -149,7 +158,7 @@ impl Session {
             if let Some(items) = &list.returns.status {
                 if entry.exists {
                     // RFC 5819: the STATUS of each selectable name, after its LIST line.
-                    let _ = self.status(&mailbox_of(name), items, conn);
+                    let _ = self.status(&mailbox_of(name, coding), items, conn);
                 }
             }
         }
@@ -157,7 +166,9 @@ impl Session {
     }
 
     fn create_special_use(&mut self, mailbox: &[u8], uses: &[String]) -> Done {
-        let Some(name) = mailbox_name(&mailbox_of(&decode_utf7(mailbox).unwrap_or_default()))
+        let coding = self.coding();
+        let name = coding.decode(mailbox).unwrap_or_default();
+        let Some(name) = mailbox_name(&mailbox_of(&name, coding), coding)
             .filter(|n| !n.is_empty() && !n.chars().any(char::is_control))
         else {
             return invalid_name();

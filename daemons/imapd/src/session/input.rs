@@ -27,7 +27,7 @@ const LITERAL_BUDGET: u64 = 256 * 1024 * 1024;
 /// The daemon's budget for literal bytes in flight, shared by all sessions.
 pub(super) static LITERALS: LiteralBudget = LiteralBudget::new(LITERAL_BUDGET);
 
-const BUSY_TEXT: &str = "Too much data in flight from other clients; try again later.";
+pub(super) const BUSY_TEXT: &str = "Too much data in flight from other clients; try again later.";
 
 /// A budget of literal bytes that sessions charge as the bytes arrive (never as announced:
 /// a literal announced and not sent costs nothing) and give back when the command is done.

@@ -13,18 +13,20 @@ use inetkit_maildir::{Flags, Folder, Mailbox, StoreError};
 
 use super::extended::special_attribute;
 use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, store_error, Done};
+use super::rev2::status_item_refused;
 use super::{blocking, Conn, Session};
 use crate::modseq;
-use crate::names::{self, decode_utf7, encode_utf7};
+use crate::names::{self, Coding};
 use crate::selected::{octets, Selected};
 use crate::special_use::SpecialUse;
 use crate::wire::{self, nz};
 
-pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
+/// The store's name of a mailbox the client named, in the session's `coding`.
+pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>, coding: Coding) -> Option<String> {
     match mailbox {
         ImapMailbox::Inbox => Some("INBOX".to_owned()),
         ImapMailbox::Other(other) => {
-            let name = decode_utf7(other.as_ref())?;
+            let name = coding.decode(other.as_ref())?;
             let name = name.trim_end_matches(names::DELIMITER);
             // INBOX in any case, also as the first part of a longer name (`inbox/x`).
             let first = name.split(names::DELIMITER).next().unwrap_or_default();
@@ -38,9 +40,9 @@ pub(super) fn mailbox_name(mailbox: &ImapMailbox<'_>) -> Option<String> {
     }
 }
 
-/// A folder name as LIST, LSUB and STATUS send it.
-pub(super) fn mailbox_of(name: &str) -> ImapMailbox<'static> {
-    wire::mailbox(encode_utf7(name))
+/// A folder name as LIST, LSUB and STATUS send it, in the session's `coding`.
+pub(super) fn mailbox_of(name: &str, coding: Coding) -> ImapMailbox<'static> {
+    wire::mailbox(coding.encode(name))
 }
 
 impl Session {
@@ -53,7 +55,7 @@ impl Session {
     }
 
     pub(super) fn folder(&self, mailbox: &ImapMailbox<'_>) -> Result<Folder, Done> {
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.coding()) else {
             return Err(invalid_name());
         };
         let mbox = self.mailbox().clone();
@@ -81,10 +83,11 @@ impl Session {
             Err(d) => return d,
         };
         let watches = self.imap.watches.clone();
-        let sel = match blocking(|| Selected::open(folder, read_only, &watches)) {
+        let mut sel = match blocking(|| Selected::open(folder, read_only, &watches)) {
             Ok(sel) => sel.with_structures(self.imap.structures.clone()),
             Err(err) => return store_error(&err),
         };
+        sel.rev2 = self.rev2;
         let out = &mut conn.out;
         sel.write_flags(out);
         let ok_line = |out: &mut Vec<u8>, code, text| {
@@ -94,9 +97,14 @@ impl Session {
             );
         };
         wire::data(out, Data::Exists(sel.messages.len() as u32));
-        wire::data(out, Data::Recent(sel.recent.len() as u32));
-        if let Some(n) = sel.unseen_first() {
-            ok_line(out, Code::Unseen(nz(n as u32)), "First unseen.");
+        if self.rev2 {
+            // RFC 9051 §6.3.2: the mailbox's LIST line; no RECENT, and no UNSEEN code.
+            self.select_list(sel.folder.name(), out);
+        } else {
+            wire::data(out, Data::Recent(sel.recent.len() as u32));
+            if let Some(n) = sel.unseen_first() {
+                ok_line(out, Code::Unseen(nz(n as u32)), "First unseen.");
+            }
         }
         ok_line(out, Code::UidValidity(nz(sel.uid_validity)), "UIDs valid.");
         ok_line(out, Code::UidNext(nz(sel.uid_next)), "Predicted next UID.");
@@ -109,7 +117,7 @@ impl Session {
     }
 
     pub(super) fn create(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.coding()) else {
             return invalid_name();
         };
         let mbox = self.mailbox().clone();
@@ -120,7 +128,7 @@ impl Session {
     }
 
     pub(super) fn delete(&mut self, mailbox: &ImapMailbox<'_>) -> Done {
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.coding()) else {
             return invalid_name();
         };
         if self
@@ -148,7 +156,10 @@ impl Session {
     }
 
     pub(super) fn rename(&mut self, from: &ImapMailbox<'_>, to: &ImapMailbox<'_>) -> Done {
-        let (Some(from), Some(to)) = (mailbox_name(from), mailbox_name(to)) else {
+        let (Some(from), Some(to)) = (
+            mailbox_name(from, self.coding()),
+            mailbox_name(to, self.coding()),
+        ) else {
             return invalid_name();
         };
         let mbox = self.mailbox().clone();
@@ -202,7 +213,7 @@ impl Session {
     }
 
     pub(super) fn subscribe(&mut self, mailbox: &ImapMailbox<'_>, on: bool) -> Done {
-        let Some(name) = mailbox_name(mailbox) else {
+        let Some(name) = mailbox_name(mailbox, self.coding()) else {
             return invalid_name();
         };
         let mbox = self.mailbox().clone();
@@ -234,21 +245,22 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let verb = if lsub { "LSUB" } else { "LIST" };
+        let coding = self.coding();
         let pattern_bytes: &[u8] = match pattern {
             ListMailbox::Token(t) => t.as_ref(),
             ListMailbox::String(s) => s.as_ref(),
         };
         let reference = match reference {
             ImapMailbox::Inbox => "INBOX".to_owned(),
-            ImapMailbox::Other(o) => decode_utf7(o.as_ref()).unwrap_or_default(),
+            ImapMailbox::Other(o) => coding.decode(o.as_ref()).unwrap_or_default(),
         };
-        let Some(pattern) = decode_utf7(pattern_bytes) else {
+        let Some(pattern) = coding.decode(pattern_bytes) else {
             return ok(format!("{verb} completed."));
         };
         let delimiter = Some(QuotedChar::unvalidated(names::DELIMITER));
         // One LIST or LSUB line.
         let line = |out: &mut Vec<u8>, items: Vec<FlagNameAttribute<'static>>, name: &str| {
-            let mailbox = mailbox_of(name);
+            let mailbox = mailbox_of(name, coding);
             let data = if lsub {
                 Data::Lsub {
                     items,
@@ -344,6 +356,9 @@ impl Session {
             Ok(f) => f,
             Err(_) => return no_such_mailbox(),
         };
+        if let Some(refused) = items.iter().find_map(|i| status_item_refused(i, self.rev2)) {
+            return bad(refused);
+        }
         let wants_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
         let snapshot = blocking(|| {
             let mut snapshot = folder.snapshot()?;
@@ -371,6 +386,12 @@ impl Session {
                 }
                 // STATUS=SIZE (RFC 8438): the sum of the RFC822.SIZEs.
                 StatusDataItemName::Size => StatusDataItem::Size(msgs.iter().map(octets).sum()),
+                // RFC 9051 §6.3.11 (IMAP4rev2 only: refused above otherwise).
+                StatusDataItemName::Deleted => StatusDataItem::Deleted(count(
+                    msgs.iter()
+                        .filter(|m| m.flags.contains(Flags::TRASHED))
+                        .count(),
+                )),
                 StatusDataItemName::Unseen => StatusDataItem::Unseen(count(
                     msgs.iter()
                         .filter(|m| !m.flags.contains(Flags::SEEN))
@@ -384,7 +405,7 @@ impl Session {
             });
         }
         let status = Data::Status {
-            mailbox: mailbox_of(folder.name()),
+            mailbox: mailbox_of(folder.name(), self.coding()),
             items: parts.into(),
         };
         wire::data(&mut conn.out, status);
@@ -435,7 +456,7 @@ fn lsub_lines(
 }
 
 /// A LIST attribute such as `\\HasChildren` (given without its backslash).
-fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
+pub(super) fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
     FlagNameAttribute::from(Atom::unvalidated(name))
 }
 

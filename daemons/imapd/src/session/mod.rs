@@ -14,6 +14,7 @@
 //! | [`search`], [`context`] | SEARCH, SORT, THREAD; their results kept up to date |
 //! | [`fetch`] | FETCH (and the message data it sends: ENVELOPE, BODYSTRUCTURE, sections) |
 //! | [`idle`] | IDLE |
+//! | [`rev2`] | what ENABLE IMAP4rev2 changes (RFC 9051) |
 //!
 //! Reading a command with its literals is [`input`]; the tagged reply and shared error
 //! replies are [`reply`].
@@ -32,6 +33,9 @@ mod messages;
 mod notify;
 mod quota;
 mod reply;
+mod rev2;
+#[cfg(test)]
+mod rev2_tests;
 mod search;
 #[cfg(test)]
 mod tests;
@@ -90,6 +94,8 @@ pub(crate) struct Session {
     search: search::SearchState,
     /// What NOTIFY follows, once the client set it.
     notifying: Option<notify::Notifying>,
+    /// The client enabled IMAP4rev2 (RFC 9051; [`rev2`]).
+    rev2: bool,
 }
 
 impl Session {
@@ -106,6 +112,7 @@ impl Session {
             literals: &input::LITERALS,
             search: search::SearchState::default(),
             notifying: None,
+            rev2: false,
         }
     }
 }
@@ -192,13 +199,16 @@ impl Session {
             } else {
                 MAX_COMMAND_UNAUTHENTICATED
             };
-            let (bytes, _held) = match conn.read_command(max, self.literals).await {
+            let (bytes, mut held) = match conn.read_command(max, self.literals).await {
                 Input::Command(bytes, held) => (bytes, held),
                 Input::Refused => continue,
                 Input::Gone => {
                     let _ = conn.flush().await;
                     return LoopEnd::Over;
                 }
+            };
+            let Some(bytes) = self.quoted_utf8(bytes, max, &mut held, &mut conn) else {
+                continue;
             };
             let Some(bytes) = self.prepare(&bytes, &mut conn) else {
                 continue;
@@ -434,6 +444,18 @@ impl Session {
             CommandBody::Unselect => self.unselect(),
             CommandBody::Expunge => self.expunge(None, conn),
             CommandBody::ExpungeUid { sequence_set } => self.expunge(Some(sequence_set), conn),
+            // IMAP4rev2 has no \Recent, so no keys that test it.
+            CommandBody::Search { criteria: keys, .. }
+            | CommandBody::Sort {
+                search_criteria: keys,
+                ..
+            }
+            | CommandBody::Thread {
+                search_criteria: keys,
+                ..
+            } if self.rev2 && rev2::uses_recent(keys.as_ref()) => {
+                bad("RECENT, NEW and OLD are not IMAP4rev2 search keys.")
+            }
             CommandBody::Search {
                 charset,
                 criteria,

@@ -28,8 +28,9 @@ use tokio::task::JoinHandle;
 
 use super::mailboxes::{mailbox_name, mailbox_of, subscribed_set};
 use super::reply::{bad, no_code, ok, Done};
+use super::rev2::filter_in_utf8;
 use super::{blocking, Conn, Session};
-use crate::names::{self, decode_utf7};
+use crate::names::{self, Coding};
 use crate::notify::{Event, Events, Filter, Group, Refusal, Request, BADEVENT};
 use crate::selected::{settled, stamp};
 use crate::watch::{Stamp, Watch};
@@ -120,7 +121,12 @@ fn relevant(events: Events, old: &State, new: &State) -> bool {
 
 /// The mailboxes `filter` covers among `folders`.
 fn covers(filter: &Filter, name: &str, subscribed: &BTreeSet<String>) -> bool {
-    let named = |raw: &Vec<u8>| -> Option<String> { mailbox_name(&mailbox_of(&decode_utf7(raw)?)) };
+    // UTF-8 since SET ([`filter_in_utf8`]); the round trip writes INBOX and trailing delimiters as
+    // the store does.
+    let named = |raw: &Vec<u8>| -> Option<String> {
+        let name = Coding::Utf8.decode(raw)?;
+        mailbox_name(&mailbox_of(&name, Coding::Utf8), Coding::Utf8)
+    };
     match filter {
         Filter::Selected | Filter::SelectedDelayed => false,
         Filter::Inboxes => name == "INBOX",
@@ -191,7 +197,12 @@ impl Session {
         let mut notifying = Notifying {
             groups: groups
                 .into_iter()
-                .map(|g| (g.filter, Events::of(&g.events)))
+                .map(|g| {
+                    (
+                        filter_in_utf8(g.filter, self.coding()),
+                        Events::of(&g.events),
+                    )
+                })
                 .collect(),
             fetch,
             followed: BTreeMap::new(),
@@ -221,7 +232,8 @@ impl Session {
             };
             f.told = Some(state);
             if status && f.events.messages() && selected.as_deref() != Some(name.as_str()) {
-                send_status(&mut out, name, items(f.events, &state, condstore, true));
+                let items = items(f.events, &state, condstore, true);
+                send_status(&mut out, name, items, self.coding());
             }
         }
         conn.out.extend_from_slice(&out);
@@ -295,6 +307,7 @@ impl Session {
         let mbox = self.mailbox().clone();
         let selected = self.selected_name();
         let condstore = self.resync.condstore || self.resync.qresync;
+        let coding = self.coding();
         let mut queued = Vec::new();
         let dynamic = notifying.groups.iter().any(|(f, e)| {
             e.name
@@ -309,7 +322,7 @@ impl Session {
                 self.notifying = Some(notifying);
                 return;
             };
-            tell_names(&notifying, &names, &subscribed, &mut queued);
+            tell_names(&notifying, &names, &subscribed, coding, &mut queued);
             if !self.follow(&mut notifying, &names, &subscribed) {
                 return overflow(out);
             }
@@ -342,7 +355,8 @@ impl Session {
             };
             if let Some(old) = f.told.replace(state) {
                 if relevant(f.events, &old, &state) {
-                    send_status(&mut queued, name, items(f.events, &state, condstore, false));
+                    let items = items(f.events, &state, condstore, false);
+                    send_status(&mut queued, name, items, coding);
                 }
             }
         }
@@ -419,6 +433,7 @@ fn tell_names(
     notifying: &Notifying,
     names: &BTreeSet<String>,
     subscribed: &BTreeSet<String>,
+    coding: Coding,
     out: &mut Vec<u8>,
 ) {
     let wants = |name: &str, subs: &BTreeSet<String>, which: fn(Events) -> bool| {
@@ -430,7 +445,7 @@ fn tell_names(
         // One name gone and one come: a RENAME (RFC 5465 §5.4, OLDNAME of RFC 5258).
         if wants(new, subscribed, |e| e.name) || wants(old, &notifying.subscribed, |e| e.name) {
             let mut line = Vec::new();
-            list_line(&mut line, new, Vec::new());
+            list_line(&mut line, new, Vec::new(), coding);
             line.truncate(line.len().saturating_sub(2));
             out.extend_from_slice(&line);
             out.extend_from_slice(b" (\"OLDNAME\" (");
@@ -438,7 +453,7 @@ fn tell_names(
             wire::data(
                 &mut old_name,
                 Data::Status {
-                    mailbox: mailbox_of(old),
+                    mailbox: mailbox_of(old, coding),
                     items: Vec::new().into(),
                 },
             );
@@ -453,23 +468,23 @@ fn tell_names(
     } else {
         for name in gone {
             if wants(name, &notifying.subscribed, |e| e.name) {
-                list_line(out, name, vec![attribute("NonExistent")]);
+                list_line(out, name, vec![attribute("NonExistent")], coding);
             }
         }
         for name in new {
             if wants(name, subscribed, |e| e.name) {
-                list_line(out, name, Vec::new());
+                list_line(out, name, Vec::new(), coding);
             }
         }
     }
     for name in subscribed.difference(&notifying.subscribed) {
         if wants(name, subscribed, |e| e.subscription) {
-            list_line(out, name, vec![attribute("Subscribed")]);
+            list_line(out, name, vec![attribute("Subscribed")], coding);
         }
     }
     for name in notifying.subscribed.difference(subscribed) {
         if names.contains(name) && wants(name, &notifying.subscribed, |e| e.subscription) {
-            list_line(out, name, Vec::new());
+            list_line(out, name, Vec::new(), coding);
         }
     }
 }
@@ -478,20 +493,25 @@ fn attribute(name: &'static str) -> FlagNameAttribute<'static> {
     FlagNameAttribute::from(imap_codec::imap_types::core::Atom::unvalidated(name))
 }
 
-fn list_line(out: &mut Vec<u8>, name: &str, items: Vec<FlagNameAttribute<'static>>) {
+fn list_line(
+    out: &mut Vec<u8>,
+    name: &str,
+    items: Vec<FlagNameAttribute<'static>>,
+    coding: Coding,
+) {
     let data = Data::List {
         items,
         delimiter: Some(imap_codec::imap_types::core::QuotedChar::unvalidated(
             names::DELIMITER,
         )),
-        mailbox: mailbox_of(name),
+        mailbox: mailbox_of(name, coding),
     };
     wire::data(out, data);
 }
 
-fn send_status(out: &mut Vec<u8>, name: &str, items: Vec<StatusDataItem>) {
+fn send_status(out: &mut Vec<u8>, name: &str, items: Vec<StatusDataItem>, coding: Coding) {
     let status = Data::Status {
-        mailbox: mailbox_of(name),
+        mailbox: mailbox_of(name, coding),
         items: items.into(),
     };
     wire::data(out, status);
@@ -525,147 +545,5 @@ fn look(mbox: &Mailbox, name: &str, events: Events) -> Option<State> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn state(messages: u32, uid_next: u32, unseen: u32, highest: u64) -> State {
-        State {
-            messages,
-            uid_next,
-            uid_validity: 7,
-            unseen,
-            highest,
-        }
-    }
-
-    fn events(new: bool, flags: bool) -> Events {
-        Events {
-            new,
-            expunge: new,
-            flags,
-            ..Events::default()
-        }
-    }
-
-    #[test]
-    fn only_asked_changes_are_told() {
-        let old = state(2, 3, 1, 10);
-        let flagged = state(2, 3, 0, 11);
-        assert!(!relevant(events(true, false), &old, &flagged));
-        assert!(relevant(events(true, true), &old, &flagged));
-        let arrived = state(3, 4, 2, 12);
-        assert!(relevant(events(true, false), &old, &arrived));
-        let expunged = state(1, 3, 1, 12);
-        assert!(relevant(events(true, false), &old, &expunged));
-        assert!(!relevant(Events::default(), &old, &arrived));
-    }
-
-    #[test]
-    fn status_items_follow_the_events() {
-        let s = state(2, 3, 1, 10);
-        let names = |items: Vec<StatusDataItem>| -> Vec<&'static str> {
-            items
-                .iter()
-                .map(|i| match i {
-                    StatusDataItem::Messages(_) => "MESSAGES",
-                    StatusDataItem::UidNext(_) => "UIDNEXT",
-                    StatusDataItem::UidValidity(_) => "UIDVALIDITY",
-                    StatusDataItem::Unseen(_) => "UNSEEN",
-                    StatusDataItem::HighestModSeq(_) => "HIGHESTMODSEQ",
-                    _ => "?",
-                })
-                .collect()
-        };
-        let expunge = Events {
-            expunge: true,
-            ..Events::default()
-        };
-        assert_eq!(names(items(expunge, &s, false, true)), ["MESSAGES"]);
-        let new = Events {
-            new: true,
-            ..Events::default()
-        };
-        assert_eq!(
-            names(items(new, &s, false, true)),
-            ["MESSAGES", "UIDNEXT", "UIDVALIDITY"]
-        );
-        let flags = Events {
-            flags: true,
-            ..Events::default()
-        };
-        assert_eq!(
-            names(items(flags, &s, false, true)),
-            ["UIDVALIDITY", "HIGHESTMODSEQ"]
-        );
-        assert_eq!(
-            names(items(flags, &s, false, false)),
-            ["UIDVALIDITY", "UNSEEN"]
-        );
-        assert_eq!(
-            names(items(flags, &s, true, false)),
-            ["UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ"]
-        );
-    }
-
-    /// Folders that come and go under `personal` each get a watch and a task passing its
-    /// wake-ups on; a folder gone takes its task with it, so their number stays bounded.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_folder_gone_stops_its_forwarder() {
-        let mut c = super::super::tests::Client::logged_in(&[]).await;
-        let metrics = tokio::runtime::Handle::current().metrics();
-        let lines = c
-            .command("n", "NOTIFY SET (personal (MessageNew MessageExpunge))")
-            .await;
-        assert!(
-            lines.last().is_some_and(|l| l.starts_with("n OK")),
-            "{lines:?}"
-        );
-        let before = metrics.num_alive_tasks();
-        for i in 0..40 {
-            c.command("c", &format!("CREATE f{i}")).await;
-            c.command("d", &format!("DELETE f{i}")).await;
-        }
-        // Aborted tasks end at their next poll: wait for them, within a bound.
-        let mut alive = metrics.num_alive_tasks();
-        for _ in 0..200 {
-            if alive <= before {
-                break;
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-            alive = metrics.num_alive_tasks();
-        }
-        assert!(alive <= before, "{alive} tasks alive, {before} before");
-    }
-
-    #[test]
-    fn too_much_at_once_is_an_overflow() {
-        let mut out = Vec::new();
-        assert!(deliver(b"* STATUS a (MESSAGES 1)\r\n", &mut out));
-        assert_eq!(out, b"* STATUS a (MESSAGES 1)\r\n");
-        let mut out = Vec::new();
-        assert!(!deliver(&vec![b'x'; MAX_QUEUED + 1], &mut out));
-        assert!(out.starts_with(b"* OK [NOTIFICATIONOVERFLOW] "), "{out:?}");
-    }
-
-    #[test]
-    fn filters_cover_their_mailboxes() {
-        let subs: BTreeSet<String> = ["a".to_owned()].into();
-        assert!(covers(&Filter::Inboxes, "INBOX", &subs));
-        assert!(!covers(&Filter::Inboxes, "a", &subs));
-        assert!(covers(&Filter::Subscribed, "a", &subs));
-        assert!(!covers(&Filter::Subscribed, "b", &subs));
-        let tree = Filter::Subtree(vec![b"a".to_vec()]);
-        assert!(covers(&tree, "a", &subs));
-        assert!(covers(&tree, "a/b", &subs));
-        assert!(!covers(&tree, "ab", &subs));
-        let boxes = Filter::Mailboxes(vec![b"inbox".to_vec()]);
-        assert!(covers(&boxes, "INBOX", &subs));
-        assert!(!covers(&Filter::Selected, "INBOX", &subs));
-        let groups = vec![
-            (Filter::Inboxes, Events::default()),
-            (Filter::Personal, events(true, true)),
-        ];
-        assert_eq!(events_for(&groups, "INBOX", &subs), Some(Events::default()));
-        assert_eq!(events_for(&groups, "x", &subs), Some(events(true, true)));
-    }
-}
+#[path = "notify_tests.rs"]
+mod tests;

@@ -294,7 +294,13 @@ impl Session {
         S: AsyncRead + AsyncWrite + Unpin,
     {
         let returning = self.search.returning.take();
-        let returns = returning.as_ref().map(|r| r.options);
+        // IMAP4rev2 has no `* SEARCH`: without RETURN, ESEARCH with ALL (RFC 9051 §6.4.4).
+        let returns = returning.as_ref().map(|r| r.options).or_else(|| {
+            self.rev2.then_some(ReturnOptions {
+                all: true,
+                ..ReturnOptions::default()
+            })
+        });
         if let Some(refused) = charset_refused(charset) {
             self.forget_on_save(returns.as_ref());
             return refused;

@@ -35,7 +35,7 @@ pub(super) struct Client {
     reader: BufReader<ReadHalf<DuplexStream>>,
     writer: WriteHalf<DuplexStream>,
     session: JoinHandle<()>,
-    _root: TempDir,
+    root: TempDir,
 }
 
 impl Client {
@@ -75,7 +75,7 @@ impl Client {
             reader: BufReader::new(reader),
             writer,
             session,
-            _root: root,
+            root,
         };
         let greeting = client.line().await;
         assert!(
@@ -103,9 +103,15 @@ impl Client {
         c
     }
 
-    /// The directory the session's mail root (`mail/`) is under.
-    pub(super) fn root(&self) -> &std::path::Path {
-        self._root.path()
+    /// Mail for alice delivered as another process would, while the session runs.
+    pub(super) fn deliver(&self, message: &[u8]) {
+        let store = Store::new(self.root.path().join("mail"));
+        store.deliver("alice", &mut &message[..]).expect("delivery");
+    }
+
+    /// Where alice's mail is stored.
+    pub(super) fn maildir(&self) -> std::path::PathBuf {
+        self.root.path().join("mail").join("alice")
     }
 
     pub(super) async fn send(&mut self, bytes: &[u8]) {
@@ -174,7 +180,7 @@ async fn login_select_fetch_store_logout() {
     assert_eq!(reply.len(), 1, "{reply:?}");
     assert!(
         reply[0].starts_with(
-            "a1 OK [CAPABILITY IMAP4REV1 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
+            "a1 OK [CAPABILITY IMAP4REV1 IMAP4rev2 LITERAL+ SASL-IR ID ENABLE IDLE NAMESPACE UNSELECT \
              CHILDREN SPECIAL-USE "
         ) && reply[0].ends_with("] Logged in.\r\n"),
         "{reply:?}"

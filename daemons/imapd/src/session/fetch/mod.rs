@@ -125,10 +125,8 @@ impl Session {
         let (mut missing, mut too_large, mut unknown_cte) = (false, false, false);
         for i in indexes {
             let msg = &sel.messages[i];
-            let flags = (want_flags || seen_now.contains(&i)).then(|| {
-                let recent = sel.recent.contains(&msg.uid);
-                wire::flags(msg.flags, recent, &sel.keywords)
-            });
+            let flags = (want_flags || seen_now.contains(&i))
+                .then(|| wire::flags(msg.flags, sel.shows_recent(msg.uid), &sel.keywords));
             // A flag change this FETCH made carries its MODSEQ once CONDSTORE is on.
             let modseq = (want_modseq || (sel.resync.condstore && seen_now.contains(&i)))
                 .then(|| sel.modseqs.of(msg.uid));

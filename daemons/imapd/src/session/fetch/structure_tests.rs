@@ -9,7 +9,7 @@ use crate::session::tests::{message, Client};
 
 /// The one message file in alice's INBOX.
 fn the_message_file(c: &Client) -> PathBuf {
-    let cur = c.root().join("mail/alice/cur");
+    let cur = c.maildir().join("cur");
     let mut files: Vec<_> = std::fs::read_dir(&cur)
         .expect("cur/")
         .map(|e| e.expect("entry").path())
