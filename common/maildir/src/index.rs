@@ -121,6 +121,8 @@ pub(crate) struct Index {
     pub live: bool,
     /// Reports queued by the watcher, applied by the next snapshot (see `listing.rs`).
     pub pending: Arc<Mutex<Pending>>,
+    /// When this process last cleaned the folder's `tmp/` of stale files.
+    pub tmp_cleaned: Option<std::time::Instant>,
 }
 
 impl std::fmt::Debug for Index {
@@ -144,6 +146,7 @@ impl Index {
         *self = Index {
             follower,
             pending,
+            tmp_cleaned: self.tmp_cleaned,
             ..Index::default()
         };
     }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::io::ErrorKind;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use nix::dir::Dir;
 use nix::fcntl::OFlag;
@@ -19,6 +19,9 @@ use crate::StoreError;
 use super::{
     message_files_read, Folder, MessageInfo, Snapshot, DIRS_READ, FILES_READ, TMP_MAX_AGE,
 };
+
+/// A folder's `tmp/` is looked at for stale files at most this often by one process.
+const TMP_CLEAN_EVERY: Duration = Duration::from_secs(600);
 
 impl Folder {
     /// Reads `new/` and `cur/`: base name -> where the file is now.
@@ -187,7 +190,9 @@ impl Folder {
 
     /// The heart of `snapshot`: brings the uid list up to date with the directories.
     pub(super) fn sync_locked(&self, lock: &Lock, claim: bool) -> Result<Snapshot, StoreError> {
-        self.clean_tmp();
+        if self.tmp_clean_due() {
+            self.clean_tmp();
+        }
         let caught_up = self.catch_up();
         let mut index = self.index();
         let result = self.sync_indexed(lock, claim, caught_up, &mut index);
@@ -437,6 +442,22 @@ impl Folder {
     }
 
     /// Removes files a dead writer left in `tmp/`. Failures only cost disk space: logged.
+    /// Whether `tmp/` is to be cleaned now: files there turn stale after a day and a half, so
+    /// looking more than every [`TMP_CLEAN_EVERY`] (a busy folder syncs many times a second)
+    /// finds nothing more. Marked as cleaned when it says so.
+    fn tmp_clean_due(&self) -> bool {
+        let mut index = self.index();
+        let now = Instant::now();
+        if index
+            .tmp_cleaned
+            .is_some_and(|at| now.duration_since(at) < TMP_CLEAN_EVERY)
+        {
+            return false;
+        }
+        index.tmp_cleaned = Some(now);
+        true
+    }
+
     pub(super) fn clean_tmp(&self) {
         let dir = self.path.join("tmp");
         let Ok(entries) = std::fs::read_dir(&dir) else {

@@ -514,6 +514,17 @@ fn stale_tmp_files_are_cleaned() {
         .unwrap();
     inbox.snapshot().unwrap();
     assert_eq!(files_in(&tmp), ["young"]);
+    // Looked at once in a while, not at every sync of a busy folder: a file turned stale
+    // just now stays until the next look.
+    std::fs::File::options()
+        .write(true)
+        .open(tmp.join("young"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    inbox.deliver(&mut &b"Subject: s\r\n\r\nx\r\n"[..]).unwrap();
+    inbox.claim_new().unwrap();
+    assert_eq!(files_in(&tmp), ["young"]);
 }
 
 #[test]
