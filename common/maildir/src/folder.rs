@@ -417,8 +417,30 @@ impl Folder {
         flags: Flags,
         internal_date: Option<SystemTime>,
     ) -> Result<Appended, StoreError> {
+        self.append_into(Sub::New, message, flags, internal_date)
+    }
+
+    /// [`append`](Self::append) straight into `cur/`, for a caller that has the folder open
+    /// and takes the message as \Recent itself (an IMAP session appending to its selected
+    /// folder): no other session claims it, and no move from `new/` follows.
+    pub fn append_claimed(
+        &self,
+        message: &mut dyn Read,
+        flags: Flags,
+        internal_date: Option<SystemTime>,
+    ) -> Result<Appended, StoreError> {
+        self.append_into(Sub::Cur, message, flags, internal_date)
+    }
+
+    fn append_into(
+        &self,
+        sub: Sub,
+        message: &mut dyn Read,
+        flags: Flags,
+        internal_date: Option<SystemTime>,
+    ) -> Result<Appended, StoreError> {
         let date = internal_date.unwrap_or_else(SystemTime::now);
-        let (path, base, sizes, file) = self.write_message(message, date, Sub::New, flags)?;
+        let (path, base, sizes, file) = self.write_message(message, date, sub, flags)?;
         if internal_date.is_some() {
             // After the rename: the tmp/ cleaner must never see an old date on a live file.
             if let Err(err) = file.set_modified(date) {
@@ -429,13 +451,17 @@ impl Folder {
         let secs = name_time(&base).unwrap_or(0);
         let mut message = MessageInfo {
             uid: 0,
-            file: format!("new/{}", new_name(&base, flags)).into(),
+            file: match sub {
+                Sub::New => format!("new/{}", new_name(&base, flags)),
+                Sub::Cur => format!("cur/{}", cur_name(&base, flags)),
+            }
+            .into(),
             base: base.into(),
             size: sizes.size,
             vsize: Some(sizes.vsize),
             flags,
             internal_date: UNIX_EPOCH + Duration::from_secs(secs),
-            recent: true,
+            recent: sub == Sub::New,
         };
 
         let lock = self.lock()?;

@@ -353,6 +353,18 @@ fn append_gives_the_next_uid_with_flags_and_date() {
         .unwrap();
     assert!(c.uid_validity > a.uid_validity);
     assert_eq!(c.message.uid, 3);
+
+    // Claimed by the appender: straight into cur/, recent to no one else.
+    sent.claim_new().unwrap();
+    let d = sent
+        .append_claimed(&mut &b"Subject: d\n\n"[..], Flags::FLAGGED, None)
+        .unwrap();
+    assert_eq!(d.message.uid, 4);
+    assert!(!d.message.recent);
+    assert!(d.message.file().starts_with("cur/") && d.message.file().ends_with(":2,F"));
+    assert!(files_in(&sent.path().join("new")).is_empty());
+    let claimed = sent.claim_new().unwrap();
+    assert_eq!(claimed.messages.last(), Some(&d.message));
 }
 
 #[test]

@@ -74,16 +74,30 @@ impl Session {
             let ts = d.as_ref().timestamp().max(0) as u64;
             UNIX_EPOCH + Duration::from_secs(ts)
         });
-        if let Some(sel) = self.selected.as_mut() {
-            if sel.folder.path() == folder.path() {
-                sel.own_change = true;
-            }
+        // Into the folder this session has selected: the message goes straight to `cur/` as
+        // this session's \Recent (RFC 3501 §6.3.11), not to `new/` for whichever session looks
+        // first to claim and move.
+        let selected_here = self
+            .selected
+            .as_mut()
+            .filter(|sel| sel.folder.path() == folder.path());
+        let claim = selected_here.as_ref().is_some_and(|sel| !sel.read_only);
+        if let Some(sel) = selected_here {
+            sel.own_change = true;
         }
-        blocking(|| {
+        let appended = blocking(|| {
             let mut keywords = Keywords::load(folder.path());
             let flags = to_flags(flags, &mut keywords, folder.path());
-            folder.append(&mut &data[..], flags, date)
-        })
+            if claim {
+                folder.append_claimed(&mut &data[..], flags, date)
+            } else {
+                folder.append(&mut &data[..], flags, date)
+            }
+        })?;
+        if let Some(sel) = self.selected.as_mut().filter(|_| claim) {
+            sel.recent.insert(appended.message.uid);
+        }
+        Ok(appended)
     }
 
     pub(super) fn expunge<S>(&mut self, uids: Option<SequenceSet>, conn: &mut Conn<S>) -> Done
