@@ -127,13 +127,13 @@ pub(crate) struct ModSeqs {
 }
 
 /// Expunged UIDs with the mod-sequence of their expunge, oldest first: a flat list, because
-/// a record is copied on every change a session makes and forgets its oldest expunges from
-/// the front, and both are then a `memcpy`, where a map of 10,000 entries was 10,000
-/// allocations and a sort.
+/// it forgets its oldest expunges from the front, a `memcpy`, where a map of 10,000 entries
+/// was 10,000 allocations and a sort. Shared between copies of a record (one is made for
+/// every change a session makes): only an expunge copies the list.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 struct Expunged {
     /// Sorted by (mod-sequence, UID); each UID once.
-    list: Vec<(u64, u32)>,
+    list: Arc<Vec<(u64, u32)>>,
 }
 
 impl Expunged {
@@ -147,16 +147,19 @@ impl Expunged {
             .filter(|&(_, uid)| seen.insert(uid))
             .collect();
         list.reverse();
-        Expunged { list }
+        Expunged {
+            list: Arc::new(list),
+        }
     }
 
     #[cfg(test)]
     fn insert(&mut self, uid: u32, modseq: u64) {
-        if let Some(at) = self.list.iter().rposition(|&(_, u)| u == uid) {
-            self.list.remove(at);
+        let list = Arc::make_mut(&mut self.list);
+        if let Some(at) = list.iter().rposition(|&(_, u)| u == uid) {
+            list.remove(at);
         }
-        let at = self.list.partition_point(|&e| e < (modseq, uid));
-        self.list.insert(at, (modseq, uid));
+        let at = list.partition_point(|&e| e < (modseq, uid));
+        list.insert(at, (modseq, uid));
     }
 
     /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one: one
@@ -167,15 +170,16 @@ impl Expunged {
             return;
         }
         let uids: FxHashSet<u32> = added.iter().map(|&(_, u)| u).collect();
-        if self.list.iter().any(|(_, u)| uids.contains(u)) {
-            self.list.retain(|(_, u)| !uids.contains(u));
+        let list = Arc::make_mut(&mut self.list);
+        if list.iter().any(|(_, u)| uids.contains(u)) {
+            list.retain(|(_, u)| !uids.contains(u));
         }
         let repeated = uids.len() < added.len();
-        self.list.extend(added);
+        list.extend(added);
         if repeated {
-            *self = Expunged::from_entries(std::mem::take(&mut self.list));
-        } else if !self.list.is_sorted() {
-            self.list.sort_unstable();
+            *self = Expunged::from_entries(std::mem::take(list));
+        } else if !list.is_sorted() {
+            list.sort_unstable();
         }
     }
 
@@ -216,7 +220,7 @@ impl Expunged {
     }
 
     fn clear(&mut self) {
-        self.list.clear();
+        self.list = Arc::default();
     }
 
     /// (UID, mod-sequence), oldest expunge first.
@@ -236,7 +240,7 @@ impl Expunged {
     fn keep_newest(&mut self, keep: usize) -> Option<u64> {
         let excess = self.list.len().saturating_sub(keep);
         let last = self.list.get(excess.checked_sub(1)?).map(|&(m, _)| m);
-        self.list.drain(..excess);
+        Arc::make_mut(&mut self.list).drain(..excess);
         last
     }
 }

@@ -119,6 +119,28 @@ fn the_expunge_record_is_bounded() {
     assert!(ModSeqs::parse(&record.to_text()).is_err());
 }
 
+/// A session's copy of the record for a flag change shares the expunge list (up to 10,000
+/// entries) with the record it came from; an expunge copies it, and leaves the original as
+/// it was.
+#[test]
+fn a_flag_change_does_not_copy_the_expunge_list() {
+    let mut record = ModSeqs::fresh(1, 0);
+    let base = record.highest;
+    for uid in 1..=100 {
+        record.vanished.insert(uid, base + u64::from(uid));
+    }
+    let shared = Arc::new(record);
+    let mut flagged = shared.clone();
+    let next = flagged.highest + 1;
+    Arc::make_mut(&mut flagged).apply(vec![(200, Entry::new(next, Flags::SEEN))], &[], next);
+    assert!(Arc::ptr_eq(&flagged.vanished.list, &shared.vanished.list));
+    let mut expunged = flagged.clone();
+    let next = expunged.highest + 1;
+    Arc::make_mut(&mut expunged).apply(Vec::new(), &[200], next);
+    assert!(!Arc::ptr_eq(&expunged.vanished.list, &shared.vanished.list));
+    assert_eq!((shared.vanished.len(), expunged.vanished.len()), (100, 101));
+}
+
 #[test]
 fn text_round_trip() {
     let mut record = ModSeqs::fresh(7, 0);
