@@ -331,28 +331,6 @@ def test_idle_sees_delivery_and_other_session(imap, cert):
     assert view == [b"1 (UID 2 FLAGS (\\Answered))", b"2 (UID 3 FLAGS ())", b"3 (UID 4 FLAGS ())"]
 
 
-def test_a_message_appended_to_the_selected_folder_is_recent_to_its_appender(imap, cert):
-    """RFC 3501 §6.3.11: APPEND into the selected folder; the appending session takes the
-    message as \\Recent (stored straight into cur/), another session with the folder selected
-    sees it arrive without."""
-    a = client(imap, cert)
-    b = client(imap, cert)
-    ok(a.select("INBOX"))
-    ok(b.select("INBOX"))
-    typ, data = a.append("INBOX", "(\\Flagged)", None, message(7))
-    assert typ == "OK", data
-    assert a.untagged_responses.get("RECENT")[-1] == b"4", a.untagged_responses
-    uid = re.search(rb"APPENDUID \d+ (\d+)", data[0]).group(1).decode()
-    assert ok(a.uid("FETCH", uid, "(FLAGS)")) == [f"4 (UID {uid} FLAGS (\\Flagged \\Recent))".encode()]
-    ok(b.noop())
-    assert b.untagged_responses.get("EXISTS") == [b"3", b"4"], b.untagged_responses
-    assert b.untagged_responses.get("RECENT") in (None, [b"0"], [b"0", b"0"]), b.untagged_responses
-    assert ok(b.uid("FETCH", uid, "(FLAGS)")) == [f"4 (UID {uid} FLAGS (\\Flagged))".encode()]
-    inbox = imap.mail / "alice"
-    assert list((inbox / "new").iterdir()) == []
-    assert [p.name.endswith(":2,F") for p in (inbox / "cur").iterdir()].count(True) == 1
-
-
 def test_folder_deleted_and_made_again_is_watched_afresh(imap, cert):
     """A folder's watch outlives its last session for a while; a folder deleted and made
     again under the same name must still be followed (new mail seen in IDLE)."""

@@ -259,3 +259,23 @@ def test_an_unmeasured_source_counts_at_its_size_with_crlf(daemons, mailhome):
     out, done = r.command(b"APPEND Out " + half + b" " + half)
     assert b" OK " in done, done
     assert fetch_all(c, "Out") == [b"S" * 60, b"S" * 60]
+
+
+def test_a_source_whose_name_understates_its_size_counts_what_is_read(daemons, mailhome):
+    """Another program named a 1 MiB message `,S=10,W=10`: what URLs read of it is counted
+    as read, not as named (129 + 129 URLs to it are 258 MiB, past the 256 MiB a command may
+    read)."""
+    users, mail = mailhome
+    seed(mail, "alice", message(1))
+    imap = daemons.start("imapd", config(users, mail))
+    c = login(imap)
+    assert c.create("Src")[0] == "OK"
+    assert c.create("Out")[0] == "OK"
+    text = b"Subject: big\r\n\r\n" + b"x" * ((1 << 20) - 16)
+    (mail / "alice" / ".Src" / "cur" / "1700000000.M2P1.elsewhere,S=10,W=10:2,").write_bytes(text)
+    r = Raw(imap)
+    url = b'URL "/Src/;UID=1/;PARTIAL=0.1"'
+    half = b"CATENATE (" + b" ".join([url] * 129) + b")"
+    out, done = r.command(b"APPEND Out " + half + b" " + half)
+    assert done.split(b" ", 1)[1].startswith(b"NO [LIMIT]"), done
+    assert fetch_all(c, "Out") == []

@@ -534,14 +534,8 @@ mod tests {
         }
         selected = Selected::open(selected.folder.clone(), true, &crate::watch::Watches::new())
             .expect("open");
-        assert!(
-            selected
-                .messages
-                .iter()
-                .filter(|m| m.vsize.is_none())
-                .count()
-                == 5
-        );
+        let unmeasured = selected.messages.iter().filter(|m| m.vsize.is_none());
+        assert_eq!(unmeasured.count(), 5);
         let mut here = || false;
         let before = inetkit_maildir::message_files_read();
         let mut watch = Watch::new(Duration::ZERO, &mut here);

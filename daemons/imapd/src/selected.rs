@@ -27,6 +27,9 @@ pub(crate) struct Selected {
     pub messages: Vec<MessageInfo>,
     /// UIDs that are \Recent in this session.
     pub recent: HashSet<u32>,
+    /// UIDs this session appended straight into `cur/` ([`Selected::claim_appended`]):
+    /// \Recent to it once its view has them.
+    claimed: HashSet<u32>,
     /// The client enabled IMAP4rev2: `\Recent` is kept (SELECT still claims new messages)
     /// but never shown.
     pub rev2: bool,
@@ -103,6 +106,7 @@ impl Selected {
             // The session's own copy (taken without copying when nobody else holds it).
             messages: Arc::try_unwrap(snapshot).map_or_else(|s| s.messages.clone(), |s| s.messages),
             recent,
+            claimed: HashSet::new(),
             rev2: false,
             told: keywords.all().map(str::to_owned).collect(),
             keywords,
@@ -284,7 +288,7 @@ impl Selected {
         let fresh = &now[first_fresh..];
         if !fresh.is_empty() {
             for m in fresh {
-                if m.recent {
+                if m.recent || self.claimed.remove(&m.uid) {
                     self.recent.insert(m.uid);
                 }
             }
@@ -295,6 +299,10 @@ impl Selected {
             }
         }
         self.uid_next = self.uid_next.max(snapshot.uid_next);
+        // An appended message gone before the view had it (expunged by another session, a
+        // MULTIAPPEND undone) is not waited for.
+        let last = self.messages.last().map_or(0, |m| m.uid);
+        self.claimed.retain(|&uid| uid > last);
         // Keep looking until the expunges could be told.
         self.stamp = if kept_gone { None } else { stamp };
         Ok(())
@@ -431,6 +439,14 @@ impl Selected {
     }
 
     /// Whether FETCH FLAGS shows the message `\Recent`: never to an IMAP4rev2 client.
+    /// This session appended `uid` straight into `cur/` (`Folder::append_claimed`): it is
+    /// \Recent here once the view has it, unless the folder was renumbered meanwhile.
+    pub(crate) fn claim_appended(&mut self, uid_validity: u32, uid: u32) {
+        if uid_validity == self.uid_validity {
+            self.claimed.insert(uid);
+        }
+    }
+
     pub(crate) fn shows_recent(&self, uid: u32) -> bool {
         !self.rev2 && self.recent.contains(&uid)
     }

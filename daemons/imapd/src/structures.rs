@@ -3,11 +3,15 @@
 //!
 //! Clients ask for these over and over (a phone and a desktop on one folder, a client's every
 //! reconnect, imaptest's FETCH mix); each costs reading the whole message and parsing its
-//! MIME structure. A Maildir message's content never changes under its base name, so an entry
-//! stays valid for the message's life; the file's size is kept beside it as a check against a
-//! program that rewrites a file in place, against the rules. Entries are keyed by the folder's
-//! path and the base, so a session only finds what its own folders hold. Bounded by bytes
-//! ([`MAX_BYTES`]); the oldest entries go first.
+//! MIME structure. A Maildir message's content never changes under its base name (RFC822.SIZE
+//! and every literal length rely on that already), so an entry stays valid for the message's
+//! life. Entries are keyed by the folder's path and the base, so a session only finds what its
+//! own folders hold. Bounded by bytes, keys included ([`MAX_BYTES`]); no entry may take more
+//! than [`MAX_ENTRY`] (a deep MIME tree's BODYSTRUCTURE must not empty the cache for every
+//! user); the oldest entries go first.
+//!
+//! The encodings depend on the message alone, not on the session (IMAP4rev2 changes none of
+//! them): a session option that changed one would have to be part of the key.
 
 use std::collections::{HashMap, VecDeque};
 use std::os::unix::ffi::OsStrExt;
@@ -16,14 +20,14 @@ use std::sync::{Arc, Mutex};
 
 /// At most this many bytes of encoded structures are kept (about 4,000 typical messages).
 pub(crate) const MAX_BYTES: usize = 4 * 1024 * 1024;
-/// Counted for each entry on top of its encodings (key, map and queue slots).
-const ENTRY_OVERHEAD: usize = 160;
+/// The most one entry may take: larger structures are answered but not kept.
+pub(crate) const MAX_ENTRY: usize = MAX_BYTES / 64;
+/// Counted for each entry on top of its key and encodings (map and queue slots, pointers).
+const ENTRY_OVERHEAD: usize = 128;
 
 /// A message's encoded FETCH items, each with its name (`ENVELOPE (...)`).
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) struct Structure {
-    /// The file size the encodings were made from.
-    pub(crate) size: u64,
     pub(crate) envelope: Box<[u8]>,
     /// BODY and BODYSTRUCTURE: only known from the whole message (the envelope needs only
     /// its header).
@@ -37,12 +41,14 @@ pub(crate) struct Bodies {
 }
 
 impl Structure {
-    fn bytes(&self) -> usize {
+    /// What keeping it under a key of `key_len` bytes takes (the key is held twice: in the
+    /// map and in the queue, one allocation shared).
+    fn bytes(&self, key_len: usize) -> usize {
         let bodies = self
             .bodies
             .as_ref()
             .map_or(0, |b| b.body.len() + b.body_structure.len());
-        ENTRY_OVERHEAD + self.envelope.len() + bodies
+        ENTRY_OVERHEAD + key_len + self.envelope.len() + bodies
     }
 }
 
@@ -74,31 +80,30 @@ impl Structures {
         }
     }
 
-    /// What is kept for the message `base` of `folder` whose file has `size` bytes.
-    pub(crate) fn get(&self, folder: &Path, base: &str, size: u64) -> Option<Arc<Structure>> {
+    /// What is kept for the message `base` of `folder`.
+    pub(crate) fn get(&self, folder: &Path, base: &str) -> Option<Arc<Structure>> {
         let key = key(folder, base);
         let inner = self.inner.lock().ok()?;
-        inner.entries.get(&*key).filter(|s| s.size == size).cloned()
+        inner.entries.get(&*key).cloned()
     }
 
     /// Keeps `structure` for the message `base` of `folder`, unless what is kept already
-    /// knows more (its bodies).
+    /// knows more (its bodies), or it is larger than [`MAX_ENTRY`].
     pub(crate) fn put(&self, folder: &Path, base: &str, structure: Structure) -> Arc<Structure> {
         let structure = Arc::new(structure);
-        let bytes = structure.bytes();
-        if bytes > self.max_bytes {
+        let key = key(folder, base);
+        let bytes = structure.bytes(key.len());
+        if bytes > self.max_bytes.min(MAX_ENTRY) {
             return structure;
         }
         let Ok(mut inner) = self.inner.lock() else {
             return structure;
         };
-        let key: Arc<[u8]> = key(folder, base).into();
+        let key: Arc<[u8]> = key.into();
         match inner.entries.get(&key) {
-            Some(kept) if kept.size == structure.size && kept.bodies.is_some() => {
-                return kept.clone();
-            }
+            Some(kept) if kept.bodies.is_some() => return kept.clone(),
             Some(kept) => {
-                let old = kept.bytes();
+                let old = kept.bytes(key.len());
                 inner.bytes -= old;
                 // Still in `order` from its first put.
             }
@@ -111,7 +116,7 @@ impl Structures {
                 break;
             };
             if let Some(gone) = inner.entries.remove(&oldest) {
-                inner.bytes -= gone.bytes();
+                inner.bytes -= gone.bytes(oldest.len());
             }
         }
         structure
@@ -140,9 +145,8 @@ fn key(folder: &Path, base: &str) -> Vec<u8> {
 mod tests {
     use super::*;
 
-    fn structure(size: u64, envelope: &str, bodies: bool) -> Structure {
+    fn structure(envelope: &str, bodies: bool) -> Structure {
         Structure {
-            size,
             envelope: envelope.as_bytes().into(),
             bodies: bodies.then(|| Bodies {
                 body: b"BODY (\"TEXT\")".as_slice().into(),
@@ -152,61 +156,75 @@ mod tests {
     }
 
     #[test]
-    fn finds_only_the_same_folder_base_and_size() {
+    fn finds_only_the_same_folder_and_base() {
         let cache = Structures::default();
-        cache.put(
-            Path::new("/m/a"),
-            "1.M1",
-            structure(100, "ENVELOPE (1)", true),
-        );
-        let hit = cache.get(Path::new("/m/a"), "1.M1", 100).expect("kept");
+        cache.put(Path::new("/m/a"), "1.M1", structure("ENVELOPE (1)", true));
+        let hit = cache.get(Path::new("/m/a"), "1.M1").expect("kept");
         assert_eq!(&*hit.envelope, b"ENVELOPE (1)");
-        assert!(cache.get(Path::new("/m/b"), "1.M1", 100).is_none());
-        assert!(cache.get(Path::new("/m/a"), "1.M2", 100).is_none());
-        // The file changed size: a rewrite in place, not what was parsed.
-        assert!(cache.get(Path::new("/m/a"), "1.M1", 101).is_none());
+        assert!(cache.get(Path::new("/m/b"), "1.M1").is_none());
+        assert!(cache.get(Path::new("/m/a"), "1.M2").is_none());
         // A path and base that concatenate alike stay apart.
-        assert!(cache.get(Path::new("/m/a1"), ".M1", 100).is_none());
+        assert!(cache.get(Path::new("/m/a1"), ".M1").is_none());
     }
 
     #[test]
     fn a_fuller_entry_replaces_an_envelope_only_one_and_not_the_reverse() {
         let cache = Structures::default();
-        cache.put(Path::new("/m"), "b", structure(10, "ENVELOPE (a)", false));
-        cache.put(Path::new("/m"), "b", structure(10, "ENVELOPE (a)", true));
-        let kept = cache.put(Path::new("/m"), "b", structure(10, "ENVELOPE (a)", false));
+        cache.put(Path::new("/m"), "b", structure("ENVELOPE (a)", false));
+        cache.put(Path::new("/m"), "b", structure("ENVELOPE (a)", true));
+        let kept = cache.put(Path::new("/m"), "b", structure("ENVELOPE (a)", false));
         assert!(kept.bodies.is_some());
         assert!(cache
-            .get(Path::new("/m"), "b", 10)
+            .get(Path::new("/m"), "b")
             .is_some_and(|s| s.bodies.is_some()));
         let (entries, bytes) = cache.usage();
         assert_eq!(entries, 1);
-        assert_eq!(bytes, structure(10, "ENVELOPE (a)", true).bytes());
+        assert_eq!(bytes, structure("ENVELOPE (a)", true).bytes("/m\0b".len()));
     }
 
     #[test]
-    fn stays_within_its_bytes_dropping_the_oldest() {
-        let one = structure(1, "ENVELOPE (x)", true).bytes();
+    fn stays_within_its_bytes_counting_keys_and_dropping_the_oldest() {
+        let one = structure("ENVELOPE (x)", true).bytes("/m\0n".len());
         let cache = Structures::with_limit(one * 3);
         for n in 0..10 {
             cache.put(
                 Path::new("/m"),
                 &n.to_string(),
-                structure(1, "ENVELOPE (x)", true),
+                structure("ENVELOPE (x)", true),
             );
             assert!(cache.usage().1 <= one * 3);
         }
         assert_eq!(cache.usage().0, 3);
-        assert!(cache.get(Path::new("/m"), "6", 1).is_none());
-        assert!(cache.get(Path::new("/m"), "7", 1).is_some());
-        assert!(cache.get(Path::new("/m"), "9", 1).is_some());
+        assert!(cache.get(Path::new("/m"), "6").is_none());
+        assert!(cache.get(Path::new("/m"), "7").is_some());
+        assert!(cache.get(Path::new("/m"), "9").is_some());
+        // A long key takes its room: the same structure under a 255-byte base pushes out
+        // all three short ones.
+        let long = "b".repeat(255);
+        cache.put(Path::new("/m"), &long, structure("ENVELOPE (x)", true));
+        let expected = structure("ENVELOPE (x)", true).bytes("/m\0".len() + 255);
+        assert_eq!(cache.usage(), (1, expected));
     }
 
     #[test]
-    fn an_entry_larger_than_the_cache_is_not_kept() {
-        let cache = Structures::with_limit(10);
-        let returned = cache.put(Path::new("/m"), "b", structure(1, "ENVELOPE (x)", true));
+    fn an_entry_past_its_share_is_answered_not_kept() {
+        let cache = Structures::default();
+        let huge = format!(
+            "BODYSTRUCTURE ({})",
+            "(\"TEXT\" \"PLAIN\") ".repeat(MAX_ENTRY / 16)
+        );
+        let big = Structure {
+            envelope: b"ENVELOPE (x)".as_slice().into(),
+            bodies: Some(Bodies {
+                body: huge.as_bytes().into(),
+                body_structure: huge.as_bytes().into(),
+            }),
+        };
+        let returned = cache.put(Path::new("/m"), "b", big);
         assert!(returned.bodies.is_some());
         assert_eq!(cache.usage(), (0, 0));
+        let small = Structures::with_limit(10);
+        small.put(Path::new("/m"), "b", structure("ENVELOPE (x)", true));
+        assert_eq!(small.usage(), (0, 0));
     }
 }

@@ -277,3 +277,45 @@ fn a_renamed_message_is_opened_from_the_listing_without_the_lock() {
     assert!(text.is_some_and(|t| t.contains("Subject: hi")));
     drop(held);
 }
+
+/// A message this session appended straight into `cur/` is \Recent here once the view has it;
+/// one expunged by someone else before that never counts towards RECENT.
+#[test]
+fn an_appended_message_claimed_here_is_recent_only_once_seen() {
+    let root = TempDir::new("imapd-claimed");
+    let store = Store::new(root.path().join("mail"));
+    deliver(&store);
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let watches = Watches::new();
+    let mut selected = crate::selected::Selected::open(inbox.clone(), false, &watches).unwrap();
+    let recent_line = |out: &[u8]| {
+        String::from_utf8_lossy(out)
+            .lines()
+            .filter_map(|l| l.strip_prefix("* ")?.strip_suffix(" RECENT"))
+            .map(|n| n.parse::<usize>().unwrap())
+            .next_back()
+    };
+    let append = |selected: &mut crate::selected::Selected| {
+        let a = inbox
+            .append_claimed(&mut &b"Subject: mine\r\n\r\nx\r\n"[..], Flags::EMPTY, None)
+            .unwrap();
+        selected.claim_appended(a.uid_validity, a.message.uid);
+        a
+    };
+    let kept = append(&mut selected);
+    let mut out = Vec::new();
+    selected.refresh(&mut out, true).unwrap();
+    assert_eq!(recent_line(&out), Some(2));
+    assert!(selected.shows_recent(kept.message.uid));
+
+    // Gone before this view had it: not counted, now or later.
+    let gone = append(&mut selected);
+    std::fs::remove_file(inbox.path().join(gone.message.file())).unwrap();
+    let mut out = Vec::new();
+    selected.refresh(&mut out, true).unwrap();
+    deliver(&store);
+    selected.refresh(&mut out, true).unwrap();
+    assert_eq!(selected.messages.len(), 3);
+    assert_eq!(recent_line(&out), Some(3));
+    assert_eq!(selected.recent.len(), 3);
+}

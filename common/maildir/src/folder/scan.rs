@@ -441,7 +441,6 @@ impl Folder {
         Ok(())
     }
 
-    /// Removes files a dead writer left in `tmp/`. Failures only cost disk space: logged.
     /// Whether `tmp/` is to be cleaned now: files there turn stale after a day and a half, so
     /// looking more than every [`TMP_CLEAN_EVERY`] (a busy folder syncs many times a second)
     /// finds nothing more. Marked as cleaned when it says so.
@@ -458,6 +457,7 @@ impl Folder {
         true
     }
 
+    /// Removes files a dead writer left in `tmp/`. Failures only cost disk space: logged.
     pub(super) fn clean_tmp(&self) {
         let dir = self.path.join("tmp");
         let Ok(entries) = std::fs::read_dir(&dir) else {

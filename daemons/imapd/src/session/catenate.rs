@@ -139,30 +139,36 @@ impl Session {
             .and_then(|i| snapshot.messages.get(i))
             .ok_or(Refused::BadUrl("No such message."))?;
         // The whole message is read to take the part: a message larger than any command
-        // could be is not read at all.
-        if octets(msg) > MAX_COMMAND {
-            return Err(no_code(Code::TooBig, "The message named is too large.").into());
-        }
-        built.read = built.read.saturating_add(octets(msg));
-        if built.read > MAX_READ {
+        // could be is not read at all. Its size is only what its name or the uid list says
+        // (a program that wrote it may have named it wrong): what is read is what counts.
+        let too_big = || no_code(Code::TooBig, "The message named is too large.").into();
+        let over_budget = || {
             let text = "The URLs name more than one command may read; send fewer.";
-            return Err(no_code(wire::code("LIMIT"), text).into());
+            no_code(wire::code("LIMIT"), text).into()
+        };
+        if octets(msg) > MAX_COMMAND {
+            return Err(too_big());
         }
-        let read = blocking(|| -> Result<Vec<u8>, StoreError> {
-            let mut file = folder.open(msg)?;
-            raw::read_all(&mut file).map_err(StoreError::Input)
+        if built.read.saturating_add(octets(msg)) > MAX_READ {
+            return Err(over_budget());
+        }
+        let read = blocking(|| -> Result<Option<Vec<u8>>, StoreError> {
+            let file = folder.open(msg)?;
+            // The file's bytes are never more than its CRLF form's: past the command limit
+            // on disk is past it in a command.
+            let mut limited = std::io::Read::take(file, MAX_COMMAND + 1);
+            let content = raw::read_all(&mut limited).map_err(StoreError::Input)?;
+            Ok((limited.limit() > 0).then_some(content))
         });
-        let content = read.map_err(|_| Refused::BadUrl("The message cannot be read."))?;
-        if msg.vsize.is_none() {
-            // Judged by its file size above, which its bare LFs can double: counted as read.
-            built.read = built.read - octets(msg) + content.len() as u64;
-            if content.len() as u64 > MAX_COMMAND {
-                return Err(no_code(Code::TooBig, "The message named is too large.").into());
-            }
-            if built.read > MAX_READ {
-                let text = "The URLs name more than one command may read; send fewer.";
-                return Err(no_code(wire::code("LIMIT"), text).into());
-            }
+        let content = read
+            .map_err(|_| Refused::BadUrl("The message cannot be read."))?
+            .ok_or_else(too_big)?;
+        built.read = built.read.saturating_add(content.len() as u64);
+        if content.len() as u64 > MAX_COMMAND {
+            return Err(too_big());
+        }
+        if built.read > MAX_READ {
+            return Err(over_budget());
         }
         let data = part_of(content, &url).ok_or(Refused::BadUrl("No such part."))?;
         Ok(data)

@@ -95,7 +95,7 @@ impl Session {
             }
         })?;
         if let Some(sel) = self.selected.as_mut().filter(|_| claim) {
-            sel.recent.insert(appended.message.uid);
+            sel.claim_appended(appended.uid_validity, appended.message.uid);
         }
         Ok(appended)
     }

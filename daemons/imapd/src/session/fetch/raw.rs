@@ -14,11 +14,7 @@ impl Crlf {
     pub(crate) fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
         // Mail a client stored (APPEND) is CRLF already: one copy, after a vectorised look
         // for a bare LF.
-        let bare_lf = memchr::memchr_iter(b'\n', input).any(|i| match i.checked_sub(1) {
-            Some(before) => input.get(before) != Some(&b'\r'),
-            None => !self.after_cr,
-        });
-        if !bare_lf {
+        if !has_bare_lf(input, self.after_cr) {
             out.extend_from_slice(input);
             if let Some(&last) = input.last() {
                 self.after_cr = last == b'\r';
@@ -49,10 +45,22 @@ impl Crlf {
     }
 }
 
-/// Reads a whole message file in CRLF form.
-pub(crate) fn read_all(file: &mut std::fs::File) -> std::io::Result<Vec<u8>> {
+/// Whether `input` has an LF without a CR before it (`after_cr`: the byte before `input` was
+/// a CR).
+fn has_bare_lf(input: &[u8], after_cr: bool) -> bool {
+    memchr::memchr_iter(b'\n', input).any(|i| match i.checked_sub(1) {
+        Some(before) => input.get(before) != Some(&b'\r'),
+        None => !after_cr,
+    })
+}
+
+/// Reads a whole message file in CRLF form (as read, when it is CRLF already).
+pub(crate) fn read_all(file: &mut impl Read) -> std::io::Result<Vec<u8>> {
     let mut raw = Vec::new();
     file.read_to_end(&mut raw)?;
+    if !has_bare_lf(&raw, false) {
+        return Ok(raw);
+    }
     let mut out = Vec::with_capacity(raw.len() + raw.len() / 32);
     Crlf::default().push(&raw, &mut out);
     Ok(out)

@@ -186,9 +186,7 @@ where
     let large = octets(msg) > SMALL_MESSAGE;
     // ENVELOPE, BODY and BODYSTRUCTURE kept from an earlier FETCH need no read and no parse.
     let kept = match &sel.structures {
-        Some(cache) if items.iter().any(is_structure) => {
-            cache.get(sel.folder.path(), &msg.base, msg.size)
-        }
+        Some(cache) if items.iter().any(is_structure) => cache.get(sel.folder.path(), &msg.base),
         _ => None,
     };
     let answered = |item: &MessageDataItemName<'_>| kept.as_ref().is_some_and(|k| answers(k, item));
@@ -228,7 +226,7 @@ where
     let whole = need == Need::Whole;
     let kept = match (&sel.structures, &content) {
         (Some(cache), Some(_)) if items.iter().any(|i| is_structure(i) && !answered(i)) => {
-            let structure = encode_structure(msg.size, parsed.as_ref(), whole);
+            let structure = encode_structure(parsed.as_ref(), whole);
             Some(cache.put(sel.folder.path(), &msg.base, structure))
         }
         _ => kept,
@@ -342,17 +340,12 @@ fn answers(kept: &Structure, item: &MessageDataItemName<'_>) -> bool {
     }
 }
 
-/// The encoded structure items of a message of `size` bytes, from its parse (the bodies only
+/// The encoded structure items of a message, from its parse (the bodies only
 /// when that was of the whole message). Unparseable is answered as [`Message::part`] does.
-fn encode_structure(
-    size: u64,
-    parsed: Option<&mail_parser::Message<'_>>,
-    whole: bool,
-) -> Structure {
+fn encode_structure(parsed: Option<&mail_parser::Message<'_>>, whole: bool) -> Structure {
     let structure =
         |extended| parsed.map_or_else(mime::empty_body, |p| mime::body_structure(p, extended));
     Structure {
-        size,
         envelope: wire::fetch_item(MessageDataItem::Envelope(
             parsed.map_or_else(mime::empty_envelope, mime::envelope),
         ))
