@@ -317,8 +317,8 @@ async fn route(
         }
     };
     Ok(match protocol {
-        Protocol::Xml => xml(rpcd, &caller, bytes).await,
-        Protocol::Json => json(rpcd, &caller, bytes).await,
+        Protocol::Xml => xml(rpcd, &caller, &conn.peer, bytes).await,
+        Protocol::Json => json(rpcd, &caller, &conn.peer, bytes).await,
     })
 }
 
@@ -396,7 +396,7 @@ fn internal_error() -> Reply {
     )
 }
 
-async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+async fn xml(rpcd: &Rpcd, caller: &Caller, peer: &Peer, bytes: Bytes) -> Reply {
     let max_depth = rpcd.http.max_depth;
     let Some(parsed) = parse_body(bytes, move |b| xmlrpc::parse_call(b, max_depth)).await else {
         return internal_error();
@@ -421,7 +421,7 @@ async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
         .registry
         .call(caller, &call.method, params, &mut tally)
         .await;
-    tally.log(caller);
+    tally.log(caller, peer);
     let text = match result {
         Ok(value) => xmlrpc::response(&value),
         Err(fault) => xmlrpc::fault(&fault),
@@ -429,7 +429,7 @@ async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
     body("text/xml", text)
 }
 
-async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+async fn json(rpcd: &Rpcd, caller: &Caller, peer: &Peer, bytes: Bytes) -> Reply {
     let max_batch = rpcd.http.max_batch;
     let Some(parsed) = parse_body(bytes, move |b| jsonrpc::parse(b, max_batch)).await else {
         return internal_error();
@@ -450,7 +450,7 @@ async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
         log_refused(caller, &fault);
         return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
     }
-    let mut answers = match run_json(rpcd, caller, requests).await {
+    let mut answers = match run_json(rpcd, caller, peer, requests).await {
         Ok(answers) => answers,
         Err(reply) => return reply,
     };
@@ -472,6 +472,7 @@ async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
 async fn run_json(
     rpcd: &Rpcd,
     caller: &Caller,
+    peer: &Peer,
     requests: Vec<Result<jsonrpc::Request, Fault>>,
 ) -> Result<Vec<serde_json::Value>, Reply> {
     let anonymous_needs_login = requests.iter().any(|r| match r {
@@ -503,7 +504,7 @@ async fn run_json(
             }
         }
     }
-    tally.log(caller);
+    tally.log(caller, peer);
     Ok(answers)
 }
 

@@ -5,6 +5,7 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod access;
 mod exec;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
