@@ -15,6 +15,7 @@ use std::cell::RefCell;
 use std::fmt::Display;
 use std::io::Write;
 use std::net::SocketAddr;
+use std::sync::Mutex;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// A line's level: the two the request line uses.
@@ -54,11 +55,56 @@ thread_local! {
     };
 }
 
-/// The session's part of a line: what `tracing` shows of the session's span.
+/// Who a line is about: the session's span as `tracing` shows it, and the peer and user
+/// fields of the line.
 pub(crate) struct Session<'a> {
     pub peer: SocketAddr,
     pub socket: &'a str,
     pub user: Option<&'a str>,
+}
+
+/// A connection's [`Session`] as text, made once for all its lines (formatting the addresses
+/// was a third of a line's cost) and again when the user changes.
+#[derive(Default)]
+pub(crate) struct SessionText {
+    made: Mutex<Option<Made>>,
+}
+
+struct Made {
+    user: Option<String>,
+    /// `session{peer=… socket=… user="…"}: `
+    span: String,
+    /// ` peer=… user="…"`
+    fields: String,
+}
+
+impl Made {
+    fn of(session: &Session<'_>) -> Made {
+        use std::fmt::Write as _;
+        let mut span = format!("session{{peer={} socket={}", session.peer, session.socket);
+        if let Some(user) = session.user {
+            let _ = write!(span, " user={user:?}");
+        }
+        span.push_str("}: ");
+        let name = session.user.unwrap_or("-");
+        Made {
+            user: session.user.map(str::to_owned),
+            span,
+            fields: format!(" peer={} user={name:?}", session.peer.ip()),
+        }
+    }
+}
+
+impl SessionText {
+    /// `session`'s two pieces of text, made now if they were made for another user.
+    fn with<R>(&self, session: &Session<'_>, f: impl FnOnce(&str, &str) -> R) -> R {
+        let mut made = self.made.lock().unwrap_or_else(|e| e.into_inner());
+        let made = match &mut *made {
+            Some(m) if m.user.as_deref() == session.user => m,
+            slot => slot.insert(Made::of(session)),
+        };
+        f(&made.span, &made.fields)
+    }
 }
 
 /// The fields after the message: ` name=value`.
@@ -68,12 +114,6 @@ impl Fields<'_> {
     /// A value as it is (numbers, addresses).
     pub(crate) fn plain(&mut self, name: &str, value: impl Display) -> &mut Self {
         let _ = write!(self.0, " {name}={value}");
-        self
-    }
-
-    /// A string, quoted and escaped as `tracing` shows one.
-    pub(crate) fn quoted(&mut self, name: &str, value: &str) -> &mut Self {
-        let _ = write!(self.0, " {name}={value:?}");
         self
     }
 
@@ -96,6 +136,7 @@ impl Fields<'_> {
 pub(crate) fn line(
     level: Level,
     session: &Session<'_>,
+    text: &SessionText,
     message: impl Display,
     fields: impl FnOnce(&mut Fields<'_>),
 ) {
@@ -117,7 +158,9 @@ pub(crate) fn line(
             date: &scratch.date,
             micros: now.subsec_micros(),
         };
-        format(buf, &at, level, session, message, fields);
+        text.with(session, |span, who| {
+            format(buf, &at, level, [span, who], message, fields);
+        });
         // Best effort, as `tracing`'s own lines: a log that cannot be written is not a
         // reason to fail the request.
         let _ = std::io::stderr().write_all(buf);
@@ -134,28 +177,24 @@ struct Timestamp<'a> {
     micros: u32,
 }
 
+/// The line; `session` is the span's text and the peer and user fields (see [`Made`]).
 fn format(
     buf: &mut Vec<u8>,
     at: &Timestamp<'_>,
     level: Level,
-    session: &Session<'_>,
+    [span, who]: [&str; 2],
     message: impl Display,
     fields: impl FnOnce(&mut Fields<'_>),
 ) {
     buf.extend_from_slice(at.date);
     let level = match level {
-        Level::Info => "  INFO",
-        Level::Debug => " DEBUG",
+        Level::Info => "  INFO ",
+        Level::Debug => " DEBUG ",
     };
-    let _ = write!(
-        buf,
-        ".{:06}Z{level} session{{peer={} socket={}",
-        at.micros, session.peer, session.socket
-    );
-    if let Some(user) = session.user {
-        let _ = write!(buf, " user={user:?}");
-    }
-    let _ = write!(buf, "}}: {message}");
+    let _ = write!(buf, ".{:06}Z{level}", at.micros);
+    buf.extend_from_slice(span.as_bytes());
+    let _ = write!(buf, "{message}");
+    buf.extend_from_slice(who.as_bytes());
     fields(&mut Fields(buf));
     buf.push(b'\n');
 }
@@ -251,29 +290,28 @@ mod tests {
             micros: 78,
         };
         let mut ours = Vec::new();
+        let text = SessionText::default();
         let mut session = Session {
             peer,
             socket: "rpcs",
             user: None,
         };
-        format(&mut ours, &at, Level::Debug, &session, "call ok", |f| {
-            f.plain("peer", peer.ip())
-                .quoted("user", "-")
-                .escaped("method", ["a"])
-                .plain("calls", 1)
-                .plain("ms", 0);
+        text.with(&session, |span, who| {
+            format(&mut ours, &at, Level::Debug, [span, who], "call ok", |f| {
+                f.escaped("method", ["a"]).plain("calls", 1).plain("ms", 0);
+            });
         });
         session.user = Some("b\"ob");
         let outcome = "method not found";
         let message = format_args!("call failed: {outcome}");
-        format(&mut ours, &at, Level::Info, &session, message, |f| {
-            f.plain("peer", peer.ip())
-                .quoted("user", "b\"ob")
-                .escaped("method", ["x", ",", "y"])
-                .plain("calls", 2)
-                .plain("failed", 1)
-                .plain("ms", 12)
-                .plain("code", -32601);
+        text.with(&session, |span, who| {
+            format(&mut ours, &at, Level::Info, [span, who], message, |f| {
+                f.escaped("method", ["x", ",", "y"])
+                    .plain("calls", 2)
+                    .plain("failed", 1)
+                    .plain("ms", 12)
+                    .plain("code", -32601);
+            });
         });
         let ours = String::from_utf8(ours).expect("UTF-8");
         assert!(

@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use inetkit_runtime::server::Peer;
 
-use crate::access::{self, Fields, Level, Session};
+use crate::access::{self, Fields, Level, Session, SessionText};
 use crate::methods::Caller;
 use crate::value::Fault;
 
@@ -106,7 +106,7 @@ impl Tally {
     }
 
     /// Writes the request's log line: at INFO when worth auditing, else at DEBUG.
-    pub(crate) fn log(&self, caller: &Caller, peer: &Peer) {
+    pub(crate) fn log(&self, caller: &Caller, peer: &Peer, text: &SessionText) {
         let level = if self.worth_auditing(caller) {
             Level::Info
         } else {
@@ -125,9 +125,7 @@ impl Tally {
             user: caller.user.as_ref().map(|u| u.name.as_str()),
         };
         let fields = |f: &mut Fields<'_>| {
-            f.plain("peer", caller.peer)
-                .quoted("user", caller.name())
-                .escaped("method", self.shown_names())
+            f.escaped("method", self.shown_names())
                 .plain("calls", self.calls);
             if let Some((code, _)) = self.first_failure {
                 f.plain("failed", self.failed)
@@ -138,13 +136,11 @@ impl Tally {
             }
         };
         match self.first_failure {
-            None => access::line(level, &session, "call ok", fields),
-            Some((_, outcome)) => access::line(
-                level,
-                &session,
-                format_args!("call failed: {outcome}"),
-                fields,
-            ),
+            None => access::line(level, &session, text, "call ok", fields),
+            Some((_, outcome)) => {
+                let message = format_args!("call failed: {outcome}");
+                access::line(level, &session, text, message, fields)
+            }
         }
     }
 

@@ -6,6 +6,8 @@
 //! outright, so no entity can be declared; only the five predefined entities and character
 //! references are expanded. External entities are never fetched.
 
+use std::borrow::Cow;
+
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -18,32 +20,79 @@ pub(crate) struct Call {
     pub params: Vec<Value>,
 }
 
+/// An element of the tree: names and text are borrowed from the body where they can be (a
+/// name XML-RPC uses, text without references), so a call costs few allocations.
 #[derive(Debug)]
-struct Element {
-    name: String,
-    children: Vec<Node>,
+struct Element<'a> {
+    name: Cow<'static, str>,
+    children: Vec<Node<'a>>,
 }
 
 #[derive(Debug)]
-enum Node {
-    Element(Element),
-    Text(String),
+enum Node<'a> {
+    Element(Element<'a>),
+    Text(Cow<'a, str>),
 }
 
-impl Element {
-    fn elements(&self) -> impl Iterator<Item = &Element> {
+/// The element names of XML-RPC (and its extensions), not copied for every element.
+const NAMES: &[&str] = &[
+    "methodCall",
+    "methodName",
+    "params",
+    "param",
+    "value",
+    "string",
+    "int",
+    "i4",
+    "i8",
+    "ex:i8",
+    "boolean",
+    "double",
+    "dateTime.iso8601",
+    "base64",
+    "struct",
+    "member",
+    "name",
+    "array",
+    "data",
+    "nil",
+    "ex:nil",
+];
+
+fn element_name(raw: &[u8]) -> Cow<'static, str> {
+    match NAMES.iter().find(|n| n.as_bytes() == raw) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+    }
+}
+
+impl<'a> Element<'a> {
+    fn new(raw_name: &[u8]) -> Element<'a> {
+        Element {
+            name: element_name(raw_name),
+            children: Vec::new(),
+        }
+    }
+
+    fn elements(&self) -> impl Iterator<Item = &Element<'a>> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
         })
     }
 
-    fn text(&self) -> String {
-        let mut out = String::new();
-        for n in &self.children {
-            if let Node::Text(t) = n {
-                out.push_str(t);
-            }
+    /// The text directly inside, borrowed when it is in one piece.
+    fn text(&self) -> Cow<'a, str> {
+        let mut texts = self.children.iter().filter_map(|n| match n {
+            Node::Text(t) => Some(t),
+            Node::Element(_) => None,
+        });
+        let Some(first) = texts.next() else {
+            return Cow::Borrowed("");
+        };
+        let mut out = first.clone();
+        for t in texts {
+            out.to_mut().push_str(t);
         }
         out
     }
@@ -55,7 +104,7 @@ impl Element {
             .any(|n| matches!(n, Node::Text(t) if !t.trim().is_empty()))
     }
 
-    fn only_child(&self) -> Result<&Element, Fault> {
+    fn only_child(&self) -> Result<&Element<'a>, Fault> {
         let mut elements = self.elements();
         match (elements.next(), elements.next()) {
             (Some(e), None) if !self.has_stray_text() => Ok(e),
@@ -116,10 +165,10 @@ fn invalid(message: impl Into<String>) -> Fault {
 }
 
 /// Adds a finished element to its parent, or makes it the document element.
-fn attach(
-    stack: &mut [Element],
-    root: &mut Option<Element>,
-    element: Element,
+fn attach<'a>(
+    stack: &mut [Element<'a>],
+    root: &mut Option<Element<'a>>,
+    element: Element<'a>,
 ) -> Result<(), XmlError> {
     match stack.last_mut() {
         Some(parent) => parent.children.push(Node::Element(element)),
@@ -131,12 +180,12 @@ fn attach(
 
 /// Reads a whole document into a tree; `max_depth` bounds element nesting. The work is
 /// linear in the size of the document.
-fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
+fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element<'_>, XmlError> {
     let text = std::str::from_utf8(body).map_err(XmlError::NotUtf8)?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
+    let mut stack: Vec<Element<'_>> = Vec::new();
+    let mut root: Option<Element<'_>> = None;
     let malformed = |reader: &Reader<&[u8]>, source| XmlError::Malformed {
         at: reader.buffer_position(),
         source,
@@ -164,18 +213,10 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
                 if root.is_some() {
                     return Err(XmlError::AfterRoot);
                 }
-                let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-                stack.push(Element {
-                    name,
-                    children: Vec::new(),
-                });
+                stack.push(Element::new(start.name().as_ref()));
             }
             Event::Empty(start) => {
-                let element = Element {
-                    name: String::from_utf8_lossy(start.name().as_ref()).into_owned(),
-                    children: Vec::new(),
-                };
-                attach(&mut stack, &mut root, element)?;
+                attach(&mut stack, &mut root, Element::new(start.name().as_ref()))?;
             }
             Event::End(_) => {
                 let element = stack.pop().ok_or(XmlError::UnbalancedEnd)?;
@@ -184,8 +225,7 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
             Event::Text(text) => {
                 let text = text
                     .unescape()
-                    .map_err(|source| malformed(&reader, source))?
-                    .into_owned();
+                    .map_err(|source| malformed(&reader, source))?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(Node::Text(text)),
                     None if text.trim().is_empty() => {}
@@ -197,7 +237,7 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
                     .map_err(XmlError::NotUtf8)?
                     .to_owned();
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Text(text)),
+                    Some(parent) => parent.children.push(Node::Text(Cow::Owned(text))),
                     None => return Err(XmlError::TextOutside),
                 }
             }
@@ -220,7 +260,7 @@ pub(crate) fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
     let mut method = None;
     let mut params = Vec::new();
     for child in root.elements() {
-        match child.name.as_str() {
+        match &*child.name {
             "methodName" if method.is_none() => {
                 let name = child.text().trim().to_owned();
                 if name.is_empty() || child.elements().next().is_some() {
@@ -247,13 +287,13 @@ pub(crate) fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
     Ok(Call { method, params })
 }
 
-fn parse_value(value: &Element) -> Result<Value, Fault> {
+fn parse_value(value: &Element<'_>) -> Result<Value, Fault> {
     if value.name != "value" {
         return Err(invalid(format!("<{}> where a <value> belongs", value.name)));
     }
     // No type element: the text is a string (whitespace and all).
     if value.elements().next().is_none() {
-        return Ok(Value::String(value.text()));
+        return Ok(Value::String(value.text().into_owned()));
     }
     let typed = value.only_child()?;
     let text = || typed.text();
@@ -295,7 +335,7 @@ fn parse_value(value: &Element) -> Result<Value, Fault> {
         }
         "string" => {
             scalar()?;
-            Value::String(text())
+            Value::String(text().into_owned())
         }
         "double" => {
             scalar()?;
@@ -348,7 +388,7 @@ fn parse_value(value: &Element) -> Result<Value, Fault> {
                 if name.name != "name" || name.elements().next().is_some() {
                     return Err(bad("a <member> needs a <name> first"));
                 }
-                members.insert(name.text(), parse_value(value)?);
+                members.insert(name.text().into_owned(), parse_value(value)?);
             }
             members.into_value()
         }
@@ -431,7 +471,9 @@ const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 
 /// A `methodResponse` carrying `value`.
 pub(crate) fn response(value: &Value) -> String {
-    let mut out = String::from(HEADER);
+    // Room for a scalar's answer, which is most of them, without growing.
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
     out.push_str("<methodResponse><params><param>");
     write_value(&mut out, value);
     out.push_str("</param></params></methodResponse>\n");
@@ -440,7 +482,8 @@ pub(crate) fn response(value: &Value) -> String {
 
 /// A `methodResponse` carrying a fault.
 pub(crate) fn fault(fault: &Fault) -> String {
-    let mut out = String::from(HEADER);
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
     out.push_str("<methodResponse><fault>");
     write_value(&mut out, &fault_struct(fault));
     out.push_str("</fault></methodResponse>\n");
