@@ -183,19 +183,19 @@ enum Protocol {
     Json,
 }
 
-/// The media type of a request, without parameters, lower-case.
-fn media_type(req: &Request<Incoming>) -> String {
+/// The media type of a request, without parameters (as sent: compare it ignoring case).
+fn media_type(req: &Request<Incoming>) -> &str {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+}
+
+/// Is `media` one of `types` (lower-case), in any case?
+fn media_is(media: &str, types: &[&str]) -> bool {
+    types.iter().any(|t| media.eq_ignore_ascii_case(t))
 }
 
 async fn handle(rpcd: &Rpcd, req: Request<Incoming>, conn: &Conn) -> Reply {
@@ -243,10 +243,14 @@ async fn route(
     }
     let media = media_type(&req);
     let media_ok = match protocol {
-        Protocol::Xml => matches!(media.as_str(), "text/xml" | "application/xml"),
-        Protocol::Json => matches!(
-            media.as_str(),
-            "application/json" | "application/json-rpc" | "application/jsonrequest"
+        Protocol::Xml => media_is(media, &["text/xml", "application/xml"]),
+        Protocol::Json => media_is(
+            media,
+            &[
+                "application/json",
+                "application/json-rpc",
+                "application/jsonrequest",
+            ],
         ),
     };
     if !media_ok {

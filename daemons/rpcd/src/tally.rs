@@ -74,11 +74,23 @@ impl Tally {
 
     /// Shows `method` in the line without counting a call (a multicall's own name).
     pub(crate) fn name(&mut self, method: &str) {
-        let shown: String = method
-            .chars()
-            .take(MAX_NAME_CHARS)
-            .flat_map(char::escape_debug)
-            .collect();
+        // Most names need no escaping: compared before anything is copied.
+        let plain = method.len() <= MAX_NAME_CHARS
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'\'');
+        if plain && self.names.iter().any(|n| n == method) {
+            return;
+        }
+        let shown: String = if plain {
+            method.to_owned()
+        } else {
+            method
+                .chars()
+                .take(MAX_NAME_CHARS)
+                .flat_map(char::escape_debug)
+                .collect()
+        };
         if self.names.contains(&shown) {
             return;
         }
