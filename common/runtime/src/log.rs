@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use tracing::level_filters::LevelFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
 
 use crate::config::{LogConfig, LogLevel};
 
@@ -45,18 +44,22 @@ pub fn init(config: &LogConfig) {
         .is_some()
         .then(tracing_journald::layer)
         .and_then(Result::ok);
+    // The level filters the whole subscriber rather than its one layer: a per-layer filter
+    // is asked again at every entry into a span and every exit from it (each poll of a
+    // session's task), 1-2% of rpcd's time under load.
     let result = match journald {
         Some(journald) => tracing_subscriber::registry()
-            .with(journald.with_filter(level))
+            .with(level)
+            .with(journald)
             .try_init(),
         None => {
             let result = tracing_subscriber::registry()
+                .with(level)
                 .with(
                     tracing_subscriber::fmt::layer()
                         .with_writer(std::io::stderr)
                         .with_ansi(false)
-                        .with_target(false)
-                        .with_filter(level),
+                        .with_target(false),
                 )
                 .try_init();
             if result.is_ok() {
