@@ -18,6 +18,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use inetkit_runtime::log::End;
 use inetkit_runtime::server::{Login, Peer};
 
+use crate::access::SessionText;
 use crate::jsonrpc;
 use crate::login::{login, Logins};
 use crate::methods::{calls_in, Caller, Params};
@@ -63,6 +64,8 @@ struct Conn {
     peer: Peer,
     tls: bool,
     logins: Logins,
+    /// Its requests' log lines' session part.
+    log_text: SessionText,
 }
 
 const REALM: &str = "Basic realm=\"inetkit-rpcd\", charset=\"UTF-8\"";
@@ -83,6 +86,7 @@ where
         peer,
         tls,
         logins: Logins::default(),
+        log_text: SessionText::default(),
     });
     let service = service_fn(move |req| {
         let rpcd = rpcd.clone();
@@ -165,8 +169,8 @@ pub(crate) fn unauthorized(text: &str) -> Reply {
     reply
 }
 
-fn body(content_type: &'static str, text: String) -> Reply {
-    let mut reply = Response::new(Full::new(Bytes::from(text)));
+fn body(content_type: &'static str, text: impl Into<Bytes>) -> Reply {
+    let mut reply = Response::new(Full::new(text.into()));
     reply
         .headers_mut()
         .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
@@ -179,19 +183,19 @@ enum Protocol {
     Json,
 }
 
-/// The media type of a request, without parameters, lower-case.
-fn media_type(req: &Request<Incoming>) -> String {
+/// The media type of a request, without parameters (as sent: compare it ignoring case).
+fn media_type(req: &Request<Incoming>) -> &str {
     req.headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .map(|v| {
-            v.split(';')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase()
-        })
-        .unwrap_or_default()
+        .and_then(|v| v.split(';').next())
+        .unwrap_or("")
+        .trim()
+}
+
+/// Is `media` one of `types` (lower-case), in any case?
+fn media_is(media: &str, types: &[&str]) -> bool {
+    types.iter().any(|t| media.eq_ignore_ascii_case(t))
 }
 
 async fn handle(rpcd: &Rpcd, req: Request<Incoming>, conn: &Conn) -> Reply {
@@ -239,10 +243,14 @@ async fn route(
     }
     let media = media_type(&req);
     let media_ok = match protocol {
-        Protocol::Xml => matches!(media.as_str(), "text/xml" | "application/xml"),
-        Protocol::Json => matches!(
-            media.as_str(),
-            "application/json" | "application/json-rpc" | "application/jsonrequest"
+        Protocol::Xml => media_is(media, &["text/xml", "application/xml"]),
+        Protocol::Json => media_is(
+            media,
+            &[
+                "application/json",
+                "application/json-rpc",
+                "application/jsonrequest",
+            ],
         ),
     };
     if !media_ok {
@@ -317,8 +325,8 @@ async fn route(
         }
     };
     Ok(match protocol {
-        Protocol::Xml => xml(rpcd, &caller, bytes).await,
-        Protocol::Json => json(rpcd, &caller, bytes).await,
+        Protocol::Xml => xml(rpcd, &caller, conn, bytes).await,
+        Protocol::Json => json(rpcd, &caller, conn, bytes).await,
     })
 }
 
@@ -396,7 +404,7 @@ fn internal_error() -> Reply {
     )
 }
 
-async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+async fn xml(rpcd: &Rpcd, caller: &Caller, conn: &Conn, bytes: Bytes) -> Reply {
     let max_depth = rpcd.http.max_depth;
     let Some(parsed) = parse_body(bytes, move |b| xmlrpc::parse_call(b, max_depth)).await else {
         return internal_error();
@@ -421,7 +429,7 @@ async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
         .registry
         .call(caller, &call.method, params, &mut tally)
         .await;
-    tally.log(caller);
+    tally.log(caller, &conn.peer, &conn.log_text);
     let text = match result {
         Ok(value) => xmlrpc::response(&value),
         Err(fault) => xmlrpc::fault(&fault),
@@ -429,7 +437,7 @@ async fn xml(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
     body("text/xml", text)
 }
 
-async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
+async fn json(rpcd: &Rpcd, caller: &Caller, conn: &Conn, bytes: Bytes) -> Reply {
     let max_batch = rpcd.http.max_batch;
     let Some(parsed) = parse_body(bytes, move |b| jsonrpc::parse(b, max_batch)).await else {
         return internal_error();
@@ -437,7 +445,7 @@ async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
     let (requests, batch) = match parsed {
         jsonrpc::Body::Error(fault) | jsonrpc::Body::Single(Err(fault)) => {
             log_refused(caller, &fault);
-            return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
+            return json_reply(&[jsonrpc::Answer::null(fault)], false);
         }
         jsonrpc::Body::Single(request) => (vec![request], false),
         jsonrpc::Body::Batch(requests) => (requests, true),
@@ -448,23 +456,16 @@ async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
         .sum();
     if let Some(fault) = too_many_calls(rpcd, calls) {
         log_refused(caller, &fault);
-        return json_reply(&jsonrpc::error(serde_json::Value::Null, &fault));
+        return json_reply(&[jsonrpc::Answer::null(fault)], false);
     }
-    let mut answers = match run_json(rpcd, caller, requests).await {
+    let answers = match run_json(rpcd, caller, conn, requests).await {
         Ok(answers) => answers,
         Err(reply) => return reply,
     };
-    if batch {
-        if answers.is_empty() {
-            no_content()
-        } else {
-            json_reply(&serde_json::Value::Array(answers))
-        }
+    if answers.is_empty() {
+        no_content()
     } else {
-        match answers.pop() {
-            Some(answer) => json_reply(&answer),
-            None => no_content(),
-        }
+        json_reply(&answers, batch)
     }
 }
 
@@ -472,8 +473,9 @@ async fn json(rpcd: &Rpcd, caller: &Caller, bytes: Bytes) -> Reply {
 async fn run_json(
     rpcd: &Rpcd,
     caller: &Caller,
+    conn: &Conn,
     requests: Vec<Result<jsonrpc::Request, Fault>>,
-) -> Result<Vec<serde_json::Value>, Reply> {
+) -> Result<Vec<jsonrpc::Answer>, Reply> {
     let anonymous_needs_login = requests.iter().any(|r| match r {
         Ok(r) => needs_login(rpcd, caller, &r.method, &r.params),
         Err(_) => false,
@@ -487,7 +489,7 @@ async fn run_json(
         match request {
             Err(fault) => {
                 tally.add(None, Some(&fault));
-                answers.push(jsonrpc::error(serde_json::Value::Null, &fault));
+                answers.push(jsonrpc::Answer::null(fault));
             }
             Ok(request) => {
                 let result = rpcd
@@ -495,22 +497,20 @@ async fn run_json(
                     .call(caller, &request.method, request.params, &mut tally)
                     .await;
                 if let Some(id) = request.id {
-                    answers.push(match result {
-                        Ok(value) => jsonrpc::success(id, &value),
-                        Err(fault) => jsonrpc::error(id, &fault),
+                    answers.push(jsonrpc::Answer {
+                        id,
+                        outcome: result,
                     });
                 }
             }
         }
     }
-    tally.log(caller);
+    tally.log(caller, &conn.peer, &conn.log_text);
     Ok(answers)
 }
 
-fn json_reply(value: &serde_json::Value) -> Reply {
-    let mut text = value.to_string();
-    text.push('\n');
-    body("application/json", text)
+fn json_reply(answers: &[jsonrpc::Answer], batch: bool) -> Reply {
+    body("application/json", jsonrpc::reply_body(answers, batch))
 }
 
 /// What a notification (or a batch of them) gets: nothing.

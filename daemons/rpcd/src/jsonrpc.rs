@@ -1,6 +1,8 @@
 //! JSON-RPC 2.0 (<https://www.jsonrpc.org/specification>): requests, notifications, batches.
 
-use serde_json::{json, Map, Value as J};
+use std::io::Write as _;
+
+use serde_json::Value as J;
 
 use crate::methods::Params;
 use crate::value::{Fault, Value};
@@ -70,20 +72,107 @@ fn request(json: J) -> Result<Request, Fault> {
     Ok(Request { id, method, params })
 }
 
-pub(crate) fn success(id: J, result: &Value) -> J {
-    json!({"jsonrpc": "2.0", "result": result.to_json(), "id": id})
+/// The answer to one request (a notification gets none).
+#[derive(Debug)]
+pub(crate) struct Answer {
+    pub id: J,
+    pub outcome: Result<Value, Fault>,
 }
 
-pub(crate) fn error(id: J, fault: &Fault) -> J {
-    let mut err = Map::new();
-    err.insert("code".into(), J::from(fault.code));
-    err.insert("message".into(), J::String(fault.message.clone()));
-    json!({"jsonrpc": "2.0", "error": err, "id": id})
+impl Answer {
+    /// An error answer with a null id: for a body that is no request at all.
+    pub(crate) fn null(fault: Fault) -> Answer {
+        Answer {
+            id: J::Null,
+            outcome: Err(fault),
+        }
+    }
+
+    /// Writes the answer's JSON, straight into `out` rather than through a map of
+    /// `serde_json::Value`s, with its members in the order such a map sorts them.
+    fn write(&self, out: &mut Vec<u8>) {
+        // Writing a serde_json::Value or a str into a Vec cannot fail.
+        match &self.outcome {
+            Ok(value) => {
+                out.extend_from_slice(b"{\"id\":");
+                let _ = serde_json::to_writer(&mut *out, &self.id);
+                out.extend_from_slice(b",\"jsonrpc\":\"2.0\",\"result\":");
+                let _ = serde_json::to_writer(&mut *out, &value.to_json());
+            }
+            Err(fault) => {
+                let _ = write!(out, "{{\"error\":{{\"code\":{},\"message\":", fault.code);
+                let _ = serde_json::to_writer(&mut *out, &fault.message);
+                out.extend_from_slice(b"},\"id\":");
+                let _ = serde_json::to_writer(&mut *out, &self.id);
+                out.extend_from_slice(b",\"jsonrpc\":\"2.0\"");
+            }
+        }
+        out.push(b'}');
+    }
+}
+
+/// The body of a reply: one answer, or a batch's answers as an array; and a newline.
+pub(crate) fn reply_body(answers: &[Answer], batch: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    if batch {
+        out.push(b'[');
+    }
+    for (i, answer) in answers.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        answer.write(&mut out);
+    }
+    if batch {
+        out.push(b']');
+    }
+    out.push(b'\n');
+    out
 }
 
 #[cfg(test)]
 mod tests {
+    use serde_json::json;
+
     use super::*;
+
+    /// The same text as serde_json writes for the answer built as a map.
+    #[test]
+    fn answers_written_as_serde_json_writes_them() {
+        let ok = Answer {
+            id: json!("a\"b"),
+            outcome: Ok(Value::Struct(vec![
+                ("x".into(), Value::Double(1.5)),
+                (
+                    "y".into(),
+                    Value::Array(vec![Value::Nil, Value::Bool(true)]),
+                ),
+            ])),
+        };
+        let failed = Answer {
+            id: json!(7),
+            outcome: Err(Fault::new(Fault::METHOD_NOT_FOUND, "no \"such\"\n")),
+        };
+        let expected_ok = json!({"jsonrpc": "2.0", "result": {"x": 1.5, "y": [null, true]},
+                                 "id": "a\"b"});
+        let expected_failed = json!({"jsonrpc": "2.0", "id": 7,
+                                     "error": {"code": -32601, "message": "no \"such\"\n"}});
+        let text = |body: Vec<u8>| String::from_utf8(body).expect("UTF-8");
+        assert_eq!(
+            text(reply_body(std::slice::from_ref(&ok), false)),
+            format!("{expected_ok}\n")
+        );
+        assert_eq!(
+            text(reply_body(
+                &[ok, failed, Answer::null(Fault::invalid_params("p"))],
+                true
+            )),
+            format!(
+                "[{expected_ok},{expected_failed},{}]\n",
+                json!({"jsonrpc": "2.0", "id": null, "error": {"code": -32602, "message": "p"}})
+            )
+        );
+    }
 
     fn code(body: &str) -> Option<i64> {
         match parse(body.as_bytes(), 10) {

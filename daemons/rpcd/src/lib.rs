@@ -5,6 +5,7 @@
 //! The binary (`main.rs`) only calls [`run`]; being a library lets the fuzz targets in `fuzz/`
 //! reach the parsers (through `fuzzing`).
 
+mod access;
 mod exec;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
@@ -81,6 +82,8 @@ pub struct Rpcd {
     /// Logins verified by any connection, remembered for the next ones (`None`: no
     /// randomness for its key at start, so every connection checks its first login).
     verified: Option<login::VerifiedLogins>,
+    /// Whether the users file changed since a connection's login was checked.
+    users_file: login::UsersFileWatch,
 }
 
 /// The daemon: command line, config, listeners, then serving until stopped.
@@ -92,12 +95,15 @@ fn setup(mut ctx: Context<RpcdConfig>) -> anyhow::Result<Server> {
     let config = &ctx.config.daemon;
     let registry = Registry::new(&config.builtins, &config.methods)?;
     tracing::info!(methods = registry.len(), "methods loaded");
+    let auth = config.auth.authenticator();
+    let users_file = login::UsersFileWatch::new(auth.users_file());
     let rpcd = Arc::new(Rpcd {
         registry,
-        auth: config.auth.authenticator(),
+        auth,
         lockout: config.auth.lockout,
         http: config.http.clone(),
         verified: login::VerifiedLogins::new(),
+        users_file,
     });
     // Listening sockets are close-on-exec (common::activation), so methods' commands never
     // inherit them.

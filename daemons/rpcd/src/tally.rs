@@ -5,9 +5,15 @@
 //! ran a configured command, one with a failed call. An anonymous request whose calls were all
 //! read-only builtins (`host.uptime`, introspection) and succeeded logs at DEBUG: at tens of
 //! thousands of requests a second, writing each one cost a tenth of the daemon's time.
+//!
+//! On stderr the line is written preformatted ([`access`]); in the journal it is a `tracing`
+//! event with its fields.
 
 use std::time::Instant;
 
+use inetkit_runtime::server::Peer;
+
+use crate::access::{self, Fields, Level, Session, SessionText};
 use crate::methods::Caller;
 use crate::value::Fault;
 
@@ -68,11 +74,23 @@ impl Tally {
 
     /// Shows `method` in the line without counting a call (a multicall's own name).
     pub(crate) fn name(&mut self, method: &str) {
-        let shown: String = method
-            .chars()
-            .take(MAX_NAME_CHARS)
-            .flat_map(char::escape_debug)
-            .collect();
+        // Most names need no escaping: compared before anything is copied.
+        let plain = method.len() <= MAX_NAME_CHARS
+            && method
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\' && b != b'\'');
+        if plain && self.names.iter().any(|n| n == method) {
+            return;
+        }
+        let shown: String = if plain {
+            method.to_owned()
+        } else {
+            method
+                .chars()
+                .take(MAX_NAME_CHARS)
+                .flat_map(char::escape_debug)
+                .collect()
+        };
         if self.names.contains(&shown) {
             return;
         }
@@ -85,33 +103,64 @@ impl Tally {
 
     /// The names as the log shows them: `a,b,c`, `-` for none.
     fn names(&self) -> String {
-        let mut names = self.names.join(",");
-        if self.more_names {
-            names.push_str(",…");
-        }
-        if names.is_empty() {
-            names.push('-');
-        }
-        names
+        self.shown_names().collect()
     }
 
-    /// Writes the request's log line.
-    pub(crate) fn log(&self, caller: &Caller) {
-        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        if !self.worth_auditing(caller) {
-            tracing::debug!(
-                peer = %caller.peer,
-                user = caller.name(),
-                method = self.names(),
-                calls = self.calls,
-                ms,
-                "call ok"
-            );
+    /// [`names`](Self::names) in pieces, for writing without joining them first.
+    fn shown_names(&self) -> impl Iterator<Item = &str> {
+        let more = self.more_names.then_some(",…");
+        let none = (self.names.is_empty() && !self.more_names).then_some("-");
+        let names = self.names.iter().enumerate().flat_map(|(i, name)| {
+            let comma = (i > 0).then_some(",");
+            comma.into_iter().chain(std::iter::once(name.as_str()))
+        });
+        names.chain(more).chain(none)
+    }
+
+    /// Writes the request's log line: at INFO when worth auditing, else at DEBUG.
+    pub(crate) fn log(&self, caller: &Caller, peer: &Peer, text: &SessionText) {
+        let level = if self.worth_auditing(caller) {
+            Level::Info
+        } else {
+            Level::Debug
+        };
+        if !access::enabled(level) {
             return;
         }
-        let method = self.names();
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        if !inetkit_runtime::log::to_stderr() {
+            return self.log_event(level, caller, ms);
+        }
+        let session = Session {
+            peer: peer.addr,
+            socket: &peer.listener,
+            user: caller.user.as_ref().map(|u| u.name.as_str()),
+        };
+        let fields = |f: &mut Fields<'_>| {
+            f.escaped("method", self.shown_names())
+                .plain("calls", self.calls);
+            if let Some((code, _)) = self.first_failure {
+                f.plain("failed", self.failed)
+                    .plain("ms", ms)
+                    .plain("code", code);
+            } else {
+                f.plain("ms", ms);
+            }
+        };
         match self.first_failure {
-            None => tracing::info!(
+            None => access::line(level, &session, text, "call ok", fields),
+            Some((_, outcome)) => {
+                let message = format_args!("call failed: {outcome}");
+                access::line(level, &session, text, message, fields)
+            }
+        }
+    }
+
+    /// The line as a `tracing` event, for the journal: each field a journal field.
+    fn log_event(&self, level: Level, caller: &Caller, ms: u64) {
+        let method = self.names();
+        match (level, self.first_failure) {
+            (Level::Debug, _) => tracing::debug!(
                 peer = %caller.peer,
                 user = caller.name(),
                 method,
@@ -119,7 +168,15 @@ impl Tally {
                 ms,
                 "call ok"
             ),
-            Some((code, outcome)) => tracing::info!(
+            (Level::Info, None) => tracing::info!(
+                peer = %caller.peer,
+                user = caller.name(),
+                method,
+                calls = self.calls,
+                ms,
+                "call ok"
+            ),
+            (Level::Info, Some((code, outcome))) => tracing::info!(
                 peer = %caller.peer,
                 user = caller.name(),
                 method,

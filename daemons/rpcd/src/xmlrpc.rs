@@ -6,6 +6,8 @@
 //! outright, so no entity can be declared; only the five predefined entities and character
 //! references are expanded. External entities are never fetched.
 
+use std::borrow::Cow;
+
 use quick_xml::events::Event;
 use quick_xml::Reader;
 
@@ -18,32 +20,79 @@ pub(crate) struct Call {
     pub params: Vec<Value>,
 }
 
+/// An element of the tree: names and text are borrowed from the body where they can be (a
+/// name XML-RPC uses, text without references), so a call costs few allocations.
 #[derive(Debug)]
-struct Element {
-    name: String,
-    children: Vec<Node>,
+struct Element<'a> {
+    name: Cow<'static, str>,
+    children: Vec<Node<'a>>,
 }
 
 #[derive(Debug)]
-enum Node {
-    Element(Element),
-    Text(String),
+enum Node<'a> {
+    Element(Element<'a>),
+    Text(Cow<'a, str>),
 }
 
-impl Element {
-    fn elements(&self) -> impl Iterator<Item = &Element> {
+/// The element names of XML-RPC (and its extensions), not copied for every element.
+const NAMES: &[&str] = &[
+    "methodCall",
+    "methodName",
+    "params",
+    "param",
+    "value",
+    "string",
+    "int",
+    "i4",
+    "i8",
+    "ex:i8",
+    "boolean",
+    "double",
+    "dateTime.iso8601",
+    "base64",
+    "struct",
+    "member",
+    "name",
+    "array",
+    "data",
+    "nil",
+    "ex:nil",
+];
+
+fn element_name(raw: &[u8]) -> Cow<'static, str> {
+    match NAMES.iter().find(|n| n.as_bytes() == raw) {
+        Some(name) => Cow::Borrowed(name),
+        None => Cow::Owned(String::from_utf8_lossy(raw).into_owned()),
+    }
+}
+
+impl<'a> Element<'a> {
+    fn new(raw_name: &[u8]) -> Element<'a> {
+        Element {
+            name: element_name(raw_name),
+            children: Vec::new(),
+        }
+    }
+
+    fn elements(&self) -> impl Iterator<Item = &Element<'a>> {
         self.children.iter().filter_map(|n| match n {
             Node::Element(e) => Some(e),
             Node::Text(_) => None,
         })
     }
 
-    fn text(&self) -> String {
-        let mut out = String::new();
-        for n in &self.children {
-            if let Node::Text(t) = n {
-                out.push_str(t);
-            }
+    /// The text directly inside, borrowed when it is in one piece.
+    fn text(&self) -> Cow<'a, str> {
+        let mut texts = self.children.iter().filter_map(|n| match n {
+            Node::Text(t) => Some(t),
+            Node::Element(_) => None,
+        });
+        let Some(first) = texts.next() else {
+            return Cow::Borrowed("");
+        };
+        let mut out = first.clone();
+        for t in texts {
+            out.to_mut().push_str(t);
         }
         out
     }
@@ -55,7 +104,7 @@ impl Element {
             .any(|n| matches!(n, Node::Text(t) if !t.trim().is_empty()))
     }
 
-    fn only_child(&self) -> Result<&Element, Fault> {
+    fn only_child(&self) -> Result<&Element<'a>, Fault> {
         let mut elements = self.elements();
         match (elements.next(), elements.next()) {
             (Some(e), None) if !self.has_stray_text() => Ok(e),
@@ -116,10 +165,10 @@ fn invalid(message: impl Into<String>) -> Fault {
 }
 
 /// Adds a finished element to its parent, or makes it the document element.
-fn attach(
-    stack: &mut [Element],
-    root: &mut Option<Element>,
-    element: Element,
+fn attach<'a>(
+    stack: &mut [Element<'a>],
+    root: &mut Option<Element<'a>>,
+    element: Element<'a>,
 ) -> Result<(), XmlError> {
     match stack.last_mut() {
         Some(parent) => parent.children.push(Node::Element(element)),
@@ -131,12 +180,12 @@ fn attach(
 
 /// Reads a whole document into a tree; `max_depth` bounds element nesting. The work is
 /// linear in the size of the document.
-fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
+fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element<'_>, XmlError> {
     let text = std::str::from_utf8(body).map_err(XmlError::NotUtf8)?;
     let mut reader = Reader::from_str(text);
     reader.config_mut().check_end_names = true;
-    let mut stack: Vec<Element> = Vec::new();
-    let mut root: Option<Element> = None;
+    let mut stack: Vec<Element<'_>> = Vec::new();
+    let mut root: Option<Element<'_>> = None;
     let malformed = |reader: &Reader<&[u8]>, source| XmlError::Malformed {
         at: reader.buffer_position(),
         source,
@@ -164,18 +213,10 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
                 if root.is_some() {
                     return Err(XmlError::AfterRoot);
                 }
-                let name = String::from_utf8_lossy(start.name().as_ref()).into_owned();
-                stack.push(Element {
-                    name,
-                    children: Vec::new(),
-                });
+                stack.push(Element::new(start.name().as_ref()));
             }
             Event::Empty(start) => {
-                let element = Element {
-                    name: String::from_utf8_lossy(start.name().as_ref()).into_owned(),
-                    children: Vec::new(),
-                };
-                attach(&mut stack, &mut root, element)?;
+                attach(&mut stack, &mut root, Element::new(start.name().as_ref()))?;
             }
             Event::End(_) => {
                 let element = stack.pop().ok_or(XmlError::UnbalancedEnd)?;
@@ -184,8 +225,7 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
             Event::Text(text) => {
                 let text = text
                     .unescape()
-                    .map_err(|source| malformed(&reader, source))?
-                    .into_owned();
+                    .map_err(|source| malformed(&reader, source))?;
                 match stack.last_mut() {
                     Some(parent) => parent.children.push(Node::Text(text)),
                     None if text.trim().is_empty() => {}
@@ -197,7 +237,7 @@ fn parse_tree(body: &[u8], max_depth: usize) -> Result<Element, XmlError> {
                     .map_err(XmlError::NotUtf8)?
                     .to_owned();
                 match stack.last_mut() {
-                    Some(parent) => parent.children.push(Node::Text(text)),
+                    Some(parent) => parent.children.push(Node::Text(Cow::Owned(text))),
                     None => return Err(XmlError::TextOutside),
                 }
             }
@@ -220,7 +260,7 @@ pub(crate) fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
     let mut method = None;
     let mut params = Vec::new();
     for child in root.elements() {
-        match child.name.as_str() {
+        match &*child.name {
             "methodName" if method.is_none() => {
                 let name = child.text().trim().to_owned();
                 if name.is_empty() || child.elements().next().is_some() {
@@ -247,13 +287,13 @@ pub(crate) fn parse_call(body: &[u8], max_depth: usize) -> Result<Call, Fault> {
     Ok(Call { method, params })
 }
 
-fn parse_value(value: &Element) -> Result<Value, Fault> {
+fn parse_value(value: &Element<'_>) -> Result<Value, Fault> {
     if value.name != "value" {
         return Err(invalid(format!("<{}> where a <value> belongs", value.name)));
     }
     // No type element: the text is a string (whitespace and all).
     if value.elements().next().is_none() {
-        return Ok(Value::String(value.text()));
+        return Ok(Value::String(value.text().into_owned()));
     }
     let typed = value.only_child()?;
     let text = || typed.text();
@@ -295,7 +335,7 @@ fn parse_value(value: &Element) -> Result<Value, Fault> {
         }
         "string" => {
             scalar()?;
-            Value::String(text())
+            Value::String(text().into_owned())
         }
         "double" => {
             scalar()?;
@@ -348,7 +388,7 @@ fn parse_value(value: &Element) -> Result<Value, Fault> {
                 if name.name != "name" || name.elements().next().is_some() {
                     return Err(bad("a <member> needs a <name> first"));
                 }
-                members.insert(name.text(), parse_value(value)?);
+                members.insert(name.text().into_owned(), parse_value(value)?);
             }
             members.into_value()
         }
@@ -431,7 +471,9 @@ const HEADER: &str = "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
 
 /// A `methodResponse` carrying `value`.
 pub(crate) fn response(value: &Value) -> String {
-    let mut out = String::from(HEADER);
+    // Room for a scalar's answer, which is most of them, without growing.
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
     out.push_str("<methodResponse><params><param>");
     write_value(&mut out, value);
     out.push_str("</param></params></methodResponse>\n");
@@ -440,7 +482,8 @@ pub(crate) fn response(value: &Value) -> String {
 
 /// A `methodResponse` carrying a fault.
 pub(crate) fn fault(fault: &Fault) -> String {
-    let mut out = String::from(HEADER);
+    let mut out = String::with_capacity(256);
+    out.push_str(HEADER);
     out.push_str("<methodResponse><fault>");
     write_value(&mut out, &fault_struct(fault));
     out.push_str("</fault></methodResponse>\n");
@@ -456,198 +499,4 @@ pub(crate) fn fault_struct(fault: &Fault) -> Value {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn call(xml: &str) -> Result<Call, Fault> {
-        parse_call(xml.as_bytes(), 32)
-    }
-
-    #[test]
-    fn every_type() {
-        let xml = r#"<?xml version="1.0"?>
-<methodCall><methodName>t.x</methodName><params>
-<param><value><int>-5</int></value></param>
-<param><value><i4>7</i4></value></param>
-<param><value><i8>9000000000</i8></value></param>
-<param><value><boolean>1</boolean></value></param>
-<param><value><string>a &lt;b&gt; &amp; &#233;</string></value></param>
-<param><value>  untyped </value></param>
-<param><value><double>2.5</double></value></param>
-<param><value><dateTime.iso8601>20261125T17:02:11</dateTime.iso8601></value></param>
-<param><value><base64>aGVs
-bG8=</base64></value></param>
-<param><value><struct><member><name>k</name><value><nil/></value></member></struct></value></param>
-<param><value><array><data><value><int>1</int></value><value/></data></array></value></param>
-</params></methodCall>"#;
-        let c = call(xml).unwrap_or_else(|f| panic!("{f}"));
-        assert_eq!(c.method, "t.x");
-        assert_eq!(
-            c.params,
-            vec![
-                Value::Int(-5),
-                Value::Int(7),
-                Value::Int(9_000_000_000),
-                Value::Bool(true),
-                Value::string("a <b> & é"),
-                Value::string("  untyped "),
-                Value::Double(2.5),
-                Value::DateTime("20261125T17:02:11".into()),
-                Value::Base64(b"hello".to_vec()),
-                Value::object([("k", Value::Nil)]),
-                Value::Array(vec![Value::Int(1), Value::string("")]),
-            ]
-        );
-    }
-
-    #[test]
-    fn refuses_dtds_entities_depth_and_garbage() {
-        let laughs = r#"<?xml version="1.0"?><!DOCTYPE lolz [<!ENTITY lol "lol">]>
-<methodCall><methodName>&lol;</methodName></methodCall>"#;
-        assert_eq!(call(laughs).map_err(|f| f.code), Err(Fault::PARSE_ERROR));
-        let undeclared = "<methodCall><methodName>&lol;</methodName></methodCall>";
-        assert_eq!(
-            call(undeclared).map_err(|f| f.code),
-            Err(Fault::PARSE_ERROR)
-        );
-        let deep = format!(
-            "<methodCall><methodName>x</methodName><params><param>{}{}</param></params></methodCall>",
-            "<value><array><data>".repeat(10_000),
-            "</data></array></value>".repeat(10_000)
-        );
-        assert_eq!(call(&deep).map_err(|f| f.code), Err(Fault::PARSE_ERROR));
-        assert_eq!(
-            call("<methodCall>").map_err(|f| f.code),
-            Err(Fault::PARSE_ERROR)
-        );
-        assert_eq!(
-            parse_call(
-                b"<methodCall><methodName>\xff</methodName></methodCall>",
-                32
-            )
-            .map_err(|f| f.code),
-            Err(Fault::PARSE_ERROR)
-        );
-        assert_eq!(
-            call("<methodCall><methodName>x</methodName><params><param><value><int>x</int></value></param></params></methodCall>")
-                .map_err(|f| f.code),
-            Err(Fault::INVALID_REQUEST)
-        );
-        assert_eq!(
-            call("<foo/>").map_err(|f| f.code),
-            Err(Fault::INVALID_REQUEST)
-        );
-    }
-
-    fn param(value: &str) -> Result<Value, Fault> {
-        let xml = format!(
-            "<methodCall><methodName>x</methodName><params><param><value>{value}</value>\
-             </param></params></methodCall>"
-        );
-        call(&xml).map(|mut c| c.params.remove(0))
-    }
-
-    /// A struct of 25,000 members in a 1 MiB body (the size of the attack that took a worker
-    /// for a second with a quadratic de-duplication). With the members' names all equal,
-    /// every one is the repeat of one before.
-    #[test]
-    fn huge_structs_parse_and_the_last_repeated_name_wins() {
-        let members = |name: &dyn Fn(usize) -> String| {
-            let mut xml = String::from("<struct>");
-            for i in 0..25_000 {
-                xml.push_str(&format!(
-                    "<member><name>{}</name><value><i4>{i}</i4></value></member>",
-                    name(i)
-                ));
-            }
-            xml.push_str("</struct>");
-            xml
-        };
-        let distinct = members(&|i| format!("m{i:06}"));
-        assert!(distinct.len() > 1_000_000);
-        let Ok(Value::Struct(got)) = param(&distinct) else {
-            panic!("not a struct");
-        };
-        assert_eq!(got.len(), 25_000);
-        assert_eq!(
-            got.last(),
-            Some(&("m024999".to_owned(), Value::Int(24_999)))
-        );
-        let Ok(Value::Struct(got)) = param(&members(&|_| "same".to_owned())) else {
-            panic!("not a struct");
-        };
-        assert_eq!(got, vec![("same".to_owned(), Value::Int(24_999))]);
-    }
-
-    #[test]
-    fn doubles_are_finite_and_dates_strict() {
-        assert_eq!(param("<double>-1e+300</double>"), Ok(Value::Double(-1e300)));
-        for bad in ["NaN", "nan", "inf", "-inf", "+Infinity", "1e400", "x"] {
-            let got = param(&format!("<double>{bad}</double>"));
-            assert_eq!(
-                got.map_err(|f| f.code),
-                Err(Fault::INVALID_REQUEST),
-                "{bad}"
-            );
-        }
-        assert_eq!(
-            param("<dateTime.iso8601>20261125T17:02:11</dateTime.iso8601>"),
-            Ok(Value::DateTime("20261125T17:02:11".into()))
-        );
-        for bad in [
-            "--20261125T17:02:11",
-            "2026-11-25T17:02:11",
-            "20261125T17:02:11Z",
-        ] {
-            let got = param(&format!("<dateTime.iso8601>{bad}</dateTime.iso8601>"));
-            assert_eq!(
-                got.map_err(|f| f.code),
-                Err(Fault::INVALID_REQUEST),
-                "{bad}"
-            );
-        }
-    }
-
-    /// The cause of a parse error is told once, after what failed.
-    #[test]
-    fn parse_errors_name_their_cause_once() {
-        let Err(fault) = call("<methodCall><methodName>x</methodName></params>") else {
-            panic!("parsed");
-        };
-        assert_eq!(fault.code, Fault::PARSE_ERROR);
-        assert!(
-            fault.message.starts_with("malformed XML at byte "),
-            "{}",
-            fault.message
-        );
-        // The log line adds the outcome ("parse error") itself.
-        assert!(!fault.message.contains("parse error"), "{}", fault.message);
-        let parts: Vec<&str> = fault.message.split(": ").collect();
-        let distinct: std::collections::HashSet<&&str> = parts.iter().collect();
-        assert!(parts.len() >= 2, "{}", fault.message);
-        assert_eq!(distinct.len(), parts.len(), "{}", fault.message);
-        let Err(fault) = parse_call(b"<a>\xff</a>", 32) else {
-            panic!("parsed");
-        };
-        assert!(
-            fault.message.starts_with("not UTF-8: invalid utf-8"),
-            "{}",
-            fault.message
-        );
-    }
-
-    #[test]
-    fn writes_responses_that_parse_back() {
-        let v = Value::Array(vec![
-            Value::Int(1 << 40),
-            Value::string("a<&>\r\u{1}"),
-            Value::Nil,
-            Value::Base64(vec![0, 255]),
-        ]);
-        let xml = response(&v);
-        assert!(xml.contains("<i8>1099511627776</i8>"), "{xml}");
-        assert!(xml.contains("a&lt;&amp;&gt;&#13;\u{FFFD}"), "{xml}");
-        let f = fault(&Fault::new(-32601, "no <such> method"));
-        assert!(f.contains("<int>-32601</int>") && f.contains("no &lt;such&gt; method"));
-    }
-}
+mod tests;
