@@ -238,19 +238,25 @@ def test_a_syntax_error_is_bad(imap):
         assert r.status(bad).startswith(b"BAD"), bad
 
 
-def test_an_unmeasured_source_counts_at_its_size_with_crlf(daemons, mailhome):
-    """A message another program wrote with bare LFs, its name without a size: each URL to it
-    reads its CRLF form, twice its file size here, and that is what the read budget counts
-    (65 + 65 URLs of a 1 MiB file are 260 MiB read, past the 256 MiB a command may read)."""
+def outside_source(daemons, mailhome, name: str, content: bytes):
+    """alice with an empty Out and a folder Src holding one message another program wrote,
+    as file `name`: the client and a raw session."""
     users, mail = mailhome
     seed(mail, "alice", message(1))
     imap = daemons.start("imapd", config(users, mail))
     c = login(imap)
     assert c.create("Src")[0] == "OK"
     assert c.create("Out")[0] == "OK"
+    (mail / "alice" / ".Src" / "cur" / name).write_bytes(content)
+    return c, Raw(imap)
+
+
+def test_an_unmeasured_source_counts_at_its_size_with_crlf(daemons, mailhome):
+    """A message another program wrote with bare LFs, its name without a size: each URL to it
+    reads its CRLF form, twice its file size here, and that is what the read budget counts
+    (65 + 65 URLs of a 1 MiB file are 260 MiB read, past the 256 MiB a command may read)."""
     lines = b"Subject: lf\n\n" + b"\n" * ((1 << 20) - 13)
-    (mail / "alice" / ".Src" / "cur" / "1700000000.M1P1.elsewhere:2,").write_bytes(lines)
-    r = Raw(imap)
+    c, r = outside_source(daemons, mailhome, "1700000000.M1P1.elsewhere:2,", lines)
     url = b'URL "/Src/;UID=1/;PARTIAL=0.1"'
     half = b"CATENATE (" + b" ".join([url] * 65) + b")"
     out, done = r.command(b"APPEND Out " + half + b" " + half)
@@ -265,15 +271,8 @@ def test_a_source_whose_name_understates_its_size_counts_what_is_read(daemons, m
     """Another program named a 1 MiB message `,S=10,W=10`: what URLs read of it is counted
     as read, not as named (129 + 129 URLs to it are 258 MiB, past the 256 MiB a command may
     read)."""
-    users, mail = mailhome
-    seed(mail, "alice", message(1))
-    imap = daemons.start("imapd", config(users, mail))
-    c = login(imap)
-    assert c.create("Src")[0] == "OK"
-    assert c.create("Out")[0] == "OK"
     text = b"Subject: big\r\n\r\n" + b"x" * ((1 << 20) - 16)
-    (mail / "alice" / ".Src" / "cur" / "1700000000.M2P1.elsewhere,S=10,W=10:2,").write_bytes(text)
-    r = Raw(imap)
+    c, r = outside_source(daemons, mailhome, "1700000000.M2P1.elsewhere,S=10,W=10:2,", text)
     url = b'URL "/Src/;UID=1/;PARTIAL=0.1"'
     half = b"CATENATE (" + b" ".join([url] * 129) + b")"
     out, done = r.command(b"APPEND Out " + half + b" " + half)
