@@ -194,6 +194,9 @@ impl Selected {
         out: &mut Vec<u8>,
         expunge_allowed: bool,
     ) -> Result<(), StoreError> {
+        if let Some(watch) = &self.watch {
+            watch.catch_up();
+        }
         if !self.changed_on_disk() {
             return Ok(());
         }

@@ -224,8 +224,15 @@ fn wait_for_reports(reports: &Mutex<Reports>, readable: &OwnedFd, stopped: &Unix
         if let Err(err) = read {
             failed(reports, "read", &err);
         }
+        // In a busy folder reports come every few microseconds: waking for each cost more
+        // CPU than the rest of the reading. Sessions read what is queued themselves before
+        // they look (`Watch::catch_up`), so only IDLE's wake-up waits for this pause.
+        std::thread::sleep(BATCH_PAUSE);
     }
 }
+
+/// How long the reader thread lets reports gather after reading some.
+const BATCH_PAUSE: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// Never seen: the watches go on, and every folder is taken as changed (and read again), so
 /// that no change goes unseen meanwhile.
@@ -520,6 +527,19 @@ pub struct Watch {
 impl Watch {
     pub fn generation(&self) -> u64 {
         self.generation.load(Ordering::SeqCst)
+    }
+
+    /// Has every report queued so far read (generations bumped), as the reader thread would:
+    /// a session about to look at its folder then sees the generation of what it will find,
+    /// and can use the snapshot another session kept for it.
+    pub fn catch_up(&self) {
+        let reports = match self.watches.watcher.lock() {
+            Ok(watcher) => watcher.as_ref().map(|k| k.reports.clone()),
+            Err(_) => None,
+        };
+        if let Some(reports) = reports {
+            let _ = reports.lock().unwrap_or_else(|e| e.into_inner()).read_all();
+        }
     }
 
     /// Woken on every change (IDLE).

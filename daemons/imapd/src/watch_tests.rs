@@ -319,3 +319,22 @@ fn an_appended_message_claimed_here_is_recent_only_once_seen() {
     assert_eq!(recent_line(&out), Some(3));
     assert_eq!(selected.recent.len(), 3);
 }
+
+/// A session about to look at its folder has the queued reports read itself: the generation
+/// it sees then already counts every change made before, whatever the reader thread is doing
+/// (it pauses between reads to let reports gather).
+#[test]
+fn catch_up_reads_what_is_queued_before_a_look() {
+    let root = TempDir::new("imapd-watch-catch-up");
+    let store = Store::new(root.path().join("mail"));
+    deliver(&store);
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let watches = Watches::new();
+    let watch = watches.watch(&inbox).expect("inotify");
+    for _ in 0..20 {
+        let before = watch.generation();
+        deliver(&store);
+        watch.catch_up();
+        assert!(watch.generation() > before, "a delivery not counted yet");
+    }
+}
