@@ -114,6 +114,14 @@ fn the_expunge_record_is_bounded() {
     assert!(
         matches!(record.vanished_since(base + 5), Vanished::Known(v) if v.len() == MAX_VANISHED)
     );
+    // The UIDs' index follows the list: the forgotten ones are gone from it, and a UID
+    // expunged again (a message come back) is listed once, at its new place.
+    assert_eq!(record.vanished.uids.len(), MAX_VANISHED);
+    assert!(!record.vanished.uids.contains(&5) && record.vanished.uids.contains(&6));
+    let newest = record.highest + 1_000_000;
+    record.vanished.extend([(6, newest)]);
+    assert_eq!(record.vanished.len(), MAX_VANISHED);
+    assert_eq!(record.vanished.iter().last(), Some((6, newest)));
     // And a file with more than that is not believed.
     record.vanished.insert(MAX_VANISHED as u32 + 100, base + 1);
     assert!(ModSeqs::parse(&record.to_text()).is_err());
