@@ -225,17 +225,21 @@ impl Session {
         // The state now is what later changes are told against; with STATUS, it is told.
         let selected = self.selected_name();
         let condstore = self.resync.condstore || self.resync.qresync;
+        let coding = self.coding();
         let mut out = Vec::new();
-        for (name, f) in &mut notifying.followed {
-            let Some(state) = look(&mbox, name, f.events) else {
-                continue;
-            };
-            f.told = Some(state);
-            if status && f.events.messages() && selected.as_deref() != Some(name.as_str()) {
-                let items = items(f.events, &state, condstore, true);
-                send_status(&mut out, name, items, self.coding());
+        // One hand-off of the worker for all of them, not one per mailbox.
+        blocking(|| {
+            for (name, f) in &mut notifying.followed {
+                let Some(state) = look(&mbox, name, f.events) else {
+                    continue;
+                };
+                f.told = Some(state);
+                if status && f.events.messages() && selected.as_deref() != Some(name.as_str()) {
+                    let items = items(f.events, &state, condstore, true);
+                    send_status(&mut out, name, items, coding);
+                }
             }
-        }
+        });
         conn.out.extend_from_slice(&out);
         self.notifying = Some(notifying);
         ok("NOTIFY completed.")
@@ -329,37 +333,18 @@ impl Session {
             notifying.names = names;
             notifying.subscribed = subscribed;
         }
-        for (name, f) in &mut notifying.followed {
-            if selected.as_deref() == Some(name.as_str()) {
-                f.told = None;
-                continue;
-            }
-            if !f.events.messages() {
-                continue;
-            }
-            if let (Some(w), Some(_)) = (&f.watch, &f.told) {
-                let generation = w.generation();
-                if generation == f.generation {
-                    continue;
-                }
-                f.generation = generation;
-            } else if f.watch.is_none() {
-                let stamp = blocking(|| mbox.folder(name).ok().and_then(|f| stamp(&f)));
-                if f.told.is_some() && stamp.is_some() && stamp == f.stamp && settled(stamp) {
-                    continue;
-                }
-                f.stamp = stamp;
-            }
-            let Some(state) = look(&mbox, name, f.events) else {
-                continue;
-            };
-            if let Some(old) = f.told.replace(state) {
-                if relevant(f.events, &old, &state) {
-                    let items = items(f.events, &state, condstore, false);
-                    send_status(&mut queued, name, items, coding);
-                }
-            }
-        }
+        // One hand-off of the worker for every mailbox looked at, not one per mailbox.
+        blocking(|| {
+            let followed = &mut notifying.followed;
+            look_all(
+                &mbox,
+                followed,
+                selected.as_deref(),
+                condstore,
+                coding,
+                &mut queued,
+            );
+        });
         if deliver(&queued, out) {
             self.notifying = Some(notifying);
         }
@@ -517,30 +502,71 @@ fn send_status(out: &mut Vec<u8>, name: &str, items: Vec<StatusDataItem>, coding
     wire::data(out, status);
 }
 
-/// A mailbox's state now; `None` when it cannot be read (gone meanwhile).
-fn look(mbox: &Mailbox, name: &str, events: Events) -> Option<State> {
-    blocking(|| {
-        let folder = mbox.folder(name).ok()?;
-        let snapshot = folder.snapshot().ok()?;
-        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
-        let highest = if events.flags {
-            modseq::sync(folder.path(), &snapshot).highest()
-        } else {
-            0
+/// What changed in the followed mailboxes (all but the selected one) since they were last
+/// told, as STATUS responses into `queued`. Blocking: reads the folders.
+fn look_all(
+    mbox: &Mailbox,
+    followed: &mut BTreeMap<String, Followed>,
+    selected: Option<&str>,
+    condstore: bool,
+    coding: Coding,
+    queued: &mut Vec<u8>,
+) {
+    for (name, f) in followed {
+        if selected == Some(name.as_str()) {
+            f.told = None;
+            continue;
+        }
+        if !f.events.messages() {
+            continue;
+        }
+        if let (Some(w), Some(_)) = (&f.watch, &f.told) {
+            let generation = w.generation();
+            if generation == f.generation {
+                continue;
+            }
+            f.generation = generation;
+        } else if f.watch.is_none() {
+            let stamp = mbox.folder(name).ok().and_then(|f| stamp(&f));
+            if f.told.is_some() && stamp.is_some() && stamp == f.stamp && settled(stamp) {
+                continue;
+            }
+            f.stamp = stamp;
+        }
+        let Some(state) = look(mbox, name, f.events) else {
+            continue;
         };
-        Some(State {
-            messages: count(snapshot.messages.len()),
-            uid_next: snapshot.uid_next,
-            uid_validity: snapshot.uid_validity,
-            unseen: count(
-                snapshot
-                    .messages
-                    .iter()
-                    .filter(|m| !m.flags.contains(Flags::SEEN))
-                    .count(),
-            ),
-            highest,
-        })
+        if let Some(old) = f.told.replace(state) {
+            if relevant(f.events, &old, &state) {
+                let items = items(f.events, &state, condstore, false);
+                send_status(queued, name, items, coding);
+            }
+        }
+    }
+}
+
+/// A mailbox's state now; `None` when it cannot be read (gone meanwhile). Blocking.
+fn look(mbox: &Mailbox, name: &str, events: Events) -> Option<State> {
+    let folder = mbox.folder(name).ok()?;
+    let snapshot = folder.snapshot().ok()?;
+    let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+    let highest = if events.flags {
+        modseq::sync(folder.path(), &snapshot).highest()
+    } else {
+        0
+    };
+    Some(State {
+        messages: count(snapshot.messages.len()),
+        uid_next: snapshot.uid_next,
+        uid_validity: snapshot.uid_validity,
+        unseen: count(
+            snapshot
+                .messages
+                .iter()
+                .filter(|m| !m.flags.contains(Flags::SEEN))
+                .count(),
+        ),
+        highest,
     })
 }
 
