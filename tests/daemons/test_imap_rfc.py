@@ -7,7 +7,6 @@ import imaplib
 import os
 import re
 import shutil
-import socket
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.homes import PASSWORD, daemon_config, message, seed
+from support.imap import RawImap
 
 
 def config(users, mail, folders=""):
@@ -49,29 +49,12 @@ def append(c, folder, msg: bytes):
     ok(c.append(folder, None, None, msg))
 
 
-class Raw:
+class Raw(RawImap):
     """A raw session, for the order of untagged responses (imaplib sorts them by name)."""
 
     def __init__(self, d):
-        host, port = d.addr("imap")
-        self.s = socket.create_connection((host, port), timeout=30)
-        self.f = self.s.makefile("rb")
-        assert self.f.readline().startswith(b"* OK")
-        self.n = 0
-        self.command(f'LOGIN alice "{PASSWORD}"')
-
-    def command(self, text: str) -> list[bytes]:
-        self.n += 1
-        tag = f"r{self.n}".encode()
-        self.s.sendall(tag + b" " + text.encode() + b"\r\n")
-        out = []
-        while True:
-            line = self.f.readline()
-            assert line, out
-            out.append(line)
-            if line.startswith(tag + b" "):
-                assert line.startswith(tag + b" OK"), out
-                return out
+        super().__init__(d)
+        assert self.greeting.startswith(b"* OK"), self.greeting
 
 
 # -- RFC 3501 -----------------------------------------------------------------------------------
