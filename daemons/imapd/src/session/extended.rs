@@ -18,7 +18,7 @@ use super::catenate::Built;
 use super::mailboxes::{mailbox_name, mailbox_of, subscribed_set};
 use super::quota::message_len;
 use super::reply::{bad, invalid_name, no_code, ok, ok_code, store_error, Done};
-use super::{blocking, Conn, Session};
+use super::{blocking, quick, Conn, Session};
 use crate::extended::{AppendMessage, ExtCommand, ListExtended};
 use crate::names;
 use crate::special_use::{SpecialUse, CREATABLE};
@@ -83,7 +83,7 @@ impl Session {
             return ok("LIST completed.");
         }
         let mbox = self.mailbox().clone();
-        let listed = blocking(|| {
+        let listed = quick(|| {
             let folders = mbox.folders()?;
             let subscribed = subscribed_set(&mbox, &folders);
             Ok((folders, subscribed, SpecialUse::load(mbox.path())))

@@ -8,7 +8,7 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite};
 use inetkit_runtime::log::End;
 
 use super::reply::{bad, ok, Done, IDLE_TEXT, SHUTDOWN_TEXT};
-use super::{blocking, Conn, Session, MAX_LINE};
+use super::{quick, Conn, Session, MAX_LINE};
 use crate::selected::Selected;
 use crate::wire;
 
@@ -122,7 +122,7 @@ impl Session {
         let last_uid = self.selected_last_uid();
         if let Some(sel) = self.selected.as_mut() {
             let mut updates = Vec::new();
-            let refreshed = blocking(|| sel.refresh(&mut updates, true));
+            let refreshed = quick(|| sel.refresh(&mut updates, true));
             conn.out.extend_from_slice(&updates);
             if refreshed.is_err() {
                 return false;

@@ -14,7 +14,7 @@ use inetkit_maildir::{Flags, Folder, Mailbox, StoreError};
 use super::extended::special_attribute;
 use super::reply::{bad, invalid_name, no_code, no_such_mailbox, ok, ok_code, store_error, Done};
 use super::rev2::status_item_refused;
-use super::{blocking, Conn, Session};
+use super::{blocking, quick, Conn, Session};
 use crate::modseq;
 use crate::names::{self, Coding};
 use crate::selected::{octets, Selected};
@@ -59,7 +59,7 @@ impl Session {
             return Err(invalid_name());
         };
         let mbox = self.mailbox().clone();
-        blocking(|| mbox.folder(&name)).map_err(|e| match e {
+        quick(|| mbox.folder(&name)).map_err(|e| match e {
             StoreError::NoSuchFolder(_) | StoreError::InvalidFolder(_) => {
                 no_code(Code::TryCreate, "No such mailbox.")
             }
@@ -284,7 +284,7 @@ impl Session {
         }
         let full = format!("{reference}{pattern}");
         let mbox = self.mailbox().clone();
-        let listed = blocking(|| {
+        let listed = quick(|| {
             let folders = mbox.folders()?;
             let subscribed = subscribed_set(&mbox, &folders);
             Ok((folders, subscribed, SpecialUse::load(mbox.path())))
@@ -360,7 +360,7 @@ impl Session {
             return bad(refused);
         }
         let wants_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
-        let snapshot = blocking(|| {
+        let snapshot = quick(|| {
             let mut snapshot = folder.snapshot()?;
             if wants_size {
                 folder.measure(&mut snapshot.messages)?;
@@ -398,7 +398,7 @@ impl Session {
                         .count(),
                 )),
                 StatusDataItemName::HighestModSeq => {
-                    let modseqs = blocking(|| modseq::sync(folder.path(), &snapshot));
+                    let modseqs = quick(|| modseq::sync(folder.path(), &snapshot));
                     StatusDataItem::HighestModSeq(modseqs.highest())
                 }
                 _ => return bad("Unsupported STATUS item."),

@@ -23,7 +23,7 @@ use super::section::{response_section, section_data};
 use super::{mime, SMALL_MESSAGE};
 use crate::selected::{octets, Selected};
 use crate::session::input::ImapConn;
-use crate::session::{blocking, Conn};
+use crate::session::{quick, Conn};
 use crate::structures::{Bodies, Structure};
 use crate::wire::{self, nz};
 
@@ -199,7 +199,7 @@ where
     let content = match need {
         Need::Nothing => None,
         Need::Header | Need::Whole => {
-            let read = blocking(|| -> Result<Vec<u8>, StoreError> {
+            let read = quick(|| -> Result<Vec<u8>, StoreError> {
                 let mut file = sel.folder.open(msg)?;
                 let read = if need == Need::Whole {
                     raw::read_all(&mut file)
@@ -561,7 +561,7 @@ async fn stream_literal<S>(
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let file = match blocking(|| sel.folder.open(msg)) {
+    let file = match quick(|| sel.folder.open(msg)) {
         Ok(file) => Some(file),
         Err(err) => {
             tracing::warn!(uid = msg.uid, error = %err, "cannot open a message");
@@ -569,7 +569,7 @@ where
         }
     };
     let mut reader = RangeReader::new(file, start, want);
-    while blocking(|| reader.next_into(&mut conn.out)) {
+    while quick(|| reader.next_into(&mut conn.out)) {
         if !conn.flush_if_full().await {
             return false;
         }
