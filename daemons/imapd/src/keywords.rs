@@ -9,7 +9,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use inetkit_maildir::FileLock;
+use inetkit_maildir::{FileLock, Flags};
 
 pub(crate) const FILE: &str = "inetkit-keywords";
 const DOVECOT_FILE: &str = "dovecot-keywords";
@@ -47,6 +47,13 @@ impl Keywords {
             }
         }
         Keywords { names }
+    }
+
+    /// Whether every keyword letter in `flags` has a name here. Letters only ever gain a
+    /// name (the file is appended to), so while this holds the file has nothing new to tell.
+    pub(crate) fn names_all(&self, flags: Flags) -> bool {
+        (0..MAX)
+            .all(|n| Flags::keyword(n).is_none_or(|k| !flags.contains(k)) || self.name(n).is_some())
     }
 
     pub(crate) fn name(&self, n: u8) -> Option<&str> {
@@ -150,6 +157,16 @@ mod tests {
         assert_eq!(Keywords::load(&dir).find("nonjunk"), Some(1));
         assert_eq!(k.find_or_add(&dir, "bad\"name"), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn names_all_asks_for_a_reload_only_for_an_unnamed_letter() {
+        let k = Keywords::parse("0 $Forwarded\n2 Work\n");
+        let letter = |n| Flags::keyword(n).unwrap();
+        assert!(k.names_all(Flags::EMPTY));
+        assert!(k.names_all(Flags::SEEN | Flags::TRASHED | letter(0) | letter(2)));
+        assert!(!k.names_all(Flags::SEEN | letter(1)));
+        assert!(!k.names_all(letter(25)));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use imap_codec::imap_types::fetch::MessageDataItem;
 use imap_codec::imap_types::flag::{Flag, FlagPerm};
 use imap_codec::imap_types::response::{Code, Data, StatusKind};
 use imap_codec::imap_types::sequence::{SeqOrUid, Sequence, SequenceSet};
-use inetkit_maildir::{FlagChange, Folder, MessageInfo, Snapshot, StoreError};
+use inetkit_maildir::{FlagChange, Flags, Folder, MessageInfo, Snapshot, StoreError};
 
 use crate::keywords::Keywords;
 use crate::modseq::{self, ModSeqs, Resync};
@@ -238,7 +238,15 @@ impl Selected {
             );
             return Err(StoreError::NoSuchFolder(self.folder.name().to_owned()));
         }
-        self.keywords = Keywords::load(self.folder.path());
+        // The file is read again only for a letter it did not name when last read: the
+        // refresh follows every command, and the file rarely changes.
+        let used = snapshot
+            .messages
+            .iter()
+            .fold(Flags::EMPTY, |all, m| all | m.flags);
+        if !self.keywords.names_all(used) {
+            self.keywords = Keywords::load(self.folder.path());
+        }
         let told_modseqs = std::mem::replace(
             &mut self.modseqs,
             modseq::sync(self.folder.path(), &snapshot),
