@@ -80,8 +80,18 @@ pub(super) fn get(path: &Path) -> Option<Arc<Known>> {
     records().lock().ok()?.get(path).cloned()
 }
 
+/// Remembers `known` for `path`, unless what is remembered is a later state of the same
+/// file: a look without the lock can finish after a change another session made and put.
 pub(super) fn put(path: &Path, known: Arc<Known>) {
     if let Ok(mut records) = records().lock() {
+        if let Some(kept) = records.get(path) {
+            if kept.id.same_file(&known.id)
+                && kept.end > known.end
+                && kept.id.ctime >= known.id.ctime
+            {
+                return;
+            }
+        }
         if records.len() >= MAX_FOLDERS && !records.contains_key(path) {
             records.clear();
         }
@@ -94,5 +104,43 @@ pub(super) fn put(path: &Path, known: Arc<Known>) {
 pub(super) fn forget(path: &Path) {
     if let Ok(mut records) = records().lock() {
         records.remove(path);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn known_of(path: &Path, end: u64) -> Arc<Known> {
+        let meta = std::fs::metadata(path).unwrap();
+        Arc::new(Known {
+            id: Identity::of(&meta),
+            record: Arc::new(ModSeqs::fresh(1, 0)),
+            end,
+            base: end,
+            commit: Some(String::new()),
+        })
+    }
+
+    #[test]
+    fn a_look_that_finishes_late_does_not_put_back_an_older_state() {
+        let dir = inetkit_runtime::testing::TempDir::new("imapd-modseq-cache");
+        let path = dir.path().join("inetkit-modseq");
+        std::fs::write(&path, "a".repeat(100)).unwrap();
+        let older = known_of(&path, 100);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        std::fs::write(&path, "a".repeat(160)).unwrap();
+        let newer = known_of(&path, 160);
+        put(&path, newer.clone());
+        put(&path, older);
+        assert!(Arc::ptr_eq(&get(&path).unwrap(), &newer));
+        // Another file at the path (a compacted record) replaces it, whatever its size.
+        let replaced = dir.path().join("replacement");
+        std::fs::write(&replaced, "b".repeat(50)).unwrap();
+        std::fs::rename(&replaced, &path).unwrap();
+        let compacted = known_of(&path, 50);
+        put(&path, compacted.clone());
+        assert!(Arc::ptr_eq(&get(&path).unwrap(), &compacted));
+        forget(&path);
     }
 }

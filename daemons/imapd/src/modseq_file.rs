@@ -137,8 +137,13 @@ impl Loaded {
 /// The file as parsed: from this process's cache when it has not changed, by reading only
 /// what was appended when it only grew, else whole.
 fn read(path: &Path, mut file: File) -> std::io::Result<Arc<Known>> {
-    let id = Identity::of(&file.metadata()?);
+    let mut id = Identity::of(&file.metadata()?);
     if let Some(known) = cache::get(path) {
+        if known.id.same_file(&id) && known.end > id.size {
+            // Another session appended and cached since this file's size was taken (the
+            // look takes no lock): take it again rather than parse an older record whole.
+            id = Identity::of(&file.metadata()?);
+        }
         if known.id == id {
             return Ok(known);
         }
