@@ -352,15 +352,13 @@ impl Folder {
         }
         if !stale.is_empty() {
             // Renamed since the caller's snapshot, or already deleted.
-            let found = self.scan()?;
-            for msg in stale {
-                if let Some(f) = found.get(&msg.base) {
-                    let path = self.path.join(&*f.rel);
-                    match std::fs::remove_file(&path) {
-                        Ok(()) => {}
-                        Err(err) if err.kind() == ErrorKind::NotFound => {}
-                        Err(err) => return Err(StoreError::io("deleting", &path, err)),
-                    }
+            let bases: Vec<&str> = stale.iter().map(|m| &*m.base).collect();
+            for found in self.locate(&bases)?.into_iter().flatten() {
+                let path = self.path.join(&*found.rel);
+                match std::fs::remove_file(&path) {
+                    Ok(()) => {}
+                    Err(err) if err.kind() == ErrorKind::NotFound => {}
+                    Err(err) => return Err(StoreError::io("deleting", &path, err)),
                 }
             }
         }

@@ -278,6 +278,50 @@ fn a_renamed_message_is_opened_from_the_listing_without_the_lock() {
     drop(held);
 }
 
+/// A message another session expunged is known gone from the listing: opening it, setting
+/// its flags or deleting it again reads no directory (each did, under imaptest's concurrent
+/// EXPUNGEs).
+#[test]
+fn a_message_expunged_elsewhere_is_known_gone_without_reading_the_folder() {
+    let root = TempDir::new("imapd-watch-gone");
+    let store = Store::new(root.path().join("mail"));
+    deliver(&store);
+    deliver(&store);
+    let inbox = store.mailbox("alice").unwrap().inbox();
+    let watches = Watches::new();
+    let selected = crate::selected::Selected::open(inbox.clone(), false, &watches).unwrap();
+    let (gone, kept) = (selected.messages[0].clone(), selected.messages[1].clone());
+    inbox.delete(std::slice::from_ref(&gone)).unwrap();
+
+    let reads = inetkit_maildir::directory_reads();
+    assert!(matches!(
+        inbox.open(&gone),
+        Err(inetkit_maildir::StoreError::MessageGone { .. })
+    ));
+    let mut stale = gone.clone();
+    assert!(inbox
+        .update_flags(&mut stale, FlagChange::Add(Flags::SEEN))
+        .is_err());
+    inbox.delete(std::slice::from_ref(&gone)).unwrap();
+    assert_eq!(
+        inetkit_maildir::directory_reads(),
+        reads,
+        "read the directories"
+    );
+    // A message renamed meanwhile is still found, from the listing.
+    let mut renamed = kept.clone();
+    inbox
+        .update_flags(&mut renamed, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    inbox.delete(std::slice::from_ref(&kept)).unwrap();
+    assert_eq!(
+        inetkit_maildir::directory_reads(),
+        reads,
+        "read the directories"
+    );
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 0);
+}
+
 /// A message this session appended straight into `cur/` is \Recent here once the view has it;
 /// one expunged by someone else before that never counts towards RECENT.
 #[test]

@@ -101,24 +101,33 @@ impl Folder {
         false
     }
 
-    /// Where the message with this base is now: from the listing a watcher keeps, else a
-    /// read of the directories. Call with the lock held.
+    /// Where the message with this base is now. Call with the lock held (see
+    /// [`locate`](Self::locate)).
     pub(super) fn find(&self, base: &str) -> Result<Found, StoreError> {
-        let gone = || StoreError::MessageGone {
-            base: base.to_owned(),
-        };
-        // Not in the listing: read the directories all the same (a rename's two reports may
-        // be applied one at a time, the base missing in between).
+        self.locate(&[base])?
+            .pop()
+            .flatten()
+            .ok_or_else(|| StoreError::MessageGone {
+                base: base.to_owned(),
+            })
+    }
+
+    /// Where the messages with these bases are now, in the same order (`None`: gone): from
+    /// the listing a watcher keeps, else one read of the directories. Call with the lock held:
+    /// every rename and unlink made under it has then been reported whole, so a caught-up
+    /// listing that lacks a base means the message is gone. (A program that renames without
+    /// our lock can be caught between a rename's two reports, for microseconds; a read of
+    /// the directories racing that rename could miss the message just the same.)
+    pub(super) fn locate(&self, bases: &[&str]) -> Result<Vec<Option<Found>>, StoreError> {
         let caught_up = self.catch_up();
         {
             let mut index = self.index();
             if index.apply_pending(caught_up) {
-                if let Some(found) = index.found.get(base) {
-                    return Ok(found.clone());
-                }
+                return Ok(bases.iter().map(|b| index.found.get(*b).cloned()).collect());
             }
         }
-        self.scan()?.remove(base).ok_or_else(gone)
+        let mut found = self.scan()?;
+        Ok(bases.iter().map(|b| found.remove(*b)).collect())
     }
 
     /// Where the listing a watcher keeps (caught up first) has the message with this base;

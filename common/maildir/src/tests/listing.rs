@@ -153,9 +153,16 @@ fn a_renamed_message_is_found_from_the_listing() {
     let reads = directory_reads();
     assert_eq!(read_all(&inbox, &stale), "Subject: 1\n\nbody\n");
     assert_eq!(directory_reads(), reads, "the directories were read");
-    // Not in the listing: looked for in the directories before it counts as gone.
+    // Not in the listing, which is caught up under the lock: gone, with no read either.
     std::fs::remove_file(inbox.path().join("cur").join(&renamed)).unwrap();
     listing.removed(Dir::Cur, OsStr::new(&renamed));
+    assert!(matches!(
+        inbox.open(&stale),
+        Err(StoreError::MessageGone { .. })
+    ));
+    assert_eq!(directory_reads(), reads, "the directories were read");
+    // Without a trusted listing the directories are read before it counts as gone.
+    listing.lost();
     assert!(matches!(
         inbox.open(&stale),
         Err(StoreError::MessageGone { .. })
