@@ -7,17 +7,9 @@ import re
 import socket
 import struct
 
-import pytest
-
-from support.nsd import Nsd, free_port
-from test_dns_forwarder import (ScriptedUpstream, a_answer, answers, config, dig, start,
-                                status_of)
-
-
-@pytest.fixture
-def nsd(tmp_path):
-    with Nsd(tmp_path / "nsd") as server:
-        yield server
+from support.dns import ScriptedUpstream, a_answer, answers, config, dig, start, status_of
+from support.dns import nsd  # noqa: F401 (a fixture)
+from support.nsd import free_port
 
 
 def section(output, name):

@@ -8,7 +8,7 @@ import socket
 import time
 
 from support.homes import PASSWORD, seed
-from test_imap import client, imap, ok, raw  # noqa: F401 (fixtures)
+from support.imap import client, imap, ok, raw  # noqa: F401 (fixtures)
 
 MIB = 1024 * 1024
 

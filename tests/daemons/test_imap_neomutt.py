@@ -11,7 +11,7 @@ import time
 import pytest
 
 from support.homes import PASSWORD
-from test_imap import client, imap, ok  # noqa: F401 (fixtures)
+from support.imap import client, imap, ok  # noqa: F401 (fixtures)
 
 pytestmark = pytest.mark.skipif(not shutil.which("neomutt"), reason="neomutt is not installed")
 

@@ -4,7 +4,7 @@ The test files beside this one check \\Recent after delivery, COPY and MOVE."""
 
 import re
 
-from test_imap import client, config, imap, ok  # noqa: F401 (imap is a fixture)
+from support.imap import client, config, imap, ok  # noqa: F401 (imap is a fixture)
 from support.homes import message
 
 

@@ -21,7 +21,7 @@ from support.homes import PASSWORD, daemon_config, seed, tls_context, user_line,
 from support.inetkit import binary
 
 from support.inetkit import free_port
-from test_smtp_submit import Sink, inbox, needs_sink, raw, relay_config
+from support.smtp import Sink, inbox, needs_sink, raw, relay_config
 
 USERS = ("demo", "alice", "user@example.org", "alice@example.org")
 LOCAL = 'local_domains = ["localhost", "example.org"]\n'

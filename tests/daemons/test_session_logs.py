@@ -13,14 +13,14 @@ import ssl
 import subprocess
 import time
 
+import support.imap
+import support.rpcd
+import support.smtp
 from support.homes import PASSWORD, message, seed, tls_context
 from support.logs import assert_plain, assert_tls, fields, negotiated, session_end
 
 import test_ftp
-import test_imap
 import test_pop3
-import test_rpcd
-import test_smtp_submit
 from test_ftp import home  # noqa: F401 (the ftp tests' users and roots, a fixture)
 
 QUICK_LIMITS = "\n[limits]\nidle_timeout = 1\nlogin_timeout = 1\n"
@@ -118,7 +118,7 @@ def test_pop3_login_timeout_is_its_own_reason(daemons, mailhome, cert):
 def imapd(daemons, mailhome, cert, limits=""):
     users, mail = mailhome
     seed(mail, "alice", message(1))
-    return daemons.start("imapd", test_imap.config(users, mail, cert) + limits)
+    return daemons.start("imapd", support.imap.config(users, mail, cert) + limits)
 
 
 def test_imap_logout_and_disconnect_are_logged_in_the_clear_and_under_starttls(
@@ -175,8 +175,8 @@ def test_imap_idle_timeout_during_idle(daemons, mailhome, cert):
 
 def test_smtp_queued_line_and_session_ends(daemons, mailhome, cert):
     home = mailhome.users.parent
-    d = daemons.start("smtp-submit", test_smtp_submit.config(home, cert))
-    s = test_smtp_submit.client(d, cert)
+    d = daemons.start("smtp-submit", support.smtp.config(home, cert))
+    s = support.smtp.client(d, cert)
     tls_port, tls = port_of(s.sock), negotiated(s.sock)
     s.sendmail("alice@localhost", ["bob@localhost", "alice@example.org"],
                b"Subject: hi\r\n\r\nhello\r\n")
@@ -192,7 +192,7 @@ def test_smtp_queued_line_and_session_ends(daemons, mailhome, cert):
     assert_tls(end, tls)
     assert_counted(end)
 
-    s = test_smtp_submit.client(d, cert, tls=False, login=None)
+    s = support.smtp.client(d, cert, tls=False, login=None)
     plain_port = port_of(s.sock)
     s.quit()
     end = session_end(d, port=plain_port)
@@ -202,8 +202,8 @@ def test_smtp_queued_line_and_session_ends(daemons, mailhome, cert):
 
 def test_smtp_queued_line_bounds_its_recipients(daemons, mailhome, cert):
     home = mailhome.users.parent
-    d = daemons.start("smtp-submit", test_smtp_submit.config(home, cert))
-    s = test_smtp_submit.client(d, cert)
+    d = daemons.start("smtp-submit", support.smtp.config(home, cert))
+    s = support.smtp.client(d, cert)
     rcpts = [f"bob+{n}@localhost" for n in range(14)]
     s.sendmail("alice@localhost", rcpts, b"Subject: many\r\n\r\nhello\r\n")
     s.quit()
@@ -215,7 +215,7 @@ def test_smtp_queued_line_bounds_its_recipients(daemons, mailhome, cert):
 
 def test_smtps_session_logs_tls(daemons, mailhome, cert):
     home = mailhome.users.parent
-    d = daemons.start("smtp-submit", test_smtp_submit.config(home, cert))
+    d = daemons.start("smtp-submit", support.smtp.config(home, cert))
     host, port = d.addr("submissions")
     s = smtplib.SMTP_SSL(host, port, context=tls_context(cert), timeout=30)
     s.ehlo("client.test")
@@ -271,7 +271,7 @@ def curl_rpc(d, cert, scheme):
 
 
 def test_rpcd_http_and_https_sessions(daemons, tmp_path, cert):
-    d = daemons.start("rpcd", test_rpcd.config(tmp_path, cert))
+    d = daemons.start("rpcd", support.rpcd.config(tmp_path, cert))
     out = curl_rpc(d, cert, "http")
     assert out.returncode == 0 and '"result"' in out.stdout, out
     end = session_end(d, socket="rpc")
