@@ -126,21 +126,33 @@ fn lock(file: File, path: &Path) -> Result<FileLock, StoreError> {
     FileLock::wait(file).map_err(|err| StoreError::io("locking", path, err))
 }
 
-/// Opens (creating if need be) a file to lock; says whether it existed.
+/// Opens (creating if need be) a file to lock; says whether it existed. It nearly always
+/// does (every change to a folder locks it), so that open comes first.
 fn open_lock_file(path: &Path, owner: Option<Owner>) -> Result<(File, bool), StoreError> {
     let mut options = OpenOptions::new();
     options.read(true).write(true).mode(0o600);
-    match options.clone().create_new(true).open(path) {
-        Ok(file) => {
-            chown_file(&file, path, owner)?;
-            Ok((file, false))
+    // Bounded: another process could remove the file between the two opens each time.
+    for _ in 0..8 {
+        match options.open(path) {
+            Ok(file) => return Ok((file, true)),
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+            Err(err) => return Err(StoreError::io("opening", path, err)),
         }
-        Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => options
-            .open(path)
-            .map(|file| (file, true))
-            .map_err(|err| StoreError::io("opening", path, err)),
-        Err(err) => Err(StoreError::io("creating", path, err)),
+        match options.clone().create_new(true).open(path) {
+            Ok(file) => {
+                chown_file(&file, path, owner)?;
+                return Ok((file, false));
+            }
+            // Made by another process between the two opens: open that one.
+            Err(err) if err.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(err) => return Err(StoreError::io("creating", path, err)),
+        }
     }
+    Err(StoreError::io(
+        "creating",
+        path,
+        std::io::Error::other("created and removed by another process, again and again"),
+    ))
 }
 
 /// Hands out a new UIDVALIDITY for a folder of this mailbox: the current time, or one more than
