@@ -88,7 +88,10 @@ pub(super) fn update(
 /// another UIDVALIDITY, or moved on when written before the last boot.
 pub(super) fn load(folder: &Path, uid_validity: u32) -> Loaded {
     let path = folder.join(FILE);
-    let read = File::open(&path).and_then(|file| read(&path, file));
+    let read = match unchanged(&path) {
+        Some(known) => Ok(known),
+        None => File::open(&path).and_then(|file| read(&path, file)),
+    };
     let known = match read {
         Ok(known) => Ok(known),
         Err(err) if err.kind() == std::io::ErrorKind::NotFound => {
@@ -132,6 +135,15 @@ impl Loaded {
             appendable: None,
         }
     }
+}
+
+/// The record this process last read or wrote, if the file at `path` is still that one (a
+/// `stat`, where opening it to read would cost an open and a close as well): most looks
+/// after a command find it so.
+fn unchanged(path: &Path) -> Option<Arc<Known>> {
+    let known = cache::get(path)?;
+    let now = Identity::of(&std::fs::metadata(path).ok()?);
+    (known.id == now).then_some(known)
 }
 
 /// The file as parsed: from this process's cache when it has not changed, by reading only
