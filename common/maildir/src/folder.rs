@@ -438,31 +438,58 @@ impl Folder {
         internal_date: Option<SystemTime>,
     ) -> Result<Appended, StoreError> {
         let date = internal_date.unwrap_or_else(SystemTime::now);
-        let (path, base, sizes, file) = self.write_message(message, date, sub, flags)?;
-        if internal_date.is_some() {
-            // After the rename: the tmp/ cleaner must never see an old date on a live file.
-            if let Err(err) = file.set_modified(date) {
-                tracing::debug!(path = %path.display(), error = %err, "cannot set mtime");
+        let (tmp, file, sizes) = self.write_tmp(message, date)?;
+        // Named into place under the lock, and numbered before it is let go: a session that
+        // looks at the folder meanwhile never meets a file without its uid list line (it would
+        // take the lock and number the message itself, syncing the list once more).
+        let placed = self.lock().and_then(|lock| {
+            let (path, base) = self.place(&tmp, date, sub, flags, &sizes)?;
+            if internal_date.is_some() {
+                // After the rename: the tmp/ cleaner must never see an old date on a live file.
+                if let Err(err) = file.set_modified(date) {
+                    tracing::debug!(path = %path.display(), error = %err, "cannot set mtime");
+                }
             }
-        }
+            let secs = name_time(&base).unwrap_or(0);
+            let message = MessageInfo {
+                uid: 0,
+                file: match sub {
+                    Sub::New => format!("new/{}", new_name(&base, flags)),
+                    Sub::Cur => format!("cur/{}", cur_name(&base, flags)),
+                }
+                .into(),
+                base: base.into(),
+                size: sizes.size,
+                vsize: Some(sizes.vsize),
+                flags,
+                internal_date: UNIX_EPOCH + Duration::from_secs(secs),
+                recent: sub == Sub::New,
+            };
+            Ok((path, self.number_appended(&lock, message)?))
+        });
         drop(file);
-        let secs = name_time(&base).unwrap_or(0);
-        let mut message = MessageInfo {
-            uid: 0,
-            file: match sub {
-                Sub::New => format!("new/{}", new_name(&base, flags)),
-                Sub::Cur => format!("cur/{}", cur_name(&base, flags)),
+        let (path, appended) = match placed {
+            Ok(placed) => placed,
+            Err(err) => {
+                let _ = std::fs::remove_file(&tmp);
+                return Err(err);
             }
-            .into(),
-            base: base.into(),
-            size: sizes.size,
-            vsize: Some(sizes.vsize),
-            flags,
-            internal_date: UNIX_EPOCH + Duration::from_secs(secs),
-            recent: sub == Sub::New,
         };
+        if let Err(err) = crate::fsutil::sync_dir(&self.path.join(sub.dir())) {
+            // Not known to be durable: report failure, and leave nothing behind that a retry
+            // would duplicate (its uid list line goes at the next look).
+            let _ = std::fs::remove_file(&path);
+            return Err(err);
+        }
+        Ok(appended)
+    }
 
-        let lock = self.lock()?;
+    /// Gives a message just placed its UID. Call with the lock held.
+    fn number_appended(
+        &self,
+        lock: &Lock,
+        mut message: MessageInfo,
+    ) -> Result<Appended, StoreError> {
         let mut index = self.index();
         // The quick way: add one line to a sound uid list, without reading the directories.
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
@@ -488,7 +515,7 @@ impl Folder {
             }
         }
         drop(index);
-        let snapshot = self.sync_locked(&lock, false)?;
+        let snapshot = self.sync_locked(lock, false)?;
         let found = snapshot
             .messages
             .into_iter()

@@ -301,3 +301,39 @@ fn a_look_that_finds_nothing_new_takes_no_lock() {
         assert_eq!(snap.messages[2].uid, first.messages[1].uid + 1);
     });
 }
+
+/// An APPEND names its file into `cur/` under the folder lock, together with its uid list
+/// line: a look meanwhile never meets a message without a UID (it would take the lock and
+/// number it itself, writing and syncing the list a second time).
+#[test]
+fn an_append_is_placed_and_numbered_under_one_lock() {
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "ola", "Subject: one\n\nx\n");
+    let inbox = store.mailbox("ola").unwrap().inbox();
+    let first = inbox.claim_new().unwrap();
+    let count = |sub: &str| std::fs::read_dir(inbox.path().join(sub)).unwrap().count();
+
+    let held =
+        crate::fsutil::Lock::acquire(&inbox.path().join(crate::folder::LOCK_FILE), None).unwrap();
+    std::thread::scope(|s| {
+        let appending = s.spawn(|| {
+            inbox
+                .append_claimed(&mut &b"Subject: two\r\n\r\ny\r\n"[..], Flags::SEEN, None)
+                .unwrap()
+        });
+        // Written and synced in tmp/ without the lock; then it waits.
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while count("tmp") + count("cur") == 1 {
+            assert!(std::time::Instant::now() < deadline, "never written");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(count("cur"), 1, "placed in cur/ without the lock");
+        assert_eq!(count("tmp"), 1);
+        drop(held);
+        let appended = appending.join().unwrap();
+        assert_eq!(appended.message.uid, first.messages[0].uid + 1);
+        assert_eq!((count("tmp"), count("cur")), (0, 2));
+    });
+}
