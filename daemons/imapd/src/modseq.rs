@@ -44,9 +44,12 @@ use inetkit_maildir::{Flags, MessageInfo, Snapshot};
 
 #[path = "modseq_cache.rs"]
 mod cache;
+#[path = "modseq_expunged.rs"]
+mod expunged;
 #[path = "modseq_file.rs"]
 mod file;
 
+use expunged::Expunged;
 #[cfg(test)]
 use file::{boot_id, FILE};
 use file::{load, update};
@@ -124,130 +127,6 @@ pub(crate) struct ModSeqs {
     boot: String,
     messages: BTreeMap<u32, Entry>,
     vanished: Expunged,
-}
-
-/// Expunged UIDs with the mod-sequence of their expunge, oldest first: a flat list, because
-/// it forgets its oldest expunges from the front, a `memcpy`, where a map of 10,000 entries
-/// was 10,000 allocations and a sort. Shared between copies of a record (one is made for
-/// every change a session makes): only an expunge copies the list.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-struct Expunged {
-    /// Sorted by (mod-sequence, UID); each UID once.
-    list: Arc<Vec<(u64, u32)>>,
-    /// The UIDs of `list`: whether one expunged again is there is a lookup, not a pass over
-    /// 10,000 entries at every EXPUNGE.
-    uids: Arc<FxHashSet<u32>>,
-}
-
-impl Expunged {
-    /// From entries in any order (a UID named twice keeps its latest expunge).
-    fn from_entries(mut entries: Vec<(u64, u32)>) -> Expunged {
-        entries.sort_unstable();
-        let mut seen = FxHashSet::default();
-        let mut list: Vec<(u64, u32)> = entries
-            .into_iter()
-            .rev()
-            .filter(|&(_, uid)| seen.insert(uid))
-            .collect();
-        list.reverse();
-        Expunged {
-            uids: Arc::new(list.iter().map(|&(_, uid)| uid).collect()),
-            list: Arc::new(list),
-        }
-    }
-
-    #[cfg(test)]
-    fn insert(&mut self, uid: u32, modseq: u64) {
-        self.extend([(uid, modseq)]);
-    }
-
-    /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one: one
-    /// pass over the list however many are added (an expunge of thousands stays linear).
-    fn extend(&mut self, added: impl IntoIterator<Item = (u32, u64)>) {
-        let added: Vec<(u64, u32)> = added.into_iter().map(|(u, m)| (m, u)).collect();
-        if added.is_empty() {
-            return;
-        }
-        let uids: FxHashSet<u32> = added.iter().map(|&(_, u)| u).collect();
-        let repeated = uids.len() < added.len();
-        let list = Arc::make_mut(&mut self.list);
-        if uids.iter().any(|u| self.uids.contains(u)) {
-            list.retain(|(_, u)| !uids.contains(u));
-        }
-        list.extend(added);
-        if repeated {
-            *self = Expunged::from_entries(std::mem::take(list));
-            return;
-        }
-        if !list.is_sorted() {
-            list.sort_unstable();
-        }
-        Arc::make_mut(&mut self.uids).extend(uids);
-    }
-
-    /// Which of `uids` it holds, with the mod-sequence of their expunge: one pass over the
-    /// list, newest first (what is looked for was mostly expunged last), which stops once
-    /// every one is found.
-    fn find(&self, uids: &[u32]) -> Vec<(u32, u64)> {
-        let mut wanted: FxHashSet<u32> = uids.iter().copied().collect();
-        let mut found = Vec::new();
-        for &(modseq, uid) in self.list.iter().rev() {
-            if wanted.is_empty() {
-                break;
-            }
-            if wanted.remove(&uid) {
-                found.push((uid, modseq));
-            }
-        }
-        found
-    }
-
-    /// The mod-sequence of a UID's expunge.
-    #[cfg(test)]
-    fn get(&self, uid: u32) -> Option<u64> {
-        self.list
-            .iter()
-            .rev()
-            .find(|&&(_, u)| u == uid)
-            .map(|&(m, _)| m)
-    }
-
-    #[cfg(test)]
-    fn contains(&self, uid: u32) -> bool {
-        self.get(uid).is_some()
-    }
-
-    fn len(&self) -> usize {
-        self.list.len()
-    }
-
-    fn clear(&mut self) {
-        *self = Expunged::default();
-    }
-
-    /// (UID, mod-sequence), oldest expunge first.
-    fn iter(&self) -> impl Iterator<Item = (u32, u64)> + '_ {
-        self.list.iter().map(|&(m, u)| (u, m))
-    }
-
-    /// The UIDs expunged after `modseq`, ascending.
-    fn since(&self, modseq: u64) -> Vec<u32> {
-        let at = self.list.partition_point(|&(m, _)| m <= modseq);
-        let mut uids: Vec<u32> = self.list[at..].iter().map(|&(_, u)| u).collect();
-        uids.sort_unstable();
-        uids
-    }
-
-    /// Forgets all but the newest `keep`; the mod-sequence of the newest forgotten.
-    fn keep_newest(&mut self, keep: usize) -> Option<u64> {
-        let excess = self.list.len().saturating_sub(keep);
-        let last = self.list.get(excess.checked_sub(1)?).map(|&(m, _)| m);
-        let uids = Arc::make_mut(&mut self.uids);
-        for (_, uid) in Arc::make_mut(&mut self.list).drain(..excess) {
-            uids.remove(&uid);
-        }
-        last
-    }
 }
 
 /// What a client asking for expunges since a mod-sequence is told.
