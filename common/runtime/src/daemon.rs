@@ -82,6 +82,8 @@ pub trait PlainAndTlsConfig: DeserializeOwned + Default {
     const SOCKETS: PlainAndTls;
     /// As [`DaemonConfig::IDLE_TIMEOUT`].
     const IDLE_TIMEOUT: Duration;
+    /// As [`DaemonConfig::THREADS`].
+    const THREADS: Threads = Threads::PerCpu;
 
     /// As [`DaemonConfig::validate`].
     fn validate(&self) -> Vec<Problem> {
@@ -100,6 +102,7 @@ impl<D: PlainAndTlsConfig> DaemonConfig for D {
         (D::SOCKETS.tls, D::SOCKETS.tls_addrs),
     ];
     const IDLE_TIMEOUT: Duration = <D as PlainAndTlsConfig>::IDLE_TIMEOUT;
+    const THREADS: Threads = <D as PlainAndTlsConfig>::THREADS;
 
     fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
         D::SOCKETS.socket(name, transport)
