@@ -30,8 +30,9 @@ impl Run {
         Run { entries, uids }
     }
 
-    fn push(&mut self, entry: (u64, u32)) {
-        self.entries.push(entry);
+    fn insert(&mut self, entry: (u64, u32)) {
+        let at = self.entries.partition_point(|&e| e < entry);
+        self.entries.insert(at, entry);
         let at = self.uids.partition_point(|&u| u < entry.1);
         self.uids.insert(at, entry.1);
     }
@@ -77,38 +78,80 @@ impl Expunged {
         self.extend([(uid, modseq)]);
     }
 
-    /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one. The
-    /// usual case, new UIDs expunged at the newest mod-sequence, copies the last run at most;
-    /// anything else (a UID named again, an older mod-sequence) rebuilds the list once.
+    /// Adds many (UID, mod-sequence) at once, a UID already there taking its new one. Each
+    /// copies the run it goes into (the last one, for new UIDs expunged at the newest
+    /// mod-sequence) and the run it leaves, if any: never the whole list.
     pub(super) fn extend(&mut self, added: impl IntoIterator<Item = (u32, u64)>) {
         let mut added: Vec<(u64, u32)> = added.into_iter().map(|(u, m)| (m, u)).collect();
-        if added.is_empty() {
-            return;
-        }
         added.sort_unstable();
-        let newest = self.runs.last().and_then(|run| run.entries.last().copied());
-        let in_order = newest.is_none_or(|last| added[0] > last);
-        let distinct = added
+        if added
             .iter()
             .map(|&(_, u)| u)
             .collect::<FxHashSet<_>>()
             .len()
-            == added.len();
-        if !in_order || !distinct || added.iter().any(|&(_, uid)| self.contains(uid)) {
+            < added.len()
+        {
+            // A UID named twice in one call: its latest expunge counts (never seen in use).
             let all: Vec<(u64, u32)> = self.iter().map(|(u, m)| (m, u)).chain(added).collect();
             *self = Expunged::from_entries(all);
             return;
         }
-        self.len += added.len();
         for entry in added {
-            match self.runs.last_mut() {
-                Some(run) if run.entries.len() < RUN => Arc::make_mut(run).push(entry),
-                _ => self.runs.push(Arc::new(Run::new(vec![entry]))),
-            }
+            self.remove(entry.1);
+            self.insert_sorted(entry);
+        }
+    }
+
+    /// Takes the UID out, if it is here.
+    fn remove(&mut self, uid: u32) {
+        let Some(at) = self
+            .runs
+            .iter()
+            .position(|run| run.uids.binary_search(&uid).is_ok())
+        else {
+            return;
+        };
+        let run = Arc::make_mut(&mut self.runs[at]);
+        run.entries.retain(|&(_, u)| u != uid);
+        run.uids.retain(|&u| u != uid);
+        if run.entries.is_empty() {
+            self.runs.remove(at);
+        }
+        self.len -= 1;
+    }
+
+    /// Puts an entry (of a UID not here) where the order says: usually at the end.
+    fn insert_sorted(&mut self, entry: (u64, u32)) {
+        self.len += 1;
+        let count = self.runs.len();
+        // The first run that ends after it; past them all, the last run while it has room.
+        let at = self
+            .runs
+            .partition_point(|run| run.entries.last().is_some_and(|&last| last < entry));
+        let into = if at < count {
+            Some(at)
+        } else {
+            count.checked_sub(1)
+        };
+        let Some((i, run)) = into.and_then(|i| Some((i, self.runs.get_mut(i)?))) else {
+            self.runs.push(Arc::new(Run::new(vec![entry])));
+            return;
+        };
+        if at == count && run.entries.len() >= RUN {
+            self.runs.push(Arc::new(Run::new(vec![entry])));
+            return;
+        }
+        let run = Arc::make_mut(run);
+        run.insert(entry);
+        if run.entries.len() > 2 * RUN {
+            let upper = Run::new(run.entries.split_off(RUN));
+            *run = Run::new(std::mem::take(&mut run.entries));
+            self.runs.insert(i + 1, Arc::new(upper));
         }
     }
 
     /// Whether the UID is here: a binary search in each run.
+    #[cfg(test)]
     pub(super) fn contains(&self, uid: u32) -> bool {
         self.runs
             .iter()
@@ -261,6 +304,29 @@ mod tests {
             list,
             Expunged::from_entries(list.iter().map(|(u, m)| (m, u)).collect())
         );
+    }
+
+    #[test]
+    fn a_uid_named_again_copies_two_runs_at_most() {
+        let shared = numbered(1000);
+        let mut copy = shared.clone();
+        // As a session adopting an expunge its own record already had, at an older place.
+        copy.extend([(3, 2000), (600, 2001)]);
+        assert!(copy.runs_shared_with(&shared) >= 1000 / RUN - 2);
+        assert_eq!(copy.len(), 1000);
+        assert_eq!(copy.find(&[3, 600]), vec![(600, 2001), (3, 2000)]);
+        assert_eq!(copy.iter().filter(|&(u, _)| u == 3).count(), 1);
+    }
+
+    #[test]
+    fn many_older_entries_split_their_run_and_keep_the_order() {
+        let mut list = numbered(10);
+        list.extend((0..1000).map(|i| (10_000 + i, 50)));
+        let order: Vec<(u64, u32)> = list.iter().map(|(u, m)| (m, u)).collect();
+        assert!(order.is_sorted());
+        assert_eq!((list.len(), order.len()), (1010, 1010));
+        assert!(list.runs.iter().all(|run| run.entries.len() <= 2 * RUN));
+        assert!(list.contains(10_999) && list.contains(1));
     }
 
     #[test]
