@@ -16,6 +16,24 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 
+/// Runs a wait for a lock somebody else holds: [`set_lock_wait`].
+pub type LockWait = fn(&mut dyn FnMut());
+
+static LOCK_WAIT: std::sync::OnceLock<LockWait> = std::sync::OnceLock::new();
+
+/// How this process waits for a folder lock another session or process holds, when it has
+/// to: imapd runs its short store calls on the async runtime's worker threads and hands such
+/// a wait to `tokio::task::block_in_place`, so that a session queued behind another one's
+/// APPEND (a synced write under the lock) does not hold a worker. Without it the wait runs
+/// as it is. Set once, at start.
+pub fn set_lock_wait(wait: LockWait) {
+    let _ = LOCK_WAIT.set(wait);
+}
+
+pub(crate) fn lock_wait() -> Option<LockWait> {
+    LOCK_WAIT.get().copied()
+}
+
 /// An exclusive lock on a whole file, released when dropped (the file is closed).
 #[derive(Debug)]
 pub struct FileLock {
@@ -45,6 +63,24 @@ impl FileLock {
                 Err(errno) => return Err(errno.into()),
             }
         }
+    }
+
+    /// Locks the file now if nobody holds it, else waits through `wait`, which is handed the
+    /// waiting to run (see [`set_lock_wait`]). An uncontended lock costs what
+    /// [`wait`](Self::wait)'s does.
+    pub fn lock_or_wait(file: File, wait: Option<LockWait>) -> io::Result<FileLock> {
+        match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file())) {
+            Ok(_) => return Ok(FileLock { file }),
+            Err(Errno::EAGAIN | Errno::EACCES) => {}
+            Err(errno) => return Err(errno.into()),
+        }
+        let Some(hand_off) = wait else {
+            return FileLock::wait(file);
+        };
+        let mut file = Some(file);
+        let mut locked = None;
+        hand_off(&mut || locked = file.take().map(FileLock::wait));
+        locked.unwrap_or_else(|| Err(io::Error::other("the lock wait did not run")))
     }
 
     /// Locks the file if nobody holds it; `Ok(None)` when somebody does.

@@ -113,8 +113,10 @@ pub(crate) struct Lock {
 impl Lock {
     pub(crate) fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
         let (file, existed) = open_lock_file(path, owner)?;
+        let lock = FileLock::lock_or_wait(file, crate::filelock::lock_wait())
+            .map_err(|err| StoreError::io("locking", path, err))?;
         Ok(Lock {
-            _lock: lock(file, path)?,
+            _lock: lock,
             existed,
         })
     }

@@ -337,3 +337,44 @@ fn an_append_is_placed_and_numbered_under_one_lock() {
         assert_eq!((count("tmp"), count("cur")), (0, 2));
     });
 }
+
+thread_local! {
+    static WAITS_HANDED_OFF: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
+}
+
+/// A lock another holds is waited for through the hook a daemon sets (imapd:
+/// `block_in_place`); a free one is taken without it.
+#[test]
+fn only_a_contended_lock_waits_through_the_hook() {
+    crate::set_lock_wait(|wait| {
+        WAITS_HANDED_OFF.with(|n| n.set(n.get() + 1));
+        wait();
+    });
+    let dir = TestDir::new();
+    let store = dir.store();
+    deliver(&store, "pia", "Subject: one\n\nx\n");
+    let inbox = store.mailbox("pia").unwrap().inbox();
+    let mut msg = inbox.claim_new().unwrap().messages.remove(0);
+    let waits = || WAITS_HANDED_OFF.with(std::cell::Cell::get);
+    inbox
+        .update_flags(&mut msg, FlagChange::Add(Flags::SEEN))
+        .unwrap();
+    assert_eq!(waits(), 0, "a free lock went through the hook");
+
+    let held =
+        crate::fsutil::Lock::acquire(&inbox.path().join(crate::folder::LOCK_FILE), None).unwrap();
+    std::thread::scope(|s| {
+        let flagging = s.spawn(|| {
+            let mut msg = msg.clone();
+            inbox
+                .update_flags(&mut msg, FlagChange::Add(Flags::FLAGGED))
+                .unwrap();
+            (waits(), msg.flags)
+        });
+        std::thread::sleep(Duration::from_millis(500));
+        drop(held);
+        let (handed_off, flags) = flagging.join().unwrap();
+        assert_eq!(handed_off, 1);
+        assert_eq!(flags, Flags::SEEN | Flags::FLAGGED);
+    });
+}

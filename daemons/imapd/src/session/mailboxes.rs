@@ -360,13 +360,19 @@ impl Session {
             return bad(refused);
         }
         let wants_size = items.iter().any(|i| matches!(i, StatusDataItemName::Size));
-        let snapshot = quick(|| {
+        // Measuring sizes may read every message: that hands off.
+        let look = || {
             let mut snapshot = folder.snapshot()?;
             if wants_size {
                 folder.measure(&mut snapshot.messages)?;
             }
             Ok(snapshot)
-        });
+        };
+        let snapshot = if wants_size {
+            blocking(look)
+        } else {
+            quick(look)
+        };
         let snapshot = match snapshot {
             Ok(s) => s,
             Err(e) => return store_error(&e),

@@ -19,7 +19,7 @@ use inetkit_maildir::{Appended, FlagChange, Flags, Folder, MessageInfo, StoreErr
 
 use super::quota::message_len;
 use super::reply::{bad, expunge_issued, ok, ok_code, read_only, store_error, Done};
-use super::{blocking, quick, Conn, Session};
+use super::{blocking, quick_for, Conn, Session};
 use crate::keywords::Keywords;
 use crate::search;
 use crate::selected::Selected;
@@ -111,7 +111,7 @@ impl Session {
             return read_only();
         }
         let doomed = deleted(sel, uids.as_ref());
-        match quick(|| sel.expunge(&doomed, Some(&mut conn.out))) {
+        match quick_for(doomed.len(), || sel.expunge(&doomed, Some(&mut conn.out))) {
             // With QRESYNC on, the new HIGHESTMODSEQ, which the client keeps (RFC 7162).
             Ok(_) if sel.resync.qresync => ok_code(
                 Code::HighestModSeq(crate::modseq::nz64(sel.modseqs.highest())),
@@ -157,10 +157,10 @@ impl Session {
         // UNCHANGEDSINCE (RFC 7162 §3.1.3): messages changed since are left alone and named
         // in [MODIFIED].
         let modified = match unchanged_since {
-            Some(since) => quick(|| sel.changed_since(&mut indexes, since)),
+            Some(since) => blocking(|| sel.changed_since(&mut indexes, since)),
             None => Vec::new(),
         };
-        let changed = quick(|| {
+        let changed = quick_for(indexes.len(), || {
             let path = sel.folder.path().to_owned();
             let wanted = to_flags(flags, &mut sel.keywords, &path);
             let change = match kind {
@@ -294,7 +294,7 @@ impl Session {
         if let Some(mut sel) = self.selected.take() {
             if !sel.read_only {
                 let doomed = deleted(&sel, None);
-                if let Err(err) = quick(|| sel.expunge(&doomed, None)) {
+                if let Err(err) = quick_for(doomed.len(), || sel.expunge(&doomed, None)) {
                     return store_error(&err);
                 }
             }

@@ -22,7 +22,7 @@ use inetkit_maildir::{FlagChange, Flags};
 use self::response::{Head, Written};
 use super::input::ImapConn;
 use super::reply::{bad, expunge_issued, no_code, ok, Done};
-use super::{blocking, quick, Conn, Session};
+use super::{blocking, quick_for, Conn, Session};
 use crate::wire;
 
 /// Messages up to this size are read whole for FETCH; larger ones are streamed in chunks.
@@ -112,7 +112,8 @@ impl Session {
                 .copied()
                 .filter(|&i| !sel.messages[i].flags.contains(Flags::SEEN))
                 .collect();
-            if let Ok(gone) = quick(|| sel.change_flags(&unseen, FlagChange::Add(Flags::SEEN))) {
+            let seen = || sel.change_flags(&unseen, FlagChange::Add(Flags::SEEN));
+            if let Ok(gone) = quick_for(unseen.len(), seen) {
                 seen_now = unseen.into_iter().filter(|i| !gone.contains(i)).collect();
             }
         }

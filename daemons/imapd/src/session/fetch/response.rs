@@ -23,7 +23,7 @@ use super::section::{response_section, section_data};
 use super::{mime, SMALL_MESSAGE};
 use crate::selected::{octets, Selected};
 use crate::session::input::ImapConn;
-use crate::session::{quick, Conn};
+use crate::session::{blocking, quick, Conn};
 use crate::structures::{Bodies, Structure};
 use crate::wire::{self, nz};
 
@@ -199,7 +199,7 @@ where
     let content = match need {
         Need::Nothing => None,
         Need::Header | Need::Whole => {
-            let read = quick(|| -> Result<Vec<u8>, StoreError> {
+            let read = || -> Result<Vec<u8>, StoreError> {
                 let mut file = sel.folder.open(msg)?;
                 let read = if need == Need::Whole {
                     raw::read_all(&mut file)
@@ -207,7 +207,13 @@ where
                     raw::read_header(&mut file)
                 };
                 read.map_err(StoreError::Input)
-            });
+            };
+            // In place for a small message; a large one read whole hands off.
+            let read = if large && need == Need::Whole {
+                blocking(read)
+            } else {
+                quick(read)
+            };
             match read {
                 Ok(content) => Some(content),
                 Err(_) => {
