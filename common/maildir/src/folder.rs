@@ -465,23 +465,21 @@ impl Folder {
                 internal_date: UNIX_EPOCH + Duration::from_secs(secs),
                 recent: sub == Sub::New,
             };
-            Ok((path, self.number_appended(&lock, message)?))
+            // Durable before anyone can see it and move it on (a session claiming it from
+            // new/), and before it is numbered. On failure nothing is left that a retry would
+            // duplicate (its uid list line, if written, goes at the next look).
+            let numbered = crate::fsutil::sync_dir(&self.path.join(sub.dir()))
+                .and_then(|()| self.number_appended(&lock, message));
+            if numbered.is_err() {
+                let _ = std::fs::remove_file(&path);
+            }
+            numbered
         });
         drop(file);
-        let (path, appended) = match placed {
-            Ok(placed) => placed,
-            Err(err) => {
-                let _ = std::fs::remove_file(&tmp);
-                return Err(err);
-            }
-        };
-        if let Err(err) = crate::fsutil::sync_dir(&self.path.join(sub.dir())) {
-            // Not known to be durable: report failure, and leave nothing behind that a retry
-            // would duplicate (its uid list line goes at the next look).
-            let _ = std::fs::remove_file(&path);
-            return Err(err);
+        if placed.is_err() {
+            let _ = std::fs::remove_file(&tmp);
         }
-        Ok(appended)
+        placed
     }
 
     /// Gives a message just placed its UID. Call with the lock held.
@@ -492,15 +490,8 @@ impl Folder {
     ) -> Result<Appended, StoreError> {
         let mut index = self.index();
         // The quick way: add one line to a sound uid list, without reading the directories.
+        // (Nobody numbered it before: it was placed under this lock.)
         if let Loaded::Ok(mut list) = UidList::load_cached(&self.path, &mut index.list)? {
-            // A concurrent snapshot indexed it already (then its line is near the end).
-            if let Some(e) = list.entries.iter().rev().find(|e| e.base == message.base) {
-                message.uid = e.uid; // a concurrent snapshot indexed it already
-                return Ok(Appended {
-                    uid_validity: list.validity,
-                    message,
-                });
-            }
             if !list.needs_rewrite && list.next_uid < u32::MAX - 1 {
                 let entry = Entry::new(list.next_uid, message.base.clone(), None, None, None);
                 message.uid = entry.uid;
