@@ -115,15 +115,31 @@ impl Folder {
     /// Where the messages with these bases are now, in the same order (`None`: gone): from
     /// the listing a watcher keeps, else one read of the directories. Call with the lock held:
     /// every rename and unlink made under it has then been reported whole, so a caught-up
-    /// listing that lacks a base means the message is gone. (A program that renames without
-    /// our lock can be caught between a rename's two reports, for microseconds; a read of
-    /// the directories racing that rename could miss the message just the same.)
+    /// listing that lacks a base means the message is gone, when whoever removed it also
+    /// dropped its uid list line (as our expunges do, under the lock). A base the list still
+    /// has is looked for in the directories: a program that renames without our lock can be
+    /// caught between a rename's two reports, and taking such a message for gone would
+    /// forget its UID.
     pub(super) fn locate(&self, bases: &[&str]) -> Result<Vec<Option<Found>>, StoreError> {
         let caught_up = self.catch_up();
         {
             let mut index = self.index();
             if index.apply_pending(caught_up) {
-                return Ok(bases.iter().map(|b| index.found.get(*b).cloned()).collect());
+                let located: Vec<Option<Found>> =
+                    bases.iter().map(|b| index.found.get(*b).cloned()).collect();
+                let listed = |base: &str| {
+                    index
+                        .list
+                        .as_ref()
+                        .is_none_or(|cached| cached.list.entries.iter().any(|e| &*e.base == base))
+                };
+                let unsure = bases
+                    .iter()
+                    .zip(&located)
+                    .any(|(base, found)| found.is_none() && listed(base));
+                if !unsure {
+                    return Ok(located);
+                }
             }
         }
         let mut found = self.scan()?;
