@@ -165,6 +165,14 @@ impl Expunged {
         let mut wanted: FxHashSet<u32> = uids.iter().copied().collect();
         let mut found = Vec::new();
         for run in self.runs.iter().rev() {
+            if wanted.is_empty() {
+                break;
+            }
+            // A run holding none of a few is skipped by its sorted UIDs (a look for a new
+            // message's UID, which is never there, passes over no entry).
+            if wanted.len() <= 16 && !wanted.iter().any(|u| run.uids.binary_search(u).is_ok()) {
+                continue;
+            }
             for &(modseq, uid) in run.entries.iter().rev() {
                 if wanted.is_empty() {
                     return found;
