@@ -69,10 +69,8 @@ impl FileLock {
     /// waiting to run (see [`set_lock_wait`]). An uncontended lock costs what
     /// [`wait`](Self::wait)'s does.
     pub fn lock_or_wait(file: File, wait: Option<LockWait>) -> io::Result<FileLock> {
-        match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file())) {
-            Ok(_) => return Ok(FileLock { file }),
-            Err(Errno::EAGAIN | Errno::EACCES) => {}
-            Err(errno) => return Err(errno.into()),
+        if set_if_free(&file)? {
+            return Ok(FileLock { file });
         }
         let Some(hand_off) = wait else {
             return FileLock::wait(file);
@@ -85,11 +83,16 @@ impl FileLock {
 
     /// Locks the file if nobody holds it; `Ok(None)` when somebody does.
     pub fn try_lock(file: File) -> io::Result<Option<FileLock>> {
-        match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file())) {
-            Ok(_) => Ok(Some(FileLock { file })),
-            Err(Errno::EAGAIN | Errno::EACCES) => Ok(None),
-            Err(errno) => Err(errno.into()),
-        }
+        Ok(set_if_free(&file)?.then_some(FileLock { file }))
+    }
+}
+
+/// Takes the lock if nobody holds it; `false` when somebody does.
+fn set_if_free(file: &File) -> io::Result<bool> {
+    match fcntl(file.as_raw_fd(), FcntlArg::F_OFD_SETLK(&whole_file())) {
+        Ok(_) => Ok(true),
+        Err(Errno::EAGAIN | Errno::EACCES) => Ok(false),
+        Err(errno) => Err(errno.into()),
     }
 }
 

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use nix::dir::Dir;
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
+use rustc_hash::FxHashSet;
 
 use crate::fsutil::{self, Lock};
 use crate::index::{self, Found, FxMap, Index, Sub};
@@ -127,16 +128,22 @@ impl Folder {
             if index.apply_pending(caught_up) {
                 let located: Vec<Option<Found>> =
                     bases.iter().map(|b| index.found.get(*b).cloned()).collect();
-                let listed = |base: &str| {
-                    index
-                        .list
-                        .as_ref()
-                        .is_none_or(|cached| cached.list.entries.iter().any(|e| &*e.base == base))
-                };
-                let unsure = bases
+                let missing: FxHashSet<&str> = bases
                     .iter()
                     .zip(&located)
-                    .any(|(base, found)| found.is_none() && listed(base));
+                    .filter(|(_, found)| found.is_none())
+                    .map(|(base, _)| *base)
+                    .collect();
+                // One pass over the list, however many are missing (an EXPUNGE of thousands
+                // another session expunged first).
+                let unsure = !missing.is_empty()
+                    && index.list.as_ref().is_none_or(|cached| {
+                        cached
+                            .list
+                            .entries
+                            .iter()
+                            .any(|e| missing.contains(&*e.base))
+                    });
                 if !unsure {
                     return Ok(located);
                 }
@@ -272,8 +279,9 @@ impl Folder {
         let seen = |found: &FxMap<Arc<str>, Found>, base: &str| {
             found.get(base).is_some_and(|f| f.epoch == epoch)
         };
-        // So with a followed listing: a rename's two reports may be applied one at a time, the
-        // base missing in between. (The read adds to the listing under the same epoch.)
+        // So with a followed listing, as in `locate`: a program renaming without our lock can
+        // be caught between a rename's two reports. (The read adds to the listing under the
+        // same epoch.)
         if list.entries.iter().any(|e| !seen(&index.found, &e.base)) {
             self.scan_into(&mut index.found, epoch)?;
             let before = list.entries.len();
