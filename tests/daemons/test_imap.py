@@ -241,3 +241,19 @@ def test_sizes_of_messages_another_program_delivered(imap, daemons, cert):
     ok(c.select("Fetch", readonly=True))
     sizes = ok(c.fetch("1:*", "(RFC822.SIZE)"))
     assert [int(re.search(rb"RFC822.SIZE (\d+)", s).group(1)) for s in sizes] == wire, sizes
+
+
+def test_append_with_keywords_names_them_once(imap, cert):
+    """A keyword given to APPEND is kept (the keyword file is read only when one is given),
+    and a second APPEND with it and without any keyword adds no second name."""
+    c = client(imap, cert)
+    ok(c.append("Drafts", "(\\Seen $Label1 Project)", None, message(1)))
+    ok(c.append("Drafts", "(project)", None, message(2)))
+    ok(c.append("Drafts", None, None, message(3)))
+    ok(c.select("Drafts"))
+    flags = ok(c.fetch("1:3", "(FLAGS)"))
+    assert b"$Label1" in flags[0] and b"Project" in flags[0] and b"\\Seen" in flags[0], flags
+    assert b"Project" in flags[1] and b"$Label1" not in flags[1], flags
+    assert b"Project" not in flags[2] and b"$Label1" not in flags[2], flags
+    permanent = c.response("PERMANENTFLAGS")[1][0]
+    assert permanent.count(b"Project") == 1 and b"project" not in permanent, permanent

@@ -86,7 +86,13 @@ impl Session {
             sel.own_change = true;
         }
         let appended = blocking(|| {
-            let mut keywords = Keywords::load(folder.path());
+            // The keyword file only for a keyword (read at every APPEND, it was two failed
+            // opens each in a folder without one).
+            let mut keywords = if flags.iter().any(|f| matches!(f, Flag::Keyword(_))) {
+                Keywords::load(folder.path())
+            } else {
+                Keywords::default()
+            };
             let flags = to_flags(flags, &mut keywords, folder.path());
             if claim {
                 folder.append_claimed(&mut &data[..], flags, date)
