@@ -1,6 +1,7 @@
 //! inetkit-echo: RFC 862 echo and the inetd built-ins (discard, chargen, daytime, time) on the
 //! sockets systemd passes or the config lists. A socket's name picks its service.
 
+mod lanes;
 mod service;
 mod tcp;
 mod udp;
@@ -17,6 +18,7 @@ use inetkit_runtime::daemon::{self, Context};
 use inetkit_runtime::log::{End, TlsInfo};
 use inetkit_runtime::server::Server;
 
+use lanes::Here;
 use service::Service;
 
 /// echo's own part of `/etc/inetkit/echo.toml`.
@@ -30,7 +32,8 @@ impl DaemonConfig for EchoConfig {
     const LISTEN: &'static [(&'static str, &'static [&'static str])] =
         &[("echo", &["tcp://[::]:7", "udp://[::]:7"])];
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-    // Sessions only move bytes; see Threads::One.
+    // Sessions only move bytes; see Threads::One. Plain TCP sessions run on lanes (lanes.rs),
+    // threads pinned to their clients' CPUs; this thread accepts them.
     const THREADS: Threads = Threads::One;
 
     fn socket(name: &str, transport: Transport) -> Result<SocketRole, String> {
@@ -75,6 +78,7 @@ fn main() -> ExitCode {
 fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
     let server = ctx.server.clone();
     let udp = &ctx.config.daemon.udp;
+    let lanes = lanes::Lanes::for_this_process();
     for listener in std::mem::take(&mut ctx.listeners) {
         // The names were checked at start (EchoConfig::socket).
         let (service, tls) = Service::from_socket_name(&listener.name)
@@ -107,9 +111,25 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                     }
                 })?;
             }
-            _ => server.serve_stream(listener, None, move |stream, peer| {
-                service::serve_tcp(service, stream, peer)
-            })?,
+            _ => {
+                let lanes = lanes.clone();
+                server.serve_stream(listener, None, move |stream, peer| {
+                    let lanes = lanes.clone();
+                    async move {
+                        match lanes {
+                            Some(lanes) => {
+                                let session = move |stream, here| {
+                                    service::serve_tcp(service, stream, peer.clone(), here)
+                                };
+                                lanes.run(stream, session).await
+                            }
+                            None => {
+                                service::serve_tcp(service, stream, peer, Here::NOWHERE).await;
+                            }
+                        }
+                    }
+                })?
+            }
         }
     }
     Ok(server)

@@ -10,6 +10,8 @@ use tokio::net::TcpStream;
 use inetkit_runtime::log::End;
 use inetkit_runtime::server::Peer;
 
+use crate::lanes::Here;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Service {
     Echo,
@@ -54,13 +56,26 @@ impl Service {
     }
 }
 
-/// Serves one plain TCP connection.
-pub(crate) async fn serve_tcp(service: Service, stream: TcpStream, peer: Peer) {
+/// Serves one plain TCP connection at `here`; returns the stream if the session should go on
+/// on another CPU's lane (echo follows its client, see [`Here::client_moved`]).
+pub(crate) async fn serve_tcp(
+    service: Service,
+    stream: TcpStream,
+    peer: Peer,
+    here: Here,
+) -> Option<TcpStream> {
     let result = match service {
-        Service::Echo => crate::tcp::echo(stream, peer.idle_timeout, peer.write_timeout).await,
+        Service::Echo => {
+            match crate::tcp::echo(stream, peer.idle_timeout, peer.write_timeout, here).await {
+                Ok(Some(moved)) => return Some(moved),
+                Ok(None) => Ok(()),
+                Err(err) => Err(err),
+            }
+        }
         other => serve_stream(other, stream, &peer).await,
     };
     log_end(result, &peer);
+    None
 }
 
 /// Serves one stream that is not a bare socket (TLS).

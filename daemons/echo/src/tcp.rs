@@ -17,6 +17,7 @@ use tokio::io::{AsyncWriteExt, Interest};
 use tokio::net::TcpStream;
 use tokio::time::{Instant, Sleep};
 
+use crate::lanes::Here;
 use crate::service::timed;
 
 /// How much one read takes. A session holds no buffer of its own while data flows, only what
@@ -32,7 +33,9 @@ thread_local! {
 }
 
 /// Echoes until the client closes, stays silent for `idle_timeout` or leaves our answer
-/// unread for `write_timeout`.
+/// unread for `write_timeout`; or until the client has moved to another CPU than `here`'s
+/// lane: then the stream, with what the client sent not yet read, is returned for the session
+/// to go on there.
 ///
 /// A client that stops reading stalls our write, so we stop reading too: memory stays at one
 /// buffer's worth whatever the client does, and the write timeout ends the session.
@@ -40,17 +43,21 @@ pub(crate) async fn echo(
     mut stream: TcpStream,
     idle_timeout: Duration,
     write_timeout: Duration,
-) -> io::Result<()> {
+    mut here: Here,
+) -> io::Result<Option<TcpStream>> {
     let idle = tokio::time::sleep(idle_timeout);
     tokio::pin!(idle);
     loop {
         readable_within(&stream, idle.as_mut(), idle_timeout).await?;
+        if here.client_moved(&stream) {
+            return Ok(Some(stream));
+        }
         loop {
             match echo_available(&stream)? {
                 Echoed::Drained => break,
                 Echoed::More => {}
                 Echoed::Unsent(rest) => timed(write_timeout, stream.write_all(&rest)).await?,
-                Echoed::Closed => return stream.shutdown().await,
+                Echoed::Closed => return stream.shutdown().await.map(|()| None),
             }
         }
     }
@@ -173,12 +180,18 @@ mod tests {
     async fn session(
         idle: Duration,
         write: Duration,
-    ) -> (TcpStream, tokio::task::JoinHandle<io::Result<()>>) {
+    ) -> (
+        TcpStream,
+        tokio::task::JoinHandle<io::Result<Option<TcpStream>>>,
+    ) {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr: SocketAddr = listener.local_addr().expect("address");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (client, tokio::spawn(echo(server, idle, write)))
+        (
+            client,
+            tokio::spawn(echo(server, idle, write, Here::NOWHERE)),
+        )
     }
 
     async fn round_trip(client: &mut TcpStream, message: &[u8]) {
@@ -194,7 +207,10 @@ mod tests {
         round_trip(&mut client, b"hello").await;
         let started = Instant::now();
         let result = session.await.expect("session task");
-        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::TimedOut)
+        );
         // The clock is paused: only timers move it, so this is where the idle timer fired.
         assert_eq!(started.elapsed(), 10 * SECOND);
     }
@@ -210,7 +226,10 @@ mod tests {
         }
         let last = Instant::now();
         let result = session.await.expect("session task");
-        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::TimedOut)
+        );
         assert_eq!(last.elapsed(), 10 * SECOND);
     }
 
@@ -228,7 +247,10 @@ mod tests {
             client
         });
         let result = session.await.expect("session task");
-        assert_eq!(result.map_err(|e| e.kind()), Err(io::ErrorKind::TimedOut));
+        assert_eq!(
+            result.err().map(|e| e.kind()),
+            Some(io::ErrorKind::TimedOut)
+        );
         sender.abort();
     }
 
@@ -257,8 +279,8 @@ mod tests {
         let mut a_writer = writing.await.expect("writer");
         a_writer.shutdown().await.expect("A closes");
         b.shutdown().await.expect("B closes");
-        assert!(session_a.await.expect("session A").is_ok());
-        assert!(session_b.await.expect("session B").is_ok());
+        assert!(matches!(session_a.await.expect("session A"), Ok(None)));
+        assert!(matches!(session_b.await.expect("session B"), Ok(None)));
     }
 
     #[tokio::test]
@@ -288,6 +310,6 @@ mod tests {
         let mut rest = Vec::new();
         reader.read_to_end(&mut rest).await.expect("end");
         assert!(rest.is_empty());
-        assert!(session.await.expect("session task").is_ok());
+        assert!(matches!(session.await.expect("session task"), Ok(None)));
     }
 }
