@@ -3,11 +3,16 @@ follows the client when it moves to another CPU: small round trips then need no 
 CPUs. Seen from outside: the daemon's threads, their CPU affinity and the CPU time each used."""
 
 import os
+import signal
 import socket
+import subprocess
+import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+
+from support.inetkit import binary, free_port
 
 CONFIG = '[listen]\necho = ["127.0.0.1:0"]\n'
 
@@ -95,3 +100,42 @@ def test_a_daemon_allowed_one_cpu_serves_on_its_main_thread(daemons):
         round_trips(s, 100)
     assert [n for n in threads(d.pid) if n.startswith("echo-cpu")] == []
     assert "cannot run a thread" not in d.log()
+
+
+def test_lanes_off_in_the_config_keep_sessions_on_the_main_thread(daemons):
+    two_cpus()
+    d = daemons.start("echo", CONFIG + "[tcp]\nlanes = false\n")
+    with socket.create_connection(d.addr("echo"), timeout=10) as s:
+        round_trips(s, 100)
+        assert [n for n in threads(d.pid) if n.startswith("echo-cpu")] == []
+
+
+def test_the_one_connection_of_an_accept_yes_process_stays_on_its_main_thread(tmp_path):
+    """inetkit-echo-inetd@.service: a process per connection has nothing to gain from a lane
+    (and its unit does not allow pinning one)."""
+    two_cpus()
+    port = free_port()
+    conf = tmp_path / "echo.toml"
+    conf.write_text("")
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "--accept", "-l", f"127.0.0.1:{port}", "--fdname=echo",
+         str(binary("inetkit-echo")), "-c", str(conf)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                s = socket.create_connection(("127.0.0.1", port), timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with s:
+            round_trips(s, 100)
+            children = subprocess.run(["pgrep", "-P", str(activator.pid)], capture_output=True,
+                                      text=True).stdout.split()
+            assert len(children) == 1, children
+            assert [n for n in threads(int(children[0])) if n.startswith("echo-cpu")] == []
+    finally:
+        activator.send_signal(signal.SIGTERM)
+        activator.wait(timeout=10)

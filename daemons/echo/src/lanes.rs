@@ -9,10 +9,14 @@
 //! on the client's CPU. The socket says where its packets were handled (`SO_INCOMING_CPU`: on
 //! loopback the client's CPU, from a network card the CPU serving its receive queue), so the
 //! session goes to the lane of that CPU. A lane is a thread with a runtime of its own, made
-//! when its CPU first has a client: an idle daemon has none.
+//! when its CPU first has a client (a daemon that has served no client has none) and kept
+//! until the daemon exits: at most one per CPU the daemon may run on.
 //!
-//! Where a thread cannot be pinned (a seccomp filter without `sched_setaffinity`, a CPU
-//! outside the process's affinity), sessions stay on the main thread, as with one CPU.
+//! Where a thread cannot be pinned (a seccomp filter without `sched_setaffinity`, a CPU taken
+//! out of the cgroup's set), that CPU's later sessions stay on the main thread, as with one
+//! CPU; the lane serves the ones it was already given and ends. `[tcp] lanes = false` turns
+//! lanes off (a network card whose one receive queue is handled by one busy CPU would put
+//! every remote client's session on that CPU).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -22,6 +26,7 @@ use nix::sched::{sched_getaffinity, sched_setaffinity, CpuSet};
 use nix::unistd::Pid;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
+use tokio_util::task::TaskTracker;
 use tracing::Instrument as _;
 
 /// A session moved to a lane: runs there to its end.
@@ -30,19 +35,16 @@ type Job = Pin<Box<dyn Future<Output = ()> + Send>>;
 /// The lanes of one daemon, one slot per CPU it may run on.
 #[derive(Clone)]
 pub(crate) struct Lanes {
-    inner: Arc<Mutex<Slots>>,
-}
-
-struct Slots {
     /// Indexed by CPU number; `Some` for the CPUs this process may run on.
-    lanes: Vec<Option<Slot>>,
+    slots: Arc<Mutex<Vec<Option<Slot>>>>,
 }
 
 enum Slot {
     /// No client from this CPU yet.
     Unused,
+    /// The lane's thread, taking sessions.
     Running(mpsc::UnboundedSender<Job>),
-    /// Pinning failed: this CPU's sessions run on the main thread.
+    /// Its thread could not be started or pinned: this CPU's sessions run on the main thread.
     Unavailable,
 }
 
@@ -51,29 +53,29 @@ impl Lanes {
     /// or cannot be found out.
     pub(crate) fn for_this_process() -> Option<Lanes> {
         let allowed = sched_getaffinity(Pid::from_raw(0)).ok()?;
-        let lanes: Vec<Option<Slot>> = (0..CpuSet::count())
+        let slots: Vec<Option<Slot>> = (0..CpuSet::count())
             .map(|cpu| allowed.is_set(cpu).ok()?.then_some(Slot::Unused))
             .collect();
-        if lanes.iter().flatten().count() < 2 {
+        if slots.iter().flatten().count() < 2 {
             return None;
         }
         Some(Lanes {
-            inner: Arc::new(Mutex::new(Slots { lanes })),
+            slots: Arc::new(Mutex::new(slots)),
         })
     }
 
     /// Runs `session` on the lane of the CPU `stream`'s packets arrive on, or here if there is
-    /// none, and again on another lane each time it returns the stream because the client
+    /// none, and again on another lane each time it hands the stream back because the client
     /// moved ([`Here::client_moved`]). Returns when the session has ended, wherever it ran.
     pub(crate) async fn run<S, F>(&self, stream: TcpStream, session: S)
     where
         S: FnMut(TcpStream, Here) -> F + Send + 'static,
         F: Future<Output = Option<TcpStream>> + Send + 'static,
     {
-        // Dropped by the session's last job when it ends (or by a lane's thread that ends).
+        // Dropped by the session's last job when it ends (or with a lane's runtime).
         let (done, ended) = oneshot::channel::<()>();
         let span = tracing::Span::current();
-        match self.clone().dispatch(stream, session, done, &span) {
+        match self.dispatch(stream, session, done, &span) {
             Some(here) => here.await,
             None => {
                 let _ = ended.await;
@@ -81,10 +83,10 @@ impl Lanes {
         }
     }
 
-    /// Sends the session to the lane for `stream`'s CPU; returns it as a future to run here
-    /// if there is no such lane.
+    /// Sends the session to the lane of `stream`'s CPU; returns it as a future to run on this
+    /// thread instead if there is no such lane.
     fn dispatch<S, F>(
-        self,
+        &self,
         stream: TcpStream,
         session: S,
         done: oneshot::Sender<()>,
@@ -94,21 +96,16 @@ impl Lanes {
         S: FnMut(TcpStream, Here) -> F + Send + 'static,
         F: Future<Output = Option<TcpStream>> + Send + 'static,
     {
-        let Some((cpu, lane)) = self.lane_for(&stream) else {
-            return Some(self.job(
-                Moving::Registered(stream),
-                Here::NOWHERE,
-                session,
-                done,
-                span,
-            ));
+        let Some((cpu, lane)) = cpu_of(&stream).and_then(|cpu| self.lane_or_start(cpu)) else {
+            let job = self.job(Moving::Registered(stream), Here::STAYS, session, done, span);
+            return Some(job);
         };
         // Off this runtime's reactor, onto the lane's (`from_std` registers with the runtime
-        // it runs on).
+        // it runs on; readiness the socket already has is reported there at once).
         let stream = match stream.into_std() {
             Ok(stream) => stream,
             Err(err) => {
-                tracing::debug!(%err, "moving the session to its lane");
+                tracing::warn!(%err, "cannot move the session to its lane; closing it");
                 return None;
             }
         };
@@ -119,16 +116,17 @@ impl Lanes {
         let job = self.job(Moving::Unregistered(stream), here, session, done, span);
         match lane.send(job) {
             Ok(()) => None,
-            // The lane's thread ended: the session runs here after all.
+            // The lane's thread has ended: the session runs here after all. (`here` names the
+            // lane's CPU, so the session looks again within 64 wake-ups.)
             Err(mpsc::error::SendError(job)) => Some(job),
         }
     }
 
     /// The session running at `here` until it ends or its client moves to another lane's CPU.
     fn job<S, F>(
-        self,
+        &self,
         stream: Moving,
-        mut here: Here,
+        here: Here,
         mut session: S,
         done: oneshot::Sender<()>,
         span: &tracing::Span,
@@ -137,52 +135,44 @@ impl Lanes {
         S: FnMut(TcpStream, Here) -> F + Send + 'static,
         F: Future<Output = Option<TcpStream>> + Send + 'static,
     {
-        let job_span = span.clone();
-        Box::pin(
-            async move {
-                let mut stream = match stream.register() {
-                    Ok(stream) => stream,
-                    Err(err) => {
-                        tracing::warn!(%err, "taking the session on in its lane");
-                        return;
-                    }
-                };
-                loop {
-                    let Some(moved) = session(stream, here).await else {
-                        return;
-                    };
-                    match self.lane_for(&moved) {
-                        Some((cpu, _)) if Some(cpu) == here.cpu => {}
-                        Some(_) => {
-                            let span = tracing::Span::current();
-                            if let Some(job) = self.dispatch(moved, session, done, &span) {
-                                job.await;
-                            }
-                            return;
-                        }
-                        None => here = Here::NOWHERE,
-                    }
-                    stream = moved;
-                    here.wakeups = 0;
+        let lanes = self.clone();
+        let job = async move {
+            let mut stream = match stream.register() {
+                Ok(stream) => stream,
+                Err(err) => {
+                    tracing::warn!(%err, "cannot take the session on in its lane; closing it");
+                    return;
                 }
+            };
+            loop {
+                let Some(moved) = session(stream, here).await else {
+                    return;
+                };
+                let elsewhere = cpu_of(&moved).is_some_and(|cpu| Some(cpu) != here.cpu);
+                if elsewhere {
+                    let span = tracing::Span::current();
+                    if let Some(job) = lanes.dispatch(moved, session, done, &span) {
+                        job.await;
+                    }
+                    return;
+                }
+                stream = moved;
             }
-            .instrument(job_span),
-        )
+        };
+        Box::pin(job.instrument(span.clone()))
     }
 
-    /// The running lane for `stream`'s CPU, started if it is the first of that CPU.
-    fn lane_for(&self, stream: &TcpStream) -> Option<(usize, mpsc::UnboundedSender<Job>)> {
-        let cpu = cpu_of(stream)?;
-        let mut slots = self.inner.lock().ok()?;
-        let slot = slots.lanes.get_mut(cpu)?.as_mut()?;
+    /// `cpu` and its lane, started if this is the CPU's first session; `None` if the daemon
+    /// may not run there or its lane could not be started.
+    fn lane_or_start(&self, cpu: usize) -> Option<(usize, mpsc::UnboundedSender<Job>)> {
+        let mut slots = self.slots.lock().ok()?;
+        let slot = slots.get_mut(cpu)?.as_mut()?;
         if let Slot::Unused = slot {
-            *slot = match start_lane(cpu) {
-                Ok(lane) => {
-                    tracing::debug!(cpu, "session lane started");
-                    Slot::Running(lane)
-                }
+            let (jobs, incoming) = mpsc::unbounded_channel();
+            *slot = match self.start_lane(cpu, incoming) {
+                Ok(()) => Slot::Running(jobs),
                 Err(err) => {
-                    tracing::warn!(cpu, %err, "cannot run a thread on the client's CPU; its sessions run on the main thread");
+                    tracing::warn!(cpu, %err, "cannot start a session thread");
                     Slot::Unavailable
                 }
             };
@@ -190,6 +180,58 @@ impl Lanes {
         match slot {
             Slot::Running(lane) => Some((cpu, lane.clone())),
             Slot::Unused | Slot::Unavailable => None,
+        }
+    }
+
+    /// Starts the thread of `cpu`'s lane, which runs the sessions sent to it on `incoming`.
+    /// Does not wait for it: sessions queue until its runtime is up.
+    fn start_lane(
+        &self,
+        cpu: usize,
+        mut incoming: mpsc::UnboundedReceiver<Job>,
+    ) -> std::io::Result<()> {
+        let lanes = self.clone();
+        std::thread::Builder::new()
+            .name(format!("echo-cpu{cpu}"))
+            .spawn(move || {
+                if let Err(err) = pin_to(cpu) {
+                    tracing::warn!(
+                        cpu,
+                        %err,
+                        "cannot pin a thread to the CPU; its later sessions run on the main thread"
+                    );
+                    // Drops the lane's sender: what was sent runs here (unpinned), then the
+                    // thread ends.
+                    lanes.set_unavailable(cpu);
+                }
+                let runtime = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(runtime) => runtime,
+                    Err(err) => {
+                        tracing::warn!(cpu, %err, "cannot start a session thread's runtime");
+                        lanes.set_unavailable(cpu);
+                        return;
+                    }
+                };
+                let sessions = TaskTracker::new();
+                runtime.block_on(async {
+                    while let Some(job) = incoming.recv().await {
+                        sessions.spawn(job);
+                    }
+                    sessions.close();
+                    sessions.wait().await;
+                });
+            })?;
+        Ok(())
+    }
+
+    fn set_unavailable(&self, cpu: usize) {
+        if let Ok(mut slots) = self.slots.lock() {
+            if let Some(Some(slot)) = slots.get_mut(cpu) {
+                *slot = Slot::Unavailable;
+            }
         }
     }
 }
@@ -214,14 +256,15 @@ impl Moving {
 /// Where a session runs: lets it notice that its client now runs on another CPU.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Here {
-    /// The lane's CPU; `None` off the lanes (the session never moves).
+    /// The lane's CPU; `None` off the lanes (the session stays on its thread).
     cpu: Option<usize>,
+    /// Wake-ups so far on this lane: the session looks at every 64th.
     wakeups: u32,
 }
 
 impl Here {
-    /// Not on a lane: the session stays where it is.
-    pub(crate) const NOWHERE: Here = Here {
+    /// Not on a lane: the session stays on the thread it runs on.
+    pub(crate) const STAYS: Here = Here {
         cpu: None,
         wakeups: 0,
     };
@@ -243,45 +286,19 @@ impl Here {
 fn cpu_of(stream: &TcpStream) -> Option<usize> {
     socket2::SockRef::from(stream).cpu_affinity().ok()
 }
-/// Starts the thread of `cpu`'s lane and waits until it is pinned there.
-fn start_lane(cpu: usize) -> anyhow::Result<mpsc::UnboundedSender<Job>> {
-    let (jobs, mut incoming) = mpsc::unbounded_channel::<Job>();
-    let (pinned, started) = std::sync::mpsc::sync_channel::<anyhow::Result<()>>(1);
-    std::thread::Builder::new()
-        .name(format!("echo-cpu{cpu}"))
-        .spawn(move || {
-            let runtime = pin_to(cpu).and_then(|()| {
-                Ok(tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()?)
-            });
-            let runtime = match runtime {
-                Ok(runtime) => {
-                    let _ = pinned.send(Ok(()));
-                    runtime
-                }
-                Err(err) => return drop(pinned.send(Err(err))),
-            };
-            runtime.block_on(async move {
-                while let Some(job) = incoming.recv().await {
-                    tokio::spawn(job);
-                }
-            });
-        })?;
-    started.recv()??;
-    Ok(jobs)
-}
 
 /// Pins the calling thread to `cpu`.
-fn pin_to(cpu: usize) -> anyhow::Result<()> {
+fn pin_to(cpu: usize) -> nix::Result<()> {
     let mut set = CpuSet::new();
     set.set(cpu)?;
-    sched_setaffinity(Pid::from_raw(0), &set)?;
-    Ok(())
+    sched_setaffinity(Pid::from_raw(0), &set)
 }
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
     use tokio::io::AsyncWriteExt;
     use tokio::net::TcpListener;
 
@@ -296,6 +313,13 @@ mod tests {
         client.write_all(b"x").await.expect("send");
         server.readable().await.expect("readable");
         (server, client)
+    }
+
+    fn allowed_cpus() -> Vec<usize> {
+        let allowed = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
+        (0..CpuSet::count())
+            .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
+            .collect()
     }
 
     #[tokio::test]
@@ -315,38 +339,68 @@ mod tests {
             wakeups: 0,
         };
         assert!((0..128).all(|_| !there.client_moved(&server)));
-        let mut nowhere = Here::NOWHERE;
-        assert!((0..128).all(|_| !nowhere.client_moved(&server)));
+        let mut stays = Here::STAYS;
+        assert!((0..128).all(|_| !stays.client_moved(&server)));
     }
 
     #[test]
     fn there_are_lanes_only_with_two_cpus_or_more() {
-        let allowed = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
-        let cpus = (0..CpuSet::count())
-            .filter(|&cpu| allowed.is_set(cpu).unwrap_or(false))
-            .count();
-        assert_eq!(Lanes::for_this_process().is_some(), cpus >= 2);
+        assert_eq!(
+            Lanes::for_this_process().is_some(),
+            allowed_cpus().len() >= 2
+        );
     }
 
-    #[test]
-    fn a_lane_runs_on_its_cpu_only() {
-        let allowed = sched_getaffinity(Pid::from_raw(0)).expect("affinity");
-        let cpu = (0..CpuSet::count())
-            .find(|&cpu| allowed.is_set(cpu).unwrap_or(false))
-            .expect("a CPU");
-        let lane = start_lane(cpu).expect("lane");
-        let (answer, asked) = std::sync::mpsc::channel();
-        let job: Job = Box::pin(async move {
-            let affinity = sched_getaffinity(Pid::from_raw(0)).expect("lane's affinity");
-            let on: Vec<usize> = (0..CpuSet::count())
-                .filter(|&c| affinity.is_set(c).unwrap_or(false))
-                .collect();
-            let name = std::thread::current().name().map(str::to_owned);
-            let _ = answer.send((on, name));
-        });
-        assert!(lane.send(job).is_ok());
-        let (on, name) = asked.recv().expect("the lane ran the job");
-        assert_eq!(on, [cpu]);
-        assert_eq!(name, Some(format!("echo-cpu{cpu}")));
+    /// A client on CPU `a`, then on CPU `b`, 200 round trips on each.
+    fn client_moving(addr: SocketAddr, a: usize, b: usize) -> std::thread::JoinHandle<()> {
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            let mut stream = None;
+            for cpu in [a, b] {
+                pin_to(cpu).expect("pin the client");
+                let stream = stream
+                    .get_or_insert_with(|| std::net::TcpStream::connect(addr).expect("connect"));
+                for i in 0..200u32 {
+                    let message = i.to_be_bytes();
+                    stream.write_all(&message).expect("send");
+                    let mut answer = [0; 4];
+                    stream.read_exact(&mut answer).expect("answer");
+                    assert_eq!(answer, message);
+                }
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn a_session_runs_on_its_clients_lane_and_follows_the_client() {
+        let cpus = allowed_cpus();
+        let Some(lanes) = Lanes::for_this_process() else {
+            assert!(cpus.len() < 2, "no lanes with CPUs {cpus:?}");
+            return;
+        };
+        let (a, b) = (cpus[0], cpus[1]);
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let client = client_moving(listener.local_addr().expect("address"), a, b);
+        let (stream, _) = listener.accept().await.expect("accept");
+        let ran_on = Arc::new(Mutex::new(Vec::new()));
+        let seen = ran_on.clone();
+        let session = move |stream, here| {
+            let seen = seen.clone();
+            async move {
+                let thread = std::thread::current().name().map(str::to_owned);
+                seen.lock().expect("record").push(thread);
+                let minute = Duration::from_secs(60);
+                crate::tcp::echo(stream, minute, minute, here)
+                    .await
+                    .expect("echo")
+            }
+        };
+        lanes.run(stream, session).await;
+        client.join().expect("the client's round trips");
+        let ran_on = ran_on.lock().expect("record").clone();
+        assert_eq!(
+            ran_on,
+            [Some(format!("echo-cpu{a}")), Some(format!("echo-cpu{b}"))]
+        );
     }
 }

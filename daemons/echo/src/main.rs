@@ -25,7 +25,23 @@ use service::Service;
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct EchoConfig {
+    tcp: TcpConfig,
     udp: UdpConfig,
+}
+
+/// `[tcp]`: where plain TCP sessions run.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct TcpConfig {
+    /// Each session on a thread pinned to its client's CPU (lanes.rs); off: all on the main
+    /// thread.
+    lanes: bool,
+}
+
+impl Default for TcpConfig {
+    fn default() -> Self {
+        TcpConfig { lanes: true }
+    }
 }
 
 impl DaemonConfig for EchoConfig {
@@ -78,7 +94,11 @@ fn main() -> ExitCode {
 fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
     let server = ctx.server.clone();
     let udp = &ctx.config.daemon.udp;
-    let lanes = lanes::Lanes::for_this_process();
+    let lanes = if ctx.config.daemon.tcp.lanes {
+        lanes::Lanes::for_this_process()
+    } else {
+        None
+    };
     for listener in std::mem::take(&mut ctx.listeners) {
         // The names were checked at start (EchoConfig::socket).
         let (service, tls) = Service::from_socket_name(&listener.name)
@@ -111,8 +131,12 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                     }
                 })?;
             }
-            _ => {
-                let lanes = lanes.clone();
+            ref socket => {
+                // The one connection of an Accept=yes activation has its process to itself.
+                let lanes = match socket {
+                    Socket::Tcp(_) => lanes.clone(),
+                    _ => None,
+                };
                 server.serve_stream(listener, None, move |stream, peer| {
                     let lanes = lanes.clone();
                     async move {
@@ -124,7 +148,7 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                                 lanes.run(stream, session).await
                             }
                             None => {
-                                service::serve_tcp(service, stream, peer, Here::NOWHERE).await;
+                                service::serve_tcp(service, stream, peer, Here::STAYS).await;
                             }
                         }
                     }

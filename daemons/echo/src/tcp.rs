@@ -188,10 +188,7 @@ mod tests {
         let addr: SocketAddr = listener.local_addr().expect("address");
         let client = TcpStream::connect(addr).await.expect("connect");
         let (server, _) = listener.accept().await.expect("accept");
-        (
-            client,
-            tokio::spawn(echo(server, idle, write, Here::NOWHERE)),
-        )
+        (client, tokio::spawn(echo(server, idle, write, Here::STAYS)))
     }
 
     async fn round_trip(client: &mut TcpStream, message: &[u8]) {
