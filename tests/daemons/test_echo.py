@@ -13,7 +13,14 @@ from email.utils import parsedate_to_datetime
 
 import pytest
 
-from support.inetkit import binary, free_port, listening_socket
+from support.inetkit import (
+    accept_yes,
+    binary,
+    connect_when_listening,
+    free_port,
+    listening_socket,
+    recv_exact,
+)
 
 ALL_SERVICES = """
 [listen]
@@ -27,16 +34,6 @@ time = ["127.0.0.1:0", "udp://127.0.0.1:0"]
 
 def connect(addr, timeout=10):
     return socket.create_connection(addr, timeout=timeout)
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 def udp_ask(addr, payload=b"", timeout=2.0, source=("127.0.0.1", 0)):
@@ -314,22 +311,11 @@ def test_systemd_socket_activate_tcp_and_udp(tmp_path):
 
 def test_systemd_socket_activate_accept_yes(tmp_path):
     """inetd style: one process per connection, fd 3 is the connection itself."""
-    port = free_port()
     conf = tmp_path / "echo.toml"
     conf.write_text("")
-    proc = subprocess.Popen(
-        ["systemd-socket-activate", "--accept", "-l", f"127.0.0.1:{port}", "--fdname=echo",
-         str(binary("inetkit-echo")), "-c", str(conf)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    proc, port = accept_yes("echo", conf, "echo")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                s = connect(("127.0.0.1", port), timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        s = connect_when_listening(port)
         with s, connect(("127.0.0.1", port)) as s2:
             s.sendall(b"first")
             s2.sendall(b"second")

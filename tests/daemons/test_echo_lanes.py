@@ -6,25 +6,14 @@ import os
 import signal
 import socket
 import subprocess
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 
-from support.inetkit import binary, free_port
+from support.inetkit import accept_yes, connect_when_listening, recv_exact
 
 CONFIG = '[listen]\necho = ["127.0.0.1:0"]\n'
-
-
-def recv_exact(sock, n):
-    data = b""
-    while len(data) < n:
-        chunk = sock.recv(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
 
 
 @contextmanager
@@ -114,22 +103,11 @@ def test_the_one_connection_of_an_accept_yes_process_stays_on_its_main_thread(tm
     """inetkit-echo-inetd@.service: a process per connection has nothing to gain from a lane
     (and its unit does not allow pinning one)."""
     two_cpus()
-    port = free_port()
     conf = tmp_path / "echo.toml"
     conf.write_text("")
-    activator = subprocess.Popen(
-        ["systemd-socket-activate", "--accept", "-l", f"127.0.0.1:{port}", "--fdname=echo",
-         str(binary("inetkit-echo")), "-c", str(conf)],
-        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    activator, port = accept_yes("echo", conf, "echo")
     try:
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                s = socket.create_connection(("127.0.0.1", port), timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline
-                time.sleep(0.1)
+        s = connect_when_listening(port)
         with s:
             round_trips(s, 100)
             children = subprocess.run(["pgrep", "-P", str(activator.pid)], capture_output=True,

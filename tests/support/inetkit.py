@@ -98,6 +98,40 @@ def free_port(kind=socket.SOCK_STREAM) -> int:
         return s.getsockname()[1]
 
 
+def recv_exact(sock: socket.socket, n: int) -> bytes:
+    """`n` bytes from `sock`, or fewer if it closes first."""
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def accept_yes(daemon: str, config: Path, fdname: str) -> tuple[subprocess.Popen, int]:
+    """`systemd-socket-activate --accept` on a free loopback port, starting inetkit-`daemon`
+    for each connection as an Accept=yes socket unit does; the activator and the port."""
+    port = free_port()
+    activator = subprocess.Popen(
+        ["systemd-socket-activate", "--accept", "-l", f"127.0.0.1:{port}", f"--fdname={fdname}",
+         str(binary(f"inetkit-{daemon}")), "-c", str(config)],
+        stderr=subprocess.PIPE, stdout=subprocess.DEVNULL)
+    return activator, port
+
+
+def connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
+    """A connection to 127.0.0.1:`port`, tried until something listens there (an activator
+    that has just been started)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return socket.create_connection(("127.0.0.1", port), timeout=2)
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.1)
+
+
 def close_serving(sock: socket.socket, thread: threading.Thread) -> None:
     """Closes `sock`, which `thread` blocks on (recv, accept): wakes the thread with shutdown()
     and waits for it first, so it never goes on reading the descriptor number the next socket
