@@ -1,4 +1,4 @@
-"""inetkit-echo runs a plain TCP session on a thread pinned to its client's CPU (a lane), and
+"""inetkit-echo runs a plain TCP echo session on a thread pinned to its client's CPU (a lane), and
 follows the client when it moves to another CPU: small round trips then need no wake-up across
 CPUs. Seen from outside: the daemon's threads, their CPU affinity and the CPU time each used."""
 
@@ -88,7 +88,8 @@ def test_a_daemon_allowed_one_cpu_serves_on_its_main_thread(daemons):
     with socket.create_connection(d.addr("echo"), timeout=10) as s:
         round_trips(s, 100)
     assert [n for n in threads(d.pid) if n.startswith("echo-cpu")] == []
-    assert "cannot run a thread" not in d.log()
+    assert "cannot pin a thread" not in d.log()
+    assert "cannot start a session thread" not in d.log()
 
 
 def test_lanes_off_in_the_config_keep_sessions_on_the_main_thread(daemons):

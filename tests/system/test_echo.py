@@ -332,7 +332,7 @@ def test_inetd_pair_serves_one_process_per_connection(echo):
 def test_sessions_run_on_a_thread_pinned_to_the_clients_cpu(echo):
     """The unit's system call filter lets the daemon pin its session threads (lanes): one
     pinned to a single CPU serves the connection, and nothing was refused, here or in the
-    inetd pair's processes (which make no lanes)."""
+    inetd pair's processes (which make no lanes; test_inetd_pair_… above ran them)."""
     assert tcp_echo() == b"hello inetkit\n"
     pid = main_pid(echo)
     allowed = proc_status(echo, pid)["Cpus_allowed_list"]

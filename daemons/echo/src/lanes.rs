@@ -1,22 +1,23 @@
-//! Per-CPU lanes: a plain TCP session runs on a thread pinned to the CPU its client's packets
-//! arrive on.
+//! Per-CPU lanes: a plain TCP echo session runs on a thread pinned to the CPU its client's
+//! packets arrive on, and follows its client to another CPU.
 //!
 //! Why: a small round trip costs about twice as much when the daemon and the client run on
 //! different CPUs (on the 2-core development VM with both cores busy, 64-byte echoes took
-//! 16-19 us on one CPU and 31-42 us across). A long-running daemon's thread stays where it
-//! last ran, and when the cores are busy the kernel seldom pulls it over to the client; xinetd
-//! does not have this problem because its child, forked as the connection comes in, starts
-//! on the client's CPU. The socket says where its packets were handled (`SO_INCOMING_CPU`: on
-//! loopback the client's CPU, from a network card the CPU serving its receive queue), so the
-//! session goes to the lane of that CPU. A lane is a thread with a runtime of its own, made
-//! when its CPU first has a client (a daemon that has served no client has none) and kept
-//! until the daemon exits: at most one per CPU the daemon may run on.
+//! 16-19 us on one CPU and 31-42 us across; idle, 17 us against 55). A long-running daemon's
+//! thread stays where it last ran, and the kernel seldom pulls it over to the client, while
+//! xinetd's child, forked as the connection comes in, lands on either side. The socket says
+//! where its packets were handled (`SO_INCOMING_CPU`: on loopback the client's CPU, from a
+//! network card the CPU serving its receive queue), so the session goes to the lane of that
+//! CPU. A lane is a thread with a runtime of its own, made when its CPU first has a client (a
+//! daemon that has served no client has none) and kept until the daemon exits: at most one
+//! per CPU the daemon may run on.
 //!
-//! Where a thread cannot be pinned (a seccomp filter without `sched_setaffinity`, a CPU taken
-//! out of the cgroup's set), that CPU's later sessions stay on the main thread, as with one
-//! CPU; the lane serves the ones it was already given and ends. `[tcp] lanes = false` turns
-//! lanes off (a network card whose one receive queue is handled by one busy CPU would put
-//! every remote client's session on that CPU).
+//! Where a lane's thread cannot be started or pinned (a seccomp filter without
+//! `sched_setaffinity`, a CPU taken out of the cgroup's set), new sessions from that CPU stay
+//! on the main thread, as with one CPU, and one that would move there stays where it is; a
+//! lane that could not pin itself serves the sessions it was already given and ends.
+//! `[tcp] lanes = false` turns lanes off (a network card whose one receive queue is handled by
+//! one busy CPU would put every remote client's session on that CPU).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -44,7 +45,8 @@ enum Slot {
     Unused,
     /// The lane's thread, taking sessions.
     Running(mpsc::UnboundedSender<Job>),
-    /// Its thread could not be started or pinned: this CPU's sessions run on the main thread.
+    /// Its thread could not be started or pinned: new sessions from this CPU stay where they
+    /// are (on the main thread, or on the lane of a client that moved).
     Unavailable,
 }
 
@@ -84,7 +86,7 @@ impl Lanes {
     }
 
     /// Sends the session to the lane of `stream`'s CPU; returns it as a future to run on this
-    /// thread instead if there is no such lane.
+    /// thread instead if there is no such lane or the lane's thread has ended.
     fn dispatch<S, F>(
         &self,
         stream: TcpStream,
@@ -184,12 +186,17 @@ impl Lanes {
     }
 
     /// Starts the thread of `cpu`'s lane, which runs the sessions sent to it on `incoming`.
-    /// Does not wait for it: sessions queue until its runtime is up.
+    /// Does not wait for it to be pinned: sessions queue until it is.
     fn start_lane(
         &self,
         cpu: usize,
         mut incoming: mpsc::UnboundedReceiver<Job>,
     ) -> std::io::Result<()> {
+        // Built here, so that a failure (out of file descriptors or memory) leaves the CPU's
+        // sessions where they are before any is sent.
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
         let lanes = self.clone();
         std::thread::Builder::new()
             .name(format!("echo-cpu{cpu}"))
@@ -198,23 +205,12 @@ impl Lanes {
                     tracing::warn!(
                         cpu,
                         %err,
-                        "cannot pin a thread to the CPU; its later sessions run on the main thread"
+                        "cannot pin a thread to the CPU; new sessions from it stay where they are"
                     );
-                    // Drops the lane's sender: what was sent runs here (unpinned), then the
+                    // Drops the lane's sender: what was sent runs here, unpinned, then the
                     // thread ends.
                     lanes.set_unavailable(cpu);
                 }
-                let runtime = match tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                {
-                    Ok(runtime) => runtime,
-                    Err(err) => {
-                        tracing::warn!(cpu, %err, "cannot start a session thread's runtime");
-                        lanes.set_unavailable(cpu);
-                        return;
-                    }
-                };
                 let sessions = TaskTracker::new();
                 runtime.block_on(async {
                     while let Some(job) = incoming.recv().await {
@@ -371,14 +367,18 @@ mod tests {
         })
     }
 
-    #[tokio::test]
-    async fn a_session_runs_on_its_clients_lane_and_follows_the_client() {
+    /// The threads a session ran on, in order, for a client on CPU `a` then on CPU `b`; `b`'s
+    /// lane made unavailable first if `b_unavailable`. `None` with fewer than two CPUs.
+    async fn lanes_of_a_moving_client(b_unavailable: bool) -> Option<(usize, usize, Vec<String>)> {
         let cpus = allowed_cpus();
         let Some(lanes) = Lanes::for_this_process() else {
             assert!(cpus.len() < 2, "no lanes with CPUs {cpus:?}");
-            return;
+            return None;
         };
         let (a, b) = (cpus[0], cpus[1]);
+        if b_unavailable {
+            lanes.set_unavailable(b);
+        }
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let client = client_moving(listener.local_addr().expect("address"), a, b);
         let (stream, _) = listener.accept().await.expect("accept");
@@ -398,9 +398,21 @@ mod tests {
         lanes.run(stream, session).await;
         client.join().expect("the client's round trips");
         let ran_on = ran_on.lock().expect("record").clone();
-        assert_eq!(
-            ran_on,
-            [Some(format!("echo-cpu{a}")), Some(format!("echo-cpu{b}"))]
-        );
+        Some((a, b, ran_on.into_iter().flatten().collect()))
+    }
+
+    #[tokio::test]
+    async fn a_session_runs_on_its_clients_lane_and_follows_the_client() {
+        if let Some((a, b, ran_on)) = lanes_of_a_moving_client(false).await {
+            assert_eq!(ran_on, [format!("echo-cpu{a}"), format!("echo-cpu{b}")]);
+        }
+    }
+
+    #[tokio::test]
+    async fn a_session_whose_client_moves_to_an_unavailable_cpu_stays_on_its_lane() {
+        if let Some((a, _, ran_on)) = lanes_of_a_moving_client(true).await {
+            // Handed back once (the client moved), taken on again where it was, never again.
+            assert_eq!(ran_on, [format!("echo-cpu{a}"), format!("echo-cpu{a}")]);
+        }
     }
 }

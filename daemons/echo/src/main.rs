@@ -33,8 +33,8 @@ struct EchoConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct TcpConfig {
-    /// Each session on a thread pinned to its client's CPU (lanes.rs); off: all on the main
-    /// thread.
+    /// Each echo session on a thread pinned to its client's CPU (lanes.rs); off: all on the
+    /// main thread.
     lanes: bool,
 }
 
@@ -48,7 +48,7 @@ impl DaemonConfig for EchoConfig {
     const LISTEN: &'static [(&'static str, &'static [&'static str])] =
         &[("echo", &["tcp://[::]:7", "udp://[::]:7"])];
     const IDLE_TIMEOUT: Duration = Duration::from_secs(300);
-    // Sessions only move bytes; see Threads::One. Plain TCP sessions run on lanes (lanes.rs),
+    // Sessions only move bytes; see Threads::One. Plain TCP echo sessions run on lanes (lanes.rs),
     // threads pinned to their clients' CPUs; this thread accepts them.
     const THREADS: Threads = Threads::One;
 
@@ -131,10 +131,11 @@ fn setup(mut ctx: Context<EchoConfig>) -> anyhow::Result<Server> {
                     }
                 })?;
             }
-            ref socket => {
-                // The one connection of an Accept=yes activation has its process to itself.
-                let lanes = match socket {
-                    Socket::Tcp(_) => lanes.clone(),
+            _ => {
+                // Only echo's small round trips gain from a lane; and the one connection of an
+                // Accept=yes activation has its process to itself.
+                let lanes = match listener.socket {
+                    Socket::Tcp(_) if service == Service::Echo => lanes.clone(),
                     _ => None,
                 };
                 server.serve_stream(listener, None, move |stream, peer| {
