@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from support.homes import PASSWORD, user_line, write_users
+from support.imap import ok
 
 
 @pytest.fixture
@@ -68,12 +69,6 @@ def imap_login(d):
     c = imaplib.IMAP4(*d.addr("imap"), timeout=30)
     c.login("alice", PASSWORD)
     return c
-
-
-def ok(result):
-    typ, data = result
-    assert typ == "OK", (typ, data)
-    return data
 
 
 def test_append_on_a_full_disk(daemons, users, cert, small):

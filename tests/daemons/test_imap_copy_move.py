@@ -3,12 +3,12 @@ that arrive by COPY, MOVE or APPEND, flags or not (RFC 3501 §2.3.2, §6.3.11, �
 first session to select the folder after they arrived sees them \\Recent, and no session
 after it does. What a kill -9 or a full disk in the middle leaves is in test_crash*.py."""
 
-import imaplib
 import re
 
 import pytest
 
-from support.homes import PASSWORD, daemon_config, message, seed, tls_context
+from support.homes import daemon_config, message, seed
+from support.imap import client, ok
 
 
 @pytest.fixture
@@ -18,19 +18,6 @@ def imap(daemons, mailhome, cert):
         seed(mail, "alice", message(n))
     return daemons.start("imapd", daemon_config(
         ("imap",), users, cert, auth="failure_delay = 0\n", rest=f'[mail]\nroot = "{mail}"\n'))
-
-
-def client(d, cert) -> imaplib.IMAP4:
-    c = imaplib.IMAP4(*d.addr("imap"), timeout=30)
-    c.starttls(ssl_context=tls_context(cert))
-    c.login("alice", PASSWORD)
-    return c
-
-
-def ok(result):
-    typ, data = result
-    assert typ == "OK", (typ, data)
-    return data
 
 
 def flags_by_uid(c) -> dict:

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from support.homes import PASSWORD, daemon_config, message, seed
-from support.imap import RawImap
+from support.imap import RawImap, ok
 
 
 def config(users, mail, folders=""):
@@ -37,12 +37,6 @@ def client(d) -> imaplib.IMAP4:
     c = imaplib.IMAP4(host, port, timeout=30)
     ok(c.login("alice", PASSWORD))
     return c
-
-
-def ok(result):
-    typ, data = result
-    assert typ == "OK", (typ, data)
-    return data
 
 
 def append(c, folder, msg: bytes):

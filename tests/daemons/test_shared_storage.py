@@ -23,6 +23,7 @@ import pytest
 
 from support.homes import PASSWORD
 from support.inetkit import RemoteHost
+from support.imap import ok
 
 pytestmark = pytest.mark.skipif(
     os.geteuid() != 0 or not shutil.which("ip") or not shutil.which("unshare"),
@@ -76,12 +77,6 @@ def hosts(daemons, mailhome, tmp_path):
         yield a, b
         for d in (b.smtp, b.imap, b.pop3):
             d.stop()
-
-
-def ok(result):
-    typ, data = result
-    assert typ == "OK", (typ, data)
-    return data
 
 
 def uids(c: imaplib.IMAP4) -> list[int]:

@@ -10,28 +10,15 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import socket
 import subprocess
-import time
 from pathlib import Path
 
-from support.inetkit import free_port
+from support.inetkit import connect_when_listening, free_port
 
 SUFFIX = "dc=example,dc=org"
 ADMIN_DN = f"cn=admin,{SUFFIX}"
 ADMIN_PASSWORD = "directory admin"
 PEOPLE = f"ou=people,{SUFFIX}"
-
-
-def _wait_port(port: int, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"nothing listens on port {port}")
 
 
 def _unprivileged_user() -> str | None:
@@ -131,7 +118,7 @@ class Slapd:
         self.proc = subprocess.Popen([self.BIN, "-f", str(self.conf), "-h", urls, "-d", "0"],
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=open(self.dir / "slapd.log", "ab"))
-        _wait_port(self.port)
+        connect_when_listening(self.port, timeout=20).close()
         return self
 
     def stop(self) -> None:

@@ -121,15 +121,15 @@ def accept_yes(daemon: str, config: Path, fdname: str) -> tuple[subprocess.Popen
 
 
 def connect_when_listening(port: int, timeout: float = 10.0) -> socket.socket:
-    """A connection to 127.0.0.1:`port`, tried until something listens there (an activator
-    that has just been started)."""
+    """A connection to 127.0.0.1:`port`, tried until something listens there (an activator,
+    a peer server that has just been started)."""
     deadline = time.monotonic() + timeout
     while True:
         try:
             return socket.create_connection(("127.0.0.1", port), timeout=2)
         except OSError:
             assert time.monotonic() < deadline, f"nothing listens on port {port}"
-            time.sleep(0.1)
+            time.sleep(0.05)
 
 
 def close_serving(sock: socket.socket, thread: threading.Thread) -> None:

@@ -11,12 +11,12 @@ import smtplib
 import socket
 import tempfile
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
 from support.homes import PASSWORD, daemon_config, tls_context
+from support.inetkit import connect_when_listening
 
 
 SMTP_SINK = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
@@ -161,14 +161,7 @@ class Sink:
             argv += ["-f", reject]
         argv += [f"127.0.0.1:{port}", "10"]
         self.proc = subprocess.Popen(argv, stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                return
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError("smtp-sink did not start")
+        connect_when_listening(port).close()
 
     def messages(self):
         return [p.read_bytes() for p in sorted(self.dir.iterdir())]

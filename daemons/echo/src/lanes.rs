@@ -170,6 +170,8 @@ impl Lanes {
         let mut slots = self.slots.lock().ok()?;
         let slot = slots.get_mut(cpu)?.as_mut()?;
         if let Slot::Unused = slot {
+            // Unbounded in type only: each job is a session the server admitted, so its
+            // connection limits bound the queue.
             let (jobs, incoming) = mpsc::unbounded_channel();
             *slot = match self.start_lane(cpu, incoming) {
                 Ok(()) => Slot::Running(jobs),
