@@ -30,10 +30,6 @@ pub fn set_lock_wait(wait: LockWait) {
     let _ = LOCK_WAIT.set(wait);
 }
 
-pub(crate) fn lock_wait() -> Option<LockWait> {
-    LOCK_WAIT.get().copied()
-}
-
 /// An exclusive lock on a whole file, released when dropped (the file is closed).
 #[derive(Debug)]
 pub struct FileLock {
@@ -65,14 +61,14 @@ impl FileLock {
         }
     }
 
-    /// Locks the file now if nobody holds it, else waits through `wait`, which is handed the
-    /// waiting to run (see [`set_lock_wait`]). An uncontended lock costs what
+    /// Locks the file now if nobody holds it, else waits through the process's lock-wait hook
+    /// ([`set_lock_wait`]), which is handed the waiting to run. An uncontended lock costs what
     /// [`wait`](Self::wait)'s does.
-    pub fn lock_or_wait(file: File, wait: Option<LockWait>) -> io::Result<FileLock> {
+    pub fn lock_or_wait(file: File) -> io::Result<FileLock> {
         if set_if_free(&file)? {
             return Ok(FileLock { file });
         }
-        let Some(hand_off) = wait else {
+        let Some(hand_off) = LOCK_WAIT.get().copied() else {
             return FileLock::wait(file);
         };
         let mut file = Some(file);

@@ -113,19 +113,18 @@ pub(crate) struct Lock {
 impl Lock {
     pub(crate) fn acquire(path: &Path, owner: Option<Owner>) -> Result<Lock, StoreError> {
         let (file, existed) = open_lock_file(path, owner)?;
-        let lock = FileLock::lock_or_wait(file, crate::filelock::lock_wait())
-            .map_err(|err| StoreError::io("locking", path, err))?;
         Ok(Lock {
-            _lock: lock,
+            _lock: lock(file, path)?,
             existed,
         })
     }
 }
 
 /// Waits for an exclusive lock (per open file, so threads exclude each other too, and held
-/// across hosts on a shared file system: see [`FileLock`]).
+/// across hosts on a shared file system: see [`FileLock`]), through the process's lock-wait
+/// hook when somebody else holds it ([`crate::set_lock_wait`]).
 fn lock(file: File, path: &Path) -> Result<FileLock, StoreError> {
-    FileLock::wait(file).map_err(|err| StoreError::io("locking", path, err))
+    FileLock::lock_or_wait(file).map_err(|err| StoreError::io("locking", path, err))
 }
 
 /// Opens (creating if need be) a file to lock; says whether it existed. It nearly always

@@ -114,7 +114,8 @@ fn add(path: &PathBuf, name: &str) -> std::io::Result<(Keywords, Option<u8>)> {
         .create(true)
         .truncate(false)
         .open(path)?;
-    let mut file = FileLock::wait(file)?;
+    // Through the lock-wait hook: this runs in place on a worker (STORE, APPEND).
+    let mut file = FileLock::lock_or_wait(file)?;
     let mut text = String::new();
     file.read_to_string(&mut text)?;
     if text.is_empty() {
