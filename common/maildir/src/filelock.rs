@@ -16,18 +16,35 @@ use nix::errno::Errno;
 use nix::fcntl::{fcntl, FcntlArg};
 use nix::libc;
 
-/// Runs a wait for a lock somebody else holds: [`set_lock_wait`].
-pub type LockWait = fn(&mut dyn FnMut());
+/// Runs work that may block for long: [`set_hand_off`].
+pub type HandOff = fn(&mut dyn FnMut());
 
-static LOCK_WAIT: std::sync::OnceLock<LockWait> = std::sync::OnceLock::new();
+static HAND_OFF: std::sync::OnceLock<HandOff> = std::sync::OnceLock::new();
 
-/// How this process waits for a folder lock another session or process holds, when it has
-/// to: imapd runs its short store calls on the async runtime's worker threads and hands such
-/// a wait to `tokio::task::block_in_place`, so that a session queued behind another one's
-/// APPEND (a synced write under the lock) does not hold a worker. Without it the wait runs
-/// as it is. Set once, at start.
-pub fn set_lock_wait(wait: LockWait) {
-    let _ = LOCK_WAIT.set(wait);
+/// How this process runs the store's long waits: a wait for a lock another session or
+/// process holds, and a folder's first indexing (every name read, a uid list written and
+/// synced). imapd runs its short store calls on the async runtime's worker threads and hands
+/// these to `tokio::task::block_in_place`, so that a session queued behind another one's
+/// APPEND (a synced write under the lock), or looking at a folder another program filled,
+/// does not hold a worker. Without it they run as they are. Set once, at start.
+pub fn set_hand_off(hand_off: HandOff) {
+    let _ = HAND_OFF.set(hand_off);
+}
+
+/// Runs `work` through the hook of [`set_hand_off`], if one is set.
+pub(crate) fn hand_off<T>(work: impl FnOnce() -> T) -> T {
+    let Some(hook) = HAND_OFF.get().copied() else {
+        return work();
+    };
+    let mut work = Some(work);
+    let mut done = None;
+    hook(&mut || done = work.take().map(|work| work()));
+    match (done, work) {
+        (Some(done), _) => done,
+        // A hook that did not run what it was handed: the work runs here.
+        (None, Some(work)) => work(),
+        (None, None) => unreachable!("the work was taken and not run, yet returned"),
+    }
 }
 
 /// An exclusive lock on a whole file, released when dropped (the file is closed).
@@ -61,20 +78,13 @@ impl FileLock {
         }
     }
 
-    /// Locks the file now if nobody holds it, else waits through the process's lock-wait hook
-    /// ([`set_lock_wait`]), which is handed the waiting to run. An uncontended lock costs what
-    /// [`wait`](Self::wait)'s does.
+    /// Locks the file now if nobody holds it, else waits through the process's hand-off hook
+    /// ([`set_hand_off`]). An uncontended lock costs what [`wait`](Self::wait)'s does.
     pub fn lock_or_wait(file: File) -> io::Result<FileLock> {
         if set_if_free(&file)? {
             return Ok(FileLock { file });
         }
-        let Some(hand_off) = LOCK_WAIT.get().copied() else {
-            return FileLock::wait(file);
-        };
-        let mut file = Some(file);
-        let mut locked = None;
-        hand_off(&mut || locked = file.take().map(FileLock::wait));
-        locked.unwrap_or_else(|| Err(io::Error::other("the lock wait did not run")))
+        hand_off(|| FileLock::wait(file))
     }
 
     /// Locks the file if nobody holds it; `Ok(None)` when somebody does.

@@ -121,8 +121,8 @@ impl Lock {
 }
 
 /// Waits for an exclusive lock (per open file, so threads exclude each other too, and held
-/// across hosts on a shared file system: see [`FileLock`]), through the process's lock-wait
-/// hook when somebody else holds it ([`crate::set_lock_wait`]).
+/// across hosts on a shared file system: see [`FileLock`]), through the process's hand-off
+/// hook when somebody else holds it ([`crate::set_hand_off`]).
 fn lock(file: File, path: &Path) -> Result<FileLock, StoreError> {
     FileLock::lock_or_wait(file).map_err(|err| StoreError::io("locking", path, err))
 }

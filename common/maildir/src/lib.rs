@@ -62,7 +62,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub use config::{FolderWatch, MailConfig, DEFAULT_MAIL_ROOT};
-pub use filelock::{set_lock_wait, FileLock, LockWait};
+pub use filelock::{set_hand_off, FileLock, HandOff};
 #[doc(hidden)]
 pub use folder::{directory_reads, message_files_read};
 pub use folder::{Appended, Delivered, FlagChange, Folder, MessageInfo, Snapshot, Transferred};

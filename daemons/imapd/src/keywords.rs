@@ -114,7 +114,7 @@ fn add(path: &PathBuf, name: &str) -> std::io::Result<(Keywords, Option<u8>)> {
         .create(true)
         .truncate(false)
         .open(path)?;
-    // Through the lock-wait hook: this runs in place on a worker (STORE, APPEND).
+    // A contended wait goes through the hand-off hook: this runs in place on a worker (STORE).
     let mut file = FileLock::lock_or_wait(file)?;
     let mut text = String::new();
     file.read_to_string(&mut text)?;

@@ -125,8 +125,9 @@ pub fn run() -> ExitCode {
 
 fn setup(mut ctx: Context<ImapConfig>) -> anyhow::Result<Server> {
     // Store calls run in place on the workers (`session::quick`); a wait for a folder lock
-    // another session holds hands the worker's other tasks on first.
-    inetkit_maildir::set_lock_wait(|wait| tokio::task::block_in_place(wait));
+    // another session holds, or a folder's first indexing, hands the worker's other tasks on
+    // first.
+    inetkit_maildir::set_hand_off(|work| tokio::task::block_in_place(work));
     let config = &ctx.config.daemon;
     let imap = Arc::new(Imap {
         auth: config.auth.authenticator(),

@@ -227,7 +227,13 @@ impl Folder {
         }
         let caught_up = self.catch_up();
         let mut index = self.index();
-        let result = self.sync_indexed(lock, claim, caught_up, &mut index);
+        let result = if lock.existed {
+            self.sync_indexed(lock, claim, caught_up, &mut index)
+        } else {
+            // Never locked, so never indexed: every name is read and a uid list written and
+            // synced. Long for a folder another program filled: through the hand-off hook.
+            crate::filelock::hand_off(|| self.sync_indexed(lock, claim, caught_up, &mut index))
+        };
         if result.is_err() {
             index.forget();
         }

@@ -342,24 +342,30 @@ thread_local! {
     static WAITS_HANDED_OFF: std::cell::Cell<u32> = const { std::cell::Cell::new(0) };
 }
 
+/// The hand-off hook of these tests (one for the process: the first set stays): counts, per
+/// thread, what it was handed.
+fn counting_hand_off(work: &mut dyn FnMut()) {
+    WAITS_HANDED_OFF.with(|n| n.set(n.get() + 1));
+    work();
+}
+
 /// A lock another holds is waited for through the hook a daemon sets (imapd:
 /// `block_in_place`); a free one is taken without it.
 #[test]
 fn only_a_contended_lock_waits_through_the_hook() {
-    crate::set_lock_wait(|wait| {
-        WAITS_HANDED_OFF.with(|n| n.set(n.get() + 1));
-        wait();
-    });
+    crate::set_hand_off(counting_hand_off);
     let dir = TestDir::new();
     let store = dir.store();
     deliver(&store, "pia", "Subject: one\n\nx\n");
     let inbox = store.mailbox("pia").unwrap().inbox();
+    // (The folder's first look, its indexing, goes through the hook: counted from after it.)
     let mut msg = inbox.claim_new().unwrap().messages.remove(0);
     let waits = || WAITS_HANDED_OFF.with(std::cell::Cell::get);
+    let before = waits();
     inbox
         .update_flags(&mut msg, FlagChange::Add(Flags::SEEN))
         .unwrap();
-    assert_eq!(waits(), 0, "a free lock went through the hook");
+    assert_eq!(waits() - before, 0, "a free lock went through the hook");
 
     let held =
         crate::fsutil::Lock::acquire(&inbox.path().join(crate::folder::LOCK_FILE), None).unwrap();
@@ -377,4 +383,35 @@ fn only_a_contended_lock_waits_through_the_hook() {
         assert_eq!(handed_off, 1);
         assert_eq!(flags, Flags::SEEN | Flags::FLAGGED);
     });
+}
+
+/// A folder another program filled is indexed at its first look (every name read, a uid list
+/// written and synced): that runs through the hook, once; later looks do not.
+#[test]
+fn only_a_folders_first_indexing_runs_through_the_hook() {
+    crate::set_hand_off(counting_hand_off);
+    let dir = TestDir::new();
+    let store = dir.store();
+    let mailbox = store.mailbox("quinn").unwrap();
+    let root = mailbox.path().to_owned();
+    for n in 0..20 {
+        std::fs::write(
+            root.join(format!("new/17000000{n:02}.1_{n}.host")),
+            "a\nb\n",
+        )
+        .unwrap();
+    }
+    let inbox = mailbox.inbox();
+    assert!(!inbox.path().join(crate::folder::LOCK_FILE).exists());
+    let waits = || WAITS_HANDED_OFF.with(std::cell::Cell::get);
+    let before = waits();
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 20);
+    assert_eq!(
+        waits() - before,
+        1,
+        "the first indexing did not go through the hook"
+    );
+    std::fs::write(root.join("new/1700000099.1_99.host"), "c\n").unwrap();
+    assert_eq!(inbox.snapshot().unwrap().messages.len(), 21);
+    assert_eq!(waits() - before, 1, "a later look went through the hook");
 }

@@ -144,9 +144,9 @@ fn blocking<T>(f: impl FnOnce() -> T) -> T {
 /// messages, STATUS without SIZE, LIST, opening a message and reading a small one. A hand-off
 /// ([`blocking`]) wakes another thread to run the worker, which cost more than these calls:
 /// in place, imapd's CPU per command under imaptest's persistent sessions fell by 12-18%.
-/// A wait for a folder lock another holds still hands off (`inetkit_maildir::set_lock_wait`,
-/// set at start). The first look at a folder never indexed runs in place too: its names are
-/// read and a uid list written, once per folder.
+/// A wait for a folder lock another holds, and the first look at a folder never indexed (its
+/// names read, a uid list written), still hand off (`inetkit_maildir::set_hand_off`, set at
+/// start).
 fn quick<T>(f: impl FnOnce() -> T) -> T {
     f()
 }
